@@ -1,0 +1,282 @@
+//! A repository in a local directory (or any mounted file system).
+//!
+//! `write` puts the bytes in a temporary file in the destination directory, fsyncs it,
+//! renames it into place with `RENAME_NOREPLACE` (falling back to `link` + `unlink` where the
+//! file system lacks it), then fsyncs the directory: the file appears whole or not at all, an
+//! existing file is never replaced, and it survives a crash once `write` returns.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, ErrorKind, Write};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use coffer_core::{Backend, BackendError, FileInfo, FileKind, WriteOutcome};
+use rustix::fs::{renameat_with, RenameFlags, CWD};
+use rustix::io::Errno;
+
+type BResult<T> = Result<T, BackendError>;
+
+#[derive(Debug, Clone)]
+pub struct LocalBackend {
+    root: PathBuf,
+}
+
+impl LocalBackend {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        LocalBackend { root: root.into() }
+    }
+
+    fn dir(&self, kind: FileKind, name: &str) -> PathBuf {
+        match kind {
+            FileKind::Pack if name.len() >= 2 => self.root.join("data").join(&name[..2]),
+            _ => self.root.join(kind.dir()),
+        }
+    }
+
+    fn path(&self, kind: FileKind, name: &str) -> BResult<PathBuf> {
+        if kind == FileKind::Config {
+            return Ok(self.root.join("config"));
+        }
+        // names are hex hashes; refuse anything else so a name can never leave its directory
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(BackendError::Io {
+                location: self.location(),
+                what: format!("{}/{name}", kind.dir()),
+                detail: "invalid object name".into(),
+                transient: false,
+            });
+        }
+        Ok(self.dir(kind, name).join(name))
+    }
+
+    fn err(&self, what: &str, e: io::Error) -> BackendError {
+        if e.kind() == ErrorKind::NotFound {
+            return BackendError::NotFound {
+                location: self.location(),
+                what: what.to_string(),
+            };
+        }
+        let transient = matches!(
+            e.kind(),
+            ErrorKind::Interrupted | ErrorKind::TimedOut | ErrorKind::WouldBlock
+        );
+        BackendError::Io {
+            location: self.location(),
+            what: what.to_string(),
+            detail: e.to_string(),
+            transient,
+        }
+    }
+
+    fn what(kind: FileKind, name: &str) -> String {
+        if kind == FileKind::Config {
+            "config".into()
+        } else {
+            format!("{}/{name}", kind.dir())
+        }
+    }
+}
+
+fn sync_dir(p: &Path) -> io::Result<()> {
+    File::open(p)?.sync_all()
+}
+
+fn tmp_name() -> String {
+    let mut r = [0u8; 8];
+    // without an entropy source the process id still separates concurrent writers
+    if getrandom::fill(&mut r).is_err() {
+        r = (std::process::id() as u64).to_le_bytes();
+    }
+    format!(".tmp-{}", hex::encode(r))
+}
+
+impl Backend for LocalBackend {
+    fn location(&self) -> String {
+        self.root.display().to_string()
+    }
+
+    fn create(&self) -> BResult<()> {
+        if self.root.join("config").exists() {
+            return Err(BackendError::Io {
+                location: self.location(),
+                what: "config".into(),
+                detail: "a repository exists here already".into(),
+                transient: false,
+            });
+        }
+        let mk = |p: PathBuf| fs::create_dir_all(&p).map_err(|e| self.err(&p.display().to_string(), e));
+        for k in [FileKind::Key, FileKind::Snapshot, FileKind::Index] {
+            mk(self.root.join(k.dir()))?;
+        }
+        for i in 0..256 {
+            mk(self.root.join("data").join(format!("{i:02x}")))?;
+        }
+        sync_dir(&self.root).map_err(|e| self.err("", e))
+    }
+
+    fn exists(&self) -> BResult<bool> {
+        match fs::symlink_metadata(self.root.join("config")) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == ErrorKind::NotFound || e.kind() == ErrorKind::NotADirectory => Ok(false),
+            Err(e) => Err(self.err("config", e)),
+        }
+    }
+
+    fn list(&self, kind: FileKind) -> BResult<Vec<FileInfo>> {
+        if kind == FileKind::Config {
+            return Ok(match fs::metadata(self.root.join("config")) {
+                Ok(m) => vec![FileInfo {
+                    name: "config".into(),
+                    size: m.len(),
+                }],
+                Err(e) if e.kind() == ErrorKind::NotFound => vec![],
+                Err(e) => return Err(self.err("config", e)),
+            });
+        }
+        let base = self.root.join(kind.dir());
+        let dirs: Vec<PathBuf> = if kind == FileKind::Pack {
+            let mut v = Vec::new();
+            for e in fs::read_dir(&base).map_err(|e| self.err(kind.dir(), e))? {
+                let e = e.map_err(|e| self.err(kind.dir(), e))?;
+                if e.file_type().map_err(|e| self.err(kind.dir(), e))?.is_dir() {
+                    v.push(e.path());
+                }
+            }
+            v
+        } else {
+            vec![base]
+        };
+        let mut out = Vec::new();
+        for d in dirs {
+            for e in fs::read_dir(&d).map_err(|e| self.err(&d.display().to_string(), e))? {
+                let e = e.map_err(|e| self.err(&d.display().to_string(), e))?;
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with('.') {
+                    continue; // temporary files of writes in progress or interrupted
+                }
+                let m = e.metadata().map_err(|e| self.err(&name, e))?;
+                if m.is_file() {
+                    out.push(FileInfo { name, size: m.len() });
+                }
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    fn read(&self, kind: FileKind, name: &str) -> BResult<Vec<u8>> {
+        let what = Self::what(kind, name);
+        fs::read(self.path(kind, name)?).map_err(|e| self.err(&what, e))
+    }
+
+    fn read_range(&self, kind: FileKind, name: &str, offset: u64, len: u32) -> BResult<Vec<u8>> {
+        let what = Self::what(kind, name);
+        let f = File::open(self.path(kind, name)?).map_err(|e| self.err(&what, e))?;
+        let mut buf = vec![0u8; len as usize];
+        f.read_exact_at(&mut buf, offset).map_err(|e| {
+            if e.kind() == ErrorKind::UnexpectedEof {
+                self.err(
+                    &what,
+                    io::Error::new(
+                        ErrorKind::UnexpectedEof,
+                        format!("file too short for {len} bytes at {offset}"),
+                    ),
+                )
+            } else {
+                self.err(&what, e)
+            }
+        })?;
+        Ok(buf)
+    }
+
+    fn size(&self, kind: FileKind, name: &str) -> BResult<u64> {
+        let what = Self::what(kind, name);
+        fs::metadata(self.path(kind, name)?)
+            .map(|m| m.len())
+            .map_err(|e| self.err(&what, e))
+    }
+
+    fn write(&self, kind: FileKind, name: &str, data: &[u8]) -> BResult<WriteOutcome> {
+        let what = Self::what(kind, name);
+        let dest = self.path(kind, name)?;
+        let dir = self.dir(kind, name);
+        if dest.exists() {
+            return Ok(WriteOutcome::Existed);
+        }
+        let tmp = dir.join(tmp_name());
+        let res = (|| -> io::Result<WriteOutcome> {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            f.write_all(data)?;
+            f.sync_all()?;
+            drop(f);
+            let outcome = match renameat_with(CWD, &tmp, CWD, &dest, RenameFlags::NOREPLACE) {
+                Ok(()) => WriteOutcome::Created,
+                Err(Errno::EXIST) => WriteOutcome::Existed,
+                Err(Errno::INVAL) | Err(Errno::NOSYS) => match fs::hard_link(&tmp, &dest) {
+                    Ok(()) => WriteOutcome::Created,
+                    Err(e) if e.kind() == ErrorKind::AlreadyExists => WriteOutcome::Existed,
+                    Err(e) => return Err(e),
+                },
+                Err(e) => return Err(io::Error::from_raw_os_error(e.raw_os_error())),
+            };
+            let _ = fs::remove_file(&tmp);
+            sync_dir(&dir)?;
+            Ok(outcome)
+        })();
+        if res.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        res.map_err(|e| self.err(&what, e))
+    }
+
+    fn remove(&self, kind: FileKind, name: &str) -> BResult<()> {
+        let what = Self::what(kind, name);
+        let p = self.path(kind, name)?;
+        fs::remove_file(&p).map_err(|e| self.err(&what, e))?;
+        sync_dir(&self.dir(kind, name)).map_err(|e| self.err(&what, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_never_overwrites_and_lists() {
+        let d = tempfile::tempdir().unwrap();
+        let b = LocalBackend::new(d.path().join("repo"));
+        assert!(!b.exists().unwrap());
+        b.create().unwrap();
+        let name = "ab".repeat(32);
+        assert_eq!(
+            b.write(FileKind::Pack, &name, b"one").unwrap(),
+            WriteOutcome::Created
+        );
+        assert_eq!(
+            b.write(FileKind::Pack, &name, b"two").unwrap(),
+            WriteOutcome::Existed
+        );
+        assert_eq!(b.read(FileKind::Pack, &name).unwrap(), b"one");
+        assert_eq!(b.read_range(FileKind::Pack, &name, 1, 2).unwrap(), b"ne");
+        assert!(b.read_range(FileKind::Pack, &name, 2, 5).is_err());
+        assert_eq!(
+            b.list(FileKind::Pack).unwrap(),
+            vec![FileInfo {
+                name: name.clone(),
+                size: 3
+            }]
+        );
+        assert!(b.read(FileKind::Snapshot, &name).unwrap_err().is_not_found());
+        // names that could escape the directory are refused
+        assert!(b.write(FileKind::Snapshot, "../x", b"z").is_err());
+        b.remove(FileKind::Pack, &name).unwrap();
+        assert!(b.list(FileKind::Pack).unwrap().is_empty());
+        // no temporary files remain
+        let left: Vec<_> = fs::read_dir(d.path().join("repo/data/ab")).unwrap().collect();
+        assert!(left.is_empty());
+    }
+}

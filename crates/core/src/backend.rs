@@ -1,0 +1,110 @@
+//! The storage backend trait.
+//!
+//! A backend stores opaque, immutable files in five namespaces ([`FileKind`]). It knows nothing
+//! about encryption or the format; features such as caching or retries wrap a backend.
+//! Every method documents what it guarantees; implementations must keep those guarantees,
+//! and the repository's crash-safety argument (docs/FORMAT.md) rests on them.
+
+use std::fmt;
+
+use thiserror::Error;
+
+/// The namespaces of a repository.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FileKind {
+    /// The single `config` file (name `"config"`).
+    Config,
+    Key,
+    Snapshot,
+    Index,
+    Pack,
+}
+
+impl FileKind {
+    pub fn dir(self) -> &'static str {
+        match self {
+            FileKind::Config => "",
+            FileKind::Key => "keys",
+            FileKind::Snapshot => "snapshots",
+            FileKind::Index => "index",
+            FileKind::Pack => "data",
+        }
+    }
+}
+
+/// A stored file's name and size, as listed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileInfo {
+    pub name: String,
+    pub size: u64,
+}
+
+/// What [`Backend::write`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteOutcome {
+    Created,
+    /// A file of that name existed already; it was left untouched.
+    Existed,
+}
+
+/// A backend operation failed.
+#[derive(Debug, Error)]
+pub enum BackendError {
+    #[error("{location}: {what} not found")]
+    NotFound { location: String, what: String },
+    #[error("{location}: {what}: {detail}")]
+    Io {
+        location: String,
+        what: String,
+        detail: String,
+        transient: bool,
+    },
+}
+
+impl BackendError {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, BackendError::Io { transient: true, .. })
+    }
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, BackendError::NotFound { .. })
+    }
+}
+
+pub type BResult<T> = Result<T, BackendError>;
+
+/// Storage for a repository. All methods may be called from several threads at once.
+pub trait Backend: Send + Sync + fmt::Debug {
+    /// A human-readable location (path or URL) for messages; never contains credentials.
+    fn location(&self) -> String;
+
+    /// Create the empty layout. Fails if a `config` file exists already.
+    fn create(&self) -> BResult<()>;
+
+    /// Whether `config` exists, i.e. whether this location holds a repository.
+    fn exists(&self) -> BResult<bool>;
+
+    /// Every file of a kind. A listing that cannot be completed is an error, never a partial
+    /// or empty success: prune and check rely on this.
+    fn list(&self, kind: FileKind) -> BResult<Vec<FileInfo>>;
+
+    /// A whole file. Returns `NotFound` if it does not exist.
+    fn read(&self, kind: FileKind, name: &str) -> BResult<Vec<u8>>;
+
+    /// `len` bytes at `offset`. Returns an error (not a short read) if the file is shorter.
+    fn read_range(&self, kind: FileKind, name: &str, offset: u64, len: u32) -> BResult<Vec<u8>>;
+
+    /// Size of a file.
+    fn size(&self, kind: FileKind, name: &str) -> BResult<u64>;
+
+    /// Store a new file. Guarantees:
+    /// - **never overwrites**: if `name` exists, it is left untouched and `Existed` is returned
+    ///   (names are hashes of content, so an existing file is the same file, or damaged, which
+    ///   `check` finds — a retry must never replace a good copy, restic rest-server #142);
+    /// - **atomic**: a reader sees either no file or the complete file, never a prefix;
+    /// - **durable**: when this returns `Created`, the file survives a crash or power loss.
+    ///   This is the write barrier the write order (packs, index, snapshot) relies on.
+    fn write(&self, kind: FileKind, name: &str, data: &[u8]) -> BResult<WriteOutcome>;
+
+    /// Delete a file. Deleting a missing file is `NotFound`.
+    fn remove(&self, kind: FileKind, name: &str) -> BResult<()>;
+}

@@ -1,0 +1,509 @@
+//! Backup: walk the given paths, store new content, write one snapshot.
+//!
+//! The walk runs on one thread (it reads, chunks and hashes, which is far faster than
+//! compressing); new blobs go to the [`BlobPipeline`](crate::packer::BlobPipeline) whose workers
+//! compress and seal them on the other cores. A file whose size, mtime, ctime and inode match
+//! the parent snapshot's node is not read again: its chunk list is reused, after checking that
+//! every chunk is still in the index.
+//!
+//! Errors on single files (unreadable, vanished, changed while read) are warnings: the file is
+//! skipped or flagged, the run goes on, and the snapshot's `summary.errors` counts them.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ffi::OsStr;
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Component, Path, PathBuf};
+
+use chrono::Local;
+use coffer_format::{
+    BlobId, BlobKind, Name, Node, NodeKind, Snapshot, SnapshotId, Summary, Tree, FORMAT_VERSION,
+};
+
+use crate::chunker::Chunker;
+use crate::error::{Error, Result};
+use crate::filter::PathMatcher;
+use crate::fsmeta::{kind_of, node_from_meta, NameCache};
+use crate::packer::BlobPipeline;
+use crate::progress::Progress;
+use crate::repo::IndexedRepository;
+
+/// Which snapshot to compare against for change detection.
+#[derive(Clone, Debug, Default)]
+pub enum ParentChoice {
+    /// The newest snapshot of this host with the same paths.
+    #[default]
+    Auto,
+    /// Read every file (`--force`).
+    None,
+    Id(SnapshotId),
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct BackupOptions {
+    pub paths: Vec<PathBuf>,
+    /// Glob patterns: without `/` they match a name at any depth, with `/` the absolute path.
+    pub excludes: Vec<String>,
+    /// Skip the content of directories holding a valid `CACHEDIR.TAG`.
+    pub exclude_caches: bool,
+    /// Do not descend into other file systems.
+    pub one_file_system: bool,
+    pub tags: Vec<String>,
+    pub hostname: Option<String>,
+    pub parent: ParentChoice,
+    /// Compression threads; 0 = one per core.
+    pub threads: usize,
+}
+
+/// Result of a backup run.
+#[derive(Debug)]
+pub struct BackupOutcome {
+    pub id: SnapshotId,
+    pub snapshot: Snapshot,
+}
+
+/// Make `p` absolute and lexically clean (no `.`, `..` or repeated `/`).
+pub fn absolute_clean(p: &Path) -> Result<PathBuf> {
+    let abs = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir().map_err(|e| Error::io(".", e))?.join(p)
+    };
+    let mut out = PathBuf::from("/");
+    for c in abs.components() {
+        match c {
+            Component::Normal(n) => out.push(n),
+            Component::ParentDir => {
+                out.pop();
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+/// The paths to back up as a trie of path components.
+#[derive(Default)]
+struct PathTrie {
+    selected: bool,
+    children: BTreeMap<Vec<u8>, PathTrie>,
+}
+
+impl PathTrie {
+    fn insert(&mut self, p: &Path) {
+        let mut t = self;
+        for c in p.components() {
+            if let Component::Normal(n) = c {
+                if t.selected {
+                    return; // an ancestor is backed up whole already
+                }
+                t = t.children.entry(n.as_bytes().to_vec()).or_default();
+            }
+        }
+        t.selected = true;
+        t.children.clear();
+    }
+}
+
+const CACHEDIR_SIGNATURE: &[u8] = b"Signature: 8a477f597d28d172789f06886806bc55";
+
+fn is_cache_dir(dir: &Path) -> bool {
+    let mut b = [0u8; 43];
+    File::open(dir.join("CACHEDIR.TAG"))
+        .and_then(|mut f| f.read_exact(&mut b))
+        .is_ok()
+        && b == CACHEDIR_SIGNATURE
+}
+
+struct Archiver<'a, 'p> {
+    repo: &'a IndexedRepository,
+    pipe: &'a BlobPipeline<'p>,
+    chunker: &'a Chunker,
+    buf: Vec<u8>,
+    session: HashSet<BlobId>,
+    excluder: PathMatcher,
+    exclude_caches: bool,
+    root_dev: Option<u64>,
+    one_fs: bool,
+    names: NameCache,
+    hardlinks: HashMap<(u64, u64), (Vec<BlobId>, u64)>,
+    summary: Summary,
+    progress: &'a dyn Progress,
+}
+
+impl Archiver<'_, '_> {
+    fn warn(&mut self, msg: String) {
+        self.summary.errors += 1;
+        self.progress.warn(&msg);
+    }
+
+    /// Store a blob unless the repository or this run has it already.
+    fn save_blob(&mut self, kind: BlobKind, data: &[u8]) -> Result<BlobId> {
+        let id = self.repo.key().blob_id(data);
+        if !self.repo.index().contains(&id) && self.session.insert(id) {
+            self.summary.blobs_new += 1;
+            self.summary.bytes_new_raw += data.len() as u64;
+            self.pipe.submit(kind, id, data.to_vec())?;
+        }
+        Ok(id)
+    }
+
+    fn save_tree(&mut self, mut tree: Tree) -> Result<BlobId> {
+        let bytes = tree.encode();
+        self.save_blob(BlobKind::Tree, &bytes)
+    }
+
+    fn load_parent_tree(&mut self, id: Option<BlobId>) -> Option<Tree> {
+        let id = id?;
+        match self.repo.load_tree(&id) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                // Not fatal: the files are read again instead of compared.
+                self.progress.warn(&format!(
+                    "parent tree {} unreadable, reading files again: {e}",
+                    id.short()
+                ));
+                None
+            }
+        }
+    }
+
+    /// Read a file's content into chunks. Returns the chunk ids and bytes read; a read error
+    /// after the open is recorded in the node (partial content) and warned about.
+    fn read_file(&mut self, path: &Path, node: &mut Node) -> Result<Option<Vec<BlobId>>> {
+        let mut f = match File::open(path) {
+            Ok(f) => f,
+            Err(e) => {
+                self.warn(format!("{}: cannot open: {e}", path.display()));
+                return Ok(None);
+            }
+        };
+        self.progress.item(path);
+        let mut ids = Vec::new();
+        let mut got = 0u64;
+        let mut buf = std::mem::take(&mut self.buf);
+        let chunker = self.chunker;
+        let res = chunker.chunk_reader::<_, ChunkErr>(&mut f, &mut buf, |chunk| {
+            ids.push(self.save_blob(BlobKind::Data, chunk).map_err(ChunkErr::Repo)?);
+            got += chunk.len() as u64;
+            self.progress.bytes(chunk.len() as u64);
+            Ok(())
+        });
+        self.buf = buf;
+        let read = match res {
+            Ok(n) => n,
+            Err(ChunkErr::Repo(e)) => return Err(e),
+            Err(ChunkErr::Io(e)) => {
+                node.error = Some(format!("read error: {e}"));
+                self.warn(format!(
+                    "{}: read error, content stored up to the error: {e}",
+                    path.display()
+                ));
+                got
+            }
+        };
+        self.summary.bytes_read += read;
+        if node.error.is_none() && read != node.size {
+            node.error = Some(format!(
+                "size changed while reading (was {}, read {read})",
+                node.size
+            ));
+            self.warn(format!(
+                "{}: changed while being read (size was {}, read {read})",
+                path.display(),
+                node.size
+            ));
+        }
+        node.size = read;
+        Ok(Some(ids))
+    }
+
+    fn unchanged(&self, node: &Node, parent: Option<&Node>) -> Option<Vec<BlobId>> {
+        let p = parent?;
+        let same = p.kind == NodeKind::File
+            && p.error.is_none()
+            && p.size == node.size
+            && p.mtime == node.mtime
+            && p.ctime == node.ctime
+            && p.inode == node.inode;
+        (same
+            && p.content
+                .iter()
+                .all(|id| self.repo.index().contains(id) || self.session.contains(id)))
+        .then(|| p.content.clone())
+    }
+
+    /// Archive one directory entry. `Ok(None)` means it is skipped (excluded, socket, error).
+    fn archive_entry(&mut self, path: &Path, name: Name, parent: Option<&Node>) -> Result<Option<Node>> {
+        if self.excluder.matches(path) {
+            return Ok(None);
+        }
+        let meta = match fs::symlink_metadata(path) {
+            Ok(m) => m,
+            Err(e) => {
+                self.warn(format!("{}: cannot stat: {e}", path.display()));
+                return Ok(None);
+            }
+        };
+        let Some(kind) = kind_of(&meta) else {
+            self.progress.warn(&format!("{}: socket skipped", path.display()));
+            return Ok(None);
+        };
+        let (mut node, warning) = node_from_meta(name, kind, &meta, path, &mut self.names);
+        if let Some(w) = warning {
+            self.warn(w);
+        }
+        match kind {
+            NodeKind::File => {
+                self.summary.bytes_total += node.size;
+                let key = (node.dev, node.inode);
+                let reuse = if node.links > 1 {
+                    self.hardlinks.get(&key).cloned()
+                } else {
+                    None
+                };
+                let content = if let Some((ids, size)) = reuse {
+                    node.size = size;
+                    self.summary.files_unchanged += 1;
+                    ids
+                } else if let Some(ids) = self.unchanged(&node, parent) {
+                    self.summary.files_unchanged += 1;
+                    self.progress.bytes(node.size);
+                    ids
+                } else {
+                    match self.read_file(path, &mut node)? {
+                        Some(ids) => {
+                            if parent.is_some_and(|p| p.kind == NodeKind::File) {
+                                self.summary.files_changed += 1;
+                            } else {
+                                self.summary.files_new += 1;
+                            }
+                            ids
+                        }
+                        None => return Ok(None),
+                    }
+                };
+                if node.links > 1 {
+                    self.hardlinks.insert(key, (content.clone(), node.size));
+                }
+                node.content = content;
+                self.progress.files(1);
+            }
+            NodeKind::Dir => {
+                self.summary.dirs += 1;
+                let ptree =
+                    self.load_parent_tree(parent.filter(|p| p.kind == NodeKind::Dir).and_then(|p| p.subtree));
+                let skip = (self.one_fs && self.root_dev.is_some_and(|d| d != meta.dev()))
+                    || (self.exclude_caches && is_cache_dir(path));
+                let tree = if skip {
+                    let mut t = Tree::default();
+                    if self.exclude_caches && is_cache_dir(path) {
+                        let tag =
+                            self.archive_entry(&path.join("CACHEDIR.TAG"), Name::from("CACHEDIR.TAG"), None)?;
+                        t.nodes.extend(tag);
+                    }
+                    t
+                } else {
+                    self.archive_dir_contents(path, ptree.as_ref())?
+                };
+                node.subtree = Some(self.save_tree(tree)?);
+            }
+            _ => self.summary.other_nodes += 1,
+        }
+        Ok(Some(node))
+    }
+
+    fn archive_dir_contents(&mut self, dir: &Path, parent: Option<&Tree>) -> Result<Tree> {
+        let mut names: Vec<std::ffi::OsString> = Vec::new();
+        match fs::read_dir(dir) {
+            Ok(rd) => {
+                for e in rd {
+                    match e {
+                        Ok(e) => names.push(e.file_name()),
+                        Err(e) => {
+                            self.warn(format!("{}: cannot list: {e}", dir.display()));
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(e) => self.warn(format!("{}: cannot list: {e}", dir.display())),
+        }
+        names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+        let mut tree = Tree::default();
+        let mut pi = 0;
+        let pnodes: &[Node] = parent.map(|t| &t.nodes[..]).unwrap_or(&[]);
+        for n in names {
+            let name = Name(n.as_bytes().to_vec());
+            // both lists are sorted: walk the parent alongside
+            while pi < pnodes.len() && pnodes[pi].name < name {
+                pi += 1;
+            }
+            let pnode = pnodes.get(pi).filter(|p| p.name == name);
+            let path = dir.join(&n);
+            if let Some(node) = self.archive_entry(&path, name, pnode)? {
+                tree.nodes.push(node);
+            }
+        }
+        Ok(tree)
+    }
+
+    /// Build the tree for one level of the path trie.
+    fn archive_trie(&mut self, trie: &PathTrie, dir: &Path, parent: Option<&Tree>) -> Result<Tree> {
+        let mut tree = Tree::default();
+        for (name, child) in &trie.children {
+            let path = dir.join(OsStr::from_bytes(name));
+            let name = Name(name.clone());
+            let pnode = parent.and_then(|t| t.nodes.iter().find(|n| n.name == name));
+            if child.selected {
+                self.root_dev = fs::symlink_metadata(&path).ok().map(|m| m.dev());
+                if let Some(n) = self.archive_entry(&path, name, pnode)? {
+                    tree.nodes.push(n);
+                }
+                continue;
+            }
+            let meta = fs::symlink_metadata(&path).map_err(|e| Error::io(&path, e))?;
+            let (mut node, warning) = node_from_meta(name, NodeKind::Dir, &meta, &path, &mut self.names);
+            if let Some(w) = warning {
+                self.warn(w);
+            }
+            let ptree =
+                self.load_parent_tree(pnode.filter(|p| p.kind == NodeKind::Dir).and_then(|p| p.subtree));
+            let sub = self.archive_trie(child, &path, ptree.as_ref())?;
+            node.subtree = Some(self.save_tree(sub)?);
+            tree.nodes.push(node);
+        }
+        Ok(tree)
+    }
+}
+
+enum ChunkErr {
+    Io(io::Error),
+    Repo(Error),
+}
+impl From<io::Error> for ChunkErr {
+    fn from(e: io::Error) -> Self {
+        ChunkErr::Io(e)
+    }
+}
+
+/// Pick the parent snapshot for change detection.
+fn choose_parent(
+    repo: &IndexedRepository,
+    opts: &BackupOptions,
+    host: &str,
+    paths: &[String],
+) -> Result<Option<(SnapshotId, Snapshot)>> {
+    match &opts.parent {
+        ParentChoice::None => Ok(None),
+        ParentChoice::Id(id) => Ok(Some((*id, repo.load_snapshot(id)?))),
+        ParentChoice::Auto => {
+            let mut snaps = repo.list_snapshots()?;
+            snaps.retain(|(_, s)| s.hostname == host && s.paths == paths);
+            Ok(snaps.pop())
+        }
+    }
+}
+
+/// Back up `opts.paths` into the repository and write a snapshot.
+pub fn backup(
+    repo: &mut IndexedRepository,
+    opts: &BackupOptions,
+    progress: &dyn Progress,
+) -> Result<BackupOutcome> {
+    if opts.paths.is_empty() {
+        return Err(Error::Invalid(
+            "nothing to back up: give at least one path".into(),
+        ));
+    }
+    let start = Local::now().fixed_offset();
+    let mut trie = PathTrie::default();
+    let mut paths = Vec::new();
+    for p in &opts.paths {
+        let abs = absolute_clean(p)?;
+        fs::symlink_metadata(&abs).map_err(|e| Error::io(&abs, e))?;
+        trie.insert(&abs);
+        paths.push(abs.to_string_lossy().into_owned());
+    }
+    paths.sort();
+    paths.dedup();
+    let host = match &opts.hostname {
+        Some(h) => h.clone(),
+        None => rustix::system::uname().nodename().to_string_lossy().into_owned(),
+    };
+    let parent = choose_parent(repo, opts, &host, &paths)?;
+    let parent_id = parent.as_ref().map(|(id, _)| *id);
+    let excluder = PathMatcher::new(&opts.excludes)?;
+    let threads = if opts.threads == 0 {
+        std::thread::available_parallelism().map_or(2, |n| n.get())
+    } else {
+        opts.threads
+    };
+    let chunker = Chunker::new(repo.config().chunker, repo.key().gear_table());
+
+    let repo_ref: &IndexedRepository = repo;
+    let (tree_id, mut summary, stats) = std::thread::scope(|s| -> Result<_> {
+        let pipe = BlobPipeline::start(s, repo_ref, threads);
+        std::thread::Builder::new()
+            .name("coffer-walk".into())
+            .stack_size(64 << 20)
+            .spawn_scoped(s, move || -> Result<_> {
+                let walked = {
+                    let mut a = Archiver {
+                        repo: repo_ref,
+                        pipe: &pipe,
+                        chunker: &chunker,
+                        buf: Vec::new(),
+                        session: HashSet::new(),
+                        excluder,
+                        exclude_caches: opts.exclude_caches,
+                        root_dev: None,
+                        one_fs: opts.one_file_system,
+                        names: NameCache::default(),
+                        hardlinks: HashMap::new(),
+                        summary: Summary::default(),
+                        progress,
+                    };
+                    let ptree = a.load_parent_tree(parent.as_ref().map(|(_, p)| p.tree));
+                    a.archive_trie(&trie, Path::new("/"), ptree.as_ref())
+                        .and_then(|root| a.save_tree(root))
+                        .map(|id| (id, a.summary))
+                };
+                // Finish the pipeline even when the walk failed: if the walk stopped because
+                // the pipeline broke, the pipeline's error is the one worth reporting.
+                let stats = pipe.finish()?;
+                let (id, summary) = walked?;
+                Ok((id, summary, stats))
+            })
+            .map_err(|e| Error::io("thread", e))?
+            .join()
+            .map_err(|_| Error::Invalid("the walker thread panicked".into()))?
+    })?;
+
+    for p in &stats.packs {
+        repo.index_mut().add_pack(p);
+    }
+    summary.bytes_stored = stats.bytes_stored;
+    summary.start = Some(start);
+    summary.end = Some(Local::now().fixed_offset());
+    let (user, uid_name) = (rustix::process::getuid().as_raw(), uzers::get_current_username());
+    let snapshot = Snapshot {
+        version: FORMAT_VERSION,
+        time: start,
+        hostname: host,
+        username: uid_name
+            .map(|u| u.to_string_lossy().into_owned())
+            .unwrap_or_else(|| user.to_string()),
+        paths,
+        tags: opts.tags.clone(),
+        excludes: opts.excludes.clone(),
+        tree: tree_id,
+        parent: parent_id,
+        program_version: concat!("coffer ", env!("CARGO_PKG_VERSION")).into(),
+        summary,
+    };
+    let (id, _) = repo.save_snapshot(&snapshot)?;
+    Ok(BackupOutcome { id, snapshot })
+}

@@ -1,0 +1,230 @@
+//! Blob compression. A blob's plaintext is `code:u8 || payload`; incompressible data (the
+//! compressed form saves less than 1/32 of the size) is stored with code `none`.
+
+use std::io::Read;
+
+use coffer_format::{Compression, MAX_BLOB_SIZE};
+
+use crate::error::{Error, Result};
+
+/// Compression setting for writing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CompressionSpec {
+    pub algo: Compression,
+    pub level: i32,
+}
+
+impl CompressionSpec {
+    pub fn default_level(algo: Compression) -> i32 {
+        match algo {
+            Compression::Zstd => 3,
+            Compression::Zlib => 6,
+            Compression::Lzma => 6,
+            Compression::Lz4 | Compression::None => 0,
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let ok = match self.algo {
+            Compression::Zstd => (1..=22).contains(&self.level),
+            Compression::Zlib | Compression::Lzma => (0..=9).contains(&self.level),
+            Compression::Lz4 | Compression::None => true,
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(Error::Invalid(format!(
+                "compression level {} is out of range for {}",
+                self.level,
+                self.algo.name()
+            )))
+        }
+    }
+}
+
+/// Encode `data` as a blob plaintext (`code || payload`), falling back to `none` when
+/// compression does not pay. Compressed output is decompressed and compared before it is
+/// accepted, so a compressor bug cannot store data that does not restore (restic #4523).
+pub fn encode_blob(spec: CompressionSpec, data: &[u8]) -> Vec<u8> {
+    let compressed = match spec.algo {
+        Compression::None => None,
+        Compression::Zstd => zstd::bulk::compress(data, spec.level).ok(),
+        Compression::Lz4 => Some(lz4_flex::block::compress(data)),
+        Compression::Zlib => {
+            use std::io::Write;
+            let mut e =
+                flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::new(spec.level as u32));
+            e.write_all(data).and_then(|_| e.finish()).ok()
+        }
+        Compression::Lzma => {
+            let mut out = Vec::new();
+            xz2::read::XzEncoder::new(data, spec.level as u32)
+                .read_to_end(&mut out)
+                .ok()
+                .map(|_| out)
+        }
+    };
+    if let Some(c) = compressed {
+        if c.len() + data.len() / 32 < data.len()
+            && decode_payload(spec.algo, &c, data.len()).is_ok_and(|d| d == data)
+        {
+            let mut out = Vec::with_capacity(1 + c.len());
+            out.push(spec.algo.code());
+            out.extend_from_slice(&c);
+            return out;
+        }
+    }
+    let mut out = Vec::with_capacity(1 + data.len());
+    out.push(Compression::None.code());
+    out.extend_from_slice(data);
+    out
+}
+
+/// Decode a blob plaintext; `raw_len` is the expected uncompressed length (from the index),
+/// and output beyond it is refused, so a hostile blob cannot expand without bound.
+pub fn decode_blob(mut plain: Vec<u8>, raw_len: usize, what: &str) -> Result<Vec<u8>> {
+    if plain.is_empty() {
+        return Err(Error::integrity(what, "empty blob"));
+    }
+    let algo = Compression::from_code(plain[0]).map_err(|e| Error::format(what, e))?;
+    if raw_len > MAX_BLOB_SIZE as usize {
+        return Err(Error::integrity(
+            what,
+            format!("blob length {raw_len} is over the limit"),
+        ));
+    }
+    let out = if algo == Compression::None {
+        plain.remove(0);
+        plain
+    } else {
+        decode_payload(algo, &plain[1..], raw_len)
+            .map_err(|e| Error::integrity(what, format!("{} data does not decompress: {e}", algo.name())))?
+    };
+    if out.len() != raw_len {
+        return Err(Error::integrity(
+            what,
+            format!("decoded {} bytes, index says {raw_len}", out.len()),
+        ));
+    }
+    Ok(out)
+}
+
+/// Decode a blob plaintext whose uncompressed length is not recorded elsewhere (file objects:
+/// index, snapshot, config), refusing more than `max_len` bytes.
+pub fn decode_blob_max(mut plain: Vec<u8>, max_len: usize, what: &str) -> Result<Vec<u8>> {
+    if plain.is_empty() {
+        return Err(Error::integrity(what, "empty object"));
+    }
+    let algo = Compression::from_code(plain[0]).map_err(|e| Error::format(what, e))?;
+    match algo {
+        Compression::None => {
+            plain.remove(0);
+            Ok(plain)
+        }
+        Compression::Zstd => {
+            let payload = &plain[1..];
+            let mut out = Vec::new();
+            zstd::stream::read::Decoder::new(payload)
+                .and_then(|d| d.take(max_len as u64 + 1).read_to_end(&mut out))
+                .map_err(|e| Error::integrity(what, format!("zstd data does not decompress: {e}")))?;
+            if out.len() > max_len {
+                return Err(Error::integrity(
+                    what,
+                    format!("decompresses to more than {max_len} bytes"),
+                ));
+            }
+            Ok(out)
+        }
+        other => Err(Error::integrity(
+            what,
+            format!("{} is not used for this object kind", other.name()),
+        )),
+    }
+}
+
+fn decode_payload(algo: Compression, payload: &[u8], raw_len: usize) -> std::io::Result<Vec<u8>> {
+    let limit = raw_len as u64 + 1;
+    match algo {
+        Compression::None => Ok(payload.to_vec()),
+        Compression::Zstd => zstd::bulk::decompress(payload, raw_len),
+        Compression::Lz4 => lz4_flex::block::decompress(payload, raw_len)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
+        Compression::Zlib => {
+            let mut out = Vec::with_capacity(raw_len);
+            flate2::read::ZlibDecoder::new(payload)
+                .take(limit)
+                .read_to_end(&mut out)?;
+            Ok(out)
+        }
+        Compression::Lzma => {
+            let mut out = Vec::with_capacity(raw_len);
+            xz2::read::XzDecoder::new(payload)
+                .take(limit)
+                .read_to_end(&mut out)?;
+            Ok(out)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const ALL: [Compression; 5] = [
+        Compression::None,
+        Compression::Zstd,
+        Compression::Lz4,
+        Compression::Zlib,
+        Compression::Lzma,
+    ];
+
+    #[test]
+    fn text_compresses_random_does_not() {
+        let text = b"the quick brown fox jumps over the lazy dog\n".repeat(1000);
+        let mut random = vec![0u8; 50_000];
+        crate::crypto::random_bytes(&mut random);
+        for algo in ALL {
+            let spec = CompressionSpec {
+                algo,
+                level: CompressionSpec::default_level(algo),
+            };
+            let e = encode_blob(spec, &text);
+            if algo != Compression::None {
+                assert_eq!(e[0], algo.code());
+                assert!(e.len() < text.len() / 4);
+            }
+            assert_eq!(decode_blob(e, text.len(), "t").unwrap(), text);
+            let r = encode_blob(spec, &random);
+            assert_eq!(
+                r[0],
+                Compression::None.code(),
+                "{algo:?} stored random data compressed"
+            );
+            assert_eq!(decode_blob(r, random.len(), "t").unwrap(), random);
+        }
+    }
+
+    #[test]
+    fn wrong_length_is_refused() {
+        let text = b"abc".repeat(1000);
+        let spec = CompressionSpec {
+            algo: Compression::Zstd,
+            level: 3,
+        };
+        let e = encode_blob(spec, &text);
+        assert!(decode_blob(e.clone(), text.len() - 1, "t").is_err());
+        assert!(decode_blob(e, text.len() + 1, "t").is_err());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(32))]
+        #[test]
+        fn round_trip(data in proptest::collection::vec(0u8..4, 0..20_000), a in 0usize..5) {
+            let algo = ALL[a];
+            let spec = CompressionSpec { algo, level: CompressionSpec::default_level(algo) };
+            let e = encode_blob(spec, &data);
+            prop_assert_eq!(decode_blob(e, data.len(), "t").unwrap(), data);
+        }
+    }
+}

@@ -1,0 +1,32 @@
+//! # coffer-core
+//!
+//! The engine behind the `coffer` binary: keys and sealing ([`crypto`]), chunking, the
+//! repository ([`Repository`] → [`IndexedRepository`]), backup, restore and tree walking.
+//! All CPU work runs on plain threads; the [`Backend`] trait is the only way to storage.
+//! See docs/ARCHITECTURE.md for how the parts fit, docs/FORMAT.md for what they write.
+
+pub mod backend;
+pub mod backup;
+pub mod chunker;
+pub mod compress;
+pub mod crypto;
+mod error;
+pub mod filter;
+mod fsmeta;
+pub mod index;
+mod packer;
+pub mod progress;
+mod repo;
+pub mod restore;
+pub mod walk;
+
+pub use backend::{Backend, BackendError, FileInfo, FileKind, WriteOutcome};
+pub use backup::{backup, BackupOptions, BackupOutcome, ParentChoice};
+pub use compress::CompressionSpec;
+pub use error::{Category, Error, Result};
+pub use progress::{NoProgress, Progress};
+pub use repo::{IndexedRepository, InitOptions, Repository};
+pub use restore::{restore, RestoreOptions, RestoreStats};
+
+/// The on-disk format crate, re-exported for callers that inspect objects.
+pub use coffer_format as format;

@@ -1,0 +1,204 @@
+//! The write side of the blob pipeline: compress + seal on worker threads, then pack and store.
+//!
+//! ```text
+//! caller ──Job──▶ [workers: compress, verify, seal] ──Sealed──▶ [packer: packs, index files]
+//! ```
+//! Channels are bounded, so a slow disk or network slows the caller down instead of letting
+//! memory grow. Packs are written before the index files that list them, and index files are
+//! written every [`INDEX_EVERY`] packs, so an interrupted run leaves its finished packs indexed
+//! and a rerun does not upload them again.
+
+use std::thread::{Scope, ScopedJoinHandle};
+
+use coffer_format::{
+    encode_header, BlobId, BlobKind, IndexFile, IndexId, IndexPack, ObjectKind, PackEntry, PackId,
+};
+use crossbeam_channel::{bounded, Receiver, Sender};
+
+use crate::backend::FileKind;
+use crate::compress::{encode_blob, CompressionSpec};
+use crate::crypto::{random_bytes, storage_id};
+use crate::error::{Error, Result};
+use crate::repo::Repository;
+
+/// Write an index file after this many new packs.
+const INDEX_EVERY: usize = 32;
+
+struct Job {
+    kind: BlobKind,
+    id: BlobId,
+    data: Vec<u8>,
+}
+
+struct Sealed {
+    kind: BlobKind,
+    id: BlobId,
+    raw_len: u32,
+    bytes: Vec<u8>,
+}
+
+/// What the pipeline wrote.
+#[derive(Debug, Default)]
+pub struct PackerStats {
+    pub packs: Vec<IndexPack>,
+    pub index_files: Vec<IndexId>,
+    pub blobs: u64,
+    pub bytes_raw: u64,
+    pub bytes_stored: u64,
+}
+
+/// A running pipeline, bound to a thread scope.
+pub struct BlobPipeline<'scope> {
+    jobs: Option<Sender<Job>>,
+    workers: Vec<ScopedJoinHandle<'scope, ()>>,
+    packer: ScopedJoinHandle<'scope, Result<PackerStats>>,
+}
+
+impl<'scope> BlobPipeline<'scope> {
+    /// Start `threads` workers and a packer in scope `s`.
+    pub fn start<'env>(s: &'scope Scope<'scope, 'env>, repo: &'env Repository, threads: usize) -> Self {
+        let threads = threads.max(1);
+        let (jtx, jrx) = bounded::<Job>(threads * 2);
+        let (stx, srx) = bounded::<Sealed>(threads * 2);
+        let spec = repo.compression();
+        let workers = (0..threads)
+            .map(|_| {
+                let (jrx, stx) = (jrx.clone(), stx.clone());
+                s.spawn(move || worker(repo, spec, jrx, stx))
+            })
+            .collect();
+        drop(stx);
+        let packer = s.spawn(move || packer(repo, srx));
+        BlobPipeline {
+            jobs: Some(jtx),
+            workers,
+            packer,
+        }
+    }
+
+    /// Queue a new blob. Blocks while the pipeline is full. An error means the pipeline
+    /// stopped; [`BlobPipeline::finish`] returns the reason.
+    pub fn submit(&self, kind: BlobKind, id: BlobId, data: Vec<u8>) -> Result<()> {
+        match &self.jobs {
+            Some(tx) => tx.send(Job { kind, id, data }).map_err(|_| Error::Interrupted),
+            None => Err(Error::Interrupted),
+        }
+    }
+
+    /// Flush everything and wait: all packs and index files are durable when this returns Ok.
+    pub fn finish(mut self) -> Result<PackerStats> {
+        self.jobs = None;
+        for w in self.workers {
+            if w.join().is_err() {
+                return Err(Error::Invalid("a compression worker panicked".into()));
+            }
+        }
+        self.packer
+            .join()
+            .map_err(|_| Error::Invalid("the packer thread panicked".into()))?
+    }
+}
+
+fn worker(repo: &Repository, spec: CompressionSpec, jobs: Receiver<Job>, out: Sender<Sealed>) {
+    for job in jobs {
+        let plain = encode_blob(spec, &job.data);
+        let bytes = repo.key().seal(job.kind.object_kind(), job.id.as_bytes(), &plain);
+        let sealed = Sealed {
+            kind: job.kind,
+            id: job.id,
+            raw_len: job.data.len() as u32,
+            bytes,
+        };
+        if out.send(sealed).is_err() {
+            return; // packer failed; it reports why
+        }
+    }
+}
+
+/// Blobs collected for one pack.
+#[derive(Default)]
+struct OpenPack {
+    blobs: Vec<Sealed>,
+    bytes: usize,
+}
+
+fn packer(repo: &Repository, input: Receiver<Sealed>) -> Result<PackerStats> {
+    let target = repo.config().pack_size as usize;
+    let mut open = [OpenPack::default(), OpenPack::default()];
+    let mut stats = PackerStats::default();
+    let mut unindexed: Vec<IndexPack> = Vec::new();
+    for s in input {
+        stats.blobs += 1;
+        stats.bytes_raw += s.raw_len as u64;
+        let slot = &mut open[(s.kind == BlobKind::Tree) as usize];
+        slot.bytes += s.bytes.len();
+        slot.blobs.push(s);
+        if slot.bytes >= target {
+            let p = std::mem::take(slot);
+            unindexed.push(write_pack(repo, p, &mut stats)?);
+            if unindexed.len() >= INDEX_EVERY {
+                flush_index(repo, &mut unindexed, &mut stats)?;
+            }
+        }
+    }
+    for slot in open.iter_mut() {
+        if !slot.blobs.is_empty() {
+            let p = std::mem::take(slot);
+            unindexed.push(write_pack(repo, p, &mut stats)?);
+        }
+    }
+    flush_index(repo, &mut unindexed, &mut stats)?;
+    Ok(stats)
+}
+
+/// Assemble, seal and store one pack. Blobs are placed in random order, so that the sizes
+/// seen in storage do not follow the file order (a chunker-parameter leak, CCS 2025).
+fn write_pack(repo: &Repository, mut p: OpenPack, stats: &mut PackerStats) -> Result<IndexPack> {
+    shuffle(&mut p.blobs);
+    let mut bytes = Vec::with_capacity(p.bytes + p.blobs.len() * 45 + 64);
+    let mut entries = Vec::with_capacity(p.blobs.len());
+    for b in &p.blobs {
+        entries.push(PackEntry {
+            kind: b.kind,
+            id: b.id,
+            offset: bytes.len() as u32,
+            length: b.bytes.len() as u32,
+            raw_length: b.raw_len,
+        });
+        bytes.extend_from_slice(&b.bytes);
+    }
+    let header = repo
+        .key()
+        .seal(ObjectKind::PackHeader, b"", &encode_header(&entries));
+    bytes.extend_from_slice(&header);
+    bytes.extend_from_slice(&(header.len() as u32).to_le_bytes());
+    let id = PackId(storage_id(&bytes));
+    repo.backend().write(FileKind::Pack, &id.to_hex(), &bytes)?;
+    stats.bytes_stored += bytes.len() as u64;
+    let ip = IndexPack { id, entries };
+    stats.packs.push(ip.clone());
+    Ok(ip)
+}
+
+fn flush_index(repo: &Repository, packs: &mut Vec<IndexPack>, stats: &mut PackerStats) -> Result<()> {
+    if packs.is_empty() {
+        return Ok(());
+    }
+    let file = IndexFile {
+        supersedes: Vec::new(),
+        packs: std::mem::take(packs),
+    };
+    let (id, n) = repo.save_index(&file)?;
+    stats.index_files.push(id);
+    stats.bytes_stored += n;
+    Ok(())
+}
+
+fn shuffle<T>(v: &mut [T]) {
+    for i in (1..v.len()).rev() {
+        let mut r = [0u8; 8];
+        random_bytes(&mut r);
+        let j = (u64::from_le_bytes(r) % (i as u64 + 1)) as usize;
+        v.swap(i, j);
+    }
+}

@@ -1,0 +1,452 @@
+//! Opening, creating and reading a repository.
+//!
+//! [`Repository`] is an opened repository (key unwrapped, config read). Reading blobs needs
+//! the index, so those methods live on [`IndexedRepository`], which only
+//! [`Repository::load_index`] creates: code that forgot to load the index does not compile.
+
+use std::ops::Deref;
+use std::sync::Arc;
+
+use chrono::Local;
+use coffer_format::{
+    BlobId, BlobKind, Compression, Config, Id, IndexFile, IndexId, KeyFile, KeyId, ObjectKind, PackEntry,
+    PackId, Snapshot, SnapshotId, Tree, FORMAT_VERSION,
+};
+use zeroize::Zeroizing;
+
+use crate::backend::{Backend, FileKind, WriteOutcome};
+use crate::compress::{decode_blob, decode_blob_max, encode_blob, CompressionSpec};
+use crate::crypto::{
+    default_kdf, derive_wrapping_key, open_with, random_bytes, seal_with, storage_id, MasterKey,
+};
+use crate::error::{Error, Result};
+use crate::index::{BlobLocation, Index};
+use coffer_format::ChunkerParams;
+
+/// Largest plaintext accepted for an index, snapshot or config file.
+const MAX_FILE_OBJECT: usize = 512 << 20;
+/// Compression of index, snapshot and config files.
+const META_COMPRESSION: CompressionSpec = CompressionSpec {
+    algo: Compression::Zstd,
+    level: 3,
+};
+
+/// Settings chosen at `init`.
+#[derive(Clone, Debug)]
+pub struct InitOptions {
+    pub chunker: ChunkerParams,
+    pub pack_size: u32,
+    pub compression: CompressionSpec,
+}
+
+impl Default for InitOptions {
+    fn default() -> Self {
+        InitOptions {
+            chunker: ChunkerParams::default(),
+            pack_size: 16 << 20,
+            compression: CompressionSpec {
+                algo: Compression::Zstd,
+                level: 3,
+            },
+        }
+    }
+}
+
+/// An opened repository.
+#[derive(Debug)]
+pub struct Repository {
+    backend: Arc<dyn Backend>,
+    key: Arc<MasterKey>,
+    key_id: KeyId,
+    config: Config,
+}
+
+fn host_and_user() -> (String, String) {
+    let host = rustix::system::uname().nodename().to_string_lossy().into_owned();
+    let user = uzers::get_current_username()
+        .map(|u| u.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    (host, user)
+}
+
+impl Repository {
+    /// Create a new repository with a fresh master key wrapped by `password`.
+    pub fn init(backend: Arc<dyn Backend>, password: &[u8], opts: &InitOptions) -> Result<Repository> {
+        if backend.exists()? {
+            return Err(Error::RepositoryExists {
+                location: backend.location(),
+            });
+        }
+        opts.chunker
+            .validate()
+            .map_err(|e| Error::Invalid(e.to_string()))?;
+        opts.compression.validate()?;
+        if opts.pack_size < 1 << 20 || opts.pack_size > 512 << 20 {
+            return Err(Error::Invalid(format!(
+                "pack size {} must be between 1 MiB and 512 MiB",
+                opts.pack_size
+            )));
+        }
+        let mut rid = [0u8; 32];
+        random_bytes(&mut rid);
+        let config = Config {
+            version: FORMAT_VERSION,
+            id: Id(rid),
+            created: Local::now().fixed_offset(),
+            chunker: opts.chunker,
+            pack_size: opts.pack_size,
+            compression: opts.compression.algo,
+            compression_level: opts.compression.level,
+        };
+        let key = Arc::new(MasterKey::generate());
+        backend.create()?;
+        // Key first, config last: a location with a config is a repository that opens.
+        let key_id = write_key_file(&*backend, &key, password)?;
+        let sealed = key.seal(
+            ObjectKind::Config,
+            b"",
+            &encode_blob(META_COMPRESSION, &config.encode()),
+        );
+        if backend.write(FileKind::Config, "config", &sealed)? == WriteOutcome::Existed {
+            return Err(Error::RepositoryExists {
+                location: backend.location(),
+            });
+        }
+        Ok(Repository {
+            backend,
+            key,
+            key_id,
+            config,
+        })
+    }
+
+    /// Open with a passphrase: try every key file until one unwraps.
+    pub fn open(backend: Arc<dyn Backend>, password: &[u8]) -> Result<Repository> {
+        let location = backend.location();
+        if !backend.exists()? {
+            return Err(Error::NoRepository { location });
+        }
+        let keys = backend.list(FileKind::Key)?;
+        if keys.is_empty() {
+            return Err(Error::NoKeys { location });
+        }
+        let mut found = None;
+        for k in &keys {
+            let what = format!("key {}", k.name);
+            let bytes = backend.read(FileKind::Key, &k.name)?;
+            let kf = KeyFile::decode(&bytes).map_err(|e| Error::format(&what, e))?;
+            let wrap = derive_wrapping_key(password, &kf.kdf)?;
+            if let Ok(plain) = open_with(&wrap, ObjectKind::KeyWrap, b"", &kf.wrapped, &what) {
+                let plain = Zeroizing::new(plain);
+                let key = MasterKey::from_bytes(&plain, &what)?;
+                let id = KeyId(Id::from_hex(&k.name).map_err(|e| Error::format(&what, e))?);
+                found = Some((id, key));
+                break;
+            }
+        }
+        let (key_id, key) = found.ok_or(Error::WrongPassword { location })?;
+        let sealed = backend.read(FileKind::Config, "config")?;
+        let plain = key.open(ObjectKind::Config, b"", &sealed, "config")?;
+        let config = Config::decode(&decode_blob_max(plain, 1 << 20, "config")?)
+            .map_err(|e| Error::format("config", e))?;
+        Ok(Repository {
+            backend,
+            key: Arc::new(key),
+            key_id,
+            config,
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+    pub fn key(&self) -> &Arc<MasterKey> {
+        &self.key
+    }
+    /// The key file this repository was opened with.
+    pub fn key_id(&self) -> KeyId {
+        self.key_id
+    }
+    pub fn compression(&self) -> CompressionSpec {
+        CompressionSpec {
+            algo: self.config.compression,
+            level: self.config.compression_level,
+        }
+    }
+
+    // ---- keys
+
+    /// All key files with their metadata.
+    pub fn list_keys(&self) -> Result<Vec<(KeyId, KeyFile)>> {
+        let mut out = Vec::new();
+        for k in self.backend.list(FileKind::Key)? {
+            let what = format!("key {}", k.name);
+            let kf = KeyFile::decode(&self.backend.read(FileKind::Key, &k.name)?)
+                .map_err(|e| Error::format(&what, e))?;
+            out.push((
+                KeyId(Id::from_hex(&k.name).map_err(|e| Error::format(&what, e))?),
+                kf,
+            ));
+        }
+        out.sort_by_key(|(_, k)| k.created);
+        Ok(out)
+    }
+
+    /// Add a key slot for another passphrase.
+    pub fn add_key(&self, password: &[u8]) -> Result<KeyId> {
+        write_key_file(&*self.backend, &self.key, password)
+    }
+
+    /// Remove a key slot. The key in use cannot be removed (use [`Repository::change_password`]).
+    pub fn remove_key(&self, id: &KeyId) -> Result<()> {
+        if *id == self.key_id {
+            return Err(Error::Invalid(format!(
+                "key {} is the one in use; open the repository with another key to remove it",
+                id.short()
+            )));
+        }
+        self.backend.remove(FileKind::Key, &id.to_hex())?;
+        Ok(())
+    }
+
+    /// Replace the key in use by one for `password`: the new slot is written before the old
+    /// one is removed, so an interruption leaves at least one working key.
+    pub fn change_password(&mut self, password: &[u8]) -> Result<KeyId> {
+        let new = self.add_key(password)?;
+        self.backend.remove(FileKind::Key, &self.key_id.to_hex())?;
+        self.key_id = new;
+        Ok(new)
+    }
+
+    /// Resolve a key id or unique prefix.
+    pub fn find_key(&self, spec: &str) -> Result<KeyId> {
+        let names: Vec<String> = self
+            .backend
+            .list(FileKind::Key)?
+            .into_iter()
+            .map(|f| f.name)
+            .collect();
+        let id = unique_prefix(&names, spec, "key")?;
+        Ok(KeyId(Id::from_hex(&id).map_err(|e| Error::format("key", e))?))
+    }
+
+    // ---- whole-file objects (index, snapshots)
+
+    /// Compress, seal and store a whole-file object; returns its storage name.
+    pub(crate) fn save_file_object(
+        &self,
+        kind: FileKind,
+        okind: ObjectKind,
+        plain: &[u8],
+    ) -> Result<(Id, u64)> {
+        let sealed = self.key.seal(okind, b"", &encode_blob(META_COMPRESSION, plain));
+        let id = storage_id(&sealed);
+        self.backend.write(kind, &id.to_hex(), &sealed)?;
+        Ok((id, sealed.len() as u64))
+    }
+
+    /// Read, verify (name = hash of bytes), open and decompress a whole-file object.
+    pub(crate) fn load_file_object(&self, kind: FileKind, okind: ObjectKind, name: &str) -> Result<Vec<u8>> {
+        let what = format!("{}/{name}", kind.dir());
+        let bytes = self.backend.read(kind, name)?;
+        if storage_id(&bytes).to_hex() != name {
+            return Err(Error::integrity(
+                &what,
+                "content does not match its name (file damaged)",
+            ));
+        }
+        let plain = self.key.open(okind, b"", &bytes, &what)?;
+        decode_blob_max(plain, MAX_FILE_OBJECT, &what)
+    }
+
+    pub fn save_index(&self, file: &IndexFile) -> Result<(IndexId, u64)> {
+        let (id, n) = self.save_file_object(FileKind::Index, ObjectKind::Index, &file.encode())?;
+        Ok((IndexId(id), n))
+    }
+
+    pub fn load_index_file(&self, name: &str) -> Result<IndexFile> {
+        let plain = self.load_file_object(FileKind::Index, ObjectKind::Index, name)?;
+        IndexFile::decode(&plain).map_err(|e| Error::format(format!("index/{name}"), e))
+    }
+
+    pub fn save_snapshot(&self, s: &Snapshot) -> Result<(SnapshotId, u64)> {
+        let (id, n) = self.save_file_object(FileKind::Snapshot, ObjectKind::Snapshot, &s.encode())?;
+        Ok((SnapshotId(id), n))
+    }
+
+    pub fn load_snapshot(&self, id: &SnapshotId) -> Result<Snapshot> {
+        let name = id.to_hex();
+        let plain = self.load_file_object(FileKind::Snapshot, ObjectKind::Snapshot, &name)?;
+        Snapshot::decode(&plain).map_err(|e| Error::format(format!("snapshot {}", id.short()), e))
+    }
+
+    /// Every snapshot, oldest first.
+    pub fn list_snapshots(&self) -> Result<Vec<(SnapshotId, Snapshot)>> {
+        let mut out = Vec::new();
+        for f in self.backend.list(FileKind::Snapshot)? {
+            let id = SnapshotId(Id::from_hex(&f.name).map_err(|e| Error::format("snapshots/", e))?);
+            out.push((id, self.load_snapshot(&id)?));
+        }
+        out.sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
+        Ok(out)
+    }
+
+    /// Resolve `latest`, a full id or a unique id prefix.
+    pub fn find_snapshot(&self, spec: &str) -> Result<(SnapshotId, Snapshot)> {
+        if spec == "latest" {
+            return self.list_snapshots()?.pop().ok_or_else(|| {
+                Error::NotFound(format!(
+                    "no snapshot in {} (`latest` needs one)",
+                    self.backend.location()
+                ))
+            });
+        }
+        let names: Vec<String> = self
+            .backend
+            .list(FileKind::Snapshot)?
+            .into_iter()
+            .map(|f| f.name)
+            .collect();
+        let name = unique_prefix(&names, spec, "snapshot")?;
+        let id = SnapshotId(Id::from_hex(&name).map_err(|e| Error::format("snapshots/", e))?);
+        Ok((id, self.load_snapshot(&id)?))
+    }
+
+    /// Read every index file into memory.
+    pub fn load_index(self) -> Result<IndexedRepository> {
+        let mut index = Index::default();
+        for f in self.backend.list(FileKind::Index)? {
+            let file = self.load_index_file(&f.name)?;
+            let id = IndexId(Id::from_hex(&f.name).map_err(|e| Error::format("index/", e))?);
+            index.add_file(id, &file);
+        }
+        Ok(IndexedRepository { repo: self, index })
+    }
+}
+
+fn write_key_file(backend: &dyn Backend, key: &MasterKey, password: &[u8]) -> Result<KeyId> {
+    if password.is_empty() {
+        return Err(Error::Invalid("an empty password is not allowed".into()));
+    }
+    let kdf = default_kdf();
+    let wrap = derive_wrapping_key(password, &kdf)?;
+    let (hostname, username) = host_and_user();
+    let kf = KeyFile {
+        version: FORMAT_VERSION,
+        created: Local::now().fixed_offset(),
+        hostname,
+        username,
+        kind: "full".into(),
+        wrapped: seal_with(&wrap, ObjectKind::KeyWrap, b"", &key.to_bytes()),
+        kdf,
+    };
+    let bytes = kf.encode();
+    let id = storage_id(&bytes);
+    backend.write(FileKind::Key, &id.to_hex(), &bytes)?;
+    Ok(KeyId(id))
+}
+
+/// The one name in `names` that starts with `spec`.
+fn unique_prefix(names: &[String], spec: &str, what: &str) -> Result<String> {
+    if spec.is_empty() || !spec.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(Error::Invalid(format!(
+            "{spec:?} is not a {what} id (hex digits or `latest`)"
+        )));
+    }
+    let spec = spec.to_ascii_lowercase();
+    let hits: Vec<&String> = names.iter().filter(|n| n.starts_with(&spec)).collect();
+    match hits.len() {
+        0 => Err(Error::NotFound(format!("no {what} with id {spec}"))),
+        1 => Ok(hits[0].clone()),
+        n => Err(Error::Invalid(format!(
+            "{what} id prefix {spec} is ambiguous ({n} matches); give more digits"
+        ))),
+    }
+}
+
+/// A repository with its index loaded: blobs can be read and deduplicated against.
+#[derive(Debug)]
+pub struct IndexedRepository {
+    repo: Repository,
+    index: Index,
+}
+
+impl Deref for IndexedRepository {
+    type Target = Repository;
+    fn deref(&self) -> &Repository {
+        &self.repo
+    }
+}
+
+impl IndexedRepository {
+    pub fn index(&self) -> &Index {
+        &self.index
+    }
+
+    pub(crate) fn index_mut(&mut self) -> &mut Index {
+        &mut self.index
+    }
+
+    /// Where a blob is, or a `NotFound` naming it.
+    pub fn locate(&self, id: &BlobId) -> Result<BlobLocation> {
+        self.index
+            .get(id)
+            .ok_or_else(|| Error::NotFound(format!("blob {} is not in the index", id.short())))
+    }
+
+    /// Read, open, decompress and verify one blob.
+    pub fn read_blob(&self, id: &BlobId, kind: BlobKind) -> Result<Vec<u8>> {
+        let loc = self.locate(id)?;
+        let what = format!("{:?} blob {} in pack {}", kind, id.short(), loc.pack.short()).to_lowercase();
+        if loc.kind != kind {
+            return Err(Error::integrity(
+                &what,
+                format!("index lists it as a {:?} blob", loc.kind),
+            ));
+        }
+        let sealed =
+            self.backend()
+                .read_range(FileKind::Pack, &loc.pack.to_hex(), loc.offset as u64, loc.length)?;
+        self.decode_blob_bytes(id, &loc, sealed, &what)
+    }
+
+    /// Open and verify the sealed bytes of a blob read from `loc`.
+    pub fn decode_blob_bytes(
+        &self,
+        id: &BlobId,
+        loc: &BlobLocation,
+        sealed: Vec<u8>,
+        what: &str,
+    ) -> Result<Vec<u8>> {
+        let plain = self
+            .key()
+            .open(loc.kind.object_kind(), id.as_bytes(), &sealed, what)?;
+        let data = decode_blob(plain, loc.raw_length as usize, what)?;
+        if self.key().blob_id(&data) != *id {
+            return Err(Error::integrity(what, "content does not hash to its id"));
+        }
+        Ok(data)
+    }
+
+    pub fn load_tree(&self, id: &BlobId) -> Result<Tree> {
+        let b = self.read_blob(id, BlobKind::Tree)?;
+        Tree::decode(&b).map_err(|e| Error::format(format!("tree {}", id.short()), e))
+    }
+
+    /// Decode a pack's header (its table of contents) straight from the pack.
+    pub fn read_pack_header(&self, pack: &PackId) -> Result<Vec<PackEntry>> {
+        let name = pack.to_hex();
+        let what = format!("pack {}", pack.short());
+        let size = self.backend().size(FileKind::Pack, &name)?;
+        let tail =
+            self.backend()
+                .read_range(FileKind::Pack, &name, size.saturating_sub(4), 4.min(size as u32))?;
+        let (off, len) = coffer_format::split_trailer(size, &tail).map_err(|e| Error::format(&what, e))?;
+        let sealed = self.backend().read_range(FileKind::Pack, &name, off, len)?;
+        let plain = self.key().open(ObjectKind::PackHeader, b"", &sealed, &what)?;
+        coffer_format::decode_header(&plain, off).map_err(|e| Error::format(&what, e))
+    }
+}

@@ -1,0 +1,35 @@
+//! # coffer repository format, version 1
+//!
+//! Types and byte layouts of everything coffer stores, with no I/O and no cryptography: the
+//! `coffer-core` crate seals and opens these bytes; this crate only says what they are.
+//! docs/FORMAT.md is the prose version of this crate and of the invariants the core keeps.
+//!
+//! ```text
+//! config                 sealed(Config)                            fixed name
+//! keys/<KeyId>           KeyFile (JSON), wraps the master key      name = blake3(file)
+//! data/<2 hex>/<PackId>  blobs || sealed(pack header) || u32       name = blake3(file)
+//! index/<IndexId>        sealed(zstd(IndexFile))                   name = blake3(file)
+//! snapshots/<SnapshotId> sealed(zstd(Snapshot))                    name = blake3(file)
+//! ```
+//! Every decoder treats its input as hostile and returns [`FormatError`] instead of panicking.
+
+mod config;
+mod error;
+mod id;
+mod index;
+mod layout;
+mod pack;
+mod snapshot;
+mod tree;
+
+pub use config::{ChunkerParams, Config, KdfParams, KeyFile};
+pub use error::FormatError;
+pub use id::{BlobId, Id, IndexId, KeyId, PackId, SnapshotId, ID_LEN};
+pub use index::{IndexFile, IndexPack};
+pub use layout::{
+    associated_data, BlobKind, Compression, ObjectKind, FORMAT_VERSION, MAX_BLOB_SIZE, MAX_PACK_SIZE,
+    SEAL_NONCE_LEN, SEAL_OVERHEAD, SEAL_SCHEME_SYMMETRIC, SEAL_TAG_LEN,
+};
+pub use pack::{decode_header, encode_header, split_trailer, PackEntry, ENTRY_LEN};
+pub use snapshot::{Snapshot, Summary};
+pub use tree::{Bytes, Name, Node, NodeKind, Timestamp, Tree, Xattr};

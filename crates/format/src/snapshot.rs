@@ -1,0 +1,82 @@
+//! Snapshots: one backup run's root tree and what is known about the run.
+//!
+//! A snapshot file is the CBOR of [`Snapshot`], compressed and sealed (kind Snapshot), stored
+//! under `snapshots/` with its unkeyed hash as name; that name is the snapshot id.
+
+use chrono::{DateTime, FixedOffset};
+use serde::{Deserialize, Serialize};
+
+use crate::id::{BlobId, SnapshotId};
+use crate::FormatError;
+
+/// Figures of one backup run.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Summary {
+    pub files_new: u64,
+    pub files_changed: u64,
+    pub files_unchanged: u64,
+    pub dirs: u64,
+    pub other_nodes: u64,
+    /// Files or directories that could not be read (the run's exit code is 3 when non-zero).
+    pub errors: u64,
+    /// Bytes of file content read from disk.
+    pub bytes_read: u64,
+    /// Total size of all files in the snapshot.
+    pub bytes_total: u64,
+    /// New blobs and their plaintext size.
+    pub blobs_new: u64,
+    pub bytes_new_raw: u64,
+    /// Bytes written to the repository (packs, index, snapshot).
+    pub bytes_stored: u64,
+    pub start: Option<DateTime<FixedOffset>>,
+    pub end: Option<DateTime<FixedOffset>>,
+}
+
+/// A snapshot.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub version: u32,
+    /// When the backup started, as the client's clock says.
+    pub time: DateTime<FixedOffset>,
+    pub hostname: String,
+    #[serde(default)]
+    pub username: String,
+    /// The absolute paths that were backed up.
+    pub paths: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub excludes: Vec<String>,
+    /// Root tree: holds the backed-up paths under their full path (`/srv/www` is `srv`/`www`).
+    pub tree: BlobId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<SnapshotId>,
+    pub program_version: String,
+    #[serde(default)]
+    pub summary: Summary,
+}
+
+impl Snapshot {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        #[allow(clippy::expect_used)]
+        ciborium::into_writer(self, &mut out).expect("snapshot serializes to a Vec");
+        out
+    }
+
+    pub fn decode(b: &[u8]) -> Result<Self, FormatError> {
+        let s: Snapshot = ciborium::from_reader(b).map_err(|e| FormatError::Decode {
+            what: "snapshot",
+            detail: e.to_string(),
+        })?;
+        if s.version != crate::FORMAT_VERSION {
+            return Err(FormatError::Unsupported {
+                what: "snapshot",
+                found: s.version.to_string(),
+                supported: "1".into(),
+            });
+        }
+        Ok(s)
+    }
+}
