@@ -11,6 +11,7 @@ use thiserror::Error;
 
 /// The namespaces of a repository.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
 pub enum FileKind {
     /// The single `config` file (name `"config"`).
     Config,

@@ -107,6 +107,40 @@ impl PathTrie {
     }
 }
 
+/// Open for reading without updating the access time (a backup should not disturb atime,
+/// which tmp cleaners and mail readers use); `O_NOATIME` needs ownership or root, so fall
+/// back to a plain open.
+fn open_noatime(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let noatime = rustix::fs::OFlags::NOATIME.bits() as i32;
+    match fs::OpenOptions::new().read(true).custom_flags(noatime).open(path) {
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::PERM.raw_os_error()) => File::open(path),
+        r => r,
+    }
+}
+
+/// The names in a directory (without `.` and `..`), read without updating its atime.
+fn list_dir(dir: &Path) -> io::Result<Vec<std::ffi::OsString>> {
+    use rustix::fs::{Mode, OFlags};
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    let fd = match rustix::fs::openat(rustix::fs::CWD, dir, flags | OFlags::NOATIME, Mode::empty()) {
+        Err(rustix::io::Errno::PERM) => rustix::fs::openat(rustix::fs::CWD, dir, flags, Mode::empty()),
+        r => r,
+    }
+    .map_err(|e| io::Error::from_raw_os_error(e.raw_os_error()))?;
+    let mut names = Vec::new();
+    for entry in
+        rustix::fs::Dir::read_from(&fd).map_err(|e| io::Error::from_raw_os_error(e.raw_os_error()))?
+    {
+        let entry = entry.map_err(|e| io::Error::from_raw_os_error(e.raw_os_error()))?;
+        let name = entry.file_name().to_bytes();
+        if name != b"." && name != b".." {
+            names.push(OsStr::from_bytes(name).to_os_string());
+        }
+    }
+    Ok(names)
+}
+
 const CACHEDIR_SIGNATURE: &[u8] = b"Signature: 8a477f597d28d172789f06886806bc55";
 
 fn is_cache_dir(dir: &Path) -> bool {
@@ -173,7 +207,7 @@ impl Archiver<'_, '_> {
     /// Read a file's content into chunks. Returns the chunk ids and bytes read; a read error
     /// after the open is recorded in the node (partial content) and warned about.
     fn read_file(&mut self, path: &Path, node: &mut Node) -> Result<Option<Vec<BlobId>>> {
-        let mut f = match File::open(path) {
+        let mut f = match open_noatime(path) {
             Ok(f) => f,
             Err(e) => {
                 self.warn(format!("{}: cannot open: {e}", path.display()));
@@ -316,21 +350,13 @@ impl Archiver<'_, '_> {
     }
 
     fn archive_dir_contents(&mut self, dir: &Path, parent: Option<&Tree>) -> Result<Tree> {
-        let mut names: Vec<std::ffi::OsString> = Vec::new();
-        match fs::read_dir(dir) {
-            Ok(rd) => {
-                for e in rd {
-                    match e {
-                        Ok(e) => names.push(e.file_name()),
-                        Err(e) => {
-                            self.warn(format!("{}: cannot list: {e}", dir.display()));
-                            break;
-                        }
-                    }
-                }
+        let mut names = match list_dir(dir) {
+            Ok(n) => n,
+            Err(e) => {
+                self.warn(format!("{}: cannot list: {e}", dir.display()));
+                Vec::new()
             }
-            Err(e) => self.warn(format!("{}: cannot list: {e}", dir.display())),
-        }
+        };
         names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
         let mut tree = Tree::default();
         let mut pi = 0;

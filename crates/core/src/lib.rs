@@ -10,14 +10,17 @@ pub mod backup;
 pub mod chunker;
 pub mod compress;
 pub mod crypto;
+pub mod diff;
 mod error;
 pub mod filter;
 mod fsmeta;
 pub mod index;
+pub mod memory;
 mod packer;
 pub mod progress;
 mod repo;
 pub mod restore;
+pub mod stats;
 pub mod walk;
 
 pub use backend::{Backend, BackendError, FileInfo, FileKind, WriteOutcome};

@@ -449,4 +449,37 @@ impl IndexedRepository {
         let plain = self.key().open(ObjectKind::PackHeader, b"", &sealed, &what)?;
         coffer_format::decode_header(&plain, off).map_err(|e| Error::format(&what, e))
     }
+
+    /// Read a whole pack and verify everything in it: the file hashes to its name, the
+    /// header decrypts and tiles the pack, and every blob opens, decompresses and hashes
+    /// to its id. Returns the header's entries.
+    pub fn verify_pack(&self, pack: &PackId) -> Result<Vec<PackEntry>> {
+        let name = pack.to_hex();
+        let what = format!("pack {}", pack.short());
+        let bytes = self.backend().read(FileKind::Pack, &name)?;
+        if storage_id(&bytes).to_hex() != name {
+            return Err(Error::integrity(
+                &what,
+                "content does not match its name (file damaged)",
+            ));
+        }
+        let n = bytes.len() as u64;
+        let tail = &bytes[bytes.len().saturating_sub(4)..];
+        let (off, len) = coffer_format::split_trailer(n, tail).map_err(|e| Error::format(&what, e))?;
+        let header = &bytes[off as usize..off as usize + len as usize];
+        let plain = self.key().open(ObjectKind::PackHeader, b"", header, &what)?;
+        let entries = coffer_format::decode_header(&plain, off).map_err(|e| Error::format(&what, e))?;
+        for e in &entries {
+            let loc = BlobLocation {
+                pack: *pack,
+                kind: e.kind,
+                offset: e.offset,
+                length: e.length,
+                raw_length: e.raw_length,
+            };
+            let sealed = bytes[e.offset as usize..e.end() as usize].to_vec();
+            self.decode_blob_bytes(&e.id, &loc, sealed, &format!("{what}, blob {}", e.id.short()))?;
+        }
+        Ok(entries)
+    }
 }

@@ -508,7 +508,7 @@ pub fn restore(
                 r.restore_tree(&tree, dir, &[], &prefix, false)?;
             } else {
                 let parent = prefix[..prefix.iter().rposition(|&b| b == b'/').unwrap_or(0)].to_vec();
-                r.restore_tree(&Tree { nodes: vec![node] }, dir, &[], &parent, false)?;
+                r.restore_tree(&Tree { nodes: vec![*node] }, dir, &[], &parent, false)?;
             }
         }
     }

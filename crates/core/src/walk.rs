@@ -12,7 +12,7 @@ use crate::repo::IndexedRepository;
 pub enum Found {
     /// The snapshot root (path `/`).
     Root(BlobId),
-    Node(Node),
+    Node(Box<Node>),
 }
 
 /// Look up `path` (absolute, as in the snapshot) starting at root tree `root`.
@@ -44,7 +44,7 @@ pub fn find_path(repo: &IndexedRepository, root: BlobId, path: &str) -> Result<F
             .into_iter()
             .find(|n| n.name == name)
             .ok_or_else(|| Error::NotFound(format!("{path}: not in the snapshot")))?;
-        found = Found::Node(node);
+        found = Found::Node(Box::new(node));
     }
     Ok(found)
 }

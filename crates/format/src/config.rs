@@ -32,8 +32,8 @@ impl ChunkerParams {
             && self.min_size <= self.avg_size
             && self.avg_size <= self.max_size
             && self.avg_size.is_power_of_two()
-            && self.min_size % 2 == 0
-            && self.max_size % 2 == 0
+            && self.min_size.is_multiple_of(2)
+            && self.max_size.is_multiple_of(2)
             && self.avg_size <= 4 << 20
             && self.min_size <= 1 << 20
             && self.max_size <= 16 << 20;

@@ -1,0 +1,216 @@
+//! Command-line definitions. Names and habits follow restic: `-r/--repo`, `--json`,
+//! `COFFER_REPOSITORY`, `COFFER_PASSWORD_FILE`, snapshot ids by prefix or `latest`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+pub const EXIT_CODES: &str = "\
+Exit codes:
+  0   success
+  1   fatal error (nothing was done, or the command failed)
+  2   wrong usage (bad flags or arguments)
+  3   backup written, but some source files could not be read (see warnings)
+  10  the repository does not exist
+  12  wrong password
+  130 interrupted";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "coffer",
+    version,
+    about = "Deduplicated, compressed, encrypted backups",
+    after_help = EXIT_CODES,
+    propagate_version = true
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct Global {
+    /// Repository location (a directory)
+    #[arg(
+        short = 'r',
+        long = "repo",
+        env = "COFFER_REPOSITORY",
+        global = true,
+        value_name = "REPO"
+    )]
+    pub repo: Option<String>,
+    /// Read the repository password from the first line of FILE
+    #[arg(long, env = "COFFER_PASSWORD_FILE", global = true, value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
+    /// Run CMD (with sh -c) and use the first line of its output as the password
+    #[arg(long, env = "COFFER_PASSWORD_COMMAND", global = true, value_name = "CMD")]
+    pub password_command: Option<String>,
+    /// Print machine-readable JSON on stdout
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Print nothing but errors and warnings
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// Print more (repeat for even more)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create a new repository
+    Init(InitArgs),
+    /// Back up files and directories
+    Backup(BackupArgs),
+    /// List snapshots
+    Snapshots(SnapshotsArgs),
+    /// List the files in a snapshot
+    Ls(LsArgs),
+    /// Restore a snapshot, or a path of it, into a directory
+    Restore(RestoreArgs),
+    /// Show what changed between two snapshots
+    Diff(DiffArgs),
+    /// Print a repository object as JSON (for debugging)
+    Cat(CatArgs),
+    /// Manage the repository's keys (passwords)
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Show repository sizes, deduplication and compression
+    Stats,
+}
+
+#[derive(Args, Debug)]
+pub struct InitArgs {
+    /// Compression: zstd, lz4, zlib, lzma or none
+    #[arg(long, default_value = "zstd")]
+    pub compression: String,
+    /// Compression level (zstd 1-22, zlib/lzma 0-9); default depends on the algorithm
+    #[arg(long)]
+    pub compression_level: Option<i32>,
+    /// Target pack size in MiB
+    #[arg(long, default_value_t = 16, value_name = "MIB")]
+    pub pack_size: u32,
+    /// Read the new password from FILE instead of the repository password sources
+    #[arg(long, value_name = "FILE")]
+    pub new_password_file: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct BackupArgs {
+    /// Files and directories to back up
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+    /// Exclude paths matching PATTERN (`*.tmp` matches names, `/var/cache/*` whole paths)
+    #[arg(short, long, value_name = "PATTERN")]
+    pub exclude: Vec<String>,
+    /// Read exclude patterns from FILE, one per line (# starts a comment)
+    #[arg(long, value_name = "FILE")]
+    pub exclude_file: Vec<PathBuf>,
+    /// Skip the contents of directories holding a CACHEDIR.TAG
+    #[arg(long)]
+    pub exclude_caches: bool,
+    /// Do not cross file system boundaries
+    #[arg(short = 'x', long)]
+    pub one_file_system: bool,
+    /// Add a tag to the snapshot (repeat or separate with commas)
+    #[arg(long, value_name = "TAG", value_delimiter = ',')]
+    pub tag: Vec<String>,
+    /// Record this host name instead of the machine's
+    #[arg(long, value_name = "HOST")]
+    pub host: Option<String>,
+    /// Compare against this snapshot instead of the newest of this host and paths
+    #[arg(long, value_name = "SNAPSHOT", conflicts_with = "force")]
+    pub parent: Option<String>,
+    /// Read every file, even those unchanged since the parent snapshot
+    #[arg(short, long)]
+    pub force: bool,
+    /// Compression threads (default: one per core)
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct SnapshotsArgs {
+    /// Only snapshots of this host
+    #[arg(long, value_name = "HOST")]
+    pub host: Vec<String>,
+    /// Only snapshots with this tag
+    #[arg(long, value_name = "TAG")]
+    pub tag: Vec<String>,
+    /// Only snapshots containing this path
+    #[arg(long, value_name = "PATH")]
+    pub path: Vec<String>,
+    /// Only the newest N snapshots
+    #[arg(long, value_name = "N")]
+    pub latest: Option<usize>,
+}
+
+#[derive(Args, Debug)]
+pub struct LsArgs {
+    /// Snapshot id, unique prefix, or `latest`
+    pub snapshot: String,
+    /// Only list below this path
+    #[arg(default_value = "/")]
+    pub path: String,
+    /// Long listing: mode, owner, size, time
+    #[arg(short, long)]
+    pub long: bool,
+    /// List only the entries directly in PATH
+    #[arg(long)]
+    pub no_recursive: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct RestoreArgs {
+    /// SNAPSHOT or SNAPSHOT:PATH (the contents of PATH land in the target)
+    pub snapshot: String,
+    /// Directory to restore into (created if missing)
+    #[arg(short, long, value_name = "DIR")]
+    pub target: PathBuf,
+    /// Restore only paths matching PATTERN (and everything below matching directories)
+    #[arg(short, long, value_name = "PATTERN")]
+    pub include: Vec<String>,
+    /// Do not restore paths matching PATTERN
+    #[arg(short, long, value_name = "PATTERN")]
+    pub exclude: Vec<String>,
+    /// Show what would be restored without writing anything
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct DiffArgs {
+    pub snapshot1: String,
+    pub snapshot2: String,
+    /// Also list metadata-only changes (mode, owner, mtime)
+    #[arg(long)]
+    pub metadata: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct CatArgs {
+    /// config, snapshot, tree, index, key or pack
+    pub kind: String,
+    /// The object's id (tree: a snapshot id or a tree id)
+    pub id: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeyCommand {
+    /// List the keys
+    List,
+    /// Add a key (a new password that opens the repository)
+    Add {
+        #[arg(long, value_name = "FILE")]
+        new_password_file: Option<PathBuf>,
+    },
+    /// Remove a key (not the one in use)
+    Remove { id: String },
+    /// Change the password of the key in use
+    Passwd {
+        #[arg(long, value_name = "FILE")]
+        new_password_file: Option<PathBuf>,
+    },
+}

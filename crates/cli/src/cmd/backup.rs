@@ -1,0 +1,107 @@
+//! `coffer backup`.
+
+use std::io::Write;
+
+use anyhow::{Context, Result};
+use coffer_core::{BackupOptions, ParentChoice};
+use serde_json::json;
+
+use super::{open_indexed, outln, print_json};
+use crate::cli::{BackupArgs, Global};
+use crate::ui::{bytes, CliProgress};
+use crate::EXIT_INCOMPLETE;
+
+/// Patterns from an exclude file: one per line, blank lines and `#` comments ignored.
+fn read_exclude_file(p: &std::path::Path) -> Result<Vec<String>> {
+    let text =
+        std::fs::read_to_string(p).with_context(|| format!("cannot read exclude file {}", p.display()))?;
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(String::from)
+        .collect())
+}
+
+pub fn run(g: &Global, a: BackupArgs) -> Result<u8> {
+    let mut excludes = a.exclude.clone();
+    for f in &a.exclude_file {
+        excludes.extend(read_exclude_file(f)?);
+    }
+    let mut repo = open_indexed(g)?;
+    let parent = if a.force {
+        ParentChoice::None
+    } else if let Some(p) = &a.parent {
+        ParentChoice::Id(repo.find_snapshot(p)?.0)
+    } else {
+        ParentChoice::Auto
+    };
+    let opts = BackupOptions {
+        paths: a.paths.clone(),
+        excludes,
+        exclude_caches: a.exclude_caches,
+        one_file_system: a.one_file_system,
+        tags: a.tag.iter().filter(|t| !t.is_empty()).cloned().collect(),
+        hostname: a.host.clone(),
+        parent,
+        threads: a.threads,
+    };
+    let progress = CliProgress::new(!g.quiet && !g.json, "backed up");
+    let r = coffer_core::backup(&mut repo, &opts, &progress);
+    progress.finish();
+    let out = r?;
+    let s = &out.snapshot.summary;
+    let secs = match (s.start, s.end) {
+        (Some(a), Some(b)) => (b - a).num_milliseconds() as f64 / 1000.0,
+        _ => 0.0,
+    };
+    if g.json {
+        print_json(&json!({
+            "message_type": "summary",
+            "snapshot_id": out.id.to_hex(),
+            "parent": out.snapshot.parent.map(|p| p.to_hex()),
+            "files_new": s.files_new,
+            "files_changed": s.files_changed,
+            "files_unchanged": s.files_unchanged,
+            "dirs": s.dirs,
+            "errors": s.errors,
+            "bytes_read": s.bytes_read,
+            "bytes_total": s.bytes_total,
+            "blobs_new": s.blobs_new,
+            "bytes_new": s.bytes_new_raw,
+            "bytes_stored": s.bytes_stored,
+            "duration_seconds": secs,
+        }))?;
+    } else if !g.quiet {
+        if let Some(p) = out.snapshot.parent {
+            outln!("using parent snapshot {}", p.short())?;
+        }
+        outln!(
+            "files:  {} new, {} changed, {} unchanged ({} directories)",
+            s.files_new,
+            s.files_changed,
+            s.files_unchanged,
+            s.dirs
+        )?;
+        outln!(
+            "read:   {} of {} total",
+            bytes(s.bytes_read),
+            bytes(s.bytes_total)
+        )?;
+        outln!(
+            "added:  {} new data, {} stored after compression",
+            bytes(s.bytes_new_raw),
+            bytes(s.bytes_stored)
+        )?;
+        outln!("took:   {secs:.1} s")?;
+        outln!("snapshot {} saved", out.id.short())?;
+    }
+    if s.errors > 0 {
+        eprintln!(
+            "warning: {} files or directories could not be read completely; the snapshot lacks them",
+            s.errors
+        );
+        return Ok(EXIT_INCOMPLETE);
+    }
+    Ok(0)
+}

@@ -1,0 +1,470 @@
+//! One function per subcommand: resolve flags into library options, call the core, print.
+
+pub mod backup;
+pub mod cat;
+
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use coffer_core::diff::{diff_trees, ChangeKind};
+use coffer_core::format::{Node, NodeKind, Snapshot, SnapshotId};
+use coffer_core::walk::{find_path, walk, Found};
+use coffer_core::{Backend, IndexedRepository, InitOptions, Repository, RestoreOptions};
+use serde_json::json;
+
+use crate::cli::{DiffArgs, Global, InitArgs, KeyCommand, LsArgs, RestoreArgs, SnapshotsArgs};
+use crate::password::{new_password, repository_password};
+use crate::ui::{bytes, local_time, CliProgress};
+
+/// Write one line to stdout; a closed pipe surfaces as an error that main treats as success.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        writeln!(std::io::stdout().lock(), $($arg)*).context("writing to stdout")
+    };
+}
+pub(crate) use outln;
+
+pub fn backend(g: &Global) -> Result<Arc<dyn Backend>> {
+    let Some(loc) = &g.repo else {
+        bail!("no repository given: use -r/--repo or set COFFER_REPOSITORY");
+    };
+    Ok(coffer_backends::open(loc)?)
+}
+
+pub fn open(g: &Global) -> Result<Repository> {
+    let b = backend(g)?;
+    if !b.exists()? {
+        return Err(coffer_core::Error::NoRepository {
+            location: b.location(),
+        }
+        .into());
+    }
+    let pw = repository_password(g)?;
+    Ok(Repository::open(b, &pw)?)
+}
+
+pub fn open_indexed(g: &Global) -> Result<IndexedRepository> {
+    Ok(open(g)?.load_index()?)
+}
+
+pub fn print_json(v: &impl serde::Serialize) -> Result<()> {
+    let s = serde_json::to_string(v)?;
+    outln!("{s}")
+}
+
+pub fn init(g: &Global, a: InitArgs) -> Result<u8> {
+    let b = backend(g)?;
+    let algo: coffer_core::format::Compression = a.compression.parse().map_err(anyhow::Error::msg)?;
+    let level = a
+        .compression_level
+        .unwrap_or_else(|| coffer_core::CompressionSpec::default_level(algo));
+    let opts = InitOptions {
+        compression: coffer_core::CompressionSpec { algo, level },
+        pack_size: a.pack_size.checked_mul(1 << 20).context("pack size too large")?,
+        ..InitOptions::default()
+    };
+    opts.compression.validate()?;
+    if b.exists()? {
+        return Err(coffer_core::Error::RepositoryExists {
+            location: b.location(),
+        }
+        .into());
+    }
+    let pw = new_password(g, a.new_password_file.as_deref(), true)?;
+    let repo = Repository::init(b, &pw, &opts)?;
+    if g.json {
+        print_json(
+            &json!({"message_type": "initialized", "id": repo.config().id.to_hex(), "repository": repo.backend().location()}),
+        )?;
+    } else if !g.quiet {
+        outln!(
+            "created coffer repository {} at {}",
+            repo.config().id.short(),
+            repo.backend().location()
+        )?;
+        outln!("Keep the password safe: without it the data cannot be recovered.")?;
+    }
+    Ok(0)
+}
+
+fn snapshot_json(id: &SnapshotId, s: &Snapshot) -> serde_json::Value {
+    json!({
+        "id": id.to_hex(),
+        "short_id": id.short(),
+        "time": s.time.to_rfc3339(),
+        "hostname": s.hostname,
+        "username": s.username,
+        "paths": s.paths,
+        "tags": s.tags,
+        "tree": s.tree.to_hex(),
+        "parent": s.parent.map(|p| p.to_hex()),
+        "program_version": s.program_version,
+        "summary": s.summary,
+    })
+}
+
+pub fn snapshots(g: &Global, a: SnapshotsArgs) -> Result<u8> {
+    let repo = open(g)?;
+    let mut list = repo.list_snapshots()?;
+    list.retain(|(_, s)| {
+        (a.host.is_empty() || a.host.contains(&s.hostname))
+            && a.tag.iter().all(|t| s.tags.contains(t))
+            && a.path.iter().all(|p| s.paths.contains(p))
+    });
+    if let Some(n) = a.latest {
+        let skip = list.len().saturating_sub(n);
+        list.drain(..skip);
+    }
+    if g.json {
+        let v: Vec<_> = list.iter().map(|(id, s)| snapshot_json(id, s)).collect();
+        return print_json(&v).map(|_| 0);
+    }
+    let rows: Vec<[String; 6]> = list
+        .iter()
+        .map(|(id, s)| {
+            [
+                id.short(),
+                local_time(&s.time),
+                s.hostname.clone(),
+                s.tags.join(","),
+                s.paths.join(" "),
+                bytes(s.summary.bytes_total),
+            ]
+        })
+        .collect();
+    let head = ["ID", "Time", "Host", "Tags", "Paths", "Size"].map(String::from);
+    let mut w = [0usize; 6];
+    for r in std::iter::once(&head).chain(rows.iter()) {
+        for (i, c) in r.iter().enumerate() {
+            w[i] = w[i].max(c.chars().count());
+        }
+    }
+    let line = |r: &[String; 6]| {
+        format!(
+            "{:<w0$}  {:<w1$}  {:<w2$}  {:<w3$}  {:<w4$}  {:>w5$}",
+            r[0],
+            r[1],
+            r[2],
+            r[3],
+            r[4],
+            r[5],
+            w0 = w[0],
+            w1 = w[1],
+            w2 = w[2],
+            w3 = w[3],
+            w4 = w[4],
+            w5 = w[5]
+        )
+    };
+    outln!("{}", line(&head))?;
+    outln!("{}", "-".repeat(w.iter().sum::<usize>() + 10))?;
+    for r in &rows {
+        outln!("{}", line(r))?;
+    }
+    outln!("{} snapshots", rows.len())?;
+    Ok(0)
+}
+
+fn kind_char(k: NodeKind) -> char {
+    match k {
+        NodeKind::File => '-',
+        NodeKind::Dir => 'd',
+        NodeKind::Symlink => 'l',
+        NodeKind::Fifo => 'p',
+        NodeKind::Chardev => 'c',
+        NodeKind::Blockdev => 'b',
+    }
+}
+
+fn mode_string(n: &Node) -> String {
+    let m = n.mode;
+    let mut s = String::with_capacity(10);
+    s.push(kind_char(n.kind));
+    let bits = [
+        (0o400, 'r'),
+        (0o200, 'w'),
+        (0o100, 'x'),
+        (0o40, 'r'),
+        (0o20, 'w'),
+        (0o10, 'x'),
+        (0o4, 'r'),
+        (0o2, 'w'),
+        (0o1, 'x'),
+    ];
+    for (i, (b, c)) in bits.iter().enumerate() {
+        let special = match i {
+            2 if m & 0o4000 != 0 => Some(if m & b != 0 { 's' } else { 'S' }),
+            5 if m & 0o2000 != 0 => Some(if m & b != 0 { 's' } else { 'S' }),
+            8 if m & 0o1000 != 0 => Some(if m & b != 0 { 't' } else { 'T' }),
+            _ => None,
+        };
+        s.push(special.unwrap_or(if m & b != 0 { *c } else { '-' }));
+    }
+    s
+}
+
+fn node_json(path: &[u8], n: &Node) -> serde_json::Value {
+    let mut v = serde_json::to_value(n).unwrap_or_default();
+    if let Some(o) = v.as_object_mut() {
+        o.insert("path".into(), json!(String::from_utf8_lossy(path)));
+        o.remove("content");
+    }
+    v
+}
+
+fn print_node(g: &Global, long: bool, path: &[u8], n: &Node) -> Result<()> {
+    if g.json {
+        return print_json(&node_json(path, n));
+    }
+    let p = String::from_utf8_lossy(path);
+    if !long {
+        return outln!("{p}");
+    }
+    let t = chrono::DateTime::from_timestamp(n.mtime.s, n.mtime.ns)
+        .map(|t| {
+            t.with_timezone(&chrono::Local)
+                .format("%Y-%m-%d %H:%M:%S")
+                .to_string()
+        })
+        .unwrap_or_default();
+    let link = n
+        .target
+        .as_ref()
+        .map(|t| format!(" -> {}", String::from_utf8_lossy(&t.0)))
+        .unwrap_or_default();
+    outln!(
+        "{} {:>8} {:>8} {:>12} {t} {p}{link}",
+        mode_string(n),
+        n.user.clone().unwrap_or_else(|| n.uid.to_string()),
+        n.group.clone().unwrap_or_else(|| n.gid.to_string()),
+        n.size
+    )
+}
+
+pub fn ls(g: &Global, a: LsArgs) -> Result<u8> {
+    let repo = open_indexed(g)?;
+    let (_, snap) = repo.find_snapshot(&a.snapshot)?;
+    let start = match find_path(&repo, snap.tree, &a.path)? {
+        Found::Root(id) => Some(id),
+        Found::Node(n) if n.kind == NodeKind::Dir => n.subtree,
+        Found::Node(n) => {
+            print_node(g, a.long, a.path.trim_end_matches('/').as_bytes(), &n)?;
+            None
+        }
+    };
+    if let Some(id) = start {
+        let prefix = a.path.trim_end_matches('/').as_bytes().to_vec();
+        let recursive = !a.no_recursive;
+        let mut err = None;
+        walk(&repo, id, &prefix, &mut |p, n| {
+            if let Err(e) = print_node(g, a.long, p, n) {
+                err = Some(e);
+                return Err(coffer_core::Error::Interrupted);
+            }
+            Ok(recursive)
+        })
+        .or_else(|e| if err.is_some() { Ok(()) } else { Err(e) })?;
+        if let Some(e) = err {
+            return Err(e);
+        }
+    }
+    Ok(0)
+}
+
+pub fn restore(g: &Global, a: RestoreArgs) -> Result<u8> {
+    let (spec, path) = match a.snapshot.split_once(':') {
+        Some((s, p)) => (
+            s.to_string(),
+            if p.is_empty() {
+                "/".to_string()
+            } else {
+                p.to_string()
+            },
+        ),
+        None => (a.snapshot.clone(), "/".to_string()),
+    };
+    let repo = open_indexed(g)?;
+    let (id, snap) = repo.find_snapshot(&spec)?;
+    let opts = RestoreOptions {
+        target: a.target.clone(),
+        includes: a.include,
+        excludes: a.exclude,
+        dry_run: a.dry_run,
+    };
+    let progress = CliProgress::new(!g.quiet && !g.json, "restored");
+    let stats = coffer_core::restore(&repo, snap.tree, &path, &opts, &progress);
+    progress.finish();
+    let stats = stats?;
+    if g.json {
+        print_json(
+            &json!({"message_type": "summary", "snapshot_id": id.to_hex(), "dry_run": a.dry_run,
+            "files_restored": stats.files, "dirs_restored": stats.dirs, "links_restored": stats.links,
+            "other_restored": stats.other, "bytes_restored": stats.bytes, "errors": stats.errors}),
+        )?;
+    } else if !g.quiet {
+        let verb = if a.dry_run { "would restore" } else { "restored" };
+        outln!(
+            "{verb} snapshot {} ({}) to {}: {} files, {} directories, {} links, {}",
+            id.short(),
+            local_time(&snap.time),
+            a.target.display(),
+            stats.files,
+            stats.dirs,
+            stats.links,
+            bytes(stats.bytes)
+        )?;
+    }
+    if stats.errors > 0 {
+        bail!(
+            "{} item(s) could not be restored (see the warnings above)",
+            stats.errors
+        );
+    }
+    Ok(0)
+}
+
+pub fn diff(g: &Global, a: DiffArgs) -> Result<u8> {
+    let repo = open_indexed(g)?;
+    let (id1, s1) = repo.find_snapshot(&a.snapshot1)?;
+    let (id2, s2) = repo.find_snapshot(&a.snapshot2)?;
+    if !g.json && !g.quiet {
+        outln!("comparing snapshot {} to {}:", id1.short(), id2.short())?;
+    }
+    let mut counts = [0u64; 5];
+    let mut out_err = None;
+    diff_trees(&repo, s1.tree, s2.tree, &mut |p, k, _n| {
+        counts[k as usize] += 1;
+        if k == ChangeKind::Metadata && !a.metadata {
+            return;
+        }
+        let r = if g.json {
+            print_json(
+                &json!({"message_type": "change", "path": String::from_utf8_lossy(p), "modifier": k.marker().to_string(), "change": k}),
+            )
+        } else {
+            outln!(
+                "{}    {}",
+                k.marker(),
+                std::ffi::OsStr::from_bytes(p).to_string_lossy()
+            )
+        };
+        if let Err(e) = r {
+            out_err.get_or_insert(e);
+        }
+    })?;
+    if let Some(e) = out_err {
+        return Err(e);
+    }
+    let [added, removed, modified, metadata, typechanged] = counts;
+    if g.json {
+        print_json(
+            &json!({"message_type": "statistics", "added": added, "removed": removed, "modified": modified,
+            "metadata": metadata, "type_changed": typechanged}),
+        )?;
+    } else if !g.quiet {
+        outln!("\n{added} added, {removed} removed, {modified} modified, {typechanged} changed type, {metadata} metadata only")?;
+    }
+    Ok(0)
+}
+
+pub fn key(g: &Global, k: KeyCommand) -> Result<u8> {
+    let mut repo = open(g)?;
+    match k {
+        KeyCommand::List => {
+            let keys = repo.list_keys()?;
+            if g.json {
+                let v: Vec<_> = keys
+                    .iter()
+                    .map(|(id, kf)| json!({"id": id.to_hex(), "current": *id == repo.key_id(), "created": kf.created.to_rfc3339(),
+                        "hostname": kf.hostname, "username": kf.username, "kind": kf.kind}))
+                    .collect();
+                return print_json(&v).map(|_| 0);
+            }
+            outln!(
+                " {:<8}  {:<10}  {:<19}  {:<16}  {}",
+                "ID",
+                "User",
+                "Created",
+                "Host",
+                "Kind"
+            )?;
+            for (id, kf) in keys {
+                let cur = if id == repo.key_id() { '*' } else { ' ' };
+                outln!(
+                    "{cur}{:<8}  {:<10}  {:<19}  {:<16}  {}",
+                    id.short(),
+                    kf.username,
+                    local_time(&kf.created),
+                    kf.hostname,
+                    kf.kind
+                )?;
+            }
+        }
+        KeyCommand::Add { new_password_file } => {
+            let pw = new_password(g, new_password_file.as_deref(), false)?;
+            let id = repo.add_key(&pw)?;
+            if g.json {
+                print_json(&json!({"id": id.to_hex()}))?;
+            } else if !g.quiet {
+                outln!("added key {}", id.short())?;
+            }
+        }
+        KeyCommand::Remove { id } => {
+            let kid = repo.find_key(&id)?;
+            repo.remove_key(&kid)?;
+            if !g.quiet {
+                outln!("removed key {}", kid.short())?;
+            }
+        }
+        KeyCommand::Passwd { new_password_file } => {
+            let pw = new_password(g, new_password_file.as_deref(), false)?;
+            let id = repo.change_password(&pw)?;
+            if !g.quiet {
+                outln!("password changed; the key in use is now {}", id.short())?;
+            }
+        }
+    }
+    Ok(0)
+}
+
+pub fn stats(g: &Global) -> Result<u8> {
+    let repo = open_indexed(g)?;
+    let s = coffer_core::stats::repo_stats(&repo)?;
+    if g.json {
+        let mut v = serde_json::to_value(&s)?;
+        v["dedup_ratio"] = json!(s.dedup_ratio());
+        v["compression_ratio"] = json!(s.compression_ratio());
+        return print_json(&v).map(|_| 0);
+    }
+    outln!(
+        "repository {} at {}",
+        repo.config().id.short(),
+        repo.backend().location()
+    )?;
+    outln!("  snapshots:         {}", s.snapshots)?;
+    outln!(
+        "  files (all snaps): {} files, {}",
+        s.snapshot_files,
+        bytes(s.snapshot_bytes)
+    )?;
+    outln!(
+        "  unique data:       {} in {} chunks ({} trees)",
+        bytes(s.unique_bytes),
+        s.data_blobs,
+        s.tree_blobs
+    )?;
+    outln!(
+        "  stored:            {} in {} packs, {} index files",
+        bytes(s.stored_bytes),
+        s.packs,
+        s.index_files
+    )?;
+    outln!(
+        "  deduplication:     {:.2}x    compression: {:.2}x",
+        s.dedup_ratio(),
+        s.compression_ratio()
+    )?;
+    Ok(0)
+}

@@ -1,0 +1,90 @@
+//! Where passphrases come from. Never from the command line: from `COFFER_PASSWORD`, a file
+//! (`--password-file` / `COFFER_PASSWORD_FILE`), a command's output (`--password-command`),
+//! or a terminal prompt, in that order.
+
+use std::io::IsTerminal;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use anyhow::{bail, Context, Result};
+use zeroize::Zeroizing;
+
+use crate::cli::Global;
+
+pub type Secret = Zeroizing<Vec<u8>>;
+
+fn first_line(mut b: Vec<u8>) -> Secret {
+    if let Some(i) = b.iter().position(|&c| c == b'\n') {
+        b.truncate(i);
+    }
+    if b.last() == Some(&b'\r') {
+        b.pop();
+    }
+    Zeroizing::new(b)
+}
+
+fn from_file(p: &Path) -> Result<Secret> {
+    let b = std::fs::read(p).with_context(|| format!("cannot read password file {}", p.display()))?;
+    Ok(first_line(b))
+}
+
+fn from_command(cmd: &str) -> Result<Secret> {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .stdin(Stdio::inherit())
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("cannot run password command {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("password command {cmd:?} failed ({})", out.status);
+    }
+    Ok(first_line(out.stdout))
+}
+
+fn prompt(msg: &str) -> Result<Secret> {
+    if !std::io::stdin().is_terminal() {
+        bail!("no password given: set COFFER_PASSWORD_FILE, COFFER_PASSWORD or --password-command, or run on a terminal");
+    }
+    let p = rpassword::prompt_password(msg).context("cannot read the password from the terminal")?;
+    Ok(Zeroizing::new(p.into_bytes()))
+}
+
+/// The passphrase of the repository.
+pub fn repository_password(g: &Global) -> Result<Secret> {
+    if let Ok(p) = std::env::var("COFFER_PASSWORD") {
+        return Ok(Zeroizing::new(p.into_bytes()));
+    }
+    if let Some(f) = &g.password_file {
+        return from_file(f);
+    }
+    if let Some(c) = &g.password_command {
+        return from_command(c);
+    }
+    prompt("enter password for repository: ")
+}
+
+/// A new passphrase (for `init` and `key add|passwd`): from `COFFER_NEW_PASSWORD`,
+/// `--new-password-file`, or prompted twice. For `init`, the repository password sources
+/// are used as well (there is no old password).
+pub fn new_password(g: &Global, file: Option<&Path>, for_init: bool) -> Result<Secret> {
+    if let Ok(p) = std::env::var("COFFER_NEW_PASSWORD") {
+        return Ok(Zeroizing::new(p.into_bytes()));
+    }
+    if let Some(f) = file {
+        return from_file(f);
+    }
+    if for_init
+        && (std::env::var_os("COFFER_PASSWORD").is_some()
+            || g.password_file.is_some()
+            || g.password_command.is_some())
+    {
+        return repository_password(g);
+    }
+    let a = prompt("enter new password: ")?;
+    let b = prompt("enter new password again: ")?;
+    if *a != *b {
+        bail!("the passwords do not match");
+    }
+    Ok(a)
+}

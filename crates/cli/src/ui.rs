@@ -1,0 +1,101 @@
+//! Terminal output: progress bars on a terminal, plain warnings otherwise, sizes and times.
+
+use std::io::{IsTerminal, Write};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use chrono::{DateTime, FixedOffset, Local};
+use coffer_core::Progress;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+/// 1536 → "1.5 KiB".
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+pub fn local_time(t: &DateTime<FixedOffset>) -> String {
+    t.with_timezone(&Local).format("%Y-%m-%d %H:%M:%S").to_string()
+}
+
+/// Progress for long commands: a spinner with counts on a terminal, nothing otherwise.
+/// Warnings always go to stderr, one line each.
+pub struct CliProgress {
+    bar: Option<ProgressBar>,
+    files: AtomicU64,
+    bytes: AtomicU64,
+    pub warnings: AtomicU64,
+    verb: &'static str,
+}
+
+impl CliProgress {
+    pub fn new(show: bool, verb: &'static str) -> Self {
+        let bar = (show && std::io::stderr().is_terminal()).then(|| {
+            let b = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr_with_hz(5));
+            b.set_style(
+                ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            );
+            b.enable_steady_tick(Duration::from_millis(200));
+            b
+        });
+        CliProgress {
+            bar,
+            files: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            warnings: AtomicU64::new(0),
+            verb,
+        }
+    }
+
+    fn refresh(&self, item: Option<&Path>) {
+        if let Some(b) = &self.bar {
+            let f = self.files.load(Ordering::Relaxed);
+            let by = self.bytes.load(Ordering::Relaxed);
+            let cur = item.map(|p| format!("  {}", p.display())).unwrap_or_default();
+            b.set_message(format!("{} {f} files, {}{cur}", self.verb, bytes(by)));
+        }
+    }
+
+    pub fn finish(&self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+}
+
+impl Progress for CliProgress {
+    fn item(&self, path: &Path) {
+        self.refresh(Some(path));
+    }
+    fn bytes(&self, n: u64) {
+        self.bytes.fetch_add(n, Ordering::Relaxed);
+    }
+    fn files(&self, n: u64) {
+        self.files.fetch_add(n, Ordering::Relaxed);
+        if self.files.load(Ordering::Relaxed).is_multiple_of(64) {
+            self.refresh(None);
+        }
+    }
+    fn warn(&self, msg: &str) {
+        self.warnings.fetch_add(1, Ordering::Relaxed);
+        let line = format!("warning: {msg}");
+        match &self.bar {
+            Some(b) => b.suspend(|| eprintln!("{line}")),
+            None => {
+                let _ = writeln!(std::io::stderr(), "{line}");
+            }
+        }
+    }
+}

@@ -1,0 +1,279 @@
+//! Round trips through the real binary: every file kind, incremental behaviour, dedup.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::ffi::OsStr;
+use std::fs::{self, File};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, UNIX_EPOCH};
+
+use common::{dir_size, pseudo_random, Env};
+
+fn set_mtime(p: &Path, secs: u64, nanos: u32) {
+    let t = UNIX_EPOCH + Duration::new(secs, nanos);
+    let f = File::options()
+        .write(true)
+        .open(p)
+        .or_else(|_| File::open(p))
+        .unwrap();
+    f.set_times(fs::FileTimes::new().set_modified(t).set_accessed(t))
+        .unwrap();
+}
+
+fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// A tree with every kind of entry `backup` captures.
+fn build_tree(src: &Path) {
+    fs::create_dir_all(src.join("etc/conf.d")).unwrap();
+    fs::create_dir_all(src.join("var/empty")).unwrap();
+    fs::create_dir_all(src.join("tmp")).unwrap();
+    fs::write(src.join("etc/hosts"), "127.0.0.1 localhost\n").unwrap();
+    fs::write(src.join("etc/conf.d/empty.conf"), "").unwrap();
+    fs::write(src.join("var/big.bin"), pseudo_random(7, 5 << 20)).unwrap();
+    fs::write(src.join("var/text.log"), "GET /index.html 200\n".repeat(50_000)).unwrap();
+    fs::write(
+        src.join(OsStr::from_bytes(b"var/caf\xe9-latin1")),
+        "non-UTF-8 name",
+    )
+    .unwrap();
+    // symlinks: relative, absolute, dangling
+    symlink("hosts", src.join("etc/hosts.link")).unwrap();
+    symlink("/etc/passwd", src.join("etc/abs.link")).unwrap();
+    symlink("does/not/exist", src.join("var/dangling")).unwrap();
+    // hardlinks
+    fs::write(src.join("var/h1"), "hardlinked content").unwrap();
+    fs::hard_link(src.join("var/h1"), src.join("etc/h2")).unwrap();
+    // modes: setuid, sticky dir, private file
+    fs::write(src.join("etc/suid"), "#!/bin/sh\n").unwrap();
+    fs::set_permissions(src.join("etc/suid"), fs::Permissions::from_mode(0o4755)).unwrap();
+    fs::set_permissions(src.join("tmp"), fs::Permissions::from_mode(0o1777)).unwrap();
+    fs::set_permissions(src.join("etc/hosts"), fs::Permissions::from_mode(0o600)).unwrap();
+    // xattrs on a file and a directory
+    xattr::set(src.join("etc/hosts"), "user.origin", b"test").unwrap();
+    xattr::set(src.join("var"), "user.dir", b"\x00\x01binary").unwrap();
+    // a FIFO
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        src.join("var/fifo"),
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o640),
+        0,
+    )
+    .unwrap();
+    if is_root() {
+        // ownership, a device node and a POSIX ACL (stored as its xattr)
+        std::os::unix::fs::lchown(src.join("etc/hosts"), Some(1234), Some(5678)).unwrap();
+        std::os::unix::fs::lchown(src.join("etc/hosts.link"), Some(4321), Some(8765)).unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            src.join("var/null"),
+            rustix::fs::FileType::CharacterDevice,
+            rustix::fs::Mode::from_raw_mode(0o666),
+            rustix::fs::makedev(1, 3),
+        )
+        .unwrap();
+        // system.posix_acl_access: v2; USER_OBJ rw-, USER 1000 r--, GROUP_OBJ r--, MASK r--, OTHER ---
+        let mut acl = 2u32.to_le_bytes().to_vec();
+        for (tag, perm, id) in [
+            (1u16, 6u16, u32::MAX),
+            (2, 4, 1000),
+            (4, 4, u32::MAX),
+            (0x10, 4, u32::MAX),
+            (0x20, 0, u32::MAX),
+        ] {
+            acl.extend_from_slice(&tag.to_le_bytes());
+            acl.extend_from_slice(&perm.to_le_bytes());
+            acl.extend_from_slice(&id.to_le_bytes());
+        }
+        xattr::set(src.join("var/text.log"), "system.posix_acl_access", &acl).unwrap();
+    }
+    // times with nanoseconds, set last (after all children were created)
+    for (p, s) in [
+        ("etc/hosts", 1_000_000_000u64),
+        ("var/big.bin", 1_500_000_000),
+        ("etc/conf.d", 1_600_000_000),
+        ("etc", 1_200_000_000),
+    ] {
+        set_mtime(&src.join(p), s, 123_456_789);
+    }
+}
+
+fn rsync_diff(src: &Path, dst: &Path) -> String {
+    let out = Command::new("rsync")
+        .args([
+            "-aHAX",
+            "--numeric-ids",
+            "--checksum",
+            "--dry-run",
+            "--itemize-changes",
+        ])
+        .arg(format!("{}/", src.display()))
+        .arg(format!("{}/", dst.display()))
+        .output()
+        .expect("rsync is installed (the CI script installs it)");
+    assert!(
+        out.status.success(),
+        "rsync failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn every_file_kind_round_trips() {
+    let e = Env::init();
+    let src = e.path("src");
+    build_tree(&src);
+    let s = e.backup_json(&[src.to_str().unwrap()]);
+    assert_eq!(s["errors"], 0, "{s}");
+    let out = e.path("out");
+    e.ok(&["restore", "latest", "--target", out.to_str().unwrap()]);
+    let restored = out.join(src.strip_prefix("/").unwrap());
+    let d = rsync_diff(&src, &restored);
+    assert!(d.trim().is_empty(), "rsync sees differences:\n{d}");
+    // hardlinks came back as links, not copies
+    use std::os::unix::fs::MetadataExt;
+    let a = fs::metadata(restored.join("var/h1")).unwrap();
+    let b = fs::metadata(restored.join("etc/h2")).unwrap();
+    assert_eq!(a.ino(), b.ino());
+    // nanosecond mtimes
+    assert_eq!(
+        fs::metadata(restored.join("etc/hosts")).unwrap().mtime_nsec(),
+        123_456_789
+    );
+}
+
+#[test]
+fn subpath_restore_filters_and_dry_run() {
+    let e = Env::init();
+    let src = e.path("src");
+    build_tree(&src);
+    e.ok(&["backup", "-q", src.to_str().unwrap()]);
+    let s = src.to_str().unwrap();
+    // SNAPSHOT:PATH puts the directory's contents into the target
+    let out = e.path("sub");
+    e.ok(&[
+        "restore",
+        &format!("latest:{s}/etc"),
+        "--target",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(fs::read_to_string(out.join("conf.d/empty.conf")).unwrap(), "");
+    assert!(out.join("hosts").exists() && !out.join("var").exists());
+    // --include / --exclude
+    let out = e.path("inc");
+    e.ok(&[
+        "restore",
+        "latest",
+        "--target",
+        out.to_str().unwrap(),
+        "--include",
+        "*.log",
+        "--include",
+        &format!("{s}/etc/conf.d"),
+    ]);
+    let base = out.join(src.strip_prefix("/").unwrap());
+    assert!(base.join("var/text.log").exists());
+    assert!(base.join("etc/conf.d/empty.conf").exists());
+    assert!(!base.join("var/big.bin").exists() && !base.join("etc/hosts").exists());
+    assert!(
+        !base.join("tmp").exists(),
+        "an unselected empty directory was created"
+    );
+    let out = e.path("exc");
+    e.ok(&[
+        "restore",
+        "latest",
+        "--target",
+        out.to_str().unwrap(),
+        "--exclude",
+        "var",
+    ]);
+    let base = out.join(src.strip_prefix("/").unwrap());
+    assert!(base.join("etc/hosts").exists() && !base.join("var").exists());
+    // --dry-run writes nothing but reports counts
+    let out = e.path("dry");
+    let j = e.ok(&[
+        "restore",
+        "latest",
+        "--target",
+        out.to_str().unwrap(),
+        "--dry-run",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(j.trim()).unwrap();
+    assert!(v["files_restored"].as_u64().unwrap() >= 8, "{v}");
+    assert!(!out.exists());
+}
+
+#[test]
+fn incremental_backups_add_little() {
+    let e = Env::init();
+    let src = e.path("src");
+    fs::create_dir_all(src.join("dir/inner")).unwrap();
+    let mut big = pseudo_random(1, 24 << 20);
+    fs::write(src.join("big.bin"), &big).unwrap();
+    for i in 0..50 {
+        fs::write(
+            src.join(format!("dir/inner/f{i}")),
+            pseudo_random(100 + i, 10_000),
+        )
+        .unwrap();
+    }
+    let s1 = e.backup_json(&[src.to_str().unwrap()]);
+    assert_eq!(s1["files_new"], 51);
+
+    // nothing changed: nothing read, no new data
+    let s2 = e.backup_json(&[src.to_str().unwrap()]);
+    assert_eq!(s2["files_unchanged"], 51);
+    assert_eq!(s2["bytes_read"], 0);
+    assert_eq!(s2["bytes_new"], 0, "{s2}");
+
+    // one byte of a 24 MiB file: about one chunk (max chunk 4 MiB) plus trees
+    big[12 << 20] ^= 0xff;
+    fs::write(src.join("big.bin"), &big).unwrap();
+    let s3 = e.backup_json(&[src.to_str().unwrap()]);
+    assert_eq!(s3["files_changed"], 1);
+    let new = s3["bytes_new"].as_u64().unwrap();
+    assert!(
+        new > 0 && new <= (4 << 20) + (64 << 10),
+        "a 1-byte change added {new} bytes"
+    );
+
+    // renaming a directory: only trees are new
+    fs::rename(src.join("dir"), src.join("renamed")).unwrap();
+    let before = dir_size(&e.repo);
+    let s4 = e.backup_json(&[src.to_str().unwrap()]);
+    let new = s4["bytes_new"].as_u64().unwrap();
+    assert!(new < 16 << 10, "a rename added {new} bytes of new data");
+    assert!(dir_size(&e.repo) - before < 64 << 10);
+}
+
+#[test]
+fn same_gigabyte_twice_grows_repository_by_under_one_percent() {
+    let e = Env::init();
+    let a = e.path("a");
+    fs::create_dir_all(&a).unwrap();
+    let data = pseudo_random(42, 1 << 30);
+    fs::write(a.join("one.img"), &data).unwrap();
+    e.ok(&["backup", "-q", a.to_str().unwrap()]);
+    let first = dir_size(&e.repo);
+    assert!(first > 1 << 30, "random data should not compress: {first}");
+    // the same bytes under another directory and name
+    let b = e.path("b/elsewhere");
+    fs::create_dir_all(&b).unwrap();
+    fs::write(b.join("copy.img"), &data).unwrap();
+    drop(data);
+    fs::remove_dir_all(&a).unwrap();
+    e.ok(&["backup", "-q", b.to_str().unwrap()]);
+    let second = dir_size(&e.repo);
+    let growth = (second - first) as f64 / first as f64;
+    assert!(growth < 0.01, "repository grew by {:.3}%", growth * 100.0);
+}

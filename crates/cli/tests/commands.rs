@@ -1,0 +1,424 @@
+//! Black-box tests of commands, exit codes and bad input.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::process::Command;
+
+use common::{digest_tree, Env};
+
+fn code(o: &std::process::Output) -> i32 {
+    o.status.code().unwrap_or(-1)
+}
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// An error is one line on stderr that names what failed.
+fn assert_one_line_error(o: &std::process::Output, expect_code: i32, mentions: &str) {
+    let err = stderr(o);
+    assert_eq!(code(o), expect_code, "stderr: {err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err}");
+    assert!(
+        err.contains(mentions),
+        "error {err:?} does not mention {mentions:?}"
+    );
+}
+
+fn small_src(e: &Env) -> String {
+    let src = e.path("src");
+    fs::create_dir_all(src.join("d")).unwrap();
+    fs::write(src.join("d/file.txt"), "some content\n".repeat(100)).unwrap();
+    fs::write(src.join("top.txt"), "top").unwrap();
+    src.to_string_lossy().into_owned()
+}
+
+#[test]
+fn missing_repository_is_exit_10() {
+    let e = Env::new();
+    let o = e.run(&["snapshots"]);
+    assert_one_line_error(&o, 10, &e.repo.display().to_string());
+    assert!(!e.repo.exists(), "opening created something");
+    // a plain directory that is not a repository
+    fs::create_dir_all(&e.repo).unwrap();
+    assert_eq!(code(&e.run(&["snapshots"])), 10);
+}
+
+#[test]
+fn wrong_password_is_exit_12_and_writes_nothing() {
+    let e = Env::init();
+    let src = small_src(&e);
+    e.ok(&["backup", "-q", &src]);
+    let before = digest_tree(&e.repo);
+    fs::write(&e.pwfile, "not the password\n").unwrap();
+    for args in [
+        &["snapshots"][..],
+        &["backup", &src],
+        &["restore", "latest", "--target", "/tmp/never"],
+        &["key", "list"],
+    ] {
+        let o = e.run(args);
+        assert_one_line_error(&o, 12, "wrong password");
+    }
+    assert_eq!(before, digest_tree(&e.repo));
+    assert!(!std::path::Path::new("/tmp/never").exists());
+}
+
+#[test]
+fn unknown_snapshot_and_bad_usage() {
+    let e = Env::init();
+    let src = small_src(&e);
+    e.ok(&["backup", "-q", &src]);
+    let before = digest_tree(&e.repo);
+    let o = e.run(&["ls", "deadbeef"]);
+    assert_one_line_error(&o, 1, "deadbeef");
+    let o = e.run(&["restore", "nothex!", "--target", "/tmp/x"]);
+    assert_one_line_error(&o, 1, "nothex!");
+    let o = e.run(&["ls", "latest", "/no/such/path"]);
+    assert_one_line_error(&o, 1, "/no/such/path");
+    let o = e.run(&["backup", "/definitely/not/here"]);
+    assert_one_line_error(&o, 1, "/definitely/not/here");
+    assert_eq!(code(&e.run(&["backup"])), 2, "usage errors exit 2");
+    assert_eq!(code(&e.run(&["frobnicate"])), 2);
+    let o = e.run(&["init"]);
+    assert_one_line_error(&o, 1, "already exists");
+    assert_eq!(
+        before,
+        digest_tree(&e.repo),
+        "a failed command changed the repository"
+    );
+}
+
+#[test]
+fn corrupted_pack_is_named_and_nothing_is_written() {
+    let e = Env::init();
+    let src = small_src(&e);
+    e.ok(&["backup", "-q", &src]);
+    // flip one byte in the middle of every pack
+    let mut packs = Vec::new();
+    for d in fs::read_dir(e.repo.join("data")).unwrap() {
+        for f in fs::read_dir(d.unwrap().path()).unwrap() {
+            packs.push(f.unwrap().path());
+        }
+    }
+    assert!(!packs.is_empty());
+    for p in &packs {
+        let mut b = fs::read(p).unwrap();
+        let mid = b.len() / 3;
+        b[mid] ^= 0x40;
+        fs::set_permissions(p, fs::Permissions::from_mode(0o600)).unwrap();
+        fs::write(p, b).unwrap();
+    }
+    let before = digest_tree(&e.repo);
+    let out = e.path("out");
+    // restore goes on past damaged items, names each one, and fails at the end
+    let o = e.run(&["restore", "latest", "--target", out.to_str().unwrap()]);
+    let err = stderr(&o);
+    assert_eq!(code(&o), 1, "{err}");
+    assert!(
+        err.contains("integrity check failed") && err.contains("pack "),
+        "{err}"
+    );
+    assert!(
+        err.trim_end()
+            .lines()
+            .last()
+            .unwrap()
+            .starts_with("coffer: error: "),
+        "{err}"
+    );
+    assert_eq!(before, digest_tree(&e.repo));
+}
+
+#[test]
+fn corrupted_snapshot_file_is_a_one_line_error() {
+    let e = Env::init();
+    let src = small_src(&e);
+    e.ok(&["backup", "-q", &src]);
+    let snap = fs::read_dir(e.repo.join("snapshots"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let mut b = fs::read(&snap).unwrap();
+    b[10] ^= 1;
+    fs::write(&snap, b).unwrap();
+    let before = digest_tree(&e.repo);
+    let o = e.run(&["snapshots"]);
+    let name = snap.file_name().unwrap().to_string_lossy().into_owned();
+    assert_one_line_error(&o, 1, &name);
+    assert!(stderr(&o).contains("does not match its name"), "{}", stderr(&o));
+    assert_eq!(before, digest_tree(&e.repo));
+}
+
+#[test]
+fn json_listings() {
+    let e = Env::init();
+    let src = small_src(&e);
+    let s = e.backup_json(&["--tag", "web,nightly", "--host", "vps1", &src]);
+    let id = s["snapshot_id"].as_str().unwrap().to_string();
+    assert_eq!(id.len(), 64);
+    assert_eq!(s["files_new"], 2);
+    let out = e.ok(&["snapshots", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let snap = &v.as_array().unwrap()[0];
+    assert_eq!(snap["id"], id.as_str());
+    assert_eq!(snap["hostname"], "vps1");
+    assert_eq!(snap["paths"][0], src.as_str());
+    assert_eq!(snap["tags"], serde_json::json!(["web", "nightly"]));
+    assert!(chrono::DateTime::parse_from_rfc3339(snap["time"].as_str().unwrap()).is_ok());
+    // filters
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&e.ok(&["snapshots", "--json", "--host", "other"]))
+            .unwrap(),
+        serde_json::json!([])
+    );
+    // ls --json: one object per line with a path; prefixes of ids work
+    let ls = e.ok(&["ls", "--json", &id[..8]]);
+    let paths: Vec<String> = ls
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["path"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert!(paths.contains(&format!("{src}/d/file.txt")), "{paths:?}");
+    // cat
+    let cfg: serde_json::Value = serde_json::from_str(&e.ok(&["cat", "config"])).unwrap();
+    assert_eq!(cfg["version"], 1);
+    let tree: serde_json::Value =
+        serde_json::from_str(&e.ok(&["cat", "tree", &format!("latest:{src}")])).unwrap();
+    assert_eq!(tree["nodes"].as_array().unwrap().len(), 2);
+    let st: serde_json::Value = serde_json::from_str(&e.ok(&["stats", "--json"])).unwrap();
+    assert_eq!(st["snapshots"], 1);
+    assert_eq!(st["snapshot_files"], 2);
+}
+
+#[test]
+fn diff_and_ls_show_changes() {
+    let e = Env::init();
+    let src = small_src(&e);
+    let a = e.backup_json(&[&src])["snapshot_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    fs::write(format!("{src}/d/file.txt"), "changed").unwrap();
+    fs::write(format!("{src}/new.txt"), "new").unwrap();
+    fs::remove_file(format!("{src}/top.txt")).unwrap();
+    let b = e.backup_json(&[&src])["snapshot_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let out = e.ok(&["diff", &a, &b]);
+    assert!(out.contains(&format!("M    {src}/d/file.txt")), "{out}");
+    assert!(out.contains(&format!("+    {src}/new.txt")), "{out}");
+    assert!(out.contains(&format!("-    {src}/top.txt")), "{out}");
+    let long = e.ok(&["ls", "-l", "latest", &src]);
+    assert!(
+        long.lines()
+            .any(|l| l.starts_with("-rw") && l.ends_with("/new.txt")),
+        "{long}"
+    );
+}
+
+#[test]
+fn keys_via_cli() {
+    let e = Env::init();
+    let newpw = e.path("newpw");
+    fs::write(&newpw, "second password\n").unwrap();
+    e.ok(&["key", "add", "--new-password-file", newpw.to_str().unwrap()]);
+    let keys: serde_json::Value = serde_json::from_str(&e.ok(&["key", "list", "--json"])).unwrap();
+    assert_eq!(keys.as_array().unwrap().len(), 2);
+    let other = keys
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["current"] == false)
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // the key in use cannot be removed
+    let cur = keys
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["current"] == true)
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(code(&e.run(&["key", "remove", &cur[..10]])), 1);
+    // open with the second password, then change it
+    fs::write(&e.pwfile, "second password\n").unwrap();
+    e.ok(&["snapshots"]);
+    let third = e.path("third");
+    fs::write(&third, "third password\n").unwrap();
+    e.ok(&["key", "passwd", "--new-password-file", third.to_str().unwrap()]);
+    assert_eq!(code(&e.run(&["snapshots"])), 12);
+    fs::write(&e.pwfile, "third password\n").unwrap();
+    e.ok(&["key", "remove", &cur]);
+    let keys: serde_json::Value = serde_json::from_str(&e.ok(&["key", "list", "--json"])).unwrap();
+    assert_eq!(keys.as_array().unwrap().len(), 1);
+    assert_ne!(keys[0]["id"], other.as_str());
+}
+
+#[test]
+fn password_sources() {
+    let e = Env::init();
+    // COFFER_PASSWORD wins over the file
+    let o = e
+        .cmd()
+        .args(["snapshots"])
+        .env("COFFER_PASSWORD", "nope")
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 12);
+    // --password-command
+    let o = e
+        .cmd()
+        .env_remove("COFFER_PASSWORD_FILE")
+        .args([
+            "snapshots",
+            "--password-command",
+            "echo correct horse battery staple",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    // no source and no terminal: a clear error
+    let o = e
+        .cmd()
+        .env_remove("COFFER_PASSWORD_FILE")
+        .args(["snapshots"])
+        .output()
+        .unwrap();
+    assert_one_line_error(&o, 1, "no password given");
+}
+
+#[test]
+fn existing_symlink_in_target_is_not_followed() {
+    let e = Env::init();
+    let src = e.path("src");
+    fs::create_dir_all(src.join("etc")).unwrap();
+    fs::write(src.join("etc/passwd"), "from backup").unwrap();
+    e.ok(&["backup", "-q", src.to_str().unwrap()]);
+    // the target already holds symlinks pointing outside it, at the places restore writes to
+    let outside = e.path("outside");
+    fs::create_dir_all(&outside).unwrap();
+    fs::write(outside.join("passwd"), "precious").unwrap();
+    let target = e.path("target");
+    fs::create_dir_all(&target).unwrap();
+    symlink(&outside, target.join("etcdir")).unwrap();
+    let restore_root = target.clone();
+    fs::create_dir_all(restore_root.join("x")).unwrap();
+    symlink(&outside, restore_root.join("x/etc")).unwrap(); // a directory path that is a symlink
+    symlink(outside.join("passwd"), restore_root.join("passwd")).unwrap(); // a file path that is a symlink
+    let before = digest_tree(&outside);
+    e.ok(&[
+        "restore",
+        &format!("latest:{}/etc", src.display()),
+        "--target",
+        restore_root.to_str().unwrap(),
+    ]);
+    let mut args = vec!["restore".to_string(), "latest".into(), "--target".into()];
+    let t2 = e.path("t2");
+    fs::create_dir_all(t2.join(src.strip_prefix("/").unwrap())).unwrap();
+    symlink(&outside, t2.join(src.strip_prefix("/").unwrap()).join("etc")).unwrap();
+    args.push(t2.to_string_lossy().into_owned());
+    e.ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(before, digest_tree(&outside), "restore wrote through a symlink");
+    assert_eq!(
+        fs::read_to_string(restore_root.join("passwd")).unwrap(),
+        "from backup"
+    );
+    assert!(!fs::symlink_metadata(restore_root.join("passwd"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    let etc = t2.join(src.strip_prefix("/").unwrap()).join("etc");
+    assert!(fs::symlink_metadata(&etc).unwrap().is_dir());
+    assert_eq!(fs::read_to_string(etc.join("passwd")).unwrap(), "from backup");
+}
+
+#[test]
+fn unreadable_file_gives_exit_3_and_a_snapshot() {
+    // As root every file is readable, so run coffer as `nobody` through setpriv.
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: needs root to switch to an unprivileged user");
+        return;
+    }
+    let e = Env::new();
+    let base = e.dir.path();
+    fs::set_permissions(base, fs::Permissions::from_mode(0o777)).unwrap();
+    fs::set_permissions(&e.pwfile, fs::Permissions::from_mode(0o644)).unwrap();
+    let src = base.join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("ok.txt"), "readable").unwrap();
+    fs::write(src.join("secret.txt"), "unreadable").unwrap();
+    fs::set_permissions(&src, fs::Permissions::from_mode(0o755)).unwrap();
+    fs::set_permissions(src.join("ok.txt"), fs::Permissions::from_mode(0o644)).unwrap();
+    fs::set_permissions(src.join("secret.txt"), fs::Permissions::from_mode(0o000)).unwrap();
+    let run = |args: &[&str]| {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(env!("CARGO_BIN_EXE_coffer"))
+            .args(args)
+            .env("COFFER_REPOSITORY", &e.repo)
+            .env("COFFER_PASSWORD_FILE", &e.pwfile)
+            .env("HOME", base)
+            .current_dir(base);
+        c.output().unwrap()
+    };
+    assert_eq!(code(&run(&["init", "-q"])), 0);
+    let o = run(&["backup", "--json", src.to_str().unwrap()]);
+    assert_eq!(code(&o), 3, "{}", stderr(&o));
+    assert!(stderr(&o).contains("secret.txt"), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&o.stdout).trim()).unwrap();
+    assert_eq!(v["errors"], 1);
+    let out = base.join("out");
+    let o = run(&["restore", "latest", "--target", out.to_str().unwrap()]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let r = out.join(src.strip_prefix("/").unwrap());
+    assert_eq!(fs::read_to_string(r.join("ok.txt")).unwrap(), "readable");
+    assert!(!r.join("secret.txt").exists());
+}
+
+#[test]
+fn excludes_and_caches() {
+    let e = Env::init();
+    let src = e.path("src");
+    fs::create_dir_all(src.join("cache")).unwrap();
+    fs::create_dir_all(src.join("keep")).unwrap();
+    fs::write(
+        src.join("cache/CACHEDIR.TAG"),
+        "Signature: 8a477f597d28d172789f06886806bc55\n",
+    )
+    .unwrap();
+    fs::write(src.join("cache/blob"), "cached").unwrap();
+    fs::write(src.join("keep/a.log"), "log").unwrap();
+    fs::write(src.join("keep/a.txt"), "txt").unwrap();
+    let ex = e.path("excludes");
+    fs::write(&ex, "# comment\n\n*.log\n").unwrap();
+    e.ok(&[
+        "backup",
+        "-q",
+        "--exclude-caches",
+        "--exclude-file",
+        ex.to_str().unwrap(),
+        src.to_str().unwrap(),
+    ]);
+    let ls = e.ok(&["ls", "latest"]);
+    let s = src.display();
+    assert!(ls.contains(&format!("{s}/keep/a.txt")));
+    assert!(!ls.contains("a.log"), "{ls}");
+    assert!(ls.contains(&format!("{s}/cache/CACHEDIR.TAG")));
+    assert!(!ls.contains("cache/blob"), "{ls}");
+}

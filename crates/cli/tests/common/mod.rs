@@ -1,0 +1,126 @@
+//! Helpers for black-box tests of the `coffer` binary.
+#![allow(dead_code)]
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub repo: PathBuf,
+    pub pwfile: PathBuf,
+}
+
+impl Env {
+    /// A temp dir with a password file; the repository is not created yet.
+    pub fn new() -> Env {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let repo = dir.path().join("repo");
+        let pwfile = dir.path().join("pw");
+        fs::write(&pwfile, "correct horse battery staple\n").expect("pw");
+        Env { dir, repo, pwfile }
+    }
+
+    /// With an initialized repository.
+    pub fn init() -> Env {
+        let e = Env::new();
+        e.ok(&["init"]);
+        e
+    }
+
+    pub fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_coffer"));
+        c.env_remove("COFFER_PASSWORD")
+            .env_remove("COFFER_PASSWORD_COMMAND")
+            .env_remove("COFFER_NEW_PASSWORD")
+            .env("COFFER_REPOSITORY", &self.repo)
+            .env("COFFER_PASSWORD_FILE", &self.pwfile)
+            .stdin(std::process::Stdio::null());
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).output().expect("run coffer")
+    }
+
+    /// Run and require exit code 0; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(
+            o.status.success(),
+            "coffer {args:?} failed with {:?}\nstdout: {}\nstderr: {}",
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// `backup --json` and its summary object.
+    pub fn backup_json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = vec!["backup", "--json"];
+        a.extend_from_slice(args);
+        let out = self.ok(&a);
+        let last = out.lines().last().expect("summary line");
+        serde_json::from_str(last).expect("summary is JSON")
+    }
+}
+
+/// Path → (size, blake3 of content) for every file below `root`: "nothing changed" checks.
+pub fn digest_tree(root: &Path) -> BTreeMap<Vec<u8>, (u64, String, u32)> {
+    let mut out = BTreeMap::new();
+    fn go(dir: &Path, root: &Path, out: &mut BTreeMap<Vec<u8>, (u64, String, u32)>) {
+        let Ok(rd) = fs::read_dir(dir) else { return };
+        for e in rd.flatten() {
+            let p = e.path();
+            let m = fs::symlink_metadata(&p).expect("lstat");
+            let rel = p
+                .strip_prefix(root)
+                .expect("prefix")
+                .as_os_str()
+                .as_bytes()
+                .to_vec();
+            use std::os::unix::fs::MetadataExt;
+            if m.is_dir() {
+                out.insert(rel, (0, "dir".into(), m.mode()));
+                go(&p, root, out);
+            } else if m.file_type().is_symlink() {
+                let t = fs::read_link(&p).expect("readlink");
+                out.insert(rel, (0, format!("-> {}", t.display()), m.mode()));
+            } else {
+                let h = blake3::hash(&fs::read(&p).unwrap_or_default())
+                    .to_hex()
+                    .to_string();
+                out.insert(rel, (m.len(), h, m.mode()));
+            }
+        }
+    }
+    go(root, root, &mut out);
+    out
+}
+
+/// Deterministic pseudo-random bytes (xorshift), fast enough for GiB-sized test files.
+pub fn pseudo_random(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut v = Vec::with_capacity(len + 8);
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
+
+/// Repository size in bytes (all files).
+pub fn dir_size(p: &Path) -> u64 {
+    digest_tree(p).values().map(|(s, _, _)| *s).sum()
+}

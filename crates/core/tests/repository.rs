@@ -1,0 +1,189 @@
+//! Repository-level tests on the in-memory backend: keys, integrity, backup/restore.
+
+#![allow(clippy::unwrap_used)]
+
+use std::fs;
+use std::path::Path;
+use std::sync::Arc;
+
+use coffer_core::format::{PackId, SnapshotId};
+use coffer_core::memory::MemoryBackend;
+use coffer_core::{
+    backup, restore, BackupOptions, Category, FileKind, InitOptions, NoProgress, Repository, RestoreOptions,
+};
+use proptest::prelude::*;
+
+fn init(b: &MemoryBackend) -> Repository {
+    Repository::init(Arc::new(b.clone()), b"pw", &InitOptions::default()).unwrap()
+}
+
+fn sample_tree(dir: &Path) {
+    fs::create_dir_all(dir.join("sub/deeper")).unwrap();
+    fs::write(dir.join("a.txt"), b"hello world\n".repeat(100)).unwrap();
+    fs::write(
+        dir.join("sub/b.bin"),
+        (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect::<Vec<_>>(),
+    )
+    .unwrap();
+    fs::write(dir.join("sub/deeper/empty"), b"").unwrap();
+    std::os::unix::fs::symlink("../a.txt", dir.join("sub/link")).unwrap();
+}
+
+/// A repository with one snapshot of a small tree.
+fn repo_with_snapshot() -> (MemoryBackend, tempfile::TempDir) {
+    let b = MemoryBackend::new();
+    let src = tempfile::tempdir().unwrap();
+    sample_tree(src.path());
+    let mut repo = init(&b).load_index().unwrap();
+    let opts = BackupOptions {
+        paths: vec![src.path().to_path_buf()],
+        ..Default::default()
+    };
+    backup(&mut repo, &opts, &NoProgress).unwrap();
+    (b, src)
+}
+
+#[test]
+fn keys_open_add_remove_passwd() {
+    let b = MemoryBackend::new();
+    let repo = init(&b);
+    let first = repo.key_id();
+    let err = Repository::open(Arc::new(b.clone()), b"wrong").unwrap_err();
+    assert_eq!(err.category(), Category::WrongPassword);
+    let second = repo.add_key(b"other").unwrap();
+    let mut r2 = Repository::open(Arc::new(b.clone()), b"other").unwrap();
+    assert_eq!(r2.key_id(), second);
+    assert_eq!(r2.config().id, repo.config().id);
+    // the key in use cannot be removed, another one can
+    assert!(r2.remove_key(&second).is_err());
+    r2.remove_key(&first).unwrap();
+    assert!(Repository::open(Arc::new(b.clone()), b"pw").is_err());
+    // passwd: the new password works, the old does not
+    r2.change_password(b"third").unwrap();
+    assert!(Repository::open(Arc::new(b.clone()), b"other").is_err());
+    assert_eq!(
+        Repository::open(Arc::new(b.clone()), b"third")
+            .unwrap()
+            .list_keys()
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+#[test]
+fn missing_repository_and_empty_password() {
+    let b = MemoryBackend::new();
+    let err = Repository::open(Arc::new(b.clone()), b"pw").unwrap_err();
+    assert_eq!(err.category(), Category::NoRepository);
+    assert!(Repository::init(Arc::new(b.clone()), b"", &InitOptions::default()).is_err());
+    init(&b);
+    assert!(
+        Repository::init(Arc::new(b), b"pw", &InitOptions::default()).is_err(),
+        "init over an existing repository"
+    );
+}
+
+#[test]
+fn backup_restore_round_trip_and_dedup() {
+    let (b, src) = repo_with_snapshot();
+    let repo = Repository::open(Arc::new(b.clone()), b"pw")
+        .unwrap()
+        .load_index()
+        .unwrap();
+    let (_, snap) = repo.find_snapshot("latest").unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let opts = RestoreOptions {
+        target: out.path().to_path_buf(),
+        ..Default::default()
+    };
+    let stats = restore(
+        &repo,
+        snap.tree,
+        &src.path().to_string_lossy(),
+        &opts,
+        &NoProgress,
+    )
+    .unwrap();
+    assert_eq!(stats.files, 3);
+    assert_eq!(stats.links, 1);
+    assert_eq!(
+        fs::read(out.path().join("sub/b.bin")).unwrap(),
+        fs::read(src.path().join("sub/b.bin")).unwrap()
+    );
+    assert_eq!(
+        fs::read_link(out.path().join("sub/link")).unwrap(),
+        Path::new("../a.txt")
+    );
+    // a second backup of the same tree stores no new data blobs
+    let mut repo = repo;
+    let before = b.list(FileKind::Pack).len();
+    let o = backup(
+        &mut repo,
+        &BackupOptions {
+            paths: vec![src.path().to_path_buf()],
+            ..Default::default()
+        },
+        &NoProgress,
+    )
+    .unwrap();
+    assert_eq!(o.snapshot.summary.files_unchanged, 3);
+    assert_eq!(o.snapshot.summary.bytes_read, 0);
+    assert!(
+        b.list(FileKind::Pack).len() <= before + 1,
+        "only a tree pack may be added"
+    );
+}
+
+trait ListExt {
+    fn list(&self, k: FileKind) -> Vec<String>;
+}
+impl ListExt for MemoryBackend {
+    fn list(&self, k: FileKind) -> Vec<String> {
+        coffer_core::Backend::list(self, k)
+            .unwrap()
+            .into_iter()
+            .map(|f| f.name)
+            .collect()
+    }
+}
+
+fn flip(b: &MemoryBackend, kind: FileKind, name: &str, bit: usize) {
+    assert!(b.tamper(kind, name, |bytes| {
+        let bit = bit % (bytes.len() * 8);
+        bytes[bit / 8] ^= 1 << (bit % 8);
+    }));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+
+    /// A flipped bit anywhere in any stored object is detected when that object is read.
+    #[test]
+    fn flipped_bits_are_detected(bit in any::<usize>(), which in 0usize..4) {
+        let (b, _src) = repo_with_snapshot();
+        let kinds = [FileKind::Pack, FileKind::Index, FileKind::Snapshot, FileKind::Config];
+        let kind = kinds[which];
+        let names = if kind == FileKind::Config { vec!["config".to_string()] } else { b.list(kind) };
+        let name = &names[bit % names.len()];
+        flip(&b, kind, name, bit / 7);
+        let open = Repository::open(Arc::new(b.clone()), b"pw");
+        match kind {
+            FileKind::Config => prop_assert!(open.is_err()),
+            FileKind::Index => {
+                let repo = open.unwrap();
+                prop_assert!(repo.load_index_file(name).is_err());
+                prop_assert!(repo.load_index().is_err());
+            }
+            FileKind::Snapshot => {
+                let repo = open.unwrap();
+                prop_assert!(repo.load_snapshot(&name.parse::<SnapshotId>().unwrap()).is_err());
+            }
+            _ => {
+                let repo = open.unwrap().load_index().unwrap();
+                let err = repo.verify_pack(&name.parse::<PackId>().unwrap()).unwrap_err();
+                prop_assert!(err.to_string().contains(&name[..8]), "error does not name the pack: {}", err);
+            }
+        }
+    }
+}
