@@ -234,7 +234,8 @@ fn incremental_backups_add_little() {
     let s2 = e.backup_json(&[src.to_str().unwrap()]);
     assert_eq!(s2["files_unchanged"], 51);
     assert_eq!(s2["bytes_read"], 0);
-    assert_eq!(s2["bytes_new"], 0, "{s2}");
+    // only tree blobs can be new: the temp dir's parents (/tmp) change as other tests run
+    assert!(s2["bytes_new"].as_u64().unwrap() < 2048, "{s2}");
 
     // one byte of a 24 MiB file: about one chunk (max chunk 4 MiB) plus trees
     big[12 << 20] ^= 0xff;
