@@ -83,8 +83,8 @@ pub enum Command {
 
 #[derive(Args, Debug)]
 pub struct InitArgs {
-    /// Compression: zstd, lz4, zlib, lzma or none
-    #[arg(long, default_value = "zstd")]
+    /// Default compression: zstd, lz4, zlib, lzma or none (optionally ALGO:LEVEL)
+    #[arg(long, default_value = "zstd", value_name = "ALGO[:LEVEL]")]
     pub compression: String,
     /// Compression level (zstd 1-22, zlib/lzma 0-9); default depends on the algorithm
     #[arg(long)]
@@ -129,6 +129,10 @@ pub struct BackupArgs {
     /// Compression threads (default: one per core)
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    /// Compression for this run: zstd, lz4, zlib, lzma or none, with an optional level
+    /// (`zstd:19`); default: the repository's
+    #[arg(long, value_name = "ALGO[:LEVEL]")]
+    pub compression: Option<String>,
 }
 
 #[derive(Args, Debug)]

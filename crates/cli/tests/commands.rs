@@ -422,3 +422,77 @@ fn excludes_and_caches() {
     assert!(ls.contains(&format!("{s}/cache/CACHEDIR.TAG")));
     assert!(!ls.contains("cache/blob"), "{ls}");
 }
+
+#[test]
+fn compression_choices_round_trip() {
+    for (init, run) in [
+        ("lz4", None),
+        ("zstd:19", Some("none")),
+        ("zlib", Some("lzma:6")),
+        ("none", Some("zstd")),
+    ] {
+        let e = Env::new();
+        e.ok(&["init", "--compression", init]);
+        let src = small_src(&e);
+        fs::write(format!("{src}/big.txt"), "compressible line\n".repeat(100_000)).unwrap();
+        let mut args = vec!["backup", "-q"];
+        if let Some(c) = run {
+            args.extend(["--compression", c]);
+        }
+        args.push(&src);
+        e.ok(&args);
+        let out = e.path("out");
+        e.ok(&["restore", "latest", "--target", out.to_str().unwrap()]);
+        let restored = out.join(src.trim_start_matches('/'));
+        assert_eq!(
+            digest_tree(std::path::Path::new(&src)),
+            digest_tree(&restored),
+            "{init} / {run:?}"
+        );
+        let st: serde_json::Value = serde_json::from_str(&e.ok(&["stats", "--json"])).unwrap();
+        let stored = st["stored_bytes"].as_u64().unwrap();
+        let compressed = run.map_or(init, |r| r) != "none";
+        assert_eq!(
+            stored < 200_000,
+            compressed,
+            "{init}/{run:?}: {stored} bytes stored"
+        );
+    }
+    let e = Env::new();
+    let o = e.run(&["init", "--compression", "zstd:99"]);
+    assert_one_line_error(&o, 1, "level 99");
+    assert!(!e.repo.exists());
+    let o = e.run(&["init", "--compression", "brotli"]);
+    assert_one_line_error(&o, 1, "brotli");
+}
+
+#[test]
+fn one_file_system_stops_at_mount_points() {
+    let e = Env::init();
+    let src = e.path("src");
+    let mnt = src.join("mnt");
+    fs::create_dir_all(&mnt).unwrap();
+    fs::write(src.join("here.txt"), "same fs").unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "coffer-test", mnt.to_str().unwrap()])
+        .status();
+    if !mounted.is_ok_and(|s| s.success()) {
+        eprintln!("skipped: cannot mount a tmpfs here (needs root with CAP_SYS_ADMIN)");
+        return;
+    }
+    fs::write(mnt.join("other.txt"), "other fs").unwrap();
+    let r1 = e.run(&["backup", "-q", "--one-file-system", src.to_str().unwrap()]);
+    let r2 = e.run(&["backup", "-q", src.to_str().unwrap()]);
+    let _ = Command::new("umount").arg(&mnt).status();
+    assert_eq!(code(&r1), 0, "{}", stderr(&r1));
+    assert_eq!(code(&r2), 0, "{}", stderr(&r2));
+    let snaps: serde_json::Value = serde_json::from_str(&e.ok(&["snapshots", "--json"])).unwrap();
+    let first = snaps[0]["id"].as_str().unwrap().to_string();
+    let second = snaps[1]["id"].as_str().unwrap().to_string();
+    let l1 = e.ok(&["ls", &first]);
+    let l2 = e.ok(&["ls", &second]);
+    // the mount point itself is kept (as an empty directory), its contents are not
+    assert!(l1.contains("/mnt\n") && !l1.contains("other.txt"), "{l1}");
+    assert!(l1.contains("here.txt"));
+    assert!(l2.contains("other.txt"), "{l2}");
+}

@@ -55,6 +55,8 @@ pub struct BackupOptions {
     pub parent: ParentChoice,
     /// Compression threads; 0 = one per core.
     pub threads: usize,
+    /// Override the repository's compression for the blobs this run writes.
+    pub compression: Option<crate::compress::CompressionSpec>,
 }
 
 /// Result of a backup run.
@@ -468,10 +470,12 @@ pub fn backup(
         opts.threads
     };
     let chunker = Chunker::new(repo.config().chunker, repo.key().gear_table());
+    let spec = opts.compression.unwrap_or_else(|| repo.compression());
+    spec.validate()?;
 
     let repo_ref: &IndexedRepository = repo;
     let (tree_id, mut summary, stats) = std::thread::scope(|s| -> Result<_> {
-        let pipe = BlobPipeline::start(s, repo_ref, threads);
+        let pipe = BlobPipeline::start(s, repo_ref, threads, spec);
         std::thread::Builder::new()
             .name("coffer-walk".into())
             .stack_size(64 << 20)

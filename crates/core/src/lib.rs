@@ -27,6 +27,7 @@ pub use backend::{Backend, BackendError, FileInfo, FileKind, WriteOutcome};
 pub use backup::{backup, BackupOptions, BackupOutcome, ParentChoice};
 pub use compress::CompressionSpec;
 pub use error::{Category, Error, Result};
+pub use packer::store_blobs;
 pub use progress::{NoProgress, Progress};
 pub use repo::{IndexedRepository, InitOptions, Repository};
 pub use restore::{restore, RestoreOptions, RestoreStats};

@@ -19,7 +19,7 @@ use crate::backend::FileKind;
 use crate::compress::{encode_blob, CompressionSpec};
 use crate::crypto::{random_bytes, storage_id};
 use crate::error::{Error, Result};
-use crate::repo::Repository;
+use crate::repo::{IndexedRepository, Repository};
 
 /// Write an index file after this many new packs.
 const INDEX_EVERY: usize = 32;
@@ -56,11 +56,15 @@ pub struct BlobPipeline<'scope> {
 
 impl<'scope> BlobPipeline<'scope> {
     /// Start `threads` workers and a packer in scope `s`.
-    pub fn start<'env>(s: &'scope Scope<'scope, 'env>, repo: &'env Repository, threads: usize) -> Self {
+    pub fn start<'env>(
+        s: &'scope Scope<'scope, 'env>,
+        repo: &'env Repository,
+        threads: usize,
+        spec: CompressionSpec,
+    ) -> Self {
         let threads = threads.max(1);
         let (jtx, jrx) = bounded::<Job>(threads * 2);
         let (stx, srx) = bounded::<Sealed>(threads * 2);
-        let spec = repo.compression();
         let workers = (0..threads)
             .map(|_| {
                 let (jrx, stx) = (jrx.clone(), stx.clone());
@@ -97,6 +101,32 @@ impl<'scope> BlobPipeline<'scope> {
             .join()
             .map_err(|_| Error::Invalid("the packer thread panicked".into()))?
     }
+}
+
+/// Store `blobs` outside a backup run (tools, repair, test fixtures): seal, pack, write the
+/// packs and an index file, and add them to the in-memory index. Blobs already in the index
+/// are skipped. Returns the ids in input order.
+pub fn store_blobs(repo: &mut IndexedRepository, blobs: Vec<(BlobKind, Vec<u8>)>) -> Result<Vec<BlobId>> {
+    let mut ids = Vec::with_capacity(blobs.len());
+    let r: &IndexedRepository = repo;
+    let stats = std::thread::scope(|s| -> Result<PackerStats> {
+        let pipe = BlobPipeline::start(s, r, 1, r.compression());
+        let mut seen = std::collections::HashSet::new();
+        for (kind, data) in blobs {
+            let id = r.key().blob_id(&data);
+            ids.push(id);
+            if !r.index().contains(&id) && seen.insert(id) {
+                if pipe.submit(kind, id, data).is_err() {
+                    break;
+                }
+            }
+        }
+        pipe.finish()
+    })?;
+    for p in &stats.packs {
+        repo.index_mut().add_pack(p);
+    }
+    Ok(ids)
 }
 
 fn worker(repo: &Repository, spec: CompressionSpec, jobs: Receiver<Job>, out: Sender<Sealed>) {

@@ -45,6 +45,11 @@ pub fn run(g: &Global, a: BackupArgs) -> Result<u8> {
         hostname: a.host.clone(),
         parent,
         threads: a.threads,
+        compression: a
+            .compression
+            .as_deref()
+            .map(|c| super::parse_compression(c, None))
+            .transpose()?,
     };
     let progress = CliProgress::new(!g.quiet && !g.json, "backed up");
     let r = coffer_core::backup(&mut repo, &opts, &progress);

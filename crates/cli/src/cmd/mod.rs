@@ -54,18 +54,34 @@ pub fn print_json(v: &impl serde::Serialize) -> Result<()> {
     outln!("{s}")
 }
 
+/// `zstd`, `zstd:19`, `none`, ... into a checked compression setting.
+pub fn parse_compression(s: &str, level: Option<i32>) -> Result<coffer_core::CompressionSpec> {
+    let (name, lvl) = match s.split_once(':') {
+        Some((n, l)) => (
+            n,
+            Some(
+                l.parse::<i32>()
+                    .with_context(|| format!("compression level {l:?} is not a number"))?,
+            ),
+        ),
+        None => (s, None),
+    };
+    let algo: coffer_core::format::Compression = name.parse().map_err(anyhow::Error::msg)?;
+    let level = lvl
+        .or(level)
+        .unwrap_or_else(|| coffer_core::CompressionSpec::default_level(algo));
+    let spec = coffer_core::CompressionSpec { algo, level };
+    spec.validate()?;
+    Ok(spec)
+}
+
 pub fn init(g: &Global, a: InitArgs) -> Result<u8> {
     let b = backend(g)?;
-    let algo: coffer_core::format::Compression = a.compression.parse().map_err(anyhow::Error::msg)?;
-    let level = a
-        .compression_level
-        .unwrap_or_else(|| coffer_core::CompressionSpec::default_level(algo));
     let opts = InitOptions {
-        compression: coffer_core::CompressionSpec { algo, level },
+        compression: parse_compression(&a.compression, a.compression_level)?,
         pack_size: a.pack_size.checked_mul(1 << 20).context("pack size too large")?,
         ..InitOptions::default()
     };
-    opts.compression.validate()?;
     if b.exists()? {
         return Err(coffer_core::Error::RepositoryExists {
             location: b.location(),

@@ -1,0 +1,209 @@
+//! Validly encrypted but hostile snapshots must not make restore write outside its target.
+
+#![allow(clippy::unwrap_used)]
+
+use std::fs;
+use std::path::Path;
+use std::sync::Arc;
+
+use coffer_core::format::{BlobKind, Bytes, Name, Node, NodeKind, Snapshot, Summary, Tree, FORMAT_VERSION};
+use coffer_core::memory::MemoryBackend;
+use coffer_core::{
+    restore, store_blobs, IndexedRepository, InitOptions, NoProgress, Repository, RestoreOptions,
+};
+
+fn cbor(t: &Tree) -> Vec<u8> {
+    // encode as given: no sorting, no validation (that is what an attacker would write)
+    let mut out = Vec::new();
+    ciborium::into_writer(t, &mut out).unwrap();
+    out
+}
+
+fn file(name: &[u8], content: &[u8], repo: &mut IndexedRepository) -> Node {
+    let ids = store_blobs(repo, vec![(BlobKind::Data, content.to_vec())]).unwrap();
+    let mut n = Node::new(Name(name.to_vec()), NodeKind::File);
+    n.mode = 0o644;
+    n.size = content.len() as u64;
+    n.content = ids;
+    n
+}
+
+fn dir(name: &[u8], tree: &Tree, repo: &mut IndexedRepository) -> Node {
+    let ids = store_blobs(repo, vec![(BlobKind::Tree, cbor(tree))]).unwrap();
+    let mut n = Node::new(Name(name.to_vec()), NodeKind::Dir);
+    n.mode = 0o755;
+    n.subtree = Some(ids[0]);
+    n
+}
+
+fn symlink(name: &[u8], target: &[u8]) -> Node {
+    let mut n = Node::new(Name(name.to_vec()), NodeKind::Symlink);
+    n.mode = 0o777;
+    n.target = Some(Bytes(target.to_vec()));
+    n
+}
+
+/// Store `root` as a snapshot and restore it into `base/target`; return whether it succeeded.
+fn restore_hostile(repo: &mut IndexedRepository, root: Tree, base: &Path) -> bool {
+    let id = store_blobs(repo, vec![(BlobKind::Tree, cbor(&root))]).unwrap()[0];
+    let snap = Snapshot {
+        version: FORMAT_VERSION,
+        time: chrono::Local::now().fixed_offset(),
+        hostname: "evil".into(),
+        username: String::new(),
+        paths: vec!["/".into()],
+        tags: vec![],
+        excludes: vec![],
+        tree: id,
+        parent: None,
+        program_version: "test".into(),
+        summary: Summary::default(),
+    };
+    repo.save_snapshot(&snap).unwrap();
+    let opts = RestoreOptions {
+        target: base.join("target"),
+        ..Default::default()
+    };
+    match restore(repo, id, "/", &opts, &NoProgress) {
+        Ok(stats) => stats.errors == 0,
+        Err(_) => false,
+    }
+}
+
+fn digest(p: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    for e in walk(p) {
+        let data = fs::read(&e).unwrap_or_default();
+        out.push((e.display().to_string(), data));
+    }
+    out.sort();
+    out
+}
+
+fn walk(p: &Path) -> Vec<std::path::PathBuf> {
+    let mut v = Vec::new();
+    if let Ok(rd) = fs::read_dir(p) {
+        for e in rd.flatten() {
+            let path = e.path();
+            v.push(path.clone());
+            if fs::symlink_metadata(&path).map(|m| m.is_dir()).unwrap_or(false) {
+                v.extend(walk(&path));
+            }
+        }
+    }
+    v
+}
+
+#[test]
+fn hostile_trees_cannot_escape_the_target() {
+    let b = MemoryBackend::new();
+    let mut repo = Repository::init(Arc::new(b), b"pw", &InitOptions::default())
+        .unwrap()
+        .load_index()
+        .unwrap();
+    let base = tempfile::tempdir().unwrap();
+    let outside = base.path().join("outside");
+    fs::create_dir_all(&outside).unwrap();
+    fs::write(outside.join("passwd"), "precious").unwrap();
+
+    let cases: Vec<(&str, Tree)> = vec![
+        (
+            "dot-dot",
+            Tree {
+                nodes: vec![file(b"..", b"x", &mut repo)],
+            },
+        ),
+        (
+            "dot-dot-slash",
+            Tree {
+                nodes: vec![file(b"../outside/passwd", b"pwned", &mut repo)],
+            },
+        ),
+        (
+            "absolute",
+            Tree {
+                nodes: vec![file(b"/tmp/pwned", b"pwned", &mut repo)],
+            },
+        ),
+        (
+            "slash",
+            Tree {
+                nodes: vec![file(b"a/b", b"pwned", &mut repo)],
+            },
+        ),
+        (
+            "nul",
+            Tree {
+                nodes: vec![file(b"a\0b", b"pwned", &mut repo)],
+            },
+        ),
+        (
+            "empty",
+            Tree {
+                nodes: vec![file(b"", b"pwned", &mut repo)],
+            },
+        ),
+        // a symlink to the outside, then a directory of the same name holding a file
+        ("symlink-then-dir", {
+            let inner = Tree {
+                nodes: vec![file(b"passwd", b"pwned", &mut repo)],
+            };
+            Tree {
+                nodes: vec![
+                    symlink(b"evil", outside.as_os_str().as_encoded_bytes()),
+                    dir(b"evil", &inner, &mut repo),
+                ],
+            }
+        }),
+        // a directory, then a symlink of the same name
+        ("dir-then-symlink", {
+            let inner = Tree {
+                nodes: vec![file(b"passwd", b"pwned", &mut repo)],
+            };
+            Tree {
+                nodes: vec![
+                    dir(b"evil", &inner, &mut repo),
+                    symlink(b"evil", outside.as_os_str().as_encoded_bytes()),
+                ],
+            }
+        }),
+        // the hostile name one level down
+        ("nested", {
+            let inner = Tree {
+                nodes: vec![file(b"..", b"pwned", &mut repo)],
+            };
+            Tree {
+                nodes: vec![dir(b"sub", &inner, &mut repo)],
+            }
+        }),
+    ];
+    for (what, tree) in cases {
+        let before = digest(base.path().join("outside").as_path());
+        let ok = restore_hostile(&mut repo, tree, base.path());
+        assert!(!ok, "{what}: restore reported success");
+        assert_eq!(
+            before,
+            digest(&outside),
+            "{what}: something outside the target changed"
+        );
+        assert!(!Path::new("/tmp/pwned").exists(), "{what}");
+        let _ = fs::remove_dir_all(base.path().join("target"));
+    }
+
+    // a symlink pointing outside is restored as a symlink, and nothing is written through it
+    let inner = Tree {
+        nodes: vec![file(b"passwd", b"pwned", &mut repo)],
+    };
+    let t = Tree {
+        nodes: vec![
+            dir(b"a", &inner, &mut repo),
+            symlink(b"b", outside.as_os_str().as_encoded_bytes()),
+        ],
+    };
+    assert!(restore_hostile(&mut repo, t, base.path()));
+    assert_eq!(fs::read_to_string(outside.join("passwd")).unwrap(), "precious");
+    assert!(fs::symlink_metadata(base.path().join("target/b"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+}
