@@ -115,10 +115,8 @@ pub fn store_blobs(repo: &mut IndexedRepository, blobs: Vec<(BlobKind, Vec<u8>)>
         for (kind, data) in blobs {
             let id = r.key().blob_id(&data);
             ids.push(id);
-            if !r.index().contains(&id) && seen.insert(id) {
-                if pipe.submit(kind, id, data).is_err() {
-                    break;
-                }
+            if !r.index().contains(&id) && seen.insert(id) && pipe.submit(kind, id, data).is_err() {
+                break;
             }
         }
         pipe.finish()
