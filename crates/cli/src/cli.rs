@@ -74,6 +74,8 @@ pub enum Command {
     Diff(DiffArgs),
     /// Print a repository object as JSON (for debugging)
     Cat(CatArgs),
+    /// Remove snapshots by id or by a retention policy
+    Forget(ForgetArgs),
     /// Manage the repository's keys (passwords)
     #[command(subcommand)]
     Key(KeyCommand),
@@ -217,4 +219,52 @@ pub enum KeyCommand {
         #[arg(long, value_name = "FILE")]
         new_password_file: Option<PathBuf>,
     },
+}
+
+#[derive(Args, Debug)]
+pub struct ForgetArgs {
+    /// Snapshots to remove (ids or prefixes); without them, the --keep-* policy decides
+    pub snapshots: Vec<String>,
+    /// Keep the N newest snapshots (-1: all)
+    #[arg(long, value_name = "N", allow_negative_numbers = true, default_value_t = 0)]
+    pub keep_last: i64,
+    /// Keep the newest snapshot of each of the N newest hours with snapshots
+    #[arg(long, value_name = "N", allow_negative_numbers = true, default_value_t = 0)]
+    pub keep_hourly: i64,
+    /// Keep the newest snapshot of each of the N newest days with snapshots
+    #[arg(long, value_name = "N", allow_negative_numbers = true, default_value_t = 0)]
+    pub keep_daily: i64,
+    /// Keep the newest snapshot of each of the N newest ISO weeks with snapshots
+    #[arg(long, value_name = "N", allow_negative_numbers = true, default_value_t = 0)]
+    pub keep_weekly: i64,
+    /// Keep the newest snapshot of each of the N newest months with snapshots
+    #[arg(long, value_name = "N", allow_negative_numbers = true, default_value_t = 0)]
+    pub keep_monthly: i64,
+    /// Keep the newest snapshot of each of the N newest years with snapshots
+    #[arg(long, value_name = "N", allow_negative_numbers = true, default_value_t = 0)]
+    pub keep_yearly: i64,
+    /// Keep every snapshot within DURATION of the newest one (e.g. 14d, 1y6m, 36h)
+    #[arg(long, value_name = "DURATION")]
+    pub keep_within: Option<String>,
+    /// Keep snapshots carrying all of these tags (repeat for alternatives)
+    #[arg(long, value_name = "TAG[,TAG...]")]
+    pub keep_tag: Vec<String>,
+    /// Group snapshots by these fields before applying the policy
+    #[arg(long, value_name = "host,paths,tags", default_value = "host,paths")]
+    pub group_by: String,
+    /// Only consider snapshots of this host
+    #[arg(long, value_name = "HOST")]
+    pub host: Vec<String>,
+    /// Only consider snapshots with this tag
+    #[arg(long, value_name = "TAG")]
+    pub tag: Vec<String>,
+    /// Only consider snapshots of exactly these paths
+    #[arg(long, value_name = "PATH")]
+    pub path: Vec<String>,
+    /// Show what would be removed and why the rest is kept, and remove nothing
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
+    /// Run prune afterwards
+    #[arg(long)]
+    pub prune: bool,
 }

@@ -50,6 +50,7 @@ fn main() -> ExitCode {
         Command::Restore(a) => cmd::restore(&g, a),
         Command::Diff(a) => cmd::diff(&g, a),
         Command::Cat(a) => cmd::cat::run(&g, a),
+        Command::Forget(a) => cmd::forget::run(&g, a),
         Command::Key(k) => cmd::key(&g, k),
         Command::Stats => cmd::stats(&g),
     };

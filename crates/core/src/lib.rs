@@ -13,6 +13,7 @@ pub mod crypto;
 pub mod diff;
 mod error;
 pub mod filter;
+pub mod forget;
 mod fsmeta;
 pub mod index;
 pub mod memory;

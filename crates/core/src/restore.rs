@@ -61,7 +61,8 @@ struct Restorer<'a> {
     progress: &'a dyn Progress,
     /// (dev, inode) of a multiply-linked file → its path relative to the target.
     links: HashMap<(u64, u64), Vec<Name>>,
-    target: OwnedFd,
+    /// The target directory (None for a dry run).
+    target: Option<OwnedFd>,
 }
 
 fn errno_io(e: Errno) -> std::io::Error {
@@ -294,17 +295,8 @@ impl Restorer<'_> {
         let io = |e: Errno| Error::io(node.name.to_string(), errno_io(e));
         remove_existing(dir, name).map_err(io)?;
         rustix::fs::mknodat(dir, name, ft, Mode::from_raw_mode(0o600), node.rdev).map_err(io)?;
-        let fd = rustix::fs::openat(
-            dir,
-            name,
-            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(io)?;
         self.set_meta_path(dir, node)
-            .map_err(|e| Error::io(node.name.to_string(), e))?;
-        drop(fd);
-        Ok(())
+            .map_err(|e| Error::io(node.name.to_string(), e))
     }
 
     fn restore_symlink(&mut self, dir: BorrowedFd<'_>, node: &Node) -> Result<()> {
@@ -325,7 +317,8 @@ impl Restorer<'_> {
         let (last, parents) = first
             .split_last()
             .ok_or_else(|| Error::Invalid("empty link path".into()))?;
-        let src_dir = open_rel_dir(self.target.as_fd(), parents).map_err(io)?;
+        let Some(target) = &self.target else { return Ok(()) };
+        let src_dir = open_rel_dir(target.as_fd(), parents).map_err(io)?;
         let name = OsStr::from_bytes(&node.name.0);
         remove_existing(dir, name).map_err(io)?;
         rustix::fs::linkat(
@@ -471,16 +464,6 @@ pub fn restore(
             .map_err(|e| Error::io(&opts.target, errno_io(e)))?,
         )
     };
-    let placeholder = match &target {
-        Some(fd) => rustix::io::dup(fd).map_err(|e| Error::io(&opts.target, errno_io(e)))?,
-        None => rustix::fs::openat(
-            CWD,
-            "/",
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| Error::io("/", errno_io(e)))?,
-    };
     let mut r = Restorer {
         repo,
         includes: PathMatcher::new(&opts.includes)?,
@@ -490,8 +473,14 @@ pub fn restore(
         stats: RestoreStats::default(),
         progress,
         links: HashMap::new(),
-        target: placeholder,
+        target,
     };
+    let target = r
+        .target
+        .as_ref()
+        .map(|t| rustix::io::dup(t))
+        .transpose()
+        .map_err(|e| Error::io(&opts.target, errno_io(e)))?;
     let dir = target.as_ref().map(|t| t.as_fd());
     let prefix = path.trim_end_matches('/').as_bytes().to_vec();
     match found {

@@ -2,6 +2,7 @@
 
 pub mod backup;
 pub mod cat;
+pub mod forget;
 
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;

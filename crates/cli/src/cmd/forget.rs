@@ -1,0 +1,129 @@
+//! `coffer forget`: remove snapshots by id or by retention policy. Data is freed by prune.
+
+use std::io::Write;
+
+use anyhow::{bail, Context, Result};
+use coffer_core::forget::{apply_grouped, parse_duration, Decision, GroupBy, KeepPolicy};
+use coffer_core::format::SnapshotId;
+use coffer_core::FileKind;
+use serde_json::json;
+
+use super::{open, outln, print_json};
+use crate::cli::{ForgetArgs, Global};
+use crate::ui::local_time;
+
+fn policy(a: &ForgetArgs) -> Result<KeepPolicy> {
+    Ok(KeepPolicy {
+        last: a.keep_last,
+        hourly: a.keep_hourly,
+        daily: a.keep_daily,
+        weekly: a.keep_weekly,
+        monthly: a.keep_monthly,
+        yearly: a.keep_yearly,
+        within: a.keep_within.as_deref().map(parse_duration).transpose()?,
+        tags: a
+            .keep_tag
+            .iter()
+            .map(|t| {
+                t.split(',')
+                    .map(str::trim)
+                    .filter(|x| !x.is_empty())
+                    .map(String::from)
+                    .collect()
+            })
+            .collect(),
+    })
+}
+
+fn print_list(title: &str, list: &[&Decision]) -> Result<()> {
+    if list.is_empty() {
+        return Ok(());
+    }
+    outln!("{title} {} snapshots:", list.len())?;
+    for d in list {
+        outln!(
+            "  {}  {}  {}",
+            d.id.short(),
+            local_time(&d.time),
+            d.reasons.join(", ")
+        )?;
+    }
+    Ok(())
+}
+
+pub fn run(g: &Global, a: ForgetArgs) -> Result<u8> {
+    let repo = open(g)?;
+    let mut remove: Vec<SnapshotId> = Vec::new();
+    if !a.snapshots.is_empty() {
+        for s in &a.snapshots {
+            remove.push(repo.find_snapshot(s)?.0);
+        }
+        if g.json {
+            print_json(&json!({"remove": remove.iter().map(|i| i.to_hex()).collect::<Vec<_>>()}))?;
+        }
+    } else {
+        let pol = policy(&a)?;
+        if pol.is_empty() {
+            bail!("no policy given: use --keep-last, --keep-daily, ... or name snapshots to remove (nothing was removed)");
+        }
+        let by: GroupBy = a.group_by.parse()?;
+        let mut snaps = repo.list_snapshots()?;
+        snaps.retain(|(_, s)| {
+            (a.host.is_empty() || a.host.contains(&s.hostname))
+                && a.tag.iter().all(|t| s.tags.contains(t))
+                && (a.path.is_empty() || {
+                    let mut p = a.path.clone();
+                    p.sort();
+                    p == s.paths
+                })
+        });
+        let groups = apply_grouped(&snaps, &pol, by);
+        if g.json {
+            print_json(&groups)?;
+        }
+        for grp in &groups {
+            let (keep, rm): (Vec<&Decision>, Vec<&Decision>) = grp.snapshots.iter().partition(|d| d.keep);
+            if !g.json && !g.quiet {
+                let mut label = Vec::new();
+                if let Some(h) = &grp.group.host {
+                    label.push(format!("host {h}"));
+                }
+                if let Some(p) = &grp.group.paths {
+                    label.push(format!("paths {}", p.join(" ")));
+                }
+                if let Some(t) = &grp.group.tags {
+                    label.push(format!("tags {}", t.join(",")));
+                }
+                outln!(
+                    "snapshots of {}:",
+                    if label.is_empty() {
+                        "all".to_string()
+                    } else {
+                        label.join(", ")
+                    }
+                )?;
+                print_list("keep", &keep)?;
+                print_list("remove", &rm)?;
+            }
+            remove.extend(rm.iter().map(|d| d.id));
+        }
+    }
+    if a.dry_run {
+        if !g.json && !g.quiet {
+            outln!("dry run: {} snapshots would be removed", remove.len())?;
+        }
+        return Ok(0);
+    }
+    for id in &remove {
+        repo.backend()
+            .remove(FileKind::Snapshot, &id.to_hex())
+            .with_context(|| format!("removing snapshot {}", id.short()))?;
+    }
+    if !g.json && !g.quiet {
+        outln!("removed {} snapshots", remove.len())?;
+    }
+    if a.prune {
+        bail!("--prune: prune is not implemented yet; run it separately when it is");
+    }
+    Ok(0)
+}
