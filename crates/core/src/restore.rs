@@ -478,7 +478,7 @@ pub fn restore(
     let target = r
         .target
         .as_ref()
-        .map(|t| rustix::io::dup(t))
+        .map(rustix::io::dup)
         .transpose()
         .map_err(|e| Error::io(&opts.target, errno_io(e)))?;
     let dir = target.as_ref().map(|t| t.as_fd());
