@@ -60,7 +60,7 @@ fn newest_per_bucket(
         }
     }
     let mut buckets: Vec<_> = by.into_values().collect();
-    buckets.sort_by(|a, b| b.0.cmp(&a.0));
+    buckets.sort_by_key(|b| std::cmp::Reverse(b.0));
     let take = if n < 0 { buckets.len() } else { n as usize };
     buckets.into_iter().take(take).map(|(_, id)| id).collect()
 }
@@ -68,7 +68,7 @@ fn newest_per_bucket(
 fn expected(snaps: &[(SnapshotId, Snapshot)], p: &KeepPolicy) -> BTreeSet<SnapshotId> {
     let mut keep = BTreeSet::new();
     let mut by_time: Vec<_> = snaps.iter().collect();
-    by_time.sort_by(|a, b| b.1.time.cmp(&a.1.time));
+    by_time.sort_by_key(|s| std::cmp::Reverse(s.1.time));
     let n = if p.last < 0 {
         by_time.len()
     } else {
