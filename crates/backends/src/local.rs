@@ -105,7 +105,13 @@ impl Backend for LocalBackend {
             });
         }
         let mk = |p: PathBuf| fs::create_dir_all(&p).map_err(|e| self.err(&p.display().to_string(), e));
-        for k in [FileKind::Key, FileKind::Snapshot, FileKind::Index] {
+        for k in [
+            FileKind::Key,
+            FileKind::Snapshot,
+            FileKind::Index,
+            FileKind::Lock,
+            FileKind::Mark,
+        ] {
             mk(self.root.join(k.dir()))?;
         }
         for i in 0..256 {
@@ -143,6 +149,8 @@ impl Backend for LocalBackend {
                 }
             }
             v
+        } else if matches!(kind, FileKind::Lock | FileKind::Mark) && !base.exists() {
+            return Ok(Vec::new()); // repositories from before these namespaces existed
         } else {
             vec![base]
         };
@@ -202,6 +210,9 @@ impl Backend for LocalBackend {
         let dir = self.dir(kind, name);
         if dest.exists() {
             return Ok(WriteOutcome::Existed);
+        }
+        if matches!(kind, FileKind::Lock | FileKind::Mark) {
+            fs::create_dir_all(&dir).map_err(|e| self.err(&what, e))?;
         }
         let tmp = dir.join(tmp_name());
         let res = (|| -> io::Result<WriteOutcome> {

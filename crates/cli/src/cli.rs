@@ -76,6 +76,13 @@ pub enum Command {
     Cat(CatArgs),
     /// Remove snapshots by id or by a retention policy
     Forget(ForgetArgs),
+    /// Delete data that no snapshot uses (safe while other clients back up)
+    Prune(PruneArgs),
+    /// Verify the repository: structure, and optionally the stored data
+    Check(CheckArgs),
+    /// Repair a damaged repository
+    #[command(subcommand)]
+    Repair(RepairCommand),
     /// Manage the repository's keys (passwords)
     #[command(subcommand)]
     Key(KeyCommand),
@@ -264,7 +271,42 @@ pub struct ForgetArgs {
     /// Show what would be removed and why the rest is kept, and remove nothing
     #[arg(short = 'n', long)]
     pub dry_run: bool,
-    /// Run prune afterwards
+    /// Run prune afterwards (with its default settings)
     #[arg(long)]
     pub prune: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct PruneArgs {
+    /// Repack packs until at most this share of stored bytes is unused (e.g. 5%, 0%)
+    #[arg(long, default_value = "5%", value_name = "PERCENT")]
+    pub max_unused: String,
+    /// Delete condemned data no sooner than this after it was condemned (e.g. 0h, 24h, 2d)
+    #[arg(long, default_value = "0h", value_name = "DURATION")]
+    pub grace: String,
+    /// Show what would be condemned, and change nothing
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct CheckArgs {
+    /// Read and verify all stored data
+    #[arg(long, conflicts_with = "read_data_subset")]
+    pub read_data: bool,
+    /// Read and verify a subset: N/M (group N of M) or P% (the packs verified longest ago)
+    #[arg(long, value_name = "N/M|P%")]
+    pub read_data_subset: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RepairCommand {
+    /// Rebuild the index from the packs
+    Index,
+    /// Rewrite snapshots that reference lost data (damaged files are flagged, not zero-filled)
+    Snapshots {
+        /// Only report what would be repaired
+        #[arg(short = 'n', long)]
+        dry_run: bool,
+    },
 }

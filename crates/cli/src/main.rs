@@ -51,6 +51,9 @@ fn main() -> ExitCode {
         Command::Diff(a) => cmd::diff(&g, a),
         Command::Cat(a) => cmd::cat::run(&g, a),
         Command::Forget(a) => cmd::forget::run(&g, a),
+        Command::Prune(a) => cmd::prune(&g, &a),
+        Command::Check(a) => cmd::check(&g, a),
+        Command::Repair(r) => cmd::repair(&g, r),
         Command::Key(k) => cmd::key(&g, k),
         Command::Stats => cmd::stats(&g),
     };

@@ -19,6 +19,10 @@ pub enum FileKind {
     Snapshot,
     Index,
     Pack,
+    /// Leases of running backups and prunes (see docs/FORMAT.md "Prune").
+    Lock,
+    /// Prune's lists of condemned packs.
+    Mark,
 }
 
 impl FileKind {
@@ -29,6 +33,8 @@ impl FileKind {
             FileKind::Snapshot => "snapshots",
             FileKind::Index => "index",
             FileKind::Pack => "data",
+            FileKind::Lock => "locks",
+            FileKind::Mark => "marks",
         }
     }
 }

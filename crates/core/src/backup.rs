@@ -19,7 +19,7 @@ use std::path::{Component, Path, PathBuf};
 
 use chrono::Local;
 use coffer_format::{
-    BlobId, BlobKind, Name, Node, NodeKind, Snapshot, SnapshotId, Summary, Tree, FORMAT_VERSION,
+    BlobId, BlobKind, Name, Node, NodeKind, PackId, Snapshot, SnapshotId, Summary, Tree, FORMAT_VERSION,
 };
 
 use crate::chunker::Chunker;
@@ -165,6 +165,8 @@ struct Archiver<'a, 'p> {
     one_fs: bool,
     names: NameCache,
     hardlinks: HashMap<(u64, u64), (Vec<BlobId>, u64)>,
+    /// Packs holding blobs this run uses without having uploaded them.
+    referenced: HashSet<PackId>,
     summary: Summary,
     progress: &'a dyn Progress,
 }
@@ -178,7 +180,9 @@ impl Archiver<'_, '_> {
     /// Store a blob unless the repository or this run has it already.
     fn save_blob(&mut self, kind: BlobKind, data: &[u8]) -> Result<BlobId> {
         let id = self.repo.key().blob_id(data);
-        if !self.repo.index().contains(&id) && self.session.insert(id) {
+        if let Some(loc) = self.repo.index().get(&id) {
+            self.referenced.insert(loc.pack);
+        } else if self.session.insert(id) {
             self.summary.blobs_new += 1;
             self.summary.bytes_new_raw += data.len() as u64;
             self.pipe.submit(kind, id, data.to_vec())?;
@@ -256,7 +260,7 @@ impl Archiver<'_, '_> {
         Ok(Some(ids))
     }
 
-    fn unchanged(&self, node: &Node, parent: Option<&Node>) -> Option<Vec<BlobId>> {
+    fn unchanged(&mut self, node: &Node, parent: Option<&Node>) -> Option<Vec<BlobId>> {
         let p = parent?;
         let same = p.kind == NodeKind::File
             && p.error.is_none()
@@ -474,7 +478,7 @@ pub fn backup(
     spec.validate()?;
 
     let repo_ref: &IndexedRepository = repo;
-    let (tree_id, mut summary, stats) = std::thread::scope(|s| -> Result<_> {
+    let (tree_id, mut summary, stats, referenced) = std::thread::scope(|s| -> Result<_> {
         let pipe = BlobPipeline::start(s, repo_ref, threads, spec);
         std::thread::Builder::new()
             .name("coffer-walk".into())
@@ -493,19 +497,20 @@ pub fn backup(
                         one_fs: opts.one_file_system,
                         names: NameCache::default(),
                         hardlinks: HashMap::new(),
+                        referenced: HashSet::new(),
                         summary: Summary::default(),
                         progress,
                     };
                     let ptree = a.load_parent_tree(parent.as_ref().map(|(_, p)| p.tree));
                     a.archive_trie(&trie, Path::new("/"), ptree.as_ref())
                         .and_then(|root| a.save_tree(root))
-                        .map(|id| (id, a.summary))
+                        .map(|id| (id, a.summary, a.referenced))
                 };
                 // Finish the pipeline even when the walk failed: if the walk stopped because
                 // the pipeline broke, the pipeline's error is the one worth reporting.
                 let stats = pipe.finish()?;
-                let (id, summary) = walked?;
-                Ok((id, summary, stats))
+                let (id, summary, referenced) = walked?;
+                Ok((id, summary, stats, referenced))
             })
             .map_err(|e| Error::io("thread", e))?
             .join()
@@ -534,6 +539,10 @@ pub fn backup(
         program_version: concat!("coffer ", env!("CARGO_PKG_VERSION")).into(),
         summary,
     };
+    crate::prune::relist_condemned(repo, &referenced)?;
+    if let Some(lease) = repo.lease() {
+        lease.ensure_held()?;
+    }
     let (id, _) = repo.save_snapshot(&snapshot)?;
     Ok(BackupOutcome { id, snapshot })
 }

@@ -84,6 +84,11 @@ impl Index {
         self.packs.len()
     }
 
+    /// Every pack the index knows.
+    pub fn packs(&self) -> impl Iterator<Item = PackId> + '_ {
+        self.packs.iter().copied()
+    }
+
     pub fn index_files(&self) -> &[IndexId] {
         &self.files
     }

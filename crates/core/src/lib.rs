@@ -7,6 +7,7 @@
 
 pub mod backend;
 pub mod backup;
+pub mod check;
 pub mod chunker;
 pub mod compress;
 pub mod crypto;
@@ -16,9 +17,12 @@ pub mod filter;
 pub mod forget;
 mod fsmeta;
 pub mod index;
+pub mod lease;
 pub mod memory;
 mod packer;
 pub mod progress;
+pub mod prune;
+pub mod repair;
 mod repo;
 pub mod restore;
 pub mod stats;

@@ -41,12 +41,14 @@ impl MemoryBackend {
 
     /// Every stored file with its bytes.
     pub fn snapshot_all(&self) -> Vec<(FileKind, String, Vec<u8>)> {
-        const KINDS: [FileKind; 5] = [
+        const KINDS: [FileKind; 7] = [
             FileKind::Config,
             FileKind::Key,
             FileKind::Snapshot,
             FileKind::Index,
             FileKind::Pack,
+            FileKind::Lock,
+            FileKind::Mark,
         ];
         self.lock()
             .iter()

@@ -127,6 +127,38 @@ pub fn store_blobs(repo: &mut IndexedRepository, blobs: Vec<(BlobKind, Vec<u8>)>
     Ok(ids)
 }
 
+/// Write already-sealed blobs (copied from other packs) into new packs; returns their entries.
+/// Used by prune to repack without decrypting or recompressing.
+pub(crate) fn pack_sealed(
+    repo: &Repository,
+    blobs: Vec<(BlobKind, BlobId, u32, Vec<u8>)>,
+) -> Result<PackerStats> {
+    let target = repo.config().pack_size as usize;
+    let mut open = [OpenPack::default(), OpenPack::default()];
+    let mut stats = PackerStats::default();
+    for (kind, id, raw_len, bytes) in blobs {
+        let slot = &mut open[(kind == BlobKind::Tree) as usize];
+        slot.bytes += bytes.len();
+        slot.blobs.push(Sealed {
+            kind,
+            id,
+            raw_len,
+            bytes,
+        });
+        if slot.bytes >= target {
+            let p = std::mem::take(slot);
+            write_pack(repo, p, &mut stats)?;
+        }
+    }
+    for slot in open.iter_mut() {
+        if !slot.blobs.is_empty() {
+            let p = std::mem::take(slot);
+            write_pack(repo, p, &mut stats)?;
+        }
+    }
+    Ok(stats)
+}
+
 fn worker(repo: &Repository, spec: CompressionSpec, jobs: Receiver<Job>, out: Sender<Sealed>) {
     for job in jobs {
         let plain = encode_blob(spec, &job.data);

@@ -21,6 +21,7 @@ use crate::crypto::{
 };
 use crate::error::{Error, Result};
 use crate::index::{BlobLocation, Index};
+use crate::lease::Lease;
 use coffer_format::ChunkerParams;
 
 /// Largest plaintext accepted for an index, snapshot or config file.
@@ -317,13 +318,56 @@ impl Repository {
 
     /// Read every index file into memory.
     pub fn load_index(self) -> Result<IndexedRepository> {
+        let index = self.read_all_index()?;
+        Ok(IndexedRepository {
+            repo: self,
+            index,
+            lease: None,
+        })
+    }
+
+    /// Take a lease first, then read the index: what backups and prunes do, so that a prune
+    /// knows about every run that may deduplicate against the index it is about to change.
+    pub fn load_index_leased(self, purpose: &str) -> Result<IndexedRepository> {
+        let lease = Lease::acquire(self.backend.clone(), purpose)?;
+        let index = self.read_all_index()?;
+        Ok(IndexedRepository {
+            repo: self,
+            index,
+            lease: Some(lease),
+        })
+    }
+
+    /// Read the index files that can be read, skipping damaged ones (for repair).
+    pub fn load_index_skipping_damaged(self) -> IndexedRepository {
+        let mut index = Index::default();
+        if let Ok(files) = self.backend.list(FileKind::Index) {
+            for f in files {
+                if let (Ok(file), Ok(id)) = (self.load_index_file(&f.name), Id::from_hex(&f.name)) {
+                    index.add_file(IndexId(id), &file);
+                }
+            }
+        }
+        IndexedRepository {
+            repo: self,
+            index,
+            lease: None,
+        }
+    }
+
+    fn read_all_index(&self) -> Result<Index> {
         let mut index = Index::default();
         for f in self.backend.list(FileKind::Index)? {
-            let file = self.load_index_file(&f.name)?;
+            let file = match self.load_index_file(&f.name) {
+                Ok(file) => file,
+                // superseded and deleted by a prune since the listing
+                Err(Error::Backend(e)) if e.is_not_found() => continue,
+                Err(e) => return Err(e),
+            };
             let id = IndexId(Id::from_hex(&f.name).map_err(|e| Error::format("index/", e))?);
             index.add_file(id, &file);
         }
-        Ok(IndexedRepository { repo: self, index })
+        Ok(index)
     }
 }
 
@@ -372,6 +416,7 @@ fn unique_prefix(names: &[String], spec: &str, what: &str) -> Result<String> {
 pub struct IndexedRepository {
     repo: Repository,
     index: Index,
+    lease: Option<Lease>,
 }
 
 impl Deref for IndexedRepository {
@@ -388,6 +433,20 @@ impl IndexedRepository {
 
     pub(crate) fn index_mut(&mut self) -> &mut Index {
         &mut self.index
+    }
+
+    /// The lease this repository was opened under, if any.
+    pub fn lease(&self) -> Option<&Lease> {
+        self.lease.as_ref()
+    }
+
+    /// Take a lease (if none is held) and read the index again under it.
+    pub fn ensure_lease(&mut self, purpose: &str) -> Result<()> {
+        if self.lease.is_none() {
+            self.lease = Some(Lease::acquire(self.backend().clone(), purpose)?);
+            self.index = self.repo.read_all_index()?;
+        }
+        Ok(())
     }
 
     /// Where a blob is, or a `NotFound` naming it.

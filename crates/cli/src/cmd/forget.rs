@@ -123,7 +123,13 @@ pub fn run(g: &Global, a: ForgetArgs) -> Result<u8> {
         outln!("removed {} snapshots", remove.len())?;
     }
     if a.prune {
-        bail!("--prune: prune is not implemented yet; run it separately when it is");
+        let pa = crate::cli::PruneArgs {
+            max_unused: "5%".into(),
+            grace: "0h".into(),
+            dry_run: false,
+        };
+        drop(repo);
+        return super::prune(g, &pa);
     }
     Ok(0)
 }

@@ -485,3 +485,186 @@ pub fn stats(g: &Global) -> Result<u8> {
     )?;
     Ok(0)
 }
+
+fn parse_percent(s: &str) -> Result<f64> {
+    let v: f64 = s
+        .trim_end_matches('%')
+        .trim()
+        .parse()
+        .with_context(|| format!("{s:?} is not a percentage"))?;
+    if !(0.0..=100.0).contains(&v) {
+        bail!("{s:?}: a percentage must be between 0% and 100%");
+    }
+    Ok(v / 100.0)
+}
+
+pub fn prune(g: &Global, a: &crate::cli::PruneArgs) -> Result<u8> {
+    let repo = open(g)?;
+    let opts = coffer_core::prune::PruneOptions {
+        max_unused: parse_percent(&a.max_unused)?,
+        grace_secs: coffer_core::forget::parse_duration(&a.grace)?.num_seconds(),
+        dry_run: a.dry_run,
+    };
+    let progress = CliProgress::new(!g.quiet && !g.json, "pruned");
+    let r = coffer_core::prune::prune(repo, &opts, &progress);
+    progress.finish();
+    let r = r?;
+    if g.json {
+        print_json(&r)?;
+        return Ok(0);
+    }
+    if !g.quiet {
+        outln!(
+            "{} snapshots use {} blobs; {} blobs ({}) are unused",
+            r.snapshots,
+            r.blobs_used,
+            r.blobs_unused,
+            bytes(r.bytes_unused)
+        )?;
+        let verb = if a.dry_run { "would condemn" } else { "condemned" };
+        outln!(
+            "{verb} {} packs ({} to repack, {} copied)",
+            r.packs_condemned,
+            r.packs_repacked,
+            bytes(r.bytes_repacked)
+        )?;
+        if !a.dry_run {
+            outln!(
+                "deleted {} packs ({}), rescued {}",
+                r.packs_deleted,
+                bytes(r.bytes_deleted),
+                r.packs_rescued
+            )?;
+        }
+        for d in &r.deferred {
+            outln!("deferred: {d}")?;
+        }
+        if r.packs_unindexed > 0 {
+            outln!("{} packs are in no index (a backup in progress, or an interrupted one; the next backup adopts them)", r.packs_unindexed)?;
+        }
+    }
+    Ok(0)
+}
+
+/// Local cache directory: `$COFFER_CACHE_DIR`, else `$XDG_CACHE_HOME/coffer`, else `~/.cache/coffer`.
+pub fn cache_dir() -> Option<std::path::PathBuf> {
+    if let Some(d) = std::env::var_os("COFFER_CACHE_DIR") {
+        return Some(d.into());
+    }
+    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
+        return Some(std::path::PathBuf::from(d).join("coffer"));
+    }
+    std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache/coffer"))
+}
+
+pub fn check(g: &Global, a: crate::cli::CheckArgs) -> Result<u8> {
+    use coffer_core::check::{CheckOptions, ReadData};
+    let repo = open(g)?;
+    let read_data = if a.read_data {
+        Some(ReadData::All)
+    } else {
+        a.read_data_subset
+            .as_deref()
+            .map(str::parse::<ReadData>)
+            .transpose()?
+    };
+    let opts = CheckOptions {
+        read_data,
+        cache_dir: cache_dir(),
+    };
+    let progress = CliProgress::new(!g.quiet && !g.json, "checked");
+    let r = coffer_core::check::check(repo, &opts, &progress);
+    progress.finish();
+    let r = r?;
+    if g.json {
+        print_json(&r)?;
+    } else {
+        for w in &r.warnings {
+            eprintln!("warning: {w}");
+        }
+        for e in &r.errors {
+            eprintln!("error: {e}");
+        }
+        for af in &r.affected {
+            eprintln!("snapshot {} is damaged:", &af.snapshot[..8]);
+            for p in &af.paths {
+                eprintln!("  {p}");
+            }
+        }
+        if !g.quiet {
+            outln!(
+                "checked {} snapshots, {} trees, {} packs; read {} packs ({})",
+                r.snapshots,
+                r.trees,
+                r.packs,
+                r.packs_read,
+                bytes(r.bytes_read)
+            )?;
+            if let Some(c) = r.coverage {
+                let age = r
+                    .oldest_verification_secs
+                    .map(|s| format!(", oldest verification {} h ago", s / 3600))
+                    .unwrap_or_default();
+                outln!("data verified so far: {:.0}% of packs{age}", c * 100.0)?;
+            }
+            if r.ok() {
+                outln!("no errors were found")?;
+            }
+        }
+    }
+    if !r.ok() {
+        bail!(
+            "check found {} errors; damaged: {}",
+            r.errors.len(),
+            r.damaged.join(", ")
+        );
+    }
+    Ok(0)
+}
+
+pub fn repair(g: &Global, c: crate::cli::RepairCommand) -> Result<u8> {
+    let repo = open(g)?;
+    let progress = CliProgress::new(!g.quiet && !g.json, "repaired");
+    match c {
+        crate::cli::RepairCommand::Index => {
+            let r = coffer_core::repair::repair_index(repo, &progress);
+            progress.finish();
+            let r = r?;
+            if g.json {
+                print_json(&r)?;
+            } else if !g.quiet {
+                if r.changed {
+                    outln!(
+                        "index rebuilt from {} packs; {} old index files removed",
+                        r.packs,
+                        r.index_files_removed
+                    )?;
+                } else {
+                    outln!("the index matches the {} packs; nothing changed", r.packs)?;
+                }
+                if !r.packs_unreadable.is_empty() {
+                    outln!(
+                        "{} packs are damaged and were left out; run `coffer repair snapshots`",
+                        r.packs_unreadable.len()
+                    )?;
+                }
+            }
+        }
+        crate::cli::RepairCommand::Snapshots { dry_run } => {
+            let mut repo = repo.load_index()?;
+            let r = coffer_core::repair::repair_snapshots(&mut repo, dry_run, &progress);
+            progress.finish();
+            let r = r?;
+            if g.json {
+                print_json(&r)?;
+            } else if !g.quiet {
+                for d in &r.damaged_paths {
+                    outln!("damaged: {d}")?;
+                }
+                let verb = if dry_run { "would repair" } else { "repaired" };
+                outln!("{verb} {} of {} snapshots", r.repaired.len(), r.snapshots)?;
+            }
+        }
+    }
+    Ok(0)
+}

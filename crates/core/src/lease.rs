@@ -1,0 +1,221 @@
+//! Leases: how running backups and prunes announce themselves without a lock.
+//!
+//! A lease is a small file `locks/<session><seq>` (hex) holding the session, purpose, start
+//! and last refresh time. A background thread refreshes it every [`REFRESH`] by writing the
+//! next sequence number and removing the previous file. A lease is *live* while its newest
+//! file was refreshed less than [`TTL`] ago; a crashed or killed client's lease simply stops
+//! being refreshed and stops counting after TTL: nothing ever has to be unlocked by hand.
+//!
+//! Leases never block a backup. Prune uses them only to *defer* deleting data (docs/FORMAT.md,
+//! "Prune"). A backup whose lease was not refreshed for longer than TTL (process suspended,
+//! storage unreachable) refuses to write its snapshot, because a prune may have deleted data
+//! the backup relied on in the meantime.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::backend::{Backend, FileKind};
+use crate::crypto::random_bytes;
+use crate::error::{Error, Result};
+
+/// How often a lease is refreshed.
+pub const REFRESH: Duration = Duration::from_secs(60);
+/// How long after its last refresh a lease stops counting.
+pub const TTL: i64 = 15 * 60;
+
+pub fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+/// The content of a lease file.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LeaseInfo {
+    pub session: String,
+    pub purpose: String,
+    pub started: i64,
+    pub refreshed: i64,
+}
+
+impl LeaseInfo {
+    pub fn is_live(&self, at: i64) -> bool {
+        self.refreshed > at - TTL
+    }
+}
+
+fn file_name(session: &str, seq: u64) -> String {
+    format!("{session}{seq:016x}")
+}
+
+/// All leases (newest file per session), live or not. A listing error is an error.
+pub fn list_leases(backend: &dyn Backend) -> Result<Vec<LeaseInfo>> {
+    let mut by_session: BTreeMap<String, LeaseInfo> = BTreeMap::new();
+    for f in backend.list(FileKind::Lock)? {
+        let bytes = match backend.read(FileKind::Lock, &f.name) {
+            Ok(b) => b,
+            Err(e) if e.is_not_found() => continue, // refreshed or released meanwhile
+            Err(e) => return Err(e.into()),
+        };
+        // An unreadable lease counts as live "now": prune must not ignore what it cannot read.
+        let info: LeaseInfo = serde_json::from_slice(&bytes).unwrap_or(LeaseInfo {
+            session: f.name.clone(),
+            purpose: "unknown".into(),
+            started: 0,
+            refreshed: now(),
+        });
+        let e = by_session
+            .entry(info.session.clone())
+            .or_insert_with(|| info.clone());
+        if info.refreshed > e.refreshed {
+            *e = info;
+        }
+    }
+    Ok(by_session.into_values().collect())
+}
+
+/// Live leases only.
+pub fn live_leases(backend: &dyn Backend) -> Result<Vec<LeaseInfo>> {
+    let t = now();
+    Ok(list_leases(backend)?
+        .into_iter()
+        .filter(|l| l.is_live(t))
+        .collect())
+}
+
+struct Shared {
+    backend: Arc<dyn Backend>,
+    info: Mutex<(LeaseInfo, u64)>,
+    /// Time of the last successful refresh.
+    last_ok: AtomicI64,
+    /// Set once a refresh was missed for longer than TTL.
+    lost: AtomicBool,
+    stop: Mutex<bool>,
+    wake: std::sync::Condvar,
+}
+
+impl Shared {
+    fn refresh(&self) {
+        let mut g = self.info.lock().unwrap_or_else(|e| e.into_inner());
+        let t = now();
+        if t - self.last_ok.load(Ordering::SeqCst) >= TTL {
+            self.lost.store(true, Ordering::SeqCst);
+        }
+        let (info, seq) = &mut *g;
+        let old = file_name(&info.session, *seq);
+        info.refreshed = t;
+        let next = *seq + 1;
+        let Ok(bytes) = serde_json::to_vec(info) else {
+            return;
+        };
+        if self
+            .backend
+            .write(FileKind::Lock, &file_name(&info.session, next), &bytes)
+            .is_ok()
+        {
+            *seq = next;
+            self.last_ok.store(t, Ordering::SeqCst);
+            let _ = self.backend.remove(FileKind::Lock, &old);
+        }
+    }
+}
+
+/// A held lease; released (its file removed) on drop.
+pub struct Lease {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let g = self.shared.info.lock().unwrap_or_else(|e| e.into_inner());
+        write!(f, "Lease({} {})", g.0.purpose, g.0.session)
+    }
+}
+
+impl Lease {
+    /// Write a lease and start refreshing it.
+    pub fn acquire(backend: Arc<dyn Backend>, purpose: &str) -> Result<Lease> {
+        let mut s = [0u8; 16];
+        random_bytes(&mut s);
+        let t = now();
+        let info = LeaseInfo {
+            session: hex::encode(s),
+            purpose: purpose.into(),
+            started: t,
+            refreshed: t,
+        };
+        let bytes = serde_json::to_vec(&info).map_err(|e| Error::Invalid(e.to_string()))?;
+        backend.write(FileKind::Lock, &file_name(&info.session, 0), &bytes)?;
+        let shared = Arc::new(Shared {
+            backend,
+            info: Mutex::new((info, 0)),
+            last_ok: AtomicI64::new(t),
+            lost: AtomicBool::new(false),
+            stop: Mutex::new(false),
+            wake: std::sync::Condvar::new(),
+        });
+        let sh = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("coffer-lease".into())
+            .spawn(move || loop {
+                let stop = sh.stop.lock().unwrap_or_else(|e| e.into_inner());
+                let (stop, _) = sh
+                    .wake
+                    .wait_timeout_while(stop, REFRESH, |s| !*s)
+                    .unwrap_or_else(|e| e.into_inner());
+                if *stop {
+                    return;
+                }
+                drop(stop);
+                sh.refresh();
+            })
+            .map_err(|e| Error::io("lease thread", e))?;
+        Ok(Lease {
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    pub fn info(&self) -> LeaseInfo {
+        self.shared
+            .info
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+            .clone()
+    }
+
+    /// Fails if the lease was not held continuously (a refresh gap longer than TTL).
+    pub fn ensure_held(&self) -> Result<()> {
+        self.shared.refresh();
+        if self.shared.lost.load(Ordering::SeqCst)
+            || now() - self.shared.last_ok.load(Ordering::SeqCst) >= TTL
+        {
+            return Err(Error::Invalid(
+                "this run's lease lapsed (suspended, or storage unreachable for over 15 minutes); \
+                 a prune may have removed data it relies on, so no snapshot is written: run it again"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        *self.shared.stop.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.shared.wake.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let g = self.shared.info.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = self
+            .shared
+            .backend
+            .remove(FileKind::Lock, &file_name(&g.0.session, g.1));
+    }
+}

@@ -1,0 +1,524 @@
+//! Prune: delete data no snapshot needs, safely while other clients back up.
+//!
+//! The protocol (docs/FORMAT.md "Prune" argues why no committed snapshot loses data):
+//!
+//! **Mark.** Under its own lease, prune computes the blobs every snapshot uses, picks the packs
+//! to drop (no used blob) and to repack (mostly unused; their used blobs are copied, still
+//! sealed, into new packs), and writes a *mark* listing those condemned packs. It then writes
+//! one index file without them that supersedes every index file it read, deletes those, and
+//! completes the mark with the sessions of all live leases at that moment ("blockers").
+//!
+//! **Sweep.** A completed mark is acted on once it is older than the grace period and none of
+//! its blockers is live any more (they finished, or crashed and expired): every backup that
+//! may have deduplicated against a condemned pack has then either committed its snapshot or
+//! given up. The used blobs are computed again from the snapshots of that moment; a condemned
+//! pack holding a used blob not available elsewhere is rescued (listed in a new index file),
+//! every other condemned pack is deleted, then the mark.
+//!
+//! Any listing or read error, anywhere, aborts the run before anything is deleted.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use coffer_format::{BlobId, Id, IndexFile, IndexId, IndexPack, NodeKind, PackId, SnapshotId};
+use serde::{Deserialize, Serialize};
+
+use crate::backend::{Backend, FileKind};
+use crate::crypto::storage_id;
+use crate::error::{Error, Result};
+use crate::lease::{live_leases, now};
+use crate::packer::pack_sealed;
+use crate::progress::Progress;
+use crate::repo::{IndexedRepository, Repository};
+
+/// A mark file (`marks/<hash>`, JSON).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Mark {
+    /// Unix time the packs were condemned.
+    pub created: i64,
+    pub packs: Vec<PackId>,
+    /// Lease sessions live when the index was rewritten; `None` until the mark is complete.
+    pub blockers: Option<Vec<String>>,
+}
+
+/// All marks with their file names.
+pub fn list_marks(backend: &dyn Backend) -> Result<Vec<(String, Mark)>> {
+    let mut out = Vec::new();
+    for f in backend.list(FileKind::Mark)? {
+        let bytes = match backend.read(FileKind::Mark, &f.name) {
+            Ok(b) => b,
+            Err(e) if e.is_not_found() => continue,
+            Err(e) => return Err(e.into()),
+        };
+        if storage_id(&bytes).to_hex() != f.name {
+            return Err(Error::integrity(
+                format!("marks/{}", f.name),
+                "content does not match its name",
+            ));
+        }
+        let m: Mark = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::integrity(format!("marks/{}", f.name), format!("does not decode: {e}")))?;
+        out.push((f.name, m));
+    }
+    Ok(out)
+}
+
+fn write_mark(backend: &dyn Backend, m: &Mark) -> Result<String> {
+    let bytes = serde_json::to_vec(m).map_err(|e| Error::Invalid(e.to_string()))?;
+    let name = storage_id(&bytes).to_hex();
+    backend.write(FileKind::Mark, &name, &bytes)?;
+    Ok(name)
+}
+
+/// Packs condemned by any mark.
+pub fn condemned_packs(backend: &dyn Backend) -> Result<HashSet<PackId>> {
+    Ok(list_marks(backend)?
+        .into_iter()
+        .flat_map(|(_, m)| m.packs)
+        .collect())
+}
+
+/// Every blob (data and tree) referenced by any snapshot. Fails on any unreadable snapshot or
+/// tree: prune must not decide from a partial picture.
+pub fn used_blobs(repo: &IndexedRepository) -> Result<(HashSet<BlobId>, Vec<SnapshotId>)> {
+    let snaps = repo.list_snapshots()?;
+    let mut used = HashSet::new();
+    for (_, s) in &snaps {
+        collect_tree(repo, s.tree, &mut used)?;
+    }
+    Ok((used, snaps.into_iter().map(|(id, _)| id).collect()))
+}
+
+/// Read every index file: the files' ids and every pack's entries (each pack once).
+fn read_index_files(repo: &Repository) -> Result<(Vec<IndexId>, BTreeMap<PackId, IndexPack>)> {
+    let mut files = Vec::new();
+    let mut packs = BTreeMap::new();
+    for f in repo.backend().list(FileKind::Index)? {
+        let file = repo.load_index_file(&f.name)?;
+        files.push(IndexId(
+            Id::from_hex(&f.name).map_err(|e| Error::format("index/", e))?,
+        ));
+        for p in file.packs {
+            packs.entry(p.id).or_insert(p);
+        }
+    }
+    Ok((files, packs))
+}
+
+/// Add packs that exist in storage but are in no index (left by an interrupted backup) to
+/// the index, so their data is not uploaded again. Condemned packs are never adopted.
+/// Returns how many packs were adopted.
+pub fn adopt_orphans(repo: &mut IndexedRepository, progress: &dyn Progress) -> Result<usize> {
+    let listed: HashSet<PackId> = repo.index().packs().collect();
+    let mut orphans = Vec::new();
+    for f in repo.backend().list(FileKind::Pack)? {
+        let Ok(id) = Id::from_hex(&f.name) else { continue };
+        if !listed.contains(&PackId(id)) {
+            orphans.push(PackId(id));
+        }
+    }
+    if orphans.is_empty() {
+        return Ok(0);
+    }
+    let condemned = condemned_packs(&**repo.backend())?;
+    let mut adopted = Vec::new();
+    for p in orphans.into_iter().filter(|p| !condemned.contains(p)) {
+        match repo.read_pack_header(&p) {
+            Ok(entries) => adopted.push(IndexPack { id: p, entries }),
+            Err(e) => progress.warn(&format!(
+                "pack {} is in no index and its header is unreadable: {e}",
+                p.short()
+            )),
+        }
+    }
+    if adopted.is_empty() {
+        return Ok(0);
+    }
+    repo.save_index(&IndexFile {
+        supersedes: vec![],
+        packs: adopted.clone(),
+    })?;
+    for p in &adopted {
+        repo.index_mut().add_pack(p);
+    }
+    Ok(adopted.len())
+}
+
+#[derive(Clone, Debug)]
+pub struct PruneOptions {
+    /// Repack until at most this fraction of stored bytes is unused (restic's --max-unused).
+    pub max_unused: f64,
+    /// Condemned packs are deleted no sooner than this many seconds after being marked.
+    pub grace_secs: i64,
+    pub dry_run: bool,
+}
+
+impl Default for PruneOptions {
+    fn default() -> Self {
+        PruneOptions {
+            max_unused: 0.05,
+            grace_secs: 0,
+            dry_run: false,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct PruneReport {
+    pub snapshots: usize,
+    pub packs: usize,
+    pub blobs_used: usize,
+    pub blobs_unused: usize,
+    pub bytes_unused: u64,
+    pub packs_condemned: usize,
+    pub packs_repacked: usize,
+    pub bytes_repacked: u64,
+    pub packs_deleted: usize,
+    pub bytes_deleted: u64,
+    pub packs_rescued: usize,
+    /// Marks left for a later prune, with the reason.
+    pub deferred: Vec<String>,
+    /// Packs in storage that no index lists (a backup in progress, or an interrupted one).
+    pub packs_unindexed: usize,
+}
+
+/// Run one prune: mark what is unused now, then sweep every mark that is safe to act on.
+pub fn prune(repo: Repository, opts: &PruneOptions, progress: &dyn Progress) -> Result<PruneReport> {
+    let backend = repo.backend().clone();
+    let repo = repo.load_index_leased("prune")?;
+    let ours = repo.lease().map(|l| l.info().session).unwrap_or_default();
+    if let Some(other) = live_leases(&*backend)?
+        .into_iter()
+        .find(|l| l.purpose == "prune" && l.session != ours)
+    {
+        return Err(Error::Invalid(format!(
+            "another prune is running (lease {} refreshed {} s ago); try again later",
+            &other.session[..8],
+            now() - other.refreshed
+        )));
+    }
+    let mut report = PruneReport::default();
+    mark(&repo, opts, progress, &mut report)?;
+    if !opts.dry_run {
+        sweep(&repo, opts, &ours, progress, &mut report)?;
+    }
+    Ok(report)
+}
+
+fn mark(
+    repo: &IndexedRepository,
+    opts: &PruneOptions,
+    progress: &dyn Progress,
+    report: &mut PruneReport,
+) -> Result<()> {
+    let backend = repo.backend();
+    let already = condemned_packs(&**backend)?;
+    let stored: HashMap<PackId, u64> = backend
+        .list(FileKind::Pack)?
+        .into_iter()
+        .filter_map(|f| Id::from_hex(&f.name).ok().map(|id| (PackId(id), f.size)))
+        .collect();
+    let (index_files, packs) = read_index_files(repo)?;
+    let (used, snap_ids) = used_blobs(repo)?;
+    if snap_ids.is_empty() && !packs.is_empty() {
+        return Err(Error::Invalid(
+            "the snapshot listing is empty but the index lists data; refusing to condemn everything \
+             (if every snapshot was really forgotten, delete the repository instead; prune deleted nothing)"
+                .into(),
+        ));
+    }
+    report.snapshots = snap_ids.len();
+    let snap_ids: HashSet<SnapshotId> = snap_ids.into_iter().collect();
+    report.packs = stored.len();
+    report.packs_unindexed = stored
+        .keys()
+        .filter(|p| !packs.contains_key(p) && !already.contains(p))
+        .count();
+
+    // A blob counts as used in one pack only (its first location); other copies are unused.
+    let mut seen: HashSet<BlobId> = HashSet::new();
+    let mut drop = Vec::new();
+    let mut partial: Vec<(PackId, u64, u64)> = Vec::new(); // pack, used bytes, unused bytes
+    let mut total = 0u64;
+    for (id, p) in &packs {
+        if already.contains(id) {
+            continue;
+        }
+        if !stored.contains_key(id) {
+            return Err(Error::integrity(
+                format!("pack {}", id.short()),
+                "listed in the index but missing from storage; run `coffer repair index` (prune deleted nothing)",
+            ));
+        }
+        let (mut u, mut x) = (0u64, 0u64);
+        for e in &p.entries {
+            if used.contains(&e.id) && seen.insert(e.id) {
+                u += e.length as u64;
+                report.blobs_used += 1;
+            } else {
+                x += e.length as u64;
+                report.blobs_unused += 1;
+            }
+        }
+        total += u + x;
+        report.bytes_unused += x;
+        if u == 0 {
+            drop.push(*id);
+        } else if x > 0 {
+            partial.push((*id, u, x));
+        }
+    }
+    // Repack the emptiest packs until the unused share is at most max_unused.
+    let mut unused_left: u64 = partial.iter().map(|p| p.2).sum();
+    let kept_total = total
+        - drop
+            .iter()
+            .map(|p| packs[p].entries.iter().map(|e| e.length as u64).sum::<u64>())
+            .sum::<u64>();
+    partial.sort_by(|a, b| (b.2 * a.1.max(1)).cmp(&(a.2 * b.1.max(1))).then(a.0.cmp(&b.0)));
+    let mut repack = Vec::new();
+    for (id, _, x) in partial {
+        if unused_left as f64 <= opts.max_unused * kept_total as f64 {
+            break;
+        }
+        unused_left -= x;
+        repack.push(id);
+    }
+    report.packs_condemned = drop.len() + repack.len();
+    report.packs_repacked = repack.len();
+    if opts.dry_run || (drop.is_empty() && repack.is_empty()) {
+        return Ok(());
+    }
+
+    // Copy the used blobs of packs being repacked, still sealed, into new packs.
+    let mut copies = Vec::new();
+    let mut taken: HashSet<BlobId> = HashSet::new();
+    for id in &repack {
+        let entries = repo.verify_pack(id)?; // a damaged pack aborts: repair first
+        let bytes = backend.read(FileKind::Pack, &id.to_hex())?;
+        for e in entries {
+            if used.contains(&e.id)
+                && taken.insert(e.id)
+                && repo.index().get(&e.id).is_some_and(|l| l.pack == *id)
+            {
+                report.bytes_repacked += e.length as u64;
+                copies.push((
+                    e.kind,
+                    e.id,
+                    e.raw_length,
+                    bytes[e.offset as usize..e.end() as usize].to_vec(),
+                ));
+            }
+        }
+        progress.files(1);
+    }
+    let new_packs = pack_sealed(repo, copies)?.packs;
+
+    let condemned: Vec<PackId> = drop.iter().chain(repack.iter()).copied().collect();
+    let m = Mark {
+        created: now(),
+        packs: condemned.clone(),
+        blockers: None,
+    };
+    let first = write_mark(&**backend, &m)?;
+    let gone: HashSet<PackId> = condemned.into_iter().collect();
+    let mut keep: Vec<IndexPack> = packs.into_values().filter(|p| !gone.contains(&p.id)).collect();
+    keep.extend(new_packs);
+    repo.save_index(&IndexFile {
+        supersedes: index_files.clone(),
+        packs: keep,
+    })?;
+    for f in &index_files {
+        match backend.remove(FileKind::Index, &f.to_hex()) {
+            Err(e) if !e.is_not_found() => return Err(e.into()),
+            _ => {}
+        }
+    }
+    complete_mark(&**backend, &first, m)?;
+
+    // Snapshots committed since the used blobs were computed may use condemned packs:
+    // list those packs again right away, so the snapshots stay restorable.
+    let late: Vec<SnapshotId> = repo
+        .list_snapshots()?
+        .into_iter()
+        .map(|(id, _)| id)
+        .filter(|id| !snap_ids.contains(id))
+        .collect();
+    if !late.is_empty() {
+        let mut late_used = HashSet::new();
+        for id in &late {
+            let s = repo.load_snapshot(id)?;
+            collect_tree(repo, s.tree, &mut late_used)?;
+        }
+        let mut relist = Vec::new();
+        for p in &gone {
+            let entries = repo.read_pack_header(p)?;
+            if entries.iter().any(|e| late_used.contains(&e.id)) {
+                relist.push(IndexPack { id: *p, entries });
+            }
+        }
+        if !relist.is_empty() {
+            repo.save_index(&IndexFile {
+                supersedes: vec![],
+                packs: relist,
+            })?;
+        }
+    }
+    Ok(())
+}
+
+fn collect_tree(repo: &IndexedRepository, root: BlobId, used: &mut HashSet<BlobId>) -> Result<()> {
+    let mut stack = vec![root];
+    while let Some(t) = stack.pop() {
+        if !used.insert(t) {
+            continue;
+        }
+        for n in repo.load_tree(&t)?.nodes {
+            used.extend(n.content.iter().copied());
+            if let (NodeKind::Dir, Some(sub)) = (n.kind, n.subtree) {
+                stack.push(sub);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Record the live leases as the mark's blockers (replacing the incomplete mark file).
+fn complete_mark(backend: &dyn Backend, name: &str, mut m: Mark) -> Result<()> {
+    m.blockers = Some(
+        live_leases(backend)?
+            .into_iter()
+            .filter(|l| l.purpose != "prune")
+            .map(|l| l.session)
+            .collect(),
+    );
+    write_mark(backend, &m)?;
+    backend.remove(FileKind::Mark, name)?;
+    Ok(())
+}
+
+fn sweep(
+    repo: &IndexedRepository,
+    opts: &PruneOptions,
+    ours: &str,
+    progress: &dyn Progress,
+    report: &mut PruneReport,
+) -> Result<()> {
+    let backend = repo.backend();
+    let marks = list_marks(&**backend)?;
+    if marks.is_empty() {
+        return Ok(());
+    }
+    let live: HashSet<String> = live_leases(&**backend)?
+        .into_iter()
+        .map(|l| l.session)
+        .filter(|s| s != ours)
+        .collect();
+    let mut ready = Vec::new();
+    for (name, m) in marks {
+        match &m.blockers {
+            None => {
+                // left incomplete by an interrupted prune: complete it now, act on it later
+                complete_mark(&**backend, &name, m.clone())?;
+                report.deferred.push(format!(
+                    "mark {}: completed now, swept by a later prune",
+                    &name[..8]
+                ));
+            }
+            Some(_) if now() - m.created < opts.grace_secs => {
+                report
+                    .deferred
+                    .push(format!("mark {}: within the grace period", &name[..8]));
+            }
+            Some(b) if b.iter().any(|s| live.contains(s)) => {
+                report.deferred.push(format!(
+                    "mark {}: a backup that started before it is still running",
+                    &name[..8]
+                ));
+            }
+            Some(_) => ready.push((name, m)),
+        }
+    }
+    if ready.is_empty() {
+        return Ok(());
+    }
+    // What is used and where it is available now, from a fresh reading of the repository.
+    let (used, snaps) = used_blobs(repo)?;
+    if snaps.is_empty() {
+        return Err(Error::Invalid(
+            "the snapshot listing came back empty; prune deleted nothing".into(),
+        ));
+    }
+    let condemned: HashSet<PackId> = ready.iter().flat_map(|(_, m)| m.packs.iter().copied()).collect();
+    let (_, index_packs) = read_index_files(repo)?;
+    let available: HashSet<BlobId> = index_packs
+        .values()
+        .filter(|p| !condemned.contains(&p.id))
+        .flat_map(|p| p.entries.iter().map(|e| e.id))
+        .collect();
+    let stored: HashMap<PackId, u64> = backend
+        .list(FileKind::Pack)?
+        .into_iter()
+        .filter_map(|f| Id::from_hex(&f.name).ok().map(|id| (PackId(id), f.size)))
+        .collect();
+    let mut rescue = Vec::new();
+    let mut delete = Vec::new();
+    for p in &condemned {
+        let Some(size) = stored.get(p) else { continue };
+        if index_packs.contains_key(p) {
+            rescue.push(None); // listed again (adopted or re-indexed): keep
+            continue;
+        }
+        let entries = repo.read_pack_header(p)?;
+        if entries
+            .iter()
+            .any(|e| used.contains(&e.id) && !available.contains(&e.id))
+        {
+            rescue.push(Some(IndexPack { id: *p, entries }));
+        } else {
+            delete.push((*p, *size));
+        }
+    }
+    report.packs_rescued = rescue.len();
+    let rescued: Vec<IndexPack> = rescue.into_iter().flatten().collect();
+    if !rescued.is_empty() {
+        repo.save_index(&IndexFile {
+            supersedes: vec![],
+            packs: rescued,
+        })?;
+    }
+    for (p, size) in delete {
+        match backend.remove(FileKind::Pack, &p.to_hex()) {
+            Err(e) if !e.is_not_found() => return Err(e.into()),
+            _ => {}
+        }
+        report.packs_deleted += 1;
+        report.bytes_deleted += size;
+        progress.files(1);
+    }
+    for (name, _) in ready {
+        backend.remove(FileKind::Mark, &name)?;
+    }
+    Ok(())
+}
+
+/// Before a backup commits: if a prune condemned packs this run deduplicated against (it read
+/// the index before the prune rewrote it), list those packs in a new index file so the
+/// snapshot never points at unindexed data. The run's lease keeps the sweep from deleting
+/// them until the snapshot is written; the sweep then sees them listed and keeps them.
+pub fn relist_condemned(repo: &IndexedRepository, referenced: &HashSet<PackId>) -> Result<usize> {
+    let condemned = condemned_packs(&**repo.backend())?;
+    let mut packs = Vec::new();
+    for p in referenced.intersection(&condemned) {
+        packs.push(IndexPack {
+            id: *p,
+            entries: repo.read_pack_header(p)?,
+        });
+    }
+    if !packs.is_empty() {
+        repo.save_index(&IndexFile {
+            supersedes: vec![],
+            packs: packs.clone(),
+        })?;
+    }
+    Ok(packs.len())
+}

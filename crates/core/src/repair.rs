@@ -1,0 +1,221 @@
+//! `repair index` and `repair snapshots`.
+//!
+//! - repair index: a new index is built from the headers of all packs in storage (each pack
+//!   read whole and verified), written first, and only then are the old index files deleted.
+//!   Packs condemned by a prune are left out; packs that fail verification are reported and
+//!   left out (their blobs are then missing, which `repair snapshots` handles).
+//! - repair snapshots: every snapshot that references missing blobs is rewritten: a file with
+//!   lost chunks keeps the chunks that exist and is flagged (`error` says how many were lost,
+//!   restore warns about it) — never silently zero-filled; an unreadable directory becomes an
+//!   empty, flagged one. The new snapshot carries the tag `repaired`; the old one is removed
+//!   after the new one is written. Running either repair again changes nothing.
+
+use std::collections::{HashMap, HashSet};
+
+use coffer_format::{BlobId, BlobKind, Id, IndexFile, IndexId, IndexPack, NodeKind, PackId, Tree};
+use serde::Serialize;
+
+use crate::backend::FileKind;
+use crate::error::Result;
+use crate::packer::store_blobs;
+use crate::progress::Progress;
+use crate::prune::condemned_packs;
+use crate::repo::{IndexedRepository, Repository};
+use crate::walk::join;
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RepairIndexReport {
+    pub packs: usize,
+    pub packs_unreadable: Vec<String>,
+    pub index_files_removed: usize,
+    /// False when the existing index already described exactly the readable packs.
+    pub changed: bool,
+}
+
+pub fn repair_index(repo: Repository, progress: &dyn Progress) -> Result<RepairIndexReport> {
+    let mut r = RepairIndexReport::default();
+    let backend = repo.backend().clone();
+    let condemned = condemned_packs(&*backend)?;
+    let old_files: Vec<IndexId> = backend
+        .list(FileKind::Index)?
+        .into_iter()
+        .filter_map(|f| Id::from_hex(&f.name).ok().map(IndexId))
+        .collect();
+    let mut current: HashMap<PackId, Vec<coffer_format::PackEntry>> = HashMap::new();
+    let mut old_ok = true;
+    for f in &old_files {
+        match repo.load_index_file(&f.to_hex()) {
+            Ok(file) => {
+                for p in file.packs {
+                    current.entry(p.id).or_insert(p.entries);
+                }
+            }
+            Err(_) => old_ok = false,
+        }
+    }
+    // the old index may be damaged: only pack verification is needed here, not the index
+    let repo = repo.load_index_skipping_damaged();
+    let mut packs = Vec::new();
+    for f in backend.list(FileKind::Pack)? {
+        let Ok(id) = Id::from_hex(&f.name) else { continue };
+        let id = PackId(id);
+        if condemned.contains(&id) {
+            continue;
+        }
+        progress.item(std::path::Path::new(&f.name));
+        match repo.verify_pack(&id) {
+            Ok(entries) => packs.push(IndexPack { id, entries }),
+            Err(e) => {
+                progress.warn(&e.to_string());
+                r.packs_unreadable.push(f.name.clone());
+            }
+        }
+        progress.files(1);
+    }
+    r.packs = packs.len();
+    let same = old_ok
+        && current.len() == packs.len()
+        && packs
+            .iter()
+            .all(|p| current.get(&p.id).is_some_and(|e| *e == p.entries));
+    if same {
+        return Ok(r);
+    }
+    r.changed = true;
+    packs.sort_by_key(|p| p.id);
+    repo.save_index(&IndexFile {
+        supersedes: old_files.clone(),
+        packs,
+    })?;
+    for f in &old_files {
+        match backend.remove(FileKind::Index, &f.to_hex()) {
+            Err(e) if !e.is_not_found() => return Err(e.into()),
+            _ => r.index_files_removed += 1,
+        }
+    }
+    Ok(r)
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RepairSnapshotsReport {
+    pub snapshots: usize,
+    pub repaired: Vec<(String, String)>,
+    pub damaged_paths: Vec<String>,
+}
+
+pub fn repair_snapshots(
+    repo: &mut IndexedRepository,
+    dry_run: bool,
+    progress: &dyn Progress,
+) -> Result<RepairSnapshotsReport> {
+    let mut r = RepairSnapshotsReport::default();
+    let snaps = repo.list_snapshots()?;
+    r.snapshots = snaps.len();
+    let mut memo: HashMap<BlobId, Option<BlobId>> = HashMap::new();
+    for (id, snap) in snaps {
+        let mut damaged = Vec::new();
+        let new_root = fix_tree(repo, snap.tree, b"", dry_run, &mut memo, &mut damaged)?;
+        let Some(new_root) = new_root else { continue };
+        for d in &damaged {
+            progress.warn(&format!("snapshot {}: {d}", id.short()));
+        }
+        r.damaged_paths
+            .extend(damaged.iter().map(|d| format!("{}: {d}", id.short())));
+        if dry_run {
+            r.repaired.push((id.to_hex(), String::new()));
+            continue;
+        }
+        let mut s = snap.clone();
+        s.tree = new_root;
+        if !s.tags.iter().any(|t| t == "repaired") {
+            s.tags.push("repaired".into());
+        }
+        let (new_id, _) = repo.save_snapshot(&s)?;
+        repo.backend().remove(FileKind::Snapshot, &id.to_hex())?;
+        r.repaired.push((id.to_hex(), new_id.to_hex()));
+    }
+    Ok(r)
+}
+
+/// Returns the id of the repaired tree, or None when the tree needs no change.
+fn fix_tree(
+    repo: &mut IndexedRepository,
+    id: BlobId,
+    prefix: &[u8],
+    dry_run: bool,
+    memo: &mut HashMap<BlobId, Option<BlobId>>,
+    damaged: &mut Vec<String>,
+) -> Result<Option<BlobId>> {
+    if let Some(m) = memo.get(&id) {
+        return Ok(*m);
+    }
+    let mut tree = match repo.load_tree(&id) {
+        Ok(t) => t,
+        Err(e) => {
+            damaged.push(format!(
+                "{}/: directory unreadable ({e}); replaced by an empty directory",
+                String::from_utf8_lossy(prefix)
+            ));
+            let empty = Tree::default().encode();
+            let new = if dry_run {
+                id
+            } else {
+                store_blobs(repo, vec![(BlobKind::Tree, empty)])?[0]
+            };
+            memo.insert(id, Some(new));
+            return Ok(Some(new));
+        }
+    };
+    let mut changed = false;
+    for n in tree.nodes.iter_mut() {
+        let path = join(prefix, &n.name);
+        if n.kind == NodeKind::File && n.content.iter().any(|c| !repo.index().contains(c)) {
+            let before = n.content.len();
+            let have: HashSet<BlobId> = n
+                .content
+                .iter()
+                .filter(|c| repo.index().contains(c))
+                .copied()
+                .collect();
+            n.content.retain(|c| have.contains(c));
+            let lost = before - n.content.len();
+            n.size = n
+                .content
+                .iter()
+                .filter_map(|c| repo.index().get(c))
+                .map(|l| l.raw_length as u64)
+                .sum();
+            n.error = Some(format!(
+                "repair: {lost} of {before} chunks lost; content incomplete"
+            ));
+            damaged.push(format!(
+                "{}: {lost} of {before} chunks lost",
+                String::from_utf8_lossy(&path)
+            ));
+            changed = true;
+        }
+        if let (NodeKind::Dir, Some(sub)) = (n.kind, n.subtree) {
+            if let Some(new) = fix_tree(repo, sub, &path, dry_run, memo, damaged)? {
+                if new != sub {
+                    n.subtree = Some(new);
+                    changed = true;
+                }
+                if n.error.is_none() && repo.load_tree(&sub).is_err() {
+                    n.error = Some("repair: directory listing lost".into());
+                }
+            }
+        }
+    }
+    let result = if changed {
+        if dry_run {
+            Some(id)
+        } else {
+            let bytes = tree.encode();
+            Some(store_blobs(repo, vec![(BlobKind::Tree, bytes)])?[0])
+        }
+    } else {
+        None
+    };
+    memo.insert(id, result);
+    Ok(result)
+}

@@ -1,0 +1,419 @@
+//! Prune: frees what no snapshot uses, keeps everything a snapshot uses, aborts on doubt,
+//! and stays safe while backups run.
+
+#![allow(clippy::unwrap_used)]
+
+use std::fs;
+use std::path::Path;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+
+use coffer_core::backend::{BResult, Backend, BackendError, FileInfo, FileKind, WriteOutcome};
+use coffer_core::check::{check, CheckOptions, ReadData};
+use coffer_core::memory::MemoryBackend;
+use coffer_core::prune::{prune, PruneOptions};
+use coffer_core::{
+    backup, restore, BackupOptions, InitOptions, NoProgress, ParentChoice, Repository, RestoreOptions,
+};
+
+fn rand_bytes(seed: u64, n: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn small_packs() -> InitOptions {
+    InitOptions {
+        pack_size: 1 << 20,
+        ..InitOptions::default()
+    }
+}
+
+fn open(b: &dyn Fn() -> Arc<dyn Backend>) -> Repository {
+    Repository::open(b(), b"pw").unwrap()
+}
+
+fn backup_dir(b: Arc<dyn Backend>, dir: &Path) -> coffer_core::BackupOutcome {
+    let mut repo = Repository::open(b, b"pw").unwrap().load_index().unwrap();
+    let opts = BackupOptions {
+        paths: vec![dir.to_path_buf()],
+        parent: ParentChoice::None,
+        ..Default::default()
+    };
+    backup(&mut repo, &opts, &NoProgress).unwrap()
+}
+
+/// Restore every snapshot and compare with the expected content of each file.
+fn restore_all_ok(b: Arc<dyn Backend>, expect: &dyn Fn(&str) -> Option<Vec<u8>>) -> usize {
+    let repo = Repository::open(b, b"pw").unwrap().load_index().unwrap();
+    let snaps = repo.list_snapshots().unwrap();
+    for (_, s) in &snaps {
+        let out = tempfile::tempdir().unwrap();
+        let opts = RestoreOptions {
+            target: out.path().to_path_buf(),
+            ..Default::default()
+        };
+        let st = restore(&repo, s.tree, "/", &opts, &NoProgress).unwrap();
+        assert_eq!(st.errors, 0);
+        for e in walk(out.path()) {
+            let name = e.file_name().unwrap().to_string_lossy().into_owned();
+            if let Some(want) = expect(&name) {
+                assert_eq!(fs::read(&e).unwrap(), want, "{name}");
+            }
+        }
+    }
+    snaps.len()
+}
+
+fn walk(p: &Path) -> Vec<std::path::PathBuf> {
+    let mut v = Vec::new();
+    for e in fs::read_dir(p).unwrap().flatten() {
+        let path = e.path();
+        if path.is_dir() {
+            v.extend(walk(&path));
+        } else {
+            v.push(path);
+        }
+    }
+    v
+}
+
+fn stored(b: &MemoryBackend) -> u64 {
+    b.snapshot_all()
+        .iter()
+        .filter(|(k, _, _)| *k == FileKind::Pack)
+        .map(|(_, _, d)| d.len() as u64)
+        .sum()
+}
+
+fn check_clean(b: Arc<dyn Backend>) {
+    let r = check(
+        Repository::open(b, b"pw").unwrap(),
+        &CheckOptions {
+            read_data: Some(ReadData::All),
+            cache_dir: None,
+        },
+        &NoProgress,
+    )
+    .unwrap();
+    assert!(r.ok(), "check: {:?}", r.errors);
+}
+
+#[test]
+fn prune_frees_forgotten_data_and_repacks() {
+    let mem = MemoryBackend::new();
+    let b = || -> Arc<dyn Backend> { Arc::new(mem.clone()) };
+    Repository::init(b(), b"pw", &small_packs()).unwrap();
+    let src = tempfile::tempdir().unwrap();
+    // snapshot 1: a (3 MB) + shared (2 MB); snapshot 2: shared + b (1 MB)
+    fs::write(src.path().join("shared"), rand_bytes(1, 2 << 20)).unwrap();
+    fs::write(src.path().join("a"), rand_bytes(2, 3 << 20)).unwrap();
+    let s1 = backup_dir(b(), src.path());
+    fs::remove_file(src.path().join("a")).unwrap();
+    fs::write(src.path().join("b"), rand_bytes(3, 1 << 20)).unwrap();
+    backup_dir(b(), src.path());
+    let before = stored(&mem);
+    // nothing to free while both snapshots exist
+    let r = prune(open(&b), &PruneOptions::default(), &NoProgress).unwrap();
+    assert_eq!(r.packs_deleted, 0);
+    assert_eq!(stored(&mem), before);
+    // forget snapshot 1: a's 3 MB go
+    b().remove(FileKind::Snapshot, &s1.id.to_hex()).unwrap();
+    let r = prune(
+        open(&b),
+        &PruneOptions {
+            max_unused: 0.0,
+            ..Default::default()
+        },
+        &NoProgress,
+    )
+    .unwrap();
+    assert!(r.packs_deleted > 0, "{r:?}");
+    let after = stored(&mem);
+    assert!(
+        before - after > 2_900_000,
+        "freed only {} bytes: {r:?}",
+        before - after
+    );
+    assert!(
+        after < 3_300_000 + 300_000,
+        "{after} bytes left for 3 MB of live data"
+    );
+    assert!(b().list(FileKind::Mark).unwrap().is_empty());
+    check_clean(b());
+    let expect = |n: &str| match n {
+        "shared" => Some(rand_bytes(1, 2 << 20)),
+        "b" => Some(rand_bytes(3, 1 << 20)),
+        _ => None,
+    };
+    assert_eq!(restore_all_ok(b(), &expect), 1);
+    // a second prune has nothing to do
+    let r = prune(
+        open(&b),
+        &PruneOptions {
+            max_unused: 0.0,
+            ..Default::default()
+        },
+        &NoProgress,
+    )
+    .unwrap();
+    assert_eq!((r.packs_condemned, r.packs_deleted), (0, 0), "{r:?}");
+}
+
+/// A backend whose listings can be made to fail or come back empty.
+#[derive(Debug, Clone)]
+struct Flaky {
+    inner: MemoryBackend,
+    /// 0: fine, 1: list(Pack) fails, 2: list(Pack) empty, 3: list(Snapshot) empty, 4: list(Snapshot) fails
+    mode: Arc<AtomicU8>,
+}
+
+impl Backend for Flaky {
+    fn location(&self) -> String {
+        "flaky".into()
+    }
+    fn create(&self) -> BResult<()> {
+        self.inner.create()
+    }
+    fn exists(&self) -> BResult<bool> {
+        self.inner.exists()
+    }
+    fn list(&self, kind: FileKind) -> BResult<Vec<FileInfo>> {
+        let err = || BackendError::Io {
+            location: "flaky".into(),
+            what: "list".into(),
+            detail: "injected".into(),
+            transient: true,
+        };
+        match (self.mode.load(Ordering::SeqCst), kind) {
+            (1, FileKind::Pack) | (4, FileKind::Snapshot) => Err(err()),
+            (2, FileKind::Pack) | (3, FileKind::Snapshot) => Ok(vec![]),
+            _ => self.inner.list(kind),
+        }
+    }
+    fn read(&self, kind: FileKind, name: &str) -> BResult<Vec<u8>> {
+        self.inner.read(kind, name)
+    }
+    fn read_range(&self, kind: FileKind, name: &str, offset: u64, len: u32) -> BResult<Vec<u8>> {
+        self.inner.read_range(kind, name, offset, len)
+    }
+    fn size(&self, kind: FileKind, name: &str) -> BResult<u64> {
+        self.inner.size(kind, name)
+    }
+    fn write(&self, kind: FileKind, name: &str, data: &[u8]) -> BResult<WriteOutcome> {
+        self.inner.write(kind, name, data)
+    }
+    fn remove(&self, kind: FileKind, name: &str) -> BResult<()> {
+        self.inner.remove(kind, name)
+    }
+}
+
+#[test]
+fn failing_or_empty_listings_abort_prune() {
+    let mem = MemoryBackend::new();
+    let flaky = Flaky {
+        inner: mem.clone(),
+        mode: Arc::new(AtomicU8::new(0)),
+    };
+    let b = || -> Arc<dyn Backend> { Arc::new(flaky.clone()) };
+    Repository::init(b(), b"pw", &small_packs()).unwrap();
+    let src = tempfile::tempdir().unwrap();
+    fs::write(src.path().join("x"), rand_bytes(9, 1 << 20)).unwrap();
+    let s = backup_dir(b(), src.path());
+    fs::write(src.path().join("y"), rand_bytes(10, 1 << 20)).unwrap();
+    backup_dir(b(), src.path());
+    mem.remove(FileKind::Snapshot, &s.id.to_hex()).unwrap(); // make something prunable
+    let files_before = mem.snapshot_all();
+    for mode in 1..=4u8 {
+        flaky.mode.store(mode, Ordering::SeqCst);
+        let r = prune(
+            Repository::open(b(), b"pw").unwrap(),
+            &PruneOptions {
+                max_unused: 0.0,
+                ..Default::default()
+            },
+            &NoProgress,
+        );
+        assert!(r.is_err(), "mode {mode}: prune went ahead: {r:?}");
+        flaky.mode.store(0, Ordering::SeqCst);
+        let now: Vec<_> = mem
+            .snapshot_all()
+            .into_iter()
+            .filter(|(k, _, _)| *k != FileKind::Lock)
+            .collect();
+        let was: Vec<_> = files_before
+            .iter()
+            .filter(|(k, _, _)| *k != FileKind::Lock)
+            .cloned()
+            .collect();
+        assert_eq!(now, was, "mode {mode}: prune changed the repository");
+    }
+    // and with a healthy backend it works
+    let r = prune(
+        Repository::open(b(), b"pw").unwrap(),
+        &PruneOptions {
+            max_unused: 0.0,
+            ..Default::default()
+        },
+        &NoProgress,
+    )
+    .unwrap();
+    assert!(r.packs_deleted > 0);
+}
+
+#[test]
+fn running_backup_defers_deletion_and_keeps_what_it_uses() {
+    let mem = MemoryBackend::new();
+    let b = || -> Arc<dyn Backend> { Arc::new(mem.clone()) };
+    Repository::init(b(), b"pw", &small_packs()).unwrap();
+    let other = tempfile::tempdir().unwrap();
+    fs::write(other.path().join("other"), rand_bytes(6, 100_000)).unwrap();
+    backup_dir(b(), other.path());
+    let src = tempfile::tempdir().unwrap();
+    fs::write(src.path().join("old"), rand_bytes(5, 2 << 20)).unwrap();
+    let s1 = backup_dir(b(), src.path());
+    // a backup starts: it holds a lease and has read the index, which lists `old`'s data
+    let mut running = Repository::open(b(), b"pw")
+        .unwrap()
+        .load_index_leased("backup")
+        .unwrap();
+    // meanwhile the snapshot is forgotten and a prune runs: `old`'s packs are condemned,
+    // but the running backup is a blocker, so nothing is deleted yet
+    b().remove(FileKind::Snapshot, &s1.id.to_hex()).unwrap();
+    let before = stored(&mem);
+    let r = prune(open(&b), &PruneOptions::default(), &NoProgress).unwrap();
+    assert!(r.packs_condemned > 0);
+    assert_eq!(r.packs_deleted, 0, "{r:?}");
+    assert_eq!(r.deferred.len(), 1, "{r:?}");
+    assert_eq!(stored(&mem), before);
+    // the running backup now finishes, deduplicating against the condemned data
+    let opts = BackupOptions {
+        paths: vec![src.path().to_path_buf()],
+        ..Default::default()
+    };
+    let out = backup(&mut running, &opts, &NoProgress).unwrap();
+    assert_eq!(out.snapshot.summary.bytes_read, 2 << 20);
+    assert!(
+        out.snapshot.summary.bytes_new_raw < 64 << 10,
+        "the data was uploaded again instead of deduplicated"
+    );
+    drop(running);
+    // its snapshot is restorable right away (the condemned packs were listed again) ...
+    let expect = |n: &str| match n {
+        "old" => Some(rand_bytes(5, 2 << 20)),
+        "other" => Some(rand_bytes(6, 100_000)),
+        _ => None,
+    };
+    assert_eq!(restore_all_ok(b(), &expect), 2);
+    check_clean(b());
+    // ... and the next prune keeps that data
+    let r = prune(open(&b), &PruneOptions::default(), &NoProgress).unwrap();
+    assert!(r.deferred.is_empty(), "{r:?}");
+    assert_eq!(restore_all_ok(b(), &expect), 2);
+    check_clean(b());
+    assert!(b().list(FileKind::Mark).unwrap().is_empty());
+}
+
+#[test]
+fn concurrent_backups_and_prunes_lose_nothing() {
+    let mem = MemoryBackend::new();
+    let b = move || -> Arc<dyn Backend> { Arc::new(mem.clone()) };
+    Repository::init(b(), b"pw", &small_packs()).unwrap();
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    std::thread::scope(|s| {
+        for (c, d) in dirs.iter().enumerate() {
+            let b = b.clone();
+            s.spawn(move || {
+                for round in 0..8u64 {
+                    // each round: one file changes, one stays, data shared across clients
+                    fs::write(d.path().join("stable"), rand_bytes(100, 300_000)).unwrap();
+                    fs::write(
+                        d.path().join("changing"),
+                        rand_bytes(1000 * c as u64 + round, 400_000),
+                    )
+                    .unwrap();
+                    let mut repo = Repository::open(b(), b"pw").unwrap().load_index().unwrap();
+                    let opts = BackupOptions {
+                        paths: vec![d.path().to_path_buf()],
+                        hostname: Some(format!("c{c}")),
+                        ..Default::default()
+                    };
+                    backup(&mut repo, &opts, &NoProgress).unwrap();
+                }
+            });
+        }
+        let b = b.clone();
+        s.spawn(move || {
+            for _ in 0..8 {
+                let repo = Repository::open(b(), b"pw").unwrap();
+                let snaps = repo.list_snapshots().unwrap();
+                let policy = coffer_core::forget::KeepPolicy {
+                    last: 2,
+                    ..Default::default()
+                };
+                for g in coffer_core::forget::apply_grouped(&snaps, &policy, Default::default()) {
+                    for d in g.snapshots.iter().filter(|d| !d.keep) {
+                        let _ = b().remove(FileKind::Snapshot, &d.id.to_hex());
+                    }
+                }
+                if let Err(e) = prune(
+                    repo,
+                    &PruneOptions {
+                        max_unused: 0.0,
+                        ..Default::default()
+                    },
+                    &NoProgress,
+                ) {
+                    // the only acceptable failure is a concurrent-prune refusal
+                    assert!(e.to_string().contains("another prune"), "{e}");
+                }
+            }
+        });
+    });
+    // every remaining snapshot restores byte-identical, and the data checks clean
+    check_clean(b());
+    let repo = Repository::open(b(), b"pw").unwrap().load_index().unwrap();
+    for (id, s) in repo.list_snapshots().unwrap() {
+        let out = tempfile::tempdir().unwrap();
+        let st = restore(
+            &repo,
+            s.tree,
+            "/",
+            &RestoreOptions {
+                target: out.path().to_path_buf(),
+                ..Default::default()
+            },
+            &NoProgress,
+        )
+        .unwrap();
+        assert_eq!(st.errors, 0, "snapshot {}", id.short());
+        let files = walk(out.path());
+        let stable = files.iter().find(|p| p.ends_with("stable")).unwrap();
+        assert_eq!(fs::read(stable).unwrap(), rand_bytes(100, 300_000));
+        let changing = files.iter().find(|p| p.ends_with("changing")).unwrap();
+        let data = fs::read(changing).unwrap();
+        let valid = (0..2u64)
+            .flat_map(|c| (0..8u64).map(move |r| 1000 * c + r))
+            .any(|seed| data == rand_bytes(seed, 400_000));
+        assert!(
+            valid,
+            "snapshot {}: `changing` has content no backup wrote",
+            id.short()
+        );
+    }
+    // a final prune with no backups running leaves no marks behind
+    prune(
+        Repository::open(b(), b"pw").unwrap(),
+        &PruneOptions::default(),
+        &NoProgress,
+    )
+    .unwrap();
+    assert!(b().list(FileKind::Mark).unwrap().is_empty());
+    check_clean(b());
+}
