@@ -123,6 +123,21 @@ fn save_verified(path: &Option<PathBuf>, v: &BTreeMap<String, i64>) -> Result<()
 pub fn check(repo: Repository, opts: &CheckOptions, progress: &dyn Progress) -> Result<CheckReport> {
     let mut r = CheckReport::default();
     let backend = repo.backend().clone();
+    // ---- snapshots first: each is written after the index files listing its data, so the
+    // index read below covers every snapshot listed here, even with backups running
+    let mut snaps = Vec::new();
+    for f in backend.list(FileKind::Snapshot)? {
+        let Ok(id) = Id::from_hex(&f.name) else { continue };
+        let id = SnapshotId(id);
+        match repo.load_snapshot(&id) {
+            Ok(s) => snaps.push((id, s)),
+            Err(e) => {
+                r.errors.push(format!("snapshot {}: {e}", id.short()));
+                r.damaged.push(format!("snapshots/{}", f.name));
+            }
+        }
+    }
+    r.snapshots = snaps.len();
     // ---- storage listing and index
     let stored: HashMap<PackId, u64> = backend
         .list(FileKind::Pack)?
@@ -258,21 +273,7 @@ pub fn check(repo: Repository, opts: &CheckOptions, progress: &dyn Progress) -> 
             .map(|t| now() - t);
     }
 
-    // ---- snapshots and trees
-    let mut snaps = Vec::new();
-    for f in backend.list(FileKind::Snapshot)? {
-        let Ok(id) = Id::from_hex(&f.name) else { continue };
-        let id = SnapshotId(id);
-        match repo.load_snapshot(&id) {
-            Ok(s) => snaps.push((id, s)),
-            Err(e) => {
-                r.errors.push(format!("snapshot {}: {e}", id.short()));
-                r.damaged.push(format!("snapshots/{}", f.name));
-            }
-        }
-    }
-    r.snapshots = snaps.len();
-    // Walk each distinct tree once; remember which trees hold damage so paths can be named.
+    // ---- trees: walk each distinct tree once; remember which trees hold damage so paths can be named.
     let mut tree_ok: HashMap<BlobId, bool> = HashMap::new();
     for (_, s) in &snaps {
         walk_check(&repo, s.tree, &bad_blobs, &mut tree_ok, &mut r)?;

@@ -79,8 +79,11 @@ pub fn condemned_packs(backend: &dyn Backend) -> Result<HashSet<PackId>> {
 
 /// Every blob (data and tree) referenced by any snapshot. Fails on any unreadable snapshot or
 /// tree: prune must not decide from a partial picture.
-pub fn used_blobs(repo: &IndexedRepository) -> Result<(HashSet<BlobId>, Vec<SnapshotId>)> {
+pub fn used_blobs(repo: &mut IndexedRepository) -> Result<(HashSet<BlobId>, Vec<SnapshotId>)> {
     let snaps = repo.list_snapshots()?;
+    // Snapshots are written after the index files that list their data: reading the index
+    // after listing the snapshots finds everything they reference.
+    repo.refresh_index()?;
     let mut used = HashSet::new();
     for (_, s) in &snaps {
         collect_tree(repo, s.tree, &mut used)?;
@@ -184,7 +187,7 @@ pub struct PruneReport {
 /// Run one prune: mark what is unused now, then sweep every mark that is safe to act on.
 pub fn prune(repo: Repository, opts: &PruneOptions, progress: &dyn Progress) -> Result<PruneReport> {
     let backend = repo.backend().clone();
-    let repo = repo.load_index_leased("prune")?;
+    let mut repo = repo.load_index_leased("prune")?;
     let ours = repo.lease().map(|l| l.info().session).unwrap_or_default();
     if let Some(other) = live_leases(&*backend)?
         .into_iter()
@@ -197,21 +200,21 @@ pub fn prune(repo: Repository, opts: &PruneOptions, progress: &dyn Progress) -> 
         )));
     }
     let mut report = PruneReport::default();
-    mark(&repo, opts, progress, &mut report)?;
+    mark(&mut repo, opts, progress, &mut report)?;
     if !opts.dry_run {
-        sweep(&repo, opts, &ours, progress, &mut report)?;
+        sweep(&mut repo, opts, &ours, progress, &mut report)?;
     }
     Ok(report)
 }
 
 fn mark(
-    repo: &IndexedRepository,
+    repo: &mut IndexedRepository,
     opts: &PruneOptions,
     progress: &dyn Progress,
     report: &mut PruneReport,
 ) -> Result<()> {
-    let backend = repo.backend();
-    let already = condemned_packs(&**backend)?;
+    let backend = repo.backend().clone();
+    let already = condemned_packs(&*backend)?;
     let stored: HashMap<PackId, u64> = backend
         .list(FileKind::Pack)?
         .into_iter()
@@ -319,7 +322,7 @@ fn mark(
         packs: condemned.clone(),
         blockers: None,
     };
-    let first = write_mark(&**backend, &m)?;
+    let first = write_mark(&*backend, &m)?;
     let gone: HashSet<PackId> = condemned.into_iter().collect();
     let mut keep: Vec<IndexPack> = packs.into_values().filter(|p| !gone.contains(&p.id)).collect();
     keep.extend(new_packs);
@@ -333,7 +336,7 @@ fn mark(
             _ => {}
         }
     }
-    complete_mark(&**backend, &first, m)?;
+    complete_mark(&*backend, &first, m)?;
 
     // Snapshots committed since the used blobs were computed may use condemned packs:
     // list those packs again right away, so the snapshots stay restorable.
@@ -397,18 +400,18 @@ fn complete_mark(backend: &dyn Backend, name: &str, mut m: Mark) -> Result<()> {
 }
 
 fn sweep(
-    repo: &IndexedRepository,
+    repo: &mut IndexedRepository,
     opts: &PruneOptions,
     ours: &str,
     progress: &dyn Progress,
     report: &mut PruneReport,
 ) -> Result<()> {
-    let backend = repo.backend();
-    let marks = list_marks(&**backend)?;
+    let backend = repo.backend().clone();
+    let marks = list_marks(&*backend)?;
     if marks.is_empty() {
         return Ok(());
     }
-    let live: HashSet<String> = live_leases(&**backend)?
+    let live: HashSet<String> = live_leases(&*backend)?
         .into_iter()
         .map(|l| l.session)
         .filter(|s| s != ours)
@@ -418,7 +421,7 @@ fn sweep(
         match &m.blockers {
             None => {
                 // left incomplete by an interrupted prune: complete it now, act on it later
-                complete_mark(&**backend, &name, m.clone())?;
+                complete_mark(&*backend, &name, m.clone())?;
                 report.deferred.push(format!(
                     "mark {}: completed now, swept by a later prune",
                     &name[..8]

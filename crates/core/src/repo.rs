@@ -440,6 +440,12 @@ impl IndexedRepository {
         self.lease.as_ref()
     }
 
+    /// Read the index files again (to see what other clients added since).
+    pub fn refresh_index(&mut self) -> Result<()> {
+        self.index = self.repo.read_all_index()?;
+        Ok(())
+    }
+
     /// Take a lease (if none is held) and read the index again under it.
     pub fn ensure_lease(&mut self, purpose: &str) -> Result<()> {
         if self.lease.is_none() {

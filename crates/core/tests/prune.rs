@@ -320,8 +320,13 @@ fn running_backup_defers_deletion_and_keeps_what_it_uses() {
     assert!(b().list(FileKind::Mark).unwrap().is_empty());
 }
 
+/// Backup rounds per client in the concurrency test.
+const ROUNDS: u64 = 20;
+
 #[test]
 fn concurrent_backups_and_prunes_lose_nothing() {
+    let finished = std::sync::atomic::AtomicUsize::new(0);
+    let finished = &finished;
     let mem = MemoryBackend::new();
     let b = move || -> Arc<dyn Backend> { Arc::new(mem.clone()) };
     Repository::init(b(), b"pw", &small_packs()).unwrap();
@@ -330,7 +335,7 @@ fn concurrent_backups_and_prunes_lose_nothing() {
         for (c, d) in dirs.iter().enumerate() {
             let b = b.clone();
             s.spawn(move || {
-                for round in 0..8u64 {
+                for round in 0..ROUNDS {
                     // each round: one file changes, one stays, data shared across clients
                     fs::write(d.path().join("stable"), rand_bytes(100, 300_000)).unwrap();
                     fs::write(
@@ -346,11 +351,16 @@ fn concurrent_backups_and_prunes_lose_nothing() {
                     };
                     backup(&mut repo, &opts, &NoProgress).unwrap();
                 }
+                finished.fetch_add(1, Ordering::SeqCst);
             });
         }
         let b = b.clone();
         s.spawn(move || {
-            for _ in 0..8 {
+            // forget + prune in a loop for as long as the backups run (bounded)
+            for _ in 0..500 {
+                if finished.load(Ordering::SeqCst) == 2 {
+                    break;
+                }
                 let repo = Repository::open(b(), b"pw").unwrap();
                 let snaps = repo.list_snapshots().unwrap();
                 let policy = coffer_core::forget::KeepPolicy {
