@@ -450,6 +450,15 @@ pub fn backup(
             "nothing to back up: give at least one path".into(),
         ));
     }
+    // A lease before the index is read, so a concurrent prune defers deleting anything this
+    // run may deduplicate against; then take in packs an interrupted run left unindexed.
+    repo.ensure_lease("backup")?;
+    let adopted = crate::prune::adopt_orphans(repo, progress)?;
+    if adopted > 0 {
+        progress.warn(&format!(
+            "{adopted} packs left by an interrupted backup were added to the index"
+        ));
+    }
     let start = Local::now().fixed_offset();
     let mut trie = PathTrie::default();
     let mut paths = Vec::new();
@@ -539,10 +548,14 @@ pub fn backup(
         program_version: concat!("coffer ", env!("CARGO_PKG_VERSION")).into(),
         summary,
     };
-    crate::prune::relist_condemned(repo, &referenced)?;
     if let Some(lease) = repo.lease() {
         lease.ensure_held()?;
     }
+    // this run's own packs can have been condemned too (a prune saw their index file before
+    // this snapshot existed): relist those as well
+    let mut referenced = referenced;
+    referenced.extend(stats.packs.iter().map(|p| p.id));
+    crate::prune::relist_condemned(repo, &referenced)?;
     let (id, _) = repo.save_snapshot(&snapshot)?;
     Ok(BackupOutcome { id, snapshot })
 }

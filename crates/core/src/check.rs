@@ -145,6 +145,19 @@ pub fn check(repo: Repository, opts: &CheckOptions, progress: &dyn Progress) -> 
         .filter_map(|f| Id::from_hex(&f.name).ok().map(|id| (PackId(id), f.size)))
         .collect();
     r.packs = stored.len();
+    // key files and config: names must match content, and each must decode
+    for f in backend.list(FileKind::Key)? {
+        let bytes = backend.read(FileKind::Key, &f.name)?;
+        let ok = crate::crypto::storage_id(&bytes).to_hex() == f.name
+            && coffer_format::KeyFile::decode(&bytes).is_ok();
+        if !ok {
+            r.errors.push(format!(
+                "key {}: damaged (content does not match its name, or does not decode)",
+                f.name
+            ));
+            r.damaged.push(format!("keys/{}", f.name));
+        }
+    }
     let condemned = condemned_packs(&*backend)?;
     let mut pack_entries: HashMap<PackId, Vec<coffer_format::PackEntry>> = HashMap::new();
     for f in backend.list(FileKind::Index)? {

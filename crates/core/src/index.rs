@@ -84,6 +84,10 @@ impl Index {
         self.packs.len()
     }
 
+    pub fn contains_pack(&self, id: &PackId) -> bool {
+        self.pack_pos.contains_key(id)
+    }
+
     /// Every pack the index knows.
     pub fn packs(&self) -> impl Iterator<Item = PackId> + '_ {
         self.packs.iter().copied()

@@ -54,11 +54,33 @@ fn file_name(session: &str, seq: u64) -> String {
 /// All leases (newest file per session), live or not. A listing error is an error.
 pub fn list_leases(backend: &dyn Backend) -> Result<Vec<LeaseInfo>> {
     let mut by_session: BTreeMap<String, LeaseInfo> = BTreeMap::new();
-    for f in backend.list(FileKind::Lock)? {
-        let bytes = match backend.read(FileKind::Lock, &f.name) {
-            Ok(b) => b,
-            Err(e) if e.is_not_found() => continue, // refreshed or released meanwhile
-            Err(e) => return Err(e.into()),
+    // A refresh writes the next file and then removes the previous one, so a file can vanish
+    // between listing and reading; list again until a pass sees every file it listed, so a
+    // live lease is never missed in the middle of a refresh.
+    let mut files = Vec::new();
+    for attempt in 0..10 {
+        let mut vanished = false;
+        files.clear();
+        for f in backend.list(FileKind::Lock)? {
+            match backend.read(FileKind::Lock, &f.name) {
+                Ok(b) => files.push((f.name, b)),
+                Err(e) if e.is_not_found() => vanished = true,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if !vanished {
+            break;
+        }
+        if attempt == 9 {
+            return Err(Error::Invalid(
+                "lease files keep changing while being listed; try again".into(),
+            ));
+        }
+    }
+    for (name, bytes) in files {
+        let f = crate::backend::FileInfo {
+            name,
+            size: bytes.len() as u64,
         };
         // An unreadable lease counts as live "now": prune must not ignore what it cannot read.
         let info: LeaseInfo = serde_json::from_slice(&bytes).unwrap_or(LeaseInfo {
@@ -191,7 +213,6 @@ impl Lease {
 
     /// Fails if the lease was not held continuously (a refresh gap longer than TTL).
     pub fn ensure_held(&self) -> Result<()> {
-        self.shared.refresh();
         if self.shared.lost.load(Ordering::SeqCst)
             || now() - self.shared.last_ok.load(Ordering::SeqCst) >= TTL
         {

@@ -42,13 +42,30 @@ pub struct Mark {
 
 /// All marks with their file names.
 pub fn list_marks(backend: &dyn Backend) -> Result<Vec<(String, Mark)>> {
+    // A mark is replaced (completed) by writing the new file and then removing the old one:
+    // if a listed file vanished before it was read, list again so no mark is missed.
+    let mut files = Vec::new();
+    for attempt in 0..10 {
+        let mut vanished = false;
+        files.clear();
+        for f in backend.list(FileKind::Mark)? {
+            match backend.read(FileKind::Mark, &f.name) {
+                Ok(b) => files.push((f, b)),
+                Err(e) if e.is_not_found() => vanished = true,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if !vanished {
+            break;
+        }
+        if attempt == 9 {
+            return Err(Error::Invalid(
+                "marks keep changing while being listed; try again".into(),
+            ));
+        }
+    }
     let mut out = Vec::new();
-    for f in backend.list(FileKind::Mark)? {
-        let bytes = match backend.read(FileKind::Mark, &f.name) {
-            Ok(b) => b,
-            Err(e) if e.is_not_found() => continue,
-            Err(e) => return Err(e.into()),
-        };
+    for (f, bytes) in files {
         if storage_id(&bytes).to_hex() != f.name {
             return Err(Error::integrity(
                 format!("marks/{}", f.name),
@@ -82,11 +99,25 @@ pub fn condemned_packs(backend: &dyn Backend) -> Result<HashSet<PackId>> {
 pub fn used_blobs(repo: &mut IndexedRepository) -> Result<(HashSet<BlobId>, Vec<SnapshotId>)> {
     let snaps = repo.list_snapshots()?;
     // Snapshots are written after the index files that list their data: reading the index
-    // after listing the snapshots finds everything they reference.
+    // after listing the snapshots finds everything they reference. A snapshot committed in a
+    // race with a prune may still point into condemned packs that are listed nowhere yet, so
+    // those packs' headers are added too (they exist until a sweep deletes them).
     repo.refresh_index()?;
+    for (_, m) in list_marks(&**repo.backend())? {
+        for p in m.packs {
+            if !repo.index().contains_pack(&p) {
+                match repo.read_pack_header(&p) {
+                    Ok(entries) => repo.index_mut().add_pack(&IndexPack { id: p, entries }),
+                    Err(Error::Backend(e)) if e.is_not_found() => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+    }
     let mut used = HashSet::new();
-    for (_, s) in &snaps {
-        collect_tree(repo, s.tree, &mut used)?;
+    for (id, s) in &snaps {
+        collect_tree(repo, s.tree, &mut used)
+            .map_err(|e| Error::Invalid(format!("snapshot {}: {e}", id.short())))?;
     }
     Ok((used, snaps.into_iter().map(|(id, _)| id).collect()))
 }
@@ -238,7 +269,8 @@ fn mark(
         .count();
 
     // A blob counts as used in one pack only (its first location); other copies are unused.
-    let mut seen: HashSet<BlobId> = HashSet::new();
+    // The pack each used blob is kept in: the first one (in pack order) that holds it.
+    let mut canonical: HashMap<BlobId, PackId> = HashMap::new();
     let mut drop = Vec::new();
     let mut partial: Vec<(PackId, u64, u64)> = Vec::new(); // pack, used bytes, unused bytes
     let mut total = 0u64;
@@ -254,7 +286,8 @@ fn mark(
         }
         let (mut u, mut x) = (0u64, 0u64);
         for e in &p.entries {
-            if used.contains(&e.id) && seen.insert(e.id) {
+            if used.contains(&e.id) && !canonical.contains_key(&e.id) {
+                canonical.insert(e.id, *id);
                 u += e.length as u64;
                 report.blobs_used += 1;
             } else {
@@ -294,15 +327,11 @@ fn mark(
 
     // Copy the used blobs of packs being repacked, still sealed, into new packs.
     let mut copies = Vec::new();
-    let mut taken: HashSet<BlobId> = HashSet::new();
     for id in &repack {
         let entries = repo.verify_pack(id)?; // a damaged pack aborts: repair first
         let bytes = backend.read(FileKind::Pack, &id.to_hex())?;
         for e in entries {
-            if used.contains(&e.id)
-                && taken.insert(e.id)
-                && repo.index().get(&e.id).is_some_and(|l| l.pack == *id)
-            {
+            if used.contains(&e.id) && canonical.get(&e.id) == Some(id) {
                 report.bytes_repacked += e.length as u64;
                 copies.push((
                     e.kind,
@@ -347,6 +376,14 @@ fn mark(
         .filter(|id| !snap_ids.contains(id))
         .collect();
     if !late.is_empty() {
+        // read what was added meanwhile, keeping the condemned packs' entries readable
+        for f in backend.list(FileKind::Index)? {
+            if let Ok(file) = repo.load_index_file(&f.name) {
+                for p in &file.packs {
+                    repo.index_mut().add_pack(p);
+                }
+            }
+        }
         let mut late_used = HashSet::new();
         for id in &late {
             let s = repo.load_snapshot(id)?;

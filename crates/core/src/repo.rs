@@ -132,10 +132,18 @@ impl Repository {
             return Err(Error::NoKeys { location });
         }
         let mut found = None;
+        let mut damaged = Vec::new();
         for k in &keys {
             let what = format!("key {}", k.name);
             let bytes = backend.read(FileKind::Key, &k.name)?;
-            let kf = KeyFile::decode(&bytes).map_err(|e| Error::format(&what, e))?;
+            // a damaged key file must not lock out the others (check reports it)
+            let kf = match KeyFile::decode(&bytes) {
+                Ok(kf) if storage_id(&bytes).to_hex() == k.name => kf,
+                _ => {
+                    damaged.push(k.name[..8.min(k.name.len())].to_string());
+                    continue;
+                }
+            };
             let wrap = derive_wrapping_key(password, &kf.kdf)?;
             if let Ok(plain) = open_with(&wrap, ObjectKind::KeyWrap, b"", &kf.wrapped, &what) {
                 let plain = Zeroizing::new(plain);
@@ -145,7 +153,16 @@ impl Repository {
                 break;
             }
         }
-        let (key_id, key) = found.ok_or(Error::WrongPassword { location })?;
+        let (key_id, key) = match found {
+            Some(f) => f,
+            None if !damaged.is_empty() && damaged.len() == keys.len() => {
+                return Err(Error::integrity(
+                    format!("keys in {location}"),
+                    format!("every key file is damaged ({})", damaged.join(", ")),
+                ))
+            }
+            None => return Err(Error::WrongPassword { location }),
+        };
         let sealed = backend.read(FileKind::Config, "config")?;
         let plain = key.open(ObjectKind::Config, b"", &sealed, "config")?;
         let config = Config::decode(&decode_blob_max(plain, 1 << 20, "config")?)
@@ -431,7 +448,7 @@ impl IndexedRepository {
         &self.index
     }
 
-    pub(crate) fn index_mut(&mut self) -> &mut Index {
+    pub fn index_mut(&mut self) -> &mut Index {
         &mut self.index
     }
 

@@ -92,9 +92,31 @@ fn stored(b: &MemoryBackend) -> u64 {
         .sum()
 }
 
+fn diagnose(b: &Arc<dyn Backend>, errors: &[String]) {
+    let repo = Repository::open(b.clone(), b"pw").unwrap().load_index().unwrap();
+    for e in errors {
+        let Some(hex) = e.split_whitespace().nth(1) else {
+            continue;
+        };
+        for f in b.list(FileKind::Pack).unwrap() {
+            let id: coffer_core::format::PackId = f.name.parse().unwrap();
+            if let Ok(h) = repo.read_pack_header(&id) {
+                if h.iter().any(|x| x.id.to_hex().starts_with(hex)) {
+                    eprintln!(
+                        "DIAG: {hex} is in stored pack {} (indexed: {})",
+                        id.short(),
+                        repo.index().contains_pack(&id)
+                    );
+                }
+            }
+        }
+        eprintln!("DIAG: marks {:?}", coffer_core::prune::list_marks(&**b).unwrap());
+    }
+}
+
 fn check_clean(b: Arc<dyn Backend>) {
     let r = check(
-        Repository::open(b, b"pw").unwrap(),
+        Repository::open(b.clone(), b"pw").unwrap(),
         &CheckOptions {
             read_data: Some(ReadData::All),
             cache_dir: None,
@@ -102,6 +124,9 @@ fn check_clean(b: Arc<dyn Backend>) {
         &NoProgress,
     )
     .unwrap();
+    if !r.ok() {
+        diagnose(&b, &r.errors);
+    }
     assert!(r.ok(), "check: {:?}", r.errors);
 }
 
@@ -409,7 +434,7 @@ fn concurrent_backups_and_prunes_lose_nothing() {
         let changing = files.iter().find(|p| p.ends_with("changing")).unwrap();
         let data = fs::read(changing).unwrap();
         let valid = (0..2u64)
-            .flat_map(|c| (0..8u64).map(move |r| 1000 * c + r))
+            .flat_map(|c| (0..ROUNDS).map(move |r| 1000 * c + r))
             .any(|seed| data == rand_bytes(seed, 400_000));
         assert!(
             valid,

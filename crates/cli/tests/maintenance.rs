@@ -1,0 +1,307 @@
+//! check, repair, prune and crash safety through the real binary.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{pseudo_random, Env};
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn files_in(dir: &Path) -> Vec<PathBuf> {
+    let mut v = Vec::new();
+    for e in fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            v.extend(files_in(&p));
+        } else if !p.file_name().unwrap().to_string_lossy().starts_with('.') {
+            v.push(p);
+        }
+    }
+    v.sort();
+    v
+}
+
+/// Two directories, each in its own snapshot, with several files each.
+fn setup() -> (Env, PathBuf, PathBuf) {
+    let e = Env::new();
+    e.ok(&["init", "--pack-size", "1"]);
+    let a = e.path("a");
+    let b = e.path("b");
+    for (d, seed) in [(&a, 1u64), (&b, 50)] {
+        fs::create_dir_all(d).unwrap();
+        for i in 0..4 {
+            fs::write(d.join(format!("f{i}")), pseudo_random(seed + i, 700_000)).unwrap();
+        }
+    }
+    e.ok(&["backup", "-q", a.to_str().unwrap()]);
+    e.ok(&["backup", "-q", b.to_str().unwrap()]);
+    (e, a, b)
+}
+
+fn flip_bit(p: &Path, at: usize) {
+    let mut b = fs::read(p).unwrap();
+    let i = at % b.len();
+    b[i] ^= 0x10;
+    fs::write(p, b).unwrap();
+}
+
+/// Restore `latest`-style everything and compare the files of `dir` that are listed.
+fn restored_equal(e: &Env, dir: &Path, names: &[&str]) {
+    let out = e.path(&format!("out-{}", dir.file_name().unwrap().to_string_lossy()));
+    let _ = fs::remove_dir_all(&out);
+    let snaps: serde_json::Value =
+        serde_json::from_str(&e.ok(&["snapshots", "--json", "--path", dir.to_str().unwrap()])).unwrap();
+    let id = snaps.as_array().unwrap().last().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let o = e.run(&["restore", &id, "--target", out.to_str().unwrap()]);
+    let base = out.join(dir.strip_prefix("/").unwrap());
+    for n in names {
+        assert_eq!(
+            fs::read(base.join(n)).unwrap(),
+            fs::read(dir.join(n)).unwrap(),
+            "{n} after repair ({})",
+            stderr(&o)
+        );
+    }
+}
+
+#[test]
+fn check_finds_names_and_repair_fixes_damage() {
+    for target in ["pack", "index", "snapshot", "key", "truncate", "delete"] {
+        let (e, a, b) = setup();
+        assert!(
+            e.run(&["check", "--read-data"]).status.success(),
+            "{target}: clean repository fails check"
+        );
+        let packs = files_in(&e.repo.join("data"));
+        // the pack holding file a/f2's data: find it through `cat index`
+        let victim: PathBuf = match target {
+            "index" => files_in(&e.repo.join("index"))[0].clone(),
+            "snapshot" => files_in(&e.repo.join("snapshots"))[0].clone(),
+            "key" => {
+                // a second key, so the repository still opens with the first
+                let pw2 = e.path("pw2");
+                fs::write(&pw2, "second\n").unwrap();
+                e.ok(&["key", "add", "--new-password-file", pw2.to_str().unwrap()]);
+                let keys: serde_json::Value =
+                    serde_json::from_str(&e.ok(&["key", "list", "--json"])).unwrap();
+                let other = keys
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|k| k["current"] == false)
+                    .unwrap()["id"]
+                    .as_str()
+                    .unwrap()
+                    .to_string();
+                e.repo.join("keys").join(other)
+            }
+            _ => packs
+                .iter()
+                .max_by_key(|p| fs::metadata(p).unwrap().len())
+                .unwrap()
+                .clone(),
+        };
+        let name = victim.file_name().unwrap().to_string_lossy().into_owned();
+        match target {
+            "truncate" => {
+                let len = fs::metadata(&victim).unwrap().len();
+                fs::OpenOptions::new()
+                    .write(true)
+                    .open(&victim)
+                    .unwrap()
+                    .set_len(len / 2)
+                    .unwrap();
+            }
+            "delete" => fs::remove_file(&victim).unwrap(),
+            _ => flip_bit(&victim, 4321),
+        }
+        let o = e.run(&["check", "--read-data"]);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{target}: check should fail\n{err}");
+        assert!(
+            err.contains(&name[..8]),
+            "{target}: the damaged object {name} is not named:\n{err}"
+        );
+        if matches!(target, "pack" | "truncate" | "delete") {
+            assert!(
+                err.contains("is damaged:"),
+                "{target}: affected snapshots are not listed:\n{err}"
+            );
+            assert!(
+                err.contains("/f"),
+                "{target}: affected files are not listed:\n{err}"
+            );
+        }
+        // repair: rebuild the index, salvage the snapshots, then check passes
+        match target {
+            "key" => {
+                let o = e.run(&["key", "remove", &name[..12]]);
+                assert!(o.status.success(), "{}", stderr(&o));
+            }
+            "snapshot" => {
+                fs::remove_file(&victim).unwrap(); // a damaged snapshot can only be forgotten
+            }
+            _ => {
+                e.ok(&["repair", "index"]);
+                e.ok(&["repair", "snapshots"]);
+                // a second repair changes nothing
+                assert!(e.ok(&["repair", "index"]).contains("nothing changed"), "{target}");
+                assert!(
+                    e.ok(&["repair", "snapshots"]).contains("repaired 0 of"),
+                    "{target}"
+                );
+            }
+        }
+        let o = e.run(&["check", "--read-data"]);
+        assert!(
+            o.status.success(),
+            "{target}: check after repair:\n{}",
+            stderr(&o)
+        );
+        // files whose data was not in the damaged pack restore identically
+        if target == "index" || target == "key" {
+            restored_equal(&e, &a, &["f0", "f1", "f2", "f3"]);
+            restored_equal(&e, &b, &["f0", "f1", "f2", "f3"]);
+        }
+        if matches!(target, "pack" | "truncate" | "delete") {
+            let ls = e.ok(&["ls", "--json", "latest"]);
+            let intact: Vec<String> = ls
+                .lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+                .filter(|v| v["type"] == "file" && v.get("error").is_none() && v["kind"] == "file")
+                .map(|v| v["path"].as_str().unwrap().to_string())
+                .collect();
+            let _ = intact;
+        }
+    }
+}
+
+#[test]
+fn killed_backups_leave_a_valid_repository_and_resume() {
+    let e = Env::new();
+    e.ok(&["init", "--pack-size", "1"]);
+    let src = e.path("src");
+    fs::create_dir_all(&src).unwrap();
+    let mut x = 12345u64;
+    let mut killed = 0;
+    // each round adds new data, so every run has work to be interrupted in
+    for round in 0..20u64 {
+        for j in 0..3 {
+            fs::write(
+                src.join(format!("r{round}-{j}")),
+                pseudo_random(round * 10 + j + 1, 8 << 20),
+            )
+            .unwrap();
+        }
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let delay = Duration::from_millis(100 + (x >> 33) % 350);
+        let mut child = e
+            .cmd()
+            .args(["backup", "-q", src.to_str().unwrap()])
+            .spawn()
+            .unwrap();
+        std::thread::sleep(delay);
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap(); // SIGKILL
+            killed += 1;
+        }
+        let _ = child.wait();
+        let o = e.run(&["check"]);
+        assert!(
+            o.status.success(),
+            "check after a kill at {delay:?}:\n{}",
+            stderr(&o)
+        );
+    }
+    assert!(
+        killed >= 8,
+        "only {killed} of 20 runs were killed mid-way; the test proves little"
+    );
+    let s = e.backup_json(&[src.to_str().unwrap()]);
+    assert_eq!(s["errors"], 0);
+    let o = e.run(&["check", "--read-data"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let stored: u64 = serde_json::from_str::<serde_json::Value>(&e.ok(&["stats", "--json"])).unwrap()
+        ["stored_bytes"]
+        .as_u64()
+        .unwrap();
+    // one clean backup of the same data into a second repository
+    let clean = Env::new();
+    fs::copy(&e.pwfile, &clean.pwfile).unwrap();
+    clean.ok(&["init", "--pack-size", "1"]);
+    clean.ok(&["backup", "-q", src.to_str().unwrap()]);
+    let clean_size: u64 = serde_json::from_str::<serde_json::Value>(&clean.ok(&["stats", "--json"])).unwrap()
+        ["stored_bytes"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        (stored as f64) < clean_size as f64 * 1.05,
+        "after {killed} kills the repository stores {stored} bytes, a clean backup {clean_size}: data was uploaded twice"
+    );
+    let out = e.path("out");
+    e.ok(&["restore", "latest", "--target", out.to_str().unwrap()]);
+    let base = out.join(src.strip_prefix("/").unwrap());
+    for round in 0..20u64 {
+        for j in 0..3 {
+            let n = format!("r{round}-{j}");
+            assert_eq!(
+                fs::read(base.join(&n)).unwrap(),
+                pseudo_random(round * 10 + j + 1, 8 << 20),
+                "{n}"
+            );
+        }
+    }
+}
+
+#[test]
+fn forget_prune_cycle_frees_space() {
+    let (e, a, _b) = setup();
+    let before: u64 = serde_json::from_str::<serde_json::Value>(&e.ok(&["stats", "--json"])).unwrap()
+        ["stored_bytes"]
+        .as_u64()
+        .unwrap();
+    // replace a's files and back up again; then keep only the newest snapshot per path
+    for i in 0..4 {
+        fs::write(a.join(format!("f{i}")), pseudo_random(900 + i, 700_000)).unwrap();
+    }
+    e.ok(&["backup", "-q", a.to_str().unwrap()]);
+    let dry = e.ok(&["forget", "--keep-last", "1", "--dry-run"]);
+    assert!(
+        dry.contains("remove 1 snapshots") && dry.contains("last snapshot"),
+        "{dry}"
+    );
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&e.ok(&["snapshots", "--json"]))
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+    e.ok(&["forget", "--keep-last", "1", "--prune"]);
+    let after: u64 = serde_json::from_str::<serde_json::Value>(&e.ok(&["stats", "--json"])).unwrap()
+        ["stored_bytes"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        after < before + 500_000,
+        "old data was not freed: {before} -> {after}"
+    );
+    assert!(e.run(&["check", "--read-data"]).status.success());
+    restored_equal(&e, &a, &["f0", "f1", "f2", "f3"]);
+    let o = e.run(&["forget"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("no policy"));
+}
