@@ -308,5 +308,8 @@ pub enum RepairCommand {
         /// Only report what would be repaired
         #[arg(short = 'n', long)]
         dry_run: bool,
+        /// Remove snapshot files that cannot be read at all (they cannot be salvaged)
+        #[arg(long)]
+        forget: bool,
     },
 }

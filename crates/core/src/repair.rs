@@ -101,15 +101,33 @@ pub struct RepairSnapshotsReport {
     pub snapshots: usize,
     pub repaired: Vec<(String, String)>,
     pub damaged_paths: Vec<String>,
+    /// Snapshot files that could not be read (removed with `forget_unreadable`).
+    pub unreadable: Vec<String>,
 }
 
 pub fn repair_snapshots(
     repo: &mut IndexedRepository,
     dry_run: bool,
+    forget_unreadable: bool,
     progress: &dyn Progress,
 ) -> Result<RepairSnapshotsReport> {
     let mut r = RepairSnapshotsReport::default();
-    let snaps = repo.list_snapshots()?;
+    // snapshot files that cannot be read at all cannot be salvaged: report, and remove on request
+    let mut snaps = Vec::new();
+    for f in repo.backend().list(FileKind::Snapshot)? {
+        let Ok(id) = Id::from_hex(&f.name) else { continue };
+        let id = coffer_format::SnapshotId(id);
+        match repo.load_snapshot(&id) {
+            Ok(s) => snaps.push((id, s)),
+            Err(e) => {
+                progress.warn(&format!("snapshot {}: unreadable: {e}", id.short()));
+                r.unreadable.push(f.name.clone());
+                if forget_unreadable && !dry_run {
+                    repo.backend().remove(FileKind::Snapshot, &f.name)?;
+                }
+            }
+        }
+    }
     r.snapshots = snaps.len();
     let mut memo: HashMap<BlobId, Option<BlobId>> = HashMap::new();
     for (id, snap) in snaps {

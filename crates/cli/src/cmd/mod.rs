@@ -650,9 +650,9 @@ pub fn repair(g: &Global, c: crate::cli::RepairCommand) -> Result<u8> {
                 }
             }
         }
-        crate::cli::RepairCommand::Snapshots { dry_run } => {
+        crate::cli::RepairCommand::Snapshots { dry_run, forget } => {
             let mut repo = repo.load_index()?;
-            let r = coffer_core::repair::repair_snapshots(&mut repo, dry_run, &progress);
+            let r = coffer_core::repair::repair_snapshots(&mut repo, dry_run, forget, &progress);
             progress.finish();
             let r = r?;
             if g.json {
@@ -663,6 +663,14 @@ pub fn repair(g: &Global, c: crate::cli::RepairCommand) -> Result<u8> {
                 }
                 let verb = if dry_run { "would repair" } else { "repaired" };
                 outln!("{verb} {} of {} snapshots", r.repaired.len(), r.snapshots)?;
+                if !r.unreadable.is_empty() {
+                    let what = if forget && !dry_run {
+                        "removed"
+                    } else {
+                        "left in place (use --forget to remove)"
+                    };
+                    outln!("{} unreadable snapshot files {what}", r.unreadable.len())?;
+                }
             }
         }
     }
