@@ -72,6 +72,8 @@ pub enum Command {
     Restore(RestoreArgs),
     /// Show what changed between two snapshots
     Diff(DiffArgs),
+    /// Write a file of a snapshot to stdout
+    Dump(DumpArgs),
     /// Print a repository object as JSON (for debugging)
     Cat(CatArgs),
     /// Remove snapshots by id or by a retention policy
@@ -191,6 +193,18 @@ pub struct RestoreArgs {
     /// Show what would be restored without writing anything
     #[arg(long)]
     pub dry_run: bool,
+    /// Existing files: always, if-changed (content differs), if-newer (mtime), never
+    #[arg(long, default_value = "always", value_name = "WHEN")]
+    pub overwrite: String,
+    /// Delete what is in the target but not in the snapshot (makes the target match it)
+    #[arg(long)]
+    pub delete: bool,
+    /// Read every restored file back and compare it with the snapshot
+    #[arg(long)]
+    pub verify: bool,
+    /// Restore owners by number, ignoring user and group names
+    #[arg(long)]
+    pub numeric_owner: bool,
 }
 
 #[derive(Args, Debug)]
@@ -312,4 +326,12 @@ pub enum RepairCommand {
         #[arg(long)]
         forget: bool,
     },
+}
+
+#[derive(Args, Debug)]
+pub struct DumpArgs {
+    /// Snapshot id, unique prefix, or `latest`
+    pub snapshot: String,
+    /// The file's path in the snapshot
+    pub path: String,
 }

@@ -20,10 +20,11 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use coffer_format::{BlobKind, Name, Node, NodeKind, Timestamp, Tree};
+use coffer_format::{BlobId, BlobKind, Name, Node, NodeKind, Timestamp, Tree};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps, XattrFlags, CWD};
 use rustix::io::Errno;
 
+use crate::chunker::Chunker;
 use crate::error::{Error, Result};
 use crate::filter::PathMatcher;
 use crate::progress::Progress;
@@ -38,6 +39,46 @@ pub struct RestoreOptions {
     pub excludes: Vec<String>,
     /// Only count (and report through progress) what would be restored.
     pub dry_run: bool,
+    /// What to do with files that exist in the target already.
+    pub overwrite: Overwrite,
+    /// Remove what is in the target but not in the snapshot (within restored directories).
+    pub delete: bool,
+    /// Read every restored file back and compare it with the snapshot.
+    pub verify: bool,
+    /// Restore owners by the stored numbers, ignoring user and group names.
+    pub numeric_owner: bool,
+}
+
+/// When an existing file in the target is replaced.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Overwrite {
+    /// Always (the default).
+    #[default]
+    Always,
+    /// When its content differs from the snapshot's (compared chunk by chunk; only metadata is
+    /// fixed when the content is the same).
+    IfChanged,
+    /// When the snapshot's version is newer (mtime).
+    IfNewer,
+    /// Never: existing files are left alone.
+    Never,
+}
+
+impl std::str::FromStr for Overwrite {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s {
+            "always" => Overwrite::Always,
+            "if-changed" => Overwrite::IfChanged,
+            "if-newer" => Overwrite::IfNewer,
+            "never" => Overwrite::Never,
+            _ => {
+                return Err(Error::Invalid(format!(
+                    "--overwrite {s:?}: use always, if-changed, if-newer or never"
+                )))
+            }
+        })
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -47,6 +88,13 @@ pub struct RestoreStats {
     pub links: u64,
     pub other: u64,
     pub bytes: u64,
+    /// Existing files left as they were (--overwrite), and entries removed (--delete).
+    pub skipped: u64,
+    pub deleted: u64,
+    /// Files read back and found identical (--verify).
+    pub verified: u64,
+    /// Entries whose owner could not be restored (restore not run as root).
+    pub owner_skipped: u64,
     /// Items that could not be restored fully (each was reported through progress).
     pub errors: u64,
 }
@@ -63,6 +111,8 @@ struct Restorer<'a> {
     links: HashMap<(u64, u64), Vec<Name>>,
     /// The target directory (None for a dry run).
     target: Option<OwnedFd>,
+    opts: RestoreOptions,
+    chunker: Chunker,
 }
 
 fn errno_io(e: Errno) -> std::io::Error {
@@ -157,17 +207,63 @@ impl Restorer<'_> {
                 continue;
             }
             let Some(dfd) = dir else { continue };
-            let r = if node.kind == NodeKind::Symlink {
-                self.restore_symlink(dfd, node)
-            } else {
+            let linked = node.links > 1 && self.links.contains_key(&(node.dev, node.inode));
+            let r = if linked {
                 self.restore_hardlink(dfd, node)
+            } else {
+                self.restore_symlink(dfd, node)
             };
             match r {
-                Ok(()) => self.count(node),
+                Ok(()) => {
+                    self.count(node);
+                    if !linked && node.links > 1 {
+                        let mut r = rel.to_vec();
+                        r.push(node.name.clone());
+                        self.links.insert((node.dev, node.inode), r);
+                    }
+                }
                 Err(e) => self.warn(format!("{}: {e}", display(&path))),
             }
         }
+        if self.opts.delete && !self.dry_run {
+            if let Some(dfd) = dir {
+                self.delete_extra(dfd, tree, snap);
+            }
+        }
         Ok(restored)
+    }
+
+    /// Remove what is in `dir` but not in `tree` (`--delete`), never following symlinks.
+    fn delete_extra(&mut self, dir: BorrowedFd<'_>, tree: &Tree, snap: &[u8]) {
+        let names: std::collections::HashSet<&[u8]> =
+            tree.nodes.iter().map(|n| n.name.0.as_slice()).collect();
+        let Ok(fd) = rustix::fs::openat(
+            dir,
+            ".",
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) else {
+            return;
+        };
+        let Ok(entries) = rustix::fs::Dir::read_from(&fd) else {
+            return;
+        };
+        let mut extra = Vec::new();
+        for e in entries.flatten() {
+            let n = e.file_name().to_bytes();
+            if n != b"." && n != b".." && !names.contains(n) {
+                extra.push(n.to_vec());
+            }
+        }
+        for n in extra {
+            match remove_tree_at(dir, OsStr::from_bytes(&n)) {
+                Ok(()) => self.stats.deleted += 1,
+                Err(e) => {
+                    let p = join(snap, &Name(n));
+                    self.warn(format!("{}: cannot delete: {}", display(&p), errno_io(e)))
+                }
+            }
+        }
     }
 
     fn count(&mut self, node: &Node) {
@@ -241,9 +337,78 @@ impl Restorer<'_> {
         Ok(n + 1)
     }
 
+    /// Chunk ids of a regular file at `name` (not following links), or None if it is not one.
+    fn existing_ids(&self, dir: BorrowedFd<'_>, name: &OsStr) -> Option<Vec<BlobId>> {
+        let fd = rustix::fs::openat(
+            dir,
+            name,
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .ok()?;
+        let st = rustix::fs::fstat(&fd).ok()?;
+        if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+            return None;
+        }
+        let mut f = File::from(fd);
+        let mut ids = Vec::new();
+        let mut buf = Vec::new();
+        self.chunker
+            .chunk_reader::<_, std::io::Error>(&mut f, &mut buf, |c| {
+                ids.push(self.repo.key().blob_id(c));
+                Ok(())
+            })
+            .ok()?;
+        Some(ids)
+    }
+
+    /// Decide about an existing entry at the node's name: Some(true) = leave its content
+    /// (only metadata is set), Some(false) = skip entirely, None = write the file.
+    fn keep_existing(&self, dir: BorrowedFd<'_>, node: &Node) -> Option<bool> {
+        let name = OsStr::from_bytes(&node.name.0);
+        let st = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).ok()?;
+        match self.opts.overwrite {
+            Overwrite::Always => None,
+            Overwrite::Never => Some(false),
+            Overwrite::IfNewer => {
+                let theirs = (st.st_mtime as i64, st.st_mtime_nsec as u32);
+                ((node.mtime.s, node.mtime.ns) <= theirs).then_some(false)
+            }
+            Overwrite::IfChanged => {
+                let same = FileType::from_raw_mode(st.st_mode) == FileType::RegularFile
+                    && st.st_size as u64 == node.size
+                    && self
+                        .existing_ids(dir, name)
+                        .is_some_and(|ids| ids == node.content);
+                same.then_some(true)
+            }
+        }
+    }
+
     fn restore_file(&mut self, dir: BorrowedFd<'_>, node: &Node, path: &[u8]) -> Result<()> {
         self.progress.item(Path::new(OsStr::from_bytes(path)));
         let name = OsStr::from_bytes(&node.name.0);
+        match self.keep_existing(dir, node) {
+            Some(false) => {
+                self.stats.skipped += 1;
+                return Ok(());
+            }
+            Some(true) => {
+                // same content: only bring the metadata in line
+                self.stats.skipped += 1;
+                let fd = rustix::fs::openat(
+                    dir,
+                    name,
+                    OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(|e| Error::io(display(path), errno_io(e)))?;
+                return self
+                    .set_meta_fd(&fd, node)
+                    .map_err(|e| Error::io(display(path), e));
+            }
+            None => {}
+        }
         remove_existing(dir, name).map_err(|e| Error::io(display(path), errno_io(e)))?;
         let fd = rustix::fs::openat(
             dir,
@@ -257,14 +422,30 @@ impl Restorer<'_> {
         let mut sparse_tail = false;
         for id in &node.content {
             let data = self.repo.read_blob(id, BlobKind::Data)?;
-            if data.len() >= 4096 && data.iter().all(|&b| b == 0) {
-                // leave a hole
-                f.seek(SeekFrom::Current(data.len() as i64))
+            // leave holes for all-zero 4 KiB blocks (aligned to the file offset), so sparse
+            // files come back sparse; runs of data blocks are written with one call
+            let mut off = 0usize;
+            let mut run_start = 0usize;
+            while off < data.len() {
+                let abs = pos + off as u64;
+                let n = ((4096 - (abs % 4096)) as usize).min(data.len() - off);
+                if n == 4096 && data[off..off + n].iter().all(|&b| b == 0) {
+                    if run_start < off {
+                        f.write_all(&data[run_start..off])
+                            .map_err(|e| Error::io(display(path), e))?;
+                    }
+                    f.seek(SeekFrom::Current(4096))
+                        .map_err(|e| Error::io(display(path), e))?;
+                    sparse_tail = true;
+                    run_start = off + n;
+                } else {
+                    sparse_tail = false;
+                }
+                off += n;
+            }
+            if run_start < data.len() {
+                f.write_all(&data[run_start..])
                     .map_err(|e| Error::io(display(path), e))?;
-                sparse_tail = true;
-            } else {
-                f.write_all(&data).map_err(|e| Error::io(display(path), e))?;
-                sparse_tail = false;
             }
             pos += data.len() as u64;
             self.progress.bytes(data.len() as u64);
@@ -281,7 +462,17 @@ impl Restorer<'_> {
         }
         let fd = OwnedFd::from(f);
         self.set_meta_fd(&fd, node)
-            .map_err(|e| Error::io(display(path), e))
+            .map_err(|e| Error::io(display(path), e))?;
+        if self.opts.verify {
+            match self.existing_ids(dir, name) {
+                Some(ids) if ids == node.content => self.stats.verified += 1,
+                _ => self.warn(format!(
+                    "{}: verification failed: the restored file differs from the snapshot",
+                    display(path)
+                )),
+            }
+        }
+        Ok(())
     }
 
     fn restore_special(&mut self, dir: BorrowedFd<'_>, node: &Node) -> Result<()> {
@@ -331,11 +522,24 @@ impl Restorer<'_> {
         .map_err(io)
     }
 
+    /// Count an entry whose owner a non-root restore cannot set (it differs from ours).
+    fn note_owner(&mut self, node: &Node) {
+        let me = (
+            rustix::process::geteuid().as_raw(),
+            rustix::process::getegid().as_raw(),
+        );
+        if (node.uid, node.gid) != me {
+            self.stats.owner_skipped += 1;
+        }
+    }
+
     /// Owner, mode, xattrs and times through an open descriptor.
-    fn set_meta_fd(&self, fd: &OwnedFd, node: &Node) -> std::io::Result<()> {
+    fn set_meta_fd(&mut self, fd: &OwnedFd, node: &Node) -> std::io::Result<()> {
         if self.as_root {
-            let (uid, gid) = owner_ids(node);
+            let (uid, gid) = owner_ids(node, self.opts.numeric_owner);
             rustix::fs::fchown(fd, Some(uid), Some(gid)).map_err(errno_io)?;
+        } else {
+            self.note_owner(node);
         }
         rustix::fs::fchmod(fd, Mode::from_raw_mode(node.mode)).map_err(errno_io)?;
         for x in &node.xattrs {
@@ -355,10 +559,13 @@ impl Restorer<'_> {
     }
 
     /// Owner, mode and times of a node that cannot be opened (symlink, device) by name.
-    fn set_meta_path(&self, dir: BorrowedFd<'_>, node: &Node) -> std::io::Result<()> {
+    fn set_meta_path(&mut self, dir: BorrowedFd<'_>, node: &Node) -> std::io::Result<()> {
         let name = OsStr::from_bytes(&node.name.0);
+        if !self.as_root {
+            self.note_owner(node);
+        }
         if self.as_root {
-            let (uid, gid) = owner_ids(node);
+            let (uid, gid) = owner_ids(node, self.opts.numeric_owner);
             rustix::fs::chownat(dir, name, Some(uid), Some(gid), AtFlags::SYMLINK_NOFOLLOW)
                 .map_err(errno_io)?;
         }
@@ -374,8 +581,15 @@ impl Restorer<'_> {
     }
 }
 
-/// uid/gid for a node: by name if this system knows the name, else the stored number.
-fn owner_ids(node: &Node) -> (rustix::fs::Uid, rustix::fs::Gid) {
+/// uid/gid for a node: by name if this system knows the name (unless `numeric`), else the
+/// stored number.
+fn owner_ids(node: &Node, numeric: bool) -> (rustix::fs::Uid, rustix::fs::Gid) {
+    if numeric {
+        return (
+            rustix::fs::Uid::from_raw(node.uid),
+            rustix::fs::Gid::from_raw(node.gid),
+        );
+    }
     let uid = node
         .user
         .as_deref()
@@ -400,6 +614,32 @@ fn remove_existing(dir: BorrowedFd<'_>, name: &OsStr) -> rustix::io::Result<()> 
         }
         Ok(_) => rustix::fs::unlinkat(dir, name, AtFlags::empty()),
     }
+}
+
+/// Remove `name` in `dir` and, for a directory, everything below it, without following links.
+fn remove_tree_at(dir: BorrowedFd<'_>, name: &OsStr) -> rustix::io::Result<()> {
+    let st = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?;
+    if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
+        return rustix::fs::unlinkat(dir, name, AtFlags::empty());
+    }
+    let sub = rustix::fs::openat(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let mut names = Vec::new();
+    for e in rustix::fs::Dir::read_from(&sub)? {
+        let e = e?;
+        let n = e.file_name().to_bytes();
+        if n != b"." && n != b".." {
+            names.push(n.to_vec());
+        }
+    }
+    for n in names {
+        remove_tree_at(sub.as_fd(), OsStr::from_bytes(&n))?;
+    }
+    rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR)
 }
 
 /// Create (or reuse) directory `name` in `dir` and open it without following symlinks.
@@ -474,7 +714,14 @@ pub fn restore(
         progress,
         links: HashMap::new(),
         target,
+        opts: opts.clone(),
+        chunker: Chunker::new(repo.config().chunker, repo.key().gear_table()),
     };
+    if opts.delete && (!opts.includes.is_empty() || !opts.excludes.is_empty()) {
+        return Err(Error::Invalid(
+            "--delete cannot be combined with --include or --exclude".into(),
+        ));
+    }
     let target = r
         .target
         .as_ref()

@@ -309,6 +309,10 @@ pub fn restore(g: &Global, a: RestoreArgs) -> Result<u8> {
         includes: a.include,
         excludes: a.exclude,
         dry_run: a.dry_run,
+        overwrite: a.overwrite.parse()?,
+        delete: a.delete,
+        verify: a.verify,
+        numeric_owner: a.numeric_owner,
     };
     let progress = CliProgress::new(!g.quiet && !g.json, "restored");
     let stats = coffer_core::restore(&repo, snap.tree, &path, &opts, &progress);
@@ -318,7 +322,9 @@ pub fn restore(g: &Global, a: RestoreArgs) -> Result<u8> {
         print_json(
             &json!({"message_type": "summary", "snapshot_id": id.to_hex(), "dry_run": a.dry_run,
             "files_restored": stats.files, "dirs_restored": stats.dirs, "links_restored": stats.links,
-            "other_restored": stats.other, "bytes_restored": stats.bytes, "errors": stats.errors}),
+            "other_restored": stats.other, "bytes_restored": stats.bytes, "errors": stats.errors,
+            "skipped": stats.skipped, "deleted": stats.deleted, "verified": stats.verified,
+            "owner_not_restored": stats.owner_skipped}),
         )?;
     } else if !g.quiet {
         let verb = if a.dry_run { "would restore" } else { "restored" };
@@ -332,6 +338,20 @@ pub fn restore(g: &Global, a: RestoreArgs) -> Result<u8> {
             stats.links,
             bytes(stats.bytes)
         )?;
+    }
+    if !g.json && !g.quiet && (stats.skipped > 0 || stats.deleted > 0 || stats.verified > 0) {
+        outln!(
+            "{} existing files kept, {} entries deleted, {} files verified",
+            stats.skipped,
+            stats.deleted,
+            stats.verified
+        )?;
+    }
+    if stats.owner_skipped > 0 {
+        eprintln!(
+            "warning: not running as root: the owner of {} entries was not restored (they belong to the user running the restore)",
+            stats.owner_skipped
+        );
     }
     if stats.errors > 0 {
         bail!(
@@ -673,6 +693,28 @@ pub fn repair(g: &Global, c: crate::cli::RepairCommand) -> Result<u8> {
                 }
             }
         }
+    }
+    Ok(0)
+}
+
+pub fn dump(g: &Global, a: crate::cli::DumpArgs) -> Result<u8> {
+    let repo = open_indexed(g)?;
+    let (_, snap) = repo.find_snapshot(&a.snapshot)?;
+    let node = match find_path(&repo, snap.tree, &a.path)? {
+        Found::Node(n) if n.kind == NodeKind::File => n,
+        _ => bail!(
+            "{}: not a file in the snapshot (use `coffer restore` for directories)",
+            a.path
+        ),
+    };
+    let mut out = std::io::stdout().lock();
+    for id in &node.content {
+        let data = repo.read_blob(id, coffer_core::format::BlobKind::Data)?;
+        out.write_all(&data).context("writing to stdout")?;
+    }
+    out.flush().context("writing to stdout")?;
+    if let Some(e) = &node.error {
+        eprintln!("warning: {}: {e}", a.path);
     }
     Ok(0)
 }

@@ -1,0 +1,328 @@
+//! Restore options and exact restores of what a Linux server holds (issue 4).
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, UNIX_EPOCH};
+
+use common::{digest_tree, pseudo_random, Env};
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn set_mtime(p: &Path, t: std::time::SystemTime) {
+    let f = fs::File::options().write(true).open(p).unwrap();
+    f.set_times(fs::FileTimes::new().set_modified(t)).unwrap();
+}
+
+/// A source tree, backed up; returns the env, the source and where it lands under a target.
+fn backed_up() -> (Env, PathBuf) {
+    let e = Env::init();
+    let src = e.path("src");
+    fs::create_dir_all(src.join("d")).unwrap();
+    fs::write(src.join("a.txt"), "alpha\n").unwrap();
+    fs::write(src.join("b.txt"), "bravo\n").unwrap();
+    fs::write(src.join("d/c.bin"), pseudo_random(3, 200_000)).unwrap();
+    set_mtime(
+        &src.join("a.txt"),
+        UNIX_EPOCH + Duration::from_secs(1_600_000_000),
+    );
+    set_mtime(
+        &src.join("b.txt"),
+        UNIX_EPOCH + Duration::from_secs(1_600_000_000),
+    );
+    e.ok(&["backup", "-q", src.to_str().unwrap()]);
+    (e, src)
+}
+
+fn restore(e: &Env, target: &Path, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec![
+        "restore",
+        "latest",
+        "--json",
+        "--target",
+        target.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    serde_json::from_str(e.ok(&args).trim()).unwrap()
+}
+
+#[test]
+fn overwrite_modes() {
+    let (e, src) = backed_up();
+    let t = e.path("t");
+    restore(&e, &t, &[]);
+    let base = t.join(src.strip_prefix("/").unwrap());
+    let prepare = || {
+        fs::write(base.join("a.txt"), "local edit\n").unwrap(); // differs, older
+        set_mtime(
+            &base.join("a.txt"),
+            UNIX_EPOCH + Duration::from_secs(1_500_000_000),
+        );
+        fs::write(base.join("b.txt"), "newer local\n").unwrap(); // differs, newer
+        set_mtime(
+            &base.join("b.txt"),
+            UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+        );
+        fs::set_permissions(base.join("d/c.bin"), fs::Permissions::from_mode(0o600)).unwrap();
+        // same content
+    };
+    prepare();
+    let ino = fs::metadata(base.join("d/c.bin")).unwrap().ino();
+    let v = restore(&e, &t, &["--overwrite", "never"]);
+    assert_eq!(v["skipped"], 3, "{v}");
+    assert_eq!(fs::read_to_string(base.join("a.txt")).unwrap(), "local edit\n");
+
+    let v = restore(&e, &t, &["--overwrite", "if-newer"]);
+    assert_eq!(
+        fs::read_to_string(base.join("a.txt")).unwrap(),
+        "alpha\n",
+        "older local file is replaced"
+    );
+    assert_eq!(
+        fs::read_to_string(base.join("b.txt")).unwrap(),
+        "newer local\n",
+        "newer local file is kept"
+    );
+    assert!(v["skipped"].as_u64().unwrap() >= 1);
+
+    prepare();
+    let v = restore(&e, &t, &["--overwrite", "if-changed"]);
+    assert_eq!(fs::read_to_string(base.join("a.txt")).unwrap(), "alpha\n");
+    assert_eq!(fs::read_to_string(base.join("b.txt")).unwrap(), "bravo\n");
+    // same content: not rewritten (same inode), but the mode is restored
+    let m = fs::metadata(base.join("d/c.bin")).unwrap();
+    assert_eq!(m.ino(), ino);
+    assert_eq!(
+        m.mode() & 0o777,
+        fs::metadata(src.join("d/c.bin")).unwrap().mode() & 0o777
+    );
+    assert_eq!(v["skipped"], 1, "{v}");
+
+    prepare();
+    restore(&e, &t, &["--overwrite", "always"]);
+    assert_eq!(digest_tree(&src), digest_tree(&base));
+    let o = e.run(&[
+        "restore",
+        "latest",
+        "--target",
+        t.to_str().unwrap(),
+        "--overwrite",
+        "sometimes",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("sometimes"));
+}
+
+#[test]
+fn delete_makes_the_target_match_and_verify_reads_back() {
+    let (e, src) = backed_up();
+    let t = e.path("t");
+    restore(&e, &t, &[]);
+    let base = t.join(src.strip_prefix("/").unwrap());
+    // extra entries, including a symlink to a directory outside the target
+    let outside = e.path("outside");
+    fs::create_dir_all(&outside).unwrap();
+    fs::write(outside.join("keep"), "must survive").unwrap();
+    fs::write(base.join("extra.txt"), "x").unwrap();
+    fs::create_dir_all(base.join("d/extra-dir/sub")).unwrap();
+    fs::write(base.join("d/extra-dir/sub/f"), "y").unwrap();
+    symlink(&outside, base.join("d/link-out")).unwrap();
+    let v = restore(&e, &t, &["--delete", "--verify"]);
+    assert_eq!(v["deleted"], 3, "{v}");
+    assert_eq!(v["verified"], 3, "{v}");
+    assert_eq!(digest_tree(&src), digest_tree(&base));
+    assert_eq!(fs::read_to_string(outside.join("keep")).unwrap(), "must survive");
+    let o = e.run(&[
+        "restore",
+        "latest",
+        "--target",
+        t.to_str().unwrap(),
+        "--delete",
+        "--include",
+        "*.txt",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "--delete with filters is refused");
+}
+
+#[test]
+fn dump_writes_one_file_to_stdout() {
+    let (e, src) = backed_up();
+    let o = e.run(&["dump", "latest", &format!("{}/d/c.bin", src.display())]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(o.stdout, pseudo_random(3, 200_000));
+    let o = e.run(&["dump", "latest", &format!("{}/d", src.display())]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("not a file"));
+}
+
+fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+#[test]
+fn sparse_files_links_and_extreme_times_round_trip() {
+    let e = Env::init();
+    let src = e.path("src");
+    fs::create_dir_all(&src).unwrap();
+    // a sparse file: 64 MiB with 4 KiB of data in the middle
+    let f = fs::File::create(src.join("sparse.img")).unwrap();
+    f.set_len(64 << 20).unwrap();
+    use std::os::unix::fs::FileExt;
+    f.write_all_at(&pseudo_random(1, 4096), 32 << 20).unwrap();
+    drop(f);
+    // a hardlinked symlink, a 255-byte name, timestamps before 1970 and after 2038
+    symlink("target-of-link", src.join("sl1")).unwrap();
+    fs::hard_link(src.join("sl1"), src.join("sl2")).unwrap();
+    let long = "n".repeat(255);
+    fs::write(src.join(&long), "long name").unwrap();
+    fs::write(src.join("old"), "1960").unwrap();
+    set_mtime(&src.join("old"), UNIX_EPOCH - Duration::from_secs(300_000_000));
+    fs::write(src.join("future"), "2100").unwrap();
+    set_mtime(
+        &src.join("future"),
+        UNIX_EPOCH + Duration::from_secs(4_102_444_800),
+    );
+    // a socket is skipped and reported
+    let _sock = std::os::unix::net::UnixListener::bind(src.join("sock")).unwrap();
+    let o = e.run(&["backup", src.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("sock: socket skipped"), "{}", stderr(&o));
+    let t = e.path("t");
+    e.ok(&["restore", "latest", "--target", t.to_str().unwrap()]);
+    let base = t.join(src.strip_prefix("/").unwrap());
+    let m = fs::metadata(base.join("sparse.img")).unwrap();
+    assert_eq!(m.len(), 64 << 20);
+    assert!(
+        m.blocks() * 512 < 4 << 20,
+        "restored sparse file uses {} bytes on disk",
+        m.blocks() * 512
+    );
+    let a = fs::symlink_metadata(base.join("sl1")).unwrap();
+    let b = fs::symlink_metadata(base.join("sl2")).unwrap();
+    assert!(
+        a.file_type().is_symlink() && a.ino() == b.ino(),
+        "hardlinked symlinks came back separate"
+    );
+    assert_eq!(fs::read_to_string(base.join(&long)).unwrap(), "long name");
+    assert_eq!(fs::metadata(base.join("old")).unwrap().mtime(), -300_000_000);
+    assert_eq!(fs::metadata(base.join("future")).unwrap().mtime(), 4_102_444_800);
+    assert!(!base.join("sock").exists());
+    let out = Command::new("rsync")
+        .args([
+            "-aHAXS",
+            "--numeric-ids",
+            "--checksum",
+            "--dry-run",
+            "--itemize-changes",
+            "--exclude",
+            "sock",
+        ])
+        .arg(format!("{}/", src.display()))
+        .arg(format!("{}/", base.display()))
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).trim().is_empty(),
+        "rsync: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn numeric_owner_and_non_root_restores() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let e = Env::init();
+    let src = e.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("owned"), "x").unwrap();
+    std::os::unix::fs::lchown(src.join("owned"), Some(1234), Some(5678)).unwrap();
+    e.ok(&["backup", "-q", src.to_str().unwrap()]);
+    let t = e.path("t");
+    e.ok(&[
+        "restore",
+        "latest",
+        "--numeric-owner",
+        "--target",
+        t.to_str().unwrap(),
+    ]);
+    let m = fs::metadata(t.join(src.strip_prefix("/").unwrap()).join("owned")).unwrap();
+    assert_eq!((m.uid(), m.gid()), (1234, 5678));
+    // as an unprivileged user: owners are skipped with one summary warning
+    let base = e.dir.path();
+    fs::set_permissions(base, fs::Permissions::from_mode(0o777)).unwrap();
+    fs::set_permissions(&e.pwfile, fs::Permissions::from_mode(0o644)).unwrap();
+    for f in common::digest_tree(&e.repo).keys() {
+        let p = e.repo.join(std::str::from_utf8(f).unwrap());
+        let _ = fs::set_permissions(
+            &p,
+            fs::Permissions::from_mode(if p.is_dir() { 0o755 } else { 0o644 }),
+        );
+    }
+    let _ = fs::set_permissions(&e.repo, fs::Permissions::from_mode(0o777));
+    let out = base.join("nobody-out");
+    let o = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(env!("CARGO_BIN_EXE_coffer"))
+        .args(["restore", "latest", "--target", out.to_str().unwrap()])
+        .env("COFFER_REPOSITORY", &e.repo)
+        .env("COFFER_PASSWORD_FILE", &e.pwfile)
+        .env("HOME", base)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let warnings: Vec<&str> = std::str::from_utf8(&o.stderr)
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("owner"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].contains("not running as root"));
+}
+
+#[test]
+fn files_changing_or_failing_during_backup_give_exit_3() {
+    let e = Env::init();
+    let src = e.path("src");
+    fs::create_dir_all(&src).unwrap();
+    let grow = src.join("growing.log");
+    fs::write(&grow, pseudo_random(5, 64 << 20)).unwrap();
+    fs::write(src.join("steady"), "steady").unwrap();
+    // a writer appends while the backup runs
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let s2 = stop.clone();
+    let g2 = grow.clone();
+    let writer = std::thread::spawn(move || {
+        let mut f = fs::OpenOptions::new().append(true).open(&g2).unwrap();
+        use std::io::Write;
+        while !s2.load(std::sync::atomic::Ordering::SeqCst) {
+            f.write_all(&[b'x'; 65536]).unwrap();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    });
+    let o = e.run(&["backup", "--json", src.to_str().unwrap()]);
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    writer.join().unwrap();
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(stderr(&o).contains("growing.log"), "{}", stderr(&o));
+    // the snapshot still restores
+    let t = e.path("t");
+    e.ok(&["restore", "latest", "--target", t.to_str().unwrap()]);
+    assert_eq!(
+        fs::read_to_string(t.join(src.strip_prefix("/").unwrap()).join("steady")).unwrap(),
+        "steady"
+    );
+    // a read error (EIO): /proc/self/mem fails to read at offset 0
+    let o = e.run(&["backup", "/proc/self/mem"]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(stderr(&o).contains("/proc/self/mem"), "{}", stderr(&o));
+}
