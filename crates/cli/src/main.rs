@@ -63,7 +63,16 @@ fn main() -> ExitCode {
         Err(e) => match exit_code_for(&e) {
             Some(0) => ExitCode::SUCCESS,
             code => {
-                eprintln!("coffer: error: {e:#}");
+                // one line: the error and its causes, without repeating a cause already shown
+                let mut msg = e.to_string();
+                for cause in e.chain().skip(1) {
+                    let c = cause.to_string();
+                    if !msg.contains(&c) {
+                        msg.push_str(": ");
+                        msg.push_str(&c);
+                    }
+                }
+                eprintln!("coffer: error: {msg}");
                 ExitCode::from(code.unwrap_or(1))
             }
         },

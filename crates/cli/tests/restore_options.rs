@@ -326,3 +326,68 @@ fn files_changing_or_failing_during_backup_give_exit_3() {
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
     assert!(stderr(&o).contains("/proc/self/mem"), "{}", stderr(&o));
 }
+
+#[test]
+fn paths_longer_than_path_max_round_trip() {
+    use rustix::fs::{mkdirat, openat, Mode, OFlags};
+    let e = Env::init();
+    let src = e.path("deep");
+    fs::create_dir_all(&src).unwrap();
+    // 30 levels of 200-byte names: a path of over 6000 bytes
+    let comp = "d".repeat(200);
+    let mut fd = openat(
+        rustix::fs::CWD,
+        &src,
+        OFlags::RDONLY | OFlags::DIRECTORY,
+        Mode::empty(),
+    )
+    .unwrap();
+    for _ in 0..30 {
+        mkdirat(&fd, comp.as_str(), Mode::from_raw_mode(0o755)).unwrap();
+        fd = openat(
+            &fd,
+            comp.as_str(),
+            OFlags::RDONLY | OFlags::DIRECTORY,
+            Mode::empty(),
+        )
+        .unwrap();
+    }
+    let f = openat(
+        &fd,
+        "bottom.txt",
+        OFlags::WRONLY | OFlags::CREATE,
+        Mode::from_raw_mode(0o644),
+    )
+    .unwrap();
+    rustix::io::write(&f, b"at the bottom").unwrap();
+    drop(f);
+    let s = e.backup_json(&[src.to_str().unwrap()]);
+    assert_eq!(s["errors"], 0, "{s}");
+    assert_eq!(s["files_new"], 1);
+    let t = e.path("t");
+    e.ok(&["restore", "latest", "--target", t.to_str().unwrap()]);
+    let mut fd = openat(
+        rustix::fs::CWD,
+        t.join(src.strip_prefix("/").unwrap()),
+        OFlags::RDONLY | OFlags::DIRECTORY,
+        Mode::empty(),
+    )
+    .unwrap();
+    for _ in 0..30 {
+        fd = openat(
+            &fd,
+            comp.as_str(),
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW,
+            Mode::empty(),
+        )
+        .unwrap();
+    }
+    let f = openat(&fd, "bottom.txt", OFlags::RDONLY, Mode::empty()).unwrap();
+    let mut buf = [0u8; 64];
+    let n = rustix::io::read(&f, &mut buf).unwrap();
+    assert_eq!(&buf[..n], b"at the bottom");
+    // the test's temp dir cannot be removed by path this deep: remove it bottom-up by fd
+    for root in [src.clone(), t.clone()] {
+        let _ = Command::new("rm").arg("-rf").arg(&root).status();
+    }
+}

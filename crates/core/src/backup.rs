@@ -13,9 +13,11 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsStr;
 use std::fs::{self, File};
 use std::io::{self, Read};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
+
+use rustix::fs::{AtFlags, Mode, OFlags};
 
 use chrono::Local;
 use coffer_format::{
@@ -25,7 +27,7 @@ use coffer_format::{
 use crate::chunker::Chunker;
 use crate::error::{Error, Result};
 use crate::filter::PathMatcher;
-use crate::fsmeta::{kind_of, node_from_meta, NameCache};
+use crate::fsmeta::{kind_of_stat, node_from_stat, NameCache};
 use crate::packer::BlobPipeline;
 use crate::progress::Progress;
 use crate::repo::IndexedRepository;
@@ -112,29 +114,20 @@ impl PathTrie {
 /// Open for reading without updating the access time (a backup should not disturb atime,
 /// which tmp cleaners and mail readers use); `O_NOATIME` needs ownership or root, so fall
 /// back to a plain open.
-fn open_noatime(path: &Path) -> io::Result<File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let noatime = rustix::fs::OFlags::NOATIME.bits() as i32;
-    match fs::OpenOptions::new().read(true).custom_flags(noatime).open(path) {
-        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::PERM.raw_os_error()) => File::open(path),
-        r => r,
-    }
+fn open_noatime(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<File> {
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let fd = match rustix::fs::openat(dir, name, flags | OFlags::NOATIME, Mode::empty()) {
+        Err(rustix::io::Errno::PERM) => rustix::fs::openat(dir, name, flags, Mode::empty())?,
+        r => r?,
+    };
+    Ok(File::from(fd))
 }
 
 /// The names in a directory (without `.` and `..`), read without updating its atime.
-fn list_dir(dir: &Path) -> io::Result<Vec<std::ffi::OsString>> {
-    use rustix::fs::{Mode, OFlags};
-    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
-    let fd = match rustix::fs::openat(rustix::fs::CWD, dir, flags | OFlags::NOATIME, Mode::empty()) {
-        Err(rustix::io::Errno::PERM) => rustix::fs::openat(rustix::fs::CWD, dir, flags, Mode::empty()),
-        r => r,
-    }
-    .map_err(|e| io::Error::from_raw_os_error(e.raw_os_error()))?;
+fn list_dir(fd: BorrowedFd<'_>) -> io::Result<Vec<std::ffi::OsString>> {
     let mut names = Vec::new();
-    for entry in
-        rustix::fs::Dir::read_from(&fd).map_err(|e| io::Error::from_raw_os_error(e.raw_os_error()))?
-    {
-        let entry = entry.map_err(|e| io::Error::from_raw_os_error(e.raw_os_error()))?;
+    for entry in rustix::fs::Dir::read_from(fd)? {
+        let entry = entry?;
         let name = entry.file_name().to_bytes();
         if name != b"." && name != b".." {
             names.push(OsStr::from_bytes(name).to_os_string());
@@ -143,13 +136,31 @@ fn list_dir(dir: &Path) -> io::Result<Vec<std::ffi::OsString>> {
     Ok(names)
 }
 
+/// Open directory `name` in `dir` without following a symlink and without touching atime.
+fn open_dir_at<Fd: AsFd>(dir: Fd, name: &OsStr) -> io::Result<OwnedFd> {
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    Ok(
+        match rustix::fs::openat(&dir, name, flags | OFlags::NOATIME, Mode::empty()) {
+            Err(rustix::io::Errno::PERM) => rustix::fs::openat(&dir, name, flags, Mode::empty())?,
+            r => r?,
+        },
+    )
+}
+
 const CACHEDIR_SIGNATURE: &[u8] = b"Signature: 8a477f597d28d172789f06886806bc55";
 
-fn is_cache_dir(dir: &Path) -> bool {
+fn is_cache_dir(dir: BorrowedFd<'_>) -> bool {
     let mut b = [0u8; 43];
-    File::open(dir.join("CACHEDIR.TAG"))
-        .and_then(|mut f| f.read_exact(&mut b))
-        .is_ok()
+    rustix::fs::openat(
+        dir,
+        "CACHEDIR.TAG",
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map(File::from)
+    .map_err(io::Error::from)
+    .and_then(|mut f| f.read_exact(&mut b))
+    .is_ok()
         && b == CACHEDIR_SIGNATURE
 }
 
@@ -212,8 +223,14 @@ impl Archiver<'_, '_> {
 
     /// Read a file's content into chunks. Returns the chunk ids and bytes read; a read error
     /// after the open is recorded in the node (partial content) and warned about.
-    fn read_file(&mut self, path: &Path, node: &mut Node) -> Result<Option<Vec<BlobId>>> {
-        let mut f = match open_noatime(path) {
+    fn read_file(
+        &mut self,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+        path: &Path,
+        node: &mut Node,
+    ) -> Result<Option<Vec<BlobId>>> {
+        let mut f = match open_noatime(dir, name) {
             Ok(f) => f,
             Err(e) => {
                 self.warn(format!("{}: cannot open: {e}", path.display()));
@@ -276,22 +293,32 @@ impl Archiver<'_, '_> {
     }
 
     /// Archive one directory entry. `Ok(None)` means it is skipped (excluded, socket, error).
-    fn archive_entry(&mut self, path: &Path, name: Name, parent: Option<&Node>) -> Result<Option<Node>> {
+    /// Archive entry `name` of the open directory `dir`; `path` is its full path (for
+    /// messages and excludes only: every system call is relative to `dir`, so paths of any
+    /// length work).
+    fn archive_entry(
+        &mut self,
+        dir: BorrowedFd<'_>,
+        path: &Path,
+        name: Name,
+        parent: Option<&Node>,
+    ) -> Result<Option<Node>> {
         if self.excluder.matches(path) {
             return Ok(None);
         }
-        let meta = match fs::symlink_metadata(path) {
+        let cname = OsStr::from_bytes(&name.0).to_os_string();
+        let st = match rustix::fs::statat(dir, &cname, AtFlags::SYMLINK_NOFOLLOW) {
             Ok(m) => m,
             Err(e) => {
-                self.warn(format!("{}: cannot stat: {e}", path.display()));
+                self.warn(format!("{}: cannot stat: {}", path.display(), io::Error::from(e)));
                 return Ok(None);
             }
         };
-        let Some(kind) = kind_of(&meta) else {
+        let Some(kind) = kind_of_stat(&st) else {
             self.progress.warn(&format!("{}: socket skipped", path.display()));
             return Ok(None);
         };
-        let (mut node, warning) = node_from_meta(name, kind, &meta, path, &mut self.names);
+        let (mut node, warning) = node_from_stat(name, kind, &st, dir, path, &mut self.names);
         if let Some(w) = warning {
             self.warn(w);
         }
@@ -313,7 +340,7 @@ impl Archiver<'_, '_> {
                     self.progress.bytes(node.size);
                     ids
                 } else {
-                    match self.read_file(path, &mut node)? {
+                    match self.read_file(dir, &cname, path, &mut node)? {
                         Some(ids) => {
                             if parent.is_some_and(|p| p.kind == NodeKind::File) {
                                 self.summary.files_changed += 1;
@@ -335,18 +362,33 @@ impl Archiver<'_, '_> {
                 self.summary.dirs += 1;
                 let ptree =
                     self.load_parent_tree(parent.filter(|p| p.kind == NodeKind::Dir).and_then(|p| p.subtree));
-                let skip = (self.one_fs && self.root_dev.is_some_and(|d| d != meta.dev()))
-                    || (self.exclude_caches && is_cache_dir(path));
-                let tree = if skip {
-                    let mut t = Tree::default();
-                    if self.exclude_caches && is_cache_dir(path) {
-                        let tag =
-                            self.archive_entry(&path.join("CACHEDIR.TAG"), Name::from("CACHEDIR.TAG"), None)?;
-                        t.nodes.extend(tag);
+                let sub = match open_dir_at(dir, &cname) {
+                    Ok(fd) => Some(fd),
+                    Err(e) => {
+                        self.warn(format!("{}: cannot open directory: {e}", path.display()));
+                        None
                     }
-                    t
-                } else {
-                    self.archive_dir_contents(path, ptree.as_ref())?
+                };
+                let tree = match sub {
+                    None => Tree::default(),
+                    Some(sub) => {
+                        let cache = self.exclude_caches && is_cache_dir(sub.as_fd());
+                        if self.one_fs && self.root_dev.is_some_and(|d| d != st.st_dev as u64) {
+                            Tree::default()
+                        } else if cache {
+                            let tag = self.archive_entry(
+                                sub.as_fd(),
+                                &path.join("CACHEDIR.TAG"),
+                                Name::from("CACHEDIR.TAG"),
+                                None,
+                            )?;
+                            Tree {
+                                nodes: tag.into_iter().collect(),
+                            }
+                        } else {
+                            self.archive_dir_contents(sub.as_fd(), path, ptree.as_ref())?
+                        }
+                    }
                 };
                 node.subtree = Some(self.save_tree(tree)?);
             }
@@ -355,8 +397,13 @@ impl Archiver<'_, '_> {
         Ok(Some(node))
     }
 
-    fn archive_dir_contents(&mut self, dir: &Path, parent: Option<&Tree>) -> Result<Tree> {
-        let mut names = match list_dir(dir) {
+    fn archive_dir_contents(
+        &mut self,
+        dirfd: BorrowedFd<'_>,
+        dir: &Path,
+        parent: Option<&Tree>,
+    ) -> Result<Tree> {
+        let mut names = match list_dir(dirfd) {
             Ok(n) => n,
             Err(e) => {
                 self.warn(format!("{}: cannot list: {e}", dir.display()));
@@ -375,7 +422,7 @@ impl Archiver<'_, '_> {
             }
             let pnode = pnodes.get(pi).filter(|p| p.name == name);
             let path = dir.join(&n);
-            if let Some(node) = self.archive_entry(&path, name, pnode)? {
+            if let Some(node) = self.archive_entry(dirfd, &path, name, pnode)? {
                 tree.nodes.push(node);
             }
         }
@@ -385,19 +432,34 @@ impl Archiver<'_, '_> {
     /// Build the tree for one level of the path trie.
     fn archive_trie(&mut self, trie: &PathTrie, dir: &Path, parent: Option<&Tree>) -> Result<Tree> {
         let mut tree = Tree::default();
+        // the levels above the backed-up paths are the user's choice: follow symlinks there
+        let dirfd = rustix::fs::openat(
+            rustix::fs::CWD,
+            dir,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| Error::io(dir, e.into()))?;
         for (name, child) in &trie.children {
-            let path = dir.join(OsStr::from_bytes(name));
+            let cname = OsStr::from_bytes(name);
+            let path = dir.join(cname);
+            let flags = if child.selected {
+                AtFlags::SYMLINK_NOFOLLOW
+            } else {
+                AtFlags::empty()
+            };
+            let st = rustix::fs::statat(&dirfd, cname, flags).map_err(|e| Error::io(&path, e.into()))?;
             let name = Name(name.clone());
             let pnode = parent.and_then(|t| t.nodes.iter().find(|n| n.name == name));
             if child.selected {
-                self.root_dev = fs::symlink_metadata(&path).ok().map(|m| m.dev());
-                if let Some(n) = self.archive_entry(&path, name, pnode)? {
+                self.root_dev = Some(st.st_dev as u64);
+                if let Some(n) = self.archive_entry(dirfd.as_fd(), &path, name, pnode)? {
                     tree.nodes.push(n);
                 }
                 continue;
             }
-            let meta = fs::symlink_metadata(&path).map_err(|e| Error::io(&path, e))?;
-            let (mut node, warning) = node_from_meta(name, NodeKind::Dir, &meta, &path, &mut self.names);
+            let (mut node, warning) =
+                node_from_stat(name, NodeKind::Dir, &st, dirfd.as_fd(), &path, &mut self.names);
             if let Some(w) = warning {
                 self.warn(w);
             }

@@ -1,8 +1,6 @@
 //! Reading file-system metadata into nodes.
 
 use std::collections::HashMap;
-use std::fs::Metadata;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
 use coffer_format::{Bytes, Name, Node, NodeKind, Timestamp, Xattr};
@@ -29,80 +27,6 @@ impl NameCache {
     }
 }
 
-/// The node kind of a file type; `None` for sockets (not backed up).
-pub fn kind_of(m: &Metadata) -> Option<NodeKind> {
-    let t = m.file_type();
-    Some(if t.is_file() {
-        NodeKind::File
-    } else if t.is_dir() {
-        NodeKind::Dir
-    } else if t.is_symlink() {
-        NodeKind::Symlink
-    } else if t.is_fifo() {
-        NodeKind::Fifo
-    } else if t.is_char_device() {
-        NodeKind::Chardev
-    } else if t.is_block_device() {
-        NodeKind::Blockdev
-    } else {
-        return None;
-    })
-}
-
-/// A node for `path` from its `lstat` metadata; content and subtree are left empty.
-/// Symlink targets and xattrs are read here; a failure to read them is returned as a warning.
-pub fn node_from_meta(
-    name: Name,
-    kind: NodeKind,
-    m: &Metadata,
-    path: &Path,
-    names: &mut NameCache,
-) -> (Node, Option<String>) {
-    let mut n = Node::new(name, kind);
-    n.mode = m.mode() & 0o7777;
-    n.uid = m.uid();
-    n.gid = m.gid();
-    n.user = names.user(n.uid);
-    n.group = names.group(n.gid);
-    n.mtime = Timestamp {
-        s: m.mtime(),
-        ns: m.mtime_nsec() as u32,
-    };
-    n.atime = Timestamp {
-        s: m.atime(),
-        ns: m.atime_nsec() as u32,
-    };
-    n.ctime = Timestamp {
-        s: m.ctime(),
-        ns: m.ctime_nsec() as u32,
-    };
-    n.inode = m.ino();
-    n.dev = m.dev();
-    n.links = m.nlink();
-    let mut warning = None;
-    match kind {
-        NodeKind::File => n.size = m.size(),
-        NodeKind::Chardev | NodeKind::Blockdev => n.rdev = m.rdev(),
-        NodeKind::Symlink => match std::fs::read_link(path) {
-            Ok(t) => n.target = Some(Bytes(t.into_os_string().into_encoded_bytes())),
-            Err(e) => warning = Some(format!("{}: cannot read link target: {e}", path.display())),
-        },
-        _ => {}
-    }
-    if kind != NodeKind::Symlink {
-        match read_xattrs(path) {
-            Ok(x) => n.xattrs = x,
-            Err(e) => {
-                warning = Some(format!(
-                    "{}: cannot read extended attributes: {e}",
-                    path.display()
-                ))
-            }
-        }
-    }
-    (n, warning)
-}
-
 /// Extended attributes of `path` (not following a final symlink), sorted by name.
 pub fn read_xattrs(path: &Path) -> std::io::Result<Vec<Xattr>> {
     let names = match xattr::list(path) {
@@ -123,4 +47,93 @@ pub fn read_xattrs(path: &Path) -> std::io::Result<Vec<Xattr>> {
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)
+}
+
+/// The node kind of a `stat` result; `None` for sockets (not backed up).
+pub fn kind_of_stat(st: &rustix::fs::Stat) -> Option<NodeKind> {
+    use rustix::fs::FileType as T;
+    Some(match T::from_raw_mode(st.st_mode) {
+        T::RegularFile => NodeKind::File,
+        T::Directory => NodeKind::Dir,
+        T::Symlink => NodeKind::Symlink,
+        T::Fifo => NodeKind::Fifo,
+        T::CharacterDevice => NodeKind::Chardev,
+        T::BlockDevice => NodeKind::Blockdev,
+        _ => return None,
+    })
+}
+
+/// A short path that names `name` inside the directory `dir` without resolving the long
+/// path again: `/proc/self/fd/<dir>/<name>` (the full path where /proc is missing).
+pub fn proc_path(
+    dir: std::os::fd::BorrowedFd<'_>,
+    name: &std::ffi::OsStr,
+    full: &Path,
+) -> std::path::PathBuf {
+    use std::os::fd::AsRawFd;
+    let base = std::path::PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
+    if base.exists() {
+        base.join(name)
+    } else {
+        full.to_path_buf()
+    }
+}
+
+/// A node for entry `name` of directory `dir` from its `statat` result.
+/// (The casts are no-ops on x86_64 but not on every Linux target.) Works at any path
+/// length: nothing here resolves the full path. Content and subtree are left empty.
+#[allow(clippy::unnecessary_cast)]
+pub fn node_from_stat(
+    name: Name,
+    kind: NodeKind,
+    st: &rustix::fs::Stat,
+    dir: std::os::fd::BorrowedFd<'_>,
+    full: &Path,
+    names: &mut NameCache,
+) -> (Node, Option<String>) {
+    use std::os::unix::ffi::OsStrExt;
+    let cname = std::ffi::OsStr::from_bytes(&name.0);
+    let mut n = Node::new(name.clone(), kind);
+    n.mode = st.st_mode & 0o7777;
+    n.uid = st.st_uid;
+    n.gid = st.st_gid;
+    n.user = names.user(n.uid);
+    n.group = names.group(n.gid);
+    n.mtime = Timestamp {
+        s: st.st_mtime as i64,
+        ns: st.st_mtime_nsec as u32,
+    };
+    n.atime = Timestamp {
+        s: st.st_atime as i64,
+        ns: st.st_atime_nsec as u32,
+    };
+    n.ctime = Timestamp {
+        s: st.st_ctime as i64,
+        ns: st.st_ctime_nsec as u32,
+    };
+    n.inode = st.st_ino as u64;
+    n.dev = st.st_dev as u64;
+    n.links = st.st_nlink as u64;
+    let mut warning = None;
+    match kind {
+        NodeKind::File => n.size = st.st_size as u64,
+        NodeKind::Chardev | NodeKind::Blockdev => n.rdev = st.st_rdev as u64,
+        NodeKind::Symlink => match rustix::fs::readlinkat(dir, cname, Vec::new()) {
+            Ok(t) => n.target = Some(Bytes(t.into_bytes())),
+            Err(e) => warning = Some(format!("{}: cannot read link target: {e}", full.display())),
+        },
+        _ => {}
+    }
+    if kind != NodeKind::Symlink {
+        match read_xattrs(&proc_path(dir, cname, full)) {
+            Ok(x) => n.xattrs = x,
+            Err(e) => {
+                warning = Some(format!(
+                    "{}: cannot read extended attributes: {e}",
+                    full.display()
+                ))
+            }
+        }
+    }
+    (n, warning)
 }
