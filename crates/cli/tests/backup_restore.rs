@@ -47,6 +47,7 @@ fn build_tree(src: &Path) {
     symlink("hosts", src.join("etc/hosts.link")).unwrap();
     symlink("/etc/passwd", src.join("etc/abs.link")).unwrap();
     symlink("does/not/exist", src.join("var/dangling")).unwrap();
+    symlink(OsStr::from_bytes(b"caf\xe9-target"), src.join("var/latin1-link")).unwrap();
     // hardlinks
     fs::write(src.join("var/h1"), "hardlinked content").unwrap();
     fs::hard_link(src.join("var/h1"), src.join("etc/h2")).unwrap();
@@ -54,6 +55,7 @@ fn build_tree(src: &Path) {
     fs::write(src.join("etc/suid"), "#!/bin/sh\n").unwrap();
     fs::set_permissions(src.join("etc/suid"), fs::Permissions::from_mode(0o4755)).unwrap();
     fs::set_permissions(src.join("tmp"), fs::Permissions::from_mode(0o1777)).unwrap();
+    fs::set_permissions(src.join("var/empty"), fs::Permissions::from_mode(0o2775)).unwrap();
     fs::set_permissions(src.join("etc/hosts"), fs::Permissions::from_mode(0o600)).unwrap();
     // xattrs on a file and a directory
     xattr::set(src.join("etc/hosts"), "user.origin", b"test").unwrap();
