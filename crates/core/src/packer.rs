@@ -147,13 +147,17 @@ pub(crate) fn pack_sealed(
         });
         if slot.bytes >= target {
             let p = std::mem::take(slot);
-            write_pack(repo, p, &mut stats)?;
+            let (ip, n) = write_pack(repo, p)?;
+            stats.bytes_stored += n;
+            stats.packs.push(ip);
         }
     }
     for slot in open.iter_mut() {
         if !slot.blobs.is_empty() {
             let p = std::mem::take(slot);
-            write_pack(repo, p, &mut stats)?;
+            let (ip, n) = write_pack(repo, p)?;
+            stats.bytes_stored += n;
+            stats.packs.push(ip);
         }
     }
     Ok(stats)
@@ -182,42 +186,100 @@ struct OpenPack {
     bytes: usize,
 }
 
+/// Packs written at once: a write is mostly waiting for fsync, so a few in flight keep the
+/// storage busy while the packer goes on filling the next pack.
+const PACK_WRITERS: usize = 2;
+
 fn packer(repo: &Repository, input: Receiver<Sealed>) -> Result<PackerStats> {
     let target = repo.config().pack_size as usize;
     let mut open = [OpenPack::default(), OpenPack::default()];
     let mut stats = PackerStats::default();
     let mut unindexed: Vec<IndexPack> = Vec::new();
-    for s in input {
-        stats.blobs += 1;
-        stats.bytes_raw += s.raw_len as u64;
-        let slot = &mut open[(s.kind == BlobKind::Tree) as usize];
-        slot.bytes += s.bytes.len();
-        slot.blobs.push(s);
-        if slot.bytes >= target {
-            let p = std::mem::take(slot);
-            unindexed.push(write_pack(repo, p, &mut stats)?);
+    std::thread::scope(|s| -> Result<()> {
+        let (ptx, prx) = bounded::<OpenPack>(1);
+        let (rtx, rrx) = crossbeam_channel::unbounded::<Result<(IndexPack, u64)>>();
+        let writers: Vec<_> = (0..PACK_WRITERS)
+            .map(|_| {
+                let (prx, rtx) = (prx.clone(), rtx.clone());
+                s.spawn(move || {
+                    for p in prx {
+                        if rtx.send(write_pack(repo, p)).is_err() {
+                            return;
+                        }
+                    }
+                })
+            })
+            .collect();
+        drop((prx, rtx));
+        // A pack is listed in an index file only after its write returned (it is durable).
+        let take_done = |stats: &mut PackerStats,
+                         unindexed: &mut Vec<IndexPack>,
+                         r: Result<(IndexPack, u64)>|
+         -> Result<()> {
+            let (ip, n) = r?;
+            stats.bytes_stored += n;
+            stats.packs.push(ip.clone());
+            unindexed.push(ip);
             if unindexed.len() >= INDEX_EVERY {
-                flush_index(repo, &mut unindexed, &mut stats)?;
+                flush_index(repo, unindexed, stats)?;
+            }
+            Ok(())
+        };
+        let mut result = Ok(());
+        for sealed in input {
+            stats.blobs += 1;
+            stats.bytes_raw += sealed.raw_len as u64;
+            let slot = &mut open[(sealed.kind == BlobKind::Tree) as usize];
+            slot.bytes += sealed.bytes.len();
+            slot.blobs.push(sealed);
+            if slot.bytes >= target {
+                let p = std::mem::take(slot);
+                if ptx.send(p).is_err() {
+                    break; // every writer stopped: their results say why
+                }
+            }
+            while let Ok(r) = rrx.try_recv() {
+                if let Err(e) = take_done(&mut stats, &mut unindexed, r) {
+                    result = Err(e);
+                    break;
+                }
+            }
+            if result.is_err() {
+                break;
             }
         }
-    }
-    for slot in open.iter_mut() {
-        if !slot.blobs.is_empty() {
-            let p = std::mem::take(slot);
-            unindexed.push(write_pack(repo, p, &mut stats)?);
+        if result.is_ok() {
+            for slot in open.iter_mut() {
+                if !slot.blobs.is_empty() && ptx.send(std::mem::take(slot)).is_err() {
+                    break;
+                }
+            }
         }
-    }
-    flush_index(repo, &mut unindexed, &mut stats)?;
+        drop(ptx);
+        for w in writers {
+            if w.join().is_err() {
+                result = result.and(Err(Error::Invalid("a pack writer panicked".into())));
+            }
+        }
+        for r in rrx.try_iter() {
+            if result.is_ok() {
+                result = take_done(&mut stats, &mut unindexed, r);
+            }
+        }
+        result?;
+        flush_index(repo, &mut unindexed, &mut stats)
+    })?;
     Ok(stats)
 }
 
 /// Assemble, seal and store one pack. Blobs are placed in random order, so that the sizes
 /// seen in storage do not follow the file order (a chunker-parameter leak, CCS 2025).
-fn write_pack(repo: &Repository, mut p: OpenPack, stats: &mut PackerStats) -> Result<IndexPack> {
+fn write_pack(repo: &Repository, mut p: OpenPack) -> Result<(IndexPack, u64)> {
     shuffle(&mut p.blobs);
     let mut bytes = Vec::with_capacity(p.bytes + p.blobs.len() * 45 + 64);
     let mut entries = Vec::with_capacity(p.blobs.len());
-    for b in &p.blobs {
+    // move each blob into the pack buffer and free it at once: one copy of the pack in memory
+    for b in p.blobs.drain(..) {
         entries.push(PackEntry {
             kind: b.kind,
             id: b.id,
@@ -234,10 +296,7 @@ fn write_pack(repo: &Repository, mut p: OpenPack, stats: &mut PackerStats) -> Re
     bytes.extend_from_slice(&(header.len() as u32).to_le_bytes());
     let id = PackId(storage_id(&bytes));
     repo.backend().write(FileKind::Pack, &id.to_hex(), &bytes)?;
-    stats.bytes_stored += bytes.len() as u64;
-    let ip = IndexPack { id, entries };
-    stats.packs.push(ip.clone());
-    Ok(ip)
+    Ok((IndexPack { id, entries }, bytes.len() as u64))
 }
 
 fn flush_index(repo: &Repository, packs: &mut Vec<IndexPack>, stats: &mut PackerStats) -> Result<()> {

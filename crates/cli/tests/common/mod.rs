@@ -108,7 +108,7 @@ pub fn digest_tree(root: &Path) -> BTreeMap<Vec<u8>, (u64, String, u32)> {
 
 /// Deterministic pseudo-random bytes (xorshift), fast enough for GiB-sized test files.
 pub fn pseudo_random(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed | 1;
+    let mut x = seed.wrapping_mul(2).wrapping_add(1); // distinct seeds, distinct streams
     let mut v = Vec::with_capacity(len + 8);
     while v.len() < len {
         x ^= x << 13;
