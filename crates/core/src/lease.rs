@@ -51,40 +51,41 @@ fn file_name(session: &str, seq: u64) -> String {
     format!("{session}{seq:016x}")
 }
 
-/// All leases (newest file per session), live or not. A listing error is an error.
-pub fn list_leases(backend: &dyn Backend) -> Result<Vec<LeaseInfo>> {
-    let mut by_session: BTreeMap<String, LeaseInfo> = BTreeMap::new();
-    // A refresh writes the next file and then removes the previous one, so a file can vanish
-    // between listing and reading; list again until a pass sees every file it listed, so a
-    // live lease is never missed in the middle of a refresh.
-    let mut files = Vec::new();
-    for attempt in 0..10 {
+/// Every file of `kind` with its content, as one consistent listing: files in these namespaces
+/// are replaced by writing the new one and then removing the old one, so if a listed file
+/// vanished before it was read, list again — a replaced file is never missed.
+pub(crate) fn read_all_consistent(backend: &dyn Backend, kind: FileKind) -> Result<Vec<(String, Vec<u8>)>> {
+    for _ in 0..10 {
+        let mut files = Vec::new();
         let mut vanished = false;
-        files.clear();
-        for f in backend.list(FileKind::Lock)? {
-            match backend.read(FileKind::Lock, &f.name) {
+        for f in backend.list(kind)? {
+            match backend.read(kind, &f.name) {
                 Ok(b) => files.push((f.name, b)),
                 Err(e) if e.is_not_found() => vanished = true,
                 Err(e) => return Err(e.into()),
             }
         }
         if !vanished {
-            break;
-        }
-        if attempt == 9 {
-            return Err(Error::Invalid(
-                "lease files keep changing while being listed; try again".into(),
-            ));
+            return Ok(files);
         }
     }
+    Err(Error::Invalid(format!(
+        "{} keep changing while being listed; try again",
+        kind.dir()
+    )))
+}
+
+/// All leases (newest file per session), live or not. A listing error is an error.
+pub fn list_leases(backend: &dyn Backend) -> Result<Vec<LeaseInfo>> {
+    let mut by_session: BTreeMap<String, LeaseInfo> = BTreeMap::new();
+    // A refresh writes the next file and then removes the previous one, so a file can vanish
+    // between listing and reading; list again until a pass sees every file it listed, so a
+    // live lease is never missed in the middle of a refresh.
+    let files = read_all_consistent(backend, FileKind::Lock)?;
     for (name, bytes) in files {
-        let f = crate::backend::FileInfo {
-            name,
-            size: bytes.len() as u64,
-        };
         // An unreadable lease counts as live "now": prune must not ignore what it cannot read.
         let info: LeaseInfo = serde_json::from_slice(&bytes).unwrap_or(LeaseInfo {
-            session: f.name.clone(),
+            session: name.clone(),
             purpose: "unknown".into(),
             started: 0,
             refreshed: now(),

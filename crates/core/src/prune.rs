@@ -42,39 +42,18 @@ pub struct Mark {
 
 /// All marks with their file names.
 pub fn list_marks(backend: &dyn Backend) -> Result<Vec<(String, Mark)>> {
-    // A mark is replaced (completed) by writing the new file and then removing the old one:
-    // if a listed file vanished before it was read, list again so no mark is missed.
-    let mut files = Vec::new();
-    for attempt in 0..10 {
-        let mut vanished = false;
-        files.clear();
-        for f in backend.list(FileKind::Mark)? {
-            match backend.read(FileKind::Mark, &f.name) {
-                Ok(b) => files.push((f, b)),
-                Err(e) if e.is_not_found() => vanished = true,
-                Err(e) => return Err(e.into()),
-            }
-        }
-        if !vanished {
-            break;
-        }
-        if attempt == 9 {
-            return Err(Error::Invalid(
-                "marks keep changing while being listed; try again".into(),
-            ));
-        }
-    }
+    let files = crate::lease::read_all_consistent(backend, FileKind::Mark)?;
     let mut out = Vec::new();
-    for (f, bytes) in files {
-        if storage_id(&bytes).to_hex() != f.name {
+    for (name, bytes) in files {
+        if storage_id(&bytes).to_hex() != name {
             return Err(Error::integrity(
-                format!("marks/{}", f.name),
+                format!("marks/{}", name),
                 "content does not match its name",
             ));
         }
         let m: Mark = serde_json::from_slice(&bytes)
-            .map_err(|e| Error::integrity(format!("marks/{}", f.name), format!("does not decode: {e}")))?;
-        out.push((f.name, m));
+            .map_err(|e| Error::integrity(format!("marks/{}", name), format!("does not decode: {e}")))?;
+        out.push((name, m));
     }
     Ok(out)
 }
