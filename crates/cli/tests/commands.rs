@@ -369,7 +369,7 @@ fn unreadable_file_gives_exit_3_and_a_snapshot() {
     let run = |args: &[&str]| {
         let mut c = Command::new("setpriv");
         c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-            .arg(env!("CARGO_BIN_EXE_coffer"))
+            .arg(common::world_executable_coffer(base))
             .args(args)
             .env("COFFER_REPOSITORY", &e.repo)
             .env("COFFER_PASSWORD_FILE", &e.pwfile)

@@ -272,7 +272,7 @@ fn numeric_owner_and_non_root_restores() {
     let out = base.join("nobody-out");
     let o = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-        .arg(env!("CARGO_BIN_EXE_coffer"))
+        .arg(common::world_executable_coffer(base))
         .args(["restore", "latest", "--target", out.to_str().unwrap()])
         .env("COFFER_REPOSITORY", &e.repo)
         .env("COFFER_PASSWORD_FILE", &e.pwfile)

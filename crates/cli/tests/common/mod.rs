@@ -124,3 +124,13 @@ pub fn pseudo_random(seed: u64, len: usize) -> Vec<u8> {
 pub fn dir_size(p: &Path) -> u64 {
     digest_tree(p).values().map(|(s, _, _)| *s).sum()
 }
+
+/// A copy of the coffer binary inside `dir`, readable and executable by every user: tests that
+/// run it as `nobody` must not depend on where the build directory lives (it may be private).
+pub fn world_executable_coffer(dir: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let dst = dir.join("coffer-bin");
+    fs::copy(env!("CARGO_BIN_EXE_coffer"), &dst).expect("copy coffer");
+    fs::set_permissions(&dst, fs::Permissions::from_mode(0o755)).expect("chmod coffer");
+    dst
+}
