@@ -19,6 +19,7 @@ use std::io::{Seek, SeekFrom, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use coffer_format::{BlobId, BlobKind, Name, Node, NodeKind, Timestamp, Tree};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps, XattrFlags, CWD};
@@ -105,10 +106,12 @@ struct Restorer<'a> {
     excludes: PathMatcher,
     dry_run: bool,
     as_root: bool,
-    stats: RestoreStats,
+    stats: Mutex<RestoreStats>,
     progress: &'a dyn Progress,
     /// (dev, inode) of a multiply-linked file → its path relative to the target.
-    links: HashMap<(u64, u64), Vec<Name>>,
+    links: Mutex<HashMap<(u64, u64), Vec<Name>>>,
+    /// Content writing is handed to worker threads when set (None: write inline).
+    jobs: Mutex<Option<crossbeam_channel::Sender<Job>>>,
     /// The target directory (None for a dry run).
     target: Option<OwnedFd>,
     opts: RestoreOptions,
@@ -130,9 +133,25 @@ fn display(p: &[u8]) -> String {
     String::from_utf8_lossy(p).into_owned()
 }
 
+/// Writing one file's content: done by a worker thread while the walk goes on.
+struct Job {
+    dir: OwnedFd,
+    file: File,
+    node: Node,
+    path: Vec<u8>,
+}
+
 impl Restorer<'_> {
-    fn warn(&mut self, msg: String) {
-        self.stats.errors += 1;
+    fn st(&self) -> std::sync::MutexGuard<'_, RestoreStats> {
+        self.stats.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lk(&self) -> std::sync::MutexGuard<'_, HashMap<(u64, u64), Vec<Name>>> {
+        self.links.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn warn(&self, msg: String) {
+        self.st().errors += 1;
         self.progress.warn(&msg);
     }
 
@@ -140,7 +159,7 @@ impl Restorer<'_> {
     /// (for hardlinks), `snap` its path in the snapshot (for filters and messages).
     /// Returns how many items were restored below it.
     fn restore_tree(
-        &mut self,
+        &self,
         tree: &Tree,
         dir: Option<BorrowedFd<'_>>,
         rel: &[Name],
@@ -172,7 +191,7 @@ impl Restorer<'_> {
             let is_link = node.kind == NodeKind::Symlink
                 || (node.kind == NodeKind::File
                     && node.links > 1
-                    && self.links.contains_key(&(node.dev, node.inode)));
+                    && self.lk().contains_key(&(node.dev, node.inode)));
             if is_link {
                 deferred.push(node);
                 continue;
@@ -193,7 +212,7 @@ impl Restorer<'_> {
                     if node.kind == NodeKind::File && node.links > 1 {
                         let mut r = rel.to_vec();
                         r.push(node.name.clone());
-                        self.links.insert((node.dev, node.inode), r);
+                        self.lk().insert((node.dev, node.inode), r);
                     }
                 }
                 Err(e) => self.warn(format!("{}: {e}", display(&path))),
@@ -207,7 +226,7 @@ impl Restorer<'_> {
                 continue;
             }
             let Some(dfd) = dir else { continue };
-            let linked = node.links > 1 && self.links.contains_key(&(node.dev, node.inode));
+            let linked = node.links > 1 && self.lk().contains_key(&(node.dev, node.inode));
             let r = if linked {
                 self.restore_hardlink(dfd, node)
             } else {
@@ -219,7 +238,7 @@ impl Restorer<'_> {
                     if !linked && node.links > 1 {
                         let mut r = rel.to_vec();
                         r.push(node.name.clone());
-                        self.links.insert((node.dev, node.inode), r);
+                        self.lk().insert((node.dev, node.inode), r);
                     }
                 }
                 Err(e) => self.warn(format!("{}: {e}", display(&path))),
@@ -234,7 +253,7 @@ impl Restorer<'_> {
     }
 
     /// Remove what is in `dir` but not in `tree` (`--delete`), never following symlinks.
-    fn delete_extra(&mut self, dir: BorrowedFd<'_>, tree: &Tree, snap: &[u8]) {
+    fn delete_extra(&self, dir: BorrowedFd<'_>, tree: &Tree, snap: &[u8]) {
         let names: std::collections::HashSet<&[u8]> =
             tree.nodes.iter().map(|n| n.name.0.as_slice()).collect();
         let Ok(fd) = rustix::fs::openat(
@@ -257,7 +276,7 @@ impl Restorer<'_> {
         }
         for n in extra {
             match remove_tree_at(dir, OsStr::from_bytes(&n)) {
-                Ok(()) => self.stats.deleted += 1,
+                Ok(()) => self.st().deleted += 1,
                 Err(e) => {
                     let p = join(snap, &Name(n));
                     self.warn(format!("{}: cannot delete: {}", display(&p), errno_io(e)))
@@ -266,24 +285,24 @@ impl Restorer<'_> {
         }
     }
 
-    fn count(&mut self, node: &Node) {
+    fn count(&self, node: &Node) {
         match node.kind {
-            NodeKind::File if node.links > 1 && self.links.contains_key(&(node.dev, node.inode)) => {
-                self.stats.links += 1
+            NodeKind::File if node.links > 1 && self.lk().contains_key(&(node.dev, node.inode)) => {
+                self.st().links += 1
             }
             NodeKind::File => {
-                self.stats.files += 1;
-                self.stats.bytes += node.size;
+                self.st().files += 1;
+                self.st().bytes += node.size;
             }
-            NodeKind::Symlink => self.stats.links += 1,
-            NodeKind::Dir => self.stats.dirs += 1,
-            _ => self.stats.other += 1,
+            NodeKind::Symlink => self.st().links += 1,
+            NodeKind::Dir => self.st().dirs += 1,
+            _ => self.st().other += 1,
         }
         self.progress.files(1);
     }
 
     fn restore_dir(
-        &mut self,
+        &self,
         node: &Node,
         parent: Option<BorrowedFd<'_>>,
         rel: &[Name],
@@ -346,6 +365,11 @@ impl Restorer<'_> {
             Mode::empty(),
         )
         .ok()?;
+        self.ids_of(fd)
+    }
+
+    /// Chunk ids of the regular file open at `fd`.
+    fn ids_of(&self, fd: OwnedFd) -> Option<Vec<BlobId>> {
         let st = rustix::fs::fstat(&fd).ok()?;
         if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
             return None;
@@ -385,17 +409,17 @@ impl Restorer<'_> {
         }
     }
 
-    fn restore_file(&mut self, dir: BorrowedFd<'_>, node: &Node, path: &[u8]) -> Result<()> {
+    fn restore_file(&self, dir: BorrowedFd<'_>, node: &Node, path: &[u8]) -> Result<()> {
         self.progress.item(Path::new(OsStr::from_bytes(path)));
         let name = OsStr::from_bytes(&node.name.0);
         match self.keep_existing(dir, node) {
             Some(false) => {
-                self.stats.skipped += 1;
+                self.st().skipped += 1;
                 return Ok(());
             }
             Some(true) => {
                 // same content: only bring the metadata in line
-                self.stats.skipped += 1;
+                self.st().skipped += 1;
                 let fd = rustix::fs::openat(
                     dir,
                     name,
@@ -417,7 +441,30 @@ impl Restorer<'_> {
             Mode::from_raw_mode(0o600),
         )
         .map_err(|e| Error::io(display(path), errno_io(e)))?;
-        let mut f = File::from(fd);
+        let f = File::from(fd);
+        let job = Job {
+            dir: rustix::io::dup(dir).map_err(|e| Error::io(display(path), errno_io(e)))?,
+            file: f,
+            node: node.clone(),
+            path: path.to_vec(),
+        };
+        let tx = self.jobs.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        match tx {
+            Some(tx) => tx.send(job).map_err(|_| Error::Interrupted),
+            None => self.write_content(job),
+        }
+    }
+
+    /// Write a created file's content (holes for zero blocks), then its metadata, then verify.
+    fn write_content(&self, job: Job) -> Result<()> {
+        let Job {
+            dir,
+            file: mut f,
+            node,
+            path,
+        } = job;
+        let path = &path[..];
+        let name = OsStr::from_bytes(&node.name.0);
         let mut pos = 0u64;
         let mut sparse_tail = false;
         for id in &node.content {
@@ -461,11 +508,19 @@ impl Restorer<'_> {
             ));
         }
         let fd = OwnedFd::from(f);
-        self.set_meta_fd(&fd, node)
+        self.set_meta_fd(&fd, &node)
             .map_err(|e| Error::io(display(path), e))?;
         if self.opts.verify {
-            match self.existing_ids(dir, name) {
-                Some(ids) if ids == node.content => self.stats.verified += 1,
+            // read back through the descriptor we wrote (the directory may no longer be
+            // searchable once its own mode is restored)
+            use std::os::fd::AsRawFd;
+            let proc = std::path::PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+            let reread = rustix::fs::openat(CWD, &proc, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
+                .ok()
+                .and_then(|rfd| self.ids_of(rfd))
+                .or_else(|| self.existing_ids(dir.as_fd(), name));
+            match reread {
+                Some(ids) if ids == node.content => self.st().verified += 1,
                 _ => self.warn(format!(
                     "{}: verification failed: the restored file differs from the snapshot",
                     display(path)
@@ -475,7 +530,7 @@ impl Restorer<'_> {
         Ok(())
     }
 
-    fn restore_special(&mut self, dir: BorrowedFd<'_>, node: &Node) -> Result<()> {
+    fn restore_special(&self, dir: BorrowedFd<'_>, node: &Node) -> Result<()> {
         let name = OsStr::from_bytes(&node.name.0);
         let ft = match node.kind {
             NodeKind::Fifo => FileType::Fifo,
@@ -490,7 +545,7 @@ impl Restorer<'_> {
             .map_err(|e| Error::io(node.name.to_string(), e))
     }
 
-    fn restore_symlink(&mut self, dir: BorrowedFd<'_>, node: &Node) -> Result<()> {
+    fn restore_symlink(&self, dir: BorrowedFd<'_>, node: &Node) -> Result<()> {
         let name = OsStr::from_bytes(&node.name.0);
         let io = |e: Errno| Error::io(node.name.to_string(), errno_io(e));
         let target = node.target.as_ref().map(|t| t.0.as_slice()).unwrap_or_default();
@@ -500,9 +555,9 @@ impl Restorer<'_> {
             .map_err(|e| Error::io(node.name.to_string(), e))
     }
 
-    fn restore_hardlink(&mut self, dir: BorrowedFd<'_>, node: &Node) -> Result<()> {
+    fn restore_hardlink(&self, dir: BorrowedFd<'_>, node: &Node) -> Result<()> {
         let io = |e: Errno| Error::io(node.name.to_string(), errno_io(e));
-        let Some(first) = self.links.get(&(node.dev, node.inode)).cloned() else {
+        let Some(first) = self.lk().get(&(node.dev, node.inode)).cloned() else {
             return Ok(());
         };
         let (last, parents) = first
@@ -523,18 +578,18 @@ impl Restorer<'_> {
     }
 
     /// Count an entry whose owner a non-root restore cannot set (it differs from ours).
-    fn note_owner(&mut self, node: &Node) {
+    fn note_owner(&self, node: &Node) {
         let me = (
             rustix::process::geteuid().as_raw(),
             rustix::process::getegid().as_raw(),
         );
         if (node.uid, node.gid) != me {
-            self.stats.owner_skipped += 1;
+            self.st().owner_skipped += 1;
         }
     }
 
     /// Owner, mode, xattrs and times through an open descriptor.
-    fn set_meta_fd(&mut self, fd: &OwnedFd, node: &Node) -> std::io::Result<()> {
+    fn set_meta_fd(&self, fd: &OwnedFd, node: &Node) -> std::io::Result<()> {
         if self.as_root {
             let (uid, gid) = owner_ids(node, self.opts.numeric_owner);
             rustix::fs::fchown(fd, Some(uid), Some(gid)).map_err(errno_io)?;
@@ -559,7 +614,7 @@ impl Restorer<'_> {
     }
 
     /// Owner, mode and times of a node that cannot be opened (symlink, device) by name.
-    fn set_meta_path(&mut self, dir: BorrowedFd<'_>, node: &Node) -> std::io::Result<()> {
+    fn set_meta_path(&self, dir: BorrowedFd<'_>, node: &Node) -> std::io::Result<()> {
         let name = OsStr::from_bytes(&node.name.0);
         if !self.as_root {
             self.note_owner(node);
@@ -704,15 +759,16 @@ pub fn restore(
             .map_err(|e| Error::io(&opts.target, errno_io(e)))?,
         )
     };
-    let mut r = Restorer {
+    let r = Restorer {
         repo,
         includes: PathMatcher::new(&opts.includes)?,
         excludes: PathMatcher::new(&opts.excludes)?,
         dry_run: opts.dry_run,
         as_root: rustix::process::geteuid().is_root(),
-        stats: RestoreStats::default(),
+        stats: Mutex::new(RestoreStats::default()),
         progress,
-        links: HashMap::new(),
+        links: Mutex::new(HashMap::new()),
+        jobs: Mutex::new(None),
         target,
         opts: opts.clone(),
         chunker: Chunker::new(repo.config().chunker, repo.key().gear_table()),
@@ -730,23 +786,52 @@ pub fn restore(
         .map_err(|e| Error::io(&opts.target, errno_io(e)))?;
     let dir = target.as_ref().map(|t| t.as_fd());
     let prefix = path.trim_end_matches('/').as_bytes().to_vec();
-    match found {
-        Found::Root(id) => {
-            let tree = repo.load_tree(&id)?;
-            r.restore_tree(&tree, dir, &[], b"", false)?;
-        }
-        Found::Node(node) => {
-            if node.kind == NodeKind::Dir {
+    let r = &r;
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    // The walk creates every entry in order; file contents are written by worker threads.
+    std::thread::scope(|s| -> Result<()> {
+        let (tx, rx) = crossbeam_channel::bounded::<Job>(threads * 4);
+        // (a dry run writes nothing: the sender is dropped at once and the workers end)
+        *r.jobs.lock().unwrap_or_else(|e| e.into_inner()) = (!opts.dry_run).then_some(tx);
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                let rx = rx.clone();
+                s.spawn(move || {
+                    for job in rx {
+                        let p = job.path.clone();
+                        if let Err(e) = r.write_content(job) {
+                            r.warn(format!("{}: {e}", display(&p)));
+                        }
+                    }
+                })
+            })
+            .collect();
+        drop(rx);
+        let walked = match found {
+            Found::Root(id) => repo
+                .load_tree(&id)
+                .and_then(|tree| r.restore_tree(&tree, dir, &[], b"", false)),
+            Found::Node(node) if node.kind == NodeKind::Dir => {
                 let tree = match node.subtree {
-                    Some(s) => repo.load_tree(&s)?,
-                    None => Tree::default(),
+                    Some(sub) => repo.load_tree(&sub),
+                    None => Ok(Tree::default()),
                 };
-                r.restore_tree(&tree, dir, &[], &prefix, false)?;
-            } else {
+                tree.and_then(|tree| r.restore_tree(&tree, dir, &[], &prefix, false))
+            }
+            Found::Node(node) => {
                 let parent = prefix[..prefix.iter().rposition(|&b| b == b'/').unwrap_or(0)].to_vec();
-                r.restore_tree(&Tree { nodes: vec![*node] }, dir, &[], &parent, false)?;
+                r.restore_tree(&Tree { nodes: vec![*node] }, dir, &[], &parent, false)
+            }
+        };
+        // close the queue and wait for every file to be written, whatever the walk returned
+        r.jobs.lock().unwrap_or_else(|e| e.into_inner()).take();
+        for w in workers {
+            if w.join().is_err() {
+                return Err(Error::Invalid("a restore worker panicked".into()));
             }
         }
-    }
-    Ok(r.stats)
+        walked.map(|_| ())
+    })?;
+    let stats = r.st().clone();
+    Ok(stats)
 }
