@@ -146,17 +146,32 @@ pub struct BackupArgs {
     pub compression: Option<String>,
 }
 
-#[derive(Args, Debug)]
-pub struct SnapshotsArgs {
-    /// Only snapshots of this host
+/// Which snapshots a command considers (`snapshots`, `forget`).
+#[derive(Args, Debug, Clone, Default)]
+pub struct SnapshotFilter {
+    /// Only snapshots of this host (repeat for several)
     #[arg(long, value_name = "HOST")]
     pub host: Vec<String>,
-    /// Only snapshots with this tag
+    /// Only snapshots carrying this tag (repeat: all must be present)
     #[arg(long, value_name = "TAG")]
     pub tag: Vec<String>,
-    /// Only snapshots containing this path
+    /// Only snapshots that include this path (repeat: all must be included)
     #[arg(long, value_name = "PATH")]
     pub path: Vec<String>,
+}
+
+impl SnapshotFilter {
+    pub fn matches(&self, s: &coffer_core::format::Snapshot) -> bool {
+        (self.host.is_empty() || self.host.contains(&s.hostname))
+            && self.tag.iter().all(|t| s.tags.contains(t))
+            && self.path.iter().all(|p| s.paths.contains(p))
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct SnapshotsArgs {
+    #[command(flatten)]
+    pub filter: SnapshotFilter,
     /// Only the newest N snapshots
     #[arg(long, value_name = "N")]
     pub latest: Option<usize>,
@@ -273,15 +288,8 @@ pub struct ForgetArgs {
     /// Group snapshots by these fields before applying the policy
     #[arg(long, value_name = "host,paths,tags", default_value = "host,paths")]
     pub group_by: String,
-    /// Only consider snapshots of this host
-    #[arg(long, value_name = "HOST")]
-    pub host: Vec<String>,
-    /// Only consider snapshots with this tag
-    #[arg(long, value_name = "TAG")]
-    pub tag: Vec<String>,
-    /// Only consider snapshots of exactly these paths
-    #[arg(long, value_name = "PATH")]
-    pub path: Vec<String>,
+    #[command(flatten)]
+    pub filter: SnapshotFilter,
     /// Show what would be removed and why the rest is kept, and remove nothing
     #[arg(short = 'n', long)]
     pub dry_run: bool,

@@ -68,15 +68,7 @@ pub fn run(g: &Global, a: ForgetArgs) -> Result<u8> {
         }
         let by: GroupBy = a.group_by.parse()?;
         let mut snaps = repo.list_snapshots()?;
-        snaps.retain(|(_, s)| {
-            (a.host.is_empty() || a.host.contains(&s.hostname))
-                && a.tag.iter().all(|t| s.tags.contains(t))
-                && (a.path.is_empty() || {
-                    let mut p = a.path.clone();
-                    p.sort();
-                    p == s.paths
-                })
-        });
+        snaps.retain(|(_, s)| a.filter.matches(s));
         let groups = apply_grouped(&snaps, &pol, by);
         if g.json {
             print_json(&groups)?;

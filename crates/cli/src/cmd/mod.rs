@@ -125,11 +125,7 @@ fn snapshot_json(id: &SnapshotId, s: &Snapshot) -> serde_json::Value {
 pub fn snapshots(g: &Global, a: SnapshotsArgs) -> Result<u8> {
     let repo = open(g)?;
     let mut list = repo.list_snapshots()?;
-    list.retain(|(_, s)| {
-        (a.host.is_empty() || a.host.contains(&s.hostname))
-            && a.tag.iter().all(|t| s.tags.contains(t))
-            && a.path.iter().all(|p| s.paths.contains(p))
-    });
+    list.retain(|(_, s)| a.filter.matches(s));
     if let Some(n) = a.latest {
         let skip = list.len().saturating_sub(n);
         list.drain(..skip);
