@@ -159,10 +159,16 @@ pub fn check(repo: Repository, opts: &CheckOptions, progress: &dyn Progress) -> 
         }
     }
     let condemned = condemned_packs(&*backend)?;
+    // Read each index file once: the in-memory index is built from the same files (damaged
+    // ones reported and left out, so the rest of the check still runs).
     let mut pack_entries: HashMap<PackId, Vec<coffer_format::PackEntry>> = HashMap::new();
+    let mut index = crate::index::Index::default();
     for f in backend.list(FileKind::Index)? {
         match repo.load_index_file(&f.name) {
             Ok(file) => {
+                if let Ok(id) = Id::from_hex(&f.name) {
+                    index.add_file(coffer_format::IndexId(id), &file);
+                }
                 for p in file.packs {
                     pack_entries.entry(p.id).or_insert(p.entries);
                 }
@@ -174,7 +180,7 @@ pub fn check(repo: Repository, opts: &CheckOptions, progress: &dyn Progress) -> 
             }
         }
     }
-    let repo = repo.load_index()?;
+    let repo = repo.with_index(index);
     let mut missing_packs = HashSet::new();
     for (p, entries) in &pack_entries {
         match stored.get(p) {

@@ -71,9 +71,10 @@ pub fn proc_path(
     full: &Path,
 ) -> std::path::PathBuf {
     use std::os::fd::AsRawFd;
-    let base = std::path::PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
-    if base.exists() {
-        base.join(name)
+    // checked once per process: this runs for every entry of a backup
+    static HAVE_PROC: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if *HAVE_PROC.get_or_init(|| Path::new("/proc/self/fd").is_dir()) {
+        std::path::PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd())).join(name)
     } else {
         full.to_path_buf()
     }

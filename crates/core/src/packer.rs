@@ -314,10 +314,13 @@ fn flush_index(repo: &Repository, packs: &mut Vec<IndexPack>, stats: &mut Packer
 }
 
 fn shuffle<T>(v: &mut [T]) {
+    // one system call for the whole pack, not one per blob
+    let mut r = vec![0u8; 8 * v.len()];
+    random_bytes(&mut r);
     for i in (1..v.len()).rev() {
-        let mut r = [0u8; 8];
-        random_bytes(&mut r);
-        let j = (u64::from_le_bytes(r) % (i as u64 + 1)) as usize;
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&r[8 * i..8 * i + 8]);
+        let j = (u64::from_le_bytes(w) % (i as u64 + 1)) as usize;
         v.swap(i, j);
     }
 }

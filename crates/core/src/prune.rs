@@ -73,15 +73,31 @@ pub fn condemned_packs(backend: &dyn Backend) -> Result<HashSet<PackId>> {
         .collect())
 }
 
-/// Every blob (data and tree) referenced by any snapshot. Fails on any unreadable snapshot or
-/// tree: prune must not decide from a partial picture.
-pub fn used_blobs(repo: &mut IndexedRepository) -> Result<(HashSet<BlobId>, Vec<SnapshotId>)> {
+/// What the snapshots use, and the index that was read to find out.
+struct Usage {
+    /// Every blob (data and tree) some snapshot references.
+    used: HashSet<BlobId>,
+    snapshots: Vec<SnapshotId>,
+    /// The index files read, and every pack they list (each pack once).
+    index_files: Vec<IndexId>,
+    packs: BTreeMap<PackId, IndexPack>,
+}
+
+/// List the snapshots, then read the index (once) and walk every snapshot's trees. Fails on
+/// any unreadable snapshot or tree: prune must not decide from a partial picture. The
+/// repository's in-memory index is replaced by the one read here.
+fn usage(repo: &mut IndexedRepository) -> Result<Usage> {
     let snaps = repo.list_snapshots()?;
     // Snapshots are written after the index files that list their data: reading the index
     // after listing the snapshots finds everything they reference. A snapshot committed in a
     // race with a prune may still point into condemned packs that are listed nowhere yet, so
     // those packs' headers are added too (they exist until a sweep deletes them).
-    repo.refresh_index()?;
+    let (index_files, packs) = read_index_files(repo)?;
+    let mut index = crate::index::Index::default();
+    for p in packs.values() {
+        index.add_pack(p);
+    }
+    *repo.index_mut() = index;
     for (_, m) in list_marks(&**repo.backend())? {
         for p in m.packs {
             if !repo.index().contains_pack(&p) {
@@ -98,7 +114,12 @@ pub fn used_blobs(repo: &mut IndexedRepository) -> Result<(HashSet<BlobId>, Vec<
         collect_tree(repo, s.tree, &mut used)
             .map_err(|e| Error::Invalid(format!("snapshot {}: {e}", id.short())))?;
     }
-    Ok((used, snaps.into_iter().map(|(id, _)| id).collect()))
+    Ok(Usage {
+        used,
+        snapshots: snaps.into_iter().map(|(id, _)| id).collect(),
+        index_files,
+        packs,
+    })
 }
 
 /// Read every index file: the files' ids and every pack's entries (each pack once).
@@ -197,7 +218,8 @@ pub struct PruneReport {
 /// Run one prune: mark what is unused now, then sweep every mark that is safe to act on.
 pub fn prune(repo: Repository, opts: &PruneOptions, progress: &dyn Progress) -> Result<PruneReport> {
     let backend = repo.backend().clone();
-    let mut repo = repo.load_index_leased("prune")?;
+    // the lease comes first; the index is read by each phase, after it lists the snapshots
+    let mut repo = repo.leased_without_index("prune")?;
     let ours = repo.lease().map(|l| l.info().session).unwrap_or_default();
     if let Some(other) = live_leases(&*backend)?
         .into_iter()
@@ -230,8 +252,12 @@ fn mark(
         .into_iter()
         .filter_map(|f| Id::from_hex(&f.name).ok().map(|id| (PackId(id), f.size)))
         .collect();
-    let (index_files, packs) = read_index_files(repo)?;
-    let (used, snap_ids) = used_blobs(repo)?;
+    let Usage {
+        used,
+        snapshots: snap_ids,
+        index_files,
+        packs,
+    } = usage(repo)?;
     if snap_ids.is_empty() && !packs.is_empty() {
         return Err(Error::Invalid(
             "the snapshot listing is empty but the index lists data; refusing to condemn everything \
@@ -461,14 +487,18 @@ fn sweep(
         return Ok(());
     }
     // What is used and where it is available now, from a fresh reading of the repository.
-    let (used, snaps) = used_blobs(repo)?;
+    let Usage {
+        used,
+        snapshots: snaps,
+        packs: index_packs,
+        ..
+    } = usage(repo)?;
     if snaps.is_empty() {
         return Err(Error::Invalid(
             "the snapshot listing came back empty; prune deleted nothing".into(),
         ));
     }
     let condemned: HashSet<PackId> = ready.iter().flat_map(|(_, m)| m.packs.iter().copied()).collect();
-    let (_, index_packs) = read_index_files(repo)?;
     let available: HashSet<BlobId> = index_packs
         .values()
         .filter(|p| !condemned.contains(&p.id))

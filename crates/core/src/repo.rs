@@ -372,6 +372,27 @@ impl Repository {
         }
     }
 
+    /// An indexed repository from an index the caller has read (check reads the index files
+    /// itself, to report damaged ones).
+    pub(crate) fn with_index(self, index: Index) -> IndexedRepository {
+        IndexedRepository {
+            repo: self,
+            index,
+            lease: None,
+        }
+    }
+
+    /// A lease and an empty index, for prune, which reads the index itself after listing the
+    /// snapshots (reading it here as well would only repeat the I/O).
+    pub(crate) fn leased_without_index(self, purpose: &str) -> Result<IndexedRepository> {
+        let lease = Lease::acquire(self.backend.clone(), purpose)?;
+        Ok(IndexedRepository {
+            repo: self,
+            index: Index::default(),
+            lease: Some(lease),
+        })
+    }
+
     fn read_all_index(&self) -> Result<Index> {
         let mut index = Index::default();
         for f in self.backend.list(FileKind::Index)? {
@@ -455,12 +476,6 @@ impl IndexedRepository {
     /// The lease this repository was opened under, if any.
     pub fn lease(&self) -> Option<&Lease> {
         self.lease.as_ref()
-    }
-
-    /// Read the index files again (to see what other clients added since).
-    pub fn refresh_index(&mut self) -> Result<()> {
-        self.index = self.repo.read_all_index()?;
-        Ok(())
     }
 
     /// Take a lease (if none is held) and read the index again under it.
