@@ -8,15 +8,7 @@ use std::fs;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::process::Command;
 
-use common::{digest_tree, Env};
-
-fn code(o: &std::process::Output) -> i32 {
-    o.status.code().unwrap_or(-1)
-}
-
-fn stderr(o: &std::process::Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+use common::{code, digest_tree, stderr, Env};
 
 /// An error is one line on stderr that names what failed.
 fn assert_one_line_error(o: &std::process::Output, expect_code: i32, mentions: &str) {

@@ -8,11 +8,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{pseudo_random, Env};
-
-fn stderr(o: &std::process::Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+use common::{pseudo_random, stderr, Env};
 
 fn files_in(dir: &Path) -> Vec<PathBuf> {
     let mut v = Vec::new();

@@ -10,11 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, UNIX_EPOCH};
 
-use common::{digest_tree, pseudo_random, Env};
-
-fn stderr(o: &std::process::Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+use common::{digest_tree, pseudo_random, stderr, Env};
 
 fn set_mtime(p: &Path, t: std::time::SystemTime) {
     let f = fs::File::options().write(true).open(p).unwrap();

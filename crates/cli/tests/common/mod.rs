@@ -134,3 +134,13 @@ pub fn world_executable_coffer(dir: &Path) -> PathBuf {
     fs::set_permissions(&dst, fs::Permissions::from_mode(0o755)).expect("chmod coffer");
     dst
 }
+
+/// A command's stderr as text.
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A command's exit code (-1 when killed by a signal).
+pub fn code(o: &Output) -> i32 {
+    o.status.code().unwrap_or(-1)
+}
