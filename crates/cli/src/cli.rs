@@ -10,7 +10,7 @@ Exit codes:
   0   success
   1   fatal error (nothing was done, or the command failed)
   2   wrong usage (bad flags or arguments)
-  3   backup written, but some source files could not be read (see warnings)
+  3   backup written, but some files or databases could not be read (see warnings)
   10  the repository does not exist
   12  wrong password
   130 interrupted";
@@ -74,6 +74,9 @@ pub enum Command {
     Diff(DiffArgs),
     /// Write a file of a snapshot to stdout
     Dump(DumpArgs),
+    /// Restore one database from a snapshot into its server, or to a file
+    #[command(name = "restore-db")]
+    RestoreDb(RestoreDbArgs),
     /// Print a repository object as JSON (for debugging)
     Cat(CatArgs),
     /// Remove snapshots by id or by a retention policy
@@ -111,8 +114,22 @@ pub struct InitArgs {
 #[derive(Args, Debug)]
 pub struct BackupArgs {
     /// Files and directories to back up
-    #[arg(required = true)]
+    #[arg(required_unless_present_any = ["mysql", "postgres", "sqlite"])]
     pub paths: Vec<PathBuf>,
+    /// Dump MySQL/MariaDB databases into the snapshot: `all` or NAME[,NAME...]
+    #[arg(long, value_name = "all|DB,...", help_heading = "Databases")]
+    pub mysql: Option<String>,
+    /// Also dump MySQL/MariaDB users and grants (needs mariadb-dump)
+    #[arg(long, requires = "mysql", help_heading = "Databases")]
+    pub mysql_users: bool,
+    /// Dump PostgreSQL databases (and the roles and tablespaces): `all` or NAME[,NAME...]
+    #[arg(long, value_name = "all|DB,...", help_heading = "Databases")]
+    pub postgres: Option<String>,
+    /// Copy a live SQLite database consistently (repeat for several)
+    #[arg(long, value_name = "FILE", help_heading = "Databases")]
+    pub sqlite: Vec<PathBuf>,
+    #[command(flatten)]
+    pub db: DbConnArgs,
     /// Exclude paths matching PATTERN (`*.tmp` matches names, `/var/cache/*` whole paths)
     #[arg(short, long, value_name = "PATTERN")]
     pub exclude: Vec<String>,
@@ -144,6 +161,32 @@ pub struct BackupArgs {
     /// (`zstd:19`); default: the repository's
     #[arg(long, value_name = "ALGO[:LEVEL]")]
     pub compression: Option<String>,
+}
+
+/// How to reach database servers. Passwords come from the tools' own sources (MYSQL_PWD or an
+/// option file, PGPASSWORD or ~/.pgpass), never from coffer's command line.
+#[derive(Args, Debug, Clone, Default)]
+pub struct DbConnArgs {
+    /// MySQL/MariaDB host (default: the local socket)
+    #[arg(long, value_name = "HOST", help_heading = "Database connections")]
+    pub mysql_host: Option<String>,
+    #[arg(long, value_name = "PORT", help_heading = "Database connections")]
+    pub mysql_port: Option<u16>,
+    /// MySQL/MariaDB socket file
+    #[arg(long, value_name = "PATH", help_heading = "Database connections")]
+    pub mysql_socket: Option<PathBuf>,
+    #[arg(long, value_name = "USER", help_heading = "Database connections")]
+    pub mysql_user: Option<String>,
+    /// Option file with extra client settings, e.g. the password ([client] password=...)
+    #[arg(long, value_name = "FILE", help_heading = "Database connections")]
+    pub mysql_defaults_file: Option<PathBuf>,
+    /// PostgreSQL host, address or socket directory (default: libpq's, e.g. PGHOST)
+    #[arg(long, value_name = "HOST", help_heading = "Database connections")]
+    pub pg_host: Option<String>,
+    #[arg(long, value_name = "PORT", help_heading = "Database connections")]
+    pub pg_port: Option<u16>,
+    #[arg(long, value_name = "USER", help_heading = "Database connections")]
+    pub pg_user: Option<String>,
 }
 
 /// Which snapshots a command considers (`snapshots`, `forget`).
@@ -190,6 +233,30 @@ pub struct LsArgs {
     /// List only the entries directly in PATH
     #[arg(long)]
     pub no_recursive: bool,
+    /// List the database dumps in the snapshot instead of files
+    #[arg(long, conflicts_with_all = ["long", "no_recursive"])]
+    pub databases: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct RestoreDbArgs {
+    /// Snapshot id, unique prefix, or `latest`
+    pub snapshot: String,
+    /// The dump to restore, as `coffer ls SNAPSHOT --databases` names it: `mysql/shop`,
+    /// `postgres/app`, `sqlite/var/lib/app.db`, `postgres-globals`, `mysql-globals`
+    pub item: String,
+    /// Restore under this database name (MySQL, PostgreSQL); default: the original name
+    #[arg(long = "as", value_name = "NAME", conflicts_with = "to_file")]
+    pub as_name: Option<String>,
+    /// Write the dump to FILE instead (`-` for stdout): SQL for MySQL, a pg_restore archive
+    /// for PostgreSQL, a database file for SQLite
+    #[arg(long, value_name = "FILE")]
+    pub to_file: Option<PathBuf>,
+    /// PostgreSQL: do not restore ownership (every object belongs to the restoring user)
+    #[arg(long)]
+    pub no_owner: bool,
+    #[command(flatten)]
+    pub db: DbConnArgs,
 }
 
 #[derive(Args, Debug)]

@@ -50,6 +50,7 @@ fn main() -> ExitCode {
         Command::Restore(a) => cmd::restore(&g, a),
         Command::Diff(a) => cmd::diff(&g, a),
         Command::Dump(a) => cmd::dump(&g, a),
+        Command::RestoreDb(a) => cmd::db::restore_db(&g, a),
         Command::Cat(a) => cmd::cat::run(&g, a),
         Command::Forget(a) => cmd::forget::run(&g, a),
         Command::Prune(a) => cmd::prune(&g, &a),

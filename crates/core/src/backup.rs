@@ -19,9 +19,10 @@ use std::path::{Component, Path, PathBuf};
 
 use rustix::fs::{AtFlags, Mode, OFlags};
 
-use chrono::Local;
+use chrono::{DateTime, FixedOffset, Local};
 use coffer_format::{
-    BlobId, BlobKind, Name, Node, NodeKind, PackId, Snapshot, SnapshotId, Summary, Tree, FORMAT_VERSION,
+    BlobId, BlobKind, DatabaseItem, Name, Node, NodeKind, PackId, Snapshot, SnapshotId, Summary, Timestamp,
+    Tree, FORMAT_VERSION,
 };
 
 use crate::chunker::Chunker;
@@ -31,6 +32,7 @@ use crate::fsmeta::{kind_of_stat, node_from_stat, NameCache};
 use crate::packer::BlobPipeline;
 use crate::progress::Progress;
 use crate::repo::IndexedRepository;
+use crate::source::{SourceError, StreamSource, DATABASES_DIR};
 
 /// Which snapshot to compare against for change detection.
 #[derive(Clone, Debug, Default)]
@@ -238,17 +240,7 @@ impl Archiver<'_, '_> {
             }
         };
         self.progress.item(path);
-        let mut ids = Vec::new();
-        let mut got = 0u64;
-        let mut buf = std::mem::take(&mut self.buf);
-        let chunker = self.chunker;
-        let res = chunker.chunk_reader::<_, ChunkErr>(&mut f, &mut buf, |chunk| {
-            ids.push(self.save_blob(BlobKind::Data, chunk).map_err(ChunkErr::Repo)?);
-            got += chunk.len() as u64;
-            self.progress.bytes(chunk.len() as u64);
-            Ok(())
-        });
-        self.buf = buf;
+        let (res, ids, got) = self.chunk_stream(&mut f);
         let read = match res {
             Ok(n) => n,
             Err(ChunkErr::Repo(e)) => return Err(e),
@@ -275,6 +267,113 @@ impl Archiver<'_, '_> {
         }
         node.size = read;
         Ok(Some(ids))
+    }
+
+    /// Chunk and store everything `r` yields: the outcome, the chunk ids and the bytes read
+    /// (also when reading failed part-way).
+    fn chunk_stream<R: Read>(&mut self, r: &mut R) -> (Result<u64, ChunkErr>, Vec<BlobId>, u64) {
+        let mut ids = Vec::new();
+        let mut got = 0u64;
+        let mut buf = std::mem::take(&mut self.buf);
+        let chunker = self.chunker;
+        let res = chunker.chunk_reader::<_, ChunkErr>(r, &mut buf, |chunk| {
+            ids.push(self.save_blob(BlobKind::Data, chunk).map_err(ChunkErr::Repo)?);
+            got += chunk.len() as u64;
+            self.progress.bytes(chunk.len() as u64);
+            Ok(())
+        });
+        self.buf = buf;
+        (res, ids, got)
+    }
+
+    /// Store one streamed source. A failed source is a warning and yields `None`; only a
+    /// repository error stops the run.
+    fn archive_source(
+        &mut self,
+        src: &mut dyn StreamSource,
+    ) -> Result<Option<(Vec<Name>, Node, DatabaseItem)>> {
+        let what = src.describe();
+        let location = src.location();
+        self.progress.item(Path::new(&what));
+        let mut reader = match src.open() {
+            Ok(r) => r,
+            Err(e) => {
+                self.warn(format!("{e}; the snapshot does not include it"));
+                return Ok(None);
+            }
+        };
+        let (res, ids, got) = self.chunk_stream(&mut reader);
+        drop(reader);
+        let item = match res {
+            Ok(n) => src.finish(true, n),
+            Err(ChunkErr::Repo(e)) => {
+                // stop the producer before reporting the repository's error
+                let _ = src.finish(false, got);
+                return Err(e);
+            }
+            Err(ChunkErr::Io(e)) => match src.finish(false, got) {
+                Err(f) => Err(f),
+                Ok(_) => Err(SourceError(format!("{what}: reading its output failed: {e}"))),
+            },
+        };
+        let item = match item {
+            Ok(i) => i,
+            Err(e) => {
+                self.warn(format!("{e}; the snapshot does not include it"));
+                return Ok(None);
+            }
+        };
+        for w in &item.warnings {
+            self.progress.warn(&format!("{what}: {w}"));
+        }
+        self.summary.bytes_read += got;
+        self.summary.bytes_total += got;
+        let Some(name) = location.last().cloned() else {
+            return Err(Error::Invalid(format!(
+                "{what}: the source has an empty location"
+            )));
+        };
+        let mut node = synthetic_node(name, NodeKind::File, item.end);
+        node.size = got;
+        node.content = ids;
+        Ok(Some((location[..location.len() - 1].to_vec(), node, item)))
+    }
+
+    /// Build the `.databases` directory from the stored sources' nodes.
+    fn databases_tree(&mut self, items: Vec<(Vec<Name>, Node)>, now: DateTime<FixedOffset>) -> Result<Node> {
+        #[derive(Default)]
+        struct Dir {
+            dirs: BTreeMap<Name, Dir>,
+            files: Vec<Node>,
+        }
+        fn save(a: &mut Archiver<'_, '_>, d: Dir, now: DateTime<FixedOffset>) -> Result<Tree> {
+            let mut tree = Tree { nodes: d.files };
+            for (name, sub) in d.dirs {
+                let mut node = synthetic_node(name, NodeKind::Dir, now);
+                let t = save(a, sub, now)?;
+                node.subtree = Some(a.save_tree(t)?);
+                tree.nodes.push(node);
+            }
+            Ok(tree)
+        }
+        let mut root = Dir::default();
+        for (dirs, node) in items {
+            let mut d = &mut root;
+            for c in dirs {
+                d = d.dirs.entry(c).or_default();
+            }
+            if d.files.iter().any(|f| f.name == node.name) || d.dirs.contains_key(&node.name) {
+                return Err(Error::Invalid(format!(
+                    "two database items want the same name {}",
+                    node.name
+                )));
+            }
+            d.files.push(node);
+        }
+        let mut node = synthetic_node(Name::from(DATABASES_DIR), NodeKind::Dir, now);
+        let t = save(self, root, now)?;
+        node.subtree = Some(self.save_tree(t)?);
+        Ok(node)
     }
 
     fn unchanged(&mut self, node: &Node, parent: Option<&Node>) -> Option<Vec<BlobId>> {
@@ -473,6 +572,23 @@ impl Archiver<'_, '_> {
     }
 }
 
+/// A node for an item that is not on disk: owned by the user running the backup, mode 0600
+/// (files) or 0700 (directories), all times `time`.
+fn synthetic_node(name: Name, kind: NodeKind, time: DateTime<FixedOffset>) -> Node {
+    let mut n = Node::new(name, kind);
+    n.mode = if kind == NodeKind::Dir { 0o700 } else { 0o600 };
+    n.uid = rustix::process::getuid().as_raw();
+    n.gid = rustix::process::getgid().as_raw();
+    let t = Timestamp {
+        s: time.timestamp(),
+        ns: time.timestamp_subsec_nanos(),
+    };
+    n.mtime = t;
+    n.atime = t;
+    n.ctime = t;
+    n
+}
+
 enum ChunkErr {
     Io(io::Error),
     Repo(Error),
@@ -507,7 +623,18 @@ pub fn backup(
     opts: &BackupOptions,
     progress: &dyn Progress,
 ) -> Result<BackupOutcome> {
-    if opts.paths.is_empty() {
+    backup_with_sources(repo, opts, Vec::new(), progress)
+}
+
+/// Back up `opts.paths` and the streamed `sources` (database dumps, stored below
+/// `/.databases`) into the repository and write one snapshot.
+pub fn backup_with_sources(
+    repo: &mut IndexedRepository,
+    opts: &BackupOptions,
+    mut sources: Vec<Box<dyn StreamSource>>,
+    progress: &dyn Progress,
+) -> Result<BackupOutcome> {
+    if opts.paths.is_empty() && sources.is_empty() {
         return Err(Error::Invalid(
             "nothing to back up: give at least one path".into(),
         ));
@@ -549,7 +676,8 @@ pub fn backup(
     spec.validate()?;
 
     let repo_ref: &IndexedRepository = repo;
-    let (tree_id, mut summary, stats, referenced) = std::thread::scope(|s| -> Result<_> {
+    let sources = &mut sources;
+    let (tree_id, mut summary, stats, referenced, databases) = std::thread::scope(|s| -> Result<_> {
         let pipe = BlobPipeline::start(s, repo_ref, threads, spec);
         std::thread::Builder::new()
             .name("coffer-walk".into())
@@ -574,14 +702,35 @@ pub fn backup(
                     };
                     let ptree = a.load_parent_tree(parent.as_ref().map(|(_, p)| p.tree));
                     a.archive_trie(&trie, Path::new("/"), ptree.as_ref())
-                        .and_then(|root| a.save_tree(root))
-                        .map(|id| (id, a.summary, a.referenced))
+                        .and_then(|mut root| {
+                            let mut items = Vec::new();
+                            let mut nodes = Vec::new();
+                            for src in sources.iter_mut() {
+                                if let Some((dirs, node, item)) = a.archive_source(src.as_mut())? {
+                                    nodes.push((dirs, node));
+                                    items.push(item);
+                                }
+                            }
+                            if !nodes.is_empty() {
+                                if root.nodes.iter().any(|n| n.name.0 == DATABASES_DIR.as_bytes()) {
+                                    return Err(Error::Invalid(format!(
+                                        "/{DATABASES_DIR} exists in the backed-up files and would clash with \
+                                         the database dumps; exclude it or back up databases in a separate run"
+                                    )));
+                                }
+                                let now = Local::now().fixed_offset();
+                                root.nodes.push(a.databases_tree(nodes, now)?);
+                            }
+                            Ok((root, items))
+                        })
+                        .and_then(|(root, items)| Ok((a.save_tree(root)?, items)))
+                        .map(|(id, items)| (id, a.summary, a.referenced, items))
                 };
                 // Finish the pipeline even when the walk failed: if the walk stopped because
                 // the pipeline broke, the pipeline's error is the one worth reporting.
                 let stats = pipe.finish()?;
-                let (id, summary, referenced) = walked?;
-                Ok((id, summary, stats, referenced))
+                let (id, summary, referenced, databases) = walked?;
+                Ok((id, summary, stats, referenced, databases))
             })
             .map_err(|e| Error::io("thread", e))?
             .join()
@@ -609,6 +758,7 @@ pub fn backup(
         parent: parent_id,
         program_version: concat!("coffer ", env!("CARGO_PKG_VERSION")).into(),
         summary,
+        databases,
     };
     if let Some(lease) = repo.lease() {
         lease.ensure_held()?;

@@ -25,11 +25,12 @@ pub mod prune;
 pub mod repair;
 mod repo;
 pub mod restore;
+pub mod source;
 pub mod stats;
 pub mod walk;
 
 pub use backend::{Backend, BackendError, FileInfo, FileKind, WriteOutcome};
-pub use backup::{backup, BackupOptions, BackupOutcome, ParentChoice};
+pub use backup::{backup, backup_with_sources, BackupOptions, BackupOutcome, ParentChoice};
 pub use compress::CompressionSpec;
 pub use error::{Category, Error, Result};
 pub use packer::store_blobs;

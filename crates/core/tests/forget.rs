@@ -28,6 +28,7 @@ fn snap(i: usize, time: DateTime<FixedOffset>, host: &str, tags: &[&str]) -> (Sn
             parent: None,
             program_version: "test".into(),
             summary: Summary::default(),
+            databases: vec![],
         },
     )
 }

@@ -58,6 +58,7 @@ fn restore_hostile(repo: &mut IndexedRepository, root: Tree, base: &Path) -> boo
         parent: None,
         program_version: "test".into(),
         summary: Summary::default(),
+        databases: vec![],
     };
     repo.save_snapshot(&snap).unwrap();
     let opts = RestoreOptions {

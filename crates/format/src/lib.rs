@@ -31,5 +31,5 @@ pub use layout::{
     SEAL_NONCE_LEN, SEAL_OVERHEAD, SEAL_SCHEME_SYMMETRIC, SEAL_TAG_LEN,
 };
 pub use pack::{decode_header, encode_header, split_trailer, PackEntry, ENTRY_LEN};
-pub use snapshot::{Snapshot, Summary};
+pub use snapshot::{DatabaseItem, DatabaseItemKind, Snapshot, Summary};
 pub use tree::{Bytes, Name, Node, NodeKind, Timestamp, Tree, Xattr};

@@ -3,6 +3,8 @@
 //! A snapshot file is the CBOR of [`Snapshot`], compressed and sealed (kind Snapshot), stored
 //! under `snapshots/` with its unkeyed hash as name; that name is the snapshot id.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, FixedOffset};
 use serde::{Deserialize, Serialize};
 
@@ -33,6 +35,64 @@ pub struct Summary {
     pub end: Option<DateTime<FixedOffset>>,
 }
 
+/// What a database item in a snapshot is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DatabaseItemKind {
+    /// One database (MySQL/PostgreSQL) or one SQLite file.
+    Database,
+    /// Server-wide definitions: PostgreSQL roles and tablespaces, MySQL users and grants.
+    Globals,
+}
+
+/// One database dump stored in a snapshot. Its content is the file at `path` in the
+/// snapshot's tree (below `/.databases`); a dump that failed has no entry, so every entry here
+/// is a complete dump that its tool reported as successful.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatabaseItem {
+    /// `mysql`, `postgres` or `sqlite`.
+    pub engine: String,
+    pub kind: DatabaseItemKind,
+    /// The database name; for SQLite the database file's absolute path; empty for globals.
+    pub name: String,
+    /// Where the dump is in the snapshot's tree, e.g. `/.databases/mysql/shop.sql`.
+    pub path: String,
+    /// How the content is encoded: `mysql-sql` (mariadb-dump/mysqldump text),
+    /// `pg-custom` (pg_dump's custom archive, uncompressed), `pg-sql` (pg_dumpall text) or
+    /// `sqlite` (a database file).
+    pub format: String,
+    /// The server's version string (for SQLite: the library's).
+    pub server_version: String,
+    /// The dump tool and its version, as it reports itself.
+    pub tool: String,
+    /// The options the tool ran with (never a password).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub options: Vec<String>,
+    pub start: DateTime<FixedOffset>,
+    pub end: DateTime<FixedOffset>,
+    /// Size of the dump in bytes.
+    pub size: u64,
+    /// Facts needed to recreate the database (character set, collation, encoding, locale).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub properties: BTreeMap<String, String>,
+    /// Things the operator should know (e.g. tables a transaction cannot make consistent).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+impl DatabaseItem {
+    /// The name `coffer restore-db` and `ls --databases` use: `engine/name` for a database,
+    /// `engine-globals` for server-wide definitions.
+    pub fn id(&self) -> String {
+        match self.kind {
+            DatabaseItemKind::Database => {
+                format!("{}/{}", self.engine, self.name.trim_start_matches('/'))
+            }
+            DatabaseItemKind::Globals => format!("{}-globals", self.engine),
+        }
+    }
+}
+
 /// A snapshot.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Snapshot {
@@ -55,6 +115,9 @@ pub struct Snapshot {
     pub program_version: String,
     #[serde(default)]
     pub summary: Summary,
+    /// Database dumps in this snapshot (below `/.databases` in the tree).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub databases: Vec<DatabaseItem>,
 }
 
 impl Snapshot {

@@ -29,6 +29,8 @@ pub fn run(g: &Global, a: BackupArgs) -> Result<u8> {
         excludes.extend(read_exclude_file(f)?);
     }
     let mut repo = open_indexed(g)?;
+    // every database source is checked (tool, server, database) before anything is stored
+    let sources = super::db::sources(&a)?;
     let parent = if a.force {
         ParentChoice::None
     } else if let Some(p) = &a.parent {
@@ -52,7 +54,7 @@ pub fn run(g: &Global, a: BackupArgs) -> Result<u8> {
             .transpose()?,
     };
     let progress = CliProgress::new(!g.quiet && !g.json, "backed up");
-    let r = coffer_core::backup(&mut repo, &opts, &progress);
+    let r = coffer_core::backup_with_sources(&mut repo, &opts, sources, &progress);
     progress.finish();
     let out = r?;
     let s = &out.snapshot.summary;
@@ -76,6 +78,7 @@ pub fn run(g: &Global, a: BackupArgs) -> Result<u8> {
             "bytes_new": s.bytes_new_raw,
             "bytes_stored": s.bytes_stored,
             "duration_seconds": secs,
+            "databases": out.snapshot.databases.iter().map(|d| d.id()).collect::<Vec<_>>(),
         }))?;
     } else if !g.quiet {
         if let Some(p) = out.snapshot.parent {
@@ -98,12 +101,21 @@ pub fn run(g: &Global, a: BackupArgs) -> Result<u8> {
             bytes(s.bytes_new_raw),
             bytes(s.bytes_stored)
         )?;
+        if !out.snapshot.databases.is_empty() {
+            let list: Vec<String> = out
+                .snapshot
+                .databases
+                .iter()
+                .map(|d| format!("{} ({})", d.id(), bytes(d.size)))
+                .collect();
+            outln!("dumped: {}", list.join(", "))?;
+        }
         outln!("took:   {secs:.1} s")?;
         outln!("snapshot {} saved", out.id.short())?;
     }
     if s.errors > 0 {
         eprintln!(
-            "warning: {} files or directories could not be read completely; the snapshot lacks them",
+            "warning: {} files, directories or databases could not be read completely; the snapshot lacks them",
             s.errors
         );
         return Ok(EXIT_INCOMPLETE);

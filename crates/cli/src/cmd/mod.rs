@@ -2,6 +2,7 @@
 
 pub mod backup;
 pub mod cat;
+pub mod db;
 pub mod forget;
 
 use std::io::Write;
@@ -258,7 +259,10 @@ fn print_node(g: &Global, long: bool, path: &[u8], n: &Node) -> Result<()> {
 
 pub fn ls(g: &Global, a: LsArgs) -> Result<u8> {
     let repo = open_indexed(g)?;
-    let (_, snap) = repo.find_snapshot(&a.snapshot)?;
+    let (id, snap) = repo.find_snapshot(&a.snapshot)?;
+    if a.databases {
+        return db::list(g, &id, &snap);
+    }
     let start = match find_path(&repo, snap.tree, &a.path)? {
         Found::Root(id) => Some(id),
         Found::Node(n) if n.kind == NodeKind::Dir => n.subtree,

@@ -1,0 +1,769 @@
+//! Database backups against the real servers of this machine (MariaDB on its socket and on
+//! 127.0.0.1:3306 as root; PostgreSQL on its socket and 127.0.0.1:5432 with trust auth) and
+//! SQLite files. Every test creates its own databases with unique names and drops them, even
+//! when it fails.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use common::{code, stderr, Env};
+
+// ---------------------------------------------------------------- helpers
+
+/// A database name no other test (or run) uses.
+fn unique(tag: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!(
+        "coffer_t_{tag}_{}_{}_{nanos}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Run SQL through the `mariadb` client over TCP as root; returns stdout (tab-separated rows).
+fn mysql(sql: &str) -> String {
+    let mut c = Command::new("mariadb");
+    c.args(["-h", "127.0.0.1", "-u", "root", "--batch", "--skip-column-names"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().expect("the mariadb client is installed");
+    child.stdin.take().unwrap().write_all(sql.as_bytes()).unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(
+        o.status.success(),
+        "mariadb failed on {sql}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout).unwrap()
+}
+
+/// Run SQL through `psql` over TCP as postgres in database `db`; returns unaligned rows.
+fn psql(db: &str, sql: &str) -> String {
+    let mut c = Command::new("psql");
+    c.args([
+        "-X",
+        "-q",
+        "-A",
+        "-t",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-h",
+        "127.0.0.1",
+        "-U",
+        "postgres",
+        "-d",
+        db,
+    ])
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = c.spawn().expect("the psql client is installed");
+    child.stdin.take().unwrap().write_all(sql.as_bytes()).unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(
+        o.status.success(),
+        "psql failed on {sql}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout).unwrap()
+}
+
+/// Drops the databases it holds when the test ends, passed or failed.
+struct Cleanup {
+    mysql: Vec<String>,
+    postgres: Vec<String>,
+}
+
+impl Cleanup {
+    fn new() -> Cleanup {
+        Cleanup {
+            mysql: vec![],
+            postgres: vec![],
+        }
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for d in &self.mysql {
+            let _ = Command::new("mariadb")
+                .args(["-h", "127.0.0.1", "-u", "root", "-e"])
+                .arg(format!("DROP DATABASE IF EXISTS `{d}`"))
+                .output();
+        }
+        for d in &self.postgres {
+            let _ = Command::new("psql")
+                .args([
+                    "-X",
+                    "-q",
+                    "-h",
+                    "127.0.0.1",
+                    "-U",
+                    "postgres",
+                    "-d",
+                    "postgres",
+                    "-c",
+                ])
+                .arg(format!("DROP DATABASE IF EXISTS \"{d}\" WITH (FORCE)"))
+                .output();
+        }
+    }
+}
+
+/// Every byte value, as hex.
+fn all_bytes_hex() -> String {
+    (0..=255u8).map(|b| format!("{b:02X}")).collect()
+}
+
+/// MySQL: CHECKSUM TABLE of each of `tables` in `db`.
+fn mysql_checksums(db: &str, tables: &[&str]) -> Vec<String> {
+    tables
+        .iter()
+        .map(|t| {
+            let out = mysql(&format!("CHECKSUM TABLE `{db}`.`{t}`"));
+            let sum = out.split('\t').nth(1).unwrap().trim().to_string();
+            assert_ne!(sum, "NULL", "{db}.{t} has no checksum");
+            sum
+        })
+        .collect()
+}
+
+/// PostgreSQL: an ordered hash over all rows of each table.
+fn pg_checksums(db: &str, tables: &[&str]) -> Vec<String> {
+    tables
+        .iter()
+        .map(|t| {
+            psql(
+                db,
+                &format!("SELECT md5(string_agg(x::text, '|' ORDER BY x.id)) FROM {t} x"),
+            )
+            .trim()
+            .to_string()
+        })
+        .collect()
+}
+
+fn databases_json(env: &Env, snapshot: &str) -> Vec<serde_json::Value> {
+    let out = env.ok(&["ls", snapshot, "--databases", "--json"]);
+    serde_json::from_str::<serde_json::Value>(&out)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+// ---------------------------------------------------------------- MySQL / MariaDB
+
+fn mysql_create_shop(db: &str) {
+    mysql(&format!(
+        "CREATE DATABASE `{db}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci;
+         USE `{db}`;
+         CREATE TABLE accounts (id INT PRIMARY KEY, owner VARCHAR(100), balance BIGINT NOT NULL, photo BLOB) ENGINE=InnoDB;
+         CREATE TABLE audit (id INT AUTO_INCREMENT PRIMARY KEY, account INT, note TEXT) ENGINE=InnoDB;
+         CREATE TRIGGER acc_ins AFTER INSERT ON accounts FOR EACH ROW
+             INSERT INTO audit(account, note) VALUES (NEW.id, CONCAT('opened ', NEW.owner));
+         CREATE VIEW rich AS SELECT id, owner FROM accounts WHERE balance > 500;
+         CREATE PROCEDURE add_interest(IN pct INT) UPDATE accounts SET balance = balance + balance * pct DIV 100;
+         CREATE FUNCTION total() RETURNS BIGINT READS SQL DATA RETURN (SELECT SUM(balance) FROM accounts);
+         INSERT INTO accounts SELECT seq, CONCAT('Zoë 日本 ✓ ', seq), seq * 10, UNHEX(SHA2(seq, 256)) FROM seq_1_to_2000;
+         INSERT INTO accounts VALUES (0, 'every byte', 0, UNHEX('{}'));",
+        all_bytes_hex()
+    ));
+}
+
+#[test]
+fn mysql_database_restores_alone_under_a_new_name() {
+    let mut clean = Cleanup::new();
+    let (shop, other) = (unique("shop"), unique("other"));
+    let restored = format!("{shop}_r");
+    clean
+        .mysql
+        .extend([shop.clone(), other.clone(), restored.clone()]);
+    mysql_create_shop(&shop);
+    mysql(&format!(
+        "CREATE DATABASE `{other}`; CREATE TABLE `{other}`.t (id INT PRIMARY KEY, v TEXT); \
+         INSERT INTO `{other}`.t VALUES (1, 'untouched')"
+    ));
+    let tables = ["accounts", "audit"];
+    let before = mysql_checksums(&shop, &tables);
+    let other_before = mysql_checksums(&other, &["t"]);
+
+    let env = Env::init();
+    // over the local socket, as the backup would run on the database host
+    let summary = env.backup_json(&["--mysql", &format!("{shop},{other}")]);
+    let ids: Vec<&str> = summary["databases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [format!("mysql/{shop}"), format!("mysql/{other}")]);
+    let items = databases_json(&env, "latest");
+    let item = items.iter().find(|i| i["name"] == shop.as_str()).unwrap();
+    assert_eq!(item["properties"]["character_set"], "utf8mb4");
+    assert!(item["tool"].as_str().unwrap().contains("Ver"), "{item}");
+    assert!(item["options"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|o| o == "--single-transaction"));
+
+    mysql(&format!("DROP DATABASE `{shop}`"));
+    env.ok(&[
+        "restore-db",
+        "latest",
+        &format!("mysql/{shop}"),
+        "--as",
+        &restored,
+    ]);
+
+    assert_eq!(
+        mysql_checksums(&restored, &tables),
+        before,
+        "table contents differ"
+    );
+    let count = |what: &str, col: &str| {
+        mysql(&format!(
+            "SELECT COUNT(*) FROM information_schema.{what} WHERE {col} = '{restored}'"
+        ))
+        .trim()
+        .to_string()
+    };
+    assert_eq!(count("ROUTINES", "ROUTINE_SCHEMA"), "2", "procedure and function");
+    assert_eq!(count("TRIGGERS", "TRIGGER_SCHEMA"), "1");
+    assert_eq!(count("VIEWS", "TABLE_SCHEMA"), "1");
+    let hex = mysql(&format!(
+        "SELECT HEX(photo) FROM `{restored}`.accounts WHERE id = 0"
+    ));
+    assert_eq!(hex.trim(), all_bytes_hex(), "binary data");
+    let owner = mysql(&format!("SELECT owner FROM `{restored}`.accounts WHERE id = 7"));
+    assert_eq!(owner.trim(), "Zoë 日本 ✓ 7");
+    assert_eq!(
+        mysql(&format!("SELECT `{restored}`.total()")).trim(),
+        mysql(&format!("SELECT SUM(balance) FROM `{restored}`.accounts")).trim()
+    );
+    // the other database was not touched by the restore
+    assert_eq!(mysql_checksums(&other, &["t"]), other_before);
+
+    // restoring over an existing database is refused and changes nothing
+    let o = env.run(&["restore-db", "latest", &format!("mysql/{other}")]);
+    assert_eq!(code(&o), 1);
+    assert!(stderr(&o).contains("already exists"), "{}", stderr(&o));
+    assert_eq!(mysql_checksums(&other, &["t"]), other_before);
+    // and the dump can be written to a file instead
+    let file = env.path("shop.sql");
+    env.ok(&[
+        "restore-db",
+        "latest",
+        &format!("mysql/{shop}"),
+        "--to-file",
+        file.to_str().unwrap(),
+    ]);
+    let sql = std::fs::read_to_string(&file).unwrap();
+    assert!(sql.contains("CREATE TABLE `accounts`") && !sql.contains("CREATE DATABASE"));
+}
+
+/// One transfer between a row of `checking` and a row of `savings`, two tables the dump
+/// reads at different moments (a large `filler` table lies between them): only a dump that is
+/// one consistent snapshot keeps their combined total. `meta.n` counts the transfers.
+fn transfer(begin: &str, n: u64) -> String {
+    let a = n * 7919 % 200;
+    let b = (n * 104_729 + 1) % 200;
+    let amt = (n % 50 + 1) as i64 * if n.is_multiple_of(2) { 1 } else { -1 };
+    format!(
+        "{begin}; UPDATE checking SET balance = balance - {amt} WHERE id = {a}; \
+         UPDATE savings SET balance = balance + {amt} WHERE id = {b}; UPDATE meta SET n = n + 1; COMMIT;\n"
+    )
+}
+
+fn transfers_sql(n: u64) -> String {
+    transfer("START TRANSACTION", n)
+}
+
+fn pg_transfer_sql(n: u64) -> String {
+    transfer("BEGIN", n)
+}
+
+struct Writer {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Writer {
+    fn start(mut cmd: Command, txn: fn(u64) -> String) -> Writer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
+        let thread = std::thread::spawn(move || {
+            let mut stdin = child.stdin.take().unwrap();
+            let mut n = 0;
+            while !flag.load(Ordering::Relaxed) {
+                if stdin.write_all(txn(n).as_bytes()).is_err() {
+                    break;
+                }
+                n += 1;
+            }
+            drop(stdin);
+            let _ = child.wait();
+        });
+        Writer {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn stop(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn wait_for_progress(read: impl Fn() -> u64, past: u64) -> u64 {
+    for _ in 0..600 {
+        let n = read();
+        if n > past {
+            return n;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("the writer made no progress");
+}
+
+#[test]
+fn mysql_dump_is_consistent_under_concurrent_transfers() {
+    let mut clean = Cleanup::new();
+    let db = unique("bank");
+    let restored = format!("{db}_r");
+    clean.mysql.extend([db.clone(), restored.clone()]);
+    mysql(&format!(
+        "CREATE DATABASE `{db}`; USE `{db}`;
+         CREATE TABLE checking (id INT PRIMARY KEY, balance BIGINT NOT NULL) ENGINE=InnoDB;
+         CREATE TABLE filler (id INT PRIMARY KEY, pad VARCHAR(255)) ENGINE=InnoDB;
+         CREATE TABLE meta (n BIGINT NOT NULL) ENGINE=InnoDB;
+         CREATE TABLE savings (id INT PRIMARY KEY, balance BIGINT NOT NULL) ENGINE=InnoDB;
+         INSERT INTO meta VALUES (0);
+         INSERT INTO checking SELECT seq, 1000 FROM seq_0_to_199;
+         INSERT INTO savings SELECT seq, 1000 FROM seq_0_to_199;
+         INSERT INTO filler SELECT seq, REPEAT(SHA2(seq, 256), 3) FROM seq_1_to_40000;"
+    ));
+    let n_now = || {
+        mysql(&format!("SELECT n FROM `{db}`.meta"))
+            .trim()
+            .parse::<u64>()
+            .unwrap()
+    };
+    let mut cmd = Command::new("mariadb");
+    cmd.args(["-h", "127.0.0.1", "-u", "root", &db]);
+    let writer = Writer::start(cmd, transfers_sql);
+    let start = wait_for_progress(n_now, 0);
+
+    let env = Env::init();
+    env.ok(&[
+        "backup",
+        "--mysql",
+        &db,
+        "--mysql-host",
+        "127.0.0.1",
+        "--mysql-user",
+        "root",
+    ]);
+    let end = wait_for_progress(n_now, start);
+    writer.stop();
+
+    env.ok(&[
+        "restore-db",
+        "latest",
+        &format!("mysql/{db}"),
+        "--as",
+        &restored,
+        "--mysql-host",
+        "127.0.0.1",
+        "--mysql-user",
+        "root",
+    ]);
+    let total = mysql(&format!(
+        "SELECT (SELECT SUM(balance) FROM `{restored}`.checking) + (SELECT SUM(balance) FROM `{restored}`.savings)"
+    ));
+    assert_eq!(total.trim(), "400000", "money was created or destroyed");
+    let at_snapshot = mysql(&format!("SELECT n FROM `{restored}`.meta"))
+        .trim()
+        .parse::<u64>()
+        .unwrap();
+    assert!(
+        (start..=end).contains(&at_snapshot),
+        "snapshot saw {at_snapshot} transfers, outside [{start}, {end}]"
+    );
+    assert!(end > start, "the writer ran during the backup");
+}
+
+#[test]
+fn mysql_failures_are_clear_and_write_nothing() {
+    let env = Env::init();
+    // an unknown database: refused before anything is stored
+    let o = env.run(&["backup", "--mysql", "coffer_t_no_such_db"]);
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("coffer_t_no_such_db") && err.contains("does not exist"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    // a user the server does not know: the connection fails, clearly
+    let o = env.run(&[
+        "backup",
+        "--mysql",
+        "all",
+        "--mysql-host",
+        "127.0.0.1",
+        "--mysql-user",
+        "coffer_no_such_user",
+    ]);
+    assert_eq!(code(&o), 1);
+    let err = stderr(&o);
+    assert!(
+        err.contains("connecting to MySQL/MariaDB") && err.contains("Access denied"),
+        "{err}"
+    );
+    let snaps: serde_json::Value = serde_json::from_str(&env.ok(&["snapshots", "--json"])).unwrap();
+    assert_eq!(snaps.as_array().unwrap().len(), 0, "no snapshot was written");
+}
+
+// ---------------------------------------------------------------- PostgreSQL
+
+const PG_CONN: [&str; 4] = ["--pg-host", "127.0.0.1", "--pg-user", "postgres"];
+
+fn pg_create_shop(db: &str) {
+    psql("postgres", &format!("CREATE DATABASE \"{db}\""));
+    psql(
+        db,
+        &format!(
+            "CREATE TABLE accounts (id int PRIMARY KEY, owner text, balance bigint NOT NULL, photo bytea);
+             CREATE TABLE audit (id serial PRIMARY KEY, account int, note text);
+             CREATE FUNCTION log_open() RETURNS trigger LANGUAGE plpgsql AS $$
+               BEGIN INSERT INTO audit(account, note) VALUES (NEW.id, 'opened ' || NEW.owner); RETURN NEW; END $$;
+             CREATE TRIGGER acc_ins AFTER INSERT ON accounts FOR EACH ROW EXECUTE FUNCTION log_open();
+             CREATE VIEW rich AS SELECT id, owner FROM accounts WHERE balance > 500;
+             CREATE PROCEDURE add_interest(pct int) LANGUAGE sql AS $$
+               UPDATE accounts SET balance = balance + balance * pct / 100 $$;
+             INSERT INTO accounts SELECT g, 'Zoë 日本 ✓ ' || g, g * 10, sha256(g::text::bytea) FROM generate_series(1, 2000) g;
+             INSERT INTO accounts VALUES (0, 'every byte', 0, decode('{}', 'hex'));",
+            all_bytes_hex()
+        ),
+    );
+}
+
+#[test]
+fn postgres_database_restores_alone_under_a_new_name() {
+    let mut clean = Cleanup::new();
+    let (shop, other) = (unique("shop"), unique("other"));
+    let restored = format!("{shop}_r");
+    clean
+        .postgres
+        .extend([shop.clone(), other.clone(), restored.clone()]);
+    pg_create_shop(&shop);
+    psql("postgres", &format!("CREATE DATABASE \"{other}\""));
+    psql(
+        &other,
+        "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'untouched')",
+    );
+    let tables = ["accounts", "audit"];
+    let before = pg_checksums(&shop, &tables);
+    let other_before = pg_checksums(&other, &["t"]);
+
+    let env = Env::init();
+    let mut args = vec!["--postgres".to_string(), format!("{shop},{other}")];
+    args.extend(PG_CONN.iter().map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let summary = env.backup_json(&args);
+    let ids: Vec<&str> = summary["databases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            format!("postgres/{shop}"),
+            format!("postgres/{other}"),
+            "postgres-globals".into()
+        ]
+    );
+
+    psql("postgres", &format!("DROP DATABASE \"{shop}\""));
+    let mut args = vec!["restore-db", "latest"];
+    let item = format!("postgres/{shop}");
+    args.extend([item.as_str(), "--as", &restored]);
+    args.extend(PG_CONN);
+    env.ok(&args);
+
+    assert_eq!(pg_checksums(&restored, &tables), before, "table contents differ");
+    assert_eq!(
+        psql(
+            &restored,
+            "SELECT count(*) FROM pg_trigger WHERE NOT tgisinternal"
+        )
+        .trim(),
+        "1"
+    );
+    assert_eq!(
+        psql(&restored, "SELECT count(*) FROM pg_views WHERE viewname = 'rich'").trim(),
+        "1"
+    );
+    assert_eq!(
+        psql(
+            &restored,
+            "SELECT count(*) FROM pg_proc WHERE proname IN ('add_interest', 'log_open')"
+        )
+        .trim(),
+        "2"
+    );
+    assert_eq!(
+        psql(
+            &restored,
+            "SELECT upper(encode(photo, 'hex')) FROM accounts WHERE id = 0"
+        )
+        .trim(),
+        all_bytes_hex()
+    );
+    // the trigger works in the restored copy
+    psql(&restored, "INSERT INTO accounts VALUES (99999, 'new', 1, NULL)");
+    assert_eq!(
+        psql(&restored, "SELECT note FROM audit WHERE account = 99999").trim(),
+        "opened new"
+    );
+    assert_eq!(pg_checksums(&other, &["t"]), other_before);
+
+    let o = env
+        .cmd()
+        .args(["restore-db", "latest", &format!("postgres/{other}")])
+        .args(PG_CONN)
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 1);
+    assert!(stderr(&o).contains("already exists"), "{}", stderr(&o));
+    assert_eq!(pg_checksums(&other, &["t"]), other_before);
+    // globals are only ever written to a file
+    let o = env.run(&["restore-db", "latest", "postgres-globals"]);
+    assert_eq!(code(&o), 1);
+    let file = env.path("globals.sql");
+    env.ok(&[
+        "restore-db",
+        "latest",
+        "postgres-globals",
+        "--to-file",
+        file.to_str().unwrap(),
+    ]);
+    assert!(std::fs::read_to_string(&file)
+        .unwrap()
+        .contains("CREATE ROLE postgres"));
+}
+
+#[test]
+fn postgres_dump_is_consistent_under_concurrent_transfers() {
+    let mut clean = Cleanup::new();
+    let db = unique("bank");
+    let restored = format!("{db}_r");
+    clean.postgres.extend([db.clone(), restored.clone()]);
+    psql("postgres", &format!("CREATE DATABASE \"{db}\""));
+    psql(
+        &db,
+        "CREATE TABLE checking (id int PRIMARY KEY, balance bigint NOT NULL);
+         CREATE TABLE filler (id int PRIMARY KEY, pad text);
+         CREATE TABLE meta (n bigint NOT NULL);
+         CREATE TABLE savings (id int PRIMARY KEY, balance bigint NOT NULL);
+         INSERT INTO meta VALUES (0);
+         INSERT INTO checking SELECT g, 1000 FROM generate_series(0, 199) g;
+         INSERT INTO savings SELECT g, 1000 FROM generate_series(0, 199) g;
+         INSERT INTO filler SELECT g, repeat(md5(g::text), 6) FROM generate_series(1, 40000) g;",
+    );
+    let n_now = || psql(&db, "SELECT n FROM meta").trim().parse::<u64>().unwrap();
+    let mut cmd = Command::new("psql");
+    cmd.args(["-X", "-q", "-h", "127.0.0.1", "-U", "postgres", "-d", &db]);
+    let writer = Writer::start(cmd, pg_transfer_sql);
+    let start = wait_for_progress(n_now, 0);
+
+    let env = Env::init();
+    // over the local socket as this machine's user
+    env.ok(&["backup", "--postgres", &db]);
+    let end = wait_for_progress(n_now, start);
+    writer.stop();
+
+    env.ok(&[
+        "restore-db",
+        "latest",
+        &format!("postgres/{db}"),
+        "--as",
+        &restored,
+    ]);
+    assert_eq!(
+        psql(
+            &restored,
+            "SELECT (SELECT sum(balance) FROM checking) + (SELECT sum(balance) FROM savings)"
+        )
+        .trim(),
+        "400000",
+        "money was created or destroyed"
+    );
+    let at_snapshot = psql(&restored, "SELECT n FROM meta")
+        .trim()
+        .parse::<u64>()
+        .unwrap();
+    assert!(
+        (start..=end).contains(&at_snapshot),
+        "snapshot saw {at_snapshot} transfers, outside [{start}, {end}]"
+    );
+    assert!(end > start, "the writer ran during the backup");
+}
+
+#[test]
+fn postgres_dump_killed_midway_leaves_no_item_in_any_snapshot() {
+    let mut clean = Cleanup::new();
+    let db = unique("victim");
+    clean.postgres.push(db.clone());
+    psql("postgres", &format!("CREATE DATABASE \"{db}\""));
+    let env = Env::init();
+    std::fs::create_dir(env.path("files")).unwrap();
+    std::fs::write(env.path("files/a"), "some file").unwrap();
+    // a pg_dump that starts writing, then dies the way an OOM kill looks
+    let fake = env.path("fakebin");
+    std::fs::create_dir(&fake).unwrap();
+    let script = fake.join("pg_dump");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\ncase \"$1\" in --version) echo 'pg_dump (PostgreSQL) 15 (fake)'; exit 0;; esac\n\
+         printf 'PGDMP partial archive'\nkill -9 $$\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!("{}:{}", fake.display(), std::env::var("PATH").unwrap());
+    let o = env
+        .cmd()
+        .env("PATH", path)
+        .args(["backup", "--postgres", &db])
+        .args(PG_CONN)
+        .arg(env.path("files"))
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 3, "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains(&format!("postgres database {db}")) && err.contains("killed by signal 9"),
+        "{err}"
+    );
+    assert!(err.contains("does not include it"), "{err}");
+    // the snapshot exists (the files are in it) but claims no dump of that database
+    let items = databases_json(&env, "latest");
+    assert!(items.iter().all(|i| i["name"] != db.as_str()), "{items:?}");
+    let listing = env.ok(&["ls", "latest"]);
+    assert!(!listing.contains(&format!("{db}.pgdump")), "{listing}");
+    assert!(listing.contains("/files/a"), "{listing}");
+
+    // and an unknown database is refused before anything is written
+    let o = env
+        .cmd()
+        .args(["backup", "--postgres", "coffer_t_no_such_db"])
+        .args(PG_CONN)
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 1);
+    assert!(stderr(&o).contains("coffer_t_no_such_db") && stderr(&o).contains("does not exist"));
+    let snaps: serde_json::Value = serde_json::from_str(&env.ok(&["snapshots", "--json"])).unwrap();
+    assert_eq!(
+        snaps.as_array().unwrap().len(),
+        1,
+        "still only the first snapshot"
+    );
+}
+
+// ---------------------------------------------------------------- SQLite
+
+#[test]
+fn sqlite_copy_is_consistent_while_a_writer_holds_a_transaction() {
+    let env = Env::init();
+    let db = env.path("app.db");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+    // keep committed rows in the WAL file: a raw copy of app.db would miss them
+    conn.execute_batch(
+        "PRAGMA wal_autocheckpoint=0; CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB, s TEXT);",
+    )
+    .unwrap();
+    {
+        let tx = conn.unchecked_transaction().unwrap();
+        for i in 0..1000i64 {
+            tx.execute(
+                "INSERT INTO t VALUES (?1, ?2, ?3)",
+                rusqlite::params![i, common::pseudo_random(i as u64, 300), format!("ligne {i} é")],
+            )
+            .unwrap();
+        }
+        tx.commit().unwrap();
+    }
+    assert!(
+        env.path("app.db-wal").metadata().unwrap().len() > 100_000,
+        "rows are in the WAL"
+    );
+    // a second writer in the middle of a transaction during the backup
+    let writer = rusqlite::Connection::open(&db).unwrap();
+    writer
+        .execute_batch("BEGIN IMMEDIATE; INSERT INTO t VALUES (5000, NULL, 'uncommitted');")
+        .unwrap();
+
+    env.ok(&["backup", "--sqlite", db.to_str().unwrap()]);
+    writer.execute_batch("COMMIT").unwrap();
+
+    let id = format!("sqlite{}", db.display());
+    let out = env.path("restored.db");
+    env.ok(&["restore-db", "latest", &id, "--to-file", out.to_str().unwrap()]);
+    let r = rusqlite::Connection::open(&out).unwrap();
+    let n: i64 = r.query_row("SELECT count(*) FROM t", [], |x| x.get(0)).unwrap();
+    assert_eq!(n, 1000, "committed rows only");
+    let v: Vec<u8> = r
+        .query_row("SELECT v FROM t WHERE id = 999", [], |x| x.get(0))
+        .unwrap();
+    assert_eq!(v, common::pseudo_random(999, 300));
+    let ok: String = r.query_row("PRAGMA integrity_check", [], |x| x.get(0)).unwrap();
+    assert_eq!(ok, "ok");
+
+    // to the original place only when nothing is there
+    let o = env.run(&["restore-db", "latest", &id]);
+    assert_eq!(code(&o), 1);
+    assert!(stderr(&o).contains("exists"), "{}", stderr(&o));
+    drop((conn, writer));
+    for f in ["app.db", "app.db-wal", "app.db-shm"] {
+        let _ = std::fs::remove_file(env.path(f));
+    }
+    env.ok(&["restore-db", "latest", &id]);
+    let r = rusqlite::Connection::open(&db).unwrap();
+    let n: i64 = r.query_row("SELECT count(*) FROM t", [], |x| x.get(0)).unwrap();
+    assert_eq!(n, 1000);
+
+    // a file that is not a database is refused up front
+    std::fs::write(env.path("not.db"), vec![7u8; 4096]).unwrap();
+    let o = env.run(&["backup", "--sqlite", env.path("not.db").to_str().unwrap()]);
+    assert_eq!(code(&o), 1);
+    assert!(stderr(&o).contains("not.db"), "{}", stderr(&o));
+}
