@@ -3,7 +3,8 @@
 //! Database sources for `coffer backup` and single-database restores for `coffer restore-db`.
 //!
 //! - **MySQL/MariaDB**: `mariadb-dump` (or `mysqldump`) per database with
-//!   `--single-transaction`, routines, triggers and events; optionally users and grants.
+//!   `--single-transaction`, routines, triggers and events, one row per INSERT for
+//!   deduplication (joined again on restore); optionally users and grants.
 //! - **PostgreSQL**: `pg_dump --format=custom --compress=0` per database, plus
 //!   `pg_dumpall --globals-only` for roles and tablespaces.
 //! - **SQLite**: SQLite's online backup API, which copies a consistent state of a live
@@ -15,6 +16,7 @@
 //! misconfiguration fails the run before anything is written; a dump that fails during the run
 //! leaves its database out of the snapshot (see [`coffer_core::source`]).
 
+mod batch;
 mod dump;
 mod mysql;
 mod postgres;

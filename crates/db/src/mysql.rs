@@ -2,8 +2,9 @@
 //!
 //! The dump is taken with `--single-transaction` (one consistent snapshot of every InnoDB
 //! table, without locking writers), `--routines --triggers --events`, `--hex-blob` (binary
-//! columns survive any client character set) and without `--databases`, so the dump names no
-//! database and restores under any name. Tables of non-transactional engines (MyISAM, Aria,
+//! columns survive any client character set), one row per INSERT (`--skip-extended-insert`,
+//! for deduplication; the restore joins rows again, see `batch.rs`) and without
+//! `--databases`, so the dump names no database and restores under any name. Tables of non-transactional engines (MyISAM, Aria,
 //! MEMORY...) cannot be part of that snapshot: the item's warnings name them.
 //!
 //! The connection comes from the flags of [`MysqlConnection`], the client's option files
@@ -18,6 +19,7 @@ use std::sync::Arc;
 use coffer_core::format::{DatabaseItem, DatabaseItemKind, Name};
 use coffer_core::source::{escape_component, StreamSource};
 
+use crate::batch::InsertBatcher;
 use crate::dump::{DumpSpec, Facts, Prepared, ToolDump};
 use crate::process::{capture, feed, opt, Tool};
 use crate::{DbError, Selection};
@@ -234,6 +236,10 @@ const DUMP_OPTIONS: &[&str] = &[
     "--default-character-set=utf8mb4",
     "--skip-dump-date",
     "--max-allowed-packet=1G",
+    // one row per INSERT, so a changed row changes only its own line (see batch.rs; the
+    // restore joins the rows again); each table's rows in one transaction when replayed
+    "--skip-extended-insert",
+    "--no-autocommit",
 ];
 
 impl DumpSpec for MysqlSpec {
@@ -328,6 +334,20 @@ impl DumpSpec for MysqlSpec {
     }
 }
 
+/// Counts the bytes read through it.
+struct Counted<'a> {
+    inner: &'a mut dyn Read,
+    n: u64,
+}
+
+impl Read for Counted<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.n += n as u64;
+        Ok(n)
+    }
+}
+
 /// Restore one database dump into a new database `target` (created with the original's
 /// character set and collation). Refuses when `target` exists; a restore that fails drops the
 /// database it created, so the server is left as it was. Returns the bytes fed.
@@ -363,8 +383,15 @@ pub fn restore_mysql(
     cmd.args(m.conn.args())
         .args(["--batch", "--default-character-set=utf8mb4"])
         .arg(opt("database", target));
-    match feed(cmd, m.client.name, &what, input) {
-        Ok(n) => Ok(n),
+    let mut counted = Counted { inner: input, n: 0 };
+    let fed = feed(
+        cmd,
+        m.client.name,
+        &what,
+        &mut InsertBatcher::new(std::io::BufReader::with_capacity(1 << 20, &mut counted)),
+    );
+    match fed {
+        Ok(_) => Ok(counted.n),
         Err(e) => {
             // leave the server as it was: the half-restored database is ours, drop it
             let _ = m.query(&format!("DROP DATABASE {}", ident(target)), &what);
