@@ -442,8 +442,47 @@ fn mysql_failures_are_clear_and_write_nothing() {
         err.contains("connecting to MySQL/MariaDB") && err.contains("Access denied"),
         "{err}"
     );
+    // no dump tool installed: said so, with what to install
+    let empty = env.path("emptybin");
+    std::fs::create_dir(&empty).unwrap();
+    let o = env
+        .cmd()
+        .env("PATH", &empty)
+        .args(["backup", "--mysql", "all"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 1);
+    let err = stderr(&o);
+    assert!(
+        err.contains("not found in PATH") && err.contains("apt-get install mariadb-client"),
+        "{err}"
+    );
     let snaps: serde_json::Value = serde_json::from_str(&env.ok(&["snapshots", "--json"])).unwrap();
     assert_eq!(snaps.as_array().unwrap().len(), 0, "no snapshot was written");
+}
+
+#[test]
+fn mysql_users_and_grants_are_dumped_to_a_file_only() {
+    let env = Env::init();
+    let mut clean = Cleanup::new();
+    let db = unique("u");
+    clean.mysql.push(db.clone());
+    mysql(&format!("CREATE DATABASE `{db}`"));
+    let s = env.backup_json(&["--mysql", &db, "--mysql-users"]);
+    assert_eq!(s["databases"][1], "mysql-globals", "{s}");
+    let file = env.path("users.sql");
+    env.ok(&[
+        "restore-db",
+        "latest",
+        "mysql-globals",
+        "--to-file",
+        file.to_str().unwrap(),
+    ]);
+    let sql = std::fs::read_to_string(&file).unwrap();
+    assert!(sql.contains("CREATE USER") && sql.contains("GRANT"), "{sql}");
+    let o = env.run(&["restore-db", "latest", "mysql-globals"]);
+    assert_eq!(code(&o), 1);
+    assert!(stderr(&o).contains("--to-file"), "{}", stderr(&o));
 }
 
 // ---------------------------------------------------------------- PostgreSQL
