@@ -198,7 +198,9 @@ impl Archiver<'_, '_> {
         } else if self.session.insert(id) {
             self.summary.blobs_new += 1;
             self.summary.bytes_new_raw += data.len() as u64;
-            self.pipe.submit(kind, id, data.to_vec())?;
+            let mut buf = self.pipe.buffer();
+            buf.extend_from_slice(data);
+            self.pipe.submit(kind, id, buf)?;
         }
         Ok(id)
     }
@@ -417,7 +419,7 @@ impl Archiver<'_, '_> {
             self.progress.warn(&format!("{}: socket skipped", path.display()));
             return Ok(None);
         };
-        let (mut node, warning) = node_from_stat(name, kind, &st, dir, path, &mut self.names);
+        let (mut node, warning) = node_from_stat(name, kind, &st, dir, path, &mut self.names, parent);
         if let Some(w) = warning {
             self.warn(w);
         }
@@ -557,8 +559,15 @@ impl Archiver<'_, '_> {
                 }
                 continue;
             }
-            let (mut node, warning) =
-                node_from_stat(name, NodeKind::Dir, &st, dirfd.as_fd(), &path, &mut self.names);
+            let (mut node, warning) = node_from_stat(
+                name,
+                NodeKind::Dir,
+                &st,
+                dirfd.as_fd(),
+                &path,
+                &mut self.names,
+                pnode,
+            );
             if let Some(w) = warning {
                 self.warn(w);
             }

@@ -91,6 +91,7 @@ pub fn node_from_stat(
     dir: std::os::fd::BorrowedFd<'_>,
     full: &Path,
     names: &mut NameCache,
+    previous: Option<&Node>,
 ) -> (Node, Option<String>) {
     use std::os::unix::ffi::OsStrExt;
     let cname = std::ffi::OsStr::from_bytes(&name.0);
@@ -116,6 +117,26 @@ pub fn node_from_stat(
     n.dev = st.st_dev as u64;
     n.links = st.st_nlink as u64;
     let mut warning = None;
+    // Extended attributes and a symlink's target cannot change without changing the ctime
+    // (setxattr and every write of metadata update it), so a previous snapshot's node with the
+    // same inode and ctime already holds them: no system calls for them on unchanged entries.
+    if let Some(p) =
+        previous.filter(|p| p.kind == kind && p.inode == n.inode && p.ctime == n.ctime && p.error.is_none())
+    {
+        if kind == NodeKind::File {
+            n.size = st.st_size as u64;
+        }
+        n.rdev = if matches!(kind, NodeKind::Chardev | NodeKind::Blockdev) {
+            st.st_rdev as u64
+        } else {
+            0
+        };
+        n.target = p.target.clone();
+        n.xattrs = p.xattrs.clone();
+        if kind != NodeKind::Symlink || n.target.is_some() {
+            return (n, None);
+        }
+    }
     match kind {
         NodeKind::File => n.size = st.st_size as u64,
         NodeKind::Chardev | NodeKind::Blockdev => n.rdev = st.st_rdev as u64,
