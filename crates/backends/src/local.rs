@@ -205,6 +205,10 @@ impl Backend for LocalBackend {
     }
 
     fn write(&self, kind: FileKind, name: &str, data: &[u8]) -> BResult<WriteOutcome> {
+        self.write_parts(kind, name, &[data])
+    }
+
+    fn write_parts(&self, kind: FileKind, name: &str, parts: &[&[u8]]) -> BResult<WriteOutcome> {
         let what = Self::what(kind, name);
         let dest = self.path(kind, name)?;
         let dir = self.dir(kind, name);
@@ -221,7 +225,9 @@ impl Backend for LocalBackend {
                 .create_new(true)
                 .mode(0o600)
                 .open(&tmp)?;
-            f.write_all(data)?;
+            for part in parts {
+                f.write_all(part)?;
+            }
             f.sync_all()?;
             drop(f);
             let outcome = match renameat_with(CWD, &tmp, CWD, &dest, RenameFlags::NOREPLACE) {

@@ -112,6 +112,12 @@ pub trait Backend: Send + Sync + fmt::Debug {
     ///   This is the write barrier the write order (packs, index, snapshot) relies on.
     fn write(&self, kind: FileKind, name: &str, data: &[u8]) -> BResult<WriteOutcome>;
 
+    /// [`Backend::write`] of the concatenation of `parts`, with the same guarantees; lets a
+    /// caller store a pack without assembling it in one buffer. The default concatenates.
+    fn write_parts(&self, kind: FileKind, name: &str, parts: &[&[u8]]) -> BResult<WriteOutcome> {
+        self.write(kind, name, &parts.concat())
+    }
+
     /// Delete a file. Deleting a missing file is `NotFound`.
     fn remove(&self, kind: FileKind, name: &str) -> BResult<()>;
 }

@@ -205,6 +205,14 @@ impl Archiver<'_, '_> {
         Ok(id)
     }
 
+    /// Use a blob the repository has (recording its pack, as [`Self::save_blob`] does);
+    /// `None` if the index does not hold it.
+    fn reuse_blob(&mut self, id: &BlobId) -> Option<BlobId> {
+        let loc = self.repo.index().get(id)?;
+        self.referenced.insert(loc.pack);
+        Some(*id)
+    }
+
     fn save_tree(&mut self, mut tree: Tree) -> Result<BlobId> {
         let bytes = tree.encode();
         self.save_blob(BlobKind::Tree, &bytes)
@@ -491,7 +499,16 @@ impl Archiver<'_, '_> {
                         }
                     }
                 };
-                node.subtree = Some(self.save_tree(tree)?);
+                // an unchanged directory keeps its parent's tree blob: no encoding or hashing
+                let same = ptree.as_ref().is_some_and(|p| p.nodes == tree.nodes);
+                let reused = parent
+                    .and_then(|p| p.subtree)
+                    .filter(|_| same)
+                    .and_then(|id| self.reuse_blob(&id));
+                node.subtree = Some(match reused {
+                    Some(id) => id,
+                    None => self.save_tree(tree)?,
+                });
             }
             _ => self.summary.other_nodes += 1,
         }

@@ -217,6 +217,15 @@ pub fn storage_id(bytes: &[u8]) -> Id {
     Id(*blake3::hash(bytes).as_bytes())
 }
 
+/// [`storage_id`] of the concatenation of `parts`.
+pub fn storage_id_parts(parts: &[&[u8]]) -> Id {
+    let mut h = blake3::Hasher::new();
+    for p in parts {
+        h.update(p);
+    }
+    Id(*h.finalize().as_bytes())
+}
+
 /// Default argon2id cost: 64 MiB, 3 passes, 1 lane (fits a 1 GB VPS; ~0.2 s here).
 pub fn default_kdf() -> KdfParams {
     let mut salt = vec![0u8; 32];
