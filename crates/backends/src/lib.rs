@@ -1,22 +1,31 @@
 //! Storage backends for coffer. Each implements [`coffer_core::Backend`].
 //!
-//! Today: the local directory backend. S3-compatible storage, SFTP and the coffer server
-//! client arrive with their issues, each behind its own cargo feature.
+//! Today: the local directory backend and S3-compatible storage. SFTP and the coffer server
+//! client arrive with their issues.
 
 mod local;
+mod s3;
 
 use std::sync::Arc;
 
 pub use local::LocalBackend;
+pub use s3::{S3Backend, S3Location};
 
 use coffer_core::{Backend, Error};
 
-/// Open a backend from a repository location: for now a local path (absolute or relative).
+/// Open a backend from a repository location: a local path (absolute or relative), or
+/// `s3:https://HOST/BUCKET/PREFIX`.
 pub fn open(location: &str) -> Result<Arc<dyn Backend>, Error> {
     if location.is_empty() {
         return Err(Error::Invalid("empty repository location".into()));
     }
-    for scheme in ["s3:", "sftp:", "rest:", "http://", "https://"] {
+    if let Some(rest) = location.strip_prefix("s3:") {
+        let loc =
+            S3Location::parse(rest).map_err(|e| Error::Invalid(format!("repository {location:?}: {e}")))?;
+        let b = S3Backend::open(loc).map_err(|e| Error::Invalid(format!("repository {location:?}: {e}")))?;
+        return Ok(Arc::new(b));
+    }
+    for scheme in ["sftp:", "rest:", "http://", "https://"] {
         if location.starts_with(scheme) {
             return Err(Error::Invalid(format!(
                 "repository {location:?}: the {} backend is not built into this coffer yet; use a local path",

