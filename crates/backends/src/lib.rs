@@ -11,7 +11,28 @@ use std::sync::Arc;
 pub use local::LocalBackend;
 pub use s3::{S3Backend, S3Location};
 
-use coffer_core::{Backend, Error};
+use coffer_core::{Backend, BackendError, Error, FileKind};
+
+/// The path of a repository file relative to the repository's root, the same on every
+/// backend: `config`, `keys/<id>`, `data/ab/ab…`. Names are hex hashes; anything else is
+/// refused, so a name can never leave its directory.
+pub(crate) fn relative_path(location: &str, kind: FileKind, name: &str) -> Result<String, BackendError> {
+    if kind == FileKind::Config {
+        return Ok("config".into());
+    }
+    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(BackendError::Io {
+            location: location.to_string(),
+            what: format!("{}/{name}", kind.dir()),
+            detail: "invalid object name".into(),
+            transient: false,
+        });
+    }
+    Ok(match kind {
+        FileKind::Pack if name.len() >= 2 => format!("data/{}/{name}", &name[..2]),
+        _ => format!("{}/{name}", kind.dir()),
+    })
+}
 
 /// Open a backend from a repository location: a local path (absolute or relative), or
 /// `s3:https://HOST/BUCKET/PREFIX`.

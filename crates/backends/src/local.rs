@@ -34,19 +34,9 @@ impl LocalBackend {
     }
 
     fn path(&self, kind: FileKind, name: &str) -> BResult<PathBuf> {
-        if kind == FileKind::Config {
-            return Ok(self.root.join("config"));
-        }
-        // names are hex hashes; refuse anything else so a name can never leave its directory
-        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(BackendError::Io {
-                location: self.location(),
-                what: format!("{}/{name}", kind.dir()),
-                detail: "invalid object name".into(),
-                transient: false,
-            });
-        }
-        Ok(self.dir(kind, name).join(name))
+        Ok(self
+            .root
+            .join(crate::relative_path(&self.location(), kind, name)?))
     }
 
     fn err(&self, what: &str, e: io::Error) -> BackendError {

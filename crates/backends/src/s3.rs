@@ -197,23 +197,7 @@ impl S3Backend {
     }
 
     fn key(&self, kind: FileKind, name: &str) -> BResult<ObjPath> {
-        let rel = if kind == FileKind::Config {
-            "config".to_string()
-        } else {
-            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Err(BackendError::Io {
-                    location: self.location(),
-                    what: format!("{}/{name}", kind.dir()),
-                    detail: "invalid object name".into(),
-                    transient: false,
-                });
-            }
-            match kind {
-                FileKind::Pack if name.len() >= 2 => format!("data/{}/{name}", &name[..2]),
-                _ => format!("{}/{name}", kind.dir()),
-            }
-        };
-        Ok(self.full(&rel))
+        Ok(self.full(&crate::relative_path(&self.location(), kind, name)?))
     }
 
     fn full(&self, rel: &str) -> ObjPath {
