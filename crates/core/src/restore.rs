@@ -116,6 +116,40 @@ struct Restorer<'a> {
     target: Option<OwnedFd>,
     opts: RestoreOptions,
     chunker: Chunker,
+    /// User and group names resolved to ids on this system, once per name (a lookup reads
+    /// /etc/passwd or asks nscd: four system calls, twice per restored entry otherwise).
+    owners: Mutex<OwnerCache>,
+}
+
+#[derive(Default)]
+struct OwnerCache {
+    users: HashMap<String, Option<u32>>,
+    groups: HashMap<String, Option<u32>>,
+}
+
+impl OwnerCache {
+    /// uid/gid for a node: by name if this system knows the name (unless `numeric`), else
+    /// the stored number.
+    fn ids(&mut self, node: &Node, numeric: bool) -> (rustix::fs::Uid, rustix::fs::Gid) {
+        let (mut uid, mut gid) = (node.uid, node.gid);
+        if !numeric {
+            if let Some(name) = &node.user {
+                let found = self
+                    .users
+                    .entry(name.clone())
+                    .or_insert_with(|| uzers::get_user_by_name(name).map(|u| u.uid()));
+                uid = found.unwrap_or(uid);
+            }
+            if let Some(name) = &node.group {
+                let found = self
+                    .groups
+                    .entry(name.clone())
+                    .or_insert_with(|| uzers::get_group_by_name(name).map(|g| g.gid()));
+                gid = found.unwrap_or(gid);
+            }
+        }
+        (rustix::fs::Uid::from_raw(uid), rustix::fs::Gid::from_raw(gid))
+    }
 }
 
 fn errno_io(e: Errno) -> std::io::Error {
@@ -577,6 +611,11 @@ impl Restorer<'_> {
         .map_err(io)
     }
 
+    fn owner_ids(&self, node: &Node) -> (rustix::fs::Uid, rustix::fs::Gid) {
+        let mut cache = self.owners.lock().unwrap_or_else(|p| p.into_inner());
+        cache.ids(node, self.opts.numeric_owner)
+    }
+
     /// Count an entry whose owner a non-root restore cannot set (it differs from ours).
     fn note_owner(&self, node: &Node) {
         let me = (
@@ -591,7 +630,7 @@ impl Restorer<'_> {
     /// Owner, mode, xattrs and times through an open descriptor.
     fn set_meta_fd(&self, fd: &OwnedFd, node: &Node) -> std::io::Result<()> {
         if self.as_root {
-            let (uid, gid) = owner_ids(node, self.opts.numeric_owner);
+            let (uid, gid) = self.owner_ids(node);
             rustix::fs::fchown(fd, Some(uid), Some(gid)).map_err(errno_io)?;
         } else {
             self.note_owner(node);
@@ -620,7 +659,7 @@ impl Restorer<'_> {
             self.note_owner(node);
         }
         if self.as_root {
-            let (uid, gid) = owner_ids(node, self.opts.numeric_owner);
+            let (uid, gid) = self.owner_ids(node);
             rustix::fs::chownat(dir, name, Some(uid), Some(gid), AtFlags::SYMLINK_NOFOLLOW)
                 .map_err(errno_io)?;
         }
@@ -634,28 +673,6 @@ impl Restorer<'_> {
         };
         rustix::fs::utimensat(dir, name, &t, AtFlags::SYMLINK_NOFOLLOW).map_err(errno_io)
     }
-}
-
-/// uid/gid for a node: by name if this system knows the name (unless `numeric`), else the
-/// stored number.
-fn owner_ids(node: &Node, numeric: bool) -> (rustix::fs::Uid, rustix::fs::Gid) {
-    if numeric {
-        return (
-            rustix::fs::Uid::from_raw(node.uid),
-            rustix::fs::Gid::from_raw(node.gid),
-        );
-    }
-    let uid = node
-        .user
-        .as_deref()
-        .and_then(uzers::get_user_by_name)
-        .map_or(node.uid, |u| u.uid());
-    let gid = node
-        .group
-        .as_deref()
-        .and_then(uzers::get_group_by_name)
-        .map_or(node.gid, |g| g.gid());
-    (rustix::fs::Uid::from_raw(uid), rustix::fs::Gid::from_raw(gid))
 }
 
 /// Remove whatever is at `name` in `dir` (file, symlink, or an empty directory) without
@@ -772,6 +789,7 @@ pub fn restore(
         target,
         opts: opts.clone(),
         chunker: Chunker::new(repo.config().chunker, repo.key().gear_table()),
+        owners: Mutex::new(OwnerCache::default()),
     };
     if opts.delete && (!opts.includes.is_empty() || !opts.excludes.is_empty()) {
         return Err(Error::Invalid(
