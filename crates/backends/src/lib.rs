@@ -34,6 +34,15 @@ pub(crate) fn relative_path(location: &str, kind: FileKind, name: &str) -> Resul
     })
 }
 
+/// How a repository file is named in messages: `config`, `data/abcd…`.
+pub(crate) fn display_name(kind: FileKind, name: &str) -> String {
+    if kind == FileKind::Config {
+        "config".into()
+    } else {
+        format!("{}/{name}", kind.dir())
+    }
+}
+
 /// Open a backend from a repository location: a local path (absolute or relative), or
 /// `s3:https://HOST/BUCKET/PREFIX`.
 pub fn open(location: &str) -> Result<Arc<dyn Backend>, Error> {

@@ -59,11 +59,7 @@ impl LocalBackend {
     }
 
     fn what(kind: FileKind, name: &str) -> String {
-        if kind == FileKind::Config {
-            "config".into()
-        } else {
-            format!("{}/{name}", kind.dir())
-        }
+        crate::display_name(kind, name)
     }
 }
 

@@ -209,11 +209,7 @@ impl S3Backend {
     }
 
     fn what(kind: FileKind, name: &str) -> String {
-        if kind == FileKind::Config {
-            "config".into()
-        } else {
-            format!("{}/{name}", kind.dir())
-        }
+        crate::display_name(kind, name)
     }
 
     fn err(&self, what: &str, e: object_store::Error) -> BackendError {
@@ -299,18 +295,18 @@ impl Backend for S3Backend {
     }
 
     fn list(&self, kind: FileKind) -> BResult<Vec<FileInfo>> {
-        let dir = if kind == FileKind::Config {
-            return Ok(if self.exists()? {
-                vec![FileInfo {
+        if kind == FileKind::Config {
+            // one HEAD for both existence and size
+            return match self.block(self.store.head(&self.full("config"))) {
+                Ok(m) => Ok(vec![FileInfo {
                     name: "config".into(),
-                    size: self.size(FileKind::Config, "config")?,
-                }]
-            } else {
-                vec![]
-            });
-        } else {
-            self.full(kind.dir())
-        };
+                    size: m.size,
+                }]),
+                Err(object_store::Error::NotFound { .. }) => Ok(vec![]),
+                Err(e) => Err(self.err("config", e)),
+            };
+        }
+        let dir = self.full(kind.dir());
         let metas: Vec<object_store::ObjectMeta> = self
             .block(self.store.list(Some(&dir)).try_collect())
             .map_err(|e| self.err(&format!("listing {}", kind.dir()), e))?;
@@ -355,7 +351,6 @@ impl Backend for S3Backend {
             Err(e) => return Err(self.err(&what, e)),
         }
         let len: usize = parts.iter().map(|p| p.len()).sum();
-        let payload: PutPayload = parts.iter().map(|p| bytes::Bytes::copy_from_slice(p)).collect();
         let r = if len > MULTIPART_ABOVE {
             self.block(async {
                 let upload = self.store.put_multipart(&key).await?;
@@ -366,6 +361,7 @@ impl Backend for S3Backend {
                 w.finish().await
             })
         } else {
+            let payload: PutPayload = parts.iter().map(|p| bytes::Bytes::copy_from_slice(p)).collect();
             let opts = PutOptions {
                 mode: PutMode::Create,
                 ..Default::default()

@@ -193,9 +193,7 @@ impl Archiver<'_, '_> {
     /// Store a blob unless the repository or this run has it already.
     fn save_blob(&mut self, kind: BlobKind, data: &[u8]) -> Result<BlobId> {
         let id = self.repo.key().blob_id(data);
-        if let Some(loc) = self.repo.index().get(&id) {
-            self.referenced.insert(loc.pack);
-        } else if self.session.insert(id) {
+        if self.reuse_blob(&id).is_none() && self.session.insert(id) {
             self.summary.blobs_new += 1;
             self.summary.bytes_new_raw += data.len() as u64;
             let mut buf = self.pipe.buffer();

@@ -120,33 +120,23 @@ pub fn node_from_stat(
     // Extended attributes and a symlink's target cannot change without changing the ctime
     // (setxattr and every write of metadata update it), so a previous snapshot's node with the
     // same inode and ctime already holds them: no system calls for them on unchanged entries.
-    if let Some(p) =
-        previous.filter(|p| p.kind == kind && p.inode == n.inode && p.ctime == n.ctime && p.error.is_none())
-    {
-        if kind == NodeKind::File {
-            n.size = st.st_size as u64;
-        }
-        n.rdev = if matches!(kind, NodeKind::Chardev | NodeKind::Blockdev) {
-            st.st_rdev as u64
-        } else {
-            0
-        };
-        n.target = p.target.clone();
-        n.xattrs = p.xattrs.clone();
-        if kind != NodeKind::Symlink || n.target.is_some() {
-            return (n, None);
-        }
-    }
+    let same =
+        previous.filter(|p| p.kind == kind && p.inode == n.inode && p.ctime == n.ctime && p.error.is_none());
     match kind {
         NodeKind::File => n.size = st.st_size as u64,
         NodeKind::Chardev | NodeKind::Blockdev => n.rdev = st.st_rdev as u64,
-        NodeKind::Symlink => match rustix::fs::readlinkat(dir, cname, Vec::new()) {
-            Ok(t) => n.target = Some(Bytes(t.into_bytes())),
-            Err(e) => warning = Some(format!("{}: cannot read link target: {e}", full.display())),
+        NodeKind::Symlink => match same.and_then(|p| p.target.clone()) {
+            Some(t) => n.target = Some(t),
+            None => match rustix::fs::readlinkat(dir, cname, Vec::new()) {
+                Ok(t) => n.target = Some(Bytes(t.into_bytes())),
+                Err(e) => warning = Some(format!("{}: cannot read link target: {e}", full.display())),
+            },
         },
         _ => {}
     }
-    if kind != NodeKind::Symlink {
+    if let Some(p) = same {
+        n.xattrs = p.xattrs.clone();
+    } else if kind != NodeKind::Symlink {
         match read_xattrs(&proc_path(dir, cname, full)) {
             Ok(x) => n.xattrs = x,
             Err(e) => {

@@ -146,6 +146,12 @@ pub(crate) fn pack_sealed(
     let target = repo.config().pack_size as usize;
     let mut open = [OpenPack::default(), OpenPack::default()];
     let mut stats = PackerStats::default();
+    let store = |p: OpenPack, stats: &mut PackerStats| -> Result<()> {
+        let (ip, n) = write_pack(repo, p)?;
+        stats.bytes_stored += n;
+        stats.packs.push(ip);
+        Ok(())
+    };
     for (kind, id, raw_len, bytes) in blobs {
         let slot = &mut open[(kind == BlobKind::Tree) as usize];
         slot.bytes += bytes.len();
@@ -156,18 +162,12 @@ pub(crate) fn pack_sealed(
             bytes,
         });
         if slot.bytes >= target {
-            let p = std::mem::take(slot);
-            let (ip, n) = write_pack(repo, p)?;
-            stats.bytes_stored += n;
-            stats.packs.push(ip);
+            store(std::mem::take(slot), &mut stats)?;
         }
     }
     for slot in open.iter_mut() {
         if !slot.blobs.is_empty() {
-            let p = std::mem::take(slot);
-            let (ip, n) = write_pack(repo, p)?;
-            stats.bytes_stored += n;
-            stats.packs.push(ip);
+            store(std::mem::take(slot), &mut stats)?;
         }
     }
     Ok(stats)

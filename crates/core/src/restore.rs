@@ -131,23 +131,32 @@ impl OwnerCache {
     /// uid/gid for a node: by name if this system knows the name (unless `numeric`), else
     /// the stored number.
     fn ids(&mut self, node: &Node, numeric: bool) -> (rustix::fs::Uid, rustix::fs::Gid) {
-        let (mut uid, mut gid) = (node.uid, node.gid);
-        if !numeric {
-            if let Some(name) = &node.user {
-                let found = self
-                    .users
-                    .entry(name.clone())
-                    .or_insert_with(|| uzers::get_user_by_name(name).map(|u| u.uid()));
-                uid = found.unwrap_or(uid);
-            }
-            if let Some(name) = &node.group {
-                let found = self
-                    .groups
-                    .entry(name.clone())
-                    .or_insert_with(|| uzers::get_group_by_name(name).map(|g| g.gid()));
-                gid = found.unwrap_or(gid);
+        fn resolve(
+            map: &mut HashMap<String, Option<u32>>,
+            name: &Option<String>,
+            stored: u32,
+            lookup: impl FnOnce(&str) -> Option<u32>,
+        ) -> u32 {
+            match name {
+                Some(n) => map
+                    .entry(n.clone())
+                    .or_insert_with(|| lookup(n))
+                    .unwrap_or(stored),
+                None => stored,
             }
         }
+        if numeric {
+            return (
+                rustix::fs::Uid::from_raw(node.uid),
+                rustix::fs::Gid::from_raw(node.gid),
+            );
+        }
+        let uid = resolve(&mut self.users, &node.user, node.uid, |n| {
+            uzers::get_user_by_name(n).map(|u| u.uid())
+        });
+        let gid = resolve(&mut self.groups, &node.group, node.gid, |n| {
+            uzers::get_group_by_name(n).map(|g| g.gid())
+        });
         (rustix::fs::Uid::from_raw(uid), rustix::fs::Gid::from_raw(gid))
     }
 }
