@@ -1,14 +1,16 @@
 //! Storage backends for coffer. Each implements [`coffer_core::Backend`].
 //!
-//! Today: the local directory backend and S3-compatible storage. SFTP and the coffer server
-//! client arrive with their issues.
+//! Today: the local directory backend, S3-compatible storage and a coffer server
+//! (`https://HOST:PORT/REPO`). SFTP arrives with its issue.
 
 mod local;
+mod rest;
 mod s3;
 
 use std::sync::Arc;
 
 pub use local::LocalBackend;
+pub use rest::{RestBackend, RestOptions};
 pub use s3::{S3Backend, S3Location};
 
 use coffer_core::{Backend, BackendError, Error, FileKind};
@@ -43,9 +45,19 @@ pub(crate) fn display_name(kind: FileKind, name: &str) -> String {
     }
 }
 
-/// Open a backend from a repository location: a local path (absolute or relative), or
-/// `s3:https://HOST/BUCKET/PREFIX`.
+/// Open a backend from a repository location: a local path (absolute or relative),
+/// `s3:https://HOST/BUCKET/PREFIX`, or a coffer server `https://HOST:PORT/REPO`.
 pub fn open(location: &str) -> Result<Arc<dyn Backend>, Error> {
+    open_with(location, &RestOptions::default())
+}
+
+/// [`open`] with the settings a coffer server needs (CA certificate, token file).
+pub fn open_with(location: &str, rest: &RestOptions) -> Result<Arc<dyn Backend>, Error> {
+    if location.starts_with("https://") {
+        let b = RestBackend::open(location, rest)
+            .map_err(|e| Error::Invalid(format!("repository {location:?}: {e}")))?;
+        return Ok(Arc::new(b));
+    }
     if location.is_empty() {
         return Err(Error::Invalid("empty repository location".into()));
     }
@@ -55,7 +67,7 @@ pub fn open(location: &str) -> Result<Arc<dyn Backend>, Error> {
         let b = S3Backend::open(loc).map_err(|e| Error::Invalid(format!("repository {location:?}: {e}")))?;
         return Ok(Arc::new(b));
     }
-    for scheme in ["sftp:", "rest:", "http://", "https://"] {
+    for scheme in ["sftp:", "rest:", "http://"] {
         if location.starts_with(scheme) {
             return Err(Error::Invalid(format!(
                 "repository {location:?}: the {} backend is not built into this coffer yet; use a local path",

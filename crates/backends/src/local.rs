@@ -135,7 +135,7 @@ impl Backend for LocalBackend {
                 }
             }
             v
-        } else if matches!(kind, FileKind::Lock | FileKind::Mark) && !base.exists() {
+        } else if matches!(kind, FileKind::Lock | FileKind::Mark | FileKind::Manifest) && !base.exists() {
             return Ok(Vec::new()); // repositories from before these namespaces existed
         } else {
             vec![base]
@@ -201,7 +201,7 @@ impl Backend for LocalBackend {
         if dest.exists() {
             return Ok(WriteOutcome::Existed);
         }
-        if matches!(kind, FileKind::Lock | FileKind::Mark) {
+        if matches!(kind, FileKind::Lock | FileKind::Mark | FileKind::Manifest) {
             fs::create_dir_all(&dir).map_err(|e| self.err(&what, e))?;
         }
         let tmp = dir.join(tmp_name());

@@ -56,6 +56,12 @@ pub struct Global {
     /// Print more (repeat for even more)
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+    /// Trust this CA certificate (PEM) for a coffer server, e.g. its self-signed cert.pem
+    #[arg(long, env = "COFFER_CACERT", global = true, value_name = "FILE")]
+    pub cacert: Option<PathBuf>,
+    /// Read the coffer server token from FILE (or set COFFER_TOKEN)
+    #[arg(long, env = "COFFER_TOKEN_FILE", global = true, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -93,6 +99,149 @@ pub enum Command {
     Key(KeyCommand),
     /// Show repository sizes, deduplication and compression
     Stats,
+    /// Run the coffer server, or manage its clients, retention, verification and trash
+    Server(ServerArgs),
+}
+
+#[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = false)]
+pub struct ServerArgs {
+    /// The server's data directory (repositories, catalog, certificate)
+    #[arg(long, env = "COFFER_SERVER_DATA", value_name = "DIR", global = true)]
+    pub data: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Option<ServerCommand>,
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Address and port to listen on
+    #[arg(long, default_value = "127.0.0.1:8443", value_name = "ADDR:PORT")]
+    pub listen: String,
+    /// Certificate chain (PEM); without it a self-signed certificate is made in DATA/tls
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Extra host names for the self-signed certificate (repeatable)
+    #[arg(long = "tls-name", value_name = "NAME")]
+    pub tls_names: Vec<String>,
+    /// Run retention this often (0 = only on demand)
+    #[arg(long, default_value = "1h", value_name = "DURATION")]
+    pub retention_every: String,
+    /// Verify every stored object this often (0 = only on demand)
+    #[arg(long, default_value = "7d", value_name = "DURATION")]
+    pub verify_every: String,
+    /// Uploads written at once
+    #[arg(long, default_value_t = 32, value_name = "N")]
+    pub max_uploads: usize,
+    /// Unreferenced packs younger than this are kept by retention
+    #[arg(long, default_value = "24h", value_name = "DURATION", global = true)]
+    pub pack_grace: String,
+    /// How long removed objects stay in the trash
+    #[arg(long, default_value = "14d", value_name = "DURATION", global = true)]
+    pub trash_for: String,
+    /// Read the current time from FILE (seconds since the epoch); for tests only
+    #[arg(long, hide = true, value_name = "FILE", global = true)]
+    pub test_clock: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ServerCommand {
+    /// Manage clients (each has one repository, one role and one token)
+    #[command(subcommand)]
+    Client(ServerClientCommand),
+    /// Manage repositories: retention policy and quota
+    #[command(subcommand)]
+    Repo(ServerRepoCommand),
+    /// Apply retention now (what the server does on its own every --retention-every)
+    Retention {
+        /// Only this repository
+        #[arg(long)]
+        repo: Option<String>,
+        /// Show what would be removed, remove nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Re-hash every stored object against its name, without any key
+    Verify {
+        /// Only this repository
+        #[arg(long)]
+        repo: Option<String>,
+    },
+    /// List or restore what retention and admins removed
+    #[command(subcommand)]
+    Trash(ServerTrashCommand),
+    /// Print the certificate's path and SHA-256 fingerprint (making it if needed)
+    Cert,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ServerClientCommand {
+    /// Add a client; prints its token once, alone on stdout
+    Add {
+        name: String,
+        /// The repository it may use (created if new)
+        #[arg(long)]
+        repo: String,
+        /// append (back up, never delete), read (restore) or admin (everything)
+        #[arg(long, default_value = "append")]
+        role: String,
+    },
+    /// List clients
+    List,
+    /// Remove a client (its token stops working at once)
+    Remove { name: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ServerRepoCommand {
+    /// List repositories with their usage, policy and last verification
+    List,
+    /// Set a repository's retention policy (by the time the server received each snapshot)
+    /// and quota
+    Set(ServerRepoSetArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ServerRepoSetArgs {
+    pub repo: String,
+    #[arg(long, value_name = "N")]
+    pub keep_last: Option<u32>,
+    #[arg(long, value_name = "N")]
+    pub keep_hourly: Option<u32>,
+    #[arg(long, value_name = "N")]
+    pub keep_daily: Option<u32>,
+    #[arg(long, value_name = "N")]
+    pub keep_weekly: Option<u32>,
+    #[arg(long, value_name = "N")]
+    pub keep_monthly: Option<u32>,
+    #[arg(long, value_name = "N")]
+    pub keep_yearly: Option<u32>,
+    /// Keep every snapshot received within this duration of the newest
+    #[arg(long, value_name = "DURATION")]
+    pub keep_within: Option<String>,
+    /// Remove the policy (retention then removes nothing)
+    #[arg(long, conflicts_with_all = ["keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly", "keep_yearly", "keep_within"])]
+    pub no_policy: bool,
+    /// Quota, e.g. 500G (`none` removes it)
+    #[arg(long, value_name = "SIZE")]
+    pub quota: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ServerTrashCommand {
+    /// List a repository's trash
+    List { repo: String },
+    /// Put trashed objects back: all of them, or one KIND/NAME
+    Restore {
+        repo: String,
+        /// e.g. snapshots/<id> or data/<id>
+        object: Option<String>,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -314,6 +463,10 @@ pub enum KeyCommand {
     Add {
         #[arg(long, value_name = "FILE")]
         new_password_file: Option<PathBuf>,
+        /// A key that can back up (and deduplicate) but not read anything back: no file
+        /// names, no data, no snapshot list. For clients whose backups a thief must not read.
+        #[arg(long)]
+        write_only: bool,
     },
     /// Remove a key (not the one in use)
     Remove { id: String },

@@ -58,6 +58,7 @@ fn main() -> ExitCode {
         Command::Repair(r) => cmd::repair(&g, r),
         Command::Key(k) => cmd::key(&g, k),
         Command::Stats => cmd::stats(&g),
+        Command::Server(a) => cmd::server::run(&g, a),
     };
     match r {
         Ok(code) => ExitCode::from(code),

@@ -23,9 +23,24 @@ pub enum FileKind {
     Lock,
     /// Prune's lists of condemned packs.
     Mark,
+    /// The packs each snapshot needs, in plaintext, for a server's retention
+    /// (written only where [`Backend::wants_manifests`] says so).
+    Manifest,
 }
 
 impl FileKind {
+    /// Every kind, in declaration order.
+    pub const ALL: [FileKind; 8] = [
+        FileKind::Config,
+        FileKind::Key,
+        FileKind::Snapshot,
+        FileKind::Index,
+        FileKind::Pack,
+        FileKind::Lock,
+        FileKind::Mark,
+        FileKind::Manifest,
+    ];
+
     pub fn dir(self) -> &'static str {
         match self {
             FileKind::Config => "",
@@ -35,6 +50,7 @@ impl FileKind {
             FileKind::Pack => "data",
             FileKind::Lock => "locks",
             FileKind::Mark => "marks",
+            FileKind::Manifest => "manifests",
         }
     }
 }
@@ -116,6 +132,13 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// caller store a pack without assembling it in one buffer. The default concatenates.
     fn write_parts(&self, kind: FileKind, name: &str, parts: &[&[u8]]) -> BResult<WriteOutcome> {
         self.write(kind, name, &parts.concat())
+    }
+
+    /// Whether this storage wants a manifest (`manifests/<snapshot id>`, the packs a snapshot
+    /// needs) written before each snapshot: a coffer server does, to apply retention without
+    /// the key.
+    fn wants_manifests(&self) -> bool {
+        false
     }
 
     /// Delete a file. Deleting a missing file is `NotFound`.

@@ -392,11 +392,15 @@ impl Archiver<'_, '_> {
             && p.mtime == node.mtime
             && p.ctime == node.ctime
             && p.inode == node.inode;
-        (same
-            && p.content
-                .iter()
-                .all(|id| self.repo.index().contains(id) || self.session.contains(id)))
-        .then(|| p.content.clone())
+        if !same {
+            return None;
+        }
+        for id in &p.content {
+            if self.reuse_blob(id).is_none() && !self.session.contains(id) {
+                return None;
+            }
+        }
+        Some(p.content.clone())
     }
 
     /// Archive one directory entry. `Ok(None)` means it is skipped (excluded, socket, error).
@@ -629,12 +633,21 @@ fn choose_parent(
     opts: &BackupOptions,
     host: &str,
     paths: &[String],
+    progress: &dyn Progress,
 ) -> Result<Option<(SnapshotId, Snapshot)>> {
+    if !repo.key().can_read() {
+        // a write-only key cannot read old snapshots: every file is read again, and its
+        // chunks are deduplicated against the index
+        return Ok(None);
+    }
     match &opts.parent {
         ParentChoice::None => Ok(None),
         ParentChoice::Id(id) => Ok(Some((*id, repo.load_snapshot(id)?))),
         ParentChoice::Auto => {
-            let mut snaps = repo.list_snapshots()?;
+            let (mut snaps, unreadable) = repo.list_snapshots_readable()?;
+            for w in unreadable {
+                progress.warn(&w);
+            }
             snaps.retain(|(_, s)| s.hostname == host && s.paths == paths);
             Ok(snaps.pop())
         }
@@ -687,7 +700,7 @@ pub fn backup_with_sources(
         Some(h) => h.clone(),
         None => rustix::system::uname().nodename().to_string_lossy().into_owned(),
     };
-    let parent = choose_parent(repo, opts, &host, &paths)?;
+    let parent = choose_parent(repo, opts, &host, &paths, progress)?;
     let parent_id = parent.as_ref().map(|(id, _)| *id);
     let excluder = PathMatcher::new(&opts.excludes)?;
     let threads = if opts.threads == 0 {
@@ -792,6 +805,6 @@ pub fn backup_with_sources(
     let mut referenced = referenced;
     referenced.extend(stats.packs.iter().map(|p| p.id));
     crate::prune::relist_condemned(repo, &referenced)?;
-    let (id, _) = repo.save_snapshot(&snapshot)?;
+    let (id, _) = repo.save_snapshot_needing(&snapshot, referenced)?;
     Ok(BackupOutcome { id, snapshot })
 }

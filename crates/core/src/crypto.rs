@@ -2,22 +2,29 @@
 //!
 //! - [`MasterKey`]: four independent random 256-bit keys — `data` seals blobs, snapshots and
 //!   the config; `index` seals pack headers and index files; `id` keys the BLAKE3 blob ids;
-//!   `chunker` derives the secret gear table of the chunker. They are kept apart so that a
-//!   future write-only key can hold `id`, `index` and `chunker` but not `data`.
+//!   `chunker` derives the secret gear table of the chunker. A write-only key holds `id`,
+//!   `index` and `chunker` and the repository's X25519 public key, but not `data`.
 //! - Sealed envelope (scheme 1): `1 || nonce(24) || AES-256-GCM(subkey, nonce[12..24], ad, pt) || tag`,
 //!   `subkey = BLAKE3-keyed(key, "coffer/v1/seal" || nonce[0..12])`. A fresh random 192-bit nonce per
 //!   envelope makes a repeated (key, nonce) pair as likely as guessing a 96-bit value twice in a
 //!   row, however many clients write at once; no counter is shared between machines.
+//! - Scheme 2 (written by write-only keys): `2 || ephemeral X25519 public key(32) || nonce(24) ||
+//!   ciphertext || tag`, the scheme-1 body under a session key derived from the X25519 shared
+//!   secret of the process's ephemeral key and the repository public key; only a full key (which
+//!   derives the matching private key from `data`) opens it.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::{Mutex, OnceLock};
 
 use coffer_format::{
-    associated_data, BlobId, Id, KdfParams, ObjectKind, SEAL_NONCE_LEN, SEAL_OVERHEAD, SEAL_SCHEME_SYMMETRIC,
-    SEAL_TAG_LEN,
+    associated_data, BlobId, Id, KdfParams, ObjectKind, SEAL_NONCE_LEN, SEAL_OVERHEAD, SEAL_SCHEME_SESSION,
+    SEAL_SCHEME_SYMMETRIC, SEAL_TAG_LEN,
 };
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 use serde::{Deserialize, Serialize};
-use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
+use x25519_dalek::{PublicKey, StaticSecret};
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::error::{Error, Result};
 
@@ -30,17 +37,45 @@ pub fn random_bytes(buf: &mut [u8]) {
     getrandom::fill(buf).expect("the operating system's random generator failed");
 }
 
-/// The repository's secret keys. Zeroized on drop; never printed.
-#[derive(Clone, Zeroize, ZeroizeOnDrop, Serialize, Deserialize)]
+/// The repository's keys. Zeroized on drop; never printed.
+///
+/// A **full** key holds all four secret keys. A **write-only** key has no `data` key: it
+/// holds `index`, `id` and `chunker` and the repository's X25519 public key, so it can
+/// chunk, deduplicate against the index and seal new data (envelope scheme 2, to the public
+/// key), but open no data blob, tree, snapshot or config (docs/FORMAT.md "Write-only keys").
 pub struct MasterKey {
-    #[serde(with = "key_bytes")]
-    data: [u8; KEY_LEN],
-    #[serde(with = "key_bytes")]
+    data: Option<[u8; KEY_LEN]>,
     index: [u8; KEY_LEN],
-    #[serde(with = "key_bytes")]
     id: [u8; KEY_LEN],
-    #[serde(with = "key_bytes")]
     chunker: [u8; KEY_LEN],
+    /// The repository's X25519 public key (derived from `data` for a full key).
+    public: [u8; KEY_LEN],
+    /// Sender side of scheme 2: this process's ephemeral key pair and session key.
+    session: OnceLock<Session>,
+    /// Receiver side of scheme 2: session keys by ephemeral public key.
+    sessions: Mutex<HashMap<[u8; KEY_LEN], Zeroizing<[u8; KEY_LEN]>>>,
+}
+
+struct Session {
+    ephemeral_public: [u8; KEY_LEN],
+    key: Zeroizing<[u8; KEY_LEN]>,
+}
+
+impl Drop for MasterKey {
+    fn drop(&mut self) {
+        if let Some(d) = self.data.as_mut() {
+            d.zeroize();
+        }
+        self.index.zeroize();
+        self.id.zeroize();
+        self.chunker.zeroize();
+    }
+}
+
+impl Clone for MasterKey {
+    fn clone(&self) -> Self {
+        MasterKey::assemble(self.data, self.index, self.id, self.chunker, Some(self.public))
+    }
 }
 
 impl fmt::Debug for MasterKey {
@@ -49,40 +84,166 @@ impl fmt::Debug for MasterKey {
     }
 }
 
-mod key_bytes {
-    use serde::{Deserializer, Serializer};
-    pub fn serialize<S: Serializer>(k: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(k)
+/// 32 key bytes, serialized as a CBOR byte string.
+#[derive(Clone, Copy)]
+struct KeyBytes([u8; KEY_LEN]);
+
+impl Serialize for KeyBytes {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.0)
     }
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
+}
+
+impl<'de> Deserialize<'de> for KeyBytes {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
         struct V;
         impl serde::de::Visitor<'_> for V {
-            type Value = [u8; 32];
+            type Value = KeyBytes;
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("32 key bytes")
             }
-            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<[u8; 32], E> {
-                v.try_into().map_err(|_| E::invalid_length(v.len(), &self))
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> std::result::Result<KeyBytes, E> {
+                Ok(KeyBytes(
+                    v.try_into().map_err(|_| E::invalid_length(v.len(), &self))?,
+                ))
             }
         }
         d.deserialize_bytes(V)
     }
 }
 
+/// What a key file wraps (CBOR). Full keys: `data`, `index`, `id`, `chunker`. Write-only
+/// keys: no `data`; `public` and the repository's `config` (which is sealed with `data`).
+#[derive(Serialize, Deserialize)]
+struct KeyMaterial {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    data: Option<KeyBytes>,
+    index: KeyBytes,
+    id: KeyBytes,
+    chunker: KeyBytes,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    public: Option<KeyBytes>,
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_bytes")]
+    config: Option<Vec<u8>>,
+}
+
+impl Drop for KeyMaterial {
+    fn drop(&mut self) {
+        for k in [
+            Some(&mut self.index),
+            Some(&mut self.id),
+            Some(&mut self.chunker),
+            self.data.as_mut(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            k.0.zeroize();
+        }
+    }
+}
+
+mod opt_bytes {
+    use serde::{Deserialize, Deserializer, Serializer};
+    pub fn serialize<S: Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(b) => s.serialize_bytes(b),
+            None => s.serialize_none(),
+        }
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+        #[derive(Deserialize)]
+        struct B(#[serde(with = "bytes_vec")] Vec<u8>);
+        mod bytes_vec {
+            use serde::Deserializer;
+            pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+                struct V;
+                impl serde::de::Visitor<'_> for V {
+                    type Value = Vec<u8>;
+                    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                        f.write_str("bytes")
+                    }
+                    fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+                        Ok(v.to_vec())
+                    }
+                    fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+                        Ok(v)
+                    }
+                }
+                d.deserialize_bytes(V)
+            }
+        }
+        Ok(Option::<B>::deserialize(d)?.map(|b| b.0))
+    }
+}
+
+/// The X25519 secret a full key derives from its `data` key: only full keys can open
+/// scheme-2 envelopes.
+fn recipient_secret(data: &[u8; KEY_LEN]) -> StaticSecret {
+    let mut h = blake3::Hasher::new_derive_key("coffer/v1 x25519 recipient");
+    h.update(data);
+    StaticSecret::from(*h.finalize().as_bytes())
+}
+
+/// The scheme-2 session key for one ephemeral key and the repository public key.
+fn session_key(
+    shared: &[u8; KEY_LEN],
+    ephemeral_public: &[u8; KEY_LEN],
+    public: &[u8; KEY_LEN],
+) -> Zeroizing<[u8; KEY_LEN]> {
+    let mut h = blake3::Hasher::new_derive_key("coffer/v1 session key");
+    h.update(shared);
+    h.update(ephemeral_public);
+    h.update(public);
+    Zeroizing::new(*h.finalize().as_bytes())
+}
+
+/// Length of the scheme-2 prefix: scheme byte and ephemeral public key.
+const SESSION_PREFIX: usize = 1 + KEY_LEN;
+
 impl MasterKey {
+    fn assemble(
+        data: Option<[u8; KEY_LEN]>,
+        index: [u8; KEY_LEN],
+        id: [u8; KEY_LEN],
+        chunker: [u8; KEY_LEN],
+        public: Option<[u8; KEY_LEN]>,
+    ) -> MasterKey {
+        let public = match (&data, public) {
+            (Some(d), _) => PublicKey::from(&recipient_secret(d)).to_bytes(),
+            (None, Some(p)) => p,
+            (None, None) => [0; KEY_LEN],
+        };
+        MasterKey {
+            data,
+            index,
+            id,
+            chunker,
+            public,
+            session: OnceLock::new(),
+            sessions: Mutex::new(HashMap::new()),
+        }
+    }
+
     /// Fresh random keys.
     pub fn generate() -> Self {
-        let mut k = MasterKey {
-            data: [0; 32],
-            index: [0; 32],
-            id: [0; 32],
-            chunker: [0; 32],
-        };
-        random_bytes(&mut k.data);
-        random_bytes(&mut k.index);
-        random_bytes(&mut k.id);
-        random_bytes(&mut k.chunker);
-        k
+        let mut k = [[0u8; KEY_LEN]; 4];
+        for part in k.iter_mut() {
+            random_bytes(part);
+        }
+        let key = MasterKey::assemble(Some(k[0]), k[1], k[2], k[3], None);
+        k.zeroize();
+        key
+    }
+
+    /// Whether this key can read data, trees, snapshots and the config (a full key).
+    pub fn can_read(&self) -> bool {
+        self.data.is_some()
+    }
+
+    /// The write-only counterpart of this (full) key.
+    pub fn write_only(&self) -> MasterKey {
+        MasterKey::assemble(None, self.index, self.id, self.chunker, Some(self.public))
     }
 
     /// The keyed id of a blob's plaintext.
@@ -106,34 +267,123 @@ impl MasterKey {
         t
     }
 
-    fn key_for(&self, kind: ObjectKind) -> &[u8; KEY_LEN] {
-        match kind {
-            ObjectKind::PackHeader | ObjectKind::Index => &self.index,
-            _ => &self.data,
-        }
+    fn uses_index_key(kind: ObjectKind) -> bool {
+        matches!(kind, ObjectKind::PackHeader | ObjectKind::Index)
     }
 
-    /// Seal `plaintext` as an object of `kind`; `extra_ad` is the blob id for blobs.
+    fn write_only_error(what: &str) -> Error {
+        Error::Invalid(format!(
+            "{what}: this is a write-only key: it can back up, but not read data, file names or \
+             snapshots; use a full key to list or restore"
+        ))
+    }
+
+    fn session(&self) -> &Session {
+        self.session.get_or_init(|| {
+            let mut seed = Zeroizing::new([0u8; KEY_LEN]);
+            random_bytes(&mut seed[..]);
+            let eph = StaticSecret::from(*seed);
+            let ephemeral_public = PublicKey::from(&eph).to_bytes();
+            let shared = eph.diffie_hellman(&PublicKey::from(self.public));
+            Session {
+                key: session_key(shared.as_bytes(), &ephemeral_public, &self.public),
+                ephemeral_public,
+            }
+        })
+    }
+
+    /// Seal `plaintext` as an object of `kind`; `extra_ad` is the blob id for blobs. A full key
+    /// seals with scheme 1; a write-only key seals data, trees and snapshots with scheme 2.
     pub fn seal(&self, kind: ObjectKind, extra_ad: &[u8], plaintext: &[u8]) -> Vec<u8> {
-        seal_with(self.key_for(kind), kind, extra_ad, plaintext)
+        if Self::uses_index_key(kind) {
+            return seal_with(&self.index, kind, extra_ad, plaintext);
+        }
+        match &self.data {
+            Some(d) => seal_with(d, kind, extra_ad, plaintext),
+            None => {
+                let s = self.session();
+                let mut prefix = [0u8; SESSION_PREFIX];
+                prefix[0] = SEAL_SCHEME_SESSION;
+                prefix[1..].copy_from_slice(&s.ephemeral_public);
+                seal_body(&s.key, &prefix, kind, extra_ad, plaintext)
+            }
+        }
     }
 
     /// Open an envelope sealed by [`MasterKey::seal`] with the same kind and `extra_ad`.
     pub fn open(&self, kind: ObjectKind, extra_ad: &[u8], sealed: &[u8], what: &str) -> Result<Vec<u8>> {
-        open_with(self.key_for(kind), kind, extra_ad, sealed, what)
+        if Self::uses_index_key(kind) {
+            return open_with(&self.index, kind, extra_ad, sealed, what);
+        }
+        let Some(data) = &self.data else {
+            return Err(Self::write_only_error(what));
+        };
+        if sealed.first() != Some(&SEAL_SCHEME_SESSION) {
+            return open_with(data, kind, extra_ad, sealed, what);
+        }
+        if sealed.len() < SESSION_PREFIX + SEAL_OVERHEAD {
+            return Err(Error::integrity(
+                what,
+                format!("sealed object of {} bytes is too short", sealed.len()),
+            ));
+        }
+        let mut eph = [0u8; KEY_LEN];
+        eph.copy_from_slice(&sealed[1..SESSION_PREFIX]);
+        let key = {
+            let mut cache = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+            if cache.len() > 4096 {
+                cache.clear();
+            }
+            cache
+                .entry(eph)
+                .or_insert_with(|| {
+                    let shared = recipient_secret(data).diffie_hellman(&PublicKey::from(eph));
+                    session_key(shared.as_bytes(), &eph, &self.public)
+                })
+                .clone()
+        };
+        open_body(&key, SESSION_PREFIX, kind, extra_ad, sealed, what)
     }
 
-    /// CBOR of the key material, for wrapping in a key file.
-    pub(crate) fn to_bytes(&self) -> Zeroizing<Vec<u8>> {
-        let mut out = Zeroizing::new(Vec::with_capacity(160));
+    /// CBOR of the key material, for wrapping in a key file: a write-only key carries the
+    /// repository config (encoded), which it could not open otherwise.
+    pub(crate) fn to_bytes(&self, config: Option<&[u8]>) -> Zeroizing<Vec<u8>> {
+        let m = KeyMaterial {
+            data: self.data.map(KeyBytes),
+            index: KeyBytes(self.index),
+            id: KeyBytes(self.id),
+            chunker: KeyBytes(self.chunker),
+            public: self.data.is_none().then_some(KeyBytes(self.public)),
+            config: if self.data.is_none() {
+                config.map(<[u8]>::to_vec)
+            } else {
+                None
+            },
+        };
+        let mut out = Zeroizing::new(Vec::with_capacity(256));
         #[allow(clippy::expect_used)]
-        ciborium::into_writer(self, &mut *out).expect("key serializes to a Vec");
+        ciborium::into_writer(&m, &mut *out).expect("key serializes to a Vec");
         out
     }
 
-    pub(crate) fn from_bytes(b: &[u8], what: &str) -> Result<Self> {
-        ciborium::from_reader(b)
-            .map_err(|e| Error::integrity(what, format!("key material does not decode: {e}")))
+    /// Decode key material; returns the key and, for a write-only key, the config it carries.
+    pub(crate) fn from_bytes(b: &[u8], what: &str) -> Result<(Self, Option<Vec<u8>>)> {
+        let mut m: KeyMaterial = ciborium::from_reader(b)
+            .map_err(|e| Error::integrity(what, format!("key material does not decode: {e}")))?;
+        if m.data.is_none() && (m.public.is_none() || m.config.is_none()) {
+            return Err(Error::integrity(
+                what,
+                "write-only key without public key or config",
+            ));
+        }
+        let key = MasterKey::assemble(
+            m.data.map(|k| k.0),
+            m.index.0,
+            m.id.0,
+            m.chunker.0,
+            m.public.map(|k| k.0),
+        );
+        Ok((key, m.config.take()))
     }
 }
 
@@ -157,8 +407,19 @@ fn gcm_nonce(nonce: &[u8]) -> Nonce {
 
 /// Seal under an explicit key (used for key files, whose key comes from the passphrase).
 pub fn seal_with(key: &[u8; KEY_LEN], kind: ObjectKind, extra_ad: &[u8], plaintext: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(plaintext.len() + SEAL_OVERHEAD);
-    out.push(SEAL_SCHEME_SYMMETRIC);
+    seal_body(key, &[SEAL_SCHEME_SYMMETRIC], kind, extra_ad, plaintext)
+}
+
+/// `prefix || nonce || AES-256-GCM(subkey, ...) || tag`.
+fn seal_body(
+    key: &[u8; KEY_LEN],
+    prefix: &[u8],
+    kind: ObjectKind,
+    extra_ad: &[u8],
+    plaintext: &[u8],
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(prefix.len() + plaintext.len() + SEAL_OVERHEAD);
+    out.extend_from_slice(prefix);
     let mut nonce = [0u8; SEAL_NONCE_LEN];
     random_bytes(&mut nonce);
     out.extend_from_slice(&nonce);
@@ -168,7 +429,11 @@ pub fn seal_with(key: &[u8; KEY_LEN], kind: ObjectKind, extra_ad: &[u8], plainte
     // Sealing fails only for inputs over GCM's 64 GiB limit; blobs are capped far below.
     #[allow(clippy::expect_used)]
     let tag = k
-        .seal_in_place_separate_tag(gcm_nonce(&nonce), Aad::from(&ad), &mut out[1 + SEAL_NONCE_LEN..])
+        .seal_in_place_separate_tag(
+            gcm_nonce(&nonce),
+            Aad::from(&ad),
+            &mut out[prefix.len() + SEAL_NONCE_LEN..],
+        )
         .expect("plaintext within AES-GCM limits");
     out.extend_from_slice(tag.as_ref());
     out
@@ -194,8 +459,20 @@ pub fn open_with(
             format!("unknown envelope scheme {}", sealed[0]),
         ));
     }
-    let nonce = &sealed[1..1 + SEAL_NONCE_LEN];
-    let mut buf = sealed[1 + SEAL_NONCE_LEN..].to_vec();
+    open_body(key, 1, kind, extra_ad, sealed, what)
+}
+
+/// Open the part of an envelope after its `prefix_len`-byte prefix.
+fn open_body(
+    key: &[u8; KEY_LEN],
+    prefix_len: usize,
+    kind: ObjectKind,
+    extra_ad: &[u8],
+    sealed: &[u8],
+    what: &str,
+) -> Result<Vec<u8>> {
+    let nonce = &sealed[prefix_len..prefix_len + SEAL_NONCE_LEN];
+    let mut buf = sealed[prefix_len + SEAL_NONCE_LEN..].to_vec();
     let ad = associated_data(kind, extra_ad);
     let k = subkey(key, nonce);
     let n = k
@@ -208,7 +485,7 @@ pub fn open_with(
         })?
         .len();
     buf.truncate(n);
-    debug_assert_eq!(n + SEAL_TAG_LEN + SEAL_NONCE_LEN + 1, sealed.len());
+    debug_assert_eq!(n + SEAL_TAG_LEN + SEAL_NONCE_LEN + prefix_len, sealed.len());
     Ok(buf)
 }
 
@@ -275,7 +552,108 @@ mod tests {
             .is_err());
         // index objects use the index key, not the data key
         let si = k.seal(ObjectKind::Index, b"", b"x");
-        assert!(open_with(&k.data, ObjectKind::Index, b"", &si, "t").is_err());
+        assert!(open_with(&k.data.unwrap(), ObjectKind::Index, b"", &si, "t").is_err());
+    }
+
+    #[test]
+    fn write_only_keys_seal_for_the_full_key_only() {
+        let full = MasterKey::generate();
+        let wo = full.write_only();
+        assert!(full.can_read() && !wo.can_read());
+        // same ids and chunking: write-only backups deduplicate against full ones
+        assert_eq!(full.blob_id(b"x"), wo.blob_id(b"x"));
+        assert_eq!(full.gear_table(), wo.gear_table());
+        let id = wo.blob_id(b"secret");
+        let s = wo.seal(ObjectKind::Data, id.as_bytes(), b"secret");
+        assert_eq!(s[0], SEAL_SCHEME_SESSION);
+        assert!(!s.windows(6).any(|w| w == b"secret"));
+        assert_eq!(
+            full.open(ObjectKind::Data, id.as_bytes(), &s, "t").unwrap(),
+            b"secret"
+        );
+        // twice: the second open uses the cached session key
+        assert_eq!(
+            full.open(ObjectKind::Data, id.as_bytes(), &s, "t").unwrap(),
+            b"secret"
+        );
+        // the write-only key cannot read what it wrote, nor what the full key wrote
+        let e = wo.open(ObjectKind::Data, id.as_bytes(), &s, "t").unwrap_err();
+        assert!(e.to_string().contains("write-only"), "{e}");
+        let f = full.seal(ObjectKind::Tree, b"", b"names");
+        assert!(wo.open(ObjectKind::Tree, b"", &f, "t").is_err());
+        // kind, id and the ephemeral key are bound
+        assert!(full.open(ObjectKind::Tree, id.as_bytes(), &s, "t").is_err());
+        let mut t = s.clone();
+        t[5] ^= 1;
+        assert!(full.open(ObjectKind::Data, id.as_bytes(), &t, "t").is_err());
+        // another repository's full key cannot open it
+        assert!(MasterKey::generate()
+            .open(ObjectKind::Data, id.as_bytes(), &s, "t")
+            .is_err());
+        // index objects stay readable by both
+        let si = wo.seal(ObjectKind::Index, b"", b"idx");
+        assert_eq!(full.open(ObjectKind::Index, b"", &si, "t").unwrap(), b"idx");
+        assert_eq!(wo.open(ObjectKind::Index, b"", &si, "t").unwrap(), b"idx");
+    }
+
+    #[test]
+    fn key_material_round_trips_and_reads_the_v1_layout() {
+        let full = MasterKey::generate();
+        let (back, cfg) = MasterKey::from_bytes(&full.to_bytes(Some(b"cfg")), "t").unwrap();
+        assert!(back.can_read() && cfg.is_none());
+        let s = full.seal(ObjectKind::Snapshot, b"", b"x");
+        assert_eq!(back.open(ObjectKind::Snapshot, b"", &s, "t").unwrap(), b"x");
+        let (wo, cfg) = MasterKey::from_bytes(&full.write_only().to_bytes(Some(b"cfg")), "t").unwrap();
+        assert!(!wo.can_read());
+        assert_eq!(cfg.as_deref(), Some(&b"cfg"[..]));
+        let s = wo.seal(ObjectKind::Snapshot, b"", b"y");
+        assert_eq!(full.open(ObjectKind::Snapshot, b"", &s, "t").unwrap(), b"y");
+        // key files written before write-only keys existed: a map of four byte strings
+        #[derive(Serialize)]
+        struct V1<'a> {
+            #[serde(with = "serde_bytes_ref")]
+            data: &'a [u8],
+            #[serde(with = "serde_bytes_ref")]
+            index: &'a [u8],
+            #[serde(with = "serde_bytes_ref")]
+            id: &'a [u8],
+            #[serde(with = "serde_bytes_ref")]
+            chunker: &'a [u8],
+        }
+        mod serde_bytes_ref {
+            pub fn serialize<S: serde::Serializer>(v: &&[u8], s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_bytes(v)
+            }
+        }
+        let mut v1 = Vec::new();
+        ciborium::into_writer(
+            &V1 {
+                data: &[1; 32],
+                index: &[2; 32],
+                id: &[3; 32],
+                chunker: &[4; 32],
+            },
+            &mut v1,
+        )
+        .unwrap();
+        let (k, _) = MasterKey::from_bytes(&v1, "t").unwrap();
+        assert!(k.can_read());
+        assert_eq!(k.index, [2; 32]);
+        // a write-only key without its public key or config is refused
+        let mut bad = Vec::new();
+        ciborium::into_writer(
+            &KeyMaterial {
+                data: None,
+                index: KeyBytes([2; 32]),
+                id: KeyBytes([3; 32]),
+                chunker: KeyBytes([4; 32]),
+                public: None,
+                config: None,
+            },
+            &mut bad,
+        )
+        .unwrap();
+        assert!(MasterKey::from_bytes(&bad, "t").is_err());
     }
 
     #[test]
@@ -296,8 +674,8 @@ mod tests {
     #[test]
     fn key_material_round_trip() {
         let k = MasterKey::generate();
-        let b = k.to_bytes();
-        let k2 = MasterKey::from_bytes(&b, "t").unwrap();
+        let b = k.to_bytes(None);
+        let (k2, _) = MasterKey::from_bytes(&b, "t").unwrap();
         assert_eq!(k.blob_id(b"q"), k2.blob_id(b"q"));
     }
 

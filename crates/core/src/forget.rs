@@ -131,9 +131,43 @@ fn bucket(kind: usize, t: &DateTime<FixedOffset>) -> i64 {
 
 /// Apply `policy` to one group of snapshots (any order); returns decisions newest first.
 pub fn apply_policy(snaps: &[(SnapshotId, Snapshot)], policy: &KeepPolicy) -> Vec<Decision> {
-    let mut sorted: Vec<&(SnapshotId, Snapshot)> = snaps.iter().collect();
-    sorted.sort_by(|a, b| b.1.time.cmp(&a.1.time).then(b.0.cmp(&a.0)));
-    let newest = sorted.first().map(|s| s.1.time);
+    let items: Vec<Item<'_>> = snaps
+        .iter()
+        .map(|(id, s)| Item {
+            id: *id,
+            time: s.time,
+            tags: &s.tags,
+        })
+        .collect();
+    decide(items, policy)
+}
+
+/// Apply `policy` to snapshots known only by id and time (a server judging by the time it
+/// received each snapshot); returns decisions newest first.
+pub fn apply_policy_to_times(
+    snaps: &[(SnapshotId, DateTime<FixedOffset>)],
+    policy: &KeepPolicy,
+) -> Vec<Decision> {
+    let items = snaps
+        .iter()
+        .map(|(id, t)| Item {
+            id: *id,
+            time: *t,
+            tags: &[],
+        })
+        .collect();
+    decide(items, policy)
+}
+
+struct Item<'a> {
+    id: SnapshotId,
+    time: DateTime<FixedOffset>,
+    tags: &'a [String],
+}
+
+fn decide(mut sorted: Vec<Item<'_>>, policy: &KeepPolicy) -> Vec<Decision> {
+    sorted.sort_by(|a, b| b.time.cmp(&a.time).then(b.id.cmp(&a.id)));
+    let newest = sorted.first().map(|s| s.time);
     const NAMES: [&str; 5] = ["hourly", "daily", "weekly", "monthly", "yearly"];
     let mut counts = [
         policy.hourly,
@@ -145,7 +179,8 @@ pub fn apply_policy(snaps: &[(SnapshotId, Snapshot)], policy: &KeepPolicy) -> Ve
     let mut last_bucket: [Option<i64>; 5] = [None; 5];
     let mut last_left = policy.last;
     let mut out = Vec::with_capacity(sorted.len());
-    for (id, s) in sorted {
+    for s in sorted {
+        let id = s.id;
         let mut reasons = Vec::new();
         if last_left != 0 {
             reasons.push("last snapshot".to_string());
@@ -177,7 +212,7 @@ pub fn apply_policy(snaps: &[(SnapshotId, Snapshot)], policy: &KeepPolicy) -> Ve
             }
         }
         out.push(Decision {
-            id: *id,
+            id,
             time: s.time,
             keep: !reasons.is_empty(),
             reasons,

@@ -44,6 +44,14 @@ impl Index {
         }
     }
 
+    /// [`Index::add_file`] of only the packs `keep` accepts.
+    pub fn add_file_where(&mut self, id: IndexId, file: &IndexFile, keep: impl Fn(&PackId) -> bool) {
+        self.files.push(id);
+        for p in file.packs.iter().filter(|p| keep(&p.id)) {
+            self.add_pack(p);
+        }
+    }
+
     /// Add one pack's entries (first location seen for a blob wins).
     pub fn add_pack(&mut self, p: &IndexPack) {
         let next = self.packs.len() as u32;

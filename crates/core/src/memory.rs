@@ -41,15 +41,7 @@ impl MemoryBackend {
 
     /// Every stored file with its bytes.
     pub fn snapshot_all(&self) -> Vec<(FileKind, String, Vec<u8>)> {
-        const KINDS: [FileKind; 7] = [
-            FileKind::Config,
-            FileKind::Key,
-            FileKind::Snapshot,
-            FileKind::Index,
-            FileKind::Pack,
-            FileKind::Lock,
-            FileKind::Mark,
-        ];
+        const KINDS: [FileKind; 8] = FileKind::ALL;
         self.lock()
             .iter()
             .map(|((k, n), b)| (KINDS[*k as usize], n.clone(), b.clone()))

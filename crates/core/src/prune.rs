@@ -217,6 +217,14 @@ pub struct PruneReport {
 
 /// Run one prune: mark what is unused now, then sweep every mark that is safe to act on.
 pub fn prune(repo: Repository, opts: &PruneOptions, progress: &dyn Progress) -> Result<PruneReport> {
+    if repo.backend().wants_manifests() {
+        // packs rewritten here would leave the server's manifests naming packs that are gone
+        return Err(Error::Invalid(format!(
+            "{}: a coffer server repository is pruned by the server (its retention policy); \
+             run `coffer server retention` there",
+            repo.backend().location()
+        )));
+    }
     let backend = repo.backend().clone();
     // the lease comes first; the index is read by each phase, after it lists the snapshots
     let mut repo = repo.leased_without_index("prune")?;

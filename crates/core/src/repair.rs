@@ -148,7 +148,7 @@ pub fn repair_snapshots(
         if !s.tags.iter().any(|t| t == "repaired") {
             s.tags.push("repaired".into());
         }
-        let (new_id, _) = repo.save_snapshot(&s)?;
+        let (new_id, _) = repo.save_snapshot_walked(&s)?;
         repo.backend().remove(FileKind::Snapshot, &id.to_hex())?;
         r.repaired.push((id.to_hex(), new_id.to_hex()));
     }

@@ -102,7 +102,7 @@ impl Repository {
         let key = Arc::new(MasterKey::generate());
         backend.create()?;
         // Key first, config last: a location with a config is a repository that opens.
-        let key_id = write_key_file(&*backend, &key, password)?;
+        let key_id = write_key_file(&*backend, &key, password, &config.encode())?;
         let sealed = key.seal(
             ObjectKind::Config,
             b"",
@@ -147,13 +147,13 @@ impl Repository {
             let wrap = derive_wrapping_key(password, &kf.kdf)?;
             if let Ok(plain) = open_with(&wrap, ObjectKind::KeyWrap, b"", &kf.wrapped, &what) {
                 let plain = Zeroizing::new(plain);
-                let key = MasterKey::from_bytes(&plain, &what)?;
+                let (key, carried_config) = MasterKey::from_bytes(&plain, &what)?;
                 let id = KeyId(Id::from_hex(&k.name).map_err(|e| Error::format(&what, e))?);
-                found = Some((id, key));
+                found = Some((id, key, carried_config));
                 break;
             }
         }
-        let (key_id, key) = match found {
+        let (key_id, key, carried_config) = match found {
             Some(f) => f,
             None if !damaged.is_empty() && damaged.len() == keys.len() => {
                 return Err(Error::integrity(
@@ -163,10 +163,16 @@ impl Repository {
             }
             None => return Err(Error::WrongPassword { location }),
         };
-        let sealed = backend.read(FileKind::Config, "config")?;
-        let plain = key.open(ObjectKind::Config, b"", &sealed, "config")?;
-        let config = Config::decode(&decode_blob_max(plain, 1 << 20, "config")?)
-            .map_err(|e| Error::format("config", e))?;
+        let config = match carried_config {
+            // a write-only key cannot open the config; its key file carries a copy
+            Some(c) if !key.can_read() => c,
+            _ => {
+                let sealed = backend.read(FileKind::Config, "config")?;
+                let plain = key.open(ObjectKind::Config, b"", &sealed, "config")?;
+                decode_blob_max(plain, 1 << 20, "config")?
+            }
+        };
+        let config = Config::decode(&config).map_err(|e| Error::format("config", e))?;
         Ok(Repository {
             backend,
             key: Arc::new(key),
@@ -213,9 +219,25 @@ impl Repository {
         Ok(out)
     }
 
-    /// Add a key slot for another passphrase.
+    /// Add a key slot for another passphrase (write-only if the key in use is).
     pub fn add_key(&self, password: &[u8]) -> Result<KeyId> {
-        write_key_file(&*self.backend, &self.key, password)
+        write_key_file(&*self.backend, &self.key, password, &self.config.encode())
+    }
+
+    /// Add a write-only key for `password`: it backs up and deduplicates, but cannot read
+    /// any data, tree, file name or snapshot (docs/FORMAT.md "Write-only keys").
+    pub fn add_write_only_key(&self, password: &[u8]) -> Result<KeyId> {
+        if !self.key.can_read() {
+            return Err(Error::Invalid(
+                "a write-only key can only add write-only keys; this one is already".into(),
+            ));
+        }
+        write_key_file(
+            &*self.backend,
+            &self.key.write_only(),
+            password,
+            &self.config.encode(),
+        )
     }
 
     /// Remove a key slot. The key in use cannot be removed (use [`Repository::change_password`]).
@@ -290,9 +312,35 @@ impl Repository {
         IndexFile::decode(&plain).map_err(|e| Error::format(format!("index/{name}"), e))
     }
 
+    /// Store a snapshot. Where the backend wants manifests (a coffer server), use
+    /// [`Repository::save_snapshot_needing`] instead, or the server refuses the snapshot.
     pub fn save_snapshot(&self, s: &Snapshot) -> Result<(SnapshotId, u64)> {
         let (id, n) = self.save_file_object(FileKind::Snapshot, ObjectKind::Snapshot, &s.encode())?;
         Ok((SnapshotId(id), n))
+    }
+
+    /// Store a snapshot whose blobs are all in `packs`; where the backend wants manifests,
+    /// `manifests/<id>` listing those packs is written first (docs/FORMAT.md "Server-side
+    /// retention"). `packs` may be a superset; it must not miss a pack the snapshot needs.
+    pub fn save_snapshot_needing(
+        &self,
+        s: &Snapshot,
+        packs: impl IntoIterator<Item = PackId>,
+    ) -> Result<(SnapshotId, u64)> {
+        if !self.backend.wants_manifests() {
+            return self.save_snapshot(s);
+        }
+        let sealed = self.key.seal(
+            ObjectKind::Snapshot,
+            b"",
+            &encode_blob(META_COMPRESSION, &s.encode()),
+        );
+        let id = SnapshotId(storage_id(&sealed));
+        let manifest = coffer_format::Manifest::new(id, packs);
+        self.backend
+            .write(FileKind::Manifest, &id.to_hex(), &manifest.encode())?;
+        self.backend.write(FileKind::Snapshot, &id.to_hex(), &sealed)?;
+        Ok((id, sealed.len() as u64))
     }
 
     pub fn load_snapshot(&self, id: &SnapshotId) -> Result<Snapshot> {
@@ -312,10 +360,31 @@ impl Repository {
         Ok(out)
     }
 
+    /// Every snapshot that can be read, oldest first, and one message per snapshot file that
+    /// cannot (does not decrypt or decode: damage, or garbage written by a compromised
+    /// client). For listings and choosing a parent; prune and forget use the strict
+    /// [`Repository::list_snapshots`]. Storage errors still fail.
+    pub fn list_snapshots_readable(&self) -> Result<(SnapshotList, Vec<String>)> {
+        let mut out = Vec::new();
+        let mut bad = Vec::new();
+        for f in self.backend.list(FileKind::Snapshot)? {
+            let id = SnapshotId(Id::from_hex(&f.name).map_err(|e| Error::format("snapshots/", e))?);
+            match self.load_snapshot(&id) {
+                Ok(s) => out.push((id, s)),
+                Err(e) if e.category() == crate::Category::Integrity => {
+                    bad.push(format!("snapshot {} skipped: {e}", id.short()))
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        out.sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
+        Ok((out, bad))
+    }
+
     /// Resolve `latest`, a full id or a unique id prefix.
     pub fn find_snapshot(&self, spec: &str) -> Result<(SnapshotId, Snapshot)> {
         if spec == "latest" {
-            return self.list_snapshots()?.pop().ok_or_else(|| {
+            return self.list_snapshots_readable()?.0.pop().ok_or_else(|| {
                 Error::NotFound(format!(
                     "no snapshot in {} (`latest` needs one)",
                     self.backend.location()
@@ -395,6 +464,19 @@ impl Repository {
 
     fn read_all_index(&self) -> Result<Index> {
         let mut index = Index::default();
+        // A coffer server removes packs by its own retention but cannot edit the (encrypted)
+        // index files that list them: there, only packs the server still has count.
+        let present: Option<std::collections::HashSet<String>> = if self.backend.wants_manifests() {
+            Some(
+                self.backend
+                    .list(FileKind::Pack)?
+                    .into_iter()
+                    .map(|f| f.name)
+                    .collect(),
+            )
+        } else {
+            None
+        };
         for f in self.backend.list(FileKind::Index)? {
             let file = match self.load_index_file(&f.name) {
                 Ok(file) => file,
@@ -403,13 +485,16 @@ impl Repository {
                 Err(e) => return Err(e),
             };
             let id = IndexId(Id::from_hex(&f.name).map_err(|e| Error::format("index/", e))?);
-            index.add_file(id, &file);
+            match &present {
+                Some(p) => index.add_file_where(id, &file, |pack| p.contains(&pack.to_hex())),
+                None => index.add_file(id, &file),
+            }
         }
         Ok(index)
     }
 }
 
-fn write_key_file(backend: &dyn Backend, key: &MasterKey, password: &[u8]) -> Result<KeyId> {
+fn write_key_file(backend: &dyn Backend, key: &MasterKey, password: &[u8], config: &[u8]) -> Result<KeyId> {
     if password.is_empty() {
         return Err(Error::Invalid("an empty password is not allowed".into()));
     }
@@ -421,8 +506,8 @@ fn write_key_file(backend: &dyn Backend, key: &MasterKey, password: &[u8]) -> Re
         created: Local::now().fixed_offset(),
         hostname,
         username,
-        kind: "full".into(),
-        wrapped: seal_with(&wrap, ObjectKind::KeyWrap, b"", &key.to_bytes()),
+        kind: if key.can_read() { "full" } else { "write-only" }.into(),
+        wrapped: seal_with(&wrap, ObjectKind::KeyWrap, b"", &key.to_bytes(Some(config))),
         kdf,
     };
     let bytes = kf.encode();
@@ -448,6 +533,9 @@ fn unique_prefix(names: &[String], spec: &str, what: &str) -> Result<String> {
         ))),
     }
 }
+
+/// Snapshots with their ids, oldest first.
+pub type SnapshotList = Vec<(SnapshotId, Snapshot)>;
 
 /// A repository with its index loaded: blobs can be read and deduplicated against.
 #[derive(Debug)]
@@ -526,6 +614,36 @@ impl IndexedRepository {
             return Err(Error::integrity(what, "content does not hash to its id"));
         }
         Ok(data)
+    }
+
+    /// Every pack holding a blob reachable from `tree` (trees included).
+    pub fn packs_of_tree(&self, tree: &BlobId) -> Result<std::collections::HashSet<PackId>> {
+        let mut packs = std::collections::HashSet::new();
+        let mut seen = std::collections::HashSet::new();
+        let mut todo = vec![*tree];
+        while let Some(t) = todo.pop() {
+            if !seen.insert(t) {
+                continue;
+            }
+            packs.insert(self.locate(&t)?.pack);
+            for node in self.load_tree(&t)?.nodes {
+                for id in &node.content {
+                    packs.insert(self.locate(id)?.pack);
+                }
+                todo.extend(node.subtree);
+            }
+        }
+        Ok(packs)
+    }
+
+    /// [`Repository::save_snapshot_needing`] for a snapshot whose packs the caller did not
+    /// track: where a manifest is wanted, they are found by walking its trees.
+    pub fn save_snapshot_walked(&self, s: &Snapshot) -> Result<(SnapshotId, u64)> {
+        if !self.backend().wants_manifests() {
+            return self.save_snapshot(s);
+        }
+        let packs = self.packs_of_tree(&s.tree)?;
+        self.save_snapshot_needing(s, packs)
     }
 
     pub fn load_tree(&self, id: &BlobId) -> Result<Tree> {

@@ -15,6 +15,8 @@ pub const SEAL_OVERHEAD: usize = 1 + SEAL_NONCE_LEN + SEAL_TAG_LEN;
 /// Envelope scheme 1: AES-256-GCM under a per-envelope subkey derived from a symmetric
 /// repository key and the nonce (see docs/FORMAT.md "Sealed envelopes").
 pub const SEAL_SCHEME_SYMMETRIC: u8 = 1;
+/// Envelope scheme 2: sealed by a write-only key to the repository's X25519 public key.
+pub const SEAL_SCHEME_SESSION: u8 = 2;
 
 /// Largest pack this build accepts (offsets are u32).
 pub const MAX_PACK_SIZE: u64 = 1 << 30;

@@ -10,6 +10,7 @@
 //! data/<2 hex>/<PackId>  blobs || sealed(pack header) || u32       name = blake3(file)
 //! index/<IndexId>        sealed(zstd(IndexFile))                   name = blake3(file)
 //! snapshots/<SnapshotId> sealed(zstd(Snapshot))                    name = blake3(file)
+//! manifests/<SnapshotId> JSON: the packs a snapshot needs           (server repositories)
 //! ```
 //! Every decoder treats its input as hostile and returns [`FormatError`] instead of panicking.
 
@@ -18,6 +19,7 @@ mod error;
 mod id;
 mod index;
 mod layout;
+mod manifest;
 mod pack;
 mod snapshot;
 mod tree;
@@ -28,8 +30,9 @@ pub use id::{BlobId, Id, IndexId, KeyId, PackId, SnapshotId, ID_LEN};
 pub use index::{IndexFile, IndexPack};
 pub use layout::{
     associated_data, BlobKind, Compression, ObjectKind, FORMAT_VERSION, MAX_BLOB_SIZE, MAX_PACK_SIZE,
-    SEAL_NONCE_LEN, SEAL_OVERHEAD, SEAL_SCHEME_SYMMETRIC, SEAL_TAG_LEN,
+    SEAL_NONCE_LEN, SEAL_OVERHEAD, SEAL_SCHEME_SESSION, SEAL_SCHEME_SYMMETRIC, SEAL_TAG_LEN,
 };
+pub use manifest::{Manifest, MAX_MANIFEST};
 pub use pack::{decode_header, encode_header, split_trailer, PackEntry, ENTRY_LEN};
 pub use snapshot::{DatabaseItem, DatabaseItemKind, Snapshot, Summary};
 pub use tree::{Bytes, Name, Node, NodeKind, Timestamp, Tree, Xattr};

@@ -4,6 +4,7 @@ pub mod backup;
 pub mod cat;
 pub mod db;
 pub mod forget;
+pub mod server;
 
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
@@ -32,7 +33,11 @@ pub fn backend(g: &Global) -> Result<Arc<dyn Backend>> {
     let Some(loc) = &g.repo else {
         bail!("no repository given: use -r/--repo or set COFFER_REPOSITORY");
     };
-    Ok(coffer_backends::open(loc)?)
+    let rest = coffer_backends::RestOptions {
+        cacert: g.cacert.clone(),
+        token_file: g.token_file.clone(),
+    };
+    Ok(coffer_backends::open_with(loc, &rest)?)
 }
 
 pub fn open(g: &Global) -> Result<Repository> {
@@ -125,7 +130,11 @@ fn snapshot_json(id: &SnapshotId, s: &Snapshot) -> serde_json::Value {
 
 pub fn snapshots(g: &Global, a: SnapshotsArgs) -> Result<u8> {
     let repo = open(g)?;
-    let mut list = repo.list_snapshots()?;
+    // damaged snapshots (or garbage a compromised client wrote) do not hide the others
+    let (mut list, unreadable) = repo.list_snapshots_readable()?;
+    for w in &unreadable {
+        eprintln!("coffer: error: {w}");
+    }
     list.retain(|(_, s)| a.filter.matches(s));
     if let Some(n) = a.latest {
         let skip = list.len().saturating_sub(n);
@@ -178,7 +187,7 @@ pub fn snapshots(g: &Global, a: SnapshotsArgs) -> Result<u8> {
         outln!("{}", line(r))?;
     }
     outln!("{} snapshots", rows.len())?;
-    Ok(0)
+    Ok(if unreadable.is_empty() { 0 } else { 1 })
 }
 
 fn kind_char(k: NodeKind) -> char {
@@ -439,13 +448,21 @@ pub fn key(g: &Global, k: KeyCommand) -> Result<u8> {
                 )?;
             }
         }
-        KeyCommand::Add { new_password_file } => {
+        KeyCommand::Add {
+            new_password_file,
+            write_only,
+        } => {
             let pw = new_password(g, new_password_file.as_deref(), false)?;
-            let id = repo.add_key(&pw)?;
+            let id = if write_only {
+                repo.add_write_only_key(&pw)?
+            } else {
+                repo.add_key(&pw)?
+            };
+            let kind = if write_only { "write-only " } else { "" };
             if g.json {
-                print_json(&json!({"id": id.to_hex()}))?;
+                print_json(&json!({"id": id.to_hex(), "write_only": write_only}))?;
             } else if !g.quiet {
-                outln!("added key {}", id.short())?;
+                outln!("added {kind}key {}", id.short())?;
             }
         }
         KeyCommand::Remove { id } => {

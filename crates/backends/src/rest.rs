@@ -1,0 +1,395 @@
+//! A repository on a coffer server: `https://HOST:PORT/REPO`.
+//!
+//! The token comes from `COFFER_TOKEN` or the file `COFFER_TOKEN_FILE` (`--token-file`),
+//! never from the command line. The server's certificate is checked against `--cacert FILE`
+//! (`COFFER_CACERT`: the server's self-signed certificate, or a private CA) or else the
+//! system's CAs; there is no option to skip the check.
+//!
+//! Requests are retried with exponential backoff (8 attempts over about two minutes) on
+//! connection errors, timeouts and 5xx answers; writes are safe to retry because the server
+//! never replaces an existing name (a retried upload that landed the first time answers 409,
+//! which means "stored").
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use coffer_core::{Backend, BackendError, FileInfo, FileKind, WriteOutcome};
+use reqwest::{header, Method, StatusCode};
+use zeroize::Zeroizing;
+
+type BResult<T> = Result<T, BackendError>;
+
+const ATTEMPTS: u32 = 8;
+
+/// How to reach a coffer server: where its CA certificate and the token are.
+#[derive(Clone, Debug, Default)]
+pub struct RestOptions {
+    pub cacert: Option<PathBuf>,
+    pub token_file: Option<PathBuf>,
+}
+
+pub struct RestBackend {
+    base: String,
+    repo: String,
+    token: Zeroizing<String>,
+    client: reqwest::Client,
+    rt: tokio::runtime::Runtime,
+}
+
+impl std::fmt::Debug for RestBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RestBackend")
+            .field("location", &self.location())
+            .field("token", &"<redacted>")
+            .finish()
+    }
+}
+
+fn read_token(opts: &RestOptions) -> Result<Zeroizing<String>, String> {
+    if let Some(t) = std::env::var("COFFER_TOKEN")
+        .ok()
+        .filter(|t| !t.trim().is_empty())
+    {
+        return Ok(Zeroizing::new(t.trim().to_string()));
+    }
+    let file = opts
+        .token_file
+        .clone()
+        .or_else(|| std::env::var_os("COFFER_TOKEN_FILE").map(PathBuf::from));
+    match file {
+        Some(p) => {
+            let s = Zeroizing::new(
+                std::fs::read_to_string(&p).map_err(|e| format!("token file {}: {e}", p.display()))?,
+            );
+            let t = s.lines().next().unwrap_or("").trim().to_string();
+            if t.is_empty() {
+                return Err(format!("token file {} is empty", p.display()));
+            }
+            Ok(Zeroizing::new(t))
+        }
+        None => Err("no token: set COFFER_TOKEN, or COFFER_TOKEN_FILE / --token-file".into()),
+    }
+}
+
+fn tls_config(cacert: Option<&Path>) -> Result<rustls::ClientConfig, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let mut roots = rustls::RootCertStore::empty();
+    match cacert {
+        Some(p) => {
+            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(p)
+                .and_then(|it| it.collect::<Result<_, _>>())
+                .map_err(|e| format!("CA certificate {}: {e}", p.display()))?;
+            if certs.is_empty() {
+                return Err(format!("CA certificate {}: no certificate in it", p.display()));
+            }
+            for c in certs {
+                roots
+                    .add(c)
+                    .map_err(|e| format!("CA certificate {}: {e}", p.display()))?;
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            for c in found.certs {
+                let _ = roots.add(c);
+            }
+            if roots.is_empty() {
+                return Err(
+                    "no system CA certificates found; give the server's certificate with --cacert".into(),
+                );
+            }
+        }
+    }
+    let mut cfg =
+        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(cfg)
+}
+
+impl RestBackend {
+    /// `url` is `https://HOST[:PORT]/REPO`.
+    pub fn open(url: &str, opts: &RestOptions) -> Result<RestBackend, String> {
+        let rest = url
+            .strip_prefix("https://")
+            .ok_or("a coffer server is reached over https:// only")?;
+        let (host, repo) = rest
+            .split_once('/')
+            .ok_or("no repository name: use https://HOST:PORT/REPO")?;
+        let repo = repo.trim_end_matches('/');
+        if host.is_empty() || repo.is_empty() || repo.contains('/') {
+            return Err("use https://HOST:PORT/REPO (one repository name after the host)".into());
+        }
+        let token = read_token(opts)?;
+        let cacert = opts
+            .cacert
+            .clone()
+            .or_else(|| std::env::var_os("COFFER_CACERT").map(PathBuf::from));
+        let client = reqwest::Client::builder()
+            .use_preconfigured_tls(tls_config(cacert.as_deref())?)
+            .connect_timeout(Duration::from_secs(15))
+            .timeout(Duration::from_secs(600))
+            .tcp_keepalive(Duration::from_secs(30))
+            .pool_idle_timeout(Duration::from_secs(50))
+            .build()
+            .map_err(|e| format!("HTTP client: {e}"))?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("coffer-rest")
+            .enable_all()
+            .build()
+            .map_err(|e| format!("starting the HTTP client: {e}"))?;
+        Ok(RestBackend {
+            base: format!("https://{host}"),
+            repo: repo.to_string(),
+            token,
+            client,
+            rt,
+        })
+    }
+
+    fn url(&self, kind: FileKind, name: Option<&str>) -> String {
+        match (kind, name) {
+            (FileKind::Config, _) => format!("{}/{}/config", self.base, self.repo),
+            (k, None) => format!("{}/{}/{}/", self.base, self.repo, k.dir()),
+            (k, Some(n)) => format!("{}/{}/{}/{n}", self.base, self.repo, k.dir()),
+        }
+    }
+
+    fn what(kind: FileKind, name: &str) -> String {
+        crate::display_name(kind, name)
+    }
+
+    fn io(&self, what: &str, detail: impl Into<String>, transient: bool) -> BackendError {
+        BackendError::Io {
+            location: self.location(),
+            what: what.to_string(),
+            detail: detail.into(),
+            transient,
+        }
+    }
+
+    /// One request with retries; returns the final response (any status the server gave
+    /// that is not worth retrying) or the last error.
+    fn call(
+        &self,
+        method: Method,
+        url: &str,
+        what: &str,
+        headers: &[(header::HeaderName, String)],
+        body: Option<&[u8]>,
+    ) -> BResult<(StatusCode, header::HeaderMap, Vec<u8>)> {
+        let mut delay = Duration::from_millis(250);
+        let mut last = String::new();
+        for attempt in 1..=ATTEMPTS {
+            let mut req = self
+                .client
+                .request(method.clone(), url)
+                .bearer_auth(self.token.as_str());
+            for (k, v) in headers {
+                req = req.header(k, v);
+            }
+            if let Some(b) = body {
+                req = req.body(b.to_vec());
+            }
+            let res = self.rt.block_on(async {
+                let r = req.send().await?;
+                let status = r.status();
+                let h = r.headers().clone();
+                let bytes = r.bytes().await?;
+                Ok::<_, reqwest::Error>((status, h, bytes.to_vec()))
+            });
+            match res {
+                Ok((s, h, b)) if !s.is_server_error() && s != StatusCode::REQUEST_TIMEOUT => {
+                    return Ok((s, h, b));
+                }
+                Ok((s, _, b)) => last = format!("server answered {s}: {}", one_line(&b)),
+                Err(e) => last = error_chain(&e),
+            }
+            if attempt < ATTEMPTS {
+                std::thread::sleep(delay);
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+        }
+        Err(self.io(what, format!("{last} (after {ATTEMPTS} attempts)"), true))
+    }
+
+    /// Turn a non-success answer into an error.
+    fn fail(&self, what: &str, status: StatusCode, body: &[u8]) -> BackendError {
+        if status == StatusCode::NOT_FOUND {
+            return BackendError::NotFound {
+                location: self.location(),
+                what: what.to_string(),
+            };
+        }
+        let hint = match status {
+            StatusCode::UNAUTHORIZED => " (check COFFER_TOKEN / --token-file)",
+            StatusCode::FORBIDDEN => " (the token's role or repository does not allow this)",
+            _ => "",
+        };
+        self.io(
+            what,
+            format!("server answered {status}: {}{hint}", one_line(body)),
+            false,
+        )
+    }
+
+    fn get(&self, kind: FileKind, name: &str, range: Option<(u64, u32)>) -> BResult<Vec<u8>> {
+        let what = Self::what(kind, name);
+        let url = self.url(kind, Some(name));
+        let headers: Vec<(header::HeaderName, String)> = match range {
+            Some((o, l)) if l > 0 => vec![(header::RANGE, format!("bytes={o}-{}", o + l as u64 - 1))],
+            _ => Vec::new(),
+        };
+        if range.is_some_and(|(_, l)| l == 0) {
+            return Ok(Vec::new());
+        }
+        let (s, _, b) = self.call(Method::GET, &url, &what, &headers, None)?;
+        if !s.is_success() {
+            return Err(self.fail(&what, s, &b));
+        }
+        if let Some((o, l)) = range {
+            if b.len() != l as usize {
+                return Err(self.io(
+                    &what,
+                    format!("asked for {l} bytes at {o}, got {}", b.len()),
+                    true,
+                ));
+            }
+        }
+        Ok(b)
+    }
+}
+
+fn one_line(b: &[u8]) -> String {
+    let s = String::from_utf8_lossy(b);
+    let s = s.trim();
+    let s = s.lines().next().unwrap_or("");
+    if s.len() > 300 {
+        format!("{}…", &s[..s.floor_char_boundary(300)])
+    } else {
+        s.to_string()
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let t = c.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+impl Backend for RestBackend {
+    fn location(&self) -> String {
+        format!("{}/{}", self.base, self.repo)
+    }
+
+    fn create(&self) -> BResult<()> {
+        let url = format!("{}/{}", self.base, self.repo);
+        let (s, _, b) = self.call(Method::POST, &url, "repository", &[], None)?;
+        if s == StatusCode::CREATED {
+            Ok(())
+        } else {
+            Err(self.fail("repository", s, &b))
+        }
+    }
+
+    fn exists(&self) -> BResult<bool> {
+        match self.size(FileKind::Config, "config") {
+            Ok(_) => Ok(true),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn list(&self, kind: FileKind) -> BResult<Vec<FileInfo>> {
+        let what = format!("{}/", kind.dir());
+        let url = self.url(kind, None);
+        let (s, _, b) = self.call(Method::GET, &url, &what, &[], None)?;
+        if !s.is_success() {
+            return Err(self.fail(&what, s, &b));
+        }
+        #[derive(serde::Deserialize)]
+        struct E {
+            name: String,
+            size: u64,
+        }
+        let v: Vec<E> = serde_json::from_slice(&b)
+            .map_err(|e| self.io(&what, format!("listing does not decode: {e}"), false))?;
+        Ok(v.into_iter()
+            .map(|e| FileInfo {
+                name: e.name,
+                size: e.size,
+            })
+            .collect())
+    }
+
+    fn read(&self, kind: FileKind, name: &str) -> BResult<Vec<u8>> {
+        self.get(kind, name, None)
+    }
+
+    fn read_range(&self, kind: FileKind, name: &str, offset: u64, len: u32) -> BResult<Vec<u8>> {
+        self.get(kind, name, Some((offset, len)))
+    }
+
+    fn size(&self, kind: FileKind, name: &str) -> BResult<u64> {
+        let what = Self::what(kind, name);
+        let url = self.url(kind, Some(name));
+        let (s, h, _) = self.call(Method::HEAD, &url, &what, &[], None)?;
+        if !s.is_success() {
+            // a HEAD answer has no body: the server repeats its message in a header
+            let msg = h.get("x-coffer-error").map(|v| v.as_bytes()).unwrap_or_default();
+            return Err(self.fail(&what, s, msg));
+        }
+        h.get("x-coffer-size")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| self.io(&what, "the server gave no size", false))
+    }
+
+    fn write(&self, kind: FileKind, name: &str, data: &[u8]) -> BResult<WriteOutcome> {
+        let what = Self::what(kind, name);
+        // a large object that is there already is not sent again
+        if data.len() > 1 << 20 {
+            match self.size(kind, name) {
+                Ok(_) => return Ok(WriteOutcome::Existed),
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let url = self.url(kind, Some(name));
+        let (s, _, b) = self.call(Method::PUT, &url, &what, &[], Some(data))?;
+        match s {
+            StatusCode::CREATED => Ok(WriteOutcome::Created),
+            StatusCode::CONFLICT if self.size(kind, name).is_ok() => Ok(WriteOutcome::Existed),
+            s => Err(self.fail(&what, s, &b)),
+        }
+    }
+
+    fn remove(&self, kind: FileKind, name: &str) -> BResult<()> {
+        let what = Self::what(kind, name);
+        let url = self.url(kind, Some(name));
+        let (s, _, b) = self.call(Method::DELETE, &url, &what, &[], None)?;
+        if s.is_success() {
+            Ok(())
+        } else {
+            Err(self.fail(&what, s, &b))
+        }
+    }
+
+    fn wants_manifests(&self) -> bool {
+        true
+    }
+}

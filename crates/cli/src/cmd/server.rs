@@ -1,0 +1,428 @@
+//! `coffer server`: serve repositories over HTTPS, and the admin commands that work on the
+//! data directory directly (clients, policies, retention, verification, trash).
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use coffer_server::catalog::{Policy, Role};
+use coffer_server::http::Limits;
+use coffer_server::{retention, tls, verify, Clock, Server, Settings};
+use serde_json::json;
+
+use crate::cli::{
+    Global, ServeArgs, ServerArgs, ServerClientCommand, ServerCommand, ServerRepoCommand, ServerRepoSetArgs,
+    ServerTrashCommand,
+};
+use crate::cmd::{outln, print_json};
+use crate::ui::bytes;
+
+fn duration(s: &str, what: &str) -> Result<Duration> {
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let d = coffer_core::forget::parse_duration(s).with_context(|| what.to_string())?;
+    Ok(Duration::from_secs(d.num_seconds().max(0) as u64))
+}
+
+/// `500G`, `1.5T`, `10GiB`, `123` (bytes); powers of 1024.
+fn parse_size(s: &str) -> Result<u64> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .with_context(|| format!("size {s:?}: expected e.g. 500G, 2T, 10GiB"))?;
+    let mult: u64 = match unit
+        .trim()
+        .to_ascii_uppercase()
+        .trim_end_matches("IB")
+        .trim_end_matches('B')
+    {
+        "" => 1,
+        "K" => 1 << 10,
+        "M" => 1 << 20,
+        "G" => 1 << 30,
+        "T" => 1 << 40,
+        "P" => 1 << 50,
+        _ => bail!("size {s:?}: unknown unit {unit:?} (K, M, G, T, P)"),
+    };
+    Ok((n * mult as f64) as u64)
+}
+
+fn open_server(a: &ServerArgs) -> Result<Server> {
+    let s = &a.serve;
+    let settings = Settings {
+        pack_grace_secs: duration(&s.pack_grace, "--pack-grace")?.as_secs() as i64,
+        trash_secs: duration(&s.trash_for, "--trash-for")?.as_secs() as i64,
+    };
+    let clock = match &s.test_clock {
+        Some(p) => Clock::File(p.clone()),
+        None => Clock::System,
+    };
+    let Some(data) = &a.data else {
+        bail!("no data directory: give --data DIR or set COFFER_SERVER_DATA");
+    };
+    Ok(Server::open(data, clock, settings)?)
+}
+
+pub fn run(g: &Global, a: ServerArgs) -> Result<u8> {
+    let server = open_server(&a)?;
+    match a.command {
+        None => serve(server, &a.serve, g),
+        Some(ServerCommand::Client(c)) => client(&server, c, g),
+        Some(ServerCommand::Repo(ServerRepoCommand::List)) => repo_list(&server, g),
+        Some(ServerCommand::Repo(ServerRepoCommand::Set(s))) => repo_set(&server, s),
+        Some(ServerCommand::Retention { repo, dry_run }) => run_retention(&server, repo, dry_run, g),
+        Some(ServerCommand::Verify { repo }) => run_verify(&server, repo, g),
+        Some(ServerCommand::Trash(t)) => trash(&server, t, g),
+        Some(ServerCommand::Cert) => {
+            let l = tls::load(
+                &server.data,
+                a.serve.tls_cert.as_deref(),
+                a.serve.tls_key.as_deref(),
+                &a.serve.tls_names,
+            )?;
+            outln!("certificate: {}", l.cert_path.display())?;
+            outln!("sha256 fingerprint: {}", l.fingerprint)?;
+            Ok(0)
+        }
+    }
+}
+
+fn client(server: &Server, c: ServerClientCommand, g: &Global) -> Result<u8> {
+    match c {
+        ServerClientCommand::Add { name, repo, role } => {
+            let role: Role = role.parse()?;
+            let token = server.add_client(&name, &repo, role)?;
+            // the token alone on stdout, so `TOKEN=$(coffer server ... client add ...)` works
+            outln!("{token}")?;
+            if !g.quiet {
+                eprintln!(
+                    "client {name:?} added for repository {repo:?} with role {}; the token above is shown only now",
+                    role.as_str()
+                );
+            }
+        }
+        ServerClientCommand::List => {
+            let list = server.catalog.clients()?;
+            if g.json {
+                print_json(&list)?;
+            } else {
+                for c in list {
+                    outln!("{:<24} {:<24} {}", c.name, c.repo, c.role.as_str())?;
+                }
+            }
+        }
+        ServerClientCommand::Remove { name } => {
+            server.catalog.remove_client(&name)?;
+            if !g.quiet {
+                eprintln!("client {name:?} removed; its token no longer works");
+            }
+        }
+    }
+    Ok(0)
+}
+
+fn repo_list(server: &Server, g: &Global) -> Result<u8> {
+    let mut out = Vec::new();
+    for r in server.catalog.repos()? {
+        let usage = server.usage(&r.name)?;
+        let verified = server.catalog.last_verify_run(&r.name)?;
+        out.push(json!({
+            "name": r.name, "usage": usage, "quota": r.quota_bytes, "policy": r.policy,
+            "last_verify": verified,
+        }));
+        if !g.json {
+            outln!(
+                "{:<24} {:>10}{}  policy: {}  verified: {}",
+                r.name,
+                bytes(usage),
+                r.quota_bytes
+                    .map(|q| format!(" of {}", bytes(q)))
+                    .unwrap_or_default(),
+                r.policy
+                    .as_ref()
+                    .map(|p| serde_json::to_string(p).unwrap_or_default())
+                    .unwrap_or_else(|| "none".into()),
+                verified
+                    .map(|v| if v.damaged.is_empty() {
+                        format!("ok ({} objects)", v.objects)
+                    } else {
+                        format!("{} DAMAGED", v.damaged.len())
+                    })
+                    .unwrap_or_else(|| "never".into())
+            )?;
+        }
+    }
+    if g.json {
+        print_json(&out)?;
+    }
+    Ok(0)
+}
+
+fn repo_set(server: &Server, s: ServerRepoSetArgs) -> Result<u8> {
+    let Some(info) = server.catalog.repo(&s.repo)? else {
+        bail!("no repository {:?} (add a client for it first)", s.repo);
+    };
+    if s.no_policy {
+        server.catalog.set_policy(&s.repo, None)?;
+    } else {
+        let mut p = info.policy.unwrap_or_default();
+        let mut changed = false;
+        for (v, slot) in [
+            (s.keep_last, &mut p.keep_last),
+            (s.keep_hourly, &mut p.keep_hourly),
+            (s.keep_daily, &mut p.keep_daily),
+            (s.keep_weekly, &mut p.keep_weekly),
+            (s.keep_monthly, &mut p.keep_monthly),
+            (s.keep_yearly, &mut p.keep_yearly),
+        ] {
+            if let Some(v) = v {
+                *slot = v;
+                changed = true;
+            }
+        }
+        if let Some(w) = &s.keep_within {
+            p.keep_within_secs = duration(w, "--keep-within")?.as_secs();
+            changed = true;
+        }
+        if changed {
+            if p == Policy::default() {
+                bail!("every rule is 0: use --no-policy to remove the policy");
+            }
+            server.catalog.set_policy(&s.repo, Some(&p))?;
+        }
+    }
+    if let Some(q) = &s.quota {
+        let q = if q == "none" { None } else { Some(parse_size(q)?) };
+        server.catalog.set_quota(&s.repo, q)?;
+    }
+    Ok(0)
+}
+
+fn repos_or_one(server: &Server, repo: Option<String>) -> Result<Vec<String>> {
+    Ok(match repo {
+        Some(r) => {
+            if server.catalog.repo(&r)?.is_none() {
+                bail!("no repository {r:?}");
+            }
+            vec![r]
+        }
+        None => server.catalog.repos()?.into_iter().map(|r| r.name).collect(),
+    })
+}
+
+fn run_retention(server: &Server, repo: Option<String>, dry_run: bool, g: &Global) -> Result<u8> {
+    let mut reports = Vec::new();
+    for r in repos_or_one(server, repo)? {
+        let rep = retention::run(server, &r, dry_run)?;
+        if !g.json {
+            outln!(
+                "{}: {} snapshot(s) kept, {} {}removed, {} pack(s) ({}) {}removed, {} trash entr(ies) purged",
+                rep.repo,
+                rep.snapshots_kept,
+                rep.snapshots_removed.len(),
+                if dry_run { "would be " } else { "" },
+                rep.packs_removed.len(),
+                bytes(rep.bytes_removed),
+                if dry_run { "would be " } else { "" },
+                rep.purged
+            )?;
+            for n in &rep.notes {
+                outln!("  note: {n}")?;
+            }
+        }
+        reports.push(rep);
+    }
+    if g.json {
+        print_json(&reports)?;
+    }
+    Ok(0)
+}
+
+fn run_verify(server: &Server, repo: Option<String>, g: &Global) -> Result<u8> {
+    let mut runs = Vec::new();
+    let mut damaged = 0;
+    for r in repos_or_one(server, repo)? {
+        let v = verify::run(server, &r)?;
+        damaged += v.damaged.len();
+        if !g.json {
+            outln!(
+                "{}: {} objects, {} verified, {}",
+                v.repo,
+                v.objects,
+                bytes(v.bytes),
+                if v.damaged.is_empty() {
+                    "no damage".to_string()
+                } else {
+                    format!("{} DAMAGED", v.damaged.len())
+                }
+            )?;
+            for d in &v.damaged {
+                outln!("  damaged: {d}")?;
+            }
+        }
+        runs.push(v);
+    }
+    if g.json {
+        print_json(&runs)?;
+    }
+    Ok(if damaged > 0 { 1 } else { 0 })
+}
+
+fn trash(server: &Server, t: ServerTrashCommand, g: &Global) -> Result<u8> {
+    match t {
+        ServerTrashCommand::List { repo } => {
+            let list = server.catalog.trash(&repo)?;
+            if g.json {
+                print_json(&list)?;
+            } else {
+                for e in list {
+                    outln!(
+                        "{}/{}  {}  {}",
+                        e.kind,
+                        e.name,
+                        crate::ui::local_time(
+                            &chrono::DateTime::from_timestamp(e.trashed, 0)
+                                .unwrap_or_default()
+                                .fixed_offset()
+                        ),
+                        e.reason
+                    )?;
+                }
+            }
+        }
+        ServerTrashCommand::Restore { repo, object } => {
+            let only = match &object {
+                Some(o) => Some(
+                    o.split_once('/')
+                        .with_context(|| format!("{o:?}: give KIND/NAME, e.g. snapshots/<id>"))?,
+                ),
+                None => None,
+            };
+            let n = server.restore_trash(&repo, only)?;
+            if !g.quiet {
+                eprintln!("{n} object(s) restored from the trash of {repo:?}");
+            }
+        }
+    }
+    Ok(0)
+}
+
+fn serve(server: Server, a: &ServeArgs, g: &Global) -> Result<u8> {
+    let tls = tls::load(
+        &server.data,
+        a.tls_cert.as_deref(),
+        a.tls_key.as_deref(),
+        &a.tls_names,
+    )?;
+    server.prepare()?;
+    let retention_every = duration(&a.retention_every, "--retention-every")?;
+    let verify_every = duration(&a.verify_every, "--verify-every")?;
+    let limits = Limits {
+        max_uploads: a.max_uploads.max(1),
+        ..Limits::default()
+    };
+    let server = Arc::new(server);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("coffer-server")
+        .build()
+        .context("starting the runtime")?;
+    let listen = a.listen.clone();
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(&listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen}"))?;
+        let addr = listener.local_addr()?;
+        if !g.quiet {
+            eprintln!(
+                "coffer-server {} listening on https://{addr}/ (data {})",
+                env!("CARGO_PKG_VERSION"),
+                server.data.display()
+            );
+            eprintln!(
+                "certificate {}{}: sha256 fingerprint {}",
+                tls.cert_path.display(),
+                if tls.generated { " (self-signed, just made)" } else { "" },
+                tls.fingerprint
+            );
+        }
+        spawn_job(server.clone(), retention_every, "retention", |s| {
+            for r in s.catalog.repos()? {
+                let rep = retention::run(s, &r.name, false)?;
+                if !rep.snapshots_removed.is_empty() || !rep.packs_removed.is_empty() {
+                    eprintln!(
+                        "coffer-server: retention {}: {} snapshot(s), {} pack(s) ({} bytes) to the trash",
+                        r.name,
+                        rep.snapshots_removed.len(),
+                        rep.packs_removed.len(),
+                        rep.bytes_removed
+                    );
+                }
+            }
+            Ok(())
+        });
+        spawn_job(server.clone(), verify_every, "verify", |s| {
+            for r in s.catalog.repos()? {
+                let v = verify::run(s, &r.name)?;
+                for d in &v.damaged {
+                    eprintln!("coffer-server: verify {}: DAMAGED {d}", r.name);
+                }
+            }
+            Ok(())
+        });
+        let shutdown = async {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
+            }
+            eprintln!("coffer-server: shutting down; finishing requests in flight");
+        };
+        coffer_server::http::serve(server, listener, tls.config, limits, shutdown).await;
+        Ok::<_, anyhow::Error>(())
+    })?;
+    Ok(0)
+}
+
+fn spawn_job(
+    server: Arc<Server>,
+    every: Duration,
+    name: &'static str,
+    job: fn(&Server) -> coffer_server::Result<()>,
+) {
+    if every.is_zero() {
+        return;
+    }
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(every).await;
+            let s = server.clone();
+            match tokio::task::spawn_blocking(move || job(&s)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => eprintln!("coffer-server: {name}: {e}"),
+                Err(e) => eprintln!("coffer-server: {name}: {e}"),
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("123").unwrap(), 123);
+        assert_eq!(parse_size("2K").unwrap(), 2048);
+        assert_eq!(parse_size("10GiB").unwrap(), 10 << 30);
+        assert_eq!(parse_size("1.5T").unwrap(), 3 << 39);
+        assert!(parse_size("5X").is_err());
+        assert!(parse_size("G").is_err());
+    }
+}

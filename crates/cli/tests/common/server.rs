@@ -1,0 +1,237 @@
+//! A real `coffer server` on 127.0.0.1 (a free port), killed when dropped; and a raw HTTPS
+//! client for requests no well-behaved client would send.
+#![allow(dead_code)]
+#![allow(clippy::unwrap_used)]
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub struct ServerProc {
+    child: Option<Child>,
+    pub data: PathBuf,
+    pub port: u16,
+    pub cacert: PathBuf,
+    pub log: PathBuf,
+    args: Vec<String>,
+}
+
+fn coffer() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_coffer"));
+    c.stdin(Stdio::null())
+        .env_remove("COFFER_TOKEN")
+        .env_remove("COFFER_TOKEN_FILE")
+        .env_remove("COFFER_SERVER_DATA");
+    c
+}
+
+impl ServerProc {
+    /// Start a server on `data` with extra serve flags; waits until it listens.
+    pub fn start(data: &Path, extra: &[&str]) -> ServerProc {
+        let mut s = ServerProc {
+            child: None,
+            data: data.to_path_buf(),
+            port: 0,
+            cacert: data.join("tls/cert.pem"),
+            log: data.with_extension("log"),
+            args: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        s.spawn("127.0.0.1:0");
+        s
+    }
+
+    fn spawn(&mut self, listen: &str) {
+        let log = fs::File::create(&self.log).unwrap();
+        let child = coffer()
+            .arg("server")
+            .arg("--data")
+            .arg(&self.data)
+            .args(["--listen", listen])
+            .args(&self.args)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let text = fs::read_to_string(&self.log).unwrap_or_default();
+            if let Some(rest) = text.split("listening on https://127.0.0.1:").nth(1) {
+                let port: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+                self.port = port.parse().unwrap();
+                return;
+            }
+            if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("coffer server exited ({st}): {text}");
+            }
+            assert!(Instant::now() < deadline, "coffer server did not start: {text}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Kill with SIGKILL (no graceful shutdown).
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Start again on the same port, after [`Self::kill9`].
+    pub fn restart(&mut self) {
+        let listen = format!("127.0.0.1:{}", self.port);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        // the port may linger briefly
+        while std::net::TcpListener::bind(&listen).is_err() {
+            assert!(Instant::now() < deadline, "port {listen} stays taken");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.spawn(&listen);
+    }
+
+    pub fn url(&self, repo: &str) -> String {
+        format!("https://127.0.0.1:{}/{repo}", self.port)
+    }
+
+    /// `coffer server --data DATA ARGS...`
+    pub fn admin(&self, args: &[&str]) -> Output {
+        coffer()
+            .arg("server")
+            .arg("--data")
+            .arg(&self.data)
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    pub fn admin_ok(&self, args: &[&str]) -> String {
+        let o = self.admin(args);
+        assert!(
+            o.status.success(),
+            "coffer server {args:?} failed: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// Add a client and return its token (stdout is the token alone).
+    pub fn add_client(&self, name: &str, repo: &str, role: &str) -> String {
+        let out = self.admin_ok(&["client", "add", name, "--repo", repo, "--role", role]);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 1, "the token alone on stdout: {out:?}");
+        lines[0].to_string()
+    }
+
+    /// A raw request over TLS: `head` is the request line and headers (without the final
+    /// blank line), `body` is sent as is, then (unless `keep_open`) the write side is shut.
+    /// Returns the status code, or `None` if the server closed without answering.
+    pub fn raw(&self, head: &str, body: &[u8]) -> Option<(u16, String)> {
+        raw_request(self.port, &self.cacert, head, body)
+    }
+}
+
+impl Drop for ServerProc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub fn raw_request(port: u16, cacert: &Path, head: &str, body: &[u8]) -> Option<(u16, String)> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(cacert).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = ServerName::try_from("127.0.0.1").unwrap();
+    let conn = rustls::ClientConnection::new(Arc::new(cfg), name).unwrap();
+    let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    let mut req = head.replace('\n', "\r\n");
+    if !req.ends_with("\r\n") {
+        req.push_str("\r\n");
+    }
+    req.push_str("\r\n");
+    if tls.write_all(req.as_bytes()).is_err() {
+        return None;
+    }
+    let _ = tls.write_all(body);
+    let _ = tls.flush();
+    if head.contains("X-Close-Early: 1") {
+        // a client that dies mid-upload: send close_notify and shut the socket
+        tls.conn.send_close_notify();
+        let _ = tls.flush();
+        let _ = tls.sock.shutdown(std::net::Shutdown::Both);
+        return None;
+    }
+    let mut resp = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tls.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                resp.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&resp);
+                if let Some((h, b)) = text.split_once("\r\n\r\n") {
+                    let len: usize = h
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    if b.len() >= len {
+                        break;
+                    }
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    let text = String::from_utf8_lossy(&resp).into_owned();
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.trim().to_string())
+        .unwrap_or_default();
+    Some((status, body))
+}
+
+/// Path → blake3 of every file below `root` (directories included by name), to show that
+/// storage is byte-identical before and after.
+pub fn digest_dir(root: &Path) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    fn go(dir: &Path, root: &Path, out: &mut Vec<(String, String)>) {
+        let Ok(rd) = fs::read_dir(dir) else { return };
+        for e in rd.flatten() {
+            let p = e.path();
+            let rel = p.strip_prefix(root).unwrap().display().to_string();
+            if p.is_dir() {
+                out.push((rel, "dir".into()));
+                go(&p, root, out);
+            } else {
+                out.push((
+                    rel,
+                    blake3::hash(&fs::read(&p).unwrap_or_default())
+                        .to_hex()
+                        .to_string(),
+                ));
+            }
+        }
+    }
+    go(root, root, &mut out);
+    out.sort();
+    out
+}

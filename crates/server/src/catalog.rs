@@ -1,0 +1,477 @@
+//! The server's own records, in SQLite (`DATA/server.db`): repositories and their policies,
+//! clients and their hashed tokens, when each snapshot was received, the trash, verification
+//! runs. Schema changes are numbered migrations applied at open (`PRAGMA user_version`).
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::{Deserialize, Serialize};
+
+use crate::{Result, ServerError};
+
+const MIGRATIONS: &[&str] = &[
+    // 1: the first schema
+    "CREATE TABLE repos (
+        name TEXT PRIMARY KEY,
+        created INTEGER NOT NULL,
+        quota_bytes INTEGER,
+        policy TEXT
+     );
+     CREATE TABLE clients (
+        name TEXT PRIMARY KEY,
+        repo TEXT NOT NULL REFERENCES repos(name),
+        role TEXT NOT NULL,
+        token_hash TEXT NOT NULL UNIQUE,
+        created INTEGER NOT NULL
+     );
+     CREATE TABLE snapshots (
+        repo TEXT NOT NULL,
+        id TEXT NOT NULL,
+        received INTEGER NOT NULL,
+        client TEXT,
+        PRIMARY KEY (repo, id)
+     );
+     CREATE TABLE trash (
+        repo TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        name TEXT NOT NULL,
+        trashed INTEGER NOT NULL,
+        reason TEXT NOT NULL,
+        PRIMARY KEY (repo, kind, name)
+     );
+     CREATE TABLE verify_runs (
+        id INTEGER PRIMARY KEY,
+        repo TEXT NOT NULL,
+        started INTEGER NOT NULL,
+        finished INTEGER NOT NULL,
+        objects INTEGER NOT NULL,
+        bytes INTEGER NOT NULL,
+        damaged TEXT NOT NULL
+     );",
+];
+
+/// What a client may do with its repository.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Create objects and read; never delete, overwrite or rename (leases excepted).
+    Append,
+    /// Read only: restores.
+    Read,
+    /// Everything.
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Append => "append",
+            Role::Read => "read",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = ServerError;
+    fn from_str(s: &str) -> Result<Role> {
+        match s {
+            "append" => Ok(Role::Append),
+            "read" => Ok(Role::Read),
+            "admin" => Ok(Role::Admin),
+            other => Err(ServerError::Invalid(format!(
+                "unknown role {other:?} (append, read, admin)"
+            ))),
+        }
+    }
+}
+
+/// The retention policy the server applies to a repository, by the time it *received* each
+/// snapshot. Counts: 0 = rule off.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Policy {
+    #[serde(default)]
+    pub keep_last: u32,
+    #[serde(default)]
+    pub keep_hourly: u32,
+    #[serde(default)]
+    pub keep_daily: u32,
+    #[serde(default)]
+    pub keep_weekly: u32,
+    #[serde(default)]
+    pub keep_monthly: u32,
+    #[serde(default)]
+    pub keep_yearly: u32,
+    /// Keep everything received within this many seconds of now.
+    #[serde(default)]
+    pub keep_within_secs: u64,
+}
+
+impl Policy {
+    pub fn is_empty(&self) -> bool {
+        *self == Policy::default()
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct RepoInfo {
+    pub name: String,
+    pub created: i64,
+    pub quota_bytes: Option<u64>,
+    pub policy: Option<Policy>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ClientInfo {
+    pub name: String,
+    pub repo: String,
+    pub role: Role,
+    pub created: i64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TrashEntry {
+    pub repo: String,
+    pub kind: String,
+    pub name: String,
+    pub trashed: i64,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct VerifyRun {
+    pub repo: String,
+    pub started: i64,
+    pub finished: i64,
+    pub objects: u64,
+    pub bytes: u64,
+    pub damaged: Vec<String>,
+}
+
+pub struct Catalog {
+    db: Mutex<Connection>,
+}
+
+impl std::fmt::Debug for Catalog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Catalog")
+    }
+}
+
+fn db_err(e: rusqlite::Error) -> ServerError {
+    ServerError::Catalog(e.to_string())
+}
+
+impl Catalog {
+    pub fn open(path: &Path) -> Result<Catalog> {
+        let c =
+            Connection::open(path).map_err(|e| ServerError::Catalog(format!("{}: {e}", path.display())))?;
+        c.busy_timeout(std::time::Duration::from_secs(30))
+            .map_err(db_err)?;
+        c.pragma_update(None, "journal_mode", "WAL").map_err(db_err)?;
+        c.pragma_update(None, "synchronous", "FULL").map_err(db_err)?;
+        c.pragma_update(None, "foreign_keys", "ON").map_err(db_err)?;
+        let version: i64 = c
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(db_err)?;
+        if version as usize > MIGRATIONS.len() {
+            return Err(ServerError::Catalog(format!(
+                "{}: schema version {version} is newer than this coffer knows ({}); upgrade coffer",
+                path.display(),
+                MIGRATIONS.len()
+            )));
+        }
+        for (i, m) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            let tx = c.unchecked_transaction().map_err(db_err)?;
+            tx.execute_batch(m).map_err(db_err)?;
+            tx.pragma_update(None, "user_version", (i + 1) as i64)
+                .map_err(db_err)?;
+            tx.commit().map_err(db_err)?;
+        }
+        Ok(Catalog { db: Mutex::new(c) })
+    }
+
+    fn db(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // a panic while holding the lock cannot leave SQLite inconsistent (transactions)
+        self.db.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    // ---- repositories
+
+    pub fn add_repo(&self, name: &str, now: i64) -> Result<bool> {
+        let n = self
+            .db()
+            .execute(
+                "INSERT OR IGNORE INTO repos (name, created) VALUES (?1, ?2)",
+                params![name, now],
+            )
+            .map_err(db_err)?;
+        Ok(n == 1)
+    }
+
+    pub fn repo(&self, name: &str) -> Result<Option<RepoInfo>> {
+        self.db()
+            .query_row(
+                "SELECT name, created, quota_bytes, policy FROM repos WHERE name = ?1",
+                params![name],
+                repo_row,
+            )
+            .optional()
+            .map_err(db_err)
+    }
+
+    pub fn repos(&self) -> Result<Vec<RepoInfo>> {
+        let db = self.db();
+        let mut st = db
+            .prepare("SELECT name, created, quota_bytes, policy FROM repos ORDER BY name")
+            .map_err(db_err)?;
+        let rows = st.query_map([], repo_row).map_err(db_err)?;
+        rows.collect::<std::result::Result<_, _>>().map_err(db_err)
+    }
+
+    pub fn set_policy(&self, repo: &str, policy: Option<&Policy>) -> Result<()> {
+        let json = policy.map(|p| serde_json::to_string(p).unwrap_or_default());
+        self.update_repo(repo, "UPDATE repos SET policy = ?2 WHERE name = ?1", json)
+    }
+
+    pub fn set_quota(&self, repo: &str, quota: Option<u64>) -> Result<()> {
+        self.update_repo(
+            repo,
+            "UPDATE repos SET quota_bytes = ?2 WHERE name = ?1",
+            quota.map(|q| q as i64),
+        )
+    }
+
+    fn update_repo<T: rusqlite::ToSql>(&self, repo: &str, sql: &str, v: T) -> Result<()> {
+        let n = self.db().execute(sql, params![repo, v]).map_err(db_err)?;
+        if n == 0 {
+            return Err(ServerError::NotFound(format!("no repository {repo:?}")));
+        }
+        Ok(())
+    }
+
+    // ---- clients
+
+    pub fn add_client(&self, name: &str, repo: &str, role: Role, token_hash: &str, now: i64) -> Result<()> {
+        let db = self.db();
+        let exists: bool = db
+            .query_row("SELECT 1 FROM clients WHERE name = ?1", params![name], |_| {
+                Ok(true)
+            })
+            .optional()
+            .map_err(db_err)?
+            .unwrap_or(false);
+        if exists {
+            return Err(ServerError::Invalid(format!(
+                "a client named {name:?} exists already (remove it first, or choose another name)"
+            )));
+        }
+        db.execute(
+            "INSERT INTO clients (name, repo, role, token_hash, created) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![name, repo, role.as_str(), token_hash, now],
+        )
+        .map_err(db_err)?;
+        Ok(())
+    }
+
+    pub fn remove_client(&self, name: &str) -> Result<()> {
+        let n = self
+            .db()
+            .execute("DELETE FROM clients WHERE name = ?1", params![name])
+            .map_err(db_err)?;
+        if n == 0 {
+            return Err(ServerError::NotFound(format!("no client {name:?}")));
+        }
+        Ok(())
+    }
+
+    pub fn clients(&self) -> Result<Vec<ClientInfo>> {
+        let db = self.db();
+        let mut st = db
+            .prepare("SELECT name, repo, role, created FROM clients ORDER BY name")
+            .map_err(db_err)?;
+        let rows = st.query_map([], client_row).map_err(db_err)?;
+        rows.collect::<std::result::Result<_, _>>().map_err(db_err)
+    }
+
+    pub fn client_by_token_hash(&self, hash: &str) -> Result<Option<ClientInfo>> {
+        self.db()
+            .query_row(
+                "SELECT name, repo, role, created FROM clients WHERE token_hash = ?1",
+                params![hash],
+                client_row,
+            )
+            .optional()
+            .map_err(db_err)
+    }
+
+    // ---- snapshots
+
+    pub fn record_snapshot(&self, repo: &str, id: &str, received: i64, client: &str) -> Result<()> {
+        self.db()
+            .execute(
+                "INSERT OR IGNORE INTO snapshots (repo, id, received, client) VALUES (?1, ?2, ?3, ?4)",
+                params![repo, id, received, client],
+            )
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    pub fn snapshot_received(&self, repo: &str, id: &str) -> Result<Option<i64>> {
+        self.db()
+            .query_row(
+                "SELECT received FROM snapshots WHERE repo = ?1 AND id = ?2",
+                params![repo, id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db_err)
+    }
+
+    pub fn forget_snapshot(&self, repo: &str, id: &str) -> Result<()> {
+        self.db()
+            .execute(
+                "DELETE FROM snapshots WHERE repo = ?1 AND id = ?2",
+                params![repo, id],
+            )
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    // ---- trash
+
+    pub fn add_trash(&self, e: &TrashEntry) -> Result<()> {
+        self.db()
+            .execute(
+                "INSERT OR REPLACE INTO trash (repo, kind, name, trashed, reason) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![e.repo, e.kind, e.name, e.trashed, e.reason],
+            )
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    pub fn remove_trash(&self, repo: &str, kind: &str, name: &str) -> Result<()> {
+        self.db()
+            .execute(
+                "DELETE FROM trash WHERE repo = ?1 AND kind = ?2 AND name = ?3",
+                params![repo, kind, name],
+            )
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    pub fn trash(&self, repo: &str) -> Result<Vec<TrashEntry>> {
+        let db = self.db();
+        let mut st = db
+            .prepare("SELECT repo, kind, name, trashed, reason FROM trash WHERE repo = ?1 ORDER BY trashed, kind, name")
+            .map_err(db_err)?;
+        let rows = st
+            .query_map(params![repo], |r| {
+                Ok(TrashEntry {
+                    repo: r.get(0)?,
+                    kind: r.get(1)?,
+                    name: r.get(2)?,
+                    trashed: r.get(3)?,
+                    reason: r.get(4)?,
+                })
+            })
+            .map_err(db_err)?;
+        rows.collect::<std::result::Result<_, _>>().map_err(db_err)
+    }
+
+    // ---- verification
+
+    pub fn add_verify_run(&self, v: &VerifyRun) -> Result<()> {
+        self.db()
+            .execute(
+                "INSERT INTO verify_runs (repo, started, finished, objects, bytes, damaged) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    v.repo,
+                    v.started,
+                    v.finished,
+                    v.objects as i64,
+                    v.bytes as i64,
+                    serde_json::to_string(&v.damaged).unwrap_or_default()
+                ],
+            )
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    pub fn last_verify_run(&self, repo: &str) -> Result<Option<VerifyRun>> {
+        self.db()
+            .query_row(
+                "SELECT repo, started, finished, objects, bytes, damaged FROM verify_runs
+                 WHERE repo = ?1 ORDER BY id DESC LIMIT 1",
+                params![repo],
+                |r| {
+                    let damaged: String = r.get(5)?;
+                    Ok(VerifyRun {
+                        repo: r.get(0)?,
+                        started: r.get(1)?,
+                        finished: r.get(2)?,
+                        objects: r.get::<_, i64>(3)? as u64,
+                        bytes: r.get::<_, i64>(4)? as u64,
+                        damaged: serde_json::from_str(&damaged).unwrap_or_default(),
+                    })
+                },
+            )
+            .optional()
+            .map_err(db_err)
+    }
+}
+
+fn repo_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RepoInfo> {
+    let policy: Option<String> = r.get(3)?;
+    Ok(RepoInfo {
+        name: r.get(0)?,
+        created: r.get(1)?,
+        quota_bytes: r.get::<_, Option<i64>>(2)?.map(|q| q as u64),
+        policy: policy.and_then(|p| serde_json::from_str(&p).ok()),
+    })
+}
+
+fn client_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ClientInfo> {
+    let role: String = r.get(2)?;
+    Ok(ClientInfo {
+        name: r.get(0)?,
+        repo: r.get(1)?,
+        // only valid roles are ever written
+        role: role.parse().unwrap_or(Role::Read),
+        created: r.get(3)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_apply_once_and_records_round_trip() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("server.db");
+        {
+            let c = Catalog::open(&p).unwrap();
+            assert!(c.add_repo("web", 1).unwrap());
+            assert!(!c.add_repo("web", 2).unwrap());
+            c.add_client("host1", "web", Role::Append, "h1", 3).unwrap();
+            assert!(c.add_client("host1", "web", Role::Read, "h2", 3).is_err());
+            c.set_policy(
+                "web",
+                Some(&Policy {
+                    keep_daily: 7,
+                    ..Default::default()
+                }),
+            )
+            .unwrap();
+        }
+        let c = Catalog::open(&p).unwrap();
+        let r = c.repo("web").unwrap().unwrap();
+        assert_eq!(r.policy.unwrap().keep_daily, 7);
+        let cl = c.client_by_token_hash("h1").unwrap().unwrap();
+        assert_eq!((cl.name.as_str(), cl.role), ("host1", Role::Append));
+        assert!(c.client_by_token_hash("h2").unwrap().is_none());
+        assert!(c.set_quota("nope", Some(1)).is_err());
+    }
+}

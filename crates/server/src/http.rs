@@ -1,0 +1,698 @@
+//! The HTTP API (over TLS) and the accept loop.
+//!
+//! ```text
+//! GET    /                          health: "coffer-server VERSION"
+//! POST   /REPO                      create the repository layout (Backend::create)
+//! GET    /REPO/KIND/                list: JSON [{"name","size"}]
+//! GET    /REPO/KIND/NAME            read (Range: bytes=A-B gives 206)
+//! HEAD   /REPO/KIND/NAME            size in Content-Length and X-Coffer-Size
+//! PUT    /REPO/KIND/NAME            create; 201 created, 409 exists (left untouched)
+//! DELETE /REPO/KIND/NAME            admin only (append: leases only); into the trash
+//! ```
+//! `KIND` is `keys`, `snapshots`, `index`, `data`, `locks`, `marks`, `manifests`; the config
+//! is `/REPO/config`. Every request but the health check carries `Authorization: Bearer
+//! TOKEN`; a token opens exactly one repository with one role. Errors are one line of text.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Path as UrlPath, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use coffer_core::FileKind;
+use futures_util::StreamExt;
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::sync::Semaphore;
+
+use crate::catalog::{ClientInfo, Role};
+use crate::store::{self, Commit};
+use crate::{Server, ServerError};
+
+/// Limits on what clients may cost the server.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Uploads written at once; more wait their turn.
+    pub max_uploads: usize,
+    /// Open connections; more wait in the kernel's accept queue.
+    pub max_connections: usize,
+    /// An upload that sends nothing for this long is aborted.
+    pub idle_timeout: Duration,
+    /// A request whose headers take longer than this is dropped.
+    pub header_timeout: Duration,
+    /// On shutdown, requests in flight get this long to finish.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_uploads: 32,
+            max_connections: 512,
+            idle_timeout: Duration::from_secs(60),
+            header_timeout: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+struct AppState {
+    server: Arc<Server>,
+    uploads: Semaphore,
+    limits: Limits,
+}
+
+type St = State<Arc<AppState>>;
+
+/// An error answer: status and one line of text.
+#[derive(Debug)]
+pub struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut r = (self.0, format!("{}\n", self.1)).into_response();
+        let h = r.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        // the message again in a header, for HEAD requests (which have no body)
+        let ascii: String = self
+            .1
+            .chars()
+            .map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' })
+            .collect();
+        if let Ok(v) = HeaderValue::from_str(&ascii) {
+            h.insert("x-coffer-error", v);
+        }
+        r
+    }
+}
+
+impl From<ServerError> for ApiError {
+    fn from(e: ServerError) -> Self {
+        let status = match &e {
+            ServerError::Invalid(_) => StatusCode::BAD_REQUEST,
+            ServerError::NotFound(_) => StatusCode::NOT_FOUND,
+            ServerError::Conflict(_) => StatusCode::CONFLICT,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError(status, e.to_string())
+    }
+}
+
+fn err(status: StatusCode, msg: impl Into<String>) -> ApiError {
+    ApiError(status, msg.into())
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+pub fn router(server: Arc<Server>, limits: Limits) -> Router {
+    let state = Arc::new(AppState {
+        server,
+        uploads: Semaphore::new(limits.max_uploads),
+        limits,
+    });
+    Router::new()
+        .route("/", get(health))
+        .route("/{repo}", post(create_repo))
+        .route(
+            "/{repo}/config",
+            get(get_config)
+                .head(head_config)
+                .put(put_config)
+                .delete(delete_config),
+        )
+        .route("/{repo}/{kind}/", get(list))
+        .route(
+            "/{repo}/{kind}/{name}",
+            get(get_object)
+                .head(head_object)
+                .put(put_object)
+                .delete(delete_object),
+        )
+        // bodies are streamed to disk with per-kind limits, never buffered
+        .layer(DefaultBodyLimit::disable())
+        .with_state(state)
+}
+
+async fn health() -> &'static str {
+    concat!("coffer-server ", env!("CARGO_PKG_VERSION"), "\n")
+}
+
+/// What a request needs from its token.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Need {
+    Read,
+    Write,
+    Delete(FileKind),
+}
+
+fn refuse(st: &AppState, method: &Method, path: &str, who: &str, e: ApiError) -> ApiError {
+    let _ = st;
+    eprintln!("coffer-server: refused {method} {path} ({who}): {}", e.1);
+    e
+}
+
+/// Check the bearer token, the repository it opens and its role.
+async fn authorize(
+    st: &AppState,
+    headers: &HeaderMap,
+    repo: &str,
+    need: Need,
+    method: &Method,
+    path: &str,
+) -> Result<ClientInfo, ApiError> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .unwrap_or("");
+    if token.is_empty() {
+        return Err(refuse(
+            st,
+            method,
+            path,
+            "no token",
+            err(
+                StatusCode::UNAUTHORIZED,
+                "no token: send Authorization: Bearer TOKEN (COFFER_TOKEN)",
+            ),
+        ));
+    }
+    let server = st.server.clone();
+    let token = token.to_string();
+    let client = tokio::task::spawn_blocking(move || server.authenticate(&token))
+        .await
+        .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    let Some(client) = client else {
+        return Err(refuse(
+            st,
+            method,
+            path,
+            "unknown token",
+            err(
+                StatusCode::UNAUTHORIZED,
+                "unknown token (revoked, or never issued by this server)",
+            ),
+        ));
+    };
+    if client.repo != repo {
+        return Err(refuse(
+            st,
+            method,
+            path,
+            &client.name,
+            err(
+                StatusCode::FORBIDDEN,
+                format!("client {:?} has no access to repository {repo:?}", client.name),
+            ),
+        ));
+    }
+    let allowed = matches!(
+        (need, client.role),
+        (_, Role::Admin)
+            | (Need::Read, _)
+            | (Need::Write, Role::Append)
+            | (Need::Delete(FileKind::Lock), Role::Append)
+    );
+    if !allowed {
+        let what = match need {
+            Need::Read => "read",
+            Need::Write => "write",
+            Need::Delete(_) => "delete",
+        };
+        return Err(refuse(
+            st,
+            method,
+            path,
+            &client.name,
+            err(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "client {:?} has role {}, which may not {what} here",
+                    client.name,
+                    client.role.as_str()
+                ),
+            ),
+        ));
+    }
+    Ok(client)
+}
+
+fn parse_kind(kind: &str) -> Result<FileKind, ApiError> {
+    store::kind_from_segment(kind).ok_or_else(|| {
+        err(
+            StatusCode::NOT_FOUND,
+            format!("unknown object kind {kind:?} (keys, snapshots, index, data, locks, marks, manifests)"),
+        )
+    })
+}
+
+fn check_name(kind: FileKind, name: &str) -> Result<(), ApiError> {
+    if store::valid_name(kind, name) {
+        Ok(())
+    } else {
+        Err(err(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "invalid object name {name:?} for {}: expected {} lowercase hex digits",
+                store::kind_label(kind),
+                if kind == FileKind::Lock { 48 } else { 64 }
+            ),
+        ))
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> crate::Result<T> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(ApiError::from)
+}
+
+async fn create_repo(State(st): St, UrlPath(repo): UrlPath<String>, headers: HeaderMap) -> ApiResult {
+    let path = format!("/{repo}");
+    authorize(&st, &headers, &repo, Need::Write, &Method::POST, &path).await?;
+    let server = st.server.clone();
+    let r = repo.clone();
+    let exists = blocking(move || {
+        server.store.prepare_repo(&r, false)?;
+        Ok(server.store.stat(&r, FileKind::Config, "config")?.is_some())
+    })
+    .await?;
+    if exists {
+        return Err(err(
+            StatusCode::CONFLICT,
+            format!("repository {repo:?} exists already (it has a config)"),
+        ));
+    }
+    Ok(StatusCode::CREATED.into_response())
+}
+
+async fn list(
+    State(st): St,
+    UrlPath((repo, kind)): UrlPath<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult {
+    let path = format!("/{repo}/{kind}/");
+    authorize(&st, &headers, &repo, Need::Read, &Method::GET, &path).await?;
+    let kind = parse_kind(&kind)?;
+    let server = st.server.clone();
+    let entries = blocking(move || server.store.list(&repo, kind)).await?;
+    let v: Vec<serde_json::Value> = entries
+        .into_iter()
+        .map(|e| serde_json::json!({"name": e.name, "size": e.size}))
+        .collect();
+    Ok((
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::Value::Array(v).to_string(),
+    )
+        .into_response())
+}
+
+// ---- config: the same handlers with a fixed kind and name
+
+async fn get_config(State(st): St, UrlPath(repo): UrlPath<String>, headers: HeaderMap) -> ApiResult {
+    read(st, repo, FileKind::Config, "config".into(), headers, false).await
+}
+async fn head_config(State(st): St, UrlPath(repo): UrlPath<String>, headers: HeaderMap) -> ApiResult {
+    read(st, repo, FileKind::Config, "config".into(), headers, true).await
+}
+async fn put_config(
+    State(st): St,
+    UrlPath(repo): UrlPath<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
+    write(st, repo, FileKind::Config, "config".into(), headers, body).await
+}
+async fn delete_config(State(st): St, UrlPath(repo): UrlPath<String>, headers: HeaderMap) -> ApiResult {
+    delete(st, repo, FileKind::Config, "config".into(), headers).await
+}
+
+async fn get_object(
+    State(st): St,
+    UrlPath((repo, kind, name)): UrlPath<(String, String, String)>,
+    headers: HeaderMap,
+) -> ApiResult {
+    let kind = parse_kind(&kind)?;
+    read(st, repo, kind, name, headers, false).await
+}
+async fn head_object(
+    State(st): St,
+    UrlPath((repo, kind, name)): UrlPath<(String, String, String)>,
+    headers: HeaderMap,
+) -> ApiResult {
+    let kind = parse_kind(&kind)?;
+    read(st, repo, kind, name, headers, true).await
+}
+async fn put_object(
+    State(st): St,
+    UrlPath((repo, kind, name)): UrlPath<(String, String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
+    let kind = parse_kind(&kind)?;
+    write(st, repo, kind, name, headers, body).await
+}
+async fn delete_object(
+    State(st): St,
+    UrlPath((repo, kind, name)): UrlPath<(String, String, String)>,
+    headers: HeaderMap,
+) -> ApiResult {
+    let kind = parse_kind(&kind)?;
+    delete(st, repo, kind, name, headers).await
+}
+
+fn object_path(repo: &str, kind: FileKind, name: &str) -> String {
+    if kind == FileKind::Config {
+        format!("/{repo}/config")
+    } else {
+        format!("/{repo}/{}/{name}", kind.dir())
+    }
+}
+
+/// `bytes=A-B` (inclusive) or `bytes=A-`.
+fn parse_range(h: &str, size: u64) -> Option<(u64, u64)> {
+    let r = h.strip_prefix("bytes=")?;
+    let (a, b) = r.split_once('-')?;
+    let start: u64 = a.parse().ok()?;
+    let end: u64 = if b.is_empty() {
+        size.checked_sub(1)?
+    } else {
+        b.parse().ok()?
+    };
+    (start <= end && end < size).then_some((start, end - start + 1))
+}
+
+async fn read(
+    st: Arc<AppState>,
+    repo: String,
+    kind: FileKind,
+    name: String,
+    headers: HeaderMap,
+    head: bool,
+) -> ApiResult {
+    let path = object_path(&repo, kind, &name);
+    let method = if head { Method::HEAD } else { Method::GET };
+    authorize(&st, &headers, &repo, Need::Read, &method, &path).await?;
+    check_name(kind, &name)?;
+    let file_path = st.server.store.path(&repo, kind, &name);
+    let mut f = match tokio::fs::File::open(&file_path).await {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(err(StatusCode::NOT_FOUND, format!("{} not found", &path[1..])))
+        }
+        Err(e) => return Err(err(StatusCode::INTERNAL_SERVER_ERROR, format!("{path}: {e}"))),
+    };
+    let size = f
+        .metadata()
+        .await
+        .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, format!("{path}: {e}")))?
+        .len();
+    let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
+    let (status, offset, len) = match range {
+        None => (StatusCode::OK, 0, size),
+        Some(r) => match parse_range(r, size) {
+            Some((o, l)) => (StatusCode::PARTIAL_CONTENT, o, l),
+            None => {
+                return Err(err(
+                    StatusCode::RANGE_NOT_SATISFIABLE,
+                    format!("{}: range {r:?} is outside its {size} bytes", &path[1..]),
+                ))
+            }
+        },
+    };
+    let mut resp = if head {
+        Response::new(Body::empty())
+    } else {
+        f.seek(std::io::SeekFrom::Start(offset))
+            .await
+            .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, format!("{path}: {e}")))?;
+        let stream = tokio_util::io::ReaderStream::with_capacity(f.take(len), 256 << 10);
+        Response::new(Body::from_stream(stream))
+    };
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    h.insert("x-coffer-size", HeaderValue::from(size));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    if status == StatusCode::PARTIAL_CONTENT {
+        if let Ok(v) = HeaderValue::from_str(&format!("bytes {offset}-{}/{size}", offset + len - 1)) {
+            h.insert(header::CONTENT_RANGE, v);
+        }
+    }
+    Ok(resp)
+}
+
+async fn write(
+    st: Arc<AppState>,
+    repo: String,
+    kind: FileKind,
+    name: String,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
+    let path = object_path(&repo, kind, &name);
+    let client = authorize(&st, &headers, &repo, Need::Write, &Method::PUT, &path).await?;
+    let who = client.name.clone();
+    let refuse = |e: ApiError| refuse(&st, &Method::PUT, &path, &who, e);
+    check_name(kind, &name).map_err(refuse)?;
+    let len: u64 = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| refuse(err(StatusCode::LENGTH_REQUIRED, "an upload needs Content-Length")))?;
+    let max = store::max_size(kind);
+    if len > max {
+        return Err(refuse(err(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "{}: {len} bytes is more than the {max} allowed for {}",
+                &path[1..],
+                store::kind_label(kind)
+            ),
+        )));
+    }
+    let server = st.server.clone();
+    let (r2, n2) = (repo.clone(), name.clone());
+    let (exists, repo_known, quota, used) = blocking(move || {
+        let info = server.catalog.repo(&r2)?;
+        let exists = server.store.stat(&r2, kind, &n2)?.is_some();
+        let used = server.usage(&r2)?;
+        Ok((exists, info.is_some(), info.and_then(|i| i.quota_bytes), used))
+    })
+    .await?;
+    if !repo_known {
+        return Err(refuse(err(
+            StatusCode::NOT_FOUND,
+            format!("no repository {repo:?}"),
+        )));
+    }
+    if exists {
+        return Err(err(
+            StatusCode::CONFLICT,
+            format!("{} exists already; left untouched (first write wins)", &path[1..]),
+        ));
+    }
+    if let Some(q) = quota {
+        if used.saturating_add(len) > q {
+            return Err(refuse(err(
+                StatusCode::INSUFFICIENT_STORAGE,
+                format!("repository {repo:?} is over its quota ({used} of {q} bytes used, upload of {len})"),
+            )));
+        }
+    }
+    let _permit = st
+        .uploads
+        .acquire()
+        .await
+        .map_err(|_| err(StatusCode::SERVICE_UNAVAILABLE, "shutting down"))?;
+    let tmp = st.server.store.incoming(&repo).join(format!(
+        "{}-{}-{:016x}",
+        store::kind_label(kind),
+        &name[..name.len().min(16)],
+        rand_u64()
+    ));
+    let result = receive(&st, body, &tmp, len, kind, &name).await;
+    if let Err(e) = result {
+        let _ = tokio::fs::remove_file(&tmp).await;
+        return Err(refuse(e));
+    }
+    let server = st.server.clone();
+    let (r2, n2, t2, w2) = (repo.clone(), name.clone(), tmp.clone(), who.clone());
+    let outcome = blocking(move || server.commit(&r2, kind, &n2, &t2, &w2)).await;
+    let _ = tokio::fs::remove_file(&tmp).await;
+    match outcome.map_err(refuse)? {
+        Commit::Created => Ok(StatusCode::CREATED.into_response()),
+        Commit::Existed => Err(err(
+            StatusCode::CONFLICT,
+            format!("{} exists already; left untouched (first write wins)", &path[1..]),
+        )),
+    }
+}
+
+fn rand_u64() -> u64 {
+    let mut b = [0u8; 8];
+    let _ = getrandom::fill(&mut b);
+    u64::from_le_bytes(b)
+}
+
+/// Stream the body into `tmp`, checking its length, its hash (content-addressed kinds) and
+/// its form (manifests), then fsync it.
+async fn receive(
+    st: &AppState,
+    body: Body,
+    tmp: &PathBuf,
+    len: u64,
+    kind: FileKind,
+    name: &str,
+) -> Result<(), ApiError> {
+    let ioe = |e: std::io::Error| {
+        err(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("storing the upload: {e}"),
+        )
+    };
+    let mut f = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(tmp)
+        .await
+        .map_err(ioe)?;
+    let mut hasher = blake3::Hasher::new();
+    let mut got: u64 = 0;
+    let mut small = Vec::new();
+    let mut stream = body.into_data_stream();
+    loop {
+        let next = tokio::time::timeout(st.limits.idle_timeout, stream.next())
+            .await
+            .map_err(|_| err(StatusCode::REQUEST_TIMEOUT, "upload stalled; aborted"))?;
+        let Some(chunk) = next else { break };
+        let chunk = chunk.map_err(|e| err(StatusCode::BAD_REQUEST, format!("upload broken off: {e}")))?;
+        got += chunk.len() as u64;
+        if got > len {
+            return Err(err(
+                StatusCode::BAD_REQUEST,
+                "body longer than its Content-Length",
+            ));
+        }
+        hasher.update(&chunk);
+        if kind == FileKind::Manifest {
+            small.extend_from_slice(&chunk);
+        }
+        f.write_all(&chunk).await.map_err(ioe)?;
+    }
+    if got != len {
+        return Err(err(
+            StatusCode::BAD_REQUEST,
+            format!("truncated upload: {got} of {len} bytes"),
+        ));
+    }
+    if store::is_hashed(kind) {
+        let h = hasher.finalize().to_hex();
+        if h.as_str() != name {
+            return Err(err(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("content hashes to {h}, not to its name {name}: refused"),
+            ));
+        }
+    }
+    if kind == FileKind::Manifest {
+        coffer_core::format::Manifest::decode(&small, name)
+            .map_err(|e| err(StatusCode::UNPROCESSABLE_ENTITY, format!("manifests/{name}: {e}")))?;
+    }
+    f.sync_all().await.map_err(ioe)?;
+    Ok(())
+}
+
+async fn delete(
+    st: Arc<AppState>,
+    repo: String,
+    kind: FileKind,
+    name: String,
+    headers: HeaderMap,
+) -> ApiResult {
+    let path = object_path(&repo, kind, &name);
+    let client = authorize(&st, &headers, &repo, Need::Delete(kind), &Method::DELETE, &path).await?;
+    check_name(kind, &name)?;
+    let server = st.server.clone();
+    let reason = format!("deleted by client {}", client.name);
+    let found = blocking(move || server.remove(&repo, kind, &name, &reason)).await?;
+    if found {
+        Ok(StatusCode::NO_CONTENT.into_response())
+    } else {
+        Err(err(StatusCode::NOT_FOUND, format!("{} not found", &path[1..])))
+    }
+}
+
+/// Serve until `shutdown` resolves, then stop accepting, give requests in flight
+/// `limits.shutdown_grace` to finish and drop the rest (their uploads never land: an upload
+/// becomes visible only by its final rename).
+pub async fn serve(
+    server: Arc<Server>,
+    listener: tokio::net::TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    limits: Limits,
+    shutdown: impl Future<Output = ()>,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let app = router(server, limits.clone());
+    let conns = Arc::new(Semaphore::new(limits.max_connections));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            p = conns.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            _ = &mut shutdown => break,
+        };
+        let (tcp, _peer): (tokio::net::TcpStream, SocketAddr) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    eprintln!("coffer-server: accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let acceptor = acceptor.clone();
+        let svc = TowerToHyperService::new(app.clone());
+        let watcher = graceful.watcher();
+        let header_timeout = limits.header_timeout;
+        tokio::spawn(async move {
+            let _permit = permit;
+            let Ok(Ok(tls)) = tokio::time::timeout(header_timeout, acceptor.accept(tcp)).await else {
+                return;
+            };
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .serve_connection(TokioIo::new(tls), svc);
+            let _ = watcher.watch(conn).await;
+        });
+    }
+    drop(listener);
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(limits.shutdown_grace) => {
+            eprintln!("coffer-server: requests still running after {:?}; dropped (their uploads did not land)", limits.shutdown_grace);
+        }
+    }
+}

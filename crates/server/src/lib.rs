@@ -1,0 +1,317 @@
+//! # coffer-server
+//!
+//! `coffer server` hosts many clients' repositories over HTTPS. It holds no key: it cannot
+//! read what it stores, and needs none to keep it safe.
+//!
+//! - **Roles** ([`catalog::Role`]): an `append` token creates objects and reads; it can never
+//!   delete, overwrite, truncate or rename anything (leases excepted, which hold no data).
+//!   Every upload is checked: a content-addressed name must be the BLAKE3 hash of the bytes,
+//!   the size must match `Content-Length`, and an existing name is never replaced.
+//! - **Retention without the key** ([`retention`]): the server judges snapshots by the time it
+//!   *received* them and frees packs that no kept snapshot's manifest names, through a trash.
+//! - **Keyless verification** ([`verify`]): every stored object is re-hashed against its name.
+//!
+//! See docs/ARCHITECTURE.md ("Server") and docs/FORMAT.md ("Server-side retention").
+
+pub mod catalog;
+pub mod http;
+pub mod retention;
+pub mod store;
+pub mod tls;
+pub mod verify;
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use base64::Engine;
+use catalog::{Catalog, ClientInfo, Role, TrashEntry};
+use coffer_core::FileKind;
+use store::{Commit, Store};
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum ServerError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("server catalog: {0}")]
+    Catalog(String),
+    #[error("{0}")]
+    Io(String),
+    #[error("TLS: {0}")]
+    Tls(String),
+}
+
+pub type Result<T, E = ServerError> = std::result::Result<T, E>;
+
+/// Where the server's "now" comes from. Tests inject a clock file (seconds since the epoch)
+/// to simulate days passing; production uses the system clock.
+#[derive(Clone, Debug, Default)]
+pub enum Clock {
+    #[default]
+    System,
+    /// The first line of this file is the current time (seconds since the epoch).
+    File(PathBuf),
+}
+
+impl Clock {
+    pub fn now(&self) -> i64 {
+        if let Clock::File(p) = self {
+            if let Some(t) = fs::read_to_string(p)
+                .ok()
+                .and_then(|s| s.trim().parse::<i64>().ok())
+            {
+                return t;
+            }
+        }
+        chrono::Utc::now().timestamp()
+    }
+}
+
+/// Settings of the background jobs and the trash.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Unreferenced packs younger than this are kept (a backup may still be writing its
+    /// snapshot); seconds.
+    pub pack_grace_secs: i64,
+    /// How long trashed objects stay restorable; seconds.
+    pub trash_secs: i64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            pack_grace_secs: 24 * 3600,
+            trash_secs: 14 * 24 * 3600,
+        }
+    }
+}
+
+/// The server's state: data directory, storage, catalog, clock.
+#[derive(Debug)]
+pub struct Server {
+    pub data: PathBuf,
+    pub store: Store,
+    pub catalog: Catalog,
+    pub clock: Clock,
+    pub settings: Settings,
+    usage: Mutex<HashMap<String, u64>>,
+}
+
+/// BLAKE3 of a token, as stored in the catalog (tokens are 256 random bits, so a fast hash
+/// is as good as a slow one).
+pub fn token_hash(token: &str) -> String {
+    blake3::hash(token.as_bytes()).to_hex().to_string()
+}
+
+impl Server {
+    /// Open (creating on first use) a data directory.
+    pub fn open(data: &Path, clock: Clock, settings: Settings) -> Result<Server> {
+        fs::create_dir_all(data)
+            .map_err(|e| ServerError::Io(format!("{}: cannot create: {e}", data.display())))?;
+        use std::os::unix::fs::PermissionsExt;
+        let _ = fs::set_permissions(data, fs::Permissions::from_mode(0o700));
+        let catalog = Catalog::open(&data.join("server.db"))?;
+        Ok(Server {
+            data: data.to_path_buf(),
+            store: Store::new(data),
+            catalog,
+            clock,
+            settings,
+            usage: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn now(&self) -> i64 {
+        self.clock.now()
+    }
+
+    /// Add a client (creating its repository if new) and return its token, which is shown
+    /// only this once: the catalog keeps its hash.
+    pub fn add_client(&self, name: &str, repo: &str, role: Role) -> Result<String> {
+        if name.is_empty() || name.len() > 128 || name.chars().any(|c| c.is_control()) {
+            return Err(ServerError::Invalid(format!(
+                "client name {name:?}: 1-128 printable characters"
+            )));
+        }
+        if !store::valid_repo_name(repo) {
+            return Err(ServerError::Invalid(format!(
+                "repository name {repo:?}: use 1-64 of a-z 0-9 . _ - (starting with a letter or digit)"
+            )));
+        }
+        self.catalog.add_repo(repo, self.now())?;
+        self.store.prepare_repo(repo, false)?;
+        let mut raw = [0u8; 32];
+        getrandom::fill(&mut raw).map_err(|e| ServerError::Io(format!("random token: {e}")))?;
+        let token = format!(
+            "cft_{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+        );
+        self.catalog
+            .add_client(name, repo, role, &token_hash(&token), self.now())?;
+        Ok(token)
+    }
+
+    pub fn authenticate(&self, token: &str) -> Result<Option<ClientInfo>> {
+        self.catalog.client_by_token_hash(&token_hash(token))
+    }
+
+    /// Prepare every known repository for serving: directories exist, stale uploads gone.
+    pub fn prepare(&self) -> Result<()> {
+        for r in self.catalog.repos()? {
+            self.store.prepare_repo(&r.name, true)?;
+        }
+        Ok(())
+    }
+
+    /// Bytes a repository holds (cached after the first count).
+    pub fn usage(&self, repo: &str) -> Result<u64> {
+        if let Some(u) = self.usage_map().get(repo) {
+            return Ok(*u);
+        }
+        let u = self.store.usage(repo)?;
+        self.usage_map().insert(repo.to_string(), u);
+        Ok(u)
+    }
+
+    fn usage_map(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
+        self.usage.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn usage_add(&self, repo: &str, delta: i64) {
+        if let Some(u) = self.usage_map().get_mut(repo) {
+            *u = u.saturating_add_signed(delta);
+        }
+    }
+
+    /// Serialize snapshot commits and retention of one repository, across processes (the
+    /// `coffer server retention` command may run beside the serving process).
+    pub fn repo_lock(&self, repo: &str) -> Result<RepoLock> {
+        let p = self.store.repo_dir(repo).join(".lock");
+        let f = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&p)
+            .map_err(|e| ServerError::Io(format!("{}: {e}", p.display())))?;
+        rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive)
+            .map_err(|e| ServerError::Io(format!("{}: lock: {e}", p.display())))?;
+        Ok(RepoLock { _file: f })
+    }
+
+    /// Put a finished, verified upload in place. A snapshot is accepted only with its
+    /// manifest, and only if every pack the manifest names is stored (packs in the trash are
+    /// taken back: a backup may have deduplicated against them while retention ran).
+    pub fn commit(&self, repo: &str, kind: FileKind, name: &str, tmp: &Path, client: &str) -> Result<Commit> {
+        let size = fs::metadata(tmp).map(|m| m.len()).unwrap_or(0);
+        let outcome = if kind == FileKind::Snapshot {
+            let _lock = self.repo_lock(repo)?;
+            let mpath = self.store.path(repo, FileKind::Manifest, name);
+            let bytes = match fs::read(&mpath) {
+                Ok(b) => b,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(ServerError::Conflict(format!(
+                        "snapshot {name}: its manifest (manifests/{name}) must be uploaded first"
+                    )))
+                }
+                Err(e) => return Err(ServerError::Io(format!("{}: {e}", mpath.display()))),
+            };
+            let m = coffer_core::format::Manifest::decode(&bytes, name)
+                .map_err(|e| ServerError::Invalid(format!("manifests/{name}: {e}")))?;
+            for p in &m.packs {
+                let pn = p.to_hex();
+                if self.store.stat(repo, FileKind::Pack, &pn)?.is_some() {
+                    continue;
+                }
+                if self.store.from_trash(repo, FileKind::Pack, &pn)? {
+                    self.catalog.remove_trash(repo, "data", &pn)?;
+                    eprintln!(
+                        "coffer-server: {repo}: pack {pn} taken back from the trash for snapshot {name}"
+                    );
+                    continue;
+                }
+                return Err(ServerError::Conflict(format!(
+                    "snapshot {name} needs pack {pn}, which this server does not have (removed by retention?); run the backup again"
+                )));
+            }
+            let c = self.store.commit(repo, kind, name, tmp)?;
+            if c == Commit::Created {
+                self.catalog.record_snapshot(repo, name, self.now(), client)?;
+            }
+            c
+        } else {
+            self.store.commit(repo, kind, name, tmp)?
+        };
+        if outcome == Commit::Created {
+            self.usage_add(repo, size as i64);
+        }
+        Ok(outcome)
+    }
+
+    /// Remove an object: leases for good, anything else into the trash (a snapshot with its
+    /// manifest). Returns false if it did not exist.
+    pub fn remove(&self, repo: &str, kind: FileKind, name: &str, reason: &str) -> Result<bool> {
+        if kind == FileKind::Lock {
+            return self.store.remove(repo, kind, name);
+        }
+        let size = self.store.stat(repo, kind, name)?.map(|e| e.size).unwrap_or(0);
+        if !self.trash(repo, kind, name, reason)? {
+            return Ok(false);
+        }
+        self.usage_add(repo, -(size as i64));
+        if kind == FileKind::Snapshot {
+            let msize = self
+                .store
+                .stat(repo, FileKind::Manifest, name)?
+                .map(|e| e.size)
+                .unwrap_or(0);
+            if self.trash(repo, FileKind::Manifest, name, reason)? {
+                self.usage_add(repo, -(msize as i64));
+            }
+        }
+        Ok(true)
+    }
+
+    fn trash(&self, repo: &str, kind: FileKind, name: &str, reason: &str) -> Result<bool> {
+        if !self.store.to_trash(repo, kind, name)? {
+            return Ok(false);
+        }
+        self.catalog.add_trash(&TrashEntry {
+            repo: repo.to_string(),
+            kind: store::kind_label(kind).to_string(),
+            name: name.to_string(),
+            trashed: self.now(),
+            reason: reason.to_string(),
+        })?;
+        Ok(true)
+    }
+
+    /// Put trashed objects back (all of a repository's, or the named ones).
+    pub fn restore_trash(&self, repo: &str, only: Option<(&str, &str)>) -> Result<usize> {
+        let mut n = 0;
+        for e in self.catalog.trash(repo)? {
+            if only.is_some_and(|(k, name)| k != e.kind || name != e.name) {
+                continue;
+            }
+            let Some(kind) = store::kind_from_label(&e.kind) else {
+                continue;
+            };
+            if self.store.from_trash(repo, kind, &e.name)? {
+                n += 1;
+            }
+            self.catalog.remove_trash(repo, &e.kind, &e.name)?;
+        }
+        self.usage_map().remove(repo);
+        Ok(n)
+    }
+}
+
+/// Held while a repository's snapshots are committed or judged.
+pub struct RepoLock {
+    _file: fs::File,
+}

@@ -1,0 +1,169 @@
+//! Retention without the key.
+//!
+//! The server applies each repository's [`Policy`] by the time it *received* each snapshot
+//! (the client's own clock and claims are never consulted), so a compromised client that
+//! floods snapshots fills one day's slot, not the history: the daily, weekly, ... snapshots
+//! from before the compromise keep their slots.
+//!
+//! Steps, under the repository's lock (snapshot commits wait):
+//! 1. judge the snapshots; move the ones no rule keeps, with their manifests, to the trash;
+//! 2. the packs still needed are the union of the kept snapshots' manifests; if a kept
+//!    snapshot has no manifest, nothing more is removed (the server cannot tell what it needs);
+//! 3. move packs that no kept snapshot needs and that are older than the grace period (a
+//!    backup may be uploading packs for a snapshot not yet written) to the trash;
+//! 4. purge trash entries older than the trash period.
+//!
+//! A snapshot committed later that needs a trashed pack takes it back (see
+//! [`crate::Server::commit`]); index files are never removed (the server cannot read them;
+//! clients ignore entries for packs the server no longer lists).
+
+use std::collections::HashSet;
+
+use chrono::{TimeZone, Utc};
+use coffer_core::forget::{apply_policy_to_times, KeepPolicy};
+use coffer_core::format::{Id, Manifest, SnapshotId};
+use coffer_core::FileKind;
+use serde::Serialize;
+
+use crate::catalog::Policy;
+use crate::store::kind_from_label;
+use crate::{Result, Server, ServerError};
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Report {
+    pub repo: String,
+    pub policy: bool,
+    pub snapshots_kept: usize,
+    pub snapshots_removed: Vec<String>,
+    pub packs_removed: Vec<String>,
+    pub bytes_removed: u64,
+    pub purged: usize,
+    pub notes: Vec<String>,
+    pub dry_run: bool,
+}
+
+fn keep_policy(p: &Policy) -> KeepPolicy {
+    KeepPolicy {
+        last: p.keep_last as i64,
+        hourly: p.keep_hourly as i64,
+        daily: p.keep_daily as i64,
+        weekly: p.keep_weekly as i64,
+        monthly: p.keep_monthly as i64,
+        yearly: p.keep_yearly as i64,
+        within: (p.keep_within_secs > 0).then(|| chrono::Duration::seconds(p.keep_within_secs as i64)),
+        tags: Vec::new(),
+    }
+}
+
+/// Apply retention to one repository.
+pub fn run(server: &Server, repo: &str, dry_run: bool) -> Result<Report> {
+    let info = server
+        .catalog
+        .repo(repo)?
+        .ok_or_else(|| ServerError::NotFound(format!("no repository {repo:?}")))?;
+    let mut r = Report {
+        repo: repo.to_string(),
+        dry_run,
+        ..Default::default()
+    };
+    let now = server.now();
+    if !dry_run {
+        r.purged = purge_trash(server, repo, now)?;
+    }
+    let Some(policy) = info.policy.filter(|p| !p.is_empty()) else {
+        r.notes.push("no retention policy set: nothing removed".into());
+        return Ok(r);
+    };
+    r.policy = true;
+    let _lock = server.repo_lock(repo)?;
+
+    // 1. judge snapshots by the time they were received
+    let mut snaps = Vec::new();
+    for e in server.store.list(repo, FileKind::Snapshot)? {
+        let Ok(id) = Id::from_hex(&e.name) else { continue };
+        let received = server
+            .catalog
+            .snapshot_received(repo, &e.name)?
+            .unwrap_or(e.mtime);
+        let t = Utc
+            .timestamp_opt(received, 0)
+            .single()
+            .unwrap_or_default()
+            .fixed_offset();
+        snaps.push((SnapshotId(id), t));
+    }
+    let decisions = apply_policy_to_times(&snaps, &keep_policy(&policy));
+    let mut kept = Vec::new();
+    for d in &decisions {
+        if d.keep {
+            kept.push(d.id.to_hex());
+        } else {
+            r.snapshots_removed.push(d.id.to_hex());
+        }
+    }
+    r.snapshots_kept = kept.len();
+    if kept.is_empty() && !snaps.is_empty() {
+        // a policy always keeps the newest snapshot; this is a guard against a broken one
+        return Err(ServerError::Invalid(format!(
+            "{repo}: the policy would remove every snapshot; refused"
+        )));
+    }
+    if !dry_run {
+        for id in &r.snapshots_removed {
+            server.remove(repo, FileKind::Snapshot, id, "retention")?;
+        }
+    }
+
+    // 2. what the kept snapshots need
+    let mut needed: HashSet<String> = HashSet::new();
+    for id in &kept {
+        let p = server.store.path(repo, FileKind::Manifest, id);
+        let m = std::fs::read(&p).ok().and_then(|b| Manifest::decode(&b, id).ok());
+        match m {
+            Some(m) => needed.extend(m.packs.iter().map(|p| p.to_hex())),
+            None => {
+                r.notes.push(format!(
+                    "snapshot {id} has no readable manifest: no pack removed (the server cannot tell what it needs)"
+                ));
+                return Ok(r);
+            }
+        }
+    }
+
+    // 3. packs nothing needs, past the grace period
+    for e in server.store.list(repo, FileKind::Pack)? {
+        if needed.contains(&e.name) || now - e.mtime < server.settings.pack_grace_secs {
+            continue;
+        }
+        if !dry_run {
+            server.remove(
+                repo,
+                FileKind::Pack,
+                &e.name,
+                "retention: no kept snapshot needs it",
+            )?;
+        }
+        r.bytes_removed += e.size;
+        r.packs_removed.push(e.name);
+    }
+    Ok(r)
+}
+
+/// Delete trash entries older than the trash period; returns how many.
+fn purge_trash(server: &Server, repo: &str, now: i64) -> Result<usize> {
+    let mut n = 0;
+    for e in server.catalog.trash(repo)? {
+        if now - e.trashed < server.settings.trash_secs {
+            continue;
+        }
+        if let Some(kind) = kind_from_label(&e.kind) {
+            server.store.purge(repo, kind, &e.name)?;
+            if kind == FileKind::Snapshot {
+                server.catalog.forget_snapshot(repo, &e.name)?;
+            }
+        }
+        server.catalog.remove_trash(repo, &e.kind, &e.name)?;
+        n += 1;
+    }
+    Ok(n)
+}

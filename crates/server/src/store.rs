@@ -1,0 +1,368 @@
+//! The server's storage: one directory per repository, in the same layout as a local
+//! repository (so `coffer -r DATA/repos/NAME` opens it directly on the server in an
+//! emergency), plus a trash and upload staging.
+//!
+//! ```text
+//! DATA/repos/<repo>/{config,keys,snapshots,index,data/ab,locks,marks,manifests}
+//! DATA/repos/<repo>/.incoming/      uploads in progress (cleared at start)
+//! DATA/trash/<repo>/<kind>/<name>   what retention or an admin removed, until purged
+//! ```
+//!
+//! Writes never overwrite: an upload lands in `.incoming`, is fsynced, and is renamed into
+//! place with `RENAME_NOREPLACE` (first write wins), then the directory is fsynced.
+
+use std::fs::{self, File};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::UNIX_EPOCH;
+
+use coffer_core::FileKind;
+use rustix::fs::{renameat_with, RenameFlags, CWD};
+use rustix::io::Errno;
+
+use crate::{Result, ServerError};
+
+/// Every kind the server stores.
+pub const KINDS: [FileKind; 8] = FileKind::ALL;
+
+/// The kind named by a URL segment (`keys`, `data`, ...).
+pub fn kind_from_segment(s: &str) -> Option<FileKind> {
+    KINDS
+        .iter()
+        .copied()
+        .find(|k| *k != FileKind::Config && k.dir() == s)
+}
+
+/// Files of these kinds are named by the BLAKE3 hash of their bytes; the server checks it.
+pub fn is_hashed(kind: FileKind) -> bool {
+    matches!(
+        kind,
+        FileKind::Key | FileKind::Snapshot | FileKind::Index | FileKind::Pack | FileKind::Mark
+    )
+}
+
+/// The largest upload accepted for a kind.
+pub fn max_size(kind: FileKind) -> u64 {
+    match kind {
+        FileKind::Config | FileKind::Key => 1 << 20,
+        FileKind::Lock => 64 << 10,
+        FileKind::Snapshot | FileKind::Mark => 64 << 20,
+        FileKind::Manifest => coffer_core::format::MAX_MANIFEST as u64,
+        FileKind::Index => 512 << 20,
+        FileKind::Pack => coffer_core::format::MAX_PACK_SIZE,
+    }
+}
+
+/// Check an object name for its kind: 64 lowercase hex digits (leases: 48).
+pub fn valid_name(kind: FileKind, name: &str) -> bool {
+    let len = match kind {
+        FileKind::Config => return name == "config",
+        FileKind::Lock => 48,
+        _ => 64,
+    };
+    name.len() == len && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// Repository names: 1–64 of `a-z 0-9 . _ -`, starting with a letter or digit.
+pub fn valid_repo_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// A stored object as listed.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    pub name: String,
+    pub size: u64,
+    /// Modification time (upload time), seconds since the epoch.
+    pub mtime: i64,
+}
+
+#[derive(Clone, Debug)]
+pub struct Store {
+    root: PathBuf,
+}
+
+fn io_err(what: impl std::fmt::Display, e: io::Error) -> ServerError {
+    ServerError::Io(format!("{what}: {e}"))
+}
+
+pub fn sync_dir(p: &Path) -> io::Result<()> {
+    File::open(p)?.sync_all()
+}
+
+/// What [`Store::commit`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Commit {
+    Created,
+    Existed,
+}
+
+impl Store {
+    pub fn new(root: impl Into<PathBuf>) -> Store {
+        Store { root: root.into() }
+    }
+
+    pub fn repo_dir(&self, repo: &str) -> PathBuf {
+        self.root.join("repos").join(repo)
+    }
+
+    pub fn incoming(&self, repo: &str) -> PathBuf {
+        self.repo_dir(repo).join(".incoming")
+    }
+
+    fn kind_dir(&self, repo: &str, kind: FileKind, name: &str) -> PathBuf {
+        let base = self.repo_dir(repo);
+        match kind {
+            FileKind::Config => base,
+            FileKind::Pack => base.join("data").join(&name[..2.min(name.len())]),
+            k => base.join(k.dir()),
+        }
+    }
+
+    /// The path of an object; the name must have passed [`valid_name`].
+    pub fn path(&self, repo: &str, kind: FileKind, name: &str) -> PathBuf {
+        self.kind_dir(repo, kind, name).join(name)
+    }
+
+    /// Create a repository's directories (idempotent); with `clear_incoming` (at start, when
+    /// no upload can be running) remove what interrupted uploads left.
+    pub fn prepare_repo(&self, repo: &str, clear_incoming: bool) -> Result<()> {
+        let base = self.repo_dir(repo);
+        let mk = |p: PathBuf| fs::create_dir_all(&p).map_err(|e| io_err(p.display(), e));
+        for k in KINDS
+            .iter()
+            .filter(|k| !matches!(k, FileKind::Config | FileKind::Pack))
+        {
+            mk(base.join(k.dir()))?;
+        }
+        for i in 0..256 {
+            mk(base.join("data").join(format!("{i:02x}")))?;
+        }
+        let inc = self.incoming(repo);
+        if clear_incoming && inc.exists() {
+            fs::remove_dir_all(&inc).map_err(|e| io_err(inc.display(), e))?;
+        }
+        mk(inc)?;
+        Ok(())
+    }
+
+    pub fn list(&self, repo: &str, kind: FileKind) -> Result<Vec<Entry>> {
+        let base = self.repo_dir(repo);
+        let mut out = Vec::new();
+        if kind == FileKind::Config {
+            if let Some(e) = entry(&base.join("config"), "config")? {
+                out.push(e);
+            }
+            return Ok(out);
+        }
+        let dirs: Vec<PathBuf> = if kind == FileKind::Pack {
+            (0..256)
+                .map(|i| base.join("data").join(format!("{i:02x}")))
+                .collect()
+        } else {
+            vec![base.join(kind.dir())]
+        };
+        for d in dirs {
+            let rd = match fs::read_dir(&d) {
+                Ok(rd) => rd,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_err(d.display(), e)),
+            };
+            for ent in rd {
+                let ent = ent.map_err(|e| io_err(d.display(), e))?;
+                let name = ent.file_name().to_string_lossy().into_owned();
+                if !valid_name(kind, &name) {
+                    continue; // temporary or foreign files
+                }
+                if let Some(e) = entry(&ent.path(), &name)? {
+                    out.push(e);
+                }
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    pub fn stat(&self, repo: &str, kind: FileKind, name: &str) -> Result<Option<Entry>> {
+        entry(&self.path(repo, kind, name), name)
+    }
+
+    /// Move a finished upload into place, never over an existing file.
+    pub fn commit(&self, repo: &str, kind: FileKind, name: &str, tmp: &Path) -> Result<Commit> {
+        let dir = self.kind_dir(repo, kind, name);
+        let dest = dir.join(name);
+        let outcome = match renameat_with(CWD, tmp, CWD, &dest, RenameFlags::NOREPLACE) {
+            Ok(()) => Commit::Created,
+            Err(Errno::EXIST) => Commit::Existed,
+            Err(Errno::INVAL) | Err(Errno::NOSYS) => match fs::hard_link(tmp, &dest) {
+                Ok(()) => Commit::Created,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Commit::Existed,
+                Err(e) => return Err(io_err(dest.display(), e)),
+            },
+            Err(e) => {
+                return Err(io_err(
+                    dest.display(),
+                    io::Error::from_raw_os_error(e.raw_os_error()),
+                ))
+            }
+        };
+        let _ = fs::remove_file(tmp);
+        sync_dir(&dir).map_err(|e| io_err(dir.display(), e))?;
+        Ok(outcome)
+    }
+
+    /// Delete for good (leases only; everything else goes to the trash).
+    pub fn remove(&self, repo: &str, kind: FileKind, name: &str) -> Result<bool> {
+        let p = self.path(repo, kind, name);
+        match fs::remove_file(&p) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(io_err(p.display(), e)),
+        }
+    }
+
+    pub fn trash_path(&self, repo: &str, kind: FileKind, name: &str) -> PathBuf {
+        let k = if kind == FileKind::Config {
+            "config"
+        } else {
+            kind.dir()
+        };
+        self.root.join("trash").join(repo).join(k).join(name)
+    }
+
+    /// Move an object to the trash. Returns false if it was not there.
+    pub fn to_trash(&self, repo: &str, kind: FileKind, name: &str) -> Result<bool> {
+        let src = self.path(repo, kind, name);
+        let dst = self.trash_path(repo, kind, name);
+        if let Some(d) = dst.parent() {
+            fs::create_dir_all(d).map_err(|e| io_err(d.display(), e))?;
+        }
+        match fs::rename(&src, &dst) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(io_err(src.display(), e)),
+        }
+        for d in [src.parent(), dst.parent()].into_iter().flatten() {
+            sync_dir(d).map_err(|e| io_err(d.display(), e))?;
+        }
+        Ok(true)
+    }
+
+    /// Move an object back from the trash, never over an existing file. Returns false if the
+    /// trash does not hold it.
+    pub fn from_trash(&self, repo: &str, kind: FileKind, name: &str) -> Result<bool> {
+        let src = self.trash_path(repo, kind, name);
+        if !src.exists() {
+            return Ok(false);
+        }
+        self.commit(repo, kind, name, &src)?;
+        Ok(true)
+    }
+
+    /// Delete a trashed object for good.
+    pub fn purge(&self, repo: &str, kind: FileKind, name: &str) -> Result<()> {
+        let p = self.trash_path(repo, kind, name);
+        match fs::remove_file(&p) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err(p.display(), e)),
+        }
+    }
+
+    /// Bytes stored in a repository (trash excluded).
+    pub fn usage(&self, repo: &str) -> Result<u64> {
+        let mut total = 0;
+        for k in KINDS {
+            total += self.list(repo, k)?.iter().map(|e| e.size).sum::<u64>();
+        }
+        Ok(total)
+    }
+}
+
+fn entry(p: &Path, name: &str) -> Result<Option<Entry>> {
+    match fs::metadata(p) {
+        Ok(m) if m.is_file() => Ok(Some(Entry {
+            name: name.to_string(),
+            size: m.len(),
+            mtime: m
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0),
+        })),
+        Ok(_) => Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_err(p.display(), e)),
+    }
+}
+
+pub fn kind_label(kind: FileKind) -> &'static str {
+    if kind == FileKind::Config {
+        "config"
+    } else {
+        kind.dir()
+    }
+}
+
+pub fn kind_from_label(s: &str) -> Option<FileKind> {
+    if s == "config" {
+        Some(FileKind::Config)
+    } else {
+        kind_from_segment(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        let h = "ab".repeat(32);
+        assert!(valid_name(FileKind::Pack, &h));
+        assert!(!valid_name(FileKind::Pack, &h.to_uppercase()));
+        assert!(!valid_name(FileKind::Pack, ".."));
+        assert!(!valid_name(FileKind::Pack, &format!("../{}", &h[3..])));
+        assert!(!valid_name(FileKind::Lock, &h));
+        assert!(valid_name(FileKind::Lock, &"0".repeat(48)));
+        assert!(valid_repo_name("web-01.example"));
+        for bad in ["", ".", "..", "-x", "A", "a/b", "a%2e"] {
+            assert!(!valid_repo_name(bad), "{bad}");
+        }
+        assert_eq!(kind_from_segment("data"), Some(FileKind::Pack));
+        assert_eq!(kind_from_segment(""), None);
+        assert_eq!(kind_from_segment("config"), None);
+    }
+
+    #[test]
+    fn commit_never_overwrites_and_trash_round_trips() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::new(d.path());
+        s.prepare_repo("r", true).unwrap();
+        let name = "cd".repeat(32);
+        let t1 = s.incoming("r").join("t1");
+        fs::write(&t1, b"one").unwrap();
+        assert_eq!(
+            s.commit("r", FileKind::Pack, &name, &t1).unwrap(),
+            Commit::Created
+        );
+        let t2 = s.incoming("r").join("t2");
+        fs::write(&t2, b"two").unwrap();
+        assert_eq!(
+            s.commit("r", FileKind::Pack, &name, &t2).unwrap(),
+            Commit::Existed
+        );
+        assert_eq!(fs::read(s.path("r", FileKind::Pack, &name)).unwrap(), b"one");
+        assert_eq!(s.list("r", FileKind::Pack).unwrap().len(), 1);
+        assert!(s.to_trash("r", FileKind::Pack, &name).unwrap());
+        assert!(s.list("r", FileKind::Pack).unwrap().is_empty());
+        assert!(s.from_trash("r", FileKind::Pack, &name).unwrap());
+        assert_eq!(fs::read(s.path("r", FileKind::Pack, &name)).unwrap(), b"one");
+    }
+}
