@@ -6,7 +6,7 @@ mod common;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{pseudo_random, stderr, Env};
 
@@ -231,22 +231,30 @@ fn killed_backups_leave_a_valid_repository_and_resume() {
         x = x
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
-        let delay = Duration::from_millis(100 + (x >> 33) % 350);
+        // kill after a varying number of new packs (1 MiB each; a run writes about 24), so
+        // that the interruption falls at a different point of each run, whatever the
+        // machine's speed
+        let after = 1 + (x >> 33) as usize % 20;
+        let before = pack_count(&e.repo);
         let mut child = e
             .cmd()
             .args(["backup", "-q", src.to_str().unwrap()])
             .spawn()
             .unwrap();
-        std::thread::sleep(delay);
-        if child.try_wait().unwrap().is_none() {
-            child.kill().unwrap(); // SIGKILL
-            killed += 1;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
+            if pack_count(&e.repo) >= before + after {
+                child.kill().unwrap(); // SIGKILL
+                killed += 1;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(2));
         }
         let _ = child.wait();
         let o = e.run(&["check"]);
         assert!(
             o.status.success(),
-            "check after a kill at {delay:?}:\n{}",
+            "check after a kill after {after} new packs:\n{}",
             stderr(&o)
         );
     }
@@ -329,4 +337,15 @@ fn forget_prune_cycle_frees_space() {
     let o = e.run(&["forget"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("no policy"));
+}
+
+/// Packs stored in a local repository.
+fn pack_count(repo: &std::path::Path) -> usize {
+    fs::read_dir(repo.join("data"))
+        .map(|d| {
+            d.flatten()
+                .map(|sub| fs::read_dir(sub.path()).map(|f| f.count()).unwrap_or(0))
+                .sum()
+        })
+        .unwrap_or(0)
 }
