@@ -9,6 +9,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, ErrorKind, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use coffer_core::{Backend, BackendError, FileInfo, FileKind, WriteOutcome};
 use rustix::fs::{renameat_with, RenameFlags, CWD};
@@ -19,11 +20,48 @@ type BResult<T> = Result<T, BackendError>;
 #[derive(Debug, Clone)]
 pub struct LocalBackend {
     root: PathBuf,
+    /// Recently read packs, kept open: a restore of many small files reads many blobs from
+    /// each pack, and opening the pack for each one cost one `openat` per blob.
+    open_packs: Arc<Mutex<OpenPacks>>,
 }
+
+/// Packs kept open by [`LocalBackend`] (most recently used last).
+const OPEN_PACKS: usize = 32;
+
+/// Open packs by name, least recently used first.
+type OpenPacks = Vec<(String, Arc<File>)>;
 
 impl LocalBackend {
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        LocalBackend { root: root.into() }
+        LocalBackend {
+            root: root.into(),
+            open_packs: Arc::default(),
+        }
+    }
+
+    fn open_packs(&self) -> std::sync::MutexGuard<'_, OpenPacks> {
+        self.open_packs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// An open pack from the cache, or opened and cached. Packs are immutable, so a cached
+    /// descriptor always reads the right bytes.
+    fn pack_file(&self, name: &str, path: &Path) -> io::Result<Arc<File>> {
+        {
+            let mut c = self.open_packs();
+            if let Some(i) = c.iter().position(|(n, _)| n == name) {
+                let e = c.remove(i);
+                let f = e.1.clone();
+                c.push(e);
+                return Ok(f);
+            }
+        }
+        let f = Arc::new(File::open(path)?);
+        let mut c = self.open_packs();
+        c.push((name.to_string(), f.clone()));
+        if c.len() > OPEN_PACKS {
+            c.remove(0);
+        }
+        Ok(f)
     }
 
     fn dir(&self, kind: FileKind, name: &str) -> PathBuf {
@@ -165,7 +203,13 @@ impl Backend for LocalBackend {
 
     fn read_range(&self, kind: FileKind, name: &str, offset: u64, len: u32) -> BResult<Vec<u8>> {
         let what = Self::what(kind, name);
-        let f = File::open(self.path(kind, name)?).map_err(|e| self.err(&what, e))?;
+        let path = self.path(kind, name)?;
+        let f = if kind == FileKind::Pack {
+            self.pack_file(name, &path)
+        } else {
+            File::open(&path).map(Arc::new)
+        }
+        .map_err(|e| self.err(&what, e))?;
         let mut buf = vec![0u8; len as usize];
         f.read_exact_at(&mut buf, offset).map_err(|e| {
             if e.kind() == ErrorKind::UnexpectedEof {
@@ -239,6 +283,10 @@ impl Backend for LocalBackend {
     fn remove(&self, kind: FileKind, name: &str) -> BResult<()> {
         let what = Self::what(kind, name);
         let p = self.path(kind, name)?;
+        if kind == FileKind::Pack {
+            // a removed pack must read as missing, not through a cached descriptor
+            self.open_packs().retain(|(n, _)| n != name);
+        }
         fs::remove_file(&p).map_err(|e| self.err(&what, e))?;
         sync_dir(&self.dir(kind, name)).map_err(|e| self.err(&what, e))
     }
@@ -278,8 +326,32 @@ mod tests {
         assert!(b.write(FileKind::Snapshot, "../x", b"z").is_err());
         b.remove(FileKind::Pack, &name).unwrap();
         assert!(b.list(FileKind::Pack).unwrap().is_empty());
+        // the pack was read through a cached descriptor; once removed it reads as missing
+        assert!(b
+            .read_range(FileKind::Pack, &name, 0, 1)
+            .unwrap_err()
+            .is_not_found());
         // no temporary files remain
         let left: Vec<_> = fs::read_dir(d.path().join("repo/data/ab")).unwrap().collect();
         assert!(left.is_empty());
+    }
+
+    #[test]
+    fn open_pack_cache_is_bounded_and_reads_each_pack_right() {
+        let d = tempfile::tempdir().unwrap();
+        let b = LocalBackend::new(d.path().join("repo"));
+        b.create().unwrap();
+        let names: Vec<String> = (0..OPEN_PACKS as u8 + 8)
+            .map(|i| format!("{i:02x}").repeat(32))
+            .collect();
+        for (i, n) in names.iter().enumerate() {
+            b.write(FileKind::Pack, n, &[i as u8; 8]).unwrap();
+        }
+        for _ in 0..2 {
+            for (i, n) in names.iter().enumerate() {
+                assert_eq!(b.read_range(FileKind::Pack, n, 3, 2).unwrap(), vec![i as u8; 2]);
+            }
+        }
+        assert_eq!(b.open_packs().len(), OPEN_PACKS);
     }
 }
