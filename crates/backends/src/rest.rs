@@ -27,6 +27,9 @@ const ATTEMPTS: u32 = 8;
 pub struct RestOptions {
     pub cacert: Option<PathBuf>,
     pub token_file: Option<PathBuf>,
+    /// The environment variable holding the token (default `COFFER_TOKEN`; `coffer copy`
+    /// reads the source's from `COFFER_FROM_TOKEN`).
+    pub token_var: Option<&'static str>,
 }
 
 pub struct RestBackend {
@@ -47,16 +50,17 @@ impl std::fmt::Debug for RestBackend {
 }
 
 fn read_token(opts: &RestOptions) -> Result<Zeroizing<String>, String> {
-    if let Some(t) = std::env::var("COFFER_TOKEN")
-        .ok()
-        .filter(|t| !t.trim().is_empty())
-    {
+    let var = opts.token_var.unwrap_or("COFFER_TOKEN");
+    if let Some(t) = std::env::var(var).ok().filter(|t| !t.trim().is_empty()) {
         return Ok(Zeroizing::new(t.trim().to_string()));
     }
-    let file = opts
-        .token_file
-        .clone()
-        .or_else(|| std::env::var_os("COFFER_TOKEN_FILE").map(PathBuf::from));
+    // the default variables apply to the repository of -r only
+    let file = opts.token_file.clone().or_else(|| {
+        opts.token_var
+            .is_none()
+            .then(|| std::env::var_os("COFFER_TOKEN_FILE").map(PathBuf::from))
+            .flatten()
+    });
     match file {
         Some(p) => {
             let s = Zeroizing::new(
@@ -68,7 +72,7 @@ fn read_token(opts: &RestOptions) -> Result<Zeroizing<String>, String> {
             }
             Ok(Zeroizing::new(t))
         }
-        None => Err("no token: set COFFER_TOKEN, or COFFER_TOKEN_FILE / --token-file".into()),
+        None => Err(format!("no token: set {var}, or give a token file")),
     }
 }
 
@@ -126,10 +130,12 @@ impl RestBackend {
             return Err("use https://HOST:PORT/REPO (one repository name after the host)".into());
         }
         let token = read_token(opts)?;
-        let cacert = opts
-            .cacert
-            .clone()
-            .or_else(|| std::env::var_os("COFFER_CACERT").map(PathBuf::from));
+        let cacert = opts.cacert.clone().or_else(|| {
+            opts.token_var
+                .is_none()
+                .then(|| std::env::var_os("COFFER_CACERT").map(PathBuf::from))
+                .flatten()
+        });
         let client = reqwest::Client::builder()
             .use_preconfigured_tls(tls_config(cacert.as_deref())?)
             .connect_timeout(Duration::from_secs(15))

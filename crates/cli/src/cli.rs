@@ -101,6 +101,32 @@ pub enum Command {
     Stats,
     /// Run the coffer server, or manage its clients, retention, verification and trash
     Server(ServerArgs),
+    /// Copy snapshots from another repository into this one (-r); keys may differ, only
+    /// missing data moves, and a snapshot copied before is skipped
+    Copy(CopyArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct CopyArgs {
+    /// The repository to copy from
+    #[arg(long, env = "COFFER_FROM_REPOSITORY", value_name = "REPO")]
+    pub from_repo: String,
+    /// Read the source repository's password from FILE (or set COFFER_FROM_PASSWORD)
+    #[arg(long, env = "COFFER_FROM_PASSWORD_FILE", value_name = "FILE")]
+    pub from_password_file: Option<PathBuf>,
+    /// Run CMD and use its first line as the source repository's password
+    #[arg(long, env = "COFFER_FROM_PASSWORD_COMMAND", value_name = "CMD")]
+    pub from_password_command: Option<String>,
+    /// The source coffer server's token file (or set COFFER_FROM_TOKEN)
+    #[arg(long, env = "COFFER_FROM_TOKEN_FILE", value_name = "FILE")]
+    pub from_token_file: Option<PathBuf>,
+    /// CA certificate for the source coffer server
+    #[arg(long, env = "COFFER_FROM_CACERT", value_name = "FILE")]
+    pub from_cacert: Option<PathBuf>,
+    /// Snapshots to copy (ids, prefixes or `latest`); every snapshot when none is given
+    pub snapshots: Vec<String>,
+    #[command(flatten)]
+    pub filter: SnapshotFilter,
 }
 
 #[derive(Args, Debug)]

@@ -59,6 +59,7 @@ fn main() -> ExitCode {
         Command::Key(k) => cmd::key(&g, k),
         Command::Stats => cmd::stats(&g),
         Command::Server(a) => cmd::server::run(&g, a),
+        Command::Copy(a) => cmd::copy::run(&g, a),
     };
     match r {
         Ok(code) => ExitCode::from(code),

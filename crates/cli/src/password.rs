@@ -52,16 +52,26 @@ fn prompt(msg: &str) -> Result<Secret> {
 
 /// The passphrase of the repository.
 pub fn repository_password(g: &Global) -> Result<Secret> {
-    if let Ok(p) = std::env::var("COFFER_PASSWORD") {
+    password_from(
+        "COFFER_PASSWORD",
+        g.password_file.as_deref(),
+        g.password_command.as_deref(),
+        "enter password for repository: ",
+    )
+}
+
+/// A passphrase from the environment variable `var`, a file, a command, or a prompt.
+pub fn password_from(var: &str, file: Option<&Path>, command: Option<&str>, ask: &str) -> Result<Secret> {
+    if let Ok(p) = std::env::var(var) {
         return Ok(Zeroizing::new(p.into_bytes()));
     }
-    if let Some(f) = &g.password_file {
+    if let Some(f) = file {
         return from_file(f);
     }
-    if let Some(c) = &g.password_command {
+    if let Some(c) = command {
         return from_command(c);
     }
-    prompt("enter password for repository: ")
+    prompt(ask)
 }
 
 /// A new passphrase (for `init` and `key add|passwd`): from `COFFER_NEW_PASSWORD`,

@@ -195,4 +195,78 @@ fn the_same_scenario_on_every_backend() {
         .unwrap();
     assert_eq!(code(&o), 1, "{}", stderr(&o));
     assert_eq!(stderr(&o).lines().count(), 1, "one line: {}", stderr(&o));
+
+    copy_chain(&e);
+}
+
+/// `coffer copy` local → S3 → coffer server, each repository with its own key; the last
+/// copy restores byte-identical, and copying again moves nothing.
+fn copy_chain(e: &Env) {
+    let src = e.path("copy-src");
+    build_source(&src);
+    let local = e.path("copy-local");
+    let local = local.to_str().unwrap();
+    ok(e, local, &["init", "-q"]);
+    ok(e, local, &["backup", "-q", src.to_str().unwrap()]);
+    fs::write(src.join("srv/www/big.bin"), pseudo_random(9, 2 << 20)).unwrap();
+    ok(e, local, &["backup", "-q", src.to_str().unwrap()]);
+    let expected = digest_tree(&src);
+
+    let pw2 = e.path("pw2");
+    fs::write(&pw2, "second provider\n").unwrap();
+    let pw3 = e.path("pw3");
+    fs::write(&pw3, "third place\n").unwrap();
+    let s3 = format!("s3:http://127.0.0.1:{S3_PORT}/{BUCKET}/copy");
+    let server = common::server::ServerProc::start(&e.path("server"), &[]);
+    let token = server.add_client("copier", "copies", "append");
+    let srv = server.url("copies");
+    // every hop with the same variables: the destination's password and token come from the
+    // usual ones, the source's from the COFFER_FROM_ ones
+    let coffer = |pw: &Path| {
+        let mut c = e.cmd();
+        c.env("AWS_ACCESS_KEY_ID", ACCESS)
+            .env("AWS_SECRET_ACCESS_KEY", SECRET)
+            .env("COFFER_PASSWORD_FILE", pw)
+            .env("COFFER_TOKEN", &token)
+            .env("COFFER_CACERT", &server.cacert)
+            .env("COFFER_FROM_TOKEN", &token)
+            .env("COFFER_FROM_CACERT", &server.cacert);
+        c
+    };
+    let run_ok = |mut c: std::process::Command| {
+        let o = c.output().unwrap();
+        assert!(o.status.success(), "{c:?}: {}", stderr(&o));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let copy = |dst: &str, dst_pw: &Path, from: &str, from_pw: &Path| {
+        let mut c = coffer(dst_pw);
+        c.env("COFFER_FROM_PASSWORD_FILE", from_pw)
+            .args(["-r", dst, "copy", "--from-repo", from, "--json"]);
+        serde_json::from_str::<serde_json::Value>(run_ok(c).trim()).unwrap()
+    };
+    for (dst, pw) in [(&s3, &pw2), (&srv, &pw3)] {
+        let mut c = coffer(pw);
+        c.args(["-r", dst, "init", "-q"]);
+        run_ok(c);
+    }
+    let r = copy(&s3, &pw2, local, &e.pwfile);
+    assert_eq!(r["copied"].as_array().unwrap().len(), 2, "{r}");
+    let r = copy(&srv, &pw3, &s3, &pw2);
+    assert_eq!(r["copied"].as_array().unwrap().len(), 2, "{r}");
+    // again: nothing moves
+    for (dst, dpw, from, fpw) in [(&s3, &pw2, local, &e.pwfile), (&srv, &pw3, s3.as_str(), &pw2)] {
+        let r = copy(dst, dpw, from, fpw);
+        assert_eq!(r["copied"].as_array().unwrap().len(), 0, "{r}");
+        assert_eq!(r["skipped"].as_array().unwrap().len(), 2, "{r}");
+        assert_eq!(r["blobs_new"], 0, "{r}");
+    }
+    // restore the newest from the server, two copies away from the original
+    let out = e.path("copy-out");
+    let mut c = coffer(&pw3);
+    c.args(["-r", &srv, "restore", "latest", "--target", out.to_str().unwrap()]);
+    run_ok(c);
+    assert_eq!(digest_tree(&out.join(src.strip_prefix("/").unwrap())), expected);
+    let mut c = coffer(&pw3);
+    c.args(["-r", &srv, "check", "--read-data"]);
+    run_ok(c);
 }

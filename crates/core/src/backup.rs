@@ -796,6 +796,7 @@ pub fn backup_with_sources(
         program_version: concat!("coffer ", env!("CARGO_PKG_VERSION")).into(),
         summary,
         databases,
+        original: None,
     };
     if let Some(lease) = repo.lease() {
         lease.ensure_held()?;

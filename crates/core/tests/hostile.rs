@@ -59,6 +59,7 @@ fn restore_hostile(repo: &mut IndexedRepository, root: Tree, base: &Path) -> boo
         program_version: "test".into(),
         summary: Summary::default(),
         databases: vec![],
+        original: None,
     };
     repo.save_snapshot(&snap).unwrap();
     let opts = RestoreOptions {

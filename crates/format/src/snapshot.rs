@@ -118,6 +118,10 @@ pub struct Snapshot {
     /// Database dumps in this snapshot (below `/.databases` in the tree).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub databases: Vec<DatabaseItem>,
+    /// For a snapshot made by `coffer copy`: the id of the snapshot it was first copied from
+    /// (in its own repository).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original: Option<SnapshotId>,
 }
 
 impl Snapshot {

@@ -2,6 +2,7 @@
 
 pub mod backup;
 pub mod cat;
+pub mod copy;
 pub mod db;
 pub mod forget;
 pub mod server;
@@ -36,6 +37,7 @@ pub fn backend(g: &Global) -> Result<Arc<dyn Backend>> {
     let rest = coffer_backends::RestOptions {
         cacert: g.cacert.clone(),
         token_file: g.token_file.clone(),
+        token_var: None,
     };
     Ok(coffer_backends::open_with(loc, &rest)?)
 }
