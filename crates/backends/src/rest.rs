@@ -190,6 +190,8 @@ impl RestBackend {
         headers: &[(header::HeaderName, String)],
         body: Option<&[u8]>,
     ) -> BResult<(StatusCode, header::HeaderMap, Vec<u8>)> {
+        // one copy of the body, shared by every attempt
+        let body = body.map(bytes::Bytes::copy_from_slice);
         let mut delay = Duration::from_millis(250);
         let mut last = String::new();
         for attempt in 1..=ATTEMPTS {
@@ -200,8 +202,8 @@ impl RestBackend {
             for (k, v) in headers {
                 req = req.header(k, v);
             }
-            if let Some(b) = body {
-                req = req.body(b.to_vec());
+            if let Some(b) = &body {
+                req = req.body(b.clone());
             }
             let res = self.rt.block_on(async {
                 let r = req.send().await?;

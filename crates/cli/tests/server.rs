@@ -420,6 +420,62 @@ fn append_token_attack_suite() {
             .0,
         200
     );
+
+    // Objects an append token may write but that do not decrypt (what a compromised client
+    // could upload) stop nobody: garbage index and snapshot files are skipped with a
+    // message, and the next backup goes on.
+    let junk = pseudo_random(4242, 300);
+    let junk_name = blake3::hash(&junk).to_hex().to_string();
+    let manifest = format!(r#"{{"version":1,"snapshot":"{junk_name}","packs":[]}}"#);
+    for (kind, b) in [
+        ("index", &junk[..]),
+        ("manifests", manifest.as_bytes()),
+        ("snapshots", &junk[..]),
+    ] {
+        assert_eq!(
+            put(&format!("/web/{kind}/{junk_name}"), b).map(|r| r.0),
+            Some(201),
+            "{kind}"
+        );
+    }
+    // marks are prune's, and prune is the server's: not writable with an append token
+    assert_eq!(
+        refused("mark", put(&format!("/web/marks/{junk_name}"), &junk)),
+        403
+    );
+    build_source(&src, 22);
+    let o = a.run(&["backup", "-q", src.to_str().unwrap()]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(stderr(&o).contains("skipped"), "{}", stderr(&o));
+    let o = a.run(&["snapshots", "--json"]);
+    assert_eq!(code(&o), 1, "a garbage snapshot is reported");
+    let listed: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        listed.as_array().unwrap().len(),
+        2,
+        "the real snapshots are listed"
+    );
+    // and the number of key files an append token may add is capped
+    let mut added = 0;
+    for i in 0..40u64 {
+        let k = pseudo_random(9000 + i, 100);
+        let name = blake3::hash(&k).to_hex().to_string();
+        match put(&format!("/web/keys/{name}"), &k).map(|r| r.0) {
+            Some(201) => added += 1,
+            Some(403) => break,
+            other => panic!("key upload: {other:?}"),
+        }
+    }
+    assert_eq!(added, 15, "one key from init, 15 more, then refused");
+    let o = a.run(&["snapshots", "--json"]);
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&o.stdout)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
 }
 
 /// One client backs up daily for 30 (simulated) days, then floods 1,000 snapshots in one

@@ -679,6 +679,9 @@ pub fn backup_with_sources(
     // A lease before the index is read, so a concurrent prune defers deleting anything this
     // run may deduplicate against; then take in packs an interrupted run left unindexed.
     repo.ensure_lease("backup")?;
+    for w in repo.index().skipped_files() {
+        progress.warn(w);
+    }
     let adopted = crate::prune::adopt_orphans(repo, progress)?;
     if adopted > 0 {
         progress.warn(&format!(

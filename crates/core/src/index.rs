@@ -33,6 +33,9 @@ pub struct Index {
     pack_pos: HashMap<PackId, u32>,
     blobs: HashMap<BlobId, Slot>,
     files: Vec<IndexId>,
+    /// Index files that could not be read (damaged, or garbage a compromised client wrote),
+    /// one message each; their packs are unknown to this index.
+    skipped: Vec<String>,
 }
 
 impl Index {
@@ -99,6 +102,16 @@ impl Index {
     /// Every pack the index knows.
     pub fn packs(&self) -> impl Iterator<Item = PackId> + '_ {
         self.packs.iter().copied()
+    }
+
+    /// Note an index file that was left out.
+    pub fn skip_file(&mut self, message: String) {
+        self.skipped.push(message);
+    }
+
+    /// Messages about index files that were left out.
+    pub fn skipped_files(&self) -> &[String] {
+        &self.skipped
     }
 
     pub fn index_files(&self) -> &[IndexId] {

@@ -482,6 +482,16 @@ impl Repository {
                 Ok(file) => file,
                 // superseded and deleted by a prune since the listing
                 Err(Error::Backend(e)) if e.is_not_found() => continue,
+                // An index file that does not open costs deduplication only (its packs are
+                // adopted again by the next backup); one damaged or hostile file must not stop
+                // every backup. Prune reads the index itself and stops on it; check reports it.
+                Err(e) if e.category() == crate::Category::Integrity => {
+                    index.skip_file(format!(
+                        "index file {} skipped: {e}",
+                        &f.name[..8.min(f.name.len())]
+                    ));
+                    continue;
+                }
                 Err(e) => return Err(e),
             };
             let id = IndexId(Id::from_hex(&f.name).map_err(|e| Error::format("index/", e))?);

@@ -61,6 +61,9 @@ impl Default for Limits {
     }
 }
 
+/// Key files an append token may add up to (admins: no limit).
+const MAX_APPEND_KEYS: usize = 16;
+
 struct AppState {
     server: Arc<Server>,
     uploads: Semaphore,
@@ -149,12 +152,12 @@ async fn health() -> &'static str {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Need {
     Read,
-    Write,
+    Write(FileKind),
     Delete(FileKind),
 }
 
-fn refuse(st: &AppState, method: &Method, path: &str, who: &str, e: ApiError) -> ApiError {
-    let _ = st;
+/// Log a refused request (one line on stderr) and pass its error on.
+fn refuse(method: &Method, path: &str, who: &str, e: ApiError) -> ApiError {
     eprintln!("coffer-server: refused {method} {path} ({who}): {}", e.1);
     e
 }
@@ -176,7 +179,6 @@ async fn authorize(
         .unwrap_or("");
     if token.is_empty() {
         return Err(refuse(
-            st,
             method,
             path,
             "no token",
@@ -193,7 +195,6 @@ async fn authorize(
         .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
     let Some(client) = client else {
         return Err(refuse(
-            st,
             method,
             path,
             "unknown token",
@@ -205,7 +206,6 @@ async fn authorize(
     };
     if client.repo != repo {
         return Err(refuse(
-            st,
             method,
             path,
             &client.name,
@@ -215,21 +215,30 @@ async fn authorize(
             ),
         ));
     }
+    // marks are written only by prune, which belongs to the server here: a mark an append
+    // client could write would be read by every backup
     let allowed = matches!(
         (need, client.role),
         (_, Role::Admin)
             | (Need::Read, _)
-            | (Need::Write, Role::Append)
+            | (
+                Need::Write(FileKind::Config | FileKind::Key | FileKind::Snapshot),
+                Role::Append
+            )
+            | (
+                Need::Write(FileKind::Index | FileKind::Pack | FileKind::Lock),
+                Role::Append
+            )
+            | (Need::Write(FileKind::Manifest), Role::Append)
             | (Need::Delete(FileKind::Lock), Role::Append)
     );
     if !allowed {
         let what = match need {
             Need::Read => "read",
-            Need::Write => "write",
+            Need::Write(_) => "write",
             Need::Delete(_) => "delete",
         };
         return Err(refuse(
-            st,
             method,
             path,
             &client.name,
@@ -281,7 +290,15 @@ async fn blocking<T: Send + 'static>(
 
 async fn create_repo(State(st): St, UrlPath(repo): UrlPath<String>, headers: HeaderMap) -> ApiResult {
     let path = format!("/{repo}");
-    authorize(&st, &headers, &repo, Need::Write, &Method::POST, &path).await?;
+    authorize(
+        &st,
+        &headers,
+        &repo,
+        Need::Write(FileKind::Config),
+        &Method::POST,
+        &path,
+    )
+    .await?;
     let server = st.server.clone();
     let r = repo.clone();
     let exists = blocking(move || {
@@ -466,9 +483,9 @@ async fn write(
     body: Body,
 ) -> ApiResult {
     let path = object_path(&repo, kind, &name);
-    let client = authorize(&st, &headers, &repo, Need::Write, &Method::PUT, &path).await?;
+    let client = authorize(&st, &headers, &repo, Need::Write(kind), &Method::PUT, &path).await?;
     let who = client.name.clone();
-    let refuse = |e: ApiError| refuse(&st, &Method::PUT, &path, &who, e);
+    let refuse = |e: ApiError| refuse(&Method::PUT, &path, &who, e);
     check_name(kind, &name).map_err(refuse)?;
     let len: u64 = headers
         .get(header::CONTENT_LENGTH)
@@ -500,6 +517,21 @@ async fn write(
             StatusCode::NOT_FOUND,
             format!("no repository {repo:?}"),
         )));
+    }
+    if kind == FileKind::Key && client.role == Role::Append {
+        // every open tries each key file (argon2, ~0.2 s each): a client that adds hundreds
+        // would make every open slow
+        let server = st.server.clone();
+        let r2 = repo.clone();
+        let keys = blocking(move || server.store.list(&r2, FileKind::Key))
+            .await?
+            .len();
+        if keys >= MAX_APPEND_KEYS {
+            return Err(refuse(err(
+                StatusCode::FORBIDDEN,
+                format!("repository {repo:?} has {keys} keys; an append token may add keys only below {MAX_APPEND_KEYS}"),
+            )));
+        }
     }
     if exists {
         return Err(err(

@@ -137,6 +137,7 @@ pub fn snapshots(g: &Global, a: SnapshotsArgs) -> Result<u8> {
     for w in &unreadable {
         eprintln!("coffer: error: {w}");
     }
+    let code = if unreadable.is_empty() { 0 } else { 1 };
     list.retain(|(_, s)| a.filter.matches(s));
     if let Some(n) = a.latest {
         let skip = list.len().saturating_sub(n);
@@ -144,7 +145,7 @@ pub fn snapshots(g: &Global, a: SnapshotsArgs) -> Result<u8> {
     }
     if g.json {
         let v: Vec<_> = list.iter().map(|(id, s)| snapshot_json(id, s)).collect();
-        return print_json(&v).map(|_| 0);
+        return print_json(&v).map(|_| code);
     }
     let rows: Vec<[String; 6]> = list
         .iter()
@@ -189,7 +190,7 @@ pub fn snapshots(g: &Global, a: SnapshotsArgs) -> Result<u8> {
         outln!("{}", line(r))?;
     }
     outln!("{} snapshots", rows.len())?;
-    Ok(if unreadable.is_empty() { 0 } else { 1 })
+    Ok(code)
 }
 
 fn kind_char(k: NodeKind) -> char {
