@@ -400,4 +400,8 @@ impl Backend for RestBackend {
     fn wants_manifests(&self) -> bool {
         true
     }
+
+    fn latency_bound(&self) -> bool {
+        true
+    }
 }

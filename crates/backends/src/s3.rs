@@ -389,6 +389,10 @@ impl Backend for S3Backend {
         self.block(self.store.delete(&key))
             .map_err(|e| self.err(&what, e))
     }
+
+    fn latency_bound(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]

@@ -134,6 +134,12 @@ pub trait Backend: Send + Sync + fmt::Debug {
         self.write(kind, name, &parts.concat())
     }
 
+    /// Whether each request waits for a network round trip (S3, a coffer server): readers
+    /// then keep more requests in flight.
+    fn latency_bound(&self) -> bool {
+        false
+    }
+
     /// Whether this storage wants a manifest (`manifests/<snapshot id>`, the packs a snapshot
     /// needs) written before each snapshot: a coffer server does, to apply retention without
     /// the key.

@@ -814,7 +814,13 @@ pub fn restore(
     let dir = target.as_ref().map(|t| t.as_fd());
     let prefix = path.trim_end_matches('/').as_bytes().to_vec();
     let r = &r;
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    // A remote backend answers each read after a round trip: more files in flight hide it.
+    let threads = if repo.backend().latency_bound() {
+        (cores * 4).max(8)
+    } else {
+        cores
+    };
     // The walk creates every entry in order; file contents are written by worker threads.
     std::thread::scope(|s| -> Result<()> {
         let (tx, rx) = crossbeam_channel::bounded::<Job>(threads * 4);
