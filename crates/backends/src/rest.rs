@@ -213,11 +213,28 @@ impl RestBackend {
                 Ok::<_, reqwest::Error>((status, h, bytes.to_vec()))
             });
             match res {
-                Ok((s, h, b)) if !s.is_server_error() && s != StatusCode::REQUEST_TIMEOUT => {
+                // a full quota (507) or an unsupported request (501) does not pass by retrying
+                Ok((s, h, b))
+                    if (!s.is_server_error() && s != StatusCode::REQUEST_TIMEOUT)
+                        || s == StatusCode::INSUFFICIENT_STORAGE
+                        || s == StatusCode::NOT_IMPLEMENTED =>
+                {
                     return Ok((s, h, b));
                 }
                 Ok((s, _, b)) => last = format!("server answered {s}: {}", one_line(&b)),
-                Err(e) => last = error_chain(&e),
+                Err(e) => {
+                    last = error_chain(&e);
+                    // a certificate that is not trusted stays untrusted
+                    if last.contains("certificate") {
+                        return Err(self.io(
+                            what,
+                            format!(
+                                "{last} (trust the server's certificate with --cacert FILE or COFFER_CACERT)"
+                            ),
+                            false,
+                        ));
+                    }
+                }
             }
             if attempt < ATTEMPTS {
                 std::thread::sleep(delay);

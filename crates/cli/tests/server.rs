@@ -211,6 +211,19 @@ fn backup_restore_and_what_each_role_may_do() {
     assert_eq!(ad.snapshot_ids().len(), 2);
     restore_and_compare(&r, &ids[0], &src, &expected, &e.path("out"));
 
+    // a quota: a backup that would exceed it fails with one line, and nothing is lost
+    let q = s.add_client("small1", "small", "append");
+    let c = client(&e, &s, "small", &q);
+    c.ok(&["init", "-q"]);
+    s.admin_ok(&["repo", "set", "small", "--quota", "64K"]);
+    let o = c.run(&["backup", "-q", src.to_str().unwrap()]);
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    assert!(stderr(&o).contains("over its quota"), "{}", stderr(&o));
+    assert_eq!(stderr(&o).trim().lines().count(), 1, "{}", stderr(&o));
+    s.admin_ok(&["repo", "set", "small", "--quota", "none"]);
+    c.ok(&["backup", "-q", src.to_str().unwrap()]);
+    restore_and_compare(&c, "latest", &src, &expected, &e.path("out"));
+
     // revoked clients stop at once
     s.admin_ok(&["client", "remove", "restorer"]);
     let o = r.run(&["snapshots"]);
