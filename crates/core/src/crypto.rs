@@ -123,8 +123,8 @@ struct KeyMaterial {
     chunker: KeyBytes,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     public: Option<KeyBytes>,
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_bytes")]
-    config: Option<Vec<u8>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    config: Option<ByteVec>,
 }
 
 impl Drop for KeyMaterial {
@@ -143,37 +143,31 @@ impl Drop for KeyMaterial {
     }
 }
 
-mod opt_bytes {
-    use serde::{Deserialize, Deserializer, Serializer};
-    pub fn serialize<S: Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
-        match v {
-            Some(b) => s.serialize_bytes(b),
-            None => s.serialize_none(),
-        }
+/// Bytes serialized as a CBOR byte string (not an array of numbers).
+struct ByteVec(Vec<u8>);
+
+impl Serialize for ByteVec {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.0)
     }
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
-        #[derive(Deserialize)]
-        struct B(#[serde(with = "bytes_vec")] Vec<u8>);
-        mod bytes_vec {
-            use serde::Deserializer;
-            pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-                struct V;
-                impl serde::de::Visitor<'_> for V {
-                    type Value = Vec<u8>;
-                    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                        f.write_str("bytes")
-                    }
-                    fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
-                        Ok(v.to_vec())
-                    }
-                    fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
-                        Ok(v)
-                    }
-                }
-                d.deserialize_bytes(V)
+}
+
+impl<'de> Deserialize<'de> for ByteVec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = ByteVec;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("bytes")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> std::result::Result<ByteVec, E> {
+                Ok(ByteVec(v.to_vec()))
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> std::result::Result<ByteVec, E> {
+                Ok(ByteVec(v))
             }
         }
-        Ok(Option::<B>::deserialize(d)?.map(|b| b.0))
+        d.deserialize_bytes(V)
     }
 }
 
@@ -355,7 +349,7 @@ impl MasterKey {
             chunker: KeyBytes(self.chunker),
             public: self.data.is_none().then_some(KeyBytes(self.public)),
             config: if self.data.is_none() {
-                config.map(<[u8]>::to_vec)
+                config.map(|c| ByteVec(c.to_vec()))
             } else {
                 None
             },
@@ -383,7 +377,7 @@ impl MasterKey {
             m.chunker.0,
             m.public.map(|k| k.0),
         );
-        Ok((key, m.config.take()))
+        Ok((key, m.config.take().map(|c| c.0)))
     }
 }
 

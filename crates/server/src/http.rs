@@ -219,19 +219,8 @@ async fn authorize(
     // client could write would be read by every backup
     let allowed = matches!(
         (need, client.role),
-        (_, Role::Admin)
-            | (Need::Read, _)
-            | (
-                Need::Write(FileKind::Config | FileKind::Key | FileKind::Snapshot),
-                Role::Append
-            )
-            | (
-                Need::Write(FileKind::Index | FileKind::Pack | FileKind::Lock),
-                Role::Append
-            )
-            | (Need::Write(FileKind::Manifest), Role::Append)
-            | (Need::Delete(FileKind::Lock), Role::Append)
-    );
+        (_, Role::Admin) | (Need::Read, _) | (Need::Delete(FileKind::Lock), Role::Append)
+    ) || (client.role == Role::Append && matches!(need, Need::Write(k) if k != FileKind::Mark));
     if !allowed {
         let what = match need {
             Need::Read => "read",
