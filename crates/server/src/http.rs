@@ -492,49 +492,12 @@ async fn write(
             ),
         )));
     }
-    let server = st.server.clone();
-    let (r2, n2) = (repo.clone(), name.clone());
-    let (exists, repo_known, quota, used) = blocking(move || {
-        let info = server.catalog.repo(&r2)?;
-        let exists = server.store.stat(&r2, kind, &n2)?.is_some();
-        let used = server.usage(&r2)?;
-        Ok((exists, info.is_some(), info.and_then(|i| i.quota_bytes), used))
-    })
-    .await?;
-    if !repo_known {
-        return Err(refuse(err(
-            StatusCode::NOT_FOUND,
-            format!("no repository {repo:?}"),
-        )));
-    }
-    if kind == FileKind::Key && client.role == Role::Append {
-        // every open tries each key file (argon2, ~0.2 s each): a client that adds hundreds
-        // would make every open slow
-        let server = st.server.clone();
-        let r2 = repo.clone();
-        let keys = blocking(move || server.store.list(&r2, FileKind::Key))
-            .await?
-            .len();
-        if keys >= MAX_APPEND_KEYS {
-            return Err(refuse(err(
-                StatusCode::FORBIDDEN,
-                format!("repository {repo:?} has {keys} keys; an append token may add keys only below {MAX_APPEND_KEYS}"),
-            )));
-        }
-    }
-    if exists {
-        return Err(err(
-            StatusCode::CONFLICT,
-            format!("{} exists already; left untouched (first write wins)", &path[1..]),
-        ));
-    }
-    if let Some(q) = quota {
-        if used.saturating_add(len) > q {
-            return Err(refuse(err(
-                StatusCode::INSUFFICIENT_STORAGE,
-                format!("repository {repo:?} is over its quota ({used} of {q} bytes used, upload of {len})"),
-            )));
-        }
+    if let Err(e) = admit(&st, &repo, kind, &name, &path, len, client.role).await {
+        // read the announced body before answering: a client still sending it would
+        // otherwise meet a reset connection and never see why it was refused
+        drain(&st, body, len).await;
+        // a name that exists already is the normal outcome of a deduplication race
+        return Err(if e.0 == StatusCode::CONFLICT { e } else { refuse(e) });
     }
     let _permit = st
         .uploads
@@ -562,6 +525,75 @@ async fn write(
             StatusCode::CONFLICT,
             format!("{} exists already; left untouched (first write wins)", &path[1..]),
         )),
+    }
+}
+
+/// The checks an upload passes before its body is read: the repository exists, the name is
+/// free (first write wins), an append token's key count and the repository's quota.
+async fn admit(
+    st: &AppState,
+    repo: &str,
+    kind: FileKind,
+    name: &str,
+    path: &str,
+    len: u64,
+    role: Role,
+) -> Result<(), ApiError> {
+    let repo = repo.to_string();
+    let server = st.server.clone();
+    let (r2, n2) = (repo.clone(), name.to_string());
+    let (exists, repo_known, quota, used) = blocking(move || {
+        let info = server.catalog.repo(&r2)?;
+        let exists = server.store.stat(&r2, kind, &n2)?.is_some();
+        let used = server.usage(&r2)?;
+        Ok((exists, info.is_some(), info.and_then(|i| i.quota_bytes), used))
+    })
+    .await?;
+    if !repo_known {
+        return Err(err(StatusCode::NOT_FOUND, format!("no repository {repo:?}")));
+    }
+    if kind == FileKind::Key && role == Role::Append {
+        // every open tries each key file (argon2, ~0.2 s each): a client that adds hundreds
+        // would make every open slow
+        let server = st.server.clone();
+        let r2 = repo.clone();
+        let keys = blocking(move || server.store.list(&r2, FileKind::Key))
+            .await?
+            .len();
+        if keys >= MAX_APPEND_KEYS {
+            return Err(err(
+                StatusCode::FORBIDDEN,
+                format!("repository {repo:?} has {keys} keys; an append token may add keys only below {MAX_APPEND_KEYS}"),
+            ));
+        }
+    }
+    if exists {
+        return Err(err(
+            StatusCode::CONFLICT,
+            format!("{} exists already; left untouched (first write wins)", &path[1..]),
+        ));
+    }
+    if let Some(q) = quota {
+        if used.saturating_add(len) > q {
+            return Err(err(
+                StatusCode::INSUFFICIENT_STORAGE,
+                format!("repository {repo:?} is over its quota ({used} of {q} bytes used, upload of {len})"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Read and discard up to `len` bytes of a refused upload (bounded by the per-kind cap the
+/// caller checked, and by the idle timeout).
+async fn drain(st: &AppState, body: Body, len: u64) {
+    let mut stream = body.into_data_stream();
+    let mut got: u64 = 0;
+    while got <= len {
+        match tokio::time::timeout(st.limits.idle_timeout, stream.next()).await {
+            Ok(Some(Ok(chunk))) => got += chunk.len() as u64,
+            _ => break,
+        }
     }
 }
 
