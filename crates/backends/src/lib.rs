@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 pub use local::LocalBackend;
 pub use rest::{RestBackend, RestOptions};
-pub use s3::{S3Backend, S3Location};
+pub use s3::{ObjectStat, S3Backend, S3Location};
 
 use coffer_core::{Backend, BackendError, Error, FileKind};
 

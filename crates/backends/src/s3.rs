@@ -125,7 +125,14 @@ fn shared_credentials(profile: &str) -> Option<(String, String, Option<String>)>
 pub struct S3Backend {
     store: AmazonS3,
     loc: S3Location,
-    rt: tokio::runtime::Runtime,
+    rt: std::sync::Arc<tokio::runtime::Runtime>,
+}
+
+/// An object's size and last-modified time (seconds since the epoch), as S3 reports them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ObjectStat {
+    pub size: u64,
+    pub modified: i64,
 }
 
 impl std::fmt::Debug for S3Backend {
@@ -193,7 +200,76 @@ impl S3Backend {
             .enable_all()
             .build()
             .map_err(|e| format!("starting the S3 client: {e}"))?;
-        Ok(S3Backend { store, loc, rt })
+        Ok(S3Backend {
+            store,
+            loc,
+            rt: std::sync::Arc::new(rt),
+        })
+    }
+
+    /// The same bucket and client below another prefix (`sub` is appended to this one's):
+    /// one connection pool for many repositories, as the coffer server keeps them.
+    pub fn below(&self, sub: &str) -> Result<S3Backend, String> {
+        let sub = sub.trim_matches('/');
+        if sub.is_empty() || sub.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
+            return Err(format!("invalid S3 prefix {sub:?}"));
+        }
+        let mut loc = self.loc.clone();
+        loc.prefix = if loc.prefix.is_empty() {
+            sub.to_string()
+        } else {
+            format!("{}/{sub}", loc.prefix)
+        };
+        Ok(S3Backend {
+            store: self.store.clone(),
+            loc,
+            rt: self.rt.clone(),
+        })
+    }
+
+    /// Size and upload time of an object, `None` if it is not there.
+    pub fn stat(&self, kind: FileKind, name: &str) -> BResult<Option<ObjectStat>> {
+        let what = Self::what(kind, name);
+        let key = self.key(kind, name)?;
+        match self.block(self.store.head(&key)) {
+            Ok(m) => Ok(Some(stat_of(&m))),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.err(&what, e)),
+        }
+    }
+
+    /// Like [`Backend::list`], with each object's upload time.
+    pub fn list_stat(&self, kind: FileKind) -> BResult<Vec<(String, ObjectStat)>> {
+        if kind == FileKind::Config {
+            return Ok(self
+                .stat(kind, "config")?
+                .map(|st| ("config".to_string(), st))
+                .into_iter()
+                .collect());
+        }
+        let dir = self.full(kind.dir());
+        let metas: Vec<object_store::ObjectMeta> = self
+            .block(self.store.list(Some(&dir)).try_collect())
+            .map_err(|e| self.err(&format!("listing {}", kind.dir()), e))?;
+        Ok(metas
+            .into_iter()
+            .filter_map(|m| {
+                let name = m.location.filename()?.to_string();
+                name.bytes()
+                    .all(|b| b.is_ascii_hexdigit())
+                    .then(|| (name, stat_of(&m)))
+            })
+            .collect())
+    }
+
+    /// Copy an object to another prefix of the same bucket, server-side (no bytes pass
+    /// through this machine). An object of that name there is replaced.
+    pub fn copy_to(&self, kind: FileKind, name: &str, dest: &S3Backend) -> BResult<()> {
+        let what = Self::what(kind, name);
+        let from = self.key(kind, name)?;
+        let to = dest.key(kind, name)?;
+        self.block(self.store.copy(&from, &to))
+            .map_err(|e| self.err(&what, e))
     }
 
     fn key(&self, kind: FileKind, name: &str) -> BResult<ObjPath> {
@@ -262,6 +338,13 @@ impl S3Backend {
     }
 }
 
+fn stat_of(m: &object_store::ObjectMeta) -> ObjectStat {
+    ObjectStat {
+        size: m.size,
+        modified: m.last_modified.timestamp(),
+    }
+}
+
 /// Error texts of HTTP clients span lines; messages here are one line.
 fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
@@ -306,18 +389,10 @@ impl Backend for S3Backend {
                 Err(e) => Err(self.err("config", e)),
             };
         }
-        let dir = self.full(kind.dir());
-        let metas: Vec<object_store::ObjectMeta> = self
-            .block(self.store.list(Some(&dir)).try_collect())
-            .map_err(|e| self.err(&format!("listing {}", kind.dir()), e))?;
-        Ok(metas
+        Ok(self
+            .list_stat(kind)?
             .into_iter()
-            .filter_map(|m| {
-                let name = m.location.filename()?.to_string();
-                name.bytes()
-                    .all(|b| b.is_ascii_hexdigit())
-                    .then_some(FileInfo { name, size: m.size })
-            })
+            .map(|(name, st)| FileInfo { name, size: st.size })
             .collect())
     }
 

@@ -135,6 +135,12 @@ pub struct ServerArgs {
     /// The server's data directory (repositories, catalog, certificate)
     #[arg(long, env = "COFFER_SERVER_DATA", value_name = "DIR", global = true)]
     pub data: Option<PathBuf>,
+    /// Where repositories are kept: `local` (below DATA/repos, the default) or an
+    /// S3-compatible bucket, `s3:https://HOST/BUCKET/PREFIX` (credentials as for the client:
+    /// AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or ~/.aws/credentials). Chosen at the first
+    /// start and recorded in DATA/storage; later runs may leave it out
+    #[arg(long, env = "COFFER_SERVER_STORAGE", value_name = "LOCATION", global = true)]
+    pub storage: Option<String>,
     #[command(subcommand)]
     pub command: Option<ServerCommand>,
     #[command(flatten)]

@@ -197,6 +197,7 @@ fn the_same_scenario_on_every_backend() {
     assert_eq!(stderr(&o).lines().count(), 1, "one line: {}", stderr(&o));
 
     copy_chain(&e);
+    server_on_s3(&e);
 }
 
 /// `coffer copy` local → S3 → coffer server, each repository with its own key; the last
@@ -269,4 +270,107 @@ fn copy_chain(e: &Env) {
     let mut c = coffer(&pw3);
     c.args(["-r", &srv, "check", "--read-data"]);
     run_ok(c);
+}
+
+/// A coffer server that keeps its repositories in the bucket: backups, restores, the trash,
+/// retention and keyless verification work as on local disk, the objects are in S3 (a plain
+/// `coffer -r s3:…/repos/NAME` opens the repository), and the storage cannot be switched
+/// under an existing data directory.
+fn server_on_s3(e: &Env) {
+    let storage = format!("s3:http://127.0.0.1:{S3_PORT}/{BUCKET}/server");
+    let creds = [("AWS_ACCESS_KEY_ID", ACCESS), ("AWS_SECRET_ACCESS_KEY", SECRET)];
+    let data = e.path("s3-server");
+    let server = common::server::ServerProc::start_with_env(&data, &["--storage", &storage], &creds);
+    let append = server.add_client("web1", "web", "append");
+    let admin = server.add_client("ops", "web", "admin");
+    let url = server.url("web");
+    let run = |token: &str, args: &[&str]| {
+        e.cmd()
+            .env("COFFER_TOKEN", token)
+            .env("COFFER_CACERT", &server.cacert)
+            .args(["-r", &url])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let run_ok = |token: &str, args: &[&str]| {
+        let o = run(token, args);
+        assert!(o.status.success(), "coffer {args:?}: {}", stderr(&o));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let snapshot_ids = |token: &str| -> Vec<String> {
+        let v: serde_json::Value = serde_json::from_str(&run_ok(token, &["snapshots", "--json"])).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+
+    let src = e.path("s3-server-src");
+    build_source(&src);
+    run_ok(&append, &["init", "-q"]);
+    // the first backup has a file the second lacks: its pack is needed by the first only
+    fs::write(src.join("only-first.bin"), pseudo_random(77, 3 << 20)).unwrap();
+    run_ok(&append, &["backup", "-q", src.to_str().unwrap()]);
+    fs::remove_file(src.join("only-first.bin")).unwrap();
+    fs::write(src.join("srv/www/new.txt"), "second\n").unwrap();
+    run_ok(&append, &["backup", "-q", src.to_str().unwrap()]);
+    let expected = digest_tree(&src);
+    let ids = snapshot_ids(&admin);
+    assert_eq!(ids.len(), 2);
+
+    // the objects live in the bucket, not on the server's disk
+    let direct = format!("{storage}/repos/web");
+    let listed = ok(e, &direct, &["snapshots", "--json"]);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&listed)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    let local_repos = data.join("repos");
+    assert!(
+        !local_repos.exists() || fs::read_dir(&local_repos).unwrap().next().is_none(),
+        "nothing stored below {}",
+        local_repos.display()
+    );
+
+    // the append token still cannot delete
+    let o = run(&append, &["forget", "-q", &ids[0]]);
+    assert_ne!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(snapshot_ids(&admin).len(), 2);
+
+    // admin forget goes to the trash in the bucket, and comes back from it
+    run_ok(&admin, &["forget", "-q", &ids[0]]);
+    assert_eq!(snapshot_ids(&admin), vec![ids[1].clone()]);
+    let trash = server.admin_ok(&["trash", "list", "web"]);
+    assert!(trash.contains(&format!("snapshots/{}", ids[0])), "{trash}");
+    server.admin_ok(&["trash", "restore", "web"]);
+    assert_eq!(snapshot_ids(&admin).len(), 2);
+
+    // retention keeps the newest; the first snapshot's own pack goes (no grace here)
+    server.admin_ok(&["repo", "set", "web", "--keep-last", "1"]);
+    let out = server.admin_ok(&["--json", "retention", "--pack-grace", "0"]);
+    let rep: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(rep[0]["snapshots_removed"].as_array().unwrap().len(), 1, "{rep}");
+    assert!(!rep[0]["packs_removed"].as_array().unwrap().is_empty(), "{rep}");
+    assert_eq!(snapshot_ids(&admin), vec![ids[1].clone()]);
+
+    // what is left restores byte-identical and checks clean, read through the server
+    let out = e.path("s3-server-out");
+    run_ok(&admin, &["restore", "latest", "--target", out.to_str().unwrap()]);
+    assert_eq!(digest_tree(&out.join(src.strip_prefix("/").unwrap())), expected);
+    run_ok(&admin, &["check", "--read-data"]);
+
+    // keyless verification reads every object back from the bucket
+    let v = server.admin_ok(&["verify"]);
+    assert!(v.contains("web: ") && v.contains("no damage"), "{v}");
+
+    // the data directory's storage is fixed once chosen
+    let o = server.admin(&["--storage", "local", "client", "list"]);
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    assert!(stderr(&o).contains("cannot change"), "{}", stderr(&o));
 }

@@ -412,19 +412,33 @@ async fn read(
     let method = if head { Method::HEAD } else { Method::GET };
     authorize(&st, &headers, &repo, Need::Read, &method, &path).await?;
     check_name(kind, &name)?;
-    let file_path = st.server.store.path(&repo, kind, &name);
-    let mut f = match tokio::fs::File::open(&file_path).await {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(err(StatusCode::NOT_FOUND, format!("{} not found", &path[1..])))
+    let not_found = || err(StatusCode::NOT_FOUND, format!("{} not found", &path[1..]));
+    // a local file streams from its descriptor; other storage in pieces
+    let mut file = None;
+    let size = match st.server.store.local_path(&repo, kind, &name) {
+        Some(p) => {
+            let f = match tokio::fs::File::open(&p).await {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(not_found()),
+                Err(e) => return Err(err(StatusCode::INTERNAL_SERVER_ERROR, format!("{path}: {e}"))),
+            };
+            let size = f
+                .metadata()
+                .await
+                .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, format!("{path}: {e}")))?
+                .len();
+            file = Some(f);
+            size
         }
-        Err(e) => return Err(err(StatusCode::INTERNAL_SERVER_ERROR, format!("{path}: {e}"))),
+        None => {
+            let server = st.server.clone();
+            let (r2, n2) = (repo.clone(), name.clone());
+            blocking(move || server.store.stat(&r2, kind, &n2))
+                .await?
+                .ok_or_else(not_found)?
+                .size
+        }
     };
-    let size = f
-        .metadata()
-        .await
-        .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, format!("{path}: {e}")))?
-        .len();
     let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
     let (status, offset, len) = match range {
         None => (StatusCode::OK, 0, size),
@@ -440,12 +454,21 @@ async fn read(
     };
     let mut resp = if head {
         Response::new(Body::empty())
-    } else {
+    } else if let Some(mut f) = file {
         f.seek(std::io::SeekFrom::Start(offset))
             .await
             .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, format!("{path}: {e}")))?;
         let stream = tokio_util::io::ReaderStream::with_capacity(f.take(len), 256 << 10);
         Response::new(Body::from_stream(stream))
+    } else {
+        Response::new(Body::from_stream(pieces(
+            st.clone(),
+            repo,
+            kind,
+            name,
+            offset,
+            len,
+        )))
     };
     *resp.status_mut() = status;
     let h = resp.headers_mut();
@@ -595,6 +618,46 @@ async fn drain(st: &AppState, body: Body, len: u64) {
             _ => break,
         }
     }
+}
+
+/// An object's bytes `offset..offset+len` from storage that is not a local file, read in
+/// pieces on the blocking pool (one piece in memory at a time per response).
+fn pieces(
+    st: Arc<AppState>,
+    repo: String,
+    kind: FileKind,
+    name: String,
+    offset: u64,
+    len: u64,
+) -> impl futures_util::Stream<Item = Result<bytes::Bytes, std::io::Error>> {
+    const PIECE: u64 = 4 << 20;
+    futures_util::stream::unfold(0u64, move |done| {
+        let (st, repo, name) = (st.clone(), repo.clone(), name.clone());
+        async move {
+            if done >= len {
+                return None;
+            }
+            let want = (len - done).min(PIECE) as u32;
+            let at = offset + done;
+            let got =
+                tokio::task::spawn_blocking(move || st.server.store.read_range(&repo, kind, &name, at, want))
+                    .await
+                    .map_err(|e| std::io::Error::other(e.to_string()))
+                    .and_then(|r| r.map_err(|e| std::io::Error::other(e.to_string())));
+            match got {
+                Ok(b) if b.len() == want as usize => Some((Ok(bytes::Bytes::from(b)), done + want as u64)),
+                Ok(b) => Some((
+                    Err(std::io::Error::other(format!(
+                        "storage returned {} of {want} bytes",
+                        b.len()
+                    ))),
+                    len,
+                )),
+                // the response is cut short: the client sees a broken body and retries
+                Err(e) => Some((Err(e), len)),
+            }
+        }
+    })
 }
 
 fn rand_u64() -> u64 {

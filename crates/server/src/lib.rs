@@ -17,6 +17,7 @@ pub mod catalog;
 pub mod http;
 pub mod retention;
 pub mod store;
+pub mod store_s3;
 pub mod tls;
 pub mod verify;
 
@@ -28,7 +29,7 @@ use std::sync::Mutex;
 use base64::Engine;
 use catalog::{Catalog, ClientInfo, Role, TrashEntry};
 use coffer_core::FileKind;
-use store::{Commit, Store};
+use store::{Commit, LocalStore, Storage};
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -96,7 +97,7 @@ impl Default for Settings {
 #[derive(Debug)]
 pub struct Server {
     pub data: PathBuf,
-    pub store: Store,
+    pub store: Box<dyn Storage>,
     pub catalog: Catalog,
     pub clock: Clock,
     pub settings: Settings,
@@ -110,16 +111,20 @@ pub fn token_hash(token: &str) -> String {
 }
 
 impl Server {
-    /// Open (creating on first use) a data directory.
-    pub fn open(data: &Path, clock: Clock, settings: Settings) -> Result<Server> {
+    /// Open (creating on first use) a data directory. `storage` says where repositories
+    /// are kept: `None` for the data directory itself (or what an earlier start chose), or
+    /// `s3:https://HOST/BUCKET/PREFIX`. The choice is recorded in `DATA/storage` on first
+    /// use and cannot change afterwards (the repositories would seem to vanish).
+    pub fn open(data: &Path, storage: Option<&str>, clock: Clock, settings: Settings) -> Result<Server> {
         fs::create_dir_all(data)
             .map_err(|e| ServerError::Io(format!("{}: cannot create: {e}", data.display())))?;
         use std::os::unix::fs::PermissionsExt;
         let _ = fs::set_permissions(data, fs::Permissions::from_mode(0o700));
+        let store = open_storage(data, storage)?;
         let catalog = Catalog::open(&data.join("server.db"))?;
         Ok(Server {
             data: data.to_path_buf(),
-            store: Store::new(data),
+            store,
             catalog,
             clock,
             settings,
@@ -192,7 +197,9 @@ impl Server {
     /// Serialize snapshot commits and retention of one repository, across processes (the
     /// `coffer server retention` command may run beside the serving process).
     pub fn repo_lock(&self, repo: &str) -> Result<RepoLock> {
-        let p = self.store.repo_dir(repo).join(".lock");
+        let dir = self.data.join("locks");
+        fs::create_dir_all(&dir).map_err(|e| ServerError::Io(format!("{}: {e}", dir.display())))?;
+        let p = dir.join(format!("{repo}.lock"));
         let f = fs::OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -211,15 +218,10 @@ impl Server {
         let size = fs::metadata(tmp).map(|m| m.len()).unwrap_or(0);
         let outcome = if kind == FileKind::Snapshot {
             let _lock = self.repo_lock(repo)?;
-            let mpath = self.store.path(repo, FileKind::Manifest, name);
-            let bytes = match fs::read(&mpath) {
-                Ok(b) => b,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    return Err(ServerError::Conflict(format!(
-                        "snapshot {name}: its manifest (manifests/{name}) must be uploaded first"
-                    )))
-                }
-                Err(e) => return Err(ServerError::Io(format!("{}: {e}", mpath.display()))),
+            let Some(bytes) = self.store.read(repo, FileKind::Manifest, name)? else {
+                return Err(ServerError::Conflict(format!(
+                    "snapshot {name}: its manifest (manifests/{name}) must be uploaded first"
+                )));
             };
             let m = coffer_core::format::Manifest::decode(&bytes, name)
                 .map_err(|e| ServerError::Invalid(format!("manifests/{name}: {e}")))?;
@@ -228,7 +230,7 @@ impl Server {
                 if self.store.stat(repo, FileKind::Pack, &pn)?.is_some() {
                     continue;
                 }
-                if self.store.from_trash(repo, FileKind::Pack, &pn)? {
+                if self.store.take_from_trash(repo, FileKind::Pack, &pn)? {
                     self.catalog.remove_trash(repo, "data", &pn)?;
                     eprintln!(
                         "coffer-server: {repo}: pack {pn} taken back from the trash for snapshot {name}"
@@ -278,7 +280,7 @@ impl Server {
     }
 
     fn trash(&self, repo: &str, kind: FileKind, name: &str, reason: &str) -> Result<bool> {
-        if !self.store.to_trash(repo, kind, name)? {
+        if !self.store.move_to_trash(repo, kind, name)? {
             return Ok(false);
         }
         self.catalog.add_trash(&TrashEntry {
@@ -301,13 +303,62 @@ impl Server {
             let Some(kind) = store::kind_from_label(&e.kind) else {
                 continue;
             };
-            if self.store.from_trash(repo, kind, &e.name)? {
+            if self.store.take_from_trash(repo, kind, &e.name)? {
                 n += 1;
             }
             self.catalog.remove_trash(repo, &e.kind, &e.name)?;
         }
         self.usage_map().remove(repo);
         Ok(n)
+    }
+}
+
+/// The storage recorded in `DATA/storage` (a first start records the one asked for).
+fn open_storage(data: &Path, asked: Option<&str>) -> Result<Box<dyn Storage>> {
+    let record = data.join("storage");
+    let recorded = match fs::read_to_string(&record) {
+        Ok(s) => Some(s.trim().to_string()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(ServerError::Io(format!("{}: {e}", record.display()))),
+    };
+    let asked = asked.map(|a| {
+        if a == "local" {
+            "local".to_string()
+        } else {
+            a.trim_end_matches('/').to_string()
+        }
+    });
+    let chosen = match (recorded, asked) {
+        (Some(r), Some(a)) if r != a => {
+            return Err(ServerError::Invalid(format!(
+                "{} keeps its repositories in {r}, not {a}: the storage of a data directory cannot change (use `coffer copy` to move repositories)",
+                data.display()
+            )))
+        }
+        (Some(r), _) => r,
+        (None, a) => {
+            // only a server that has no repositories yet may choose
+            let a = a.unwrap_or_else(|| "local".into());
+            let has_repos = fs::read_dir(data.join("repos")).is_ok_and(|mut d| d.next().is_some());
+            if a != "local" && has_repos {
+                return Err(ServerError::Invalid(format!(
+                    "{} holds repositories on local disk already; storage {a} needs a new data directory",
+                    data.display()
+                )));
+            }
+            fs::write(&record, format!("{a}\n"))
+                .map_err(|e| ServerError::Io(format!("{}: {e}", record.display())))?;
+            a
+        }
+    };
+    if chosen == "local" {
+        return Ok(Box::new(LocalStore::new(data)));
+    }
+    match chosen.strip_prefix("s3:") {
+        Some(rest) => Ok(Box::new(store_s3::S3Store::open(rest, &data.join("incoming"))?)),
+        None => Err(ServerError::Invalid(format!(
+            "storage {chosen:?}: use `local` or s3:https://HOST/BUCKET/PREFIX"
+        ))),
     }
 }
 

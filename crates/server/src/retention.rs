@@ -117,8 +117,10 @@ pub fn run(server: &Server, repo: &str, dry_run: bool) -> Result<Report> {
     // 2. what the kept snapshots need
     let mut needed: HashSet<String> = HashSet::new();
     for id in &kept {
-        let p = server.store.path(repo, FileKind::Manifest, id);
-        let m = std::fs::read(&p).ok().and_then(|b| Manifest::decode(&b, id).ok());
+        let m = server
+            .store
+            .read(repo, FileKind::Manifest, id)?
+            .and_then(|b| Manifest::decode(&b, id).ok());
         match m {
             Some(m) => needed.extend(m.packs.iter().map(|p| p.to_hex())),
             None => {

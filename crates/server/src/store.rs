@@ -1,6 +1,8 @@
-//! The server's storage: one directory per repository, in the same layout as a local
-//! repository (so `coffer -r DATA/repos/NAME` opens it directly on the server in an
-//! emergency), plus a trash and upload staging.
+//! The server's storage, behind [`Storage`]: a local directory ([`LocalStore`], the default)
+//! or an S3-compatible bucket ([`crate::store_s3::S3Store`], through coffer's S3 backend).
+//! Either way each repository has the layout of a client-side repository, so
+//! `coffer -r DATA/repos/NAME` (or `-r s3:…/repos/NAME`) opens it directly in an emergency;
+//! beside them are a trash and upload staging. On a local directory:
 //!
 //! ```text
 //! DATA/repos/<repo>/{config,keys,snapshots,index,data/ab,locks,marks,manifests}
@@ -12,7 +14,7 @@
 //! place with `RENAME_NOREPLACE` (first write wins), then the directory is fsynced.
 
 use std::fs::{self, File};
-use std::io;
+use std::io::{self, Read, Seek};
 use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
@@ -82,8 +84,49 @@ pub struct Entry {
     pub mtime: i64,
 }
 
+/// What the server needs of a place to keep repositories. Every name passed in has passed
+/// [`valid_name`] and every repository [`valid_repo_name`].
+pub trait Storage: Send + Sync + std::fmt::Debug {
+    /// Where the repositories are, for messages (`/srv/coffer/repos`, `s3:https://…/bucket`).
+    fn describe(&self) -> String;
+    /// Make a repository ready (idempotent); with `clear_incoming` (at start, when no upload
+    /// can be running) remove what interrupted uploads left.
+    fn prepare_repo(&self, repo: &str, clear_incoming: bool) -> Result<()>;
+    /// The local directory where uploads to `repo` are staged before [`Storage::commit`].
+    fn incoming(&self, repo: &str) -> PathBuf;
+    /// The object's file, if it is stored as one on this machine (reads stream from it).
+    fn local_path(&self, repo: &str, kind: FileKind, name: &str) -> Option<PathBuf>;
+    fn list(&self, repo: &str, kind: FileKind) -> Result<Vec<Entry>>;
+    fn stat(&self, repo: &str, kind: FileKind, name: &str) -> Result<Option<Entry>>;
+    /// A whole object (for small ones: manifests), `None` if it is not there.
+    fn read(&self, repo: &str, kind: FileKind, name: &str) -> Result<Option<Vec<u8>>>;
+    /// `len` bytes at `offset`; fewer only at the object's end.
+    fn read_range(&self, repo: &str, kind: FileKind, name: &str, offset: u64, len: u32) -> Result<Vec<u8>>;
+    /// Put a finished upload (a file in [`Storage::incoming`]) in place, never over an
+    /// existing object; the staged file is gone afterwards.
+    fn commit(&self, repo: &str, kind: FileKind, name: &str, tmp: &Path) -> Result<Commit>;
+    /// Delete for good (leases only; everything else goes to the trash).
+    fn remove(&self, repo: &str, kind: FileKind, name: &str) -> Result<bool>;
+    /// Move an object to the trash. Returns false if it was not there.
+    fn move_to_trash(&self, repo: &str, kind: FileKind, name: &str) -> Result<bool>;
+    /// Move an object back from the trash, never over an existing one (the trashed copy is
+    /// dropped then). Returns false if the trash does not hold it.
+    fn take_from_trash(&self, repo: &str, kind: FileKind, name: &str) -> Result<bool>;
+    /// Delete a trashed object for good.
+    fn purge(&self, repo: &str, kind: FileKind, name: &str) -> Result<()>;
+    /// Bytes stored in a repository (trash excluded).
+    fn usage(&self, repo: &str) -> Result<u64> {
+        let mut total = 0;
+        for k in KINDS {
+            total += self.list(repo, k)?.iter().map(|e| e.size).sum::<u64>();
+        }
+        Ok(total)
+    }
+}
+
+/// Repositories in directories below `DATA/repos`, the trash below `DATA/trash`.
 #[derive(Clone, Debug)]
-pub struct Store {
+pub struct LocalStore {
     root: PathBuf,
 }
 
@@ -102,17 +145,13 @@ pub enum Commit {
     Existed,
 }
 
-impl Store {
-    pub fn new(root: impl Into<PathBuf>) -> Store {
-        Store { root: root.into() }
+impl LocalStore {
+    pub fn new(root: impl Into<PathBuf>) -> LocalStore {
+        LocalStore { root: root.into() }
     }
 
     pub fn repo_dir(&self, repo: &str) -> PathBuf {
         self.root.join("repos").join(repo)
-    }
-
-    pub fn incoming(&self, repo: &str) -> PathBuf {
-        self.repo_dir(repo).join(".incoming")
     }
 
     fn kind_dir(&self, repo: &str, kind: FileKind, name: &str) -> PathBuf {
@@ -129,9 +168,29 @@ impl Store {
         self.kind_dir(repo, kind, name).join(name)
     }
 
-    /// Create a repository's directories (idempotent); with `clear_incoming` (at start, when
-    /// no upload can be running) remove what interrupted uploads left.
-    pub fn prepare_repo(&self, repo: &str, clear_incoming: bool) -> Result<()> {
+    pub fn trash_path(&self, repo: &str, kind: FileKind, name: &str) -> PathBuf {
+        self.root
+            .join("trash")
+            .join(repo)
+            .join(kind_label(kind))
+            .join(name)
+    }
+}
+
+impl Storage for LocalStore {
+    fn describe(&self) -> String {
+        self.root.join("repos").display().to_string()
+    }
+
+    fn incoming(&self, repo: &str) -> PathBuf {
+        self.repo_dir(repo).join(".incoming")
+    }
+
+    fn local_path(&self, repo: &str, kind: FileKind, name: &str) -> Option<PathBuf> {
+        Some(self.path(repo, kind, name))
+    }
+
+    fn prepare_repo(&self, repo: &str, clear_incoming: bool) -> Result<()> {
         let base = self.repo_dir(repo);
         let mk = |p: PathBuf| fs::create_dir_all(&p).map_err(|e| io_err(p.display(), e));
         for k in KINDS
@@ -151,7 +210,7 @@ impl Store {
         Ok(())
     }
 
-    pub fn list(&self, repo: &str, kind: FileKind) -> Result<Vec<Entry>> {
+    fn list(&self, repo: &str, kind: FileKind) -> Result<Vec<Entry>> {
         let base = self.repo_dir(repo);
         let mut out = Vec::new();
         if kind == FileKind::Config {
@@ -188,12 +247,11 @@ impl Store {
         Ok(out)
     }
 
-    pub fn stat(&self, repo: &str, kind: FileKind, name: &str) -> Result<Option<Entry>> {
+    fn stat(&self, repo: &str, kind: FileKind, name: &str) -> Result<Option<Entry>> {
         entry(&self.path(repo, kind, name), name)
     }
 
-    /// Move a finished upload into place, never over an existing file.
-    pub fn commit(&self, repo: &str, kind: FileKind, name: &str, tmp: &Path) -> Result<Commit> {
+    fn commit(&self, repo: &str, kind: FileKind, name: &str, tmp: &Path) -> Result<Commit> {
         let dir = self.kind_dir(repo, kind, name);
         let dest = dir.join(name);
         let outcome = match renameat_with(CWD, tmp, CWD, &dest, RenameFlags::NOREPLACE) {
@@ -216,8 +274,28 @@ impl Store {
         Ok(outcome)
     }
 
-    /// Delete for good (leases only; everything else goes to the trash).
-    pub fn remove(&self, repo: &str, kind: FileKind, name: &str) -> Result<bool> {
+    fn read(&self, repo: &str, kind: FileKind, name: &str) -> Result<Option<Vec<u8>>> {
+        let p = self.path(repo, kind, name);
+        match fs::read(&p) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err(p.display(), e)),
+        }
+    }
+
+    fn read_range(&self, repo: &str, kind: FileKind, name: &str, offset: u64, len: u32) -> Result<Vec<u8>> {
+        let p = self.path(repo, kind, name);
+        let mut f = File::open(&p).map_err(|e| io_err(p.display(), e))?;
+        f.seek(io::SeekFrom::Start(offset))
+            .map_err(|e| io_err(p.display(), e))?;
+        let mut out = Vec::with_capacity(len as usize);
+        f.take(len as u64)
+            .read_to_end(&mut out)
+            .map_err(|e| io_err(p.display(), e))?;
+        Ok(out)
+    }
+
+    fn remove(&self, repo: &str, kind: FileKind, name: &str) -> Result<bool> {
         let p = self.path(repo, kind, name);
         match fs::remove_file(&p) {
             Ok(()) => Ok(true),
@@ -226,17 +304,7 @@ impl Store {
         }
     }
 
-    pub fn trash_path(&self, repo: &str, kind: FileKind, name: &str) -> PathBuf {
-        let k = if kind == FileKind::Config {
-            "config"
-        } else {
-            kind.dir()
-        };
-        self.root.join("trash").join(repo).join(k).join(name)
-    }
-
-    /// Move an object to the trash. Returns false if it was not there.
-    pub fn to_trash(&self, repo: &str, kind: FileKind, name: &str) -> Result<bool> {
+    fn move_to_trash(&self, repo: &str, kind: FileKind, name: &str) -> Result<bool> {
         let src = self.path(repo, kind, name);
         let dst = self.trash_path(repo, kind, name);
         if let Some(d) = dst.parent() {
@@ -253,9 +321,7 @@ impl Store {
         Ok(true)
     }
 
-    /// Move an object back from the trash, never over an existing file. Returns false if the
-    /// trash does not hold it.
-    pub fn from_trash(&self, repo: &str, kind: FileKind, name: &str) -> Result<bool> {
+    fn take_from_trash(&self, repo: &str, kind: FileKind, name: &str) -> Result<bool> {
         let src = self.trash_path(repo, kind, name);
         if !src.exists() {
             return Ok(false);
@@ -264,23 +330,13 @@ impl Store {
         Ok(true)
     }
 
-    /// Delete a trashed object for good.
-    pub fn purge(&self, repo: &str, kind: FileKind, name: &str) -> Result<()> {
+    fn purge(&self, repo: &str, kind: FileKind, name: &str) -> Result<()> {
         let p = self.trash_path(repo, kind, name);
         match fs::remove_file(&p) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(io_err(p.display(), e)),
         }
-    }
-
-    /// Bytes stored in a repository (trash excluded).
-    pub fn usage(&self, repo: &str) -> Result<u64> {
-        let mut total = 0;
-        for k in KINDS {
-            total += self.list(repo, k)?.iter().map(|e| e.size).sum::<u64>();
-        }
-        Ok(total)
     }
 }
 
@@ -343,7 +399,7 @@ mod tests {
     #[test]
     fn commit_never_overwrites_and_trash_round_trips() {
         let d = tempfile::tempdir().unwrap();
-        let s = Store::new(d.path());
+        let s = LocalStore::new(d.path());
         s.prepare_repo("r", true).unwrap();
         let name = "cd".repeat(32);
         let t1 = s.incoming("r").join("t1");
@@ -360,9 +416,9 @@ mod tests {
         );
         assert_eq!(fs::read(s.path("r", FileKind::Pack, &name)).unwrap(), b"one");
         assert_eq!(s.list("r", FileKind::Pack).unwrap().len(), 1);
-        assert!(s.to_trash("r", FileKind::Pack, &name).unwrap());
+        assert!(s.move_to_trash("r", FileKind::Pack, &name).unwrap());
         assert!(s.list("r", FileKind::Pack).unwrap().is_empty());
-        assert!(s.from_trash("r", FileKind::Pack, &name).unwrap());
+        assert!(s.take_from_trash("r", FileKind::Pack, &name).unwrap());
         assert_eq!(fs::read(s.path("r", FileKind::Pack, &name)).unwrap(), b"one");
     }
 }

@@ -2,12 +2,13 @@
 //! whose BLAKE3 is not its name is damaged. Manifests must decode. No key is needed, so the
 //! server checks what it stores on its own schedule.
 
-use std::io::Read;
-
 use coffer_core::FileKind;
 
 use crate::catalog::VerifyRun;
-use crate::store::{is_hashed, KINDS};
+use crate::store::{is_hashed, Entry, KINDS};
+
+/// Objects are read in pieces of this size.
+const CHUNK: u32 = 8 << 20;
 use crate::{Result, Server};
 
 /// Verify one repository, record the run, and return it (`damaged` names each bad object).
@@ -21,15 +22,13 @@ pub fn run(server: &Server, repo: &str) -> Result<VerifyRun> {
         bytes: 0,
         damaged: Vec::new(),
     };
-    let mut buf = vec![0u8; 1 << 20];
     for kind in KINDS {
         if !is_hashed(kind) && kind != FileKind::Manifest {
             continue;
         }
         for e in server.store.list(repo, kind)? {
             let label = format!("{}/{}", kind.dir(), e.name);
-            let path = server.store.path(repo, kind, &e.name);
-            let problem = match check_file(&path, kind, &e.name, &mut buf) {
+            let problem = match check_object(server, repo, kind, &e) {
                 Ok((n, p)) => {
                     v.bytes += n;
                     p
@@ -47,17 +46,13 @@ pub fn run(server: &Server, repo: &str) -> Result<VerifyRun> {
     Ok(v)
 }
 
-fn check_file(
-    path: &std::path::Path,
-    kind: FileKind,
-    name: &str,
-    buf: &mut [u8],
-) -> std::io::Result<(u64, Option<String>)> {
-    let mut f = std::fs::File::open(path)?;
+/// Bytes read and the problem found, if any.
+fn check_object(server: &Server, repo: &str, kind: FileKind, e: &Entry) -> Result<(u64, Option<String>)> {
     if kind == FileKind::Manifest {
-        let mut b = Vec::new();
-        f.read_to_end(&mut b)?;
-        let p = coffer_core::format::Manifest::decode(&b, name)
+        let Some(b) = server.store.read(repo, kind, &e.name)? else {
+            return Ok((0, Some("vanished while being checked".into())));
+        };
+        let p = coffer_core::format::Manifest::decode(&b, &e.name)
             .err()
             .map(|e| e.to_string());
         return Ok((b.len() as u64, p));
@@ -65,16 +60,16 @@ fn check_file(
     let mut h = blake3::Hasher::new();
     let mut n = 0u64;
     loop {
-        let k = f.read(buf)?;
-        if k == 0 {
+        let piece = server.store.read_range(repo, kind, &e.name, n, CHUNK)?;
+        h.update(&piece);
+        n += piece.len() as u64;
+        if piece.len() < CHUNK as usize {
             break;
         }
-        h.update(&buf[..k]);
-        n += k as u64;
     }
     let got = h.finalize().to_hex();
     Ok((
         n,
-        (got.as_str() != name).then(|| format!("content hashes to {got}, not to its name (damaged)")),
+        (got.as_str() != e.name).then(|| format!("content hashes to {got}, not to its name (damaged)")),
     ))
 }

@@ -66,7 +66,7 @@ fn open_server(a: &ServerArgs) -> Result<Server> {
     let Some(data) = &a.data else {
         bail!("no data directory: give --data DIR or set COFFER_SERVER_DATA");
     };
-    Ok(Server::open(data, clock, settings)?)
+    Ok(Server::open(data, a.storage.as_deref(), clock, settings)?)
 }
 
 pub fn run(g: &Global, a: ServerArgs) -> Result<u8> {

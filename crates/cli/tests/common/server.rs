@@ -18,6 +18,7 @@ pub struct ServerProc {
     pub cacert: PathBuf,
     pub log: PathBuf,
     args: Vec<String>,
+    envs: Vec<(String, String)>,
 }
 
 fn coffer() -> Command {
@@ -32,6 +33,11 @@ fn coffer() -> Command {
 impl ServerProc {
     /// Start a server on `data` with extra serve flags; waits until it listens.
     pub fn start(data: &Path, extra: &[&str]) -> ServerProc {
+        Self::start_with_env(data, extra, &[])
+    }
+
+    /// [`Self::start`] with environment variables for the server and its admin commands.
+    pub fn start_with_env(data: &Path, extra: &[&str], envs: &[(&str, &str)]) -> ServerProc {
         let mut s = ServerProc {
             child: None,
             data: data.to_path_buf(),
@@ -39,6 +45,7 @@ impl ServerProc {
             cacert: data.join("tls/cert.pem"),
             log: data.with_extension("log"),
             args: extra.iter().map(|s| s.to_string()).collect(),
+            envs: envs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         };
         s.spawn("127.0.0.1:0");
         s
@@ -47,6 +54,7 @@ impl ServerProc {
     fn spawn(&mut self, listen: &str) {
         let log = fs::File::create(&self.log).unwrap();
         let child = coffer()
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
             .arg("server")
             .arg("--data")
             .arg(&self.data)
@@ -100,6 +108,7 @@ impl ServerProc {
     /// `coffer server --data DATA ARGS...`
     pub fn admin(&self, args: &[&str]) -> Output {
         coffer()
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
             .arg("server")
             .arg("--data")
             .arg(&self.data)
