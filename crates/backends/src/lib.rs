@@ -10,7 +10,7 @@ mod s3;
 use std::sync::Arc;
 
 pub use local::LocalBackend;
-pub use rest::{RestBackend, RestOptions};
+pub use rest::{tls_config, RestBackend, RestOptions};
 pub use s3::{ObjectStat, S3Backend, S3Location};
 
 use coffer_core::{Backend, BackendError, Error, FileKind};

@@ -76,7 +76,8 @@ fn read_token(opts: &RestOptions) -> Result<Zeroizing<String>, String> {
     }
 }
 
-fn tls_config(cacert: Option<&Path>) -> Result<rustls::ClientConfig, String> {
+/// A TLS client configuration (rustls with ring) that trusts `cacert`, or the system's CAs.
+pub fn tls_config(cacert: Option<&Path>) -> Result<rustls::ClientConfig, String> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::CertificateDer;
     let mut roots = rustls::RootCertStore::empty();
@@ -190,11 +191,36 @@ impl RestBackend {
         headers: &[(header::HeaderName, String)],
         body: Option<&[u8]>,
     ) -> BResult<(StatusCode, header::HeaderMap, Vec<u8>)> {
+        self.call_n(method, url, what, headers, body, ATTEMPTS)
+    }
+
+    /// Send a run report (`POST /REPO/runs`, JSON) to the server; three attempts, so a
+    /// server that is down delays the end of a run by seconds, not minutes.
+    pub fn post_run(&self, json: &[u8]) -> BResult<()> {
+        let url = format!("{}/{}/runs", self.base, self.repo);
+        let headers = [(header::CONTENT_TYPE, "application/json".to_string())];
+        let (s, _, b) = self.call_n(Method::POST, &url, "run report", &headers, Some(json), 3)?;
+        if s.is_success() {
+            Ok(())
+        } else {
+            Err(self.fail("run report", s, &b))
+        }
+    }
+
+    fn call_n(
+        &self,
+        method: Method,
+        url: &str,
+        what: &str,
+        headers: &[(header::HeaderName, String)],
+        body: Option<&[u8]>,
+        attempts: u32,
+    ) -> BResult<(StatusCode, header::HeaderMap, Vec<u8>)> {
         // one copy of the body, shared by every attempt
         let body = body.map(bytes::Bytes::copy_from_slice);
         let mut delay = Duration::from_millis(250);
         let mut last = String::new();
-        for attempt in 1..=ATTEMPTS {
+        for attempt in 1..=attempts {
             let mut req = self
                 .client
                 .request(method.clone(), url)
@@ -236,12 +262,12 @@ impl RestBackend {
                     }
                 }
             }
-            if attempt < ATTEMPTS {
+            if attempt < attempts {
                 std::thread::sleep(delay);
                 delay = (delay * 2).min(Duration::from_secs(30));
             }
         }
-        Err(self.io(what, format!("{last} (after {ATTEMPTS} attempts)"), true))
+        Err(self.io(what, format!("{last} (after {attempts} attempts)"), true))
     }
 
     /// Turn a non-success answer into an error.

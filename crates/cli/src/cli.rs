@@ -62,6 +62,11 @@ pub struct Global {
     /// Read the coffer server token from FILE (or set COFFER_TOKEN)
     #[arg(long, env = "COFFER_TOKEN_FILE", global = true, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
+    /// Report backup, check, forget, prune, restore and copy runs to this coffer server
+    /// repository (https://HOST:PORT/REPO; token from COFFER_REPORT_TOKEN, else the usual
+    /// token sources). Runs on a coffer server repository are reported to it anyway
+    #[arg(long, env = "COFFER_REPORT_TO", global = true, value_name = "URL")]
+    pub report_to: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -170,6 +175,9 @@ pub struct ServeArgs {
     /// Uploads written at once
     #[arg(long, default_value_t = 32, value_name = "N")]
     pub max_uploads: usize,
+    /// Judge the fleet, send due alerts and the digest this often
+    #[arg(long, default_value = "30s", value_name = "DURATION")]
+    pub monitor_every: String,
     /// Unreferenced packs younger than this are kept by retention
     #[arg(long, default_value = "24h", value_name = "DURATION", global = true)]
     pub pack_grace: String,
@@ -209,6 +217,83 @@ pub enum ServerCommand {
     Trash(ServerTrashCommand),
     /// Print the certificate's path and SHA-256 fingerprint (making it if needed)
     Cert,
+    /// Every monitored client's state, worst first (what the console and the digest show)
+    Status,
+    /// Print the daily digest now; with --send, also queue it to the alert targets
+    Digest {
+        #[arg(long)]
+        send: bool,
+    },
+    /// Where alerts go and when they are raised
+    #[command(subcommand)]
+    Alerts(ServerAlertsCommand),
+    /// Console operators (they log in to the console and read /metrics)
+    #[command(subcommand)]
+    Operator(ServerOperatorCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ServerAlertsCommand {
+    /// Show the alert settings (the SMTP password only as set or not)
+    Show,
+    /// Change alert settings (options not given stay as they are)
+    Set(Box<ServerAlertsSetArgs>),
+    /// Queue a test message to every target and deliver it now
+    Test,
+    /// The alert log: messages sent, waiting or given up, newest first
+    Log {
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct ServerAlertsSetArgs {
+    /// SMTP server, HOST[:PORT] (port 587 by default, 465 with --smtp-tls tls)
+    #[arg(long, value_name = "HOST[:PORT]")]
+    pub smtp: Option<String>,
+    /// starttls (default), tls (implicit) or none (a relay on this machine only)
+    #[arg(long, value_name = "MODE")]
+    pub smtp_tls: Option<String>,
+    /// SMTP user; its password is read from --smtp-password-file
+    #[arg(long, value_name = "USER")]
+    pub smtp_user: Option<String>,
+    /// File holding the SMTP password (first line)
+    #[arg(long, value_name = "FILE")]
+    pub smtp_password_file: Option<PathBuf>,
+    /// Turn email alerts off
+    #[arg(long, conflicts_with_all = ["smtp", "smtp_tls", "smtp_user", "smtp_password_file"])]
+    pub no_smtp: bool,
+    /// Sender address
+    #[arg(long, value_name = "ADDRESS")]
+    pub from: Option<String>,
+    /// Recipients (repeatable; replaces the list)
+    #[arg(long, value_name = "ADDRESS")]
+    pub to: Vec<String>,
+    /// Webhook URLs (repeatable; replaces the list; `none` clears it)
+    #[arg(long, value_name = "URL")]
+    pub webhook: Vec<String>,
+    /// Time of the daily digest, HH:MM in UTC (`none` turns it off)
+    #[arg(long, value_name = "HH:MM")]
+    pub digest_at: Option<String>,
+    /// A backup with more warnings than this raises an alert (default 0: any)
+    #[arg(long, value_name = "N")]
+    pub warnings_above: Option<u64>,
+    /// A repository this full (percent of its quota) raises an alert (default 90)
+    #[arg(long, value_name = "PERCENT")]
+    pub quota_percent: Option<u8>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ServerOperatorCommand {
+    /// Add an operator; prints the generated password once, alone on stdout
+    Add {
+        name: String,
+    },
+    List,
+    Remove {
+        name: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -227,6 +312,16 @@ pub enum ServerClientCommand {
     List,
     /// Remove a client (its token stops working at once)
     Remove { name: String },
+    /// Say when the client's backups are expected: the server raises the alarm when one
+    /// does not arrive (judged by its own clock)
+    Expect {
+        name: String,
+        /// A cron expression in UTC, e.g. "30 2 * * *" (02:30 daily); `none` stops watching
+        schedule: String,
+        /// How late a backup may arrive, e.g. 2h, 30min
+        #[arg(long, default_value = "1h", value_name = "DURATION")]
+        grace: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -3,9 +3,11 @@
 mod cli;
 mod cmd;
 mod password;
+mod report;
 mod ui;
 
 use std::process::ExitCode;
+use std::time::{Instant, SystemTime};
 
 use clap::Parser;
 use coffer_core::Category;
@@ -42,6 +44,8 @@ fn main() -> ExitCode {
         }
     };
     let g = cli.global.clone();
+    let report_kind = report::kind(&cli.command);
+    let (started, clock) = (SystemTime::now(), Instant::now());
     let r = match cli.command {
         Command::Init(a) => cmd::init(&g, a),
         Command::Backup(a) => cmd::backup::run(&g, a),
@@ -61,23 +65,34 @@ fn main() -> ExitCode {
         Command::Server(a) => cmd::server::run(&g, a),
         Command::Copy(a) => cmd::copy::run(&g, a),
     };
+    if let Some(kind) = report_kind {
+        let outcome = match &r {
+            Ok(code) => Ok(*code),
+            Err(e) => Err(one_line(e)),
+        };
+        report::send(&g, kind, started, clock.elapsed(), &outcome);
+    }
     match r {
         Ok(code) => ExitCode::from(code),
         Err(e) => match exit_code_for(&e) {
             Some(0) => ExitCode::SUCCESS,
             code => {
-                // one line: the error and its causes, without repeating a cause already shown
-                let mut msg = e.to_string();
-                for cause in e.chain().skip(1) {
-                    let c = cause.to_string();
-                    if !msg.contains(&c) {
-                        msg.push_str(": ");
-                        msg.push_str(&c);
-                    }
-                }
-                eprintln!("coffer: error: {msg}");
+                eprintln!("coffer: error: {}", one_line(&e));
                 ExitCode::from(code.unwrap_or(1))
             }
         },
     }
+}
+
+/// The error and its causes on one line, without repeating a cause already shown.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut msg = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !msg.contains(&c) {
+            msg.push_str(": ");
+            msg.push_str(&c);
+        }
+    }
+    msg
 }

@@ -9,21 +9,7 @@ use chrono::{DateTime, FixedOffset, Local};
 use coffer_core::Progress;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-/// 1536 → "1.5 KiB".
-pub fn bytes(n: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
+pub use coffer_core::human_bytes as bytes;
 
 pub fn local_time(t: &DateTime<FixedOffset>) -> String {
     t.with_timezone(&Local).format("%Y-%m-%d %H:%M:%S").to_string()
@@ -90,6 +76,7 @@ impl Progress for CliProgress {
     }
     fn warn(&self, msg: &str) {
         self.warnings.fetch_add(1, Ordering::Relaxed);
+        crate::report::warning(msg);
         let line = format!("warning: {msg}");
         match &self.bar {
             Some(b) => b.suspend(|| eprintln!("{line}")),

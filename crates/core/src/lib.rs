@@ -38,6 +38,7 @@ pub use packer::store_blobs;
 pub use progress::{NoProgress, Progress};
 pub use repo::{IndexedRepository, InitOptions, Repository};
 pub use restore::{restore, RestoreOptions, RestoreStats};
+pub use stats::human_bytes;
 
 /// The on-disk format crate, re-exported for callers that inspect objects.
 pub use coffer_format as format;

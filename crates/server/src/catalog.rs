@@ -49,6 +49,70 @@ const MIGRATIONS: &[&str] = &[
         bytes INTEGER NOT NULL,
         damaged TEXT NOT NULL
      );",
+    // 2: monitoring: expected schedules, run reports, incidents, the alert outbox, settings,
+    //    console operators and their sessions
+    "ALTER TABLE clients ADD COLUMN schedule TEXT;
+     ALTER TABLE clients ADD COLUMN grace_secs INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE clients ADD COLUMN schedule_set INTEGER NOT NULL DEFAULT 0;
+     CREATE TABLE runs (
+        id INTEGER PRIMARY KEY,
+        client TEXT NOT NULL,
+        repo TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        status TEXT NOT NULL,
+        host TEXT NOT NULL,
+        started INTEGER NOT NULL,
+        finished INTEGER NOT NULL,
+        received INTEGER NOT NULL,
+        duration_ms INTEGER NOT NULL,
+        files INTEGER NOT NULL,
+        bytes_read INTEGER NOT NULL,
+        bytes_added INTEGER NOT NULL,
+        bytes_total INTEGER NOT NULL,
+        snapshot TEXT,
+        warnings INTEGER NOT NULL,
+        errors INTEGER NOT NULL,
+        messages TEXT NOT NULL
+     );
+     CREATE INDEX runs_by_client ON runs (client, id);
+     CREATE TABLE incidents (
+        id INTEGER PRIMARY KEY,
+        subject TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        opened INTEGER NOT NULL,
+        closed INTEGER,
+        detail TEXT NOT NULL
+     );
+     CREATE UNIQUE INDEX incidents_open ON incidents (subject, kind) WHERE closed IS NULL;
+     CREATE TABLE outbox (
+        id INTEGER PRIMARY KEY,
+        created INTEGER NOT NULL,
+        channel TEXT NOT NULL,
+        target TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        body TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_try INTEGER NOT NULL,
+        sent INTEGER,
+        failed INTEGER,
+        last_error TEXT
+     );
+     CREATE TABLE settings (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+     );
+     CREATE TABLE operators (
+        name TEXT PRIMARY KEY,
+        password_hash TEXT NOT NULL,
+        created INTEGER NOT NULL
+     );
+     CREATE TABLE sessions (
+        token_hash TEXT PRIMARY KEY,
+        operator TEXT NOT NULL,
+        csrf TEXT NOT NULL,
+        created INTEGER NOT NULL,
+        expires INTEGER NOT NULL
+     );",
 ];
 
 /// What a client may do with its repository.
@@ -128,6 +192,13 @@ pub struct ClientInfo {
     pub repo: String,
     pub role: Role,
     pub created: i64,
+    /// When backups are expected (a cron expression, UTC), if the server should raise the
+    /// alarm when one does not arrive.
+    pub schedule: Option<String>,
+    /// How late a backup may be before the client is overdue; seconds.
+    pub grace_secs: i64,
+    /// When the schedule was set (occurrences before it are not expected).
+    pub schedule_set: i64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -159,7 +230,7 @@ impl std::fmt::Debug for Catalog {
     }
 }
 
-fn db_err(e: rusqlite::Error) -> ServerError {
+pub(crate) fn db_err(e: rusqlite::Error) -> ServerError {
     ServerError::Catalog(e.to_string())
 }
 
@@ -192,7 +263,7 @@ impl Catalog {
         Ok(Catalog { db: Mutex::new(c) })
     }
 
-    fn db(&self) -> std::sync::MutexGuard<'_, Connection> {
+    pub(crate) fn db(&self) -> std::sync::MutexGuard<'_, Connection> {
         // a panic while holding the lock cannot leave SQLite inconsistent (transactions)
         self.db.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -289,16 +360,42 @@ impl Catalog {
     pub fn clients(&self) -> Result<Vec<ClientInfo>> {
         let db = self.db();
         let mut st = db
-            .prepare("SELECT name, repo, role, created FROM clients ORDER BY name")
+            .prepare(&format!("SELECT {CLIENT_COLS} FROM clients ORDER BY name"))
             .map_err(db_err)?;
         let rows = st.query_map([], client_row).map_err(db_err)?;
         rows.collect::<std::result::Result<_, _>>().map_err(db_err)
     }
 
+    pub fn client(&self, name: &str) -> Result<Option<ClientInfo>> {
+        self.db()
+            .query_row(
+                &format!("SELECT {CLIENT_COLS} FROM clients WHERE name = ?1"),
+                params![name],
+                client_row,
+            )
+            .optional()
+            .map_err(db_err)
+    }
+
+    /// Set (or with `None` clear) when a client's backups are expected.
+    pub fn set_schedule(&self, name: &str, schedule: Option<&str>, grace_secs: i64, now: i64) -> Result<()> {
+        let n = self
+            .db()
+            .execute(
+                "UPDATE clients SET schedule = ?2, grace_secs = ?3, schedule_set = ?4 WHERE name = ?1",
+                params![name, schedule, grace_secs, now],
+            )
+            .map_err(db_err)?;
+        if n == 0 {
+            return Err(ServerError::NotFound(format!("no client {name:?}")));
+        }
+        Ok(())
+    }
+
     pub fn client_by_token_hash(&self, hash: &str) -> Result<Option<ClientInfo>> {
         self.db()
             .query_row(
-                "SELECT name, repo, role, created FROM clients WHERE token_hash = ?1",
+                &format!("SELECT {CLIENT_COLS} FROM clients WHERE token_hash = ?1"),
                 params![hash],
                 client_row,
             )
@@ -440,8 +537,13 @@ fn client_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ClientInfo> {
         // only valid roles are ever written
         role: role.parse().unwrap_or(Role::Read),
         created: r.get(3)?,
+        schedule: r.get(4)?,
+        grace_secs: r.get(5)?,
+        schedule_set: r.get(6)?,
     })
 }
+
+const CLIENT_COLS: &str = "name, repo, role, created, schedule, grace_secs, schedule_set";
 
 #[cfg(test)]
 mod tests {

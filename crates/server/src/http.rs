@@ -8,6 +8,8 @@
 //! HEAD   /REPO/KIND/NAME            size in Content-Length and X-Coffer-Size
 //! PUT    /REPO/KIND/NAME            create; 201 created, 409 exists (left untouched)
 //! DELETE /REPO/KIND/NAME            admin only (append: leases only); into the trash
+//! POST   /REPO/runs                 a run report (JSON, records::RunReport); any role
+//! GET    /metrics                   Prometheus text; HTTP Basic auth of a console operator
 //! ```
 //! `KIND` is `keys`, `snapshots`, `index`, `data`, `locks`, `marks`, `manifests`; the config
 //! is `/REPO/config`. Every request but the health check carries `Authorization: Bearer
@@ -123,7 +125,9 @@ pub fn router(server: Arc<Server>, limits: Limits) -> Router {
     });
     Router::new()
         .route("/", get(health))
+        .route("/metrics", get(metrics))
         .route("/{repo}", post(create_repo))
+        .route("/{repo}/runs", post(post_run))
         .route(
             "/{repo}/config",
             get(get_config)
@@ -142,6 +146,84 @@ pub fn router(server: Arc<Server>, limits: Limits) -> Router {
         // bodies are streamed to disk with per-kind limits, never buffered
         .layer(DefaultBodyLimit::disable())
         .with_state(state)
+}
+
+/// A client reports a run: stored with the time it arrived, then the fleet is judged at
+/// once (a failure alert goes out without waiting for the next monitoring round).
+async fn post_run(
+    State(st): St,
+    UrlPath(repo): UrlPath<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
+    let path = format!("/{repo}/runs");
+    let client = authorize(&st, &headers, &repo, Need::Read, &Method::POST, &path).await?;
+    let bytes = axum::body::to_bytes(body, crate::records::MAX_REPORT)
+        .await
+        .map_err(|_| err(StatusCode::PAYLOAD_TOO_LARGE, "a run report is at most 64 KiB"))?;
+    let report: crate::records::RunReport = serde_json::from_slice(&bytes)
+        .map_err(|e| err(StatusCode::BAD_REQUEST, format!("run report: {e}")))?;
+    let report = report.validated()?;
+    let server = st.server.clone();
+    let id = blocking(move || {
+        let now = server.now();
+        let id = server.catalog.add_run(&client.name, &repo, now, &report)?;
+        crate::monitor::evaluate(&server, now)?;
+        Ok(id)
+    })
+    .await?;
+    let server = st.server.clone();
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = crate::notify::deliver(&server, &tokio::runtime::Handle::current()) {
+            eprintln!("coffer-server: alerts: {e}");
+        }
+    });
+    Ok((StatusCode::CREATED, format!("run {id} recorded\n")).into_response())
+}
+
+/// Prometheus metrics, for a console operator (HTTP Basic auth).
+async fn metrics(State(st): St, headers: HeaderMap) -> ApiResult {
+    let creds = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(|b| {
+            use base64::Engine;
+            base64::engine::general_purpose::STANDARD.decode(b.trim()).ok()
+        })
+        .and_then(|b| String::from_utf8(b).ok());
+    let unauthorized = || {
+        let mut r = err(
+            StatusCode::UNAUTHORIZED,
+            "metrics need a console operator's name and password (HTTP Basic auth)",
+        )
+        .into_response();
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"coffer\""),
+        );
+        r
+    };
+    let Some((name, password)) = creds.as_deref().and_then(|c| c.split_once(':')) else {
+        return Ok(unauthorized());
+    };
+    let server = st.server.clone();
+    let (name, password) = (name.to_string(), zeroize::Zeroizing::new(password.to_string()));
+    let text = blocking(move || {
+        if !server.check_operator(&name, &password)? {
+            return Ok(None);
+        }
+        crate::monitor::metrics(&server, server.now()).map(Some)
+    })
+    .await?;
+    match text {
+        Some(t) => Ok((
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+            t,
+        )
+            .into_response()),
+        None => Ok(unauthorized()),
+    }
 }
 
 async fn health() -> &'static str {

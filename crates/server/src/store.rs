@@ -65,9 +65,14 @@ pub fn valid_name(kind: FileKind, name: &str) -> bool {
     name.len() == len && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
-/// Repository names: 1–64 of `a-z 0-9 . _ -`, starting with a letter or digit.
+/// Names the server's own pages use.
+pub const RESERVED_NAMES: &[&str] = &["metrics", "console", "static", "api", "health"];
+
+/// Repository names: 1–64 of `a-z 0-9 . _ -`, starting with a letter or digit, and not one
+/// of [`RESERVED_NAMES`].
 pub fn valid_repo_name(name: &str) -> bool {
-    !name.is_empty()
+    !RESERVED_NAMES.contains(&name)
+        && !name.is_empty()
         && name.len() <= 64
         && name.as_bytes()[0].is_ascii_alphanumeric()
         && name
@@ -100,7 +105,8 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     fn stat(&self, repo: &str, kind: FileKind, name: &str) -> Result<Option<Entry>>;
     /// A whole object (for small ones: manifests), `None` if it is not there.
     fn read(&self, repo: &str, kind: FileKind, name: &str) -> Result<Option<Vec<u8>>>;
-    /// `len` bytes at `offset`; fewer only at the object's end.
+    /// `len` bytes at `offset`, which the caller knows to be inside the object (from
+    /// [`Storage::stat`] or [`Storage::list`]).
     fn read_range(&self, repo: &str, kind: FileKind, name: &str, offset: u64, len: u32) -> Result<Vec<u8>>;
     /// Put a finished upload (a file in [`Storage::incoming`]) in place, never over an
     /// existing object; the staged file is gone afterwards.

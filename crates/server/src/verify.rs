@@ -59,13 +59,14 @@ fn check_object(server: &Server, repo: &str, kind: FileKind, e: &Entry) -> Resul
     }
     let mut h = blake3::Hasher::new();
     let mut n = 0u64;
-    loop {
-        let piece = server.store.read_range(repo, kind, &e.name, n, CHUNK)?;
+    while n < e.size {
+        let want = (e.size - n).min(CHUNK as u64) as u32;
+        let piece = server.store.read_range(repo, kind, &e.name, n, want)?;
+        if piece.is_empty() {
+            return Ok((n, Some(format!("shorter than listed ({n} of {} bytes)", e.size))));
+        }
         h.update(&piece);
         n += piece.len() as u64;
-        if piece.len() < CHUNK as usize {
-            break;
-        }
     }
     let got = h.finalize().to_hex();
     Ok((

@@ -58,6 +58,13 @@ pub fn run(g: &Global, a: BackupArgs) -> Result<u8> {
     progress.finish();
     let out = r?;
     let s = &out.snapshot.summary;
+    crate::report::backup(
+        &out.id.to_hex(),
+        s.files_new + s.files_changed + s.files_unchanged,
+        s.bytes_read,
+        s.bytes_stored,
+        s.bytes_total,
+    );
     let secs = match (s.start, s.end) {
         (Some(a), Some(b)) => (b - a).num_milliseconds() as f64 / 1000.0,
         _ => 0.0,

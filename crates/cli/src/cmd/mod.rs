@@ -5,6 +5,7 @@ pub mod cat;
 pub mod copy;
 pub mod db;
 pub mod forget;
+pub mod monitor;
 pub mod server;
 
 use std::io::Write;
@@ -616,6 +617,9 @@ pub fn check(g: &Global, a: crate::cli::CheckArgs) -> Result<u8> {
     let r = coffer_core::check::check(repo, &opts, &progress);
     progress.finish();
     let r = r?;
+    for e in &r.errors {
+        crate::report::error(e);
+    }
     if g.json {
         print_json(&r)?;
     } else {

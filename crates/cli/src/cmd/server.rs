@@ -15,12 +15,20 @@ use crate::cli::{
     Global, ServeArgs, ServerArgs, ServerClientCommand, ServerCommand, ServerRepoCommand, ServerRepoSetArgs,
     ServerTrashCommand,
 };
+use crate::cmd::monitor;
 use crate::cmd::{outln, print_json};
 use crate::ui::bytes;
 
-fn duration(s: &str, what: &str) -> Result<Duration> {
+/// `7d`, `2w`, `36h`, and for short intervals `30min` or `45s`; `0` is zero.
+pub(crate) fn duration(s: &str, what: &str) -> Result<Duration> {
     if s == "0" {
         return Ok(Duration::ZERO);
+    }
+    if let Some(n) = s.strip_suffix("min").and_then(|n| n.parse::<u64>().ok()) {
+        return Ok(Duration::from_secs(n * 60));
+    }
+    if let Some(n) = s.strip_suffix('s').and_then(|n| n.parse::<u64>().ok()) {
+        return Ok(Duration::from_secs(n));
     }
     let d = coffer_core::forget::parse_duration(s).with_context(|| what.to_string())?;
     Ok(Duration::from_secs(d.num_seconds().max(0) as u64))
@@ -79,6 +87,10 @@ pub fn run(g: &Global, a: ServerArgs) -> Result<u8> {
         Some(ServerCommand::Retention { repo, dry_run }) => run_retention(&server, repo, dry_run, g),
         Some(ServerCommand::Verify { repo }) => run_verify(&server, repo, g),
         Some(ServerCommand::Trash(t)) => trash(&server, t, g),
+        Some(ServerCommand::Status) => monitor::status(&server, g),
+        Some(ServerCommand::Digest { send }) => monitor::digest(&server, send, g),
+        Some(ServerCommand::Alerts(c)) => monitor::alerts(&server, c, g),
+        Some(ServerCommand::Operator(c)) => monitor::operator(&server, c, g),
         Some(ServerCommand::Cert) => {
             let l = tls::load(
                 &server.data,
@@ -122,6 +134,13 @@ fn client(server: &Server, c: ServerClientCommand, g: &Global) -> Result<u8> {
             if !g.quiet {
                 eprintln!("client {name:?} removed; its token no longer works");
             }
+        }
+        ServerClientCommand::Expect {
+            name,
+            schedule,
+            grace,
+        } => {
+            return monitor::expect(server, &name, &schedule, &grace, g);
         }
     }
     Ok(0)
@@ -323,6 +342,7 @@ fn serve(server: Server, a: &ServeArgs, g: &Global) -> Result<u8> {
     server.prepare()?;
     let retention_every = duration(&a.retention_every, "--retention-every")?;
     let verify_every = duration(&a.verify_every, "--verify-every")?;
+    let monitor_every = duration(&a.monitor_every, "--monitor-every")?;
     let limits = Limits {
         max_uploads: a.max_uploads.max(1),
         ..Limits::default()
@@ -374,6 +394,14 @@ fn serve(server: Server, a: &ServeArgs, g: &Global) -> Result<u8> {
                     eprintln!("coffer-server: verify {}: DAMAGED {d}", r.name);
                 }
             }
+            Ok(())
+        });
+        spawn_job(server.clone(), monitor_every, "monitor", |s| {
+            let now = s.now();
+            coffer_server::monitor::evaluate(s, now)?;
+            let settings = coffer_server::notify::load(&s.catalog)?;
+            coffer_server::monitor::digest_if_due(s, &settings, now)?;
+            coffer_server::notify::deliver(s, &tokio::runtime::Handle::current())?;
             Ok(())
         });
         let shutdown = async {

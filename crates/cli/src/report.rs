@@ -1,0 +1,154 @@
+//! Run reports: after a backup, check, forget, prune, restore, restore-db or copy, the client
+//! tells its coffer server how the run went (start, end, status, counts, bytes, warnings,
+//! errors, snapshot), so the server notices failures, and by their absence, runs that never
+//! happened. Sent to the repository's server when the repository is one
+//! (`https://HOST:PORT/REPO`), or to `--report-to URL` (a coffer server repository URL)
+//! otherwise. A report that cannot be delivered is a warning, never a failed run.
+
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use coffer_server::records::{RunReport, RunStatus};
+
+use crate::cli::{Command, Global};
+
+/// What the running command has learned for its report.
+#[derive(Default)]
+struct Facts {
+    files: u64,
+    bytes_read: u64,
+    bytes_added: u64,
+    bytes_total: u64,
+    snapshot: Option<String>,
+    warnings: u64,
+    errors: u64,
+    messages: Vec<String>,
+}
+
+static FACTS: Mutex<Facts> = Mutex::new(Facts {
+    files: 0,
+    bytes_read: 0,
+    bytes_added: 0,
+    bytes_total: 0,
+    snapshot: None,
+    warnings: 0,
+    errors: 0,
+    messages: Vec::new(),
+});
+
+fn facts() -> std::sync::MutexGuard<'static, Facts> {
+    FACTS.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn keep(f: &mut Facts, msg: &str) {
+    if f.messages.len() < 20 {
+        f.messages.push(msg.to_string());
+    }
+}
+
+/// A warning shown to the user (a file that could not be read, ...).
+pub fn warning(msg: &str) {
+    let mut f = facts();
+    f.warnings += 1;
+    keep(&mut f, msg);
+}
+
+/// An error the command found and reported without failing outright (check).
+pub fn error(msg: &str) {
+    let mut f = facts();
+    f.errors += 1;
+    keep(&mut f, msg);
+}
+
+/// A finished backup's numbers.
+pub fn backup(snapshot: &str, files: u64, bytes_read: u64, bytes_added: u64, bytes_total: u64) {
+    let mut f = facts();
+    f.snapshot = Some(snapshot.to_string());
+    f.files = files;
+    f.bytes_read = bytes_read;
+    f.bytes_added = bytes_added;
+    f.bytes_total = bytes_total;
+}
+
+/// The kind of run a command is, if it is reported.
+pub fn kind(c: &Command) -> Option<&'static str> {
+    Some(match c {
+        Command::Backup(_) => "backup",
+        Command::Check(_) => "check",
+        Command::Forget(_) => "forget",
+        Command::Prune(_) => "prune",
+        Command::Restore(_) => "restore",
+        Command::RestoreDb(_) => "restore-db",
+        Command::Copy(_) => "copy",
+        _ => return None,
+    })
+}
+
+/// Where the report goes: `--report-to`, else the repository if it is a coffer server.
+fn target(g: &Global) -> Option<String> {
+    g.report_to
+        .clone()
+        .or_else(|| g.repo.clone().filter(|r| r.starts_with("https://")))
+}
+
+fn unix(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Build and send the report of a finished command.
+pub fn send(g: &Global, kind: &str, started: SystemTime, took: Duration, outcome: &Result<u8, String>) {
+    let Some(url) = target(g) else { return };
+    let f = std::mem::take(&mut *facts());
+    let mut messages = f.messages;
+    let (status, errors) = match outcome {
+        Err(e) => {
+            messages.insert(0, e.clone());
+            (RunStatus::Failed, f.errors + 1)
+        }
+        Ok(0) if f.warnings == 0 && f.errors == 0 => (RunStatus::Ok, 0),
+        Ok(0) | Ok(crate::EXIT_INCOMPLETE) if f.errors == 0 => (RunStatus::Warning, 0),
+        Ok(code) => {
+            if messages.is_empty() {
+                messages.push(format!("exited with code {code}"));
+            }
+            (RunStatus::Failed, f.errors.max(1))
+        }
+    };
+    let report = RunReport {
+        kind: kind.to_string(),
+        status,
+        host: rustix::system::uname().nodename().to_string_lossy().into_owned(),
+        started: unix(started),
+        finished: unix(started + took),
+        duration_ms: took.as_millis() as u64,
+        files: f.files,
+        bytes_read: f.bytes_read,
+        bytes_added: f.bytes_added,
+        bytes_total: f.bytes_total,
+        snapshot: f.snapshot,
+        warnings: f.warnings,
+        errors,
+        messages,
+    };
+    let token_var = std::env::var_os("COFFER_REPORT_TOKEN").map(|_| "COFFER_REPORT_TOKEN");
+    let opts = coffer_backends::RestOptions {
+        cacert: g.cacert.clone(),
+        token_file: if token_var.is_some() {
+            None
+        } else {
+            g.token_file.clone()
+        },
+        token_var,
+    };
+    let sent = serde_json::to_vec(&report)
+        .map_err(|e| e.to_string())
+        .and_then(|json| {
+            let b = coffer_backends::RestBackend::open(&url, &opts)?;
+            b.post_run(&json).map_err(|e| e.to_string())
+        });
+    if let Err(e) = sent {
+        eprintln!("coffer: warning: the run report did not reach {url}: {e}");
+    }
+}

@@ -1,0 +1,414 @@
+//! The server notices what does not happen: run reports, overdue detection by the server's
+//! own clock (injected: `--test-clock`), email alerts through a real SMTP listener (Python's
+//! aiosmtpd on 127.0.0.1, installed by `.ci/run`), the same events on a webhook receiver, the
+//! morning digest's subject line, and `/metrics` in Prometheus text format.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use chrono::TimeZone;
+use common::server::ServerProc;
+use common::{code, stderr, Env};
+
+/// aiosmtpd writing every message it receives into a maildir; killed on drop.
+struct Smtp {
+    child: Child,
+    port: u16,
+    maildir: PathBuf,
+}
+
+impl Smtp {
+    fn start(dir: &Path) -> Smtp {
+        let port = free_port();
+        let maildir = dir.join("maildir");
+        let child = Command::new("python3")
+            .args(["-m", "aiosmtpd", "-n", "-l"])
+            .arg(format!("127.0.0.1:{port}"))
+            .args(["-c", "aiosmtpd.handlers.Mailbox"])
+            .arg(&maildir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(dir.join("smtp.log")).unwrap())
+            .spawn()
+            .expect("python3 with aiosmtpd (pip install aiosmtpd)");
+        let s = Smtp { child, port, maildir };
+        wait_for(&format!("SMTP listener on port {port}"), || {
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        s
+    }
+
+    /// Subjects of the messages received so far.
+    fn subjects(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let Ok(rd) = fs::read_dir(self.maildir.join("new")) else {
+            return out;
+        };
+        let mut files: Vec<_> = rd.map(|e| e.unwrap().path()).collect();
+        files.sort_by_key(|p| fs::metadata(p).and_then(|m| m.modified()).ok());
+        for f in files {
+            let text = fs::read_to_string(&f).unwrap();
+            let mut subject = String::new();
+            let mut in_subject = false;
+            for line in text.lines() {
+                if line.is_empty() {
+                    break;
+                }
+                if let Some(s) = line.strip_prefix("Subject: ") {
+                    subject = s.to_string();
+                    in_subject = true;
+                } else if in_subject && line.starts_with([' ', '\t']) {
+                    // a folded header: the line break goes, the whitespace stays
+                    subject.push_str(line);
+                } else {
+                    in_subject = false;
+                }
+            }
+            out.push(subject);
+        }
+        out
+    }
+}
+
+impl Drop for Smtp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A webhook receiver on loopback: keeps every JSON body it is sent.
+fn webhook_receiver() -> (u16, Arc<Mutex<Vec<serde_json::Value>>>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let g = got.clone();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut c) = conn else { continue };
+            let mut r = BufReader::new(c.try_clone().unwrap());
+            let mut len = 0usize;
+            loop {
+                let mut line = String::new();
+                if r.read_line(&mut line).unwrap_or(0) == 0 {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+                if line == "\r\n" {
+                    break;
+                }
+            }
+            let mut body = vec![0u8; len];
+            if r.read_exact(&mut body).is_ok() {
+                if let Ok(v) = serde_json::from_slice(&body) {
+                    g.lock().unwrap().push(v);
+                }
+            }
+            let _ = c.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        }
+    });
+    (port, got)
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !ok() {
+        assert!(Instant::now() < deadline, "waited 60 s for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn count(v: &[String], s: &str) -> usize {
+    v.iter().filter(|x| x.as_str() == s).count()
+}
+
+/// `2028-01-03 HH:MM` UTC as seconds.
+fn at(h: u32, m: u32) -> i64 {
+    chrono::Utc
+        .with_ymd_and_hms(2028, 1, 3, h, m, 0)
+        .unwrap()
+        .timestamp()
+}
+
+fn set_clock(file: &Path, t: i64) {
+    let tmp = file.with_extension("tmp");
+    fs::write(&tmp, t.to_string()).unwrap();
+    fs::rename(&tmp, file).unwrap();
+}
+
+/// Prometheus text → (metric name with labels, as written) → value. Every sample line must
+/// parse: a name, optional labels in braces, one number.
+fn parse_prometheus(text: &str) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    for line in text.lines() {
+        if line.is_empty() || line.starts_with('#') {
+            assert!(
+                line.is_empty() || line.starts_with("# HELP ") || line.starts_with("# TYPE "),
+                "{line}"
+            );
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').unwrap();
+        let name_end = series.find('{').unwrap_or(series.len());
+        let name = &series[..name_end];
+        assert!(
+            !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'),
+            "metric name in {line:?}"
+        );
+        if name_end < series.len() {
+            assert!(series.ends_with('}'), "labels in {line:?}");
+        }
+        out.insert(series.to_string(), value.parse::<f64>().unwrap());
+    }
+    out
+}
+
+#[test]
+fn overdue_failure_recovery_digest_webhooks_and_metrics() {
+    let e = Env::new();
+    let smtp = Smtp::start(&e.path(""));
+    let (hook_port, hooks) = webhook_receiver();
+    let clock = e.path("clock");
+    set_clock(&clock, at(10, 5));
+    let clock_arg = clock.to_str().unwrap().to_string();
+    let server = ServerProc::start(
+        &e.path("server"),
+        &["--test-clock", &clock_arg, "--monitor-every", "1s"],
+    );
+    server.admin_ok(&[
+        "alerts",
+        "set",
+        "--smtp",
+        &format!("127.0.0.1:{}", smtp.port),
+        "--smtp-tls",
+        "none",
+        "--from",
+        "coffer@backup.test",
+        "--to",
+        "ops@backup.test",
+        "--webhook",
+        &format!("http://127.0.0.1:{hook_port}/hook"),
+        "--digest-at",
+        "11:15",
+    ]);
+    let operator = server
+        .admin_ok(&["operator", "add", "prometheus"])
+        .trim()
+        .to_string();
+    let src = e.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("a.txt"), "some data\n".repeat(1000)).unwrap();
+
+    let mut tokens = BTreeMap::new();
+    for name in ["good", "broken", "late"] {
+        tokens.insert(name, server.add_client(name, name, "append"));
+        // watched from 10:05 on (the server's clock)
+        server.admin_ok(&[
+            "--test-clock",
+            &clock_arg,
+            "client",
+            "expect",
+            name,
+            "0 * * * *",
+            "--grace",
+            "10min",
+        ]);
+    }
+    let run = |name: &str, args: &[&str]| {
+        e.cmd()
+            .env("COFFER_REPOSITORY", server.url(name))
+            .env("COFFER_TOKEN", &tokens[name])
+            .env("COFFER_CACERT", &server.cacert)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let backup = |name: &str| {
+        let o = run(name, &["backup", "-q", src.to_str().unwrap()]);
+        assert_eq!(code(&o), 0, "{name}: {}", stderr(&o));
+    };
+    let fail = |name: &str| {
+        let o = run(name, &["backup", "-q", "/nonexistent/coffer-test-path"]);
+        assert_ne!(code(&o), 0, "{name}: a backup of a missing path fails");
+    };
+    for name in ["good", "broken", "late"] {
+        let o = run(name, &["init", "-q"]);
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+    }
+
+    // 10:05: two good backups, one failed; the failure is mailed at once
+    backup("good");
+    backup("late");
+    fail("broken");
+    wait_for("the failure email", || {
+        count(&smtp.subjects(), "coffer: FAILED broken") == 1
+    });
+
+    // 11:05: 'late' stays silent; within its grace nothing is said
+    set_clock(&clock, at(11, 5));
+    fs::write(src.join("b.txt"), "more data\n".repeat(2000)).unwrap();
+    backup("good");
+    fail("broken");
+    std::thread::sleep(Duration::from_secs(3));
+    let subjects = smtp.subjects();
+    assert!(!subjects.iter().any(|s| s.contains("OVERDUE")), "{subjects:?}");
+    assert_eq!(
+        count(&subjects, "coffer: FAILED broken"),
+        1,
+        "one alert per incident: {subjects:?}"
+    );
+
+    // 11:11: past 11:00 + 10 min, 'late' is overdue: exactly one email, however many rounds
+    set_clock(&clock, at(11, 11));
+    wait_for("the overdue email", || {
+        count(&smtp.subjects(), "coffer: OVERDUE late") == 1
+    });
+    std::thread::sleep(Duration::from_secs(4));
+    let subjects = smtp.subjects();
+    assert_eq!(count(&subjects, "coffer: OVERDUE late"), 1, "{subjects:?}");
+    assert!(!subjects.iter().any(|s| s.contains("good")), "{subjects:?}");
+
+    // 11:16: the digest, whose subject alone tells the state of 3 clients in 3 states
+    set_clock(&clock, at(11, 16));
+    wait_for("the digest", || {
+        smtp.subjects()
+            .iter()
+            .any(|s| s == "coffer: 1 FAILED, 1 OVERDUE of 3")
+    });
+    let status = server.admin_ok(&["--test-clock", &clock_arg, "status"]);
+    assert!(status.starts_with("coffer: 1 FAILED, 1 OVERDUE of 3"), "{status}");
+
+    // 11:20: 'late' runs again: one recovery notice
+    set_clock(&clock, at(11, 20));
+    backup("late");
+    wait_for("the recovery email", || {
+        count(&smtp.subjects(), "coffer: RECOVERED late (overdue cleared)") == 1
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let subjects = smtp.subjects();
+    assert_eq!(count(&subjects, "coffer: OVERDUE late"), 1, "{subjects:?}");
+    assert_eq!(
+        count(&subjects, "coffer: RECOVERED late (overdue cleared)"),
+        1,
+        "{subjects:?}"
+    );
+
+    // the webhook saw the same events, as JSON
+    wait_for("the webhooks", || hooks.lock().unwrap().len() >= subjects.len());
+    let events: Vec<(String, String)> = hooks
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            (
+                v["event"].as_str().unwrap().to_string(),
+                v["title"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    for s in &subjects {
+        assert!(events.iter().any(|(_, t)| t == s), "{s:?} not in {events:?}");
+    }
+    assert!(
+        events.contains(&("incident".into(), "coffer: OVERDUE late".into())),
+        "{events:?}"
+    );
+    assert!(
+        events.contains(&(
+            "recovery".into(),
+            "coffer: RECOVERED late (overdue cleared)".into()
+        )),
+        "{events:?}"
+    );
+    assert!(events.iter().any(|(e, _)| e == "digest"), "{events:?}");
+    let hook = hooks
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|v| v["title"] == "coffer: FAILED broken")
+        .cloned()
+        .unwrap();
+    assert_eq!(hook["subject"], "broken");
+    assert_eq!(hook["kind"], "failed");
+    assert!(
+        hook["text"]
+            .as_str()
+            .unwrap()
+            .contains("/nonexistent/coffer-test-path"),
+        "{hook}"
+    );
+
+    // /metrics: Prometheus text with the values the runs produced; operators only
+    let get = |auth: Option<&str>| {
+        let mut head = String::from("GET /metrics HTTP/1.1\nHost: 127.0.0.1\nConnection: close");
+        if let Some(a) = auth {
+            head.push_str(&format!(
+                "\nAuthorization: Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(a)
+            ));
+        }
+        server.raw(&head, b"").unwrap()
+    };
+    assert_eq!(get(None).0, 401);
+    assert_eq!(get(Some("prometheus:wrong")).0, 401);
+    let (status, text) = get(Some(&format!("prometheus:{operator}")));
+    assert_eq!(status, 200, "{text}");
+    let m = parse_prometheus(&text);
+    let v = |k: &str| *m.get(k).unwrap_or_else(|| panic!("{k} missing in\n{text}"));
+    assert_eq!(
+        v(r#"coffer_client_state{client="broken",repo="broken",state="FAILED"}"#),
+        1.0
+    );
+    assert_eq!(
+        v(r#"coffer_client_state{client="late",repo="late",state="OK"}"#),
+        1.0
+    );
+    assert_eq!(v(r#"coffer_client_overdue{client="late",repo="late"}"#), 0.0);
+    assert_eq!(
+        v(r#"coffer_client_last_success_timestamp_seconds{client="late",repo="late"}"#),
+        at(11, 20) as f64
+    );
+    assert_eq!(
+        v(r#"coffer_client_last_success_timestamp_seconds{client="good",repo="good"}"#),
+        at(11, 5) as f64
+    );
+    // the 11:05 backup read the new file only (the unchanged one came from its parent)
+    assert_eq!(
+        v(r#"coffer_backup_bytes_read{client="good",repo="good"}"#),
+        20_000.0
+    );
+    assert!(v(r#"coffer_backup_bytes_added{client="good",repo="good"}"#) > 0.0);
+    assert!(v(r#"coffer_repository_size_bytes{repo="good"}"#) > 0.0);
+    assert_eq!(v("coffer_incidents_open"), 1.0);
+
+    // and the client side: a report that cannot be delivered is a warning, not a failure
+    let o = e
+        .cmd()
+        .env("COFFER_REPORT_TO", "https://127.0.0.1:1/nowhere")
+        .env("COFFER_TOKEN", "cft_x")
+        .args(["backup", "-q", src.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 10, "no local repository here: {}", stderr(&o));
+    assert!(stderr(&o).contains("run report did not reach"), "{}", stderr(&o));
+}

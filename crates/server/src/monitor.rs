@@ -1,0 +1,600 @@
+//! Is every client backed up? The server judges each client from the runs it reported and
+//! the schedule it is expected to keep, by the server's own clock: a client that died
+//! silently is noticed by its absence. Problems become incidents (one alert when one opens,
+//! one when it clears), the morning digest sums up the fleet in its subject line, and
+//! `/metrics` exposes the same numbers to Prometheus.
+
+use std::collections::{BTreeMap, HashMap};
+use std::str::FromStr;
+
+use chrono::{TimeZone, Utc};
+use coffer_core::human_bytes;
+use serde::Serialize;
+
+use crate::catalog::{ClientInfo, VerifyRun};
+use crate::notify::{self, AlertSettings};
+use crate::records::{Incident, Run, RunStatus};
+use crate::{Result, Server, ServerError};
+
+/// A client's state, worst first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub enum State {
+    Failed,
+    Overdue,
+    Warning,
+    /// Monitored, but no backup has arrived yet (and none is due).
+    Waiting,
+    Ok,
+}
+
+impl State {
+    pub fn label(self) -> &'static str {
+        match self {
+            State::Failed => "FAILED",
+            State::Overdue => "OVERDUE",
+            State::Warning => "WARNING",
+            State::Waiting => "NO BACKUP YET",
+            State::Ok => "OK",
+        }
+    }
+    pub const ALL: [State; 5] = [
+        State::Failed,
+        State::Overdue,
+        State::Warning,
+        State::Waiting,
+        State::Ok,
+    ];
+}
+
+/// One thing wrong, as an incident would record it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Problem {
+    /// A client's name, or `repository NAME` for what concerns a whole repository.
+    pub subject: String,
+    /// `failed` (the last backup), `check` (the last check), `overdue`, `warnings`,
+    /// `damage` (keyless verification), `quota`.
+    pub kind: &'static str,
+    pub detail: String,
+}
+
+impl Problem {
+    fn state(&self) -> State {
+        match self.kind {
+            "failed" | "check" => State::Failed,
+            "overdue" => State::Overdue,
+            _ => State::Warning,
+        }
+    }
+}
+
+/// Everything the console, the digest and the metrics show about one client.
+#[derive(Clone, Debug, Serialize)]
+pub struct ClientStatus {
+    pub client: ClientInfo,
+    pub state: State,
+    pub problems: Vec<Problem>,
+    pub last_backup: Option<Run>,
+    pub last_good: Option<Run>,
+    /// The next time a backup is expected (with a schedule).
+    pub next_expected: Option<i64>,
+    pub repo_bytes: u64,
+    pub quota_bytes: Option<u64>,
+    pub verify: Option<VerifyRun>,
+}
+
+pub fn parse_schedule(s: &str) -> Result<croner::Cron> {
+    croner::Cron::from_str(s).map_err(|e| {
+        ServerError::Invalid(format!(
+            "schedule {s:?}: {e} (a cron expression in UTC, e.g. \"30 2 * * *\" for 02:30 daily)"
+        ))
+    })
+}
+
+fn utc(t: i64) -> chrono::DateTime<Utc> {
+    Utc.timestamp_opt(t, 0).single().unwrap_or_default()
+}
+
+/// `2028-01-03 07:00 UTC`
+pub fn fmt_time(t: i64) -> String {
+    utc(t).format("%Y-%m-%d %H:%M UTC").to_string()
+}
+
+/// The scheduled time whose backup is missing, if the client is overdue: the newest
+/// occurrence at least `grace` ago (and after the client was added), with no backup
+/// received since shortly before it (a few minutes of clock skew allowed).
+pub fn overdue_since(
+    schedule: &croner::Cron,
+    grace: i64,
+    created: i64,
+    last_backup_received: Option<i64>,
+    now: i64,
+) -> Option<i64> {
+    let due = schedule
+        .find_previous_occurrence(&utc(now - grace), true)
+        .ok()?
+        .timestamp();
+    if due < created {
+        return None;
+    }
+    let before = schedule
+        .find_previous_occurrence(&utc(due), false)
+        .map(|t| t.timestamp())
+        .unwrap_or(due - 3600);
+    let skew = ((due - before) / 2).min(300);
+    match last_backup_received {
+        Some(t) if t >= due - skew => None,
+        _ => Some(due),
+    }
+}
+
+/// A failed run as a problem (`kind` is `failed` for a backup, `check` for a check).
+fn failure(client: &str, kind: &'static str, r: &Run) -> Problem {
+    Problem {
+        subject: client.to_string(),
+        kind,
+        detail: format!(
+            "{} failed at {}: {}",
+            r.report.kind,
+            fmt_time(r.received),
+            r.report
+                .messages
+                .first()
+                .map(String::as_str)
+                .unwrap_or("no message")
+        ),
+    }
+}
+
+impl ClientStatus {
+    /// When the last good backup arrived, or `never`.
+    pub fn last_good_time(&self) -> String {
+        self.last_good
+            .as_ref()
+            .map(|r| fmt_time(r.received))
+            .unwrap_or_else(|| "never".into())
+    }
+
+    /// Every problem's detail, on one line.
+    pub fn problem_text(&self) -> String {
+        self.problems
+            .iter()
+            .map(|p| p.detail.as_str())
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
+/// The state of every monitored client (one with a schedule or with a reported backup),
+/// worst first.
+pub fn fleet(server: &Server, now: i64) -> Result<Vec<ClientStatus>> {
+    let settings = notify::load(&server.catalog)?;
+    let repos: HashMap<String, crate::catalog::RepoInfo> = server
+        .catalog
+        .repos()?
+        .into_iter()
+        .map(|r| (r.name.clone(), r))
+        .collect();
+    let mut repo_problems: HashMap<String, (u64, Option<VerifyRun>, Vec<Problem>)> = HashMap::new();
+    let mut out = Vec::new();
+    for c in server.catalog.clients()? {
+        let last_backup = server.catalog.runs(&c.name, Some("backup"), 1)?.pop();
+        if c.schedule.is_none() && last_backup.is_none() {
+            continue;
+        }
+        let mut problems = Vec::new();
+        let last_good = server.catalog.last_good_backup(&c.name)?;
+        if let Some(r) = &last_backup {
+            if r.report.status == RunStatus::Failed {
+                problems.push(failure(&c.name, "failed", r));
+            } else if r.report.warnings > settings.warnings_above {
+                problems.push(Problem {
+                    subject: c.name.clone(),
+                    kind: "warnings",
+                    detail: format!(
+                        "last backup had {} warning(s){}",
+                        r.report.warnings,
+                        r.report
+                            .messages
+                            .first()
+                            .map(|m| format!(", e.g. {m}"))
+                            .unwrap_or_default()
+                    ),
+                });
+            }
+        }
+        if let Some(r) = server.catalog.runs(&c.name, Some("check"), 1)?.pop() {
+            if r.report.status == RunStatus::Failed {
+                problems.push(failure(&c.name, "check", &r));
+            }
+        }
+        let mut next_expected = None;
+        if let Some(s) = &c.schedule {
+            match parse_schedule(s) {
+                Ok(cron) => {
+                    next_expected = cron
+                        .find_next_occurrence(&utc(now), false)
+                        .ok()
+                        .map(|t| t.timestamp());
+                    if let Some(due) = overdue_since(
+                        &cron,
+                        c.grace_secs,
+                        c.created.max(c.schedule_set),
+                        last_backup.as_ref().map(|r| r.received),
+                        now,
+                    ) {
+                        problems.push(Problem {
+                            subject: c.name.clone(),
+                            kind: "overdue",
+                            detail: format!(
+                                "no backup since the one due at {} ({}{})",
+                                fmt_time(due),
+                                match &last_backup {
+                                    Some(r) => format!("last received {}", fmt_time(r.received)),
+                                    None => "none received yet".into(),
+                                },
+                                if c.grace_secs > 0 {
+                                    format!(", grace {} min", c.grace_secs / 60)
+                                } else {
+                                    String::new()
+                                }
+                            ),
+                        });
+                    }
+                }
+                Err(e) => problems.push(Problem {
+                    subject: c.name.clone(),
+                    kind: "overdue",
+                    detail: e.to_string(),
+                }),
+            }
+        }
+        if !repo_problems.contains_key(&c.repo) {
+            let bytes = server.usage(&c.repo)?;
+            let verify = server.catalog.last_verify_run(&c.repo)?;
+            let mut rp = Vec::new();
+            let subject = format!("repository {}", c.repo);
+            if let Some(v) = verify.as_ref().filter(|v| !v.damaged.is_empty()) {
+                rp.push(Problem {
+                    subject: subject.clone(),
+                    kind: "damage",
+                    detail: format!(
+                        "verification at {} found {} damaged object(s): {}",
+                        fmt_time(v.finished),
+                        v.damaged.len(),
+                        v.damaged[0]
+                    ),
+                });
+            }
+            if let Some(q) = repos.get(&c.repo).and_then(|r| r.quota_bytes) {
+                if q > 0 && bytes.saturating_mul(100) >= q.saturating_mul(settings.quota_percent as u64) {
+                    rp.push(Problem {
+                        subject,
+                        kind: "quota",
+                        detail: format!(
+                            "{} of its {} quota used ({}%)",
+                            human_bytes(bytes),
+                            human_bytes(q),
+                            bytes.saturating_mul(100) / q
+                        ),
+                    });
+                }
+            }
+            repo_problems.insert(c.repo.clone(), (bytes, verify, rp));
+        }
+        let (repo_bytes, verify, rp) = &repo_problems[&c.repo];
+        problems.extend(rp.iter().cloned());
+        let state = problems
+            .iter()
+            .map(Problem::state)
+            .min()
+            .unwrap_or(if last_good.is_some() {
+                State::Ok
+            } else {
+                State::Waiting
+            });
+        out.push(ClientStatus {
+            quota_bytes: repos.get(&c.repo).and_then(|r| r.quota_bytes),
+            client: c,
+            state,
+            problems,
+            last_backup,
+            last_good,
+            next_expected,
+            repo_bytes: *repo_bytes,
+            verify: verify.clone(),
+        });
+    }
+    out.sort_by(|a, b| (a.state, &a.client.name).cmp(&(b.state, &b.client.name)));
+    Ok(out)
+}
+
+/// Open an incident for each new problem and close those that cleared, queueing one alert
+/// for each opening and one recovery notice for each close. Returns the changes.
+pub fn evaluate(server: &Server, now: i64) -> Result<Vec<(Incident, bool)>> {
+    let fleet = fleet(server, now)?;
+    let mut current: BTreeMap<(String, &'static str), String> = BTreeMap::new();
+    for c in &fleet {
+        for p in &c.problems {
+            current
+                .entry((p.subject.clone(), p.kind))
+                .or_insert_with(|| p.detail.clone());
+        }
+    }
+    let settings = notify::load(&server.catalog)?;
+    let mut changes = Vec::new();
+    for inc in server.catalog.open_incidents()? {
+        if !current.contains_key(&(inc.subject.clone(), kind_static(&inc.kind))) {
+            server.catalog.close_incident(inc.id, now)?;
+            let mut closed = inc;
+            closed.closed = Some(now);
+            notify::incident(server, &settings, &closed, now)?;
+            changes.push((closed, false));
+        }
+    }
+    for ((subject, kind), detail) in current {
+        if let Some(inc) = server.catalog.open_incident(&subject, kind, now, &detail)? {
+            notify::incident(server, &settings, &inc, now)?;
+            changes.push((inc, true));
+        }
+    }
+    Ok(changes)
+}
+
+fn kind_static(k: &str) -> &'static str {
+    match k {
+        "failed" => "failed",
+        "check" => "check",
+        "overdue" => "overdue",
+        "warnings" => "warnings",
+        "damage" => "damage",
+        "quota" => "quota",
+        _ => "unknown",
+    }
+}
+
+/// The digest's subject: `coffer: 24/24 OK`, or `coffer: 2 FAILED, 1 OVERDUE of 24`.
+pub fn digest_subject(fleet: &[ClientStatus]) -> String {
+    let n = fleet.len();
+    let ok = fleet.iter().filter(|c| c.state == State::Ok).count();
+    if ok == n {
+        return format!("coffer: {ok}/{n} OK");
+    }
+    let parts: Vec<String> = State::ALL
+        .iter()
+        .filter(|s| **s != State::Ok)
+        .filter_map(|s| {
+            let k = fleet.iter().filter(|c| c.state == *s).count();
+            (k > 0).then(|| format!("{k} {}", s.label()))
+        })
+        .collect();
+    format!("coffer: {} of {n}", parts.join(", "))
+}
+
+/// The digest: subject and a plain-text body listing every client, worst first.
+pub fn digest(server: &Server, now: i64) -> Result<(String, String)> {
+    let fleet = fleet(server, now)?;
+    let subject = digest_subject(&fleet);
+    let mut body = format!("{subject}\n{}\n\n", fmt_time(now));
+    body.push_str(&format!(
+        "{:<24} {:<14} {:<22} {:>10} {:>12}  {}\n",
+        "client", "state", "last good backup", "repo size", "added 24h", "problem"
+    ));
+    for c in &fleet {
+        let added: u64 = server
+            .catalog
+            .runs(&c.client.name, Some("backup"), 1000)?
+            .iter()
+            .filter(|r| r.received > now - 86_400 && r.report.status != RunStatus::Failed)
+            .map(|r| r.report.bytes_added)
+            .sum();
+        body.push_str(&format!(
+            "{:<24} {:<14} {:<22} {:>10} {:>12}  {}\n",
+            c.client.name,
+            c.state.label(),
+            c.last_good_time(),
+            human_bytes(c.repo_bytes),
+            format!("+{}", human_bytes(added)),
+            c.problem_text()
+        ));
+    }
+    if fleet.is_empty() {
+        body.push_str("(no client has a schedule or has reported a backup yet)\n");
+    }
+    Ok((subject, body))
+}
+
+/// If the daily digest is due (its time of day has come and today's has not gone out),
+/// queue it. Returns whether it did.
+pub fn digest_if_due(server: &Server, settings: &AlertSettings, now: i64) -> Result<bool> {
+    let Some(at) = &settings.digest_at else {
+        return Ok(false);
+    };
+    let Some((h, m)) = notify::parse_time_of_day(at) else {
+        return Ok(false);
+    };
+    let day = now.div_euclid(86_400);
+    let due = day * 86_400 + h * 3600 + m * 60;
+    let last: i64 = server
+        .catalog
+        .setting("digest_last_day")?
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(i64::MIN);
+    if now < due || last >= day {
+        return Ok(false);
+    }
+    let (subject, body) = digest(server, now)?;
+    notify::digest(server, settings, &subject, &body, now)?;
+    server
+        .catalog
+        .set_setting("digest_last_day", Some(&day.to_string()))?;
+    Ok(true)
+}
+
+/// Prometheus text format (version 0.0.4).
+pub fn metrics(server: &Server, now: i64) -> Result<String> {
+    let fleet = fleet(server, now)?;
+    let mut out = String::new();
+    let mut family = |name: &str, help: &str, rows: Vec<(String, f64)>| {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n"));
+        for (labels, v) in rows {
+            out.push_str(&format!("{name}{{{labels}}} {v}\n"));
+        }
+    };
+    let cl = |c: &ClientStatus| {
+        format!(
+            "client=\"{}\",repo=\"{}\"",
+            esc(&c.client.name),
+            esc(&c.client.repo)
+        )
+    };
+    family(
+        "coffer_client_last_success_timestamp_seconds",
+        "When the server received the client's last good backup.",
+        fleet
+            .iter()
+            .filter_map(|c| c.last_good.as_ref().map(|r| (cl(c), r.received as f64)))
+            .collect(),
+    );
+    family(
+        "coffer_client_state",
+        "1 for the client's current state (FAILED, OVERDUE, WARNING, NO BACKUP YET, OK).",
+        fleet
+            .iter()
+            .flat_map(|c| {
+                State::ALL.iter().map(move |s| {
+                    (
+                        format!("{},state=\"{}\"", cl(c), s.label()),
+                        if c.state == *s { 1.0 } else { 0.0 },
+                    )
+                })
+            })
+            .collect(),
+    );
+    family(
+        "coffer_client_overdue",
+        "1 if a scheduled backup has not arrived within its grace time.",
+        fleet
+            .iter()
+            .map(|c| {
+                (
+                    cl(c),
+                    if c.problems.iter().any(|p| p.kind == "overdue") {
+                        1.0
+                    } else {
+                        0.0
+                    },
+                )
+            })
+            .collect(),
+    );
+    let last = |f: &dyn Fn(&Run) -> f64| -> Vec<(String, f64)> {
+        fleet
+            .iter()
+            .filter_map(|c| c.last_backup.as_ref().map(|r| (cl(c), f(r))))
+            .collect()
+    };
+    family(
+        "coffer_backup_duration_seconds",
+        "Duration of the client's last backup.",
+        last(&|r| r.report.duration_ms as f64 / 1000.0),
+    );
+    family(
+        "coffer_backup_bytes_read",
+        "Bytes the client's last backup read.",
+        last(&|r| r.report.bytes_read as f64),
+    );
+    family(
+        "coffer_backup_bytes_added",
+        "Bytes the client's last backup added to the repository.",
+        last(&|r| r.report.bytes_added as f64),
+    );
+    family(
+        "coffer_backup_warnings",
+        "Warnings of the client's last backup.",
+        last(&|r| r.report.warnings as f64),
+    );
+    let mut repos: BTreeMap<&str, &ClientStatus> = BTreeMap::new();
+    for c in &fleet {
+        repos.entry(c.client.repo.as_str()).or_insert(c);
+    }
+    family(
+        "coffer_repository_size_bytes",
+        "Bytes stored in the repository (trash excluded).",
+        repos
+            .iter()
+            .map(|(r, c)| (format!("repo=\"{}\"", esc(r)), c.repo_bytes as f64))
+            .collect(),
+    );
+    family(
+        "coffer_repository_quota_bytes",
+        "The repository's quota.",
+        repos
+            .iter()
+            .filter_map(|(r, c)| c.quota_bytes.map(|q| (format!("repo=\"{}\"", esc(r)), q as f64)))
+            .collect(),
+    );
+    family(
+        "coffer_repository_verify_damaged_objects",
+        "Damaged objects found by the last keyless verification.",
+        repos
+            .iter()
+            .filter_map(|(r, c)| {
+                c.verify
+                    .as_ref()
+                    .map(|v| (format!("repo=\"{}\"", esc(r)), v.damaged.len() as f64))
+            })
+            .collect(),
+    );
+    family(
+        "coffer_repository_verify_timestamp_seconds",
+        "When the last keyless verification finished.",
+        repos
+            .iter()
+            .filter_map(|(r, c)| {
+                c.verify
+                    .as_ref()
+                    .map(|v| (format!("repo=\"{}\"", esc(r)), v.finished as f64))
+            })
+            .collect(),
+    );
+    let open = server.catalog.open_incidents()?.len();
+    out.push_str(&format!(
+        "# HELP coffer_incidents_open Problems not yet cleared.\n# TYPE coffer_incidents_open gauge\ncoffer_incidents_open {open}\n"
+    ));
+    Ok(out)
+}
+
+/// Escape a Prometheus label value.
+fn esc(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overdue_by_the_schedule_and_grace() {
+        let hourly = parse_schedule("0 * * * *").unwrap();
+        let t0 = Utc.with_ymd_and_hms(2028, 1, 3, 10, 0, 0).unwrap().timestamp();
+        // a backup at 10:00:30; at 10:59 with 10 min grace the 10:00 one counts
+        assert_eq!(overdue_since(&hourly, 600, 0, Some(t0 + 30), t0 + 3540), None);
+        // at 11:09 the 11:00 one is still within grace
+        assert_eq!(overdue_since(&hourly, 600, 0, Some(t0 + 30), t0 + 4140), None);
+        // at 11:10 it is due, and missing
+        assert_eq!(
+            overdue_since(&hourly, 600, 0, Some(t0 + 30), t0 + 4200),
+            Some(t0 + 3600)
+        );
+        // a client added after the due time is not overdue for it
+        assert_eq!(overdue_since(&hourly, 600, t0 + 3700, None, t0 + 4200), None);
+        // a backup a minute early (client clock) still counts
+        assert_eq!(overdue_since(&hourly, 600, 0, Some(t0 + 3540), t0 + 4200), None);
+        assert!(parse_schedule("every day").is_err());
+    }
+
+    #[test]
+    fn digest_subjects() {
+        assert_eq!(digest_subject(&[]), "coffer: 0/0 OK");
+    }
+}
