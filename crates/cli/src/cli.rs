@@ -291,7 +291,12 @@ pub enum ServerOperatorCommand {
         name: String,
     },
     List,
+    /// Remove an operator (its console sessions end)
     Remove {
+        name: String,
+    },
+    /// Print a one-time console login link's path (/console/link/...), valid 10 minutes
+    Link {
         name: String,
     },
 }

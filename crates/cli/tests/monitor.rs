@@ -297,6 +297,8 @@ fn overdue_failure_recovery_digest_webhooks_and_metrics() {
     });
     let status = server.admin_ok(&["--test-clock", &clock_arg, "status"]);
     assert!(status.starts_with("coffer: 1 FAILED, 1 OVERDUE of 3"), "{status}");
+    // the console, in a browser, at this moment of three states
+    console_in_chromium(&e, &server, &clock_arg);
 
     // 11:20: 'late' runs again: one recovery notice
     set_clock(&clock, at(11, 20));
@@ -411,4 +413,177 @@ fn overdue_failure_recovery_digest_webhooks_and_metrics() {
         .unwrap();
     assert_eq!(code(&o), 10, "no local repository here: {}", stderr(&o));
     assert!(stderr(&o).contains("run report did not reach"), "{}", stderr(&o));
+}
+
+/// Run headless Chromium (Debian's `chromium`, installed by `.ci/run`) on a console URL,
+/// trusting the server's self-signed certificate by its public key pin; `mode` is
+/// `--dump-dom` or `--screenshot=FILE`. Returns stdout.
+fn chromium(e: &Env, pin: &str, url: &str, mode: &str) -> String {
+    let profile = tempfile::tempdir().unwrap();
+    let o = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+            "--window-size=1280,720",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(format!("--ignore-certificate-errors-spki-list={pin}"))
+        .arg(mode)
+        .arg(url)
+        .current_dir(e.path(""))
+        .stdin(Stdio::null())
+        .output()
+        .expect("chromium is installed (apt-get install chromium)");
+    assert!(o.status.success(), "chromium {mode}: {}", stderr(&o));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// The web console in a real browser: a one-time link logs in, the fleet page lists the three
+/// clients worst first with their state, and a screenshot is kept
+/// (target/test-artifacts/console.png). Login, CSRF and logout are checked over raw HTTPS.
+fn console_in_chromium(e: &Env, server: &ServerProc, clock: &str) {
+    let cert = server.admin_ok(&["cert"]);
+    let pin = cert
+        .lines()
+        .find_map(|l| l.strip_prefix("public key pin (sha256, base64): "))
+        .unwrap_or_else(|| panic!("no pin in {cert}"))
+        .trim()
+        .to_string();
+    let link = |who: &str| {
+        // made by the server's (test) clock, as the server judges its expiry
+        let path = server
+            .admin_ok(&["--test-clock", clock, "operator", "link", who])
+            .trim()
+            .to_string();
+        assert!(path.starts_with("/console/link/"), "{path}");
+        format!("https://127.0.0.1:{}{path}", server.port)
+    };
+    server.admin_ok(&["operator", "add", "alice"]);
+    let dom = chromium(e, &pin, &link("alice"), "--dump-dom");
+    assert!(dom.contains("coffer: 1 FAILED, 1 OVERDUE of 3"), "{dom}");
+    let rows: Vec<(String, String)> = dom
+        .split("<tr data-client=\"")
+        .skip(1)
+        .map(|r| {
+            let (name, rest) = r.split_once('"').unwrap();
+            let state = rest
+                .split_once("data-state=\"")
+                .unwrap()
+                .1
+                .split_once('"')
+                .unwrap()
+                .0;
+            (name.to_string(), state.to_string())
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        vec![
+            ("broken".to_string(), "FAILED".to_string()),
+            ("late".to_string(), "OVERDUE".to_string()),
+            ("good".to_string(), "OK".to_string()),
+        ],
+        "worst first, each with its state"
+    );
+    // a link works once
+    let used = link("alice");
+    chromium(e, &pin, &used, "--dump-dom");
+    let again = chromium(e, &pin, &used, "--dump-dom");
+    assert!(again.contains("used already or expired"), "{again}");
+
+    let artifacts = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/test-artifacts");
+    fs::create_dir_all(&artifacts).unwrap();
+    let shot = artifacts.join("console.png");
+    let _ = fs::remove_file(&shot);
+    chromium(
+        e,
+        &pin,
+        &link("alice"),
+        &format!("--screenshot={}", shot.display()),
+    );
+    let png = fs::read(&shot).unwrap();
+    assert!(
+        png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 10_000,
+        "{} bytes",
+        png.len()
+    );
+
+    // without a session: to the login page; a wrong password is refused; a right one logs in
+    let (status, _) = server
+        .raw("GET /console HTTP/1.1\nHost: 127.0.0.1\nConnection: close", b"")
+        .unwrap();
+    assert_eq!(status, 303);
+    let pw = server.admin_ok(&["operator", "add", "bob"]).trim().to_string();
+    let post = |path: &str, body: &str, cookie: Option<&str>| {
+        let mut head = format!(
+            "POST {path} HTTP/1.1\nHost: 127.0.0.1\nConnection: close\nContent-Type: application/x-www-form-urlencoded\nContent-Length: {}",
+            body.len()
+        );
+        if let Some(c) = cookie {
+            head.push_str(&format!("\nCookie: coffer_session={c}"));
+        }
+        raw_full(server, &head, body.as_bytes())
+    };
+    let (head, _) = post("/console/login", "name=bob&password=wrong", None);
+    assert!(head.starts_with("HTTP/1.1 401"), "{head}");
+    let (head, _) = post("/console/login", &format!("name=bob&password={pw}"), None);
+    assert!(head.starts_with("HTTP/1.1 303"), "{head}");
+    let session = head
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: coffer_session="))
+        .and_then(|v| v.split(';').next())
+        .unwrap_or_else(|| panic!("no session cookie: {head}"))
+        .to_string();
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("httponly; secure; samesite=strict"),
+        "{head}"
+    );
+    let get_page = |path: &str| {
+        raw_full(
+            server,
+            &format!(
+                "GET {path} HTTP/1.1\nHost: 127.0.0.1\nConnection: close\nCookie: coffer_session={session}"
+            ),
+            b"",
+        )
+    };
+    let (head, page) = get_page("/console/client/broken");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        page.contains("/nonexistent/coffer-test-path"),
+        "the failed run's message"
+    );
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-security-policy: default-src 'none'"),
+        "{head}"
+    );
+    // logout needs the form's CSRF token
+    let (head, _) = post("/console/logout", "csrf=forged", Some(&session));
+    assert!(head.starts_with("HTTP/1.1 403"), "{head}");
+    let (_, fleet) = get_page("/console");
+    let csrf = fleet
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap()
+        .to_string();
+    let (head, _) = post("/console/logout", &format!("csrf={csrf}"), Some(&session));
+    assert!(head.starts_with("HTTP/1.1 303"), "{head}");
+    let (head, _) = get_page("/console");
+    assert!(head.starts_with("HTTP/1.1 303"), "the session ended: {head}");
+}
+
+/// A raw HTTPS request; returns the response's head (hyper sends header names in lower
+/// case) and body.
+fn raw_full(server: &ServerProc, head: &str, body: &[u8]) -> (String, String) {
+    common::server::raw_exchange(server.port, &server.cacert, head, body).unwrap()
 }

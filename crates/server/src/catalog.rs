@@ -109,6 +109,7 @@ const MIGRATIONS: &[&str] = &[
      CREATE TABLE sessions (
         token_hash TEXT PRIMARY KEY,
         operator TEXT NOT NULL,
+        kind TEXT NOT NULL,
         csrf TEXT NOT NULL,
         created INTEGER NOT NULL,
         expires INTEGER NOT NULL
@@ -423,6 +424,37 @@ impl Catalog {
                 |r| r.get(0),
             )
             .optional()
+            .map_err(db_err)
+    }
+
+    /// A repository's snapshots as the server received them, newest first: id, time, client.
+    pub fn snapshots(&self, repo: &str, limit: usize) -> Result<Vec<(String, i64, Option<String>)>> {
+        let db = self.db();
+        let mut st = db
+            .prepare(
+                "SELECT id, received, client FROM snapshots WHERE repo = ?1 ORDER BY received DESC LIMIT ?2",
+            )
+            .map_err(db_err)?;
+        let rows = st
+            .query_map(params![repo, limit as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .map_err(db_err)?;
+        rows.collect::<std::result::Result<_, _>>().map_err(db_err)
+    }
+
+    /// The size of everything a repository's present snapshots hold, as their backups
+    /// reported it (over the repository's size: the deduplication ratio).
+    pub fn logical_bytes(&self, repo: &str) -> Result<u64> {
+        self.db()
+            .query_row(
+                "SELECT COALESCE(SUM(r.bytes_total), 0) FROM runs r
+                 JOIN snapshots s ON s.repo = r.repo AND s.id = r.snapshot
+                 WHERE r.repo = ?1 AND r.kind = 'backup'",
+                params![repo],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|v| v as u64)
             .map_err(db_err)
     }
 

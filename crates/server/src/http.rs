@@ -10,6 +10,7 @@
 //! DELETE /REPO/KIND/NAME            admin only (append: leases only); into the trash
 //! POST   /REPO/runs                 a run report (JSON, records::RunReport); any role
 //! GET    /metrics                   Prometheus text; HTTP Basic auth of a console operator
+//! GET    /console...                the web console (crate::console)
 //! ```
 //! `KIND` is `keys`, `snapshots`, `index`, `data`, `locks`, `marks`, `manifests`; the config
 //! is `/REPO/config`. Every request but the health check carries `Authorization: Bearer
@@ -119,7 +120,7 @@ type ApiResult = Result<Response, ApiError>;
 
 pub fn router(server: Arc<Server>, limits: Limits) -> Router {
     let state = Arc::new(AppState {
-        server,
+        server: server.clone(),
         uploads: Semaphore::new(limits.max_uploads),
         limits,
     });
@@ -146,6 +147,7 @@ pub fn router(server: Arc<Server>, limits: Limits) -> Router {
         // bodies are streamed to disk with per-kind limits, never buffered
         .layer(DefaultBodyLimit::disable())
         .with_state(state)
+        .merge(crate::console::router(server))
 }
 
 /// A client reports a run: stored with the time it arrived, then the fleet is judged at

@@ -14,6 +14,7 @@
 //! See docs/ARCHITECTURE.md ("Server") and docs/FORMAT.md ("Server-side retention").
 
 pub mod catalog;
+pub mod console;
 pub mod http;
 pub mod monitor;
 pub mod notify;

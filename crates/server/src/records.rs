@@ -492,6 +492,48 @@ impl Catalog {
         collect(rows)
     }
 
+    // ---- console sessions and one-time login links
+
+    pub fn add_session(
+        &self,
+        token_hash: &str,
+        operator: &str,
+        csrf: &str,
+        kind: &str,
+        now: i64,
+        expires: i64,
+    ) -> Result<()> {
+        let db = self.db();
+        db.execute("DELETE FROM sessions WHERE expires <= ?1", params![now])
+            .map_err(db_err)?;
+        db.execute(
+            "INSERT INTO sessions (token_hash, operator, kind, csrf, created, expires) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![token_hash, operator, kind, csrf, now, expires],
+        )
+        .map_err(db_err)?;
+        Ok(())
+    }
+
+    /// A live session (or link) of this kind: operator and CSRF token.
+    pub fn session(&self, token_hash: &str, kind: &str, now: i64) -> Result<Option<(String, String)>> {
+        self.db()
+            .query_row(
+                "SELECT s.operator, s.csrf FROM sessions s JOIN operators o ON o.name = s.operator
+                 WHERE s.token_hash = ?1 AND s.kind = ?2 AND s.expires > ?3",
+                params![token_hash, kind, now],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(db_err)
+    }
+
+    pub fn delete_session(&self, token_hash: &str) -> Result<()> {
+        self.db()
+            .execute("DELETE FROM sessions WHERE token_hash = ?1", params![token_hash])
+            .map_err(db_err)?;
+        Ok(())
+    }
+
     // ---- settings
 
     pub fn setting(&self, key: &str) -> Result<Option<String>> {

@@ -18,7 +18,19 @@ pub struct Loaded {
     pub cert_path: PathBuf,
     /// SHA-256 of the leaf certificate (DER), as `AA:BB:...`.
     pub fingerprint: String,
+    /// base64 of the SHA-256 of the key's SubjectPublicKeyInfo: the public key pin, as
+    /// `chromium --ignore-certificate-errors-spki-list` and HPKP-style checks take it.
+    pub spki_pin: Option<String>,
     pub generated: bool,
+}
+
+/// The public key pin of a PEM private key (`None` for a key rcgen cannot read).
+pub fn spki_pin(key_pem: &str) -> Option<String> {
+    use base64::Engine;
+    use rcgen::PublicKeyData;
+    let kp = rcgen::KeyPair::from_pem(key_pem).ok()?;
+    let d = ring::digest::digest(&ring::digest::SHA256, &kp.subject_public_key_info());
+    Some(base64::engine::general_purpose::STANDARD.encode(d.as_ref()))
 }
 
 pub fn fingerprint(der: &[u8]) -> String {
@@ -85,6 +97,7 @@ pub fn load(data: &Path, cert: Option<&Path>, key: Option<&Path>, names: &[Strin
         return Err(tls_err(format!("{}: no certificate in it", cert_path.display())));
     };
     let fingerprint = fingerprint(leaf);
+    let spki_pin = fs::read_to_string(&key_path).ok().and_then(|k| spki_pin(&k));
     let key = PrivateKeyDer::from_pem_file(&key_path)
         .map_err(|e| tls_err(format!("{}: {e}", key_path.display())))?;
     let mut config =
@@ -99,6 +112,7 @@ pub fn load(data: &Path, cert: Option<&Path>, key: Option<&Path>, names: &[Strin
         config: Arc::new(config),
         cert_path,
         fingerprint,
+        spki_pin,
         generated,
     })
 }

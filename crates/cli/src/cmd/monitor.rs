@@ -245,6 +245,13 @@ pub fn operator(server: &Server, c: ServerOperatorCommand, g: &Global) -> Result
                 eprintln!("operator {name:?} added; the password above is shown only now");
             }
         }
+        ServerOperatorCommand::Link { name } => {
+            let token = server.console_link(&name)?;
+            outln!("/console/link/{token}")?;
+            if !g.quiet {
+                eprintln!("open https://THIS-SERVER:PORT/console/link/… once, within 10 minutes");
+            }
+        }
         ServerOperatorCommand::List => {
             for (name, created) in server.catalog.operators()? {
                 outln!("{name:<24} added {}", fmt_time(created))?;

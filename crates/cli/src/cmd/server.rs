@@ -100,6 +100,9 @@ pub fn run(g: &Global, a: ServerArgs) -> Result<u8> {
             )?;
             outln!("certificate: {}", l.cert_path.display())?;
             outln!("sha256 fingerprint: {}", l.fingerprint)?;
+            if let Some(p) = &l.spki_pin {
+                outln!("public key pin (sha256, base64): {p}")?;
+            }
             Ok(0)
         }
     }

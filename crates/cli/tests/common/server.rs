@@ -151,6 +151,14 @@ impl Drop for ServerProc {
 }
 
 pub fn raw_request(port: u16, cacert: &Path, head: &str, body: &[u8]) -> Option<(u16, String)> {
+    let (head, body) = raw_exchange(port, cacert, head, body)?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, body.trim().to_string()))
+}
+
+/// A raw request over TLS; returns the response's head (status line and headers, as sent)
+/// and body, or `None` if the server closed without answering.
+pub fn raw_exchange(port: u16, cacert: &Path, head: &str, body: &[u8]) -> Option<(String, String)> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, ServerName};
     let mut roots = rustls::RootCertStore::empty();
@@ -210,12 +218,8 @@ pub fn raw_request(port: u16, cacert: &Path, head: &str, body: &[u8]) -> Option<
         }
     }
     let text = String::from_utf8_lossy(&resp).into_owned();
-    let status = text.split_whitespace().nth(1)?.parse().ok()?;
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.trim().to_string())
-        .unwrap_or_default();
-    Some((status, body))
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    Some((head.to_string(), body.to_string()))
 }
 
 /// Path → blake3 of every file below `root` (directories included by name), to show that
