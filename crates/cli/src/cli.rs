@@ -261,8 +261,11 @@ pub struct ServerAlertsSetArgs {
     /// File holding the SMTP password (first line)
     #[arg(long, value_name = "FILE")]
     pub smtp_password_file: Option<PathBuf>,
+    /// Trust this CA certificate (PEM) for the mail server too (`none` removes it)
+    #[arg(long, value_name = "FILE")]
+    pub smtp_cacert: Option<String>,
     /// Turn email alerts off
-    #[arg(long, conflicts_with_all = ["smtp", "smtp_tls", "smtp_user", "smtp_password_file"])]
+    #[arg(long, conflicts_with_all = ["smtp", "smtp_tls", "smtp_user", "smtp_password_file", "smtp_cacert"])]
     pub no_smtp: bool,
     /// Sender address
     #[arg(long, value_name = "ADDRESS")]

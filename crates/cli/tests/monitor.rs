@@ -587,3 +587,97 @@ fn console_in_chromium(e: &Env, server: &ServerProc, clock: &str) {
 fn raw_full(server: &ServerProc, head: &str, body: &[u8]) -> (String, String) {
     common::server::raw_exchange(server.port, &server.cacert, head, body).unwrap()
 }
+
+/// An SMTP server that requires STARTTLS and AUTH (aiosmtpd's controller, driven by a small
+/// Python program): alerts go through it with the mail server's certificate trusted by
+/// `--smtp-cacert` and the password from a file; a wrong password is reported, and the
+/// message waits in the outbox instead of being lost.
+#[test]
+fn email_alerts_use_starttls_and_authentication() {
+    let e = Env::new();
+    let server = ServerProc::start(&e.path("server"), &[]);
+    let port = free_port();
+    let maildir = e.path("maildir");
+    let program = r#"
+import ssl, sys, time
+from aiosmtpd.controller import Controller
+from aiosmtpd.handlers import Mailbox
+from aiosmtpd.smtp import AuthResult
+cert, key, port, maildir = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+def check(server, session, envelope, mechanism, auth):
+    ok = auth.login == b"coffer" and auth.password == b"right horse battery"
+    return AuthResult(success=ok, handled=False)
+ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+ctx.load_cert_chain(cert, key)
+c = Controller(Mailbox(maildir), hostname="127.0.0.1", port=port, tls_context=ctx,
+               require_starttls=True, authenticator=check, auth_required=True)
+c.start()
+while True:
+    time.sleep(1)
+"#;
+    let cert = server.data.join("tls/cert.pem");
+    let mut child = Command::new("python3")
+        .arg("-c")
+        .arg(program)
+        .arg(&cert)
+        .arg(server.data.join("tls/key.pem"))
+        .arg(port.to_string())
+        .arg(&maildir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(e.path("smtp.log")).unwrap())
+        .spawn()
+        .unwrap();
+    struct Kill<'a>(&'a mut Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _kill = Kill(&mut child);
+    wait_for("the STARTTLS SMTP listener", || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let pw = e.path("smtp-pw");
+    fs::write(&pw, "wrong horse\n").unwrap();
+    server.admin_ok(&[
+        "alerts",
+        "set",
+        "--smtp",
+        &format!("127.0.0.1:{port}"),
+        "--smtp-tls",
+        "starttls",
+        "--smtp-cacert",
+        cert.to_str().unwrap(),
+        "--smtp-user",
+        "coffer",
+        "--smtp-password-file",
+        pw.to_str().unwrap(),
+        "--from",
+        "coffer@backup.test",
+        "--to",
+        "ops@backup.test",
+    ]);
+    let shown = server.admin_ok(&["alerts", "show"]);
+    assert!(!shown.contains("horse"), "the password is never shown: {shown}");
+    assert!(shown.contains("(set)"), "{shown}");
+
+    let o = server.admin(&["alerts", "test"]);
+    assert_eq!(code(&o), 1, "a refused login fails the test: {}", stderr(&o));
+    assert!(stderr(&o).to_lowercase().contains("auth"), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("horse"), "{}", stderr(&o));
+    let log = server.admin_ok(&["alerts", "log"]);
+    assert!(log.contains("retrying"), "kept for another attempt: {log}");
+
+    fs::write(&pw, "right horse battery\n").unwrap();
+    server.admin_ok(&["alerts", "set", "--smtp-password-file", pw.to_str().unwrap()]);
+    let o = server.admin(&["alerts", "test"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let got: Vec<String> = fs::read_dir(maildir.join("new"))
+        .unwrap()
+        .map(|f| fs::read_to_string(f.unwrap().path()).unwrap())
+        .collect();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(got[0].contains("Subject: coffer: test message"), "{}", got[0]);
+}

@@ -593,6 +593,127 @@ mod tests {
         assert!(parse_schedule("every day").is_err());
     }
 
+    fn report(warnings: u64) -> crate::records::RunReport {
+        crate::records::RunReport {
+            kind: "backup".into(),
+            status: if warnings > 0 {
+                RunStatus::Warning
+            } else {
+                RunStatus::Ok
+            },
+            host: "web1".into(),
+            started: 0,
+            finished: 1,
+            duration_ms: 1000,
+            files: 1,
+            bytes_read: 1,
+            bytes_added: 1,
+            bytes_total: 1,
+            snapshot: None,
+            warnings,
+            errors: 0,
+            messages: vec!["/var/www/locked.db: permission denied".into()],
+        }
+    }
+
+    /// Warnings above the threshold, verification damage and a nearly full quota each open
+    /// one incident with one alert, however often judged, and close with one notice.
+    #[test]
+    fn warnings_damage_and_quota_are_incidents() {
+        use crate::catalog::Role;
+        let d = tempfile::tempdir().unwrap();
+        let clock = d.path().join("clock");
+        std::fs::write(&clock, "1830000000").unwrap();
+        let s = Server::open(
+            &d.path().join("data"),
+            None,
+            crate::Clock::File(clock),
+            crate::Settings::default(),
+        )
+        .unwrap();
+        notify::save(
+            &s.catalog,
+            &AlertSettings {
+                webhooks: vec!["http://127.0.0.1:9/hook".into()],
+                warnings_above: 2,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        s.add_client("web1", "web", Role::Append).unwrap();
+        let now = s.now();
+        s.catalog.add_run("web1", "web", now, &report(2)).unwrap();
+        assert!(
+            evaluate(&s, now).unwrap().is_empty(),
+            "2 warnings are not above 2"
+        );
+
+        s.catalog.add_run("web1", "web", now, &report(3)).unwrap();
+        s.catalog
+            .add_verify_run(&VerifyRun {
+                repo: "web".into(),
+                started: now,
+                finished: now,
+                objects: 10,
+                bytes: 100,
+                damaged: vec!["data/ab: content hashes to cd, not to its name (damaged)".into()],
+            })
+            .unwrap();
+        // a repository 95 % full
+        let tmp = s.store.incoming("web").join("k");
+        std::fs::write(&tmp, vec![0u8; 95]).unwrap();
+        s.commit("web", coffer_core::FileKind::Key, &"ab".repeat(32), &tmp, "web1")
+            .unwrap();
+        s.catalog.set_quota("web", Some(100)).unwrap();
+        let opened = evaluate(&s, now).unwrap();
+        let mut kinds: Vec<&str> = opened
+            .iter()
+            .map(|(i, open)| {
+                assert!(*open);
+                i.kind.as_str()
+            })
+            .collect();
+        kinds.sort();
+        assert_eq!(kinds, ["damage", "quota", "warnings"]);
+        assert_eq!(s.catalog.messages(100).unwrap().len(), 3);
+        // judged again: nothing new
+        assert!(evaluate(&s, now + 60).unwrap().is_empty());
+        assert_eq!(s.catalog.messages(100).unwrap().len(), 3);
+        let state = &fleet(&s, now).unwrap()[0];
+        assert_eq!(state.state, State::Warning);
+
+        // everything clears: one recovery notice each
+        s.catalog.add_run("web1", "web", now + 120, &report(0)).unwrap();
+        s.catalog
+            .add_verify_run(&VerifyRun {
+                repo: "web".into(),
+                started: now + 120,
+                finished: now + 120,
+                objects: 10,
+                bytes: 100,
+                damaged: vec![],
+            })
+            .unwrap();
+        s.catalog.set_quota("web", None).unwrap();
+        let closed = evaluate(&s, now + 180).unwrap();
+        assert_eq!(closed.len(), 3);
+        assert!(closed
+            .iter()
+            .all(|(i, open)| !open && i.closed == Some(now + 180)));
+        let subjects: Vec<String> = s
+            .catalog
+            .messages(100)
+            .unwrap()
+            .into_iter()
+            .map(|m| m.subject)
+            .collect();
+        assert!(
+            subjects.contains(&"coffer: RECOVERED repository web (damaged cleared)".to_string()),
+            "{subjects:?}"
+        );
+        assert_eq!(fleet(&s, now + 180).unwrap()[0].state, State::Ok);
+    }
+
     #[test]
     fn digest_subjects() {
         assert_eq!(digest_subject(&[]), "coffer: 0/0 OK");

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use lettre::message::Mailbox;
 use lettre::transport::smtp::authentication::Credentials;
-use lettre::transport::smtp::client::{Tls, TlsParameters};
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::transport::smtp::extension::ClientId;
 use lettre::{Message, SmtpTransport, Transport};
 use serde::{Deserialize, Serialize};
@@ -32,6 +32,10 @@ pub struct SmtpSettings {
     pub tls: String,
     #[serde(default)]
     pub user: Option<String>,
+    /// A CA certificate (PEM file) to trust for the mail server besides the system's, for a
+    /// relay with a private CA or a self-signed certificate.
+    #[serde(default)]
+    pub cacert: Option<String>,
 }
 
 /// Where alerts go, and when they are raised. The SMTP password is kept apart (setting
@@ -289,7 +293,14 @@ fn send_email(catalog: &Catalog, s: &AlertSettings, m: &OutboxItem) -> std::resu
     let tls = match smtp.tls.as_str() {
         "none" => Tls::None,
         mode => {
-            let p = TlsParameters::new(smtp.host.clone()).map_err(|e| e.to_string())?;
+            let mut b = TlsParameters::builder(smtp.host.clone());
+            if let Some(ca) = &smtp.cacert {
+                let pem = std::fs::read(ca).map_err(|e| format!("SMTP CA certificate {ca}: {e}"))?;
+                b = b.add_root_certificate(
+                    Certificate::from_pem(&pem).map_err(|e| format!("SMTP CA certificate {ca}: {e}"))?,
+                );
+            }
+            let p = b.build_rustls().map_err(|e| e.to_string())?;
             if mode == "tls" {
                 Tls::Wrapper(p)
             } else {

@@ -115,13 +115,14 @@ pub fn alerts(server: &Server, c: ServerAlertsCommand, g: &Global) -> Result<u8>
                 server.data.display(),
                 fmt_time(now)
             );
+            let before = server.catalog.messages(1)?.first().map_or(0, |m| m.id);
             notify::message(server, &s, "test", "coffer: test message", &text, now)?;
             let n = deliver_now(server)?;
             let failed: Vec<_> = server
                 .catalog
                 .messages(20)?
                 .into_iter()
-                .filter(|m| m.created == now && m.sent.is_none())
+                .filter(|m| m.id > before && m.sent.is_none())
                 .collect();
             for m in &failed {
                 eprintln!(
@@ -185,12 +186,13 @@ fn alerts_set(server: &Server, a: ServerAlertsSetArgs) -> Result<()> {
             ),
             None => (hp.clone(), if tls == "tls" { 465 } else { 587 }),
         };
-        let user = s.smtp.as_ref().and_then(|x| x.user.clone());
+        let old = s.smtp.take();
         s.smtp = Some(SmtpSettings {
             host,
             port,
             tls,
-            user,
+            user: old.as_ref().and_then(|x| x.user.clone()),
+            cacert: old.and_then(|x| x.cacert),
         });
     }
     if let Some(t) = &a.smtp_tls {
@@ -204,6 +206,17 @@ fn alerts_set(server: &Server, a: ServerAlertsSetArgs) -> Result<()> {
             Some(x) => x.user = (!u.is_empty()).then(|| u.clone()),
             None => bail!("--smtp-user needs --smtp HOST[:PORT]"),
         }
+    }
+    if let Some(ca) = &a.smtp_cacert {
+        let Some(x) = s.smtp.as_mut() else {
+            bail!("--smtp-cacert needs --smtp HOST[:PORT]");
+        };
+        x.cacert = if ca == "none" {
+            None
+        } else {
+            let p = std::fs::canonicalize(ca).with_context(|| format!("--smtp-cacert {ca}"))?;
+            Some(p.display().to_string())
+        };
     }
     if let Some(f) = &a.smtp_password_file {
         let text =
