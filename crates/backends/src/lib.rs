@@ -1,17 +1,19 @@
 //! Storage backends for coffer. Each implements [`coffer_core::Backend`].
 //!
-//! Today: the local directory backend, S3-compatible storage and a coffer server
-//! (`https://HOST:PORT/REPO`). SFTP arrives with its issue.
+//! A local directory, S3-compatible storage, any SSH host over SFTP, and a coffer server
+//! (`https://HOST:PORT/REPO`).
 
 mod local;
 mod rest;
 mod s3;
+mod sftp;
 
 use std::sync::Arc;
 
 pub use local::LocalBackend;
 pub use rest::{tls_config, RestBackend, RestOptions};
 pub use s3::{ObjectStat, S3Backend, S3Location};
+pub use sftp::{SftpBackend, SftpLocation};
 
 use coffer_core::{Backend, BackendError, Error, FileKind};
 
@@ -46,7 +48,8 @@ pub(crate) fn display_name(kind: FileKind, name: &str) -> String {
 }
 
 /// Open a backend from a repository location: a local path (absolute or relative),
-/// `s3:https://HOST/BUCKET/PREFIX`, or a coffer server `https://HOST:PORT/REPO`.
+/// `s3:https://HOST/BUCKET/PREFIX`, `sftp:[USER@]HOST:/PATH` (`sftp://HOST:PORT/PATH`), or a
+/// coffer server `https://HOST:PORT/REPO`.
 pub fn open(location: &str) -> Result<Arc<dyn Backend>, Error> {
     open_with(location, &RestOptions::default())
 }
@@ -67,7 +70,14 @@ pub fn open_with(location: &str, rest: &RestOptions) -> Result<Arc<dyn Backend>,
         let b = S3Backend::open(loc).map_err(|e| Error::Invalid(format!("repository {location:?}: {e}")))?;
         return Ok(Arc::new(b));
     }
-    for scheme in ["sftp:", "rest:", "http://"] {
+    if location.starts_with("sftp:") {
+        let loc = SftpLocation::parse(location)
+            .map_err(|e| Error::Invalid(format!("repository {location:?}: {e}")))?;
+        let b =
+            SftpBackend::open(loc).map_err(|e| Error::Invalid(format!("repository {location:?}: {e}")))?;
+        return Ok(Arc::new(b));
+    }
+    for scheme in ["rest:", "http://"] {
         if location.starts_with(scheme) {
             return Err(Error::Invalid(format!(
                 "repository {location:?}: the {} backend is not built into this coffer yet; use a local path",

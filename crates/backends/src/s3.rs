@@ -249,7 +249,7 @@ impl S3Backend {
         }
         let dir = self.full(kind.dir());
         let metas: Vec<object_store::ObjectMeta> = self
-            .block(self.store.list(Some(&dir)).try_collect())
+            .reading(|| self.store.list(Some(&dir)).try_collect())
             .map_err(|e| self.err(&format!("listing {}", kind.dir()), e))?;
         Ok(metas
             .into_iter()
@@ -308,11 +308,31 @@ impl S3Backend {
         self.rt.block_on(f)
     }
 
+    /// A read (GET, LIST) with retries of our own: object_store retries a request that
+    /// fails, but not a response body that breaks off midway (a reset or a proxy cutting
+    /// the answer short), which would otherwise fail a whole backup. Reads are idempotent.
+    fn reading<T, F, Fut>(&self, op: F) -> Result<T, object_store::Error>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, object_store::Error>>,
+    {
+        let mut attempt = 0;
+        loop {
+            match self.block(op()) {
+                Err(object_store::Error::Generic { .. }) if attempt < 4 => {
+                    attempt += 1;
+                    std::thread::sleep(Duration::from_millis(100 << attempt));
+                }
+                r => return r,
+            }
+        }
+    }
+
     fn get_range(&self, kind: FileKind, name: &str, range: Option<Range<u64>>) -> BResult<Vec<u8>> {
         let what = Self::what(kind, name);
         let key = self.key(kind, name)?;
         let bytes = self
-            .block(async {
+            .reading(|| async {
                 match range.clone() {
                     Some(r) => self.store.get_range(&key, r).await,
                     None => self.store.get(&key).await?.bytes().await,

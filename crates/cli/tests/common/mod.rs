@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 pub mod server;
+pub mod sshd;
 
 use std::collections::BTreeMap;
 use std::fs;
