@@ -3,6 +3,7 @@
 //! A local directory, S3-compatible storage, any SSH host over SFTP, and a coffer server
 //! (`https://HOST:PORT/REPO`).
 
+mod cache;
 mod local;
 mod rest;
 mod s3;
@@ -10,6 +11,7 @@ mod sftp;
 
 use std::sync::Arc;
 
+pub use cache::CachedBackend;
 pub use local::LocalBackend;
 pub use rest::{tls_config, RestBackend, RestOptions};
 pub use s3::{ObjectStat, S3Backend, S3Location};

@@ -50,6 +50,10 @@ pub struct Global {
     /// Print machine-readable JSON on stdout
     #[arg(long, global = true)]
     pub json: bool,
+    /// Do not use the local cache of a remote repository's metadata (COFFER_CACHE_DIR,
+    /// else ~/.cache/coffer)
+    #[arg(long, global = true)]
+    pub no_cache: bool,
     /// Print nothing but errors and warnings
     #[arg(short, long, global = true)]
     pub quiet: bool,

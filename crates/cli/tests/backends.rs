@@ -242,6 +242,7 @@ fn the_same_scenario_on_every_backend() {
     copy_chain(&e, &sftp);
     server_on_s3(&e);
     fault_injection(&e);
+    metadata_cache(&e);
     drop(sshd);
 }
 
@@ -647,4 +648,78 @@ fn fault_injection(e: &Env) {
     assert!(good >= 1, "retries carry most backups through: {good} of 6");
     // whatever happened, the repository is sound
     ok(e, &direct, &["check", "--read-data"]);
+}
+
+/// The local metadata cache: a warm cache reads key, index and snapshot files and tree packs
+/// from disk (counted at a pass-through proxy); another client's forget and prune show at
+/// once; a damaged cache file costs a download, not an error.
+fn metadata_cache(e: &Env) {
+    use std::sync::atomic::Ordering;
+    let proxy = FaultProxy::start(S3_PORT, 1, 0);
+    let repo = format!("s3:http://127.0.0.1:{}/{BUCKET}/cached", proxy.port);
+    let run = |cache: &str, args: &[&str]| {
+        let mut a = vec!["-r", repo.as_str()];
+        a.extend_from_slice(args);
+        let o = e
+            .cmd()
+            .env("AWS_ACCESS_KEY_ID", ACCESS)
+            .env("AWS_SECRET_ACCESS_KEY", SECRET)
+            .env("COFFER_CACHE_DIR", e.path(cache))
+            .args(&a)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "coffer {a:?}: {}", stderr(&o));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let requests = |cache: &str, args: &[&str]| {
+        let before = proxy.requests.load(Ordering::Relaxed);
+        let out = run(cache, args);
+        (proxy.requests.load(Ordering::Relaxed) - before, out)
+    };
+    let src = e.path("cache-src");
+    build_source(&src);
+    let src_s = src.to_str().unwrap();
+    run("cache-a", &["init", "-q"]);
+    run("cache-a", &["backup", "-q", src_s]);
+    fs::write(src.join("srv/www/new.bin"), pseudo_random(55, 1 << 20)).unwrap();
+    run("cache-a", &["backup", "-q", src_s]);
+
+    let (cold, listing) = requests("cache-b", &["ls", "latest"]);
+    let (warm, again) = requests("cache-b", &["ls", "latest"]);
+    assert_eq!(listing, again);
+    eprintln!("metadata cache: `ls latest` took {cold} requests cold, {warm} warm");
+    assert!(
+        warm * 2 <= cold,
+        "a warm cache saves the downloads: {warm} requests warm, {cold} cold"
+    );
+
+    // another client (no cache) keeps one snapshot and prunes
+    run("cache-a", &["--no-cache", "forget", "-q", "--keep-last", "1"]);
+    run("cache-a", &["--no-cache", "prune", "-q"]);
+    let snaps: serde_json::Value = serde_json::from_str(&run("cache-b", &["snapshots", "--json"])).unwrap();
+    assert_eq!(snaps.as_array().unwrap().len(), 1);
+    // a damaged cached file is fetched again
+    let cached = fs::read_dir(e.path("cache-b/repos"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path()
+        .join("snapshots");
+    for f in fs::read_dir(&cached).unwrap() {
+        let p = f.unwrap().path();
+        let mut b = fs::read(&p).unwrap();
+        b[10] ^= 1;
+        fs::write(&p, b).unwrap();
+    }
+    let out = e.path("cache-out");
+    run(
+        "cache-b",
+        &["restore", "latest", "--target", out.to_str().unwrap()],
+    );
+    assert_eq!(
+        digest_tree(&out.join(src.strip_prefix("/").unwrap())),
+        digest_tree(&src)
+    );
+    run("cache-b", &["check", "--read-data"]);
 }

@@ -134,6 +134,13 @@ pub trait Backend: Send + Sync + fmt::Debug {
         self.write(kind, name, &parts.concat())
     }
 
+    /// A range of a pack that holds trees (directory listings). Every backup, listing and
+    /// restore reads trees again, so a caching backend may keep such packs whole on local
+    /// disk; the default reads the range.
+    fn read_tree_range(&self, pack: &str, offset: u64, len: u32) -> BResult<Vec<u8>> {
+        self.read_range(FileKind::Pack, pack, offset, len)
+    }
+
     /// Whether each request waits for a network round trip (S3, a coffer server): readers
     /// then keep more requests in flight.
     fn latency_bound(&self) -> bool {

@@ -602,9 +602,14 @@ impl IndexedRepository {
                 format!("index lists it as a {:?} blob", loc.kind),
             ));
         }
-        let sealed =
+        let pack = loc.pack.to_hex();
+        let sealed = if kind == BlobKind::Tree {
             self.backend()
-                .read_range(FileKind::Pack, &loc.pack.to_hex(), loc.offset as u64, loc.length)?;
+                .read_tree_range(&pack, loc.offset as u64, loc.length)?
+        } else {
+            self.backend()
+                .read_range(FileKind::Pack, &pack, loc.offset as u64, loc.length)?
+        };
         self.decode_blob_bytes(id, &loc, sealed, &what)
     }
 

@@ -40,7 +40,14 @@ pub fn backend(g: &Global) -> Result<Arc<dyn Backend>> {
         token_file: g.token_file.clone(),
         token_var: None,
     };
-    Ok(coffer_backends::open_with(loc, &rest)?)
+    let b = coffer_backends::open_with(loc, &rest)?;
+    // remote repositories: key, index and snapshot files and tree packs from a local cache
+    match cache_dir() {
+        Some(dir) if b.latency_bound() && !g.no_cache => {
+            Ok(Arc::new(coffer_backends::CachedBackend::new(b, &dir)))
+        }
+        _ => Ok(b),
+    }
 }
 
 pub fn open(g: &Global) -> Result<Repository> {

@@ -45,6 +45,8 @@ impl Env {
             .env_remove("COFFER_NEW_PASSWORD")
             .env("COFFER_REPOSITORY", &self.repo)
             .env("COFFER_PASSWORD_FILE", &self.pwfile)
+            // caches stay inside the test's directory
+            .env("COFFER_CACHE_DIR", self.dir.path().join("cache"))
             .stdin(std::process::Stdio::null());
         c
     }
