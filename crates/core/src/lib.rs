@@ -29,6 +29,7 @@ pub mod restore;
 pub mod source;
 pub mod stats;
 pub mod walk;
+pub mod window;
 
 pub use backend::{Backend, BackendError, FileInfo, FileKind, WriteOutcome};
 pub use backup::{backup, backup_with_sources, BackupOptions, BackupOutcome, ParentChoice};

@@ -21,7 +21,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use coffer_format::{BlobId, BlobKind, Name, Node, NodeKind, Timestamp, Tree};
+use coffer_format::{BlobId, Name, Node, NodeKind, Timestamp, Tree};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps, XattrFlags, CWD};
 use rustix::io::Errno;
 
@@ -31,6 +31,7 @@ use crate::filter::PathMatcher;
 use crate::progress::Progress;
 use crate::repo::IndexedRepository;
 use crate::walk::{find_path, join, Found};
+use crate::window::WindowReader;
 
 #[derive(Clone, Debug, Default)]
 pub struct RestoreOptions {
@@ -119,6 +120,8 @@ struct Restorer<'a> {
     /// User and group names resolved to ids on this system, once per name (a lookup reads
     /// /etc/passwd or asks nscd: four system calls, twice per restored entry otherwise).
     owners: Mutex<OwnerCache>,
+    /// Small blobs through coalesced pack windows on latency-bound backends.
+    reader: WindowReader<'a>,
 }
 
 #[derive(Default)]
@@ -511,7 +514,7 @@ impl Restorer<'_> {
         let mut pos = 0u64;
         let mut sparse_tail = false;
         for id in &node.content {
-            let data = self.repo.read_blob(id, BlobKind::Data)?;
+            let data = self.reader.read_data(id)?;
             // leave holes for all-zero 4 KiB blocks (aligned to the file offset), so sparse
             // files come back sparse; runs of data blocks are written with one call
             let mut off = 0usize;
@@ -799,6 +802,7 @@ pub fn restore(
         opts: opts.clone(),
         chunker: Chunker::new(repo.config().chunker, repo.key().gear_table()),
         owners: Mutex::new(OwnerCache::default()),
+        reader: WindowReader::new(repo),
     };
     if opts.delete && (!opts.includes.is_empty() || !opts.excludes.is_empty()) {
         return Err(Error::Invalid(
