@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use coffer_core::{Backend, BackendError, FileInfo, FileKind, WriteOutcome};
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use openssh_sftp_client::error::SftpErrorKind;
 use openssh_sftp_client::{Error as SftpError, Sftp, SftpOptions};
 use tokio::io::{AsyncBufReadExt, AsyncSeekExt};
@@ -32,6 +32,10 @@ use tokio::io::{AsyncBufReadExt, AsyncSeekExt};
 type BResult<T> = Result<T, BackendError>;
 
 const ATTEMPTS: u32 = 3;
+/// Write requests sent before the first answer is awaited.
+const WRITES_IN_FLIGHT: usize = 16;
+/// Bytes per write request: under OpenSSH's limit (255 KiB), so no piece is split again.
+const WRITE_PIECE: usize = 240 << 10;
 
 /// A parsed `sftp:` location.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -572,9 +576,30 @@ impl Backend for SftpBackend {
         let (tmp, dest) = (&tmp, &dest);
         let r = self.with(&what, |c| async move {
             let mut f = c.sftp.options().write(true).create_new(true).open(tmp).await?;
+            // many writes in flight (each a clone of the handle at its own offset): one
+            // awaited write at a time would cost a round trip per 256 KiB
+            let max = WRITE_PIECE;
+            let mut pieces = Vec::new();
+            let mut at = 0u64;
             for part in parts {
-                f.write_all(part).await?;
+                for piece in part.chunks(max) {
+                    pieces.push((at, piece));
+                    at += piece.len() as u64;
+                }
             }
+            let base = &f;
+            futures::stream::iter(pieces.into_iter().map(|(at, piece)| {
+                let mut g = base.clone();
+                async move {
+                    g.seek(std::io::SeekFrom::Start(at))
+                        .await
+                        .map_err(SftpError::IOError)?;
+                    g.write_all(piece).await
+                }
+            }))
+            .buffer_unordered(WRITES_IN_FLIGHT)
+            .try_collect::<Vec<()>>()
+            .await?;
             if c.fsync {
                 f.sync_all().await?;
             }
