@@ -324,7 +324,9 @@ pub fn evaluate(server: &Server, now: i64) -> Result<Vec<(Incident, bool)>> {
     let mut changes = Vec::new();
     for inc in server.catalog.open_incidents()? {
         if !current.contains_key(&(inc.subject.clone(), kind_static(&inc.kind))) {
-            server.catalog.close_incident(inc.id, now)?;
+            if !server.catalog.close_incident(inc.id, now)? {
+                continue;
+            }
             let mut closed = inc;
             closed.closed = Some(now);
             notify::incident(server, &settings, &closed, now)?;

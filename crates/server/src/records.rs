@@ -332,14 +332,17 @@ impl Catalog {
         }))
     }
 
-    pub fn close_incident(&self, id: i64, now: i64) -> Result<()> {
-        self.db()
+    /// Close an open incident; false if it was closed already (by a concurrent judgement,
+    /// which then sends the recovery notice).
+    pub fn close_incident(&self, id: i64, now: i64) -> Result<bool> {
+        let n = self
+            .db()
             .execute(
                 "UPDATE incidents SET closed = ?2 WHERE id = ?1 AND closed IS NULL",
                 params![id, now],
             )
             .map_err(db_err)?;
-        Ok(())
+        Ok(n == 1)
     }
 
     pub fn open_incidents(&self) -> Result<Vec<Incident>> {
@@ -606,7 +609,8 @@ mod tests {
         // one open incident per subject and kind
         let i = c.open_incident("web1", "failed", 5, "boom").unwrap().unwrap();
         assert!(c.open_incident("web1", "failed", 6, "boom").unwrap().is_none());
-        c.close_incident(i.id, 7).unwrap();
+        assert!(c.close_incident(i.id, 7).unwrap());
+        assert!(!c.close_incident(i.id, 8).unwrap(), "closed once");
         assert!(c.open_incident("web1", "failed", 8, "again").unwrap().is_some());
         assert_eq!(c.open_incidents().unwrap().len(), 1);
 
