@@ -43,6 +43,8 @@ pub fn copy_snapshots(
     progress: &dyn Progress,
 ) -> Result<CopyReport> {
     let mut report = CopyReport::default();
+    // small blobs of a remote source come through shared pack windows
+    let reader = crate::window::WindowReader::new(src);
     // as a backup does: a lease before the index is read again, then adopt the complete
     // packs an interrupted run left unindexed (that is what makes copy resumable)
     dst.ensure_lease("backup")?;
@@ -74,6 +76,7 @@ pub fn copy_snapshots(
             let pipe = BlobPipeline::start(s, d, workers, d.compression());
             let mut c = Copier {
                 src,
+                reader: &reader,
                 dst: d,
                 pipe: &pipe,
                 memo: &mut memo,
@@ -108,6 +111,7 @@ pub fn copy_snapshots(
 
 struct Copier<'a, 'p> {
     src: &'a IndexedRepository,
+    reader: &'a crate::window::WindowReader<'a>,
     dst: &'a IndexedRepository,
     pipe: &'a BlobPipeline<'p>,
     memo: &'a mut HashMap<BlobId, BlobId>,
@@ -153,7 +157,7 @@ impl Copier<'_, '_> {
             self.memo.insert(src_id, src_id);
             return Ok(src_id);
         }
-        let plain = self.src.read_blob(&src_id, BlobKind::Data)?;
+        let plain = self.reader.read_data(&src_id)?;
         self.report.blobs_read += 1;
         self.progress.bytes(plain.len() as u64);
         let d = self.put(BlobKind::Data, plain)?;
