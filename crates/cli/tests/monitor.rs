@@ -681,3 +681,47 @@ while True:
     assert_eq!(got.len(), 1, "{got:?}");
     assert!(got[0].contains("Subject: coffer: test message"), "{}", got[0]);
 }
+
+/// A stolen client cannot hide that its backups stopped behind forged reports: on a
+/// repository the server hosts, a "successful" backup report must name a snapshot the server
+/// received; one that does not is recorded as a failure.
+#[test]
+fn a_forged_backup_report_is_a_failure() {
+    let e = Env::new();
+    let server = ServerProc::start(&e.path("server"), &[]);
+    let token = server.add_client("web1", "web", "append");
+    let src = e.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("a.txt"), "data\n").unwrap();
+    for args in [vec!["init", "-q"], vec!["backup", "-q", src.to_str().unwrap()]] {
+        let o = e
+            .cmd()
+            .env("COFFER_REPOSITORY", server.url("web"))
+            .env("COFFER_TOKEN", &token)
+            .env("COFFER_CACERT", &server.cacert)
+            .args(&args)
+            .output()
+            .unwrap();
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+    }
+    let status = server.admin_ok(&["status"]);
+    assert!(
+        status.starts_with("coffer: 1/1 OK"),
+        "a real backup report: {status}"
+    );
+
+    let forged = serde_json::json!({
+        "kind": "backup", "status": "ok", "host": "web1", "started": 1, "finished": 2,
+        "snapshot": "ab".repeat(32), "bytes_read": 1000,
+    })
+    .to_string();
+    let head = format!(
+        "POST /web/runs HTTP/1.1\nHost: 127.0.0.1\nConnection: close\nAuthorization: Bearer {token}\nContent-Type: application/json\nContent-Length: {}",
+        forged.len()
+    );
+    let (code_, _) = server.raw(&head, forged.as_bytes()).unwrap();
+    assert_eq!(code_, 201);
+    let status = server.admin_ok(&["status"]);
+    assert!(status.starts_with("coffer: 1 FAILED of 1"), "{status}");
+    assert!(status.contains("never received"), "{status}");
+}

@@ -458,6 +458,18 @@ impl Catalog {
             .map_err(db_err)
     }
 
+    /// How many snapshots of a repository the server has received (and not purged).
+    pub fn snapshot_count(&self, repo: &str) -> Result<u64> {
+        self.db()
+            .query_row(
+                "SELECT COUNT(*) FROM snapshots WHERE repo = ?1",
+                params![repo],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n as u64)
+            .map_err(db_err)
+    }
+
     pub fn forget_snapshot(&self, repo: &str, id: &str) -> Result<()> {
         self.db()
             .execute(

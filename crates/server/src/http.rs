@@ -165,10 +165,30 @@ async fn post_run(
         .map_err(|_| err(StatusCode::PAYLOAD_TOO_LARGE, "a run report is at most 64 KiB"))?;
     let report: crate::records::RunReport = serde_json::from_slice(&bytes)
         .map_err(|e| err(StatusCode::BAD_REQUEST, format!("run report: {e}")))?;
-    let report = report.validated()?;
+    let mut report = report.validated()?;
     let server = st.server.clone();
     let id = blocking(move || {
         let now = server.now();
+        // A repository the server hosts: a successful backup must name a snapshot the server
+        // received, or a stolen client could hide that backups stopped behind forged "ok"
+        // reports. Such a report is recorded as a failure, which raises the alarm.
+        if report.kind == "backup"
+            && report.status != crate::records::RunStatus::Failed
+            && server.catalog.snapshot_count(&repo)? > 0
+        {
+            let received = match &report.snapshot {
+                Some(s) => server.catalog.snapshot_received(&repo, s)?.is_some(),
+                None => false,
+            };
+            if !received {
+                report.status = crate::records::RunStatus::Failed;
+                report.errors += 1;
+                report.messages.insert(
+                    0,
+                    "the report names a snapshot this server never received (forged or lost report)".into(),
+                );
+            }
+        }
         let id = server.catalog.add_run(&client.name, &repo, now, &report)?;
         crate::monitor::evaluate(&server, now)?;
         Ok(id)
