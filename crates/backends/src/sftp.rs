@@ -32,9 +32,9 @@ use tokio::io::{AsyncBufReadExt, AsyncSeekExt};
 type BResult<T> = Result<T, BackendError>;
 
 const ATTEMPTS: u32 = 3;
-/// Write requests sent before the first answer is awaited.
+/// Read or write requests sent before the first answer is awaited.
 const WRITES_IN_FLIGHT: usize = 16;
-/// Bytes per write request: under OpenSSH's limit (255 KiB), so no piece is split again.
+/// Bytes per request: under OpenSSH's limit (255 KiB), so no piece is split again.
 const WRITE_PIECE: usize = 240 << 10;
 
 /// A parsed `sftp:` location.
@@ -514,11 +514,15 @@ impl Backend for SftpBackend {
     }
 
     fn read(&self, kind: FileKind, name: &str) -> BResult<Vec<u8>> {
-        let what = Self::what(kind, name);
-        let p = self.path(kind, name)?;
-        let p = &p;
-        self.with(&what, |c| async move { c.sftp.fs().read(p).await })
-            .map(|b| b.to_vec())
+        let size = self.size(kind, name)?;
+        let len = u32::try_from(size).map_err(|_| {
+            self.io(
+                &Self::what(kind, name),
+                format!("{size} bytes is too large to read at once"),
+                false,
+            )
+        })?;
+        self.read_range(kind, name, 0, len)
     }
 
     fn read_range(&self, kind: FileKind, name: &str, offset: u64, len: u32) -> BResult<Vec<u8>> {
@@ -526,21 +530,39 @@ impl Backend for SftpBackend {
         let p = self.path(kind, name)?;
         let p = &p;
         let b = self.with(&what, |c| async move {
-            let mut f = c.sftp.open(p).await?;
-            f.seek(std::io::SeekFrom::Start(offset))
-                .await
-                .map_err(SftpError::IOError)?;
-            let b = f.read_all(len as usize, BytesMut::new()).await;
+            let f = c.sftp.open(p).await?;
+            // pieces read at once through clones of the handle, kept in order
+            let mut pieces = Vec::new();
+            let mut at = 0u64;
+            while at < len as u64 {
+                let n = (len as u64 - at).min(WRITE_PIECE as u64);
+                pieces.push((offset + at, n as usize));
+                at += n;
+            }
+            let base = &f;
+            let parts: Result<Vec<BytesMut>, SftpError> =
+                futures::stream::iter(pieces.into_iter().map(|(at, n)| {
+                    let mut g = base.clone();
+                    async move {
+                        g.seek(std::io::SeekFrom::Start(at))
+                            .await
+                            .map_err(SftpError::IOError)?;
+                        g.read_all(n, BytesMut::new()).await
+                    }
+                }))
+                .buffered(WRITES_IN_FLIGHT)
+                .try_collect()
+                .await;
             let _ = f.close().await;
-            match b {
-                Ok(b) => Ok(Some(b)),
+            match parts {
+                Ok(parts) => Ok(Some(parts.concat())),
                 // the server answered, with fewer bytes: not a broken link
                 Err(SftpError::IOError(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(None),
                 Err(e) => Err(e),
             }
         })?;
         match b {
-            Some(b) => Ok(b.to_vec()),
+            Some(b) => Ok(b),
             None => Err(self.io(
                 &what,
                 format!("file too short for {len} bytes at {offset}"),
