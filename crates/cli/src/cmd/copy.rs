@@ -17,7 +17,10 @@ pub fn run(g: &Global, a: CopyArgs) -> Result<u8> {
         token_file: a.from_token_file.clone(),
         token_var: Some("COFFER_FROM_TOKEN"),
     };
-    let src_backend = coffer_backends::open_with(&a.from_repo, &rest).context("the source repository")?;
+    let src_backend = crate::cmd::cached(
+        g,
+        coffer_backends::open_with(&a.from_repo, &rest).context("the source repository")?,
+    );
     if !src_backend.exists()? {
         return Err(coffer_core::Error::NoRepository {
             location: src_backend.location(),

@@ -40,13 +40,17 @@ pub fn backend(g: &Global) -> Result<Arc<dyn Backend>> {
         token_file: g.token_file.clone(),
         token_var: None,
     };
-    let b = coffer_backends::open_with(loc, &rest)?;
-    // remote repositories: key, index and snapshot files and tree packs from a local cache
+    Ok(cached(g, coffer_backends::open_with(loc, &rest)?))
+}
+
+/// A remote repository reads key, index and snapshot files and tree packs through the local
+/// cache (unless `--no-cache`).
+pub fn cached(g: &Global, b: Arc<dyn Backend>) -> Arc<dyn Backend> {
     match cache_dir() {
         Some(dir) if b.latency_bound() && !g.no_cache => {
-            Ok(Arc::new(coffer_backends::CachedBackend::new(b, &dir)))
+            Arc::new(coffer_backends::CachedBackend::new(b, &dir))
         }
-        _ => Ok(b),
+        _ => b,
     }
 }
 
