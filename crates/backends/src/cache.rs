@@ -74,7 +74,10 @@ impl CachedBackend {
         if !self.dir.exists() {
             // encrypted files, but their names and sizes are nobody else's business
             use std::os::unix::fs::DirBuilderExt;
-            let _ = fs::DirBuilder::new().recursive(true).mode(0o700).create(&self.dir);
+            let _ = fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&self.dir);
         }
         let r = fs::create_dir_all(dir).and_then(|_| {
             let mut f = fs::File::create(&tmp)?;
