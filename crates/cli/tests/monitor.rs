@@ -215,6 +215,29 @@ fn overdue_failure_recovery_digest_webhooks_and_metrics() {
         .admin_ok(&["operator", "add", "prometheus"])
         .trim()
         .to_string();
+    let get = |auth: Option<&str>| {
+        let mut head = String::from("GET /metrics HTTP/1.1\nHost: 127.0.0.1\nConnection: close");
+        if let Some(a) = auth {
+            head.push_str(&format!(
+                "\nAuthorization: Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(a)
+            ));
+        }
+        server.raw(&head, b"").unwrap()
+    };
+    // "nothing more is sent" is checked after the server has judged the fleet a few more
+    // times, counted by its own metric, not after some seconds
+    let rounds = || {
+        let (_, text) = get(Some(&format!("prometheus:{operator}")));
+        parse_prometheus(&text)
+            .get("coffer_monitor_rounds_total")
+            .copied()
+            .unwrap_or(0.0)
+    };
+    let more_rounds = |n: f64| {
+        let start = rounds();
+        wait_for("monitoring rounds", || rounds() >= start + n);
+    };
     let src = e.path("src");
     fs::create_dir_all(&src).unwrap();
     fs::write(src.join("a.txt"), "some data\n".repeat(1000)).unwrap();
@@ -269,7 +292,7 @@ fn overdue_failure_recovery_digest_webhooks_and_metrics() {
     fs::write(src.join("b.txt"), "more data\n".repeat(2000)).unwrap();
     backup("good");
     fail("broken");
-    std::thread::sleep(Duration::from_secs(3));
+    more_rounds(3.0);
     let subjects = smtp.subjects();
     assert!(!subjects.iter().any(|s| s.contains("OVERDUE")), "{subjects:?}");
     assert_eq!(
@@ -283,7 +306,7 @@ fn overdue_failure_recovery_digest_webhooks_and_metrics() {
     wait_for("the overdue email", || {
         count(&smtp.subjects(), "coffer: OVERDUE late") == 1
     });
-    std::thread::sleep(Duration::from_secs(4));
+    more_rounds(3.0);
     let subjects = smtp.subjects();
     assert_eq!(count(&subjects, "coffer: OVERDUE late"), 1, "{subjects:?}");
     assert!(!subjects.iter().any(|s| s.contains("good")), "{subjects:?}");
@@ -306,7 +329,7 @@ fn overdue_failure_recovery_digest_webhooks_and_metrics() {
     wait_for("the recovery email", || {
         count(&smtp.subjects(), "coffer: RECOVERED late (overdue cleared)") == 1
     });
-    std::thread::sleep(Duration::from_secs(3));
+    more_rounds(3.0);
     let subjects = smtp.subjects();
     assert_eq!(count(&subjects, "coffer: OVERDUE late"), 1, "{subjects:?}");
     assert_eq!(
@@ -361,16 +384,6 @@ fn overdue_failure_recovery_digest_webhooks_and_metrics() {
     );
 
     // /metrics: Prometheus text with the values the runs produced; operators only
-    let get = |auth: Option<&str>| {
-        let mut head = String::from("GET /metrics HTTP/1.1\nHost: 127.0.0.1\nConnection: close");
-        if let Some(a) = auth {
-            head.push_str(&format!(
-                "\nAuthorization: Basic {}",
-                base64::engine::general_purpose::STANDARD.encode(a)
-            ));
-        }
-        server.raw(&head, b"").unwrap()
-    };
     assert_eq!(get(None).0, 401);
     assert_eq!(get(Some("prometheus:wrong")).0, 401);
     let (status, text) = get(Some(&format!("prometheus:{operator}")));

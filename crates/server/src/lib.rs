@@ -106,6 +106,8 @@ pub struct Server {
     pub clock: Clock,
     pub settings: Settings,
     usage: Mutex<HashMap<String, u64>>,
+    /// Monitoring rounds finished by this process (see [`monitor::round`]).
+    pub monitor_rounds: std::sync::atomic::AtomicU64,
 }
 
 /// BLAKE3 of a token, as stored in the catalog (tokens are 256 random bits, so a fast hash
@@ -133,6 +135,7 @@ impl Server {
             clock,
             settings,
             usage: Mutex::new(HashMap::new()),
+            monitor_rounds: std::sync::atomic::AtomicU64::new(0),
         })
     }
 

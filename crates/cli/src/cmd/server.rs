@@ -400,12 +400,7 @@ fn serve(server: Server, a: &ServeArgs, g: &Global) -> Result<u8> {
             Ok(())
         });
         spawn_job(server.clone(), monitor_every, "monitor", |s| {
-            let now = s.now();
-            coffer_server::monitor::evaluate(s, now)?;
-            let settings = coffer_server::notify::load(&s.catalog)?;
-            coffer_server::monitor::digest_if_due(s, &settings, now)?;
-            coffer_server::notify::deliver(s, &tokio::runtime::Handle::current())?;
-            Ok(())
+            coffer_server::monitor::round(s, &tokio::runtime::Handle::current())
         });
         let shutdown = async {
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
