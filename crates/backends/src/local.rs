@@ -129,13 +129,7 @@ impl Backend for LocalBackend {
             });
         }
         let mk = |p: PathBuf| fs::create_dir_all(&p).map_err(|e| self.err(&p.display().to_string(), e));
-        for k in [
-            FileKind::Key,
-            FileKind::Snapshot,
-            FileKind::Index,
-            FileKind::Lock,
-            FileKind::Mark,
-        ] {
+        for k in FileKind::INIT_DIRS {
             mk(self.root.join(k.dir()))?;
         }
         for i in 0..256 {

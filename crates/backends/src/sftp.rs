@@ -457,14 +457,7 @@ impl Backend for SftpBackend {
                 self.mkdir(&p)?;
             }
         }
-        for k in [
-            FileKind::Key,
-            FileKind::Snapshot,
-            FileKind::Index,
-            FileKind::Lock,
-            FileKind::Mark,
-            FileKind::Pack,
-        ] {
+        for k in FileKind::INIT_DIRS.iter().chain(&[FileKind::Pack]) {
             self.mkdir(&self.root.join(k.dir()))?;
         }
         for i in 0..256 {

@@ -499,14 +499,7 @@ impl FaultProxy {
                         }
                     }
                     let text = String::from_utf8_lossy(&head).into_owned();
-                    let len: usize = text
-                        .lines()
-                        .find_map(|l| {
-                            l.to_ascii_lowercase()
-                                .strip_prefix("content-length:")
-                                .map(|v| v.trim().parse().unwrap_or(0))
-                        })
-                        .unwrap_or(0);
+                    let len = common::content_length(&text);
                     let mut body = vec![0u8; len];
                     if client.read_exact(&mut body).is_err() {
                         return;

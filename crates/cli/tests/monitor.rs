@@ -97,20 +97,13 @@ fn webhook_receiver() -> (u16, Arc<Mutex<Vec<serde_json::Value>>>) {
         for conn in l.incoming() {
             let Ok(mut c) = conn else { continue };
             let mut r = BufReader::new(c.try_clone().unwrap());
-            let mut len = 0usize;
-            loop {
-                let mut line = String::new();
-                if r.read_line(&mut line).unwrap_or(0) == 0 {
-                    break;
-                }
-                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                    len = v.trim().parse().unwrap_or(0);
-                }
-                if line == "\r\n" {
+            let mut head = String::new();
+            while !head.ends_with("\r\n\r\n") {
+                if r.read_line(&mut head).unwrap_or(0) == 0 {
                     break;
                 }
             }
-            let mut body = vec![0u8; len];
+            let mut body = vec![0u8; common::content_length(&head)];
             if r.read_exact(&mut body).is_ok() {
                 if let Ok(v) = serde_json::from_slice(&body) {
                     g.lock().unwrap().push(v);

@@ -41,6 +41,16 @@ impl FileKind {
         FileKind::Manifest,
     ];
 
+    /// The directories a new repository gets on a file system (besides `data/00`..`data/ff`;
+    /// `manifests/` is made by the first write that needs it).
+    pub const INIT_DIRS: [FileKind; 5] = [
+        FileKind::Key,
+        FileKind::Snapshot,
+        FileKind::Index,
+        FileKind::Lock,
+        FileKind::Mark,
+    ];
+
     pub fn dir(self) -> &'static str {
         match self {
             FileKind::Config => "",

@@ -167,7 +167,7 @@ pub fn check(repo: Repository, opts: &CheckOptions, progress: &dyn Progress) -> 
     // files that list them: there an absent pack is expected, and only a snapshot that needs
     // one of its blobs is damaged (the tree walk below finds those).
     let server_retention = backend.wants_manifests();
-    let mut removed_by_server = Vec::new();
+    let mut removed_by_server: HashSet<PackId> = HashSet::new();
     for f in backend.list(FileKind::Index)? {
         match repo.load_index_file(&f.name) {
             Ok(file) => {
@@ -181,7 +181,7 @@ pub fn check(repo: Repository, opts: &CheckOptions, progress: &dyn Progress) -> 
                 }
                 for p in file.packs {
                     if server_retention && !stored.contains_key(&p.id) {
-                        removed_by_server.push(p);
+                        removed_by_server.insert(p.id);
                         continue;
                     }
                     pack_entries.entry(p.id).or_insert(p.entries);
@@ -196,10 +196,9 @@ pub fn check(repo: Repository, opts: &CheckOptions, progress: &dyn Progress) -> 
     }
     let repo = repo.with_index(index);
     if !removed_by_server.is_empty() {
-        let ids: HashSet<PackId> = removed_by_server.iter().map(|p| p.id).collect();
         r.warnings.push(format!(
             "{} packs the index lists were removed by the server's retention (a snapshot that needed one is reported as damaged)",
-            ids.len()
+            removed_by_server.len()
         ));
     }
     let mut missing_packs = HashSet::new();

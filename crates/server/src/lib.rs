@@ -357,13 +357,7 @@ fn open_storage(data: &Path, asked: Option<&str>) -> Result<Box<dyn Storage>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(ServerError::Io(format!("{}: {e}", record.display()))),
     };
-    let asked = asked.map(|a| {
-        if a == "local" {
-            "local".to_string()
-        } else {
-            a.trim_end_matches('/').to_string()
-        }
-    });
+    let asked = asked.map(|a| a.trim_end_matches('/').to_string());
     let chosen = match (recorded, asked) {
         (Some(r), Some(a)) if r != a => {
             return Err(ServerError::Invalid(format!(

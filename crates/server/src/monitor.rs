@@ -312,18 +312,18 @@ pub fn fleet(server: &Server, now: i64) -> Result<Vec<ClientStatus>> {
 /// for each opening and one recovery notice for each close. Returns the changes.
 pub fn evaluate(server: &Server, now: i64) -> Result<Vec<(Incident, bool)>> {
     let fleet = fleet(server, now)?;
-    let mut current: BTreeMap<(String, &'static str), String> = BTreeMap::new();
+    let mut current: BTreeMap<(String, String), String> = BTreeMap::new();
     for c in &fleet {
         for p in &c.problems {
             current
-                .entry((p.subject.clone(), p.kind))
+                .entry((p.subject.clone(), p.kind.to_string()))
                 .or_insert_with(|| p.detail.clone());
         }
     }
     let settings = notify::load(&server.catalog)?;
     let mut changes = Vec::new();
     for inc in server.catalog.open_incidents()? {
-        if !current.contains_key(&(inc.subject.clone(), kind_static(&inc.kind))) {
+        if !current.contains_key(&(inc.subject.clone(), inc.kind.clone())) {
             if !server.catalog.close_incident(inc.id, now)? {
                 continue;
             }
@@ -334,24 +334,12 @@ pub fn evaluate(server: &Server, now: i64) -> Result<Vec<(Incident, bool)>> {
         }
     }
     for ((subject, kind), detail) in current {
-        if let Some(inc) = server.catalog.open_incident(&subject, kind, now, &detail)? {
+        if let Some(inc) = server.catalog.open_incident(&subject, &kind, now, &detail)? {
             notify::incident(server, &settings, &inc, now)?;
             changes.push((inc, true));
         }
     }
     Ok(changes)
-}
-
-fn kind_static(k: &str) -> &'static str {
-    match k {
-        "failed" => "failed",
-        "check" => "check",
-        "overdue" => "overdue",
-        "warnings" => "warnings",
-        "damage" => "damage",
-        "quota" => "quota",
-        _ => "unknown",
-    }
 }
 
 /// The digest's subject: `coffer: 24/24 OK`, or `coffer: 2 FAILED, 1 OVERDUE of 24`.
@@ -382,13 +370,7 @@ pub fn digest(server: &Server, now: i64) -> Result<(String, String)> {
         "client", "state", "last good backup", "repo size", "added 24h", "problem"
     ));
     for c in &fleet {
-        let added: u64 = server
-            .catalog
-            .runs(&c.client.name, Some("backup"), 1000)?
-            .iter()
-            .filter(|r| r.received > now - 86_400 && r.report.status != RunStatus::Failed)
-            .map(|r| r.report.bytes_added)
-            .sum();
+        let added = server.catalog.bytes_added_since(&c.client.name, now - 86_400)?;
         body.push_str(&format!(
             "{:<24} {:<14} {:<22} {:>10} {:>12}  {}\n",
             c.client.name,

@@ -239,6 +239,8 @@ pub fn deliver(server: &Server, rt: &tokio::runtime::Handle) -> Result<usize> {
         return Ok(0);
     }
     let settings = load(&server.catalog)?;
+    // one HTTP client (and one read of the system's CA certificates) per delivery round
+    let mut http: Option<std::result::Result<reqwest::Client, String>> = None;
     let mut sent = 0;
     for m in due {
         if !server.catalog.claim_message(m.id, now, now + 300)? {
@@ -246,7 +248,10 @@ pub fn deliver(server: &Server, rt: &tokio::runtime::Handle) -> Result<usize> {
         }
         let r = match m.channel.as_str() {
             "email" => send_email(&server.catalog, &settings, &m),
-            "webhook" => rt.block_on(post_webhook(&m)),
+            "webhook" => match http.get_or_insert_with(webhook_client) {
+                Ok(c) => rt.block_on(post_webhook(c, &m)),
+                Err(e) => Err(e.clone()),
+            },
             other => Err(format!("unknown channel {other:?}")),
         };
         match r {
@@ -322,13 +327,16 @@ fn send_email(catalog: &Catalog, s: &AlertSettings, m: &OutboxItem) -> std::resu
     t.build().send(&msg).map(|_| ()).map_err(|e| e.to_string())
 }
 
-async fn post_webhook(m: &OutboxItem) -> std::result::Result<(), String> {
-    let client = reqwest::Client::builder()
+fn webhook_client() -> std::result::Result<reqwest::Client, String> {
+    reqwest::Client::builder()
         .use_preconfigured_tls(coffer_backends::tls_config(None)?)
         .connect_timeout(Duration::from_secs(15))
         .timeout(Duration::from_secs(30))
         .build()
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string())
+}
+
+async fn post_webhook(client: &reqwest::Client, m: &OutboxItem) -> std::result::Result<(), String> {
     let r = client
         .post(&m.target)
         .header(reqwest::header::CONTENT_TYPE, "application/json")

@@ -286,18 +286,16 @@ impl Catalog {
             .map_err(db_err)
     }
 
-    /// The newest good backup received before `before` (for "change since yesterday").
-    pub fn good_backup_before(&self, client: &str, before: i64) -> Result<Option<Run>> {
+    /// Bytes a client's good backups received after `since` added to its repository.
+    pub fn bytes_added_since(&self, client: &str, since: i64) -> Result<u64> {
         self.db()
             .query_row(
-                &format!(
-                    "SELECT {RUN_COLS} FROM runs WHERE client = ?1 AND kind = 'backup' AND status != 'failed'
-                     AND received < ?2 ORDER BY id DESC LIMIT 1"
-                ),
-                params![client, before],
-                run_row,
+                "SELECT COALESCE(SUM(bytes_added), 0) FROM runs
+                 WHERE client = ?1 AND kind = 'backup' AND status != 'failed' AND received > ?2",
+                params![client, since],
+                |r| r.get::<_, i64>(0),
             )
-            .optional()
+            .map(|v| v as u64)
             .map_err(db_err)
     }
 
@@ -601,7 +599,12 @@ mod tests {
             RunStatus::Failed
         );
         assert_eq!(c.last_good_backup("web1").unwrap().unwrap().received, 100);
-        assert!(c.good_backup_before("web1", 100).unwrap().is_none());
+        assert_eq!(c.bytes_added_since("web1", 99).unwrap(), 10);
+        assert_eq!(
+            c.bytes_added_since("web1", 100).unwrap(),
+            0,
+            "failed runs add nothing"
+        );
         let mut bad = report(RunStatus::Ok);
         bad.kind = "rm -rf".into();
         assert!(bad.validated().is_err());

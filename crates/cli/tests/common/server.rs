@@ -201,14 +201,7 @@ pub fn raw_exchange(port: u16, cacert: &Path, head: &str, body: &[u8]) -> Option
                 resp.extend_from_slice(&buf[..n]);
                 let text = String::from_utf8_lossy(&resp);
                 if let Some((h, b)) = text.split_once("\r\n\r\n") {
-                    let len: usize = h
-                        .lines()
-                        .find_map(|l| {
-                            l.to_ascii_lowercase()
-                                .strip_prefix("content-length:")
-                                .map(|v| v.trim().parse().unwrap_or(0))
-                        })
-                        .unwrap_or(0);
+                    let len = super::content_length(h);
                     if b.len() >= len {
                         break;
                     }
