@@ -211,6 +211,14 @@ impl Backend for CachedBackend {
         self.inner.latency_bound()
     }
 
+    fn retention_secs(&self) -> Option<i64> {
+        self.inner.retention_secs()
+    }
+
+    fn extend_retention(&self, kind: FileKind, names: &[String]) -> BResult<usize> {
+        self.inner.extend_retention(kind, names)
+    }
+
     fn wants_manifests(&self) -> bool {
         self.inner.wants_manifests()
     }

@@ -7,6 +7,7 @@ mod cache;
 mod local;
 mod rest;
 mod s3;
+pub mod s3_lock;
 mod sftp;
 
 use std::sync::Arc;
@@ -41,7 +42,7 @@ pub(crate) fn relative_path(location: &str, kind: FileKind, name: &str) -> Resul
 }
 
 /// How a repository file is named in messages: `config`, `data/abcd…`.
-pub(crate) fn display_name(kind: FileKind, name: &str) -> String {
+pub fn display_name(kind: FileKind, name: &str) -> String {
     if kind == FileKind::Config {
         "config".into()
     } else {

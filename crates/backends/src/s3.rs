@@ -16,8 +16,17 @@
 //! The trait's guarantees on S3: a PUT is atomic and durable when it returns; "never
 //! overwrite" uses a conditional PUT (`If-None-Match: *`) after a HEAD, so a retry can never
 //! replace a stored object; a listing is paged to its end or fails as a whole.
+//!
+//! **Object Lock** (`COFFER_S3_OBJECT_LOCK=governance:30d` or `compliance:90d`, on a bucket
+//! created with Object Lock enabled): config, keys, snapshots and packs (what cannot be
+//! rebuilt) are uploaded with that retention, so a stolen credential cannot destroy them
+//! before it ends; prune extends the lock of what is still in use. Index files, leases and
+//! marks are not locked (an index is rebuilt from the packs). Whether set or not, a delete
+//! removes the object's version for good, and an object whose lock is in force is not
+//! deleted but reported ([`BackendError::Locked`]); see [`crate::s3_lock`].
 
 use std::ops::Range;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use coffer_core::{Backend, BackendError, FileInfo, FileKind, WriteOutcome};
@@ -25,6 +34,8 @@ use futures::TryStreamExt;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path as ObjPath;
 use object_store::{ClientOptions, ObjectStore, PutMode, PutOptions, PutPayload, RetryConfig};
+
+use crate::s3_lock::{rfc3339, ObjectHead, ObjectLock, Signer};
 
 type BResult<T> = Result<T, BackendError>;
 
@@ -125,7 +136,20 @@ fn shared_credentials(profile: &str) -> Option<(String, String, Option<String>)>
 pub struct S3Backend {
     store: AmazonS3,
     loc: S3Location,
-    rt: std::sync::Arc<tokio::runtime::Runtime>,
+    rt: Arc<tokio::runtime::Runtime>,
+    /// Retention for new objects (`COFFER_S3_OBJECT_LOCK`).
+    lock: Option<ObjectLock>,
+    /// The client for requests object_store cannot make, built at first use.
+    signer: Arc<OnceLock<Result<Signer, String>>>,
+    region: String,
+}
+
+/// Whether files of `kind` are uploaded under the retention lock: what cannot be rebuilt.
+fn lockable(kind: FileKind) -> bool {
+    matches!(
+        kind,
+        FileKind::Config | FileKind::Key | FileKind::Snapshot | FileKind::Pack
+    )
 }
 
 /// An object's size and last-modified time (seconds since the epoch), as S3 reports them.
@@ -150,9 +174,12 @@ impl S3Backend {
         let region = env("AWS_REGION")
             .or_else(|| env("AWS_DEFAULT_REGION"))
             .unwrap_or_else(|| "us-east-1".into());
+        let lock = env("COFFER_S3_OBJECT_LOCK")
+            .map(|v| ObjectLock::parse(&v))
+            .transpose()?;
         let mut b = AmazonS3Builder::new()
             .with_bucket_name(&loc.bucket)
-            .with_region(region)
+            .with_region(&region)
             .with_virtual_hosted_style_request(env("COFFER_S3_VIRTUAL_HOST").is_some_and(|v| v == "1"))
             .with_retry(RetryConfig {
                 max_retries: 8,
@@ -203,8 +230,118 @@ impl S3Backend {
         Ok(S3Backend {
             store,
             loc,
-            rt: std::sync::Arc::new(rt),
+            rt: Arc::new(rt),
+            lock,
+            signer: Arc::new(OnceLock::new()),
+            region,
         })
+    }
+
+    /// The signed-request client (Object Lock, versions), made once per bucket.
+    fn signer(&self) -> BResult<&Signer> {
+        let s = self.signer.get_or_init(|| {
+            let http = reqwest::Client::builder()
+                .use_preconfigured_tls(crate::rest::tls_config(None)?)
+                .connect_timeout(Duration::from_secs(15))
+                .timeout(Duration::from_secs(300))
+                .build()
+                .map_err(|e| format!("HTTP client: {e}"))?;
+            let virtual_host = std::env::var("COFFER_S3_VIRTUAL_HOST").is_ok_and(|v| v == "1");
+            let base = match &self.loc.endpoint {
+                None => format!("https://{}.s3.{}.amazonaws.com", self.loc.bucket, self.region),
+                Some(e) if virtual_host => {
+                    let (scheme, host) = e.split_once("://").unwrap_or(("https", e));
+                    format!("{scheme}://{}.{host}", self.loc.bucket)
+                }
+                Some(e) => format!("{e}/{}", self.loc.bucket),
+            };
+            Ok(Signer {
+                http,
+                credentials: self.store.credentials().clone(),
+                region: self.region.clone(),
+                base,
+            })
+        });
+        s.as_ref().map_err(|e| BackendError::Io {
+            location: self.location(),
+            what: "S3 client".into(),
+            detail: e.clone(),
+            transient: false,
+        })
+    }
+
+    fn signed_err(&self, what: &str, detail: String) -> BackendError {
+        BackendError::Io {
+            location: self.location(),
+            what: what.to_string(),
+            detail: one_line(&detail),
+            transient: false,
+        }
+    }
+
+    /// The version and lock of an object, `None` if it is not there.
+    pub fn head_object(&self, kind: FileKind, name: &str) -> BResult<Option<ObjectHead>> {
+        let key = self.key(kind, name)?;
+        let signer = self.signer()?;
+        self.block(signer.head(key.as_ref()))
+            .map_err(|e| self.signed_err(&Self::what(kind, name), e))
+    }
+
+    /// Remove the delete markers someone put on config, keys, snapshots and packs of this
+    /// repository (a plain `DELETE` on a versioned bucket only hides an object), so that
+    /// the hidden versions are current again. Returns the names brought back, per kind.
+    pub fn undelete(&self) -> BResult<Vec<(FileKind, String)>> {
+        let signer = self.signer()?;
+        let prefix = if self.loc.prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", self.loc.prefix)
+        };
+        let versions = self
+            .block(signer.list_versions(&prefix))
+            .map_err(|e| self.signed_err("listing object versions", e))?;
+        let mut by_key: std::collections::BTreeMap<&str, Vec<&crate::s3_lock::Version>> = Default::default();
+        for v in &versions {
+            by_key.entry(v.key.as_str()).or_default().push(v);
+        }
+        let mut back = Vec::new();
+        for (key, vs) in by_key {
+            let Some((kind, name)) = self.kind_of_key(key) else {
+                continue;
+            };
+            if !lockable(kind) {
+                continue;
+            }
+            let hidden = vs.iter().any(|v| v.latest && v.delete_marker);
+            let has_data = vs.iter().any(|v| !v.delete_marker);
+            if !(hidden && has_data) {
+                continue;
+            }
+            for m in vs.iter().filter(|v| v.delete_marker) {
+                self.block(signer.delete_version(key, &m.version))
+                    .map_err(|e| self.signed_err(&Self::what(kind, &name), e))?;
+            }
+            back.push((kind, name));
+        }
+        Ok(back)
+    }
+
+    /// The kind and name of an object key of this repository (`None` for anything else).
+    fn kind_of_key(&self, key: &str) -> Option<(FileKind, String)> {
+        let rel = if self.loc.prefix.is_empty() {
+            key
+        } else {
+            key.strip_prefix(&self.loc.prefix)?.strip_prefix('/')?
+        };
+        if rel == "config" {
+            return Some((FileKind::Config, "config".into()));
+        }
+        let (dir, rest) = rel.split_once('/')?;
+        let name = rest.rsplit('/').next()?;
+        let kind = FileKind::ALL
+            .into_iter()
+            .find(|k| *k != FileKind::Config && k.dir() == dir)?;
+        (!name.is_empty() && name.bytes().all(|b| b.is_ascii_hexdigit())).then(|| (kind, name.to_string()))
     }
 
     /// The same bucket and client below another prefix (`sub` is appended to this one's):
@@ -224,6 +361,9 @@ impl S3Backend {
             store: self.store.clone(),
             loc,
             rt: self.rt.clone(),
+            lock: self.lock,
+            signer: self.signer.clone(),
+            region: self.region.clone(),
         })
     }
 
@@ -366,7 +506,7 @@ fn stat_of(m: &object_store::ObjectMeta) -> ObjectStat {
 }
 
 /// Error texts of HTTP clients span lines; messages here are one line.
-fn one_line(s: &str) -> String {
+pub(crate) fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
@@ -445,6 +585,20 @@ impl Backend for S3Backend {
             Err(object_store::Error::NotFound { .. }) => {}
             Err(e) => return Err(self.err(&what, e)),
         }
+        if let Some(lock) = self.lock.filter(|_| lockable(kind)) {
+            // one PUT with the lock headers (up to 5 GiB; packs are far smaller)
+            let data = bytes::Bytes::from(parts.concat());
+            let until = chrono::Utc::now() + chrono::Duration::seconds(lock.secs);
+            let signer = self.signer()?;
+            let created = self
+                .block(signer.put_locked(key.as_ref(), data, lock, until))
+                .map_err(|e| self.signed_err(&what, e))?;
+            return Ok(if created {
+                WriteOutcome::Created
+            } else {
+                WriteOutcome::Existed
+            });
+        }
         let len: usize = parts.iter().map(|p| p.len()).sum();
         let r = if len > MULTIPART_ABOVE {
             self.block(async {
@@ -478,11 +632,103 @@ impl Backend for S3Backend {
     fn remove(&self, kind: FileKind, name: &str) -> BResult<()> {
         let what = Self::what(kind, name);
         let key = self.key(kind, name)?;
-        // S3 deletes a missing key silently; the trait reports it
-        self.block(self.store.head(&key))
-            .map_err(|e| self.err(&what, e))?;
-        self.block(self.store.delete(&key))
-            .map_err(|e| self.err(&what, e))
+        // S3 deletes a missing key silently; the trait reports it. The HEAD also tells the
+        // version and the lock.
+        let Some(head) = self.head_object(kind, name)? else {
+            return Err(BackendError::NotFound {
+                location: self.location(),
+                what,
+            });
+        };
+        if let Some(until) = head.locked_until(chrono::Utc::now()) {
+            if lockable(kind) {
+                return Err(BackendError::Locked {
+                    location: self.location(),
+                    what,
+                    until: rfc3339(until),
+                });
+            }
+            // an index file, lease or mark locked by the bucket's default retention: hide it
+            // behind a delete marker (the version goes when its lock ends, by a lifecycle rule)
+            return self
+                .block(self.store.delete(&key))
+                .map_err(|e| self.err(&what, e));
+        }
+        match head.version {
+            // a versioned bucket: a plain DELETE would only hide the object
+            Some(v) => {
+                let signer = self.signer()?;
+                self.block(signer.delete_version(key.as_ref(), &v))
+                    .map_err(|e| self.signed_err(&what, e))
+            }
+            None => self
+                .block(self.store.delete(&key))
+                .map_err(|e| self.err(&what, e)),
+        }
+    }
+
+    fn retention_secs(&self) -> Option<i64> {
+        self.lock.map(|l| l.secs)
+    }
+
+    fn extend_retention(&self, kind: FileKind, names: &[String]) -> BResult<usize> {
+        let Some(lock) = self.lock.filter(|_| lockable(kind)) else {
+            return Ok(0);
+        };
+        let now = chrono::Utc::now();
+        let half = lock.secs / 2;
+        // An object's lock ends no sooner than its upload + the period: only objects older
+        // than half a period can need more, and only those get a HEAD.
+        let uploaded: std::collections::HashMap<String, i64> = self
+            .list_stat(kind)?
+            .into_iter()
+            .map(|(n, st)| (n, st.modified))
+            .collect();
+        let candidates: Vec<&String> = names
+            .iter()
+            .filter(|n| {
+                uploaded
+                    .get(*n)
+                    .is_some_and(|m| m + lock.secs - now.timestamp() < half)
+            })
+            .collect();
+        let signer = self.signer()?;
+        let until = now + chrono::Duration::seconds(lock.secs);
+        let results: Vec<BResult<bool>> = self.block(async {
+            use futures::StreamExt;
+            futures::stream::iter(candidates)
+                .map(|name| async move {
+                    let what = Self::what(kind, name);
+                    let key = self.key(kind, name)?;
+                    let head = signer
+                        .head(key.as_ref())
+                        .await
+                        .map_err(|e| self.signed_err(&what, e))?;
+                    let Some(head) = head else { return Ok(false) };
+                    let left = head.retain_until.map_or(0, |u| u.timestamp() - now.timestamp());
+                    if left >= half {
+                        return Ok(false);
+                    }
+                    // a compliance lock stays one (S3 refuses to weaken it)
+                    let mode = match head.mode.as_deref() {
+                        Some("COMPLIANCE") => "COMPLIANCE",
+                        _ => lock.mode.as_str(),
+                    };
+                    signer
+                        .put_retention(key.as_ref(), mode, until)
+                        .await
+                        .map_err(|e| self.signed_err(&what, e))?;
+                    Ok(true)
+                })
+                .buffer_unordered(16)
+                .collect()
+                .await
+        });
+        let mut n = 0;
+        for r in results {
+            n += usize::from(r?);
+        }
+        Ok(n)
     }
 
     fn latency_bound(&self) -> bool {

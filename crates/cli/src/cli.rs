@@ -693,6 +693,9 @@ pub enum RepairCommand {
         #[arg(long)]
         forget: bool,
     },
+    /// S3 with versioning or Object Lock: bring back config, keys, snapshots and packs that a
+    /// plain DELETE hid behind a delete marker (e.g. made with a stolen credential)
+    Undelete,
 }
 
 #[derive(Args, Debug)]

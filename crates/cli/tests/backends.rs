@@ -243,7 +243,204 @@ fn the_same_scenario_on_every_backend() {
     server_on_s3(&e);
     fault_injection(&e);
     metadata_cache(&e);
+    object_lock(&e);
     drop(sshd);
+}
+
+/// A request to SeaweedFS with a plain S3 client (curl, SigV4), as an attacker holding the
+/// credential (or an admin) would make it: the status, the response headers and the body.
+fn s3_curl(method: &str, path_query: &str, headers: &[&str], body: Option<&Path>) -> (u16, String, String) {
+    let mut c = Command::new("curl");
+    c.args([
+        "-s",
+        "-D",
+        "-",
+        "-X",
+        method,
+        "--aws-sigv4",
+        "aws:amz:us-east-1:s3",
+    ])
+    .arg("--user")
+    .arg(format!("{ACCESS}:{SECRET}"));
+    for h in headers {
+        c.args(["-H", h]);
+    }
+    if let Some(b) = body {
+        c.arg("--upload-file").arg(b);
+    }
+    if method == "HEAD" {
+        c.arg("-I");
+    }
+    let o = c
+        .arg(format!("http://127.0.0.1:{S3_PORT}/{path_query}"))
+        .output()
+        .expect("curl is installed (.ci/run installs it)");
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    // the last header block (after a possible `100 Continue`) and the body
+    let (head, body) = out.rsplit_once("\r\n\r\n").unwrap_or((&out, ""));
+    let head = head.rsplit("HTTP/1.1 ").next().unwrap_or_default().to_string();
+    let status = head.get(..3).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, head, body.to_string())
+}
+
+/// A response header's value.
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+/// S3 Object Lock on a lock-enabled bucket: what cannot be rebuilt is stored under
+/// retention; deleting a locked version with a plain S3 client is refused; a plain DELETE
+/// only hides a snapshot and `repair undelete` brings it back; forget keeps a locked
+/// snapshot (exit 3); prune leaves condemned packs whose lock is in force, reports them and
+/// deletes them once the lock has ended; prune extends the locks of what is still in use.
+fn object_lock(e: &Env) {
+    const LOCKED: &str = "coffer-locked";
+    // a bucket with Object Lock (and so versioning) enabled
+    let (st, _, body) = s3_curl("PUT", LOCKED, &["x-amz-bucket-object-lock-enabled: true"], None);
+    assert_eq!(st, 200, "creating the lock-enabled bucket: {body}");
+    let repo = format!("s3:http://127.0.0.1:{S3_PORT}/{LOCKED}/repo");
+    let lock = |args: &[&str]| {
+        let mut a = vec!["-r", repo.as_str()];
+        a.extend_from_slice(args);
+        e.cmd()
+            .env("AWS_ACCESS_KEY_ID", ACCESS)
+            .env("AWS_SECRET_ACCESS_KEY", SECRET)
+            .env("COFFER_S3_OBJECT_LOCK", "governance:30s")
+            .args(&a)
+            .output()
+            .unwrap()
+    };
+    let lock_ok = |args: &[&str]| {
+        let o = lock(args);
+        assert!(o.status.success(), "coffer {args:?}: {}", stderr(&o));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let src = e.path("lock-src");
+    build_source(&src);
+    lock_ok(&["init", "-q"]);
+    let config_lock = || {
+        let (_, head, _) = s3_curl("HEAD", &format!("{LOCKED}/repo/config"), &[], None);
+        header(&head, "x-amz-object-lock-retain-until-date")
+            .unwrap()
+            .to_string()
+    };
+    let config_locked = config_lock();
+    lock_ok(&["backup", "-q", src.to_str().unwrap()]);
+    // the second backup drops the big file: its pack is used by the first snapshot only
+    fs::remove_file(src.join("srv/www/big.bin")).unwrap();
+    fs::write(src.join("srv/www/new.html"), pseudo_random(77, 5000)).unwrap();
+    lock_ok(&["backup", "-q", src.to_str().unwrap()]);
+    // everything stored so far is locked until at most 30 s from here
+    let t_stored = Instant::now();
+    let expected = digest_tree(&src);
+    let snaps: serde_json::Value = serde_json::from_str(&lock_ok(&["snapshots", "--json"])).unwrap();
+    let mut snaps: Vec<(String, String)> = snaps
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["time"].as_str().unwrap().to_string(),
+                s["id"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    snaps.sort();
+    let first = snaps[0].1.clone();
+    let first_key = format!("{LOCKED}/repo/snapshots/{first}");
+
+    // stored under retention: config, snapshots (and keys, packs)
+    for key in [format!("{LOCKED}/repo/config"), first_key.clone()] {
+        let (st, head, _) = s3_curl("HEAD", &key, &[], None);
+        assert_eq!(st, 200, "{key}: {head}");
+        assert_eq!(
+            header(&head, "x-amz-object-lock-mode"),
+            Some("GOVERNANCE"),
+            "{key}: {head}"
+        );
+        assert!(
+            header(&head, "x-amz-object-lock-retain-until-date").is_some(),
+            "{head}"
+        );
+    }
+    // a stolen credential cannot delete a locked version
+    let (_, head, _) = s3_curl("HEAD", &first_key, &[], None);
+    let version = header(&head, "x-amz-version-id").unwrap().to_string();
+    let (st, _, body) = s3_curl("DELETE", &format!("{first_key}?versionId={version}"), &[], None);
+    assert_eq!(st, 403, "deleting a locked version must be refused: {body}");
+    // a plain DELETE only hides it behind a delete marker ...
+    let (st, _, _) = s3_curl("DELETE", &first_key, &[], None);
+    assert_eq!(st, 204);
+    assert!(lock_ok(&["snapshots"]).contains("1 snapshots"));
+    // ... which `repair undelete` removes (no password needed)
+    let o = e
+        .cmd()
+        .env("AWS_ACCESS_KEY_ID", ACCESS)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET)
+        .env_remove("COFFER_PASSWORD")
+        .env_remove("COFFER_PASSWORD_FILE")
+        .args(["-r", &repo, "repair", "undelete"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains(&format!("undeleted snapshots/{first}")), "{out}");
+    assert!(out.contains("1 files brought back"), "{out}");
+    assert!(lock_ok(&["snapshots"]).contains("2 snapshots"));
+
+    // forget keeps a locked snapshot and says so (exit 3)
+    let o = lock(&["forget", &first]);
+    assert_eq!(code(&o), 3, "{}", stderr(&o));
+    assert!(stderr(&o).contains("is locked until"), "{}", stderr(&o));
+    assert!(lock_ok(&["snapshots"]).contains("2 snapshots"));
+
+    // an admin allowed to bypass governance retention removes the first snapshot; its pack
+    // is still locked, so prune condemns it, leaves it and reports it
+    let (st, _, body) = s3_curl(
+        "DELETE",
+        &format!("{first_key}?versionId={version}"),
+        &["x-amz-bypass-governance-retention: true"],
+        None,
+    );
+    assert_eq!(st, 204, "{body}");
+    let prune = |what: &str| -> serde_json::Value {
+        let out = lock_ok(&["prune", "--json"]);
+        serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{what}: {e}: {out}"))
+    };
+    let mut extended = 0;
+    let r = prune("first prune");
+    extended += r["locks_extended"].as_u64().unwrap();
+    assert!(r["packs_condemned"].as_u64().unwrap() >= 1, "{r}");
+    assert!(r["packs_locked"].as_u64().unwrap() >= 1, "{r}");
+    assert_eq!(r["packs_deleted"], 0, "{r}");
+    assert!(r["locked_until"].is_string(), "{r}");
+    let out = lock_ok(&["prune"]);
+    assert!(out.contains("are locked until"), "{out}");
+    assert!(lock_ok(&["check"]).contains("no errors"));
+
+    // past half the period, prune extends the locks of what is still in use (an earlier
+    // prune may have begun, on a slow machine)
+    let pack_unlocked = chrono::DateTime::parse_from_rfc3339(r["locked_until"].as_str().unwrap()).unwrap();
+    std::thread::sleep(Duration::from_secs(16).saturating_sub(t_stored.elapsed()));
+    let r = prune("prune past half the period");
+    extended += r["locks_extended"].as_u64().unwrap();
+    assert!(extended >= 4, "config, key, snapshot, packs: {r}");
+    let after = config_lock();
+    assert!(after > config_locked, "config lock {config_locked} -> {after}");
+
+    // once the condemned pack's lock has ended, prune deletes it
+    let wait = (pack_unlocked.timestamp() + 1 - chrono::Utc::now().timestamp()).max(0);
+    std::thread::sleep(Duration::from_secs(wait as u64));
+    let r = prune("prune after the lock");
+    assert!(r["packs_deleted"].as_u64().unwrap() >= 1, "{r}");
+    assert_eq!(r["packs_locked"], 0, "{r}");
+    lock_ok(&["check", "--read-data"]);
+    let out = e.path("lock-restored");
+    lock_ok(&["restore", "latest", "--target", out.to_str().unwrap()]);
+    assert_eq!(digest_tree(&out.join(src.strip_prefix("/").unwrap())), expected);
 }
 
 /// `coffer copy` local → S3 → SFTP and S3 → coffer server, each repository with its own

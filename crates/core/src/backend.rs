@@ -85,6 +85,13 @@ pub enum WriteOutcome {
 pub enum BackendError {
     #[error("{location}: {what} not found")]
     NotFound { location: String, what: String },
+    /// Retention (S3 Object Lock) forbids deleting the file before `until` (RFC 3339).
+    #[error("{location}: {what} is locked until {until} (S3 Object Lock)")]
+    Locked {
+        location: String,
+        what: String,
+        until: String,
+    },
     #[error("{location}: {what}: {detail}")]
     Io {
         location: String,
@@ -100,6 +107,13 @@ impl BackendError {
     }
     pub fn is_not_found(&self) -> bool {
         matches!(self, BackendError::NotFound { .. })
+    }
+    /// Refused because of a retention lock; `until` says when the refusal ends.
+    pub fn locked_until(&self) -> Option<&str> {
+        match self {
+            BackendError::Locked { until, .. } => Some(until),
+            _ => None,
+        }
     }
 }
 
@@ -164,6 +178,21 @@ pub trait Backend: Send + Sync + fmt::Debug {
         false
     }
 
-    /// Delete a file. Deleting a missing file is `NotFound`.
+    /// Delete a file. Deleting a missing file is `NotFound`; a file under a retention lock
+    /// (S3 Object Lock) that must not be deleted yet is `Locked` and stays.
     fn remove(&self, kind: FileKind, name: &str) -> BResult<()>;
+
+    /// The retention (seconds) this storage puts on each new file that cannot be rebuilt
+    /// (config, keys, snapshots, packs), if any: S3 Object Lock.
+    fn retention_secs(&self) -> Option<i64> {
+        None
+    }
+
+    /// Extend the retention of those of `names` (files of `kind` still in use) whose lock
+    /// ends within half the retention period, to a full period from now; files stored
+    /// without a lock get one. Returns how many were extended. Without retention, nothing.
+    fn extend_retention(&self, kind: FileKind, names: &[String]) -> BResult<usize> {
+        let _ = (kind, names);
+        Ok(0)
+    }
 }

@@ -213,6 +213,14 @@ pub struct PruneReport {
     pub deferred: Vec<String>,
     /// Packs in storage that no index lists (a backup in progress, or an interrupted one).
     pub packs_unindexed: usize,
+    /// Condemned packs left in place because their retention lock (S3 Object Lock) is in
+    /// force; a new mark keeps them for a prune after `locked_until`.
+    pub packs_locked: usize,
+    pub bytes_locked: u64,
+    /// When the last of those locks ends (RFC 3339).
+    pub locked_until: Option<String>,
+    /// Files still in use whose retention lock was extended.
+    pub locks_extended: usize,
 }
 
 /// Run one prune: mark what is unused now, then sweep every mark that is safe to act on.
@@ -243,8 +251,31 @@ pub fn prune(repo: Repository, opts: &PruneOptions, progress: &dyn Progress) -> 
     mark(&mut repo, opts, progress, &mut report)?;
     if !opts.dry_run {
         sweep(&mut repo, opts, &ours, progress, &mut report)?;
+        if backend.retention_secs().is_some() {
+            report.locks_extended = extend_locks(&repo)?;
+        }
     }
     Ok(report)
+}
+
+/// Extend the retention lock of everything still in use: config, keys, snapshots and the
+/// packs the index lists that no mark condemns.
+fn extend_locks(repo: &IndexedRepository) -> Result<usize> {
+    let backend = repo.backend();
+    let condemned = condemned_packs(&**backend)?;
+    let (_, packs) = read_index_files(repo)?;
+    let packs: Vec<String> = packs
+        .keys()
+        .filter(|p| !condemned.contains(p))
+        .map(|p| p.to_hex())
+        .collect();
+    let mut n = backend.extend_retention(FileKind::Config, &["config".to_string()])?;
+    for kind in [FileKind::Key, FileKind::Snapshot] {
+        let names: Vec<String> = backend.list(kind)?.into_iter().map(|f| f.name).collect();
+        n += backend.extend_retention(kind, &names)?;
+    }
+    n += backend.extend_retention(FileKind::Pack, &packs)?;
+    Ok(n)
 }
 
 fn mark(
@@ -543,8 +574,20 @@ fn sweep(
             packs: rescued,
         })?;
     }
+    let mut locked = Vec::new();
     for (p, size) in delete {
         match backend.remove(FileKind::Pack, &p.to_hex()) {
+            Err(e) if e.locked_until().is_some() => {
+                // still under its retention lock: left alone, kept condemned for later
+                let until = e.locked_until().unwrap_or_default().to_string();
+                if report.locked_until.as_ref().is_none_or(|u| *u < until) {
+                    report.locked_until = Some(until);
+                }
+                report.packs_locked += 1;
+                report.bytes_locked += size;
+                locked.push(p);
+                continue;
+            }
             Err(e) if !e.is_not_found() => return Err(e.into()),
             _ => {}
         }
@@ -552,8 +595,25 @@ fn sweep(
         report.bytes_deleted += size;
         progress.files(1);
     }
+    let mut kept_mark = None;
+    locked.sort();
+    if !locked.is_empty() {
+        // a complete mark without blockers, as old as the oldest swept: the next prune after
+        // the locks end deletes these packs (or rescues them if a snapshot uses them again)
+        // (it may be one of the ready marks itself, when nothing in it could go yet)
+        kept_mark = Some(write_mark(
+            &*backend,
+            &Mark {
+                created: ready.iter().map(|(_, m)| m.created).min().unwrap_or_else(now),
+                packs: locked,
+                blockers: Some(Vec::new()),
+            },
+        )?);
+    }
     for (name, _) in ready {
-        backend.remove(FileKind::Mark, &name)?;
+        if kept_mark.as_ref() != Some(&name) {
+            backend.remove(FileKind::Mark, &name)?;
+        }
     }
     Ok(())
 }

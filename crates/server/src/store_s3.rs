@@ -56,6 +56,14 @@ impl S3Store {
     pub fn open(location: &str, staging: &Path) -> Result<S3Store> {
         let loc = S3Location::parse(location)
             .map_err(|e| ServerError::Invalid(format!("storage s3:{location}: {e}")))?;
+        if std::env::var_os("COFFER_S3_OBJECT_LOCK").is_some() {
+            // the server's retention and trash delete and copy objects on their own schedule
+            return Err(ServerError::Invalid(
+                "storage: COFFER_S3_OBJECT_LOCK is not supported for a server's storage yet; \
+                 unset it (the server's append-only keys already protect the backups)"
+                    .into(),
+            ));
+        }
         let root = S3Backend::open(loc).map_err(|e| ServerError::Invalid(format!("storage: {e}")))?;
         // a listing proves the bucket is reachable with these credentials
         root.list(FileKind::Key).map_err(be)?;

@@ -106,14 +106,26 @@ pub fn run(g: &Global, a: ForgetArgs) -> Result<u8> {
         }
         return Ok(0);
     }
+    let mut locked = 0usize;
     for id in &remove {
-        repo.backend()
-            .remove(FileKind::Snapshot, &id.to_hex())
-            .with_context(|| format!("removing snapshot {}", id.short()))?;
+        match repo.backend().remove(FileKind::Snapshot, &id.to_hex()) {
+            Err(e) if e.locked_until().is_some() => {
+                // S3 Object Lock: the snapshot stays; a later forget removes it
+                locked += 1;
+                eprintln!(
+                    "warning: snapshot {} is locked until {} (S3 Object Lock): kept; forget it after that",
+                    id.short(),
+                    e.locked_until().unwrap_or_default()
+                );
+            }
+            r => r.with_context(|| format!("removing snapshot {}", id.short()))?,
+        }
     }
     if !g.json && !g.quiet {
-        outln!("removed {} snapshots", remove.len())?;
+        outln!("removed {} snapshots", remove.len() - locked)?;
     }
+    // the policy not carried out in full exits 3, like a backup that missed files
+    let done = if locked > 0 { crate::EXIT_INCOMPLETE } else { 0 };
     if a.prune {
         let pa = crate::cli::PruneArgs {
             max_unused: "5%".into(),
@@ -121,7 +133,8 @@ pub fn run(g: &Global, a: ForgetArgs) -> Result<u8> {
             dry_run: false,
         };
         drop(repo);
-        return super::prune(g, &pa);
+        let pruned = super::prune(g, &pa)?;
+        return Ok(pruned.max(done));
     }
-    Ok(0)
+    Ok(done)
 }

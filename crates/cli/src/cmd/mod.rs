@@ -591,6 +591,20 @@ pub fn prune(g: &Global, a: &crate::cli::PruneArgs) -> Result<u8> {
         for d in &r.deferred {
             outln!("deferred: {d}")?;
         }
+        if r.packs_locked > 0 {
+            outln!(
+                "{} condemned packs ({}) are locked until {} (S3 Object Lock): left in place, a prune after that deletes them",
+                r.packs_locked,
+                bytes(r.bytes_locked),
+                r.locked_until.as_deref().unwrap_or("?")
+            )?;
+        }
+        if r.locks_extended > 0 {
+            outln!(
+                "extended the retention lock of {} files still in use",
+                r.locks_extended
+            )?;
+        }
         if r.packs_unindexed > 0 {
             outln!("{} packs are in no index (a backup in progress, or an interrupted one; the next backup adopts them)", r.packs_unindexed)?;
         }
@@ -677,7 +691,42 @@ pub fn check(g: &Global, a: crate::cli::CheckArgs) -> Result<u8> {
     Ok(0)
 }
 
+/// `coffer repair undelete`: needs neither the password nor a readable repository (its
+/// config and keys may be what is hidden).
+fn undelete(g: &Global) -> Result<u8> {
+    let Some(loc) = g.repo.as_deref() else {
+        bail!("no repository given: use -r/--repo or set COFFER_REPOSITORY");
+    };
+    let Some(rest) = loc.strip_prefix("s3:") else {
+        bail!("{loc}: `repair undelete` is for S3 repositories (delete markers of a versioned bucket)");
+    };
+    let s3 = coffer_backends::S3Location::parse(rest)
+        .and_then(coffer_backends::S3Backend::open)
+        .map_err(|e| anyhow::anyhow!("repository {loc:?}: {e}"))?;
+    let back = s3.undelete()?;
+    if g.json {
+        print_json(
+            &back
+                .iter()
+                .map(|(k, n)| coffer_backends::display_name(*k, n))
+                .collect::<Vec<_>>(),
+        )?;
+    } else if !g.quiet {
+        for (k, n) in &back {
+            outln!("undeleted {}", coffer_backends::display_name(*k, n))?;
+        }
+        outln!("{} files brought back", back.len())?;
+        if back.iter().any(|(k, _)| *k == coffer_core::FileKind::Pack) {
+            outln!("if index files were deleted too, run `coffer repair index` next")?;
+        }
+    }
+    Ok(0)
+}
+
 pub fn repair(g: &Global, c: crate::cli::RepairCommand) -> Result<u8> {
+    if matches!(c, crate::cli::RepairCommand::Undelete) {
+        return undelete(g);
+    }
     let repo = open(g)?;
     let progress = CliProgress::new(!g.quiet && !g.json, "repaired");
     match c {
@@ -728,6 +777,7 @@ pub fn repair(g: &Global, c: crate::cli::RepairCommand) -> Result<u8> {
                 }
             }
         }
+        crate::cli::RepairCommand::Undelete => unreachable!("handled above"),
     }
     Ok(0)
 }
