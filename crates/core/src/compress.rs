@@ -202,11 +202,27 @@ pub fn decode_blob_max(mut plain: Vec<u8>, max_len: usize, what: &str) -> Result
     }
 }
 
+thread_local! {
+    /// One zstd decompression context per thread: creating one per blob (as
+    /// `zstd::bulk::decompress` does) allocated and cleared ~100 KiB each time, 6 % of an
+    /// unchanged re-backup's CPU (decoding the parent's trees) and as much for every small
+    /// file a restore decodes.
+    static ZSTD_DCTX: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
 fn decode_payload(algo: Compression, payload: &[u8], raw_len: usize) -> std::io::Result<Vec<u8>> {
     let limit = raw_len as u64 + 1;
     match algo {
         Compression::None => Ok(payload.to_vec()),
-        Compression::Zstd => zstd::bulk::decompress(payload, raw_len),
+        Compression::Zstd => ZSTD_DCTX.with(|cell| {
+            let mut slot = cell.borrow_mut();
+            let d = match slot.take() {
+                Some(d) => d,
+                None => zstd::bulk::Decompressor::new()?,
+            };
+            slot.insert(d).decompress(payload, raw_len)
+        }),
         Compression::Lz4 => lz4_flex::block::decompress(payload, raw_len)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
         Compression::Zlib => {
