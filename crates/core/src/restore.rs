@@ -458,35 +458,24 @@ impl Restorer<'_> {
     fn restore_file(&self, dir: BorrowedFd<'_>, node: &Node, path: &[u8]) -> Result<()> {
         self.progress.item(Path::new(OsStr::from_bytes(path)));
         let name = OsStr::from_bytes(&node.name.0);
-        match self.keep_existing(dir, node) {
-            Some(false) => {
-                self.st().skipped += 1;
-                return Ok(());
-            }
-            Some(true) => {
-                // same content: only bring the metadata in line
-                self.st().skipped += 1;
-                let fd = rustix::fs::openat(
-                    dir,
-                    name,
-                    OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                    Mode::empty(),
-                )
-                .map_err(|e| Error::io(display(path), errno_io(e)))?;
-                return self
-                    .set_meta_fd(&fd, node)
-                    .map_err(|e| Error::io(display(path), e));
-            }
-            None => {}
-        }
-        remove_existing(dir, name).map_err(|e| Error::io(display(path), errno_io(e)))?;
-        let fd = rustix::fs::openat(
-            dir,
-            name,
-            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::from_raw_mode(0o600),
-        )
-        .map_err(|e| Error::io(display(path), errno_io(e)))?;
+        let create = || {
+            rustix::fs::openat(
+                dir,
+                name,
+                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o600),
+            )
+        };
+        // Into an empty target (the usual case) the exclusive create just works: no lookups
+        // of names that are not there (two failing stats per file otherwise).
+        let fd = match create() {
+            Ok(fd) => fd,
+            Err(Errno::EXIST) => match self.replace_existing(dir, node, path)? {
+                Some(fd) => fd,
+                None => return Ok(()),
+            },
+            Err(e) => return Err(Error::io(display(path), errno_io(e))),
+        };
         let f = File::from(fd);
         let job = Job {
             dir: rustix::io::dup(dir).map_err(|e| Error::io(display(path), errno_io(e)))?,
@@ -499,6 +488,42 @@ impl Restorer<'_> {
             Some(tx) => tx.send(job).map_err(|_| Error::Interrupted),
             None => self.write_content(job),
         }
+    }
+
+    /// Something is at the node's name already: keep it (`None`; its metadata is brought in
+    /// line when its content is the same), or remove it and create the file anew.
+    fn replace_existing(&self, dir: BorrowedFd<'_>, node: &Node, path: &[u8]) -> Result<Option<OwnedFd>> {
+        let name = OsStr::from_bytes(&node.name.0);
+        match self.keep_existing(dir, node) {
+            Some(false) => {
+                self.st().skipped += 1;
+                return Ok(None);
+            }
+            Some(true) => {
+                // same content: only bring the metadata in line
+                self.st().skipped += 1;
+                let fd = rustix::fs::openat(
+                    dir,
+                    name,
+                    OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(|e| Error::io(display(path), errno_io(e)))?;
+                self.set_meta_fd(&fd, node)
+                    .map_err(|e| Error::io(display(path), e))?;
+                return Ok(None);
+            }
+            None => {}
+        }
+        remove_existing(dir, name).map_err(|e| Error::io(display(path), errno_io(e)))?;
+        let fd = rustix::fs::openat(
+            dir,
+            name,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+        .map_err(|e| Error::io(display(path), errno_io(e)))?;
+        Ok(Some(fd))
     }
 
     /// Write a created file's content (holes for zero blocks), then its metadata, then verify.
