@@ -147,24 +147,47 @@ mod tests {
         }
     }
 
+    /// Deterministic pseudo-random bytes (splitmix64), so a failure reproduces.
+    fn seeded(seed: u64, len: usize) -> Vec<u8> {
+        let mut x = seed;
+        let mut out = Vec::with_capacity(len + 8);
+        while out.len() < len {
+            x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = x;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            out.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
+        }
+        out.truncate(len);
+        out
+    }
+
     #[test]
     fn boundaries_resynchronise_after_an_insert() {
+        // Content-defined boundaries come back a few chunks after an edit. How many chunks
+        // an edit costs depends on the data (a boundary may fall within the minimum size of
+        // the edit), so the test takes 20 fixed inputs: at most 8 chunks lost by any one,
+        // at most 2 on average (boundaries tied to offsets would lose every later chunk, ~75).
         let c = small();
-        let mut data = vec![0u8; 200_000];
-        crate::crypto::random_bytes(&mut data);
-        let a = chunks(&c, &data);
-        let mut edited = data.clone();
-        edited.splice(100_000..100_000, [1u8, 2, 3]);
-        let b = chunks(&c, &edited);
-        let set: std::collections::HashSet<_> = a.iter().collect();
-        let shared = b.iter().filter(|x| set.contains(x)).count();
-        assert!(
-            shared + 4 >= b.len(),
-            "only {shared} of {} chunks survive a 3-byte insert",
-            b.len()
-        );
-        assert!(a.iter().all(|ch| ch.len() <= 4096));
-        assert!(a[..a.len() - 1].iter().all(|ch| ch.len() >= 256));
+        let mut lost_total = 0;
+        for seed in 0..20 {
+            let data = seeded(seed, 200_000);
+            let a = chunks(&c, &data);
+            let mut edited = data.clone();
+            edited.splice(100_000..100_000, [1u8, 2, 3]);
+            let b = chunks(&c, &edited);
+            let set: std::collections::HashSet<_> = a.iter().collect();
+            let lost = b.len() - b.iter().filter(|x| set.contains(x)).count();
+            assert!(
+                lost <= 8,
+                "seed {seed}: {lost} of {} chunks lost to a 3-byte insert",
+                b.len()
+            );
+            lost_total += lost;
+            assert!(a.iter().all(|ch| ch.len() <= 4096));
+            assert!(a[..a.len() - 1].iter().all(|ch| ch.len() >= 256));
+        }
+        assert!(lost_total <= 40, "{lost_total} chunks lost over 20 inserts");
     }
 
     proptest! {
