@@ -215,8 +215,8 @@ impl Backend for CachedBackend {
         self.inner.retention_secs()
     }
 
-    fn extend_retention(&self, kind: FileKind, names: &[String]) -> BResult<usize> {
-        self.inner.extend_retention(kind, names)
+    fn extend_retention(&self, kind: FileKind, in_use: &dyn Fn(&str) -> bool) -> BResult<usize> {
+        self.inner.extend_retention(kind, in_use)
     }
 
     fn wants_manifests(&self) -> bool {

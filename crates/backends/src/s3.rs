@@ -142,6 +142,7 @@ pub struct S3Backend {
     /// The client for requests object_store cannot make, built at first use.
     signer: Arc<OnceLock<Result<Signer, String>>>,
     region: String,
+    virtual_host: bool,
 }
 
 /// Whether files of `kind` are uploaded under the retention lock: what cannot be rebuilt.
@@ -174,13 +175,14 @@ impl S3Backend {
         let region = env("AWS_REGION")
             .or_else(|| env("AWS_DEFAULT_REGION"))
             .unwrap_or_else(|| "us-east-1".into());
+        let virtual_host = env("COFFER_S3_VIRTUAL_HOST").is_some_and(|v| v == "1");
         let lock = env("COFFER_S3_OBJECT_LOCK")
             .map(|v| ObjectLock::parse(&v))
             .transpose()?;
         let mut b = AmazonS3Builder::new()
             .with_bucket_name(&loc.bucket)
             .with_region(&region)
-            .with_virtual_hosted_style_request(env("COFFER_S3_VIRTUAL_HOST").is_some_and(|v| v == "1"))
+            .with_virtual_hosted_style_request(virtual_host)
             .with_retry(RetryConfig {
                 max_retries: 8,
                 retry_timeout: Duration::from_secs(300),
@@ -234,6 +236,7 @@ impl S3Backend {
             lock,
             signer: Arc::new(OnceLock::new()),
             region,
+            virtual_host,
         })
     }
 
@@ -246,10 +249,9 @@ impl S3Backend {
                 .timeout(Duration::from_secs(300))
                 .build()
                 .map_err(|e| format!("HTTP client: {e}"))?;
-            let virtual_host = std::env::var("COFFER_S3_VIRTUAL_HOST").is_ok_and(|v| v == "1");
             let base = match &self.loc.endpoint {
                 None => format!("https://{}.s3.{}.amazonaws.com", self.loc.bucket, self.region),
-                Some(e) if virtual_host => {
+                Some(e) if self.virtual_host => {
                     let (scheme, host) = e.split_once("://").unwrap_or(("https", e));
                     format!("{scheme}://{}.{host}", self.loc.bucket)
                 }
@@ -280,7 +282,7 @@ impl S3Backend {
     }
 
     /// The version and lock of an object, `None` if it is not there.
-    pub fn head_object(&self, kind: FileKind, name: &str) -> BResult<Option<ObjectHead>> {
+    fn head_object(&self, kind: FileKind, name: &str) -> BResult<Option<ObjectHead>> {
         let key = self.key(kind, name)?;
         let signer = self.signer()?;
         self.block(signer.head(key.as_ref()))
@@ -364,6 +366,7 @@ impl S3Backend {
             lock: self.lock,
             signer: self.signer.clone(),
             region: self.region.clone(),
+            virtual_host: self.virtual_host,
         })
     }
 
@@ -671,7 +674,7 @@ impl Backend for S3Backend {
         self.lock.map(|l| l.secs)
     }
 
-    fn extend_retention(&self, kind: FileKind, names: &[String]) -> BResult<usize> {
+    fn extend_retention(&self, kind: FileKind, in_use: &dyn Fn(&str) -> bool) -> BResult<usize> {
         let Some(lock) = self.lock.filter(|_| lockable(kind)) else {
             return Ok(0);
         };
@@ -679,18 +682,11 @@ impl Backend for S3Backend {
         let half = lock.secs / 2;
         // An object's lock ends no sooner than its upload + the period: only objects older
         // than half a period can need more, and only those get a HEAD.
-        let uploaded: std::collections::HashMap<String, i64> = self
-            .list_stat(kind)?
-            .into_iter()
-            .map(|(n, st)| (n, st.modified))
-            .collect();
-        let candidates: Vec<&String> = names
+        let listed = self.list_stat(kind)?;
+        let candidates: Vec<&String> = listed
             .iter()
-            .filter(|n| {
-                uploaded
-                    .get(*n)
-                    .is_some_and(|m| m + lock.secs - now.timestamp() < half)
-            })
+            .filter(|(n, st)| st.modified + lock.secs - now.timestamp() < half && in_use(n))
+            .map(|(n, _)| n)
             .collect();
         let signer = self.signer()?;
         let until = now + chrono::Duration::seconds(lock.secs);

@@ -224,7 +224,16 @@ impl Signer {
             .body(body)
             .send()
             .await
-            .map_err(|e| crate::s3::one_line(&format!("{e}: {:?}", std::error::Error::source(&e))))?;
+            .map_err(|e| {
+                // reqwest's own text hides the cause (connection refused, TLS, ...)
+                let mut text = e.to_string();
+                let mut cause = std::error::Error::source(&e);
+                while let Some(c) = cause {
+                    text.push_str(&format!(": {c}"));
+                    cause = c.source();
+                }
+                crate::s3::one_line(&text)
+            })?;
         let status = resp.status();
         let headers = resp.headers().clone();
         let body = resp.bytes().await.map_err(|e| e.to_string())?;

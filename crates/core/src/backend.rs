@@ -188,11 +188,12 @@ pub trait Backend: Send + Sync + fmt::Debug {
         None
     }
 
-    /// Extend the retention of those of `names` (files of `kind` still in use) whose lock
-    /// ends within half the retention period, to a full period from now; files stored
-    /// without a lock get one. Returns how many were extended. Without retention, nothing.
-    fn extend_retention(&self, kind: FileKind, names: &[String]) -> BResult<usize> {
-        let _ = (kind, names);
+    /// Extend the retention of the stored files of `kind` that are still in use (`in_use`
+    /// says which, by name) and whose lock ends within half the retention period, to a full
+    /// period from now; files stored without a lock get one. Returns how many were extended.
+    /// Without retention, nothing.
+    fn extend_retention(&self, kind: FileKind, in_use: &dyn Fn(&str) -> bool) -> BResult<usize> {
+        let _ = (kind, in_use);
         Ok(0)
     }
 }

@@ -259,22 +259,22 @@ pub fn prune(repo: Repository, opts: &PruneOptions, progress: &dyn Progress) -> 
 }
 
 /// Extend the retention lock of everything still in use: config, keys, snapshots and the
-/// packs the index lists that no mark condemns.
+/// packs of the index this prune read (what backups added since is freshly locked) that no
+/// mark condemns.
 fn extend_locks(repo: &IndexedRepository) -> Result<usize> {
     let backend = repo.backend();
     let condemned = condemned_packs(&**backend)?;
-    let (_, packs) = read_index_files(repo)?;
-    let packs: Vec<String> = packs
-        .keys()
+    let packs: HashSet<String> = repo
+        .index()
+        .packs()
         .filter(|p| !condemned.contains(p))
         .map(|p| p.to_hex())
         .collect();
-    let mut n = backend.extend_retention(FileKind::Config, &["config".to_string()])?;
-    for kind in [FileKind::Key, FileKind::Snapshot] {
-        let names: Vec<String> = backend.list(kind)?.into_iter().map(|f| f.name).collect();
-        n += backend.extend_retention(kind, &names)?;
+    let mut n = 0;
+    for kind in [FileKind::Config, FileKind::Key, FileKind::Snapshot] {
+        n += backend.extend_retention(kind, &|_| true)?;
     }
-    n += backend.extend_retention(FileKind::Pack, &packs)?;
+    n += backend.extend_retention(FileKind::Pack, &|name| packs.contains(name))?;
     Ok(n)
 }
 

@@ -457,18 +457,9 @@ impl Restorer<'_> {
 
     fn restore_file(&self, dir: BorrowedFd<'_>, node: &Node, path: &[u8]) -> Result<()> {
         self.progress.item(Path::new(OsStr::from_bytes(path)));
-        let name = OsStr::from_bytes(&node.name.0);
-        let create = || {
-            rustix::fs::openat(
-                dir,
-                name,
-                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::from_raw_mode(0o600),
-            )
-        };
         // Into an empty target (the usual case) the exclusive create just works: no lookups
         // of names that are not there (two failing stats per file otherwise).
-        let fd = match create() {
+        let fd = match create_exclusive(dir, OsStr::from_bytes(&node.name.0)) {
             Ok(fd) => fd,
             Err(Errno::EXIST) => match self.replace_existing(dir, node, path)? {
                 Some(fd) => fd,
@@ -516,13 +507,7 @@ impl Restorer<'_> {
             None => {}
         }
         remove_existing(dir, name).map_err(|e| Error::io(display(path), errno_io(e)))?;
-        let fd = rustix::fs::openat(
-            dir,
-            name,
-            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::from_raw_mode(0o600),
-        )
-        .map_err(|e| Error::io(display(path), errno_io(e)))?;
+        let fd = create_exclusive(dir, name).map_err(|e| Error::io(display(path), errno_io(e)))?;
         Ok(Some(fd))
     }
 
@@ -710,6 +695,17 @@ impl Restorer<'_> {
         };
         rustix::fs::utimensat(dir, name, &t, AtFlags::SYMLINK_NOFOLLOW).map_err(errno_io)
     }
+}
+
+/// Create a new file `name` in `dir`, private until its metadata is set; fails if anything
+/// is there (never follows or reuses an entry).
+fn create_exclusive(dir: BorrowedFd<'_>, name: &OsStr) -> rustix::io::Result<OwnedFd> {
+    rustix::fs::openat(
+        dir,
+        name,
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )
 }
 
 /// Remove whatever is at `name` in `dir` (file, symlink, or an empty directory) without

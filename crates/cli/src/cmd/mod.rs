@@ -724,14 +724,10 @@ fn undelete(g: &Global) -> Result<u8> {
 }
 
 pub fn repair(g: &Global, c: crate::cli::RepairCommand) -> Result<u8> {
-    if matches!(c, crate::cli::RepairCommand::Undelete) {
-        return undelete(g);
-    }
-    let repo = open(g)?;
     let progress = CliProgress::new(!g.quiet && !g.json, "repaired");
     match c {
         crate::cli::RepairCommand::Index => {
-            let r = coffer_core::repair::repair_index(repo, &progress);
+            let r = coffer_core::repair::repair_index(open(g)?, &progress);
             progress.finish();
             let r = r?;
             if g.json {
@@ -755,7 +751,7 @@ pub fn repair(g: &Global, c: crate::cli::RepairCommand) -> Result<u8> {
             }
         }
         crate::cli::RepairCommand::Snapshots { dry_run, forget } => {
-            let mut repo = repo.load_index()?;
+            let mut repo = open(g)?.load_index()?;
             let r = coffer_core::repair::repair_snapshots(&mut repo, dry_run, forget, &progress);
             progress.finish();
             let r = r?;
@@ -777,7 +773,11 @@ pub fn repair(g: &Global, c: crate::cli::RepairCommand) -> Result<u8> {
                 }
             }
         }
-        crate::cli::RepairCommand::Undelete => unreachable!("handled above"),
+        // the password is not needed (nor maybe readable): config and keys may be hidden
+        crate::cli::RepairCommand::Undelete => {
+            progress.finish();
+            return undelete(g);
+        }
     }
     Ok(0)
 }
