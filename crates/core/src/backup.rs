@@ -196,7 +196,7 @@ impl Archiver<'_, '_> {
         if self.reuse_blob(&id).is_none() && self.session.insert(id) {
             self.summary.blobs_new += 1;
             self.summary.bytes_new_raw += data.len() as u64;
-            let mut buf = self.pipe.buffer();
+            let mut buf = self.pipe.buffer(data.len());
             buf.extend_from_slice(data);
             self.pipe.submit(kind, id, buf)?;
         }

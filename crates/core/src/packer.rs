@@ -4,10 +4,12 @@
 //! caller ──Job──▶ [workers: compress, verify, seal] ──Sealed──▶ [packer: packs, index files]
 //! ```
 //! Channels are bounded, so a slow disk or network slows the caller down instead of letting
-//! memory grow. Packs are written before the index files that list them, and index files are
+//! memory grow. Blobs travel in batches (up to [`BATCH_BYTES`] or [`BATCH_BLOBS`]): a tree of
+//! small files costs one hand-off, and one thread wake-up, per batch rather than per file. Packs are written before the index files that list them, and index files are
 //! written every [`INDEX_EVERY`] packs, so an interrupted run leaves its finished packs indexed
 //! and a rerun does not upload them again.
 
+use std::cell::RefCell;
 use std::thread::{Scope, ScopedJoinHandle};
 
 use coffer_format::{
@@ -24,10 +26,45 @@ use crate::repo::{IndexedRepository, Repository};
 /// Write an index file after this many new packs.
 const INDEX_EVERY: usize = 32;
 
+/// A batch closes when the buffers it holds reach this many bytes (their capacity, which is
+/// what they cost in memory)...
+const BATCH_BYTES: usize = 256 << 10;
+/// ...or when it holds this many blobs.
+const BATCH_BLOBS: usize = 128;
+/// Chunk buffers up to this capacity are recycled through the small pool, larger ones through
+/// the large pool, so a small file's copy never holds a buffer sized for a 4 MiB chunk.
+const SMALL_BUF: usize = 64 << 10;
+
 struct Job {
     kind: BlobKind,
     id: BlobId,
     data: Vec<u8>,
+}
+
+/// Blobs submitted but not yet handed to a worker.
+#[derive(Default)]
+struct Pending {
+    jobs: Vec<Job>,
+    bytes: usize,
+}
+
+/// Emptied chunk buffers on their way back to the caller.
+#[derive(Clone)]
+struct Recycle {
+    small: Sender<Vec<u8>>,
+    large: Sender<Vec<u8>>,
+}
+
+impl Recycle {
+    fn give(&self, mut buf: Vec<u8>) {
+        buf.clear();
+        let pool = if buf.capacity() <= SMALL_BUF {
+            &self.small
+        } else {
+            &self.large
+        };
+        let _ = pool.try_send(buf); // a full pool frees the buffer
+    }
 }
 
 struct Sealed {
@@ -49,9 +86,10 @@ pub struct PackerStats {
 
 /// A running pipeline, bound to a thread scope.
 pub struct BlobPipeline<'scope> {
-    jobs: Option<Sender<Job>>,
-    /// Chunk buffers coming back from the workers, for [`BlobPipeline::buffer`].
-    spare: Receiver<Vec<u8>>,
+    jobs: Option<Sender<Vec<Job>>>,
+    pending: RefCell<Pending>,
+    /// Chunk buffers coming back from the workers, for [`BlobPipeline::buffer`]: small, large.
+    spare: (Receiver<Vec<u8>>, Receiver<Vec<u8>>),
     workers: Vec<ScopedJoinHandle<'scope, ()>>,
     packer: ScopedJoinHandle<'scope, Result<PackerStats>>,
 }
@@ -65,42 +103,72 @@ impl<'scope> BlobPipeline<'scope> {
         spec: CompressionSpec,
     ) -> Self {
         let threads = threads.max(1);
-        let (jtx, jrx) = bounded::<Job>(threads * 2);
-        let (stx, srx) = bounded::<Sealed>(threads * 2);
+        let (jtx, jrx) = bounded::<Vec<Job>>(threads * 2);
+        let (stx, srx) = bounded::<Vec<Sealed>>(threads * 2);
         // Chunk buffers go round instead of being freed and allocated again for every chunk.
-        let (data_back, spare) = bounded::<Vec<u8>>(threads * 4);
+        let (small_back, small) = bounded::<Vec<u8>>(BATCH_BLOBS / 2);
+        let (large_back, large) = bounded::<Vec<u8>>(threads * 4);
+        let recycle = Recycle {
+            small: small_back,
+            large: large_back,
+        };
         let workers = (0..threads)
             .map(|_| {
-                let (jrx, stx, data_back) = (jrx.clone(), stx.clone(), data_back.clone());
-                s.spawn(move || worker(repo, spec, jrx, stx, data_back))
+                let (jrx, stx, recycle) = (jrx.clone(), stx.clone(), recycle.clone());
+                s.spawn(move || worker(repo, spec, jrx, stx, recycle))
             })
             .collect();
         drop(stx);
         let packer = s.spawn(move || packer(repo, srx));
         BlobPipeline {
             jobs: Some(jtx),
-            spare,
+            pending: RefCell::default(),
+            spare: (small, large),
             workers,
             packer,
         }
     }
 
-    /// An empty buffer for [`BlobPipeline::submit`]'s data, recycled when one is free.
-    pub fn buffer(&self) -> Vec<u8> {
-        self.spare.try_recv().unwrap_or_default()
+    /// An empty buffer for [`BlobPipeline::submit`]'s data of `len` bytes, recycled when one
+    /// is free.
+    pub fn buffer(&self, len: usize) -> Vec<u8> {
+        let pool = if len <= SMALL_BUF {
+            &self.spare.0
+        } else {
+            &self.spare.1
+        };
+        pool.try_recv().unwrap_or_default()
     }
 
     /// Queue a new blob. Blocks while the pipeline is full. An error means the pipeline
     /// stopped; [`BlobPipeline::finish`] returns the reason.
     pub fn submit(&self, kind: BlobKind, id: BlobId, data: Vec<u8>) -> Result<()> {
+        let batch = {
+            let mut p = self.pending.borrow_mut();
+            p.bytes += data.capacity();
+            p.jobs.push(Job { kind, id, data });
+            if p.bytes < BATCH_BYTES && p.jobs.len() < BATCH_BLOBS {
+                return Ok(());
+            }
+            std::mem::take(&mut *p).jobs
+        };
+        self.send(batch)
+    }
+
+    fn send(&self, batch: Vec<Job>) -> Result<()> {
         match &self.jobs {
-            Some(tx) => tx.send(Job { kind, id, data }).map_err(|_| Error::Interrupted),
+            Some(tx) => tx.send(batch).map_err(|_| Error::Interrupted),
             None => Err(Error::Interrupted),
         }
     }
 
     /// Flush everything and wait: all packs and index files are durable when this returns Ok.
     pub fn finish(mut self) -> Result<PackerStats> {
+        let last = std::mem::take(self.pending.get_mut()).jobs;
+        if !last.is_empty() {
+            // a failed send means the pipeline stopped: the packer's result says why
+            let _ = self.send(last);
+        }
         self.jobs = None;
         for w in self.workers {
             if w.join().is_err() {
@@ -176,23 +244,25 @@ pub(crate) fn pack_sealed(
 fn worker(
     repo: &Repository,
     spec: CompressionSpec,
-    jobs: Receiver<Job>,
-    out: Sender<Sealed>,
-    data_back: Sender<Vec<u8>>,
+    jobs: Receiver<Vec<Job>>,
+    out: Sender<Vec<Sealed>>,
+    recycle: Recycle,
 ) {
     let mut encoder = BlobEncoder::new(spec);
     let mut plain = Vec::new();
-    for mut job in jobs {
-        encoder.encode_into(&job.data, &mut plain);
-        let bytes = repo.key().seal(job.kind.object_kind(), job.id.as_bytes(), &plain);
-        let sealed = Sealed {
-            kind: job.kind,
-            id: job.id,
-            raw_len: job.data.len() as u32,
-            bytes,
-        };
-        job.data.clear();
-        let _ = data_back.try_send(job.data);
+    for batch in jobs {
+        let mut sealed = Vec::with_capacity(batch.len());
+        for job in batch {
+            encoder.encode_into(&job.data, &mut plain);
+            let bytes = repo.key().seal(job.kind.object_kind(), job.id.as_bytes(), &plain);
+            sealed.push(Sealed {
+                kind: job.kind,
+                id: job.id,
+                raw_len: job.data.len() as u32,
+                bytes,
+            });
+            recycle.give(job.data);
+        }
         if out.send(sealed).is_err() {
             return; // packer failed; it reports why
         }
@@ -210,7 +280,7 @@ struct OpenPack {
 /// storage busy while the packer goes on filling the next pack.
 const PACK_WRITERS: usize = 2;
 
-fn packer(repo: &Repository, input: Receiver<Sealed>) -> Result<PackerStats> {
+fn packer(repo: &Repository, input: Receiver<Vec<Sealed>>) -> Result<PackerStats> {
     let target = repo.config().pack_size as usize;
     let mut open = [OpenPack::default(), OpenPack::default()];
     let mut stats = PackerStats::default();
@@ -246,16 +316,18 @@ fn packer(repo: &Repository, input: Receiver<Sealed>) -> Result<PackerStats> {
             Ok(())
         };
         let mut result = Ok(());
-        for sealed in input {
-            stats.blobs += 1;
-            stats.bytes_raw += sealed.raw_len as u64;
-            let slot = &mut open[(sealed.kind == BlobKind::Tree) as usize];
-            slot.bytes += sealed.bytes.len();
-            slot.blobs.push(sealed);
-            if slot.bytes >= target {
-                let p = std::mem::take(slot);
-                if ptx.send(p).is_err() {
-                    break; // every writer stopped: their results say why
+        'input: for batch in input {
+            for sealed in batch {
+                stats.blobs += 1;
+                stats.bytes_raw += sealed.raw_len as u64;
+                let slot = &mut open[(sealed.kind == BlobKind::Tree) as usize];
+                slot.bytes += sealed.bytes.len();
+                slot.blobs.push(sealed);
+                if slot.bytes >= target {
+                    let p = std::mem::take(slot);
+                    if ptx.send(p).is_err() {
+                        break 'input; // every writer stopped: their results say why
+                    }
                 }
             }
             while let Ok(r) = rrx.try_recv() {
