@@ -4,7 +4,9 @@
 //! compressing); new blobs go to the [`BlobPipeline`](crate::packer::BlobPipeline) whose workers
 //! compress and seal them on the other cores. A file whose size, mtime, ctime and inode match
 //! the parent snapshot's node is not read again: its chunk list is reused, after checking that
-//! every chunk is still in the index.
+//! every chunk is still in the index. The parent snapshot's trees are decrypted and decoded
+//! on another thread ([`ParentTrees`]), a bounded number ahead of the walk, in the order the
+//! walk needs them.
 //!
 //! Errors on single files (unreadable, vanished, changed while read) are warnings: the file is
 //! skipped or flagged, the run goes on, and the snapshot's `summary.errors` counts them.
@@ -16,6 +18,7 @@ use std::io::{self, Read};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
+use std::thread::Scope;
 
 use rustix::fs::{AtFlags, Mode, OFlags};
 
@@ -24,6 +27,7 @@ use coffer_format::{
     BlobId, BlobKind, DatabaseItem, Name, Node, NodeKind, PackId, Snapshot, SnapshotId, Summary, Timestamp,
     Tree, FORMAT_VERSION,
 };
+use crossbeam_channel::{bounded, Receiver};
 
 use crate::chunker::Chunker;
 use crate::error::{Error, Result};
@@ -68,6 +72,10 @@ pub struct BackupOptions {
 pub struct BackupOutcome {
     pub id: SnapshotId,
     pub snapshot: Snapshot,
+    /// Parent trees the walk decoded itself because the prefetch ([`ParentTrees`]) did not
+    /// yield them in walk order: 0 unless the parent's trees are not in name order or a
+    /// directory has more than 4096 entries.
+    pub parent_tree_misses: u64,
 }
 
 /// Make `p` absolute and lexically clean (no `.`, `..` or repeated `/`).
@@ -166,8 +174,54 @@ fn is_cache_dir(dir: BorrowedFd<'_>) -> bool {
         && b == CACHEDIR_SIGNATURE
 }
 
+/// How many decoded parent trees [`ParentTrees`] keeps ready ahead of the walk...
+const PARENT_TREES_AHEAD: usize = 16;
+/// ...each of at most this many entries: a larger directory's tree is decoded by the walk
+/// itself (as without the prefetch), so the queue holds a few MiB at most.
+const PREFETCH_MAX_NODES: usize = 4096;
+
+/// The parent snapshot's directory trees, decoded on a thread of their own in depth-first,
+/// name order, which is the order in which the walk asks for them: an unchanged re-backup
+/// spends as much time decoding its parent's trees as reading the directories, and the two
+/// now run on different cores. The walk skips what it no longer needs (deleted or excluded
+/// directories); a tree it asks for out of that order is decoded on the walk's own thread.
+/// Trees are addressed by content, so whichever thread decodes one, it is the same tree.
+struct ParentTrees {
+    rx: Receiver<(BlobId, Option<Tree>)>,
+    misses: u64,
+}
+
+impl ParentTrees {
+    fn start<'scope>(s: &'scope Scope<'scope, '_>, repo: &'scope IndexedRepository, root: BlobId) -> Self {
+        let (tx, rx) = bounded(PARENT_TREES_AHEAD);
+        s.spawn(move || {
+            let mut stack = vec![root];
+            while let Some(id) = stack.pop() {
+                let tree = repo.load_tree(&id).ok(); // the walk reports a failure itself
+                if let Some(t) = &tree {
+                    let dirs = t.nodes.iter().rev().filter(|n| n.kind == NodeKind::Dir);
+                    stack.extend(dirs.filter_map(|n| n.subtree));
+                }
+                let tree = tree.filter(|t| t.nodes.len() <= PREFETCH_MAX_NODES);
+                if tx.send((id, tree)).is_err() {
+                    return; // the walk is over
+                }
+            }
+        });
+        ParentTrees { rx, misses: 0 }
+    }
+
+    /// Tree `id` if the prefetch yields it; the trees before it are ones the walk passed by.
+    fn take(&mut self, id: &BlobId) -> Option<Tree> {
+        let t = self.rx.iter().find(|(got, _)| got == id).and_then(|(_, t)| t);
+        self.misses += t.is_none() as u64;
+        t
+    }
+}
+
 struct Archiver<'a, 'p> {
     repo: &'a IndexedRepository,
+    parent_trees: Option<ParentTrees>,
     pipe: &'a BlobPipeline<'p>,
     chunker: &'a Chunker,
     buf: Vec<u8>,
@@ -218,6 +272,9 @@ impl Archiver<'_, '_> {
 
     fn load_parent_tree(&mut self, id: Option<BlobId>) -> Option<Tree> {
         let id = id?;
+        if let Some(t) = self.parent_trees.as_mut().and_then(|p| p.take(&id)) {
+            return Some(t);
+        }
         match self.repo.load_tree(&id) {
             Ok(t) => Some(t),
             Err(e) => {
@@ -717,15 +774,20 @@ pub fn backup_with_sources(
 
     let repo_ref: &IndexedRepository = repo;
     let sources = &mut sources;
-    let (tree_id, mut summary, stats, referenced, databases) = std::thread::scope(|s| -> Result<_> {
-        let pipe = BlobPipeline::start(s, repo_ref, threads, spec);
-        std::thread::Builder::new()
+    let (tree_id, mut summary, stats, referenced, databases, parent_tree_misses) = std::thread::scope(
+        |s| -> Result<_> {
+            let pipe = BlobPipeline::start(s, repo_ref, threads, spec);
+            let parent_trees = parent
+                .as_ref()
+                .map(|(_, p)| ParentTrees::start(s, repo_ref, p.tree));
+            std::thread::Builder::new()
             .name("coffer-walk".into())
             .stack_size(64 << 20)
             .spawn_scoped(s, move || -> Result<_> {
                 let walked = {
                     let mut a = Archiver {
                         repo: repo_ref,
+                        parent_trees,
                         pipe: &pipe,
                         chunker: &chunker,
                         buf: Vec::new(),
@@ -741,7 +803,8 @@ pub fn backup_with_sources(
                         progress,
                     };
                     let ptree = a.load_parent_tree(parent.as_ref().map(|(_, p)| p.tree));
-                    a.archive_trie(&trie, Path::new("/"), ptree.as_ref())
+                    let walked = a
+                        .archive_trie(&trie, Path::new("/"), ptree.as_ref())
                         .and_then(|mut root| {
                             let mut items = Vec::new();
                             let mut nodes = Vec::new();
@@ -764,18 +827,21 @@ pub fn backup_with_sources(
                             Ok((root, items))
                         })
                         .and_then(|(root, items)| Ok((a.save_tree(root)?, items)))
-                        .map(|(id, items)| (id, a.summary, a.referenced, items))
+                        .map(|(id, items)| (id, a.summary, a.referenced, items));
+                    let misses = a.parent_trees.map_or(0, |p| p.misses);
+                    walked.map(|w| (w, misses))
                 };
                 // Finish the pipeline even when the walk failed: if the walk stopped because
                 // the pipeline broke, the pipeline's error is the one worth reporting.
                 let stats = pipe.finish()?;
-                let (id, summary, referenced, databases) = walked?;
-                Ok((id, summary, stats, referenced, databases))
+                let ((id, summary, referenced, databases), misses) = walked?;
+                Ok((id, summary, stats, referenced, databases, misses))
             })
             .map_err(|e| Error::io("thread", e))?
             .join()
             .map_err(|_| Error::Invalid("the walker thread panicked".into()))?
-    })?;
+        },
+    )?;
 
     for p in &stats.packs {
         repo.index_mut().add_pack(p);
@@ -810,5 +876,9 @@ pub fn backup_with_sources(
     referenced.extend(stats.packs.iter().map(|p| p.id));
     crate::prune::relist_condemned(repo, &referenced)?;
     let (id, _) = repo.save_snapshot_needing(&snapshot, referenced)?;
-    Ok(BackupOutcome { id, snapshot })
+    Ok(BackupOutcome {
+        id,
+        snapshot,
+        parent_tree_misses,
+    })
 }

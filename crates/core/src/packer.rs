@@ -107,7 +107,7 @@ impl<'scope> BlobPipeline<'scope> {
         let (stx, srx) = bounded::<Vec<Sealed>>(threads * 2);
         // Chunk buffers go round instead of being freed and allocated again for every chunk.
         let (small_back, small) = bounded::<Vec<u8>>(BATCH_BLOBS / 2);
-        let (large_back, large) = bounded::<Vec<u8>>(threads * 4);
+        let (large_back, large) = bounded::<Vec<u8>>(threads);
         let recycle = Recycle {
             small: small_back,
             large: large_back,
