@@ -112,9 +112,21 @@ impl BlobEncoder {
     /// [`encode_blob`], including the decompress-and-compare check.
     pub fn encode_into(&mut self, data: &[u8], out: &mut Vec<u8>) {
         out.clear();
+        let (code, payload) = self.encode(data);
+        out.push(code);
+        out.extend_from_slice(payload);
+    }
+
+    /// The blob plaintext of `data` as its two parts, the compression code and the payload
+    /// (in the encoder's buffer, or `data` itself when stored uncompressed): what
+    /// [`encode_into`](Self::encode_into) would write, without the copy.
+    pub fn encode<'a>(&'a mut self, data: &'a [u8]) -> (u8, &'a [u8]) {
         let Some((c, d)) = self.zstd.as_mut() else {
-            out.extend_from_slice(&encode_blob(self.spec, data));
-            return;
+            self.compressed = encode_blob(self.spec, data);
+            return match self.compressed.split_first() {
+                Some((code, payload)) => (*code, payload),
+                None => (Compression::None.code(), data), // encode_blob always writes a code
+            };
         };
         self.compressed.clear();
         self.compressed
@@ -129,13 +141,9 @@ impl BlobEncoder {
                     && self.check == data
             };
         if ok {
-            out.reserve(1 + self.compressed.len());
-            out.push(Compression::Zstd.code());
-            out.extend_from_slice(&self.compressed);
+            (Compression::Zstd.code(), &self.compressed)
         } else {
-            out.reserve(1 + data.len());
-            out.push(Compression::None.code());
-            out.extend_from_slice(data);
+            (Compression::None.code(), data)
         }
     }
 }

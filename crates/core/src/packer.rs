@@ -249,12 +249,13 @@ fn worker(
     recycle: Recycle,
 ) {
     let mut encoder = BlobEncoder::new(spec);
-    let mut plain = Vec::new();
     for batch in jobs {
         let mut sealed = Vec::with_capacity(batch.len());
         for job in batch {
-            encoder.encode_into(&job.data, &mut plain);
-            let bytes = repo.key().seal(job.kind.object_kind(), job.id.as_bytes(), &plain);
+            let (code, payload) = encoder.encode(&job.data);
+            let bytes = repo
+                .key()
+                .seal_parts(job.kind.object_kind(), job.id.as_bytes(), &[&[code], payload]);
             sealed.push(Sealed {
                 kind: job.kind,
                 id: job.id,
