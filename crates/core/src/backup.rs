@@ -18,6 +18,7 @@ use std::io::{self, Read};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 use std::thread::Scope;
 
 use rustix::fs::{AtFlags, Mode, OFlags};
@@ -27,7 +28,7 @@ use coffer_format::{
     BlobId, BlobKind, DatabaseItem, Name, Node, NodeKind, PackId, Snapshot, SnapshotId, Summary, Timestamp,
     Tree, FORMAT_VERSION,
 };
-use crossbeam_channel::{bounded, Receiver};
+use crossbeam_channel::{bounded, Receiver, Sender};
 
 use crate::chunker::Chunker;
 use crate::error::{Error, Result};
@@ -76,6 +77,9 @@ pub struct BackupOutcome {
     /// yield them in walk order: 0 unless the parent's trees are not in name order or a
     /// directory has more than 4096 entries.
     pub parent_tree_misses: u64,
+    /// Directories the walk listed itself although the walk-ahead ([`WalkAhead`]) was
+    /// running: 0 unless the file system changed under the run.
+    pub listing_misses: u64,
 }
 
 /// Make `p` absolute and lexically clean (no `.`, `..` or repeated `/`).
@@ -118,6 +122,18 @@ impl PathTrie {
         }
         t.selected = true;
         t.children.clear();
+    }
+
+    /// The backed-up paths below `dir`, in walk order.
+    fn selected(&self, dir: &Path, out: &mut Vec<PathBuf>) {
+        for (name, child) in &self.children {
+            let p = dir.join(OsStr::from_bytes(name));
+            if child.selected {
+                out.push(p);
+            } else {
+                child.selected(&p, out);
+            }
+        }
     }
 }
 
@@ -219,9 +235,203 @@ impl ParentTrees {
     }
 }
 
+/// Directories [`WalkAhead`] keeps listed ahead of the walk (each holds its open handle).
+const WALK_AHEAD_DIRS: usize = 128;
+
+/// A directory's entries, sorted by name, each with its `lstat` (`None`: excluded, not
+/// looked at).
+type Listing = io::Result<Vec<(std::ffi::OsString, Option<rustix::io::Result<rustix::fs::Stat>>)>>;
+
+/// A directory listed and stat'ed ahead of the walk, with the handle it was read through
+/// (`entries` is `None` for a cache directory: the walk stores only its tag).
+struct ScannedDir {
+    path: PathBuf,
+    fd: Arc<OwnedFd>,
+    entries: Option<Listing>,
+}
+
+/// Lists and stats directories on a thread of its own, depth first in name order, ahead of
+/// the walk of a re-backup: comparing with the parent snapshot then runs on one core while
+/// the system calls run on the other. The walk takes each directory's listing by path; what
+/// the walk-ahead skipped or got out of step on (a directory created, replaced or made
+/// unreadable in between), the walk lists itself, so a difference between the two can only
+/// cost time. A file the walk is about to read is stat'ed again
+/// first (see [`Archiver::archive_entry`]), so its node describes what is read.
+struct WalkAhead {
+    rx: Receiver<ScannedDir>,
+    next: Option<ScannedDir>,
+    misses: u64,
+}
+
+/// Depth-first name order of two paths: component by component, bytewise.
+fn walk_order(a: &Path, b: &Path) -> std::cmp::Ordering {
+    a.components()
+        .map(|c| c.as_os_str().as_bytes())
+        .cmp(b.components().map(|c| c.as_os_str().as_bytes()))
+}
+
+impl WalkAhead {
+    fn start<'scope>(
+        s: &'scope Scope<'scope, '_>,
+        roots: Vec<PathBuf>,
+        excluder: PathMatcher,
+        exclude_caches: bool,
+        one_fs: bool,
+    ) -> Result<Self> {
+        let (tx, rx) = bounded(WALK_AHEAD_DIRS);
+        std::thread::Builder::new()
+            .name("coffer-scan".into())
+            .stack_size(64 << 20)
+            .spawn_scoped(s, move || {
+                let scan = Scan {
+                    tx,
+                    excluder,
+                    exclude_caches,
+                    one_fs,
+                };
+                for root in roots {
+                    if !scan.root(&root) {
+                        return;
+                    }
+                }
+            })
+            .map_err(|e| Error::io("thread", e))?;
+        Ok(WalkAhead {
+            rx,
+            next: None,
+            misses: 0,
+        })
+    }
+
+    /// The listing of `path` if the walk-ahead has it; the ones before it in walk order are
+    /// directories the walk does not enter.
+    fn take(&mut self, path: &Path) -> Option<ScannedDir> {
+        loop {
+            let item = match self.next.take() {
+                Some(i) => i,
+                None => match self.rx.recv() {
+                    Ok(i) => i,
+                    Err(_) => break,
+                },
+            };
+            match walk_order(&item.path, path) {
+                std::cmp::Ordering::Less => continue,
+                std::cmp::Ordering::Equal => return Some(item),
+                std::cmp::Ordering::Greater => {
+                    self.next = Some(item);
+                    break;
+                }
+            }
+        }
+        self.misses += 1;
+        None
+    }
+}
+
+/// The walk-ahead's thread: the same descent rules as the walk (excludes, one file system,
+/// cache directories), without comparing anything.
+struct Scan {
+    tx: Sender<ScannedDir>,
+    excluder: PathMatcher,
+    exclude_caches: bool,
+    one_fs: bool,
+}
+
+impl Scan {
+    /// Scan a backed-up path (not following it if it is a symlink); false once the walk is over.
+    #[allow(clippy::unnecessary_cast)] // stat field types differ between targets
+    fn root(&self, root: &Path) -> bool {
+        if self.excluder.matches(root) {
+            return true;
+        }
+        let Ok(st) = rustix::fs::lstat(root) else {
+            return true;
+        };
+        if kind_of_stat(&st) != Some(NodeKind::Dir) {
+            return true;
+        }
+        match open_dir_at(rustix::fs::CWD, root.as_os_str()) {
+            Ok(fd) => self.enter(fd, root, st.st_dev as u64),
+            Err(_) => true, // the walk reports it
+        }
+    }
+
+    /// Scan directory `fd` unless it is a cache directory (then only hand it over).
+    fn enter(&self, fd: OwnedFd, path: &Path, dev: u64) -> bool {
+        if self.exclude_caches && is_cache_dir(fd.as_fd()) {
+            let item = ScannedDir {
+                path: path.to_path_buf(),
+                fd: Arc::new(fd),
+                entries: None,
+            };
+            return self.tx.send(item).is_ok();
+        }
+        self.dir(Arc::new(fd), path, dev)
+    }
+
+    #[allow(clippy::unnecessary_cast)]
+    fn dir(&self, fd: Arc<OwnedFd>, path: &Path, dev: u64) -> bool {
+        let entries = list_dir(fd.as_fd()).map(|mut names| {
+            names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+            names
+                .into_iter()
+                .map(|n| {
+                    let st = (!self.excluder.matches(&path.join(&n)))
+                        .then(|| rustix::fs::statat(&fd, &n, AtFlags::SYMLINK_NOFOLLOW));
+                    (n, st)
+                })
+                .collect::<Vec<_>>()
+        });
+        let subdirs: Vec<std::ffi::OsString> = match &entries {
+            Ok(v) => v
+                .iter()
+                .filter(|(_, st)| {
+                    matches!(st, Some(Ok(st)) if kind_of_stat(st) == Some(NodeKind::Dir)
+                        && !(self.one_fs && st.st_dev as u64 != dev))
+                })
+                .map(|(n, _)| n.clone())
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        let item = ScannedDir {
+            path: path.to_path_buf(),
+            fd: Arc::clone(&fd),
+            entries: Some(entries),
+        };
+        if self.tx.send(item).is_err() {
+            return false;
+        }
+        for n in subdirs {
+            let Ok(sub) = open_dir_at(&*fd, &n) else {
+                continue; // the walk reports it
+            };
+            if !self.enter(sub, &path.join(&n), dev) {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// Whether `st` describes the same file content as the parent snapshot's node (the test of
+/// [`Archiver::unchanged`], on the stat).
+#[allow(clippy::unnecessary_cast)]
+fn same_file(st: &rustix::fs::Stat, parent: Option<&Node>) -> bool {
+    let ts = |s: i64, ns: u64| Timestamp { s, ns: ns as u32 };
+    parent.is_some_and(|p| {
+        p.kind == NodeKind::File
+            && p.error.is_none()
+            && p.size == st.st_size as u64
+            && p.mtime == ts(st.st_mtime as i64, st.st_mtime_nsec as u64)
+            && p.ctime == ts(st.st_ctime as i64, st.st_ctime_nsec as u64)
+            && p.inode == st.st_ino as u64
+    })
+}
+
 struct Archiver<'a, 'p> {
     repo: &'a IndexedRepository,
     parent_trees: Option<ParentTrees>,
+    ahead: Option<WalkAhead>,
     pipe: &'a BlobPipeline<'p>,
     chunker: &'a Chunker,
     buf: Vec<u8>,
@@ -470,12 +680,25 @@ impl Archiver<'_, '_> {
         path: &Path,
         name: Name,
         parent: Option<&Node>,
+        scanned: Option<rustix::io::Result<rustix::fs::Stat>>,
     ) -> Result<Option<Node>> {
         if self.excluder.matches(path) {
             return Ok(None);
         }
         let cname = OsStr::from_bytes(&name.0).to_os_string();
-        let st = match rustix::fs::statat(dir, &cname, AtFlags::SYMLINK_NOFOLLOW) {
+        let ahead = scanned.is_some();
+        let stat = || rustix::fs::statat(dir, &cname, AtFlags::SYMLINK_NOFOLLOW);
+        let mut st = scanned.unwrap_or_else(stat);
+        if let Ok(s) = &st {
+            // A file about to be read is described as it is now, not as the walk-ahead saw it
+            // a moment ago (what is read and its size, mtime and ctime must agree).
+            #[allow(clippy::unnecessary_cast)]
+            let linked = s.st_nlink > 1 && self.hardlinks.contains_key(&(s.st_dev as u64, s.st_ino as u64));
+            if ahead && kind_of_stat(s) == Some(NodeKind::File) && !linked && !same_file(s, parent) {
+                st = stat();
+            }
+        }
+        let st = match st {
             Ok(m) => m,
             Err(e) => {
                 self.warn(format!("{}: cannot stat: {}", path.display(), io::Error::from(e)));
@@ -530,31 +753,39 @@ impl Archiver<'_, '_> {
                 self.summary.dirs += 1;
                 let ptree =
                     self.load_parent_tree(parent.filter(|p| p.kind == NodeKind::Dir).and_then(|p| p.subtree));
-                let sub = match open_dir_at(dir, &cname) {
-                    Ok(fd) => Some(fd),
-                    Err(e) => {
-                        self.warn(format!("{}: cannot open directory: {e}", path.display()));
-                        None
-                    }
+                // another file system's mount point is recorded, not entered
+                let other_fs = self.one_fs && self.root_dev.is_some_and(|d| d != st.st_dev as u64);
+                let scanned = match other_fs {
+                    true => None,
+                    false => self.ahead.as_mut().and_then(|a| a.take(path)),
+                };
+                let (sub, listing) = match scanned {
+                    Some(s) => (Some(s.fd), s.entries),
+                    None if other_fs => (None, None),
+                    None => match open_dir_at(dir, &cname) {
+                        Ok(fd) => (Some(Arc::new(fd)), None),
+                        Err(e) => {
+                            self.warn(format!("{}: cannot open directory: {e}", path.display()));
+                            (None, None)
+                        }
+                    },
                 };
                 let tree = match sub {
                     None => Tree::default(),
                     Some(sub) => {
-                        let cache = self.exclude_caches && is_cache_dir(sub.as_fd());
-                        if self.one_fs && self.root_dev.is_some_and(|d| d != st.st_dev as u64) {
-                            Tree::default()
-                        } else if cache {
+                        if self.exclude_caches && is_cache_dir(sub.as_fd()) {
                             let tag = self.archive_entry(
                                 sub.as_fd(),
                                 &path.join("CACHEDIR.TAG"),
                                 Name::from("CACHEDIR.TAG"),
+                                None,
                                 None,
                             )?;
                             Tree {
                                 nodes: tag.into_iter().collect(),
                             }
                         } else {
-                            self.archive_dir_contents(sub.as_fd(), path, ptree.as_ref())?
+                            self.archive_dir_contents(sub.as_fd(), path, ptree.as_ref(), listing)?
                         }
                     }
                 };
@@ -579,19 +810,25 @@ impl Archiver<'_, '_> {
         dirfd: BorrowedFd<'_>,
         dir: &Path,
         parent: Option<&Tree>,
+        listing: Option<Listing>,
     ) -> Result<Tree> {
-        let mut names = match list_dir(dirfd) {
+        let listing = listing.unwrap_or_else(|| {
+            list_dir(dirfd).map(|mut names| {
+                names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+                names.into_iter().map(|n| (n, None)).collect()
+            })
+        });
+        let entries = match listing {
             Ok(n) => n,
             Err(e) => {
                 self.warn(format!("{}: cannot list: {e}", dir.display()));
                 Vec::new()
             }
         };
-        names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
         let mut tree = Tree::default();
         let mut pi = 0;
         let pnodes: &[Node] = parent.map(|t| &t.nodes[..]).unwrap_or(&[]);
-        for n in names {
+        for (n, scanned) in entries {
             let name = Name(n.as_bytes().to_vec());
             // both lists are sorted: walk the parent alongside
             while pi < pnodes.len() && pnodes[pi].name < name {
@@ -599,7 +836,7 @@ impl Archiver<'_, '_> {
             }
             let pnode = pnodes.get(pi).filter(|p| p.name == name);
             let path = dir.join(&n);
-            if let Some(node) = self.archive_entry(dirfd, &path, name, pnode)? {
+            if let Some(node) = self.archive_entry(dirfd, &path, name, pnode, scanned)? {
                 tree.nodes.push(node);
             }
         }
@@ -630,7 +867,7 @@ impl Archiver<'_, '_> {
             let pnode = parent.and_then(|t| t.nodes.iter().find(|n| n.name == name));
             if child.selected {
                 self.root_dev = Some(st.st_dev as u64);
-                if let Some(n) = self.archive_entry(dirfd.as_fd(), &path, name, pnode)? {
+                if let Some(n) = self.archive_entry(dirfd.as_fd(), &path, name, pnode, None)? {
                     tree.nodes.push(n);
                 }
                 continue;
@@ -774,12 +1011,28 @@ pub fn backup_with_sources(
 
     let repo_ref: &IndexedRepository = repo;
     let sources = &mut sources;
-    let (tree_id, mut summary, stats, referenced, databases, parent_tree_misses) = std::thread::scope(
-        |s| -> Result<_> {
+    let (tree_id, mut summary, stats, referenced, databases, (parent_tree_misses, listing_misses)) =
+        std::thread::scope(|s| -> Result<_> {
             let pipe = BlobPipeline::start(s, repo_ref, threads, spec);
             let parent_trees = parent
                 .as_ref()
                 .map(|(_, p)| ParentTrees::start(s, repo_ref, p.tree));
+            // a first backup reads every file: there the walk is not what takes the time
+            let ahead = match &parent {
+                Some(_) => {
+                    let mut roots = Vec::new();
+                    trie.selected(Path::new("/"), &mut roots);
+                    let excluder = PathMatcher::new(&opts.excludes)?;
+                    Some(WalkAhead::start(
+                        s,
+                        roots,
+                        excluder,
+                        opts.exclude_caches,
+                        opts.one_file_system,
+                    )?)
+                }
+                None => None,
+            };
             std::thread::Builder::new()
             .name("coffer-walk".into())
             .stack_size(64 << 20)
@@ -788,6 +1041,7 @@ pub fn backup_with_sources(
                     let mut a = Archiver {
                         repo: repo_ref,
                         parent_trees,
+                        ahead,
                         pipe: &pipe,
                         chunker: &chunker,
                         buf: Vec::new(),
@@ -828,7 +1082,10 @@ pub fn backup_with_sources(
                         })
                         .and_then(|(root, items)| Ok((a.save_tree(root)?, items)))
                         .map(|(id, items)| (id, a.summary, a.referenced, items));
-                    let misses = a.parent_trees.map_or(0, |p| p.misses);
+                    let misses = (
+                        a.parent_trees.map_or(0, |p| p.misses),
+                        a.ahead.map_or(0, |w| w.misses),
+                    );
                     walked.map(|w| (w, misses))
                 };
                 // Finish the pipeline even when the walk failed: if the walk stopped because
@@ -840,8 +1097,7 @@ pub fn backup_with_sources(
             .map_err(|e| Error::io("thread", e))?
             .join()
             .map_err(|_| Error::Invalid("the walker thread panicked".into()))?
-        },
-    )?;
+        })?;
 
     for p in &stats.packs {
         repo.index_mut().add_pack(p);
@@ -880,5 +1136,6 @@ pub fn backup_with_sources(
         id,
         snapshot,
         parent_tree_misses,
+        listing_misses,
     })
 }

@@ -159,6 +159,7 @@ fn parent_trees_are_prefetched_in_walk_order() {
     assert_eq!(first.parent_tree_misses, 0, "no parent, no prefetch");
     let unchanged = backup(&mut repo, &opts(vec![]), &NoProgress).unwrap();
     assert_eq!(unchanged.parent_tree_misses, 0);
+    assert_eq!(unchanged.listing_misses, 0);
     assert_eq!(unchanged.snapshot.summary.files_unchanged, 8);
     assert_eq!(unchanged.snapshot.summary.bytes_read, 0);
     assert_eq!(unchanged.snapshot.tree, first.snapshot.tree);
@@ -174,8 +175,28 @@ fn parent_trees_are_prefetched_in_walk_order() {
     )
     .unwrap();
     assert_eq!(changed.parent_tree_misses, 0);
+    assert_eq!(changed.listing_misses, 0);
     let s = &changed.snapshot.summary;
     assert_eq!((s.files_new, s.files_unchanged, s.bytes_read), (1, 6, 3));
+
+    // a cache directory keeps only its tag, whether or not the walk-ahead saw it first
+    fs::create_dir_all(root.join("cache/sub")).unwrap();
+    fs::write(
+        root.join("cache/CACHEDIR.TAG"),
+        b"Signature: 8a477f597d28d172789f06886806bc55\n",
+    )
+    .unwrap();
+    fs::write(root.join("cache/sub/junk"), b"junk").unwrap();
+    let mut o = opts(vec![]);
+    o.exclude_caches = true;
+    let cached = backup(&mut repo, &o, &NoProgress).unwrap();
+    assert_eq!((cached.parent_tree_misses, cached.listing_misses), (0, 0));
+    let s = &cached.snapshot.summary;
+    // new: the tag and "c d" (excluded last time); junk is left out
+    assert_eq!((s.files_new, s.files_unchanged), (2, 7));
+    let again = backup(&mut repo, &o, &NoProgress).unwrap();
+    assert_eq!((again.parent_tree_misses, again.listing_misses), (0, 0));
+    assert_eq!(again.snapshot.tree, cached.snapshot.tree);
 }
 
 trait ListExt {
