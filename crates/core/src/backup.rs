@@ -18,7 +18,6 @@ use std::io::{self, Read};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
-use std::sync::Arc;
 use std::thread::Scope;
 
 use rustix::fs::{AtFlags, Mode, OFlags};
@@ -77,7 +76,7 @@ pub struct BackupOutcome {
     /// yield them in walk order: 0 unless the parent's trees are not in name order or a
     /// directory has more than 4096 entries.
     pub parent_tree_misses: u64,
-    /// Directories the walk listed itself although the walk-ahead ([`WalkAhead`]) was
+    /// Directories the walk listed itself although the walk-ahead ([`Prescan`]) was
     /// running: 0 unless the file system changed under the run.
     pub listing_misses: u64,
 }
@@ -235,30 +234,39 @@ impl ParentTrees {
     }
 }
 
-/// Directories [`WalkAhead`] keeps listed ahead of the walk (each holds its open handle).
-const WALK_AHEAD_DIRS: usize = 128;
+/// The walk-ahead's budget, in tokens of [`ENTRIES_PER_TOKEN`] directory entries: at most
+/// 64k listed entries (~13 MiB) wait for the walk.
+const WALK_AHEAD_TOKENS: usize = 256;
+const ENTRIES_PER_TOKEN: usize = 256;
 
 /// A directory's entries, sorted by name, each with its `lstat` (`None`: excluded, not
 /// looked at).
 type Listing = io::Result<Vec<(std::ffi::OsString, Option<rustix::io::Result<rustix::fs::Stat>>)>>;
 
-/// A directory listed and stat'ed ahead of the walk, with the handle it was read through
-/// (`entries` is `None` for a cache directory: the walk stores only its tag).
+/// A directory listed and stat'ed ahead of the walk. `entries` is `None` for a cache
+/// directory (the walk stores only its tag); `dev` and `ino` identify the directory read, so
+/// the walk uses the listing only for that same directory.
 struct ScannedDir {
     path: PathBuf,
-    fd: Arc<OwnedFd>,
+    dev: u64,
+    ino: u64,
     entries: Option<Listing>,
+    tokens: usize,
 }
 
-/// Lists and stats directories on a thread of its own, depth first in name order, ahead of
-/// the walk of a re-backup: comparing with the parent snapshot then runs on one core while
-/// the system calls run on the other. The walk takes each directory's listing by path; what
-/// the walk-ahead skipped or got out of step on (a directory created, replaced or made
-/// unreadable in between), the walk lists itself, so a difference between the two can only
-/// cost time. A file the walk is about to read is stat'ed again
-/// first (see [`Archiver::archive_entry`]), so its node describes what is read.
-struct WalkAhead {
+/// Lists and stats the directories to back up on a thread of its own, depth first in name
+/// order, with the walk's descent rules (excludes, one file system, cache directories), ahead
+/// of a re-backup's walk. It starts before the repository is unlocked (see [`Prescan`]), so the
+/// key derivation and the index load on one core overlap the file system's system calls on the
+/// other, and then the walk compares with the parent snapshot while the rest is listed. The walk
+/// takes each directory's listing by path, after opening the directory itself and checking it
+/// is the one listed; what the walk-ahead skipped or got out of step on (a directory created,
+/// replaced or made unreadable in between) the walk lists itself, so a difference between the
+/// two can only cost time. A file the walk is about to read is stat'ed again first (see
+/// [`Archiver::archive_entry`]), so its node describes what is read.
+pub struct Prescan {
     rx: Receiver<ScannedDir>,
+    tokens: Receiver<()>,
     next: Option<ScannedDir>,
     misses: u64,
 }
@@ -270,21 +278,26 @@ fn walk_order(a: &Path, b: &Path) -> std::cmp::Ordering {
         .cmp(b.components().map(|c| c.as_os_str().as_bytes()))
 }
 
-impl WalkAhead {
-    fn start<'scope>(
-        s: &'scope Scope<'scope, '_>,
-        roots: Vec<PathBuf>,
-        excluder: PathMatcher,
-        exclude_caches: bool,
-        one_fs: bool,
-    ) -> Result<Self> {
-        let (tx, rx) = bounded(WALK_AHEAD_DIRS);
+impl Prescan {
+    /// Start listing what a backup of `paths` with these rules will walk. Dropping the
+    /// result stops the thread.
+    pub fn start(paths: &[PathBuf], excludes: &[String], exclude_caches: bool, one_fs: bool) -> Result<Self> {
+        let mut trie = PathTrie::default();
+        for p in paths {
+            trie.insert(&absolute_clean(p)?);
+        }
+        let mut roots = Vec::new();
+        trie.selected(Path::new("/"), &mut roots);
+        let excluder = PathMatcher::new(excludes)?;
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let (token_tx, tokens) = bounded(WALK_AHEAD_TOKENS);
         std::thread::Builder::new()
             .name("coffer-scan".into())
             .stack_size(64 << 20)
-            .spawn_scoped(s, move || {
+            .spawn(move || {
                 let scan = Scan {
                     tx,
+                    tokens: token_tx,
                     excluder,
                     exclude_caches,
                     one_fs,
@@ -296,16 +309,18 @@ impl WalkAhead {
                 }
             })
             .map_err(|e| Error::io("thread", e))?;
-        Ok(WalkAhead {
+        Ok(Prescan {
             rx,
+            tokens,
             next: None,
             misses: 0,
         })
     }
 
-    /// The listing of `path` if the walk-ahead has it; the ones before it in walk order are
-    /// directories the walk does not enter.
-    fn take(&mut self, path: &Path) -> Option<ScannedDir> {
+    /// The listing of `path`, the directory `dir` (open), if the walk-ahead has it; the
+    /// listings before it in walk order are of directories the walk does not enter.
+    #[allow(clippy::unnecessary_cast)] // stat field types differ between targets
+    fn take(&mut self, path: &Path, dir: BorrowedFd<'_>) -> Option<Option<Listing>> {
         loop {
             let item = match self.next.take() {
                 Some(i) => i,
@@ -315,8 +330,16 @@ impl WalkAhead {
                 },
             };
             match walk_order(&item.path, path) {
-                std::cmp::Ordering::Less => continue,
-                std::cmp::Ordering::Equal => return Some(item),
+                std::cmp::Ordering::Less => self.release(item.tokens),
+                std::cmp::Ordering::Equal => {
+                    self.release(item.tokens);
+                    let same = rustix::fs::fstat(dir)
+                        .is_ok_and(|st| (st.st_dev as u64, st.st_ino as u64) == (item.dev, item.ino));
+                    if same {
+                        return Some(item.entries);
+                    }
+                    break;
+                }
                 std::cmp::Ordering::Greater => {
                     self.next = Some(item);
                     break;
@@ -326,12 +349,18 @@ impl WalkAhead {
         self.misses += 1;
         None
     }
+
+    fn release(&self, n: usize) {
+        for _ in 0..n {
+            let _ = self.tokens.try_recv();
+        }
+    }
 }
 
-/// The walk-ahead's thread: the same descent rules as the walk (excludes, one file system,
-/// cache directories), without comparing anything.
+/// The walk-ahead's thread.
 struct Scan {
     tx: Sender<ScannedDir>,
+    tokens: Sender<()>,
     excluder: PathMatcher,
     exclude_caches: bool,
     one_fs: bool,
@@ -356,21 +385,38 @@ impl Scan {
         }
     }
 
-    /// Scan directory `fd` unless it is a cache directory (then only hand it over).
-    fn enter(&self, fd: OwnedFd, path: &Path, dev: u64) -> bool {
-        if self.exclude_caches && is_cache_dir(fd.as_fd()) {
-            let item = ScannedDir {
-                path: path.to_path_buf(),
-                fd: Arc::new(fd),
-                entries: None,
-            };
-            return self.tx.send(item).is_ok();
+    /// Hand over a listing, within the budget; false once the walk is over.
+    fn send(&self, mut item: ScannedDir) -> bool {
+        let n = match &item.entries {
+            Some(Ok(v)) => v.len(),
+            _ => 0,
+        };
+        item.tokens = (1 + n / ENTRIES_PER_TOKEN).min(WALK_AHEAD_TOKENS);
+        for _ in 0..item.tokens {
+            if self.tokens.send(()).is_err() {
+                return false;
+            }
         }
-        self.dir(Arc::new(fd), path, dev)
+        self.tx.send(item).is_ok()
     }
 
+    /// Scan directory `fd` (on device `dev`, the backed-up path's) unless it is a cache
+    /// directory, which is handed over unlisted.
     #[allow(clippy::unnecessary_cast)]
-    fn dir(&self, fd: Arc<OwnedFd>, path: &Path, dev: u64) -> bool {
+    fn enter(&self, fd: OwnedFd, path: &Path, dev: u64) -> bool {
+        let Ok(st) = rustix::fs::fstat(&fd) else {
+            return true;
+        };
+        let mut item = ScannedDir {
+            path: path.to_path_buf(),
+            dev: st.st_dev as u64,
+            ino: st.st_ino as u64,
+            entries: None,
+            tokens: 0,
+        };
+        if self.exclude_caches && is_cache_dir(fd.as_fd()) {
+            return self.send(item);
+        }
         let entries = list_dir(fd.as_fd()).map(|mut names| {
             names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
             names
@@ -393,16 +439,12 @@ impl Scan {
                 .collect(),
             Err(_) => Vec::new(),
         };
-        let item = ScannedDir {
-            path: path.to_path_buf(),
-            fd: Arc::clone(&fd),
-            entries: Some(entries),
-        };
-        if self.tx.send(item).is_err() {
+        item.entries = Some(entries);
+        if !self.send(item) {
             return false;
         }
         for n in subdirs {
-            let Ok(sub) = open_dir_at(&*fd, &n) else {
+            let Ok(sub) = open_dir_at(&fd, &n) else {
                 continue; // the walk reports it
             };
             if !self.enter(sub, &path.join(&n), dev) {
@@ -431,7 +473,7 @@ fn same_file(st: &rustix::fs::Stat, parent: Option<&Node>) -> bool {
 struct Archiver<'a, 'p> {
     repo: &'a IndexedRepository,
     parent_trees: Option<ParentTrees>,
-    ahead: Option<WalkAhead>,
+    ahead: Option<Prescan>,
     pipe: &'a BlobPipeline<'p>,
     chunker: &'a Chunker,
     buf: Vec<u8>,
@@ -755,20 +797,19 @@ impl Archiver<'_, '_> {
                     self.load_parent_tree(parent.filter(|p| p.kind == NodeKind::Dir).and_then(|p| p.subtree));
                 // another file system's mount point is recorded, not entered
                 let other_fs = self.one_fs && self.root_dev.is_some_and(|d| d != st.st_dev as u64);
-                let scanned = match other_fs {
+                let sub = match other_fs {
                     true => None,
-                    false => self.ahead.as_mut().and_then(|a| a.take(path)),
-                };
-                let (sub, listing) = match scanned {
-                    Some(s) => (Some(s.fd), s.entries),
-                    None if other_fs => (None, None),
-                    None => match open_dir_at(dir, &cname) {
-                        Ok(fd) => (Some(Arc::new(fd)), None),
+                    false => match open_dir_at(dir, &cname) {
+                        Ok(fd) => Some(fd),
                         Err(e) => {
                             self.warn(format!("{}: cannot open directory: {e}", path.display()));
-                            (None, None)
+                            None
                         }
                     },
+                };
+                let listing = match (&sub, self.ahead.as_mut()) {
+                    (Some(fd), Some(a)) => a.take(path, fd.as_fd()).flatten(),
+                    _ => None,
                 };
                 let tree = match sub {
                     None => Tree::default(),
@@ -962,7 +1003,20 @@ pub fn backup(
 pub fn backup_with_sources(
     repo: &mut IndexedRepository,
     opts: &BackupOptions,
+    sources: Vec<Box<dyn StreamSource>>,
+    progress: &dyn Progress,
+) -> Result<BackupOutcome> {
+    backup_prescanned(repo, opts, sources, None, progress)
+}
+
+/// [`backup_with_sources`] with a walk-ahead started earlier by the caller (before unlocking
+/// the repository) with the same paths, excludes and descent options as `opts`; used only if
+/// the run has a parent snapshot to compare with.
+pub fn backup_prescanned(
+    repo: &mut IndexedRepository,
+    opts: &BackupOptions,
     mut sources: Vec<Box<dyn StreamSource>>,
+    prescan: Option<Prescan>,
     progress: &dyn Progress,
 ) -> Result<BackupOutcome> {
     if opts.paths.is_empty() && sources.is_empty() {
@@ -1018,20 +1072,15 @@ pub fn backup_with_sources(
                 .as_ref()
                 .map(|(_, p)| ParentTrees::start(s, repo_ref, p.tree));
             // a first backup reads every file: there the walk is not what takes the time
-            let ahead = match &parent {
-                Some(_) => {
-                    let mut roots = Vec::new();
-                    trie.selected(Path::new("/"), &mut roots);
-                    let excluder = PathMatcher::new(&opts.excludes)?;
-                    Some(WalkAhead::start(
-                        s,
-                        roots,
-                        excluder,
-                        opts.exclude_caches,
-                        opts.one_file_system,
-                    )?)
-                }
-                None => None,
+            let ahead = match (&parent, prescan) {
+                (None, _) => None,
+                (Some(_), Some(p)) => Some(p),
+                (Some(_), None) => Some(Prescan::start(
+                    &opts.paths,
+                    &opts.excludes,
+                    opts.exclude_caches,
+                    opts.one_file_system,
+                )?),
             };
             std::thread::Builder::new()
             .name("coffer-walk".into())

@@ -32,7 +32,9 @@ pub mod walk;
 pub mod window;
 
 pub use backend::{Backend, BackendError, FileInfo, FileKind, WriteOutcome};
-pub use backup::{backup, backup_with_sources, BackupOptions, BackupOutcome, ParentChoice};
+pub use backup::{
+    backup, backup_prescanned, backup_with_sources, BackupOptions, BackupOutcome, ParentChoice, Prescan,
+};
 pub use compress::CompressionSpec;
 pub use error::{Category, Error, Result};
 pub use packer::store_blobs;

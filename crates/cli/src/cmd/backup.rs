@@ -28,6 +28,11 @@ pub fn run(g: &Global, a: BackupArgs) -> Result<u8> {
     for f in &a.exclude_file {
         excludes.extend(read_exclude_file(f)?);
     }
+    // The file system is listed while the key is derived and the index loaded (a re-backup's
+    // walk then only compares); a failure here is reported by the backup itself.
+    let prescan = (!a.force && !a.paths.is_empty())
+        .then(|| coffer_core::Prescan::start(&a.paths, &excludes, a.exclude_caches, a.one_file_system).ok())
+        .flatten();
     let mut repo = open_indexed(g)?;
     // every database source is checked (tool, server, database) before anything is stored
     let sources = super::db::sources(&a)?;
@@ -54,7 +59,7 @@ pub fn run(g: &Global, a: BackupArgs) -> Result<u8> {
             .transpose()?,
     };
     let progress = CliProgress::new(!g.quiet && !g.json, "backed up");
-    let r = coffer_core::backup_with_sources(&mut repo, &opts, sources, &progress);
+    let r = coffer_core::backup_prescanned(&mut repo, &opts, sources, prescan, &progress);
     progress.finish();
     let out = r?;
     let s = &out.snapshot.summary;
