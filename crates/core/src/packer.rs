@@ -103,8 +103,8 @@ impl<'scope> BlobPipeline<'scope> {
         spec: CompressionSpec,
     ) -> Self {
         let threads = threads.max(1);
-        let (jtx, jrx) = bounded::<Vec<Job>>(threads * 2);
-        let (stx, srx) = bounded::<Vec<Sealed>>(threads * 2);
+        let (jtx, jrx) = bounded::<Vec<Job>>(threads);
+        let (stx, srx) = bounded::<Vec<Sealed>>(threads);
         // Chunk buffers go round instead of being freed and allocated again for every chunk.
         let (small_back, small) = bounded::<Vec<u8>>(BATCH_BLOBS / 2);
         let (large_back, large) = bounded::<Vec<u8>>(threads);
