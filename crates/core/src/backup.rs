@@ -174,18 +174,13 @@ fn open_dir_at<Fd: AsFd>(dir: Fd, name: &OsStr) -> io::Result<OwnedFd> {
 
 const CACHEDIR_SIGNATURE: &[u8] = b"Signature: 8a477f597d28d172789f06886806bc55";
 
+/// Whether `dir` holds a cache directory tag. The tag is read without touching its atime:
+/// otherwise the read would change the tag's node (its atime) from one run to the next.
 fn is_cache_dir(dir: BorrowedFd<'_>) -> bool {
     let mut b = [0u8; 43];
-    rustix::fs::openat(
-        dir,
-        "CACHEDIR.TAG",
-        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map(File::from)
-    .map_err(io::Error::from)
-    .and_then(|mut f| f.read_exact(&mut b))
-    .is_ok()
+    open_noatime(dir, OsStr::new("CACHEDIR.TAG"))
+        .and_then(|mut f| f.read_exact(&mut b))
+        .is_ok()
         && b == CACHEDIR_SIGNATURE
 }
 
