@@ -148,7 +148,8 @@ fn open_noatime(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<File> {
     Ok(File::from(fd))
 }
 
-/// The names in a directory (without `.` and `..`), read without updating its atime.
+/// The names in a directory (without `.` and `..`) in walk order (bytewise), read without
+/// updating its atime.
 fn list_dir(fd: BorrowedFd<'_>) -> io::Result<Vec<std::ffi::OsString>> {
     let mut names = Vec::new();
     for entry in rustix::fs::Dir::read_from(fd)? {
@@ -158,6 +159,7 @@ fn list_dir(fd: BorrowedFd<'_>) -> io::Result<Vec<std::ffi::OsString>> {
             names.push(OsStr::from_bytes(name).to_os_string());
         }
     }
+    names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
     Ok(names)
 }
 
@@ -315,7 +317,8 @@ impl Prescan {
     /// The listing of `path`, the directory `dir` (open), if the walk-ahead has it; the
     /// listings before it in walk order are of directories the walk does not enter.
     #[allow(clippy::unnecessary_cast)] // stat field types differ between targets
-    fn take(&mut self, path: &Path, dir: BorrowedFd<'_>) -> Option<Option<Listing>> {
+    /// `None` also for a cache directory, which the walk reads itself.
+    fn take(&mut self, path: &Path, dir: BorrowedFd<'_>) -> Option<Listing> {
         loop {
             let item = match self.next.take() {
                 Some(i) => i,
@@ -331,7 +334,7 @@ impl Prescan {
                     let same = rustix::fs::fstat(dir)
                         .is_ok_and(|st| (st.st_dev as u64, st.st_ino as u64) == (item.dev, item.ino));
                     if same {
-                        return Some(item.entries);
+                        return item.entries;
                     }
                     break;
                 }
@@ -412,8 +415,7 @@ impl Scan {
         if self.exclude_caches && is_cache_dir(fd.as_fd()) {
             return self.send(item);
         }
-        let entries = list_dir(fd.as_fd()).map(|mut names| {
-            names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+        let entries = list_dir(fd.as_fd()).map(|names| {
             names
                 .into_iter()
                 .map(|n| {
@@ -450,18 +452,29 @@ impl Scan {
     }
 }
 
-/// Whether `st` describes the same file content as the parent snapshot's node (the test of
-/// [`Archiver::unchanged`], on the stat).
+/// Whether the parent snapshot's node `p` holds the content of a file with this size, mtime,
+/// ctime and inode (the change detection rule).
+fn same_content(p: &Node, size: u64, mtime: Timestamp, ctime: Timestamp, inode: u64) -> bool {
+    p.kind == NodeKind::File
+        && p.error.is_none()
+        && p.size == size
+        && p.mtime == mtime
+        && p.ctime == ctime
+        && p.inode == inode
+}
+
+/// [`same_content`] on a stat.
 #[allow(clippy::unnecessary_cast)]
 fn same_file(st: &rustix::fs::Stat, parent: Option<&Node>) -> bool {
     let ts = |s: i64, ns: u64| Timestamp { s, ns: ns as u32 };
     parent.is_some_and(|p| {
-        p.kind == NodeKind::File
-            && p.error.is_none()
-            && p.size == st.st_size as u64
-            && p.mtime == ts(st.st_mtime as i64, st.st_mtime_nsec as u64)
-            && p.ctime == ts(st.st_ctime as i64, st.st_ctime_nsec as u64)
-            && p.inode == st.st_ino as u64
+        same_content(
+            p,
+            st.st_size as u64,
+            ts(st.st_mtime as i64, st.st_mtime_nsec as u64),
+            ts(st.st_ctime as i64, st.st_ctime_nsec as u64),
+            st.st_ino as u64,
+        )
     })
 }
 
@@ -690,13 +703,7 @@ impl Archiver<'_, '_> {
 
     fn unchanged(&mut self, node: &Node, parent: Option<&Node>) -> Option<Vec<BlobId>> {
         let p = parent?;
-        let same = p.kind == NodeKind::File
-            && p.error.is_none()
-            && p.size == node.size
-            && p.mtime == node.mtime
-            && p.ctime == node.ctime
-            && p.inode == node.inode;
-        if !same {
+        if !same_content(p, node.size, node.mtime, node.ctime, node.inode) {
             return None;
         }
         for id in &p.content {
@@ -726,14 +733,16 @@ impl Archiver<'_, '_> {
         let ahead = scanned.is_some();
         let stat = || rustix::fs::statat(dir, &cname, AtFlags::SYMLINK_NOFOLLOW);
         let mut st = scanned.unwrap_or_else(stat);
-        if let Ok(s) = &st {
-            // A file about to be read is described as it is now, not as the walk-ahead saw it
-            // a moment ago (what is read and its size, mtime and ctime must agree).
-            #[allow(clippy::unnecessary_cast)]
-            let linked = s.st_nlink > 1 && self.hardlinks.contains_key(&(s.st_dev as u64, s.st_ino as u64));
-            if ahead && kind_of_stat(s) == Some(NodeKind::File) && !linked && !same_file(s, parent) {
-                st = stat();
-            }
+        // A file about to be read is described as it is now, not as the walk-ahead saw it a
+        // moment ago (what is read and its size, mtime and ctime must agree).
+        #[allow(clippy::unnecessary_cast)]
+        let refresh = |s: &rustix::fs::Stat| {
+            kind_of_stat(s) == Some(NodeKind::File)
+                && !same_file(s, parent)
+                && !(s.st_nlink > 1 && self.hardlinks.contains_key(&(s.st_dev as u64, s.st_ino as u64)))
+        };
+        if ahead && st.as_ref().is_ok_and(refresh) {
+            st = stat();
         }
         let st = match st {
             Ok(m) => m,
@@ -803,7 +812,7 @@ impl Archiver<'_, '_> {
                     },
                 };
                 let listing = match (&sub, self.ahead.as_mut()) {
-                    (Some(fd), Some(a)) => a.take(path, fd.as_fd()).flatten(),
+                    (Some(fd), Some(a)) => a.take(path, fd.as_fd()),
                     _ => None,
                 };
                 let tree = match sub {
@@ -848,12 +857,8 @@ impl Archiver<'_, '_> {
         parent: Option<&Tree>,
         listing: Option<Listing>,
     ) -> Result<Tree> {
-        let listing = listing.unwrap_or_else(|| {
-            list_dir(dirfd).map(|mut names| {
-                names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
-                names.into_iter().map(|n| (n, None)).collect()
-            })
-        });
+        let listing = listing
+            .unwrap_or_else(|| list_dir(dirfd).map(|names| names.into_iter().map(|n| (n, None)).collect()));
         let entries = match listing {
             Ok(n) => n,
             Err(e) => {

@@ -108,18 +108,9 @@ impl BlobEncoder {
         }
     }
 
-    /// The blob plaintext of `data` into `out` (cleared first); same result as
-    /// [`encode_blob`], including the decompress-and-compare check.
-    pub fn encode_into(&mut self, data: &[u8], out: &mut Vec<u8>) {
-        out.clear();
-        let (code, payload) = self.encode(data);
-        out.push(code);
-        out.extend_from_slice(payload);
-    }
-
     /// The blob plaintext of `data` as its two parts, the compression code and the payload
-    /// (in the encoder's buffer, or `data` itself when stored uncompressed): what
-    /// [`encode_into`](Self::encode_into) would write, without the copy.
+    /// (in the encoder's buffer, or `data` itself when stored uncompressed): the same result
+    /// as [`encode_blob`], including the decompress-and-compare check, without the copy.
     pub fn encode<'a>(&'a mut self, data: &'a [u8]) -> (u8, &'a [u8]) {
         let Some((c, d)) = self.zstd.as_mut() else {
             self.compressed = encode_blob(self.spec, data);
@@ -262,13 +253,13 @@ mod tests {
             level: 3,
         };
         let mut enc = BlobEncoder::new(spec);
-        let mut out = Vec::new();
         let text = b"log line 42 GET /index.html 200\n".repeat(3000);
         let random: Vec<u8> = (0..70_000u32)
             .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
             .collect();
         for data in [&text[..], &random[..], b"", b"x"] {
-            enc.encode_into(data, &mut out);
+            let (code, payload) = enc.encode(data);
+            let out = [&[code][..], payload].concat();
             assert_eq!(out, encode_blob(spec, data));
             assert_eq!(decode_blob(out.clone(), data.len(), "t").unwrap(), data);
         }

@@ -296,10 +296,10 @@ impl MasterKey {
     /// blob's compression code and payload go straight into the envelope).
     pub fn seal_parts(&self, kind: ObjectKind, extra_ad: &[u8], parts: &[&[u8]]) -> Vec<u8> {
         if Self::uses_index_key(kind) {
-            return seal_body(&self.index, &[SEAL_SCHEME_SYMMETRIC], kind, extra_ad, parts);
+            return seal_symmetric(&self.index, kind, extra_ad, parts);
         }
         match &self.data {
-            Some(d) => seal_body(d, &[SEAL_SCHEME_SYMMETRIC], kind, extra_ad, parts),
+            Some(d) => seal_symmetric(d, kind, extra_ad, parts),
             None => {
                 let s = self.session();
                 let mut prefix = [0u8; SESSION_PREFIX];
@@ -407,7 +407,12 @@ fn gcm_nonce(nonce: &[u8]) -> Nonce {
 
 /// Seal under an explicit key (used for key files, whose key comes from the passphrase).
 pub fn seal_with(key: &[u8; KEY_LEN], kind: ObjectKind, extra_ad: &[u8], plaintext: &[u8]) -> Vec<u8> {
-    seal_body(key, &[SEAL_SCHEME_SYMMETRIC], kind, extra_ad, &[plaintext])
+    seal_symmetric(key, kind, extra_ad, &[plaintext])
+}
+
+/// Scheme 1: sealed under `key` itself.
+fn seal_symmetric(key: &[u8; KEY_LEN], kind: ObjectKind, extra_ad: &[u8], parts: &[&[u8]]) -> Vec<u8> {
+    seal_body(key, &[SEAL_SCHEME_SYMMETRIC], kind, extra_ad, parts)
 }
 
 /// `prefix || nonce || AES-256-GCM(subkey, ...) || tag`.

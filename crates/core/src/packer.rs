@@ -5,9 +5,10 @@
 //! ```
 //! Channels are bounded, so a slow disk or network slows the caller down instead of letting
 //! memory grow. Blobs travel in batches (up to [`BATCH_BYTES`] or [`BATCH_BLOBS`]): a tree of
-//! small files costs one hand-off, and one thread wake-up, per batch rather than per file. Packs are written before the index files that list them, and index files are
-//! written every [`INDEX_EVERY`] packs, so an interrupted run leaves its finished packs indexed
-//! and a rerun does not upload them again.
+//! small files costs one hand-off, and one thread wake-up, per batch rather than per file.
+//! Packs are written before the index files that list them, and index files are written every
+//! [`INDEX_EVERY`] packs, so an interrupted run leaves its finished packs indexed and a rerun
+//! does not upload them again.
 
 use std::cell::RefCell;
 use std::thread::{Scope, ScopedJoinHandle};
