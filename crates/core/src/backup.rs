@@ -314,6 +314,11 @@ impl Prescan {
         })
     }
 
+    /// How many directories are listed and waiting for the walk.
+    pub fn listed(&self) -> usize {
+        self.rx.len()
+    }
+
     /// The listing of `path`, the directory `dir` (open), if the walk-ahead has it; the
     /// listings before it in walk order are of directories the walk does not enter.
     #[allow(clippy::unnecessary_cast)] // stat field types differ between targets

@@ -225,7 +225,7 @@ fn subtree(repo: &coffer_core::IndexedRepository, root: BlobId, path: &Path) -> 
 /// rewritten) stores nothing inconsistent: the walk checks each listed directory is the one it
 /// opened (the new `d` is stored with its own content, not the old one's listing), and stats a
 /// file again before reading it (`e/x`'s node describes the content read: no "changed while
-/// read"). Either outcome of the race with the walk-ahead gives these results.
+/// read"). The test waits until the walk-ahead has listed the old tree.
 #[test]
 fn a_stale_walk_ahead_stores_nothing_inconsistent() {
     let b = MemoryBackend::new();
@@ -243,7 +243,15 @@ fn a_stale_walk_ahead_stores_nothing_inconsistent() {
     backup(&mut repo, &opts, &NoProgress).unwrap();
     fs::write(root.join("e/x"), b"second").unwrap(); // differs from the parent's
     let prescan = Prescan::start(&opts.paths, &[], false, false).unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(300)); // let it list the tree as it is
+    // the walk-ahead lists the tree as it is now (root, d, e) before it changes
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while prescan.listed() < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the walk-ahead listed nothing in 60 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
     fs::rename(root.join("d"), root.join("d-moved")).unwrap();
     fs::create_dir(root.join("d")).unwrap();
     fs::write(root.join("d/new.txt"), b"new").unwrap();
