@@ -114,6 +114,56 @@ fn tmp_name() -> String {
     format!(".tmp-{}", hex::encode(r))
 }
 
+impl LocalBackend {
+    /// Create file `name` of `kind` through a temporary file that `body` fills, then `fsync`,
+    /// rename without replacing, and `fsync` the directory (the guarantees of
+    /// [`Backend::write`]). `body` is dropped before the wait for `fsync`.
+    fn write_with(
+        &self,
+        kind: FileKind,
+        name: &str,
+        body: impl FnOnce(&mut File) -> io::Result<()>,
+    ) -> BResult<WriteOutcome> {
+        let what = Self::what(kind, name);
+        let dest = self.path(kind, name)?;
+        let dir = self.dir(kind, name);
+        if dest.exists() {
+            return Ok(WriteOutcome::Existed);
+        }
+        if matches!(kind, FileKind::Lock | FileKind::Mark | FileKind::Manifest) {
+            fs::create_dir_all(&dir).map_err(|e| self.err(&what, e))?;
+        }
+        let tmp = dir.join(tmp_name());
+        let res = (|| -> io::Result<WriteOutcome> {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            body(&mut f)?;
+            f.sync_all()?;
+            drop(f);
+            let outcome = match renameat_with(CWD, &tmp, CWD, &dest, RenameFlags::NOREPLACE) {
+                Ok(()) => WriteOutcome::Created,
+                Err(Errno::EXIST) => WriteOutcome::Existed,
+                Err(Errno::INVAL) | Err(Errno::NOSYS) => match fs::hard_link(&tmp, &dest) {
+                    Ok(()) => WriteOutcome::Created,
+                    Err(e) if e.kind() == ErrorKind::AlreadyExists => WriteOutcome::Existed,
+                    Err(e) => return Err(e),
+                },
+                Err(e) => return Err(io::Error::from_raw_os_error(e.raw_os_error())),
+            };
+            let _ = fs::remove_file(&tmp);
+            sync_dir(&dir)?;
+            Ok(outcome)
+        })();
+        if res.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        res.map_err(|e| self.err(&what, e))
+    }
+}
+
 impl Backend for LocalBackend {
     fn location(&self) -> String {
         self.root.display().to_string()
@@ -233,45 +283,12 @@ impl Backend for LocalBackend {
     }
 
     fn write_parts(&self, kind: FileKind, name: &str, parts: &[&[u8]]) -> BResult<WriteOutcome> {
-        let what = Self::what(kind, name);
-        let dest = self.path(kind, name)?;
-        let dir = self.dir(kind, name);
-        if dest.exists() {
-            return Ok(WriteOutcome::Existed);
-        }
-        if matches!(kind, FileKind::Lock | FileKind::Mark | FileKind::Manifest) {
-            fs::create_dir_all(&dir).map_err(|e| self.err(&what, e))?;
-        }
-        let tmp = dir.join(tmp_name());
-        let res = (|| -> io::Result<WriteOutcome> {
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            for part in parts {
-                f.write_all(part)?;
-            }
-            f.sync_all()?;
-            drop(f);
-            let outcome = match renameat_with(CWD, &tmp, CWD, &dest, RenameFlags::NOREPLACE) {
-                Ok(()) => WriteOutcome::Created,
-                Err(Errno::EXIST) => WriteOutcome::Existed,
-                Err(Errno::INVAL) | Err(Errno::NOSYS) => match fs::hard_link(&tmp, &dest) {
-                    Ok(()) => WriteOutcome::Created,
-                    Err(e) if e.kind() == ErrorKind::AlreadyExists => WriteOutcome::Existed,
-                    Err(e) => return Err(e),
-                },
-                Err(e) => return Err(io::Error::from_raw_os_error(e.raw_os_error())),
-            };
-            let _ = fs::remove_file(&tmp);
-            sync_dir(&dir)?;
-            Ok(outcome)
-        })();
-        if res.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        res.map_err(|e| self.err(&what, e))
+        self.write_with(kind, name, |f| parts.iter().try_for_each(|p| f.write_all(p)))
+    }
+
+    fn write_parts_owned(&self, kind: FileKind, name: &str, parts: Vec<Vec<u8>>) -> BResult<WriteOutcome> {
+        // the buffers are freed once written, before the wait for fsync
+        self.write_with(kind, name, move |f| parts.iter().try_for_each(|p| f.write_all(p)))
     }
 
     fn remove(&self, kind: FileKind, name: &str) -> BResult<()> {
@@ -316,6 +333,21 @@ mod tests {
             }]
         );
         assert!(b.read(FileKind::Snapshot, &name).unwrap_err().is_not_found());
+        // a pack handed over as owned parts: written whole, and never over an existing file
+        let other = "cd".repeat(32);
+        let parts = vec![b"pa".to_vec(), Vec::new(), b"rts".to_vec()];
+        assert_eq!(
+            b.write_parts_owned(FileKind::Pack, &other, parts.clone())
+                .unwrap(),
+            WriteOutcome::Created
+        );
+        assert_eq!(
+            b.write_parts_owned(FileKind::Pack, &other, vec![b"x".to_vec()])
+                .unwrap(),
+            WriteOutcome::Existed
+        );
+        assert_eq!(b.read(FileKind::Pack, &other).unwrap(), b"parts");
+        b.remove(FileKind::Pack, &other).unwrap();
         // names that could escape the directory are refused
         assert!(b.write(FileKind::Snapshot, "../x", b"z").is_err());
         b.remove(FileKind::Pack, &name).unwrap();

@@ -158,6 +158,15 @@ pub trait Backend: Send + Sync + fmt::Debug {
         self.write(kind, name, &parts.concat())
     }
 
+    /// [`Backend::write_parts`] handing over the buffers: a backend may free them as soon as
+    /// their bytes are on their way (a local file written, its `fsync` still to come), so a
+    /// pack writer does not hold 16 MiB while it waits for the disk. Same guarantees; the
+    /// default keeps them until `write_parts` returns.
+    fn write_parts_owned(&self, kind: FileKind, name: &str, parts: Vec<Vec<u8>>) -> BResult<WriteOutcome> {
+        let refs: Vec<&[u8]> = parts.iter().map(|p| &p[..]).collect();
+        self.write_parts(kind, name, &refs)
+    }
+
     /// A range of a pack that holds trees (directory listings). Every backup, listing and
     /// restore reads trees again, so a caching backend may keep such packs whole on local
     /// disk; the default reads the range.

@@ -368,8 +368,9 @@ fn packer(repo: &Repository, input: Receiver<Vec<Sealed>>) -> Result<PackerStats
 
 /// Seal and store one pack. Blobs are placed in random order, so that the sizes seen in
 /// storage do not follow the file order (a chunker-parameter leak, CCS 2025). The pack is
-/// written from the blobs' own buffers (no 16 MiB assembly buffer, no copy); its name is the
-/// hash of the bytes, computed over the same parts.
+/// written from the blobs' own buffers (no 16 MiB assembly buffer, no copy), which the
+/// backend may free before it waits for the disk; its name is the hash of the bytes,
+/// computed over the same parts.
 fn write_pack(repo: &Repository, mut p: OpenPack) -> Result<(IndexPack, u64)> {
     shuffle(&mut p.blobs);
     let mut entries = Vec::with_capacity(p.blobs.len());
@@ -387,13 +388,15 @@ fn write_pack(repo: &Repository, mut p: OpenPack) -> Result<(IndexPack, u64)> {
     let header = repo
         .key()
         .seal(ObjectKind::PackHeader, b"", &encode_header(&entries));
-    let trailer = (header.len() as u32).to_le_bytes();
-    let mut parts: Vec<&[u8]> = p.blobs.iter().map(|b| &b.bytes[..]).collect();
-    parts.push(&header);
-    parts.push(&trailer);
-    let id = PackId(storage_id_parts(&parts));
-    repo.backend().write_parts(FileKind::Pack, &id.to_hex(), &parts)?;
-    let len = parts.iter().map(|p| p.len() as u64).sum();
+    let trailer = (header.len() as u32).to_le_bytes().to_vec();
+    let mut parts: Vec<Vec<u8>> = p.blobs.into_iter().map(|b| b.bytes).collect();
+    parts.push(header);
+    parts.push(trailer);
+    let refs: Vec<&[u8]> = parts.iter().map(|p| &p[..]).collect();
+    let id = PackId(storage_id_parts(&refs));
+    let len = refs.iter().map(|p| p.len() as u64).sum();
+    repo.backend()
+        .write_parts_owned(FileKind::Pack, &id.to_hex(), parts)?;
     Ok((IndexPack { id, entries }, len))
 }
 
