@@ -490,15 +490,16 @@ struct Archiver<'a, 'p> {
     pipe: &'a BlobPipeline<'p>,
     chunker: &'a Chunker,
     buf: Vec<u8>,
-    session: HashSet<BlobId>,
+    session: HashSet<BlobId, foldhash::fast::RandomState>,
     excluder: PathMatcher,
     exclude_caches: bool,
     root_dev: Option<u64>,
     one_fs: bool,
     names: NameCache,
     hardlinks: HashMap<(u64, u64), (Vec<BlobId>, u64)>,
-    /// Packs holding blobs this run uses without having uploaded them.
-    referenced: HashSet<PackId>,
+    /// Packs holding blobs this run uses without having uploaded them, by their position in
+    /// the index (a bitmap: every reused chunk notes its pack).
+    referenced: Vec<bool>,
     summary: Summary,
     progress: &'a dyn Progress,
 }
@@ -525,8 +526,10 @@ impl Archiver<'_, '_> {
     /// Use a blob the repository has (recording its pack, as [`Self::save_blob`] does);
     /// `None` if the index does not hold it.
     fn reuse_blob(&mut self, id: &BlobId) -> Option<BlobId> {
-        let loc = self.repo.index().get(id)?;
-        self.referenced.insert(loc.pack);
+        let pos = self.repo.index().pack_position(id)? as usize;
+        if let Some(seen) = self.referenced.get_mut(pos) {
+            *seen = true;
+        }
         Some(*id)
     }
 
@@ -1099,14 +1102,14 @@ pub fn backup_prescanned(
                         pipe: &pipe,
                         chunker: &chunker,
                         buf: Vec::new(),
-                        session: HashSet::new(),
+                        session: HashSet::default(),
                         excluder,
                         exclude_caches: opts.exclude_caches,
                         root_dev: None,
                         one_fs: opts.one_file_system,
                         names: NameCache::default(),
                         hardlinks: HashMap::new(),
-                        referenced: HashSet::new(),
+                        referenced: vec![false; repo_ref.index().pack_count()],
                         summary: Summary::default(),
                         progress,
                     };
@@ -1182,7 +1185,10 @@ pub fn backup_prescanned(
     }
     // this run's own packs can have been condemned too (a prune saw their index file before
     // this snapshot existed): relist those as well
-    let mut referenced = referenced;
+    let mut referenced: HashSet<PackId> = (0..referenced.len() as u32)
+        .filter(|&i| referenced[i as usize])
+        .map(|i| repo.index().pack_at(i))
+        .collect();
     referenced.extend(stats.packs.iter().map(|p| p.id));
     crate::prune::relist_condemned(repo, &referenced)?;
     let (id, _) = repo.save_snapshot_needing(&snapshot, referenced)?;

@@ -87,6 +87,17 @@ impl Index {
         })
     }
 
+    /// The position of the pack holding blob `id` (see [`Index::pack_at`]): lets a caller
+    /// note packs in a bitmap instead of hashing their ids.
+    pub fn pack_position(&self, id: &BlobId) -> Option<u32> {
+        self.blobs.get(id).map(|s| s.pack)
+    }
+
+    /// The pack at a position [`Index::pack_position`] returned.
+    pub fn pack_at(&self, pos: u32) -> PackId {
+        self.packs[pos as usize]
+    }
+
     pub fn contains(&self, id: &BlobId) -> bool {
         self.blobs.contains_key(id)
     }
