@@ -23,6 +23,7 @@ mod manifest;
 mod pack;
 mod snapshot;
 mod tree;
+mod tree_cbor;
 
 pub use config::{ChunkerParams, Config, KdfParams, KeyFile};
 pub use error::FormatError;

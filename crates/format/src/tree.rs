@@ -306,12 +306,17 @@ impl Tree {
         out
     }
 
-    /// Decode and validate (names safe, strictly sorted, fields consistent with kinds).
+    /// Decode and validate (names safe, strictly sorted, fields consistent with kinds). The
+    /// encoder's own output takes a direct decoder (`tree_cbor`); anything else goes through
+    /// ciborium, the reference.
     pub fn decode(b: &[u8]) -> Result<Self, FormatError> {
-        let t: Tree = ciborium::from_reader(b).map_err(|e| FormatError::Decode {
-            what: "tree",
-            detail: e.to_string(),
-        })?;
+        let t = match crate::tree_cbor::decode(b) {
+            Some(t) => t,
+            None => ciborium::from_reader(b).map_err(|e| FormatError::Decode {
+                what: "tree",
+                detail: e.to_string(),
+            })?,
+        };
         for (i, n) in t.nodes.iter().enumerate() {
             n.validate()?;
             if i > 0 && t.nodes[i - 1].name >= n.name {
