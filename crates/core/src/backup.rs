@@ -16,7 +16,7 @@ use std::ffi::OsStr;
 use std::fs::{self, File};
 use std::io::{self, Read};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Component, Path, PathBuf};
 use std::thread::Scope;
 
@@ -424,8 +424,8 @@ impl Scan {
             names
                 .into_iter()
                 .map(|n| {
-                    let st = (!self.excluder.matches(&path.join(&n)))
-                        .then(|| rustix::fs::statat(&fd, &n, AtFlags::SYMLINK_NOFOLLOW));
+                    let excluded = !self.excluder.is_empty() && self.excluder.matches(&path.join(&n));
+                    let st = (!excluded).then(|| rustix::fs::statat(&fd, &n, AtFlags::SYMLINK_NOFOLLOW));
                     (n, st)
                 })
                 .collect::<Vec<_>>()
@@ -737,9 +737,17 @@ impl Archiver<'_, '_> {
         if self.excluder.matches(path) {
             return Ok(None);
         }
-        let cname = OsStr::from_bytes(&name.0).to_os_string();
+        // the name as the system calls take it: the last component of `path` (no copy)
+        let owned;
+        let cname: &OsStr = match path.file_name() {
+            Some(f) if f.as_bytes() == &name.0[..] => f,
+            _ => {
+                owned = OsStr::from_bytes(&name.0).to_os_string();
+                &owned
+            }
+        };
         let ahead = scanned.is_some();
-        let stat = || rustix::fs::statat(dir, &cname, AtFlags::SYMLINK_NOFOLLOW);
+        let stat = || rustix::fs::statat(dir, cname, AtFlags::SYMLINK_NOFOLLOW);
         let mut st = scanned.unwrap_or_else(stat);
         // A file about to be read is described as it is now, not as the walk-ahead saw it a
         // moment ago (what is read and its size, mtime and ctime must agree).
@@ -785,7 +793,7 @@ impl Archiver<'_, '_> {
                     self.progress.bytes(node.size);
                     ids
                 } else {
-                    match self.read_file(dir, &cname, path, &mut node)? {
+                    match self.read_file(dir, cname, path, &mut node)? {
                         Some(ids) => {
                             if parent.is_some_and(|p| p.kind == NodeKind::File) {
                                 self.summary.files_changed += 1;
@@ -811,7 +819,7 @@ impl Archiver<'_, '_> {
                 let other_fs = self.one_fs && self.root_dev.is_some_and(|d| d != st.st_dev as u64);
                 let sub = match other_fs {
                     true => None,
-                    false => match open_dir_at(dir, &cname) {
+                    false => match open_dir_at(dir, cname) {
                         Ok(fd) => Some(fd),
                         Err(e) => {
                             self.warn(format!("{}: cannot open directory: {e}", path.display()));
@@ -878,13 +886,13 @@ impl Archiver<'_, '_> {
         let mut pi = 0;
         let pnodes: &[Node] = parent.map(|t| &t.nodes[..]).unwrap_or(&[]);
         for (n, scanned) in entries {
-            let name = Name(n.as_bytes().to_vec());
+            let path = dir.join(&n);
+            let name = Name(n.into_vec());
             // both lists are sorted: walk the parent alongside
             while pi < pnodes.len() && pnodes[pi].name < name {
                 pi += 1;
             }
             let pnode = pnodes.get(pi).filter(|p| p.name == name);
-            let path = dir.join(&n);
             if let Some(node) = self.archive_entry(dirfd, &path, name, pnode, scanned)? {
                 tree.nodes.push(node);
             }

@@ -50,6 +50,9 @@ impl PathMatcher {
     }
 
     pub fn matches(&self, path: &Path) -> bool {
+        if self.empty {
+            return false; // checked for every entry of a backup: skip globset's setup
+        }
         path.file_name().is_some_and(|n| self.names.is_match(n)) || self.paths.is_match(path)
     }
 }

@@ -94,8 +94,7 @@ pub fn node_from_stat(
     previous: Option<&Node>,
 ) -> (Node, Option<String>) {
     use std::os::unix::ffi::OsStrExt;
-    let cname = std::ffi::OsStr::from_bytes(&name.0);
-    let mut n = Node::new(name.clone(), kind);
+    let mut n = Node::new(name, kind);
     n.mode = st.st_mode & 0o7777;
     n.uid = st.st_uid;
     n.gid = st.st_gid;
@@ -127,7 +126,7 @@ pub fn node_from_stat(
         NodeKind::Chardev | NodeKind::Blockdev => n.rdev = st.st_rdev as u64,
         NodeKind::Symlink => match same.and_then(|p| p.target.clone()) {
             Some(t) => n.target = Some(t),
-            None => match rustix::fs::readlinkat(dir, cname, Vec::new()) {
+            None => match rustix::fs::readlinkat(dir, std::ffi::OsStr::from_bytes(&n.name.0), Vec::new()) {
                 Ok(t) => n.target = Some(Bytes(t.into_bytes())),
                 Err(e) => warning = Some(format!("{}: cannot read link target: {e}", full.display())),
             },
@@ -137,7 +136,7 @@ pub fn node_from_stat(
     if let Some(p) = same {
         n.xattrs = p.xattrs.clone();
     } else if kind != NodeKind::Symlink {
-        match read_xattrs(&proc_path(dir, cname, full)) {
+        match read_xattrs(&proc_path(dir, std::ffi::OsStr::from_bytes(&n.name.0), full)) {
             Ok(x) => n.xattrs = x,
             Err(e) => {
                 warning = Some(format!(
