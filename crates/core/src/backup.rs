@@ -231,10 +231,63 @@ impl ParentTrees {
     }
 }
 
-/// The walk-ahead's budget, in tokens of [`ENTRIES_PER_TOKEN`] directory entries: at most
-/// 64k listed entries (~13 MiB) wait for the walk.
-const WALK_AHEAD_TOKENS: usize = 256;
-const ENTRIES_PER_TOKEN: usize = 256;
+/// At most this many listed entries (~13 MiB) wait for the walk.
+const WALK_AHEAD_ENTRIES: usize = 64 << 10;
+
+/// The walk-ahead's budget: how many listed entries wait for the walk (a directory counts one
+/// more than its entries). The walk-ahead waits while [`WALK_AHEAD_ENTRIES`] or more do, and
+/// the walk wakes it only once they have drained to half, so the two threads do not wake each
+/// other for every directory.
+#[derive(Default)]
+struct Budget {
+    state: std::sync::Mutex<BudgetState>,
+    room: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct BudgetState {
+    queued: usize,
+    waiting: bool,
+    closed: bool,
+}
+
+impl Budget {
+    fn state(&self) -> std::sync::MutexGuard<'_, BudgetState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Queue `n` entries, after waiting for room; false once the walk is over.
+    fn take(&self, n: usize) -> bool {
+        let mut s = self.state();
+        while s.queued >= WALK_AHEAD_ENTRIES && !s.closed {
+            s.waiting = true;
+            s = self
+                .room
+                .wait(s)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        s.queued += n;
+        !s.closed
+    }
+
+    /// `n` queued entries were taken by the walk.
+    fn give(&self, n: usize) {
+        let mut s = self.state();
+        s.queued = s.queued.saturating_sub(n);
+        if s.waiting && s.queued < WALK_AHEAD_ENTRIES / 2 {
+            s.waiting = false;
+            self.room.notify_one();
+        }
+    }
+
+    /// The walk is over: the walk-ahead stops.
+    fn close(&self) {
+        self.state().closed = true;
+        self.room.notify_one();
+    }
+}
 
 /// A directory's entries, sorted by name, each with its `lstat` (`None`: excluded, not
 /// looked at).
@@ -248,7 +301,8 @@ struct ScannedDir {
     dev: u64,
     ino: u64,
     entries: Option<Listing>,
-    tokens: usize,
+    /// What the listing counts against the [`Budget`].
+    cost: usize,
 }
 
 /// Lists and stats the directories to back up on a thread of its own, depth first in name
@@ -263,7 +317,7 @@ struct ScannedDir {
 /// [`Archiver::archive_entry`]), so its node describes what is read.
 pub struct Prescan {
     rx: Receiver<ScannedDir>,
-    tokens: Receiver<()>,
+    budget: std::sync::Arc<Budget>,
     next: Option<ScannedDir>,
     misses: u64,
 }
@@ -287,14 +341,15 @@ impl Prescan {
         trie.selected(Path::new("/"), &mut roots);
         let excluder = PathMatcher::new(excludes)?;
         let (tx, rx) = crossbeam_channel::unbounded();
-        let (token_tx, tokens) = bounded(WALK_AHEAD_TOKENS);
+        let budget = std::sync::Arc::new(Budget::default());
+        let scan_budget = budget.clone();
         std::thread::Builder::new()
             .name("coffer-scan".into())
             .stack_size(64 << 20)
             .spawn(move || {
                 let scan = Scan {
                     tx,
-                    tokens: token_tx,
+                    budget: scan_budget,
                     excluder,
                     exclude_caches,
                     one_fs,
@@ -308,7 +363,7 @@ impl Prescan {
             .map_err(|e| Error::io("thread", e))?;
         Ok(Prescan {
             rx,
-            tokens,
+            budget,
             next: None,
             misses: 0,
         })
@@ -333,9 +388,9 @@ impl Prescan {
                 },
             };
             match walk_order(&item.path, path) {
-                std::cmp::Ordering::Less => self.release(item.tokens),
+                std::cmp::Ordering::Less => self.budget.give(item.cost),
                 std::cmp::Ordering::Equal => {
-                    self.release(item.tokens);
+                    self.budget.give(item.cost);
                     let same = rustix::fs::fstat(dir)
                         .is_ok_and(|st| (st.st_dev as u64, st.st_ino as u64) == (item.dev, item.ino));
                     if same {
@@ -352,18 +407,18 @@ impl Prescan {
         self.misses += 1;
         None
     }
+}
 
-    fn release(&self, n: usize) {
-        for _ in 0..n {
-            let _ = self.tokens.try_recv();
-        }
+impl Drop for Prescan {
+    fn drop(&mut self) {
+        self.budget.close();
     }
 }
 
 /// The walk-ahead's thread.
 struct Scan {
     tx: Sender<ScannedDir>,
-    tokens: Sender<()>,
+    budget: std::sync::Arc<Budget>,
     excluder: PathMatcher,
     exclude_caches: bool,
     one_fs: bool,
@@ -394,13 +449,8 @@ impl Scan {
             Some(Ok(v)) => v.len(),
             _ => 0,
         };
-        item.tokens = (1 + n / ENTRIES_PER_TOKEN).min(WALK_AHEAD_TOKENS);
-        for _ in 0..item.tokens {
-            if self.tokens.send(()).is_err() {
-                return false;
-            }
-        }
-        self.tx.send(item).is_ok()
+        item.cost = 1 + n;
+        self.budget.take(item.cost) && self.tx.send(item).is_ok()
     }
 
     /// Scan directory `fd` (on device `dev`, the backed-up path's) unless it is a cache
@@ -415,7 +465,7 @@ impl Scan {
             dev: st.st_dev as u64,
             ino: st.st_ino as u64,
             entries: None,
-            tokens: 0,
+            cost: 0,
         };
         if self.exclude_caches && is_cache_dir(fd.as_fd()) {
             return self.send(item);

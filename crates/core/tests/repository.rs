@@ -281,6 +281,31 @@ fn a_stale_walk_ahead_stores_nothing_inconsistent() {
     assert_eq!(o.snapshot.summary.errors, 0, "no file changed while read");
 }
 
+/// The walk-ahead's budget counts entries, not directories: with no walk taking anything,
+/// it lists 1000 small directories (3000 entries, far below its 64k-entry budget) ahead.
+/// Its first budget, one token per directory and 256 tokens, stopped it after 256
+/// directories, which left one core idle while the repository was being unlocked.
+#[test]
+fn the_walk_ahead_budget_counts_entries() {
+    let src = tempfile::tempdir().unwrap();
+    for i in 0..1000 {
+        let d = src.path().join(format!("d{i:04}"));
+        fs::create_dir(&d).unwrap();
+        fs::write(d.join("a"), b"a").unwrap();
+        fs::write(d.join("b"), b"b").unwrap();
+    }
+    let prescan = Prescan::start(&[src.path().to_path_buf()], &[], false, false).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while prescan.listed() < 1001 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the walk-ahead stopped after {} directories",
+            prescan.listed()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
 trait ListExt {
     fn list(&self, k: FileKind) -> Vec<String>;
 }
