@@ -43,6 +43,12 @@ pub struct Index {
 }
 
 impl Index {
+    /// Make room for `blobs` more blobs at once: growing the map step by step while 100k+
+    /// blobs are added rehashed it again and again and faulted in every size in between.
+    pub fn reserve(&mut self, blobs: usize) {
+        self.blobs.reserve(blobs);
+    }
+
     /// Add the content of one index file.
     pub fn add_file(&mut self, id: IndexId, file: &IndexFile) {
         self.files.push(id);

@@ -477,6 +477,7 @@ impl Repository {
         } else {
             None
         };
+        let mut files = Vec::new();
         for f in self.backend.list(FileKind::Index)? {
             let file = match self.load_index_file(&f.name) {
                 Ok(file) => file,
@@ -495,6 +496,17 @@ impl Repository {
                 Err(e) => return Err(e),
             };
             let id = IndexId(Id::from_hex(&f.name).map_err(|e| Error::format("index/", e))?);
+            files.push((id, file));
+        }
+        // the map is sized once for every entry (a blob listed twice costs a slot it does not use)
+        index.reserve(
+            files
+                .iter()
+                .flat_map(|(_, f)| &f.packs)
+                .map(|p| p.entries.len())
+                .sum(),
+        );
+        for (id, file) in files {
             match &present {
                 Some(p) => index.add_file_where(id, &file, |pack| p.contains(&pack.to_hex())),
                 None => index.add_file(id, &file),
