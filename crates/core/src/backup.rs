@@ -577,9 +577,11 @@ impl Archiver<'_, '_> {
     /// `None` if the index does not hold it.
     fn reuse_blob(&mut self, id: &BlobId) -> Option<BlobId> {
         let pos = self.repo.index().pack_position(id)? as usize;
-        if let Some(seen) = self.referenced.get_mut(pos) {
-            *seen = true;
+        // sized for the index at the start; grown if it ever held more (the set must be complete)
+        if pos >= self.referenced.len() {
+            self.referenced.resize(pos + 1, false);
         }
+        self.referenced[pos] = true;
         Some(*id)
     }
 
