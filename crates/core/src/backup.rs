@@ -251,6 +251,17 @@ struct BudgetState {
     closed: bool,
 }
 
+impl BudgetState {
+    fn full(&self) -> bool {
+        self.queued >= WALK_AHEAD_ENTRIES
+    }
+}
+
+/// What a directory listing of `entries` entries counts against the [`Budget`].
+fn listing_cost(entries: usize) -> usize {
+    1 + entries
+}
+
 impl Budget {
     fn state(&self) -> std::sync::MutexGuard<'_, BudgetState> {
         self.state
@@ -261,7 +272,7 @@ impl Budget {
     /// Queue `n` entries, after waiting for room; false once the walk is over.
     fn take(&self, n: usize) -> bool {
         let mut s = self.state();
-        while s.queued >= WALK_AHEAD_ENTRIES && !s.closed {
+        while s.full() && !s.closed {
             s.waiting = true;
             s = self
                 .room
@@ -318,7 +329,8 @@ struct ScannedDir {
 pub struct Prescan {
     rx: Receiver<ScannedDir>,
     budget: std::sync::Arc<Budget>,
-    next: Option<ScannedDir>,
+    /// Listings received from the walk-ahead and not yet passed by the walk.
+    ready: std::collections::VecDeque<ScannedDir>,
     misses: u64,
 }
 
@@ -364,23 +376,30 @@ impl Prescan {
         Ok(Prescan {
             rx,
             budget,
-            next: None,
+            ready: Default::default(),
             misses: 0,
         })
     }
 
-    /// How many directories are listed and waiting for the walk.
-    pub fn listed(&self) -> usize {
-        self.rx.len()
+    /// Wait until `n` directories are listed, or the walk-ahead has finished; returns how many
+    /// are listed. For tests that change the file system once the walk-ahead has seen it.
+    pub fn wait_listed(&mut self, n: usize) -> usize {
+        while self.ready.len() < n {
+            match self.rx.recv() {
+                Ok(item) => self.ready.push_back(item),
+                Err(_) => break,
+            }
+        }
+        self.ready.len()
     }
 
     /// The listing of `path`, the directory `dir` (open), if the walk-ahead has it; the
     /// listings before it in walk order are of directories the walk does not enter.
-    #[allow(clippy::unnecessary_cast)] // stat field types differ between targets
     /// `None` also for a cache directory, which the walk reads itself.
+    #[allow(clippy::unnecessary_cast)] // stat field types differ between targets
     fn take(&mut self, path: &Path, dir: BorrowedFd<'_>) -> Option<Listing> {
         loop {
-            let item = match self.next.take() {
+            let item = match self.ready.pop_front() {
                 Some(i) => i,
                 None => match self.rx.recv() {
                     Ok(i) => i,
@@ -399,7 +418,7 @@ impl Prescan {
                     break;
                 }
                 std::cmp::Ordering::Greater => {
-                    self.next = Some(item);
+                    self.ready.push_front(item);
                     break;
                 }
             }
@@ -449,7 +468,7 @@ impl Scan {
             Some(Ok(v)) => v.len(),
             _ => 0,
         };
-        item.cost = 1 + n;
+        item.cost = listing_cost(n);
         self.budget.take(item.cost) && self.tx.send(item).is_ok()
     }
 
@@ -1258,4 +1277,29 @@ pub fn backup_prescanned(
         parent_tree_misses,
         listing_misses,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The walk-ahead's budget counts entries, not directories: 1000 directories of two
+    /// entries each (3000 entries, far below the 64k budget) leave room for more. Its first
+    /// budget, one token per directory out of 256, was full after 256 directories and left a
+    /// core idle while the repository was being unlocked.
+    #[test]
+    fn the_walk_ahead_budget_counts_entries() {
+        let b = Budget::default();
+        for i in 0..1000 {
+            assert!(!b.state().full(), "full after {i} directories");
+            assert!(b.take(listing_cost(2)));
+        }
+        assert_eq!(b.state().queued, 3000);
+        b.give(3000);
+        assert!(b.take(WALK_AHEAD_ENTRIES));
+        assert!(b.state().full());
+        // once the walk is over, the walk-ahead is told to stop instead of waiting for room
+        b.close();
+        assert!(!b.take(1));
+    }
 }
