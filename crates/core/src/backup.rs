@@ -1264,9 +1264,10 @@ pub fn backup_prescanned(
     }
     // this run's own packs can have been condemned too (a prune saw their index file before
     // this snapshot existed): relist those as well
-    let mut referenced: HashSet<PackId> = (0..referenced.len() as u32)
-        .filter(|&i| referenced[i as usize])
-        .map(|i| repo.index().pack_at(i))
+    let mut referenced: HashSet<PackId> = (0u32..)
+        .zip(referenced)
+        .filter(|&(_, used)| used)
+        .map(|(pos, _)| repo.index().pack_at(pos))
         .collect();
     referenced.extend(stats.packs.iter().map(|p| p.id));
     crate::prune::relist_condemned(repo, &referenced)?;
