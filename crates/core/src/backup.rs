@@ -953,7 +953,9 @@ impl Archiver<'_, '_> {
                 Vec::new()
             }
         };
-        let mut tree = Tree::default();
+        let mut tree = Tree {
+            nodes: Vec::with_capacity(entries.len()),
+        };
         let mut pi = 0;
         let pnodes: &[Node] = parent.map(|t| &t.nodes[..]).unwrap_or(&[]);
         for (n, scanned) in entries {

@@ -119,14 +119,16 @@ impl BlobEncoder {
                 None => (Compression::None.code(), data), // encode_blob always writes a code
             };
         };
+        // exact: `reserve` would double a buffer that is a little short, and these two
+        // buffers live as long as the worker (largest blob seen, not twice that)
         self.compressed.clear();
         self.compressed
-            .reserve(zstd::zstd_safe::compress_bound(data.len()));
+            .reserve_exact(zstd::zstd_safe::compress_bound(data.len()));
         let ok = c.compress_to_buffer(data, &mut self.compressed).is_ok()
             && self.compressed.len() + data.len() / 32 < data.len()
             && {
                 self.check.clear();
-                self.check.reserve(data.len());
+                self.check.reserve_exact(data.len());
                 d.decompress_to_buffer(&self.compressed[..], &mut self.check)
                     .is_ok_and(|n| n == data.len())
                     && self.check == data
