@@ -582,14 +582,32 @@ impl Archiver<'_, '_> {
     /// Store a blob unless the repository or this run has it already.
     fn save_blob(&mut self, kind: BlobKind, data: &[u8]) -> Result<BlobId> {
         let id = self.repo.key().blob_id(data);
-        if self.reuse_blob(&id).is_none() && self.session.insert(id) {
-            self.summary.blobs_new += 1;
-            self.summary.bytes_new_raw += data.len() as u64;
+        if self.is_new(&id, data.len()) {
             let mut buf = self.pipe.buffer(data.len());
             buf.extend_from_slice(data);
             self.pipe.submit(kind, id, buf)?;
         }
         Ok(id)
+    }
+
+    /// [`Self::save_blob`] of a buffer the caller gives up: it goes to the pipeline as is.
+    fn save_blob_owned(&mut self, kind: BlobKind, data: Vec<u8>) -> Result<BlobId> {
+        let id = self.repo.key().blob_id(&data);
+        if self.is_new(&id, data.len()) {
+            self.pipe.submit(kind, id, data)?;
+        }
+        Ok(id)
+    }
+
+    /// Whether blob `id` (of `len` bytes) is neither in the repository nor already queued in
+    /// this run; counts it as new if so.
+    fn is_new(&mut self, id: &BlobId, len: usize) -> bool {
+        let new = self.reuse_blob(id).is_none() && self.session.insert(*id);
+        if new {
+            self.summary.blobs_new += 1;
+            self.summary.bytes_new_raw += len as u64;
+        }
+        new
     }
 
     /// Use a blob the repository has (recording its pack, as [`Self::save_blob`] does);
@@ -606,7 +624,8 @@ impl Archiver<'_, '_> {
 
     fn save_tree(&mut self, mut tree: Tree) -> Result<BlobId> {
         let bytes = tree.encode();
-        self.save_blob(BlobKind::Tree, &bytes)
+        drop(tree); // a large directory's nodes are not kept beside their encoding
+        self.save_blob_owned(BlobKind::Tree, bytes)
     }
 
     fn load_parent_tree(&mut self, id: Option<BlobId>) -> Option<Tree> {
@@ -923,6 +942,7 @@ impl Archiver<'_, '_> {
                 };
                 // an unchanged directory keeps its parent's tree blob: no encoding or hashing
                 let same = ptree.as_ref().is_some_and(|p| p.nodes == tree.nodes);
+                drop(ptree); // a large directory's old listing is not kept while the new one is stored
                 let reused = parent
                     .and_then(|p| p.subtree)
                     .filter(|_| same)
