@@ -1,11 +1,14 @@
 //! The in-memory index: blob id → where it is stored.
 //!
-//! Built from all index files at open. Memory per blob: one hash-map slot of a 32-byte id plus
-//! a 20-byte location (about 80 bytes with the map's overhead); issue #8 tracks a denser form.
-//!
-//! The blob map hashes with foldhash (randomly seeded per process) rather than std's SipHash:
-//! every file of a re-backup looks up its chunks here, and SipHash over 32-byte ids was most
-//! of the cost of a lookup.
+//! Two parts. The blobs of the index files read at open ([`Index::add_files`]) form one array
+//! sorted by id, found through a directory on the ids' leading bits: blob ids are keyed BLAKE3
+//! hashes, evenly spread, so a directory of about one slot per blob leaves one or two ids to
+//! compare. Memory per blob: the 52-byte entry plus 2–4 bytes of directory, and loading sorts
+//! once instead of inserting into a hash map that rehashes as it grows (a map costs 60–120
+//! bytes per blob, depending on where its power-of-two size falls). Blobs added one pack at a
+//! time afterwards (a run's new packs, prune, check, repair) go to a hash map (foldhash,
+//! randomly seeded per process; std's SipHash over 32-byte ids was most of a lookup). A blob
+//! is in at most one of the two; the first location seen for a blob wins.
 
 use std::collections::HashMap;
 
@@ -30,12 +33,65 @@ struct Slot {
     raw_length: u32,
 }
 
+#[derive(Clone, Copy, Debug)]
+struct Entry {
+    id: BlobId,
+    slot: Slot,
+}
+
+/// Blobs sorted by id, without duplicates; `dir[p]..dir[p + 1]` is the run of those whose
+/// first `bits` bits are `p`.
+#[derive(Debug, Default)]
+struct Table {
+    entries: Vec<Entry>,
+    dir: Vec<u32>,
+    bits: u32,
+}
+
+impl Table {
+    fn prefix(id: &BlobId, bits: u32) -> usize {
+        let b = id.as_bytes();
+        (u32::from_be_bytes([b[0], b[1], b[2], b[3]]) >> (32 - bits)) as usize
+    }
+
+    /// `entries` must be sorted by id, without duplicates.
+    fn from_sorted(entries: Vec<Entry>) -> Self {
+        if entries.is_empty() {
+            return Table::default();
+        }
+        // about one slot per blob: floor(log2(n)) bits, at most 2^24 slots (64 MiB of blobs)
+        let bits = (usize::BITS - 1 - entries.len().leading_zeros()).clamp(1, 24);
+        let mut dir = vec![0u32; (1usize << bits) + 1];
+        for e in &entries {
+            dir[Self::prefix(&e.id, bits) + 1] += 1;
+        }
+        let mut sum = 0;
+        for d in dir.iter_mut() {
+            sum += *d;
+            *d = sum;
+        }
+        Table { entries, dir, bits }
+    }
+
+    fn find(&self, id: &BlobId) -> Option<&Slot> {
+        if self.entries.is_empty() {
+            return None;
+        }
+        let p = Self::prefix(id, self.bits);
+        let run = &self.entries[self.dir[p] as usize..self.dir[p + 1] as usize];
+        run.binary_search_by(|e| e.id.cmp(id)).ok().map(|i| &run[i].slot)
+    }
+}
+
 /// All known blobs of a repository.
 #[derive(Debug, Default)]
 pub struct Index {
     packs: Vec<PackId>,
     pack_pos: HashMap<PackId, u32>,
-    blobs: HashMap<BlobId, Slot, foldhash::fast::RandomState>,
+    /// Blobs of the index files loaded in bulk.
+    table: Table,
+    /// Blobs added a pack at a time since; never an id `table` holds.
+    added: HashMap<BlobId, Slot, foldhash::fast::RandomState>,
     files: Vec<IndexId>,
     /// Index files that could not be read (damaged, or garbage a compromised client wrote),
     /// one message each; their packs are unknown to this index.
@@ -43,10 +99,33 @@ pub struct Index {
 }
 
 impl Index {
-    /// Make room for `blobs` more blobs at once: growing the map step by step while 100k+
-    /// blobs are added rehashed it again and again and faulted in every size in between.
-    pub fn reserve(&mut self, blobs: usize) {
-        self.blobs.reserve(blobs);
+    /// Add many index files at once, the packs of each that `keep` accepts, into the sorted
+    /// table (rebuilt once for all of them). Blobs the index holds already keep their location;
+    /// among the new ones, the first listed wins.
+    pub fn add_files<'a>(
+        &mut self,
+        files: impl IntoIterator<Item = (IndexId, &'a IndexFile)>,
+        keep: impl Fn(&PackId) -> bool,
+    ) {
+        // the table's own entries first, so that a stable sort keeps them over new duplicates
+        let mut all = std::mem::take(&mut self.table).entries;
+        for (id, file) in files {
+            self.files.push(id);
+            for p in file.packs.iter().filter(|p| keep(&p.id)) {
+                let pos = self.pack_position_of(&p.id);
+                all.extend(p.entries.iter().map(|e| Entry {
+                    id: e.id,
+                    slot: slot(pos, e),
+                }));
+            }
+        }
+        all.sort_by_key(|e| e.id);
+        all.dedup_by(|later, first| later.id == first.id);
+        if !self.added.is_empty() {
+            all.retain(|e| !self.added.contains_key(&e.id));
+        }
+        all.shrink_to_fit();
+        self.table = Table::from_sorted(all);
     }
 
     /// Add the content of one index file.
@@ -65,38 +144,47 @@ impl Index {
         }
     }
 
+    fn pack_position_of(&mut self, id: &PackId) -> u32 {
+        let next = self.packs.len() as u32;
+        let pos = *self.pack_pos.entry(*id).or_insert(next);
+        if pos == next {
+            self.packs.push(*id);
+        }
+        pos
+    }
+
     /// Add one pack's entries (first location seen for a blob wins).
     pub fn add_pack(&mut self, p: &IndexPack) {
-        let next = self.packs.len() as u32;
-        let pos = *self.pack_pos.entry(p.id).or_insert(next);
-        if pos == next {
-            self.packs.push(p.id);
-        }
+        let pos = self.pack_position_of(&p.id);
         for e in &p.entries {
-            self.blobs.entry(e.id).or_insert(Slot {
-                pack: pos,
-                kind: e.kind,
-                offset: e.offset,
-                length: e.length,
-                raw_length: e.raw_length,
-            });
+            if self.table.find(&e.id).is_none() {
+                self.added.entry(e.id).or_insert(slot(pos, e));
+            }
         }
     }
 
-    pub fn get(&self, id: &BlobId) -> Option<BlobLocation> {
-        self.blobs.get(id).map(|s| BlobLocation {
+    fn slot(&self, id: &BlobId) -> Option<&Slot> {
+        self.table.find(id).or_else(|| self.added.get(id))
+    }
+
+    fn location(&self, s: &Slot) -> BlobLocation {
+        BlobLocation {
             pack: self.packs[s.pack as usize],
             kind: s.kind,
             offset: s.offset,
             length: s.length,
             raw_length: s.raw_length,
-        })
+        }
+    }
+
+    pub fn get(&self, id: &BlobId) -> Option<BlobLocation> {
+        self.slot(id).map(|s| self.location(s))
     }
 
     /// The position of the pack holding blob `id` (see [`Index::pack_at`]): lets a caller
     /// note packs in a bitmap instead of hashing their ids.
     pub fn pack_position(&self, id: &BlobId) -> Option<u32> {
-        self.blobs.get(id).map(|s| s.pack)
+        self.slot(id).map(|s| s.pack)
     }
 
     /// The pack at a position [`Index::pack_position`] returned.
@@ -105,11 +193,11 @@ impl Index {
     }
 
     pub fn contains(&self, id: &BlobId) -> bool {
-        self.blobs.contains_key(id)
+        self.slot(id).is_some()
     }
 
     pub fn blob_count(&self) -> usize {
-        self.blobs.len()
+        self.table.entries.len() + self.added.len()
     }
 
     pub fn pack_count(&self) -> usize {
@@ -141,17 +229,146 @@ impl Index {
 
     /// Every blob with its location.
     pub fn iter(&self) -> impl Iterator<Item = (BlobId, BlobLocation)> + '_ {
-        self.blobs.iter().map(|(id, s)| {
-            (
-                *id,
-                BlobLocation {
-                    pack: self.packs[s.pack as usize],
-                    kind: s.kind,
-                    offset: s.offset,
-                    length: s.length,
-                    raw_length: s.raw_length,
-                },
-            )
-        })
+        let table = self.table.entries.iter().map(|e| (e.id, &e.slot));
+        table
+            .chain(self.added.iter().map(|(id, s)| (*id, s)))
+            .map(|(id, s)| (id, self.location(s)))
+    }
+}
+
+fn slot(pack: u32, e: &coffer_format::PackEntry) -> Slot {
+    Slot {
+        pack,
+        kind: e.kind,
+        offset: e.offset,
+        length: e.length,
+        raw_length: e.raw_length,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use coffer_format::{Id, PackEntry};
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// An id from a small pool: `n`'s bytes lead, so ids share leading bits (directory runs of
+    /// several ids) and the same `n` repeats (duplicates across packs and files).
+    fn id(n: u16) -> BlobId {
+        let mut b = [0u8; 32];
+        b[0] = (n >> 8) as u8 & 0x03;
+        b[1] = n as u8;
+        b[31] = (n % 7) as u8;
+        BlobId(Id(b))
+    }
+
+    fn pack(tag: u8, blobs: &[(u16, u32)]) -> IndexPack {
+        IndexPack {
+            id: PackId(Id([tag; 32])),
+            entries: blobs
+                .iter()
+                .map(|&(n, off)| PackEntry {
+                    kind: BlobKind::Data,
+                    id: id(n),
+                    offset: off,
+                    length: 1,
+                    raw_length: 1,
+                })
+                .collect(),
+        }
+    }
+
+    /// packs of one index file: a tag for the pack id, then (blob, offset) pairs
+    type Packs = Vec<(u8, Vec<(u16, u32)>)>;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// index files loaded in bulk
+        Files(Vec<Packs>),
+        /// one pack added on its own
+        Pack(u8, Vec<(u16, u32)>),
+    }
+
+    fn blobs() -> impl Strategy<Value = Vec<(u16, u32)>> {
+        prop::collection::vec((0u16..600, any::<u32>()), 0..40)
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            prop::collection::vec(prop::collection::vec((any::<u8>(), blobs()), 0..4), 0..4)
+                .prop_map(Op::Files),
+            (any::<u8>(), blobs()).prop_map(|(t, b)| Op::Pack(t, b)),
+        ]
+    }
+
+    proptest! {
+        /// Whatever mix of bulk loads and single packs, the index answers as a map that keeps
+        /// the first location seen for each id.
+        #[test]
+        fn the_index_keeps_the_first_location_seen(ops in prop::collection::vec(op(), 1..6)) {
+            let mut index = Index::default();
+            let mut model: BTreeMap<BlobId, (PackId, u32)> = BTreeMap::new();
+            let mut files = 0u8;
+            for op in ops {
+                match op {
+                    Op::Files(list) => {
+                        let decoded: Vec<(IndexId, IndexFile)> = list
+                            .iter()
+                            .map(|packs| {
+                                files = files.wrapping_add(1);
+                                let file = IndexFile {
+                                    supersedes: Vec::new(),
+                                    packs: packs.iter().map(|(t, b)| pack(*t, b)).collect(),
+                                };
+                                (IndexId(Id([files; 32])), file)
+                            })
+                            .collect();
+                        for (_, f) in &decoded {
+                            for p in &f.packs {
+                                for e in &p.entries {
+                                    model.entry(e.id).or_insert((p.id, e.offset));
+                                }
+                            }
+                        }
+                        index.add_files(decoded.iter().map(|(i, f)| (*i, f)), |_| true);
+                    }
+                    Op::Pack(t, b) => {
+                        let p = pack(t, &b);
+                        for e in &p.entries {
+                            model.entry(e.id).or_insert((p.id, e.offset));
+                        }
+                        index.add_pack(&p);
+                    }
+                }
+            }
+            prop_assert_eq!(index.blob_count(), model.len());
+            for n in 0..1024u16 {
+                let got = index.get(&id(n)).map(|l| (l.pack, l.offset));
+                prop_assert_eq!(got, model.get(&id(n)).copied(), "id {}", n);
+            }
+            let listed: BTreeMap<BlobId, (PackId, u32)> =
+                index.iter().map(|(i, l)| (i, (l.pack, l.offset))).collect();
+            prop_assert_eq!(listed, model);
+        }
+    }
+
+    #[test]
+    fn packs_a_filter_rejects_are_left_out() {
+        let kept = pack(1, &[(1, 0), (2, 10)]);
+        let dropped = pack(2, &[(3, 0), (1, 99)]);
+        let file = IndexFile {
+            supersedes: Vec::new(),
+            packs: vec![dropped.clone(), kept.clone()],
+        };
+        let mut index = Index::default();
+        index.add_files([(IndexId(Id([9; 32])), &file)], |p| *p == kept.id);
+        assert_eq!(index.blob_count(), 2);
+        assert!(!index.contains(&id(3)));
+        assert_eq!(index.get(&id(1)).map(|l| (l.pack, l.offset)), Some((kept.id, 0)));
+        assert!(!index.contains_pack(&dropped.id));
+        assert_eq!(index.index_files(), &[IndexId(Id([9; 32]))]);
     }
 }

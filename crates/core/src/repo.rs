@@ -498,20 +498,10 @@ impl Repository {
             let id = IndexId(Id::from_hex(&f.name).map_err(|e| Error::format("index/", e))?);
             files.push((id, file));
         }
-        // the map is sized once for every entry (a blob listed twice costs a slot it does not use)
-        index.reserve(
-            files
-                .iter()
-                .flat_map(|(_, f)| &f.packs)
-                .map(|p| p.entries.len())
-                .sum(),
-        );
-        for (id, file) in files {
-            match &present {
-                Some(p) => index.add_file_where(id, &file, |pack| p.contains(&pack.to_hex())),
-                None => index.add_file(id, &file),
-            }
-        }
+        index.add_files(files.iter().map(|(id, f)| (*id, f)), |pack| match &present {
+            Some(p) => p.contains(&pack.to_hex()),
+            None => true,
+        });
         Ok(index)
     }
 }
