@@ -59,7 +59,7 @@ impl Table {
         if entries.is_empty() {
             return Table::default();
         }
-        // about one slot per blob: floor(log2(n)) bits, at most 2^24 slots (64 MiB of blobs)
+        // about one slot per blob: floor(log2(n)) bits, at most 2^24 slots (a 64 MiB directory)
         let bits = (usize::BITS - 1 - entries.len().leading_zeros()).clamp(1, 24);
         let mut dir = vec![0u32; (1usize << bits) + 1];
         for e in &entries {
