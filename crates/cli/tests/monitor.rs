@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -13,7 +14,6 @@ use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use base64::Engine;
 use chrono::TimeZone;
@@ -22,9 +22,11 @@ use common::{code, stderr, Env};
 
 /// aiosmtpd writing every message it receives into a maildir; killed on drop.
 struct Smtp {
-    child: Child,
+    /// In a cell so that [`Smtp::exited`] works beside other shared borrows.
+    child: RefCell<Child>,
     port: u16,
     maildir: PathBuf,
+    log: PathBuf,
 }
 
 impl Smtp {
@@ -41,11 +43,23 @@ impl Smtp {
             .stderr(fs::File::create(dir.join("smtp.log")).unwrap())
             .spawn()
             .expect("python3 with aiosmtpd (pip install aiosmtpd)");
-        let s = Smtp { child, port, maildir };
-        wait_for(&format!("SMTP listener on port {port}"), || {
-            TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
+        let s = Smtp {
+            child: RefCell::new(child),
+            port,
+            maildir,
+            log: dir.join("smtp.log"),
+        };
+        common::wait_until(
+            &format!("the SMTP listener on port {port}"),
+            || TcpStream::connect(("127.0.0.1", port)).is_ok(),
+            || s.exited(),
+        );
         s
+    }
+
+    /// For [`common::wait_until`]: a report once the listener has exited.
+    fn exited(&self) -> Option<String> {
+        common::exit_report("the SMTP listener", &mut self.child.borrow_mut(), &self.log)
     }
 
     /// Subjects of the messages received so far.
@@ -82,8 +96,9 @@ impl Smtp {
 
 impl Drop for Smtp {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let child = self.child.get_mut();
+        let _ = child.kill();
+        let _ = child.wait();
     }
 }
 
@@ -121,14 +136,6 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !ok() {
-        assert!(Instant::now() < deadline, "waited 60 s for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn count(v: &[String], s: &str) -> usize {
@@ -188,6 +195,9 @@ fn overdue_failure_recovery_digest_webhooks_and_metrics() {
         &e.path("server"),
         &["--test-clock", &clock_arg, "--monitor-every", "1s"],
     );
+    // what the waits below wait for comes from the server and the SMTP listener: a wait ends
+    // in failure only if one of them has exited
+    let ended = || server.exited().or_else(|| smtp.exited());
     server.admin_ok(&[
         "alerts",
         "set",
@@ -229,7 +239,7 @@ fn overdue_failure_recovery_digest_webhooks_and_metrics() {
     };
     let more_rounds = |n: f64| {
         let start = rounds();
-        wait_for("monitoring rounds", || rounds() >= start + n);
+        common::wait_until("monitoring rounds", || rounds() >= start + n, ended);
     };
     let src = e.path("src");
     fs::create_dir_all(&src).unwrap();
@@ -276,9 +286,11 @@ fn overdue_failure_recovery_digest_webhooks_and_metrics() {
     backup("good");
     backup("late");
     fail("broken");
-    wait_for("the failure email", || {
-        count(&smtp.subjects(), "coffer: FAILED broken") == 1
-    });
+    common::wait_until(
+        "the failure email",
+        || count(&smtp.subjects(), "coffer: FAILED broken") == 1,
+        ended,
+    );
 
     // 11:05: 'late' stays silent; within its grace nothing is said
     set_clock(&clock, at(11, 5));
@@ -296,9 +308,11 @@ fn overdue_failure_recovery_digest_webhooks_and_metrics() {
 
     // 11:11: past 11:00 + 10 min, 'late' is overdue: exactly one email, however many rounds
     set_clock(&clock, at(11, 11));
-    wait_for("the overdue email", || {
-        count(&smtp.subjects(), "coffer: OVERDUE late") == 1
-    });
+    common::wait_until(
+        "the overdue email",
+        || count(&smtp.subjects(), "coffer: OVERDUE late") == 1,
+        ended,
+    );
     more_rounds(3.0);
     let subjects = smtp.subjects();
     assert_eq!(count(&subjects, "coffer: OVERDUE late"), 1, "{subjects:?}");
@@ -306,11 +320,15 @@ fn overdue_failure_recovery_digest_webhooks_and_metrics() {
 
     // 11:16: the digest, whose subject alone tells the state of 3 clients in 3 states
     set_clock(&clock, at(11, 16));
-    wait_for("the digest", || {
-        smtp.subjects()
-            .iter()
-            .any(|s| s == "coffer: 1 FAILED, 1 OVERDUE of 3")
-    });
+    common::wait_until(
+        "the digest",
+        || {
+            smtp.subjects()
+                .iter()
+                .any(|s| s == "coffer: 1 FAILED, 1 OVERDUE of 3")
+        },
+        ended,
+    );
     let status = server.admin_ok(&["--test-clock", &clock_arg, "status"]);
     assert!(status.starts_with("coffer: 1 FAILED, 1 OVERDUE of 3"), "{status}");
     // the console, in a browser, at this moment of three states
@@ -319,9 +337,11 @@ fn overdue_failure_recovery_digest_webhooks_and_metrics() {
     // 11:20: 'late' runs again: one recovery notice
     set_clock(&clock, at(11, 20));
     backup("late");
-    wait_for("the recovery email", || {
-        count(&smtp.subjects(), "coffer: RECOVERED late (overdue cleared)") == 1
-    });
+    common::wait_until(
+        "the recovery email",
+        || count(&smtp.subjects(), "coffer: RECOVERED late (overdue cleared)") == 1,
+        ended,
+    );
     more_rounds(3.0);
     let subjects = smtp.subjects();
     assert_eq!(count(&subjects, "coffer: OVERDUE late"), 1, "{subjects:?}");
@@ -332,7 +352,11 @@ fn overdue_failure_recovery_digest_webhooks_and_metrics() {
     );
 
     // the webhook saw the same events, as JSON
-    wait_for("the webhooks", || hooks.lock().unwrap().len() >= subjects.len());
+    common::wait_until(
+        "the webhooks",
+        || hooks.lock().unwrap().len() >= subjects.len(),
+        ended,
+    );
     let events: Vec<(String, String)> = hooks
         .lock()
         .unwrap()
@@ -622,7 +646,7 @@ while True:
     time.sleep(1)
 "#;
     let cert = server.data.join("tls/cert.pem");
-    let mut child = Command::new("python3")
+    let child = Command::new("python3")
         .arg("-c")
         .arg(program)
         .arg(&cert)
@@ -634,17 +658,19 @@ while True:
         .stderr(fs::File::create(e.path("smtp.log")).unwrap())
         .spawn()
         .unwrap();
-    struct Kill<'a>(&'a mut Child);
-    impl Drop for Kill<'_> {
+    struct Kill(Child);
+    impl Drop for Kill {
         fn drop(&mut self) {
             let _ = self.0.kill();
             let _ = self.0.wait();
         }
     }
-    let _kill = Kill(&mut child);
-    wait_for("the STARTTLS SMTP listener", || {
-        TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
+    let mut listener = Kill(child);
+    common::wait_until(
+        "the STARTTLS SMTP listener",
+        || TcpStream::connect(("127.0.0.1", port)).is_ok(),
+        || common::exit_report("the STARTTLS SMTP listener", &mut listener.0, &e.path("smtp.log")),
+    );
     let pw = e.path("smtp-pw");
     fs::write(&pw, "wrong horse\n").unwrap();
     server.admin_ok(&[

@@ -9,7 +9,8 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output};
+use std::time::Duration;
 
 pub struct Env {
     pub dir: tempfile::TempDir,
@@ -138,6 +139,27 @@ pub fn world_executable_coffer(dir: &Path) -> PathBuf {
     fs::copy(env!("CARGO_BIN_EXE_coffer"), &dst).expect("copy coffer");
     fs::set_permissions(&dst, fs::Permissions::from_mode(0o755)).expect("chmod coffer");
     dst
+}
+
+/// Poll until `ready` holds. There is no deadline: a loaded machine only makes the wait
+/// longer. The wait fails when `ended` reports that the process it depends on has exited (what
+/// it waits for can no longer come), with that report.
+pub fn wait_until(what: &str, mut ready: impl FnMut() -> bool, mut ended: impl FnMut() -> Option<String>) {
+    while !ready() {
+        if let Some(why) = ended() {
+            // it may have got ready just before it exited
+            assert!(ready(), "while waiting for {what}: {why}");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// For [`wait_until`]: once `child` has exited, a report of it with its log.
+pub fn exit_report(name: &str, child: &mut Child, log: &Path) -> Option<String> {
+    let status = child.try_wait().ok().flatten()?;
+    let log = fs::read_to_string(log).unwrap_or_default();
+    Some(format!("{name} exited ({status}): {log}"))
 }
 
 /// A command's stderr as text.

@@ -8,7 +8,6 @@ use std::fs;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 pub struct Sshd {
     child: Child,
@@ -62,15 +61,12 @@ impl Sshd {
             .stderr(fs::File::create(d.join("sshd.log")).unwrap())
             .spawn()
             .expect("OpenSSH's sshd (apt-get install openssh-server)");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "sshd did not listen: {}",
-                fs::read_to_string(d.join("sshd.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let mut child = child;
+        super::wait_until(
+            "sshd to listen",
+            || TcpStream::connect(("127.0.0.1", port)).is_ok(),
+            || super::exit_report("sshd", &mut child, &d.join("sshd.log")),
+        );
         let host_pub = fs::read_to_string(d.join("host_key.pub")).unwrap();
         let mut parts = host_pub.split_whitespace();
         let (kt, key) = (parts.next().unwrap(), parts.next().unwrap());
