@@ -130,10 +130,7 @@ impl Index {
 
     /// Add the content of one index file.
     pub fn add_file(&mut self, id: IndexId, file: &IndexFile) {
-        self.files.push(id);
-        for p in &file.packs {
-            self.add_pack(p);
-        }
+        self.add_file_where(id, file, |_| true);
     }
 
     /// [`Index::add_file`] of only the packs `keep` accepts.

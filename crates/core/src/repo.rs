@@ -427,12 +427,17 @@ impl Repository {
     /// Read the index files that can be read, skipping damaged ones (for repair).
     pub fn load_index_skipping_damaged(self) -> IndexedRepository {
         let mut index = Index::default();
-        if let Ok(files) = self.backend.list(FileKind::Index) {
-            for f in files {
-                if let (Ok(file), Ok(id)) = (self.load_index_file(&f.name), Id::from_hex(&f.name)) {
-                    index.add_file(IndexId(id), &file);
-                }
-            }
+        if let Ok(listed) = self.backend.list(FileKind::Index) {
+            let files: Vec<(IndexId, IndexFile)> = listed
+                .iter()
+                .filter_map(|f| {
+                    Some((
+                        IndexId(Id::from_hex(&f.name).ok()?),
+                        self.load_index_file(&f.name).ok()?,
+                    ))
+                })
+                .collect();
+            index.add_files(files.iter().map(|(id, f)| (*id, f)), |_| true);
         }
         IndexedRepository {
             repo: self,
