@@ -194,6 +194,9 @@ fn session_key(
 
 /// Length of the scheme-2 prefix: scheme byte and ephemeral public key.
 const SESSION_PREFIX: usize = 1 + KEY_LEN;
+/// The most an envelope adds to its plaintext (a write-only key's session prefix, the
+/// nonce, the tag).
+pub const MAX_SEAL_OVERHEAD: usize = SESSION_PREFIX + SEAL_NONCE_LEN + SEAL_TAG_LEN;
 
 impl MasterKey {
     fn assemble(
@@ -295,17 +298,32 @@ impl MasterKey {
     /// [`MasterKey::seal`] of the concatenation of `parts`, without assembling it first (a
     /// blob's compression code and payload go straight into the envelope).
     pub fn seal_parts(&self, kind: ObjectKind, extra_ad: &[u8], parts: &[&[u8]]) -> Vec<u8> {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        let mut out = Vec::with_capacity(SESSION_PREFIX + len + SEAL_OVERHEAD);
+        self.seal_parts_into(kind, extra_ad, parts, &mut out);
+        out
+    }
+
+    /// [`MasterKey::seal_parts`] appended to `out` (a buffer that is reused, so that sealing
+    /// allocates nothing once it has grown); returns the envelope's length.
+    pub fn seal_parts_into(
+        &self,
+        kind: ObjectKind,
+        extra_ad: &[u8],
+        parts: &[&[u8]],
+        out: &mut Vec<u8>,
+    ) -> usize {
         if Self::uses_index_key(kind) {
-            return seal_symmetric(&self.index, kind, extra_ad, parts);
+            return seal_body(&self.index, &[SEAL_SCHEME_SYMMETRIC], kind, extra_ad, parts, out);
         }
         match &self.data {
-            Some(d) => seal_symmetric(d, kind, extra_ad, parts),
+            Some(d) => seal_body(d, &[SEAL_SCHEME_SYMMETRIC], kind, extra_ad, parts, out),
             None => {
                 let s = self.session();
                 let mut prefix = [0u8; SESSION_PREFIX];
                 prefix[0] = SEAL_SCHEME_SESSION;
                 prefix[1..].copy_from_slice(&s.ephemeral_public);
-                seal_body(&s.key, &prefix, kind, extra_ad, parts)
+                seal_body(&s.key, &prefix, kind, extra_ad, parts, out)
             }
         }
     }
@@ -412,23 +430,29 @@ pub fn seal_with(key: &[u8; KEY_LEN], kind: ObjectKind, extra_ad: &[u8], plainte
 
 /// Scheme 1: sealed under `key` itself.
 fn seal_symmetric(key: &[u8; KEY_LEN], kind: ObjectKind, extra_ad: &[u8], parts: &[&[u8]]) -> Vec<u8> {
-    seal_body(key, &[SEAL_SCHEME_SYMMETRIC], kind, extra_ad, parts)
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    let mut out = Vec::with_capacity(1 + len + SEAL_OVERHEAD);
+    seal_body(key, &[SEAL_SCHEME_SYMMETRIC], kind, extra_ad, parts, &mut out);
+    out
 }
 
-/// `prefix || nonce || AES-256-GCM(subkey, ...) || tag`.
+/// Append `prefix || nonce || AES-256-GCM(subkey, ...) || tag` to `out`; returns its length.
 fn seal_body(
     key: &[u8; KEY_LEN],
     prefix: &[u8],
     kind: ObjectKind,
     extra_ad: &[u8],
     plaintext: &[&[u8]],
-) -> Vec<u8> {
+    out: &mut Vec<u8>,
+) -> usize {
+    let start = out.len();
     let len: usize = plaintext.iter().map(|p| p.len()).sum();
-    let mut out = Vec::with_capacity(prefix.len() + len + SEAL_OVERHEAD);
+    out.reserve(prefix.len() + len + SEAL_OVERHEAD);
     out.extend_from_slice(prefix);
     let mut nonce = [0u8; SEAL_NONCE_LEN];
     random_bytes(&mut nonce);
     out.extend_from_slice(&nonce);
+    let body = out.len();
     for p in plaintext {
         out.extend_from_slice(p);
     }
@@ -437,14 +461,10 @@ fn seal_body(
     // Sealing fails only for inputs over GCM's 64 GiB limit; blobs are capped far below.
     #[allow(clippy::expect_used)]
     let tag = k
-        .seal_in_place_separate_tag(
-            gcm_nonce(&nonce),
-            Aad::from(&ad),
-            &mut out[prefix.len() + SEAL_NONCE_LEN..],
-        )
+        .seal_in_place_separate_tag(gcm_nonce(&nonce), Aad::from(&ad), &mut out[body..])
         .expect("plaintext within AES-GCM limits");
     out.extend_from_slice(tag.as_ref());
-    out
+    out.len() - start
 }
 
 /// Open an envelope; any change to it, its kind or its id is an integrity error.
@@ -767,6 +787,13 @@ mod tests {
                 let s = k.seal_parts(ObjectKind::Data, b"id", &[&a, &[], &b]);
                 prop_assert_eq!(s.len(), k.seal(ObjectKind::Data, b"id", &whole).len());
                 prop_assert_eq!(&full.open(ObjectKind::Data, b"id", &s, "t").unwrap(), &whole);
+                // appended after other bytes, the envelope is the same and they are untouched
+                let mut buf = a.clone();
+                let n = k.seal_parts_into(ObjectKind::Data, b"id", &[&b, &a], &mut buf);
+                prop_assert_eq!(n, buf.len() - a.len());
+                prop_assert_eq!(&buf[..a.len()], &a[..]);
+                let swapped = [&b[..], &a[..]].concat();
+                prop_assert_eq!(&full.open(ObjectKind::Data, b"id", &buf[a.len()..], "t").unwrap(), &swapped);
             }
         }
     }
