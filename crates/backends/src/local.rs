@@ -7,6 +7,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, ErrorKind, Write};
+use std::ops::Range;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -286,9 +287,25 @@ impl Backend for LocalBackend {
         self.write_with(kind, name, |f| parts.iter().try_for_each(|p| f.write_all(p)))
     }
 
-    fn write_parts_owned(&self, kind: FileKind, name: &str, parts: Vec<Vec<u8>>) -> BResult<WriteOutcome> {
-        // the buffers are freed once written, before the wait for fsync
-        self.write_with(kind, name, move |f| parts.iter().try_for_each(|p| f.write_all(p)))
+    fn write_ranges(
+        &self,
+        kind: FileKind,
+        name: &str,
+        buf: Vec<u8>,
+        ranges: &[Range<usize>],
+        reuse: &dyn Fn(Vec<u8>),
+    ) -> BResult<WriteOutcome> {
+        // the buffer goes back once written, before the wait for fsync
+        self.write_with(kind, name, move |f| {
+            for r in ranges {
+                let part = buf
+                    .get(r.clone())
+                    .ok_or_else(|| io::Error::new(ErrorKind::InvalidInput, "range outside the buffer"))?;
+                f.write_all(part)?;
+            }
+            reuse(buf);
+            Ok(())
+        })
     }
 
     fn remove(&self, kind: FileKind, name: &str) -> BResult<()> {
@@ -333,19 +350,33 @@ mod tests {
             }]
         );
         assert!(b.read(FileKind::Snapshot, &name).unwrap_err().is_not_found());
-        // a pack handed over as owned parts: written whole, and never over an existing file
+        // a pack handed over as ranges of a buffer: written in the ranges' order, the buffer
+        // comes back, and an existing file is never written over
         let other = "cd".repeat(32);
-        let parts = vec![b"pa".to_vec(), Vec::new(), b"rts".to_vec()];
+        let back = std::cell::RefCell::new(Vec::new());
+        let reuse = |v: Vec<u8>| back.borrow_mut().push(v);
         assert_eq!(
-            b.write_parts_owned(FileKind::Pack, &other, parts.clone())
-                .unwrap(),
+            b.write_ranges(
+                FileKind::Pack,
+                &other,
+                b"rtspa!".to_vec(),
+                &[3..5, 5..5, 0..3],
+                &reuse
+            )
+            .unwrap(),
             WriteOutcome::Created
         );
+        assert_eq!(back.borrow().as_slice(), [b"rtspa!".to_vec()]);
         assert_eq!(
-            b.write_parts_owned(FileKind::Pack, &other, vec![b"x".to_vec()])
+            b.write_ranges(FileKind::Pack, &other, b"x".to_vec(), &[0..1, 1..1], &reuse)
                 .unwrap(),
             WriteOutcome::Existed
         );
+        let third = "ef".repeat(32);
+        assert!(b
+            .write_ranges(FileKind::Pack, &third, b"x".to_vec(), &[0..1, 1..2], &reuse)
+            .is_err());
+        assert!(b.read(FileKind::Pack, &third).unwrap_err().is_not_found());
         assert_eq!(b.read(FileKind::Pack, &other).unwrap(), b"parts");
         b.remove(FileKind::Pack, &other).unwrap();
         // names that could escape the directory are refused

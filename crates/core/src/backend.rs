@@ -6,6 +6,7 @@
 //! and the repository's crash-safety argument (docs/FORMAT.md) rests on them.
 
 use std::fmt;
+use std::ops::Range;
 
 use thiserror::Error;
 
@@ -158,13 +159,26 @@ pub trait Backend: Send + Sync + fmt::Debug {
         self.write(kind, name, &parts.concat())
     }
 
-    /// [`Backend::write_parts`] handing over the buffers: a backend may free them as soon as
-    /// their bytes are on their way (a local file written, its `fsync` still to come), so a
-    /// pack writer does not hold 16 MiB while it waits for the disk. Same guarantees; the
-    /// default keeps them until `write_parts` returns.
-    fn write_parts_owned(&self, kind: FileKind, name: &str, parts: Vec<Vec<u8>>) -> BResult<WriteOutcome> {
-        let refs: Vec<&[u8]> = parts.iter().map(|p| &p[..]).collect();
-        self.write_parts(kind, name, &refs)
+    /// [`Backend::write`] of `buf`'s `ranges`, concatenated in the order given, with the same
+    /// guarantees. The buffer is handed over and comes back through `reuse` as soon as its
+    /// bytes are on their way (a local file written, its `fsync` still to come), so that a pack
+    /// writer refills it instead of holding 16 MiB while it waits for the disk, and the
+    /// allocator sees the same few large buffers for the whole run. A backend may drop the
+    /// buffer instead (a write that found the file already there, or that failed). The
+    /// default writes the ranges with [`Backend::write_parts`], then hands the buffer back.
+    fn write_ranges(
+        &self,
+        kind: FileKind,
+        name: &str,
+        buf: Vec<u8>,
+        ranges: &[Range<usize>],
+        reuse: &dyn Fn(Vec<u8>),
+    ) -> BResult<WriteOutcome> {
+        let parts: Vec<&[u8]> = ranges.iter().map(|r| &buf[r.clone()]).collect();
+        let outcome = self.write_parts(kind, name, &parts)?;
+        drop(parts);
+        reuse(buf);
+        Ok(outcome)
     }
 
     /// A range of a pack that holds trees (directory listings). Every backup, listing and
