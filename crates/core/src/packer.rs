@@ -409,7 +409,8 @@ fn packer(repo: &Repository, input: Receiver<Vec<Encoded>>, recycle: Recycle) ->
                 Err(_) => free.recv().ok()?,
             };
             Some(if b.capacity() == 0 {
-                Vec::with_capacity(target + target / 8)
+                // room for the sealed header of a pack of a few thousand blobs, too
+                Vec::with_capacity(target + target / 64)
             } else {
                 b
             })
@@ -435,6 +436,15 @@ fn packer(repo: &Repository, input: Receiver<Vec<Encoded>>, recycle: Recycle) ->
                 stats.bytes_raw += blob.raw_len as u64;
                 let is_tree = blob.kind == BlobKind::Tree;
                 let slot = &mut open[is_tree as usize];
+                // a pack is closed before a blob would take it past the target (unless that
+                // blob is alone in it), so a pack buffer never grows beyond its first capacity
+                let need = 1 + blob.data.len() + MAX_SEAL_OVERHEAD;
+                if !slot.blobs.is_empty()
+                    && slot.buf.len() + need > target
+                    && ptx.send(std::mem::take(slot)).is_err()
+                {
+                    break 'input; // every writer stopped: their results say why
+                }
                 if !is_tree && !slot.pooled {
                     let Some(mut b) = next_buffer() else {
                         break 'input; // every writer stopped: their results say why
