@@ -139,9 +139,7 @@ impl BlobEncoder {
             (Compression::None.code(), data)
         }
     }
-}
 
-impl BlobEncoder {
     /// [`BlobEncoder::encode`] that leaves the payload in `data` (compressed data is shorter,
     /// so it fits the buffer already there): the buffer can travel on to be sealed and
     /// packed, and nothing is allocated. Returns the compression code.
