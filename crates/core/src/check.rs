@@ -168,30 +168,28 @@ pub fn check(repo: Repository, opts: &CheckOptions, progress: &dyn Progress) -> 
     // one of its blobs is damaged (the tree walk below finds those).
     let server_retention = backend.wants_manifests();
     let mut removed_by_server: HashSet<PackId> = HashSet::new();
+    let mut files = Vec::new();
     for f in backend.list(FileKind::Index)? {
         match repo.load_index_file(&f.name) {
-            Ok(file) => {
-                if let Ok(id) = Id::from_hex(&f.name) {
-                    let id = coffer_format::IndexId(id);
-                    if server_retention {
-                        index.add_file_where(id, &file, |p| stored.contains_key(p));
-                    } else {
-                        index.add_file(id, &file);
-                    }
-                }
-                for p in file.packs {
-                    if server_retention && !stored.contains_key(&p.id) {
-                        removed_by_server.insert(p.id);
-                        continue;
-                    }
-                    pack_entries.entry(p.id).or_insert(p.entries);
-                }
-            }
+            Ok(file) => files.push((Id::from_hex(&f.name).ok().map(coffer_format::IndexId), file)),
             Err(Error::Backend(e)) if e.is_not_found() => {} // superseded meanwhile
             Err(e) => {
                 r.errors.push(format!("index/{}: {e}", f.name));
                 r.damaged.push(format!("index/{}", f.name));
             }
+        }
+    }
+    // one bulk load into the sorted table, as a normal open does
+    index.add_files(files.iter().filter_map(|(id, file)| Some(((*id)?, file))), |p| {
+        !server_retention || stored.contains_key(p)
+    });
+    for (_, file) in files {
+        for p in file.packs {
+            if server_retention && !stored.contains_key(&p.id) {
+                removed_by_server.insert(p.id);
+                continue;
+            }
+            pack_entries.entry(p.id).or_insert(p.entries);
         }
     }
     let repo = repo.with_index(index);

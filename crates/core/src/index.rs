@@ -128,19 +128,6 @@ impl Index {
         self.table = Table::from_sorted(all);
     }
 
-    /// Add the content of one index file.
-    pub fn add_file(&mut self, id: IndexId, file: &IndexFile) {
-        self.add_file_where(id, file, |_| true);
-    }
-
-    /// [`Index::add_file`] of only the packs `keep` accepts.
-    pub fn add_file_where(&mut self, id: IndexId, file: &IndexFile, keep: impl Fn(&PackId) -> bool) {
-        self.files.push(id);
-        for p in file.packs.iter().filter(|p| keep(&p.id)) {
-            self.add_pack(p);
-        }
-    }
-
     fn pack_position_of(&mut self, id: &PackId) -> u32 {
         let next = self.packs.len() as u32;
         let pos = *self.pack_pos.entry(*id).or_insert(next);
