@@ -298,8 +298,7 @@ impl MasterKey {
     /// [`MasterKey::seal`] of the concatenation of `parts`, without assembling it first (a
     /// blob's compression code and payload go straight into the envelope).
     pub fn seal_parts(&self, kind: ObjectKind, extra_ad: &[u8], parts: &[&[u8]]) -> Vec<u8> {
-        let len: usize = parts.iter().map(|p| p.len()).sum();
-        let mut out = Vec::with_capacity(SESSION_PREFIX + len + SEAL_OVERHEAD);
+        let mut out = Vec::new(); // sized by seal_body
         self.seal_parts_into(kind, extra_ad, parts, &mut out);
         out
     }
@@ -430,8 +429,7 @@ pub fn seal_with(key: &[u8; KEY_LEN], kind: ObjectKind, extra_ad: &[u8], plainte
 
 /// Scheme 1: sealed under `key` itself.
 fn seal_symmetric(key: &[u8; KEY_LEN], kind: ObjectKind, extra_ad: &[u8], parts: &[&[u8]]) -> Vec<u8> {
-    let len: usize = parts.iter().map(|p| p.len()).sum();
-    let mut out = Vec::with_capacity(1 + len + SEAL_OVERHEAD);
+    let mut out = Vec::new(); // sized by seal_body
     seal_body(key, &[SEAL_SCHEME_SYMMETRIC], kind, extra_ad, parts, &mut out);
     out
 }

@@ -455,12 +455,6 @@ fn packer(repo: &Repository, input: Receiver<Vec<Encoded>>, recycle: Recycle) ->
                 }
                 slot.seal(repo.key(), &blob, target);
                 recycle.give(blob.data);
-                if slot.buf.len() >= target {
-                    let p = std::mem::take(slot);
-                    if ptx.send(p).is_err() {
-                        break 'input; // every writer stopped: their results say why
-                    }
-                }
             }
             while let Ok(r) = rrx.try_recv() {
                 if let Err(e) = take_done(&mut stats, &mut unindexed, r) {
