@@ -68,19 +68,20 @@ impl ServerProc {
             .spawn()
             .unwrap();
         *self.child.get_mut() = Some(child);
-        // no deadline: a loaded machine only waits longer; a server that exits ends the wait
-        loop {
-            let text = fs::read_to_string(&self.log).unwrap_or_default();
-            if let Some(rest) = text.split("listening on https://127.0.0.1:").nth(1) {
-                let port: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
-                self.port = port.parse().unwrap();
-                return;
-            }
-            if let Some(st) = self.child.get_mut().as_mut().unwrap().try_wait().unwrap() {
-                panic!("coffer server exited ({st}): {text}");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let mut port = None;
+        super::wait_until(
+            "the coffer server to listen",
+            || {
+                let text = fs::read_to_string(&self.log).unwrap_or_default();
+                port = text.split("listening on https://127.0.0.1:").nth(1).map(|rest| {
+                    let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+                    digits.parse::<u16>().unwrap()
+                });
+                port.is_some()
+            },
+            || self.exited(),
+        );
+        self.port = port.unwrap();
     }
 
     /// Kill with SIGKILL (no graceful shutdown).
