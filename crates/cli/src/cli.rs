@@ -598,6 +598,15 @@ pub struct CatArgs {
 pub enum KeyCommand {
     /// List the keys
     List,
+    /// Make a new generated key: 256 random bits in a file that takes a passphrase's place
+    /// (`--password-file`, `init`, `key add --new-password-file`). It opens its key file
+    /// without argon2id's 64 MiB and ~0.15 s: for unattended jobs. Needs no repository.
+    Generate {
+        /// Write the key to FILE (created with mode 0600; never overwritten) instead of
+        /// printing it
+        #[arg(long, short = 'o', value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
     /// Add a key (a new password that opens the repository)
     Add {
         #[arg(long, value_name = "FILE")]

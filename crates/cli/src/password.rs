@@ -1,6 +1,7 @@
 //! Where passphrases come from. Never from the command line: from `COFFER_PASSWORD`, a file
 //! (`--password-file` / `COFFER_PASSWORD_FILE`), a command's output (`--password-command`),
-//! or a terminal prompt, in that order.
+//! or a terminal prompt, in that order. Each source may hold a generated key (`coffer key
+//! generate`) instead of a passphrase; coffer-core tells them apart.
 
 use std::io::IsTerminal;
 use std::path::Path;

@@ -262,6 +262,59 @@ fn keys_via_cli() {
     assert_ne!(keys[0]["id"], other.as_str());
 }
 
+/// `key generate` writes a new key to a private file, never over an existing one; the file
+/// works as a password file from `init` on, its key file says so, and a damaged key is
+/// named as damaged.
+#[test]
+fn generated_key_via_cli() {
+    use std::os::unix::fs::PermissionsExt;
+    let e = Env::new();
+    let key = e.path("repo.key");
+    e.ok(&["key", "generate", "-o", key.to_str().unwrap()]);
+    assert_eq!(fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+    let text = fs::read_to_string(&key).unwrap();
+    assert!(
+        text.starts_with("coffer-key-v1:") && text.ends_with('\n'),
+        "{text}"
+    );
+    // never overwritten
+    assert_eq!(code(&e.run(&["key", "generate", "-o", key.to_str().unwrap()])), 1);
+    assert_eq!(fs::read_to_string(&key).unwrap(), text);
+    // printed: another key each time
+    let printed = e.ok(&["key", "generate"]);
+    assert!(printed.starts_with("coffer-key-v1:") && printed != text);
+
+    fs::copy(&key, &e.pwfile).unwrap();
+    let init = e.ok(&["init"]);
+    assert!(init.contains("key file"), "{init}");
+    let src = e.path("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("f"), b"data").unwrap();
+    e.ok(&["backup", src.to_str().unwrap()]);
+    let keys: serde_json::Value = serde_json::from_str(&e.ok(&["key", "list", "--json"])).unwrap();
+    assert_eq!(keys[0]["unlock"], "generated key");
+
+    // a passphrase slot beside it; each opens the repository
+    let pass = e.path("pass");
+    fs::write(&pass, "a passphrase\n").unwrap();
+    e.ok(&["key", "add", "--new-password-file", pass.to_str().unwrap()]);
+    let list = e.ok(&["key", "list"]);
+    assert!(
+        list.contains("passphrase") && list.contains("generated key"),
+        "{list}"
+    );
+    fs::copy(&pass, &e.pwfile).unwrap();
+    e.ok(&["snapshots"]);
+
+    // one digit changed: a one-line error that names the checksum, not "wrong password"
+    let mut damaged = text.into_bytes();
+    damaged[20] = if damaged[20] == b'a' { b'b' } else { b'a' };
+    fs::write(&e.pwfile, &damaged).unwrap();
+    let o = e.run(&["snapshots"]);
+    assert_eq!(code(&o), 1);
+    assert!(stderr(&o).contains("checksum"), "{}", stderr(&o));
+}
+
 #[test]
 fn password_sources() {
     let e = Env::init();

@@ -16,9 +16,7 @@ use zeroize::Zeroizing;
 
 use crate::backend::{Backend, FileKind, WriteOutcome};
 use crate::compress::{decode_blob, decode_blob_max, encode_blob, CompressionSpec};
-use crate::crypto::{
-    default_kdf, derive_wrapping_key, open_with, random_bytes, seal_with, storage_id, MasterKey,
-};
+use crate::crypto::{kdf_for, open_with, random_bytes, seal_with, storage_id, wrapping_key_for, MasterKey};
 use crate::error::{Error, Result};
 use crate::index::{BlobLocation, Index};
 use crate::lease::Lease;
@@ -121,7 +119,8 @@ impl Repository {
         })
     }
 
-    /// Open with a passphrase: try every key file until one unwraps.
+    /// Open with a passphrase or a generated key (`coffer key generate`): try every key file
+    /// of that kind until one unwraps.
     pub fn open(backend: Arc<dyn Backend>, password: &[u8]) -> Result<Repository> {
         let location = backend.location();
         if !backend.exists()? {
@@ -144,7 +143,9 @@ impl Repository {
                     continue;
                 }
             };
-            let wrap = derive_wrapping_key(password, &kf.kdf)?;
+            let Some(wrap) = wrapping_key_for(password, &kf.kdf)? else {
+                continue; // a passphrase never opens a generated key's file, nor the reverse
+            };
             if let Ok(plain) = open_with(&wrap, ObjectKind::KeyWrap, b"", &kf.wrapped, &what) {
                 let plain = Zeroizing::new(plain);
                 let (key, carried_config) = MasterKey::from_bytes(&plain, &what)?;
@@ -515,8 +516,9 @@ fn write_key_file(backend: &dyn Backend, key: &MasterKey, password: &[u8], confi
     if password.is_empty() {
         return Err(Error::Invalid("an empty password is not allowed".into()));
     }
-    let kdf = default_kdf();
-    let wrap = derive_wrapping_key(password, &kdf)?;
+    let kdf = kdf_for(password)?;
+    let wrap = wrapping_key_for(password, &kdf)?
+        .ok_or_else(|| Error::Invalid("a new key file's parameters do not fit its credential".into()))?;
     let (hostname, username) = host_and_user();
     let kf = KeyFile {
         version: FORMAT_VERSION,

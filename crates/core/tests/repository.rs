@@ -72,6 +72,108 @@ fn keys_open_add_remove_passwd() {
     );
 }
 
+/// A generated key opens only its own kind of key file, never runs argon2id, and a mistyped
+/// one is an error of its own rather than a wrong password.
+#[test]
+fn generated_keys_open_their_key_files_without_argon2() {
+    use coffer_core::crypto::{generate_key_text, parse_generated_key, GENERATED_KEY_KDF};
+    use coffer_core::format::KeyFile;
+
+    let b = MemoryBackend::new();
+    let key = generate_key_text();
+    assert!(parse_generated_key(key.as_bytes()).unwrap().is_some());
+    assert!(parse_generated_key(b"correct horse battery staple")
+        .unwrap()
+        .is_none());
+    let repo = Repository::init(Arc::new(b.clone()), key.as_bytes(), &InitOptions::default()).unwrap();
+    let keys = repo.list_keys().unwrap();
+    assert_eq!(keys.len(), 1);
+    let kdf = &keys[0].1.kdf;
+    assert_eq!(kdf.algorithm, GENERATED_KEY_KDF);
+    assert_eq!((kdf.memory_kib, kdf.iterations, kdf.parallelism), (0, 0, 0));
+
+    // the key as read from a file (trailing newline) opens it; another key does not
+    let from_file = format!("{}\n", key.as_str());
+    assert_eq!(
+        Repository::open(Arc::new(b.clone()), from_file.as_bytes())
+            .unwrap()
+            .key_id(),
+        repo.key_id()
+    );
+    let other = generate_key_text();
+    let err = Repository::open(Arc::new(b.clone()), other.as_bytes()).unwrap_err();
+    assert_eq!(err.category(), Category::WrongPassword);
+
+    // one wrong digit: caught by the checksum, named as such
+    let mut typo = key.as_bytes().to_vec();
+    let i = "coffer-key-v1:".len() + 5;
+    typo[i] = if typo[i] == b'0' { b'1' } else { b'0' };
+    let err = Repository::open(Arc::new(b.clone()), &typo).unwrap_err();
+    assert!(err.to_string().contains("checksum"), "{err}");
+    assert_ne!(err.category(), Category::WrongPassword);
+
+    // a passphrase slot beside it: each credential opens its own slot
+    let pass = repo.add_key(b"a passphrase").unwrap();
+    assert_eq!(
+        Repository::open(Arc::new(b.clone()), b"a passphrase")
+            .unwrap()
+            .key_id(),
+        pass
+    );
+    assert_eq!(
+        Repository::open(Arc::new(b.clone()), key.as_bytes())
+            .unwrap()
+            .key_id(),
+        repo.key_id()
+    );
+
+    // Make the passphrase slot's argon2 parameters unusable (0 lanes: argon2 refuses them).
+    // A passphrase now fails on it; the generated key never derives it, so it still opens.
+    let name = pass.to_hex();
+    let mut kf = KeyFile::decode(&coffer_core::Backend::read(&b, FileKind::Key, &name).unwrap()).unwrap();
+    kf.kdf.parallelism = 0;
+    let bytes = kf.encode();
+    let new_name = coffer_core::crypto::storage_id(&bytes).to_hex();
+    coffer_core::Backend::write(&b, FileKind::Key, &new_name, &bytes).unwrap();
+    coffer_core::Backend::remove(&b, FileKind::Key, &name).unwrap();
+    let err = Repository::open(Arc::new(b.clone()), b"a passphrase").unwrap_err();
+    assert!(err.to_string().contains("argon2"), "{err}");
+    assert_eq!(
+        Repository::open(Arc::new(b.clone()), key.as_bytes())
+            .unwrap()
+            .key_id(),
+        repo.key_id()
+    );
+
+    // a write-only key can be a generated one too
+    let wo_key = generate_key_text();
+    let wo = repo.add_write_only_key(wo_key.as_bytes()).unwrap();
+    let opened = Repository::open(Arc::new(b.clone()), wo_key.as_bytes()).unwrap();
+    assert_eq!(opened.key_id(), wo);
+    assert!(!opened.key().can_read());
+}
+
+/// A key file that claims a generated key but carries stretching parameters, or names an
+/// unknown derivation, is refused when decoded.
+#[test]
+fn key_files_with_inconsistent_kdf_parameters_are_refused() {
+    use coffer_core::format::KeyFile;
+    let b = MemoryBackend::new();
+    let repo = init(&b);
+    let good = coffer_core::Backend::read(&b, FileKind::Key, &repo.key_id().to_hex()).unwrap();
+    let mut kf = KeyFile::decode(&good).unwrap();
+    kf.kdf.algorithm = "coffer-key".into();
+    assert!(
+        KeyFile::decode(&kf.encode()).is_err(),
+        "coffer-key with argon2 costs"
+    );
+    kf.kdf.algorithm = "scrypt".into();
+    assert!(KeyFile::decode(&kf.encode()).is_err(), "unknown kdf");
+    kf.kdf = KeyFile::decode(&good).unwrap().kdf;
+    kf.kdf.memory_kib = 8 << 20;
+    assert!(KeyFile::decode(&kf.encode()).is_err(), "8 GiB of argon2 memory");
+}
+
 #[test]
 fn missing_repository_and_empty_password() {
     let b = MemoryBackend::new();

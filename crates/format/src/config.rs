@@ -94,7 +94,8 @@ impl Config {
     }
 }
 
-/// argon2id parameters of a key file.
+/// How a key file's wrapping key is derived: argon2id for a passphrase, or `coffer-key` (a
+/// generated 256-bit key, no parameters but the salt).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KdfParams {
     pub algorithm: String,
@@ -141,19 +142,21 @@ impl KeyFile {
                 supported: "1".into(),
             });
         }
-        if k.kdf.algorithm != "argon2id" {
-            return Err(FormatError::Unsupported {
-                what: "key file kdf",
-                found: k.kdf.algorithm.clone(),
-                supported: "argon2id".into(),
-            });
-        }
-        // Refuse parameters that would make opening a hostile key file exhaust memory or time.
-        if k.kdf.memory_kib > 4 << 20
-            || k.kdf.iterations > 100
-            || k.kdf.parallelism > 64
-            || k.kdf.salt.len() < 16
-        {
+        let kdf = &k.kdf;
+        let in_range = match kdf.algorithm.as_str() {
+            // Refuse parameters that would make opening a hostile key file exhaust memory or time.
+            "argon2id" => kdf.memory_kib <= 4 << 20 && kdf.iterations <= 100 && kdf.parallelism <= 64,
+            // A generated key (256 random bits) is not stretched: there is nothing to tune.
+            "coffer-key" => kdf.memory_kib == 0 && kdf.iterations == 0 && kdf.parallelism == 0,
+            other => {
+                return Err(FormatError::Unsupported {
+                    what: "key file kdf",
+                    found: other.to_string(),
+                    supported: "argon2id, coffer-key".into(),
+                })
+            }
+        };
+        if !in_range || kdf.salt.len() < 16 {
             return Err(FormatError::malformed("key file", "kdf parameters out of range"));
         }
         Ok(k)

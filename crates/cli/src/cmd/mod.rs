@@ -121,7 +121,11 @@ pub fn init(g: &Global, a: InitArgs) -> Result<u8> {
             repo.config().id.short(),
             repo.backend().location()
         )?;
-        outln!("Keep the password safe: without it the data cannot be recovered.")?;
+        if coffer_core::crypto::parse_generated_key(&pw)?.is_some() {
+            outln!("Keep a copy of the key file off this machine: without it the data cannot be recovered.")?;
+        } else {
+            outln!("Keep the password safe: without it the data cannot be recovered.")?;
+        }
     }
     Ok(0)
 }
@@ -430,36 +434,86 @@ pub fn diff(g: &Global, a: DiffArgs) -> Result<u8> {
     Ok(0)
 }
 
+/// `coffer key generate`: a new generated key, into a new file readable by its owner only
+/// or on standard output.
+fn generate_key(g: &Global, output: Option<&std::path::Path>) -> Result<u8> {
+    let text = coffer_core::crypto::generate_key_text();
+    let Some(path) = output else {
+        outln!("{}", text.as_str())?;
+        return Ok(0);
+    };
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| {
+            format!(
+                "cannot create key file {} (an existing file is never overwritten)",
+                path.display()
+            )
+        })?;
+    f.write_all(text.as_bytes())
+        .and_then(|()| f.write_all(b"\n"))
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("cannot write key file {}", path.display()))?;
+    if g.json {
+        print_json(&json!({"message_type": "key_generated", "path": path.display().to_string()}))?;
+    } else if !g.quiet {
+        outln!(
+            "wrote a new key to {}: use it as --password-file (or COFFER_PASSWORD_FILE) for init or key add, and keep a copy off this machine",
+            path.display()
+        )?;
+    }
+    Ok(0)
+}
+
+/// How a key file is unlocked, for listings.
+fn unlocked_by(kf: &coffer_core::format::KeyFile) -> &'static str {
+    if kf.kdf.algorithm == coffer_core::crypto::GENERATED_KEY_KDF {
+        "generated key"
+    } else {
+        "passphrase"
+    }
+}
+
 pub fn key(g: &Global, k: KeyCommand) -> Result<u8> {
-    let mut repo = open(g)?;
+    let mut repo = match &k {
+        KeyCommand::Generate { output } => return generate_key(g, output.as_deref()),
+        _ => open(g)?,
+    };
     match k {
+        KeyCommand::Generate { .. } => {} // needs no repository: handled above
         KeyCommand::List => {
             let keys = repo.list_keys()?;
             if g.json {
                 let v: Vec<_> = keys
                     .iter()
                     .map(|(id, kf)| json!({"id": id.to_hex(), "current": *id == repo.key_id(), "created": kf.created.to_rfc3339(),
-                        "hostname": kf.hostname, "username": kf.username, "kind": kf.kind}))
+                        "hostname": kf.hostname, "username": kf.username, "kind": kf.kind, "unlock": unlocked_by(kf)}))
                     .collect();
                 return print_json(&v).map(|_| 0);
             }
             outln!(
-                " {:<8}  {:<10}  {:<19}  {:<16}  {}",
+                " {:<8}  {:<10}  {:<19}  {:<16}  {:<10}  {}",
                 "ID",
                 "User",
                 "Created",
                 "Host",
-                "Kind"
+                "Kind",
+                "Unlocked by"
             )?;
             for (id, kf) in keys {
                 let cur = if id == repo.key_id() { '*' } else { ' ' };
                 outln!(
-                    "{cur}{:<8}  {:<10}  {:<19}  {:<16}  {}",
+                    "{cur}{:<8}  {:<10}  {:<19}  {:<16}  {:<10}  {}",
                     id.short(),
                     kf.username,
                     local_time(&kf.created),
                     kf.hostname,
-                    kf.kind
+                    kf.kind,
+                    unlocked_by(&kf)
                 )?;
             }
         }
