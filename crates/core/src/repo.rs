@@ -589,6 +589,7 @@ impl IndexedRepository {
     pub fn ensure_lease(&mut self, purpose: &str) -> Result<()> {
         if self.lease.is_none() {
             self.lease = Some(Lease::acquire(self.backend().clone(), purpose)?);
+            self.index = Index::default(); // not both in memory at once
             self.index = self.repo.read_all_index()?;
         }
         Ok(())

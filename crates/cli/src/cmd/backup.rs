@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use coffer_core::{BackupOptions, ParentChoice};
 use serde_json::json;
 
-use super::{open_indexed, outln, print_json};
+use super::{open_leased, outln, print_json};
 use crate::cli::{BackupArgs, Global};
 use crate::ui::{bytes, CliProgress};
 use crate::EXIT_INCOMPLETE;
@@ -33,7 +33,7 @@ pub fn run(g: &Global, a: BackupArgs) -> Result<u8> {
     let prescan = (!a.force && !a.paths.is_empty())
         .then(|| coffer_core::Prescan::start(&a.paths, &excludes, a.exclude_caches, a.one_file_system).ok())
         .flatten();
-    let mut repo = open_indexed(g)?;
+    let mut repo = open_leased(g, "backup")?;
     // every database source is checked (tool, server, database) before anything is stored
     let sources = super::db::sources(&a)?;
     let parent = if a.force {

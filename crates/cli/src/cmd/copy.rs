@@ -7,7 +7,7 @@ use coffer_core::copy::copy_snapshots;
 use coffer_core::Repository;
 
 use crate::cli::{CopyArgs, Global};
-use crate::cmd::{open, outln, print_json};
+use crate::cmd::{open_leased, outln, print_json};
 use crate::password::password_from;
 use crate::ui::{bytes, CliProgress};
 
@@ -36,7 +36,7 @@ pub fn run(g: &Global, a: CopyArgs) -> Result<u8> {
     let src = Repository::open(src_backend, &pw)
         .context("the source repository (--from-repo)")?
         .load_index()?;
-    let mut dst = open(g)?.load_index()?;
+    let mut dst = open_leased(g, "backup")?;
     let mut wanted = Vec::new();
     if a.snapshots.is_empty() {
         let (list, unreadable) = src.list_snapshots_readable()?;

@@ -70,6 +70,12 @@ pub fn open_indexed(g: &Global) -> Result<IndexedRepository> {
     Ok(open(g)?.load_index()?)
 }
 
+/// Open for writing: take a lease, then read the index under it (once: a run that loaded the
+/// index before its lease would read it again).
+pub fn open_leased(g: &Global, purpose: &str) -> Result<IndexedRepository> {
+    Ok(open(g)?.load_index_leased(purpose)?)
+}
+
 pub fn print_json(v: &impl serde::Serialize) -> Result<()> {
     let s = serde_json::to_string(v)?;
     outln!("{s}")
