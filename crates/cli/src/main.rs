@@ -35,6 +35,26 @@ fn exit_code_for(e: &anyhow::Error) -> Option<u8> {
     None
 }
 
+/// For a backup: blocks larger than a chunk's buffer come from the kernel and go straight
+/// back to it. glibc's default raises its mmap threshold to the largest block freed so far,
+/// after which such blocks (a large directory's trees and listings, the index's sort) stay in
+/// the arena of the thread that allocated them and count in the peak RSS for the rest of the
+/// run: an unchanged re-backup held 63-70 MiB instead of 51-53, an initial backup 89-97
+/// instead of 83-87, at no measurable cost in time (docs/PERFORMANCE.md). The threshold sits
+/// above the default chunker's largest buffer (2 MiB plus zstd's bound), so the pipeline's
+/// recycled chunk buffers stay in the heap. Called before any thread starts.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn large_blocks_from_the_kernel() {
+    const THRESHOLD: libc::c_int = (2 << 20) + (64 << 10);
+    // SAFETY: mallopt only sets a parameter of glibc's allocator for later allocations;
+    // no other thread exists yet, and no memory already handed out is touched.
+    let _ = unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, THRESHOLD) };
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn large_blocks_from_the_kernel() {}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
@@ -43,6 +63,9 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
+    if matches!(cli.command, Command::Backup(_)) {
+        large_blocks_from_the_kernel();
+    }
     let g = cli.global.clone();
     let report_kind = report::kind(&cli.command);
     let (started, clock) = (SystemTime::now(), Instant::now());
