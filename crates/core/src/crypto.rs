@@ -534,7 +534,7 @@ pub fn default_kdf() -> KdfParams {
     let mut salt = vec![0u8; 32];
     random_bytes(&mut salt);
     KdfParams {
-        algorithm: "argon2id".into(),
+        algorithm: coffer_format::KDF_ARGON2ID.into(),
         memory_kib: 64 * 1024,
         iterations: 3,
         parallelism: 1,
@@ -543,7 +543,7 @@ pub fn default_kdf() -> KdfParams {
 }
 
 /// The `kdf.algorithm` of key files opened by a generated key instead of a passphrase.
-pub const GENERATED_KEY_KDF: &str = "coffer-key";
+pub use coffer_format::KDF_GENERATED_KEY as GENERATED_KEY_KDF;
 
 /// How a generated key is written: `coffer-key-v1:<64 hex digits>:<8 hex digits of checksum>`.
 const GENERATED_KEY_PREFIX: &str = "coffer-key-v1:";

@@ -94,6 +94,11 @@ impl Config {
     }
 }
 
+/// `KdfParams::algorithm` of a passphrase's key file.
+pub const KDF_ARGON2ID: &str = "argon2id";
+/// `KdfParams::algorithm` of a generated key's file (256 random bits: no stretching).
+pub const KDF_GENERATED_KEY: &str = "coffer-key";
+
 /// How a key file's wrapping key is derived: argon2id for a passphrase, or `coffer-key` (a
 /// generated 256-bit key, no parameters but the salt).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -145,14 +150,14 @@ impl KeyFile {
         let kdf = &k.kdf;
         let in_range = match kdf.algorithm.as_str() {
             // Refuse parameters that would make opening a hostile key file exhaust memory or time.
-            "argon2id" => kdf.memory_kib <= 4 << 20 && kdf.iterations <= 100 && kdf.parallelism <= 64,
+            KDF_ARGON2ID => kdf.memory_kib <= 4 << 20 && kdf.iterations <= 100 && kdf.parallelism <= 64,
             // A generated key (256 random bits) is not stretched: there is nothing to tune.
-            "coffer-key" => kdf.memory_kib == 0 && kdf.iterations == 0 && kdf.parallelism == 0,
+            KDF_GENERATED_KEY => kdf.memory_kib == 0 && kdf.iterations == 0 && kdf.parallelism == 0,
             other => {
                 return Err(FormatError::Unsupported {
                     what: "key file kdf",
                     found: other.to_string(),
-                    supported: "argon2id, coffer-key".into(),
+                    supported: format!("{KDF_ARGON2ID}, {KDF_GENERATED_KEY}"),
                 })
             }
         };

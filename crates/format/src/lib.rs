@@ -25,7 +25,7 @@ mod snapshot;
 mod tree;
 mod tree_cbor;
 
-pub use config::{ChunkerParams, Config, KdfParams, KeyFile};
+pub use config::{ChunkerParams, Config, KdfParams, KeyFile, KDF_ARGON2ID, KDF_GENERATED_KEY};
 pub use error::FormatError;
 pub use id::{BlobId, Id, IndexId, KeyId, PackId, SnapshotId, ID_LEN};
 pub use index::{IndexFile, IndexPack};
