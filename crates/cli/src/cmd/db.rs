@@ -124,14 +124,7 @@ fn output_file(path: &std::path::Path) -> Result<Box<dyn Write>> {
     if path.as_os_str() == "-" {
         return Ok(Box::new(std::io::stdout().lock()));
     }
-    use std::os::unix::fs::OpenOptionsExt;
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("cannot create {} (it must not exist yet)", path.display()))?;
-    Ok(Box::new(std::io::BufWriter::new(f)))
+    Ok(Box::new(std::io::BufWriter::new(super::create_private(path)?)))
 }
 
 /// `coffer restore-db SNAPSHOT ITEM [--as NAME | --to-file FILE]`.

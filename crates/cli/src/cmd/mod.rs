@@ -440,6 +440,17 @@ pub fn diff(g: &Global, a: DiffArgs) -> Result<u8> {
     Ok(0)
 }
 
+/// Create `path` for secrets or dumps: readable by its owner only, never over an existing file.
+pub fn create_private(path: &std::path::Path) -> Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create {} (it must not exist yet)", path.display()))
+}
+
 /// `coffer key generate`: a new generated key, into a new file readable by its owner only
 /// or on standard output.
 fn generate_key(g: &Global, output: Option<&std::path::Path>) -> Result<u8> {
@@ -448,18 +459,7 @@ fn generate_key(g: &Global, output: Option<&std::path::Path>) -> Result<u8> {
         outln!("{}", text.as_str())?;
         return Ok(0);
     };
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| {
-            format!(
-                "cannot create key file {} (an existing file is never overwritten)",
-                path.display()
-            )
-        })?;
+    let mut f = create_private(path)?;
     f.write_all(text.as_bytes())
         .and_then(|()| f.write_all(b"\n"))
         .and_then(|()| f.sync_all())
