@@ -530,7 +530,7 @@ pub fn storage_id_parts(parts: &[&[u8]]) -> Id {
 }
 
 /// Default argon2id cost: 64 MiB, 3 passes, 1 lane (fits a 1 GB VPS; ~0.2 s here).
-pub fn default_kdf() -> KdfParams {
+fn default_kdf() -> KdfParams {
     let mut salt = vec![0u8; 32];
     random_bytes(&mut salt);
     KdfParams {
@@ -597,34 +597,56 @@ pub fn parse_generated_key(credential: &[u8]) -> Result<Option<Zeroizing<[u8; KE
     Ok(Some(secret))
 }
 
-/// Parameters for a new key file opened by `credential`: a generated key's (no stretching,
-/// a fresh salt) or argon2id's defaults for a passphrase.
-pub fn kdf_for(credential: &[u8]) -> Result<KdfParams> {
-    let mut kdf = default_kdf();
-    if parse_generated_key(credential)?.is_some() {
-        kdf.algorithm = GENERATED_KEY_KDF.into();
-        kdf.memory_kib = 0;
-        kdf.iterations = 0;
-        kdf.parallelism = 0;
-    }
-    Ok(kdf)
+/// What opens a key file: a passphrase, or a generated key's secret (parsed once). Not
+/// `Debug`: it holds the secret.
+pub enum Credential<'a> {
+    Passphrase(&'a [u8]),
+    Generated(Zeroizing<[u8; KEY_LEN]>),
 }
 
-/// The key-wrapping key of a key file for `credential`, or `None` when the credential is of
-/// the other kind (a passphrase for a generated key's file, or the other way round): such a
-/// pair never matches, so no time is spent deriving.
-pub fn wrapping_key_for(credential: &[u8], p: &KdfParams) -> Result<Option<Zeroizing<[u8; KEY_LEN]>>> {
-    let generated = parse_generated_key(credential)?;
-    match (p.algorithm.as_str(), generated) {
-        (GENERATED_KEY_KDF, Some(secret)) => {
-            let mut h = blake3::Hasher::new_derive_key("coffer/v1/generated-key-wrap");
-            h.update(&p.salt);
-            h.update(&secret[..]);
-            Ok(Some(Zeroizing::new(*h.finalize().as_bytes())))
-        }
-        (GENERATED_KEY_KDF, None) | (_, Some(_)) => Ok(None),
-        _ => derive_wrapping_key(credential, p).map(Some),
+impl<'a> Credential<'a> {
+    /// A generated key if `text` is one (see [`parse_generated_key`]), else a passphrase.
+    pub fn parse(text: &'a [u8]) -> Result<Self> {
+        Ok(match parse_generated_key(text)? {
+            Some(secret) => Credential::Generated(secret),
+            None => Credential::Passphrase(text),
+        })
     }
+
+    /// A new key file's parameters (argon2id's defaults for a passphrase; for a generated key
+    /// no stretching, only a fresh salt) and its wrapping key.
+    pub fn new_slot(&self) -> Result<(KdfParams, Zeroizing<[u8; KEY_LEN]>)> {
+        let mut kdf = default_kdf();
+        let wrap = match self {
+            Credential::Passphrase(p) => derive_wrapping_key(p, &kdf)?,
+            Credential::Generated(secret) => {
+                kdf.algorithm = GENERATED_KEY_KDF.into();
+                kdf.memory_kib = 0;
+                kdf.iterations = 0;
+                kdf.parallelism = 0;
+                generated_wrapping_key(secret, &kdf.salt)
+            }
+        };
+        Ok((kdf, wrap))
+    }
+
+    /// The wrapping key of a key file with parameters `p`, or `None` when the file is of the
+    /// other kind (a passphrase's file for a generated key, or the other way round): such a
+    /// pair never matches, so no time is spent deriving.
+    pub fn wrapping_key(&self, p: &KdfParams) -> Result<Option<Zeroizing<[u8; KEY_LEN]>>> {
+        match (self, p.algorithm == GENERATED_KEY_KDF) {
+            (Credential::Generated(secret), true) => Ok(Some(generated_wrapping_key(secret, &p.salt))),
+            (Credential::Passphrase(pw), false) => derive_wrapping_key(pw, p).map(Some),
+            _ => Ok(None),
+        }
+    }
+}
+
+fn generated_wrapping_key(secret: &[u8; KEY_LEN], salt: &[u8]) -> Zeroizing<[u8; KEY_LEN]> {
+    let mut h = blake3::Hasher::new_derive_key("coffer/v1/generated-key-wrap");
+    h.update(salt);
+    h.update(secret);
+    Zeroizing::new(*h.finalize().as_bytes())
 }
 
 /// Derive the key-wrapping key from a passphrase.

@@ -16,7 +16,7 @@ use zeroize::Zeroizing;
 
 use crate::backend::{Backend, FileKind, WriteOutcome};
 use crate::compress::{decode_blob, decode_blob_max, encode_blob, CompressionSpec};
-use crate::crypto::{kdf_for, open_with, random_bytes, seal_with, storage_id, wrapping_key_for, MasterKey};
+use crate::crypto::{open_with, random_bytes, seal_with, storage_id, Credential, MasterKey};
 use crate::error::{Error, Result};
 use crate::index::{BlobLocation, Index};
 use crate::lease::Lease;
@@ -130,6 +130,7 @@ impl Repository {
         if keys.is_empty() {
             return Err(Error::NoKeys { location });
         }
+        let credential = Credential::parse(password)?;
         let mut found = None;
         let mut damaged = Vec::new();
         for k in &keys {
@@ -143,7 +144,7 @@ impl Repository {
                     continue;
                 }
             };
-            let Some(wrap) = wrapping_key_for(password, &kf.kdf)? else {
+            let Some(wrap) = credential.wrapping_key(&kf.kdf)? else {
                 continue; // a passphrase never opens a generated key's file, nor the reverse
             };
             if let Ok(plain) = open_with(&wrap, ObjectKind::KeyWrap, b"", &kf.wrapped, &what) {
@@ -516,9 +517,7 @@ fn write_key_file(backend: &dyn Backend, key: &MasterKey, password: &[u8], confi
     if password.is_empty() {
         return Err(Error::Invalid("an empty password is not allowed".into()));
     }
-    let kdf = kdf_for(password)?;
-    let wrap = wrapping_key_for(password, &kdf)?
-        .ok_or_else(|| Error::Invalid("a new key file's parameters do not fit its credential".into()))?;
+    let (kdf, wrap) = Credential::parse(password)?.new_slot()?;
     let (hostname, username) = host_and_user();
     let kf = KeyFile {
         version: FORMAT_VERSION,
