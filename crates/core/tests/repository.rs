@@ -80,6 +80,7 @@ fn generated_keys_open_their_key_files_without_argon2() {
     use coffer_core::format::KeyFile;
 
     let b = MemoryBackend::new();
+    let open = |credential: &[u8]| Repository::open(Arc::new(b.clone()), credential);
     let key = generate_key_text();
     assert!(parse_generated_key(key.as_bytes()).unwrap().is_some());
     assert!(parse_generated_key(b"correct horse battery staple")
@@ -94,38 +95,23 @@ fn generated_keys_open_their_key_files_without_argon2() {
 
     // the key as read from a file (trailing newline) opens it; another key does not
     let from_file = format!("{}\n", key.as_str());
-    assert_eq!(
-        Repository::open(Arc::new(b.clone()), from_file.as_bytes())
-            .unwrap()
-            .key_id(),
-        repo.key_id()
-    );
+    assert_eq!(open(from_file.as_bytes()).unwrap().key_id(), repo.key_id());
     let other = generate_key_text();
-    let err = Repository::open(Arc::new(b.clone()), other.as_bytes()).unwrap_err();
+    let err = open(other.as_bytes()).unwrap_err();
     assert_eq!(err.category(), Category::WrongPassword);
 
     // one wrong digit: caught by the checksum, named as such
     let mut typo = key.as_bytes().to_vec();
     let i = "coffer-key-v1:".len() + 5;
     typo[i] = if typo[i] == b'0' { b'1' } else { b'0' };
-    let err = Repository::open(Arc::new(b.clone()), &typo).unwrap_err();
+    let err = open(&typo).unwrap_err();
     assert!(err.to_string().contains("checksum"), "{err}");
     assert_ne!(err.category(), Category::WrongPassword);
 
     // a passphrase slot beside it: each credential opens its own slot
     let pass = repo.add_key(b"a passphrase").unwrap();
-    assert_eq!(
-        Repository::open(Arc::new(b.clone()), b"a passphrase")
-            .unwrap()
-            .key_id(),
-        pass
-    );
-    assert_eq!(
-        Repository::open(Arc::new(b.clone()), key.as_bytes())
-            .unwrap()
-            .key_id(),
-        repo.key_id()
-    );
+    assert_eq!(open(b"a passphrase").unwrap().key_id(), pass);
+    assert_eq!(open(key.as_bytes()).unwrap().key_id(), repo.key_id());
 
     // Make the passphrase slot's argon2 parameters unusable (0 lanes: argon2 refuses them).
     // A passphrase now fails on it; the generated key never derives it, so it still opens.
@@ -136,19 +122,14 @@ fn generated_keys_open_their_key_files_without_argon2() {
     let new_name = coffer_core::crypto::storage_id(&bytes).to_hex();
     coffer_core::Backend::write(&b, FileKind::Key, &new_name, &bytes).unwrap();
     coffer_core::Backend::remove(&b, FileKind::Key, &name).unwrap();
-    let err = Repository::open(Arc::new(b.clone()), b"a passphrase").unwrap_err();
+    let err = open(b"a passphrase").unwrap_err();
     assert!(err.to_string().contains("argon2"), "{err}");
-    assert_eq!(
-        Repository::open(Arc::new(b.clone()), key.as_bytes())
-            .unwrap()
-            .key_id(),
-        repo.key_id()
-    );
+    assert_eq!(open(key.as_bytes()).unwrap().key_id(), repo.key_id());
 
     // a write-only key can be a generated one too
     let wo_key = generate_key_text();
     let wo = repo.add_write_only_key(wo_key.as_bytes()).unwrap();
-    let opened = Repository::open(Arc::new(b.clone()), wo_key.as_bytes()).unwrap();
+    let opened = open(wo_key.as_bytes()).unwrap();
     assert_eq!(opened.key_id(), wo);
     assert!(!opened.key().can_read());
 }
