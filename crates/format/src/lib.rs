@@ -36,4 +36,4 @@ pub use layout::{
 pub use manifest::{Manifest, MAX_MANIFEST};
 pub use pack::{decode_header, encode_header, split_trailer, PackEntry, ENTRY_LEN};
 pub use snapshot::{DatabaseItem, DatabaseItemKind, Snapshot, Summary};
-pub use tree::{Bytes, Name, Node, NodeKind, Timestamp, Tree, Xattr};
+pub use tree::{Bytes, LazyNodes, LazyTree, Name, Node, NodeKind, Timestamp, Tree, Xattr};

@@ -29,6 +29,25 @@ pub(crate) fn decode(b: &[u8]) -> Option<Tree> {
     (c.pos == b.len()).then_some(tree)
 }
 
+/// Where the nodes of `b` start and how many there are, if `b` has the encoder's shape up to
+/// its first node.
+pub(crate) fn nodes_start(b: &[u8]) -> Option<(usize, usize)> {
+    let mut c = Cursor { b, pos: 0 };
+    if c.len(MAP)? != 1 || c.text()? != "nodes" {
+        return None;
+    }
+    let n = c.len(ARRAY)?;
+    Some((c.pos, n))
+}
+
+/// Decode the node at `*pos` of `b` and move `*pos` past it.
+pub(crate) fn node_at(b: &[u8], pos: &mut usize) -> Option<Node> {
+    let mut c = Cursor { b, pos: *pos };
+    let n = c.node()?;
+    *pos = c.pos;
+    Some(n)
+}
+
 struct Cursor<'a> {
     b: &'a [u8],
     pos: usize,
