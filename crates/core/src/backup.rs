@@ -11,6 +11,7 @@
 //! Errors on single files (unreadable, vanished, changed while read) are warnings: the file is
 //! skipped or flagged, the run goes on, and the snapshot's `summary.errors` counts them.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsStr;
 use std::fs::{self, File};
@@ -24,8 +25,8 @@ use rustix::fs::{AtFlags, Mode, OFlags};
 
 use chrono::{DateTime, FixedOffset, Local};
 use coffer_format::{
-    BlobId, BlobKind, DatabaseItem, Name, Node, NodeKind, PackId, Snapshot, SnapshotId, Summary, Timestamp,
-    Tree, FORMAT_VERSION,
+    BlobId, BlobKind, DatabaseItem, LazyNodes, LazyTree, Name, Node, NodeKind, PackId, Snapshot, SnapshotId,
+    Summary, Timestamp, Tree, FORMAT_VERSION,
 };
 use crossbeam_channel::{bounded, Receiver, Sender};
 
@@ -192,6 +193,66 @@ const PARENT_TREES_AHEAD: usize = 16;
 /// itself (as without the prefetch), so the queue holds a few MiB at most.
 const PREFETCH_MAX_NODES: usize = 4096;
 
+/// A directory of the parent snapshot: decoded, or, past [`PREFETCH_MAX_NODES`] entries,
+/// kept encoded and decoded node by node as the walk compares (a large directory is then not
+/// held decoded beside its listing).
+enum ParentDir {
+    Decoded(Tree),
+    Encoded(LazyTree),
+}
+
+impl ParentDir {
+    /// Read tree `id`, decoded or kept encoded by its size.
+    fn read(repo: &IndexedRepository, id: &BlobId) -> Result<Self> {
+        let b = repo.read_blob(id, BlobKind::Tree)?;
+        let what = || format!("tree {}", id.short());
+        Ok(match LazyTree::announced_len(&b) {
+            Some(n) if n > PREFETCH_MAX_NODES => {
+                ParentDir::Encoded(LazyTree::new(b).map_err(|e| Error::format(what(), e))?)
+            }
+            _ => ParentDir::Decoded(Tree::decode(&b).map_err(|e| Error::format(what(), e))?),
+        })
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            ParentDir::Decoded(t) => t.nodes.len(),
+            ParentDir::Encoded(t) => t.len(),
+        }
+    }
+
+    fn nodes(&self) -> ParentNodes<'_> {
+        match self {
+            ParentDir::Decoded(t) => ParentNodes::Decoded(t.nodes.iter()),
+            ParentDir::Encoded(t) => ParentNodes::Encoded(t.nodes()),
+        }
+    }
+
+    fn into_tree(self) -> Tree {
+        match self {
+            ParentDir::Decoded(t) => t,
+            ParentDir::Encoded(t) => t.into_tree(),
+        }
+    }
+}
+
+/// The nodes of a [`ParentDir`], in name order.
+enum ParentNodes<'a> {
+    Decoded(std::slice::Iter<'a, Node>),
+    Encoded(LazyNodes<'a>),
+}
+
+impl<'a> Iterator for ParentNodes<'a> {
+    type Item = Cow<'a, Node>;
+
+    fn next(&mut self) -> Option<Cow<'a, Node>> {
+        match self {
+            ParentNodes::Decoded(i) => i.next().map(Cow::Borrowed),
+            ParentNodes::Encoded(i) => i.next().map(Cow::Owned),
+        }
+    }
+}
+
 /// The parent snapshot's directory trees, decoded on a thread of their own in depth-first,
 /// name order, which is the order in which the walk asks for them: an unchanged re-backup
 /// spends as much time decoding its parent's trees as reading the directories, and the two
@@ -209,12 +270,21 @@ impl ParentTrees {
         s.spawn(move || {
             let mut stack = vec![root];
             while let Some(id) = stack.pop() {
-                let tree = repo.load_tree(&id).ok(); // the walk reports a failure itself
-                if let Some(t) = &tree {
-                    let dirs = t.nodes.iter().rev().filter(|n| n.kind == NodeKind::Dir);
-                    stack.extend(dirs.filter_map(|n| n.subtree));
+                let dir = ParentDir::read(repo, &id).ok(); // the walk reports a failure itself
+                if let Some(d) = &dir {
+                    let first = stack.len();
+                    stack.extend(
+                        d.nodes()
+                            .filter(|n| n.kind == NodeKind::Dir)
+                            .filter_map(|n| n.subtree),
+                    );
+                    stack[first..].reverse();
                 }
-                let tree = tree.filter(|t| t.nodes.len() <= PREFETCH_MAX_NODES);
+                // a large directory is read again by the walk when it gets there
+                let tree = match dir {
+                    Some(ParentDir::Decoded(t)) => Some(t),
+                    _ => None,
+                };
                 if tx.send((id, tree)).is_err() {
                     return; // the walk is over
                 }
@@ -231,8 +301,10 @@ impl ParentTrees {
     }
 }
 
-/// At most this many listed entries (~13 MiB) wait for the walk.
-const WALK_AHEAD_ENTRIES: usize = 64 << 10;
+/// At most this many listed entries (~3.4 MiB, ~210 bytes each) wait for the walk. At ~300k
+/// entries listed per second, that is what the walk-ahead lists while the index loads; a larger
+/// budget did not make the walk faster, only the peak RSS higher (64k entries: +10 MiB).
+const WALK_AHEAD_ENTRIES: usize = 16 << 10;
 
 /// The walk-ahead's budget: how many listed entries wait for the walk (a directory counts one
 /// more than its entries). The walk-ahead waits while [`WALK_AHEAD_ENTRIES`] or more do, and
@@ -628,12 +700,12 @@ impl Archiver<'_, '_> {
         self.save_blob_owned(BlobKind::Tree, bytes)
     }
 
-    fn load_parent_tree(&mut self, id: Option<BlobId>) -> Option<Tree> {
+    fn load_parent_tree(&mut self, id: Option<BlobId>) -> Option<ParentDir> {
         let id = id?;
         if let Some(t) = self.parent_trees.as_mut().and_then(|p| p.take(&id)) {
-            return Some(t);
+            return Some(ParentDir::Decoded(t));
         }
-        match self.repo.load_tree(&id) {
+        match ParentDir::read(self.repo, &id) {
             Ok(t) => Some(t),
             Err(e) => {
                 // Not fatal: the files are read again instead of compared.
@@ -921,8 +993,9 @@ impl Archiver<'_, '_> {
                     (Some(fd), Some(a)) => a.take(path, fd.as_fd()),
                     _ => None,
                 };
+                // `None`: the same entries as the parent's tree
                 let tree = match sub {
-                    None => Tree::default(),
+                    None => Some(Tree::default()),
                     Some(sub) => {
                         if self.exclude_caches && is_cache_dir(sub.as_fd()) {
                             let tag = self.archive_entry(
@@ -932,24 +1005,33 @@ impl Archiver<'_, '_> {
                                 None,
                                 None,
                             )?;
-                            Tree {
+                            Some(Tree {
                                 nodes: tag.into_iter().collect(),
-                            }
+                            })
                         } else {
                             self.archive_dir_contents(sub.as_fd(), path, ptree.as_ref(), listing)?
                         }
                     }
                 };
                 // an unchanged directory keeps its parent's tree blob: no encoding or hashing
-                let same = ptree.as_ref().is_some_and(|p| p.nodes == tree.nodes);
-                drop(ptree); // a large directory's old listing is not kept while the new one is stored
+                let same = match (&tree, &ptree) {
+                    (None, _) => true,
+                    (Some(t), Some(p)) => {
+                        p.len() == t.nodes.len() && p.nodes().zip(&t.nodes).all(|(a, b)| *a == *b)
+                    }
+                    (Some(_), None) => false,
+                };
                 let reused = parent
                     .and_then(|p| p.subtree)
                     .filter(|_| same)
                     .and_then(|id| self.reuse_blob(&id));
                 node.subtree = Some(match reused {
                     Some(id) => id,
-                    None => self.save_tree(tree)?,
+                    // (a large directory's old listing is not kept while the new one is stored)
+                    None => self.save_tree(
+                        tree.or_else(|| ptree.map(ParentDir::into_tree))
+                            .unwrap_or_default(),
+                    )?,
                 });
             }
             _ => self.summary.other_nodes += 1,
@@ -957,13 +1039,17 @@ impl Archiver<'_, '_> {
         Ok(Some(node))
     }
 
+    /// Archive the entries of directory `dirfd`. `None` when they are exactly the entries of
+    /// `parent`: an unchanged directory's new nodes are compared with its parent's as they come
+    /// and dropped, so a large directory is not held twice (its parent's decoded tree and its
+    /// own), and the tree is built only from the first difference on.
     fn archive_dir_contents(
         &mut self,
         dirfd: BorrowedFd<'_>,
         dir: &Path,
-        parent: Option<&Tree>,
+        parent: Option<&ParentDir>,
         listing: Option<Listing>,
-    ) -> Result<Tree> {
+    ) -> Result<Option<Tree>> {
         let listing = listing
             .unwrap_or_else(|| list_dir(dirfd).map(|names| names.into_iter().map(|n| (n, None)).collect()));
         let entries = match listing {
@@ -973,28 +1059,59 @@ impl Archiver<'_, '_> {
                 Vec::new()
             }
         };
-        let mut tree = Tree {
-            nodes: Vec::with_capacity(entries.len()),
-        };
+        let mut pnodes = parent.map(ParentDir::nodes);
+        // the parent's node at position `pi` (the first not before the current name)
+        let mut pcur = pnodes.as_mut().and_then(Iterator::next);
         let mut pi = 0;
-        let pnodes: &[Node] = parent.map(|t| &t.nodes[..]).unwrap_or(&[]);
+        // Until `tree` exists, the entries so far are exactly the parent's first `same`.
+        let mut tree: Option<Tree> = None;
+        let mut same = 0;
+        let capacity = entries.len();
         for (n, scanned) in entries {
             let path = dir.join(&n);
             let name = Name(n.into_vec());
             // both lists are sorted: walk the parent alongside
-            while pi < pnodes.len() && pnodes[pi].name < name {
+            while pcur.as_ref().is_some_and(|p| p.name < name) {
+                pcur = pnodes.as_mut().and_then(Iterator::next);
                 pi += 1;
             }
-            let pnode = pnodes.get(pi).filter(|p| p.name == name);
-            if let Some(node) = self.archive_entry(dirfd, &path, name, pnode, scanned)? {
-                tree.nodes.push(node);
+            let pnode = pcur.as_deref().filter(|p| p.name == name);
+            let Some(node) = self.archive_entry(dirfd, &path, name, pnode, scanned)? else {
+                continue;
+            };
+            match &mut tree {
+                Some(t) => t.nodes.push(node),
+                None if pi == same && pnode == Some(&node) => same += 1,
+                None => {
+                    let mut nodes = Vec::with_capacity(capacity);
+                    nodes.extend(
+                        parent
+                            .into_iter()
+                            .flat_map(ParentDir::nodes)
+                            .take(same)
+                            .map(Cow::into_owned),
+                    );
+                    nodes.push(node);
+                    tree = Some(Tree { nodes });
+                }
             }
         }
-        Ok(tree)
+        Ok(match (tree, parent) {
+            (Some(t), _) => Some(t),
+            (None, Some(p)) if same == p.len() => None,
+            (None, p) => Some(Tree {
+                nodes: p
+                    .into_iter()
+                    .flat_map(ParentDir::nodes)
+                    .take(same)
+                    .map(Cow::into_owned)
+                    .collect(),
+            }),
+        })
     }
 
     /// Build the tree for one level of the path trie.
-    fn archive_trie(&mut self, trie: &PathTrie, dir: &Path, parent: Option<&Tree>) -> Result<Tree> {
+    fn archive_trie(&mut self, trie: &PathTrie, dir: &Path, parent: Option<&ParentDir>) -> Result<Tree> {
         let mut tree = Tree::default();
         // the levels above the backed-up paths are the user's choice: follow symlinks there
         let dirfd = rustix::fs::openat(
@@ -1014,7 +1131,8 @@ impl Archiver<'_, '_> {
             };
             let st = rustix::fs::statat(&dirfd, cname, flags).map_err(|e| Error::io(&path, e.into()))?;
             let name = Name(name.clone());
-            let pnode = parent.and_then(|t| t.nodes.iter().find(|n| n.name == name));
+            let pnode = parent.and_then(|t| t.nodes().find(|n| n.name == name));
+            let pnode = pnode.as_deref();
             if child.selected {
                 self.root_dev = Some(st.st_dev as u64);
                 if let Some(n) = self.archive_entry(dirfd.as_fd(), &path, name, pnode, None)? {
@@ -1307,7 +1425,7 @@ mod tests {
     use super::*;
 
     /// The walk-ahead's budget counts entries, not directories: 1000 directories of two
-    /// entries each (3000 entries, far below the 64k budget) leave room for more. Its first
+    /// entries each (3000 entries, far below the 16k budget) leave room for more. Its first
     /// budget, one token per directory out of 256, was full after 256 directories and left a
     /// core idle while the repository was being unlocked.
     #[test]

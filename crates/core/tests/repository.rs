@@ -288,6 +288,95 @@ fn parent_trees_are_prefetched_in_walk_order() {
     );
 }
 
+/// A directory of more entries than the prefetch decodes (4096) is compared with its parent
+/// node by node from the parent's encoded tree: unchanged, it keeps its parent's tree (and
+/// the prefetch still finds the trees below it); changed at its start, in its middle or only
+/// by a deletion at its end, its new tree holds exactly what is on disk.
+#[test]
+fn a_large_directory_is_compared_with_its_encoded_parent() {
+    let b = MemoryBackend::new();
+    let src = tempfile::tempdir().unwrap();
+    let big = src.path().join("big");
+    fs::create_dir_all(big.join("m-sub/deeper")).unwrap();
+    fs::write(big.join("m-sub/deeper/f"), b"below the large directory").unwrap();
+    const N: usize = 4200;
+    for i in 0..N {
+        fs::write(big.join(format!("f{i:05}")), format!("file {i}")).unwrap();
+    }
+    let mut repo = init(&b).load_index().unwrap();
+    let opts = BackupOptions {
+        paths: vec![src.path().to_path_buf()],
+        ..Default::default()
+    };
+    let names = |repo: &coffer_core::IndexedRepository, o: &coffer_core::BackupOutcome| -> Vec<String> {
+        let t = repo.load_tree(&subtree(repo, o.snapshot.tree, &big)).unwrap();
+        t.nodes.iter().map(|n| n.name.to_string()).collect()
+    };
+    // (the first difference, not two lists of 4200 names)
+    let same_names = |got: Vec<String>, want: &[String]| {
+        let first = got.iter().zip(want).position(|(a, b)| a != b);
+        assert!(
+            got.len() == want.len() && first.is_none(),
+            "{} names, {} expected; first difference at {first:?}",
+            got.len(),
+            want.len()
+        );
+    };
+    let first = backup(&mut repo, &opts, &NoProgress).unwrap();
+    let unchanged = backup(&mut repo, &opts, &NoProgress).unwrap();
+    let s = &unchanged.snapshot.summary;
+    assert_eq!(
+        (s.files_unchanged, s.files_new, s.bytes_read),
+        (N as u64 + 1, 0, 0)
+    );
+    assert_eq!(
+        subtree(&repo, unchanged.snapshot.tree, &big),
+        subtree(&repo, first.snapshot.tree, &big)
+    );
+    assert_eq!(
+        unchanged.parent_tree_misses, 1,
+        "only the large tree is read by the walk"
+    );
+
+    // a new first entry, a changed one in the middle, a deleted one
+    fs::write(big.join("a-first"), b"new").unwrap();
+    fs::write(big.join("f02000"), b"changed, and longer").unwrap();
+    fs::remove_file(big.join("f03000")).unwrap();
+    let changed = backup(&mut repo, &opts, &NoProgress).unwrap();
+    let s = &changed.snapshot.summary;
+    assert_eq!(
+        (s.files_new, s.files_changed, s.files_unchanged),
+        (1, 1, N as u64 - 2 + 1)
+    );
+    let mut expected: Vec<String> = (0..N)
+        .filter(|&i| i != 3000)
+        .map(|i| format!("f{i:05}"))
+        .collect();
+    expected.push("a-first".into());
+    expected.push("m-sub".into());
+    expected.sort();
+    same_names(names(&repo, &changed), &expected);
+    let t = repo
+        .load_tree(&subtree(&repo, changed.snapshot.tree, &big))
+        .unwrap();
+    let f = t.nodes.iter().find(|n| n.name.to_string() == "f02000").unwrap();
+    assert_eq!(f.size, 19);
+    let old = repo
+        .load_tree(&subtree(&repo, first.snapshot.tree, &big))
+        .unwrap();
+    let unchanged_node =
+        |t: &coffer_core::format::Tree| t.nodes.iter().find(|n| n.name.to_string() == "f04000").cloned();
+    assert_eq!(unchanged_node(&t), unchanged_node(&old));
+
+    // only the last entry deleted: the new tree is the parent's without it
+    fs::remove_file(big.join(format!("f{:05}", N - 1))).unwrap();
+    let shorter = backup(&mut repo, &opts, &NoProgress).unwrap();
+    expected.retain(|n| *n != format!("f{:05}", N - 1));
+    same_names(names(&repo, &shorter), &expected);
+    let s = &shorter.snapshot.summary;
+    assert_eq!((s.files_new, s.files_changed, s.bytes_read), (0, 0, 0));
+}
+
 /// The tree id of directory `path` in the snapshot tree `root`.
 fn subtree(repo: &coffer_core::IndexedRepository, root: BlobId, path: &Path) -> BlobId {
     use std::os::unix::ffi::OsStrExt;
