@@ -34,6 +34,7 @@ pub fn run(g: &Global, a: BackupArgs) -> Result<u8> {
         .then(|| coffer_core::Prescan::start(&a.paths, &excludes, a.exclude_caches, a.one_file_system).ok())
         .flatten();
     let mut repo = open_leased(g, "backup")?;
+    crate::release_free_memory();
     // every database source is checked (tool, server, database) before anything is stored
     let sources = super::db::sources(&a)?;
     let parent = if a.force {
