@@ -33,7 +33,9 @@ use crossbeam_channel::{bounded, Receiver, Sender};
 use crate::chunker::Chunker;
 use crate::error::{Error, Result};
 use crate::filter::PathMatcher;
-use crate::fsmeta::{kind_of_stat, node_from_stat, NameCache};
+use crate::fsmeta::{
+    kind_of_stat, node_from_stat, read_file_xattrs, read_xattrs_at, xattr_warning, NameCache, Xattrs,
+};
 use crate::packer::BlobPipeline;
 use crate::progress::Progress;
 use crate::repo::IndexedRepository;
@@ -694,6 +696,16 @@ impl Archiver<'_, '_> {
         Some(*id)
     }
 
+    /// Read a node's extended attributes from its path if [`node_from_stat`] left them.
+    fn pending_xattrs(&mut self, xattrs: Xattrs, dir: BorrowedFd<'_>, path: &Path, node: &mut Node) {
+        if xattrs == Xattrs::Pending {
+            match read_xattrs_at(dir, &node.name, path) {
+                Ok(x) => node.xattrs = x,
+                Err(w) => self.warn(w),
+            }
+        }
+    }
+
     fn save_tree(&mut self, mut tree: Tree) -> Result<BlobId> {
         let bytes = tree.encode();
         drop(tree); // a large directory's nodes are not kept beside their encoding
@@ -726,6 +738,7 @@ impl Archiver<'_, '_> {
         name: &OsStr,
         path: &Path,
         node: &mut Node,
+        xattrs: Xattrs,
     ) -> Result<Option<Vec<BlobId>>> {
         let mut f = match open_noatime(dir, name) {
             Ok(f) => f,
@@ -734,6 +747,12 @@ impl Archiver<'_, '_> {
                 return Ok(None);
             }
         };
+        if xattrs == Xattrs::Pending {
+            match read_file_xattrs(&f) {
+                Ok(x) => node.xattrs = x,
+                Err(e) => self.warn(xattr_warning(path, &e)),
+            }
+        }
         self.progress.item(path);
         let (res, ids, got) = self.chunk_stream(&mut f);
         let read = match res {
@@ -933,7 +952,8 @@ impl Archiver<'_, '_> {
             self.progress.warn(&format!("{}: socket skipped", path.display()));
             return Ok(None);
         };
-        let (mut node, warning) = node_from_stat(name, kind, &st, dir, path, &mut self.names, parent);
+        let (mut node, warning, xattrs) =
+            node_from_stat(name, kind, &st, dir, path, &mut self.names, parent, true);
         if let Some(w) = warning {
             self.warn(w);
         }
@@ -949,13 +969,15 @@ impl Archiver<'_, '_> {
                 let content = if let Some((ids, size)) = reuse {
                     node.size = size;
                     self.summary.files_unchanged += 1;
+                    self.pending_xattrs(xattrs, dir, path, &mut node);
                     ids
                 } else if let Some(ids) = self.unchanged(&node, parent) {
                     self.summary.files_unchanged += 1;
                     self.progress.bytes(node.size);
+                    self.pending_xattrs(xattrs, dir, path, &mut node);
                     ids
                 } else {
-                    match self.read_file(dir, cname, path, &mut node)? {
+                    match self.read_file(dir, cname, path, &mut node, xattrs)? {
                         Some(ids) => {
                             if parent.is_some_and(|p| p.kind == NodeKind::File) {
                                 self.summary.files_changed += 1;
@@ -1140,7 +1162,7 @@ impl Archiver<'_, '_> {
                 }
                 continue;
             }
-            let (mut node, warning) = node_from_stat(
+            let (mut node, warning, _) = node_from_stat(
                 name,
                 NodeKind::Dir,
                 &st,
@@ -1148,6 +1170,7 @@ impl Archiver<'_, '_> {
                 &path,
                 &mut self.names,
                 pnode,
+                false,
             );
             if let Some(w) = warning {
                 self.warn(w);

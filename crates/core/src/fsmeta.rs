@@ -29,7 +29,22 @@ impl NameCache {
 
 /// Extended attributes of `path` (not following a final symlink), sorted by name.
 pub fn read_xattrs(path: &Path) -> std::io::Result<Vec<Xattr>> {
-    let names = match xattr::list(path) {
+    collect_xattrs(xattr::list(path), |name| xattr::get(path, name))
+}
+
+/// Extended attributes of an open file, sorted by name: what [`read_xattrs`] reads from its
+/// path, without resolving a path (a backup reads every new file's through the descriptor it
+/// reads the content from).
+pub fn read_file_xattrs(f: &std::fs::File) -> std::io::Result<Vec<Xattr>> {
+    use xattr::FileExt;
+    collect_xattrs(f.list_xattr(), |name| f.get_xattr(name))
+}
+
+fn collect_xattrs(
+    names: std::io::Result<xattr::XAttrs>,
+    get: impl Fn(&std::ffi::OsStr) -> std::io::Result<Option<Vec<u8>>>,
+) -> std::io::Result<Vec<Xattr>> {
+    let names = match names {
         Ok(n) => n,
         Err(e) if e.raw_os_error() == Some(rustix::io::Errno::OPNOTSUPP.raw_os_error()) => {
             return Ok(Vec::new())
@@ -38,7 +53,7 @@ pub fn read_xattrs(path: &Path) -> std::io::Result<Vec<Xattr>> {
     };
     let mut out = Vec::new();
     for name in names {
-        if let Some(value) = xattr::get(path, &name)? {
+        if let Some(value) = get(&name)? {
             out.push(Xattr {
                 name: Bytes(name.into_encoded_bytes()),
                 value: Bytes(value),
@@ -80,10 +95,38 @@ pub fn proc_path(
     }
 }
 
+/// Where [`node_from_stat`] leaves a node's extended attributes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Xattrs {
+    /// Read (from the path, or the previous node's when nothing changed).
+    Read,
+    /// Not read: a regular file that changed, whose attributes the caller reads from the
+    /// descriptor it opens to read the content ([`read_file_xattrs`]), or from the path
+    /// ([`read_xattrs_at`]) if it does not open it.
+    Pending,
+}
+
+/// Extended attributes of entry `name` of directory `dir`, a warning if they cannot be read.
+pub fn read_xattrs_at(
+    dir: std::os::fd::BorrowedFd<'_>,
+    name: &Name,
+    full: &Path,
+) -> Result<Vec<Xattr>, String> {
+    use std::os::unix::ffi::OsStrExt;
+    read_xattrs(&proc_path(dir, std::ffi::OsStr::from_bytes(&name.0), full))
+        .map_err(|e| xattr_warning(full, &e))
+}
+
+/// The warning for attributes of `full` that cannot be read.
+pub fn xattr_warning(full: &Path, e: &std::io::Error) -> String {
+    format!("{}: cannot read extended attributes: {e}", full.display())
+}
+
 /// A node for entry `name` of directory `dir` from its `statat` result.
 /// (The casts are no-ops on x86_64 but not on every Linux target.) Works at any path
-/// length: nothing here resolves the full path. Content and subtree are left empty.
-#[allow(clippy::unnecessary_cast)]
+/// length: nothing here resolves the full path. Content and subtree are left empty; with
+/// `defer_file_xattrs`, so are a changed regular file's extended attributes (see [`Xattrs`]).
+#[allow(clippy::unnecessary_cast, clippy::too_many_arguments)]
 pub fn node_from_stat(
     name: Name,
     kind: NodeKind,
@@ -92,7 +135,8 @@ pub fn node_from_stat(
     full: &Path,
     names: &mut NameCache,
     previous: Option<&Node>,
-) -> (Node, Option<String>) {
+    defer_file_xattrs: bool,
+) -> (Node, Option<String>, Xattrs) {
     use std::os::unix::ffi::OsStrExt;
     let mut n = Node::new(name, kind);
     n.mode = st.st_mode & 0o7777;
@@ -133,18 +177,16 @@ pub fn node_from_stat(
         },
         _ => {}
     }
+    let mut xattrs = Xattrs::Read;
     if let Some(p) = same {
         n.xattrs = p.xattrs.clone();
+    } else if kind == NodeKind::File && defer_file_xattrs {
+        xattrs = Xattrs::Pending;
     } else if kind != NodeKind::Symlink {
-        match read_xattrs(&proc_path(dir, std::ffi::OsStr::from_bytes(&n.name.0), full)) {
+        match read_xattrs_at(dir, &n.name, full) {
             Ok(x) => n.xattrs = x,
-            Err(e) => {
-                warning = Some(format!(
-                    "{}: cannot read extended attributes: {e}",
-                    full.display()
-                ))
-            }
+            Err(w) => warning = Some(w),
         }
     }
-    (n, warning)
+    (n, warning, xattrs)
 }

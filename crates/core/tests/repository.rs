@@ -377,6 +377,59 @@ fn a_large_directory_is_compared_with_its_encoded_parent() {
     assert_eq!((s.files_new, s.files_changed, s.bytes_read), (0, 0, 0));
 }
 
+/// A new or changed file's extended attributes are read from the descriptor its content is
+/// read from, a second hard link's (whose content is the first link's) from its path, and an
+/// unchanged file's come from the parent snapshot: every way gives the file's attributes.
+#[test]
+fn extended_attributes_are_read_on_every_path() {
+    let b = MemoryBackend::new();
+    let src = tempfile::tempdir().unwrap();
+    let root = src.path();
+    fs::write(root.join("a"), b"first").unwrap();
+    fs::hard_link(root.join("a"), root.join("b")).unwrap();
+    fs::write(root.join("plain"), b"no attributes").unwrap();
+    xattr::set(root.join("a"), "user.origin", b"1").unwrap();
+    let mut repo = init(&b).load_index().unwrap();
+    let opts = BackupOptions {
+        paths: vec![root.to_path_buf()],
+        ..Default::default()
+    };
+    let attrs = |repo: &coffer_core::IndexedRepository, o: &coffer_core::BackupOutcome| {
+        let t = repo.load_tree(&subtree(repo, o.snapshot.tree, root)).unwrap();
+        t.nodes
+            .iter()
+            .map(|n| {
+                let x: Vec<_> = n
+                    .xattrs
+                    .iter()
+                    .map(|x| (x.name.0.clone(), x.value.0.clone()))
+                    .collect();
+                (n.name.to_string(), x)
+            })
+            .collect::<Vec<_>>()
+    };
+    let one = |v: &[u8]| vec![(b"user.origin".to_vec(), v.to_vec())];
+    let want = |v: &[u8]| {
+        vec![
+            ("a".to_string(), one(v)),
+            ("b".to_string(), one(v)),
+            ("plain".to_string(), vec![]),
+        ]
+    };
+    let first = backup(&mut repo, &opts, &NoProgress).unwrap();
+    // (the second link's content is the first's: counted as unchanged)
+    let s = &first.snapshot.summary;
+    assert_eq!((s.files_new, s.files_unchanged), (2, 1));
+    assert_eq!(attrs(&repo, &first), want(b"1"));
+    let unchanged = backup(&mut repo, &opts, &NoProgress).unwrap();
+    assert_eq!(unchanged.snapshot.summary.files_unchanged, 3);
+    assert_eq!(attrs(&repo, &unchanged), want(b"1"));
+    // an attribute changed (the ctime too): read again, with the content
+    xattr::set(root.join("a"), "user.origin", b"2").unwrap();
+    let changed = backup(&mut repo, &opts, &NoProgress).unwrap();
+    assert_eq!(attrs(&repo, &changed), want(b"2"));
+}
+
 /// The tree id of directory `path` in the snapshot tree `root`.
 fn subtree(repo: &coffer_core::IndexedRepository, root: BlobId, path: &Path) -> BlobId {
     use std::os::unix::ffi::OsStrExt;
