@@ -191,8 +191,8 @@ fn is_cache_dir(dir: BorrowedFd<'_>) -> bool {
 
 /// How many decoded parent trees [`ParentTrees`] keeps ready ahead of the walk...
 const PARENT_TREES_AHEAD: usize = 16;
-/// ...each of at most this many entries: a larger directory's tree is decoded by the walk
-/// itself (as without the prefetch), so the queue holds a few MiB at most.
+/// ...each of at most this many entries: a larger directory's tree is read by the walk itself
+/// and kept encoded ([`ParentDir::Encoded`]), so the queue holds a few MiB at most.
 const PREFETCH_MAX_NODES: usize = 4096;
 
 /// A directory of the parent snapshot: decoded, or, past [`PREFETCH_MAX_NODES`] entries,
