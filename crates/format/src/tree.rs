@@ -318,16 +318,22 @@ impl Tree {
             })?,
         };
         for (i, n) in t.nodes.iter().enumerate() {
-            n.validate()?;
-            if i > 0 && t.nodes[i - 1].name >= n.name {
-                return Err(FormatError::malformed(
-                    "tree",
-                    format!("names not strictly sorted at {}", n.name),
-                ));
-            }
+            check_next(i.checked_sub(1).map(|p| &t.nodes[p].name), n)?;
         }
         Ok(t)
     }
+}
+
+/// Check node `n` of a tree whose node before it is named `prev`: valid, and named after it.
+fn check_next(prev: Option<&Name>, n: &Node) -> Result<(), FormatError> {
+    n.validate()?;
+    if prev.is_some_and(|p| *p >= n.name) {
+        return Err(FormatError::malformed(
+            "tree",
+            format!("names not strictly sorted at {}", n.name),
+        ));
+    }
+    Ok(())
 }
 
 /// A tree kept in its encoding and decoded one node at a time, in name order: a directory of
@@ -365,10 +371,7 @@ impl LazyTree {
         let mut last: Option<Name> = None;
         for _ in 0..len {
             let n = crate::tree_cbor::node_at(bytes, &mut pos)?;
-            n.validate().ok()?;
-            if last.as_ref().is_some_and(|l| *l >= n.name) {
-                return None;
-            }
+            check_next(last.as_ref(), &n).ok()?;
             last = Some(n.name);
         }
         (pos == bytes.len()).then_some((start, len))

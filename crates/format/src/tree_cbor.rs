@@ -33,10 +33,7 @@ pub(crate) fn decode(b: &[u8]) -> Option<Tree> {
 /// its first node.
 pub(crate) fn nodes_start(b: &[u8]) -> Option<(usize, usize)> {
     let mut c = Cursor { b, pos: 0 };
-    if c.len(MAP)? != 1 || c.text()? != "nodes" {
-        return None;
-    }
-    let n = c.len(ARRAY)?;
+    let n = c.nodes_header()?;
     Some((c.pos, n))
 }
 
@@ -121,11 +118,16 @@ impl<'a> Cursor<'a> {
         (b.len() == ID_LEN).then(|| BlobId(Id::from_slice(b)))
     }
 
-    fn tree(&mut self) -> Option<Tree> {
+    /// A tree's start, `{"nodes": [`: the number of nodes.
+    fn nodes_header(&mut self) -> Option<usize> {
         if self.len(MAP)? != 1 || self.text()? != "nodes" {
             return None;
         }
-        let n = self.len(ARRAY)?;
+        self.len(ARRAY)
+    }
+
+    fn tree(&mut self) -> Option<Tree> {
+        let n = self.nodes_header()?;
         let mut nodes = Vec::with_capacity(n);
         for _ in 0..n {
             nodes.push(self.node()?);
