@@ -255,6 +255,15 @@ impl<'a> Iterator for ParentNodes<'a> {
     }
 }
 
+/// The first `n` nodes of `parent` (none without one), owned.
+fn first_nodes(parent: Option<&ParentDir>, n: usize) -> impl Iterator<Item = Node> + '_ {
+    parent
+        .into_iter()
+        .flat_map(ParentDir::nodes)
+        .take(n)
+        .map(Cow::into_owned)
+}
+
 /// The parent snapshot's directory trees, decoded on a thread of their own in depth-first,
 /// name order, which is the order in which the walk asks for them: an unchanged re-backup
 /// spends as much time decoding its parent's trees as reading the directories, and the two
@@ -1106,13 +1115,7 @@ impl Archiver<'_, '_> {
                 None if pi == same && pnode == Some(&node) => same += 1,
                 None => {
                     let mut nodes = Vec::with_capacity(capacity);
-                    nodes.extend(
-                        parent
-                            .into_iter()
-                            .flat_map(ParentDir::nodes)
-                            .take(same)
-                            .map(Cow::into_owned),
-                    );
+                    nodes.extend(first_nodes(parent, same));
                     nodes.push(node);
                     tree = Some(Tree { nodes });
                 }
@@ -1122,12 +1125,7 @@ impl Archiver<'_, '_> {
             (Some(t), _) => Some(t),
             (None, Some(p)) if same == p.len() => None,
             (None, p) => Some(Tree {
-                nodes: p
-                    .into_iter()
-                    .flat_map(ParentDir::nodes)
-                    .take(same)
-                    .map(Cow::into_owned)
-                    .collect(),
+                nodes: first_nodes(p, same).collect(),
             }),
         })
     }
