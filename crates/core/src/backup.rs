@@ -747,7 +747,7 @@ impl Archiver<'_, '_> {
         name: &OsStr,
         path: &Path,
         node: &mut Node,
-        xattrs: Xattrs,
+        xattrs: &mut Xattrs,
     ) -> Result<Option<Vec<BlobId>>> {
         let mut f = match open_noatime(dir, name) {
             Ok(f) => f,
@@ -756,11 +756,12 @@ impl Archiver<'_, '_> {
                 return Ok(None);
             }
         };
-        if xattrs == Xattrs::Pending {
+        if *xattrs == Xattrs::Pending {
             match read_file_xattrs(&f) {
                 Ok(x) => node.xattrs = x,
                 Err(e) => self.warn(xattr_warning(path, &e)),
             }
+            *xattrs = Xattrs::Read;
         }
         self.progress.item(path);
         let (res, ids, got) = self.chunk_stream(&mut f);
@@ -961,8 +962,8 @@ impl Archiver<'_, '_> {
             self.progress.warn(&format!("{}: socket skipped", path.display()));
             return Ok(None);
         };
-        let (mut node, warning, xattrs) =
-            node_from_stat(name, kind, &st, dir, path, &mut self.names, parent, true);
+        let (mut node, warning, mut xattrs) =
+            node_from_stat(name, kind, &st, dir, path, &mut self.names, parent);
         if let Some(w) = warning {
             self.warn(w);
         }
@@ -978,15 +979,13 @@ impl Archiver<'_, '_> {
                 let content = if let Some((ids, size)) = reuse {
                     node.size = size;
                     self.summary.files_unchanged += 1;
-                    self.pending_xattrs(xattrs, dir, path, &mut node);
                     ids
                 } else if let Some(ids) = self.unchanged(&node, parent) {
                     self.summary.files_unchanged += 1;
                     self.progress.bytes(node.size);
-                    self.pending_xattrs(xattrs, dir, path, &mut node);
                     ids
                 } else {
-                    match self.read_file(dir, cname, path, &mut node, xattrs)? {
+                    match self.read_file(dir, cname, path, &mut node, &mut xattrs)? {
                         Some(ids) => {
                             if parent.is_some_and(|p| p.kind == NodeKind::File) {
                                 self.summary.files_changed += 1;
@@ -998,6 +997,8 @@ impl Archiver<'_, '_> {
                         None => return Ok(None),
                     }
                 };
+                // what the content's read did not take from the open file (a second hard link)
+                self.pending_xattrs(xattrs, dir, path, &mut node);
                 if node.links > 1 {
                     self.hardlinks.insert(key, (content.clone(), node.size));
                 }
@@ -1168,7 +1169,6 @@ impl Archiver<'_, '_> {
                 &path,
                 &mut self.names,
                 pnode,
-                false,
             );
             if let Some(w) = warning {
                 self.warn(w);

@@ -124,9 +124,9 @@ pub fn xattr_warning(full: &Path, e: &std::io::Error) -> String {
 
 /// A node for entry `name` of directory `dir` from its `statat` result.
 /// (The casts are no-ops on x86_64 but not on every Linux target.) Works at any path
-/// length: nothing here resolves the full path. Content and subtree are left empty; with
-/// `defer_file_xattrs`, so are a changed regular file's extended attributes (see [`Xattrs`]).
-#[allow(clippy::unnecessary_cast, clippy::too_many_arguments)]
+/// length: nothing here resolves the full path. Content and subtree are left empty, and so
+/// are a changed regular file's extended attributes (see [`Xattrs`]).
+#[allow(clippy::unnecessary_cast)]
 pub fn node_from_stat(
     name: Name,
     kind: NodeKind,
@@ -135,7 +135,6 @@ pub fn node_from_stat(
     full: &Path,
     names: &mut NameCache,
     previous: Option<&Node>,
-    defer_file_xattrs: bool,
 ) -> (Node, Option<String>, Xattrs) {
     use std::os::unix::ffi::OsStrExt;
     let mut n = Node::new(name, kind);
@@ -180,7 +179,7 @@ pub fn node_from_stat(
     let mut xattrs = Xattrs::Read;
     if let Some(p) = same {
         n.xattrs = p.xattrs.clone();
-    } else if kind == NodeKind::File && defer_file_xattrs {
+    } else if kind == NodeKind::File {
         xattrs = Xattrs::Pending;
     } else if kind != NodeKind::Symlink {
         match read_xattrs_at(dir, &n.name, full) {
