@@ -264,6 +264,14 @@ fn first_nodes(parent: Option<&ParentDir>, n: usize) -> impl Iterator<Item = Nod
         .map(Cow::into_owned)
 }
 
+/// `tree`, or `None` if it holds exactly the nodes of `parent` (as
+/// [`Archiver::archive_dir_contents`] answers for a directory it walked).
+fn unless_parent(tree: Tree, parent: Option<&ParentDir>) -> Option<Tree> {
+    let same = parent
+        .is_some_and(|p| p.len() == tree.nodes.len() && p.nodes().zip(&tree.nodes).all(|(a, b)| *a == *b));
+    (!same).then_some(tree)
+}
+
 /// The parent snapshot's directory trees, decoded on a thread of their own in depth-first,
 /// name order, which is the order in which the walk asks for them: an unchanged re-backup
 /// spends as much time decoding its parent's trees as reading the directories, and the two
@@ -1027,7 +1035,7 @@ impl Archiver<'_, '_> {
                 };
                 // `None`: the same entries as the parent's tree
                 let tree = match sub {
-                    None => Some(Tree::default()),
+                    None => unless_parent(Tree::default(), ptree.as_ref()),
                     Some(sub) => {
                         if self.exclude_caches && is_cache_dir(sub.as_fd()) {
                             let tag = self.archive_entry(
@@ -1037,25 +1045,17 @@ impl Archiver<'_, '_> {
                                 None,
                                 None,
                             )?;
-                            Some(Tree {
-                                nodes: tag.into_iter().collect(),
-                            })
+                            let nodes = tag.into_iter().collect();
+                            unless_parent(Tree { nodes }, ptree.as_ref())
                         } else {
                             self.archive_dir_contents(sub.as_fd(), path, ptree.as_ref(), listing)?
                         }
                     }
                 };
                 // an unchanged directory keeps its parent's tree blob: no encoding or hashing
-                let same = match (&tree, &ptree) {
-                    (None, _) => true,
-                    (Some(t), Some(p)) => {
-                        p.len() == t.nodes.len() && p.nodes().zip(&t.nodes).all(|(a, b)| *a == *b)
-                    }
-                    (Some(_), None) => false,
-                };
                 let reused = parent
                     .and_then(|p| p.subtree)
-                    .filter(|_| same)
+                    .filter(|_| tree.is_none())
                     .and_then(|id| self.reuse_blob(&id));
                 node.subtree = Some(match reused {
                     Some(id) => id,
