@@ -186,6 +186,30 @@ pub fn decode_blob(mut plain: Vec<u8>, raw_len: usize, what: &str) -> Result<Vec
     Ok(out)
 }
 
+/// Decode a bundle's plaintext (`code || raw_len:u32le || payload`): its members' bytes.
+pub fn decode_bundle(plain: &[u8], what: &str) -> Result<Vec<u8>> {
+    if plain.len() < 5 {
+        return Err(Error::integrity(what, "bundle too short"));
+    }
+    let algo = Compression::from_code(plain[0]).map_err(|e| Error::format(what, e))?;
+    let raw_len = u32::from_le_bytes([plain[1], plain[2], plain[3], plain[4]]);
+    if raw_len > coffer_format::MAX_BUNDLE_SIZE {
+        return Err(Error::integrity(
+            what,
+            format!("bundle length {raw_len} is over the limit"),
+        ));
+    }
+    let out = decode_payload(algo, &plain[5..], raw_len as usize)
+        .map_err(|e| Error::integrity(what, format!("{} data does not decompress: {e}", algo.name())))?;
+    if out.len() != raw_len as usize {
+        return Err(Error::integrity(
+            what,
+            format!("bundle decoded to {} bytes, it says {raw_len}", out.len()),
+        ));
+    }
+    Ok(out)
+}
+
 /// Decode a blob plaintext whose uncompressed length is not recorded elsewhere (file objects:
 /// index, snapshot, config), refusing more than `max_len` bytes.
 pub fn decode_blob_max(mut plain: Vec<u8>, max_len: usize, what: &str) -> Result<Vec<u8>> {

@@ -3,7 +3,7 @@
 //! Two parts. The blobs of the index files read at open ([`Index::add_files`]) form one array
 //! sorted by id, found through a directory on the ids' leading bits: blob ids are keyed BLAKE3
 //! hashes, evenly spread, so a directory of about one slot per blob leaves one or two ids to
-//! compare. Memory per blob: the 52-byte entry plus 2–4 bytes of directory, and loading sorts
+//! compare. Memory per blob: the 56-byte entry plus 2–4 bytes of directory, and loading sorts
 //! once instead of inserting into a hash map that rehashes as it grows (a map costs 60–120
 //! bytes per blob, depending on where its power-of-two size falls). Blobs added one pack at a
 //! time afterwards (a run's new packs, prune, check, repair) go to a hash map (foldhash,
@@ -12,17 +12,25 @@
 
 use std::collections::HashMap;
 
-use coffer_format::{BlobId, BlobKind, IndexFile, IndexId, IndexPack, PackId};
+use coffer_format::{BlobId, BlobKind, IndexFile, IndexId, IndexPack, PackEntry, PackId, Place};
 
 /// Where one blob lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BlobLocation {
     pub pack: PackId,
     pub kind: BlobKind,
+    /// Where the envelope holding the blob starts in the pack: its own, or its bundle's.
     pub offset: u32,
+    /// The envelope's length.
     pub length: u32,
+    /// The blob's length.
     pub raw_length: u32,
+    /// For a blob in a bundle: where its bytes start in the bundle's uncompressed bytes.
+    pub in_bundle: Option<u32>,
 }
+
+/// `Slot::in_bundle` of a blob in its own envelope.
+const OWN: u32 = u32::MAX;
 
 #[derive(Clone, Copy, Debug)]
 struct Slot {
@@ -31,6 +39,7 @@ struct Slot {
     offset: u32,
     length: u32,
     raw_length: u32,
+    in_bundle: u32,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -113,10 +122,7 @@ impl Index {
             self.files.push(id);
             for p in file.packs.iter().filter(|p| keep(&p.id)) {
                 let pos = self.pack_position_of(&p.id);
-                all.extend(p.entries.iter().map(|e| Entry {
-                    id: e.id,
-                    slot: slot(pos, e),
-                }));
+                all.extend(slots(pos, &p.entries).map(|(id, slot)| Entry { id, slot }));
             }
         }
         all.sort_by_key(|e| e.id);
@@ -140,9 +146,9 @@ impl Index {
     /// Add one pack's entries (first location seen for a blob wins).
     pub fn add_pack(&mut self, p: &IndexPack) {
         let pos = self.pack_position_of(&p.id);
-        for e in &p.entries {
-            if self.table.find(&e.id).is_none() {
-                self.added.entry(e.id).or_insert(slot(pos, e));
+        for (id, slot) in slots(pos, &p.entries) {
+            if self.table.find(&id).is_none() {
+                self.added.entry(id).or_insert(slot);
             }
         }
     }
@@ -158,6 +164,7 @@ impl Index {
             offset: s.offset,
             length: s.length,
             raw_length: s.raw_length,
+            in_bundle: (s.in_bundle != OWN).then_some(s.in_bundle),
         }
     }
 
@@ -220,14 +227,32 @@ impl Index {
     }
 }
 
-fn slot(pack: u32, e: &coffer_format::PackEntry) -> Slot {
-    Slot {
-        pack,
-        kind: e.kind,
-        offset: e.offset,
-        length: e.length,
-        raw_length: e.raw_length,
-    }
+/// The blobs of one pack's entries with their slots: a bundle entry is not a blob, and its
+/// members are found at the bundle's envelope. Entries come from a decoded pack header or
+/// index file, where every member follows its bundle.
+fn slots(pack: u32, entries: &[PackEntry]) -> impl Iterator<Item = (BlobId, Slot)> + '_ {
+    let mut bundle: Option<&PackEntry> = None;
+    entries.iter().filter_map(move |e| {
+        let (envelope, in_bundle) = match e.place {
+            Place::Own => (e, OWN),
+            Place::Bundle => {
+                bundle = Some(e);
+                return None;
+            }
+            Place::Member => (bundle?, e.offset),
+        };
+        Some((
+            e.id,
+            Slot {
+                pack,
+                kind: e.kind,
+                offset: envelope.offset,
+                length: envelope.length,
+                raw_length: e.raw_length,
+                in_bundle,
+            },
+        ))
+    })
 }
 
 #[cfg(test)]
@@ -254,13 +279,7 @@ mod tests {
             id: PackId(Id([tag; 32])),
             entries: blobs
                 .iter()
-                .map(|&(n, off)| PackEntry {
-                    kind: BlobKind::Data,
-                    id: id(n),
-                    offset: off,
-                    length: 1,
-                    raw_length: 1,
-                })
+                .map(|&(n, off)| PackEntry::own(BlobKind::Data, id(n), off, 1, 1))
                 .collect(),
         }
     }

@@ -23,7 +23,8 @@ use std::ops::Range;
 use std::thread::{Scope, ScopedJoinHandle};
 
 use coffer_format::{
-    encode_header, BlobId, BlobKind, IndexFile, IndexId, IndexPack, ObjectKind, PackEntry, PackId,
+    bundle_id_input, encode_header, BlobId, BlobKind, IndexFile, IndexId, IndexPack, ObjectKind, PackEntry,
+    PackId, Place,
 };
 use crossbeam_channel::{bounded, Receiver, Sender};
 
@@ -44,6 +45,13 @@ const BATCH_BLOBS: usize = 128;
 /// Chunk buffers up to this capacity are recycled through the small pool, larger ones through
 /// the large pool, so a small file's copy never holds a buffer sized for a 4 MiB chunk.
 const SMALL_BUF: usize = 64 << 10;
+/// Data blobs up to this size are bundled: compressed together with their neighbours in one
+/// envelope. Compressed alone, a small file gets little from zstd, which has no history to
+/// match against: on the benchmark's system files under 64 KiB (562 MiB in 109k files), one
+/// frame per file stored 231 MiB, bundles of 256 KiB 140 MiB, of 1 MiB 129 MiB.
+const BUNDLE_MEMBER_MAX: usize = 128 << 10;
+/// A bundle is closed before a member would take its bytes past this size.
+const BUNDLE_TARGET: usize = 1 << 20;
 
 struct Job {
     kind: BlobKind,
@@ -58,14 +66,24 @@ struct Pending {
     bytes: usize,
 }
 
-/// Emptied chunk buffers on their way back to the caller.
+/// Emptied chunk buffers on their way back to the caller, bundle buffers to the workers.
 #[derive(Clone)]
 struct Recycle {
     small: Sender<Vec<u8>>,
     large: Sender<Vec<u8>>,
+    bundles: Sender<Vec<u8>>,
 }
 
 impl Recycle {
+    /// The buffer of a blob now sealed in its pack.
+    fn give_back(&self, b: Encoded) {
+        if b.members.is_empty() {
+            self.give(b.data);
+        } else {
+            let _ = self.bundles.try_send(b.data); // a full pool frees the buffer
+        }
+    }
+
     fn give(&self, mut buf: Vec<u8>) {
         buf.clear();
         let pool = if buf.capacity() <= SMALL_BUF {
@@ -83,16 +101,33 @@ struct Encoded {
     id: BlobId,
     raw_len: u32,
     code: u8,
-    /// The payload, in the chunk buffer the blob came in (goes back to the caller once packed).
+    /// The payload, in the chunk buffer the blob came in (goes back to the caller once
+    /// packed), or for a bundle in one of the bundle buffers (back to the workers).
     data: Vec<u8>,
+    /// A bundle's members (id, length) in order, their bytes together `raw_len` long; empty
+    /// for a blob in its own envelope. The packer gives the bundle its id.
+    members: Vec<(BlobId, u32)>,
 }
 
-/// A blob in a pack being filled; its envelope follows the previous blob's in the buffer.
+/// A blob or bundle in a pack being filled; its envelope follows the previous one's in the
+/// buffer.
 struct Sealed {
     kind: BlobKind,
     id: BlobId,
     raw_len: u32,
     len: u32,
+    members: Vec<(BlobId, u32)>,
+}
+
+/// An envelope sealed in another pack, to be copied into a new one (prune's repacking).
+pub(crate) struct SealedCopy {
+    pub kind: BlobKind,
+    /// The blob's id, or a bundle's.
+    pub id: BlobId,
+    pub raw_len: u32,
+    /// A bundle's members (id, length), in order; empty for a blob in its own envelope.
+    pub members: Vec<(BlobId, u32)>,
+    pub bytes: Vec<u8>,
 }
 
 /// What the pipeline wrote.
@@ -132,14 +167,18 @@ impl<'scope> BlobPipeline<'scope> {
         // the packer hands them back once their blob is in a pack.
         let (small_back, small) = bounded::<Vec<u8>>(BATCH_BLOBS / 2);
         let (large_back, large) = bounded::<Vec<u8>>(threads);
+        // Bundle buffers go round between the workers, which fill them, and the packer.
+        let (bundle_back, bundle_free) = bounded::<Vec<u8>>(2 * threads);
         let recycle = Recycle {
             small: small_back,
             large: large_back,
+            bundles: bundle_back,
         };
         let workers = (0..threads)
             .map(|_| {
                 let (jrx, stx) = (jrx.clone(), stx.clone());
-                s.spawn(move || worker(spec, jrx, stx))
+                let (recycle, free) = (recycle.clone(), bundle_free.clone());
+                s.spawn(move || worker(spec, jrx, stx, recycle, free))
             })
             .collect();
         drop(stx);
@@ -232,12 +271,9 @@ pub fn store_blobs(repo: &mut IndexedRepository, blobs: Vec<(BlobKind, Vec<u8>)>
     Ok(ids)
 }
 
-/// Write already-sealed blobs (copied from other packs) into new packs; returns their entries.
-/// Used by prune to repack without decrypting or recompressing.
-pub(crate) fn pack_sealed(
-    repo: &Repository,
-    blobs: Vec<(BlobKind, BlobId, u32, Vec<u8>)>,
-) -> Result<PackerStats> {
+/// Write already-sealed blobs and bundles (copied from other packs) into new packs; returns
+/// their entries. Used by prune to repack without decrypting or recompressing.
+pub(crate) fn pack_sealed(repo: &Repository, blobs: Vec<SealedCopy>) -> Result<PackerStats> {
     let target = repo.config().pack_size as usize;
     let mut open = [OpenPack::default(), OpenPack::default()];
     let mut stats = PackerStats::default();
@@ -250,13 +286,21 @@ pub(crate) fn pack_sealed(
         stats.packs.push(ip);
         Ok(())
     };
-    for (kind, id, raw_len, bytes) in blobs {
-        let slot = &mut open[(kind == BlobKind::Tree) as usize];
+    for b in blobs {
+        let slot = &mut open[(b.kind == BlobKind::Tree) as usize];
         if slot.buf.capacity() == 0 {
             slot.buf = std::mem::take(&mut *spare.borrow_mut());
             slot.buf.clear();
         }
-        slot.push(kind, id, raw_len, &bytes, target);
+        slot.reserve(b.bytes.len(), target);
+        slot.buf.extend_from_slice(&b.bytes);
+        slot.blobs.push(Sealed {
+            kind: b.kind,
+            id: b.id,
+            raw_len: b.raw_len,
+            len: b.bytes.len() as u32,
+            members: b.members,
+        });
         if slot.buf.len() >= target {
             store(std::mem::take(slot), &mut stats)?;
         }
@@ -269,26 +313,82 @@ pub(crate) fn pack_sealed(
     Ok(stats)
 }
 
-fn worker(spec: CompressionSpec, jobs: Receiver<Vec<Job>>, out: Sender<Vec<Encoded>>) {
+/// Small data blobs a worker is collecting into a bundle: their bytes back to back.
+#[derive(Default)]
+struct OpenBundle {
+    raw: Vec<u8>,
+    members: Vec<(BlobId, u32)>,
+}
+
+impl OpenBundle {
+    /// Compress the collected blobs: a bundle, or the blob alone when there is only one.
+    fn close(&mut self, encoder: &mut BlobEncoder, free: &Receiver<Vec<u8>>) -> Option<Encoded> {
+        if self.members.is_empty() {
+            return None;
+        }
+        let members = std::mem::take(&mut self.members);
+        let raw_len = self.raw.len() as u32;
+        let mut data = free.try_recv().unwrap_or_default();
+        data.clear();
+        let (code, payload) = encoder.encode(&self.raw);
+        // exact: these buffers go round, a doubled one would stay doubled
+        data.reserve_exact(payload.len());
+        data.extend_from_slice(payload);
+        self.raw.clear();
+        let (id, members) = match members.len() {
+            1 => (members[0].0, Vec::new()),
+            _ => (BlobId::default(), members),
+        };
+        Some(Encoded {
+            kind: BlobKind::Data,
+            id,
+            raw_len,
+            code,
+            data,
+            members,
+        })
+    }
+}
+
+fn worker(
+    spec: CompressionSpec,
+    jobs: Receiver<Vec<Job>>,
+    out: Sender<Vec<Encoded>>,
+    recycle: Recycle,
+    bundle_buffers: Receiver<Vec<u8>>,
+) {
     let mut encoder = BlobEncoder::new(spec);
+    // small blobs wait here across batches until a bundle's worth has come
+    let mut bundle = OpenBundle::default();
     for batch in jobs {
-        let encoded = batch
-            .into_iter()
-            .map(|mut job| {
-                let raw_len = job.data.len() as u32;
-                let code = encoder.encode_in_place(&mut job.data);
-                Encoded {
-                    kind: job.kind,
-                    id: job.id,
-                    raw_len,
-                    code,
-                    data: job.data,
+        let mut encoded = Vec::with_capacity(batch.len());
+        for mut job in batch {
+            let len = job.data.len();
+            if job.kind == BlobKind::Data && (1..=BUNDLE_MEMBER_MAX).contains(&len) {
+                if bundle.raw.len() + len > BUNDLE_TARGET {
+                    encoded.extend(bundle.close(&mut encoder, &bundle_buffers));
                 }
-            })
-            .collect();
-        if out.send(encoded).is_err() {
+                bundle.raw.extend_from_slice(&job.data);
+                bundle.members.push((job.id, len as u32));
+                recycle.give(job.data);
+                continue;
+            }
+            let code = encoder.encode_in_place(&mut job.data);
+            encoded.push(Encoded {
+                kind: job.kind,
+                id: job.id,
+                raw_len: len as u32,
+                code,
+                data: job.data,
+                members: Vec::new(),
+            });
+        }
+        if !encoded.is_empty() && out.send(encoded).is_err() {
             return; // packer failed; it reports why
         }
+    }
+    if let Some(last) = bundle.close(&mut encoder, &bundle_buffers) {
+        let _ = out.send(vec![last]);
     }
 }
 
@@ -311,32 +411,35 @@ impl OpenPack {
         }
     }
 
-    fn record(&mut self, kind: BlobKind, id: BlobId, raw_len: u32, len: usize) {
+    /// Seal a compressed blob, or a bundle, into the pack. A bundle's plaintext carries its
+    /// uncompressed length, and its id is the keyed hash of its members' ids.
+    fn seal(&mut self, key: &MasterKey, b: &mut Encoded, target: usize) {
+        self.reserve(5 + b.data.len() + MAX_SEAL_OVERHEAD, target);
+        let (len, id) = if b.members.is_empty() {
+            let len = key.seal_parts_into(
+                b.kind.object_kind(),
+                b.id.as_bytes(),
+                &[&[b.code], &b.data],
+                &mut self.buf,
+            );
+            (len, b.id)
+        } else {
+            let len = key.seal_parts_into(
+                ObjectKind::Bundle,
+                b"",
+                &[&[b.code], &b.raw_len.to_le_bytes(), &b.data],
+                &mut self.buf,
+            );
+            let id = key.blob_id(&bundle_id_input(b.members.iter().map(|(id, _)| id)));
+            (len, id)
+        };
         self.blobs.push(Sealed {
-            kind,
+            kind: b.kind,
             id,
-            raw_len,
+            raw_len: b.raw_len,
             len: len as u32,
+            members: std::mem::take(&mut b.members),
         });
-    }
-
-    /// Add an envelope sealed elsewhere.
-    fn push(&mut self, kind: BlobKind, id: BlobId, raw_len: u32, bytes: &[u8], target: usize) {
-        self.reserve(bytes.len(), target);
-        self.buf.extend_from_slice(bytes);
-        self.record(kind, id, raw_len, bytes.len());
-    }
-
-    /// Seal a compressed blob into the pack.
-    fn seal(&mut self, key: &MasterKey, b: &Encoded, target: usize) {
-        self.reserve(1 + b.data.len() + MAX_SEAL_OVERHEAD, target);
-        let len = key.seal_parts_into(
-            b.kind.object_kind(),
-            b.id.as_bytes(),
-            &[&[b.code], &b.data],
-            &mut self.buf,
-        );
-        self.record(b.kind, b.id, b.raw_len, len);
     }
 }
 
@@ -431,14 +534,14 @@ fn packer(repo: &Repository, input: Receiver<Vec<Encoded>>, recycle: Recycle) ->
         };
         let mut result = Ok(());
         'input: for batch in input {
-            for blob in batch {
-                stats.blobs += 1;
+            for mut blob in batch {
+                stats.blobs += blob.members.len().max(1) as u64;
                 stats.bytes_raw += blob.raw_len as u64;
                 let is_tree = blob.kind == BlobKind::Tree;
                 let slot = &mut open[is_tree as usize];
                 // a pack is closed before a blob would take it past the target (unless that
                 // blob is alone in it), so a pack buffer never grows beyond its first capacity
-                let need = 1 + blob.data.len() + MAX_SEAL_OVERHEAD;
+                let need = 5 + blob.data.len() + MAX_SEAL_OVERHEAD;
                 if !slot.blobs.is_empty()
                     && slot.buf.len() + need > target
                     && ptx.send(std::mem::take(slot)).is_err()
@@ -453,8 +556,8 @@ fn packer(repo: &Repository, input: Receiver<Vec<Encoded>>, recycle: Recycle) ->
                     slot.buf = b;
                     slot.pooled = true;
                 }
-                slot.seal(repo.key(), &blob, target);
-                recycle.give(blob.data);
+                slot.seal(repo.key(), &mut blob, target);
+                recycle.give_back(blob);
             }
             while let Ok(r) = rrx.try_recv() {
                 if let Err(e) = take_done(&mut stats, &mut unindexed, r) {
@@ -507,13 +610,22 @@ fn write_pack(repo: &Repository, p: OpenPack, reuse: &dyn Fn(Vec<u8>)) -> Result
     let mut entries = Vec::with_capacity(blobs.len());
     let mut offset = 0u32;
     for (_, b) in &placed {
-        entries.push(PackEntry {
-            kind: b.kind,
-            id: b.id,
-            offset,
-            length: b.len,
-            raw_length: b.raw_len,
-        });
+        if b.members.is_empty() {
+            entries.push(PackEntry::own(b.kind, b.id, offset, b.len, b.raw_len));
+        } else {
+            entries.push(PackEntry {
+                place: Place::Bundle,
+                ..PackEntry::own(b.kind, b.id, offset, b.len, b.raw_len)
+            });
+            let mut at = 0;
+            for (id, len) in &b.members {
+                entries.push(PackEntry {
+                    place: Place::Member,
+                    ..PackEntry::own(BlobKind::Data, *id, at, *len, *len)
+                });
+                at += len;
+            }
+        }
         offset += b.len;
     }
     let mut ranges: Vec<Range<usize>> = placed.into_iter().map(|(r, _)| r).collect();

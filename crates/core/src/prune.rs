@@ -19,14 +19,16 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use coffer_format::{BlobId, Id, IndexFile, IndexId, IndexPack, NodeKind, PackId, SnapshotId};
+use coffer_format::{
+    envelopes, BlobId, Id, IndexFile, IndexId, IndexPack, NodeKind, PackId, Place, SnapshotId,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::backend::{Backend, FileKind};
 use crate::crypto::storage_id;
 use crate::error::{Error, Result};
 use crate::lease::{live_leases, now};
-use crate::packer::pack_sealed;
+use crate::packer::{pack_sealed, SealedCopy};
 use crate::progress::Progress;
 use crate::repo::{IndexedRepository, Repository};
 
@@ -329,14 +331,26 @@ fn mark(
             ));
         }
         let (mut u, mut x) = (0u64, 0u64);
-        for e in &p.entries {
-            if used.contains(&e.id) && !canonical.contains_key(&e.id) {
-                canonical.insert(e.id, *id);
+        // an envelope is kept whole: a bundle while any of its members is used here
+        for (e, members) in envelopes(&p.entries) {
+            let mut kept = false;
+            for b in if members.is_empty() {
+                std::slice::from_ref(e)
+            } else {
+                members
+            } {
+                if used.contains(&b.id) && !canonical.contains_key(&b.id) {
+                    canonical.insert(b.id, *id);
+                    kept = true;
+                    report.blobs_used += 1;
+                } else {
+                    report.blobs_unused += 1;
+                }
+            }
+            if kept {
                 u += e.length as u64;
-                report.blobs_used += 1;
             } else {
                 x += e.length as u64;
-                report.blobs_unused += 1;
             }
         }
         total += u + x;
@@ -352,7 +366,11 @@ fn mark(
     let kept_total = total
         - drop
             .iter()
-            .map(|p| packs[p].entries.iter().map(|e| e.length as u64).sum::<u64>())
+            .map(|p| {
+                envelopes(&packs[p].entries)
+                    .map(|(e, _)| e.length as u64)
+                    .sum::<u64>()
+            })
             .sum::<u64>();
     partial.sort_by(|a, b| (b.2 * a.1.max(1)).cmp(&(a.2 * b.1.max(1))).then(a.0.cmp(&b.0)));
     let mut repack = Vec::new();
@@ -374,15 +392,24 @@ fn mark(
     for id in &repack {
         let entries = repo.verify_pack(id)?; // a damaged pack aborts: repair first
         let bytes = backend.read(FileKind::Pack, &id.to_hex())?;
-        for e in entries {
-            if used.contains(&e.id) && canonical.get(&e.id) == Some(id) {
+        for (e, members) in envelopes(&entries) {
+            let blobs = if members.is_empty() {
+                std::slice::from_ref(e)
+            } else {
+                members
+            };
+            if blobs
+                .iter()
+                .any(|b| used.contains(&b.id) && canonical.get(&b.id) == Some(id))
+            {
                 report.bytes_repacked += e.length as u64;
-                copies.push((
-                    e.kind,
-                    e.id,
-                    e.raw_length,
-                    bytes[e.offset as usize..e.end() as usize].to_vec(),
-                ));
+                copies.push(SealedCopy {
+                    kind: e.kind,
+                    id: e.id,
+                    raw_len: e.raw_length,
+                    members: members.iter().map(|m| (m.id, m.length)).collect(),
+                    bytes: bytes[e.offset as usize..e.end() as usize].to_vec(),
+                });
             }
         }
         progress.files(1);
@@ -541,7 +568,12 @@ fn sweep(
     let available: HashSet<BlobId> = index_packs
         .values()
         .filter(|p| !condemned.contains(&p.id))
-        .flat_map(|p| p.entries.iter().map(|e| e.id))
+        .flat_map(|p| {
+            p.entries
+                .iter()
+                .filter(|e| e.place != Place::Bundle)
+                .map(|e| e.id)
+        })
         .collect();
     let stored: HashMap<PackId, u64> = backend
         .list(FileKind::Pack)?

@@ -4,18 +4,19 @@
 //! the index, so those methods live on [`IndexedRepository`], which only
 //! [`Repository::load_index`] creates: code that forgot to load the index does not compile.
 
+use std::collections::VecDeque;
 use std::ops::Deref;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use chrono::Local;
 use coffer_format::{
     BlobId, BlobKind, Compression, Config, Id, IndexFile, IndexId, KeyFile, KeyId, ObjectKind, PackEntry,
-    PackId, Snapshot, SnapshotId, Tree, FORMAT_VERSION,
+    PackId, Place, Snapshot, SnapshotId, Tree, FORMAT_VERSION,
 };
 use zeroize::Zeroizing;
 
 use crate::backend::{Backend, FileKind, WriteOutcome};
-use crate::compress::{decode_blob, decode_blob_max, encode_blob, CompressionSpec};
+use crate::compress::{decode_blob, decode_blob_max, decode_bundle, encode_blob, CompressionSpec};
 use crate::crypto::{open_with, random_bytes, seal_with, storage_id, Credential, MasterKey};
 use crate::error::{Error, Result};
 use crate::index::{BlobLocation, Index};
@@ -411,6 +412,7 @@ impl Repository {
             repo: self,
             index,
             lease: None,
+            bundles: BundleCache::default(),
         })
     }
 
@@ -423,6 +425,7 @@ impl Repository {
             repo: self,
             index,
             lease: Some(lease),
+            bundles: BundleCache::default(),
         })
     }
 
@@ -445,6 +448,7 @@ impl Repository {
             repo: self,
             index,
             lease: None,
+            bundles: BundleCache::default(),
         }
     }
 
@@ -455,6 +459,7 @@ impl Repository {
             repo: self,
             index,
             lease: None,
+            bundles: BundleCache::default(),
         }
     }
 
@@ -466,6 +471,7 @@ impl Repository {
             repo: self,
             index: Index::default(),
             lease: Some(lease),
+            bundles: BundleCache::default(),
         })
     }
 
@@ -561,6 +567,47 @@ pub struct IndexedRepository {
     repo: Repository,
     index: Index,
     lease: Option<Lease>,
+    bundles: BundleCache,
+}
+
+/// Bundles kept decoded after a read.
+const BUNDLE_CACHE: usize = 8;
+
+/// The last bundles read, decoded, shared by every thread reading through the repository:
+/// a restore reads a directory's small files one after another, and they share bundles.
+#[derive(Default)]
+struct BundleCache(Mutex<VecDeque<(BundleKey, Arc<Vec<u8>>)>>);
+
+/// A bundle: its pack and where its envelope starts.
+type BundleKey = (PackId, u32);
+
+impl std::fmt::Debug for BundleCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BundleCache")
+    }
+}
+
+impl BundleCache {
+    fn recent(&self) -> std::sync::MutexGuard<'_, VecDeque<(BundleKey, Arc<Vec<u8>>)>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn get(&self, key: BundleKey) -> Option<Arc<Vec<u8>>> {
+        self.recent()
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, b)| b.clone())
+    }
+
+    fn put(&self, key: BundleKey, bundle: Arc<Vec<u8>>) {
+        let mut recent = self.recent();
+        if recent.iter().all(|(k, _)| *k != key) {
+            if recent.len() == BUNDLE_CACHE {
+                recent.pop_front();
+            }
+            recent.push_back((key, bundle));
+        }
+    }
 }
 
 impl Deref for IndexedRepository {
@@ -612,6 +659,21 @@ impl IndexedRepository {
             ));
         }
         let pack = loc.pack.to_hex();
+        if let Some(at) = loc.in_bundle {
+            let key = (loc.pack, loc.offset);
+            let bundle = match self.bundles.get(key) {
+                Some(b) => b,
+                None => {
+                    let sealed =
+                        self.backend()
+                            .read_range(FileKind::Pack, &pack, loc.offset as u64, loc.length)?;
+                    let b = Arc::new(self.open_bundle(&sealed, &what)?);
+                    self.bundles.put(key, b.clone());
+                    b
+                }
+            };
+            return self.member(&bundle, id, at, loc.raw_length, &what);
+        }
         let sealed = if kind == BlobKind::Tree {
             self.backend()
                 .read_tree_range(&pack, loc.offset as u64, loc.length)?
@@ -622,7 +684,25 @@ impl IndexedRepository {
         self.decode_blob_bytes(id, &loc, sealed, &what)
     }
 
-    /// Open and verify the sealed bytes of a blob read from `loc`.
+    /// Open a bundle's envelope and decode its members' bytes.
+    fn open_bundle(&self, sealed: &[u8], what: &str) -> Result<Vec<u8>> {
+        let plain = self.key().open(ObjectKind::Bundle, b"", sealed, what)?;
+        decode_bundle(&plain, what)
+    }
+
+    /// The blob `id` at `at..at + len` of a decoded bundle, verified against its id.
+    fn member(&self, bundle: &[u8], id: &BlobId, at: u32, len: u32, what: &str) -> Result<Vec<u8>> {
+        let data = bundle
+            .get(at as usize..at as usize + len as usize)
+            .ok_or_else(|| Error::integrity(what, "lies outside its bundle"))?;
+        if self.key().blob_id(data) != *id {
+            return Err(Error::integrity(what, "content does not hash to its id"));
+        }
+        Ok(data.to_vec())
+    }
+
+    /// Open and verify the sealed bytes of a blob read from `loc` (for a blob in a bundle,
+    /// the bundle's envelope).
     pub fn decode_blob_bytes(
         &self,
         id: &BlobId,
@@ -630,6 +710,10 @@ impl IndexedRepository {
         sealed: Vec<u8>,
         what: &str,
     ) -> Result<Vec<u8>> {
+        if let Some(at) = loc.in_bundle {
+            let bundle = self.open_bundle(&sealed, what)?;
+            return self.member(&bundle, id, at, loc.raw_length, what);
+        }
         let plain = self
             .key()
             .open(loc.kind.object_kind(), id.as_bytes(), &sealed, what)?;
@@ -708,16 +792,36 @@ impl IndexedRepository {
         let header = &bytes[off as usize..off as usize + len as usize];
         let plain = self.key().open(ObjectKind::PackHeader, b"", header, &what)?;
         let entries = coffer_format::decode_header(&plain, off).map_err(|e| Error::format(&what, e))?;
-        for e in &entries {
-            let loc = BlobLocation {
-                pack: *pack,
-                kind: e.kind,
-                offset: e.offset,
-                length: e.length,
-                raw_length: e.raw_length,
-            };
-            let sealed = bytes[e.offset as usize..e.end() as usize].to_vec();
-            self.decode_blob_bytes(&e.id, &loc, sealed, &format!("{what}, blob {}", e.id.short()))?;
+        for (e, members) in coffer_format::envelopes(&entries) {
+            let sealed = &bytes[e.offset as usize..e.end() as usize];
+            if e.place == Place::Own {
+                let loc = BlobLocation {
+                    pack: *pack,
+                    kind: e.kind,
+                    offset: e.offset,
+                    length: e.length,
+                    raw_length: e.raw_length,
+                    in_bundle: None,
+                };
+                let what = format!("{what}, blob {}", e.id.short());
+                self.decode_blob_bytes(&e.id, &loc, sealed.to_vec(), &what)?;
+                continue;
+            }
+            let what = format!("{what}, bundle {}", e.id.short());
+            let bundle = self.open_bundle(sealed, &what)?;
+            let expect = self
+                .key()
+                .blob_id(&coffer_format::bundle_id_input(members.iter().map(|m| &m.id)));
+            if bundle.len() != e.raw_length as usize || expect != e.id {
+                return Err(Error::integrity(
+                    &what,
+                    "does not match its entry (length or members)",
+                ));
+            }
+            for m in members {
+                let what = format!("{what}, blob {}", m.id.short());
+                self.member(&bundle, &m.id, m.offset, m.length, &what)?;
+            }
         }
         Ok(entries)
     }

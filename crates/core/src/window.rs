@@ -102,7 +102,13 @@ impl<'a> WindowReader<'a> {
         let loc = self.repo.locate(id)?;
         let (start, end) = (loc.offset as u64, loc.offset as u64 + loc.length as u64);
         let idx = start / WINDOW;
-        if loc.kind != BlobKind::Data || loc.length as u64 > WINDOW / 4 || end > (idx + 1) * WINDOW {
+        // a blob in a bundle: one read of the bundle serves its neighbours (the repository
+        // keeps the last bundles decoded)
+        if loc.kind != BlobKind::Data
+            || loc.in_bundle.is_some()
+            || loc.length as u64 > WINDOW / 4
+            || end > (idx + 1) * WINDOW
+        {
             return self.repo.read_blob(id, BlobKind::Data);
         }
         match self.window(&loc.pack, idx) {

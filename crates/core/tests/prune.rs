@@ -452,3 +452,60 @@ fn concurrent_backups_and_prunes_lose_nothing() {
     assert!(b().list(FileKind::Mark).unwrap().is_empty());
     check_clean(b());
 }
+
+/// Small files are stored in bundles, several to an envelope. Prune frees a bundle once none
+/// of its members is used, keeps one whole while any is, and everything left restores and
+/// checks clean.
+#[test]
+fn prune_frees_bundles_no_snapshot_uses_and_keeps_the_rest_whole() {
+    let mem = MemoryBackend::new();
+    let b = || -> Arc<dyn Backend> { Arc::new(mem.clone()) };
+    Repository::init(b(), b"pw", &small_packs()).unwrap();
+    let src = tempfile::tempdir().unwrap();
+    // 20 KB incompressible files: "a" (2 MB, only in snapshot 1) walks before "b" (2 MB, in both)
+    for d in ["a", "b"] {
+        fs::create_dir(src.path().join(d)).unwrap();
+    }
+    let content = |dir: &str, i: u64| rand_bytes(if dir == "a" { 1000 + i } else { 2000 + i }, 20_000);
+    for i in 0..100 {
+        for d in ["a", "b"] {
+            fs::write(src.path().join(d).join(format!("{d}{i:03}")), content(d, i)).unwrap();
+        }
+    }
+    let s1 = backup_dir(b(), src.path());
+    let repo = Repository::open(b(), b"pw").unwrap().load_index().unwrap();
+    let bundled = repo.index().iter().filter(|(_, l)| l.in_bundle.is_some()).count();
+    assert_eq!(bundled, 200, "every small file in a bundle");
+    fs::remove_dir_all(src.path().join("a")).unwrap();
+    backup_dir(b(), src.path());
+    let before = stored(&mem);
+    b().remove(FileKind::Snapshot, &s1.id.to_hex()).unwrap();
+    let r = prune(
+        open(&b),
+        &PruneOptions {
+            max_unused: 0.0,
+            ..Default::default()
+        },
+        &NoProgress,
+    )
+    .unwrap();
+    let after = stored(&mem);
+    // every bundle b uses was kept on its own merits, none rescued by prune's last check
+    assert_eq!(r.packs_rescued, 0, "{r:?}");
+    // a's bundles go; the one it may share with b stays whole (at most 1 MiB of it)
+    assert!(
+        before - after > 900_000,
+        "freed only {} of a's 2 MB: {r:?}",
+        before - after
+    );
+    assert!(after > 2_000_000, "b's 2 MB are gone: {after} bytes left");
+    check_clean(b());
+    let expect = |n: &str| {
+        let i: u64 = n[1..].parse().ok()?;
+        n.starts_with('b').then(|| content("b", i))
+    };
+    assert_eq!(restore_all_ok(b(), &expect), 1);
+    let repo = Repository::open(b(), b"pw").unwrap().load_index().unwrap();
+    let bundled = repo.index().iter().filter(|(_, l)| l.in_bundle.is_some()).count();
+    assert!(bundled >= 100, "b's files are no longer in bundles: {bundled}");
+}

@@ -6,7 +6,7 @@ use std::fs;
 use std::path::Path;
 use std::sync::Arc;
 
-use coffer_core::format::{BlobId, PackId, SnapshotId};
+use coffer_core::format::{BlobId, PackId, Place, SnapshotId};
 use coffer_core::memory::MemoryBackend;
 use coffer_core::{
     backup, backup_prescanned, restore, BackupOptions, Category, FileKind, InitOptions, NoProgress, Prescan,
@@ -556,9 +556,10 @@ proptest! {
     }
 }
 
-/// Packs are written from one reused buffer per pack, with their blobs in a shuffled order:
-/// every blob reads back, each pack's header agrees with the index and covers the file
-/// exactly, and the blobs of a pack are not laid out in the order they were stored.
+/// Packs are written from one reused buffer per pack, with their envelopes in a shuffled
+/// order: every blob reads back, each pack's header agrees with the index and covers the file
+/// exactly, the envelopes of a pack are not laid out in the order they were stored, and small
+/// blobs sit in bundles, each member located in the index at its bundle's envelope.
 #[test]
 fn packs_hold_their_blobs_whole_and_in_shuffled_order() {
     let b = MemoryBackend::new();
@@ -570,12 +571,17 @@ fn packs_hold_their_blobs_whole_and_in_shuffled_order() {
         .unwrap()
         .load_index()
         .unwrap();
-    // ~3.4 MiB of incompressible blobs of varied sizes: several packs, so pack buffers are
-    // written and reused
+    // ~6.5 MiB of incompressible blobs: mostly over the bundling limit of 128 KiB (own
+    // envelopes, several packs, so pack buffers are written and reused), every fourth a small
+    // one (bundled)
     let mut seed = 1u64;
-    let blobs: Vec<Vec<u8>> = (0..200u32)
+    let blobs: Vec<Vec<u8>> = (0..60u32)
         .map(|i| {
-            let len = 1000 + (i as usize * 7919) % 33_000;
+            let len = if i % 4 == 3 {
+                1000 + (i as usize * 7919) % 9_000
+            } else {
+                (129 << 10) + (i as usize * 7919) % 33_000
+            };
             (0..len)
                 .map(|_| {
                     seed = seed
@@ -600,29 +606,53 @@ fn packs_hold_their_blobs_whole_and_in_shuffled_order() {
     let packs = b.snapshot_all();
     let packs: Vec<_> = packs.iter().filter(|(k, _, _)| *k == FileKind::Pack).collect();
     assert!(packs.len() >= 3, "{} packs", packs.len());
-    let mut out_of_order = 0;
+    let (mut out_of_order, mut members) = (0, 0);
     for (_, name, bytes) in packs {
         let pack: PackId = name.parse().unwrap();
         let entries = repo.read_pack_header(&pack).unwrap();
-        // the blobs tile the pack up to its header
+        // the envelopes tile the pack up to its header
         let header_len = u32::from_le_bytes(bytes[bytes.len() - 4..].try_into().unwrap()) as usize;
         let mut end = 0;
-        for e in &entries {
+        for (e, inside) in coffer_core::format::envelopes(&entries) {
             assert_eq!(e.offset as usize, end);
             end += e.length as usize;
-            let at = repo.index().get(&e.id).unwrap();
-            assert_eq!((at.pack, at.offset, at.length), (pack, e.offset, e.length));
+            if inside.is_empty() {
+                assert_eq!(e.place, Place::Own);
+                let at = repo.index().get(&e.id).unwrap();
+                assert_eq!(
+                    (at.pack, at.offset, at.length, at.in_bundle),
+                    (pack, e.offset, e.length, None)
+                );
+                assert!(
+                    e.raw_length as usize > 128 << 10,
+                    "a small blob in its own envelope"
+                );
+            } else {
+                assert_eq!(e.place, Place::Bundle);
+                assert!(inside.len() >= 2, "a bundle of one");
+                for m in inside {
+                    members += 1;
+                    let at = repo.index().get(&m.id).unwrap();
+                    assert_eq!(
+                        (at.pack, at.offset, at.length, at.in_bundle, at.raw_length),
+                        (pack, e.offset, e.length, Some(m.offset), m.length)
+                    );
+                }
+            }
         }
         assert_eq!(end + header_len + 4, bytes.len());
-        // stored order, by position in the input
-        let order: Vec<usize> = entries
-            .iter()
-            .map(|e| ids.iter().position(|i| *i == e.id).unwrap())
+        // stored order of the envelopes, by position in the input
+        let order: Vec<usize> = coffer_core::format::envelopes(&entries)
+            .map(|(e, inside)| {
+                let first = inside.first().map_or(e.id, |m| m.id);
+                ids.iter().position(|i| *i == first).unwrap()
+            })
             .collect();
         if order.windows(2).any(|w| w[0] > w[1]) {
             out_of_order += 1;
         }
     }
+    assert_eq!(members, 15, "every small blob in a bundle");
     assert!(out_of_order >= 2, "only {out_of_order} packs shuffled");
 }
 

@@ -10,7 +10,7 @@
 //! new file first and delete the old ones afterwards.
 
 use crate::id::{Id, IndexId, PackId, ID_LEN};
-use crate::pack::{PackEntry, ENTRY_LEN};
+use crate::pack::{check_bundles, PackEntry, ENTRY_LEN};
 use crate::FormatError;
 
 const MAGIC: &[u8; 4] = b"CIX1";
@@ -75,6 +75,7 @@ impl IndexFile {
             for _ in 0..ne {
                 entries.push(PackEntry::decode(r.take(ENTRY_LEN)?)?);
             }
+            check_bundles(WHAT, &entries)?;
             packs.push(IndexPack { id, entries });
         }
         if r.left() != 0 {
@@ -126,13 +127,7 @@ mod tests {
             supersedes: vec![IndexId(Id([9; 32]))],
             packs: vec![IndexPack {
                 id: PackId(Id([1; 32])),
-                entries: vec![PackEntry {
-                    kind: BlobKind::Tree,
-                    id: BlobId(Id([2; 32])),
-                    offset: 0,
-                    length: 77,
-                    raw_length: 30,
-                }],
+                entries: vec![PackEntry::own(BlobKind::Tree, BlobId(Id([2; 32])), 0, 77, 30)],
             }],
         };
         let b = f.encode();

@@ -22,6 +22,8 @@ pub const SEAL_SCHEME_SESSION: u8 = 2;
 pub const MAX_PACK_SIZE: u64 = 1 << 30;
 /// Largest single blob (plaintext) this build accepts.
 pub const MAX_BLOB_SIZE: u32 = 64 << 20;
+/// Upper bound on a bundle's uncompressed bytes that readers accept (writers stay far below).
+pub const MAX_BUNDLE_SIZE: u32 = 4 << 20;
 
 /// What an encrypted object is. The code goes into the AEAD's associated data, so an object
 /// of one kind can never be decrypted as another (borg CVE-2023-36811).
@@ -32,6 +34,8 @@ pub enum ObjectKind {
     Data = 0x01,
     /// A directory listing, inside a pack.
     Tree = 0x02,
+    /// Small data blobs compressed and sealed together, inside a pack.
+    Bundle = 0x03,
     /// The encrypted table of contents at the end of a pack.
     PackHeader = 0x10,
     /// An index file.
@@ -50,6 +54,7 @@ impl ObjectKind {
         Ok(match c {
             0x01 => ObjectKind::Data,
             0x02 => ObjectKind::Tree,
+            0x03 => ObjectKind::Bundle,
             0x10 => ObjectKind::PackHeader,
             0x11 => ObjectKind::Index,
             0x12 => ObjectKind::Snapshot,

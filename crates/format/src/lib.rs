@@ -30,10 +30,12 @@ pub use error::FormatError;
 pub use id::{BlobId, Id, IndexId, KeyId, PackId, SnapshotId, ID_LEN};
 pub use index::{IndexFile, IndexPack};
 pub use layout::{
-    associated_data, BlobKind, Compression, ObjectKind, FORMAT_VERSION, MAX_BLOB_SIZE, MAX_PACK_SIZE,
-    SEAL_NONCE_LEN, SEAL_OVERHEAD, SEAL_SCHEME_SESSION, SEAL_SCHEME_SYMMETRIC, SEAL_TAG_LEN,
+    associated_data, BlobKind, Compression, ObjectKind, FORMAT_VERSION, MAX_BLOB_SIZE, MAX_BUNDLE_SIZE,
+    MAX_PACK_SIZE, SEAL_NONCE_LEN, SEAL_OVERHEAD, SEAL_SCHEME_SESSION, SEAL_SCHEME_SYMMETRIC, SEAL_TAG_LEN,
 };
 pub use manifest::{Manifest, MAX_MANIFEST};
-pub use pack::{decode_header, encode_header, split_trailer, PackEntry, ENTRY_LEN};
+pub use pack::{
+    bundle_id_input, decode_header, encode_header, envelopes, split_trailer, PackEntry, Place, ENTRY_LEN,
+};
 pub use snapshot::{DatabaseItem, DatabaseItemKind, Snapshot, Summary};
 pub use tree::{Bytes, LazyNodes, LazyTree, Name, Node, NodeKind, Timestamp, Tree, Xattr};

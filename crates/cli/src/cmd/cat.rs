@@ -1,7 +1,7 @@
 //! `coffer cat`: repository objects as JSON, for debugging and scripting.
 
 use anyhow::{bail, Context, Result};
-use coffer_core::format::{BlobId, Id, IndexFile, PackEntry};
+use coffer_core::format::{BlobId, Id, IndexFile, PackEntry, Place};
 use coffer_core::walk::{find_path, Found};
 use serde_json::json;
 
@@ -10,7 +10,14 @@ use crate::cli::{CatArgs, Global};
 
 fn entries_json(es: &[PackEntry]) -> serde_json::Value {
     es.iter()
-        .map(|e| json!({"type": e.kind, "id": e.id.to_hex(), "offset": e.offset, "length": e.length, "raw_length": e.raw_length}))
+        .map(|e| {
+            let place = match e.place {
+                Place::Own => "own",
+                Place::Bundle => "bundle",
+                Place::Member => "in_bundle",
+            };
+            json!({"type": e.kind, "place": place, "id": e.id.to_hex(), "offset": e.offset, "length": e.length, "raw_length": e.raw_length})
+        })
         .collect()
 }
 
