@@ -211,7 +211,11 @@ pub fn check(repo: Repository, opts: &CheckOptions, progress: &dyn Progress) -> 
                 missing_packs.insert(*p);
             }
             Some(size) => {
-                let end = entries.iter().map(|e| e.end()).max().unwrap_or(0);
+                // envelopes only: a member's end is a place in its bundle's bytes
+                let end = coffer_format::envelopes(entries)
+                    .map(|(e, _)| e.end())
+                    .max()
+                    .unwrap_or(0);
                 if end + 4 > *size {
                     r.errors.push(format!(
                         "pack {} is {size} bytes, shorter than its index entries need ({end})",
