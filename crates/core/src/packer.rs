@@ -6,6 +6,10 @@
 //!    └──────────────── chunk buffers ◀──────────────────────────┘        pack
 //!                                          pack buffers ◀── [writers: store] ◀┘
 //! ```
+//! Workers bundle small data blobs: those of at most [`BUNDLE_MEMBER_MAX`] wait in the
+//! worker's bundle buffer, across batches, until [`BUNDLE_TARGET`] bytes have come (or the
+//! input ends), and are compressed and sealed together as one envelope (docs/FORMAT.md,
+//! "Bundles"); every other blob is compressed on its own.
 //! Channels are bounded, so a slow disk or network slows the caller down instead of letting
 //! memory grow. Blobs travel in batches (up to [`BATCH_BYTES`] or [`BATCH_BLOBS`]): a tree of
 //! small files costs one hand-off, and one thread wake-up, per batch rather than per file.
