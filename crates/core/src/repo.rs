@@ -408,12 +408,7 @@ impl Repository {
     /// Read every index file into memory.
     pub fn load_index(self) -> Result<IndexedRepository> {
         let index = self.read_all_index()?;
-        Ok(IndexedRepository {
-            repo: self,
-            index,
-            lease: None,
-            bundles: BundleCache::default(),
-        })
+        Ok(IndexedRepository::new(self, index, None))
     }
 
     /// Take a lease first, then read the index: what backups and prunes do, so that a prune
@@ -421,12 +416,7 @@ impl Repository {
     pub fn load_index_leased(self, purpose: &str) -> Result<IndexedRepository> {
         let lease = Lease::acquire(self.backend.clone(), purpose)?;
         let index = self.read_all_index()?;
-        Ok(IndexedRepository {
-            repo: self,
-            index,
-            lease: Some(lease),
-            bundles: BundleCache::default(),
-        })
+        Ok(IndexedRepository::new(self, index, Some(lease)))
     }
 
     /// Read the index files that can be read, skipping damaged ones (for repair).
@@ -444,35 +434,20 @@ impl Repository {
                 .collect();
             index.add_files(files.iter().map(|(id, f)| (*id, f)), |_| true);
         }
-        IndexedRepository {
-            repo: self,
-            index,
-            lease: None,
-            bundles: BundleCache::default(),
-        }
+        IndexedRepository::new(self, index, None)
     }
 
     /// An indexed repository from an index the caller has read (check reads the index files
     /// itself, to report damaged ones).
     pub(crate) fn with_index(self, index: Index) -> IndexedRepository {
-        IndexedRepository {
-            repo: self,
-            index,
-            lease: None,
-            bundles: BundleCache::default(),
-        }
+        IndexedRepository::new(self, index, None)
     }
 
     /// A lease and an empty index, for prune, which reads the index itself after listing the
     /// snapshots (reading it here as well would only repeat the I/O).
     pub(crate) fn leased_without_index(self, purpose: &str) -> Result<IndexedRepository> {
         let lease = Lease::acquire(self.backend.clone(), purpose)?;
-        Ok(IndexedRepository {
-            repo: self,
-            index: Index::default(),
-            lease: Some(lease),
-            bundles: BundleCache::default(),
-        })
+        Ok(IndexedRepository::new(self, Index::default(), Some(lease)))
     }
 
     fn read_all_index(&self) -> Result<Index> {
@@ -618,6 +593,15 @@ impl Deref for IndexedRepository {
 }
 
 impl IndexedRepository {
+    fn new(repo: Repository, index: Index, lease: Option<Lease>) -> Self {
+        IndexedRepository {
+            repo,
+            index,
+            lease,
+            bundles: BundleCache::default(),
+        }
+    }
+
     pub fn index(&self) -> &Index {
         &self.index
     }
