@@ -20,7 +20,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use coffer_format::{
-    envelopes, BlobId, Id, IndexFile, IndexId, IndexPack, NodeKind, PackId, Place, SnapshotId,
+    envelopes, BlobId, Id, IndexFile, IndexId, IndexPack, NodeKind, PackEntry, PackId, Place, SnapshotId,
 };
 use serde::{Deserialize, Serialize};
 
@@ -334,11 +334,7 @@ fn mark(
         // an envelope is kept whole: a bundle while any of its members is used here
         for (e, members) in envelopes(&p.entries) {
             let mut kept = false;
-            for b in if members.is_empty() {
-                std::slice::from_ref(e)
-            } else {
-                members
-            } {
+            for b in blobs_of(e, members) {
                 if used.contains(&b.id) && !canonical.contains_key(&b.id) {
                     canonical.insert(b.id, *id);
                     kept = true;
@@ -393,12 +389,7 @@ fn mark(
         let entries = repo.verify_pack(id)?; // a damaged pack aborts: repair first
         let bytes = backend.read(FileKind::Pack, &id.to_hex())?;
         for (e, members) in envelopes(&entries) {
-            let blobs = if members.is_empty() {
-                std::slice::from_ref(e)
-            } else {
-                members
-            };
-            if blobs
+            if blobs_of(e, members)
                 .iter()
                 .any(|b| used.contains(&b.id) && canonical.get(&b.id) == Some(id))
             {
@@ -475,6 +466,15 @@ fn mark(
         }
     }
     Ok(())
+}
+
+/// The blobs an envelope holds (from [`envelopes`]): a bundle's members, or the blob itself.
+fn blobs_of<'a>(envelope: &'a PackEntry, members: &'a [PackEntry]) -> &'a [PackEntry] {
+    if members.is_empty() {
+        std::slice::from_ref(envelope)
+    } else {
+        members
+    }
 }
 
 fn collect_tree(repo: &IndexedRepository, root: BlobId, used: &mut HashSet<BlobId>) -> Result<()> {

@@ -39,6 +39,19 @@ fn open(b: &dyn Fn() -> Arc<dyn Backend>) -> Repository {
     Repository::open(b(), b"pw").unwrap()
 }
 
+/// Prune with no unused share allowed: every pack with unused data is repacked or freed.
+fn prune_all_unused(b: &dyn Fn() -> Arc<dyn Backend>) -> coffer_core::prune::PruneReport {
+    prune(
+        open(b),
+        &PruneOptions {
+            max_unused: 0.0,
+            ..Default::default()
+        },
+        &NoProgress,
+    )
+    .unwrap()
+}
+
 fn backup_dir(b: Arc<dyn Backend>, dir: &Path) -> coffer_core::BackupOutcome {
     let mut repo = Repository::open(b, b"pw").unwrap().load_index().unwrap();
     let opts = BackupOptions {
@@ -150,15 +163,7 @@ fn prune_frees_forgotten_data_and_repacks() {
     assert_eq!(stored(&mem), before);
     // forget snapshot 1: a's 3 MB go
     b().remove(FileKind::Snapshot, &s1.id.to_hex()).unwrap();
-    let r = prune(
-        open(&b),
-        &PruneOptions {
-            max_unused: 0.0,
-            ..Default::default()
-        },
-        &NoProgress,
-    )
-    .unwrap();
+    let r = prune_all_unused(&b);
     assert!(r.packs_deleted > 0, "{r:?}");
     let after = stored(&mem);
     assert!(
@@ -179,15 +184,7 @@ fn prune_frees_forgotten_data_and_repacks() {
     };
     assert_eq!(restore_all_ok(b(), &expect), 1);
     // a second prune has nothing to do
-    let r = prune(
-        open(&b),
-        &PruneOptions {
-            max_unused: 0.0,
-            ..Default::default()
-        },
-        &NoProgress,
-    )
-    .unwrap();
+    let r = prune_all_unused(&b);
     assert_eq!((r.packs_condemned, r.packs_deleted), (0, 0), "{r:?}");
 }
 
@@ -480,15 +477,7 @@ fn prune_frees_bundles_no_snapshot_uses_and_keeps_the_rest_whole() {
     backup_dir(b(), src.path());
     let before = stored(&mem);
     b().remove(FileKind::Snapshot, &s1.id.to_hex()).unwrap();
-    let r = prune(
-        open(&b),
-        &PruneOptions {
-            max_unused: 0.0,
-            ..Default::default()
-        },
-        &NoProgress,
-    )
-    .unwrap();
+    let r = prune_all_unused(&b);
     let after = stored(&mem);
     // every bundle b uses was kept on its own merits, none rescued by prune's last check
     assert_eq!(r.packs_rescued, 0, "{r:?}");
