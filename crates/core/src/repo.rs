@@ -6,7 +6,7 @@
 
 use std::collections::VecDeque;
 use std::ops::Deref;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use chrono::Local;
 use coffer_format::{
@@ -546,15 +546,20 @@ pub struct IndexedRepository {
 }
 
 /// Bundles kept decoded after a read.
-const BUNDLE_CACHE: usize = 8;
+const BUNDLE_CACHE: usize = 16;
 
-/// The last bundles read, decoded, shared by every thread reading through the repository:
-/// a restore reads a directory's small files one after another, and they share bundles.
+/// The bundles read last, decoded, shared by every thread reading through the repository: a
+/// restore reads a directory's small files one after another, and a large file's chunks, and
+/// they share bundles. Least recently used goes first; a bundle several threads want at once
+/// is read and decoded once (the others wait for it).
 #[derive(Default)]
-struct BundleCache(Mutex<VecDeque<(BundleKey, Arc<Vec<u8>>)>>);
+struct BundleCache(Mutex<VecDeque<(BundleKey, BundleSlot)>>);
 
 /// A bundle: its pack and where its envelope starts.
 type BundleKey = (PackId, u32);
+
+/// A bundle being decoded or decoded (`None`: decoding it failed).
+type BundleSlot = Arc<OnceLock<Option<Arc<Vec<u8>>>>>;
 
 impl std::fmt::Debug for BundleCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -563,24 +568,39 @@ impl std::fmt::Debug for BundleCache {
 }
 
 impl BundleCache {
-    fn recent(&self) -> std::sync::MutexGuard<'_, VecDeque<(BundleKey, Arc<Vec<u8>>)>> {
+    fn recent(&self) -> std::sync::MutexGuard<'_, VecDeque<(BundleKey, BundleSlot)>> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn get(&self, key: BundleKey) -> Option<Arc<Vec<u8>>> {
-        self.recent()
-            .iter()
-            .find(|(k, _)| *k == key)
-            .map(|(_, b)| b.clone())
-    }
-
-    fn put(&self, key: BundleKey, bundle: Arc<Vec<u8>>) {
-        let mut recent = self.recent();
-        if recent.iter().all(|(k, _)| *k != key) {
-            if recent.len() == BUNDLE_CACHE {
-                recent.pop_front();
+    /// The bundle `key`, from the cache or decoded by `decode` (once, however many threads
+    /// ask for it meanwhile).
+    fn get_or_decode(&self, key: BundleKey, decode: impl Fn() -> Result<Vec<u8>>) -> Result<Arc<Vec<u8>>> {
+        let slot = {
+            let mut recent = self.recent();
+            let entry = match recent.iter().position(|(k, _)| *k == key) {
+                Some(i) => recent.remove(i),
+                None => None,
+            };
+            let entry = entry.unwrap_or_else(|| {
+                if recent.len() == BUNDLE_CACHE {
+                    recent.pop_front();
+                }
+                (key, BundleSlot::default())
+            });
+            let slot = entry.1.clone();
+            recent.push_back(entry);
+            slot
+        };
+        let mut failed = None;
+        let decoded = slot.get_or_init(|| decode().map_err(|e| failed = Some(e)).ok().map(Arc::new));
+        match (decoded, failed) {
+            (Some(b), _) => Ok(b.clone()),
+            (None, Some(e)) => {
+                self.recent().retain(|(k, _)| *k != key);
+                Err(e)
             }
-            recent.push_back((key, bundle));
+            // another thread's decoding failed: ours reports its own error
+            (None, None) => decode().map(Arc::new),
         }
     }
 }
@@ -644,18 +664,12 @@ impl IndexedRepository {
         }
         let pack = loc.pack.to_hex();
         if let Some(at) = loc.in_bundle {
-            let key = (loc.pack, loc.offset);
-            let bundle = match self.bundles.get(key) {
-                Some(b) => b,
-                None => {
-                    let sealed =
-                        self.backend()
-                            .read_range(FileKind::Pack, &pack, loc.offset as u64, loc.length)?;
-                    let b = Arc::new(self.open_bundle(&sealed, &what)?);
-                    self.bundles.put(key, b.clone());
-                    b
-                }
-            };
+            let bundle = self.bundles.get_or_decode((loc.pack, loc.offset), || {
+                let sealed =
+                    self.backend()
+                        .read_range(FileKind::Pack, &pack, loc.offset as u64, loc.length)?;
+                self.open_bundle(&sealed, &what)
+            })?;
             return self.member(&bundle, id, at, loc.raw_length, &what);
         }
         let sealed = if kind == BlobKind::Tree {
@@ -669,13 +683,20 @@ impl IndexedRepository {
     }
 
     /// Open a bundle's envelope and decode its members' bytes.
-    fn open_bundle(&self, sealed: &[u8], what: &str) -> Result<Vec<u8>> {
+    pub(crate) fn open_bundle(&self, sealed: &[u8], what: &str) -> Result<Vec<u8>> {
         let plain = self.key().open(ObjectKind::Bundle, b"", sealed, what)?;
         decode_bundle(&plain, what)
     }
 
     /// The blob `id` at `at..at + len` of a decoded bundle, verified against its id.
-    fn member(&self, bundle: &[u8], id: &BlobId, at: u32, len: u32, what: &str) -> Result<Vec<u8>> {
+    pub(crate) fn member(
+        &self,
+        bundle: &[u8],
+        id: &BlobId,
+        at: u32,
+        len: u32,
+        what: &str,
+    ) -> Result<Vec<u8>> {
         let data = bundle
             .get(at as usize..at as usize + len as usize)
             .ok_or_else(|| Error::integrity(what, "lies outside its bundle"))?;
