@@ -4,7 +4,8 @@
 //!
 //! **Mark.** Under its own lease, prune computes the blobs every snapshot uses, picks the packs
 //! to drop (no used blob) and to repack (mostly unused; their used blobs are copied, still
-//! sealed, into new packs), and writes a *mark* listing those condemned packs. It then writes
+//! sealed, into new packs, except the used members of a bundle that also holds unused ones,
+//! which are bundled again), and writes a *mark* listing those condemned packs. It then writes
 //! one index file without them that supersedes every index file it read, deletes those, and
 //! completes the mark with the sessions of all live leases at that moment ("blockers").
 //!
@@ -20,7 +21,8 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use coffer_format::{
-    envelopes, BlobId, Id, IndexFile, IndexId, IndexPack, NodeKind, PackEntry, PackId, Place, SnapshotId,
+    envelopes, BlobId, BlobKind, Id, IndexFile, IndexId, IndexPack, NodeKind, PackEntry, PackId, Place,
+    SnapshotId,
 };
 use serde::{Deserialize, Serialize};
 
@@ -28,7 +30,7 @@ use crate::backend::{Backend, FileKind};
 use crate::crypto::storage_id;
 use crate::error::{Error, Result};
 use crate::lease::{live_leases, now};
-use crate::packer::{pack_sealed, SealedCopy};
+use crate::packer::{pack_sealed, BlobPipeline, PackerStats, SealedCopy};
 use crate::progress::Progress;
 use crate::repo::{IndexedRepository, Repository};
 
@@ -208,6 +210,8 @@ pub struct PruneReport {
     pub packs_condemned: usize,
     pub packs_repacked: usize,
     pub bytes_repacked: u64,
+    /// Bytes of used blobs taken out of bundles that also held unused ones and bundled again.
+    pub bytes_rebundled: u64,
     pub packs_deleted: usize,
     pub bytes_deleted: u64,
     pub packs_rescued: usize,
@@ -331,23 +335,25 @@ fn mark(
             ));
         }
         let (mut u, mut x) = (0u64, 0u64);
-        // an envelope is kept whole: a bundle while any of its members is used here
+        // a bundle's envelope counts as used in the share of its bytes its used members hold
         for (e, members) in envelopes(&p.entries) {
-            let mut kept = false;
+            let (mut any, mut raw) = (false, 0u64);
             for b in blobs_of(e, members) {
                 if used.contains(&b.id) && !canonical.contains_key(&b.id) {
                     canonical.insert(b.id, *id);
-                    kept = true;
+                    (any, raw) = (true, raw + b.raw_length as u64);
                     report.blobs_used += 1;
                 } else {
                     report.blobs_unused += 1;
                 }
             }
-            if kept {
-                u += e.length as u64;
-            } else {
-                x += e.length as u64;
-            }
+            let kept = match (any, members.is_empty()) {
+                (false, _) => 0,
+                (true, true) => e.length as u64,
+                (true, false) => (e.length as u64 * raw / (e.raw_length as u64).max(1)).min(e.length as u64),
+            };
+            u += kept;
+            x += e.length as u64 - kept;
         }
         total += u + x;
         report.bytes_unused += x;
@@ -383,29 +389,23 @@ fn mark(
         return Ok(());
     }
 
-    // Copy the used blobs of packs being repacked, still sealed, into new packs.
-    let mut copies = Vec::new();
-    for id in &repack {
-        let entries = repo.verify_pack(id)?; // a damaged pack aborts: repair first
-        let bytes = backend.read(FileKind::Pack, &id.to_hex())?;
-        for (e, members) in envelopes(&entries) {
-            if blobs_of(e, members)
-                .iter()
-                .any(|b| used.contains(&b.id) && canonical.get(&b.id) == Some(id))
-            {
-                report.bytes_repacked += e.length as u64;
-                copies.push(SealedCopy {
-                    kind: e.kind,
-                    id: e.id,
-                    raw_len: e.raw_length,
-                    members: members.iter().map(|m| (m.id, m.length)).collect(),
-                    bytes: bytes[e.offset as usize..e.end() as usize].to_vec(),
-                });
-            }
-        }
-        progress.files(1);
-    }
-    let new_packs = pack_sealed(repo, copies)?.packs;
+    // Copy the used blobs of packs being repacked into new packs.
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let (copies, rebundled) = {
+        let r: &IndexedRepository = repo;
+        let keep = |pack: &PackId, b: &PackEntry| used.contains(&b.id) && canonical.get(&b.id) == Some(pack);
+        std::thread::scope(|s| -> Result<(Vec<SealedCopy>, PackerStats)> {
+            let pipe = BlobPipeline::start(s, r, threads, r.compression());
+            let copies = used_of_repacked(r, &repack, &keep, &pipe, report, progress);
+            // a stopped pipeline fails the copying too: its own error says why
+            let stats = pipe.finish()?;
+            Ok((copies?, stats))
+        })?
+    };
+    let mut new_packs = pack_sealed(repo, copies)?.packs;
+    new_packs.extend(rebundled.packs);
+    // the rebundling pipeline wrote index files for its packs; the new index supersedes them
+    let index_files: Vec<IndexId> = index_files.into_iter().chain(rebundled.index_files).collect();
 
     let condemned: Vec<PackId> = drop.iter().chain(repack.iter()).copied().collect();
     let m = Mark {
@@ -466,6 +466,50 @@ fn mark(
         }
     }
     Ok(())
+}
+
+/// The used blobs of the packs being repacked (`keep`: used, and kept in that pack). An
+/// envelope whose blobs are all used is returned to be copied still sealed; the used members
+/// of a bundle that also holds unused ones go to `pipe`, to be bundled again (decoded,
+/// compressed and sealed anew), so that the unused ones are freed.
+fn used_of_repacked(
+    repo: &IndexedRepository,
+    repack: &[PackId],
+    keep: &dyn Fn(&PackId, &PackEntry) -> bool,
+    pipe: &BlobPipeline<'_>,
+    report: &mut PruneReport,
+    progress: &dyn Progress,
+) -> Result<Vec<SealedCopy>> {
+    let mut copies = Vec::new();
+    for id in repack {
+        let entries = repo.verify_pack(id)?; // a damaged pack aborts: repair first
+        let bytes = repo.backend().read(FileKind::Pack, &id.to_hex())?;
+        for (e, members) in envelopes(&entries) {
+            let blobs = blobs_of(e, members);
+            let used: Vec<&PackEntry> = blobs.iter().filter(|b| keep(id, b)).collect();
+            let sealed = &bytes[e.offset as usize..e.end() as usize];
+            if used.len() == blobs.len() {
+                report.bytes_repacked += e.length as u64;
+                copies.push(SealedCopy {
+                    kind: e.kind,
+                    id: e.id,
+                    raw_len: e.raw_length,
+                    members: members.iter().map(|m| (m.id, m.length)).collect(),
+                    bytes: sealed.to_vec(),
+                });
+            } else if !used.is_empty() {
+                let what = format!("bundle {} in pack {}", e.id.short(), id.short());
+                let bundle = repo.open_bundle(sealed, &what)?;
+                for m in used {
+                    let data = repo.member(&bundle, &m.id, m.offset, m.length, &what)?;
+                    report.bytes_rebundled += data.len() as u64;
+                    pipe.submit(BlobKind::Data, m.id, data)?;
+                }
+            }
+        }
+        progress.files(1);
+    }
+    Ok(copies)
 }
 
 /// The blobs an envelope holds (from [`envelopes`]): a bundle's members, or the blob itself.

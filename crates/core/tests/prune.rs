@@ -450,53 +450,58 @@ fn concurrent_backups_and_prunes_lose_nothing() {
     check_clean(b());
 }
 
-/// Small files are stored in bundles, several to an envelope. Prune frees a bundle once none
-/// of its members is used, keeps one whole while any is, and everything left restores and
-/// checks clean.
+/// Data blobs are stored in bundles, several to an envelope. Prune frees the unused members of
+/// a bundle that still holds used ones: it bundles the used ones again and drops the old
+/// bundle. Everything left restores and checks clean.
 #[test]
-fn prune_frees_bundles_no_snapshot_uses_and_keeps_the_rest_whole() {
+fn prune_frees_unused_members_of_bundles_and_bundles_the_used_again() {
     let mem = MemoryBackend::new();
     let b = || -> Arc<dyn Backend> { Arc::new(mem.clone()) };
     Repository::init(b(), b"pw", &small_packs()).unwrap();
     let src = tempfile::tempdir().unwrap();
-    // 20 KB incompressible files: "a" (2 MB, only in snapshot 1) walks before "b" (2 MB, in both)
-    for d in ["a", "b"] {
-        fs::create_dir(src.path().join(d)).unwrap();
-    }
-    let content = |dir: &str, i: u64| rand_bytes(if dir == "a" { 1000 + i } else { 2000 + i }, 20_000);
+    // 20 KB incompressible files, "a" ones (2 MB, only in snapshot 1) and "b" ones (2 MB, in
+    // both) in turn, so that every bundle holds both kinds
+    let content = |kind: char, i: u64| rand_bytes(if kind == 'a' { 1000 + i } else { 2000 + i }, 20_000);
     for i in 0..100 {
-        for d in ["a", "b"] {
-            fs::write(src.path().join(d).join(format!("{d}{i:03}")), content(d, i)).unwrap();
+        for kind in ['a', 'b'] {
+            fs::write(src.path().join(format!("f{i:03}{kind}")), content(kind, i)).unwrap();
         }
     }
     let s1 = backup_dir(b(), src.path());
     let repo = Repository::open(b(), b"pw").unwrap().load_index().unwrap();
     let bundled = repo.index().iter().filter(|(_, l)| l.in_bundle.is_some()).count();
-    assert_eq!(bundled, 200, "every small file in a bundle");
-    fs::remove_dir_all(src.path().join("a")).unwrap();
+    assert_eq!(bundled, 200, "every file in a bundle");
+    for i in 0..100 {
+        fs::remove_file(src.path().join(format!("f{i:03}a"))).unwrap();
+    }
     backup_dir(b(), src.path());
     let before = stored(&mem);
     b().remove(FileKind::Snapshot, &s1.id.to_hex()).unwrap();
     let r = prune_all_unused(&b);
     let after = stored(&mem);
-    // every bundle b uses was kept on its own merits, none rescued by prune's last check
-    assert_eq!(r.packs_rescued, 0, "{r:?}");
-    // a's bundles go; the one it may share with b stays whole (at most 1 MiB of it)
+    // a's 2 MB go although every bundle they were in also held some of b
     assert!(
-        before - after > 900_000,
+        before - after > 1_900_000,
         "freed only {} of a's 2 MB: {r:?}",
         before - after
     );
     assert!(after > 2_000_000, "b's 2 MB are gone: {after} bytes left");
+    assert!(after < 2_300_000, "{after} bytes left for b's 2 MB");
+    assert_eq!(r.bytes_rebundled, 2_000_000, "{r:?}");
+    // every blob b uses was kept on its own merits, none rescued by prune's last check
+    assert_eq!(r.packs_rescued, 0, "{r:?}");
     check_clean(b());
     let expect = |n: &str| {
-        let i: u64 = n[1..].parse().ok()?;
-        n.starts_with('b').then(|| content("b", i))
+        let i: u64 = n.get(1..4)?.parse().ok()?;
+        n.ends_with('b').then(|| content('b', i))
     };
     assert_eq!(restore_all_ok(b(), &expect), 1);
     let repo = Repository::open(b(), b"pw").unwrap().load_index().unwrap();
     let bundled = repo.index().iter().filter(|(_, l)| l.in_bundle.is_some()).count();
-    assert!(bundled >= 100, "b's files are no longer in bundles: {bundled}");
+    assert_eq!(bundled, 100, "b's files, bundled again");
+    // a second prune has nothing to do
+    let r = prune_all_unused(&b);
+    assert_eq!((r.packs_condemned, r.bytes_rebundled), (0, 0), "{r:?}");
 }
 
 /// A bundle of compressible files holds far more bytes than its envelope, and than the pack

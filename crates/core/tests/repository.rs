@@ -6,7 +6,7 @@ use std::fs;
 use std::path::Path;
 use std::sync::Arc;
 
-use coffer_core::format::{BlobId, PackId, Place, SnapshotId};
+use coffer_core::format::{BlobId, BlobKind, PackId, Place, SnapshotId};
 use coffer_core::memory::MemoryBackend;
 use coffer_core::{
     backup, backup_prescanned, restore, BackupOptions, Category, FileKind, InitOptions, NoProgress, Prescan,
@@ -571,37 +571,37 @@ fn packs_hold_their_blobs_whole_and_in_shuffled_order() {
         .unwrap()
         .load_index()
         .unwrap();
-    // ~6.5 MiB of incompressible blobs: mostly over the bundling limit of 128 KiB (own
-    // envelopes, several packs, so pack buffers are written and reused), every fourth a small
-    // one (bundled)
+    // incompressible blobs: 30 trees of ~145 KiB (trees have their own envelopes and packs:
+    // several packs, so pack buffers are written and reused, and their order is seen), 30
+    // small data blobs (bundled) and 2 data blobs over the bundle size of 2 MiB (own envelopes)
     let mut seed = 1u64;
-    let blobs: Vec<Vec<u8>> = (0..60u32)
+    let kind = |i: u32| match i % 31 {
+        0 => BlobKind::Data,
+        _ if i % 2 == 1 => BlobKind::Data,
+        _ => BlobKind::Tree,
+    };
+    let blobs: Vec<(BlobKind, Vec<u8>)> = (0..62u32)
         .map(|i| {
-            let len = if i % 4 == 3 {
-                1000 + (i as usize * 7919) % 9_000
-            } else {
-                (129 << 10) + (i as usize * 7919) % 33_000
+            let len = match (kind(i), i % 31) {
+                (BlobKind::Tree, _) => (129 << 10) + (i as usize * 7919) % 33_000,
+                (_, 0) => (2 << 20) + 1 + i as usize,
+                _ => 1000 + (i as usize * 7919) % 9_000,
             };
-            (0..len)
+            let data = (0..len)
                 .map(|_| {
                     seed = seed
                         .wrapping_mul(6364136223846793005)
                         .wrapping_add(1442695040888963407);
                     (seed >> 56) as u8
                 })
-                .collect()
+                .collect();
+            (kind(i), data)
         })
         .collect();
-    let input = blobs
-        .iter()
-        .map(|d| (coffer_core::format::BlobKind::Data, d.clone()))
-        .collect();
+    let input = blobs.clone();
     let ids = coffer_core::store_blobs(&mut repo, input).unwrap();
-    for (id, data) in ids.iter().zip(&blobs) {
-        assert_eq!(
-            &repo.read_blob(id, coffer_core::format::BlobKind::Data).unwrap(),
-            data
-        );
+    for (id, (kind, data)) in ids.iter().zip(&blobs) {
+        assert_eq!(&repo.read_blob(id, *kind).unwrap(), data);
     }
     let packs = b.snapshot_all();
     let packs: Vec<_> = packs.iter().filter(|(k, _, _)| *k == FileKind::Pack).collect();
@@ -624,8 +624,8 @@ fn packs_hold_their_blobs_whole_and_in_shuffled_order() {
                     (pack, e.offset, e.length, None)
                 );
                 assert!(
-                    e.raw_length as usize > 128 << 10,
-                    "a small blob in its own envelope"
+                    e.kind == BlobKind::Tree || e.raw_length as usize > 2 << 20,
+                    "a data blob of at most 2 MiB in its own envelope"
                 );
             } else {
                 assert_eq!(e.place, Place::Bundle);
@@ -652,7 +652,7 @@ fn packs_hold_their_blobs_whole_and_in_shuffled_order() {
             out_of_order += 1;
         }
     }
-    assert_eq!(members, 15, "every small blob in a bundle");
+    assert_eq!(members, 30, "every small data blob in a bundle");
     assert!(out_of_order >= 2, "only {out_of_order} packs shuffled");
 }
 

@@ -635,10 +635,11 @@ pub fn prune(g: &Global, a: &crate::cli::PruneArgs) -> Result<u8> {
         )?;
         let verb = if a.dry_run { "would condemn" } else { "condemned" };
         outln!(
-            "{verb} {} packs ({} to repack, {} copied)",
+            "{verb} {} packs ({} to repack, {} copied, {} bundled again)",
             r.packs_condemned,
             r.packs_repacked,
-            bytes(r.bytes_repacked)
+            bytes(r.bytes_repacked),
+            bytes(r.bytes_rebundled)
         )?;
         if !a.dry_run {
             outln!(
