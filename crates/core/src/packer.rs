@@ -55,7 +55,7 @@ const SMALL_BUF: usize = 64 << 10;
 /// MiB in 109k files: one frame per file stored 231 MiB, bundles of 256 KiB 140 MiB, of 1 MiB
 /// 129 MiB), and a 512 KiB chunk of text less than a 2 MiB run does (its 1 GiB log file: 36.5 %
 /// against 35.0 %). Deduplication stays per blob; a read decodes the whole bundle.
-pub(crate) const BUNDLE_TARGET: usize = 2 << 20;
+const BUNDLE_TARGET: usize = 2 << 20;
 
 struct Job {
     kind: BlobKind,

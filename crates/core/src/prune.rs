@@ -482,8 +482,8 @@ fn used_of_repacked(
 ) -> Result<Vec<SealedCopy>> {
     let mut copies = Vec::new();
     for id in repack {
-        let entries = repo.verify_pack(id)?; // a damaged pack aborts: repair first
         let bytes = repo.backend().read(FileKind::Pack, &id.to_hex())?;
+        let entries = repo.verify_pack_bytes(id, &bytes)?; // a damaged pack aborts: repair first
         for (e, members) in envelopes(&entries) {
             let blobs = blobs_of(e, members);
             let used: Vec<&PackEntry> = blobs.iter().filter(|b| keep(id, b)).collect();

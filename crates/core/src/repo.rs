@@ -577,11 +577,8 @@ impl BundleCache {
     fn get_or_decode(&self, key: BundleKey, decode: impl Fn() -> Result<Vec<u8>>) -> Result<Arc<Vec<u8>>> {
         let slot = {
             let mut recent = self.recent();
-            let entry = match recent.iter().position(|(k, _)| *k == key) {
-                Some(i) => recent.remove(i),
-                None => None,
-            };
-            let entry = entry.unwrap_or_else(|| {
+            let found = recent.iter().position(|(k, _)| *k == key);
+            let entry = found.and_then(|i| recent.remove(i)).unwrap_or_else(|| {
                 if recent.len() == BUNDLE_CACHE {
                     recent.pop_front();
                 }
@@ -782,10 +779,15 @@ impl IndexedRepository {
     /// header decrypts and tiles the pack, and every blob opens, decompresses and hashes
     /// to its id. Returns the header's entries.
     pub fn verify_pack(&self, pack: &PackId) -> Result<Vec<PackEntry>> {
-        let name = pack.to_hex();
+        let bytes = self.backend().read(FileKind::Pack, &pack.to_hex())?;
+        self.verify_pack_bytes(pack, &bytes)
+    }
+
+    /// [`IndexedRepository::verify_pack`] of a pack's bytes the caller has read (and goes on
+    /// to use).
+    pub(crate) fn verify_pack_bytes(&self, pack: &PackId, bytes: &[u8]) -> Result<Vec<PackEntry>> {
         let what = format!("pack {}", pack.short());
-        let bytes = self.backend().read(FileKind::Pack, &name)?;
-        if storage_id(&bytes).to_hex() != name {
+        if storage_id(bytes) != pack.0 {
             return Err(Error::integrity(
                 &what,
                 "content does not match its name (file damaged)",
