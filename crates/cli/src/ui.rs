@@ -23,6 +23,8 @@ pub struct CliProgress {
     bytes: AtomicU64,
     pub warnings: AtomicU64,
     verb: &'static str,
+    /// Restore: list each action (`-v`), with "would" before it in a dry run.
+    actions: Option<&'static str>,
 }
 
 impl CliProgress {
@@ -42,7 +44,14 @@ impl CliProgress {
             bytes: AtomicU64::new(0),
             warnings: AtomicU64::new(0),
             verb,
+            actions: None,
         }
+    }
+
+    /// List every restore action on stdout (`-v`); `dry_run` says "would" before each.
+    pub fn listing_actions(mut self, list: bool, dry_run: bool) -> Self {
+        self.actions = list.then_some(if dry_run { "would " } else { "" });
+        self
     }
 
     fn refresh(&self, item: Option<&Path>) {
@@ -72,6 +81,16 @@ impl Progress for CliProgress {
         self.files.fetch_add(n, Ordering::Relaxed);
         if self.files.load(Ordering::Relaxed).is_multiple_of(64) {
             self.refresh(None);
+        }
+    }
+    fn restore_action(&self, action: coffer_core::RestoreAction, path: &Path) {
+        let Some(would) = self.actions else { return };
+        let line = format!("{would}{} {}", action.verb(), path.display());
+        match &self.bar {
+            Some(b) => b.suspend(|| println!("{line}")),
+            None => {
+                let _ = writeln!(std::io::stdout(), "{line}");
+            }
         }
     }
     fn warn(&self, msg: &str) {

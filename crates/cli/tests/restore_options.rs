@@ -131,7 +131,8 @@ fn delete_makes_the_target_match_and_verify_reads_back() {
     fs::write(base.join("d/extra-dir/sub/f"), "y").unwrap();
     symlink(&outside, base.join("d/link-out")).unwrap();
     let v = restore(&e, &t, &["--delete", "--verify"]);
-    assert_eq!(v["deleted"], 3, "{v}");
+    // extra.txt, link-out, and extra-dir with sub and f: every entry removed counts
+    assert_eq!(v["deleted"], 5, "{v}");
     assert_eq!(v["verified"], 3, "{v}");
     assert_eq!(digest_tree(&src), digest_tree(&base));
     assert_eq!(fs::read_to_string(outside.join("keep")).unwrap(), "must survive");
@@ -145,6 +146,166 @@ fn delete_makes_the_target_match_and_verify_reads_back() {
         "*.txt",
     ]);
     assert_eq!(o.status.code(), Some(1), "--delete with filters is refused");
+}
+
+/// What `--delete` did before it was scoped (issue 23): restoring a backup of `etc`,
+/// `var/www` and `home` over the root it came from deleted `usr` and `var/lib` too. Now it
+/// deletes only inside what was backed up, never across a mount point and never beside a
+/// single restored file; `--dry-run -v` lists exactly what would go, and writes nothing.
+#[test]
+fn delete_acts_only_inside_the_backed_up_paths() {
+    let e = Env::init();
+    let root = e.path("root");
+    let r = |p: &str| root.join(p);
+    for d in [
+        "etc/nginx",
+        "var/www/site",
+        "home/ann",
+        "usr/bin",
+        "var/lib/mysql",
+    ] {
+        fs::create_dir_all(r(d)).unwrap();
+    }
+    fs::write(r("etc/hosts"), "127.0.0.1 localhost\n").unwrap();
+    fs::write(r("etc/nginx/nginx.conf"), "worker_processes 2;\n").unwrap();
+    fs::write(r("var/www/site/index.html"), "<h1>shop</h1>\n").unwrap();
+    fs::write(r("home/ann/notes"), "n\n").unwrap();
+    fs::write(r("usr/bin/tool"), "binary").unwrap();
+    fs::write(r("var/lib/mysql/ibdata1"), "the database").unwrap();
+    fs::write(r("top-level-file"), "outside every backed-up path").unwrap();
+    let arg = |p: &str| r(p).to_str().unwrap().to_string();
+    e.ok(&["backup", "-q", &arg("etc"), &arg("var/www"), &arg("home")]);
+
+    // what changed on the machine since: stale files inside backed-up paths, an edit
+    fs::write(r("etc/stale.conf"), "stale").unwrap();
+    fs::create_dir_all(r("var/www/site/old/css")).unwrap();
+    fs::write(r("var/www/site/old/css/a.css"), "a").unwrap();
+    fs::write(r("etc/hosts"), "edited\n").unwrap();
+    let outside_before = digest_tree(&r("usr"));
+    let lib_before = digest_tree(&r("var/lib"));
+
+    let spec = format!("latest:{}", root.display());
+    let root_s = root.to_str().unwrap();
+    let o = e.run(&[
+        "restore",
+        &spec,
+        "--target",
+        root_s,
+        "--delete",
+        "--dry-run",
+        "-v",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    let mut deletes: Vec<&str> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("would delete "))
+        .collect();
+    deletes.sort();
+    let want = [
+        arg("etc/stale.conf"),
+        arg("var/www/site/old"),
+        arg("var/www/site/old/css"),
+        arg("var/www/site/old/css/a.css"),
+    ];
+    assert_eq!(
+        deletes,
+        want.iter().map(String::as_str).collect::<Vec<_>>(),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("would replace {}", arg("etc/hosts"))),
+        "{out}"
+    );
+    assert!(
+        out.contains("4 entries not in the snapshot would be deleted"),
+        "{out}"
+    );
+    // the dry run wrote nothing
+    assert!(r("etc/stale.conf").exists() && r("var/www/site/old/css/a.css").exists());
+    assert_eq!(fs::read_to_string(r("etc/hosts")).unwrap(), "edited\n");
+
+    // a filesystem mounted inside a backed-up path is never entered
+    let mnt = r("etc/mnt");
+    fs::create_dir_all(&mnt).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "tmpfs", mnt.to_str().unwrap()])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if mounted {
+        fs::write(mnt.join("on-another-fs"), "keep").unwrap();
+    }
+
+    let o = e.run(&["restore", &spec, "--target", root_s, "--delete", "--verify"]);
+    let err = stderr(&o);
+    if mounted {
+        let _ = Command::new("umount").arg(&mnt).status();
+        assert!(err.contains("mount point"), "{err}");
+    }
+    assert!(o.status.success(), "{err}");
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    // --overwrite always (the default) replaces every file that exists: it says how many
+    assert!(out.contains("4 existing entries in the target replaced"), "{out}");
+    assert!(
+        out.contains("4 entries not in the snapshot deleted (--delete)"),
+        "{out}"
+    );
+    assert!(!r("etc/stale.conf").exists() && !r("var/www/site/old").exists());
+    assert_eq!(
+        fs::read_to_string(r("etc/hosts")).unwrap(),
+        "127.0.0.1 localhost\n"
+    );
+    assert_eq!(
+        digest_tree(&r("usr")),
+        outside_before,
+        "outside the backup: untouched"
+    );
+    assert_eq!(
+        digest_tree(&r("var/lib")),
+        lib_before,
+        "a sibling of a backed-up path: untouched"
+    );
+    assert_eq!(
+        fs::read_to_string(r("top-level-file")).unwrap(),
+        "outside every backed-up path"
+    );
+    if mounted {
+        assert_eq!(
+            fs::read_to_string(mnt.join("on-another-fs")).ok(),
+            None,
+            "unmounted now"
+        );
+    }
+
+    // the whole snapshot into a target that holds other things: only the backed-up paths'
+    // contents are judged
+    let t = e.path("t");
+    fs::create_dir_all(t.join("unrelated")).unwrap();
+    fs::write(t.join("unrelated/f"), "mine").unwrap();
+    e.ok(&[
+        "restore",
+        "latest",
+        "--target",
+        t.to_str().unwrap(),
+        "--delete",
+        "-q",
+    ]);
+    assert_eq!(fs::read_to_string(t.join("unrelated/f")).unwrap(), "mine");
+
+    // one file restored with --delete deletes nothing beside it
+    let etc = r("etc");
+    fs::write(etc.join("local.conf"), "local").unwrap();
+    let one = format!("latest:{}", etc.join("hosts").display());
+    e.ok(&[
+        "restore",
+        &one,
+        "--target",
+        etc.to_str().unwrap(),
+        "--delete",
+        "-q",
+    ]);
+    assert_eq!(fs::read_to_string(etc.join("local.conf")).unwrap(), "local");
 }
 
 #[test]

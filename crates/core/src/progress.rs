@@ -12,6 +12,35 @@ pub trait Progress: Sync {
     fn files(&self, _n: u64) {}
     /// Something went wrong with one item, and the operation goes on without it.
     fn warn(&self, _msg: &str) {}
+    /// What a restore did, or in a dry run would do, to one path of its target.
+    fn restore_action(&self, _action: RestoreAction, _path: &Path) {}
+}
+
+/// What a restore does to one path of its target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RestoreAction {
+    /// Nothing was there: created.
+    Create,
+    /// Something was there and is replaced by the snapshot's version.
+    Replace,
+    /// Something was there and stays (`--overwrite never|if-newer`, or the same content with
+    /// `if-changed`, whose metadata is brought in line).
+    Keep,
+    /// Not in the snapshot: removed (`--delete`).
+    Delete,
+}
+
+impl RestoreAction {
+    /// The word a listing shows.
+    pub fn verb(self) -> &'static str {
+        match self {
+            RestoreAction::Create => "create",
+            RestoreAction::Replace => "replace",
+            RestoreAction::Keep => "keep",
+            RestoreAction::Delete => "delete",
+        }
+    }
 }
 
 /// Discards everything.

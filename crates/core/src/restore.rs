@@ -28,7 +28,7 @@ use rustix::io::Errno;
 use crate::chunker::Chunker;
 use crate::error::{Error, Result};
 use crate::filter::PathMatcher;
-use crate::progress::Progress;
+use crate::progress::{Progress, RestoreAction};
 use crate::repo::IndexedRepository;
 use crate::walk::{find_path, join, Found};
 use crate::window::WindowReader;
@@ -43,8 +43,13 @@ pub struct RestoreOptions {
     pub dry_run: bool,
     /// What to do with files that exist in the target already.
     pub overwrite: Overwrite,
-    /// Remove what is in the target but not in the snapshot (within restored directories).
+    /// Remove what is in the target but not in the snapshot, only in directories at or below
+    /// one of `delete_within` (never in a directory the snapshot holds only as the way to a
+    /// backed-up path, never across a mount point, never next to a single restored file).
     pub delete: bool,
+    /// The snapshot's backed-up paths (`Snapshot::paths`): where `delete` may act. A directory
+    /// above them (`/`, `/var` for a backup of `/var/www`) holds more than the snapshot saw.
+    pub delete_within: Vec<String>,
     /// Read every restored file back and compare it with the snapshot.
     pub verify: bool,
     /// Restore owners by the stored numbers, ignoring user and group names.
@@ -90,9 +95,12 @@ pub struct RestoreStats {
     pub links: u64,
     pub other: u64,
     pub bytes: u64,
-    /// Existing files left as they were (--overwrite), and entries removed (--delete).
+    /// Existing files left as they were (--overwrite), and entries removed (--delete; every
+    /// entry below a removed directory counts).
     pub skipped: u64,
     pub deleted: u64,
+    /// Existing entries replaced by the snapshot's version.
+    pub replaced: u64,
     /// Files read back and found identical (--verify).
     pub verified: u64,
     /// Entries whose owner could not be restored (restore not run as root).
@@ -116,6 +124,8 @@ struct Restorer<'a> {
     /// The target directory (None for a dry run).
     target: Option<OwnedFd>,
     opts: RestoreOptions,
+    /// `--delete` in effect (not for a single restored file: its directory is not restored).
+    delete: bool,
     chunker: Chunker,
     /// User and group names resolved to ids on this system, once per name (a lookup reads
     /// /etc/passwd or asks nscd: four system calls, twice per restored entry otherwise).
@@ -201,6 +211,44 @@ impl Restorer<'_> {
         self.progress.warn(&msg);
     }
 
+    /// Report an action on `name` in the target directory `rel`.
+    fn act(&self, action: RestoreAction, rel: &[Name], name: &[u8]) {
+        let mut p = self.opts.target.clone();
+        for c in rel {
+            p.push(OsStr::from_bytes(&c.0));
+        }
+        p.push(OsStr::from_bytes(name));
+        self.progress.restore_action(action, &p);
+    }
+
+    /// Whether `--delete` may act in the directory at `snap` (its path in the snapshot):
+    /// only at or below a path the snapshot backed up.
+    fn may_delete_in(&self, snap: &[u8]) -> bool {
+        self.delete
+            && self.opts.delete_within.iter().any(|p| {
+                let p = p.trim_end_matches('/').as_bytes();
+                p.is_empty() || snap == p || (snap.starts_with(p) && snap.get(p.len()) == Some(&b'/'))
+            })
+    }
+
+    /// In a dry run: what restoring `node` would do to what is at its name in `dir`.
+    fn dry_action(&self, dir: Option<BorrowedFd<'_>>, node: &Node) -> RestoreAction {
+        let Some(dir) = dir else {
+            return RestoreAction::Create;
+        };
+        let name = OsStr::from_bytes(&node.name.0);
+        if rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).is_err() {
+            return RestoreAction::Create;
+        }
+        if node.kind != NodeKind::File {
+            return RestoreAction::Replace;
+        }
+        match self.keep_existing(dir, node) {
+            None => RestoreAction::Replace,
+            Some(_) => RestoreAction::Keep,
+        }
+    }
+
     /// Restore the nodes of `tree` into `dir`. `rel` is the directory's path below the target
     /// (for hardlinks), `snap` its path in the snapshot (for filters and messages).
     /// Returns how many items were restored below it.
@@ -244,13 +292,13 @@ impl Restorer<'_> {
             }
             restored += 1;
             if self.dry_run {
-                self.count(node);
+                self.dry_count(dir, rel, node);
                 continue;
             }
             let Some(dfd) = dir else { continue };
             let r = match node.kind {
-                NodeKind::File => self.restore_file(dfd, node, &path),
-                _ => self.restore_special(dfd, node),
+                NodeKind::File => self.restore_file(dfd, node, &path, rel),
+                _ => self.restore_special(dfd, node, rel),
             };
             match r {
                 Ok(()) => {
@@ -268,15 +316,15 @@ impl Restorer<'_> {
             let path = join(snap, &node.name);
             restored += 1;
             if self.dry_run {
-                self.count(node);
+                self.dry_count(dir, rel, node);
                 continue;
             }
             let Some(dfd) = dir else { continue };
             let linked = node.links > 1 && self.lk().contains_key(&(node.dev, node.inode));
             let r = if linked {
-                self.restore_hardlink(dfd, node)
+                self.restore_hardlink(dfd, node, rel)
             } else {
-                self.restore_symlink(dfd, node)
+                self.restore_symlink(dfd, node, rel)
             };
             match r {
                 Ok(()) => {
@@ -290,16 +338,30 @@ impl Restorer<'_> {
                 Err(e) => self.warn(format!("{}: {e}", display(&path))),
             }
         }
-        if self.opts.delete && !self.dry_run {
+        if self.may_delete_in(snap) {
             if let Some(dfd) = dir {
-                self.delete_extra(dfd, tree, snap);
+                self.delete_extra(dfd, tree, rel, snap);
             }
         }
         Ok(restored)
     }
 
-    /// Remove what is in `dir` but not in `tree` (`--delete`), never following symlinks.
-    fn delete_extra(&self, dir: BorrowedFd<'_>, tree: &Tree, snap: &[u8]) {
+    /// A dry run's accounting of one entry: counted, and its action reported.
+    fn dry_count(&self, dir: Option<BorrowedFd<'_>>, rel: &[Name], node: &Node) {
+        let action = self.dry_action(dir, node);
+        match action {
+            RestoreAction::Replace => self.st().replaced += 1,
+            RestoreAction::Keep => self.st().skipped += 1,
+            _ => {}
+        }
+        self.act(action, rel, &node.name.0);
+        self.count(node);
+    }
+
+    /// Remove what is in `dir` but not in `tree` (`--delete`), never following symlinks and
+    /// never entering another filesystem (a mount point is left with a warning). In a dry
+    /// run, only report what would go.
+    fn delete_extra(&self, dir: BorrowedFd<'_>, tree: &Tree, rel: &[Name], snap: &[u8]) {
         let names: std::collections::HashSet<&[u8]> =
             tree.nodes.iter().map(|n| n.name.0.as_slice()).collect();
         let Ok(fd) = rustix::fs::openat(
@@ -308,6 +370,9 @@ impl Restorer<'_> {
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
         ) else {
+            return;
+        };
+        let Ok(dev) = rustix::fs::fstat(&fd).map(|st| st.st_dev) else {
             return;
         };
         let Ok(entries) = rustix::fs::Dir::read_from(&fd) else {
@@ -320,9 +385,19 @@ impl Restorer<'_> {
                 extra.push(n.to_vec());
             }
         }
+        extra.sort();
         for n in extra {
-            match remove_tree_at(dir, OsStr::from_bytes(&n)) {
-                Ok(()) => self.st().deleted += 1,
+            let mut on = |sub: &[u8]| {
+                self.st().deleted += 1;
+                self.act(RestoreAction::Delete, rel, sub);
+            };
+            match remove_tree_at(dir, OsStr::from_bytes(&n), dev, self.dry_run, &n, &mut on) {
+                Ok(()) => {}
+                // another filesystem mounted there is not the snapshot's to judge: left, said
+                Err(Errno::XDEV) => self.progress.warn(&format!(
+                    "{}: not deleted: it is (or holds) the mount point of another filesystem",
+                    display(&join(snap, &Name(n)))
+                )),
                 Err(e) => {
                     let p = join(snap, &Name(n));
                     self.warn(format!("{}: cannot delete: {}", display(&p), errno_io(e)))
@@ -366,11 +441,21 @@ impl Restorer<'_> {
                 return Ok(0);
             }
         };
+        let parent_rel = rel;
         let mut rel = rel.to_vec();
         rel.push(node.name.clone());
         if self.dry_run || parent.is_none() {
-            let n = self.restore_tree(&tree, None, &rel, path, sel)?;
+            // a dry run looks into what the target holds already, never writing
+            let existing = parent.and_then(|p| open_existing_dir(p, &node.name));
+            let n = self.restore_tree(&tree, existing.as_ref().map(|f| f.as_fd()), &rel, path, sel)?;
             if sel || n > 0 {
+                if existing.is_none() {
+                    let action = self.dry_action(parent, node);
+                    if action == RestoreAction::Replace {
+                        self.st().replaced += 1;
+                    }
+                    self.act(action, parent_rel, &node.name.0);
+                }
                 self.count(node);
             }
             return Ok(n + sel as u64);
@@ -387,6 +472,9 @@ impl Restorer<'_> {
                 return Ok(0);
             }
         };
+        if created {
+            self.act(RestoreAction::Create, parent_rel, &node.name.0);
+        }
         let n = self.restore_tree(&tree, Some(fd.as_fd()), &rel, path, sel)?;
         if !sel && n == 0 {
             // Created only in case something below was selected; nothing was.
@@ -455,15 +543,25 @@ impl Restorer<'_> {
         }
     }
 
-    fn restore_file(&self, dir: BorrowedFd<'_>, node: &Node, path: &[u8]) -> Result<()> {
+    fn restore_file(&self, dir: BorrowedFd<'_>, node: &Node, path: &[u8], rel: &[Name]) -> Result<()> {
         self.progress.item(Path::new(OsStr::from_bytes(path)));
         // Into an empty target (the usual case) the exclusive create just works: no lookups
         // of names that are not there (two failing stats per file otherwise).
         let fd = match create_exclusive(dir, OsStr::from_bytes(&node.name.0)) {
-            Ok(fd) => fd,
+            Ok(fd) => {
+                self.act(RestoreAction::Create, rel, &node.name.0);
+                fd
+            }
             Err(Errno::EXIST) => match self.replace_existing(dir, node, path)? {
-                Some(fd) => fd,
-                None => return Ok(()),
+                Some(fd) => {
+                    self.st().replaced += 1;
+                    self.act(RestoreAction::Replace, rel, &node.name.0);
+                    fd
+                }
+                None => {
+                    self.act(RestoreAction::Keep, rel, &node.name.0);
+                    return Ok(());
+                }
             },
             Err(e) => return Err(Error::io(display(path), errno_io(e))),
         };
@@ -586,7 +684,22 @@ impl Restorer<'_> {
         Ok(())
     }
 
-    fn restore_special(&self, dir: BorrowedFd<'_>, node: &Node) -> Result<()> {
+    /// Remove what is at the node's name, reporting whether it replaces something.
+    fn clear(&self, dir: BorrowedFd<'_>, node: &Node, rel: &[Name]) -> std::result::Result<(), Errno> {
+        let replaced = remove_existing(dir, OsStr::from_bytes(&node.name.0))?;
+        if replaced {
+            self.st().replaced += 1;
+        }
+        let action = if replaced {
+            RestoreAction::Replace
+        } else {
+            RestoreAction::Create
+        };
+        self.act(action, rel, &node.name.0);
+        Ok(())
+    }
+
+    fn restore_special(&self, dir: BorrowedFd<'_>, node: &Node, rel: &[Name]) -> Result<()> {
         let name = OsStr::from_bytes(&node.name.0);
         let ft = match node.kind {
             NodeKind::Fifo => FileType::Fifo,
@@ -595,23 +708,23 @@ impl Restorer<'_> {
             _ => return Ok(()),
         };
         let io = |e: Errno| Error::io(node.name.to_string(), errno_io(e));
-        remove_existing(dir, name).map_err(io)?;
+        self.clear(dir, node, rel).map_err(io)?;
         rustix::fs::mknodat(dir, name, ft, Mode::from_raw_mode(0o600), node.rdev).map_err(io)?;
         self.set_meta_path(dir, node)
             .map_err(|e| Error::io(node.name.to_string(), e))
     }
 
-    fn restore_symlink(&self, dir: BorrowedFd<'_>, node: &Node) -> Result<()> {
+    fn restore_symlink(&self, dir: BorrowedFd<'_>, node: &Node, rel: &[Name]) -> Result<()> {
         let name = OsStr::from_bytes(&node.name.0);
         let io = |e: Errno| Error::io(node.name.to_string(), errno_io(e));
         let target = node.target.as_ref().map(|t| t.0.as_slice()).unwrap_or_default();
-        remove_existing(dir, name).map_err(io)?;
+        self.clear(dir, node, rel).map_err(io)?;
         rustix::fs::symlinkat(OsStr::from_bytes(target), dir, name).map_err(io)?;
         self.set_meta_path(dir, node)
             .map_err(|e| Error::io(node.name.to_string(), e))
     }
 
-    fn restore_hardlink(&self, dir: BorrowedFd<'_>, node: &Node) -> Result<()> {
+    fn restore_hardlink(&self, dir: BorrowedFd<'_>, node: &Node, rel: &[Name]) -> Result<()> {
         let io = |e: Errno| Error::io(node.name.to_string(), errno_io(e));
         let Some(first) = self.lk().get(&(node.dev, node.inode)).cloned() else {
             return Ok(());
@@ -622,7 +735,7 @@ impl Restorer<'_> {
         let Some(target) = &self.target else { return Ok(()) };
         let src_dir = open_rel_dir(target.as_fd(), parents).map_err(io)?;
         let name = OsStr::from_bytes(&node.name.0);
-        remove_existing(dir, name).map_err(io)?;
+        self.clear(dir, node, rel).map_err(io)?;
         rustix::fs::linkat(
             src_dir.as_fd(),
             OsStr::from_bytes(&last.0),
@@ -709,23 +822,52 @@ fn create_exclusive(dir: BorrowedFd<'_>, name: &OsStr) -> rustix::io::Result<Own
 }
 
 /// Remove whatever is at `name` in `dir` (file, symlink, or an empty directory) without
-/// following it. A non-empty directory stays and the caller's create fails.
-fn remove_existing(dir: BorrowedFd<'_>, name: &OsStr) -> rustix::io::Result<()> {
+/// following it; whether something was there. A non-empty directory stays and the caller's
+/// create fails.
+fn remove_existing(dir: BorrowedFd<'_>, name: &OsStr) -> rustix::io::Result<bool> {
     match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
-        Err(Errno::NOENT) => Ok(()),
+        Err(Errno::NOENT) => Ok(false),
         Err(e) => Err(e),
         Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {
-            rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR)
+            rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR).map(|()| true)
         }
-        Ok(_) => rustix::fs::unlinkat(dir, name, AtFlags::empty()),
+        Ok(_) => rustix::fs::unlinkat(dir, name, AtFlags::empty()).map(|()| true),
     }
 }
 
-/// Remove `name` in `dir` and, for a directory, everything below it, without following links.
-fn remove_tree_at(dir: BorrowedFd<'_>, name: &OsStr) -> rustix::io::Result<()> {
+/// Open the directory `name` in `dir` if there is one (never through a symlink).
+fn open_existing_dir(dir: BorrowedFd<'_>, name: &Name) -> Option<OwnedFd> {
+    rustix::fs::openat(
+        dir,
+        OsStr::from_bytes(&name.0),
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .ok()
+}
+
+/// Remove `name` in `dir` and, for a directory, everything below it, without following links
+/// and without entering a directory of another filesystem than `dev` (`EXDEV`, before anything
+/// below it is touched). `rel` is `name`'s path for `on`, which is told of every entry removed
+/// (or, with `dry_run`, that would be: nothing is removed then).
+fn remove_tree_at(
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    dev: u64,
+    dry_run: bool,
+    rel: &[u8],
+    on: &mut dyn FnMut(&[u8]),
+) -> rustix::io::Result<()> {
     let st = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?;
     if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
-        return rustix::fs::unlinkat(dir, name, AtFlags::empty());
+        if !dry_run {
+            rustix::fs::unlinkat(dir, name, AtFlags::empty())?;
+        }
+        on(rel);
+        return Ok(());
+    }
+    if st.st_dev != dev {
+        return Err(Errno::XDEV);
     }
     let sub = rustix::fs::openat(
         dir,
@@ -741,10 +883,18 @@ fn remove_tree_at(dir: BorrowedFd<'_>, name: &OsStr) -> rustix::io::Result<()> {
             names.push(n.to_vec());
         }
     }
+    names.sort();
     for n in names {
-        remove_tree_at(sub.as_fd(), OsStr::from_bytes(&n))?;
+        let mut p = rel.to_vec();
+        p.push(b'/');
+        p.extend_from_slice(&n);
+        remove_tree_at(sub.as_fd(), OsStr::from_bytes(&n), dev, dry_run, &p, on)?;
     }
-    rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR)
+    if !dry_run {
+        rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR)?;
+    }
+    on(rel);
+    Ok(())
 }
 
 /// Create (or reuse) directory `name` in `dir` and open it without following symlinks.
@@ -796,7 +946,15 @@ pub fn restore(
 ) -> Result<RestoreStats> {
     let found = find_path(repo, root, path)?;
     let target = if opts.dry_run {
-        None
+        // a dry run reads what the target holds (to say what would be replaced or deleted)
+        // and writes nothing
+        rustix::fs::openat(
+            CWD,
+            &opts.target,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .ok()
     } else {
         std::fs::create_dir_all(&opts.target).map_err(|e| Error::io(&opts.target, e))?;
         Some(
@@ -821,6 +979,8 @@ pub fn restore(
         jobs: Mutex::new(None),
         target,
         opts: opts.clone(),
+        // restoring one file restores no directory: nothing beside it is the snapshot's to judge
+        delete: opts.delete && !matches!(&found, Found::Node(n) if n.kind != NodeKind::Dir),
         chunker: Chunker::new(repo.config().chunker, repo.key().gear_table()),
         owners: Mutex::new(OwnerCache::default()),
         reader: WindowReader::new(repo),

@@ -345,10 +345,12 @@ pub fn restore(g: &Global, a: RestoreArgs) -> Result<u8> {
         dry_run: a.dry_run,
         overwrite: a.overwrite.parse()?,
         delete: a.delete,
+        delete_within: snap.paths.clone(),
         verify: a.verify,
         numeric_owner: a.numeric_owner,
     };
-    let progress = CliProgress::new(!g.quiet && !g.json, "restored");
+    let progress = CliProgress::new(!g.quiet && !g.json, "restored")
+        .listing_actions(g.verbose > 0 && !g.json && !g.quiet, a.dry_run);
     let stats = coffer_core::restore(&repo, snap.tree, &path, &opts, &progress);
     progress.finish();
     let stats = stats?;
@@ -357,7 +359,7 @@ pub fn restore(g: &Global, a: RestoreArgs) -> Result<u8> {
             &json!({"message_type": "summary", "snapshot_id": id.to_hex(), "dry_run": a.dry_run,
             "files_restored": stats.files, "dirs_restored": stats.dirs, "links_restored": stats.links,
             "other_restored": stats.other, "bytes_restored": stats.bytes, "errors": stats.errors,
-            "skipped": stats.skipped, "deleted": stats.deleted, "verified": stats.verified,
+            "skipped": stats.skipped, "replaced": stats.replaced, "deleted": stats.deleted, "verified": stats.verified,
             "owner_not_restored": stats.owner_skipped}),
         )?;
     } else if !g.quiet {
@@ -373,13 +375,34 @@ pub fn restore(g: &Global, a: RestoreArgs) -> Result<u8> {
             bytes(stats.bytes)
         )?;
     }
-    if !g.json && !g.quiet && (stats.skipped > 0 || stats.deleted > 0 || stats.verified > 0) {
-        outln!(
-            "{} existing files kept, {} entries deleted, {} files verified",
-            stats.skipped,
-            stats.deleted,
-            stats.verified
-        )?;
+    if !g.json && !g.quiet {
+        let (replaced, kept, deleted) = if a.dry_run {
+            ("would be replaced", "would be kept", "would be deleted")
+        } else {
+            ("replaced", "kept", "deleted")
+        };
+        if stats.replaced > 0 {
+            outln!("{} existing entries in the target {replaced}", stats.replaced)?;
+        }
+        if stats.skipped > 0 {
+            outln!(
+                "{} existing files {kept} (--overwrite {})",
+                stats.skipped,
+                a.overwrite
+            )?;
+        }
+        if stats.deleted > 0 {
+            outln!(
+                "{} entries not in the snapshot {deleted} (--delete)",
+                stats.deleted
+            )?;
+        }
+        if stats.verified > 0 {
+            outln!("{} files verified", stats.verified)?;
+        }
+        if a.dry_run && g.verbose == 0 && stats.replaced + stats.deleted > 0 {
+            outln!("(-v lists every path the restore would create, replace, keep or delete)")?;
+        }
     }
     if stats.owner_skipped > 0 {
         eprintln!(
