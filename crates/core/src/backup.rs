@@ -704,12 +704,21 @@ impl Archiver<'_, '_> {
     /// Use a blob the repository has (recording its pack, as [`Self::save_blob`] does);
     /// `None` if the index does not hold it.
     fn reuse_blob(&mut self, id: &BlobId) -> Option<BlobId> {
-        let pos = self.repo.index().pack_position(id)? as usize;
+        let index = self.repo.index();
+        let pos = index.pack_position(id)?;
         // sized for the index at the start; grown if it ever held more (the set must be complete)
-        if pos >= self.referenced.len() {
-            self.referenced.resize(pos + 1, false);
+        let mut note = |pos: u32| {
+            let pos = pos as usize;
+            if pos >= self.referenced.len() {
+                self.referenced.resize(pos + 1, false);
+            }
+            self.referenced[pos] = true;
+        };
+        note(pos);
+        // every copy: the primary one may not verify (a server keeps only named packs)
+        if index.has_alternatives() {
+            index.pack_positions(id).skip(1).for_each(note);
         }
-        self.referenced[pos] = true;
         Some(*id)
     }
 

@@ -8,7 +8,13 @@
 //! bytes per blob, depending on where its power-of-two size falls). Blobs added one pack at a
 //! time afterwards (a run's new packs, prune, check, repair) go to a hash map (foldhash,
 //! randomly seeded per process; std's SipHash over 32-byte ids was most of a lookup). A blob
-//! is in at most one of the two; the first location seen for a blob wins.
+//! is in at most one of the two; the first location seen for a blob is its *primary* one.
+//!
+//! Every other location of a blob is kept too, in a third map (usually empty: two concurrent
+//! backups of the same new data are the honest way to get one). An index file or pack header
+//! is no proof that a blob is where it says: storage can be forged, and a stolen write-only key
+//! can write index files. So no location shadows another: readers try the next one when one
+//! fails to verify, prune keeps a copy it has verified, and a server manifest names them all.
 
 use std::collections::HashMap;
 
@@ -32,7 +38,7 @@ pub struct BlobLocation {
 /// `Slot::in_bundle` of a blob in its own envelope.
 const OWN: u32 = u32::MAX;
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Slot {
     pack: u32,
     kind: BlobKind,
@@ -101,6 +107,9 @@ pub struct Index {
     table: Table,
     /// Blobs added a pack at a time since; never an id `table` holds.
     added: HashMap<BlobId, Slot, foldhash::fast::RandomState>,
+    /// Further locations of blobs whose primary one is in `table` or `added`, in the order
+    /// they were seen; never a location equal to the primary or to another one listed.
+    more: HashMap<BlobId, Vec<Slot>, foldhash::fast::RandomState>,
     files: Vec<IndexId>,
     /// Index files that could not be read (damaged, or garbage a compromised client wrote),
     /// one message each; their packs are unknown to this index.
@@ -109,8 +118,9 @@ pub struct Index {
 
 impl Index {
     /// Add many index files at once, the packs of each that `keep` accepts, into the sorted
-    /// table (rebuilt once for all of them). Blobs the index holds already keep their location;
-    /// among the new ones, the first listed wins.
+    /// table (rebuilt once for all of them). Blobs the index holds already keep their primary
+    /// location; among the new ones, the first listed is primary. Every other distinct
+    /// location is kept as an alternative.
     pub fn add_files<'a>(
         &mut self,
         files: impl IntoIterator<Item = (IndexId, &'a IndexFile)>,
@@ -126,10 +136,30 @@ impl Index {
             }
         }
         all.sort_by_key(|e| e.id);
-        all.dedup_by(|later, first| later.id == first.id);
+        let mut more = std::mem::take(&mut self.more);
+        let mut first: Option<Entry> = None;
+        all.retain(|e| {
+            if let Some(f) = first.filter(|f| f.id == e.id) {
+                if f.slot != e.slot {
+                    note_more(&mut more, e.id, e.slot);
+                }
+                return false;
+            }
+            first = Some(*e);
+            true
+        });
         if !self.added.is_empty() {
-            all.retain(|e| !self.added.contains_key(&e.id));
+            all.retain(|e| match self.added.get(&e.id) {
+                Some(primary) => {
+                    if *primary != e.slot {
+                        note_more(&mut more, e.id, e.slot);
+                    }
+                    false
+                }
+                None => true,
+            });
         }
+        self.more = more;
         all.shrink_to_fit();
         self.table = Table::from_sorted(all);
     }
@@ -143,12 +173,17 @@ impl Index {
         pos
     }
 
-    /// Add one pack's entries (first location seen for a blob wins).
+    /// Add one pack's entries (the first location seen for a blob stays primary; others are
+    /// kept as alternatives).
     pub fn add_pack(&mut self, p: &IndexPack) {
         let pos = self.pack_position_of(&p.id);
         for (id, slot) in slots(pos, &p.entries) {
-            if self.table.find(&id).is_none() {
-                self.added.entry(id).or_insert(slot);
+            let primary = match self.table.find(&id) {
+                Some(s) => *s,
+                None => *self.added.entry(id).or_insert(slot),
+            };
+            if primary != slot {
+                note_more(&mut self.more, id, slot);
             }
         }
     }
@@ -168,8 +203,38 @@ impl Index {
         }
     }
 
+    /// The primary location of a blob.
     pub fn get(&self, id: &BlobId) -> Option<BlobLocation> {
         self.slot(id).map(|s| self.location(s))
+    }
+
+    /// Every known location of a blob, the primary one first.
+    pub fn locations(&self, id: &BlobId) -> Vec<BlobLocation> {
+        let Some(primary) = self.slot(id) else {
+            return Vec::new();
+        };
+        let more = self.more.get(id).map(Vec::as_slice).unwrap_or_default();
+        std::iter::once(primary)
+            .chain(more)
+            .map(|s| self.location(s))
+            .collect()
+    }
+
+    /// Whether some blob has more than one location (then [`Index::locations`] is worth asking).
+    pub fn has_alternatives(&self) -> bool {
+        !self.more.is_empty()
+    }
+
+    /// Blobs with more than one location (each once).
+    pub fn with_alternatives(&self) -> impl Iterator<Item = &BlobId> + '_ {
+        self.more.keys()
+    }
+
+    /// The positions of every pack holding blob `id` (see [`Index::pack_at`]), primary first.
+    pub fn pack_positions(&self, id: &BlobId) -> impl Iterator<Item = u32> + '_ {
+        let primary = self.slot(id).map(|s| s.pack);
+        let more = self.more.get(id).map(Vec::as_slice).unwrap_or_default();
+        primary.into_iter().chain(more.iter().map(|s| s.pack))
     }
 
     /// The position of the pack holding blob `id` (see [`Index::pack_at`]): lets a caller
@@ -224,6 +289,14 @@ impl Index {
         table
             .chain(self.added.iter().map(|(id, s)| (*id, s)))
             .map(|(id, s)| (id, self.location(s)))
+    }
+}
+
+/// Note a further location of `id` unless it is listed already.
+fn note_more(more: &mut HashMap<BlobId, Vec<Slot>, foldhash::fast::RandomState>, id: BlobId, slot: Slot) {
+    let list = more.entry(id).or_default();
+    if !list.contains(&slot) {
+        list.push(slot);
     }
 }
 
@@ -309,11 +382,18 @@ mod tests {
 
     proptest! {
         /// Whatever mix of bulk loads and single packs, the index answers as a map that keeps
-        /// the first location seen for each id.
+        /// the first location seen for each id as its primary one, and every other distinct
+        /// location as an alternative.
         #[test]
-        fn the_index_keeps_the_first_location_seen(ops in prop::collection::vec(op(), 1..6)) {
+        fn the_index_keeps_the_first_location_seen_and_every_other(ops in prop::collection::vec(op(), 1..6)) {
             let mut index = Index::default();
-            let mut model: BTreeMap<BlobId, (PackId, u32)> = BTreeMap::new();
+            let mut model: BTreeMap<BlobId, Vec<(PackId, u32)>> = BTreeMap::new();
+            let mut note = |id: BlobId, at: (PackId, u32)| {
+                let l = model.entry(id).or_default();
+                if !l.contains(&at) {
+                    l.push(at);
+                }
+            };
             let mut files = 0u8;
             for op in ops {
                 match op {
@@ -332,7 +412,7 @@ mod tests {
                         for (_, f) in &decoded {
                             for p in &f.packs {
                                 for e in &p.entries {
-                                    model.entry(e.id).or_insert((p.id, e.offset));
+                                    note(e.id, (p.id, e.offset));
                                 }
                             }
                         }
@@ -341,7 +421,7 @@ mod tests {
                     Op::Pack(t, b) => {
                         let p = pack(t, &b);
                         for e in &p.entries {
-                            model.entry(e.id).or_insert((p.id, e.offset));
+                            note(e.id, (p.id, e.offset));
                         }
                         index.add_pack(&p);
                     }
@@ -349,12 +429,23 @@ mod tests {
             }
             prop_assert_eq!(index.blob_count(), model.len());
             for n in 0..1024u16 {
+                let want = model.get(&id(n));
                 let got = index.get(&id(n)).map(|l| (l.pack, l.offset));
-                prop_assert_eq!(got, model.get(&id(n)).copied(), "id {}", n);
+                prop_assert_eq!(got, want.map(|l| l[0]), "id {}", n);
+                let mut all: Vec<(PackId, u32)> =
+                    index.locations(&id(n)).iter().map(|l| (l.pack, l.offset)).collect();
+                prop_assert_eq!(all.first().copied(), got);
+                all.sort();
+                let mut want = want.cloned().unwrap_or_default();
+                want.sort();
+                prop_assert_eq!(all, want, "id {}", n);
+                let positions: Vec<PackId> = index.pack_positions(&id(n)).map(|p| index.pack_at(p)).collect();
+                prop_assert_eq!(positions.len(), index.locations(&id(n)).len());
             }
             let listed: BTreeMap<BlobId, (PackId, u32)> =
                 index.iter().map(|(i, l)| (i, (l.pack, l.offset))).collect();
-            prop_assert_eq!(listed, model);
+            let primaries: BTreeMap<BlobId, (PackId, u32)> = model.iter().map(|(i, l)| (*i, l[0])).collect();
+            prop_assert_eq!(listed, primaries);
         }
     }
 

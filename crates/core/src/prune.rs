@@ -108,6 +108,9 @@ fn usage(repo: &mut IndexedRepository) -> Result<Usage> {
                 match repo.read_pack_header(&p) {
                     Ok(entries) => repo.index_mut().add_pack(&IndexPack { id: p, entries }),
                     Err(Error::Backend(e)) if e.is_not_found() => {}
+                    // garbage in the shape of a pack holds nothing a snapshot can use (the
+                    // sweep leaves it in place and says so)
+                    Err(e) if e.category() == crate::Category::Integrity => {}
                     Err(e) => return Err(e),
                 }
             }
@@ -142,8 +145,51 @@ fn read_index_files(repo: &Repository) -> Result<(Vec<IndexId>, BTreeMap<PackId,
     Ok((files, packs))
 }
 
+/// For each used blob the index lists in more than one pack (not condemned): the first of
+/// those packs whose copy opens and hashes to the blob's id. A blob none of whose copies
+/// verifies is left out (it is kept where it is first listed, as any other blob).
+fn verified_copies(
+    repo: &IndexedRepository,
+    used: &HashSet<BlobId>,
+    condemned: &HashSet<PackId>,
+    progress: &dyn Progress,
+) -> HashMap<BlobId, PackId> {
+    let index = repo.index();
+    let mut out = HashMap::new();
+    for id in index.with_alternatives().filter(|id| used.contains(id)) {
+        let mut candidates: Vec<_> = index
+            .locations(id)
+            .into_iter()
+            .filter(|l| !condemned.contains(&l.pack))
+            .collect();
+        // pack order, as for every other blob: an honest duplicate keeps its usual place
+        candidates.sort_by_key(|l| l.pack);
+        if candidates.len() < 2 {
+            continue;
+        }
+        let mut bad = Vec::new();
+        for l in &candidates {
+            match repo.read_blob_at(id, l.kind, l) {
+                Ok(_) => {
+                    out.insert(*id, l.pack);
+                    break;
+                }
+                Err(e) => bad.push(format!("pack {}: {e}", l.pack.short())),
+            }
+        }
+        for b in bad {
+            progress.warn(&format!(
+                "blob {}: a listed copy does not verify and is not kept for it ({b})",
+                id.short()
+            ));
+        }
+    }
+    out
+}
+
 /// Add packs that exist in storage but are in no index (left by an interrupted backup) to
-/// the index, so their data is not uploaded again. Condemned packs are never adopted.
+/// the index, so their data is not uploaded again, after reading each whole and verifying
+/// every blob in it (full keys only). Condemned packs are never adopted.
 /// Returns how many packs were adopted.
 pub fn adopt_orphans(repo: &mut IndexedRepository, progress: &dyn Progress) -> Result<usize> {
     let listed: HashSet<PackId> = repo.index().packs().collect();
@@ -157,13 +203,20 @@ pub fn adopt_orphans(repo: &mut IndexedRepository, progress: &dyn Progress) -> R
     if orphans.is_empty() {
         return Ok(0);
     }
+    if !repo.key().can_read() {
+        // Whoever can write one object can store a pack under its hash whose header was copied
+        // from a real pack; only opening every blob tells it apart, and a write-only key
+        // cannot. Its run uploads that data again instead.
+        return Ok(0);
+    }
     let condemned = condemned_packs(&**repo.backend())?;
     let mut adopted = Vec::new();
     for p in orphans.into_iter().filter(|p| !condemned.contains(p)) {
-        match repo.read_pack_header(&p) {
+        // read whole and verified: a header proves nothing about the blobs next to it
+        match repo.verify_pack(&p) {
             Ok(entries) => adopted.push(IndexPack { id: p, entries }),
             Err(e) => progress.warn(&format!(
-                "pack {} is in no index and its header is unreadable: {e}",
+                "pack {} is in no index and does not verify, not adopted: {e}",
                 p.short()
             )),
         }
@@ -318,8 +371,11 @@ fn mark(
         .filter(|p| !packs.contains_key(p) && !already.contains(p))
         .count();
 
-    // A blob counts as used in one pack only (its first location); other copies are unused.
-    // The pack each used blob is kept in: the first one (in pack order) that holds it.
+    // A blob counts as used in one pack only; other copies are unused. The pack each used
+    // blob is kept in: the first one (in pack order) that holds it, except for a blob listed
+    // in several packs, which is kept where a copy verifies (an index file or pack header is
+    // no proof: a forged pack or a lying index file must never make prune drop the real one).
+    let verified = verified_copies(repo, &used, &already, progress);
     let mut canonical: HashMap<BlobId, PackId> = HashMap::new();
     let mut drop = Vec::new();
     let mut partial: Vec<(PackId, u64, u64)> = Vec::new(); // pack, used bytes, unused bytes
@@ -339,7 +395,10 @@ fn mark(
         for (e, members) in envelopes(&p.entries) {
             let (mut any, mut raw) = (false, 0u64);
             for b in blobs_of(e, members) {
-                if used.contains(&b.id) && !canonical.contains_key(&b.id) {
+                if used.contains(&b.id)
+                    && !canonical.contains_key(&b.id)
+                    && verified.get(&b.id).is_none_or(|v| v == id)
+                {
                     canonical.insert(b.id, *id);
                     (any, raw) = (true, raw + b.raw_length as u64);
                     report.blobs_used += 1;
@@ -632,7 +691,21 @@ fn sweep(
             rescue.push(None); // listed again (adopted or re-indexed): keep
             continue;
         }
-        let entries = repo.read_pack_header(p)?;
+        let entries = match repo.read_pack_header(p) {
+            Ok(entries) => entries,
+            // Garbage in the shape of a pack (forged, or damaged past its header): no reader can
+            // use it and no index lists it. Not ours to delete on a guess: it stays, unindexed,
+            // for `check` to report, and the mark lets go of it.
+            Err(e) if e.category() == crate::Category::Integrity => {
+                progress.warn(&format!(
+                    "condemned pack {} left in place: its header does not open ({e})",
+                    p.short()
+                ));
+                rescue.push(None);
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         if entries
             .iter()
             .any(|e| used.contains(&e.id) && !available.contains(&e.id))

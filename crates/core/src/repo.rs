@@ -59,6 +59,8 @@ pub struct Repository {
     key: Arc<MasterKey>,
     key_id: KeyId,
     config: Config,
+    /// Key files that were passed over at open (damaged, or out of bounds), one line each.
+    skipped_keys: Vec<String>,
 }
 
 fn host_and_user() -> (String, String) {
@@ -117,6 +119,7 @@ impl Repository {
             key,
             key_id,
             config,
+            skipped_keys: Vec::new(),
         })
     }
 
@@ -134,19 +137,40 @@ impl Repository {
         let credential = Credential::parse(password)?;
         let mut found = None;
         let mut damaged = Vec::new();
+        let mut skipped = Vec::new();
+        let mut tried = 0;
         for k in &keys {
             let what = format!("key {}", k.name);
             let bytes = backend.read(FileKind::Key, &k.name)?;
-            // a damaged key file must not lock out the others (check reports it)
+            // A damaged key file, or one whose KDF parameters are out of bounds (anyone who can
+            // add a file can write one), must not lock out the others (check reports it).
+            let short = k.name[..8.min(k.name.len())].to_string();
             let kf = match KeyFile::decode(&bytes) {
                 Ok(kf) if storage_id(&bytes).to_hex() == k.name => kf,
-                _ => {
-                    damaged.push(k.name[..8.min(k.name.len())].to_string());
+                Ok(_) => {
+                    skipped.push(format!(
+                        "key file {short} skipped: content does not match its name"
+                    ));
+                    damaged.push(short);
+                    continue;
+                }
+                Err(e) => {
+                    skipped.push(format!("key file {short} skipped: {e}"));
+                    damaged.push(short);
                     continue;
                 }
             };
-            let Some(wrap) = credential.wrapping_key(&kf.kdf)? else {
-                continue; // a passphrase never opens a generated key's file, nor the reverse
+            let wrap = match credential.wrapping_key(&kf.kdf) {
+                Ok(Some(w)) => {
+                    tried += 1;
+                    w
+                }
+                Ok(None) => continue, // a passphrase never opens a generated key's file, nor the reverse
+                Err(e) => {
+                    skipped.push(format!("key file {short} skipped: {e}"));
+                    damaged.push(short);
+                    continue;
+                }
             };
             if let Ok(plain) = open_with(&wrap, ObjectKind::KeyWrap, b"", &kf.wrapped, &what) {
                 let plain = Zeroizing::new(plain);
@@ -162,6 +186,13 @@ impl Repository {
                 return Err(Error::integrity(
                     format!("keys in {location}"),
                     format!("every key file is damaged ({})", damaged.join(", ")),
+                ))
+            }
+            // no key file of this credential's kind was usable: not a wrong password
+            None if tried == 0 && !skipped.is_empty() => {
+                return Err(Error::integrity(
+                    format!("keys in {location}"),
+                    format!("no usable key file for this credential: {}", skipped.join("; ")),
                 ))
             }
             None => return Err(Error::WrongPassword { location }),
@@ -181,11 +212,17 @@ impl Repository {
             key: Arc::new(key),
             key_id,
             config,
+            skipped_keys: skipped,
         })
     }
 
     pub fn config(&self) -> &Config {
         &self.config
+    }
+    /// Key files passed over when the repository was opened (damaged or out of bounds), one
+    /// message each: worth a warning, since anyone who can add a file can add one.
+    pub fn skipped_keys(&self) -> &[String] {
+        &self.skipped_keys
     }
     pub fn backend(&self) -> &Arc<dyn Backend> {
         &self.backend
@@ -649,9 +686,26 @@ impl IndexedRepository {
             .ok_or_else(|| Error::NotFound(format!("blob {} is not in the index", id.short())))
     }
 
-    /// Read, open, decompress and verify one blob.
+    /// Read, open, decompress and verify one blob: from its primary location, or, when that
+    /// fails (a damaged pack, or one a hostile writer listed), from the next one that verifies.
+    /// The error is the primary location's.
     pub fn read_blob(&self, id: &BlobId, kind: BlobKind) -> Result<Vec<u8>> {
         let loc = self.locate(id)?;
+        let first = match self.read_blob_at(id, kind, &loc) {
+            Ok(data) => return Ok(data),
+            Err(e) => e,
+        };
+        for alt in self.index.locations(id).iter().skip(1) {
+            if let Ok(data) = self.read_blob_at(id, kind, alt) {
+                return Ok(data);
+            }
+        }
+        Err(first)
+    }
+
+    /// [`IndexedRepository::read_blob`] from one location.
+    pub fn read_blob_at(&self, id: &BlobId, kind: BlobKind, loc: &BlobLocation) -> Result<Vec<u8>> {
+        let loc = *loc;
         let what = format!("{:?} blob {} in pack {}", kind, id.short(), loc.pack.short()).to_lowercase();
         if loc.kind != kind {
             return Err(Error::integrity(
@@ -735,10 +789,17 @@ impl IndexedRepository {
             if !seen.insert(t) {
                 continue;
             }
-            packs.insert(self.locate(&t)?.pack);
+            // every location: a server keeps only the packs a manifest names, and the primary
+            // one may be a copy that does not verify
+            let mut note = |id: &BlobId| -> Result<()> {
+                self.locate(id)?;
+                packs.extend(self.index.locations(id).iter().map(|l| l.pack));
+                Ok(())
+            };
+            note(&t)?;
             for node in self.load_tree(&t)?.nodes {
                 for id in &node.content {
-                    packs.insert(self.locate(id)?.pack);
+                    note(id)?;
                 }
                 todo.extend(node.subtree);
             }

@@ -96,6 +96,13 @@ impl Config {
 
 /// `KdfParams::algorithm` of a passphrase's key file.
 pub const KDF_ARGON2ID: &str = "argon2id";
+/// The most memory an argon2id key file may ask for (1 GiB): a hostile key file must not make
+/// opening a repository exhaust a small machine.
+pub const KDF_MAX_MEMORY_KIB: u32 = 1 << 20;
+/// The most passes an argon2id key file may ask for.
+pub const KDF_MAX_ITERATIONS: u32 = 10;
+/// The most lanes an argon2id key file may ask for.
+pub const KDF_MAX_PARALLELISM: u32 = 16;
 /// `KdfParams::algorithm` of a generated key's file (256 random bits: no stretching).
 pub const KDF_GENERATED_KEY: &str = "coffer-key";
 
@@ -150,7 +157,13 @@ impl KeyFile {
         let kdf = &k.kdf;
         let in_range = match kdf.algorithm.as_str() {
             // Refuse parameters that would make opening a hostile key file exhaust memory or time.
-            KDF_ARGON2ID => kdf.memory_kib <= 4 << 20 && kdf.iterations <= 100 && kdf.parallelism <= 64,
+            // Bounds: at most 1 GiB and 10 passes (the default is 64 MiB and 3), 1 to 16 lanes,
+            // and the 8 KiB per lane argon2 itself needs.
+            KDF_ARGON2ID => {
+                (1..=KDF_MAX_ITERATIONS).contains(&kdf.iterations)
+                    && (1..=KDF_MAX_PARALLELISM).contains(&kdf.parallelism)
+                    && (8 * kdf.parallelism..=KDF_MAX_MEMORY_KIB).contains(&kdf.memory_kib)
+            }
             // A generated key (256 random bits) is not stretched: there is nothing to tune.
             KDF_GENERATED_KEY => kdf.memory_kib == 0 && kdf.iterations == 0 && kdf.parallelism == 0,
             other => {

@@ -25,7 +25,10 @@ mod snapshot;
 mod tree;
 mod tree_cbor;
 
-pub use config::{ChunkerParams, Config, KdfParams, KeyFile, KDF_ARGON2ID, KDF_GENERATED_KEY};
+pub use config::{
+    ChunkerParams, Config, KdfParams, KeyFile, KDF_ARGON2ID, KDF_GENERATED_KEY, KDF_MAX_ITERATIONS,
+    KDF_MAX_MEMORY_KIB, KDF_MAX_PARALLELISM,
+};
 pub use error::FormatError;
 pub use id::{BlobId, Id, IndexId, KeyId, PackId, SnapshotId, ID_LEN};
 pub use index::{IndexFile, IndexPack};

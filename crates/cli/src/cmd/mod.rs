@@ -63,7 +63,11 @@ pub fn open(g: &Global) -> Result<Repository> {
         .into());
     }
     let pw = repository_password(g)?;
-    Ok(Repository::open(b, &pw)?)
+    let repo = Repository::open(b, &pw)?;
+    for w in repo.skipped_keys() {
+        eprintln!("warning: {w}");
+    }
+    Ok(repo)
 }
 
 pub fn open_indexed(g: &Global) -> Result<IndexedRepository> {

@@ -1,0 +1,358 @@
+//! Hostile storage and stolen credentials (issue 24, docs/FORMAT.md "Threat model"): each test
+//! plays one attacker against a repository and ends with every honest snapshot restoring byte
+//! for byte. The attacks are the ones a review reproduced against earlier builds, where each
+//! cost data while `check` said all was well.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use coffer_core::backend::{Backend, FileKind};
+use coffer_core::check::{check, CheckOptions, ReadData};
+use coffer_core::crypto::storage_id;
+use coffer_core::format::{IndexFile, IndexPack, KeyFile, PackId};
+use coffer_core::memory::MemoryBackend;
+use coffer_core::prune::{prune, PruneOptions};
+use coffer_core::{
+    backup, restore, BackupOptions, InitOptions, NoProgress, ParentChoice, Progress, Repository,
+    RestoreOptions,
+};
+
+/// A generator the attacks draw their garbage from (xorshift, seeded).
+struct Rng(u64);
+impl Rng {
+    fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n)
+            .map(|_| {
+                self.0 ^= self.0 << 13;
+                self.0 ^= self.0 >> 7;
+                self.0 ^= self.0 << 17;
+                self.0 as u8
+            })
+            .collect()
+    }
+}
+
+/// Collects warnings: what a forged object must produce.
+#[derive(Default)]
+struct Warnings(Mutex<Vec<String>>);
+impl Progress for Warnings {
+    fn warn(&self, msg: &str) {
+        self.0.lock().unwrap().push(msg.to_string());
+    }
+}
+impl Warnings {
+    fn all(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+const PW: &[u8] = b"honest password";
+
+fn init(mem: &MemoryBackend) -> Arc<dyn Backend> {
+    let b: Arc<dyn Backend> = Arc::new(mem.clone());
+    Repository::init(
+        b.clone(),
+        PW,
+        &InitOptions {
+            pack_size: 1 << 20,
+            ..InitOptions::default()
+        },
+    )
+    .unwrap();
+    b
+}
+
+/// A directory of files: some small (bundled), some large (chunked), all random.
+fn source(dir: &Path, seed: u64, files: usize) -> BTreeMap<String, Vec<u8>> {
+    let mut rng = Rng(seed * 2 + 1);
+    let mut out = BTreeMap::new();
+    fs::create_dir_all(dir).unwrap();
+    for i in 0..files {
+        let len = if i % 4 == 0 { 700_000 } else { 3_000 + i * 100 };
+        let data = rng.bytes(len);
+        let name = format!("s{seed}-f{i}");
+        fs::write(dir.join(&name), &data).unwrap();
+        out.insert(name, data);
+    }
+    out
+}
+
+fn backup_as(b: &Arc<dyn Backend>, pw: &[u8], dir: &Path, progress: &dyn Progress) {
+    let mut repo = Repository::open(b.clone(), pw).unwrap().load_index().unwrap();
+    let opts = BackupOptions {
+        paths: vec![dir.to_path_buf()],
+        parent: ParentChoice::None,
+        ..Default::default()
+    };
+    backup(&mut repo, &opts, progress).unwrap();
+}
+
+/// Every snapshot restores, and every file it holds is byte-identical to `expect`'s.
+fn every_snapshot_restores(b: &Arc<dyn Backend>, expect: &BTreeMap<String, Vec<u8>>) {
+    let repo = Repository::open(b.clone(), PW).unwrap().load_index().unwrap();
+    let snaps = repo.list_snapshots().unwrap();
+    assert!(!snaps.is_empty());
+    for (id, s) in &snaps {
+        let out = tempfile::tempdir().unwrap();
+        let opts = RestoreOptions {
+            target: out.path().to_path_buf(),
+            ..Default::default()
+        };
+        let st = restore(&repo, s.tree, "/", &opts, &NoProgress).unwrap();
+        assert_eq!(st.errors, 0, "snapshot {}", id.short());
+        let mut seen = 0;
+        for f in walk(out.path()) {
+            let name = f.file_name().unwrap().to_string_lossy().into_owned();
+            let want = expect.get(&name).unwrap_or_else(|| panic!("unexpected {name}"));
+            assert!(
+                fs::read(&f).unwrap() == *want,
+                "{name} differs in snapshot {}",
+                id.short()
+            );
+            seen += 1;
+        }
+        assert!(seen > 0);
+    }
+}
+
+fn walk(p: &Path) -> Vec<std::path::PathBuf> {
+    let mut v = Vec::new();
+    for e in fs::read_dir(p).unwrap().flatten() {
+        if e.path().is_dir() {
+            v.extend(walk(&e.path()));
+        } else {
+            v.push(e.path());
+        }
+    }
+    v
+}
+
+fn check_read_data(b: &Arc<dyn Backend>) -> Vec<String> {
+    let r = check(
+        Repository::open(b.clone(), PW).unwrap(),
+        &CheckOptions {
+            read_data: Some(ReadData::All),
+            cache_dir: None,
+        },
+        &NoProgress,
+    )
+    .unwrap();
+    r.errors
+}
+
+fn prune_everything(b: &Arc<dyn Backend>, progress: &dyn Progress) {
+    let opts = PruneOptions {
+        max_unused: 0.0,
+        ..Default::default()
+    };
+    prune(Repository::open(b.clone(), PW).unwrap(), &opts, progress).unwrap();
+}
+
+fn names(b: &Arc<dyn Backend>, kind: FileKind) -> Vec<String> {
+    let mut v: Vec<String> = b.list(kind).unwrap().into_iter().map(|f| f.name).collect();
+    v.sort();
+    v
+}
+
+/// Finding 1: whoever can write one object (an append token, write access to a bucket) stores
+/// a pack whose sealed header is copied from a real pack and whose blob area is garbage, under
+/// its hash, ground to sort before every real pack. Earlier builds adopted it as an
+/// interrupted backup's orphan after reading its header only, and prune then kept it as the
+/// canonical copy and deleted the real pack.
+#[test]
+fn a_forged_pack_with_a_copied_header_is_not_adopted_and_costs_nothing() {
+    let mem = MemoryBackend::new();
+    let b = init(&mem);
+    let tmp = tempfile::tempdir().unwrap();
+    let mut expect = source(&tmp.path().join("a"), 1, 24);
+    backup_as(&b, PW, &tmp.path().join("a"), &NoProgress);
+
+    // the attacker: a copy of every real pack's header over random bytes, named first
+    let mut rng = Rng(77);
+    let real = names(&b, FileKind::Pack);
+    let mut forged = Vec::new();
+    for name in &real {
+        let bytes = b.read(FileKind::Pack, name).unwrap();
+        let header_len = u32::from_le_bytes(bytes[bytes.len() - 4..].try_into().unwrap()) as usize;
+        let blob_area = bytes.len() - 4 - header_len;
+        let (fake, fake_name) = loop {
+            let mut fake = rng.bytes(blob_area);
+            fake.extend_from_slice(&bytes[blob_area..]);
+            let n = storage_id(&fake).to_hex();
+            if n < real[0] {
+                break (fake, n);
+            }
+        };
+        b.write(FileKind::Pack, &fake_name, &fake).unwrap();
+        forged.push(fake_name);
+    }
+
+    // the next honest backup (with the same data again, and more) must not adopt them
+    expect.extend(source(&tmp.path().join("a"), 2, 8));
+    let w = Warnings::default();
+    backup_as(&b, PW, &tmp.path().join("a"), &w);
+    for f in &forged {
+        assert!(
+            w.all()
+                .iter()
+                .any(|m| m.contains(&f[..8]) && m.contains("does not verify")),
+            "no warning names forged pack {}: {:?}",
+            &f[..8],
+            w.all()
+        );
+    }
+    let repo = Repository::open(b.clone(), PW).unwrap().load_index().unwrap();
+    for f in &forged {
+        assert!(
+            !repo.index().contains_pack(&f.parse::<PackId>().unwrap()),
+            "forged pack {f} adopted"
+        );
+    }
+    drop(repo);
+
+    prune_everything(&b, &NoProgress);
+    every_snapshot_restores(&b, &expect);
+    assert_eq!(check_read_data(&b), Vec::<String>::new());
+}
+
+/// Finding 2: a stolen write-only key holds the `index` key, so it can write an index file,
+/// named to sort first, that places every blob in a garbage pack of its own. Earlier builds
+/// took the first location seen: restores failed, and prune kept the garbage and deleted the
+/// real packs.
+#[test]
+fn a_lying_index_file_from_a_write_only_key_shadows_nothing() {
+    let mem = MemoryBackend::new();
+    let b = init(&mem);
+    Repository::open(b.clone(), PW)
+        .unwrap()
+        .add_write_only_key(b"stolen")
+        .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut expect = source(&tmp.path().join("a"), 3, 24);
+    backup_as(&b, PW, &tmp.path().join("a"), &NoProgress);
+
+    // the attacker, with the write-only key: a garbage pack for every real one, and an index
+    // file listing the real packs' entries in the garbage packs, named before every other
+    let attacker = Repository::open(b.clone(), b"stolen")
+        .unwrap()
+        .load_index()
+        .unwrap();
+    let mut rng = Rng(99);
+    let mut lies = Vec::new();
+    let mut garbage = Vec::new();
+    for name in names(&b, FileKind::Pack) {
+        let id: PackId = name.parse().unwrap();
+        let size = b.size(FileKind::Pack, &name).unwrap() as usize;
+        let junk = rng.bytes(size);
+        let junk_name = storage_id(&junk).to_hex();
+        b.write(FileKind::Pack, &junk_name, &junk).unwrap();
+        garbage.push(junk_name.clone());
+        let entries = attacker.read_pack_header(&id).unwrap();
+        lies.push(IndexPack {
+            id: junk_name.parse().unwrap(),
+            entries,
+        });
+    }
+    let honest_index = names(&b, FileKind::Index);
+    loop {
+        let (id, _) = attacker
+            .save_index(&IndexFile {
+                supersedes: vec![],
+                packs: lies.clone(),
+            })
+            .unwrap();
+        if id.to_hex() < honest_index[0] {
+            break;
+        }
+        b.remove(FileKind::Index, &id.to_hex()).unwrap(); // (only to make the test certain)
+    }
+    drop(attacker);
+
+    // the lie is the first location of every blob now: reads fall back to the real copy
+    {
+        let repo = Repository::open(b.clone(), PW).unwrap().load_index().unwrap();
+        let (_, any) = repo.index().iter().next().unwrap();
+        assert!(
+            garbage.contains(&any.pack.to_hex()),
+            "the attack did not take the first place"
+        );
+    }
+    every_snapshot_restores(&b, &expect);
+
+    // an honest backup deduplicates against the real data, and prune keeps the real copies
+    expect.extend(source(&tmp.path().join("a"), 4, 8));
+    backup_as(&b, PW, &tmp.path().join("a"), &NoProgress);
+    let errors = check_read_data(&b);
+    assert!(
+        !errors.is_empty(),
+        "check --read-data must name the garbage packs"
+    );
+    for e in &errors {
+        assert!(
+            garbage.iter().any(|g| e.contains(&g[..8])),
+            "an error that names no garbage pack: {e}"
+        );
+    }
+    let w = Warnings::default();
+    prune_everything(&b, &w);
+    assert!(
+        w.all().iter().any(|m| m.contains("does not verify")),
+        "prune says which copies it passed over: {:?}",
+        w.all()
+    );
+    every_snapshot_restores(&b, &expect);
+    // prune condemned the garbage (no used blob is kept there), superseded the lying index
+    // file, and left the garbage unindexed (not its to delete on a guess): check is clean
+    assert!(
+        w.all().iter().any(|m| m.contains("left in place")),
+        "{:?}",
+        w.all()
+    );
+    assert_eq!(check_read_data(&b), Vec::<String>::new());
+    let repo = Repository::open(b.clone(), PW).unwrap().load_index().unwrap();
+    for g in &garbage {
+        assert!(
+            !repo.index().contains_pack(&g.parse().unwrap()),
+            "garbage pack {g} still indexed"
+        );
+    }
+}
+
+/// Finding 3: anyone who can add a key file (an append token) adds one with parameters argon2
+/// refuses, or that would take gigabytes: earlier builds failed to open the repository for
+/// every passphrase, or allocated what the file asked.
+#[test]
+fn a_key_file_out_of_bounds_is_skipped_with_a_warning() {
+    let mem = MemoryBackend::new();
+    let b = init(&mem);
+    let real = names(&b, FileKind::Key);
+    let bytes = b.read(FileKind::Key, &real[0]).unwrap();
+    let honest: KeyFile = serde_json::from_slice(&bytes).unwrap();
+    for (memory_kib, iterations, parallelism) in [(65536, 0, 1), (4 << 20, 100, 1), (65536, 3, 200)] {
+        let mut k = honest.clone();
+        k.kdf.memory_kib = memory_kib;
+        k.kdf.iterations = iterations;
+        k.kdf.parallelism = parallelism;
+        let mut json = serde_json::to_vec(&k).unwrap();
+        // named to sort before the real key file, so it is tried first
+        let name = loop {
+            let n = storage_id(&json).to_hex();
+            if n < real[0] {
+                break n;
+            }
+            json.push(b' ');
+        };
+        b.write(FileKind::Key, &name, &json).unwrap();
+        let repo = Repository::open(b.clone(), PW).unwrap();
+        assert!(
+            repo.skipped_keys().iter().any(|m| m.contains(&name[..8])),
+            "{:?}",
+            repo.skipped_keys()
+        );
+        b.remove(FileKind::Key, &name).unwrap();
+    }
+}
