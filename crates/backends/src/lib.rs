@@ -80,13 +80,66 @@ pub fn open_with(location: &str, rest: &RestOptions) -> Result<Arc<dyn Backend>,
             SftpBackend::open(loc).map_err(|e| Error::Invalid(format!("repository {location:?}: {e}")))?;
         return Ok(Arc::new(b));
     }
-    for scheme in ["rest:", "http://"] {
-        if location.starts_with(scheme) {
-            return Err(Error::Invalid(format!(
-                "repository {location:?}: the {} backend is not built into this coffer yet; use a local path",
-                scheme.trim_end_matches(':').trim_end_matches("://")
-            )));
-        }
+    if let Some(scheme) = url_like(location) {
+        return Err(Error::Usage(format!(
+            "repository {location:?}: {scheme} is not a kind of location coffer knows; use {SUPPORTED} \
+             (a local directory whose name starts with `{scheme}` is written ./{location})"
+        )));
     }
     Ok(Arc::new(LocalBackend::new(location)))
+}
+
+/// The forms a repository location takes, for messages and `--help`.
+pub const SUPPORTED: &str = "a local path (/srv/backup, ./repo), s3:https://HOST/BUCKET/PREFIX, \
+     s3:BUCKET/PREFIX (AWS), sftp:[USER@]HOST:/PATH, sftp://[USER@]HOST:PORT/PATH or \
+     https://HOST:PORT/REPO (a coffer server)";
+
+/// The scheme a location that is not one of the supported kinds seems to name (`ftp:`,
+/// `http://`, `https//` with its colon lost), or `None` for what can only be a path. A typo
+/// must not become a directory named `ftp:` or `https` next to the user.
+fn url_like(location: &str) -> Option<&str> {
+    let end = location
+        .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')))
+        .unwrap_or(location.len());
+    let word = &location[..end];
+    let rest = &location[end..];
+    let starts_alpha = word.chars().next().is_some_and(|c| c.is_ascii_alphabetic());
+    if starts_alpha && (rest.starts_with(':') || rest.starts_with("//")) {
+        Some(&location[..end + if rest.starts_with(':') { 1 } else { 2 }])
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn typos_of_urls_are_refused_and_paths_are_not() {
+        for bad in [
+            "ftp://x/y",
+            "https//backup.example.net:8443/web1",
+            "http://backup.example.net/web1",
+            "rest:http://host/",
+            "s3//bucket/prefix",
+            "sftp//host/path",
+            "backup:2026",
+            "HTTPS://host/r",
+        ] {
+            let Err(e) = open(bad) else { panic!("{bad} opened") };
+            assert_eq!(e.category(), coffer_core::Category::Usage, "{bad}: {e}");
+            assert!(e.to_string().contains("s3:https://HOST/BUCKET/PREFIX"), "{e}");
+        }
+        for ok in [
+            "/srv/backup",
+            "./ftp:x",
+            "repo",
+            "../a:b",
+            "repo-2026.d",
+            "/x/https//y",
+        ] {
+            assert_eq!(url_like(ok), None, "{ok}");
+        }
+    }
 }

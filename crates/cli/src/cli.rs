@@ -32,7 +32,9 @@ pub struct Cli {
 
 #[derive(Args, Debug, Clone)]
 pub struct Global {
-    /// Repository location (a directory)
+    /// Repository location: a local path (/srv/backup), s3:https://HOST/BUCKET/PREFIX,
+    /// s3:BUCKET/PREFIX (AWS), sftp:[USER@]HOST:/PATH, sftp://[USER@]HOST:PORT/PATH, or a
+    /// coffer server https://HOST:PORT/REPO
     #[arg(
         short = 'r',
         long = "repo",
@@ -221,7 +223,11 @@ pub enum ServerCommand {
     Trash(ServerTrashCommand),
     /// Print the certificate's path and SHA-256 fingerprint (making it if needed)
     Cert,
-    /// Every monitored client's state, worst first (what the console and the digest show)
+    /// Every monitored client's state, worst first (what the console and the digest show).
+    ///
+    /// Exits as a monitoring plugin (Nagios, Icinga, Zabbix): 0 OK (every client OK), 1 WARNING
+    /// (a client with warnings, or with no backup yet), 2 CRITICAL (a client FAILED or
+    /// OVERDUE), 3 UNKNOWN (no clients monitored, or no server data directory at --data).
     Status,
     /// Print the daily digest now; with --send, also queue it to the alert targets
     Digest {

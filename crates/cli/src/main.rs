@@ -23,6 +23,7 @@ fn exit_code_for(e: &anyhow::Error) -> Option<u8> {
             return Some(match ce.category() {
                 Category::NoRepository => 10,
                 Category::WrongPassword => 12,
+                Category::Usage => 2,
                 Category::Integrity | Category::Fatal => 1,
             });
         }

@@ -541,3 +541,41 @@ fn one_file_system_stops_at_mount_points() {
     assert!(l1.contains("here.txt"));
     assert!(l2.contains("other.txt"), "{l2}");
 }
+
+/// A mistyped URL is refused with the forms that work (exit 2), instead of becoming a local
+/// directory named `ftp:` or `https` beside the user (issue 23 item 5).
+#[test]
+fn a_location_that_looks_like_a_url_but_is_none_is_refused() {
+    let e = Env::new();
+    for bad in [
+        "ftp://x/y",
+        "https//backup.example.net:8443/web1",
+        "http://127.0.0.1:1/r",
+    ] {
+        let o = e
+            .cmd()
+            .current_dir(e.path(""))
+            .args(["-r", bad, "init"])
+            .output()
+            .unwrap();
+        assert_eq!(code(&o), 2, "{bad}: {}", stderr(&o));
+        assert!(stderr(&o).contains("sftp:[USER@]HOST:/PATH"), "{}", stderr(&o));
+    }
+    let left: Vec<_> = fs::read_dir(e.path(""))
+        .unwrap()
+        .map(|d| d.unwrap().file_name())
+        .collect();
+    assert!(
+        left.iter().all(|n| n != "ftp:" && n != "https" && n != "http:"),
+        "a directory was created: {left:?}"
+    );
+    // a directory whose name has a colon is still reachable, written as a path
+    let o = e
+        .cmd()
+        .current_dir(e.path(""))
+        .args(["-r", "./backup:2026", "init"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(e.path("backup:2026/config").is_file());
+}

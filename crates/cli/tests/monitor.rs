@@ -329,8 +329,10 @@ fn overdue_failure_recovery_digest_webhooks_and_metrics() {
         },
         ended,
     );
-    let status = server.admin_ok(&["--test-clock", &clock_arg, "status"]);
+    let o = server.admin(&["--test-clock", &clock_arg, "status"]);
+    let status = String::from_utf8_lossy(&o.stdout).to_string();
     assert!(status.starts_with("coffer: 1 FAILED, 1 OVERDUE of 3"), "{status}");
+    assert_eq!(code(&o), 2, "FAILED is CRITICAL for a monitoring plugin");
     // the console, in a browser, at this moment of three states
     console_in_chromium(&e, &server, &clock_arg);
 
@@ -753,7 +755,80 @@ fn a_forged_backup_report_is_a_failure() {
     );
     let (code_, _) = server.raw(&head, forged.as_bytes()).unwrap();
     assert_eq!(code_, 201);
-    let status = server.admin_ok(&["status"]);
+    let o = server.admin(&["status"]);
+    let status = String::from_utf8_lossy(&o.stdout).to_string();
+    assert_eq!(code(&o), 2, "{status}");
     assert!(status.starts_with("coffer: 1 FAILED of 1"), "{status}");
     assert!(status.contains("never received"), "{status}");
+}
+
+/// Wait for a command with a deadline (a hang is the bug being tested): its output, or a
+/// panic after killing it.
+fn run_with_deadline(mut cmd: Command, secs: u64) -> std::process::Output {
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?} still running after {secs} s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// `server status` answers as a monitoring plugin (0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN):
+/// a mistyped --data is UNKNOWN and creates nothing, an empty fleet is UNKNOWN, not "0/0 OK";
+/// and `alerts test` / `digest --send` deliver to a webhook from the command line instead of
+/// waiting forever (issue 23 items 3 and 4).
+#[test]
+fn status_exits_as_a_monitoring_plugin_and_webhooks_deliver_from_the_command_line() {
+    let e = Env::new();
+    let typo = e.path("srv/cofer");
+    let o = e.run(&["server", "--data", typo.to_str().unwrap(), "status"]);
+    assert_eq!(code(&o), 3, "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).starts_with("coffer UNKNOWN:"));
+    assert!(!typo.exists(), "a mistyped --data created a directory");
+    let o = e.run(&["server", "--data", typo.to_str().unwrap(), "client", "list"]);
+    assert_eq!(code(&o), 1);
+    assert!(
+        stderr(&o).contains("no coffer server data here"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!typo.exists());
+
+    let server = ServerProc::start(&e.path("server"), &[]);
+    let o = server.admin(&["status"]);
+    assert_eq!(code(&o), 3, "no client monitored is not OK");
+    assert!(String::from_utf8_lossy(&o.stdout).contains("no clients are monitored"));
+    server.add_client("web1", "web", "append");
+    server.admin_ok(&["client", "expect", "web1", "30 2 * * *", "--grace", "2h"]);
+    let o = server.admin(&["status"]);
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert_eq!(code(&o), 1, "a client with no backup yet is a WARNING: {out}");
+    let o = server.admin(&["status", "--json"]);
+    assert_eq!(code(&o), 1, "--json exits the same way");
+
+    let (hook_port, hooks) = webhook_receiver();
+    server.admin_ok(&[
+        "alerts",
+        "set",
+        "--webhook",
+        &format!("http://127.0.0.1:{hook_port}/hook"),
+    ]);
+    let admin = |args: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_coffer"));
+        c.arg("server").arg("--data").arg(e.path("server")).args(args);
+        c
+    };
+    let o = run_with_deadline(admin(&["alerts", "test"]), 60);
+    assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
+    let o = run_with_deadline(admin(&["digest", "--send"]), 60);
+    assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
+    let got = hooks.lock().unwrap().clone();
+    assert_eq!(got.len(), 2, "one test message and one digest: {got:?}");
 }

@@ -25,6 +25,8 @@ pub enum Category {
     WrongPassword,
     /// Stored data failed an integrity check.
     Integrity,
+    /// The command was used wrongly (a bad flag value, a location that is not one).
+    Usage,
     /// Anything else.
     Fatal,
 }
@@ -59,6 +61,9 @@ pub enum Error {
     },
     #[error("{0}")]
     Invalid(String),
+    /// Wrong usage: a value the user gave that cannot be right (exit code 2).
+    #[error("{0}")]
+    Usage(String),
     #[error("interrupted")]
     Interrupted,
 }
@@ -69,6 +74,7 @@ impl Error {
             Error::NoRepository { .. } => Category::NoRepository,
             Error::WrongPassword { .. } => Category::WrongPassword,
             Error::Integrity { .. } | Error::Format { .. } => Category::Integrity,
+            Error::Usage(_) => Category::Usage,
             _ => Category::Fatal,
         }
     }

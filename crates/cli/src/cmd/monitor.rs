@@ -4,7 +4,7 @@
 use std::io::Write;
 
 use anyhow::{bail, Context, Result};
-use coffer_server::monitor::{self, fmt_time};
+use coffer_server::monitor::{self, fmt_time, State};
 use coffer_server::notify::{self, SmtpSettings};
 use coffer_server::Server;
 
@@ -44,11 +44,35 @@ pub fn expect(server: &Server, name: &str, schedule: &str, grace: &str, g: &Glob
     Ok(0)
 }
 
+/// `server status` exit codes, as monitoring plugins use them.
+pub const STATUS_OK: u8 = 0;
+pub const STATUS_WARNING: u8 = 1;
+pub const STATUS_CRITICAL: u8 = 2;
+pub const STATUS_UNKNOWN: u8 = 3;
+
+/// The monitoring-plugin code of a fleet: its worst client decides; no client is UNKNOWN.
+fn status_code(fleet: &[monitor::ClientStatus]) -> u8 {
+    fleet
+        .iter()
+        .map(|c| match c.state {
+            State::Failed | State::Overdue => STATUS_CRITICAL,
+            State::Warning | State::Waiting => STATUS_WARNING,
+            State::Ok => STATUS_OK,
+        })
+        .max()
+        .unwrap_or(STATUS_UNKNOWN)
+}
+
 pub fn status(server: &Server, g: &Global) -> Result<u8> {
     let fleet = monitor::fleet(server, server.now())?;
+    let code = status_code(&fleet);
     if g.json {
         print_json(&fleet)?;
-        return Ok(0);
+        return Ok(code);
+    }
+    if fleet.is_empty() {
+        outln!("coffer UNKNOWN: no clients are monitored (`coffer server client add`)")?;
+        return Ok(code);
     }
     outln!("{}", monitor::digest_subject(&fleet))?;
     for c in &fleet {
@@ -62,12 +86,15 @@ pub fn status(server: &Server, g: &Global) -> Result<u8> {
             c.problem_text()
         )?;
     }
-    Ok(0)
+    Ok(code)
 }
 
 /// A runtime for webhook deliveries from the command line.
 fn deliver_now(server: &Server) -> Result<usize> {
-    let rt = tokio::runtime::Builder::new_current_thread()
+    // A worker thread drives the requests: `deliver` waits on them through the handle, which
+    // on a current-thread runtime nothing would drive (it hung for good with a webhook set).
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
         .enable_all()
         .build()
         .context("starting the runtime")?;

@@ -74,11 +74,29 @@ fn open_server(a: &ServerArgs) -> Result<Server> {
     let Some(data) = &a.data else {
         bail!("no data directory: give --data DIR or set COFFER_SERVER_DATA");
     };
+    // Only the server itself creates its data directory: an administrative command given a
+    // mistyped --data must not answer from a new, empty catalog ("0/0 OK").
+    if a.command.is_some() && !data.join("server.db").is_file() {
+        bail!(
+            "{}: no coffer server data here (no server.db); check --data (or COFFER_SERVER_DATA), \
+             or start `coffer server --data {}` once to create it",
+            data.display(),
+            data.display()
+        );
+    }
     Ok(Server::open(data, a.storage.as_deref(), clock, settings)?)
 }
 
 pub fn run(g: &Global, a: ServerArgs) -> Result<u8> {
-    let server = open_server(&a)?;
+    let server = match open_server(&a) {
+        Ok(s) => s,
+        // a monitoring plugin's UNKNOWN, on stdout where the check reads it
+        Err(e) if matches!(a.command, Some(ServerCommand::Status)) => {
+            outln!("coffer UNKNOWN: {e:#}")?;
+            return Ok(monitor::STATUS_UNKNOWN);
+        }
+        Err(e) => return Err(e),
+    };
     match a.command {
         None => serve(server, &a.serve, g),
         Some(ServerCommand::Client(c)) => client(&server, c, g),
