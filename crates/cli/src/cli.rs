@@ -483,25 +483,42 @@ pub struct DbConnArgs {
     pub pg_user: Option<String>,
 }
 
-/// Which snapshots a command considers (`snapshots`, `forget`).
+/// Which snapshots a command considers (`snapshots`, `forget`, `copy`), and which one `latest`
+/// is (`ls`, `restore`, `diff`, `dump`, `restore-db`).
 #[derive(Args, Debug, Clone, Default)]
 pub struct SnapshotFilter {
     /// Only snapshots of this host (repeat for several)
-    #[arg(long, value_name = "HOST")]
+    #[arg(long = "host", id = "filter_host", value_name = "HOST")]
     pub host: Vec<String>,
     /// Only snapshots carrying this tag (repeat: all must be present)
-    #[arg(long, value_name = "TAG")]
+    #[arg(long = "tag", id = "filter_tag", value_name = "TAG")]
     pub tag: Vec<String>,
-    /// Only snapshots that include this path (repeat: all must be included)
-    #[arg(long, value_name = "PATH")]
+    /// Only snapshots that include this backed-up path (repeat: all must be included)
+    #[arg(long = "path", id = "filter_path", value_name = "PATH")]
     pub path: Vec<String>,
 }
 
 impl SnapshotFilter {
     pub fn matches(&self, s: &coffer_core::format::Snapshot) -> bool {
+        // `/etc/` names the same backed-up path as `/etc`
+        let norm = |p: &str| {
+            let t = p.trim_end_matches('/');
+            if t.is_empty() {
+                "/".to_string()
+            } else {
+                t.to_string()
+            }
+        };
         (self.host.is_empty() || self.host.contains(&s.hostname))
             && self.tag.iter().all(|t| s.tags.contains(t))
-            && self.path.iter().all(|p| s.paths.contains(p))
+            && self
+                .path
+                .iter()
+                .all(|p| s.paths.iter().any(|sp| norm(sp) == norm(p)))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.host.is_empty() && self.tag.is_empty() && self.path.is_empty()
     }
 }
 
@@ -516,8 +533,10 @@ pub struct SnapshotsArgs {
 
 #[derive(Args, Debug)]
 pub struct LsArgs {
-    /// Snapshot id, unique prefix, or `latest`
+    /// Snapshot id, unique prefix, or `latest` (the newest matching --host/--path/--tag)
     pub snapshot: String,
+    #[command(flatten)]
+    pub filter: SnapshotFilter,
     /// Only list below this path
     #[arg(default_value = "/")]
     pub path: String,
@@ -534,8 +553,10 @@ pub struct LsArgs {
 
 #[derive(Args, Debug)]
 pub struct RestoreDbArgs {
-    /// Snapshot id, unique prefix, or `latest`
+    /// Snapshot id, unique prefix, or `latest` (the newest matching --host/--path/--tag)
     pub snapshot: String,
+    #[command(flatten)]
+    pub filter: SnapshotFilter,
     /// The dump to restore, as `coffer ls SNAPSHOT --databases` names it: `mysql/shop`,
     /// `postgres/app`, `sqlite/var/lib/app.db`, `postgres-globals`, `mysql-globals`
     pub item: String,
@@ -555,8 +576,11 @@ pub struct RestoreDbArgs {
 
 #[derive(Args, Debug)]
 pub struct RestoreArgs {
-    /// SNAPSHOT or SNAPSHOT:PATH (the contents of PATH land in the target)
+    /// SNAPSHOT or SNAPSHOT:PATH (the contents of PATH land in the target); SNAPSHOT is an
+    /// id, a unique prefix, or `latest` (the newest matching --host/--path/--tag)
     pub snapshot: String,
+    #[command(flatten)]
+    pub filter: SnapshotFilter,
     /// Directory to restore into (created if missing)
     #[arg(short, long, value_name = "DIR")]
     pub target: PathBuf,
@@ -585,8 +609,11 @@ pub struct RestoreArgs {
 
 #[derive(Args, Debug)]
 pub struct DiffArgs {
+    /// Snapshot id, unique prefix, or `latest` (the newest matching --host/--path/--tag)
     pub snapshot1: String,
     pub snapshot2: String,
+    #[command(flatten)]
+    pub filter: SnapshotFilter,
     /// Also list metadata-only changes (mode, owner, mtime)
     #[arg(long)]
     pub metadata: bool,
@@ -715,8 +742,10 @@ pub enum RepairCommand {
 
 #[derive(Args, Debug)]
 pub struct DumpArgs {
-    /// Snapshot id, unique prefix, or `latest`
+    /// Snapshot id, unique prefix, or `latest` (the newest matching --host/--path/--tag)
     pub snapshot: String,
+    #[command(flatten)]
+    pub filter: SnapshotFilter,
     /// The file's path in the snapshot
     pub path: String,
 }

@@ -579,3 +579,71 @@ fn a_location_that_looks_like_a_url_but_is_none_is_refused() {
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     assert!(e.path("backup:2026/config").is_file());
 }
+
+/// `latest` is the newest snapshot of any host and paths unless --host/--path/--tag say
+/// which: two hosts and two jobs in one repository, and each command that reads a snapshot
+/// picks the right one (issue 23 item 2).
+#[test]
+fn latest_is_chosen_by_host_path_and_tag() {
+    let e = Env::init();
+    let www = e.path("www");
+    let etc = e.path("etc");
+    fs::create_dir_all(&www).unwrap();
+    fs::create_dir_all(&etc).unwrap();
+    fs::write(www.join("index.html"), "web1 site").unwrap();
+    fs::write(etc.join("hosts"), "web1 hosts").unwrap();
+    let (www_s, etc_s) = (www.to_str().unwrap(), etc.to_str().unwrap());
+    e.ok(&["backup", "-q", "--host", "web1", "--tag", "site", www_s]);
+    e.ok(&["backup", "-q", "--host", "web1", etc_s]);
+    fs::write(www.join("index.html"), "db1 site").unwrap();
+    e.ok(&["backup", "-q", "--host", "db1", www_s]);
+
+    let dump = |extra: &[&str]| {
+        let file = www.join("index.html");
+        let mut args = vec!["dump", "latest", file.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        e.run(&args)
+    };
+    // no filter: the newest of any host, and a note that says so
+    let o = dump(&[]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "db1 site");
+    assert!(
+        stderr(&o).contains("newest snapshot of any host"),
+        "{}",
+        stderr(&o)
+    );
+    let o = dump(&["--host", "web1", "--path", www_s]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "web1 site");
+    assert!(!stderr(&o).contains("note:"), "{}", stderr(&o));
+    let o = dump(&["--host", "web1", "--tag", "site"]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "web1 site");
+    // web1's newest snapshot is the etc job: it has no www file
+    let o = dump(&["--host", "web1"]);
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    let o = dump(&["--host", "nosuch"]);
+    assert_eq!(code(&o), 1);
+    assert!(stderr(&o).contains("no snapshot matching"), "{}", stderr(&o));
+
+    let t = e.path("t");
+    let out = e.ok(&[
+        "restore",
+        "latest",
+        "--host",
+        "web1",
+        "--path",
+        etc_s,
+        "--target",
+        t.to_str().unwrap(),
+    ]);
+    assert!(out.contains(" of web1 "), "{out}");
+    assert!(t.join(etc.strip_prefix("/").unwrap()).join("hosts").is_file());
+    let ls = e.ok(&["ls", "latest", "--host", "db1"]);
+    assert!(ls.contains("index.html") && !ls.contains("hosts"), "{ls}");
+
+    // an id that the filter excludes is a usage error, not a silent choice
+    let snaps: serde_json::Value = serde_json::from_str(&e.ok(&["snapshots", "--json"])).unwrap();
+    let db1 = snaps[2]["id"].as_str().unwrap().to_string();
+    let o = e.run(&["ls", &db1, "--host", "web1"]);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+}

@@ -130,7 +130,7 @@ fn output_file(path: &std::path::Path) -> Result<Box<dyn Write>> {
 /// `coffer restore-db SNAPSHOT ITEM [--as NAME | --to-file FILE]`.
 pub fn restore_db(g: &Global, a: RestoreDbArgs) -> Result<u8> {
     let repo = open_indexed(g)?;
-    let (sid, snap) = repo.find_snapshot(&a.snapshot)?;
+    let (sid, snap) = crate::cmd::resolve_snapshot(&repo, &a.snapshot, &a.filter)?;
     let item = find_item(&snap, &a.item)?;
     let node = find_item_node(&repo, snap.tree, &item.path)?;
     let mut reader = NodeReader::new(&repo, &node);

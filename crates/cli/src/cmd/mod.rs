@@ -70,6 +70,75 @@ pub fn open(g: &Global) -> Result<Repository> {
     Ok(repo)
 }
 
+/// How far in the future a snapshot's time may be (clock skew between hosts) and still be
+/// `latest`: one dated further ahead (a wrong clock, or a forged snapshot) would stay `latest`
+/// until that day.
+const LATEST_MAX_SKEW_SECS: i64 = 600;
+
+/// Resolve SNAPSHOT for a command that reads one: `latest` is the newest readable snapshot
+/// that matches the filter (never one dated more than 10 minutes in the future, which is
+/// named in a warning); an id or unique prefix must match the filter too.
+pub fn resolve_snapshot(
+    repo: &Repository,
+    spec: &str,
+    filter: &crate::cli::SnapshotFilter,
+) -> Result<(coffer_core::format::SnapshotId, Snapshot)> {
+    if spec != "latest" {
+        let (id, snap) = repo.find_snapshot(spec)?;
+        if !filter.matches(&snap) {
+            return Err(coffer_core::Error::Usage(format!(
+                "snapshot {} (host {}, paths {}) does not match --host/--path/--tag",
+                id.short(),
+                snap.hostname,
+                snap.paths.join(" ")
+            ))
+            .into());
+        }
+        return Ok((id, snap));
+    }
+    let (list, bad) = repo.list_snapshots_readable()?;
+    for b in bad {
+        eprintln!("warning: {b}");
+    }
+    let now = chrono::Utc::now().timestamp();
+    let mut matching: Vec<_> = list.into_iter().filter(|(_, s)| filter.matches(s)).collect();
+    matching.retain(|(id, s)| {
+        let future = s.time.timestamp() > now + LATEST_MAX_SKEW_SECS;
+        if future {
+            eprintln!(
+                "warning: snapshot {} is dated {} (in the future: a wrong clock, or forged); `latest` passes it over",
+                id.short(),
+                s.time.to_rfc3339()
+            );
+        }
+        !future
+    });
+    let groups: std::collections::BTreeSet<(&str, Vec<String>)> = matching
+        .iter()
+        .map(|(_, s)| (s.hostname.as_str(), s.paths.clone()))
+        .collect();
+    if filter.is_empty() && groups.len() > 1 {
+        eprintln!(
+            "note: `latest` is the newest snapshot of any host and paths; this repository has {} \
+             (see `coffer snapshots`): --host and --path choose one",
+            groups.len()
+        );
+    }
+    drop(groups);
+    matching.pop().ok_or_else(|| {
+        let what = if filter.is_empty() {
+            String::new()
+        } else {
+            " matching --host/--path/--tag".to_string()
+        };
+        coffer_core::Error::NotFound(format!(
+            "no snapshot{what} in {} (`latest` needs one)",
+            repo.backend().location()
+        ))
+        .into()
+    })
+}
+
 pub fn open_indexed(g: &Global) -> Result<IndexedRepository> {
     Ok(open(g)?.load_index()?)
 }
@@ -297,7 +366,7 @@ fn print_node(g: &Global, long: bool, path: &[u8], n: &Node) -> Result<()> {
 
 pub fn ls(g: &Global, a: LsArgs) -> Result<u8> {
     let repo = open_indexed(g)?;
-    let (id, snap) = repo.find_snapshot(&a.snapshot)?;
+    let (id, snap) = resolve_snapshot(&repo, &a.snapshot, &a.filter)?;
     if a.databases {
         return db::list(g, &id, &snap);
     }
@@ -341,7 +410,7 @@ pub fn restore(g: &Global, a: RestoreArgs) -> Result<u8> {
         None => (a.snapshot.clone(), "/".to_string()),
     };
     let repo = open_indexed(g)?;
-    let (id, snap) = repo.find_snapshot(&spec)?;
+    let (id, snap) = resolve_snapshot(&repo, &spec, &a.filter)?;
     let opts = RestoreOptions {
         target: a.target.clone(),
         includes: a.include,
@@ -369,8 +438,9 @@ pub fn restore(g: &Global, a: RestoreArgs) -> Result<u8> {
     } else if !g.quiet {
         let verb = if a.dry_run { "would restore" } else { "restored" };
         outln!(
-            "{verb} snapshot {} ({}) to {}: {} files, {} directories, {} links, {}",
+            "{verb} snapshot {} of {} ({}) to {}: {} files, {} directories, {} links, {}",
             id.short(),
+            snap.hostname,
             local_time(&snap.time),
             a.target.display(),
             stats.files,
@@ -425,8 +495,8 @@ pub fn restore(g: &Global, a: RestoreArgs) -> Result<u8> {
 
 pub fn diff(g: &Global, a: DiffArgs) -> Result<u8> {
     let repo = open_indexed(g)?;
-    let (id1, s1) = repo.find_snapshot(&a.snapshot1)?;
-    let (id2, s2) = repo.find_snapshot(&a.snapshot2)?;
+    let (id1, s1) = resolve_snapshot(&repo, &a.snapshot1, &a.filter)?;
+    let (id2, s2) = resolve_snapshot(&repo, &a.snapshot2, &a.filter)?;
     if !g.json && !g.quiet {
         outln!("comparing snapshot {} to {}:", id1.short(), id2.short())?;
     }
@@ -872,7 +942,7 @@ pub fn repair(g: &Global, c: crate::cli::RepairCommand) -> Result<u8> {
 
 pub fn dump(g: &Global, a: crate::cli::DumpArgs) -> Result<u8> {
     let repo = open_indexed(g)?;
-    let (_, snap) = repo.find_snapshot(&a.snapshot)?;
+    let (_, snap) = resolve_snapshot(&repo, &a.snapshot, &a.filter)?;
     let node = match find_path(&repo, snap.tree, &a.path)? {
         Found::Node(n) if n.kind == NodeKind::File => n,
         _ => bail!(
@@ -890,4 +960,56 @@ pub fn dump(g: &Global, a: crate::cli::DumpArgs) -> Result<u8> {
         eprintln!("warning: {}: {e}", a.path);
     }
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use coffer_core::format::{Snapshot, Summary, FORMAT_VERSION};
+    use coffer_core::memory::MemoryBackend;
+    use coffer_core::{Backend, InitOptions, Repository};
+
+    use super::resolve_snapshot;
+    use crate::cli::SnapshotFilter;
+
+    /// A snapshot dated in the future (a wrong clock, or one a write-only key forged) would
+    /// stay `latest` until that day: it is passed over.
+    #[test]
+    fn latest_passes_over_a_snapshot_from_the_future() {
+        let b: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
+        let repo = Repository::init(b, b"pw", &InitOptions::default()).unwrap();
+        let snap = |time: chrono::DateTime<chrono::FixedOffset>, host: &str| Snapshot {
+            version: FORMAT_VERSION,
+            time,
+            hostname: host.into(),
+            username: String::new(),
+            paths: vec!["/srv".into()],
+            tags: vec![],
+            excludes: vec![],
+            tree: coffer_core::format::BlobId(coffer_core::format::Id([0; 32])),
+            parent: None,
+            program_version: "test".into(),
+            summary: Summary::default(),
+            databases: vec![],
+            original: None,
+        };
+        let now = chrono::Utc::now().fixed_offset();
+        let (honest, _) = repo
+            .save_snapshot(&snap(now - chrono::Duration::hours(1), "web1"))
+            .unwrap();
+        repo.save_snapshot(&snap(now + chrono::Duration::days(3650), "web1"))
+            .unwrap();
+        repo.save_snapshot(&snap(now + chrono::Duration::minutes(2), "db1"))
+            .unwrap();
+        let web1 = SnapshotFilter {
+            host: vec!["web1".into()],
+            ..Default::default()
+        };
+        let (id, _) = resolve_snapshot(&repo, "latest", &web1).unwrap();
+        assert_eq!(id, honest);
+        // within the allowed skew, the newest is still latest
+        let (_, s) = resolve_snapshot(&repo, "latest", &SnapshotFilter::default()).unwrap();
+        assert_eq!(s.hostname, "db1");
+    }
 }
