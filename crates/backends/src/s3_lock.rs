@@ -48,13 +48,13 @@ pub struct ObjectLock {
 }
 
 impl ObjectLock {
-    /// `governance:30d`, `compliance:13w`, `governance:36h` (units s, h, d, w, y; combined
-    /// as in `1y6w`).
+    /// `governance:30d`, `compliance:13w`, `governance:36h` (the one duration grammar,
+    /// [`coffer_core::duration`]).
     pub fn parse(s: &str) -> Result<ObjectLock, String> {
         let bad = || {
             format!(
                 "S3 object lock {s:?}: expected MODE:DURATION, e.g. governance:30d or compliance:90d \
-                 (units s, h, d, w, y)"
+                 (durations as everywhere: 36h, 30d, 13w, 1y)"
             )
         };
         let (mode, dur) = s.trim().split_once(':').ok_or_else(bad)?;
@@ -63,30 +63,11 @@ impl ObjectLock {
             "compliance" => LockMode::Compliance,
             _ => return Err(bad()),
         };
-        let (mut secs, mut num) = (0i64, String::new());
-        for c in dur.chars() {
-            if c.is_ascii_digit() {
-                num.push(c);
-                continue;
-            }
-            let n: i64 = num.parse().map_err(|_| bad())?;
-            num.clear();
-            let unit = match c {
-                's' => 1,
-                'h' => 3600,
-                'd' => 86_400,
-                'w' => 7 * 86_400,
-                'y' => 365 * 86_400,
-                _ => return Err(bad()),
-            };
-            secs = n
-                .checked_mul(unit)
-                .and_then(|v| secs.checked_add(v))
-                .ok_or_else(bad)?;
-        }
-        if !num.is_empty() || secs <= 0 {
-            return Err(bad());
-        }
+        let secs = coffer_core::duration::parse(dur, "S3 object lock")
+            .ok()
+            .and_then(|d| i64::try_from(d.as_secs()).ok())
+            .filter(|&s| s > 0)
+            .ok_or_else(bad)?;
         Ok(ObjectLock { mode, secs })
     }
 }
@@ -407,14 +388,14 @@ mod tests {
         );
         assert_eq!(
             ObjectLock::parse("COMPLIANCE:1y2w").unwrap().secs,
-            365 * 86_400 + 14 * 86_400
+            31_557_600 + 14 * 86_400
         );
         assert_eq!(ObjectLock::parse("governance:90s").unwrap().secs, 90);
         for bad in [
             "30d",
             "governance:",
             "governance:30",
-            "governance:30m",
+            "governance:30x",
             "legal:30d",
             "governance:0d",
         ] {

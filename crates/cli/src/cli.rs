@@ -680,7 +680,8 @@ pub struct ForgetArgs {
     /// Keep the newest snapshot of each of the N newest years with snapshots
     #[arg(long, value_name = "N", allow_negative_numbers = true, default_value_t = 0)]
     pub keep_yearly: i64,
-    /// Keep every snapshot within DURATION of the newest one (e.g. 14d, 1y6m, 36h)
+    /// Keep every snapshot within DURATION of the newest one (e.g. 14d, 1y6months, 36h; a bare
+    /// `m` is refused here: write min or months)
     #[arg(long, value_name = "DURATION")]
     pub keep_within: Option<String>,
     /// Keep snapshots carrying all of these tags (repeat for alternatives)

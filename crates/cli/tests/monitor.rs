@@ -806,7 +806,13 @@ fn status_exits_as_a_monitoring_plugin_and_webhooks_deliver_from_the_command_lin
     assert_eq!(code(&o), 3, "no client monitored is not OK");
     assert!(String::from_utf8_lossy(&o.stdout).contains("no clients are monitored"));
     server.add_client("web1", "web", "append");
-    server.admin_ok(&["client", "expect", "web1", "30 2 * * *", "--grace", "2h"]);
+    // one duration grammar (m is minutes, not months), and the parsed value said back
+    let o = server.admin(&["client", "expect", "web1", "30 2 * * *", "--grace", "1m"]);
+    assert!(stderr(&o).contains("overdue 1m after"), "{}", stderr(&o));
+    let o = server.admin(&["client", "expect", "web1", "30 2 * * *", "--grace", "90min"]);
+    assert!(stderr(&o).contains("overdue 1h 30m after"), "{}", stderr(&o));
+    let o = server.admin(&["client", "expect", "web1", "30 2 * * *", "--grace", "2x"]);
+    assert_eq!(code(&o), 2, "a bad duration is a usage error: {}", stderr(&o));
     let o = server.admin(&["status"]);
     let out = String::from_utf8_lossy(&o.stdout).to_string();
     assert_eq!(code(&o), 1, "a client with no backup yet is a WARNING: {out}");

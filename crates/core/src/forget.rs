@@ -247,32 +247,11 @@ pub fn apply_grouped(
         .collect()
 }
 
-/// Parse restic-style durations: `1y2m3d4h` (y = 365 days, m = 30 days... as calendar-free
-/// approximations are surprising, months and years count as 30 and 365 days).
+/// A retention period (`--keep-within`), in the one duration grammar ([`crate::duration`]),
+/// where a bare `m` is refused as ambiguous.
 pub fn parse_duration(s: &str) -> Result<Duration> {
-    let bad = || Error::Invalid(format!("duration {s:?}: expected e.g. 7d, 2w, 1y6m, 36h"));
-    let mut total = Duration::zero();
-    let mut num = String::new();
-    for c in s.chars() {
-        if c.is_ascii_digit() {
-            num.push(c);
-            continue;
-        }
-        let n: i64 = num.parse().map_err(|_| bad())?;
-        num.clear();
-        total += match c {
-            'y' => Duration::days(365 * n),
-            'm' => Duration::days(30 * n),
-            'w' => Duration::weeks(n),
-            'd' => Duration::days(n),
-            'h' => Duration::hours(n),
-            _ => return Err(bad()),
-        };
-    }
-    if !num.is_empty() || s.is_empty() {
-        return Err(bad());
-    }
-    Ok(total)
+    let d = crate::duration::parse_retention(s, "--keep-within")?;
+    Duration::from_std(d).map_err(|_| Error::Usage(format!("--keep-within {s:?}: too long")))
 }
 
 fn format_duration(d: Duration) -> String {

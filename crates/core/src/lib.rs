@@ -13,6 +13,7 @@ pub mod compress;
 pub mod copy;
 pub mod crypto;
 pub mod diff;
+pub mod duration;
 mod error;
 pub mod filter;
 pub mod forget;

@@ -137,7 +137,7 @@ fn policies_keep_what_the_documentation_says() {
         ("within 30d", pol(|p| p.within = Some(Duration::days(30))), None),
         (
             "within 1y6m",
-            pol(|p| p.within = Some(parse_duration("1y6m").unwrap())),
+            pol(|p| p.within = Some(parse_duration("1y6months").unwrap())),
             None,
         ),
         (
@@ -212,10 +212,16 @@ fn groups_are_independent() {
 #[test]
 fn durations() {
     assert_eq!(parse_duration("7d").unwrap(), Duration::days(7));
+    // humantime's grammar: a year is 365.25 days, a month 30.44
     assert_eq!(
-        parse_duration("1y2m3w4d5h").unwrap(),
-        Duration::days(365 + 60 + 21 + 4) + Duration::hours(5)
+        parse_duration("1y2months3w4d5h").unwrap(),
+        Duration::seconds(31_557_600 + 2 * 2_630_016) + Duration::days(21 + 4) + Duration::hours(5)
     );
+    // `m` would be minutes: refused here, where restic reads months
+    assert!(parse_duration("1y6m")
+        .unwrap_err()
+        .to_string()
+        .contains("ambiguous"));
     for bad in ["", "7", "d", "7x", "-1d"] {
         assert!(parse_duration(bad).is_err(), "{bad}");
     }

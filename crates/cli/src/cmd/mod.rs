@@ -711,7 +711,7 @@ pub fn prune(g: &Global, a: &crate::cli::PruneArgs) -> Result<u8> {
     let repo = open(g)?;
     let opts = coffer_core::prune::PruneOptions {
         max_unused: parse_percent(&a.max_unused)?,
-        grace_secs: coffer_core::forget::parse_duration(&a.grace)?.num_seconds(),
+        grace_secs: coffer_core::duration::parse(&a.grace, "--grace")?.as_secs() as i64,
         dry_run: a.dry_run,
     };
     let progress = CliProgress::new(!g.quiet && !g.json, "pruned");

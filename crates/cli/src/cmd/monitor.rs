@@ -37,8 +37,8 @@ pub fn expect(server: &Server, name: &str, schedule: &str, grace: &str, g: &Glob
             .map(|t| fmt_time(t.timestamp()))
             .unwrap_or_else(|_| "never".into());
         eprintln!(
-            "client {name:?}: backups expected at \"{schedule}\" (UTC; next {next}), overdue {} min after",
-            grace / 60
+            "client {name:?}: backups expected at \"{schedule}\" (UTC; next {next}), overdue {} after",
+            coffer_core::duration::format(std::time::Duration::from_secs(grace.max(0) as u64))
         );
     }
     Ok(0)

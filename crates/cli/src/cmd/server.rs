@@ -19,19 +19,9 @@ use crate::cmd::monitor;
 use crate::cmd::{outln, print_json};
 use crate::ui::bytes;
 
-/// `7d`, `2w`, `36h`, and for short intervals `30min` or `45s`; `0` is zero.
+/// A duration flag, in the one grammar ([`coffer_core::duration`]: `m` is minutes).
 pub(crate) fn duration(s: &str, what: &str) -> Result<Duration> {
-    if s == "0" {
-        return Ok(Duration::ZERO);
-    }
-    if let Some(n) = s.strip_suffix("min").and_then(|n| n.parse::<u64>().ok()) {
-        return Ok(Duration::from_secs(n * 60));
-    }
-    if let Some(n) = s.strip_suffix('s').and_then(|n| n.parse::<u64>().ok()) {
-        return Ok(Duration::from_secs(n));
-    }
-    let d = coffer_core::forget::parse_duration(s).with_context(|| what.to_string())?;
-    Ok(Duration::from_secs(d.num_seconds().max(0) as u64))
+    Ok(coffer_core::duration::parse(s, what)?)
 }
 
 /// `500G`, `1.5T`, `10GiB`, `123` (bytes); powers of 1024.
@@ -227,7 +217,7 @@ fn repo_set(server: &Server, s: ServerRepoSetArgs) -> Result<u8> {
             }
         }
         if let Some(w) = &s.keep_within {
-            p.keep_within_secs = duration(w, "--keep-within")?.as_secs();
+            p.keep_within_secs = coffer_core::duration::parse_retention(w, "--keep-within")?.as_secs();
             changed = true;
         }
         if changed {
