@@ -308,6 +308,78 @@ fn delete_acts_only_inside_the_backed_up_paths() {
     assert_eq!(fs::read_to_string(etc.join("local.conf")).unwrap(), "local");
 }
 
+/// What a backup did not look at is not the snapshot's to delete: a mount point a
+/// --one-file-system backup stopped at, what --exclude and --exclude-caches left out; and a
+/// target above the restored path (`latest:/home/alice --target /home`) is refused.
+#[test]
+fn delete_leaves_what_the_backup_did_not_see_and_refuses_a_target_above_the_path() {
+    let e = Env::init();
+    let src = e.path("src");
+    for d in ["alice", "bob", "cache", "mnt"] {
+        fs::create_dir_all(src.join(d)).unwrap();
+    }
+    fs::write(src.join("alice/notes"), "alice").unwrap();
+    fs::write(src.join("bob/notes"), "bob").unwrap();
+    fs::write(src.join("work.tmp"), "scratch").unwrap();
+    fs::write(
+        src.join("cache/CACHEDIR.TAG"),
+        "Signature: 8a477f597d28d172789f06886806bc55\n",
+    )
+    .unwrap();
+    fs::write(src.join("cache/blob"), "cached").unwrap();
+    let mnt = src.join("mnt");
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "tmpfs", mnt.to_str().unwrap()])
+        .status()
+        .is_ok_and(|s| s.success());
+    if mounted {
+        fs::write(mnt.join("on-another-fs"), "keep").unwrap();
+    }
+    let s = src.to_str().unwrap();
+    let o = e.run(&[
+        "backup",
+        "-q",
+        "--one-file-system",
+        "--exclude",
+        "*.tmp",
+        "--exclude-caches",
+        s,
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+
+    let spec = format!("latest:{s}");
+    let o = e.run(&["restore", &spec, "--target", s, "--delete", "--dry-run", "-v"]);
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        !out.contains("would delete"),
+        "nothing is the snapshot's to delete: {out}"
+    );
+    let o = e.run(&["restore", &spec, "--target", s, "--delete"]);
+    let err = stderr(&o);
+    if mounted {
+        let _ = Command::new("umount").arg(&mnt).status();
+    }
+    assert!(o.status.success(), "{err}");
+    assert_eq!(fs::read_to_string(src.join("work.tmp")).unwrap(), "scratch");
+    assert_eq!(fs::read_to_string(src.join("cache/blob")).unwrap(), "cached");
+    if mounted {
+        // (unmounted now: what was on it is gone from view; the marker kept it while mounted)
+        assert!(!err.contains("cannot delete"), "{err}");
+    } else {
+        eprintln!("mount point case not run: cannot mount a tmpfs here");
+    }
+
+    // alice's directory restored "into" its parent would delete bob
+    let alice = format!("latest:{s}/alice");
+    let o = e.run(&["restore", &alice, "--target", s, "--delete"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("is above"), "{}", stderr(&o));
+    assert_eq!(fs::read_to_string(src.join("bob/notes")).unwrap(), "bob");
+    let o = e.run(&["restore", &alice, "--target", &format!("{s}/alice"), "--delete"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
 #[test]
 fn dump_writes_one_file_to_stdout() {
     let (e, src) = backed_up();

@@ -717,7 +717,7 @@ impl Archiver<'_, '_> {
         note(pos);
         // every copy: the primary one may not verify (a server keeps only named packs)
         if index.has_alternatives() {
-            index.pack_positions(id).skip(1).for_each(note);
+            index.alternative_positions(id).for_each(note);
         }
         Some(*id)
     }
@@ -1028,12 +1028,18 @@ impl Archiver<'_, '_> {
                     self.load_parent_tree(parent.filter(|p| p.kind == NodeKind::Dir).and_then(|p| p.subtree));
                 // another file system's mount point is recorded, not entered
                 let other_fs = self.one_fs && self.root_dev.is_some_and(|d| d != st.st_dev as u64);
+                // A directory not entered is marked (`error`), so that nothing ever reads its
+                // empty listing as "empty": restore --delete leaves what is in it.
                 let sub = match other_fs {
-                    true => None,
+                    true => {
+                        node.error = Some("mount point of another filesystem: not entered".into());
+                        None
+                    }
                     false => match open_dir_at(dir, cname) {
                         Ok(fd) => Some(fd),
                         Err(e) => {
                             self.warn(format!("{}: cannot open directory: {e}", path.display()));
+                            node.error = Some(format!("cannot open directory: {e}"));
                             None
                         }
                     },

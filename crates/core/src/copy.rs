@@ -126,9 +126,14 @@ struct Copier<'a, 'p> {
 impl Copier<'_, '_> {
     /// Record the destination pack of a blob the destination holds.
     fn uses(&mut self, id: &BlobId) -> bool {
-        match self.dst.index().get(id) {
+        let index = self.dst.index();
+        match index.get(id) {
             Some(loc) => {
                 self.referenced.insert(loc.pack);
+                // every copy: the primary one may not verify (a server keeps only named packs)
+                if index.has_alternatives() {
+                    self.referenced.extend(index.locations(id).iter().map(|l| l.pack));
+                }
                 true
             }
             None => self.session.contains(id),

@@ -38,7 +38,7 @@ pub struct BlobLocation {
 /// `Slot::in_bundle` of a blob in its own envelope.
 const OWN: u32 = u32::MAX;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct Slot {
     pack: u32,
     kind: BlobKind,
@@ -107,8 +107,8 @@ pub struct Index {
     table: Table,
     /// Blobs added a pack at a time since; never an id `table` holds.
     added: HashMap<BlobId, Slot, foldhash::fast::RandomState>,
-    /// Further locations of blobs whose primary one is in `table` or `added`, in the order
-    /// they were seen; never a location equal to the primary or to another one listed.
+    /// Further locations of blobs whose primary one is in `table` or `added`, each distinct
+    /// one once, never the primary one.
     more: HashMap<BlobId, Vec<Slot>, foldhash::fast::RandomState>,
     files: Vec<IndexId>,
     /// Index files that could not be read (damaged, or garbage a compromised client wrote),
@@ -136,12 +136,14 @@ impl Index {
             }
         }
         all.sort_by_key(|e| e.id);
+        // (alternatives are gathered first and tidied once: one hostile file can list a blob a
+        // million times, and checking each against the list so far would be quadratic)
         let mut more = std::mem::take(&mut self.more);
         let mut first: Option<Entry> = None;
         all.retain(|e| {
             if let Some(f) = first.filter(|f| f.id == e.id) {
                 if f.slot != e.slot {
-                    note_more(&mut more, e.id, e.slot);
+                    more.entry(e.id).or_default().push(e.slot);
                 }
                 return false;
             }
@@ -152,12 +154,23 @@ impl Index {
             all.retain(|e| match self.added.get(&e.id) {
                 Some(primary) => {
                     if *primary != e.slot {
-                        note_more(&mut more, e.id, e.slot);
+                        more.entry(e.id).or_default().push(e.slot);
                     }
                     false
                 }
                 None => true,
             });
+        }
+        for (id, list) in more.iter_mut() {
+            // each distinct location once, first seen kept, never the primary one (a lying entry
+            // may name the real pack at a wrong offset: every place stays a candidate)
+            let primary = self
+                .added
+                .get(id)
+                .copied()
+                .or_else(|| all.binary_search_by(|e| e.id.cmp(id)).ok().map(|i| all[i].slot));
+            let mut seen = std::collections::HashSet::with_capacity(list.len());
+            list.retain(|s| Some(*s) != primary && seen.insert(*s));
         }
         self.more = more;
         all.shrink_to_fit();
@@ -230,6 +243,12 @@ impl Index {
         self.more.keys()
     }
 
+    /// The positions of the packs of a blob's locations other than its primary one.
+    pub fn alternative_positions(&self, id: &BlobId) -> impl Iterator<Item = u32> + '_ {
+        let more = self.more.get(id).map(Vec::as_slice).unwrap_or_default();
+        more.iter().map(|s| s.pack)
+    }
+
     /// The positions of every pack holding blob `id` (see [`Index::pack_at`]), primary first.
     pub fn pack_positions(&self, id: &BlobId) -> impl Iterator<Item = u32> + '_ {
         let primary = self.slot(id).map(|s| s.pack);
@@ -292,7 +311,8 @@ impl Index {
     }
 }
 
-/// Note a further location of `id` unless it is listed already.
+/// Note a further location of `id` unless it is listed already (one pack at a time: the
+/// packs a run, prune or repair wrote, few locations per blob).
 fn note_more(more: &mut HashMap<BlobId, Vec<Slot>, foldhash::fast::RandomState>, id: BlobId, slot: Slot) {
     let list = more.entry(id).or_default();
     if !list.contains(&slot) {

@@ -129,31 +129,66 @@ fn usage(repo: &mut IndexedRepository) -> Result<Usage> {
     })
 }
 
-/// Read every index file: the files' ids and every pack's entries (each pack once).
+/// Read every index file: the files' ids and every pack's entries (each pack once, with every
+/// entry any file lists for it: a file that lists a pack with fewer entries, written by a
+/// stolen write-only key to hide a real copy, hides nothing).
 fn read_index_files(repo: &Repository) -> Result<(Vec<IndexId>, BTreeMap<PackId, IndexPack>)> {
     let mut files = Vec::new();
-    let mut packs = BTreeMap::new();
+    let mut packs: BTreeMap<PackId, IndexPack> = BTreeMap::new();
     for f in repo.backend().list(FileKind::Index)? {
         let file = repo.load_index_file(&f.name)?;
         files.push(IndexId(
             Id::from_hex(&f.name).map_err(|e| Error::format("index/", e))?,
         ));
         for p in file.packs {
-            packs.entry(p.id).or_insert(p);
+            match packs.entry(p.id) {
+                std::collections::btree_map::Entry::Vacant(v) => {
+                    v.insert(p);
+                }
+                std::collections::btree_map::Entry::Occupied(mut o) if o.get().entries != p.entries => {
+                    union_entries(o.get_mut(), p.entries)
+                }
+                std::collections::btree_map::Entry::Occupied(_) => {}
+            }
         }
     }
     Ok((files, packs))
 }
 
+/// Add to `pack` the envelopes of `entries` it does not list yet (a bundle with its members).
+fn union_entries(pack: &mut IndexPack, entries: Vec<PackEntry>) {
+    let known: HashSet<(u8, BlobId, u32)> = pack
+        .entries
+        .iter()
+        .map(|e| (e.place as u8, e.id, e.offset))
+        .collect();
+    for (e, members) in envelopes(&entries) {
+        if !known.contains(&(e.place as u8, e.id, e.offset)) {
+            pack.entries.push(*e);
+            pack.entries.extend(members.iter().copied());
+        }
+    }
+}
+
+/// Where a used blob the index lists in several packs is kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Keep {
+    /// In this pack, whose copy verified.
+    In(PackId),
+    /// In every pack that lists it: no copy verified, and prune does not guess.
+    Everywhere,
+}
+
 /// For each used blob the index lists in more than one pack (not condemned): the first of
-/// those packs whose copy opens and hashes to the blob's id. A blob none of whose copies
-/// verifies is left out (it is kept where it is first listed, as any other blob).
+/// those packs whose copy opens and hashes to the blob's id, or [`Keep::Everywhere`] when none
+/// does. A read that fails for another reason than the content (storage unreachable, an
+/// object withheld) aborts prune, as every other read error does.
 fn verified_copies(
     repo: &IndexedRepository,
     used: &HashSet<BlobId>,
     condemned: &HashSet<PackId>,
     progress: &dyn Progress,
-) -> HashMap<BlobId, PackId> {
+) -> Result<HashMap<BlobId, Keep>> {
     let index = repo.index();
     let mut out = HashMap::new();
     for id in index.with_alternatives().filter(|id| used.contains(id)) {
@@ -168,15 +203,20 @@ fn verified_copies(
             continue;
         }
         let mut bad = Vec::new();
+        let mut keep = Keep::Everywhere;
         for l in &candidates {
             match repo.read_blob_at(id, l.kind, l) {
                 Ok(_) => {
-                    out.insert(*id, l.pack);
+                    keep = Keep::In(l.pack);
                     break;
                 }
-                Err(e) => bad.push(format!("pack {}: {e}", l.pack.short())),
+                Err(e) if e.category() == crate::Category::Integrity => {
+                    bad.push(format!("pack {}: {e}", l.pack.short()))
+                }
+                Err(e) => return Err(e),
             }
         }
+        out.insert(*id, keep);
         for b in bad {
             progress.warn(&format!(
                 "blob {}: a listed copy does not verify and is not kept for it ({b})",
@@ -184,7 +224,7 @@ fn verified_copies(
             ));
         }
     }
-    out
+    Ok(out)
 }
 
 /// Add packs that exist in storage but are in no index (left by an interrupted backup) to
@@ -197,7 +237,7 @@ pub fn adopt_orphans(repo: &mut IndexedRepository, progress: &dyn Progress) -> R
     for f in repo.backend().list(FileKind::Pack)? {
         let Ok(id) = Id::from_hex(&f.name) else { continue };
         if !listed.contains(&PackId(id)) {
-            orphans.push(PackId(id));
+            orphans.push((PackId(id), f.size));
         }
     }
     if orphans.is_empty() {
@@ -211,8 +251,24 @@ pub fn adopt_orphans(repo: &mut IndexedRepository, progress: &dyn Progress) -> R
     }
     let condemned = condemned_packs(&**repo.backend())?;
     let mut adopted = Vec::new();
-    for p in orphans.into_iter().filter(|p| !condemned.contains(p)) {
-        // read whole and verified: a header proves nothing about the blobs next to it
+    for (p, size) in orphans.into_iter().filter(|(p, _)| !condemned.contains(p)) {
+        // no backup writes a pack this large: never read into memory
+        if size > coffer_format::MAX_PACK_SIZE {
+            progress.warn(&format!(
+                "pack {} is in no index and larger than any pack ({size} bytes), not adopted",
+                p.short()
+            ));
+            continue;
+        }
+        // its header first (two small reads): garbage is passed over without reading it all
+        if let Err(e) = repo.read_pack_header(&p) {
+            progress.warn(&format!(
+                "pack {} is in no index and its header does not open, not adopted: {e}",
+                p.short()
+            ));
+            continue;
+        }
+        // then read whole and verified: a header proves nothing about the blobs next to it
         match repo.verify_pack(&p) {
             Ok(entries) => adopted.push(IndexPack { id: p, entries }),
             Err(e) => progress.warn(&format!(
@@ -375,7 +431,7 @@ fn mark(
     // blob is kept in: the first one (in pack order) that holds it, except for a blob listed
     // in several packs, which is kept where a copy verifies (an index file or pack header is
     // no proof: a forged pack or a lying index file must never make prune drop the real one).
-    let verified = verified_copies(repo, &used, &already, progress);
+    let verified = verified_copies(repo, &used, &already, progress)?;
     let mut canonical: HashMap<BlobId, PackId> = HashMap::new();
     let mut drop = Vec::new();
     let mut partial: Vec<(PackId, u64, u64)> = Vec::new(); // pack, used bytes, unused bytes
@@ -395,9 +451,15 @@ fn mark(
         for (e, members) in envelopes(&p.entries) {
             let (mut any, mut raw) = (false, 0u64);
             for b in blobs_of(e, members) {
-                if used.contains(&b.id)
+                let everywhere = verified.get(&b.id) == Some(&Keep::Everywhere);
+                if everywhere && used.contains(&b.id) {
+                    // no copy verified: every pack that lists it keeps it
+                    canonical.entry(b.id).or_insert(*id);
+                    (any, raw) = (true, raw + b.raw_length as u64);
+                    report.blobs_used += 1;
+                } else if used.contains(&b.id)
                     && !canonical.contains_key(&b.id)
-                    && verified.get(&b.id).is_none_or(|v| v == id)
+                    && verified.get(&b.id).is_none_or(|v| *v == Keep::In(*id))
                 {
                     canonical.insert(b.id, *id);
                     (any, raw) = (true, raw + b.raw_length as u64);
@@ -452,7 +514,10 @@ fn mark(
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let (copies, rebundled) = {
         let r: &IndexedRepository = repo;
-        let keep = |pack: &PackId, b: &PackEntry| used.contains(&b.id) && canonical.get(&b.id) == Some(pack);
+        let keep = |pack: &PackId, b: &PackEntry| {
+            used.contains(&b.id)
+                && (canonical.get(&b.id) == Some(pack) || verified.get(&b.id) == Some(&Keep::Everywhere))
+        };
         std::thread::scope(|s| -> Result<(Vec<SealedCopy>, PackerStats)> {
             let pipe = BlobPipeline::start(s, r, threads, r.compression());
             let copies = used_of_repacked(r, &repack, &keep, &pipe, report, progress);
@@ -512,7 +577,12 @@ fn mark(
         }
         let mut relist = Vec::new();
         for p in &gone {
-            let entries = repo.read_pack_header(p)?;
+            let entries = match repo.read_pack_header(p) {
+                Ok(entries) => entries,
+                // garbage in the shape of a pack serves no snapshot: nothing to list again
+                Err(e) if e.category() == crate::Category::Integrity => continue,
+                Err(e) => return Err(e),
+            };
             if entries.iter().any(|e| late_used.contains(&e.id)) {
                 relist.push(IndexPack { id: *p, entries });
             }
@@ -775,10 +845,14 @@ pub fn relist_condemned(repo: &IndexedRepository, referenced: &HashSet<PackId>) 
     let condemned = condemned_packs(&**repo.backend())?;
     let mut packs = Vec::new();
     for p in referenced.intersection(&condemned) {
-        packs.push(IndexPack {
-            id: *p,
-            entries: repo.read_pack_header(p)?,
-        });
+        let entries = match repo.read_pack_header(p) {
+            Ok(entries) => entries,
+            // a location that was never a real pack (forged, condemned since): it holds no
+            // copy this snapshot can use, and must not stop the backup
+            Err(e) if e.category() == crate::Category::Integrity => continue,
+            Err(e) => return Err(e),
+        };
+        packs.push(IndexPack { id: *p, entries });
     }
     if !packs.is_empty() {
         repo.save_index(&IndexFile {

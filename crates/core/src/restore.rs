@@ -50,6 +50,9 @@ pub struct RestoreOptions {
     /// The snapshot's backed-up paths (`Snapshot::paths`): where `delete` may act. A directory
     /// above them (`/`, `/var` for a backup of `/var/www`) holds more than the snapshot saw.
     pub delete_within: Vec<String>,
+    /// The snapshot's exclude patterns (`Snapshot::excludes`): what matches them was never
+    /// backed up, so `delete` leaves it.
+    pub delete_keeps: Vec<String>,
     /// Read every restored file back and compare it with the snapshot.
     pub verify: bool,
     /// Restore owners by the stored numbers, ignoring user and group names.
@@ -126,6 +129,8 @@ struct Restorer<'a> {
     opts: RestoreOptions,
     /// `--delete` in effect (not for a single restored file: its directory is not restored).
     delete: bool,
+    /// What the backup excluded (`delete_keeps`): never deleted.
+    kept_by_delete: PathMatcher,
     chunker: Chunker,
     /// User and group names resolved to ids on this system, once per name (a lookup reads
     /// /etc/passwd or asks nscd: four system calls, twice per restored entry otherwise).
@@ -252,6 +257,9 @@ impl Restorer<'_> {
     /// Restore the nodes of `tree` into `dir`. `rel` is the directory's path below the target
     /// (for hardlinks), `snap` its path in the snapshot (for filters and messages).
     /// Returns how many items were restored below it.
+    /// `complete`: the backup listed this directory whole (its node has no `error`: it was
+    /// entered, not a mount point it stopped at or one it could not open), so `--delete` may
+    /// judge what else is in it.
     fn restore_tree(
         &self,
         tree: &Tree,
@@ -259,6 +267,7 @@ impl Restorer<'_> {
         rel: &[Name],
         snap: &[u8],
         selected: bool,
+        complete: bool,
     ) -> Result<u64> {
         let mut restored = 0;
         let mut deferred: Vec<&Node> = Vec::new();
@@ -338,7 +347,9 @@ impl Restorer<'_> {
                 Err(e) => self.warn(format!("{}: {e}", display(&path))),
             }
         }
-        if self.may_delete_in(snap) {
+        // a cache directory (--exclude-caches) was saved as its tag alone
+        let cache = tree.nodes.iter().any(|n| n.name.0 == b"CACHEDIR.TAG");
+        if complete && !cache && self.may_delete_in(snap) {
             if let Some(dfd) = dir {
                 self.delete_extra(dfd, tree, rel, snap);
             }
@@ -375,6 +386,17 @@ impl Restorer<'_> {
         let Ok(dev) = rustix::fs::fstat(&fd).map(|st| st.st_dev) else {
             return;
         };
+        // A directory that is itself the mount point of another filesystem (one a backup with
+        // --one-file-system recorded, not entered, if it was older than that marker): nothing
+        // in it is the snapshot's to judge. The target itself may be one (a new disk).
+        let parent_dev = rustix::fs::statat(&fd, "..", AtFlags::empty()).map(|st| st.st_dev);
+        if !rel.is_empty() && parent_dev.is_ok_and(|d| d != dev) {
+            self.progress.warn(&format!(
+                "{}: nothing deleted inside: it is the mount point of another filesystem",
+                display(snap)
+            ));
+            return;
+        }
         let Ok(entries) = rustix::fs::Dir::read_from(&fd) else {
             return;
         };
@@ -382,7 +404,11 @@ impl Restorer<'_> {
         for e in entries.flatten() {
             let n = e.file_name().to_bytes();
             if n != b"." && n != b".." && !names.contains(n) {
-                extra.push(n.to_vec());
+                let p = join(snap, &Name(n.to_vec()));
+                // what the backup excluded was never in it: not the snapshot's to delete
+                if !self.kept_by_delete.matches(Path::new(OsStr::from_bytes(&p))) {
+                    extra.push(n.to_vec());
+                }
             }
         }
         extra.sort();
@@ -395,7 +421,7 @@ impl Restorer<'_> {
                 Ok(()) => {}
                 // another filesystem mounted there is not the snapshot's to judge: left, said
                 Err(Errno::XDEV) => self.progress.warn(&format!(
-                    "{}: not deleted: it is (or holds) the mount point of another filesystem",
+                    "{}: not deleted (what -v listed below it was): it is or holds the mount point of another filesystem",
                     display(&join(snap, &Name(n)))
                 )),
                 Err(e) => {
@@ -447,7 +473,15 @@ impl Restorer<'_> {
         if self.dry_run || parent.is_none() {
             // a dry run looks into what the target holds already, never writing
             let existing = parent.and_then(|p| open_existing_dir(p, &node.name));
-            let n = self.restore_tree(&tree, existing.as_ref().map(|f| f.as_fd()), &rel, path, sel)?;
+            let complete = node.error.is_none();
+            let n = self.restore_tree(
+                &tree,
+                existing.as_ref().map(|f| f.as_fd()),
+                &rel,
+                path,
+                sel,
+                complete,
+            )?;
             if sel || n > 0 {
                 if existing.is_none() {
                     let action = self.dry_action(parent, node);
@@ -475,7 +509,7 @@ impl Restorer<'_> {
         if created {
             self.act(RestoreAction::Create, parent_rel, &node.name.0);
         }
-        let n = self.restore_tree(&tree, Some(fd.as_fd()), &rel, path, sel)?;
+        let n = self.restore_tree(&tree, Some(fd.as_fd()), &rel, path, sel, node.error.is_none())?;
         if !sel && n == 0 {
             // Created only in case something below was selected; nothing was.
             if created {
@@ -934,6 +968,28 @@ fn open_rel_dir(root: BorrowedFd<'_>, comps: &[Name]) -> rustix::io::Result<Owne
     Ok(fd)
 }
 
+/// `restore SNAP:/home/alice --target /home --delete` would put alice's files into `/home`
+/// and delete every other home directory there: the contents of PATH land in the target, so
+/// a target that is PATH's parent (or above) is a slip, refused before anything happens.
+fn refuse_delete_above(path: &str, opts: &RestoreOptions) -> Result<()> {
+    let restored = Path::new(path.trim_end_matches('/'));
+    if !opts.delete || restored.as_os_str().is_empty() {
+        return Ok(());
+    }
+    let Ok(target) = std::fs::canonicalize(&opts.target) else {
+        return Ok(()); // not there yet: nothing in it to delete
+    };
+    if restored != target && restored.starts_with(&target) {
+        return Err(Error::Usage(format!(
+            "--target {} is above {path}: the contents of {path} would land in it and --delete \
+             would remove everything else there; give --target {}",
+            opts.target.display(),
+            restored.display()
+        )));
+    }
+    Ok(())
+}
+
 /// Restore `path` of the snapshot whose root tree is `root` into `opts.target`.
 /// A directory's *contents* land in the target (`/srv/www` → `TARGET/...`); restoring `/`
 /// recreates the backed-up absolute paths under the target (`/srv/www/a` → `TARGET/srv/www/a`).
@@ -945,6 +1001,9 @@ pub fn restore(
     progress: &dyn Progress,
 ) -> Result<RestoreStats> {
     let found = find_path(repo, root, path)?;
+    if !matches!(&found, Found::Node(n) if n.kind != NodeKind::Dir) {
+        refuse_delete_above(path, opts)?;
+    }
     let target = if opts.dry_run {
         // a dry run reads what the target holds (to say what would be replaced or deleted)
         // and writes nothing
@@ -981,6 +1040,7 @@ pub fn restore(
         opts: opts.clone(),
         // restoring one file restores no directory: nothing beside it is the snapshot's to judge
         delete: opts.delete && !matches!(&found, Found::Node(n) if n.kind != NodeKind::Dir),
+        kept_by_delete: PathMatcher::new(&opts.delete_keeps)?,
         chunker: Chunker::new(repo.config().chunker, repo.key().gear_table()),
         owners: Mutex::new(OwnerCache::default()),
         reader: WindowReader::new(repo),
@@ -1028,17 +1088,18 @@ pub fn restore(
         let walked = match found {
             Found::Root(id) => repo
                 .load_tree(&id)
-                .and_then(|tree| r.restore_tree(&tree, dir, &[], b"", false)),
+                .and_then(|tree| r.restore_tree(&tree, dir, &[], b"", false, true)),
             Found::Node(node) if node.kind == NodeKind::Dir => {
                 let tree = match node.subtree {
                     Some(sub) => repo.load_tree(&sub),
                     None => Ok(Tree::default()),
                 };
-                tree.and_then(|tree| r.restore_tree(&tree, dir, &[], &prefix, false))
+                let complete = node.error.is_none();
+                tree.and_then(|tree| r.restore_tree(&tree, dir, &[], &prefix, false, complete))
             }
             Found::Node(node) => {
                 let parent = prefix[..prefix.iter().rposition(|&b| b == b'/').unwrap_or(0)].to_vec();
-                r.restore_tree(&Tree { nodes: vec![*node] }, dir, &[], &parent, false)
+                r.restore_tree(&Tree { nodes: vec![*node] }, dir, &[], &parent, false, false)
             }
         };
         // close the queue and wait for every file to be written, whatever the walk returned

@@ -322,6 +322,59 @@ fn a_lying_index_file_from_a_write_only_key_shadows_nothing() {
     }
 }
 
+/// A variant of finding 2 (found by review): the lying index file also lists every real pack
+/// with no entries, named first, so that a reader keeping one entry list per pack would see
+/// the blobs only in the garbage packs; prune then had a single "copy" of each blob to keep.
+#[test]
+fn a_lying_index_file_cannot_empty_a_real_pack() {
+    let mem = MemoryBackend::new();
+    let b = init(&mem);
+    Repository::open(b.clone(), PW)
+        .unwrap()
+        .add_write_only_key(b"stolen")
+        .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let expect = source(&tmp.path().join("a"), 5, 16);
+    backup_as(&b, PW, &tmp.path().join("a"), &NoProgress);
+
+    let attacker = Repository::open(b.clone(), b"stolen")
+        .unwrap()
+        .load_index()
+        .unwrap();
+    let mut rng = Rng(1234);
+    let mut lies = Vec::new();
+    for name in names(&b, FileKind::Pack) {
+        let id: PackId = name.parse().unwrap();
+        let junk = rng.bytes(b.size(FileKind::Pack, &name).unwrap() as usize);
+        let junk_name = storage_id(&junk).to_hex();
+        b.write(FileKind::Pack, &junk_name, &junk).unwrap();
+        lies.push(IndexPack {
+            id: junk_name.parse().unwrap(),
+            entries: attacker.read_pack_header(&id).unwrap(),
+        });
+        lies.push(IndexPack { id, entries: vec![] });
+    }
+    let honest_index = names(&b, FileKind::Index);
+    loop {
+        let (id, _) = attacker
+            .save_index(&IndexFile {
+                supersedes: vec![],
+                packs: lies.clone(),
+            })
+            .unwrap();
+        if id.to_hex() < honest_index[0] {
+            break;
+        }
+        b.remove(FileKind::Index, &id.to_hex()).unwrap();
+    }
+    drop(attacker);
+
+    every_snapshot_restores(&b, &expect);
+    prune_everything(&b, &NoProgress);
+    every_snapshot_restores(&b, &expect);
+    assert_eq!(check_read_data(&b), Vec::<String>::new());
+}
+
 /// Finding 3: anyone who can add a key file (an append token) adds one with parameters argon2
 /// refuses, or that would take gigabytes: earlier builds failed to open the repository for
 /// every passphrase, or allocated what the file asked.

@@ -419,6 +419,7 @@ pub fn restore(g: &Global, a: RestoreArgs) -> Result<u8> {
         overwrite: a.overwrite.parse()?,
         delete: a.delete,
         delete_within: snap.paths.clone(),
+        delete_keeps: snap.excludes.clone(),
         verify: a.verify,
         numeric_owner: a.numeric_owner,
     };
