@@ -506,7 +506,8 @@ fn append_token_attack_suite() {
 
 /// One client backs up daily for 30 (simulated) days, then floods 1,000 snapshots in one
 /// burst. Retention (keep-daily 7, keep-weekly 4), judged by when the server received each
-/// snapshot, keeps the daily and weekly snapshots from before the burst; they restore.
+/// snapshot, keeps the daily and weekly snapshots from before the burst; they restore. The
+/// burst's snapshots name no pack in their manifests: they take no slot at all.
 #[test]
 fn a_snapshot_flood_cannot_push_out_history() {
     let e = Env::new();
@@ -593,14 +594,15 @@ fn a_snapshot_flood_cannot_push_out_history() {
         rep[0]["notes"]
     );
 
-    // daily: the burst's day and the 6 days before it (24..29); weekly: the newest of ISO
-    // weeks 5 (the burst), 4 (day 27), 3 (day 20) and 2 (day 13)
-    let kept_days: Vec<i64> = vec![13, 20, 24, 25, 26, 27, 28, 29];
+    // the burst's snapshots name no pack: they take no slot (and go). daily: the 7 newest days
+    // with snapshots (23..29); weekly: the newest of ISO weeks 5 (day 29), 4 (day 27), 3
+    // (day 20) and 2 (day 13)
+    let kept_days: Vec<i64> = vec![13, 20, 23, 24, 25, 26, 27, 28, 29];
     let present: std::collections::HashSet<String> = fs::read_dir(s.data.join("repos/web/snapshots"))
         .unwrap()
         .map(|f| f.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(present.len(), 9, "8 real snapshots and the newest of the burst");
+    assert_eq!(present.len(), 9, "9 real snapshots, none of the burst");
     let r = client(&e, &s, "web", &read);
     for (day, id, digest) in &days {
         assert_eq!(present.contains(id), kept_days.contains(day), "day {day}");
@@ -819,4 +821,86 @@ fn a_write_only_key_backs_up_and_deduplicates_but_reads_nothing() {
     // the full key reads what the write-only key wrote
     restore_and_compare(&full, &id[..12], &src, &expected, &e.path("out"));
     full.ok(&["check", "--read-data"]);
+}
+
+/// Issue 24 finding 4: retention judged every client of a repository together, so one
+/// 200-byte garbage snapshot with an empty manifest, uploaded with any append token of the
+/// repository, took the newest slot, and retention would have trashed every honest snapshot
+/// and every pack. Now each client's snapshots are judged apart, and a snapshot whose manifest
+/// names no pack takes no slot.
+#[test]
+fn a_garbage_snapshot_takes_no_honest_clients_slot() {
+    let e = Env::new();
+    let clock = e.path("clock");
+    let base: i64 = 1_830_513_600;
+    fs::write(&clock, base.to_string()).unwrap();
+    let clock_s = clock.to_str().unwrap().to_string();
+    let s = ServerProc::start(
+        &e.path("server"),
+        &[
+            "--test-clock",
+            &clock_s,
+            "--pack-grace",
+            "1h",
+            "--retention-every",
+            "0",
+        ],
+    );
+    let honest = s.add_client("web1", "web", "append");
+    let thief = s.add_client("web2", "web", "append");
+    let read = s.add_client("restorer", "web", "read");
+    let a = client(&e, &s, "web", &honest);
+    a.ok(&["init", "-q"]);
+    let src = e.path("src");
+    build_source(&src, 7);
+    let digest = digest_tree(&src);
+    a.ok(&["backup", "-q", src.to_str().unwrap()]);
+    let snap = a.snapshot_ids().pop().unwrap();
+
+    // a day later the thief uploads a snapshot that names no pack, then one that names one
+    fs::write(&clock, (base + 86_400).to_string()).unwrap();
+    let auth = format!("Authorization: Bearer {thief}");
+    let pack = fs::read_dir(s.data.join("repos/web/data"))
+        .unwrap()
+        .flat_map(|d| fs::read_dir(d.unwrap().path()).unwrap())
+        .map(|f| f.unwrap().file_name().to_string_lossy().into_owned())
+        .next()
+        .unwrap();
+    for (i, packs) in [String::new(), format!("\"{pack}\"")].iter().enumerate() {
+        let body = pseudo_random(77 + i as u64, 200);
+        let name = blake3::hash(&body).to_hex().to_string();
+        let manifest = format!(r#"{{"version":1,"snapshot":"{name}","packs":[{packs}]}}"#);
+        for (kind, b) in [("manifests", manifest.as_bytes()), ("snapshots", &body[..])] {
+            let r = s.raw(
+                &format!(
+                    "PUT /web/{kind}/{name} HTTP/1.1\nHost: x\n{auth}\nContent-Length: {}\nConnection: close",
+                    b.len()
+                ),
+                b,
+            );
+            assert_eq!(r.as_ref().map(|r| r.0), Some(201), "{r:?}");
+        }
+    }
+
+    fs::write(&clock, (base + 2 * 86_400).to_string()).unwrap();
+    s.admin_ok(&["repo", "set", "web", "--keep-last", "1"]);
+    let dry = s.admin_ok(&["--test-clock", &clock_s, "retention", "--dry-run", "--json"]);
+    let dry: serde_json::Value = serde_json::from_str(dry.trim()).unwrap();
+    let removed = dry[0]["snapshots_removed"].as_array().unwrap();
+    assert!(
+        !removed.iter().any(|r| r.as_str() == Some(snap.as_str())),
+        "{dry}"
+    );
+    assert_eq!(removed.len(), 1, "only the snapshot that names no pack: {dry}");
+    assert!(dry[0]["packs_removed"].as_array().unwrap().is_empty(), "{dry}");
+    s.admin_ok(&[
+        "--test-clock",
+        &clock_s,
+        "--pack-grace",
+        "1h",
+        "retention",
+        "--json",
+    ]);
+    let r = client(&e, &s, "web", &read);
+    restore_and_compare(&r, &snap[..12], &src, &digest, &e.path("out"));
 }

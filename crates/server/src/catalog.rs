@@ -416,6 +416,19 @@ impl Catalog {
         Ok(())
     }
 
+    /// When the server received a snapshot, and from which client (`None` for snapshots
+    /// recorded before clients were).
+    pub fn snapshot_origin(&self, repo: &str, id: &str) -> Result<Option<(i64, Option<String>)>> {
+        self.db()
+            .query_row(
+                "SELECT received, client FROM snapshots WHERE repo = ?1 AND id = ?2",
+                params![repo, id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(db_err)
+    }
+
     pub fn snapshot_received(&self, repo: &str, id: &str) -> Result<Option<i64>> {
         self.db()
             .query_row(

@@ -6,7 +6,9 @@
 //! from before the compromise keep their slots.
 //!
 //! Steps, under the repository's lock (snapshot commits wait):
-//! 1. judge the snapshots; move the ones no rule keeps, with their manifests, to the trash;
+//! 1. judge the snapshots, each client's apart (the catalog records who uploaded each); a
+//!    snapshot whose manifest names no pack takes no slot and goes; move the ones no rule
+//!    keeps, with their manifests, to the trash;
 //! 2. the packs still needed are the union of the kept snapshots' manifests; if a kept
 //!    snapshot has no manifest, nothing more is removed (the server cannot tell what it needs);
 //! 3. move packs that no kept snapshot needs and that are older than the grace period (a
@@ -17,7 +19,7 @@
 //! [`crate::Server::commit`]); index files are never removed (the server cannot read them;
 //! clients ignore entries for packs the server no longer lists).
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{TimeZone, Utc};
 use coffer_core::forget::{apply_policy_to_times, KeepPolicy};
@@ -77,37 +79,72 @@ pub fn run(server: &Server, repo: &str, dry_run: bool) -> Result<Report> {
     r.policy = true;
     let _lock = server.repo_lock(repo)?;
 
-    // 1. judge snapshots by the time they were received
-    let mut snaps = Vec::new();
+    // 1. judge snapshots by the time they were received, each client's apart: one client's
+    // uploads (or a thief's, with its token) can take only that client's slots. A snapshot
+    // whose manifest names no pack cannot be a backup (every snapshot needs its root tree):
+    // it takes no slot and goes to the trash. One with no readable manifest takes no slot
+    // and stays, and then no pack is removed (the server cannot tell what it needs).
+    let mut groups: BTreeMap<String, Vec<(SnapshotId, chrono::DateTime<chrono::FixedOffset>)>> =
+        BTreeMap::new();
+    let mut needed: HashSet<String> = HashSet::new();
+    let mut unjudged = Vec::new();
+    let mut manifests = HashMap::new();
     for e in server.store.list(repo, FileKind::Snapshot)? {
         let Ok(id) = Id::from_hex(&e.name) else { continue };
-        let received = server
+        let manifest = server
+            .store
+            .read(repo, FileKind::Manifest, &e.name)?
+            .and_then(|b| Manifest::decode(&b, &e.name).ok());
+        match manifest {
+            None => {
+                unjudged.push(e.name.clone());
+                continue;
+            }
+            Some(m) if m.packs.is_empty() => {
+                r.snapshots_removed.push(e.name.clone());
+                r.notes.push(format!(
+                    "snapshot {}: its manifest names no pack (not a backup): removed",
+                    &e.name[..8.min(e.name.len())]
+                ));
+                continue;
+            }
+            Some(m) => {
+                manifests.insert(e.name.clone(), m);
+            }
+        }
+        let (received, client) = server
             .catalog
-            .snapshot_received(repo, &e.name)?
-            .unwrap_or(e.mtime);
+            .snapshot_origin(repo, &e.name)?
+            .unwrap_or((e.mtime, None));
         let t = Utc
             .timestamp_opt(received, 0)
             .single()
             .unwrap_or_default()
             .fixed_offset();
-        snaps.push((SnapshotId(id), t));
+        groups
+            .entry(client.unwrap_or_default())
+            .or_default()
+            .push((SnapshotId(id), t));
     }
-    let decisions = apply_policy_to_times(&snaps, &keep_policy(&policy));
     let mut kept = Vec::new();
-    for d in &decisions {
-        if d.keep {
-            kept.push(d.id.to_hex());
-        } else {
-            r.snapshots_removed.push(d.id.to_hex());
+    for snaps in groups.values() {
+        let decisions = apply_policy_to_times(snaps, &keep_policy(&policy));
+        let before = kept.len();
+        for d in &decisions {
+            if d.keep {
+                kept.push(d.id.to_hex());
+            } else {
+                r.snapshots_removed.push(d.id.to_hex());
+            }
+        }
+        if kept.len() == before && !snaps.is_empty() {
+            // a policy always keeps the newest snapshot; this is a guard against a broken one
+            return Err(ServerError::Invalid(format!(
+                "{repo}: the policy would remove every snapshot of a client; refused"
+            )));
         }
     }
-    r.snapshots_kept = kept.len();
-    if kept.is_empty() && !snaps.is_empty() {
-        // a policy always keeps the newest snapshot; this is a guard against a broken one
-        return Err(ServerError::Invalid(format!(
-            "{repo}: the policy would remove every snapshot; refused"
-        )));
-    }
+    r.snapshots_kept = kept.len() + unjudged.len();
     if !dry_run {
         for id in &r.snapshots_removed {
             server.remove(repo, FileKind::Snapshot, id, "retention")?;
@@ -115,20 +152,17 @@ pub fn run(server: &Server, repo: &str, dry_run: bool) -> Result<Report> {
     }
 
     // 2. what the kept snapshots need
-    let mut needed: HashSet<String> = HashSet::new();
+    for id in &unjudged {
+        r.notes.push(format!(
+            "snapshot {id} has no readable manifest: no pack removed (the server cannot tell what it needs)"
+        ));
+    }
+    if !unjudged.is_empty() {
+        return Ok(r);
+    }
     for id in &kept {
-        let m = server
-            .store
-            .read(repo, FileKind::Manifest, id)?
-            .and_then(|b| Manifest::decode(&b, id).ok());
-        match m {
-            Some(m) => needed.extend(m.packs.iter().map(|p| p.to_hex())),
-            None => {
-                r.notes.push(format!(
-                    "snapshot {id} has no readable manifest: no pack removed (the server cannot tell what it needs)"
-                ));
-                return Ok(r);
-            }
+        if let Some(m) = manifests.get(id) {
+            needed.extend(m.packs.iter().map(|p| p.to_hex()));
         }
     }
 
