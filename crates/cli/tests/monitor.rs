@@ -760,6 +760,40 @@ fn a_forged_backup_report_is_a_failure() {
     assert_eq!(code(&o), 2, "{status}");
     assert!(status.starts_with("coffer: 1 FAILED of 1"), "{status}");
     assert!(status.contains("never received"), "{status}");
+
+    // the real snapshot, reported again (a stolen client keeping the fleet green after its
+    // backups stopped), is a failure too
+    let real: serde_json::Value = {
+        let o = e
+            .cmd()
+            .env("COFFER_REPOSITORY", server.url("web"))
+            .env("COFFER_TOKEN", &token)
+            .env("COFFER_CACERT", &server.cacert)
+            .args(["snapshots", "--json"])
+            .output()
+            .unwrap();
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    let replay = serde_json::json!({
+        "kind": "backup", "status": "ok", "host": "web1", "started": 3, "finished": 4,
+        "snapshot": real[0]["id"], "bytes_read": 1000,
+    })
+    .to_string();
+    let post = |token: &str, body: &str| {
+        let head = format!(
+            "POST /web/runs HTTP/1.1\nHost: 127.0.0.1\nConnection: close\nAuthorization: Bearer {token}\nContent-Type: application/json\nContent-Length: {}",
+            body.len()
+        );
+        server.raw(&head, body.as_bytes()).unwrap().0
+    };
+    assert_eq!(post(&token, &replay), 201);
+    let status = server.admin(&["status"]);
+    let status = String::from_utf8_lossy(&status.stdout).to_string();
+    assert!(status.contains("an earlier report named already"), "{status}");
+
+    // a read token may restore, not report
+    let read = server.add_client("restorer", "web", "read");
+    assert_eq!(post(&read, &replay), 403);
 }
 
 /// Wait for a command with a deadline (a hang is the bug being tested): its output, or a

@@ -159,7 +159,7 @@ async fn post_run(
     body: Body,
 ) -> ApiResult {
     let path = format!("/{repo}/runs");
-    let client = authorize(&st, &headers, &repo, Need::Read, &Method::POST, &path).await?;
+    let client = authorize(&st, &headers, &repo, Need::Report, &Method::POST, &path).await?;
     let bytes = axum::body::to_bytes(body, crate::records::MAX_REPORT)
         .await
         .map_err(|_| err(StatusCode::PAYLOAD_TOO_LARGE, "a run report is at most 64 KiB"))?;
@@ -176,17 +176,25 @@ async fn post_run(
             && report.status != crate::records::RunStatus::Failed
             && server.catalog.snapshot_count(&repo)? > 0
         {
-            let received = match &report.snapshot {
-                Some(s) => server.catalog.snapshot_received(&repo, s)?.is_some(),
-                None => false,
+            // ... a snapshot this client uploaded, that no earlier report named: an old one
+            // reported again would keep the fleet green after the backups stopped
+            let problem = match &report.snapshot {
+                None => Some("names no snapshot"),
+                Some(s) => match server.catalog.snapshot_origin(&repo, s)? {
+                    None => Some("names a snapshot this server never received (forged or lost report)"),
+                    Some((_, Some(from))) if from != client.name => {
+                        Some("names a snapshot another client uploaded (forged report)")
+                    }
+                    Some(_) if server.catalog.snapshot_reported(&repo, s)? => {
+                        Some("names a snapshot an earlier report named already (forged or replayed report)")
+                    }
+                    Some(_) => None,
+                },
             };
-            if !received {
+            if let Some(p) = problem {
                 report.status = crate::records::RunStatus::Failed;
                 report.errors += 1;
-                report.messages.insert(
-                    0,
-                    "the report names a snapshot this server never received (forged or lost report)".into(),
-                );
+                report.messages.insert(0, format!("the report {p}"));
             }
         }
         let id = server.catalog.add_run(&client.name, &repo, now, &report)?;
@@ -258,6 +266,8 @@ enum Need {
     Read,
     Write(FileKind),
     Delete(FileKind),
+    /// Post a run report: the clients that run backups (append, admin), never a `read` token.
+    Report,
 }
 
 /// Log a refused request (one line on stderr) and pass its error on.
@@ -323,13 +333,17 @@ async fn authorize(
     // client could write would be read by every backup
     let allowed = matches!(
         (need, client.role),
-        (_, Role::Admin) | (Need::Read, _) | (Need::Delete(FileKind::Lock), Role::Append)
+        (_, Role::Admin)
+            | (Need::Read, _)
+            | (Need::Delete(FileKind::Lock), Role::Append)
+            | (Need::Report, Role::Append)
     ) || (client.role == Role::Append && matches!(need, Need::Write(k) if k != FileKind::Mark));
     if !allowed {
         let what = match need {
             Need::Read => "read",
             Need::Write(_) => "write",
             Need::Delete(_) => "delete",
+            Need::Report => "report runs",
         };
         return Err(refuse(
             method,

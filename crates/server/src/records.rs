@@ -226,6 +226,19 @@ fn collect<T>(
 impl Catalog {
     // ---- runs
 
+    /// Whether an earlier backup report that was not a failure named this snapshot: one
+    /// snapshot backs one successful run, so an old one cannot be reported again.
+    pub fn snapshot_reported(&self, repo: &str, snapshot: &str) -> Result<bool> {
+        self.db()
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM runs WHERE repo = ?1 AND snapshot = ?2 AND kind = 'backup'
+                                AND status != 'failed')",
+                params![repo, snapshot],
+                |r| r.get(0),
+            )
+            .map_err(db_err)
+    }
+
     pub fn add_run(&self, client: &str, repo: &str, received: i64, r: &RunReport) -> Result<i64> {
         let db = self.db();
         db.execute(
