@@ -202,6 +202,15 @@ impl Repository {
             Some(c) if !key.can_read() => c,
             _ => {
                 let sealed = backend.read(FileKind::Config, "config")?;
+                // Only a full key seals the config (scheme 1): a write-only key can seal scheme 2,
+                // and one that could replace `config` in storage would choose the compression,
+                // chunker and pack size of every client.
+                if sealed.first() != Some(&coffer_format::SEAL_SCHEME_SYMMETRIC) {
+                    return Err(Error::integrity(
+                        "config",
+                        "not sealed by a full key (forged with a write-only key?)",
+                    ));
+                }
                 let plain = key.open(ObjectKind::Config, b"", &sealed, "config")?;
                 decode_blob_max(plain, 1 << 20, "config")?
             }

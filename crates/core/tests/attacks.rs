@@ -375,6 +375,39 @@ fn a_lying_index_file_cannot_empty_a_real_pack() {
     assert_eq!(check_read_data(&b), Vec::<String>::new());
 }
 
+/// Finding 8: a write-only key seals envelope scheme 2, which a full key opens; a config so
+/// sealed (where storage lets `config` be replaced) would set every client's chunker,
+/// compression and pack size. Only a config sealed by a full key opens.
+#[test]
+fn a_config_sealed_by_a_write_only_key_is_refused() {
+    let mem = MemoryBackend::new();
+    let b = init(&mem);
+    Repository::open(b.clone(), PW)
+        .unwrap()
+        .add_write_only_key(b"stolen")
+        .unwrap();
+    let attacker = Repository::open(b.clone(), b"stolen").unwrap();
+    let honest = b.read(FileKind::Config, "config").unwrap();
+    // the attacker seals a config of its choosing (here: the same bytes) with its key
+    let plain = {
+        let full = Repository::open(b.clone(), PW).unwrap();
+        full.key()
+            .open(coffer_core::format::ObjectKind::Config, b"", &honest, "config")
+            .unwrap()
+    };
+    let forged = attacker
+        .key()
+        .seal(coffer_core::format::ObjectKind::Config, b"", &plain);
+    assert_eq!(forged[0], 2, "a write-only key seals scheme 2");
+    b.remove(FileKind::Config, "config").unwrap();
+    b.write(FileKind::Config, "config", &forged).unwrap();
+    let err = Repository::open(b.clone(), PW).unwrap_err();
+    assert!(err.to_string().contains("not sealed by a full key"), "{err}");
+    b.remove(FileKind::Config, "config").unwrap();
+    b.write(FileKind::Config, "config", &honest).unwrap();
+    Repository::open(b.clone(), PW).unwrap();
+}
+
 /// Finding 3: anyone who can add a key file (an append token) adds one with parameters argon2
 /// refuses, or that would take gigabytes: earlier builds failed to open the repository for
 /// every passphrase, or allocated what the file asked.
