@@ -173,22 +173,22 @@ pub struct ServeArgs {
     #[arg(long = "tls-name", value_name = "NAME")]
     pub tls_names: Vec<String>,
     /// Run retention this often (0 = only on demand)
-    #[arg(long, default_value = "1h", value_name = "DURATION")]
+    #[arg(long, default_value = "1h", value_name = "DURATION", value_parser = duration_arg)]
     pub retention_every: String,
     /// Verify every stored object this often (0 = only on demand)
-    #[arg(long, default_value = "7d", value_name = "DURATION")]
+    #[arg(long, default_value = "7d", value_name = "DURATION", value_parser = duration_arg)]
     pub verify_every: String,
     /// Uploads written at once
     #[arg(long, default_value_t = 32, value_name = "N")]
     pub max_uploads: usize,
     /// Judge the fleet, send due alerts and the digest this often
-    #[arg(long, default_value = "30s", value_name = "DURATION")]
+    #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = duration_arg)]
     pub monitor_every: String,
     /// Unreferenced packs younger than this are kept by retention
-    #[arg(long, default_value = "24h", value_name = "DURATION", global = true)]
+    #[arg(long, default_value = "24h", value_name = "DURATION", value_parser = duration_arg, global = true)]
     pub pack_grace: String,
     /// How long removed objects stay in the trash
-    #[arg(long, default_value = "14d", value_name = "DURATION", global = true)]
+    #[arg(long, default_value = "14d", value_name = "DURATION", value_parser = duration_arg, global = true)]
     pub trash_for: String,
     /// Read the current time from FILE (seconds since the epoch); for tests only
     #[arg(long, hide = true, value_name = "FILE", global = true)]
@@ -323,7 +323,7 @@ pub enum ServerClientCommand {
         #[arg(long)]
         repo: String,
         /// append (back up, never delete), read (restore) or admin (everything)
-        #[arg(long, default_value = "append")]
+        #[arg(long, default_value = "append", value_parser = role_arg)]
         role: String,
     },
     /// List clients
@@ -337,7 +337,7 @@ pub enum ServerClientCommand {
         /// A cron expression in UTC, e.g. "30 2 * * *" (02:30 daily); `none` stops watching
         schedule: String,
         /// How late a backup may arrive, e.g. 2h, 30min
-        #[arg(long, default_value = "1h", value_name = "DURATION")]
+        #[arg(long, default_value = "1h", value_name = "DURATION", value_parser = duration_arg)]
         grace: String,
     },
 }
@@ -367,7 +367,7 @@ pub struct ServerRepoSetArgs {
     #[arg(long, value_name = "N")]
     pub keep_yearly: Option<u32>,
     /// Keep every snapshot received within this duration of the newest
-    #[arg(long, value_name = "DURATION")]
+    #[arg(long, value_name = "DURATION", value_parser = retention_arg)]
     pub keep_within: Option<String>,
     /// Remove the policy (retention then removes nothing)
     #[arg(long, conflicts_with_all = ["keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly", "keep_yearly", "keep_within"])]
@@ -392,13 +392,13 @@ pub enum ServerTrashCommand {
 #[derive(Args, Debug)]
 pub struct InitArgs {
     /// Default compression: zstd, lz4, zlib, lzma or none (optionally ALGO:LEVEL)
-    #[arg(long, default_value = "zstd", value_name = "ALGO[:LEVEL]")]
+    #[arg(long, default_value = "zstd", value_name = "ALGO[:LEVEL]", value_parser = compression_arg)]
     pub compression: String,
     /// Compression level (zstd 1-22, zlib/lzma 0-9); default depends on the algorithm
     #[arg(long)]
     pub compression_level: Option<i32>,
-    /// Target pack size in MiB
-    #[arg(long, default_value_t = 16, value_name = "MIB")]
+    /// Target pack size in MiB (1-1024)
+    #[arg(long, default_value_t = 16, value_name = "MIB", value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub pack_size: u32,
     /// Read the new password from FILE instead of the repository password sources
     #[arg(long, value_name = "FILE")]
@@ -425,7 +425,7 @@ pub struct BackupArgs {
     #[command(flatten)]
     pub db: DbConnArgs,
     /// Exclude paths matching PATTERN (`*.tmp` matches names, `/var/cache/*` whole paths)
-    #[arg(short, long, value_name = "PATTERN")]
+    #[arg(short, long, value_name = "PATTERN", value_parser = glob_arg)]
     pub exclude: Vec<String>,
     /// Read exclude patterns from FILE, one per line (# starts a comment)
     #[arg(long, value_name = "FILE")]
@@ -453,7 +453,7 @@ pub struct BackupArgs {
     pub threads: usize,
     /// Compression for this run: zstd, lz4, zlib, lzma or none, with an optional level
     /// (`zstd:19`); default: the repository's
-    #[arg(long, value_name = "ALGO[:LEVEL]")]
+    #[arg(long, value_name = "ALGO[:LEVEL]", value_parser = compression_arg)]
     pub compression: Option<String>,
 }
 
@@ -585,16 +585,16 @@ pub struct RestoreArgs {
     #[arg(short, long, value_name = "DIR")]
     pub target: PathBuf,
     /// Restore only paths matching PATTERN (and everything below matching directories)
-    #[arg(short, long, value_name = "PATTERN")]
+    #[arg(short, long, value_name = "PATTERN", value_parser = glob_arg)]
     pub include: Vec<String>,
     /// Do not restore paths matching PATTERN
-    #[arg(short, long, value_name = "PATTERN")]
+    #[arg(short, long, value_name = "PATTERN", value_parser = glob_arg)]
     pub exclude: Vec<String>,
     /// Show what would be restored without writing anything
     #[arg(long)]
     pub dry_run: bool,
     /// Existing files: always, if-changed (content differs), if-newer (mtime), never
-    #[arg(long, default_value = "always", value_name = "WHEN")]
+    #[arg(long, default_value = "always", value_name = "WHEN", value_parser = overwrite_arg)]
     pub overwrite: String,
     /// Delete what is in the target but not in the snapshot (makes the target match it)
     #[arg(long)]
@@ -682,13 +682,13 @@ pub struct ForgetArgs {
     pub keep_yearly: i64,
     /// Keep every snapshot within DURATION of the newest one (e.g. 14d, 1y6months, 36h; a bare
     /// `m` is refused here: write min or months)
-    #[arg(long, value_name = "DURATION")]
+    #[arg(long, value_name = "DURATION", value_parser = retention_arg)]
     pub keep_within: Option<String>,
     /// Keep snapshots carrying all of these tags (repeat for alternatives)
     #[arg(long, value_name = "TAG[,TAG...]")]
     pub keep_tag: Vec<String>,
     /// Group snapshots by these fields before applying the policy
-    #[arg(long, value_name = "host,paths,tags", default_value = "host,paths")]
+    #[arg(long, value_name = "host,paths,tags", default_value = "host,paths", value_parser = group_by_arg)]
     pub group_by: String,
     #[command(flatten)]
     pub filter: SnapshotFilter,
@@ -703,10 +703,10 @@ pub struct ForgetArgs {
 #[derive(Args, Debug, Clone)]
 pub struct PruneArgs {
     /// Repack packs until at most this share of stored bytes is unused (e.g. 5%, 0%)
-    #[arg(long, default_value = "5%", value_name = "PERCENT")]
+    #[arg(long, default_value = "5%", value_name = "PERCENT", value_parser = percent_arg)]
     pub max_unused: String,
     /// Delete condemned data no sooner than this after it was condemned (e.g. 0h, 24h, 2d)
-    #[arg(long, default_value = "0h", value_name = "DURATION")]
+    #[arg(long, default_value = "0h", value_name = "DURATION", value_parser = duration_arg)]
     pub grace: String,
     /// Show what would be condemned, and change nothing
     #[arg(short = 'n', long)]
@@ -719,7 +719,7 @@ pub struct CheckArgs {
     #[arg(long, conflicts_with = "read_data_subset")]
     pub read_data: bool,
     /// Read and verify a subset: N/M (group N of M) or P% (the packs verified longest ago)
-    #[arg(long, value_name = "N/M|P%")]
+    #[arg(long, value_name = "N/M|P%", value_parser = read_data_arg)]
     pub read_data_subset: Option<String>,
 }
 
@@ -749,4 +749,57 @@ pub struct DumpArgs {
     pub filter: SnapshotFilter,
     /// The file's path in the snapshot
     pub path: String,
+}
+
+// Flag values checked while the command line is parsed, so that a bad one exits 2 with clap's
+// message before anything is opened (ripgrep's way). Each returns the text unchanged: the
+// command parses it again where it is used.
+
+fn checked<E: std::fmt::Display>(s: &str, r: Result<impl Sized, E>) -> Result<String, String> {
+    r.map(|_| s.to_string()).map_err(|e| e.to_string())
+}
+
+/// A glob pattern for --include/--exclude.
+pub fn glob_arg(s: &str) -> Result<String, String> {
+    checked(s, coffer_core::filter::PathMatcher::new(&[s.to_string()]))
+}
+
+/// always, if-changed, if-newer or never.
+pub fn overwrite_arg(s: &str) -> Result<String, String> {
+    checked(s, s.parse::<coffer_core::restore::Overwrite>())
+}
+
+/// ALGO or ALGO:LEVEL.
+pub fn compression_arg(s: &str) -> Result<String, String> {
+    checked(s, crate::cmd::parse_compression(s, None))
+}
+
+/// N/M or P%.
+pub fn read_data_arg(s: &str) -> Result<String, String> {
+    checked(s, s.parse::<coffer_core::check::ReadData>())
+}
+
+/// A percentage from 0% to 100%.
+pub fn percent_arg(s: &str) -> Result<String, String> {
+    checked(s, crate::cmd::parse_percent(s))
+}
+
+/// A duration in the one grammar (m is minutes).
+pub fn duration_arg(s: &str) -> Result<String, String> {
+    checked(s, coffer_core::duration::parse(s, "duration"))
+}
+
+/// A retention period (a bare m is refused).
+pub fn retention_arg(s: &str) -> Result<String, String> {
+    checked(s, coffer_core::duration::parse_retention(s, "retention period"))
+}
+
+/// host,paths,tags.
+pub fn group_by_arg(s: &str) -> Result<String, String> {
+    checked(s, s.parse::<coffer_core::forget::GroupBy>())
+}
+
+/// append, read or admin.
+pub fn role_arg(s: &str) -> Result<String, String> {
+    checked(s, s.parse::<coffer_server::catalog::Role>())
 }

@@ -81,6 +81,14 @@ fn main() -> ExitCode {
     if matches!(cli.command, Command::Backup(_)) {
         large_blocks_from_the_kernel();
     }
+    if let Some(msg) = interrupt_message(&cli.command) {
+        // Ctrl-C: one line that says where things stand, and exit code 130. Ending here is as
+        // safe as being killed at any moment (docs/FORMAT.md, "Write order and crash safety").
+        let _ = ctrlc::set_handler(move || {
+            eprintln!("\ncoffer: interrupted; {msg}");
+            std::process::exit(130);
+        });
+    }
     let g = cli.global.clone();
     let report_kind = report::kind(&cli.command);
     let (started, clock) = (SystemTime::now(), Instant::now());
@@ -120,6 +128,25 @@ fn main() -> ExitCode {
             }
         },
     }
+}
+
+/// What an interruption leaves, per command (`None`: the server, which handles its signals).
+fn interrupt_message(c: &Command) -> Option<&'static str> {
+    Some(match c {
+        Command::Server(_) => return None,
+        Command::Backup(_) | Command::Copy(_) => {
+            "no snapshot was written; the repository is valid, and the next run reuses the data already uploaded"
+        }
+        Command::Prune(_) | Command::Forget(_) => {
+            "the repository is valid and nothing a snapshot uses was deleted; the next prune finishes the work"
+        }
+        Command::Restore(_) => "the target holds a partial restore; run the restore again to complete it",
+        Command::RestoreDb(_) => "the database may be partly restored; run the restore again",
+        Command::Repair(_) => "the repository is valid; run the repair again",
+        Command::Key(_) => "every key that opened the repository before still does",
+        Command::Init(_) => "the repository may be incomplete; if `coffer snapshots` does not open it, remove the directory and run init again",
+        _ => "the repository is unchanged",
+    })
 }
 
 /// The error and its causes on one line, without repeating a cause already shown.

@@ -647,3 +647,94 @@ fn latest_is_chosen_by_host_path_and_tag() {
     let o = e.run(&["ls", &db1, "--host", "web1"]);
     assert_eq!(code(&o), 2, "{}", stderr(&o));
 }
+
+/// Bad flag values are usage errors, refused while parsing with exit code 2 (issue 23 item 8),
+/// and they leave nothing behind.
+#[test]
+fn bad_flag_values_exit_2() {
+    let e = Env::init();
+    let src = e.path("src");
+    fs::create_dir_all(&src).unwrap();
+    let s = src.to_str().unwrap();
+    let t = e.path("t");
+    let t = t.to_str().unwrap();
+    let other = e.path("other");
+    let o = other.to_str().unwrap();
+    for args in [
+        vec!["backup", "--exclude", "a[", s],
+        vec!["backup", "--compression", "brotli", s],
+        vec!["check", "--read-data-subset", "150%"],
+        vec!["check", "--read-data-subset", "3/2"],
+        vec!["restore", "latest", "--target", t, "--overwrite", "sometimes"],
+        vec!["restore", "latest", "--target", t, "--include", "[x"],
+        vec!["prune", "--max-unused", "150%"],
+        vec!["prune", "--grace", "soon"],
+        vec!["forget", "--keep-within", "6m"],
+        vec!["forget", "--keep-last", "1", "--group-by", "hosts"],
+        vec!["-r", o, "init", "--pack-size", "0"],
+        vec![
+            "-r",
+            o,
+            "init",
+            "--compression",
+            "zstd:19",
+            "--compression-level",
+            "1",
+        ],
+        vec![
+            "server", "--data", o, "client", "add", "web1", "--repo", "web", "--role", "boss",
+        ],
+    ] {
+        let out = e.run(&args);
+        assert_eq!(code(&out), 2, "{args:?}: {}", stderr(&out));
+    }
+    assert!(!other.exists(), "a refused command created {o}");
+    assert!(!e.path("t").exists());
+}
+
+/// Ctrl-C during a backup: one line that says where things stand, exit code 130, and a
+/// repository that checks clean and takes the next backup (issue 23 item 8).
+#[test]
+fn ctrl_c_says_what_it_left_and_exits_130() {
+    let e = Env::init();
+    let src = e.path("src");
+    fs::create_dir_all(&src).unwrap();
+    // a large sparse file: minutes of chunking and hashing, no disk space
+    let big = fs::File::create(src.join("disk.img")).unwrap();
+    big.set_len(64 << 30).unwrap();
+    let mut child = e
+        .cmd()
+        .args(["backup", "-q", src.to_str().unwrap()])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // wait for the run's lease: the backup is under way
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while fs::read_dir(e.repo.join("locks")).map_or(0, |d| d.count()) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the backup never took its lease"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "the backup ended early");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    rustix::process::kill_process(
+        rustix::process::Pid::from_child(&child),
+        rustix::process::Signal::INT,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert_eq!(
+        err.lines().filter(|l| l.contains("interrupted")).count(),
+        1,
+        "one line: {err}"
+    );
+    assert!(err.contains("no snapshot was written"), "{err}");
+    fs::remove_file(src.join("disk.img")).unwrap();
+    fs::write(src.join("a.txt"), "after").unwrap();
+    e.ok(&["backup", "-q", src.to_str().unwrap()]);
+    e.ok(&["check", "--read-data"]);
+}

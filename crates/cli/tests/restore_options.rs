@@ -112,7 +112,7 @@ fn overwrite_modes() {
         "--overwrite",
         "sometimes",
     ]);
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(2), "a bad flag value is a usage error");
     assert!(stderr(&o).contains("sometimes"));
 }
 
@@ -145,7 +145,7 @@ fn delete_makes_the_target_match_and_verify_reads_back() {
         "--include",
         "*.txt",
     ]);
-    assert_eq!(o.status.code(), Some(1), "--delete with filters is refused");
+    assert_eq!(o.status.code(), Some(2), "--delete with filters is refused");
 }
 
 /// What `--delete` did before it was scoped (issue 23): restoring a backup of `etc`,

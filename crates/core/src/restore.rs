@@ -1046,7 +1046,7 @@ pub fn restore(
         reader: WindowReader::new(repo),
     };
     if opts.delete && (!opts.includes.is_empty() || !opts.excludes.is_empty()) {
-        return Err(Error::Invalid(
+        return Err(Error::Usage(
             "--delete cannot be combined with --include or --exclude".into(),
         ));
     }

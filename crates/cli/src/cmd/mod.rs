@@ -166,6 +166,14 @@ pub fn parse_compression(s: &str, level: Option<i32>) -> Result<coffer_core::Com
         ),
         None => (s, None),
     };
+    if let (Some(a), Some(b)) = (lvl, level) {
+        if a != b {
+            return Err(coffer_core::Error::Usage(format!(
+                "--compression {s} and --compression-level {b} disagree: give the level once"
+            ))
+            .into());
+        }
+    }
     let algo: coffer_core::format::Compression = name.parse().map_err(anyhow::Error::msg)?;
     let level = lvl
         .or(level)
@@ -696,7 +704,7 @@ pub fn stats(g: &Global) -> Result<u8> {
     Ok(0)
 }
 
-fn parse_percent(s: &str) -> Result<f64> {
+pub fn parse_percent(s: &str) -> Result<f64> {
     let v: f64 = s
         .trim_end_matches('%')
         .trim()
