@@ -73,6 +73,17 @@ pub fn release_free_memory() {}
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
+        // a bad value is one line, like every other error (clap adds a --help hint below)
+        Err(e)
+            if matches!(
+                e.kind(),
+                clap::error::ErrorKind::ValueValidation | clap::error::ErrorKind::InvalidValue
+            ) =>
+        {
+            let text = e.render().to_string();
+            eprintln!("coffer: {}", text.lines().next().unwrap_or_default());
+            return ExitCode::from(2);
+        }
         Err(e) => {
             let _ = e.print();
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });

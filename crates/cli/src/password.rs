@@ -43,9 +43,18 @@ fn from_command(cmd: &str) -> Result<Secret> {
     Ok(first_line(out.stdout))
 }
 
-fn prompt(msg: &str) -> Result<Secret> {
+/// An empty password is a mistake (an empty file, a variable set to nothing), said as such:
+/// "wrong password" would send the user looking for the wrong thing.
+fn nonempty(s: Secret, source: &str) -> Result<Secret> {
+    if s.is_empty() {
+        return Err(coffer_core::Error::Usage(format!("empty password from {source}")).into());
+    }
+    Ok(s)
+}
+
+fn prompt(msg: &str, sources: &str) -> Result<Secret> {
     if !std::io::stdin().is_terminal() {
-        bail!("no password given: set COFFER_PASSWORD_FILE, COFFER_PASSWORD or --password-command, or run on a terminal");
+        bail!("no password given: set {sources}, or run on a terminal");
     }
     let p = rpassword::prompt_password(msg).context("cannot read the password from the terminal")?;
     Ok(Zeroizing::new(p.into_bytes()))
@@ -61,18 +70,35 @@ pub fn repository_password(g: &Global) -> Result<Secret> {
     )
 }
 
+const REPOSITORY_SOURCES: &str = "COFFER_PASSWORD_FILE, COFFER_PASSWORD or --password-command";
+
 /// A passphrase from the environment variable `var`, a file, a command, or a prompt.
 pub fn password_from(var: &str, file: Option<&Path>, command: Option<&str>, ask: &str) -> Result<Secret> {
+    let given: Vec<String> = [
+        std::env::var_os(var).map(|_| var.to_string()),
+        file.map(|f| format!("the password file {}", f.display())),
+        command.map(|_| "--password-command".to_string()),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if given.len() > 1 {
+        return Err(coffer_core::Error::Usage(format!(
+            "{} are all set: give the password one way",
+            given.join(" and ")
+        ))
+        .into());
+    }
     if let Ok(p) = std::env::var(var) {
-        return Ok(Zeroizing::new(p.into_bytes()));
+        return nonempty(Zeroizing::new(p.into_bytes()), var);
     }
     if let Some(f) = file {
-        return from_file(f);
+        return nonempty(from_file(f)?, &format!("the password file {}", f.display()));
     }
     if let Some(c) = command {
-        return from_command(c);
+        return nonempty(from_command(c)?, "--password-command");
     }
-    prompt(ask)
+    nonempty(prompt(ask, REPOSITORY_SOURCES)?, "the terminal")
 }
 
 /// A new passphrase (for `init` and `key add|passwd`): from `COFFER_NEW_PASSWORD`,
@@ -80,10 +106,10 @@ pub fn password_from(var: &str, file: Option<&Path>, command: Option<&str>, ask:
 /// are used as well (there is no old password).
 pub fn new_password(g: &Global, file: Option<&Path>, for_init: bool) -> Result<Secret> {
     if let Ok(p) = std::env::var("COFFER_NEW_PASSWORD") {
-        return Ok(Zeroizing::new(p.into_bytes()));
+        return nonempty(Zeroizing::new(p.into_bytes()), "COFFER_NEW_PASSWORD");
     }
     if let Some(f) = file {
-        return from_file(f);
+        return nonempty(from_file(f)?, &format!("the new password file {}", f.display()));
     }
     if for_init
         && (std::env::var_os("COFFER_PASSWORD").is_some()
@@ -92,8 +118,13 @@ pub fn new_password(g: &Global, file: Option<&Path>, for_init: bool) -> Result<S
     {
         return repository_password(g);
     }
-    let a = prompt("enter new password: ")?;
-    let b = prompt("enter new password again: ")?;
+    let sources = if for_init {
+        REPOSITORY_SOURCES
+    } else {
+        "COFFER_NEW_PASSWORD or --new-password-file for the new password"
+    };
+    let a = nonempty(prompt("enter new password: ", sources)?, "the terminal")?;
+    let b = prompt("enter new password again: ", sources)?;
     if *a != *b {
         bail!("the passwords do not match");
     }

@@ -73,7 +73,7 @@ fn unknown_snapshot_and_bad_usage() {
     let o = e.run(&["ls", "latest", "/no/such/path"]);
     assert_one_line_error(&o, 1, "/no/such/path");
     let o = e.run(&["backup", "/definitely/not/here"]);
-    assert_one_line_error(&o, 1, "/definitely/not/here");
+    assert_one_line_error(&o, 2, "/definitely/not/here");
     assert_eq!(code(&e.run(&["backup"])), 2, "usage errors exit 2");
     assert_eq!(code(&e.run(&["frobnicate"])), 2);
     let o = e.run(&["init"]);
@@ -318,14 +318,57 @@ fn generated_key_via_cli() {
 #[test]
 fn password_sources() {
     let e = Env::init();
-    // COFFER_PASSWORD wins over the file
+    // COFFER_PASSWORD and a file both: one would silently win; refused, naming both
     let o = e
         .cmd()
         .args(["snapshots"])
         .env("COFFER_PASSWORD", "nope")
         .output()
         .unwrap();
-    assert_eq!(code(&o), 12);
+    assert_one_line_error(&o, 2, "COFFER_PASSWORD and the password file");
+    let o = e
+        .cmd()
+        .env_remove("COFFER_PASSWORD_FILE")
+        .args(["snapshots"])
+        .env("COFFER_PASSWORD", "nope")
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 12, "a wrong password is still that");
+    // an empty password is said to be empty, not wrong
+    let o = e
+        .cmd()
+        .env_remove("COFFER_PASSWORD_FILE")
+        .env("COFFER_PASSWORD", "")
+        .args(["snapshots"])
+        .output()
+        .unwrap();
+    assert_one_line_error(&o, 2, "empty password from COFFER_PASSWORD");
+    let empty = e.path("empty-pw");
+    fs::write(&empty, "\n").unwrap();
+    let o = e
+        .cmd()
+        .env("COFFER_PASSWORD_FILE", &empty)
+        .args(["snapshots"])
+        .output()
+        .unwrap();
+    assert_one_line_error(&o, 2, "empty password from the password file");
+    // init with an empty password leaves nothing behind
+    let fresh = e.path("fresh");
+    let o = e
+        .cmd()
+        .env("COFFER_PASSWORD_FILE", &empty)
+        .args(["-r", fresh.to_str().unwrap(), "init"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(
+        !fresh.exists(),
+        "init with an empty password created {}",
+        fresh.display()
+    );
+    // key add without a new password names where one comes from
+    let o = e.cmd().args(["key", "add"]).output().unwrap();
+    assert_one_line_error(&o, 1, "COFFER_NEW_PASSWORD or --new-password-file");
     // --password-command
     let o = e
         .cmd()
@@ -505,10 +548,10 @@ fn compression_choices_round_trip() {
     }
     let e = Env::new();
     let o = e.run(&["init", "--compression", "zstd:99"]);
-    assert_one_line_error(&o, 1, "level 99");
+    assert_one_line_error(&o, 2, "level 99");
     assert!(!e.repo.exists());
     let o = e.run(&["init", "--compression", "brotli"]);
-    assert_one_line_error(&o, 1, "brotli");
+    assert_one_line_error(&o, 2, "brotli");
 }
 
 #[test]
@@ -737,4 +780,45 @@ fn ctrl_c_says_what_it_left_and_exits_130() {
     fs::write(src.join("a.txt"), "after").unwrap();
     e.ok(&["backup", "-q", src.to_str().unwrap()]);
     e.ok(&["check", "--read-data"]);
+}
+
+/// Inputs that are probably mistakes get a clear answer (issue 23 item 9).
+#[test]
+fn probable_mistakes_are_named() {
+    let e = Env::init();
+    let src = e.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("a.txt"), "a").unwrap();
+    let s = src.to_str().unwrap();
+    // a second path that does not exist: nothing saved, and said so
+    let missing = e.path("no-such-dir");
+    let o = e.run(&["backup", s, missing.to_str().unwrap()]);
+    assert_one_line_error(&o, 2, "nothing was backed up");
+    assert!(!e.ok(&["snapshots"]).contains(s));
+    // excludes that leave nothing: a warning and exit 3
+    let o = e.run(&["backup", "-q", "--exclude", "*.txt", s]);
+    assert_eq!(code(&o), 3, "{}", stderr(&o));
+    assert!(stderr(&o).contains("left no file to back up"), "{}", stderr(&o));
+    // init into a directory that holds other things, or onto a file
+    let busy = e.path("busy");
+    fs::create_dir_all(&busy).unwrap();
+    fs::write(busy.join("notes.txt"), "mine").unwrap();
+    let o = e.run(&["-r", busy.to_str().unwrap(), "init"]);
+    assert_one_line_error(&o, 2, "is not empty and holds no repository");
+    let o = e.run(&["-r", busy.join("notes.txt").to_str().unwrap(), "init"]);
+    assert_one_line_error(&o, 2, "is a file");
+    let o = e.run(&["-r", busy.join("notes.txt").to_str().unwrap(), "snapshots"]);
+    assert_one_line_error(&o, 2, "is a file, not a repository directory");
+    // a restore target that is a file
+    let o = e.run(&[
+        "restore",
+        "latest",
+        "--target",
+        busy.join("notes.txt").to_str().unwrap(),
+    ]);
+    assert_one_line_error(&o, 2, "is a file");
+    assert_eq!(fs::read_to_string(busy.join("notes.txt")).unwrap(), "mine");
+    // forget by one hex digit
+    let o = e.run(&["forget", "a"]);
+    assert_one_line_error(&o, 2, "at least 4 digits");
 }

@@ -1304,7 +1304,14 @@ pub fn backup_prescanned(
     let mut paths = Vec::new();
     for p in &opts.paths {
         let abs = absolute_clean(p)?;
-        fs::symlink_metadata(&abs).map_err(|e| Error::io(&abs, e))?;
+        // every path given must be there: a snapshot missing one that was asked for would
+        // look complete (restic saves the rest; coffer saves nothing and says so)
+        fs::symlink_metadata(&abs).map_err(|e| {
+            Error::Usage(format!(
+                "{}: {e}; nothing was backed up (fix the list of paths and run again)",
+                abs.display()
+            ))
+        })?;
         trie.insert(&abs);
         paths.push(abs.to_string_lossy().into_owned());
     }

@@ -100,6 +100,10 @@ impl Repository {
             compression: opts.compression.algo,
             compression_level: opts.compression.level,
         };
+        if password.is_empty() {
+            // before anything is created: a refused init leaves nothing behind
+            return Err(Error::Usage("an empty password is not allowed".into()));
+        }
         let key = Arc::new(MasterKey::generate());
         backend.create()?;
         // Key first, config last: a location with a config is a repository that opens.

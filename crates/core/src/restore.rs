@@ -1000,6 +1000,12 @@ pub fn restore(
     opts: &RestoreOptions,
     progress: &dyn Progress,
 ) -> Result<RestoreStats> {
+    if opts.target.exists() && !opts.target.is_dir() {
+        return Err(Error::Usage(format!(
+            "--target {} is a file: restore writes into a directory",
+            opts.target.display()
+        )));
+    }
     let found = find_path(repo, root, path)?;
     if !matches!(&found, Found::Node(n) if n.kind != NodeKind::Dir) {
         refuse_delete_above(path, opts)?;

@@ -159,12 +159,31 @@ async fn post_run(
     body: Body,
 ) -> ApiResult {
     let path = format!("/{repo}/runs");
-    let client = authorize(&st, &headers, &repo, Need::Report, &Method::POST, &path).await?;
+    let client = authorize(&st, &headers, &repo, Need::Read, &Method::POST, &path).await?;
     let bytes = axum::body::to_bytes(body, crate::records::MAX_REPORT)
         .await
         .map_err(|_| err(StatusCode::PAYLOAD_TOO_LARGE, "a run report is at most 64 KiB"))?;
     let report: crate::records::RunReport = serde_json::from_slice(&bytes)
         .map_err(|e| err(StatusCode::BAD_REQUEST, format!("run report: {e}")))?;
+    // a read token reports what it can do (restore, check) and failures, never a successful
+    // backup or deletion: a stolen one must not be able to keep a client green
+    if client.role == Role::Read
+        && !matches!(report.kind.as_str(), "restore" | "check")
+        && report.status != crate::records::RunStatus::Failed
+    {
+        return Err(refuse(
+            &Method::POST,
+            &path,
+            &client.name,
+            err(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "client {:?} has role read, which may report restore and check runs and failures only",
+                    client.name
+                ),
+            ),
+        ));
+    }
     let mut report = report.validated()?;
     let server = st.server.clone();
     let id = blocking(move || {
@@ -266,8 +285,6 @@ enum Need {
     Read,
     Write(FileKind),
     Delete(FileKind),
-    /// Post a run report: the clients that run backups (append, admin), never a `read` token.
-    Report,
 }
 
 /// Log a refused request (one line on stderr) and pass its error on.
@@ -333,17 +350,13 @@ async fn authorize(
     // client could write would be read by every backup
     let allowed = matches!(
         (need, client.role),
-        (_, Role::Admin)
-            | (Need::Read, _)
-            | (Need::Delete(FileKind::Lock), Role::Append)
-            | (Need::Report, Role::Append)
+        (_, Role::Admin) | (Need::Read, _) | (Need::Delete(FileKind::Lock), Role::Append)
     ) || (client.role == Role::Append && matches!(need, Need::Write(k) if k != FileKind::Mark));
     if !allowed {
         let what = match need {
             Need::Read => "read",
             Need::Write(_) => "write",
             Need::Delete(_) => "delete",
-            Need::Report => "report runs",
         };
         return Err(refuse(
             method,

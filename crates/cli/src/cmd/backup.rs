@@ -133,5 +133,16 @@ pub fn run(g: &Global, a: BackupArgs) -> Result<u8> {
         );
         return Ok(EXIT_INCOMPLETE);
     }
+    // excludes that leave no file (e.g. `--exclude '*'`) are almost surely a mistake: the
+    // snapshot is saved, and the exit code says it is not what was wanted
+    let files = s.files_new + s.files_changed + s.files_unchanged;
+    if files == 0 && out.snapshot.databases.is_empty() && !out.snapshot.excludes.is_empty() {
+        eprintln!(
+            "warning: the excludes ({}) left no file to back up; snapshot {} holds directories only",
+            out.snapshot.excludes.join(", "),
+            out.id.short()
+        );
+        return Ok(EXIT_INCOMPLETE);
+    }
     Ok(0)
 }

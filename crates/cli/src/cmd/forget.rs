@@ -56,6 +56,13 @@ pub fn run(g: &Global, a: ForgetArgs) -> Result<u8> {
     let mut remove: Vec<SnapshotId> = Vec::new();
     if !a.snapshots.is_empty() {
         for s in &a.snapshots {
+            // forgetting by a prefix of one or two digits is too easy to get wrong
+            if s != "latest" && s.len() < 4 {
+                return Err(coffer_core::Error::Usage(format!(
+                    "snapshot {s:?}: give at least 4 digits of the id to forget it"
+                ))
+                .into());
+            }
             remove.push(repo.find_snapshot(s)?.0);
         }
         if g.json {

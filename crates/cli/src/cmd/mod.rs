@@ -31,6 +31,13 @@ macro_rules! outln {
 }
 pub(crate) use outln;
 
+/// The repository location as a local path, when it is one (not s3:, sftp: or https://).
+fn local_path(g: &Global) -> Option<std::path::PathBuf> {
+    let loc = g.repo.as_deref()?;
+    let remote = ["s3:", "sftp:", "https://"].iter().any(|p| loc.starts_with(p));
+    (!remote).then(|| std::path::PathBuf::from(loc))
+}
+
 pub fn backend(g: &Global) -> Result<Arc<dyn Backend>> {
     let Some(loc) = &g.repo else {
         bail!("no repository given: use -r/--repo or set COFFER_REPOSITORY");
@@ -56,6 +63,13 @@ pub fn cached(g: &Global, b: Arc<dyn Backend>) -> Arc<dyn Backend> {
 
 pub fn open(g: &Global) -> Result<Repository> {
     let b = backend(g)?;
+    if let Some(p) = local_path(g).filter(|p| p.is_file()) {
+        return Err(coffer_core::Error::Usage(format!(
+            "repository {} is a file, not a repository directory",
+            p.display()
+        ))
+        .into());
+    }
     if !b.exists()? {
         return Err(coffer_core::Error::NoRepository {
             location: b.location(),
@@ -195,6 +209,24 @@ pub fn init(g: &Global, a: InitArgs) -> Result<u8> {
             location: b.location(),
         }
         .into());
+    }
+    // a local directory that holds other things is almost surely the wrong place (a typo, a
+    // missing path component): a repository is made in an empty or new directory
+    if let Some(dir) = local_path(g) {
+        if dir.is_file() {
+            return Err(coffer_core::Error::Usage(format!(
+                "{} is a file: a repository is a directory (give a new or empty one)",
+                dir.display()
+            ))
+            .into());
+        }
+        if std::fs::read_dir(&dir).is_ok_and(|mut d| d.next().is_some()) {
+            return Err(coffer_core::Error::Usage(format!(
+                "{} is not empty and holds no repository: give a new or empty directory",
+                dir.display()
+            ))
+            .into());
+        }
     }
     let pw = new_password(g, a.new_password_file.as_deref(), true)?;
     let repo = Repository::init(b, &pw, &opts)?;
