@@ -904,3 +904,59 @@ fn a_garbage_snapshot_takes_no_honest_clients_slot() {
     let r = client(&e, &s, "web", &read);
     restore_and_compare(&r, &snap[..12], &src, &digest, &e.path("out"));
 }
+
+/// Lesser findings of issue 24 (item 9): what the server writes is private (0600/0700, the
+/// catalog holds token hashes, sessions and the SMTP password), a %0A in a request cannot
+/// forge a line in its log, and a stray file in `snapshots/` hides no snapshot.
+#[test]
+fn server_files_are_private_and_its_log_cannot_be_forged() {
+    use std::os::unix::fs::PermissionsExt;
+    let e = Env::new();
+    let s = ServerProc::start(&e.path("server"), &[]);
+    let token = s.add_client("web1", "web", "append");
+    let a = client(&e, &s, "web", &token);
+    a.ok(&["init", "-q"]);
+    let src = e.path("src");
+    build_source(&src, 3);
+    a.ok(&["backup", "-q", src.to_str().unwrap()]);
+    let mut checked = 0;
+    let mut todo = vec![s.data.clone()];
+    while let Some(p) = todo.pop() {
+        for f in fs::read_dir(&p).unwrap() {
+            let f = f.unwrap();
+            let m = f.metadata().unwrap();
+            let mode = m.permissions().mode() & 0o777;
+            assert_eq!(mode & 0o077, 0, "{} is {mode:o}", f.path().display());
+            if m.is_dir() {
+                todo.push(f.path());
+            } else {
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 5, "{checked} files");
+
+    // a request whose path decodes to a line break, without a valid token: refused and logged
+    let r = s.raw(
+        "GET /web%0Acoffer-server:%20FORGED/config HTTP/1.1\nHost: x\nAuthorization: Bearer nope\nConnection: close",
+        b"",
+    );
+    assert!(matches!(r, Some((400..=404, _))), "{r:?}");
+    let log = fs::read_to_string(&s.log).unwrap();
+    assert!(log.contains("FORGED"), "the refusal is logged: {log}");
+    assert!(
+        !log.lines().any(|l| l.starts_with("coffer-server: FORGED")),
+        "a forged log line: {log}"
+    );
+
+    // a stray file in snapshots/ of a local repository hides nothing
+    let local = Env::init();
+    let src2 = local.path("src");
+    build_source(&src2, 4);
+    local.ok(&["backup", "-q", src2.to_str().unwrap()]);
+    fs::write(local.repo.join("snapshots/README"), "not a snapshot").unwrap();
+    let o = local.run(&["snapshots", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 1, "{}", stderr(&o));
+    assert!(stderr(&o).contains("not a snapshot name"), "{}", stderr(&o));
+}

@@ -406,7 +406,10 @@ impl Repository {
     pub fn list_snapshots(&self) -> Result<Vec<(SnapshotId, Snapshot)>> {
         let mut out = Vec::new();
         for f in self.backend.list(FileKind::Snapshot)? {
-            let id = SnapshotId(Id::from_hex(&f.name).map_err(|e| Error::format("snapshots/", e))?);
+            // a stray file that is not a snapshot's hash is no snapshot (listings skip it too)
+            let Ok(id) = Id::from_hex(&f.name).map(SnapshotId) else {
+                continue;
+            };
             out.push((id, self.load_snapshot(&id)?));
         }
         out.sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
@@ -421,7 +424,14 @@ impl Repository {
         let mut out = Vec::new();
         let mut bad = Vec::new();
         for f in self.backend.list(FileKind::Snapshot)? {
-            let id = SnapshotId(Id::from_hex(&f.name).map_err(|e| Error::format("snapshots/", e))?);
+            // a stray file (not a snapshot's hash) hides no snapshot
+            let Ok(id) = Id::from_hex(&f.name).map(SnapshotId) else {
+                bad.push(format!(
+                    "snapshots/{} skipped: not a snapshot name",
+                    f.name.escape_debug()
+                ));
+                continue;
+            };
             match self.load_snapshot(&id) {
                 Ok(s) => out.push((id, s)),
                 Err(e) if e.category() == crate::Category::Integrity => {

@@ -833,8 +833,31 @@ impl Restorer<'_> {
                 .map_err(errno_io)?;
         }
         if node.kind != NodeKind::Symlink {
-            rustix::fs::chmodat(dir, name, Mode::from_raw_mode(node.mode), AtFlags::empty())
-                .map_err(errno_io)?;
+            // chmod by name follows a symlink that replaced the node since it was made (a
+            // target someone else can write); through an O_PATH descriptor of the node itself
+            // it cannot (and a device is never opened for reading or writing)
+            let fd = rustix::fs::openat(
+                dir,
+                name,
+                OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(errno_io)?;
+            let st = rustix::fs::fstat(&fd).map_err(errno_io)?;
+            if FileType::from_raw_mode(st.st_mode) == FileType::Symlink {
+                return Err(std::io::Error::other(
+                    "replaced by a symlink while being restored",
+                ));
+            }
+            use std::os::fd::AsRawFd;
+            let proc = format!("/proc/self/fd/{}", fd.as_raw_fd());
+            rustix::fs::chmodat(
+                CWD,
+                proc.as_str(),
+                Mode::from_raw_mode(node.mode),
+                AtFlags::empty(),
+            )
+            .map_err(errno_io)?;
         }
         let t = Timestamps {
             last_access: ts(node.atime),

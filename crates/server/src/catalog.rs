@@ -239,6 +239,11 @@ impl Catalog {
     pub fn open(path: &Path) -> Result<Catalog> {
         let c =
             Connection::open(path).map_err(|e| ServerError::Catalog(format!("{}: {e}", path.display())))?;
+        // a catalog made by an earlier build was world-readable: no longer
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+        }
         c.busy_timeout(std::time::Duration::from_secs(30))
             .map_err(db_err)?;
         c.pragma_update(None, "journal_mode", "WAL").map_err(db_err)?;

@@ -289,7 +289,13 @@ enum Need {
 
 /// Log a refused request (one line on stderr) and pass its error on.
 fn refuse(method: &Method, path: &str, who: &str, e: ApiError) -> ApiError {
-    eprintln!("coffer-server: refused {method} {path} ({who}): {}", e.1);
+    // the path and names come from the request: escaped, so that a %0A cannot forge a line
+    eprintln!(
+        "coffer-server: refused {method} {} ({}): {}",
+        path.escape_debug(),
+        who.escape_debug(),
+        e.1.escape_debug()
+    );
     e
 }
 

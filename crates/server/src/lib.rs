@@ -122,6 +122,10 @@ impl Server {
     /// `s3:https://HOST/BUCKET/PREFIX`. The choice is recorded in `DATA/storage` on first
     /// use and cannot change afterwards (the repositories would seem to vanish).
     pub fn open(data: &Path, storage: Option<&str>, clock: Clock, settings: Settings) -> Result<Server> {
+        // Everything the server writes is its own: the catalog (token hashes, sessions, the
+        // SMTP password), stored objects, the trash. Private from the first byte, whatever
+        // the data directory's mode (it was 0644, guarded by the directory alone).
+        rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
         fs::create_dir_all(data)
             .map_err(|e| ServerError::Io(format!("{}: cannot create: {e}", data.display())))?;
         use std::os::unix::fs::PermissionsExt;
