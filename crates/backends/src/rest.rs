@@ -14,6 +14,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The most a client reads of one answer: a whole pack of the largest size, and headroom.
+const MAX_RESPONSE: usize = (coffer_core::format::MAX_PACK_SIZE as usize) + (1 << 20);
+
 use coffer_core::{Backend, BackendError, FileInfo, FileKind, WriteOutcome};
 use reqwest::{header, Method, StatusCode};
 use zeroize::Zeroizing;
@@ -232,12 +235,25 @@ impl RestBackend {
                 req = req.body(b.clone());
             }
             let res = self.rt.block_on(async {
-                let r = req.send().await?;
+                let mut r = req.send().await?;
                 let status = r.status();
                 let h = r.headers().clone();
-                let bytes = r.bytes().await?;
-                Ok::<_, reqwest::Error>((status, h, bytes.to_vec()))
+                // never more than the largest object a repository holds: a hostile server
+                // must not be able to make the client read without end
+                let mut bytes = Vec::new();
+                while let Some(chunk) = r.chunk().await? {
+                    if bytes.len() + chunk.len() > MAX_RESPONSE {
+                        return Ok(Err(format!("the answer is larger than {MAX_RESPONSE} bytes")));
+                    }
+                    bytes.extend_from_slice(&chunk);
+                }
+                Ok::<_, reqwest::Error>(Ok((status, h, bytes)))
             });
+            let res = match res {
+                Ok(Err(too_large)) => return Err(self.io(what, too_large, false)),
+                Ok(Ok(x)) => Ok(x),
+                Err(e) => Err(e),
+            };
             match res {
                 // a full quota (507) or an unsupported request (501) does not pass by retrying
                 Ok((s, h, b))
@@ -263,6 +279,13 @@ impl RestBackend {
                 }
             }
             if attempt < attempts {
+                // said as it happens: a dead server is not half a minute of silence
+                eprintln!(
+                    "coffer: {}: {what}: {last}; retrying ({attempt}/{}) in {:.1} s",
+                    self.location(),
+                    attempts - 1,
+                    delay.as_secs_f64()
+                );
                 std::thread::sleep(delay);
                 delay = (delay * 2).min(Duration::from_secs(30));
             }

@@ -960,3 +960,36 @@ fn server_files_are_private_and_its_log_cannot_be_forged() {
     assert_eq!(v.as_array().unwrap().len(), 1, "{}", stderr(&o));
     assert!(stderr(&o).contains("not a snapshot name"), "{}", stderr(&o));
 }
+
+/// A dead server: the client says it is retrying as it happens, instead of half a minute of
+/// silence (issue 23 item 10).
+#[test]
+fn retries_against_a_dead_server_are_said() {
+    use std::io::{BufRead, BufReader};
+    let e = Env::new();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port(); // bound and closed again: nothing listens there
+    let mut child = e
+        .cmd()
+        .env("COFFER_REPOSITORY", format!("https://127.0.0.1:{port}/web"))
+        .env("COFFER_TOKEN", "cft_nothing")
+        .args(["snapshots"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let first = rx.recv_timeout(std::time::Duration::from_secs(20));
+    let _ = child.kill();
+    let _ = child.wait();
+    let line = first.expect("no word on stderr within 20 s");
+    assert!(line.contains("retrying (1/"), "{line}");
+}
