@@ -1226,6 +1226,10 @@ impl From<io::Error> for ChunkErr {
 }
 
 /// Pick the parent snapshot for change detection.
+/// How far ahead of this machine's clock a snapshot's time may be (other hosts' clocks) and
+/// still count as past.
+pub const MAX_CLOCK_SKEW_SECS: i64 = 600;
+
 fn choose_parent(
     repo: &IndexedRepository,
     opts: &BackupOptions,
@@ -1247,6 +1251,20 @@ fn choose_parent(
                 progress.warn(&w);
             }
             snaps.retain(|(_, s)| s.hostname == host && s.paths == paths);
+            // one dated ahead (a wrong clock, or a forged snapshot) would stay the parent of
+            // every run until that day
+            let now = Local::now().timestamp();
+            snaps.retain(|(id, s)| {
+                let future = s.time.timestamp() > now + MAX_CLOCK_SKEW_SECS;
+                if future {
+                    progress.warn(&format!(
+                        "snapshot {} is dated {} (in the future): not used as the parent",
+                        id.short(),
+                        s.time.to_rfc3339()
+                    ));
+                }
+                !future
+            });
             Ok(snaps.pop())
         }
     }
@@ -1441,6 +1459,8 @@ pub fn backup_prescanned(
         summary,
         databases,
         original: None,
+        key: Some(repo.key_id()),
+        sealed_by_write_only: false,
     };
     if let Some(lease) = repo.lease() {
         lease.ensure_held()?;

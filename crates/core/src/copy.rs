@@ -99,6 +99,9 @@ pub fn copy_snapshots(
         copy.tree = root;
         copy.original = Some(original);
         copy.parent = None;
+        // written into the destination by the destination's key
+        copy.key = Some(dst.key_id());
+        copy.sealed_by_write_only = false;
         if let Some(lease) = dst.lease() {
             lease.ensure_held()?;
         }

@@ -343,6 +343,16 @@ impl Repository {
 
     /// Read, verify (name = hash of bytes), open and decompress a whole-file object.
     pub(crate) fn load_file_object(&self, kind: FileKind, okind: ObjectKind, name: &str) -> Result<Vec<u8>> {
+        Ok(self.load_file_object_scheme(kind, okind, name)?.0)
+    }
+
+    /// [`Repository::load_file_object`] and the envelope scheme it was sealed with.
+    fn load_file_object_scheme(
+        &self,
+        kind: FileKind,
+        okind: ObjectKind,
+        name: &str,
+    ) -> Result<(Vec<u8>, u8)> {
         let what = format!("{}/{name}", kind.dir());
         let bytes = self.backend.read(kind, name)?;
         if storage_id(&bytes).to_hex() != name {
@@ -352,7 +362,7 @@ impl Repository {
             ));
         }
         let plain = self.key.open(okind, b"", &bytes, &what)?;
-        decode_blob_max(plain, MAX_FILE_OBJECT, &what)
+        Ok((decode_blob_max(plain, MAX_FILE_OBJECT, &what)?, bytes[0]))
     }
 
     pub fn save_index(&self, file: &IndexFile) -> Result<(IndexId, u64)> {
@@ -398,8 +408,12 @@ impl Repository {
 
     pub fn load_snapshot(&self, id: &SnapshotId) -> Result<Snapshot> {
         let name = id.to_hex();
-        let plain = self.load_file_object(FileKind::Snapshot, ObjectKind::Snapshot, &name)?;
-        Snapshot::decode(&plain).map_err(|e| Error::format(format!("snapshot {}", id.short()), e))
+        let (plain, scheme) =
+            self.load_file_object_scheme(FileKind::Snapshot, ObjectKind::Snapshot, &name)?;
+        let mut s =
+            Snapshot::decode(&plain).map_err(|e| Error::format(format!("snapshot {}", id.short()), e))?;
+        s.sealed_by_write_only = scheme == coffer_format::SEAL_SCHEME_SESSION;
+        Ok(s)
     }
 
     /// Every snapshot, oldest first.

@@ -30,6 +30,8 @@ fn snap(i: usize, time: DateTime<FixedOffset>, host: &str, tags: &[&str]) -> (Sn
             summary: Summary::default(),
             databases: vec![],
             original: None,
+            key: None,
+            sealed_by_write_only: false,
         },
     )
 }

@@ -60,6 +60,8 @@ fn restore_hostile(repo: &mut IndexedRepository, root: Tree, base: &Path) -> boo
         summary: Summary::default(),
         databases: vec![],
         original: None,
+        key: None,
+        sealed_by_write_only: false,
     };
     repo.save_snapshot(&snap).unwrap();
     let opts = RestoreOptions {

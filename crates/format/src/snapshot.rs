@@ -122,6 +122,16 @@ pub struct Snapshot {
     /// (in its own repository).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub original: Option<SnapshotId>,
+    /// The key file (`keys/<id>`) of the key that wrote this snapshot, as that key says (absent
+    /// in snapshots of builds before it was recorded). A full key's word is trusted as the
+    /// key is; a write-only key could name another write-only key, which is why readers also
+    /// show whether a write-only key sealed the snapshot ([`Snapshot::sealed_by_write_only`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<crate::id::KeyId>,
+    /// Not stored: set when the snapshot is read, from its envelope's scheme (2: sealed by a
+    /// write-only key, whatever `key` claims).
+    #[serde(skip)]
+    pub sealed_by_write_only: bool,
 }
 
 impl Snapshot {

@@ -87,7 +87,7 @@ pub fn open(g: &Global) -> Result<Repository> {
 /// How far in the future a snapshot's time may be (clock skew between hosts) and still be
 /// `latest`: one dated further ahead (a wrong clock, or a forged snapshot) would stay `latest`
 /// until that day.
-const LATEST_MAX_SKEW_SECS: i64 = 600;
+const LATEST_MAX_SKEW_SECS: i64 = coffer_core::backup::MAX_CLOCK_SKEW_SECS;
 
 /// Resolve SNAPSHOT for a command that reads one: `latest` is the newest readable snapshot
 /// that matches the filter (never one dated more than 10 minutes in the future, which is
@@ -249,6 +249,17 @@ pub fn init(g: &Global, a: InitArgs) -> Result<u8> {
     Ok(0)
 }
 
+/// Which key wrote a snapshot, as listings show it: the key file's short id (as the snapshot
+/// says), `w/o` when a write-only key sealed it, `-` when it predates the record.
+fn writer(s: &Snapshot) -> String {
+    let key = s.key.map(|k| k.short()).unwrap_or_else(|| "-".into());
+    if s.sealed_by_write_only {
+        format!("{key} w/o")
+    } else {
+        key
+    }
+}
+
 fn snapshot_json(id: &SnapshotId, s: &Snapshot) -> serde_json::Value {
     json!({
         "id": id.to_hex(),
@@ -261,6 +272,8 @@ fn snapshot_json(id: &SnapshotId, s: &Snapshot) -> serde_json::Value {
         "tree": s.tree.to_hex(),
         "parent": s.parent.map(|p| p.to_hex()),
         "program_version": s.program_version,
+        "key": s.key.map(|k| k.to_hex()),
+        "sealed_by_write_only": s.sealed_by_write_only,
         "summary": s.summary,
     })
 }
@@ -282,45 +295,48 @@ pub fn snapshots(g: &Global, a: SnapshotsArgs) -> Result<u8> {
         let v: Vec<_> = list.iter().map(|(id, s)| snapshot_json(id, s)).collect();
         return print_json(&v).map(|_| code);
     }
-    let rows: Vec<[String; 6]> = list
+    let rows: Vec<[String; 7]> = list
         .iter()
         .map(|(id, s)| {
             [
                 id.short(),
                 local_time(&s.time),
                 s.hostname.clone(),
+                writer(s),
                 s.tags.join(","),
                 s.paths.join(" "),
                 bytes(s.summary.bytes_total),
             ]
         })
         .collect();
-    let head = ["ID", "Time", "Host", "Tags", "Paths", "Size"].map(String::from);
-    let mut w = [0usize; 6];
+    let head = ["ID", "Time", "Host", "Key", "Tags", "Paths", "Size"].map(String::from);
+    let mut w = [0usize; 7];
     for r in std::iter::once(&head).chain(rows.iter()) {
         for (i, c) in r.iter().enumerate() {
             w[i] = w[i].max(c.chars().count());
         }
     }
-    let line = |r: &[String; 6]| {
+    let line = |r: &[String; 7]| {
         format!(
-            "{:<w0$}  {:<w1$}  {:<w2$}  {:<w3$}  {:<w4$}  {:>w5$}",
+            "{:<w0$}  {:<w1$}  {:<w2$}  {:<w3$}  {:<w4$}  {:<w5$}  {:>w6$}",
             r[0],
             r[1],
             r[2],
             r[3],
             r[4],
             r[5],
+            r[6],
             w0 = w[0],
             w1 = w[1],
             w2 = w[2],
             w3 = w[3],
             w4 = w[4],
-            w5 = w[5]
+            w5 = w[5],
+            w6 = w[6]
         )
     };
     outln!("{}", line(&head))?;
-    outln!("{}", "-".repeat(w.iter().sum::<usize>() + 10))?;
+    outln!("{}", "-".repeat(w.iter().sum::<usize>() + 12))?;
     for r in &rows {
         outln!("{}", line(r))?;
     }
@@ -1034,6 +1050,8 @@ mod tests {
             summary: Summary::default(),
             databases: vec![],
             original: None,
+            key: None,
+            sealed_by_write_only: false,
         };
         let now = chrono::Utc::now().fixed_offset();
         let (honest, _) = repo
