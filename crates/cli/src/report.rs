@@ -42,8 +42,31 @@ fn facts() -> std::sync::MutexGuard<'static, Facts> {
 
 fn keep(f: &mut Facts, msg: &str) {
     if f.messages.len() < 20 {
-        f.messages.push(msg.to_string());
+        f.messages.push(redact(msg));
     }
+}
+
+/// A message as the server may see it: what went wrong, without the file names and paths the
+/// server is not meant to learn (docs/FORMAT.md: the server learns no path or host name).
+/// Every word that is, or begins with, an absolute path becomes `<path>`; a message that
+/// starts with a path (`/srv/x y: cannot read: ...`) loses it up to its first `: `. The
+/// details stay on the client, in its own output.
+pub fn redact(msg: &str) -> String {
+    let msg = match msg.strip_prefix('/').and_then(|_| msg.split_once(": ")) {
+        Some((_, rest)) => format!("<path>: {rest}"),
+        None => msg.to_string(),
+    };
+    msg.split(' ')
+        .map(|w| {
+            let t = w.trim_start_matches(['"', '\'', '(', '[']);
+            if t.starts_with('/') || t.starts_with("./") || t.starts_with("~/") {
+                "<path>"
+            } else {
+                w
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// A warning shown to the user (a file that could not be read, ...).
@@ -104,7 +127,7 @@ pub fn send(g: &Global, kind: &str, started: SystemTime, took: Duration, outcome
     let mut messages = f.messages;
     let (status, errors) = match outcome {
         Err(e) => {
-            messages.insert(0, e.clone());
+            messages.insert(0, redact(e));
             (RunStatus::Failed, f.errors + 1)
         }
         Ok(0) if f.warnings == 0 && f.errors == 0 => (RunStatus::Ok, 0),
@@ -119,7 +142,8 @@ pub fn send(g: &Global, kind: &str, started: SystemTime, took: Duration, outcome
     let report = RunReport {
         kind: kind.to_string(),
         status,
-        host: rustix::system::uname().nodename().to_string_lossy().into_owned(),
+        // the server knows the client by its token; the host name stays here
+        host: String::new(),
         started: unix(started),
         finished: unix(started + took),
         duration_ms: took.as_millis() as u64,
@@ -150,5 +174,27 @@ pub fn send(g: &Global, kind: &str, started: SystemTime, took: Duration, outcome
         });
     if let Err(e) = sent {
         eprintln!("coffer: warning: the run report did not reach {url}: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn reports_carry_no_paths() {
+        assert_eq!(
+            redact("/srv/www/shop/secret plans.txt: cannot read: Permission denied (os error 13)"),
+            "<path>: cannot read: Permission denied (os error 13)"
+        );
+        assert_eq!(
+            redact("mysql/shop: dump failed: mysqldump: Got error 1044 when using LOCK TABLES"),
+            "mysql/shop: dump failed: mysqldump: Got error 1044 when using LOCK TABLES"
+        );
+        assert_eq!(
+            redact("repository \"/backup/repo\": no such file"),
+            "repository <path> no such file"
+        );
+        assert_eq!(redact("3 packs are in no index"), "3 packs are in no index");
     }
 }

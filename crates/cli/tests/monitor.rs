@@ -398,8 +398,8 @@ fn overdue_failure_recovery_digest_webhooks_and_metrics() {
         hook["text"]
             .as_str()
             .unwrap()
-            .contains("/nonexistent/coffer-test-path"),
-        "{hook}"
+            .contains("<path>: No such file or directory"),
+        "the failure, without the path (the server does not learn paths): {hook}"
     );
 
     // /metrics: Prometheus text with the values the runs produced; operators only
@@ -590,8 +590,8 @@ fn console_in_chromium(e: &Env, server: &ServerProc, clock: &str) {
     let (head, page) = get_page("/console/client/broken");
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert!(
-        page.contains("/nonexistent/coffer-test-path"),
-        "the failed run's message"
+        page.contains("&lt;path&gt;: No such file or directory") && !page.contains("coffer-test-path"),
+        "the failed run's message, without its path"
     );
     assert!(
         head.to_ascii_lowercase()
@@ -871,4 +871,59 @@ fn status_exits_as_a_monitoring_plugin_and_webhooks_deliver_from_the_command_lin
     assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
     let got = hooks.lock().unwrap().clone();
     assert_eq!(got.len(), 2, "one test message and one digest: {got:?}");
+}
+
+/// The server learns no path and no host name from a client (issue 24 finding 6): reports
+/// carry counts and what went wrong, with `<path>` where a path was, and no host name; key
+/// files name no host or user.
+#[test]
+fn reports_and_key_files_carry_no_paths_or_host_names() {
+    let e = Env::new();
+    let server = ServerProc::start(&e.path("server"), &[]);
+    let token = server.add_client("web1", "web", "append");
+    let secret_dir = e.path("customer-acme-secret-plans");
+    let run = |args: &[&str]| {
+        e.cmd()
+            .env("COFFER_REPOSITORY", server.url("web"))
+            .env("COFFER_TOKEN", &token)
+            .env("COFFER_CACERT", &server.cacert)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let o = run(&["init", "-q"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    // a failed backup: its error names the path on the client, not on the server
+    let o = run(&["backup", "-q", secret_dir.to_str().unwrap()]);
+    assert_eq!(code(&o), 2);
+    assert!(
+        stderr(&o).contains("customer-acme-secret-plans"),
+        "the user still sees it"
+    );
+    fs::create_dir_all(&secret_dir).unwrap();
+    fs::write(secret_dir.join("plan.txt"), "p").unwrap();
+    let o = run(&["backup", "-q", secret_dir.to_str().unwrap()]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+
+    let host = rustix::system::uname().nodename().to_string_lossy().into_owned();
+    let db = rusqlite::Connection::open(server.data.join("server.db")).unwrap();
+    let mut st = db.prepare("SELECT host, messages FROM runs").unwrap();
+    let rows: Vec<(String, String)> = st
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
+    assert!(rows.len() >= 2, "{rows:?}");
+    for (h, m) in &rows {
+        assert!(h.is_empty(), "host name sent: {h}");
+        assert!(!m.contains("customer-acme"), "a path reached the server: {m}");
+    }
+    assert!(rows.iter().any(|(_, m)| m.contains("<path>")), "{rows:?}");
+    // key files stored on the server
+    assert!(!host.is_empty());
+    for k in fs::read_dir(server.data.join("repos/web/keys")).unwrap() {
+        let v: serde_json::Value = serde_json::from_slice(&fs::read(k.unwrap().path()).unwrap()).unwrap();
+        assert_eq!(v["hostname"], "", "the host name is in a key file: {v}");
+        assert_eq!(v["username"], "", "the user name is in a key file: {v}");
+    }
 }

@@ -63,14 +63,6 @@ pub struct Repository {
     skipped_keys: Vec<String>,
 }
 
-fn host_and_user() -> (String, String) {
-    let host = rustix::system::uname().nodename().to_string_lossy().into_owned();
-    let user = uzers::get_current_username()
-        .map(|u| u.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    (host, user)
-}
-
 impl Repository {
     /// Create a new repository with a fresh master key wrapped by `password`.
     pub fn init(backend: Arc<dyn Backend>, password: &[u8], opts: &InitOptions) -> Result<Repository> {
@@ -573,7 +565,9 @@ fn write_key_file(backend: &dyn Backend, key: &MasterKey, password: &[u8], confi
         return Err(Error::Invalid("an empty password is not allowed".into()));
     }
     let (kdf, wrap) = Credential::parse(password)?.new_slot()?;
-    let (hostname, username) = host_and_user();
+    // A key file is plaintext to whoever stores it: it names no host and no user (files of
+    // earlier builds did; their fields stay readable)
+    let (hostname, username) = (String::new(), String::new());
     let kf = KeyFile {
         version: FORMAT_VERSION,
         created: Local::now().fixed_offset(),
