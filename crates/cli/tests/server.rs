@@ -62,6 +62,24 @@ fn client<'a>(e: &'a Env, s: &ServerProc, repo: &str, token: &str) -> Client<'a>
     }
 }
 
+/// Upload, with the token in `auth`, a 200-byte garbage snapshot (from `seed`) and a manifest
+/// naming `packs` (quoted pack names, comma-separated): what a thief with a token can do.
+fn put_garbage_snapshot(s: &ServerProc, auth: &str, seed: u64, packs: &str) {
+    let body = pseudo_random(seed, 200);
+    let name = blake3::hash(&body).to_hex().to_string();
+    let manifest = format!(r#"{{"version":1,"snapshot":"{name}","packs":[{packs}]}}"#);
+    for (kind, b) in [("manifests", manifest.as_bytes()), ("snapshots", &body[..])] {
+        let r = s.raw(
+            &format!(
+                "PUT /web/{kind}/{name} HTTP/1.1\nHost: x\n{auth}\nContent-Length: {}\nConnection: close",
+                b.len()
+            ),
+            b,
+        );
+        assert_eq!(r.as_ref().map(|r| r.0), Some(201), "{r:?}");
+    }
+}
+
 fn build_source(src: &Path, seed: u64) {
     fs::create_dir_all(src.join("etc")).unwrap();
     fs::create_dir_all(src.join("www")).unwrap();
@@ -549,19 +567,7 @@ fn a_snapshot_flood_cannot_push_out_history() {
     fs::write(&clock, (base + 30 * 86_400 + 3600).to_string()).unwrap();
     let auth = format!("Authorization: Bearer {token}");
     for i in 0..1000u64 {
-        let body = pseudo_random(1_000_000 + i, 200);
-        let name = blake3::hash(&body).to_hex().to_string();
-        let manifest = format!(r#"{{"version":1,"snapshot":"{name}","packs":[]}}"#);
-        for (kind, b) in [("manifests", manifest.as_bytes()), ("snapshots", &body[..])] {
-            let r = s.raw(
-                &format!(
-                    "PUT /web/{kind}/{name} HTTP/1.1\nHost: x\n{auth}\nContent-Length: {}\nConnection: close",
-                    b.len()
-                ),
-                b,
-            );
-            assert_eq!(r.as_ref().map(|r| r.0), Some(201), "{r:?}");
-        }
+        put_garbage_snapshot(&s, &auth, 1_000_000 + i, "");
     }
     assert_eq!(
         fs::read_dir(s.data.join("repos/web/snapshots")).unwrap().count(),
@@ -867,19 +873,7 @@ fn a_garbage_snapshot_takes_no_honest_clients_slot() {
         .next()
         .unwrap();
     for (i, packs) in [String::new(), format!("\"{pack}\"")].iter().enumerate() {
-        let body = pseudo_random(77 + i as u64, 200);
-        let name = blake3::hash(&body).to_hex().to_string();
-        let manifest = format!(r#"{{"version":1,"snapshot":"{name}","packs":[{packs}]}}"#);
-        for (kind, b) in [("manifests", manifest.as_bytes()), ("snapshots", &body[..])] {
-            let r = s.raw(
-                &format!(
-                    "PUT /web/{kind}/{name} HTTP/1.1\nHost: x\n{auth}\nContent-Length: {}\nConnection: close",
-                    b.len()
-                ),
-                b,
-            );
-            assert_eq!(r.as_ref().map(|r| r.0), Some(201), "{r:?}");
-        }
+        put_garbage_snapshot(&s, &auth, 77 + i as u64, packs);
     }
 
     fs::write(&clock, (base + 2 * 86_400).to_string()).unwrap();

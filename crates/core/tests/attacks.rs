@@ -158,6 +158,48 @@ fn names(b: &Arc<dyn Backend>, kind: FileKind) -> Vec<String> {
     v
 }
 
+/// With the write-only key `stolen`: store a garbage pack as large as each real pack, and
+/// write an index file, ground to sort before every honest one, that lists each real pack's
+/// entries in its garbage twin (and, with `empty_real`, each real pack with no entries).
+/// Returns the garbage packs' names.
+fn lie_about_every_pack(b: &Arc<dyn Backend>, seed: u64, empty_real: bool) -> Vec<String> {
+    let attacker = Repository::open(b.clone(), b"stolen")
+        .unwrap()
+        .load_index()
+        .unwrap();
+    let mut rng = Rng(seed);
+    let mut lies = Vec::new();
+    let mut garbage = Vec::new();
+    for name in names(b, FileKind::Pack) {
+        let id: PackId = name.parse().unwrap();
+        let junk = rng.bytes(b.size(FileKind::Pack, &name).unwrap() as usize);
+        let junk_name = storage_id(&junk).to_hex();
+        b.write(FileKind::Pack, &junk_name, &junk).unwrap();
+        garbage.push(junk_name.clone());
+        lies.push(IndexPack {
+            id: junk_name.parse().unwrap(),
+            entries: attacker.read_pack_header(&id).unwrap(),
+        });
+        if empty_real {
+            lies.push(IndexPack { id, entries: vec![] });
+        }
+    }
+    let honest_index = names(b, FileKind::Index);
+    loop {
+        let (id, _) = attacker
+            .save_index(&IndexFile {
+                supersedes: vec![],
+                packs: lies.clone(),
+            })
+            .unwrap();
+        if id.to_hex() < honest_index[0] {
+            break;
+        }
+        b.remove(FileKind::Index, &id.to_hex()).unwrap(); // (only to make the test certain)
+    }
+    garbage
+}
+
 /// Finding 1: whoever can write one object (an append token, write access to a bucket) stores
 /// a pack whose sealed header is copied from a real pack and whose blob area is garbage, under
 /// its hash, ground to sort before every real pack. Earlier builds adopted it as an
@@ -237,40 +279,7 @@ fn a_lying_index_file_from_a_write_only_key_shadows_nothing() {
 
     // the attacker, with the write-only key: a garbage pack for every real one, and an index
     // file listing the real packs' entries in the garbage packs, named before every other
-    let attacker = Repository::open(b.clone(), b"stolen")
-        .unwrap()
-        .load_index()
-        .unwrap();
-    let mut rng = Rng(99);
-    let mut lies = Vec::new();
-    let mut garbage = Vec::new();
-    for name in names(&b, FileKind::Pack) {
-        let id: PackId = name.parse().unwrap();
-        let size = b.size(FileKind::Pack, &name).unwrap() as usize;
-        let junk = rng.bytes(size);
-        let junk_name = storage_id(&junk).to_hex();
-        b.write(FileKind::Pack, &junk_name, &junk).unwrap();
-        garbage.push(junk_name.clone());
-        let entries = attacker.read_pack_header(&id).unwrap();
-        lies.push(IndexPack {
-            id: junk_name.parse().unwrap(),
-            entries,
-        });
-    }
-    let honest_index = names(&b, FileKind::Index);
-    loop {
-        let (id, _) = attacker
-            .save_index(&IndexFile {
-                supersedes: vec![],
-                packs: lies.clone(),
-            })
-            .unwrap();
-        if id.to_hex() < honest_index[0] {
-            break;
-        }
-        b.remove(FileKind::Index, &id.to_hex()).unwrap(); // (only to make the test certain)
-    }
-    drop(attacker);
+    let garbage = lie_about_every_pack(&b, 99, false);
 
     // the lie is the first location of every blob now: reads fall back to the real copy
     {
@@ -334,37 +343,7 @@ fn a_lying_index_file_cannot_empty_a_real_pack() {
     let expect = source(&tmp.path().join("a"), 5, 16);
     backup_as(&b, PW, &tmp.path().join("a"), &NoProgress);
 
-    let attacker = Repository::open(b.clone(), b"stolen")
-        .unwrap()
-        .load_index()
-        .unwrap();
-    let mut rng = Rng(1234);
-    let mut lies = Vec::new();
-    for name in names(&b, FileKind::Pack) {
-        let id: PackId = name.parse().unwrap();
-        let junk = rng.bytes(b.size(FileKind::Pack, &name).unwrap() as usize);
-        let junk_name = storage_id(&junk).to_hex();
-        b.write(FileKind::Pack, &junk_name, &junk).unwrap();
-        lies.push(IndexPack {
-            id: junk_name.parse().unwrap(),
-            entries: attacker.read_pack_header(&id).unwrap(),
-        });
-        lies.push(IndexPack { id, entries: vec![] });
-    }
-    let honest_index = names(&b, FileKind::Index);
-    loop {
-        let (id, _) = attacker
-            .save_index(&IndexFile {
-                supersedes: vec![],
-                packs: lies.clone(),
-            })
-            .unwrap();
-        if id.to_hex() < honest_index[0] {
-            break;
-        }
-        b.remove(FileKind::Index, &id.to_hex()).unwrap();
-    }
-    drop(attacker);
+    lie_about_every_pack(&b, 1234, true);
 
     every_snapshot_restores(&b, &expect);
     prune_everything(&b, &NoProgress);
