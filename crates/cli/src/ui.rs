@@ -25,6 +25,8 @@ pub struct CliProgress {
     verb: &'static str,
     /// Restore: list each action (`-v`), with "would" before it in a dry run.
     actions: Option<&'static str>,
+    /// Backup: list new and changed files (1, `-v`), and unchanged ones too (2, `-vv`).
+    list_files: u8,
 }
 
 impl CliProgress {
@@ -45,7 +47,14 @@ impl CliProgress {
             warnings: AtomicU64::new(0),
             verb,
             actions: None,
+            list_files: 0,
         }
+    }
+
+    /// List files as a backup finds them: `-v` new and changed ones, `-vv` unchanged ones too.
+    pub fn listing_files(mut self, verbosity: u8) -> Self {
+        self.list_files = verbosity;
+        self
     }
 
     /// List every restore action on stdout (`-v`); `dry_run` says "would" before each.
@@ -81,6 +90,22 @@ impl Progress for CliProgress {
         self.files.fetch_add(n, Ordering::Relaxed);
         if self.files.load(Ordering::Relaxed).is_multiple_of(64) {
             self.refresh(None);
+        }
+    }
+    fn file_status(&self, status: coffer_core::FileStatus, path: &Path) {
+        use coffer_core::FileStatus;
+        let word = match status {
+            FileStatus::New if self.list_files >= 1 => "new",
+            FileStatus::Changed if self.list_files >= 1 => "changed",
+            FileStatus::Unchanged if self.list_files >= 2 => "unchanged",
+            _ => return,
+        };
+        let line = format!("{word:<9} {}", path.display());
+        match &self.bar {
+            Some(b) => b.suspend(|| println!("{line}")),
+            None => {
+                let _ = writeln!(std::io::stdout(), "{line}");
+            }
         }
     }
     fn restore_action(&self, action: coffer_core::RestoreAction, path: &Path) {

@@ -822,3 +822,27 @@ fn probable_mistakes_are_named() {
     let o = e.run(&["forget", "a"]);
     assert_one_line_error(&o, 2, "at least 4 digits");
 }
+
+/// `-v` lists new and changed files as a backup finds them, `-vv` unchanged ones too (issue
+/// 23 item 7); without it, nothing per file.
+#[test]
+fn verbose_backup_lists_files() {
+    let e = Env::init();
+    let src = e.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("a.txt"), "a").unwrap();
+    fs::write(src.join("b.txt"), "b").unwrap();
+    let s = src.to_str().unwrap();
+    let out = e.ok(&["backup", "-v", s]);
+    assert!(out.contains(&format!("new       {s}/a.txt")), "{out}");
+    assert!(out.contains(&format!("new       {s}/b.txt")), "{out}");
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    fs::write(src.join("b.txt"), "bb").unwrap();
+    let out = e.ok(&["backup", "-v", s]);
+    assert!(out.contains(&format!("changed   {s}/b.txt")), "{out}");
+    assert!(!out.contains("a.txt"), "-v leaves unchanged files out: {out}");
+    let out = e.ok(&["backup", "-vv", s]);
+    assert!(out.contains(&format!("unchanged {s}/a.txt")), "{out}");
+    let out = e.ok(&["backup", s]);
+    assert!(!out.contains("a.txt"), "{out}");
+}

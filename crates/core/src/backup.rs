@@ -37,7 +37,7 @@ use crate::fsmeta::{
     kind_of_stat, node_from_stat, read_file_xattrs, read_xattrs_at, xattr_warning, NameCache, Xattrs,
 };
 use crate::packer::BlobPipeline;
-use crate::progress::Progress;
+use crate::progress::{FileStatus, Progress};
 use crate::repo::IndexedRepository;
 use crate::source::{SourceError, StreamSource, DATABASES_DIR};
 
@@ -996,18 +996,22 @@ impl Archiver<'_, '_> {
                 let content = if let Some((ids, size)) = reuse {
                     node.size = size;
                     self.summary.files_unchanged += 1;
+                    self.progress.file_status(FileStatus::Unchanged, path);
                     ids
                 } else if let Some(ids) = self.unchanged(&node, parent) {
                     self.summary.files_unchanged += 1;
                     self.progress.bytes(node.size);
+                    self.progress.file_status(FileStatus::Unchanged, path);
                     ids
                 } else {
                     match self.read_file(dir, cname, path, &mut node, &mut xattrs)? {
                         Some(ids) => {
                             if parent.is_some_and(|p| p.kind == NodeKind::File) {
                                 self.summary.files_changed += 1;
+                                self.progress.file_status(FileStatus::Changed, path);
                             } else {
                                 self.summary.files_new += 1;
+                                self.progress.file_status(FileStatus::New, path);
                             }
                             ids
                         }

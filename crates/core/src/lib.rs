@@ -39,7 +39,7 @@ pub use backup::{
 pub use compress::CompressionSpec;
 pub use error::{Category, Error, Result};
 pub use packer::store_blobs;
-pub use progress::{NoProgress, Progress, RestoreAction};
+pub use progress::{FileStatus, NoProgress, Progress, RestoreAction};
 pub use repo::{IndexedRepository, InitOptions, Repository};
 pub use restore::{restore, RestoreOptions, RestoreStats};
 pub use stats::human_bytes;

@@ -14,6 +14,19 @@ pub trait Progress: Sync {
     fn warn(&self, _msg: &str) {}
     /// What a restore did, or in a dry run would do, to one path of its target.
     fn restore_action(&self, _action: RestoreAction, _path: &Path) {}
+    /// What a backup found a file to be (new, changed, unchanged), once it is decided.
+    fn file_status(&self, _status: FileStatus, _path: &Path) {}
+}
+
+/// What a backup found a regular file to be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileStatus {
+    /// Not in the parent snapshot.
+    New,
+    /// In the parent, with other metadata: read again.
+    Changed,
+    /// As in the parent (or a hard link already read): its chunks are reused.
+    Unchanged,
 }
 
 /// What a restore does to one path of its target.

@@ -59,7 +59,11 @@ pub fn run(g: &Global, a: BackupArgs) -> Result<u8> {
             .map(|c| super::parse_compression(c, None))
             .transpose()?,
     };
-    let progress = CliProgress::new(!g.quiet && !g.json, "backed up");
+    let progress = CliProgress::new(!g.quiet && !g.json, "backed up").listing_files(if g.json || g.quiet {
+        0
+    } else {
+        g.verbose
+    });
     let r = coffer_core::backup_prescanned(&mut repo, &opts, sources, prescan, &progress);
     progress.finish();
     let out = r?;
