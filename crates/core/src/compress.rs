@@ -58,7 +58,7 @@ pub fn encode_blob(spec: CompressionSpec, data: &[u8]) -> Vec<u8> {
         }
         Compression::Lzma => {
             let mut out = Vec::new();
-            xz2::read::XzEncoder::new(data, spec.level as u32)
+            liblzma::read::XzEncoder::new(data, spec.level as u32)
                 .read_to_end(&mut out)
                 .ok()
                 .map(|_| out)
@@ -275,7 +275,7 @@ fn decode_payload(algo: Compression, payload: &[u8], raw_len: usize) -> std::io:
         }
         Compression::Lzma => {
             let mut out = Vec::with_capacity(raw_len);
-            xz2::read::XzDecoder::new(payload)
+            liblzma::read::XzDecoder::new(payload)
                 .take(limit)
                 .read_to_end(&mut out)?;
             Ok(out)
