@@ -146,7 +146,7 @@ fn interrupt_message(c: &Command) -> Option<&'static str> {
     Some(match c {
         Command::Server(_) => return None,
         Command::Backup(_) | Command::Copy(_) => {
-            "no snapshot was written; the repository is valid, and the next run reuses the data already uploaded"
+            "the repository is valid; a snapshot exists only if the run said it saved one, and the next run reuses the data already uploaded"
         }
         Command::Prune(_) | Command::Forget(_) => {
             "the repository is valid and nothing a snapshot uses was deleted; the next prune finishes the work"
@@ -154,8 +154,8 @@ fn interrupt_message(c: &Command) -> Option<&'static str> {
         Command::Restore(_) => "the target holds a partial restore; run the restore again to complete it",
         Command::RestoreDb(_) => "the database may be partly restored; run the restore again",
         Command::Repair(_) => "the repository is valid; run the repair again",
-        Command::Key(_) => "every key that opened the repository before still does",
-        Command::Init(_) => "the repository may be incomplete; if `coffer snapshots` does not open it, remove the directory and run init again",
+        Command::Key(_) => "the repository is valid, and the old key or the new one opens it (a new key file is written before an old one is removed)",
+        Command::Init(_) => "if `coffer snapshots` does not open the repository, remove what init created there and run init again",
         _ => "the repository is unchanged",
     })
 }

@@ -1269,6 +1269,11 @@ fn choose_parent(
                 }
                 !future
             });
+            // Only a snapshot a full key sealed: a parent's chunk lists are reused for every
+            // file whose metadata matches, so one a stolen write-only key forged (any host,
+            // any paths, content ids of its choosing) would put its content into honest
+            // snapshots. (A write-only key takes no parent at all.)
+            snaps.retain(|(_, s)| !s.sealed_by_write_only);
             Ok(snaps.pop())
         }
     }

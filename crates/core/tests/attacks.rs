@@ -425,9 +425,87 @@ fn snapshots_say_which_key_wrote_them_and_the_future_is_no_parent() {
         "{:?}",
         w.all()
     );
-    // the newest snapshot of that host and paths that is not from the future
+    // the newest snapshot of that host and paths that a full key sealed and that is not from
+    // the future (the write-only key's own backup is no parent either: see the next test)
     assert_ne!(out.snapshot.parent, Some(forged_id));
-    assert_eq!(out.snapshot.parent, Some(by_wo[0].0));
+    assert_eq!(out.snapshot.parent, Some(honest[0].0));
+}
+
+/// Found by review: a parent's chunk lists are reused for every file whose metadata matches,
+/// so a snapshot a stolen write-only key forged for the honest host and paths, dated now,
+/// whose tree gives a file another file's chunks, would have put that content into the next
+/// honest snapshot. A full key takes its parent only among snapshots a full key sealed.
+#[test]
+fn a_forged_parent_cannot_put_its_content_into_an_honest_backup() {
+    use coffer_core::format::{BlobId, BlobKind};
+    let mem = MemoryBackend::new();
+    let b = init(&mem);
+    Repository::open(b.clone(), PW)
+        .unwrap()
+        .add_write_only_key(b"stolen")
+        .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("a");
+    let expect = source(&dir, 11, 4);
+    backup_as(&b, PW, &dir, &NoProgress);
+    let full = Repository::open(b.clone(), PW).unwrap().load_index().unwrap();
+    let (_, honest) = full.list_snapshots().unwrap().pop().unwrap();
+
+    // the forged tree: the same as the honest one, but s11-f1 has s11-f2's chunks, stored
+    // bottom-up with the write-only key
+    fn store(
+        full: &coffer_core::IndexedRepository,
+        attacker: &mut coffer_core::IndexedRepository,
+        id: BlobId,
+    ) -> BlobId {
+        let mut t = full.load_tree(&id).unwrap();
+        let f2 = t
+            .nodes
+            .iter()
+            .find(|n| n.name.0 == b"s11-f2")
+            .map(|n| n.content.clone());
+        for n in &mut t.nodes {
+            if let Some(sub) = n.subtree {
+                n.subtree = Some(store(full, attacker, sub));
+            }
+            if n.name.0 == b"s11-f1" {
+                n.content = f2.clone().unwrap();
+            }
+        }
+        coffer_core::store_blobs(attacker, vec![(BlobKind::Tree, t.encode())]).unwrap()[0]
+    }
+    let mut attacker = Repository::open(b.clone(), b"stolen")
+        .unwrap()
+        .load_index()
+        .unwrap();
+    let root = store(&full, &mut attacker, honest.tree);
+    let mut forged = honest.clone();
+    forged.tree = root;
+    forged.time = chrono::Local::now().fixed_offset();
+    attacker.save_snapshot(&forged).unwrap();
+    drop(full);
+
+    // the honest host backs up again, nothing changed on disk, and its snapshot restores
+    let mut repo = Repository::open(b.clone(), PW).unwrap().load_index().unwrap();
+    let opts = BackupOptions {
+        paths: vec![dir.clone()],
+        hostname: Some(honest.hostname.clone()),
+        ..Default::default()
+    };
+    let out = backup(&mut repo, &opts, &NoProgress).unwrap();
+    let restored = tempfile::tempdir().unwrap();
+    let ropts = RestoreOptions {
+        target: restored.path().to_path_buf(),
+        ..Default::default()
+    };
+    restore(&repo, out.snapshot.tree, "/", &ropts, &NoProgress).unwrap();
+    for f in walk(restored.path()) {
+        let name = f.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(
+            fs::read(&f).unwrap() == expect[&name],
+            "{name} took the forged parent's content"
+        );
+    }
 }
 
 /// Finding 3: anyone who can add a key file (an append token) adds one with parameters argon2

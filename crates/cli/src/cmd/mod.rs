@@ -220,7 +220,9 @@ pub fn init(g: &Global, a: InitArgs) -> Result<u8> {
             ))
             .into());
         }
-        if std::fs::read_dir(&dir).is_ok_and(|mut d| d.next().is_some()) {
+        // (a freshly made ext4 filesystem holds lost+found: a new disk is empty enough)
+        let other = |d: std::fs::ReadDir| d.flatten().any(|e| e.file_name() != "lost+found");
+        if std::fs::read_dir(&dir).is_ok_and(other) {
             return Err(coffer_core::Error::Usage(format!(
                 "{} is not empty and holds no repository: give a new or empty directory",
                 dir.display()
