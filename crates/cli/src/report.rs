@@ -56,17 +56,36 @@ pub fn redact(msg: &str) -> String {
         Some((_, rest)) => format!("<path>: {rest}"),
         None => msg.to_string(),
     };
-    msg.split(' ')
-        .map(|w| {
-            let t = w.trim_start_matches(['"', '\'', '(', '[']);
-            if t.starts_with('/') || t.starts_with("./") || t.starts_with("~/") {
-                "<path>"
-            } else {
-                w
+    let mut out = Vec::new();
+    let mut quoted_path: Option<char> = None; // inside a quoted path: skip to its closing quote
+    for w in msg.split(char::is_whitespace) {
+        if let Some(q) = quoted_path {
+            if w.contains(q) {
+                quoted_path = None;
             }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
+            continue;
+        }
+        let t = w.trim_start_matches(['"', '\'', '(', '[']);
+        // `--flag=/path`, `key=/path`
+        let value = t.split_once("=/").map(|(k, _)| k);
+        let location = ["s3:", "sftp:", "https://", "http://", "./", "~/"]
+            .iter()
+            .any(|p| t.starts_with(p));
+        if let Some(k) = value {
+            out.push(format!("{k}=<path>"));
+        } else if t.starts_with('/') || location {
+            out.push("<path>".to_string());
+            let quote = w.chars().next().filter(|c| *c == '"' || *c == '\'');
+            if let Some(q) = quote {
+                if !t.contains(q) {
+                    quoted_path = Some(q); // the path goes on past a space
+                }
+            }
+        } else {
+            out.push(w.to_string());
+        }
+    }
+    out.join(" ")
 }
 
 /// A warning shown to the user (a file that could not be read, ...).
@@ -196,5 +215,21 @@ mod tests {
             "repository <path> no such file"
         );
         assert_eq!(redact("3 packs are in no index"), "3 packs are in no index");
+        assert_eq!(
+            redact("no repository at sftp:backup@nas:/srv/x (create one)"),
+            "no repository at <path> (create one)"
+        );
+        assert_eq!(
+            redact("wrong password: no key in s3:https://host/bucket opens"),
+            "wrong password: no key in <path> opens"
+        );
+        assert_eq!(
+            redact("cannot read \"/srv/my docs/x\": denied"),
+            "cannot read <path> denied"
+        );
+        assert_eq!(
+            redact("pg_dump: --file=/tmp/x failed\n\t/var/lib/y"),
+            "pg_dump: --file=<path> failed  <path>"
+        );
     }
 }

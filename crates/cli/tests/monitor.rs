@@ -743,6 +743,28 @@ fn a_forged_backup_report_is_a_failure() {
         status.starts_with("coffer: 1/1 OK"),
         "a real backup report: {status}"
     );
+    // the same report sent again (a retry after a lost answer) is that run, not a forgery
+    let (started, finished, snap): (i64, i64, String) =
+        rusqlite::Connection::open(server.data.join("server.db"))
+            .unwrap()
+            .query_row(
+                "SELECT started, finished, snapshot FROM runs WHERE status = 'ok'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap();
+    let again = serde_json::json!({
+        "kind": "backup", "status": "ok", "host": "", "started": started, "finished": finished,
+        "snapshot": snap, "bytes_read": 1,
+    })
+    .to_string();
+    let head = format!(
+        "POST /web/runs HTTP/1.1\nHost: 127.0.0.1\nConnection: close\nAuthorization: Bearer {token}\nContent-Type: application/json\nContent-Length: {}",
+        again.len()
+    );
+    assert_eq!(server.raw(&head, again.as_bytes()).unwrap().0, 201);
+    let status = server.admin_ok(&["status"]);
+    assert!(status.starts_with("coffer: 1/1 OK"), "a retried report: {status}");
 
     let forged = serde_json::json!({
         "kind": "backup", "status": "ok", "host": "web1", "started": 1, "finished": 2,

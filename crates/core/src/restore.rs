@@ -844,20 +844,32 @@ impl Restorer<'_> {
             )
             .map_err(errno_io)?;
             let st = rustix::fs::fstat(&fd).map_err(errno_io)?;
-            if FileType::from_raw_mode(st.st_mode) == FileType::Symlink {
+            let expected = match node.kind {
+                NodeKind::Fifo => FileType::Fifo,
+                NodeKind::Chardev => FileType::CharacterDevice,
+                NodeKind::Blockdev => FileType::BlockDevice,
+                _ => FileType::RegularFile,
+            };
+            if FileType::from_raw_mode(st.st_mode) != expected {
                 return Err(std::io::Error::other(
-                    "replaced by a symlink while being restored",
+                    "replaced by something else while being restored",
                 ));
             }
             use std::os::fd::AsRawFd;
             let proc = format!("/proc/self/fd/{}", fd.as_raw_fd());
-            rustix::fs::chmodat(
-                CWD,
-                proc.as_str(),
-                Mode::from_raw_mode(node.mode),
-                AtFlags::empty(),
-            )
-            .map_err(errno_io)?;
+            let mode = Mode::from_raw_mode(node.mode);
+            match rustix::fs::chmodat(CWD, proc.as_str(), mode, AtFlags::empty()) {
+                Ok(()) => {}
+                // no /proc: a chmod that does not follow links (fchmodat2, Linux 6.6), else by
+                // name, after the check above (the window is the one system call)
+                Err(Errno::NOENT) => match rustix::fs::chmodat(dir, name, mode, AtFlags::SYMLINK_NOFOLLOW) {
+                    Err(Errno::NOTSUP | Errno::INVAL) => {
+                        rustix::fs::chmodat(dir, name, mode, AtFlags::empty()).map_err(errno_io)?
+                    }
+                    r => r.map_err(errno_io)?,
+                },
+                Err(e) => return Err(errno_io(e)),
+            }
         }
         let t = Timestamps {
             last_access: ts(node.atime),

@@ -204,10 +204,20 @@ async fn post_run(
                     Some((_, Some(from))) if from != client.name => {
                         Some("names a snapshot another client uploaded (forged report)")
                     }
-                    Some(_) if server.catalog.snapshot_reported(&repo, s)? => {
-                        Some("names a snapshot an earlier report named already (forged or replayed report)")
-                    }
-                    Some(_) => None,
+                    Some(_) => match server.catalog.snapshot_report(&repo, s)? {
+                        // the same run's report again (a retry after a lost answer): that run
+                        Some((id, from, started, finished))
+                            if from == client.name
+                                && started == report.started
+                                && finished == report.finished =>
+                        {
+                            return Ok((id, false));
+                        }
+                        Some(_) => Some(
+                            "names a snapshot an earlier report named already (forged or replayed report)",
+                        ),
+                        None => None,
+                    },
                 },
             };
             if let Some(p) = problem {
@@ -218,15 +228,18 @@ async fn post_run(
         }
         let id = server.catalog.add_run(&client.name, &repo, now, &report)?;
         crate::monitor::evaluate(&server, now)?;
-        Ok(id)
+        Ok((id, true))
     })
     .await?;
-    let server = st.server.clone();
-    tokio::task::spawn_blocking(move || {
-        if let Err(e) = crate::notify::deliver(&server, &tokio::runtime::Handle::current()) {
-            eprintln!("coffer-server: alerts: {e}");
-        }
-    });
+    let (id, new) = id;
+    if new {
+        let server = st.server.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = crate::notify::deliver(&server, &tokio::runtime::Handle::current()) {
+                eprintln!("coffer-server: alerts: {e}");
+            }
+        });
+    }
     Ok((StatusCode::CREATED, format!("run {id} recorded\n")).into_response())
 }
 

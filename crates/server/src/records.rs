@@ -226,16 +226,18 @@ fn collect<T>(
 impl Catalog {
     // ---- runs
 
-    /// Whether an earlier backup report that was not a failure named this snapshot: one
-    /// snapshot backs one successful run, so an old one cannot be reported again.
-    pub fn snapshot_reported(&self, repo: &str, snapshot: &str) -> Result<bool> {
+    /// The earlier backup report that was not a failure and named this snapshot, if any: its
+    /// run id, client, start and end. One snapshot backs one successful run, so an old one
+    /// cannot be reported again (the same report sent again, a retry, is that run).
+    pub fn snapshot_report(&self, repo: &str, snapshot: &str) -> Result<Option<(i64, String, i64, i64)>> {
         self.db()
             .query_row(
-                "SELECT EXISTS (SELECT 1 FROM runs WHERE repo = ?1 AND snapshot = ?2 AND kind = 'backup'
-                                AND status != 'failed')",
+                "SELECT id, client, started, finished FROM runs WHERE repo = ?1 AND snapshot = ?2
+                   AND kind = 'backup' AND status != 'failed' ORDER BY id LIMIT 1",
                 params![repo, snapshot],
-                |r| r.get(0),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
             )
+            .optional()
             .map_err(db_err)
     }
 
