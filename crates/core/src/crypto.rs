@@ -84,9 +84,15 @@ impl fmt::Debug for MasterKey {
     }
 }
 
-/// 32 key bytes, serialized as a CBOR byte string.
-#[derive(Clone, Copy)]
+/// 32 key bytes, serialized as a CBOR byte string; zeroized when dropped, and never copied
+/// implicitly (it was `Copy`: copies outlived the zeroized original).
 struct KeyBytes([u8; KEY_LEN]);
+
+impl Drop for KeyBytes {
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
+}
 
 impl Serialize for KeyBytes {
     fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
@@ -127,21 +133,7 @@ struct KeyMaterial {
     config: Option<ByteVec>,
 }
 
-impl Drop for KeyMaterial {
-    fn drop(&mut self) {
-        for k in [
-            Some(&mut self.index),
-            Some(&mut self.id),
-            Some(&mut self.chunker),
-            self.data.as_mut(),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            k.0.zeroize();
-        }
-    }
-}
+// (each KeyBytes zeroizes itself when the material is dropped)
 
 /// Bytes serialized as a CBOR byte string (not an array of numbers).
 struct ByteVec(Vec<u8>);
@@ -394,11 +386,11 @@ impl MasterKey {
             ));
         }
         let key = MasterKey::assemble(
-            m.data.map(|k| k.0),
+            m.data.as_ref().map(|k| k.0),
             m.index.0,
             m.id.0,
             m.chunker.0,
-            m.public.map(|k| k.0),
+            m.public.as_ref().map(|k| k.0),
         );
         Ok((key, m.config.take().map(|c| c.0)))
     }
