@@ -943,6 +943,33 @@ fn server_files_are_private_and_its_log_cannot_be_forged() {
         "a forged log line: {log}"
     );
 
+    // failed logins (console, /metrics) are logged, and a name guessed at is refused for
+    // the rest of the minute, even with the right password
+    let pw = s.admin_ok(&["operator", "add", "alice"]).trim().to_string();
+    let metrics = |user: &str, pass: &str| {
+        use base64::Engine;
+        let basic = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
+        s.raw(
+            &format!("GET /metrics HTTP/1.1\nHost: x\nAuthorization: Basic {basic}\nConnection: close"),
+            b"",
+        )
+        .map(|r| r.0)
+    };
+    assert_eq!(metrics("alice", &pw), Some(200));
+    for _ in 0..10 {
+        assert_eq!(metrics("alice", "guess"), Some(401));
+    }
+    assert_eq!(
+        metrics("alice", &pw),
+        Some(429),
+        "refused for the rest of the minute"
+    );
+    let log = fs::read_to_string(&s.log).unwrap();
+    assert!(
+        log.contains("login failed for operator alice (10 in this minute)"),
+        "{log}"
+    );
+
     // a stray file in snapshots/ of a local repository hides nothing
     let local = Env::init();
     let src2 = local.path("src");

@@ -355,16 +355,18 @@ async fn login(State(s): St, headers: HeaderMap, Form(f): Form<LoginForm>) -> Re
     let server = s.clone();
     let password = zeroize::Zeroizing::new(f.password);
     let name = f.name;
-    let r = blocking(move || {
-        if !server.check_operator(&name, &password)? {
-            return Ok(None);
-        }
-        server.new_session(&name).map(Some)
+    let r = blocking(move || match server.check_operator(&name, &password)? {
+        crate::Login::Ok => server.new_session(&name).map(Ok),
+        other => Ok(Err(other)),
     })
     .await;
     match r {
-        Ok(Some(token)) => set_cookie(redirect("/console"), &token, SESSION_SECS),
-        Ok(None) => html_response(
+        Ok(Ok(token)) => set_cookie(redirect("/console"), &token, SESSION_SECS),
+        Ok(Err(crate::Login::Throttled)) => html_response(
+            StatusCode::TOO_MANY_REQUESTS,
+            login_html(Some("Too many failed logins for this name; wait a minute.")),
+        ),
+        Ok(Err(_)) => html_response(
             StatusCode::UNAUTHORIZED,
             login_html(Some("Unknown operator or wrong password.")),
         ),

@@ -271,20 +271,22 @@ async fn metrics(State(st): St, headers: HeaderMap) -> ApiResult {
     };
     let server = st.server.clone();
     let (name, password) = (name.to_string(), zeroize::Zeroizing::new(password.to_string()));
-    let text = blocking(move || {
-        if !server.check_operator(&name, &password)? {
-            return Ok(None);
-        }
-        crate::monitor::metrics(&server, server.now()).map(Some)
+    let text = blocking(move || match server.check_operator(&name, &password)? {
+        crate::Login::Ok => crate::monitor::metrics(&server, server.now()).map(Ok),
+        other => Ok(Err(other)),
     })
     .await?;
     match text {
-        Some(t) => Ok((
+        Ok(t) => Ok((
             [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
             t,
         )
             .into_response()),
-        None => Ok(unauthorized()),
+        Err(crate::Login::Throttled) => Err(err(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many failed logins for this name; wait a minute",
+        )),
+        Err(_) => Ok(unauthorized()),
     }
 }
 

@@ -54,6 +54,19 @@ pub enum ServerError {
 
 pub type Result<T, E = ServerError> = std::result::Result<T, E>;
 
+/// Failed logins for one operator name within a minute before the name is refused unchecked.
+pub const LOGIN_FAILURES_PER_MINUTE: u32 = 10;
+
+/// The outcome of an operator login.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Login {
+    Ok,
+    /// Unknown name or wrong password.
+    Wrong,
+    /// Too many failures for this name in the last minute: not checked.
+    Throttled,
+}
+
 /// Where the server's "now" comes from. Tests inject a clock file (seconds since the epoch)
 /// to simulate days passing; production uses the system clock.
 #[derive(Clone, Debug, Default)]
@@ -106,6 +119,8 @@ pub struct Server {
     pub clock: Clock,
     pub settings: Settings,
     usage: Mutex<HashMap<String, u64>>,
+    /// Failed operator logins per name: (failures, start of the current minute).
+    login_failures: Mutex<HashMap<String, (u32, i64)>>,
     /// Monitoring rounds finished by this process (see [`monitor::round`]).
     pub monitor_rounds: std::sync::atomic::AtomicU64,
 }
@@ -139,6 +154,7 @@ impl Server {
             clock,
             settings,
             usage: Mutex::new(HashMap::new()),
+            login_failures: Mutex::new(HashMap::new()),
             monitor_rounds: std::sync::atomic::AtomicU64::new(0),
         })
     }
@@ -193,13 +209,35 @@ impl Server {
     }
 
     /// Check an operator's name and password (generated, 192 random bits: a fast hash is
-    /// enough, as for tokens).
-    pub fn check_operator(&self, name: &str, password: &str) -> Result<bool> {
-        Ok(match self.catalog.operator_hash(name)? {
+    /// enough, as for tokens). Every failure is logged; after [`LOGIN_FAILURES_PER_MINUTE`]
+    /// failures for one name within a minute, that name is refused without a check until the
+    /// minute is over (a guesser gets nowhere, and the log says someone is trying).
+    pub fn check_operator(&self, name: &str, password: &str) -> Result<Login> {
+        let now = self.now();
+        let mut failures = self.login_failures.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = failures.entry(name.to_string()).or_insert((0, now));
+        if now - entry.1 >= 60 {
+            *entry = (0, now);
+        }
+        if entry.0 >= LOGIN_FAILURES_PER_MINUTE {
+            return Ok(Login::Throttled);
+        }
+        let ok = match self.catalog.operator_hash(name)? {
             // comparing hashes: timing reveals nothing an attacker can steer
             Some(h) => h == token_hash(password),
             None => false,
-        })
+        };
+        if ok {
+            failures.remove(name);
+            return Ok(Login::Ok);
+        }
+        entry.0 += 1;
+        eprintln!(
+            "coffer-server: login failed for operator {} ({} in this minute)",
+            name.escape_debug(),
+            entry.0
+        );
+        Ok(Login::Wrong)
     }
 
     pub fn authenticate(&self, token: &str) -> Result<Option<ClientInfo>> {
