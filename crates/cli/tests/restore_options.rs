@@ -380,6 +380,37 @@ fn delete_leaves_what_the_backup_did_not_see_and_refuses_a_target_above_the_path
     assert!(o.status.success(), "{}", stderr(&o));
 }
 
+/// A bind mount of a directory of the same filesystem is a mount point too (found by review:
+/// `st_dev` does not tell it apart): `--delete` never deletes through it.
+#[test]
+fn delete_never_deletes_through_a_bind_mount() {
+    let e = Env::init();
+    let src = e.path("src");
+    fs::create_dir_all(src.join("data")).unwrap();
+    fs::write(src.join("data/a.txt"), "a").unwrap();
+    let s = src.to_str().unwrap();
+    e.ok(&["backup", "-q", s]);
+    // elsewhere on the same filesystem: precious files, bound into the backed-up tree
+    let elsewhere = e.path("elsewhere");
+    fs::create_dir_all(&elsewhere).unwrap();
+    fs::write(elsewhere.join("precious"), "keep me").unwrap();
+    let bound = src.join("data/bound");
+    fs::create_dir_all(&bound).unwrap();
+    let mounted = Command::new("mount")
+        .args(["--bind", elsewhere.to_str().unwrap(), bound.to_str().unwrap()])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("skipped: cannot bind-mount here (needs root)");
+        return;
+    }
+    let o = e.run(&["restore", &format!("latest:{s}"), "--target", s, "--delete"]);
+    let _ = Command::new("umount").arg(&bound).status();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("mount point"), "{}", stderr(&o));
+    assert_eq!(fs::read_to_string(elsewhere.join("precious")).unwrap(), "keep me");
+}
+
 #[test]
 fn dump_writes_one_file_to_stdout() {
     let (e, src) = backed_up();

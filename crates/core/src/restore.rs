@@ -383,14 +383,13 @@ impl Restorer<'_> {
         ) else {
             return;
         };
-        let Ok(dev) = rustix::fs::fstat(&fd).map(|st| st.st_dev) else {
+        let Ok(here) = mount_of(fd.as_fd(), ".") else {
             return;
         };
-        // A directory that is itself the mount point of another filesystem (one a backup with
-        // --one-file-system recorded, not entered, if it was older than that marker): nothing
-        // in it is the snapshot's to judge. The target itself may be one (a new disk).
-        let parent_dev = rustix::fs::statat(&fd, "..", AtFlags::empty()).map(|st| st.st_dev);
-        if !rel.is_empty() && parent_dev.is_ok_and(|d| d != dev) {
+        // A directory that is itself a mount point (another filesystem a backup with
+        // --one-file-system recorded, not entered, if it was older than that marker, or a bind
+        // mount): nothing in it is the snapshot's to judge. The target itself may be one.
+        if !rel.is_empty() && mount_of(fd.as_fd(), "..").is_ok_and(|m| m != here) {
             self.progress.warn(&format!(
                 "{}: nothing deleted inside: it is the mount point of another filesystem",
                 display(snap)
@@ -417,7 +416,7 @@ impl Restorer<'_> {
                 self.st().deleted += 1;
                 self.act(RestoreAction::Delete, rel, sub);
             };
-            match remove_tree_at(dir, OsStr::from_bytes(&n), dev, self.dry_run, &n, &mut on) {
+            match remove_tree_at(dir, OsStr::from_bytes(&n), here, self.dry_run, &n, &mut on) {
                 Ok(()) => {}
                 // another filesystem mounted there is not the snapshot's to judge: left, said
                 Err(Errno::XDEV) => self.progress.warn(&format!(
@@ -915,14 +914,34 @@ fn open_existing_dir(dir: BorrowedFd<'_>, name: &Name) -> Option<OwnedFd> {
     .ok()
 }
 
+/// The mount an entry of `dir` is on (not following links): its mount id where the kernel
+/// tells it (Linux 5.8), else its device. A bind mount of a directory of the same filesystem
+/// has the device of its parent and a mount id of its own.
+fn mount_of(dir: BorrowedFd<'_>, name: impl rustix::path::Arg) -> rustix::io::Result<(u64, u64)> {
+    use rustix::fs::StatxFlags;
+    let st = rustix::fs::statx(
+        dir,
+        name,
+        AtFlags::SYMLINK_NOFOLLOW,
+        StatxFlags::BASIC_STATS | StatxFlags::MNT_ID,
+    )?;
+    let dev = rustix::fs::makedev(st.stx_dev_major, st.stx_dev_minor);
+    let mnt = if StatxFlags::from_bits_retain(st.stx_mask).contains(StatxFlags::MNT_ID) {
+        st.stx_mnt_id
+    } else {
+        0
+    };
+    Ok((dev, mnt))
+}
+
 /// Remove `name` in `dir` and, for a directory, everything below it, without following links
-/// and without entering a directory of another filesystem than `dev` (`EXDEV`, before anything
+/// and without entering a directory on another mount than `mount` (`EXDEV`, before anything
 /// below it is touched). `rel` is `name`'s path for `on`, which is told of every entry removed
 /// (or, with `dry_run`, that would be: nothing is removed then).
 fn remove_tree_at(
     dir: BorrowedFd<'_>,
     name: &OsStr,
-    dev: u64,
+    mount: (u64, u64),
     dry_run: bool,
     rel: &[u8],
     on: &mut dyn FnMut(&[u8]),
@@ -935,7 +954,7 @@ fn remove_tree_at(
         on(rel);
         return Ok(());
     }
-    if st.st_dev != dev {
+    if mount_of(dir, name)? != mount {
         return Err(Errno::XDEV);
     }
     let sub = rustix::fs::openat(
@@ -957,7 +976,7 @@ fn remove_tree_at(
         let mut p = rel.to_vec();
         p.push(b'/');
         p.extend_from_slice(&n);
-        remove_tree_at(sub.as_fd(), OsStr::from_bytes(&n), dev, dry_run, &p, on)?;
+        remove_tree_at(sub.as_fd(), OsStr::from_bytes(&n), mount, dry_run, &p, on)?;
     }
     if !dry_run {
         rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR)?;
