@@ -105,12 +105,11 @@ fn usage(repo: &mut IndexedRepository) -> Result<Usage> {
     for (_, m) in list_marks(&**repo.backend())? {
         for p in m.packs {
             if !repo.index().contains_pack(&p) {
-                match repo.read_pack_header(&p) {
-                    Ok(entries) => repo.index_mut().add_pack(&IndexPack { id: p, entries }),
+                match header_unless_garbage(repo, &p) {
+                    Ok(Some(entries)) => repo.index_mut().add_pack(&IndexPack { id: p, entries }),
+                    // (the sweep leaves garbage in place and says so)
+                    Ok(None) => {}
                     Err(Error::Backend(e)) if e.is_not_found() => {}
-                    // garbage in the shape of a pack holds nothing a snapshot can use (the
-                    // sweep leaves it in place and says so)
-                    Err(e) if e.category() == crate::Category::Integrity => {}
                     Err(e) => return Err(e),
                 }
             }
@@ -167,6 +166,17 @@ fn union_entries(pack: &mut IndexPack, entries: Vec<PackEntry>) {
             pack.entries.push(*e);
             pack.entries.extend(members.iter().copied());
         }
+    }
+}
+
+/// A pack's header, or `None` when what is stored under the pack's name does not open as one
+/// (forged, or damaged past its header): garbage in the shape of a pack, which serves no
+/// snapshot. Any other error (storage unreachable, the pack gone) is the caller's.
+fn header_unless_garbage(repo: &IndexedRepository, p: &PackId) -> Result<Option<Vec<PackEntry>>> {
+    match repo.read_pack_header(p) {
+        Ok(entries) => Ok(Some(entries)),
+        Err(e) if e.category() == crate::Category::Integrity => Ok(None),
+        Err(e) => Err(e),
     }
 }
 
@@ -577,11 +587,8 @@ fn mark(
         }
         let mut relist = Vec::new();
         for p in &gone {
-            let entries = match repo.read_pack_header(p) {
-                Ok(entries) => entries,
-                // garbage in the shape of a pack serves no snapshot: nothing to list again
-                Err(e) if e.category() == crate::Category::Integrity => continue,
-                Err(e) => return Err(e),
+            let Some(entries) = header_unless_garbage(repo, p)? else {
+                continue;
             };
             if entries.iter().any(|e| late_used.contains(&e.id)) {
                 relist.push(IndexPack { id: *p, entries });
@@ -761,20 +768,14 @@ fn sweep(
             rescue.push(None); // listed again (adopted or re-indexed): keep
             continue;
         }
-        let entries = match repo.read_pack_header(p) {
-            Ok(entries) => entries,
-            // Garbage in the shape of a pack (forged, or damaged past its header): no reader can
-            // use it and no index lists it. Not ours to delete on a guess: it stays, unindexed,
-            // for `check` to report, and the mark lets go of it.
-            Err(e) if e.category() == crate::Category::Integrity => {
-                progress.warn(&format!(
-                    "condemned pack {} left in place: its header does not open ({e})",
-                    p.short()
-                ));
-                rescue.push(None);
-                continue;
-            }
-            Err(e) => return Err(e),
+        // Garbage no index lists: not ours to delete on a guess. It stays, unindexed, for
+        // `check` to report, and the mark lets go of it (it is not counted as rescued).
+        let Some(entries) = header_unless_garbage(repo, p)? else {
+            progress.warn(&format!(
+                "condemned pack {} left in place: its header does not open",
+                p.short()
+            ));
+            continue;
         };
         if entries
             .iter()
@@ -845,12 +846,10 @@ pub fn relist_condemned(repo: &IndexedRepository, referenced: &HashSet<PackId>) 
     let condemned = condemned_packs(&**repo.backend())?;
     let mut packs = Vec::new();
     for p in referenced.intersection(&condemned) {
-        let entries = match repo.read_pack_header(p) {
-            Ok(entries) => entries,
-            // a location that was never a real pack (forged, condemned since): it holds no
-            // copy this snapshot can use, and must not stop the backup
-            Err(e) if e.category() == crate::Category::Integrity => continue,
-            Err(e) => return Err(e),
+        // a location that was never a real pack (forged, condemned since) holds no copy this
+        // snapshot can use, and must not stop the backup
+        let Some(entries) = header_unless_garbage(repo, p)? else {
+            continue;
         };
         packs.push(IndexPack { id: *p, entries });
     }
