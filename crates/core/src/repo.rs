@@ -132,7 +132,6 @@ impl Repository {
         }
         let credential = Credential::parse(password)?;
         let mut found = None;
-        let mut damaged = Vec::new();
         let mut skipped = Vec::new();
         let mut tried = 0;
         for k in &keys {
@@ -142,29 +141,24 @@ impl Repository {
             // add a file can write one), must not lock out the others (check reports it).
             let short = k.name[..8.min(k.name.len())].to_string();
             let kf = match KeyFile::decode(&bytes) {
-                Ok(kf) if storage_id(&bytes).to_hex() == k.name => kf,
-                Ok(_) => {
-                    skipped.push(format!(
-                        "key file {short} skipped: content does not match its name"
-                    ));
-                    damaged.push(short);
-                    continue;
-                }
-                Err(e) => {
-                    skipped.push(format!("key file {short} skipped: {e}"));
-                    damaged.push(short);
-                    continue;
-                }
+                Ok(kf) if storage_id(&bytes).to_hex() == k.name => Ok(kf),
+                Ok(_) => Err("content does not match its name".to_string()),
+                Err(e) => Err(e.to_string()),
             };
-            let wrap = match credential.wrapping_key(&kf.kdf) {
+            let wrap = kf.and_then(|kf| {
+                Ok(credential
+                    .wrapping_key(&kf.kdf)
+                    .map_err(|e| e.to_string())?
+                    .map(|w| (w, kf)))
+            });
+            let (wrap, kf) = match wrap {
                 Ok(Some(w)) => {
                     tried += 1;
                     w
                 }
                 Ok(None) => continue, // a passphrase never opens a generated key's file, nor the reverse
-                Err(e) => {
-                    skipped.push(format!("key file {short} skipped: {e}"));
-                    damaged.push(short);
+                Err(why) => {
+                    skipped.push(format!("key file {short} skipped: {why}"));
                     continue;
                 }
             };
@@ -178,10 +172,10 @@ impl Repository {
         }
         let (key_id, key, carried_config) = match found {
             Some(f) => f,
-            None if !damaged.is_empty() && damaged.len() == keys.len() => {
+            None if skipped.len() == keys.len() => {
                 return Err(Error::integrity(
                     format!("keys in {location}"),
-                    format!("every key file is damaged ({})", damaged.join(", ")),
+                    format!("every key file is damaged ({})", skipped.join("; ")),
                 ))
             }
             // no key file of this credential's kind was usable: not a wrong password
