@@ -66,6 +66,16 @@ fn init(mem: &MemoryBackend) -> Arc<dyn Backend> {
     b
 }
 
+/// [`init`], and a write-only key (password `stolen`) for the thief; its key file's id.
+fn init_with_stolen_key(mem: &MemoryBackend) -> (Arc<dyn Backend>, coffer_core::format::KeyId) {
+    let b = init(mem);
+    let wo = Repository::open(b.clone(), PW)
+        .unwrap()
+        .add_write_only_key(b"stolen")
+        .unwrap();
+    (b, wo)
+}
+
 /// A directory of files: some small (bundled), some large (chunked), all random.
 fn source(dir: &Path, seed: u64, files: usize) -> BTreeMap<String, Vec<u8>> {
     let mut rng = Rng(seed * 2 + 1);
@@ -268,11 +278,7 @@ fn a_forged_pack_with_a_copied_header_is_not_adopted_and_costs_nothing() {
 #[test]
 fn a_lying_index_file_from_a_write_only_key_shadows_nothing() {
     let mem = MemoryBackend::new();
-    let b = init(&mem);
-    Repository::open(b.clone(), PW)
-        .unwrap()
-        .add_write_only_key(b"stolen")
-        .unwrap();
+    let (b, _) = init_with_stolen_key(&mem);
     let tmp = tempfile::tempdir().unwrap();
     let mut expect = source(&tmp.path().join("a"), 3, 24);
     backup_as(&b, PW, &tmp.path().join("a"), &NoProgress);
@@ -334,11 +340,7 @@ fn a_lying_index_file_from_a_write_only_key_shadows_nothing() {
 #[test]
 fn a_lying_index_file_cannot_empty_a_real_pack() {
     let mem = MemoryBackend::new();
-    let b = init(&mem);
-    Repository::open(b.clone(), PW)
-        .unwrap()
-        .add_write_only_key(b"stolen")
-        .unwrap();
+    let (b, _) = init_with_stolen_key(&mem);
     let tmp = tempfile::tempdir().unwrap();
     let expect = source(&tmp.path().join("a"), 5, 16);
     backup_as(&b, PW, &tmp.path().join("a"), &NoProgress);
@@ -357,11 +359,7 @@ fn a_lying_index_file_cannot_empty_a_real_pack() {
 #[test]
 fn a_config_sealed_by_a_write_only_key_is_refused() {
     let mem = MemoryBackend::new();
-    let b = init(&mem);
-    Repository::open(b.clone(), PW)
-        .unwrap()
-        .add_write_only_key(b"stolen")
-        .unwrap();
+    let (b, _) = init_with_stolen_key(&mem);
     let attacker = Repository::open(b.clone(), b"stolen").unwrap();
     let honest = b.read(FileKind::Config, "config").unwrap();
     // the attacker seals a config of its choosing (here: the same bytes) with its key
@@ -390,11 +388,7 @@ fn a_config_sealed_by_a_write_only_key_is_refused() {
 #[test]
 fn snapshots_say_which_key_wrote_them_and_the_future_is_no_parent() {
     let mem = MemoryBackend::new();
-    let b = init(&mem);
-    let wo = Repository::open(b.clone(), PW)
-        .unwrap()
-        .add_write_only_key(b"stolen")
-        .unwrap();
+    let (b, wo) = init_with_stolen_key(&mem);
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("a");
     source(&dir, 9, 4);
@@ -439,11 +433,7 @@ fn snapshots_say_which_key_wrote_them_and_the_future_is_no_parent() {
 fn a_forged_parent_cannot_put_its_content_into_an_honest_backup() {
     use coffer_core::format::{BlobId, BlobKind};
     let mem = MemoryBackend::new();
-    let b = init(&mem);
-    Repository::open(b.clone(), PW)
-        .unwrap()
-        .add_write_only_key(b"stolen")
-        .unwrap();
+    let (b, _) = init_with_stolen_key(&mem);
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("a");
     let expect = source(&dir, 11, 4);
