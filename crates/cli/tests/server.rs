@@ -62,6 +62,27 @@ fn client<'a>(e: &'a Env, s: &ServerProc, repo: &str, token: &str) -> Client<'a>
     }
 }
 
+/// A server on a test clock set to 2028-01-03 12:00 UTC, a Monday (ISO week 1: after the packs'
+/// real upload times, so that they are past the 1 h pack grace on the simulated clock), with
+/// retention only on demand; the clock file and that time.
+fn server_on_a_test_clock(e: &Env) -> (ServerProc, std::path::PathBuf, i64) {
+    let clock = e.path("clock");
+    let base: i64 = 1_830_513_600;
+    fs::write(&clock, base.to_string()).unwrap();
+    let s = ServerProc::start(
+        &e.path("server"),
+        &[
+            "--test-clock",
+            clock.to_str().unwrap(),
+            "--pack-grace",
+            "1h",
+            "--retention-every",
+            "0",
+        ],
+    );
+    (s, clock, base)
+}
+
 /// Upload, with the token in `auth`, a 200-byte garbage snapshot (from `seed`) and a manifest
 /// naming `packs` (quoted pack names, comma-separated): what a thief with a token can do.
 fn put_garbage_snapshot(s: &ServerProc, auth: &str, seed: u64, packs: &str) {
@@ -529,23 +550,8 @@ fn append_token_attack_suite() {
 #[test]
 fn a_snapshot_flood_cannot_push_out_history() {
     let e = Env::new();
-    let clock = e.path("clock");
-    // 2028-01-03 12:00 UTC, a Monday (ISO week 1): after the packs' real upload times, so
-    // that they are past the grace period on the simulated clock
-    let base: i64 = 1_830_513_600;
-    fs::write(&clock, base.to_string()).unwrap();
+    let (s, clock, base) = server_on_a_test_clock(&e);
     let clock_s = clock.to_str().unwrap().to_string();
-    let s = ServerProc::start(
-        &e.path("server"),
-        &[
-            "--test-clock",
-            &clock_s,
-            "--pack-grace",
-            "1h",
-            "--retention-every",
-            "0",
-        ],
-    );
     let token = s.add_client("web1", "web", "append");
     let read = s.add_client("restorer", "web", "read");
     let a = client(&e, &s, "web", &token);
@@ -837,21 +843,8 @@ fn a_write_only_key_backs_up_and_deduplicates_but_reads_nothing() {
 #[test]
 fn a_garbage_snapshot_takes_no_honest_clients_slot() {
     let e = Env::new();
-    let clock = e.path("clock");
-    let base: i64 = 1_830_513_600;
-    fs::write(&clock, base.to_string()).unwrap();
+    let (s, clock, base) = server_on_a_test_clock(&e);
     let clock_s = clock.to_str().unwrap().to_string();
-    let s = ServerProc::start(
-        &e.path("server"),
-        &[
-            "--test-clock",
-            &clock_s,
-            "--pack-grace",
-            "1h",
-            "--retention-every",
-            "0",
-        ],
-    );
     let honest = s.add_client("web1", "web", "append");
     let thief = s.add_client("web2", "web", "append");
     let read = s.add_client("restorer", "web", "read");
