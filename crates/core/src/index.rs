@@ -249,13 +249,6 @@ impl Index {
         more.iter().map(|s| s.pack)
     }
 
-    /// The positions of every pack holding blob `id` (see [`Index::pack_at`]), primary first.
-    pub fn pack_positions(&self, id: &BlobId) -> impl Iterator<Item = u32> + '_ {
-        let primary = self.slot(id).map(|s| s.pack);
-        let more = self.more.get(id).map(Vec::as_slice).unwrap_or_default();
-        primary.into_iter().chain(more.iter().map(|s| s.pack))
-    }
-
     /// The position of the pack holding blob `id` (see [`Index::pack_at`]): lets a caller
     /// note packs in a bitmap instead of hashing their ids.
     pub fn pack_position(&self, id: &BlobId) -> Option<u32> {
@@ -459,7 +452,12 @@ mod tests {
                 let mut want = want.cloned().unwrap_or_default();
                 want.sort();
                 prop_assert_eq!(all, want, "id {}", n);
-                let positions: Vec<PackId> = index.pack_positions(&id(n)).map(|p| index.pack_at(p)).collect();
+                let positions: Vec<PackId> = index
+                    .pack_position(&id(n))
+                    .into_iter()
+                    .chain(index.alternative_positions(&id(n)))
+                    .map(|p| index.pack_at(p))
+                    .collect();
                 prop_assert_eq!(positions.len(), index.locations(&id(n)).len());
             }
             let listed: BTreeMap<BlobId, (PackId, u32)> =

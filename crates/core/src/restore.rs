@@ -734,11 +734,8 @@ impl Restorer<'_> {
 
     fn restore_special(&self, dir: BorrowedFd<'_>, node: &Node, rel: &[Name]) -> Result<()> {
         let name = OsStr::from_bytes(&node.name.0);
-        let ft = match node.kind {
-            NodeKind::Fifo => FileType::Fifo,
-            NodeKind::Chardev => FileType::CharacterDevice,
-            NodeKind::Blockdev => FileType::BlockDevice,
-            _ => return Ok(()),
+        let Some(ft) = special_type(node.kind) else {
+            return Ok(());
         };
         let io = |e: Errno| Error::io(node.name.to_string(), errno_io(e));
         self.clear(dir, node, rel).map_err(io)?;
@@ -843,13 +840,7 @@ impl Restorer<'_> {
             )
             .map_err(errno_io)?;
             let st = rustix::fs::fstat(&fd).map_err(errno_io)?;
-            let expected = match node.kind {
-                NodeKind::Fifo => FileType::Fifo,
-                NodeKind::Chardev => FileType::CharacterDevice,
-                NodeKind::Blockdev => FileType::BlockDevice,
-                _ => FileType::RegularFile,
-            };
-            if FileType::from_raw_mode(st.st_mode) != expected {
+            if Some(FileType::from_raw_mode(st.st_mode)) != special_type(node.kind) {
                 return Err(std::io::Error::other(
                     "replaced by something else while being restored",
                 ));
@@ -875,6 +866,16 @@ impl Restorer<'_> {
             last_modification: ts(node.mtime),
         };
         rustix::fs::utimensat(dir, name, &t, AtFlags::SYMLINK_NOFOLLOW).map_err(errno_io)
+    }
+}
+
+/// The file type `mknod` makes for a node (fifos and devices), `None` for any other kind.
+fn special_type(kind: NodeKind) -> Option<FileType> {
+    match kind {
+        NodeKind::Fifo => Some(FileType::Fifo),
+        NodeKind::Chardev => Some(FileType::CharacterDevice),
+        NodeKind::Blockdev => Some(FileType::BlockDevice),
+        _ => None,
     }
 }
 
