@@ -481,6 +481,14 @@ pub fn restore(g: &Global, a: RestoreArgs) -> Result<u8> {
         verify: a.verify,
         numeric_owner: a.numeric_owner,
     };
+    if a.delete && snap.sealed_by_write_only {
+        // what --delete removes is judged by the snapshot's paths and trees, which any
+        // write-only key (a stolen one too) could have forged
+        eprintln!(
+            "warning: snapshot {} was sealed by a write-only key: --delete removes what it lacks; `--dry-run -v` shows what first",
+            id.short()
+        );
+    }
     let progress = CliProgress::new(!g.quiet && !g.json, "restored")
         .listing_actions(g.verbose > 0 && !g.json && !g.quiet, a.dry_run);
     let stats = coffer_core::restore(&repo, snap.tree, &path, &opts, &progress);
