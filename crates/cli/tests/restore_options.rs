@@ -651,3 +651,38 @@ fn paths_longer_than_path_max_round_trip() {
         let _ = Command::new("rm").arg("-rf").arg(&root).status();
     }
 }
+
+/// `--delete` with a snapshot a write-only key sealed says so first: that key (a stolen one
+/// too) wrote the paths and trees that decide what goes.
+#[test]
+fn delete_warns_about_a_snapshot_a_write_only_key_sealed() {
+    let e = Env::init();
+    let src = e.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("a.txt"), "a").unwrap();
+    let s = src.to_str().unwrap();
+    let wo_pw = e.path("wo-pw");
+    fs::write(&wo_pw, "write only\n").unwrap();
+    let o = e
+        .cmd()
+        .env("COFFER_NEW_PASSWORD", "write only")
+        .args(["key", "add", "--write-only"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = e
+        .cmd()
+        .env("COFFER_PASSWORD_FILE", &wo_pw)
+        .args(["backup", "-q", s])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let t = e.path("t");
+    let o = e.run(&["restore", "latest", "--target", t.to_str().unwrap(), "--delete"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("sealed by a write-only key"),
+        "{}",
+        stderr(&o)
+    );
+}
