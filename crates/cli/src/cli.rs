@@ -181,6 +181,17 @@ pub struct ServeArgs {
     /// Uploads written at once
     #[arg(long, default_value_t = 32, value_name = "N")]
     pub max_uploads: usize,
+    /// Uploads one client may have in flight at once (a stolen token sending slowly cannot
+    /// hold every slot)
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    pub max_uploads_per_client: usize,
+    /// The slowest an upload may arrive on average, in bytes per second: an upload has the
+    /// idle timeout plus its length at this rate to complete
+    #[arg(long, default_value_t = 16384, value_name = "BYTES")]
+    pub min_upload_rate: u64,
+    /// An upload (or a request body) that sends nothing for this long is aborted
+    #[arg(long, default_value = "60s", value_name = "DURATION", value_parser = duration_arg)]
+    pub idle_timeout: String,
     /// Judge the fleet, send due alerts and the digest this often
     #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = duration_arg)]
     pub monitor_every: String,

@@ -42,6 +42,12 @@ use crate::{Server, ServerError};
 pub struct Limits {
     /// Uploads written at once; more wait their turn.
     pub max_uploads: usize,
+    /// Uploads one client (token) may have in flight at once: a stolen token sending slowly
+    /// cannot hold every slot.
+    pub max_uploads_per_client: usize,
+    /// The slowest an upload may arrive, on average (bytes per second): an upload has
+    /// `idle_timeout` plus its length at this rate to complete, however it trickles.
+    pub min_upload_rate: u64,
     /// Open connections; more wait in the kernel's accept queue.
     pub max_connections: usize,
     /// An upload that sends nothing for this long is aborted.
@@ -56,6 +62,8 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_uploads: 32,
+            max_uploads_per_client: 8,
+            min_upload_rate: 16 << 10,
             max_connections: 512,
             idle_timeout: Duration::from_secs(60),
             header_timeout: Duration::from_secs(30),
@@ -70,6 +78,8 @@ const MAX_APPEND_KEYS: usize = 16;
 struct AppState {
     server: Arc<Server>,
     uploads: Semaphore,
+    /// Upload slots by client name (see [`Limits::max_uploads_per_client`]).
+    client_uploads: std::sync::Mutex<std::collections::HashMap<String, Arc<Semaphore>>>,
     limits: Limits,
 }
 
@@ -122,6 +132,7 @@ pub fn router(server: Arc<Server>, limits: Limits) -> Router {
     let state = Arc::new(AppState {
         server: server.clone(),
         uploads: Semaphore::new(limits.max_uploads),
+        client_uploads: Default::default(),
         limits,
     });
     Router::new()
@@ -674,6 +685,18 @@ async fn write(
         // a name that exists already is the normal outcome of a deduplication race
         return Err(if e.0 == StatusCode::CONFLICT { e } else { refuse(e) });
     }
+    // one client's slots first, then one of all: a client past its share waits without
+    // holding a slot another client could use
+    let mine = {
+        let mut m = st.client_uploads.lock().unwrap_or_else(|p| p.into_inner());
+        m.entry(who.clone())
+            .or_insert_with(|| Arc::new(Semaphore::new(st.limits.max_uploads_per_client.max(1))))
+            .clone()
+    };
+    let _client_permit = mine
+        .acquire_owned()
+        .await
+        .map_err(|_| err(StatusCode::SERVICE_UNAVAILABLE, "shutting down"))?;
     let _permit = st
         .uploads
         .acquire()
@@ -685,7 +708,18 @@ async fn write(
         &name[..name.len().min(16)],
         rand_u64()
     ));
-    let result = receive(&st, body, &tmp, len, kind, &name).await;
+    // however it trickles, an upload holds its slot for a bounded time
+    let deadline = st.limits.idle_timeout + Duration::from_secs(len / st.limits.min_upload_rate.max(1));
+    let result = match tokio::time::timeout(deadline, receive(&st, body, &tmp, len, kind, &name)).await {
+        Ok(r) => r,
+        Err(_) => Err(err(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "upload too slow: {len} bytes not received within {} s; aborted",
+                deadline.as_secs()
+            ),
+        )),
+    };
     if let Err(e) = result {
         let _ = tokio::fs::remove_file(&tmp).await;
         return Err(refuse(e));

@@ -356,6 +356,9 @@ fn serve(server: Server, a: &ServeArgs, g: &Global) -> Result<u8> {
     let monitor_every = duration(&a.monitor_every, "--monitor-every")?;
     let limits = Limits {
         max_uploads: a.max_uploads.max(1),
+        max_uploads_per_client: a.max_uploads_per_client.max(1),
+        min_upload_rate: a.min_upload_rate.max(1),
+        idle_timeout: duration(&a.idle_timeout, "--idle-timeout")?.max(std::time::Duration::from_secs(1)),
         ..Limits::default()
     };
     let server = Arc::new(server);
