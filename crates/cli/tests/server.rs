@@ -7,7 +7,8 @@ mod common;
 
 use std::fs;
 use std::path::Path;
-use std::process::Output;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
 use common::server::{digest_dir, ServerProc};
 use common::{code, digest_tree, pseudo_random, stderr, Env};
@@ -800,9 +801,15 @@ fn a_write_only_key_backs_up_and_deduplicates_but_reads_nothing() {
     let first = summary(&wo(&["backup", "--json", src.to_str().unwrap()]));
     assert!(first["bytes_new"].as_u64().unwrap() > 2 << 20);
     let second = summary(&wo(&["backup", "--json", src.to_str().unwrap()]));
-    // it cannot read the parent, so it reads everything again, but stores nothing new
-    assert_eq!(second["bytes_read"], first["bytes_read"]);
+    // it cannot read the parent snapshot: its change cache stands in, so it reads nothing
+    // again, and stores nothing new
+    assert_eq!(second["bytes_read"], 0, "{second}");
+    assert_eq!(second["files_unchanged"], first["files_new"], "{second}");
     assert!(second["bytes_new"].as_u64().unwrap() < 64 << 10, "{second}");
+    // --force reads everything, and still stores nothing new (its own blobs deduplicate)
+    let forced = summary(&wo(&["backup", "--json", "--force", src.to_str().unwrap()]));
+    assert_eq!(forced["bytes_read"], first["bytes_read"], "{forced}");
+    assert!(forced["bytes_new"].as_u64().unwrap() < 64 << 10, "{forced}");
     let id = second["snapshot_id"].as_str().unwrap().to_string();
 
     for args in [
@@ -1006,4 +1013,91 @@ fn retries_against_a_dead_server_are_said() {
     let _ = child.wait();
     let line = first.expect("no word on stderr within 20 s");
     assert!(line.contains("retrying (1/"), "{line}");
+}
+
+/// A stolen token that sends its uploads slowly holds at most its own share of the upload
+/// slots, and each for a bounded time (the idle timeout plus its length at the minimum rate):
+/// other clients back up meanwhile. Before, two trickling uploads held both slots until the
+/// thief chose to stop.
+#[test]
+fn a_client_sending_slowly_holds_neither_every_upload_slot_nor_one_for_long() {
+    let e = Env::new();
+    let s = ServerProc::start(
+        &e.path("server"),
+        &[
+            "--max-uploads",
+            "2",
+            "--max-uploads-per-client",
+            "1",
+            "--idle-timeout",
+            "4s",
+            "--min-upload-rate",
+            "66000",
+        ],
+    );
+    let thief = s.add_client("thief", "web", "append");
+    let honest = s.add_client("db1", "db", "append");
+    client(&e, &s, "web", &thief).ok(&["init", "-q"]);
+    let db = client(&e, &s, "db", &honest);
+    db.ok(&["init", "-q"]);
+
+    // the thief: two uploads of 1 MB at 32 kB/s (31 s each, unless cut short: each may take
+    // 4 s + 1 MB at 66 kB/s = 19 s); curl sends 64 kB, then waits ~2 s to keep its average,
+    // so it never stalls for the idle timeout
+    let obj = e.path("obj");
+    fs::write(&obj, vec![7u8; 1_000_000]).unwrap();
+    let started = std::time::Instant::now();
+    let trickles: Vec<std::process::Child> = (0..2)
+        .map(|i| {
+            Command::new("curl")
+                .args([
+                    "-s",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    "--limit-rate",
+                    "32k",
+                ])
+                .arg("--cacert")
+                .arg(&s.cacert)
+                .args(["-H", &format!("Authorization: Bearer {thief}")])
+                .arg("-T")
+                .arg(&obj)
+                .arg(format!("{}/data/{}", s.url("web"), format!("{i:x}").repeat(64)))
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("curl is installed (.ci/run installs it)")
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+
+    // an honest client backs up while the thief trickles: it does not wait for the thief
+    let src = e.path("src");
+    build_source(&src, 2);
+    db.ok(&["backup", "-q", src.to_str().unwrap()]);
+    // (the server logs the thief's first upload cut short only at 19 s: had the thief held
+    // every slot, the backup would have waited for that)
+    let log = fs::read_to_string(&s.log).unwrap();
+    assert!(
+        !log.contains("upload too slow"),
+        "the honest backup waited for the thief's uploads to end: {log}"
+    );
+
+    // the upload holding the thief's slot is cut short with 408 once its time is up; the
+    // other, waiting meanwhile (its bytes piling up in socket buffers), then gets the slot and
+    // is either cut short too or ends (refused: its content does not match its name)
+    let codes: Vec<String> = trickles
+        .into_iter()
+        .map(|c| String::from_utf8_lossy(&c.wait_with_output().unwrap().stdout).into_owned())
+        .collect();
+    assert!(codes.iter().any(|c| c == "408"), "{codes:?}");
+    assert!(codes.iter().all(|c| c == "408" || c == "422"), "{codes:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(90),
+        "{:?}",
+        started.elapsed()
+    );
+    let log = fs::read_to_string(&s.log).unwrap();
+    assert!(log.contains("upload too slow"), "{log}");
 }

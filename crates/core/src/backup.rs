@@ -39,6 +39,7 @@ use crate::fsmeta::{
 use crate::packer::BlobPipeline;
 use crate::progress::{FileStatus, Progress};
 use crate::repo::IndexedRepository;
+use crate::sendlog::{SendLog, Sent};
 use crate::source::{SourceError, StreamSource, DATABASES_DIR};
 
 /// Which snapshot to compare against for change detection.
@@ -68,6 +69,9 @@ pub struct BackupOptions {
     pub threads: usize,
     /// Override the repository's compression for the blobs this run writes.
     pub compression: Option<crate::compress::CompressionSpec>,
+    /// A write-only key's change cache: what stands in for the parent snapshot it cannot
+    /// read; replaced with what this run stored when the snapshot is saved.
+    pub send_log: Option<std::sync::Arc<crate::sendlog::SendLog>>,
 }
 
 /// Result of a backup run.
@@ -628,6 +632,16 @@ fn same_content(p: &Node, size: u64, mtime: Timestamp, ctime: Timestamp, inode: 
         && p.inode == inode
 }
 
+/// Whether a stat matches what the change cache recorded for the file.
+#[allow(clippy::unnecessary_cast)]
+fn same_as_logged(st: &rustix::fs::Stat, l: &Sent) -> bool {
+    let ts = |s: i64, ns: u64| Timestamp { s, ns: ns as u32 };
+    l.size == st.st_size as u64
+        && l.mtime == ts(st.st_mtime as i64, st.st_mtime_nsec as u64)
+        && l.ctime == ts(st.st_ctime as i64, st.st_ctime_nsec as u64)
+        && l.inode == st.st_ino as u64
+}
+
 /// [`same_content`] on a stat.
 #[allow(clippy::unnecessary_cast)]
 fn same_file(st: &rustix::fs::Stat, parent: Option<&Node>) -> bool {
@@ -660,6 +674,9 @@ struct Archiver<'a, 'p> {
     /// Packs holding blobs this run uses without having uploaded them, by their position in
     /// the index (a bitmap: every reused chunk notes its pack).
     referenced: Vec<bool>,
+    /// A write-only key's change cache from the last run, and what this run stores.
+    sent: Option<&'a SendLog>,
+    sent_next: Option<HashMap<Vec<u8>, Sent>>,
     summary: Summary,
     progress: &'a dyn Progress,
 }
@@ -702,9 +719,14 @@ impl Archiver<'_, '_> {
     }
 
     /// Use a blob the repository has (recording its pack, as [`Self::save_blob`] does);
-    /// `None` if the index does not hold it.
+    /// `None` if the index does not hold it in a vouched pack: a blob only an unvouched
+    /// listing claims (another write-only client's, which could be a stolen key's lie) is
+    /// stored again rather than referenced.
     fn reuse_blob(&mut self, id: &BlobId) -> Option<BlobId> {
         let index = self.repo.index();
+        if !index.vouched(id) {
+            return None;
+        }
         let pos = index.pack_position(id)?;
         // sized for the index at the start; grown if it ever held more (the set must be complete)
         let mut note = |pos: u32| {
@@ -917,6 +939,20 @@ impl Archiver<'_, '_> {
         Ok(node)
     }
 
+    /// [`Self::unchanged`] against the change cache's record of the file.
+    fn unchanged_logged(&mut self, node: &Node, sent: Option<&Sent>) -> Option<Vec<BlobId>> {
+        let p = sent?;
+        if !(p.size == node.size && p.mtime == node.mtime && p.ctime == node.ctime && p.inode == node.inode) {
+            return None;
+        }
+        for id in &p.content {
+            if self.reuse_blob(id).is_none() && !self.session.contains(id) {
+                return None;
+            }
+        }
+        Some(p.content.clone())
+    }
+
     fn unchanged(&mut self, node: &Node, parent: Option<&Node>) -> Option<Vec<BlobId>> {
         let p = parent?;
         if !same_content(p, node.size, node.mtime, node.ctime, node.inode) {
@@ -955,6 +991,11 @@ impl Archiver<'_, '_> {
             }
         };
         let ahead = scanned.is_some();
+        // without a parent, a write-only key's change cache stands in for it
+        let logged = match parent {
+            None => self.sent.and_then(|l| l.get(path)),
+            Some(_) => None,
+        };
         let stat = || rustix::fs::statat(dir, cname, AtFlags::SYMLINK_NOFOLLOW);
         let mut st = scanned.unwrap_or_else(stat);
         // A file about to be read is described as it is now, not as the walk-ahead saw it a
@@ -963,6 +1004,7 @@ impl Archiver<'_, '_> {
         let refresh = |s: &rustix::fs::Stat| {
             kind_of_stat(s) == Some(NodeKind::File)
                 && !same_file(s, parent)
+                && logged.is_none_or(|l| !same_as_logged(s, l))
                 && !(s.st_nlink > 1 && self.hardlinks.contains_key(&(s.st_dev as u64, s.st_ino as u64)))
         };
         if ahead && st.as_ref().is_ok_and(refresh) {
@@ -998,7 +1040,10 @@ impl Archiver<'_, '_> {
                     self.summary.files_unchanged += 1;
                     self.progress.file_status(FileStatus::Unchanged, path);
                     ids
-                } else if let Some(ids) = self.unchanged(&node, parent) {
+                } else if let Some(ids) = self
+                    .unchanged(&node, parent)
+                    .or_else(|| self.unchanged_logged(&node, logged))
+                {
                     self.summary.files_unchanged += 1;
                     self.progress.bytes(node.size);
                     self.progress.file_status(FileStatus::Unchanged, path);
@@ -1022,6 +1067,18 @@ impl Archiver<'_, '_> {
                 self.pending_xattrs(xattrs, dir, path, &mut node);
                 if node.links > 1 {
                     self.hardlinks.insert(key, (content.clone(), node.size));
+                }
+                if let Some(next) = self.sent_next.as_mut().filter(|_| node.error.is_none()) {
+                    next.insert(
+                        path.as_os_str().as_encoded_bytes().to_vec(),
+                        Sent {
+                            size: node.size,
+                            mtime: node.mtime,
+                            ctime: node.ctime,
+                            inode: node.inode,
+                            content: content.clone(),
+                        },
+                    );
                 }
                 node.content = content;
                 self.progress.files(1);
@@ -1362,17 +1419,18 @@ pub fn backup_prescanned(
 
     let repo_ref: &IndexedRepository = repo;
     let sources = &mut sources;
-    let (tree_id, mut summary, stats, referenced, databases, (parent_tree_misses, listing_misses)) =
+    let (tree_id, mut summary, stats, referenced, databases, (parent_tree_misses, listing_misses), sent) =
         std::thread::scope(|s| -> Result<_> {
             let pipe = BlobPipeline::start(s, repo_ref, threads, spec);
             let parent_trees = parent
                 .as_ref()
                 .map(|(_, p)| ParentTrees::start(s, repo_ref, p.tree));
             // a first backup reads every file: there the walk is not what takes the time
-            let ahead = match (&parent, prescan) {
-                (None, _) => None,
-                (Some(_), Some(p)) => Some(p),
-                (Some(_), None) => Some(Prescan::start(
+            let compares = parent.is_some() || opts.send_log.as_ref().is_some_and(|l| !l.is_empty());
+            let ahead = match (compares, prescan) {
+                (false, _) => None,
+                (true, Some(p)) => Some(p),
+                (true, None) => Some(Prescan::start(
                     &opts.paths,
                     &opts.excludes,
                     opts.exclude_caches,
@@ -1399,6 +1457,8 @@ pub fn backup_prescanned(
                         names: NameCache::default(),
                         hardlinks: HashMap::new(),
                         referenced: vec![false; repo_ref.index().pack_count()],
+                        sent: opts.send_log.as_deref(),
+                        sent_next: opts.send_log.as_ref().map(|l| HashMap::with_capacity(l.len())),
                         summary: Summary::default(),
                         progress,
                     };
@@ -1427,7 +1487,7 @@ pub fn backup_prescanned(
                             Ok((root, items))
                         })
                         .and_then(|(root, items)| Ok((a.save_tree(root)?, items)))
-                        .map(|(id, items)| (id, a.summary, a.referenced, items));
+                        .map(|(id, items)| (id, a.summary, a.referenced, items, a.sent_next));
                     let misses = (
                         a.parent_trees.map_or(0, |p| p.misses),
                         a.ahead.map_or(0, |w| w.misses),
@@ -1437,8 +1497,8 @@ pub fn backup_prescanned(
                 // Finish the pipeline even when the walk failed: if the walk stopped because
                 // the pipeline broke, the pipeline's error is the one worth reporting.
                 let stats = pipe.finish()?;
-                let ((id, summary, referenced, databases), misses) = walked?;
-                Ok((id, summary, stats, referenced, databases, misses))
+                let ((id, summary, referenced, databases, sent), misses) = walked?;
+                Ok((id, summary, stats, referenced, databases, misses, sent))
             })
             .map_err(|e| Error::io("thread", e))?
             .join()
@@ -1484,6 +1544,17 @@ pub fn backup_prescanned(
     referenced.extend(stats.packs.iter().map(|p| p.id));
     crate::prune::relist_condemned(repo, &referenced)?;
     let (id, _) = repo.save_snapshot_needing(&snapshot, referenced)?;
+    if let (Some(log), Some(sent)) = (&opts.send_log, sent) {
+        let own = crate::sendlog::own_files_after(
+            log.own_index_files(),
+            repo.index().index_files(),
+            &repo.written_index_files(),
+        );
+        // the snapshot is saved: a cache that cannot be written costs the next run speed only
+        if let Err(e) = log.save(&sent, &own) {
+            progress.warn(&format!("{e}; the next run reads every file again"));
+        }
+    }
     Ok(BackupOutcome {
         id,
         snapshot,

@@ -170,8 +170,12 @@ pub fn check(repo: Repository, opts: &CheckOptions, progress: &dyn Progress) -> 
     let mut removed_by_server: HashSet<PackId> = HashSet::new();
     let mut files = Vec::new();
     for f in backend.list(FileKind::Index)? {
-        match repo.load_index_file(&f.name) {
-            Ok(file) => files.push((Id::from_hex(&f.name).ok().map(coffer_format::IndexId), file)),
+        match repo.load_index_file_vouched(&f.name) {
+            Ok((file, vouched)) => files.push((
+                Id::from_hex(&f.name).ok().map(coffer_format::IndexId),
+                file,
+                vouched,
+            )),
             Err(Error::Backend(e)) if e.is_not_found() => {} // superseded meanwhile
             Err(e) => {
                 r.errors.push(format!("index/{}: {e}", f.name));
@@ -180,10 +184,11 @@ pub fn check(repo: Repository, opts: &CheckOptions, progress: &dyn Progress) -> 
         }
     }
     // one bulk load into the sorted table, as a normal open does
-    index.add_files(files.iter().filter_map(|(id, file)| Some(((*id)?, file))), |p| {
-        !server_retention || stored.contains_key(p)
-    });
-    for (_, file) in files {
+    index.add_files(
+        files.iter().filter_map(|(id, file, v)| Some(((*id)?, file, *v))),
+        |p| !server_retention || stored.contains_key(p),
+    );
+    for (_, file, _) in files {
         for p in file.packs {
             if server_retention && !stored.contains_key(&p.id) {
                 removed_by_server.insert(p.id);

@@ -130,7 +130,8 @@ impl Copier<'_, '_> {
     /// Record the destination pack of a blob the destination holds.
     fn uses(&mut self, id: &BlobId) -> bool {
         let index = self.dst.index();
-        match index.get(id) {
+        // only a vouched copy is reused (see `Index::vouched`)
+        match index.get(id).filter(|_| index.vouched(id)) {
             Some(loc) => {
                 self.referenced.insert(loc.pack);
                 // every copy: the primary one may not verify (a server keeps only named packs)

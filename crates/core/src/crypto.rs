@@ -50,6 +50,9 @@ pub struct MasterKey {
     chunker: [u8; KEY_LEN],
     /// The repository's X25519 public key (derived from `data` for a full key).
     public: [u8; KEY_LEN],
+    /// The Ed25519 public key index files are vouched with (derived from `data` for a full
+    /// key; `None` for a write-only key made before vouching existed).
+    vouch: Option<[u8; KEY_LEN]>,
     /// Sender side of scheme 2: this process's ephemeral key pair and session key.
     session: OnceLock<Session>,
     /// Receiver side of scheme 2: session keys by ephemeral public key.
@@ -74,7 +77,14 @@ impl Drop for MasterKey {
 
 impl Clone for MasterKey {
     fn clone(&self) -> Self {
-        MasterKey::assemble(self.data, self.index, self.id, self.chunker, Some(self.public))
+        MasterKey::assemble(
+            self.data,
+            self.index,
+            self.id,
+            self.chunker,
+            Some(self.public),
+            self.vouch,
+        )
     }
 }
 
@@ -131,6 +141,10 @@ struct KeyMaterial {
     public: Option<KeyBytes>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     config: Option<ByteVec>,
+    /// Write-only keys: the full key's Ed25519 public key, to tell the index files a full key
+    /// vouched for (absent from keys made before vouching: those trust only their own files).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    vouch: Option<KeyBytes>,
 }
 
 // (each KeyBytes zeroizes itself when the material is dropped)
@@ -184,6 +198,23 @@ fn session_key(
     Zeroizing::new(*h.finalize().as_bytes())
 }
 
+/// The Ed25519 key a full key signs its index files with, derived from its `data` key: a
+/// write-only key (which has no `data`) cannot vouch for an index file.
+fn vouch_signing_key(data: &[u8; KEY_LEN]) -> ed25519_dalek::SigningKey {
+    let mut h = blake3::Hasher::new_derive_key("coffer/v1 index vouch key");
+    h.update(data);
+    let seed = Zeroizing::new(*h.finalize().as_bytes());
+    ed25519_dalek::SigningKey::from_bytes(&seed)
+}
+
+/// What a vouch signs: a digest of the index file's encoded body.
+fn vouch_message(body: &[u8]) -> [u8; KEY_LEN] {
+    *blake3::Hasher::new_derive_key("coffer/v1 index vouch message")
+        .update(body)
+        .finalize()
+        .as_bytes()
+}
+
 /// Length of the scheme-2 prefix: scheme byte and ephemeral public key.
 const SESSION_PREFIX: usize = 1 + KEY_LEN;
 /// The most an envelope adds to its plaintext (a write-only key's session prefix, the
@@ -197,11 +228,16 @@ impl MasterKey {
         id: [u8; KEY_LEN],
         chunker: [u8; KEY_LEN],
         public: Option<[u8; KEY_LEN]>,
+        vouch: Option<[u8; KEY_LEN]>,
     ) -> MasterKey {
         let public = match (&data, public) {
             (Some(d), _) => PublicKey::from(&recipient_secret(d)).to_bytes(),
             (None, Some(p)) => p,
             (None, None) => [0; KEY_LEN],
+        };
+        let vouch = match &data {
+            Some(d) => Some(vouch_signing_key(d).verifying_key().to_bytes()),
+            None => vouch,
         };
         MasterKey {
             data,
@@ -209,6 +245,7 @@ impl MasterKey {
             id,
             chunker,
             public,
+            vouch,
             session: OnceLock::new(),
             sessions: Mutex::new(HashMap::new()),
         }
@@ -220,7 +257,7 @@ impl MasterKey {
         for part in k.iter_mut() {
             random_bytes(part);
         }
-        let key = MasterKey::assemble(Some(k[0]), k[1], k[2], k[3], None);
+        let key = MasterKey::assemble(Some(k[0]), k[1], k[2], k[3], None, None);
         k.zeroize();
         key
     }
@@ -232,7 +269,43 @@ impl MasterKey {
 
     /// The write-only counterpart of this (full) key.
     pub fn write_only(&self) -> MasterKey {
-        MasterKey::assemble(None, self.index, self.id, self.chunker, Some(self.public))
+        MasterKey::assemble(
+            None,
+            self.index,
+            self.id,
+            self.chunker,
+            Some(self.public),
+            self.vouch,
+        )
+    }
+
+    /// A key for files this client keeps for itself (its change cache), derived from the
+    /// index key that full and write-only keys share.
+    pub fn local_cache_key(&self, purpose: &str) -> Zeroizing<[u8; KEY_LEN]> {
+        let mut h = blake3::Hasher::new_derive_key("coffer/v1 local cache key");
+        h.update(&self.index);
+        h.update(purpose.as_bytes());
+        Zeroizing::new(*h.finalize().as_bytes())
+    }
+
+    /// A full key's signature over an index file's encoded body (`None` for a write-only
+    /// key): what makes readers trust the locations it lists (docs/FORMAT.md "Vouched index
+    /// files").
+    pub fn vouch(&self, body: &[u8]) -> Option<[u8; 64]> {
+        use ed25519_dalek::Signer;
+        let d = self.data.as_ref()?;
+        Some(vouch_signing_key(d).sign(&vouch_message(body)).to_bytes())
+    }
+
+    /// Whether `sig` is a full key's vouch for `body` (always false for a write-only key made
+    /// before vouching existed: it knows no public key to check with).
+    pub fn is_vouched(&self, body: &[u8], sig: &[u8; 64]) -> bool {
+        let Some(Ok(public)) = self.vouch.map(|v| ed25519_dalek::VerifyingKey::from_bytes(&v)) else {
+            return false;
+        };
+        public
+            .verify_strict(&vouch_message(body), &ed25519_dalek::Signature::from_bytes(sig))
+            .is_ok()
     }
 
     /// The keyed id of a blob's plaintext.
@@ -368,6 +441,7 @@ impl MasterKey {
             } else {
                 None
             },
+            vouch: self.data.is_none().then_some(self.vouch).flatten().map(KeyBytes),
         };
         let mut out = Zeroizing::new(Vec::with_capacity(256));
         #[allow(clippy::expect_used)]
@@ -391,6 +465,7 @@ impl MasterKey {
             m.id.0,
             m.chunker.0,
             m.public.as_ref().map(|k| k.0),
+            m.vouch.as_ref().map(|k| k.0),
         );
         Ok((key, m.config.take().map(|c| c.0)))
     }
@@ -738,6 +813,23 @@ mod tests {
     }
 
     #[test]
+    fn only_a_full_key_vouches_and_every_key_of_the_repository_can_tell() {
+        let full = MasterKey::generate();
+        let (wo, _) = MasterKey::from_bytes(&full.write_only().to_bytes(Some(b"cfg")), "t").unwrap();
+        let body = b"an index file's body";
+        assert!(wo.vouch(body).is_none());
+        let sig = full.vouch(body).unwrap();
+        assert!(full.is_vouched(body, &sig) && wo.is_vouched(body, &sig));
+        assert!(!wo.is_vouched(b"another body", &sig));
+        let mut forged = sig;
+        forged[5] ^= 1;
+        assert!(!wo.is_vouched(body, &forged));
+        // another repository's full key vouches for nothing here
+        let other = MasterKey::generate();
+        assert!(!wo.is_vouched(body, &other.vouch(body).unwrap()));
+    }
+
+    #[test]
     fn write_only_keys_seal_for_the_full_key_only() {
         let full = MasterKey::generate();
         let wo = full.write_only();
@@ -831,6 +923,7 @@ mod tests {
                 chunker: KeyBytes([4; 32]),
                 public: None,
                 config: None,
+                vouch: None,
             },
             &mut bad,
         )

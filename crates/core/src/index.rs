@@ -15,6 +15,13 @@
 //! is no proof that a blob is where it says: storage can be forged, and a stolen write-only key
 //! can write index files. So no location shadows another: readers try the next one when one
 //! fails to verify, prune keeps a copy it has verified, and a server manifest names them all.
+//!
+//! Each pack is *vouched* or not. A pack is vouched when an index file a full key signed lists
+//! it (docs/FORMAT.md "Vouched index files"), when this process wrote or verified it, or when a
+//! write-only client wrote the listing itself (its own index files, from its change cache).
+//! Only vouched packs serve deduplication ([`Index::vouched`]): a blob another client merely
+//! claims to have stored is uploaded again rather than referenced. A vouched listing of a pack
+//! is authoritative: what unvouched files say about the same pack is ignored.
 
 use std::collections::HashMap;
 
@@ -102,6 +109,8 @@ impl Table {
 #[derive(Debug, Default)]
 pub struct Index {
     packs: Vec<PackId>,
+    /// By pack position: whether the pack is vouched for (see the module docs).
+    vouched: Vec<bool>,
     pack_pos: HashMap<PackId, u32>,
     /// Blobs of the index files loaded in bulk.
     table: Table,
@@ -118,20 +127,34 @@ pub struct Index {
 
 impl Index {
     /// Add many index files at once, the packs of each that `keep` accepts, into the sorted
-    /// table (rebuilt once for all of them). Blobs the index holds already keep their primary
-    /// location; among the new ones, the first listed is primary. Every other distinct
-    /// location is kept as an alternative.
+    /// table (rebuilt once for all of them). Each file comes with whether it is vouched for;
+    /// a pack a vouched file lists takes its entries from vouched files only (call this once
+    /// with every file: a later vouched listing does not remove entries added before). Blobs
+    /// the index holds already keep their primary location; among the new ones, the first
+    /// listed is primary. Every other distinct location is kept as an alternative.
     pub fn add_files<'a>(
         &mut self,
-        files: impl IntoIterator<Item = (IndexId, &'a IndexFile)>,
+        files: impl IntoIterator<Item = (IndexId, &'a IndexFile, bool)>,
         keep: impl Fn(&PackId) -> bool,
     ) {
+        let files: Vec<_> = files.into_iter().collect();
+        for (_, file, vouched) in &files {
+            if *vouched {
+                for p in file.packs.iter().filter(|p| keep(&p.id)) {
+                    let pos = self.pack_position_of(&p.id);
+                    self.vouched[pos as usize] = true;
+                }
+            }
+        }
         // the table's own entries first, so that a stable sort keeps them over new duplicates
         let mut all = std::mem::take(&mut self.table).entries;
-        for (id, file) in files {
+        for (id, file, vouched) in files {
             self.files.push(id);
             for p in file.packs.iter().filter(|p| keep(&p.id)) {
                 let pos = self.pack_position_of(&p.id);
+                if !vouched && self.vouched[pos as usize] {
+                    continue;
+                }
                 all.extend(slots(pos, &p.entries).map(|(id, slot)| Entry { id, slot }));
             }
         }
@@ -182,14 +205,17 @@ impl Index {
         let pos = *self.pack_pos.entry(*id).or_insert(next);
         if pos == next {
             self.packs.push(*id);
+            self.vouched.push(false);
         }
         pos
     }
 
-    /// Add one pack's entries (the first location seen for a blob stays primary; others are
+    /// Add one pack's entries, as vouched for: a pack this process wrote, verified, or read
+    /// from a vouched listing (the first location seen for a blob stays primary; others are
     /// kept as alternatives).
     pub fn add_pack(&mut self, p: &IndexPack) {
         let pos = self.pack_position_of(&p.id);
+        self.vouched[pos as usize] = true;
         for (id, slot) in slots(pos, &p.entries) {
             let primary = match self.table.find(&id) {
                 Some(s) => *s,
@@ -262,6 +288,25 @@ impl Index {
 
     pub fn contains(&self, id: &BlobId) -> bool {
         self.slot(id).is_some()
+    }
+
+    /// Whether some location of blob `id` is in a vouched pack: what deduplication may reuse.
+    pub fn vouched(&self, id: &BlobId) -> bool {
+        let Some(primary) = self.slot(id) else {
+            return false;
+        };
+        self.vouched[primary.pack as usize]
+            || self.alternative_positions(id).any(|p| self.vouched[p as usize])
+    }
+
+    /// Whether the pack at position `pos` is vouched for.
+    pub fn pack_vouched(&self, pos: u32) -> bool {
+        self.vouched[pos as usize]
+    }
+
+    /// How many packs the index knows only from unvouched listings.
+    pub fn unvouched_pack_count(&self) -> usize {
+        self.vouched.iter().filter(|v| !**v).count()
     }
 
     pub fn blob_count(&self) -> usize {
@@ -429,7 +474,7 @@ mod tests {
                                 }
                             }
                         }
-                        index.add_files(decoded.iter().map(|(i, f)| (*i, f)), |_| true);
+                        index.add_files(decoded.iter().map(|(i, f)| (*i, f, true)), |_| true);
                     }
                     Op::Pack(t, b) => {
                         let p = pack(t, &b);
@@ -468,6 +513,38 @@ mod tests {
     }
 
     #[test]
+    fn only_vouched_listings_serve_deduplication_and_they_overrule_unvouched_ones() {
+        let honest = pack(1, &[(1, 0), (2, 10)]);
+        // a lying file: blob 3 "in" the honest pack, blob 4 in a pack only it lists
+        let lie = IndexFile {
+            supersedes: Vec::new(),
+            packs: vec![pack(1, &[(3, 0)]), pack(2, &[(4, 0), (1, 5)])],
+        };
+        let good = IndexFile {
+            supersedes: Vec::new(),
+            packs: vec![honest.clone()],
+        };
+        let mut index = Index::default();
+        index.add_files(
+            [
+                (IndexId(Id([8; 32])), &lie, false),
+                (IndexId(Id([9; 32])), &good, true),
+            ],
+            |_| true,
+        );
+        assert!(index.vouched(&id(1)) && index.vouched(&id(2)));
+        // the lie about the vouched pack is not even a location
+        assert!(!index.contains(&id(3)));
+        // a blob only an unvouched file claims is known (restore may try it) but not reused
+        assert!(index.contains(&id(4)) && !index.vouched(&id(4)));
+        assert_eq!(index.unvouched_pack_count(), 1);
+        // a pack this process verified or wrote is vouched
+        index.add_pack(&pack(2, &[(4, 0)]));
+        assert!(index.vouched(&id(4)));
+        assert_eq!(index.unvouched_pack_count(), 0);
+    }
+
+    #[test]
     fn packs_a_filter_rejects_are_left_out() {
         let kept = pack(1, &[(1, 0), (2, 10)]);
         let dropped = pack(2, &[(3, 0), (1, 99)]);
@@ -476,7 +553,7 @@ mod tests {
             packs: vec![dropped.clone(), kept.clone()],
         };
         let mut index = Index::default();
-        index.add_files([(IndexId(Id([9; 32])), &file)], |p| *p == kept.id);
+        index.add_files([(IndexId(Id([9; 32])), &file, true)], |p| *p == kept.id);
         assert_eq!(index.blob_count(), 2);
         assert!(!index.contains(&id(3)));
         assert_eq!(index.get(&id(1)).map(|l| (l.pack, l.offset)), Some((kept.id, 0)));

@@ -27,6 +27,7 @@ pub mod prune;
 pub mod repair;
 mod repo;
 pub mod restore;
+pub mod sendlog;
 pub mod source;
 pub mod stats;
 pub mod walk;

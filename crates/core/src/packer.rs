@@ -263,7 +263,7 @@ pub fn store_blobs(repo: &mut IndexedRepository, blobs: Vec<(BlobKind, Vec<u8>)>
         for (kind, data) in blobs {
             let id = r.key().blob_id(&data);
             ids.push(id);
-            if !r.index().contains(&id) && seen.insert(id) && pipe.submit(kind, id, data).is_err() {
+            if !r.index().vouched(&id) && seen.insert(id) && pipe.submit(kind, id, data).is_err() {
                 break;
             }
         }

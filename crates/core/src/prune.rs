@@ -18,7 +18,7 @@
 //!
 //! Any listing or read error, anywhere, aborts the run before anything is deleted.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use coffer_format::{
     envelopes, BlobId, BlobKind, Id, IndexFile, IndexId, IndexPack, NodeKind, PackEntry, PackId, Place,
@@ -85,18 +85,44 @@ struct Usage {
     /// The index files read, and every pack they list (each pack once).
     index_files: Vec<IndexId>,
     packs: BTreeMap<PackId, IndexPack>,
+    /// Those packs that no vouched index file lists (and that were not verified here).
+    unvouched: BTreeSet<PackId>,
+    /// Packs verified whole here because only unvouched files listed them.
+    vouched_now: Vec<PackId>,
 }
 
 /// List the snapshots, then read the index (once) and walk every snapshot's trees. Fails on
 /// any unreadable snapshot or tree: prune must not decide from a partial picture. The
-/// repository's in-memory index is replaced by the one read here.
-fn usage(repo: &mut IndexedRepository) -> Result<Usage> {
+/// repository's in-memory index is replaced by the one read here. With `verify`, each pack
+/// only unvouched index files list is read whole and verified first (its verified entries
+/// replace what those files said): prune vouches for what it writes.
+fn usage(repo: &mut IndexedRepository, verify: Option<&dyn Progress>) -> Result<Usage> {
     let snaps = repo.list_snapshots()?;
     // Snapshots are written after the index files that list their data: reading the index
     // after listing the snapshots finds everything they reference. A snapshot committed in a
     // race with a prune may still point into condemned packs that are listed nowhere yet, so
     // those packs' headers are added too (they exist until a sweep deletes them).
-    let (index_files, packs) = read_index_files(repo)?;
+    let (index_files, mut packs, mut unvouched) = read_index_files(repo)?;
+    let mut vouched_now = Vec::new();
+    if let Some(progress) = verify {
+        for p in unvouched.clone() {
+            match repo.verify_pack(&p) {
+                Ok(entries) => {
+                    packs.insert(p, IndexPack { id: p, entries });
+                    unvouched.remove(&p);
+                    vouched_now.push(p);
+                }
+                Err(e) if e.category() == crate::Category::Integrity => progress.warn(&format!(
+                    "pack {}: only index files no full key vouched for list it, and it does not verify; \
+                     kept as it was, unvouched: {e}",
+                    p.short()
+                )),
+                // a listed pack missing from storage is reported below, as for any pack
+                Err(Error::Backend(e)) if e.is_not_found() => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
     let mut index = crate::index::Index::default();
     for p in packs.values() {
         index.add_pack(p);
@@ -125,21 +151,36 @@ fn usage(repo: &mut IndexedRepository) -> Result<Usage> {
         snapshots: snaps.into_iter().map(|(id, _)| id).collect(),
         index_files,
         packs,
+        unvouched,
+        vouched_now,
     })
 }
 
-/// Read every index file: the files' ids and every pack's entries (each pack once, with every
+/// Read every index file: the files' ids, every pack's entries (each pack once, with every
 /// entry any file lists for it: a file that lists a pack with fewer entries, written by a
-/// stolen write-only key to hide a real copy, hides nothing).
-fn read_index_files(repo: &Repository) -> Result<(Vec<IndexId>, BTreeMap<PackId, IndexPack>)> {
+/// stolen write-only key to hide a real copy, hides nothing) and the packs no vouched file
+/// lists. A pack a vouched file lists takes its entries from vouched files only.
+type IndexListing = (Vec<IndexId>, BTreeMap<PackId, IndexPack>, BTreeSet<PackId>);
+fn read_index_files(repo: &Repository) -> Result<IndexListing> {
     let mut files = Vec::new();
-    let mut packs: BTreeMap<PackId, IndexPack> = BTreeMap::new();
+    let mut loaded = Vec::new();
     for f in repo.backend().list(FileKind::Index)? {
-        let file = repo.load_index_file(&f.name)?;
+        loaded.push(repo.load_index_file_vouched(&f.name)?);
         files.push(IndexId(
             Id::from_hex(&f.name).map_err(|e| Error::format("index/", e))?,
         ));
+    }
+    let vouched: HashSet<PackId> = loaded
+        .iter()
+        .filter(|(_, v)| *v)
+        .flat_map(|(f, _)| f.packs.iter().map(|p| p.id))
+        .collect();
+    let mut packs: BTreeMap<PackId, IndexPack> = BTreeMap::new();
+    for (file, file_vouched) in loaded {
         for p in file.packs {
+            if !file_vouched && vouched.contains(&p.id) {
+                continue;
+            }
             match packs.entry(p.id) {
                 std::collections::btree_map::Entry::Vacant(v) => {
                     v.insert(p);
@@ -151,7 +192,8 @@ fn read_index_files(repo: &Repository) -> Result<(Vec<IndexId>, BTreeMap<PackId,
             }
         }
     }
-    Ok((files, packs))
+    let unvouched = packs.keys().filter(|p| !vouched.contains(p)).copied().collect();
+    Ok((files, packs, unvouched))
 }
 
 /// Add to `pack` the envelopes of `entries` it does not list yet (a bundle with its members).
@@ -346,6 +388,11 @@ pub struct PruneReport {
     pub locked_until: Option<String>,
     /// Files still in use whose retention lock was extended.
     pub locks_extended: usize,
+    /// Packs only unvouched index files listed (written by write-only keys) that prune read
+    /// whole, verified, and now vouches for, so that every client may deduplicate against them.
+    pub packs_vouched: usize,
+    /// Such packs that did not verify: kept as they were, unvouched, each with a warning.
+    pub packs_unverified: usize,
 }
 
 /// Run one prune: mark what is unused now, then sweep every mark that is safe to act on.
@@ -421,7 +468,11 @@ fn mark(
         snapshots: snap_ids,
         index_files,
         packs,
-    } = usage(repo)?;
+        unvouched,
+        vouched_now,
+    } = usage(repo, Some(progress))?;
+    report.packs_vouched = vouched_now.len();
+    report.packs_unverified = unvouched.len();
     if snap_ids.is_empty() && !packs.is_empty() {
         return Err(Error::Invalid(
             "the snapshot listing is empty but the index lists data; refusing to condemn everything \
@@ -490,7 +541,9 @@ fn mark(
         report.bytes_unused += x;
         if u == 0 {
             drop.push(*id);
-        } else if x > 0 {
+        } else if x > 0 && !unvouched.contains(id) {
+            // (a pack that did not verify is kept whole: copying its envelopes into a new pack
+            // would vouch for what nobody verified)
             partial.push((*id, u, x));
         }
     }
@@ -516,7 +569,18 @@ fn mark(
     }
     report.packs_condemned = drop.len() + repack.len();
     report.packs_repacked = repack.len();
-    if opts.dry_run || (drop.is_empty() && repack.is_empty()) {
+    if opts.dry_run {
+        return Ok(());
+    }
+    if drop.is_empty() && repack.is_empty() {
+        // nothing to condemn, but what was verified is written down, vouched
+        let vouched: Vec<IndexPack> = vouched_now.iter().filter_map(|p| packs.get(p).cloned()).collect();
+        if !vouched.is_empty() {
+            repo.save_index(&IndexFile {
+                supersedes: vec![],
+                packs: vouched,
+            })?;
+        }
         return Ok(());
     }
 
@@ -549,8 +613,19 @@ fn mark(
     };
     let first = write_mark(&*backend, &m)?;
     let gone: HashSet<PackId> = condemned.into_iter().collect();
-    let mut keep: Vec<IndexPack> = packs.into_values().filter(|p| !gone.contains(&p.id)).collect();
+    let (mut keep, unverified): (Vec<IndexPack>, Vec<IndexPack>) = packs
+        .into_values()
+        .filter(|p| !gone.contains(&p.id))
+        .partition(|p| !unvouched.contains(&p.id));
     keep.extend(new_packs);
+    // what did not verify is passed on as it was listed, unvouched, before the vouched file
+    // that supersedes every file read (a crash between the two loses no listing)
+    if !unverified.is_empty() {
+        repo.save_index_unvouched(&IndexFile {
+            supersedes: vec![],
+            packs: unverified,
+        })?;
+    }
     repo.save_index(&IndexFile {
         supersedes: index_files.clone(),
         packs: keep,
@@ -595,7 +670,8 @@ fn mark(
             }
         }
         if !relist.is_empty() {
-            repo.save_index(&IndexFile {
+            // from headers, unverified: listed again, not vouched for
+            repo.save_index_unvouched(&IndexFile {
                 supersedes: vec![],
                 packs: relist,
             })?;
@@ -738,7 +814,7 @@ fn sweep(
         snapshots: snaps,
         packs: index_packs,
         ..
-    } = usage(repo)?;
+    } = usage(repo, None)?;
     if snaps.is_empty() {
         return Err(Error::Invalid(
             "the snapshot listing came back empty; prune deleted nothing".into(),
@@ -789,7 +865,8 @@ fn sweep(
     report.packs_rescued = rescue.len();
     let rescued: Vec<IndexPack> = rescue.into_iter().flatten().collect();
     if !rescued.is_empty() {
-        repo.save_index(&IndexFile {
+        // from headers, unverified: listed again, not vouched for (the next prune verifies)
+        repo.save_index_unvouched(&IndexFile {
             supersedes: vec![],
             packs: rescued,
         })?;
@@ -854,7 +931,8 @@ pub fn relist_condemned(repo: &IndexedRepository, referenced: &HashSet<PackId>) 
         packs.push(IndexPack { id: *p, entries });
     }
     if !packs.is_empty() {
-        repo.save_index(&IndexFile {
+        // from headers, unverified: listed again, not vouched for
+        repo.save_index_unvouched(&IndexFile {
             supersedes: vec![],
             packs: packs.clone(),
         })?;

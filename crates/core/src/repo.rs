@@ -61,6 +61,11 @@ pub struct Repository {
     config: Config,
     /// Key files that were passed over at open (damaged, or out of bounds), one line each.
     skipped_keys: Vec<String>,
+    /// Index files this client wrote itself (a write-only client's, from its change cache):
+    /// trusted like vouched ones.
+    own_index_files: std::collections::HashSet<IndexId>,
+    /// Index files this process wrote.
+    written_index_files: std::sync::Mutex<Vec<IndexId>>,
 }
 
 impl Repository {
@@ -116,6 +121,8 @@ impl Repository {
             key_id,
             config,
             skipped_keys: Vec::new(),
+            own_index_files: Default::default(),
+            written_index_files: Default::default(),
         })
     }
 
@@ -212,6 +219,8 @@ impl Repository {
             key_id,
             config,
             skipped_keys: skipped,
+            own_index_files: Default::default(),
+            written_index_files: Default::default(),
         })
     }
 
@@ -351,14 +360,64 @@ impl Repository {
         Ok((decode_blob_max(plain, MAX_FILE_OBJECT, &what)?, bytes[0]))
     }
 
+    /// Store an index file, vouched for when this is a full key (one that lists only packs
+    /// this process wrote or verified, or read from vouched listings: see
+    /// [`Repository::save_index_unvouched`] for the others).
     pub fn save_index(&self, file: &IndexFile) -> Result<(IndexId, u64)> {
-        let (id, n) = self.save_file_object(FileKind::Index, ObjectKind::Index, &file.encode())?;
-        Ok((IndexId(id), n))
+        let body = file.encode();
+        let plain = match self.key.vouch(&body) {
+            Some(sig) => IndexFile::encode_vouched(body, &sig),
+            None => body,
+        };
+        self.save_index_plain(&plain, true)
+    }
+
+    /// Store an index file without vouching for it: listings passed on without verifying
+    /// them (packs prune could not verify, condemned packs listed again from their headers).
+    /// Not counted among [`Repository::written_index_files`]: a write-only client never
+    /// trusts these as its own.
+    pub fn save_index_unvouched(&self, file: &IndexFile) -> Result<(IndexId, u64)> {
+        self.save_index_plain(&file.encode(), false)
+    }
+
+    fn save_index_plain(&self, plain: &[u8], own: bool) -> Result<(IndexId, u64)> {
+        let (id, n) = self.save_file_object(FileKind::Index, ObjectKind::Index, plain)?;
+        let id = IndexId(id);
+        if own {
+            if let Ok(mut w) = self.written_index_files.lock() {
+                w.push(id);
+            }
+        }
+        Ok((id, n))
+    }
+
+    /// The index files this process has written so far of the packs it wrote or verified.
+    pub fn written_index_files(&self) -> Vec<IndexId> {
+        self.written_index_files
+            .lock()
+            .map(|w| w.clone())
+            .unwrap_or_default()
+    }
+
+    /// Trust the listings of these index files (ones this client wrote: a write-only
+    /// client's change cache remembers them) as if a full key had vouched for them.
+    pub fn trust_own_index_files(&mut self, ids: impl IntoIterator<Item = IndexId>) {
+        self.own_index_files.extend(ids);
     }
 
     pub fn load_index_file(&self, name: &str) -> Result<IndexFile> {
+        Ok(self.load_index_file_vouched(name)?.0)
+    }
+
+    /// An index file and whether its listings are trusted for deduplication: a full key
+    /// vouched for it, or this client wrote it.
+    pub fn load_index_file_vouched(&self, name: &str) -> Result<(IndexFile, bool)> {
+        let what = format!("index/{name}");
         let plain = self.load_file_object(FileKind::Index, ObjectKind::Index, name)?;
-        IndexFile::decode(&plain).map_err(|e| Error::format(format!("index/{name}"), e))
+        let (file, body, sig) = IndexFile::decode_vouched(&plain).map_err(|e| Error::format(&what, e))?;
+        let vouched = sig.is_some_and(|sig| self.key.is_vouched(body, &sig))
+            || Id::from_hex(name).is_ok_and(|id| self.own_index_files.contains(&IndexId(id)));
+        Ok((file, vouched))
     }
 
     /// Store a snapshot. Where the backend wants manifests (a coffer server), use
@@ -483,16 +542,16 @@ impl Repository {
     pub fn load_index_skipping_damaged(self) -> IndexedRepository {
         let mut index = Index::default();
         if let Ok(listed) = self.backend.list(FileKind::Index) {
-            let files: Vec<(IndexId, IndexFile)> = listed
+            let files: Vec<(IndexId, (IndexFile, bool))> = listed
                 .iter()
                 .filter_map(|f| {
                     Some((
                         IndexId(Id::from_hex(&f.name).ok()?),
-                        self.load_index_file(&f.name).ok()?,
+                        self.load_index_file_vouched(&f.name).ok()?,
                     ))
                 })
                 .collect();
-            index.add_files(files.iter().map(|(id, f)| (*id, f)), |_| true);
+            index.add_files(files.iter().map(|(id, (f, v))| (*id, f, *v)), |_| true);
         }
         IndexedRepository::new(self, index, None)
     }
@@ -527,7 +586,7 @@ impl Repository {
         };
         let mut files = Vec::new();
         for f in self.backend.list(FileKind::Index)? {
-            let file = match self.load_index_file(&f.name) {
+            let file = match self.load_index_file_vouched(&f.name) {
                 Ok(file) => file,
                 // superseded and deleted by a prune since the listing
                 Err(Error::Backend(e)) if e.is_not_found() => continue,
@@ -546,10 +605,13 @@ impl Repository {
             let id = IndexId(Id::from_hex(&f.name).map_err(|e| Error::format("index/", e))?);
             files.push((id, file));
         }
-        index.add_files(files.iter().map(|(id, f)| (*id, f)), |pack| match &present {
-            Some(p) => p.contains(&pack.to_hex()),
-            None => true,
-        });
+        index.add_files(
+            files.iter().map(|(id, (f, v))| (*id, f, *v)),
+            |pack| match &present {
+                Some(p) => p.contains(&pack.to_hex()),
+                None => true,
+            },
+        );
         Ok(index)
     }
 }

@@ -532,3 +532,84 @@ fn a_key_file_out_of_bounds_is_skipped_with_a_warning() {
         b.remove(FileKind::Key, &name).unwrap();
     }
 }
+
+/// A stolen write-only key holds the id key: it can compute the blob id of content it expects
+/// honest clients to back up (a distribution's stock files, a popular library) and claim, in an
+/// index file, that the blob is already stored, in a pack of garbage. Earlier builds
+/// deduplicated against the claim: the honest snapshots referenced garbage and never restored.
+/// Now only vouched listings (a full key's, verified; or a client's own) serve deduplication.
+#[test]
+fn a_claimed_blob_of_known_content_is_not_reused() {
+    let mem = MemoryBackend::new();
+    let (b, _) = init_with_stolen_key(&mem);
+    Repository::open(b.clone(), PW)
+        .unwrap()
+        .add_write_only_key(b"honest write-only")
+        .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    // the content honest clients will back up (small files: one blob each)
+    let content: Vec<Vec<u8>> = (0..12)
+        .map(|i| Rng(500 + i).bytes(2_000 + i as usize * 300))
+        .collect();
+
+    // the thief claims each of those blobs in a garbage pack, before anyone stored them
+    let attacker = Repository::open(b.clone(), b"stolen").unwrap();
+    let junk = Rng(4242).bytes(64 << 10);
+    let junk_id: PackId = storage_id(&junk).to_hex().parse().unwrap();
+    b.write(FileKind::Pack, &junk_id.to_hex(), &junk).unwrap();
+    let entries = content
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            coffer_core::format::PackEntry::own(
+                coffer_core::format::BlobKind::Data,
+                attacker.key().blob_id(c),
+                i as u32 * 4096,
+                4096,
+                c.len() as u32 + 1,
+            )
+        })
+        .collect();
+    attacker
+        .save_index(&IndexFile {
+            supersedes: vec![],
+            packs: vec![IndexPack { id: junk_id, entries }],
+        })
+        .unwrap();
+
+    // a full-key client and an honest write-only client back up that content
+    let mut expect = BTreeMap::new();
+    for (who, pw) in [("full", PW), ("wo", b"honest write-only".as_slice())] {
+        let dir = tmp.path().join(who);
+        fs::create_dir_all(&dir).unwrap();
+        for (i, c) in content.iter().enumerate() {
+            let name = format!("{who}-{i}");
+            fs::write(dir.join(&name), c).unwrap();
+            expect.insert(name, c.clone());
+        }
+        backup_as(&b, pw, &dir, &NoProgress);
+    }
+    every_snapshot_restores(&b, &expect);
+    // the claim is known (a restore would try it) but vouched for by nobody
+    let repo = Repository::open(b.clone(), PW).unwrap().load_index().unwrap();
+    let claimed = attacker.key().blob_id(&content[0]);
+    assert!(repo.index().locations(&claimed).iter().any(|l| l.pack == junk_id));
+    assert!(repo.index().vouched(&claimed));
+    assert!(repo.index().unvouched_pack_count() >= 1);
+    drop(repo);
+
+    // prune verifies what only unvouched files list before it vouches for anything: the
+    // garbage does not verify and is named; every snapshot still restores
+    let w = Warnings::default();
+    prune_everything(&b, &w);
+    assert!(
+        w.all()
+            .iter()
+            .any(|m| m.contains(&junk_id.short()) && m.contains("does not verify")),
+        "{:?}",
+        w.all()
+    );
+    every_snapshot_restores(&b, &expect);
+    let errors = check_read_data(&b);
+    assert!(errors.iter().all(|e| e.contains(&junk_id.short())), "{errors:?}");
+}

@@ -8,6 +8,11 @@
 //! The plaintext is compressed and sealed (kind Index) before storage. `supersedes` names index
 //! files whose content this one fully contains, so that a rebuild or compaction can write the
 //! new file first and delete the old ones afterwards.
+//!
+//! A file a full key wrote ends with a *vouch*: `0x01 || signature:64`, the full key's Ed25519
+//! signature over everything before the `0x01` (docs/FORMAT.md "Vouched index files"). Write-only
+//! keys can seal index files (they hold the index key) but cannot vouch: readers trust the
+//! locations only vouched files list (or files they wrote themselves) for deduplication.
 
 use crate::id::{Id, IndexId, PackId, ID_LEN};
 use crate::pack::{check_bundles, PackEntry, ENTRY_LEN};
@@ -86,7 +91,36 @@ impl IndexFile {
         }
         Ok(IndexFile { supersedes, packs })
     }
+
+    /// The plaintext of a vouched file: the body and its vouch.
+    pub fn encode_vouched(body: Vec<u8>, signature: &[u8; VOUCH_LEN]) -> Vec<u8> {
+        let mut out = body;
+        out.push(VOUCH_MARK);
+        out.extend_from_slice(signature);
+        out
+    }
+
+    /// Decode a plaintext that may end with a vouch: the file, the body the vouch signs and
+    /// the signature (`None` for a file without one).
+    pub fn decode_vouched(b: &[u8]) -> Result<(Self, &[u8], Option<Vouch>), FormatError> {
+        if let Some(split) = b.len().checked_sub(VOUCH_LEN + 1) {
+            if b[split] == VOUCH_MARK {
+                if let Ok(file) = Self::decode(&b[..split]) {
+                    let mut sig = [0u8; VOUCH_LEN];
+                    sig.copy_from_slice(&b[split + 1..]);
+                    return Ok((file, &b[..split], Some(sig)));
+                }
+            }
+        }
+        Ok((Self::decode(b)?, b, None))
+    }
 }
+
+/// Length of an index file's vouch signature.
+pub const VOUCH_LEN: usize = 64;
+/// A vouch: a full key's Ed25519 signature.
+pub type Vouch = [u8; VOUCH_LEN];
+const VOUCH_MARK: u8 = 0x01;
 
 struct Reader<'a> {
     b: &'a [u8],

@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use coffer_core::{BackupOptions, ParentChoice};
 use serde_json::json;
 
-use super::{open_leased, outln, print_json};
+use super::{outln, print_json};
 use crate::cli::{BackupArgs, Global};
 use crate::ui::{bytes, CliProgress};
 use crate::EXIT_INCOMPLETE;
@@ -33,7 +33,30 @@ pub fn run(g: &Global, a: BackupArgs) -> Result<u8> {
     let prescan = (!a.force && !a.paths.is_empty())
         .then(|| coffer_core::Prescan::start(&a.paths, &excludes, a.exclude_caches, a.one_file_system).ok())
         .flatten();
-    let mut repo = open_leased(g, "backup")?;
+    let mut repo = super::open(g)?;
+    // A write-only key cannot read the parent snapshot: its change cache stands in for it,
+    // and names the index files it wrote itself (trusted for deduplication like vouched ones).
+    let send_log = match (repo.key().can_read(), super::cache_dir()) {
+        (false, Some(dir)) => {
+            let abs = a
+                .paths
+                .iter()
+                .map(|p| coffer_core::backup::absolute_clean(p))
+                .collect::<coffer_core::Result<Vec<_>>>()?;
+            let mut log = coffer_core::sendlog::SendLog::open(&dir, &repo, &abs);
+            if let Some(w) = &log.discarded {
+                eprintln!("warning: {w}");
+            }
+            if a.force {
+                log.forget_files();
+            }
+            repo.trust_own_index_files(log.own_index_files().iter().copied());
+            Some(std::sync::Arc::new(log))
+        }
+        _ => None,
+    };
+    let cached_files = send_log.as_ref().map_or(0, |l| l.len());
+    let mut repo = repo.load_index_leased("backup")?;
     crate::release_free_memory();
     // every database source is checked (tool, server, database) before anything is stored
     let sources = super::db::sources(&a)?;
@@ -58,6 +81,7 @@ pub fn run(g: &Global, a: BackupArgs) -> Result<u8> {
             .as_deref()
             .map(|c| super::parse_compression(c, None))
             .transpose()?,
+        send_log,
     };
     let progress = CliProgress::new(!g.quiet && !g.json, "backed up").listing_files(if g.json || g.quiet {
         0
@@ -100,6 +124,8 @@ pub fn run(g: &Global, a: BackupArgs) -> Result<u8> {
     } else if !g.quiet {
         if let Some(p) = out.snapshot.parent {
             outln!("using parent snapshot {}", p.short())?;
+        } else if cached_files > 0 {
+            outln!("using the change cache of the last run ({cached_files} files)")?;
         }
         outln!(
             "files:  {} new, {} changed, {} unchanged ({} directories)",

@@ -830,6 +830,18 @@ pub fn prune(g: &Global, a: &crate::cli::PruneArgs) -> Result<u8> {
                 r.locks_extended
             )?;
         }
+        if r.packs_vouched > 0 {
+            outln!(
+                "{} packs only write-only keys had listed were verified and are now vouched for (every client may deduplicate against them)",
+                r.packs_vouched
+            )?;
+        }
+        if r.packs_unverified > 0 {
+            outln!(
+                "{} packs only write-only keys list did not verify: kept as listed, not vouched for (see the warnings; `coffer check --read-data` names them)",
+                r.packs_unverified
+            )?;
+        }
         if r.packs_unindexed > 0 {
             outln!("{} packs are in no index (a backup in progress, or an interrupted one; the next backup adopts them)", r.packs_unindexed)?;
         }
