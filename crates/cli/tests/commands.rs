@@ -849,3 +849,90 @@ fn verbose_backup_lists_files() {
     let out = e.ok(&["backup", s]);
     assert!(!out.contains("a.txt"), "{out}");
 }
+
+/// A key file planted for a known write-only password (another repository's keys, named to be
+/// tried first) is not opened by a client that has used its own key file before: its backups
+/// stay readable by the real full key, and it says nothing is wrong. A client meeting a key
+/// file it never used while it knows others warns.
+#[test]
+fn a_client_sticks_to_the_key_files_it_used_before() {
+    let e = Env::init();
+    let src = small_src(&e);
+    let wo_pw = e.path("wo-pw");
+    fs::write(&wo_pw, "write only\n").unwrap();
+    e.ok(&[
+        "key",
+        "add",
+        "--write-only",
+        "--new-password-file",
+        wo_pw.to_str().unwrap(),
+    ]);
+    let wo = |args: &[&str]| {
+        e.cmd()
+            .env("COFFER_PASSWORD_FILE", &wo_pw)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let first = wo(&["backup", "-q", &src]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    // the thief's repository, with a key file of the same password, planted first in order
+    let keys = e.path("repo/keys");
+    let real_first = fs::read_dir(&keys)
+        .unwrap()
+        .flatten()
+        .map(|f| f.file_name())
+        .min()
+        .unwrap();
+    let other = e.path("other");
+    loop {
+        let _ = fs::remove_dir_all(&other);
+        let o = e
+            .cmd()
+            .env("COFFER_REPOSITORY", &other)
+            .args(["init", "-q"])
+            .output()
+            .unwrap();
+        assert!(o.status.success());
+        let o = e
+            .cmd()
+            .env("COFFER_REPOSITORY", &other)
+            .args([
+                "key",
+                "add",
+                "--write-only",
+                "--new-password-file",
+                wo_pw.to_str().unwrap(),
+            ])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        let planted = fs::read_dir(other.join("keys"))
+            .unwrap()
+            .flatten()
+            .filter(|f| f.file_name() < real_first)
+            .find(|f| fs::read_to_string(f.path()).unwrap().contains("write-only"));
+        if let Some(p) = planted {
+            fs::copy(p.path(), keys.join(p.file_name())).unwrap();
+            break;
+        }
+    }
+    let second = wo(&["backup", "-q", &src]);
+    assert!(second.status.success(), "{}", stderr(&second));
+    assert!(!stderr(&second).contains("warning"), "{}", stderr(&second));
+    // the full key reads both snapshots (one sealed to the thief's key would not open)
+    let v: serde_json::Value = serde_json::from_str(&e.ok(&["snapshots", "--json"])).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 2);
+    e.ok(&["check", "--read-data"]);
+    // a client that has used other key files before, meeting one it never used, warns
+    let pins = e.path("cache/keys");
+    for f in fs::read_dir(&pins).unwrap().flatten() {
+        fs::write(f.path(), format!("{}\n", "ab".repeat(32))).unwrap();
+    }
+    let third = wo(&["backup", "-q", &src]);
+    assert!(
+        stderr(&third).contains("has not used before"),
+        "{}",
+        stderr(&third)
+    );
+}

@@ -207,9 +207,11 @@ fn vouch_signing_key(data: &[u8; KEY_LEN]) -> ed25519_dalek::SigningKey {
     ed25519_dalek::SigningKey::from_bytes(&seed)
 }
 
-/// What a vouch signs: a digest of the index file's encoded body.
-fn vouch_message(body: &[u8]) -> [u8; KEY_LEN] {
+/// What a vouch signs: a digest of the repository's id and the index file's encoded body (a
+/// vouch holds in one repository only, even where two share keys).
+fn vouch_message(repo_id: &[u8], body: &[u8]) -> [u8; KEY_LEN] {
     *blake3::Hasher::new_derive_key("coffer/v1 index vouch message")
+        .update(repo_id)
         .update(body)
         .finalize()
         .as_bytes()
@@ -291,20 +293,27 @@ impl MasterKey {
     /// A full key's signature over an index file's encoded body (`None` for a write-only
     /// key): what makes readers trust the locations it lists (docs/FORMAT.md "Vouched index
     /// files").
-    pub fn vouch(&self, body: &[u8]) -> Option<[u8; 64]> {
+    pub fn vouch(&self, repo_id: &[u8], body: &[u8]) -> Option<[u8; 64]> {
         use ed25519_dalek::Signer;
         let d = self.data.as_ref()?;
-        Some(vouch_signing_key(d).sign(&vouch_message(body)).to_bytes())
+        Some(
+            vouch_signing_key(d)
+                .sign(&vouch_message(repo_id, body))
+                .to_bytes(),
+        )
     }
 
     /// Whether `sig` is a full key's vouch for `body` (always false for a write-only key made
     /// before vouching existed: it knows no public key to check with).
-    pub fn is_vouched(&self, body: &[u8], sig: &[u8; 64]) -> bool {
+    pub fn is_vouched(&self, repo_id: &[u8], body: &[u8], sig: &[u8; 64]) -> bool {
         let Some(Ok(public)) = self.vouch.map(|v| ed25519_dalek::VerifyingKey::from_bytes(&v)) else {
             return false;
         };
         public
-            .verify_strict(&vouch_message(body), &ed25519_dalek::Signature::from_bytes(sig))
+            .verify_strict(
+                &vouch_message(repo_id, body),
+                &ed25519_dalek::Signature::from_bytes(sig),
+            )
             .is_ok()
     }
 
@@ -816,17 +825,18 @@ mod tests {
     fn only_a_full_key_vouches_and_every_key_of_the_repository_can_tell() {
         let full = MasterKey::generate();
         let (wo, _) = MasterKey::from_bytes(&full.write_only().to_bytes(Some(b"cfg")), "t").unwrap();
-        let body = b"an index file's body";
-        assert!(wo.vouch(body).is_none());
-        let sig = full.vouch(body).unwrap();
-        assert!(full.is_vouched(body, &sig) && wo.is_vouched(body, &sig));
-        assert!(!wo.is_vouched(b"another body", &sig));
+        let (body, repo) = (b"an index file's body", b"repository id");
+        assert!(wo.vouch(repo, body).is_none());
+        let sig = full.vouch(repo, body).unwrap();
+        assert!(full.is_vouched(repo, body, &sig) && wo.is_vouched(repo, body, &sig));
+        assert!(!wo.is_vouched(repo, b"another body", &sig));
+        assert!(!wo.is_vouched(b"another repository", body, &sig));
         let mut forged = sig;
         forged[5] ^= 1;
-        assert!(!wo.is_vouched(body, &forged));
+        assert!(!wo.is_vouched(repo, body, &forged));
         // another repository's full key vouches for nothing here
         let other = MasterKey::generate();
-        assert!(!wo.is_vouched(body, &other.vouch(body).unwrap()));
+        assert!(!wo.is_vouched(repo, body, &other.vouch(repo, body).unwrap()));
     }
 
     #[test]

@@ -299,6 +299,15 @@ impl Index {
             || self.alternative_positions(id).any(|p| self.vouched[p as usize])
     }
 
+    /// Stop vouching for every pack `keep` rejects (packs storage no longer holds).
+    pub fn unvouch_unless(&mut self, keep: impl Fn(&PackId) -> bool) {
+        for (pos, p) in self.packs.iter().enumerate() {
+            if self.vouched[pos] && !keep(p) {
+                self.vouched[pos] = false;
+            }
+        }
+    }
+
     /// Whether the pack at position `pos` is vouched for.
     pub fn pack_vouched(&self, pos: u32) -> bool {
         self.vouched[pos as usize]

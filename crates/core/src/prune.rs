@@ -105,18 +105,48 @@ fn usage(repo: &mut IndexedRepository, verify: Option<&dyn Progress>) -> Result<
     let (index_files, mut packs, mut unvouched) = read_index_files(repo)?;
     let mut vouched_now = Vec::new();
     if let Some(progress) = verify {
+        let sizes: HashMap<PackId, u64> = if unvouched.is_empty() {
+            HashMap::new()
+        } else {
+            repo.backend()
+                .list(FileKind::Pack)?
+                .into_iter()
+                .filter_map(|f| Id::from_hex(&f.name).ok().map(|id| (PackId(id), f.size)))
+                .collect()
+        };
+        let unverified = |p: &PackId, why: String| {
+            progress.warn(&format!(
+                "pack {}: only index files no full key vouched for list it, and it does not verify; \
+                 kept as it was, unvouched: {why}",
+                p.short()
+            ))
+        };
         for p in unvouched.clone() {
+            // (as for orphans: no backup writes a larger pack, and a header that does not open
+            // spares reading the rest)
+            match sizes.get(&p) {
+                Some(&n) if n > coffer_format::MAX_PACK_SIZE => {
+                    unverified(&p, format!("{n} bytes, larger than any pack"));
+                    continue;
+                }
+                None => continue, // missing from storage: reported below, as for any pack
+                Some(_) => {}
+            }
+            match repo.read_pack_header(&p) {
+                Err(e) if e.category() == crate::Category::Integrity => {
+                    unverified(&p, e.to_string());
+                    continue;
+                }
+                Err(e) => return Err(e),
+                Ok(_) => {}
+            }
             match repo.verify_pack(&p) {
                 Ok(entries) => {
                     packs.insert(p, IndexPack { id: p, entries });
                     unvouched.remove(&p);
                     vouched_now.push(p);
                 }
-                Err(e) if e.category() == crate::Category::Integrity => progress.warn(&format!(
-                    "pack {}: only index files no full key vouched for list it, and it does not verify; \
-                     kept as it was, unvouched: {e}",
-                    p.short()
-                )),
+                Err(e) if e.category() == crate::Category::Integrity => unverified(&p, e.to_string()),
                 // a listed pack missing from storage is reported below, as for any pack
                 Err(Error::Backend(e)) if e.is_not_found() => {}
                 Err(e) => return Err(e),
@@ -279,19 +309,24 @@ fn verified_copies(
     Ok(out)
 }
 
-/// Add packs that exist in storage but are in no index (left by an interrupted backup) to
-/// the index, so their data is not uploaded again, after reading each whole and verifying
-/// every blob in it (full keys only). Condemned packs are never adopted.
-/// Returns how many packs were adopted.
+/// Take stock of the packs in storage before deduplicating against the index. A pack the
+/// index lists but storage lacks serves no deduplication (its listing may be a replayed old
+/// index file, vouched when it was written, whose packs prune has deleted since). Packs that
+/// exist but are in no index (left by an interrupted backup) are added to the index, so their
+/// data is not uploaded again, after reading each whole and verifying every blob in it (full
+/// keys only). Condemned packs are never adopted. Returns how many packs were adopted.
 pub fn adopt_orphans(repo: &mut IndexedRepository, progress: &dyn Progress) -> Result<usize> {
     let listed: HashSet<PackId> = repo.index().packs().collect();
     let mut orphans = Vec::new();
+    let mut present = HashSet::new();
     for f in repo.backend().list(FileKind::Pack)? {
         let Ok(id) = Id::from_hex(&f.name) else { continue };
+        present.insert(PackId(id));
         if !listed.contains(&PackId(id)) {
             orphans.push((PackId(id), f.size));
         }
     }
+    repo.index_mut().unvouch_unless(|p| present.contains(p));
     if orphans.is_empty() {
         return Ok(0);
     }

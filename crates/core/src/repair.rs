@@ -44,8 +44,11 @@ pub fn repair_index(repo: Repository, progress: &dyn Progress) -> Result<RepairI
     let mut current: HashMap<PackId, Vec<coffer_format::PackEntry>> = HashMap::new();
     let mut old_ok = true;
     for f in &old_files {
-        match repo.load_index_file(&f.to_hex()) {
-            Ok(file) => {
+        match repo.load_index_file_vouched(&f.to_hex()) {
+            Ok((file, vouched)) => {
+                // listings no full key vouched for are written again, vouched (every pack is
+                // verified below), even where they were right
+                old_ok &= vouched;
                 for p in file.packs {
                     current.entry(p.id).or_insert(p.entries);
                 }

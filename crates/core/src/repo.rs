@@ -129,11 +129,25 @@ impl Repository {
     /// Open with a passphrase or a generated key (`coffer key generate`): try every key file
     /// of that kind until one unwraps.
     pub fn open(backend: Arc<dyn Backend>, password: &[u8]) -> Result<Repository> {
+        Self::open_preferring(backend, password, &[])
+    }
+
+    /// [`Repository::open`], trying the key files named in `preferred` first, in that order:
+    /// those that opened the repository before (the client remembers them). Anyone who knows
+    /// a password and can add a key file can add one that unwraps with it to keys of their
+    /// choosing (a write-only key's public key, which new data is sealed to, and its vouch
+    /// key), named to be tried first; a client that sticks to its key files never opens it.
+    pub fn open_preferring(
+        backend: Arc<dyn Backend>,
+        password: &[u8],
+        preferred: &[String],
+    ) -> Result<Repository> {
         let location = backend.location();
         if !backend.exists()? {
             return Err(Error::NoRepository { location });
         }
-        let keys = backend.list(FileKind::Key)?;
+        let mut keys = backend.list(FileKind::Key)?;
+        keys.sort_by_key(|k| preferred.iter().position(|p| *p == k.name).unwrap_or(usize::MAX));
         if keys.is_empty() {
             return Err(Error::NoKeys { location });
         }
@@ -365,7 +379,7 @@ impl Repository {
     /// [`Repository::save_index_unvouched`] for the others).
     pub fn save_index(&self, file: &IndexFile) -> Result<(IndexId, u64)> {
         let body = file.encode();
-        let plain = match self.key.vouch(&body) {
+        let plain = match self.key.vouch(&self.config.id.0, &body) {
             Some(sig) => IndexFile::encode_vouched(body, &sig),
             None => body,
         };
@@ -415,7 +429,7 @@ impl Repository {
         let what = format!("index/{name}");
         let plain = self.load_file_object(FileKind::Index, ObjectKind::Index, name)?;
         let (file, body, sig) = IndexFile::decode_vouched(&plain).map_err(|e| Error::format(&what, e))?;
-        let vouched = sig.is_some_and(|sig| self.key.is_vouched(body, &sig))
+        let vouched = sig.is_some_and(|sig| self.key.is_vouched(&self.config.id.0, body, &sig))
             || Id::from_hex(name).is_ok_and(|id| self.own_index_files.contains(&IndexId(id)));
         Ok((file, vouched))
     }

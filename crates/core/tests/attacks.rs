@@ -613,3 +613,84 @@ fn a_claimed_blob_of_known_content_is_not_reused() {
     let errors = check_read_data(&b);
     assert!(errors.iter().all(|e| e.contains(&junk_id.short())), "{errors:?}");
 }
+
+/// Hostile storage replays an index file a full key vouched for, after prune deleted the
+/// packs it lists (the property test in `attack_property.rs` found this). An honest backup of
+/// the same content deduplicated against the replayed listing and referenced packs that no
+/// longer exist. Now only packs storage holds serve deduplication.
+#[test]
+fn a_replayed_index_file_naming_deleted_packs_is_not_deduplicated_against() {
+    let mem = MemoryBackend::new();
+    let b = init(&mem);
+    let tmp = tempfile::tempdir().unwrap();
+    let expect = source(&tmp.path().join("a"), 8, 8);
+    backup_as(&b, PW, &tmp.path().join("a"), &NoProgress);
+    let old: Vec<(String, Vec<u8>)> = names(&b, FileKind::Index)
+        .into_iter()
+        .map(|n| {
+            let bytes = b.read(FileKind::Index, &n).unwrap();
+            (n, bytes)
+        })
+        .collect();
+    // the snapshot is forgotten and pruned: its packs are deleted
+    for s in names(&b, FileKind::Snapshot) {
+        b.remove(FileKind::Snapshot, &s).unwrap();
+    }
+    // (prune refuses an empty repository: a second snapshot of other data keeps it company)
+    let other = tmp.path().join("other");
+    source(&other, 9, 1);
+    backup_as(&b, PW, &other, &NoProgress);
+    let opts = PruneOptions {
+        max_unused: 0.0,
+        grace_secs: 0,
+        dry_run: false,
+    };
+    prune(Repository::open(b.clone(), PW).unwrap(), &opts, &NoProgress).unwrap();
+    for (n, _) in &old {
+        assert!(!names(&b, FileKind::Index).contains(n), "prune left {n}");
+    }
+    // storage replays the old, vouched index files
+    for (n, bytes) in &old {
+        b.write(FileKind::Index, n, bytes).unwrap();
+    }
+    // the same content again: stored again, and it restores
+    backup_as(&b, PW, &tmp.path().join("a"), &NoProgress);
+    let mut all = expect.clone();
+    all.extend(source(&other, 9, 1));
+    every_snapshot_restores(&b, &all);
+}
+
+/// A thief who knows a write-only key's password (stolen from the host that uses it) and can
+/// add a key file adds one that unwraps with that password to keys of its own (another
+/// repository's: its public key, which new data is sealed to, and its vouch key), named to be
+/// tried first. A client that opens the first key file its password unwraps would seal its
+/// next backups to the thief (the real full key could not read them) and trust the thief's
+/// vouches. A client that tries the key files it used before first never opens it.
+#[test]
+fn a_planted_key_file_for_a_known_password_is_not_opened_by_a_client_that_remembers_its_own() {
+    let mem = MemoryBackend::new();
+    let (b, real) = init_with_stolen_key(&mem);
+    // the thief's own repository, with a write-only key of the same password
+    let planted = loop {
+        let theirs = MemoryBackend::new();
+        let tb = init(&theirs);
+        let id = Repository::open(tb.clone(), PW)
+            .unwrap()
+            .add_write_only_key(b"stolen")
+            .unwrap();
+        if id.0.to_hex() < real.0.to_hex() {
+            let bytes = tb.read(FileKind::Key, &id.0.to_hex()).unwrap();
+            b.write(FileKind::Key, &id.0.to_hex(), &bytes).unwrap();
+            break id;
+        }
+    };
+    // without a memory of its key file, the client opens the planted one
+    assert_eq!(Repository::open(b.clone(), b"stolen").unwrap().key_id(), planted);
+    // remembering it, the client opens its own, whatever sorts first
+    let repo = Repository::open_preferring(b.clone(), b"stolen", &[real.0.to_hex()]).unwrap();
+    assert_eq!(repo.key_id(), real);
+    assert_eq!(
+        repo.config().id,
+        Repository::open(b.clone(), PW).unwrap().config().id
+    );
+}

@@ -693,10 +693,22 @@ async fn write(
             .or_insert_with(|| Arc::new(Semaphore::new(st.limits.max_uploads_per_client.max(1))))
             .clone()
     };
-    let _client_permit = mine
-        .acquire_owned()
-        .await
-        .map_err(|_| err(StatusCode::SERVICE_UNAVAILABLE, "shutting down"))?;
+    // (bounded: a client that keeps more uploads waiting than it may send gets 503 and
+    // retries, instead of parking requests on connections)
+    let _client_permit = match tokio::time::timeout(st.limits.idle_timeout, mine.acquire_owned()).await {
+        Ok(Ok(p)) => p,
+        Ok(Err(_)) => return Err(err(StatusCode::SERVICE_UNAVAILABLE, "shutting down")),
+        Err(_) => {
+            drain(&st, body, len).await;
+            return Err(refuse(err(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "{who} has {} uploads in flight already; retry later",
+                    st.limits.max_uploads_per_client
+                ),
+            )));
+        }
+    };
     let _permit = st
         .uploads
         .acquire()
@@ -878,10 +890,24 @@ async fn receive(
     let mut got: u64 = 0;
     let mut small = Vec::new();
     let mut stream = body.into_data_stream();
+    let started = tokio::time::Instant::now();
     loop {
         let next = tokio::time::timeout(st.limits.idle_timeout, stream.next())
             .await
             .map_err(|_| err(StatusCode::REQUEST_TIMEOUT, "upload stalled; aborted"))?;
+        // past the idle timeout, the upload must keep up the minimum rate as it goes (not only
+        // by its deadline, which a large declared length puts hours away)
+        let late = started.elapsed().saturating_sub(st.limits.idle_timeout);
+        if (got as f64) < st.limits.min_upload_rate as f64 * late.as_secs_f64() {
+            return Err(err(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "upload too slow: {got} bytes in {} s, below {} bytes/s; aborted",
+                    started.elapsed().as_secs(),
+                    st.limits.min_upload_rate
+                ),
+            ));
+        }
         let Some(chunk) = next else { break };
         let chunk = chunk.map_err(|e| err(StatusCode::BAD_REQUEST, format!("upload broken off: {e}")))?;
         got += chunk.len() as u64;

@@ -77,11 +77,48 @@ pub fn open(g: &Global) -> Result<Repository> {
         .into());
     }
     let pw = repository_password(g)?;
-    let repo = Repository::open(b, &pw)?;
+    // the key files that opened this repository before are tried first (and so are kept):
+    // see `Repository::open_preferring`
+    let pin = key_pin_path(&b.location());
+    let known: Vec<String> = pin
+        .as_ref()
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .unwrap_or_default()
+        .lines()
+        .map(str::trim)
+        .filter(|s| coffer_core::format::Id::from_hex(s).is_ok())
+        .map(String::from)
+        .collect();
+    let repo = Repository::open_preferring(b, &pw, &known)?;
     for w in repo.skipped_keys() {
         eprintln!("warning: {w}");
     }
+    let opened = repo.key_id().0.to_hex();
+    if !known.is_empty() && !known.contains(&opened) {
+        eprintln!(
+            "warning: opened the repository with key file {}, which this client has not used before \
+             (if nobody added a key or changed a password, someone may have added one that opens with \
+             this password: see `coffer key list`)",
+            &opened[..8]
+        );
+    }
+    if let Some(path) = pin.filter(|_| known.first() != Some(&opened)) {
+        let mut list = vec![opened.clone()];
+        list.extend(known.into_iter().filter(|k| *k != opened).take(7));
+        // (a cache that cannot be written costs this protection, not the run)
+        let _ = path
+            .parent()
+            .map(std::fs::create_dir_all)
+            .transpose()
+            .and_then(|_| std::fs::write(&path, list.join("\n") + "\n"));
+    }
     Ok(repo)
+}
+
+/// Where the client notes which key file opened the repository at `location`.
+fn key_pin_path(location: &str) -> Option<std::path::PathBuf> {
+    let name = coffer_core::crypto::storage_id(location.as_bytes()).to_hex();
+    cache_dir().map(|d| d.join("keys").join(&name[..32]))
 }
 
 /// How far in the future a snapshot's time may be (clock skew between hosts) and still be
