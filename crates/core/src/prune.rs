@@ -96,7 +96,10 @@ struct Usage {
 /// repository's in-memory index is replaced by the one read here. With `verify`, each pack
 /// only unvouched index files list is read whole and verified first (its verified entries
 /// replace what those files said): prune vouches for what it writes.
-fn usage(repo: &mut IndexedRepository, verify: Option<&dyn Progress>) -> Result<Usage> {
+fn usage(
+    repo: &mut IndexedRepository,
+    verify: Option<(&dyn Progress, &HashMap<PackId, u64>)>,
+) -> Result<Usage> {
     let snaps = repo.list_snapshots()?;
     // Snapshots are written after the index files that list their data: reading the index
     // after listing the snapshots finds everything they reference. A snapshot committed in a
@@ -104,16 +107,8 @@ fn usage(repo: &mut IndexedRepository, verify: Option<&dyn Progress>) -> Result<
     // those packs' headers are added too (they exist until a sweep deletes them).
     let (index_files, mut packs, mut unvouched) = read_index_files(repo)?;
     let mut vouched_now = Vec::new();
-    if let Some(progress) = verify {
-        let sizes: HashMap<PackId, u64> = if unvouched.is_empty() {
-            HashMap::new()
-        } else {
-            repo.backend()
-                .list(FileKind::Pack)?
-                .into_iter()
-                .filter_map(|f| Id::from_hex(&f.name).ok().map(|id| (PackId(id), f.size)))
-                .collect()
-        };
+    // (`sizes`: the caller's listing of the packs in storage, not listed again here)
+    if let Some((progress, sizes)) = verify {
         let unverified = |p: &PackId, why: String| {
             progress.warn(&format!(
                 "pack {}: only index files no full key vouched for list it, and it does not verify; \
@@ -505,7 +500,7 @@ fn mark(
         packs,
         unvouched,
         vouched_now,
-    } = usage(repo, Some(progress))?;
+    } = usage(repo, Some((progress, &stored)))?;
     report.packs_vouched = vouched_now.len();
     report.packs_unverified = unvouched.len();
     if snap_ids.is_empty() && !packs.is_empty() {
