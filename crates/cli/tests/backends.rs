@@ -729,15 +729,17 @@ impl FaultProxy {
                     if client.read_exact(&mut body).is_err() {
                         return;
                     }
-                    requests.fetch_add(1, Ordering::Relaxed);
-                    // xorshift: which fault, if any
+                    let n = requests.fetch_add(1, Ordering::Relaxed) + 1;
+                    // every (100 / percent)-th request misbehaves, so the share of faults
+                    // does not depend on how many requests a run happens to make; xorshift
+                    // picks which fault
                     let mut x = rng.load(Ordering::Relaxed);
                     x ^= x << 13;
                     x ^= x >> 7;
                     x ^= x << 17;
                     rng.store(x, Ordering::Relaxed);
-                    let fault = if x % 100 < percent {
-                        Some(x / 100 % 4)
+                    let fault = if percent > 0 && n % (100 / percent) == 0 {
+                        Some(x % 4)
                     } else {
                         None
                     };
