@@ -1506,7 +1506,7 @@ pub fn backup_prescanned(
         })?;
 
     for p in &stats.packs {
-        repo.index_mut().add_pack(p);
+        repo.index_mut().add_pack(p, true);
     }
     summary.bytes_stored = stats.bytes_stored;
     summary.start = Some(start);

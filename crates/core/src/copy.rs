@@ -92,7 +92,7 @@ pub fn copy_snapshots(
         })?;
         report.bytes_stored += stats.bytes_stored;
         for p in &stats.packs {
-            dst.index_mut().add_pack(p);
+            dst.index_mut().add_pack(p, true);
             referenced.insert(p.id);
         }
         let mut copy = snap.clone();

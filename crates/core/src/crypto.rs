@@ -303,6 +303,12 @@ impl MasterKey {
         )
     }
 
+    /// Whether this key can tell a full key's vouch: false only for a write-only key made
+    /// before vouching existed, which then deduplicates against nothing but its own listings.
+    pub fn can_check_vouches(&self) -> bool {
+        self.vouch.is_some()
+    }
+
     /// Whether `sig` is a full key's vouch for `body` (always false for a write-only key made
     /// before vouching existed: it knows no public key to check with).
     pub fn is_vouched(&self, repo_id: &[u8], body: &[u8], sig: &[u8; 64]) -> bool {
@@ -837,6 +843,14 @@ mod tests {
         // another repository's full key vouches for nothing here
         let other = MasterKey::generate();
         assert!(!wo.is_vouched(repo, body, &other.vouch(repo, body).unwrap()));
+        assert!(full.can_check_vouches() && wo.can_check_vouches());
+        // a write-only key made before vouching (no public key in its file) trusts no vouch,
+        // and says so
+        let mut before = full.write_only();
+        before.vouch = None;
+        let (before, _) = MasterKey::from_bytes(&before.to_bytes(Some(b"cfg")), "t").unwrap();
+        assert!(!before.can_check_vouches());
+        assert!(!before.is_vouched(repo, body, &sig));
     }
 
     #[test]

@@ -210,12 +210,13 @@ impl Index {
         pos
     }
 
-    /// Add one pack's entries, as vouched for: a pack this process wrote, verified, or read
-    /// from a vouched listing (the first location seen for a blob stays primary; others are
-    /// kept as alternatives).
-    pub fn add_pack(&mut self, p: &IndexPack) {
+    /// Add one pack's entries (the first location seen for a blob stays primary; others are
+    /// kept as alternatives). `vouched`: a pack this process wrote or verified, or one a
+    /// vouched listing names; never one read from a header or an unvouched listing. A pack
+    /// once vouched for stays so.
+    pub fn add_pack(&mut self, p: &IndexPack, vouched: bool) {
         let pos = self.pack_position_of(&p.id);
-        self.vouched[pos as usize] = true;
+        self.vouched[pos as usize] |= vouched;
         for (id, slot) in slots(pos, &p.entries) {
             let primary = match self.table.find(&id) {
                 Some(s) => *s,
@@ -490,7 +491,7 @@ mod tests {
                         for e in &p.entries {
                             note(e.id, (p.id, e.offset));
                         }
-                        index.add_pack(&p);
+                        index.add_pack(&p, true);
                     }
                 }
             }
@@ -548,7 +549,7 @@ mod tests {
         assert!(index.contains(&id(4)) && !index.vouched(&id(4)));
         assert_eq!(index.unvouched_pack_count(), 1);
         // a pack this process verified or wrote is vouched
-        index.add_pack(&pack(2, &[(4, 0)]));
+        index.add_pack(&pack(2, &[(4, 0)]), true);
         assert!(index.vouched(&id(4)));
         assert_eq!(index.unvouched_pack_count(), 0);
     }

@@ -270,7 +270,7 @@ pub fn store_blobs(repo: &mut IndexedRepository, blobs: Vec<(BlobKind, Vec<u8>)>
         pipe.finish()
     })?;
     for p in &stats.packs {
-        repo.index_mut().add_pack(p);
+        repo.index_mut().add_pack(p, true);
     }
     Ok(ids)
 }

@@ -150,14 +150,14 @@ fn usage(
     }
     let mut index = crate::index::Index::default();
     for p in packs.values() {
-        index.add_pack(p);
+        index.add_pack(p, !unvouched.contains(&p.id));
     }
     *repo.index_mut() = index;
     for (_, m) in list_marks(&**repo.backend())? {
         for p in m.packs {
             if !repo.index().contains_pack(&p) {
                 match header_unless_garbage(repo, &p) {
-                    Ok(Some(entries)) => repo.index_mut().add_pack(&IndexPack { id: p, entries }),
+                    Ok(Some(entries)) => repo.index_mut().add_pack(&IndexPack { id: p, entries }, false),
                     // (the sweep leaves garbage in place and says so)
                     Ok(None) => {}
                     Err(Error::Backend(e)) if e.is_not_found() => {}
@@ -367,7 +367,7 @@ pub fn adopt_orphans(repo: &mut IndexedRepository, progress: &dyn Progress) -> R
         packs: adopted.clone(),
     })?;
     for p in &adopted {
-        repo.index_mut().add_pack(p);
+        repo.index_mut().add_pack(p, true);
     }
     Ok(adopted.len())
 }
@@ -681,7 +681,7 @@ fn mark(
         for f in backend.list(FileKind::Index)? {
             if let Ok(file) = repo.load_index_file(&f.name) {
                 for p in &file.packs {
-                    repo.index_mut().add_pack(p);
+                    repo.index_mut().add_pack(p, false);
                 }
             }
         }

@@ -36,6 +36,12 @@ pub fn run(g: &Global, a: BackupArgs) -> Result<u8> {
     let mut repo = super::open(g)?;
     // A write-only key cannot read the parent snapshot: its change cache stands in for it,
     // and names the index files it wrote itself (trusted for deduplication like vouched ones).
+    if !repo.key().can_read() && !repo.key().can_check_vouches() {
+        eprintln!(
+            "warning: this write-only key predates vouched index files: it deduplicates only against what it stored itself; \
+             replace it (`coffer key add --write-only` with a full key, then `coffer key remove` of this one)"
+        );
+    }
     let send_log = match (repo.key().can_read(), super::cache_dir()) {
         (false, Some(dir)) => {
             let abs = a
