@@ -657,7 +657,7 @@ fn same_file(st: &rustix::fs::Stat, parent: Option<&Node>) -> bool {
     })
 }
 
-struct Archiver<'a, 'p> {
+struct Archiver<'a, 'p, 'l> {
     repo: &'a IndexedRepository,
     parent_trees: Option<ParentTrees>,
     ahead: Option<Prescan>,
@@ -675,13 +675,13 @@ struct Archiver<'a, 'p> {
     /// the index (a bitmap: every reused chunk notes its pack).
     referenced: Vec<bool>,
     /// A write-only key's change cache from the last run, and what this run stores.
-    sent: Option<&'a SendLog>,
-    sent_next: Option<HashMap<Vec<u8>, Sent>>,
+    sent: Option<&'l SendLog>,
+    sent_next: Option<crate::sendlog::Recorder<'l>>,
     summary: Summary,
     progress: &'a dyn Progress,
 }
 
-impl Archiver<'_, '_> {
+impl<'l> Archiver<'_, '_, 'l> {
     fn warn(&mut self, msg: String) {
         self.summary.errors += 1;
         self.progress.warn(&msg);
@@ -909,7 +909,7 @@ impl Archiver<'_, '_> {
             dirs: BTreeMap<Name, Dir>,
             files: Vec<Node>,
         }
-        fn save(a: &mut Archiver<'_, '_>, d: Dir, now: DateTime<FixedOffset>) -> Result<Tree> {
+        fn save(a: &mut Archiver<'_, '_, '_>, d: Dir, now: DateTime<FixedOffset>) -> Result<Tree> {
             let mut tree = Tree { nodes: d.files };
             for (name, sub) in d.dirs {
                 let mut node = synthetic_node(name, NodeKind::Dir, now);
@@ -992,10 +992,11 @@ impl Archiver<'_, '_> {
         };
         let ahead = scanned.is_some();
         // without a parent, a write-only key's change cache stands in for it
-        let logged = match parent {
-            None => self.sent.and_then(|l| l.get(path)),
+        let logged_entry = match parent {
+            None => self.sent.and_then(|l| l.get_entry(path)),
             Some(_) => None,
         };
+        let logged = logged_entry.map(|(_, l)| l);
         let stat = || rustix::fs::statat(dir, cname, AtFlags::SYMLINK_NOFOLLOW);
         let mut st = scanned.unwrap_or_else(stat);
         // A file about to be read is described as it is now, not as the walk-ahead saw it a
@@ -1026,10 +1027,24 @@ impl Archiver<'_, '_> {
         if let Some(w) = warning {
             self.warn(w);
         }
+        // the change cache's record holds the attributes when the ctime says they are the same
+        let mut xattrs_logged = false;
+        if let Some(l) =
+            logged.filter(|l| xattrs == Xattrs::Pending && l.inode == node.inode && l.ctime == node.ctime)
+        {
+            if let Some(x) = &l.xattrs {
+                node.xattrs = x.clone();
+                xattrs = Xattrs::Read;
+                xattrs_logged = true;
+            }
+        }
         match kind {
             NodeKind::File => {
                 self.summary.bytes_total += node.size;
                 let key = (node.dev, node.inode);
+                // the file is exactly as the change cache has it (content and attributes)
+                let mut kept_as_logged = false;
+                let errors_before = self.summary.errors;
                 let reuse = if node.links > 1 {
                     self.hardlinks.get(&key).cloned()
                 } else {
@@ -1040,10 +1055,11 @@ impl Archiver<'_, '_> {
                     self.summary.files_unchanged += 1;
                     self.progress.file_status(FileStatus::Unchanged, path);
                     ids
-                } else if let Some(ids) = self
-                    .unchanged(&node, parent)
-                    .or_else(|| self.unchanged_logged(&node, logged))
-                {
+                } else if let Some(ids) = self.unchanged(&node, parent).or_else(|| {
+                    let ids = self.unchanged_logged(&node, logged)?;
+                    kept_as_logged = xattrs_logged;
+                    Some(ids)
+                }) {
                     self.summary.files_unchanged += 1;
                     self.progress.bytes(node.size);
                     self.progress.file_status(FileStatus::Unchanged, path);
@@ -1069,16 +1085,21 @@ impl Archiver<'_, '_> {
                     self.hardlinks.insert(key, (content.clone(), node.size));
                 }
                 if let Some(next) = self.sent_next.as_mut().filter(|_| node.error.is_none()) {
-                    next.insert(
-                        path.as_os_str().as_encoded_bytes().to_vec(),
-                        Sent {
-                            size: node.size,
-                            mtime: node.mtime,
-                            ctime: node.ctime,
-                            inode: node.inode,
-                            content: content.clone(),
-                        },
-                    );
+                    match logged_entry.filter(|_| kept_as_logged) {
+                        Some((logged_path, _)) => next.keep(logged_path),
+                        None => next.record(
+                            path,
+                            Sent {
+                                size: node.size,
+                                mtime: node.mtime,
+                                ctime: node.ctime,
+                                inode: node.inode,
+                                content: content.clone(),
+                                // (attributes that could not be read are read again next time)
+                                xattrs: (self.summary.errors == errors_before).then(|| node.xattrs.clone()),
+                            },
+                        ),
+                    }
                 }
                 node.content = content;
                 self.progress.files(1);
@@ -1458,7 +1479,7 @@ pub fn backup_prescanned(
                         hardlinks: HashMap::new(),
                         referenced: vec![false; repo_ref.index().pack_count()],
                         sent: opts.send_log.as_deref(),
-                        sent_next: opts.send_log.as_ref().map(|l| HashMap::with_capacity(l.len())),
+                        sent_next: opts.send_log.as_deref().map(|l| l.recorder()),
                         summary: Summary::default(),
                         progress,
                     };
@@ -1551,7 +1572,7 @@ pub fn backup_prescanned(
             &repo.written_index_files(),
         );
         // the snapshot is saved: a cache that cannot be written costs the next run speed only
-        if let Err(e) = log.save(&sent, &own) {
+        if let Err(e) = log.save_run(sent, &own) {
             progress.warn(&format!("{e}; the next run reads every file again"));
         }
     }

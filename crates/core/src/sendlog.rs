@@ -14,26 +14,41 @@
 //! on disk) and replaced atomically at the end of each successful run. A missing, damaged or
 //! foreign file costs speed only: the run reads every file and writes a new one.
 //!
+//! Two files, both sealed: the files' records, rewritten when a file changed, and the list
+//! of index files, rewritten when the run wrote one (so that a run which only stored a few
+//! new directory trees does not rewrite some MiB of records). The list is written first: a
+//! crash between the two leaves records whose content is in listed index files.
+//!
 //! ```text
-//! log   = "CSL1" || n_index:u32le || index_id:32 * n_index || n_files:u32le || file*
+//! log   = "CSL2" || n_files:u32le || file*                     (NAME)
+//! own   = "CSO1" || n_index:u32le || index_id:32 * n_index     (NAME.own)
 //! file  = path_len:u32le || path || size:u64le || mtime_s:i64le || mtime_ns:u32le
 //!         || ctime_s:i64le || ctime_ns:u32le || inode:u64le || n_ids:u32le || blob_id:32 * n_ids
+//!         || n_xattrs:u32le || (name_len:u32le || name || value_len:u32le || value) * n_xattrs
 //! ```
+//!
+//! A file's extended attributes are kept too: they cannot change without changing its ctime,
+//! so an unchanged file costs no system call for them (as with a full key's parent). A log of
+//! the first format ("CSL1": the index list first, no attributes) is read as one whose files'
+//! attributes are unknown: they are read again once.
 
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use coffer_format::{BlobId, Id, IndexId, ObjectKind, Timestamp};
+use coffer_format::{BlobId, Bytes, Id, IndexId, ObjectKind, Timestamp, Xattr};
 
 use crate::compress::{decode_blob_max, encode_blob, CompressionSpec};
 use crate::error::{Error, Result};
 use crate::repo::Repository;
 
-const MAGIC: &[u8; 4] = b"CSL1";
+const MAGIC: &[u8; 4] = b"CSL2";
+const MAGIC_V1: &[u8; 4] = b"CSL1";
+const MAGIC_OWN: &[u8; 4] = b"CSO1";
 /// Largest send log accepted (decompressed): far beyond any real one.
 const MAX_LOG: usize = 4 << 30;
 const AD: &[u8] = b"coffer/v1 send log";
+const AD_OWN: &[u8] = b"coffer/v1 send log: own index files";
 
 /// What the last run stored for one file.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -43,6 +58,8 @@ pub struct Sent {
     pub ctime: Timestamp,
     pub inode: u64,
     pub content: Vec<BlobId>,
+    /// The extended attributes (`None`: not known, from a log of the older format).
+    pub xattrs: Option<Vec<Xattr>>,
 }
 
 /// The send log of one repository, key and set of paths.
@@ -51,6 +68,8 @@ pub struct SendLog {
     key: zeroize::Zeroizing<[u8; 32]>,
     own_index_files: Vec<IndexId>,
     files: HashMap<Vec<u8>, Sent>,
+    /// Read from a log of the first format (rewritten at the end of the run).
+    v1: bool,
     /// Why the log on disk was not used, if it was not (a warning for the run).
     pub discarded: Option<String>,
 }
@@ -84,11 +103,17 @@ impl SendLog {
             key: repo.key().local_cache_key("send log"),
             own_index_files: Vec::new(),
             files: HashMap::new(),
+            v1: false,
             discarded: None,
         };
-        match std::fs::read(&log.path) {
-            Ok(bytes) => {
-                if let Err(e) = log.decode(&bytes) {
+        let own_path = log.own_path();
+        match std::fs::read(&log.path).and_then(|b| Ok((b, read_if_exists(&own_path)?))) {
+            Ok((bytes, own)) => {
+                let decoded = log.decode(&bytes).and_then(|()| match own {
+                    Some(own) => log.decode_own(&own),
+                    None => Ok(()),
+                });
+                if let Err(e) = decoded {
                     log.discarded = Some(format!(
                         "change cache {} not used, every file is read again: {e}",
                         log.path.display()
@@ -123,6 +148,48 @@ impl SendLog {
         self.files.get(path.as_os_str().as_encoded_bytes())
     }
 
+    /// [`Self::get`], with the log's own copy of the path (for [`Recorder::keep`]).
+    pub fn get_entry(&self, path: &Path) -> Option<(&[u8], &Sent)> {
+        self.files
+            .get_key_value(path.as_os_str().as_encoded_bytes())
+            .map(|(k, v)| (k.as_slice(), v))
+    }
+
+    /// A recorder of what a run stores, to be saved with [`Self::save_run`].
+    pub fn recorder(&self) -> Recorder<'_> {
+        Recorder {
+            kept: Vec::with_capacity(self.files.len()),
+            fresh: Vec::new(),
+        }
+    }
+
+    fn own_path(&self) -> PathBuf {
+        self.path.with_extension("own")
+    }
+
+    /// Save what the run recorded: the index list if it changed, then the files' records if
+    /// any file is new, changed or gone. Returns how many of the two files were written.
+    pub fn save_run(&self, rec: Recorder<'_>, own_index_files: &[IndexId]) -> Result<usize> {
+        let mut written = 0;
+        if self.own_index_files != own_index_files || !self.own_path().exists() {
+            let mut out = Vec::with_capacity(8 + own_index_files.len() * 32);
+            out.extend_from_slice(MAGIC_OWN);
+            out.extend_from_slice(&(own_index_files.len() as u32).to_le_bytes());
+            for i in own_index_files {
+                out.extend_from_slice(i.as_bytes());
+            }
+            self.replace(&self.own_path(), AD_OWN, &out)?;
+            written += 1;
+        }
+        if !rec.fresh.is_empty() || rec.kept.len() != self.files.len() || self.v1 {
+            let kept = rec.kept.iter().filter_map(|k| self.files.get_key_value(*k));
+            let fresh = rec.fresh.iter().map(|(k, v)| (k, v));
+            self.write(kept.chain(fresh))?;
+            written += 1;
+        }
+        Ok(written)
+    }
+
     pub fn len(&self) -> usize {
         self.files.len()
     }
@@ -131,17 +198,14 @@ impl SendLog {
         self.files.is_empty()
     }
 
-    /// Replace the log on disk with `files` (what this run stored) and `own_index_files`.
-    pub fn save(&self, files: &HashMap<Vec<u8>, Sent>, own_index_files: &[IndexId]) -> Result<()> {
-        let n_ids: usize = files.values().map(|s| s.content.len()).sum();
-        let mut out = Vec::with_capacity(12 + own_index_files.len() * 32 + files.len() * 100 + n_ids * 32);
+    fn write<'f>(&self, files: impl Iterator<Item = (&'f Vec<u8>, &'f Sent)>) -> Result<()> {
+        let mut out = Vec::with_capacity(8 + self.files.len() * 140);
         out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&(own_index_files.len() as u32).to_le_bytes());
-        for i in own_index_files {
-            out.extend_from_slice(i.as_bytes());
-        }
-        out.extend_from_slice(&(files.len() as u32).to_le_bytes());
+        let count_at = out.len();
+        out.extend_from_slice(&0u32.to_le_bytes());
+        let mut count = 0u32;
         for (path, s) in files {
+            count += 1;
             out.extend_from_slice(&(path.len() as u32).to_le_bytes());
             out.extend_from_slice(path);
             out.extend_from_slice(&s.size.to_le_bytes());
@@ -154,23 +218,59 @@ impl SendLog {
             for id in &s.content {
                 out.extend_from_slice(id.as_bytes());
             }
+            let xattrs = s.xattrs.as_deref().unwrap_or_default();
+            out.extend_from_slice(&(xattrs.len() as u32).to_le_bytes());
+            for x in xattrs {
+                for part in [&x.name.0, &x.value.0] {
+                    out.extend_from_slice(&(part.len() as u32).to_le_bytes());
+                    out.extend_from_slice(part);
+                }
+            }
         }
-        let plain = encode_blob(
+        out[count_at..count_at + 4].copy_from_slice(&count.to_le_bytes());
+        self.replace(&self.path, AD, &out)
+    }
+
+    /// Compress, seal and atomically replace the file at `path`.
+    fn replace(&self, path: &Path, ad: &[u8], plain: &[u8]) -> Result<()> {
+        // (a local cache: zstd's fastest level, the file's size hardly matters)
+        let compressed = encode_blob(
             CompressionSpec {
                 algo: coffer_format::Compression::Zstd,
-                level: 3,
+                level: 1,
             },
-            &out,
+            plain,
         );
-        drop(out);
-        let sealed = crate::crypto::seal_with(&self.key, ObjectKind::Index, AD, &plain);
-        let dir = self.path.parent().unwrap_or(Path::new("."));
-        let io = |e: std::io::Error| Error::Invalid(format!("change cache {}: {e}", self.path.display()));
+        let sealed = crate::crypto::seal_with(&self.key, ObjectKind::Index, ad, &compressed);
+        drop(compressed);
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let io = |e: std::io::Error| Error::Invalid(format!("change cache {}: {e}", path.display()));
         std::fs::create_dir_all(dir).map_err(io)?;
         let mut tmp = tempfile_in(dir).map_err(io)?;
         tmp.1.write_all(&sealed).map_err(io)?;
         tmp.1.sync_all().map_err(io)?;
-        std::fs::rename(&tmp.0, &self.path).map_err(io)?;
+        std::fs::rename(&tmp.0, path).map_err(io)?;
+        Ok(())
+    }
+
+    fn decode_own(&mut self, sealed: &[u8]) -> Result<()> {
+        let what = "change cache's index list";
+        let plain = crate::crypto::open_with(&self.key, ObjectKind::Index, AD_OWN, sealed, what)?;
+        let b = decode_blob_max(plain, MAX_LOG, what)?;
+        let bad = || Error::integrity(what, "malformed");
+        let mut r = Reader { b: &b, pos: 0 };
+        if r.take(4).ok_or_else(bad)? != MAGIC_OWN {
+            return Err(bad());
+        }
+        let n = r.u32().ok_or_else(bad)? as usize;
+        for _ in 0..n {
+            self.own_index_files.push(IndexId(Id(r.id().ok_or_else(bad)?)));
+        }
+        if r.left() != 0 {
+            return Err(bad());
+        }
+        self.own_index_files.sort();
+        self.own_index_files.dedup();
         Ok(())
     }
 
@@ -180,12 +280,18 @@ impl SendLog {
         let b = decode_blob_max(plain, MAX_LOG, what)?;
         let bad = || Error::integrity(what, "malformed");
         let mut r = Reader { b: &b, pos: 0 };
-        if r.take(4).ok_or_else(bad)? != MAGIC {
-            return Err(bad());
-        }
-        let n = r.u32().ok_or_else(bad)? as usize;
-        for _ in 0..n {
-            self.own_index_files.push(IndexId(Id(r.id().ok_or_else(bad)?)));
+        let v1 = match r.take(4).ok_or_else(bad)? {
+            m if m == MAGIC => false,
+            m if m == MAGIC_V1 => true,
+            _ => return Err(bad()),
+        };
+        self.v1 = v1;
+        if v1 {
+            let n = r.u32().ok_or_else(bad)? as usize;
+            for _ in 0..n {
+                self.own_index_files.push(IndexId(Id(r.id().ok_or_else(bad)?)));
+            }
+            self.own_index_files.sort();
         }
         let n = r.u32().ok_or_else(bad)? as usize;
         self.files.reserve(n.min(b.len() / 64));
@@ -206,6 +312,21 @@ impl SendLog {
             for _ in 0..k {
                 content.push(BlobId(Id(r.id().ok_or_else(bad)?)));
             }
+            let xattrs = if v1 {
+                None
+            } else {
+                let n = r.u32().ok_or_else(bad)? as usize;
+                let mut xattrs = Vec::with_capacity(n.min(r.left() / 8));
+                for _ in 0..n {
+                    let mut part = || -> Option<Bytes> {
+                        let len = r.u32()? as usize;
+                        Some(Bytes(r.take(len)?.to_vec()))
+                    };
+                    let (name, value) = (part().ok_or_else(bad)?, part().ok_or_else(bad)?);
+                    xattrs.push(Xattr { name, value });
+                }
+                Some(xattrs)
+            };
             self.files.insert(
                 path,
                 Sent {
@@ -214,6 +335,7 @@ impl SendLog {
                     ctime,
                     inode,
                     content,
+                    xattrs,
                 },
             );
         }
@@ -221,6 +343,26 @@ impl SendLog {
             return Err(bad());
         }
         Ok(())
+    }
+}
+
+/// What a run stores, for the next run's log: files kept as the log had them (by the log's
+/// own copy of their path) and files stored anew.
+pub struct Recorder<'a> {
+    kept: Vec<&'a [u8]>,
+    fresh: Vec<(Vec<u8>, Sent)>,
+}
+
+impl<'a> Recorder<'a> {
+    /// A file found exactly as the log has it (`path` from [`SendLog::get_entry`]).
+    pub fn keep(&mut self, path: &'a [u8]) {
+        self.kept.push(path);
+    }
+
+    /// A file stored anew, or changed.
+    pub fn record(&mut self, path: &Path, sent: Sent) {
+        self.fresh
+            .push((path.as_os_str().as_encoded_bytes().to_vec(), sent));
     }
 }
 
@@ -233,6 +375,14 @@ pub fn own_files_after(before: &[IndexId], existing: &[IndexId], written: &[Inde
     out.sort();
     out.dedup();
     out
+}
+
+fn read_if_exists(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
+    match std::fs::read(path) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 fn tempfile_in(dir: &Path) -> std::io::Result<(PathBuf, std::fs::File)> {

@@ -103,9 +103,36 @@ fn an_unchanged_re_backup_with_a_write_only_key_reads_nothing() {
         expect.insert(name, d);
     }
 
+    // extended attributes come from the cache while the ctime says they are unchanged
+    xattr::set(src.join("file-2"), "user.coffer-test", b"one").unwrap();
+    let xattr_of = |snap: &coffer_core::format::Snapshot| {
+        let repo = Repository::open(b.clone(), PW).unwrap().load_index().unwrap();
+        let path = format!("{}/file-2", src.display());
+        match coffer_core::walk::find_path(&repo, snap.tree, &path).unwrap() {
+            coffer_core::walk::Found::Node(n) => {
+                n.xattrs.iter().map(|x| x.value.0.clone()).collect::<Vec<_>>()
+            }
+            _ => panic!("file-2 is a file"),
+        }
+    };
+    // the change cache's records (not the list of index files beside them)
+    let records = || {
+        fs::read(
+            fs::read_dir(cache.join("sendlog"))
+                .unwrap()
+                .flatten()
+                .map(|e| e.path())
+                .find(|p| p.extension().is_none())
+                .unwrap(),
+        )
+        .unwrap()
+    };
+
     let first = backup_wo(&b, &src, &cache);
     assert_eq!(first.summary.files_new, 20);
     assert!(first.summary.bytes_read > 0);
+    assert_eq!(xattr_of(&first), vec![b"one".to_vec()]);
+    let records_first = records();
 
     // unchanged: nothing read, nothing new but the trees of the temporary directories above
     // the source (the cache beside it changed them)
@@ -113,6 +140,18 @@ fn an_unchanged_re_backup_with_a_write_only_key_reads_nothing() {
     assert_eq!(second.summary.files_unchanged, 20, "{:?}", second.summary);
     assert_eq!(second.summary.bytes_read, 0);
     assert!(second.summary.bytes_new_raw < 4_000, "{:?}", second.summary);
+    assert_eq!(xattr_of(&second), vec![b"one".to_vec()]);
+    // nothing changed: the records are not rewritten (a rewrite seals with a new nonce)
+    assert!(
+        records() == records_first,
+        "the unchanged run rewrote the change cache"
+    );
+
+    // a changed attribute changes the ctime: it is read again (the content is not)
+    xattr::set(src.join("file-2"), "user.coffer-test", b"two").unwrap();
+    let changed = backup_wo(&b, &src, &cache);
+    assert_eq!(xattr_of(&changed), vec![b"two".to_vec()]);
+    assert!(records() != records_first);
 
     // a touched file (900 kB) is read again, and its content is found among the client's own
     // blobs: nothing of it is stored again
@@ -130,19 +169,32 @@ fn an_unchanged_re_backup_with_a_write_only_key_reads_nothing() {
     assert!(third.summary.bytes_new_raw < 4_000, "{:?}", third.summary);
 
     // the cache on disk is sealed: no file name in the clear
-    let logs: Vec<_> = fs::read_dir(cache.join("sendlog")).unwrap().flatten().collect();
-    assert_eq!(logs.len(), 1);
-    let bytes = fs::read(logs[0].path()).unwrap();
-    assert!(!bytes.windows(6).any(|w| w == b"file-1"));
+    let logs: Vec<_> = fs::read_dir(cache.join("sendlog"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(logs.len(), 2, "{logs:?}"); // the records and the list of index files
+    for log in &logs {
+        let bytes = fs::read(log).unwrap();
+        assert!(!bytes.windows(6).any(|w| w == b"file-1"));
+    }
 
-    // a damaged cache costs one full read, not the backup
-    fs::write(logs[0].path(), b"damaged").unwrap();
+    // a damaged cache (either file) costs one full read, not the backup
+    let records_path = logs.iter().find(|p| p.extension().is_none()).unwrap();
+    fs::write(records_path, b"damaged").unwrap();
     let repo = Repository::open(b.clone(), WO).unwrap();
     assert!(SendLog::open(&cache, &repo, std::slice::from_ref(&src))
         .discarded
         .is_some());
     let fourth = backup_wo(&b, &src, &cache);
     assert_eq!(fourth.summary.files_new, 20);
+    fs::write(records_path.with_extension("own"), b"damaged").unwrap();
+    assert!(SendLog::open(&cache, &repo, std::slice::from_ref(&src))
+        .discarded
+        .is_some());
+    let fifth = backup_wo(&b, &src, &cache);
+    assert_eq!(fifth.summary.files_new, 20);
     restores(&b, &expect);
 }
 
