@@ -73,6 +73,14 @@ pub struct Global {
     /// token sources). Runs on a coffer server repository are reported to it anyway
     #[arg(long, env = "COFFER_REPORT_TO", global = true, value_name = "URL")]
     pub report_to: Option<String>,
+    /// The configuration file (repositories and jobs) for --repo-name, --job, `run` and
+    /// `config check` [default: /etc/coffer/coffer.toml]
+    #[arg(long, env = "COFFER_CONFIG", global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Use the repository the configuration declares under NAME (its location, password,
+    /// token, CA certificate and S3/SSH settings) instead of -r and the password options
+    #[arg(long, global = true, value_name = "NAME")]
+    pub repo_name: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -115,6 +123,31 @@ pub enum Command {
     /// Copy snapshots from another repository into this one (-r); keys may differ, only
     /// missing data moves, and a snapshot copied before is skipped
     Copy(CopyArgs),
+    /// Run a job of the configuration now, as the agent would: its backups to every
+    /// destination, then its retention (or, with --check, its verification)
+    Run(RunArgs),
+    /// The configuration file
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Run the configuration's jobs on their schedules (a daemon: SIGHUP reloads the
+    /// configuration, SIGTERM stops it after telling running jobs to stop)
+    Agent,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// The job's name in the configuration
+    pub job: String,
+    /// Run the job's check (`[job.NAME.check]`) instead of its backup
+    #[arg(long)]
+    pub check: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigCommand {
+    /// Check the configuration and show what it resolves to, with each job's next run
+    /// (exit 2: it does not parse or check; 1: a file it names is missing)
+    Check,
 }
 
 #[derive(Args, Debug)]
@@ -419,8 +452,11 @@ pub struct InitArgs {
 #[derive(Args, Debug)]
 pub struct BackupArgs {
     /// Files and directories to back up
-    #[arg(required_unless_present_any = ["mysql", "postgres", "sqlite"])]
+    #[arg(required_unless_present_any = ["mysql", "postgres", "sqlite", "job"])]
     pub paths: Vec<PathBuf>,
+    /// Back up what the configuration's job NAME says (paths, databases, excludes, tags)
+    #[arg(long, value_name = "NAME")]
+    pub job: Option<String>,
     /// Dump MySQL/MariaDB databases into the snapshot: `all` or NAME[,NAME...]
     #[arg(long, value_name = "all|DB,...", help_heading = "Databases")]
     pub mysql: Option<String>,
@@ -709,6 +745,10 @@ pub struct ForgetArgs {
     /// Run prune afterwards (with its default settings)
     #[arg(long)]
     pub prune: bool,
+    /// Apply the retention of the configuration's job NAME, to that job's snapshots of this
+    /// host only
+    #[arg(long, value_name = "NAME")]
+    pub job: Option<String>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -732,6 +772,9 @@ pub struct CheckArgs {
     /// Read and verify a subset: N/M (group N of M) or P% (the packs verified longest ago)
     #[arg(long, value_name = "N/M|P%", value_parser = read_data_arg)]
     pub read_data_subset: Option<String>,
+    /// Read the share of data the configuration's job NAME says (`[job.NAME.check]`)
+    #[arg(long, value_name = "NAME")]
+    pub job: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]

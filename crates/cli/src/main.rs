@@ -9,7 +9,7 @@ mod ui;
 use std::process::ExitCode;
 use std::time::{Instant, SystemTime};
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use coffer_core::Category;
 
 use cli::{Cli, Command};
@@ -70,8 +70,62 @@ pub fn release_free_memory() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 pub fn release_free_memory() {}
 
+/// A step started by `coffer run` or the agent ends when its parent does (a killed agent
+/// leaves no backup running unwatched; the next run takes over).
+fn exit_with_parent() {
+    let Some(ppid) = std::env::var(cmd::run::EXIT_WITH_PARENT)
+        .ok()
+        .and_then(|p| p.parse::<i32>().ok())
+    else {
+        return;
+    };
+    std::env::remove_var(cmd::run::EXIT_WITH_PARENT);
+    let _ = rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::TERM));
+    // the parent may have died before the line above
+    if rustix::process::getppid().map(|p| p.as_raw_nonzero().get()) != Some(ppid) {
+        std::process::exit(130);
+    }
+}
+
+/// Whether -r/--repo was typed (not taken from COFFER_REPOSITORY), at any level.
+fn repo_typed(m: &clap::ArgMatches) -> bool {
+    let here = matches!(
+        m.value_source("repo"),
+        Some(clap::parser::ValueSource::CommandLine)
+    );
+    here || m.subcommand().is_some_and(|(_, sub)| repo_typed(sub))
+}
+
+/// What the configuration file stands for: --repo-name's repository, --job's sources,
+/// retention or check.
+fn apply_config(cli: &mut Cli, typed: bool) -> anyhow::Result<()> {
+    let job = match &cli.command {
+        Command::Backup(a) => a.job.is_some(),
+        Command::Forget(a) => a.job.is_some(),
+        Command::Check(a) => a.job.is_some(),
+        _ => false,
+    };
+    if cli.global.repo_name.is_none() && !job {
+        return Ok(());
+    }
+    let cfg = cmd::job::load(&cli.global)?;
+    if let Some(name) = cli.global.repo_name.clone() {
+        cmd::job::apply_repo(&mut cli.global, &cfg, &name, typed)?;
+    }
+    match &mut cli.command {
+        Command::Backup(a) => cmd::job::backup_args(&cfg, a),
+        Command::Forget(a) => cmd::job::forget_args(&cfg, a),
+        Command::Check(a) => cmd::job::check_args(&cfg, a),
+        _ => Ok(()),
+    }
+}
+
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    exit_with_parent();
+    let parsed = Cli::command()
+        .try_get_matches()
+        .and_then(|m| Ok((Cli::from_arg_matches(&m)?, repo_typed(&m))));
+    let (mut cli, typed) = match parsed {
         Ok(c) => c,
         // a bad value is one line, like every other error (clap adds a --help hint below)
         Err(e)
@@ -89,6 +143,10 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
+    if let Err(e) = apply_config(&mut cli, typed) {
+        eprintln!("coffer: error: {}", one_line(&e));
+        return ExitCode::from(exit_code_for(&e).unwrap_or(1));
+    }
     if matches!(cli.command, Command::Backup(_)) {
         large_blocks_from_the_kernel();
     }
@@ -121,6 +179,9 @@ fn main() -> ExitCode {
         Command::Stats => cmd::stats(&g),
         Command::Server(a) => cmd::server::run(&g, a),
         Command::Copy(a) => cmd::copy::run(&g, a),
+        Command::Run(a) => cmd::run::run(&g, a),
+        Command::Config(crate::cli::ConfigCommand::Check) => cmd::config::check(&g),
+        Command::Agent => cmd::agent::run(&g),
     };
     if let Some(kind) = report_kind {
         let outcome = match &r {
@@ -144,7 +205,8 @@ fn main() -> ExitCode {
 /// What an interruption leaves, per command (`None`: the server, which handles its signals).
 fn interrupt_message(c: &Command) -> Option<&'static str> {
     Some(match c {
-        Command::Server(_) => return None,
+        // (run passes the signal on to its running step, and says what it stopped)
+        Command::Server(_) | Command::Run(_) | Command::Agent => return None,
         Command::Backup(_) | Command::Copy(_) => {
             "the repository is valid; a snapshot exists only if the run said it saved one, and the next run reuses the data already uploaded"
         }

@@ -27,6 +27,8 @@ pub struct CliProgress {
     actions: Option<&'static str>,
     /// Backup: list new and changed files (1, `-v`), and unchanged ones too (2, `-vv`).
     list_files: u8,
+    /// Print notes (not with --quiet or --json).
+    notes: bool,
 }
 
 impl CliProgress {
@@ -48,6 +50,7 @@ impl CliProgress {
             verb,
             actions: None,
             list_files: 0,
+            notes: show,
         }
     }
 
@@ -115,6 +118,18 @@ impl Progress for CliProgress {
             Some(b) => b.suspend(|| println!("{line}")),
             None => {
                 let _ = writeln!(std::io::stdout(), "{line}");
+            }
+        }
+    }
+    fn note(&self, msg: &str) {
+        if !self.notes {
+            return;
+        }
+        let line = format!("note: {msg}");
+        match &self.bar {
+            Some(b) => b.suspend(|| eprintln!("{line}")),
+            None => {
+                let _ = writeln!(std::io::stderr(), "{line}");
             }
         }
     }

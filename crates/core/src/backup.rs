@@ -1400,8 +1400,9 @@ pub fn backup_prescanned(
     }
     let adopted = crate::prune::adopt_orphans(repo, progress)?;
     if adopted > 0 {
-        progress.warn(&format!(
-            "{adopted} packs left by an interrupted backup were added to the index"
+        // (a backup of another job running at the same time leaves them too: not a problem)
+        progress.note(&format!(
+            "{adopted} packs in no index (an interrupted or concurrent backup's) were verified and added to the index"
         ));
     }
     let start = Local::now().fixed_offset();

@@ -50,8 +50,8 @@ pub fn copy_snapshots(
     dst.ensure_lease("backup")?;
     let adopted = crate::prune::adopt_orphans(dst, progress)?;
     if adopted > 0 {
-        progress.warn(&format!(
-            "{adopted} packs left by an interrupted run were added to the index"
+        progress.note(&format!(
+            "{adopted} packs in no index (an interrupted or concurrent run's) were verified and added to the index"
         ));
     }
     let (existing, unreadable) = dst.list_snapshots_readable()?;

@@ -12,6 +12,8 @@ pub trait Progress: Sync {
     fn files(&self, _n: u64) {}
     /// Something went wrong with one item, and the operation goes on without it.
     fn warn(&self, _msg: &str) {}
+    /// Something worth knowing that is not a problem (not counted as a warning).
+    fn note(&self, _msg: &str) {}
     /// What a restore did, or in a dry run would do, to one path of its target.
     fn restore_action(&self, _action: RestoreAction, _path: &Path) {}
     /// What a backup found a file to be (new, changed, unchanged), once it is decided.

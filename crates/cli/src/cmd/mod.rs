@@ -1,11 +1,15 @@
 //! One function per subcommand: resolve flags into library options, call the core, print.
 
+pub mod agent;
 pub mod backup;
 pub mod cat;
+pub mod config;
 pub mod copy;
 pub mod db;
 pub mod forget;
+pub mod job;
 pub mod monitor;
+pub mod run;
 pub mod server;
 
 use std::io::Write;

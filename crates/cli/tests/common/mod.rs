@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 #![allow(clippy::unwrap_used)]
 
+pub mod seaweed;
 pub mod server;
 pub mod sshd;
 

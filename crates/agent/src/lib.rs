@@ -1,0 +1,14 @@
+//! coffer's job configuration (`/etc/coffer/coffer.toml`), schedules, and what the agent
+//! remembers between runs. The binary turns a job into the `coffer backup`, `forget` and
+//! `check` runs it stands for; this crate says what they are and when they are due.
+
+mod config;
+mod schedule;
+mod state;
+
+pub use config::{
+    default_state_dir, Check, Config, ConfigError, Databases, DbConnection, IoClass, Job, Limits, Repository,
+    Retention, DEFAULT_PATH,
+};
+pub use schedule::{show, utc, Schedule, Zone};
+pub use state::{JobLock, JobState, LockError, StateDir};

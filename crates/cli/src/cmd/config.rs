@@ -1,0 +1,199 @@
+//! `coffer config check`: read the configuration as the agent would, and print what it
+//! resolves to: repositories (secrets as their sources only), jobs, and when each runs next.
+//! Exit 2 for a configuration that does not parse or check (one line: file:line:column),
+//! 1 when it is valid but names a file that is not there (a password or token file, a CA
+//! certificate), 0 otherwise.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use chrono::Utc;
+use coffer_agent::{show, Config};
+use serde::Serialize;
+
+use super::{job, outln, print_json};
+use crate::cli::Global;
+use std::io::Write;
+
+#[derive(Serialize)]
+struct RepoOut {
+    name: String,
+    location: String,
+    /// `file /etc/coffer/x.key` or `command` (the command itself is not shown)
+    password: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token_file: Option<String>,
+}
+
+#[derive(Serialize)]
+struct JobOut {
+    name: String,
+    paths: Vec<String>,
+    databases: Vec<String>,
+    to: Vec<String>,
+    schedule: Option<String>,
+    /// RFC 3339, UTC
+    next_run: Option<String>,
+    retention_on: Vec<String>,
+    check_schedule: Option<String>,
+    next_check: Option<String>,
+}
+
+#[derive(Serialize)]
+struct ConfigOut {
+    path: String,
+    host: String,
+    state_dir: String,
+    repositories: Vec<RepoOut>,
+    jobs: Vec<JobOut>,
+    problems: Vec<String>,
+}
+
+/// Files the configuration names that are not there.
+fn missing_files(cfg: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut need = |what: String, p: &Path| {
+        if !p.exists() {
+            out.push(format!("{what} {}: no such file", p.display()));
+        }
+    };
+    for r in cfg.repositories.values() {
+        let files = [
+            ("password_file", &r.password_file),
+            ("token_file", &r.token_file),
+            ("cacert", &r.cacert),
+            ("aws_credentials_file", &r.aws_credentials_file),
+        ];
+        for (what, f) in files {
+            if let Some(f) = f {
+                need(format!("repository {}: {what}", r.name), f);
+            }
+        }
+    }
+    for j in cfg.jobs.values() {
+        for f in &j.exclude_file {
+            need(format!("job {}: exclude_file", j.name), f);
+        }
+        if let Some(f) = &j.db.mysql_defaults_file {
+            need(format!("job {}: mysql_defaults_file", j.name), f);
+        }
+    }
+    out
+}
+
+pub fn check(g: &Global) -> Result<u8> {
+    let cfg = job::load(g)?;
+    let host = job::host(&cfg);
+    let now = Utc::now();
+    let out = ConfigOut {
+        path: cfg.path.display().to_string(),
+        host: host.clone(),
+        state_dir: cfg.state_dir.display().to_string(),
+        repositories: cfg
+            .repositories
+            .values()
+            .map(|r| RepoOut {
+                name: r.name.clone(),
+                location: r.location.clone(),
+                password: match (&r.password_file, &r.password_command) {
+                    (Some(f), _) => format!("file {}", f.display()),
+                    (None, Some(_)) => "command".into(),
+                    (None, None) => "none".into(),
+                },
+                token_file: r.token_file.as_ref().map(|t| t.display().to_string()),
+            })
+            .collect(),
+        jobs: cfg
+            .jobs
+            .values()
+            .map(|j| {
+                let mut databases = Vec::new();
+                if let Some(m) = &j.mysql {
+                    databases.push(format!("mysql {}", m.as_arg()));
+                }
+                if let Some(p) = &j.postgres {
+                    databases.push(format!("postgres {}", p.as_arg()));
+                }
+                databases.extend(j.sqlite.iter().map(|s| format!("sqlite {}", s.display())));
+                let next = |s: &coffer_agent::Schedule| s.next_after(now, s.delay_for(&host, &j.name));
+                JobOut {
+                    name: j.name.clone(),
+                    paths: j.paths.iter().map(|p| p.display().to_string()).collect(),
+                    databases,
+                    to: j.to.clone(),
+                    schedule: j.schedule.as_ref().map(|s| s.to_string()),
+                    next_run: j.schedule.as_ref().and_then(next).map(|t| t.to_rfc3339()),
+                    retention_on: j.retention.as_ref().map(|r| r.on.clone()).unwrap_or_default(),
+                    check_schedule: j.check.as_ref().map(|c| c.schedule.to_string()),
+                    next_check: j
+                        .check
+                        .as_ref()
+                        .and_then(|c| next(&c.schedule))
+                        .map(|t| t.to_rfc3339()),
+                }
+            })
+            .collect(),
+        problems: missing_files(&cfg),
+    };
+    let code = u8::from(!out.problems.is_empty());
+    if g.json {
+        print_json(&out)?;
+        return Ok(code);
+    }
+    outln!("{}: valid", out.path)?;
+    outln!("host {}, state in {}", out.host, out.state_dir)?;
+    for r in &out.repositories {
+        outln!("repository {}: {} (password: {})", r.name, r.location, r.password)?;
+    }
+    for j in cfg.jobs.values() {
+        let o = out.jobs.iter().find(|o| o.name == j.name);
+        outln!("job {}:", j.name)?;
+        if let Some(o) = o {
+            if !o.paths.is_empty() {
+                outln!("  paths      {}", o.paths.join(" "))?;
+            }
+            if !o.databases.is_empty() {
+                outln!("  databases  {}", o.databases.join(", "))?;
+            }
+            outln!("  to         {}", o.to.join(", "))?;
+        }
+        match &j.schedule {
+            Some(s) => {
+                let next = s.next_after(now, s.delay_for(&host, &j.name));
+                outln!(
+                    "  schedule   {s}; next run {}",
+                    next.map_or("never".into(), |t| show(t, s.zone()))
+                )?;
+            }
+            None => outln!("  schedule   none (runs only by `coffer run {}`)", j.name)?,
+        }
+        if let Some(r) = &j.retention {
+            outln!(
+                "  retention  on {}{}",
+                if r.on.is_empty() {
+                    "no repository".to_string()
+                } else {
+                    r.on.join(", ")
+                },
+                if r.prune { ", then prune" } else { "" }
+            )?;
+        }
+        if let Some(c) = &j.check {
+            let next = c.schedule.next_after(now, c.schedule.delay_for(&host, &j.name));
+            outln!(
+                "  check      {} on {}; next {}",
+                c.read_data_subset
+                    .as_deref()
+                    .map_or("structure".to_string(), |s| format!(
+                        "structure and {s} of the data"
+                    )),
+                c.on.join(", "),
+                next.map_or("never".into(), |t| show(t, c.schedule.zone()))
+            )?;
+        }
+    }
+    for p in &out.problems {
+        eprintln!("coffer: problem: {p}");
+    }
+    Ok(code)
+}

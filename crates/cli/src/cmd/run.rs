@@ -1,0 +1,319 @@
+//! `coffer run JOB`: one run of a configured job, exactly as the agent starts it. The job's
+//! lock is taken (one run of a job at a time), the `before` hook runs, then one `coffer
+//! backup --job JOB` per destination, each its own process with its own run report, then
+//! `coffer forget --job JOB` where the job prunes, then the `after` hook, told the outcome.
+//! With `--check`, the job's verification instead: `coffer check --job JOB` per repository.
+//!
+//! A destination that fails does not stop the others (the off-site copy is made even when
+//! the company server is down); retention is skipped where the backup failed. Exit code: 0
+//! when every step succeeded, 3 when a backup missed files, 1 when a step failed, 130 when
+//! interrupted (SIGINT or SIGTERM go to the running step, which stops cleanly).
+
+use std::os::fd::AsFd;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use coffer_agent::{Config, Job, StateDir};
+use serde::Serialize;
+
+use super::job;
+use crate::cli::{Global, RunArgs};
+
+/// The environment variable that tells a child coffer to end when its parent does.
+pub const EXIT_WITH_PARENT: &str = "COFFER_EXIT_WITH_PARENT";
+
+static CHILD: AtomicI32 = AtomicI32::new(0);
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// One step of the run, as `--json` prints it.
+#[derive(Serialize)]
+struct Step {
+    /// backup, forget or check
+    command: &'static str,
+    repository: String,
+    exit_code: i32,
+    /// ok, warning, failed, skipped or interrupted
+    status: &'static str,
+    /// The step's own JSON output (with --json), else absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    output: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    note: Option<String>,
+}
+
+#[derive(Serialize)]
+struct RunOutput {
+    job: String,
+    kind: &'static str,
+    started: i64,
+    finished: i64,
+    status: &'static str,
+    exit_code: u8,
+    steps: Vec<Step>,
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+fn status_of(code: i32) -> &'static str {
+    match code {
+        0 => "ok",
+        3 => "warning",
+        130 => "interrupted",
+        _ => "failed",
+    }
+}
+
+/// SIGINT/SIGTERM: passed on to the running step, and no step starts after it.
+fn on_interrupt() {
+    let _ = ctrlc::set_handler(|| {
+        INTERRUPTED.store(true, Ordering::SeqCst);
+        let pid = CHILD.load(Ordering::SeqCst);
+        if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
+    });
+}
+
+/// Run `coffer --config FILE --repo-name REPO ARGS...` and wait for it.
+fn step(g: &Global, cfg: &Config, repo: &str, args: &[&str]) -> Result<(i32, Option<serde_json::Value>)> {
+    let exe = std::env::current_exe().context("finding the coffer executable")?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("--config")
+        .arg(&cfg.path)
+        .arg("--repo-name")
+        .arg(repo)
+        .env(EXIT_WITH_PARENT, std::process::id().to_string());
+    if g.json {
+        cmd.arg("--json").stdout(Stdio::piped());
+    }
+    if g.quiet {
+        cmd.arg("--quiet");
+    }
+    for _ in 0..g.verbose {
+        cmd.arg("--verbose");
+    }
+    if g.no_cache {
+        cmd.arg("--no-cache");
+    }
+    cmd.args(args);
+    let child = cmd.spawn().context("starting a coffer step")?;
+    CHILD.store(child.id() as i32, Ordering::SeqCst);
+    let out = child.wait_with_output().context("waiting for a coffer step");
+    CHILD.store(0, Ordering::SeqCst);
+    let out = out?;
+    let code = out.status.code().unwrap_or(130);
+    let json = g
+        .json
+        .then(|| serde_json::from_slice::<serde_json::Value>(&out.stdout).ok())
+        .flatten();
+    Ok((code, json))
+}
+
+/// Run a hook with `sh -c`; its exit code.
+fn hook(job: &Job, which: &str, cmd: &str, result: Option<&str>) -> Result<i32> {
+    let mut c = Command::new("/bin/sh");
+    c.arg("-c")
+        .arg(cmd)
+        .env("COFFER_JOB", &job.name)
+        .env("COFFER_HOOK", which);
+    if let Some(r) = result {
+        c.env("COFFER_RESULT", r);
+    }
+    // a hook's output is part of the log, not of the run's output (which may be JSON)
+    if let Ok(err) = std::io::stderr().as_fd().try_clone_to_owned() {
+        c.stdout(Stdio::from(err));
+    }
+    let status = c
+        .status()
+        .with_context(|| format!("job {}: starting the {which} hook", job.name))?;
+    Ok(status.code().unwrap_or(130))
+}
+
+pub fn run(g: &Global, a: RunArgs) -> Result<u8> {
+    let cfg = job::load(g)?;
+    let job = cfg
+        .job(&a.job)
+        .map_err(|e| coffer_core::Error::Usage(e.to_string()))?
+        .clone();
+    let kind = if a.check { "check" } else { "backup" };
+    if a.check && job.check.is_none() {
+        return Err(coffer_core::Error::Usage(format!(
+            "job {}: no [job.{}.check] in {}",
+            job.name,
+            job.name,
+            cfg.path.display()
+        ))
+        .into());
+    }
+    let state = StateDir::new(&cfg.state_dir);
+    let _lock = state.lock(&job.name)?;
+    on_interrupt();
+    let (started, clock) = (now(), Instant::now());
+    let mut st = state.load(&job.name).unwrap_or_else(|w| {
+        eprintln!("coffer: warning: {w}; starting afresh");
+        Default::default()
+    });
+    st.last_started = Some(started);
+    let _ = state.save(&job.name, &st);
+
+    let mut steps: Vec<Step> = Vec::new();
+    let say = |s: &Step| {
+        if !g.json && !g.quiet {
+            println!(
+                "job {}: {} {} {}: {}{}",
+                job.name,
+                s.command,
+                match s.command {
+                    "forget" => "on",
+                    "check" => "of",
+                    _ => "to",
+                },
+                s.repository,
+                s.status,
+                s.note.as_deref().map(|n| format!(" ({n})")).unwrap_or_default()
+            );
+        }
+    };
+    let mut failed_before = None;
+    if !a.check {
+        if let Some(cmd) = &job.before {
+            let code = hook(&job, "before", cmd, None)?;
+            if code != 0 {
+                failed_before = Some(format!("the before hook exited with code {code}"));
+            }
+        }
+    }
+    let targets = match &job.check {
+        Some(c) if a.check => c.on.clone(),
+        _ => job.to.clone(),
+    };
+    for repo in &targets {
+        if let Some(why) = &failed_before {
+            // the run is reported as failed to each destination's server: a backup that did
+            // not happen must not look like one that was never due
+            let mut gd = g.clone();
+            job::apply_repo(&mut gd, &cfg, repo, false)?;
+            crate::report::send(
+                &gd,
+                "backup",
+                SystemTime::now(),
+                clock.elapsed(),
+                &Err(why.clone()),
+            );
+            let s = Step {
+                command: "backup",
+                repository: repo.clone(),
+                exit_code: 1,
+                status: "failed",
+                output: None,
+                note: Some(why.clone()),
+            };
+            say(&s);
+            steps.push(s);
+            continue;
+        }
+        if INTERRUPTED.load(Ordering::SeqCst) {
+            break;
+        }
+        let (code, output) = step(g, &cfg, repo, &[kind, "--job", &job.name])?;
+        let s = Step {
+            command: if a.check { "check" } else { "backup" },
+            repository: repo.clone(),
+            exit_code: code,
+            status: status_of(code),
+            output,
+            note: None,
+        };
+        say(&s);
+        steps.push(s);
+    }
+    if let (false, Some(r)) = (a.check, &job.retention) {
+        for repo in &r.on {
+            if INTERRUPTED.load(Ordering::SeqCst) {
+                break;
+            }
+            let backed_up = steps
+                .iter()
+                .any(|s| s.repository == *repo && (s.exit_code == 0 || s.exit_code == 3));
+            let s = if backed_up {
+                let (code, output) = step(g, &cfg, repo, &["forget", "--job", &job.name])?;
+                Step {
+                    command: "forget",
+                    repository: repo.clone(),
+                    exit_code: code,
+                    status: status_of(code),
+                    output,
+                    note: None,
+                }
+            } else {
+                Step {
+                    command: "forget",
+                    repository: repo.clone(),
+                    exit_code: 0,
+                    status: "skipped",
+                    output: None,
+                    note: Some(
+                        "its backup did not succeed: nothing is removed while something is wrong".into(),
+                    ),
+                }
+            };
+            say(&s);
+            steps.push(s);
+        }
+    }
+    let interrupted = INTERRUPTED.load(Ordering::SeqCst) || steps.iter().any(|s| s.exit_code == 130);
+    let code: u8 = if interrupted {
+        130
+    } else if steps.iter().any(|s| !matches!(s.exit_code, 0 | 3)) || failed_before.is_some() {
+        1
+    } else if steps.iter().any(|s| s.exit_code == 3) {
+        3
+    } else {
+        0
+    };
+    let result = status_of(i32::from(code));
+    if !a.check && !interrupted {
+        if let Some(cmd) = &job.after {
+            let hc = hook(&job, "after", cmd, Some(result))?;
+            if hc != 0 {
+                eprintln!(
+                    "coffer: warning: job {}: the after hook exited with code {hc}",
+                    job.name
+                );
+            }
+        }
+    }
+    st.last_finished = Some(now());
+    st.last_result = Some(result.to_string());
+    if let Err(e) = state.save(&job.name, &st) {
+        eprintln!(
+            "coffer: warning: job {}: cannot record the run in {}: {e}",
+            job.name,
+            state.root().display()
+        );
+    }
+    if g.json {
+        super::print_json(&RunOutput {
+            job: job.name.clone(),
+            kind,
+            started,
+            finished: now(),
+            status: result,
+            exit_code: code,
+            steps,
+        })?;
+    } else if !g.quiet {
+        println!(
+            "job {}: {kind} {result} in {:.1} s",
+            job.name,
+            clock.elapsed().as_secs_f64()
+        );
+    }
+    Ok(code)
+}

@@ -1,0 +1,466 @@
+//! The configuration file, `coffer run` and `coffer agent`, with real parts on 127.0.0.1: a
+//! local repository and one in SeaweedFS (S3), a MariaDB database, and a `coffer server`
+//! receiving the run reports. The agent runs two jobs every few seconds, is killed with
+//! SIGKILL in the middle of a backup, restarts, catches up, and both repositories check
+//! clean.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::seaweed::{Seaweed, ACCESS, BUCKET, S3_PORT, SECRET};
+use common::server::ServerProc;
+use common::{code, stderr};
+
+fn coffer(dir: &Path, config: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_coffer"));
+    c.env_remove("COFFER_REPOSITORY")
+        .env_remove("COFFER_PASSWORD")
+        .env_remove("COFFER_PASSWORD_FILE")
+        .env_remove("COFFER_TOKEN")
+        .env_remove("COFFER_TOKEN_FILE")
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env_remove("AWS_PROFILE")
+        .env("COFFER_CONFIG", config)
+        .env("COFFER_CACHE_DIR", dir.join("cache"))
+        .stdin(Stdio::null());
+    c
+}
+
+fn run(dir: &Path, config: &Path, args: &[&str]) -> Output {
+    coffer(dir, config).args(args).output().unwrap()
+}
+
+fn ok(dir: &Path, config: &Path, args: &[&str]) -> String {
+    let o = run(dir, config, args);
+    assert_eq!(
+        code(&o),
+        0,
+        "coffer {args:?}\nstdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&o.stdout),
+        stderr(&o)
+    );
+    String::from_utf8(o.stdout).unwrap()
+}
+
+fn mysql(sql: &str) -> String {
+    let mut child = Command::new("mariadb")
+        .args(["-h", "127.0.0.1", "-u", "root", "--batch", "--skip-column-names"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the mariadb client is installed");
+    child.stdin.take().unwrap().write_all(sql.as_bytes()).unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "mariadb: {sql}: {}", stderr(&o));
+    String::from_utf8(o.stdout).unwrap()
+}
+
+struct DropDb(String);
+impl Drop for DropDb {
+    fn drop(&mut self) {
+        let _ = Command::new("mariadb")
+            .args(["-h", "127.0.0.1", "-u", "root", "-e"])
+            .arg(format!("DROP DATABASE IF EXISTS `{}`", self.0))
+            .output();
+    }
+}
+
+/// The agent, killed (SIGKILL) when dropped.
+struct Agent {
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Agent {
+    fn start(dir: &Path, config: &Path, n: u32) -> Agent {
+        let log = dir.join(format!("agent-{n}.log"));
+        let f = fs::File::create(&log).unwrap();
+        let child = coffer(dir, config)
+            .arg("agent")
+            .stdout(f.try_clone().unwrap())
+            .stderr(f)
+            .spawn()
+            .unwrap();
+        Agent {
+            child: Some(child),
+            log,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn kill9(&mut self) {
+        let mut c = self.child.take().unwrap();
+        c.kill().unwrap();
+        c.wait().unwrap();
+    }
+
+    /// SIGTERM, and the agent's exit code.
+    fn stop(&mut self) -> i32 {
+        let mut c = self.child.take().unwrap();
+        let pid = rustix::process::Pid::from_child(&c);
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+        let t = Instant::now();
+        loop {
+            if let Some(s) = c.try_wait().unwrap() {
+                return s.code().unwrap_or(-1);
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(60),
+                "the agent did not stop: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Processes whose command line mentions `needle` (the test's configuration path): the
+/// agent's runs and their steps.
+fn processes_with(needle: &str) -> Vec<(u32, String)> {
+    let mut out = Vec::new();
+    for e in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmd) = fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if cmd.contains(needle) {
+            out.push((pid, cmd));
+        }
+    }
+    out
+}
+
+fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool, log: impl Fn() -> String) {
+    let t = Instant::now();
+    while !done() {
+        assert!(
+            t.elapsed() < limit,
+            "timed out waiting for {what}; agent log:\n{}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Snapshots of `job` in the configuration's repository `repo`.
+fn snapshots(dir: &Path, config: &Path, repo: &str, job: &str) -> Vec<serde_json::Value> {
+    let o = run(
+        dir,
+        config,
+        &[
+            "--repo-name",
+            repo,
+            "snapshots",
+            "--json",
+            "--tag",
+            &format!("job:{job}"),
+        ],
+    );
+    if code(&o) != 0 {
+        return Vec::new(); // (a run may hold the repository's lock for a moment)
+    }
+    serde_json::from_slice::<Vec<serde_json::Value>>(&o.stdout).unwrap_or_default()
+}
+
+#[test]
+fn the_agent_runs_two_jobs_to_a_local_directory_and_s3_and_survives_sigkill() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let config = dir.join("coffer.toml");
+    let db = format!("coffer_agent_{}", std::process::id());
+    let _drop = DropDb(db.clone());
+    mysql(&format!(
+        "DROP DATABASE IF EXISTS `{db}`; CREATE DATABASE `{db}`; \
+         CREATE TABLE `{db}`.orders (id INT PRIMARY KEY, item TEXT); \
+         INSERT INTO `{db}`.orders VALUES (1, 'tea'), (2, 'coffee')"
+    ));
+    let src = dir.join("www");
+    fs::create_dir_all(src.join("shop")).unwrap();
+    fs::write(src.join("shop/index.php"), "<?php echo 'shop';").unwrap();
+
+    let weed = Seaweed::start();
+    let server = ServerProc::start(&dir.join("server"), &[]);
+    let token = server.add_client("web1", "reports", "append");
+    fs::write(dir.join("report.token"), format!("{token}\n")).unwrap();
+    fs::write(
+        dir.join("aws-credentials"),
+        format!("[offsite]\naws_access_key_id = {ACCESS}\naws_secret_access_key = {SECRET}\n"),
+    )
+    .unwrap();
+    let reports = server.url("reports");
+    let cfg = format!(
+        r#"
+[agent]
+host = "web1"
+state_dir = "{dir}/state"
+
+[repository.local]
+location = "{dir}/repo-local"
+password_file = "{dir}/local.key"
+report_to = "{reports}"
+token_file = "{dir}/report.token"
+cacert = "{cacert}"
+
+[repository.offsite]
+location = "s3:http://127.0.0.1:{S3_PORT}/{BUCKET}/agent"
+password_file = "{dir}/offsite.key"
+aws_profile = "offsite"
+aws_credentials_file = "{dir}/aws-credentials"
+report_to = "{reports}"
+token_file = "{dir}/report.token"
+cacert = "{cacert}"
+
+[job.files]
+paths = ["{src}"]
+to = ["local", "offsite"]
+schedule = "*/3 * * * * *"
+timezone = "UTC"
+
+[job.files.retention]
+keep_last = 3
+
+[job.db]
+mysql = ["{db}"]
+mysql_host = "127.0.0.1"
+mysql_port = 3306
+mysql_user = "root"
+to = ["local", "offsite"]
+schedule = "*/4 * * * * *"
+"#,
+        dir = dir.display(),
+        cacert = server.cacert.display(),
+        src = src.display(),
+    );
+    fs::write(&config, cfg).unwrap();
+    for name in ["local", "offsite"] {
+        ok(
+            dir,
+            &config,
+            &[
+                "key",
+                "generate",
+                "-q",
+                "-o",
+                &format!("{}/{name}.key", dir.display()),
+            ],
+        );
+    }
+    // `config check` sees the two jobs and when they run next
+    let check = ok(dir, &config, &["config", "check"]);
+    assert!(
+        check.contains("job files:") && check.contains("job db:"),
+        "{check}"
+    );
+    assert!(check.contains("next run"), "{check}");
+
+    // the repositories are created through the configuration (S3 credentials from its file)
+    ok(dir, &config, &["--repo-name", "local", "init", "-q"]);
+    let t = Instant::now();
+    loop {
+        let o = run(dir, &config, &["--repo-name", "offsite", "init", "-q"]);
+        if code(&o) == 0 {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "SeaweedFS never became ready: {}",
+            stderr(&o)
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // a typed -r beside --repo-name is refused
+    let o = run(
+        dir,
+        &config,
+        &["--repo-name", "local", "-r", "/tmp/x", "snapshots"],
+    );
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+
+    // the agent runs both jobs to both repositories
+    let mut agent = Agent::start(dir, &config, 1);
+    let needle = config.to_str().unwrap().to_string();
+    wait_for(
+        "two runs of each job in each repository",
+        Duration::from_secs(120),
+        || {
+            ["local", "offsite"].iter().all(|r| {
+                snapshots(dir, &config, r, "files").len() >= 2 && snapshots(dir, &config, r, "db").len() >= 2
+            })
+        },
+        || agent.log(),
+    );
+    let latest_db = snapshots(dir, &config, "offsite", "db");
+    let db_snap = latest_db.last().unwrap()["id"].as_str().unwrap().to_string();
+    let dbs = ok(
+        dir,
+        &config,
+        &["--repo-name", "offsite", "ls", &db_snap, "--databases"],
+    );
+    assert!(dbs.contains(&format!("mysql/{db}")), "{dbs}");
+    assert!(
+        agent.log().contains("job files: backup started"),
+        "{}",
+        agent.log()
+    );
+
+    // a large file makes the next backup of `files` take a while; the agent is killed in it
+    let big = dir.join("www/shop/catalog.bin");
+    let mut f = fs::File::create(&big).unwrap();
+    let chunk = common::pseudo_random(7, 1 << 20);
+    for i in 0..300u32 {
+        let mut c = chunk.clone();
+        c[..4].copy_from_slice(&i.to_le_bytes());
+        f.write_all(&c).unwrap();
+    }
+    drop(f);
+    wait_for(
+        "a backup of job files in progress",
+        Duration::from_secs(60),
+        || {
+            processes_with(&needle)
+                .iter()
+                .any(|(_, c)| c.contains(" backup --job files"))
+        },
+        || agent.log(),
+    );
+    let agent_pid = agent.pid();
+    agent.kill9();
+    // its runs and their steps end with it
+    wait_for(
+        "the killed agent's runs to end",
+        Duration::from_secs(30),
+        || processes_with(&needle).iter().all(|(p, _)| *p == agent_pid),
+        || format!("{:?}", processes_with(&needle)),
+    );
+
+    // the interrupted step said so (the kernel told it to stop when the agent died)
+    let first_log = || fs::read_to_string(dir.join("agent-1.log")).unwrap_or_default();
+    wait_for(
+        "the interrupted run to say so",
+        Duration::from_secs(10),
+        || first_log().contains("job files: backup interrupted"),
+        first_log,
+    );
+
+    // restarted: the next runs complete, with the large file, in both repositories
+    let mut agent = Agent::start(dir, &config, 2);
+    wait_for(
+        "a snapshot of job files with the large file in each repository",
+        Duration::from_secs(180),
+        || {
+            ["local", "offsite"].iter().all(|r| {
+                snapshots(dir, &config, r, "files")
+                    .last()
+                    .is_some_and(|s| s["summary"]["bytes_total"].as_u64().unwrap_or(0) > 300 << 20)
+            })
+        },
+        || agent.log(),
+    );
+    assert_eq!(agent.stop(), 0, "{}", agent.log());
+    assert!(agent.log().contains("stopped"), "{}", agent.log());
+    assert!(
+        processes_with(&needle).is_empty(),
+        "{:?}",
+        processes_with(&needle)
+    );
+
+    // one more run by hand: retention then leaves the job's 3 newest in each repository
+    let out = ok(dir, &config, &["run", "files"]);
+    assert!(out.contains("job files: backup ok"), "{out}");
+    for r in ["local", "offsite"] {
+        assert_eq!(snapshots(dir, &config, r, "files").len(), 3, "{r}");
+        // the database job's snapshots are not the files job's retention's business
+        assert!(snapshots(dir, &config, r, "db").len() >= 2, "{r}");
+        let o = run(dir, &config, &["--repo-name", r, "check", "--read-data"]);
+        assert_eq!(
+            code(&o),
+            0,
+            "check of {r}: {}\n{}",
+            String::from_utf8_lossy(&o.stdout),
+            stderr(&o)
+        );
+    }
+    // every backup step was reported to the server, each destination on its own
+    let runs: i64 = rusqlite::Connection::open(server.data.join("server.db"))
+        .unwrap()
+        .query_row(
+            "SELECT count(*) FROM runs WHERE kind = 'backup' AND status = 'ok'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(runs >= 9, "{runs} backup reports");
+    // two jobs backing up to one repository at once is no warning
+    let warned: i64 = rusqlite::Connection::open(server.data.join("server.db"))
+        .unwrap()
+        .query_row("SELECT count(*) FROM runs WHERE status != 'ok'", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(warned, 0, "runs reported with warnings or failures");
+    drop(weed);
+}
+
+#[test]
+fn broken_configurations_stop_every_command_with_one_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let config = dir.join("coffer.toml");
+    let cases = [
+        ("[job.x]\npaths = [\"/etc\"]\nto = [\"nowhere\"]\n", ":3:", "no repository \"nowhere\""),
+        ("[repository.r]\nlocation = \"/srv/r\"\npassword_file = \"/k\"\nsurprise = 1\n", ":4:1:", "unknown field `surprise`"),
+        (
+            "[repository.r]\nlocation = \"/srv/r\"\npassword_file = \"/k\"\n[job.x]\npaths = [\"/etc\"]\nto = [\"r\"]\nschedule = \"every night\"\n",
+            ":7:",
+            "bad cron expression",
+        ),
+    ];
+    for (text, at, says) in cases {
+        fs::write(&config, text).unwrap();
+        for args in [
+            &["config", "check"][..],
+            &["agent"][..],
+            &["run", "x"][..],
+            &["--repo-name", "r", "snapshots"][..],
+        ] {
+            let o = run(dir, &config, args);
+            let err = stderr(&o);
+            assert_eq!(code(&o), 2, "{args:?} {text}: {err}");
+            assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+            let want = format!("{}{at}", config.display());
+            assert!(
+                err.contains(&want) && err.contains(says),
+                "{args:?}: {err} (want {want} and {says})"
+            );
+        }
+    }
+    // no configuration at all: the same
+    let o = run(dir, &dir.join("missing.toml"), &["run", "x"]);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(stderr(&o).contains("missing.toml: cannot read"), "{}", stderr(&o));
+}
