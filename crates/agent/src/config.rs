@@ -735,6 +735,12 @@ impl Checker<'_> {
                 })
             }
         };
+        if j.postgres.is_none() && (j.pg_host.is_some() || j.pg_port.is_some() || j.pg_user.is_some()) {
+            return Err(self.at(
+                span.clone(),
+                format!("{what}: pg_* settings without postgres = ..."),
+            ));
+        }
         if j.mysql.is_none() {
             let mysql_only = [
                 j.mysql_host.is_some(),

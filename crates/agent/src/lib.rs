@@ -11,4 +11,4 @@ pub use config::{
     Retention, DEFAULT_PATH,
 };
 pub use schedule::{show, utc, Schedule, Zone};
-pub use state::{JobLock, JobState, LockError, StateDir};
+pub use state::{JobLock, JobState, LastRun, LockError, StateDir};

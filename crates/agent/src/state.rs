@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-/// One job's remembered state.
+/// What the agent remembers of a job's schedule (`jobs/JOB.json`, written by the agent only).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobState {
     /// The scheduled time (unix seconds) of the last backup run the agent started: a later
@@ -18,13 +18,21 @@ pub struct JobState {
     /// The same for the job's check.
     #[serde(default)]
     pub check_due: Option<i64>,
+}
+
+/// How a job's last run went (`jobs/JOB.last.json`, written by `coffer run` only).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastRun {
+    /// backup or check
     #[serde(default)]
-    pub last_started: Option<i64>,
+    pub kind: String,
     #[serde(default)]
-    pub last_finished: Option<i64>,
-    /// ok, warning, failed or interrupted.
+    pub started: Option<i64>,
     #[serde(default)]
-    pub last_result: Option<String>,
+    pub finished: Option<i64>,
+    /// running, ok, warning, failed or interrupted.
+    #[serde(default)]
+    pub result: Option<String>,
 }
 
 /// The state directory.
@@ -67,25 +75,66 @@ impl StateDir {
         self.root.join("jobs")
     }
 
-    /// The job's state; a missing or unreadable file is a job never run (the caller may warn).
-    pub fn load(&self, job: &str) -> Result<JobState, String> {
-        let path = self.jobs().join(format!("{job}.json"));
+    fn read<T: serde::de::DeserializeOwned + Default>(&self, name: &str) -> Result<T, String> {
+        let path = self.jobs().join(name);
         match std::fs::read(&path) {
             Ok(b) => serde_json::from_slice(&b).map_err(|e| format!("{}: {e}", path.display())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(JobState::default()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(T::default()),
             Err(e) => Err(format!("{}: {e}", path.display())),
         }
     }
 
-    /// Replace the job's state (atomically: a crash leaves the old or the new).
-    pub fn save(&self, job: &str, state: &JobState) -> std::io::Result<()> {
+    /// Replace a file atomically (a crash leaves the old or the new), through a temporary
+    /// file of a name no one else uses, created new (never through a planted link).
+    fn write(&self, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+        use std::os::unix::fs::OpenOptionsExt;
         let dir = self.jobs();
         std::fs::create_dir_all(&dir)?;
-        let tmp = dir.join(format!(".{job}.json.tmp"));
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&serde_json::to_vec_pretty(state).map_err(std::io::Error::other)?)?;
+        let mut rnd = [0u8; 8];
+        getrandom::fill(&mut rnd).map_err(|e| std::io::Error::other(e.to_string()))?;
+        let tmp = dir.join(format!(
+            ".{name}.{}.{:016x}",
+            std::process::id(),
+            u64::from_le_bytes(rnd)
+        ));
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
         f.sync_all()?;
-        std::fs::rename(&tmp, dir.join(format!("{job}.json")))
+        std::fs::rename(&tmp, dir.join(name))
+    }
+
+    /// The job's schedule state; a missing file is a job never seen.
+    pub fn load(&self, job: &str) -> Result<JobState, String> {
+        self.read(&format!("{job}.json"))
+    }
+
+    pub fn save(&self, job: &str, state: &JobState) -> std::io::Result<()> {
+        self.write(
+            &format!("{job}.json"),
+            &serde_json::to_vec_pretty(state).map_err(std::io::Error::other)?,
+        )
+    }
+
+    /// How the job's last run went.
+    pub fn load_last(&self, job: &str) -> Result<LastRun, String> {
+        self.read(&format!("{job}.last.json"))
+    }
+
+    pub fn save_last(&self, job: &str, last: &LastRun) -> std::io::Result<()> {
+        self.write(
+            &format!("{job}.last.json"),
+            &serde_json::to_vec_pretty(last).map_err(std::io::Error::other)?,
+        )
+    }
+
+    /// Fail now, with the reason, if the state cannot be written (rather than at each run).
+    pub fn check_writable(&self) -> std::io::Result<()> {
+        self.write(".probe", b"")?;
+        std::fs::remove_file(self.jobs().join(".probe"))
     }
 
     /// Take the job's lock without waiting.
@@ -133,11 +182,19 @@ mod tests {
         assert_eq!(s.load("nightly").unwrap(), JobState::default());
         let st = JobState {
             backup_due: Some(1_700_000_000),
-            last_result: Some("ok".into()),
             ..Default::default()
         };
         s.save("nightly", &st).unwrap();
         assert_eq!(s.load("nightly").unwrap(), st);
+        let last = LastRun {
+            kind: "backup".into(),
+            result: Some("ok".into()),
+            ..Default::default()
+        };
+        s.save_last("nightly", &last).unwrap();
+        assert_eq!(s.load_last("nightly").unwrap(), last);
+        assert_eq!(s.load("nightly").unwrap(), st, "the two files are apart");
+        s.check_writable().unwrap();
         std::fs::write(dir.path().join("jobs/broken.json"), b"{").unwrap();
         assert!(s.load("broken").is_err());
 

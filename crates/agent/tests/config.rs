@@ -199,6 +199,18 @@ fn broken_configs_name_the_place_and_the_mistake() {
             line_of("[repository.company]"),
             "repository name",
         ),
+        (
+            "keep_daily = 7\nkeep_weekly = 4",
+            "keep_within = \"0\"",
+            line_of("keep_daily"),
+            "keeps nothing",
+        ),
+        (
+            "postgres = [\"app\", \"crm\"]",
+            "pg_user = \"app\"",
+            line_of("[job.nightly]"),
+            "pg_* settings without postgres",
+        ),
     ];
     for (from, to, line, says) in cases {
         let msg = broken(from, to);
@@ -218,4 +230,11 @@ fn not_toml_at_all() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("/nonexistent/coffer.toml: cannot read"), "{e}");
+}
+
+#[test]
+fn the_shipped_example_is_valid() {
+    let text = include_str!("../../../packaging/coffer.toml.example");
+    let c = Config::parse(Path::new("coffer.toml.example"), text).unwrap();
+    assert_eq!(c.job("nightly").unwrap().to, ["company", "offsite"]);
 }

@@ -15,10 +15,13 @@ Exit codes:
   12  wrong password
   130 interrupted";
 
+/// `0.1.0 (commit 1a2b3c4d5e)`
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("COFFER_COMMIT"), ")");
+
 #[derive(Parser, Debug)]
 #[command(
     name = "coffer",
-    version,
+    version = VERSION,
     about = "Deduplicated, compressed, encrypted backups",
     after_help = EXIT_CODES,
     propagate_version = true
@@ -131,7 +134,51 @@ pub enum Command {
     Config(ConfigCommand),
     /// Run the configuration's jobs on their schedules (a daemon: SIGHUP reloads the
     /// configuration, SIGTERM stops it after telling running jobs to stop)
-    Agent,
+    Agent(AgentArgs),
+    /// Shell completions, man pages and systemd units (for packages)
+    #[command(subcommand, hide = true)]
+    Generate(GenerateCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum GenerateCommand {
+    /// Shell completions on stdout
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Man pages, one per command, into DIR
+    Man { dir: PathBuf },
+    /// The systemd units of the agent and the server, into DIR
+    Systemd {
+        dir: PathBuf,
+        /// The installed binary
+        #[arg(long, default_value = "/usr/bin/coffer")]
+        exe: PathBuf,
+        /// The agent's configuration file
+        #[arg(long, default_value = "/etc/coffer/coffer.toml")]
+        config: PathBuf,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct AgentArgs {
+    #[command(subcommand)]
+    pub command: Option<AgentCommand>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AgentCommand {
+    /// Write a systemd unit that runs `coffer agent` with this configuration, then enable
+    /// and start it (where systemd runs); prints what it did
+    Install {
+        /// Show the unit and the commands, change nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// Where the unit goes
+        #[arg(long, value_name = "DIR", default_value = "/etc/systemd/system")]
+        unit_dir: PathBuf,
+    },
 }
 
 #[derive(Args, Debug)]

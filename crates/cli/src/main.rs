@@ -114,7 +114,7 @@ fn apply_config(cli: &mut Cli, typed: bool) -> anyhow::Result<()> {
     }
     match &mut cli.command {
         Command::Backup(a) => cmd::job::backup_args(&cfg, a),
-        Command::Forget(a) => cmd::job::forget_args(&cfg, a),
+        Command::Forget(a) => cmd::job::forget_args(&cfg, cli.global.repo_name.as_deref(), a),
         Command::Check(a) => cmd::job::check_args(&cfg, a),
         _ => Ok(()),
     }
@@ -181,7 +181,13 @@ fn main() -> ExitCode {
         Command::Copy(a) => cmd::copy::run(&g, a),
         Command::Run(a) => cmd::run::run(&g, a),
         Command::Config(crate::cli::ConfigCommand::Check) => cmd::config::check(&g),
-        Command::Agent => cmd::agent::run(&g),
+        Command::Generate(c) => cmd::generate::run(c),
+        Command::Agent(a) => match a.command {
+            None => cmd::agent::run(&g),
+            Some(crate::cli::AgentCommand::Install { dry_run, unit_dir }) => {
+                cmd::agent::install(&g, dry_run, &unit_dir)
+            }
+        },
     };
     if let Some(kind) = report_kind {
         let outcome = match &r {
@@ -206,7 +212,7 @@ fn main() -> ExitCode {
 fn interrupt_message(c: &Command) -> Option<&'static str> {
     Some(match c {
         // (run passes the signal on to its running step, and says what it stopped)
-        Command::Server(_) | Command::Run(_) | Command::Agent => return None,
+        Command::Server(_) | Command::Run(_) | Command::Agent(_) | Command::Generate(_) => return None,
         Command::Backup(_) | Command::Copy(_) => {
             "the repository is valid; a snapshot exists only if the run said it saved one, and the next run reuses the data already uploaded"
         }

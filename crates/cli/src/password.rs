@@ -29,6 +29,11 @@ fn from_file(p: &Path) -> Result<Secret> {
     Ok(first_line(b))
 }
 
+/// The first word of a command, which names it in messages: the rest may carry a secret.
+fn program_of(cmd: &str) -> &str {
+    cmd.split_whitespace().next().unwrap_or("")
+}
+
 fn from_command(cmd: &str) -> Result<Secret> {
     let out = Command::new("sh")
         .arg("-c")
@@ -36,9 +41,13 @@ fn from_command(cmd: &str) -> Result<Secret> {
         .stdin(Stdio::inherit())
         .stderr(Stdio::inherit())
         .output()
-        .with_context(|| format!("cannot run password command {cmd:?}"))?;
+        .with_context(|| format!("cannot run the password command ({})", program_of(cmd)))?;
     if !out.status.success() {
-        bail!("password command {cmd:?} failed ({})", out.status);
+        bail!(
+            "the password command ({}) failed ({})",
+            program_of(cmd),
+            out.status
+        );
     }
     Ok(first_line(out.stdout))
 }

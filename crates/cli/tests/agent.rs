@@ -305,7 +305,9 @@ schedule = "*/4 * * * * *"
 
     // the agent runs both jobs to both repositories
     let mut agent = Agent::start(dir, &config, 1);
-    let needle = config.to_str().unwrap().to_string();
+    // (runs read the configuration the agent accepted, a copy in its state directory, which
+    // so names every run and step on their command lines)
+    let needle = dir.join("state/agent/coffer.toml").to_str().unwrap().to_string();
     wait_for(
         "two runs of each job in each repository",
         Duration::from_secs(120),
@@ -391,11 +393,49 @@ schedule = "*/4 * * * * *"
         processes_with(&needle)
     );
 
+    // two jobs backing up to one repository at once is no warning (the interrupted run sent
+    // no report: it ended on the signal)
+    let warned: i64 = rusqlite::Connection::open(server.data.join("server.db"))
+        .unwrap()
+        .query_row("SELECT count(*) FROM runs WHERE status != 'ok'", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(warned, 0, "runs reported with warnings or failures");
+
+    // a backup by hand of the same paths, same host, is not the job's: its retention leaves
+    // it alone (and a hand-made job:... tag is refused)
+    let src_arg = src.to_str().unwrap();
+    for r in ["local", "offsite"] {
+        ok(
+            dir,
+            &config,
+            &["--repo-name", r, "backup", "-q", "--host", "web1", src_arg],
+        );
+        let o = run(
+            dir,
+            &config,
+            &["--repo-name", r, "backup", "-q", "--tag", "job:files", src_arg],
+        );
+        assert_eq!(code(&o), 2, "{}", stderr(&o));
+    }
+    // forget --job only where the job's retention applies, and named
+    let o = run(dir, &config, &["forget", "--job", "files"]);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
     // one more run by hand: retention then leaves the job's 3 newest in each repository
     let out = ok(dir, &config, &["run", "files"]);
     assert!(out.contains("job files: backup ok"), "{out}");
     for r in ["local", "offsite"] {
         assert_eq!(snapshots(dir, &config, r, "files").len(), 3, "{r}");
+        let all = ok(
+            dir,
+            &config,
+            &["--repo-name", r, "snapshots", "--json", "--host", "web1"],
+        );
+        let all: Vec<serde_json::Value> = serde_json::from_str(&all).unwrap();
+        let untagged = all
+            .iter()
+            .filter(|s| s["tags"].as_array().is_none_or(|t| t.is_empty()))
+            .count();
+        assert_eq!(untagged, 1, "{r}: the hand-made backup is kept");
         // the database job's snapshots are not the files job's retention's business
         assert!(snapshots(dir, &config, r, "db").len() >= 2, "{r}");
         let o = run(dir, &config, &["--repo-name", r, "check", "--read-data"]);
@@ -417,13 +457,102 @@ schedule = "*/4 * * * * *"
         )
         .unwrap();
     assert!(runs >= 9, "{runs} backup reports");
-    // two jobs backing up to one repository at once is no warning
-    let warned: i64 = rusqlite::Connection::open(server.data.join("server.db"))
-        .unwrap()
-        .query_row("SELECT count(*) FROM runs WHERE status != 'ok'", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(warned, 0, "runs reported with warnings or failures");
+
     drop(weed);
+}
+
+#[test]
+fn a_job_runs_once_at_a_time_and_its_after_hook_always_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let config = dir.join("coffer.toml");
+    let src = dir.join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), "data").unwrap();
+    let write = |before: &str| {
+        fs::write(
+            &config,
+            format!(
+                r#"
+[agent]
+state_dir = "{d}/state"
+[repository.local]
+location = "{d}/repo"
+password_file = "{d}/key"
+[job.j]
+paths = ["{s}"]
+to = ["local"]
+before = "{before}"
+after = "echo $COFFER_RESULT > {d}/after"
+"#,
+                d = dir.display(),
+                s = src.display()
+            ),
+        )
+        .unwrap()
+    };
+    write("sleep 2");
+    ok(
+        dir,
+        &config,
+        &["key", "generate", "-q", "-o", dir.join("key").to_str().unwrap()],
+    );
+    ok(dir, &config, &["--repo-name", "local", "init", "-q"]);
+    let first = coffer(dir, &config)
+        .args(["run", "j"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut first = Agent {
+        child: Some(first),
+        log: dir.join("none"),
+    };
+    std::thread::sleep(Duration::from_millis(700));
+    // the job is running: a second run says so and exits 75 (the agent tries again later)
+    let o = run(dir, &config, &["run", "j"]);
+    assert_eq!(code(&o), 75, "{}", stderr(&o));
+    assert!(stderr(&o).contains("job j is already running"), "{}", stderr(&o));
+    let status = first.child.take().unwrap().wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(fs::read_to_string(dir.join("after")).unwrap().trim(), "ok");
+
+    // stopped (SIGTERM, as the agent stops it) during its before hook: no backup starts, and
+    // the after hook runs, told so
+    let mut second = Agent {
+        child: Some(
+            coffer(dir, &config)
+                .args(["run", "j"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        ),
+        log: dir.join("none"),
+    };
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(second.stop(), 130);
+    assert_eq!(
+        fs::read_to_string(dir.join("after")).unwrap().trim(),
+        "interrupted"
+    );
+    let snaps = ok(dir, &config, &["--repo-name", "local", "snapshots", "--json"]);
+    assert_eq!(
+        serde_json::from_str::<Vec<serde_json::Value>>(&snaps)
+            .unwrap()
+            .len(),
+        1
+    );
+    let last: serde_json::Value =
+        serde_json::from_slice(&fs::read(dir.join("state/jobs/j.last.json")).unwrap()).unwrap();
+    assert_eq!(last["result"], "interrupted");
+
+    // a failing before hook: the backup is not made, the run fails, the after hook still runs
+    write("exit 4");
+    let o = run(dir, &config, &["run", "j"]);
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("before hook exited with code 4"));
+    assert_eq!(fs::read_to_string(dir.join("after")).unwrap().trim(), "failed");
 }
 
 #[test]
@@ -459,6 +588,67 @@ fn broken_configurations_stop_every_command_with_one_line() {
             );
         }
     }
+    // `agent install` checks the configuration first, and shows the unit with --dry-run
+    let o = run(dir, &config, &["agent", "install", "--dry-run"]);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    fs::write(
+        &config,
+        "[repository.r]\nlocation = \"/srv/r\"\npassword_file = \"/k\"\n",
+    )
+    .unwrap();
+    let units = dir.join("units");
+    let shown = ok(
+        dir,
+        &config,
+        &[
+            "agent",
+            "install",
+            "--dry-run",
+            "--unit-dir",
+            units.to_str().unwrap(),
+        ],
+    );
+    let exec = format!(
+        "ExecStart={} --config {} agent",
+        env!("CARGO_BIN_EXE_coffer"),
+        config.display()
+    );
+    assert!(shown.contains(&exec), "{shown}");
+    assert!(
+        shown.contains("would run: systemctl enable --now coffer-agent.service"),
+        "{shown}"
+    );
+    assert!(!units.exists(), "--dry-run wrote nothing");
+    if !Path::new("/run/systemd/system").exists() {
+        // (where systemd runs, this would start a service: only without it)
+        let said = ok(
+            dir,
+            &config,
+            &["agent", "install", "--unit-dir", units.to_str().unwrap()],
+        );
+        let unit = fs::read_to_string(units.join("coffer-agent.service")).unwrap();
+        assert!(unit.contains(&exec) && unit.contains("KillMode=mixed"), "{unit}");
+        assert!(said.contains("systemd is not running here"), "{said}");
+    }
+
+    // as root, a configuration others may write is refused (its hooks would run as root)
+    if rustix::process::geteuid().is_root() {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&config, fs::Permissions::from_mode(0o666)).unwrap();
+        let o = run(dir, &config, &["config", "check"]);
+        assert_eq!(code(&o), 2, "{}", stderr(&o));
+        assert!(stderr(&o).contains("writable by root only"), "{}", stderr(&o));
+        fs::set_permissions(&config, fs::Permissions::from_mode(0o600)).unwrap();
+        // (valid; exit 1 only because the key file it names is not there)
+        let o = run(dir, &config, &["config", "check"]);
+        assert_eq!(code(&o), 1, "{}", stderr(&o));
+        assert!(
+            stderr(&o).contains("password_file /k: no such file"),
+            "{}",
+            stderr(&o)
+        );
+    }
+
     // no configuration at all: the same
     let o = run(dir, &dir.join("missing.toml"), &["run", "x"]);
     assert_eq!(code(&o), 2, "{}", stderr(&o));

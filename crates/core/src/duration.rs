@@ -31,7 +31,14 @@ pub fn parse_retention(s: &str, what: &str) -> Result<Duration> {
              months for months (e.g. 1y6months)"
         )));
     }
-    parse(s, what)
+    let d = parse(s, what)?;
+    // keeping what is newer than the newest snapshot minus nothing would keep nothing
+    if d.is_zero() {
+        return Err(Error::Usage(format!(
+            "{what} {s:?}: a retention period of 0 keeps nothing; give a period (e.g. 7d)"
+        )));
+    }
+    Ok(d)
 }
 
 /// How a parsed duration is shown back (`2h 30m`, `7days`).
@@ -101,6 +108,11 @@ mod tests {
         }
         for ok in ["6months", "1y6months", "90min", "14d"] {
             parse_retention(ok, "--keep-within").unwrap();
+        }
+        // a period of nothing would keep nothing
+        for zero in ["0", "0s", "0d"] {
+            let e = parse_retention(zero, "--keep-within").unwrap_err();
+            assert!(e.to_string().contains("keeps nothing"), "{e}");
         }
     }
 }

@@ -202,7 +202,8 @@ fn decide(mut sorted: Vec<Item<'_>>, policy: &KeepPolicy) -> Vec<Decision> {
             }
         }
         if let (Some(d), Some(n)) = (policy.within, newest) {
-            if s.time > n - d {
+            // (the newest snapshot is within any period of itself)
+            if s.time >= n - d {
                 reasons.push(format!("within {}", format_duration(d)));
             }
         }

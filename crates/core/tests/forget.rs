@@ -94,7 +94,7 @@ fn expected(snaps: &[(SnapshotId, Snapshot)], p: &KeepPolicy) -> BTreeSet<Snapsh
     keep.extend(newest_per_bucket(snaps, p.yearly, |t| t.year().to_string()));
     if let Some(d) = p.within {
         let newest = by_time[0].1.time;
-        keep.extend(snaps.iter().filter(|s| s.1.time > newest - d).map(|s| s.0));
+        keep.extend(snaps.iter().filter(|s| s.1.time >= newest - d).map(|s| s.0));
     }
     for tags in &p.tags {
         keep.extend(

@@ -2,27 +2,37 @@
 //!
 //! Each run is a `coffer run JOB` (or `coffer run JOB --check`) process of its own: the agent
 //! itself only keeps time, so it stays small while idle and a run that goes wrong cannot take
-//! the agent with it. The scheduled time of the last run started is remembered per job in the
-//! state directory, before the run starts: a time that passed while the agent was not running
-//! (the machine was off, the agent stopped) is caught up once when it starts again, not once
-//! per missed time. A job never runs twice at once (the job's lock, which `coffer run` by hand
-//! respects too): a time that comes while the job still runs is caught up when it ends.
+//! the agent with it. Runs read the configuration the agent accepted (a copy in the state
+//! directory, replaced only when a reload succeeds): an edit takes effect at SIGHUP, never
+//! half-way, and a broken edit stops nothing.
+//!
+//! The scheduled time of the last run started is remembered per job in the state directory,
+//! before the run starts: a time that passed while the agent was not running (the machine
+//! was off, the agent stopped) is caught up once when it starts again, not once per missed
+//! time. One job runs at a time, backup or check (they share the job's lock, which `coffer run`
+//! by hand respects too): a time that comes while the job runs is caught up when it ends, and
+//! a run that finds the lock taken (exit 75) is retried, its time not counted as run.
 //!
 //! Signals: SIGHUP reloads the configuration (a broken one is refused, and the old one goes
-//! on); SIGTERM and SIGINT stop the agent: running jobs are told to stop (each step ends
-//! cleanly: the repository stays valid), and the agent waits for them. A killed agent's runs
-//! end with it (they are told by the kernel), and the next agent catches up.
+//! on; a job whose schedule changed waits for its next time under the new one); SIGTERM and
+//! SIGINT stop the agent: running jobs are told to stop (each step ends cleanly: the
+//! repository stays valid, the after hook runs), and the agent waits for them. A killed
+//! agent's runs end with it (they are told by the kernel), and the next agent catches up.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
-use coffer_agent::{Config, JobState, LockError, Schedule, StateDir};
+use coffer_agent::{Config, JobState, Schedule, StateDir};
 use tokio::signal::unix::{signal, SignalKind};
 
 use super::job;
 use crate::cli::Global;
+
+/// `coffer run`'s exit code when the job is already running.
+pub const EXIT_BUSY: u8 = 75;
 
 /// A job's backup or its check.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -47,24 +57,34 @@ fn log(msg: &str) {
 }
 
 struct Running {
+    kind: Kind,
     pid: u32,
     started: Instant,
+    /// The scheduled time recorded before this run (put back if the run found the job busy).
+    previous: Option<i64>,
 }
 
-/// The scheduled time that is due for (job, kind), if one is: the newest time at or before
-/// now that is later than the one last started. The first time a job is seen, nothing is
-/// due: its first run is its next scheduled time (the state remembers the current one).
-fn due(
-    schedule: &Schedule,
-    delay: Duration,
-    last: Option<i64>,
-    now: DateTime<Utc>,
-) -> (Option<i64>, Option<i64>) {
-    let latest = schedule.last_at_or_before(now, delay).map(|t| t.timestamp());
-    match (latest, last) {
-        (Some(l), Some(prev)) if l > prev => (Some(l), None),
-        (Some(l), None) => (None, Some(l)),
-        _ => (None, None),
+/// What is due for one schedule, given the scheduled time last started (`last`).
+#[derive(Debug, PartialEq, Eq)]
+enum Due {
+    /// Run now, for this scheduled time.
+    Run(i64),
+    /// Nothing to run; remember this scheduled time as the last one (a job seen for the first
+    /// time, or a clock set back: its first run is its next time).
+    Remember(i64),
+    Nothing,
+}
+
+fn due(schedule: &Schedule, delay: Duration, last: Option<i64>, now: DateTime<Utc>) -> Due {
+    let Some(latest) = schedule.last_at_or_before(now, delay).map(|t| t.timestamp()) else {
+        return Due::Nothing;
+    };
+    match last {
+        None => Due::Remember(latest),
+        // recorded in the future: the clock went back
+        Some(prev) if prev > now.timestamp() => Due::Remember(latest),
+        Some(prev) if latest > prev => Due::Run(latest),
+        Some(_) => Due::Nothing,
     }
 }
 
@@ -88,25 +108,60 @@ fn recorded(st: &JobState, kind: Kind) -> Option<i64> {
     }
 }
 
-fn record(st: &mut JobState, kind: Kind, t: i64) {
+fn set_recorded(st: &mut JobState, kind: Kind, t: Option<i64>) {
     match kind {
-        Kind::Backup => st.backup_due = Some(t),
-        Kind::Check => st.check_due = Some(t),
+        Kind::Backup => st.backup_due = t,
+        Kind::Check => st.check_due = t,
     }
 }
 
-/// Start `coffer run JOB [--check]`; its exit arrives on `done`.
+/// The executable to start runs from: the one running (on Linux /proc/self/exe, which still
+/// names it after a package upgrade replaced the file).
+pub fn self_exe() -> Result<PathBuf> {
+    let proc = Path::new("/proc/self/exe");
+    if proc.exists() {
+        return Ok(proc.to_path_buf());
+    }
+    std::env::current_exe().context("finding the coffer executable")
+}
+
+/// Read and check the configuration, and keep the accepted text for the runs.
+fn accept(g: &Global) -> Result<(Config, PathBuf)> {
+    let cfg = job::load(g)?;
+    let text = std::fs::read(&cfg.path).with_context(|| format!("reading {}", cfg.path.display()))?;
+    let dir = cfg.state_dir.join("agent");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let copy = dir.join("coffer.toml");
+    let tmp = dir.join(format!(".coffer.toml.{}", std::process::id()));
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let _ = std::fs::remove_file(&tmp);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        f.write_all(&text)
+            .and_then(|()| f.sync_all())
+            .with_context(|| format!("writing {}", tmp.display()))?;
+    }
+    std::fs::rename(&tmp, &copy).with_context(|| format!("writing {}", copy.display()))?;
+    Ok((cfg, copy))
+}
+
+/// Start `coffer run JOB [--check]` on the accepted configuration; its exit arrives on `done`.
 fn start(
     g: &Global,
-    cfg: &Config,
+    accepted: &Path,
     job: &str,
     kind: Kind,
-    done: &tokio::sync::mpsc::UnboundedSender<(String, Kind, Option<i32>)>,
+    done: &tokio::sync::mpsc::UnboundedSender<(String, Option<i32>, Option<i32>)>,
 ) -> Result<u32> {
-    let exe = std::env::current_exe().context("finding the coffer executable")?;
-    let mut cmd = tokio::process::Command::new(exe);
+    let mut cmd = tokio::process::Command::new(self_exe()?);
     cmd.arg("--config")
-        .arg(&cfg.path)
+        .arg(accepted)
         .env(super::run::EXIT_WITH_PARENT, std::process::id().to_string())
         .stdin(std::process::Stdio::null());
     if g.quiet {
@@ -123,27 +178,94 @@ fn start(
     let pid = child.id().unwrap_or(0);
     let (done, job) = (done.clone(), job.to_string());
     tokio::spawn(async move {
-        let code = child.wait().await.ok().and_then(|s| s.code());
-        let _ = done.send((job, kind, code));
+        use std::os::unix::process::ExitStatusExt;
+        let status = child.wait().await.ok();
+        let _ = done.send((
+            job,
+            status.and_then(|s| s.code()),
+            status.and_then(|s| s.signal()),
+        ));
     });
     Ok(pid)
 }
 
-pub fn run(g: &Global) -> Result<u8> {
+/// `coffer agent install`: the unit, written and started where systemd runs.
+pub fn install(g: &Global, dry_run: bool, unit_dir: &Path) -> Result<u8> {
+    // the configuration must be valid before a service is made to read it
     let cfg = job::load(g)?;
+    let exe = std::env::current_exe().context("finding the coffer executable")?;
+    let config = std::fs::canonicalize(&cfg.path).unwrap_or_else(|_| cfg.path.clone());
+    let text = super::generate::agent_unit(&exe, &config);
+    let path = unit_dir.join("coffer-agent.service");
+    let systemd = Path::new("/run/systemd/system").is_dir();
+    let commands = [
+        vec!["systemctl", "daemon-reload"],
+        vec!["systemctl", "enable", "--now", "coffer-agent.service"],
+    ];
+    if dry_run {
+        println!("would write {}:\n{text}", path.display());
+        for c in &commands {
+            println!("would run: {}", c.join(" "));
+        }
+        return Ok(0);
+    }
+    std::fs::create_dir_all(unit_dir).with_context(|| format!("creating {}", unit_dir.display()))?;
+    std::fs::write(&path, &text).with_context(|| format!("writing {}", path.display()))?;
+    println!("wrote {}", path.display());
+    if !systemd {
+        println!(
+            "systemd is not running here: start the agent with your init system, as `{} --config {} agent`",
+            exe.display(),
+            config.display()
+        );
+        return Ok(0);
+    }
+    for c in &commands {
+        let status = std::process::Command::new(c[0])
+            .args(&c[1..])
+            .status()
+            .with_context(|| format!("running {}", c.join(" ")))?;
+        if !status.success() {
+            anyhow::bail!("{} failed ({status})", c.join(" "));
+        }
+        println!("ran: {}", c.join(" "));
+    }
+    println!("the agent runs; its log: journalctl -u coffer-agent");
+    Ok(0)
+}
+
+pub fn run(g: &Global) -> Result<u8> {
+    let (cfg, accepted) = accept(g)?;
+    StateDir::new(&cfg.state_dir).check_writable().with_context(|| {
+        format!(
+            "the state directory {} cannot be written (the agent keeps there which scheduled runs it started)",
+            cfg.state_dir.display()
+        )
+    })?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the agent's runtime")?;
-    rt.block_on(agent(g, cfg))
+    rt.block_on(agent(g, cfg, accepted))
 }
 
-async fn agent(g: &Global, mut cfg: Config) -> Result<u8> {
+/// What the agent knows of one schedule: how it was set (a reload that changes it starts it
+/// afresh) and the scheduled time last started.
+type Memory = BTreeMap<(String, Kind), (String, Option<i64>)>;
+
+fn earliest(a: Option<DateTime<Utc>>, b: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    Some(a.map_or(b, |a| a.min(b)))
+}
+
+async fn agent(g: &Global, mut cfg: Config, mut accepted: PathBuf) -> Result<u8> {
     let mut hup = signal(SignalKind::hangup()).context("SIGHUP")?;
     let mut term = signal(SignalKind::terminate()).context("SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("SIGINT")?;
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut running: BTreeMap<(String, Kind), Running> = BTreeMap::new();
+    let mut running: BTreeMap<String, Running> = BTreeMap::new();
+    let mut memory: Memory = BTreeMap::new();
+    let mut retry_at: Option<DateTime<Utc>> = None;
+    let mut busy_said: std::collections::BTreeSet<String> = Default::default();
     let mut host = job::host(&cfg);
     log(&format!(
         "started: {} job(s) from {}, state in {}",
@@ -153,81 +275,87 @@ async fn agent(g: &Global, mut cfg: Config) -> Result<u8> {
     ));
     let mut stopping = false;
     loop {
-        let state = StateDir::new(&cfg.state_dir);
-        let now = Utc::now();
-        let mut wake: Option<DateTime<Utc>> = None;
-        if !stopping {
-            for (name, kind, schedule) in schedules(&cfg) {
-                let delay = schedule.delay_for(&host, &name);
-                if let Some(next) = schedule.next_after(now, delay) {
-                    wake = Some(wake.map_or(next, |w| w.min(next)));
-                }
-                if running.contains_key(&(name.clone(), kind)) {
-                    continue;
-                }
-                let mut st = match state.load(&name) {
-                    Ok(s) => s,
-                    Err(w) => {
-                        log(&format!("warning: {w}; the job's state starts afresh"));
-                        JobState::default()
-                    }
-                };
-                let (run_now, first_seen) = due(&schedule, delay, recorded(&st, kind), now);
-                if let Some(t) = first_seen {
-                    // a job seen for the first time waits for its next scheduled time
-                    record(&mut st, kind, t);
-                    if let Err(e) = state.save(&name, &st) {
-                        log(&format!("warning: job {name}: cannot write its state: {e}"));
-                    }
-                    continue;
-                }
-                let Some(slot) = run_now else { continue };
-                // a run started by hand holds the lock: look again shortly
-                match state.lock(&name) {
-                    Ok(lock) => drop(lock),
-                    Err(LockError::Busy { pid, .. }) => {
-                        let again = now + chrono::Duration::seconds(5);
-                        wake = Some(wake.map_or(again, |w| w.min(again)));
-                        log(&format!(
-                            "job {name}: {} due, but the job is running (pid {pid}): waiting",
-                            kind.name()
-                        ));
-                        continue;
-                    }
-                    Err(e) => {
-                        log(&format!("job {name}: cannot take its lock: {e}"));
-                        continue;
-                    }
-                }
-                // remembered before the run starts: a crash during it does not run it twice
-                record(&mut st, kind, slot);
-                if let Err(e) = state.save(&name, &st) {
-                    log(&format!("job {name}: not started: cannot write its state: {e}"));
-                    continue;
-                }
-                let late = now.timestamp() - slot;
-                match start(g, &cfg, &name, kind, &done_tx) {
-                    Ok(pid) => {
-                        log(&format!(
-                            "job {name}: {} started (pid {pid}; scheduled {}{})",
-                            kind.name(),
-                            coffer_agent::show(coffer_agent::utc(slot), schedule.zone()),
-                            if late > 60 { ", caught up" } else { "" }
-                        ));
-                        running.insert(
-                            (name.clone(), kind),
-                            Running {
-                                pid,
-                                started: Instant::now(),
-                            },
-                        );
-                    }
-                    Err(e) => log(&format!("job {name}: {} not started: {e:#}", kind.name())),
-                }
-            }
-        } else if running.is_empty() {
+        if stopping && running.is_empty() {
             log("stopped");
             return Ok(0);
+        }
+        let state = StateDir::new(&cfg.state_dir);
+        let now = Utc::now();
+        if retry_at.is_some_and(|r| r <= now) {
+            retry_at = None;
+        }
+        let mut wake = retry_at;
+        for (name, kind, schedule) in schedules(&cfg).into_iter().filter(|_| !stopping) {
+            let delay = schedule.delay_for(&host, &name);
+            if let Some(next) = schedule.next_after(now, delay) {
+                wake = earliest(wake, next);
+            }
+            let how = format!("{schedule} on {host}");
+            let key = (name.clone(), kind);
+            let mut st = state.load(&name).unwrap_or_else(|w| {
+                log(&format!("warning: {w}; the job's schedule state starts afresh"));
+                JobState::default()
+            });
+            let last = match memory.get(&key) {
+                Some((h, last)) if *h == how => *last,
+                // set anew by a reload: as a job seen for the first time
+                Some(_) => None,
+                None => recorded(&st, kind),
+            };
+            // one run of a job at a time, backup or check; what comes due meanwhile waits
+            let due_now = if running.contains_key(&name) {
+                Due::Nothing
+            } else {
+                due(&schedule, delay, last, now)
+            };
+            let remember = match due_now {
+                Due::Nothing => {
+                    memory.insert(key, (how, last));
+                    continue;
+                }
+                Due::Remember(t) | Due::Run(t) => t,
+            };
+            memory.insert(key.clone(), (how.clone(), Some(remember)));
+            set_recorded(&mut st, kind, Some(remember));
+            if let Err(e) = state.save(&name, &st) {
+                log(&format!(
+                    "warning: job {name}: cannot write its state ({e}): kept in memory, but a restart would forget it"
+                ));
+            }
+            let Due::Run(slot) = due_now else { continue };
+            match start(g, &accepted, &name, kind, &done_tx) {
+                Ok(pid) => {
+                    let late = now.timestamp() - slot;
+                    log(&format!(
+                        "job {name}: {} started (pid {pid}; scheduled {}{})",
+                        kind.name(),
+                        coffer_agent::show(coffer_agent::utc(slot), schedule.zone()),
+                        if late > 60 { ", caught up" } else { "" }
+                    ));
+                    busy_said.remove(&name);
+                    running.insert(
+                        name.clone(),
+                        Running {
+                            kind,
+                            pid,
+                            started: Instant::now(),
+                            previous: last,
+                        },
+                    );
+                }
+                Err(e) => {
+                    // not run: its time is not counted as run, and is tried again in a minute
+                    log(&format!(
+                        "job {name}: {} not started: {e:#}; trying again in a minute",
+                        kind.name()
+                    ));
+                    memory.insert(key, (how, last));
+                    set_recorded(&mut st, kind, last);
+                    let _ = state.save(&name, &st);
+                    retry_at = earliest(retry_at, now + chrono::Duration::seconds(60));
+                    wake = earliest(wake, now + chrono::Duration::seconds(60));
+                }
+            }
         }
         // sleep until the next scheduled time, a finished run or a signal (at most an hour:
         // a clock set forward is noticed)
@@ -236,28 +364,47 @@ async fn agent(g: &Global, mut cfg: Config) -> Result<u8> {
             .unwrap_or(Duration::from_secs(3600))
             .min(Duration::from_secs(3600));
         tokio::select! {
-            _ = tokio::time::sleep(until), if !stopping => {}
-            Some((name, kind, code)) = done_rx.recv() => {
-                if let Some(r) = running.remove(&(name.clone(), kind)) {
-                    let took = r.started.elapsed().as_secs_f64();
-                    let how = match code {
-                        Some(0) => "ok".to_string(),
-                        Some(3) => "finished with warnings".to_string(),
-                        Some(130) => "interrupted".to_string(),
-                        Some(c) => format!("FAILED (exit code {c})"),
-                        None => "killed".to_string(),
-                    };
-                    log(&format!("job {name}: {} {how} after {took:.1} s", kind.name()));
+            // (first: a run that ended is taken off the list before any signal is sent to it)
+            biased;
+            Some((name, code, signal)) = done_rx.recv() => {
+                let Some(r) = running.remove(&name) else { continue };
+                let took = r.started.elapsed().as_secs_f64();
+                if code == Some(i32::from(EXIT_BUSY)) {
+                    // started by hand meanwhile: this time is not counted as run
+                    let key = (name.clone(), r.kind);
+                    if let Some((how, _)) = memory.get(&key).cloned() {
+                        memory.insert(key, (how, r.previous));
+                    }
+                    let state = StateDir::new(&cfg.state_dir);
+                    let mut st = state.load(&name).unwrap_or_default();
+                    set_recorded(&mut st, r.kind, r.previous);
+                    let _ = state.save(&name, &st);
+                    if busy_said.insert(name.clone()) {
+                        log(&format!("job {name}: {} due, but the job is running already (by hand?): waiting for it", r.kind.name()));
+                    }
+                    retry_at = earliest(retry_at, Utc::now() + chrono::Duration::seconds(5));
+                    continue;
                 }
+                let how = match (code, signal) {
+                    (Some(0), _) => "ok".to_string(),
+                    (Some(3), _) => "finished with warnings".to_string(),
+                    (Some(130), _) => "interrupted".to_string(),
+                    (Some(c), _) => format!("FAILED (exit code {c})"),
+                    (None, Some(s)) => format!("killed by signal {s}"),
+                    (None, None) => "ended (no exit status)".to_string(),
+                };
+                log(&format!("job {name}: {} {how} after {took:.1} s", r.kind.name()));
             }
+            _ = tokio::time::sleep(until), if !stopping => {}
             _ = hup.recv() => {
-                match job::load(g) {
-                    Ok(new) => {
+                match accept(g) {
+                    Ok((new, copy)) => {
                         cfg = new;
+                        accepted = copy;
                         host = job::host(&cfg);
                         log(&format!("configuration reloaded: {} job(s)", cfg.jobs.len()));
                     }
-                    Err(e) => log(&format!("configuration not reloaded, the old one goes on: {e:#}")),
+                    Err(e) => log(&format!("configuration not reloaded, the one loaded before goes on: {e:#}")),
                 }
             }
             _ = async { tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} } } => {
@@ -265,11 +412,9 @@ async fn agent(g: &Global, mut cfg: Config) -> Result<u8> {
                     continue;
                 }
                 stopping = true;
-                if running.is_empty() {
-                    log("stopped");
-                    return Ok(0);
+                if !running.is_empty() {
+                    log(&format!("stopping: telling {} running job(s) to stop", running.len()));
                 }
-                log(&format!("stopping: telling {} running job(s) to stop", running.len()));
                 for r in running.values() {
                     if let Some(pid) = rustix::process::Pid::from_raw(r.pid as i32) {
                         let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
@@ -289,26 +434,46 @@ mod tests {
     fn missed_times_are_caught_up_once_and_new_jobs_wait() {
         let s = Schedule::new("0 3 * * *", "UTC".parse().unwrap(), Duration::ZERO).unwrap();
         let at = |x: &str| DateTime::parse_from_rfc3339(x).unwrap().with_timezone(&Utc);
-        let day1 = at("2026-12-01T03:00:00Z").timestamp();
+        let t = |x: &str| at(x).timestamp();
+        let z = Duration::ZERO;
         // first sight: nothing runs now, the current time is remembered
         assert_eq!(
-            due(&s, Duration::ZERO, None, at("2026-12-05T10:00:00Z")),
-            (None, Some(at("2026-12-05T03:00:00Z").timestamp()))
+            due(&s, z, None, at("2026-12-05T10:00:00Z")),
+            Due::Remember(t("2026-12-05T03:00:00Z"))
         );
         // the machine was off for three nights: one run, for the newest time
         assert_eq!(
-            due(&s, Duration::ZERO, Some(day1), at("2026-12-04T10:00:00Z")),
-            (Some(at("2026-12-04T03:00:00Z").timestamp()), None)
+            due(&s, z, Some(t("2026-12-01T03:00:00Z")), at("2026-12-04T10:00:00Z")),
+            Due::Run(t("2026-12-04T03:00:00Z"))
         );
         // nothing new since
-        let last = at("2026-12-04T03:00:00Z").timestamp();
+        let last = t("2026-12-04T03:00:00Z");
+        assert_eq!(due(&s, z, Some(last), at("2026-12-04T23:59:59Z")), Due::Nothing);
         assert_eq!(
-            due(&s, Duration::ZERO, Some(last), at("2026-12-04T23:59:59Z")),
-            (None, None)
+            due(&s, z, Some(last), at("2026-12-05T03:00:00Z")),
+            Due::Run(t("2026-12-05T03:00:00Z"))
         );
+        // the clock went back a week: no run until the next time after the new now
         assert_eq!(
-            due(&s, Duration::ZERO, Some(last), at("2026-12-05T03:00:00Z")),
-            (Some(at("2026-12-05T03:00:00Z").timestamp()), None)
+            due(&s, z, Some(last), at("2026-11-27T10:00:00Z")),
+            Due::Remember(t("2026-11-27T03:00:00Z"))
         );
+    }
+
+    #[test]
+    fn times_in_a_zone_survive_the_change_to_summer_time() {
+        // 02:30 does not exist in Paris on 2027-03-28 (clocks jump from 02:00 to 03:00): the
+        // night still has one run, and the next night is as usual
+        let s = Schedule::new("30 2 * * *", "Europe/Paris".parse().unwrap(), Duration::ZERO).unwrap();
+        let at = |x: &str| DateTime::parse_from_rfc3339(x).unwrap().with_timezone(&Utc);
+        let mut runs = Vec::new();
+        let mut now = at("2027-03-26T12:00:00Z");
+        while now < at("2027-03-30T12:00:00Z") {
+            now = s.next_after(now, Duration::ZERO).unwrap();
+            runs.push(now);
+        }
+        let days: std::collections::BTreeSet<_> = runs.iter().map(|r| r.date_naive()).collect();
+        assert_eq!(runs.len(), days.len(), "one run a night: {runs:?}");
+        assert!(runs.len() >= 3, "{runs:?}");
     }
 }

@@ -24,6 +24,13 @@ fn read_exclude_file(p: &std::path::Path) -> Result<Vec<String>> {
 }
 
 pub fn run(g: &Global, a: BackupArgs) -> Result<u8> {
+    // a job's retention removes that job's snapshots: a hand-made one must not pass for one
+    if let (None, Some(t)) = (&a.job, a.tag.iter().find(|t| t.starts_with("job:"))) {
+        return Err(coffer_core::Error::Usage(format!(
+            "tag {t:?}: job:... tags mark the snapshots of configured jobs (`backup --job NAME`)"
+        ))
+        .into());
+    }
     let mut excludes = a.exclude.clone();
     for f in &a.exclude_file {
         excludes.extend(read_exclude_file(f)?);

@@ -21,7 +21,30 @@ pub fn config_path(g: &Global) -> PathBuf {
 /// Read and check the configuration; a mistake in it is a usage error (exit 2) that names
 /// the file, line and column.
 pub fn load(g: &Global) -> Result<Config> {
-    Config::load(&config_path(g)).map_err(|e| coffer_core::Error::Usage(e.to_string()).into())
+    let path = config_path(g);
+    refuse_unsafe(&path)?;
+    Config::load(&path).map_err(|e| coffer_core::Error::Usage(e.to_string()).into())
+}
+
+/// As root, the file's hooks and password commands run as root: it must be root's and
+/// writable by root only (else `sudo coffer run` with a user's file, or a file another user
+/// may edit, would run their commands as root).
+fn refuse_unsafe(path: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    if !rustix::process::geteuid().is_root() {
+        return Ok(());
+    }
+    let Ok(m) = std::fs::metadata(path) else {
+        return Ok(()); // (reading it says what is wrong)
+    };
+    if m.uid() != 0 || m.mode() & 0o022 != 0 {
+        return Err(usage(format!(
+            "{}: refused: its hooks and password commands would run as root, so it must belong to root \
+             and be writable by root only (chown root {0}; chmod go-w {0})",
+            path.display()
+        )));
+    }
+    Ok(())
 }
 
 /// The host name snapshots are recorded under: the configuration's, else the machine's.
@@ -55,8 +78,13 @@ pub fn apply_repo(g: &mut Global, cfg: &Config, name: &str, repo_on_command_line
     if r.report_to.is_some() {
         g.report_to = r.report_to.clone();
     }
-    // a password in the environment would win over the configuration's source
+    // a password or token in the environment would win over the configuration's sources
+    // (and a token for one server would be sent to another)
     std::env::remove_var("COFFER_PASSWORD");
+    if r.token_file.is_some() {
+        std::env::remove_var("COFFER_TOKEN");
+        std::env::remove_var("COFFER_REPORT_TOKEN");
+    }
     let vars = [
         ("AWS_PROFILE", r.aws_profile.as_ref().map(Into::into)),
         (
@@ -96,6 +124,11 @@ pub fn backup_args(cfg: &Config, a: &mut BackupArgs) -> Result<()> {
             "backup --job {name}: the job names the paths, databases, excludes and host; give no others"
         )));
     }
+    if let Some(t) = a.tag.iter().find(|t| t.starts_with("job:")) {
+        return Err(usage(format!(
+            "backup --job {name}: tag {t:?}: job:... tags are coffer's (it adds job:{name} itself)"
+        )));
+    }
     a.paths = job.paths.clone();
     a.exclude = job.exclude.clone();
     a.exclude_file = job.exclude_file.clone();
@@ -129,7 +162,7 @@ pub fn backup_args(cfg: &Config, a: &mut BackupArgs) -> Result<()> {
 
 /// `forget --job NAME`: the job's retention, applied only to the job's snapshots of this host
 /// (tag `job:NAME`), grouped as usual; `--prune` when the job says so.
-pub fn forget_args(cfg: &Config, a: &mut ForgetArgs) -> Result<()> {
+pub fn forget_args(cfg: &Config, repo_name: Option<&str>, a: &mut ForgetArgs) -> Result<()> {
     let Some(name) = a.job.clone() else { return Ok(()) };
     let job = cfg.job(&name).map_err(|e| usage(e.to_string()))?;
     let Some(r) = &job.retention else {
@@ -137,6 +170,26 @@ pub fn forget_args(cfg: &Config, a: &mut ForgetArgs) -> Result<()> {
             "forget --job {name}: the job has no [job.{name}.retention]"
         )));
     };
+    // only where the job's retention applies: not an archive filled by `copy`, not a server
+    match repo_name {
+        Some(repo) if r.on.iter().any(|o| o == repo) => {}
+        Some(repo) => {
+            return Err(usage(format!(
+                "forget --job {name}: the job's retention applies to {} only, not to {repo}",
+                if r.on.is_empty() {
+                    "no repository".to_string()
+                } else {
+                    r.on.join(", ")
+                }
+            )))
+        }
+        None => {
+            return Err(usage(format!(
+                "forget --job {name}: name the repository with --repo-name (one of: {})",
+                r.on.join(", ")
+            )))
+        }
+    }
     let given = !a.snapshots.is_empty()
         || [
             a.keep_last,

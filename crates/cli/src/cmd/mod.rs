@@ -7,6 +7,7 @@ pub mod config;
 pub mod copy;
 pub mod db;
 pub mod forget;
+pub mod generate;
 pub mod job;
 pub mod monitor;
 pub mod run;
