@@ -36,6 +36,22 @@ static FACTS: Mutex<Facts> = Mutex::new(Facts {
     messages: Vec::new(),
 });
 
+/// The configured job this run belongs to: its name, when its next backup is due, and the
+/// names of every scheduled job of the configuration.
+#[derive(Default, Clone)]
+pub struct JobFacts {
+    pub name: String,
+    pub next_expected: Option<i64>,
+    pub jobs: Vec<String>,
+}
+
+static JOB: Mutex<Option<JobFacts>> = Mutex::new(None);
+
+/// Say which job this run is (`--job`), for its report.
+pub fn job(j: JobFacts) {
+    *JOB.lock().unwrap_or_else(|p| p.into_inner()) = Some(j);
+}
+
 fn facts() -> std::sync::MutexGuard<'static, Facts> {
     FACTS.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -143,6 +159,11 @@ fn unix(t: SystemTime) -> i64 {
 pub fn send(g: &Global, kind: &str, started: SystemTime, took: Duration, outcome: &Result<u8, String>) {
     let Some(url) = target(g) else { return };
     let f = std::mem::take(&mut *facts());
+    let job_facts = JOB
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone()
+        .unwrap_or_default();
     let mut messages = f.messages;
     let (status, errors) = match outcome {
         Err(e) => {
@@ -174,6 +195,10 @@ pub fn send(g: &Global, kind: &str, started: SystemTime, took: Duration, outcome
         warnings: f.warnings,
         errors,
         messages,
+        job: job_facts.name,
+        // (only a backup announces the next backup)
+        next_expected: job_facts.next_expected.filter(|_| kind == "backup"),
+        jobs: job_facts.jobs,
     };
     let token_var = std::env::var_os("COFFER_REPORT_TOKEN").map(|_| "COFFER_REPORT_TOKEN");
     let opts = coffer_backends::RestOptions {

@@ -457,6 +457,17 @@ schedule = "*/4 * * * * *"
         )
         .unwrap();
     assert!(runs >= 9, "{runs} backup reports");
+    // each names its job and announces the job's next backup (the server watches it)
+    let announced: i64 = rusqlite::Connection::open(server.data.join("server.db"))
+        .unwrap()
+        .query_row(
+            "SELECT count(*) FROM runs WHERE job = 'files' AND next_expected > received \
+             AND next_expected <= received + 10 AND jobs = '[\"db\",\"files\"]'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(announced >= 4, "{announced} reports of job files announcing the next run");
 
     drop(weed);
 }

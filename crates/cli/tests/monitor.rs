@@ -949,3 +949,62 @@ fn reports_and_key_files_carry_no_paths_or_host_names() {
         assert_eq!(v["username"], "", "the user name is in a key file: {v}");
     }
 }
+
+/// A client run by `coffer agent` needs no `client expect`: each report of a scheduled job
+/// says when the job's next backup is due, and a job that misses it (plus an hour) is
+/// OVERDUE; a job taken out of the configuration is no longer expected.
+#[test]
+fn the_schedule_an_agent_announces_is_watched() {
+    let e = Env::new();
+    let clock = e.path("clock");
+    set_clock(&clock, at(10, 0));
+    let clock_arg = clock.to_str().unwrap().to_string();
+    let server = ServerProc::start(&e.path("server"), &["--test-clock", &clock_arg]);
+    let token = server.add_client("web1", "reports", "append");
+    let post = |job: &str, finished: i64, next: i64, jobs: &[&str]| {
+        let body = serde_json::json!({
+            "kind": "backup", "status": "ok", "started": finished - 30, "finished": finished,
+            "job": job, "next_expected": next, "jobs": jobs,
+        })
+        .to_string();
+        let head = format!(
+            "POST /reports/runs HTTP/1.1\nHost: 127.0.0.1\nConnection: close\nAuthorization: Bearer {token}\nContent-Type: application/json\nContent-Length: {}",
+            body.len()
+        );
+        assert_eq!(server.raw(&head, body.as_bytes()).unwrap().0, 201);
+    };
+    let status = |t: i64| {
+        set_clock(&clock, t);
+        let o = server.admin(&["--test-clock", &clock_arg, "status"]);
+        (code(&o), String::from_utf8_lossy(&o.stdout).to_string())
+    };
+    // 10:00: a nightly job (next at 02:30 tomorrow) and an hourly one (next at 11:00)
+    post("nightly", at(9, 59), at(10, 0) + 16 * 3600 + 1800, &["nightly", "hourly"]);
+    post("hourly", at(9, 59), at(11, 0), &["nightly", "hourly"]);
+    let (c, s) = status(at(10, 1));
+    assert_eq!(c, 0, "{s}");
+    assert!(s.starts_with("coffer: 1/1 OK"), "{s}");
+    // 11:59: the hourly run of 11:00 is late, within the hour of grace
+    let (c, s) = status(at(11, 59));
+    assert_eq!(c, 0, "{s}");
+    // 12:01: overdue, naming the job
+    let (c, s) = status(at(12, 1));
+    assert_eq!(c, 2, "{s}");
+    assert!(s.contains("OVERDUE") && s.contains("job hourly"), "{s}");
+    assert!(!s.contains("job nightly"), "{s}");
+    // it runs again: OK
+    post("hourly", at(12, 2), at(13, 0), &["nightly", "hourly"]);
+    let (c, s) = status(at(12, 3));
+    assert_eq!(c, 0, "{s}");
+    // the hourly job is taken out of the configuration: the next nightly report says so, and
+    // the hourly job is not expected any more
+    post("nightly", at(12, 5), at(10, 0) + 16 * 3600 + 1800, &["nightly"]);
+    let (c, s) = status(at(15, 0));
+    assert_eq!(c, 0, "{s}");
+    // an announcement far away (or in the past) is ignored, not trusted to silence the alarm
+    post("nightly", at(15, 1), at(15, 1) + 90 * 86_400, &["nightly"]);
+    let (c, s) = status(at(15, 2));
+    assert_eq!(c, 0, "{s}");
+    let (c, s) = status(at(10, 0) + 40 * 86_400);
+    assert_eq!(c, 0, "no announcement in force: nothing is judged by it ({s})");
+}

@@ -114,6 +114,10 @@ const MIGRATIONS: &[&str] = &[
         created INTEGER NOT NULL,
         expires INTEGER NOT NULL
      );",
+    // 3: run reports name their job and when its next backup is due (the agent's schedule)
+    "ALTER TABLE runs ADD COLUMN job TEXT NOT NULL DEFAULT '';
+     ALTER TABLE runs ADD COLUMN next_expected INTEGER;
+     ALTER TABLE runs ADD COLUMN jobs TEXT NOT NULL DEFAULT '[]';",
 ];
 
 /// What a client may do with its repository.

@@ -1,6 +1,8 @@
 //! Is every client backed up? The server judges each client from the runs it reported and
 //! the schedule it is expected to keep, by the server's own clock: a client that died
-//! silently is noticed by its absence. Problems become incidents (one alert when one opens,
+//! silently is noticed by its absence. The schedule is the one set with `client expect`, or
+//! else the one the client's agent announces: each report of a scheduled job says when its
+//! next backup is due. Problems become incidents (one alert when one opens,
 //! one when it clears), the morning digest sums up the fleet in its subject line, and
 //! `/metrics` exposes the same numbers to Prometheus.
 
@@ -81,6 +83,9 @@ pub struct ClientStatus {
     pub quota_bytes: Option<u64>,
     pub verify: Option<VerifyRun>,
 }
+
+/// How late an announced backup may be before it is OVERDUE, unless the client's grace says.
+pub const ANNOUNCED_GRACE_SECS: i64 = 3600;
 
 pub fn parse_schedule(s: &str) -> Result<croner::Cron> {
     croner::Cron::from_str(s).map_err(|e| {
@@ -246,6 +251,30 @@ pub fn fleet(server: &Server, now: i64) -> Result<Vec<ClientStatus>> {
                     kind: "overdue",
                     detail: e.to_string(),
                 }),
+            }
+        }
+        // without a schedule set here, the one its agent announces: each scheduled job's
+        // newest report says when its next backup is due
+        if c.schedule.is_none() {
+            let grace = if c.grace_secs > 0 {
+                c.grace_secs
+            } else {
+                ANNOUNCED_GRACE_SECS
+            };
+            for (job, due, received) in server.catalog.announced(&c.name)? {
+                next_expected = Some(next_expected.map_or(due, |n: i64| n.min(due)));
+                if now > due + grace {
+                    problems.push(Problem {
+                        subject: c.name.clone(),
+                        kind: "overdue",
+                        detail: format!(
+                            "job {job}: no backup since the one its schedule set for {} (last report received {}, grace {} min)",
+                            fmt_time(due),
+                            fmt_time(received),
+                            grace / 60
+                        ),
+                    });
+                }
             }
         }
         if !repo_problems.contains_key(&c.repo) {
@@ -616,6 +645,9 @@ mod tests {
             warnings,
             errors: 0,
             messages: vec!["/var/www/locked.db: permission denied".into()],
+            job: String::new(),
+            next_expected: None,
+            jobs: Vec::new(),
         }
     }
 

@@ -75,7 +75,22 @@ pub struct RunReport {
     /// The first warnings and errors, one line each.
     #[serde(default)]
     pub messages: Vec<String>,
+    /// The configured job the run belongs to (`coffer run`, the agent), if any.
+    #[serde(default)]
+    pub job: String,
+    /// When the job's next backup is due by its schedule (unix seconds): the server raises
+    /// OVERDUE when none has arrived by then (plus the client's grace). Ignored unless after
+    /// the run and within 35 days of it.
+    #[serde(default)]
+    pub next_expected: Option<i64>,
+    /// Every scheduled job of the client's configuration when it ran: a job no longer there
+    /// is no longer expected.
+    #[serde(default)]
+    pub jobs: Vec<String>,
 }
+
+/// How far ahead a report may announce the next backup (a monthly job, plus its delay).
+const MAX_ANNOUNCED_SECS: i64 = 35 * 86_400;
 
 /// Reports larger than this are refused.
 pub const MAX_REPORT: usize = 64 << 10;
@@ -98,12 +113,32 @@ impl RunReport {
             }
         }
         self.host = clip(&self.host, 255);
+        if !valid_job(&self.job) {
+            return Err(ServerError::Invalid(
+                "job: at most 64 letters, digits, '-', '_' and '.'".into(),
+            ));
+        }
+        self.jobs.truncate(100);
+        if self.jobs.iter().any(|j| !valid_job(j)) {
+            return Err(ServerError::Invalid(
+                "jobs: names of at most 64 letters, digits, '-', '_' and '.'".into(),
+            ));
+        }
+        self.next_expected = self
+            .next_expected
+            .filter(|t| *t > self.finished && *t <= self.finished + MAX_ANNOUNCED_SECS);
         self.messages.truncate(MAX_MESSAGES);
         for m in &mut self.messages {
             *m = clip(m, MAX_MESSAGE_LEN);
         }
         Ok(self)
     }
+}
+
+fn valid_job(j: &str) -> bool {
+    j.len() <= 64
+        && j.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 fn clip(s: &str, max: usize) -> String {
@@ -158,7 +193,8 @@ pub struct OutboxItem {
 
 const RUN_COLS: &str =
     "id, client, repo, received, kind, status, host, started, finished, duration_ms, files, \
-                        bytes_read, bytes_added, snapshot, warnings, errors, messages, bytes_total";
+                        bytes_read, bytes_added, snapshot, warnings, errors, messages, bytes_total, job, \
+                        next_expected, jobs";
 
 fn run_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Run> {
     let status: String = r.get(5)?;
@@ -183,6 +219,9 @@ fn run_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Run> {
             errors: r.get::<_, i64>(15)? as u64,
             messages: serde_json::from_str(&messages).unwrap_or_default(),
             bytes_total: r.get::<_, i64>(17)? as u64,
+            job: r.get(18)?,
+            next_expected: r.get(19)?,
+            jobs: serde_json::from_str(&r.get::<_, String>(20)?).unwrap_or_default(),
         },
     })
 }
@@ -245,8 +284,9 @@ impl Catalog {
         let db = self.db();
         db.execute(
             "INSERT INTO runs (client, repo, received, kind, status, host, started, finished, duration_ms,
-                               files, bytes_read, bytes_added, snapshot, warnings, errors, messages, bytes_total)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+                               files, bytes_read, bytes_added, snapshot, warnings, errors, messages, bytes_total,
+                               job, next_expected, jobs)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
             params![
                 client,
                 repo,
@@ -265,6 +305,9 @@ impl Catalog {
                 r.errors as i64,
                 serde_json::to_string(&r.messages).unwrap_or_default(),
                 r.bytes_total as i64,
+                r.job,
+                r.next_expected,
+                serde_json::to_string(&r.jobs).unwrap_or_default(),
             ],
         )
         .map_err(db_err)?;
@@ -284,6 +327,39 @@ impl Catalog {
             .query_map(params![client, kind, limit as i64], run_row)
             .map_err(db_err)?;
         collect(rows)
+    }
+
+    /// What the client's agent announced: for each scheduled job of its newest backup report
+    /// (or every job, before reports listed them), the newest report of that job that said
+    /// when the next is due: (job, next_expected, received).
+    pub fn announced(&self, client: &str) -> Result<Vec<(String, i64, i64)>> {
+        let db = self.db();
+        let current: Option<String> = db
+            .query_row(
+                "SELECT jobs FROM runs WHERE client = ?1 AND kind = 'backup' ORDER BY id DESC LIMIT 1",
+                params![client],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db_err)?;
+        let current: Vec<String> = current
+            .and_then(|j| serde_json::from_str(&j).ok())
+            .unwrap_or_default();
+        let mut st = db
+            .prepare(
+                "SELECT job, next_expected, received FROM runs WHERE id IN
+                   (SELECT max(id) FROM runs WHERE client = ?1 AND kind = 'backup' GROUP BY job)
+                 AND next_expected IS NOT NULL AND job != '' ORDER BY job",
+            )
+            .map_err(db_err)?;
+        let rows = st
+            .query_map(params![client], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .map_err(db_err)?;
+        let all: Vec<(String, i64, i64)> = collect(rows)?;
+        Ok(all
+            .into_iter()
+            .filter(|(j, _, _)| current.is_empty() || current.contains(j))
+            .collect())
     }
 
     /// A client's newest backup that stored a snapshot (ok or with warnings).
@@ -597,6 +673,9 @@ mod tests {
             warnings: 0,
             errors: 0,
             messages: vec!["x".repeat(2000)],
+            job: String::new(),
+            next_expected: None,
+            jobs: Vec::new(),
         }
     }
 

@@ -47,6 +47,27 @@ fn refuse_unsafe(path: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
+/// What a run of `job` tells its report: the job, when its next backup is due, and which
+/// jobs the configuration schedules.
+pub fn announce(cfg: &Config, job: &Job) {
+    let host = host(cfg);
+    let next = job
+        .schedule
+        .as_ref()
+        .and_then(|s| s.next_after(chrono::Utc::now(), s.delay_for(&host, &job.name)))
+        .map(|t| t.timestamp());
+    crate::report::job(crate::report::JobFacts {
+        name: job.name.clone(),
+        next_expected: next,
+        jobs: cfg
+            .jobs
+            .values()
+            .filter(|j| j.schedule.is_some())
+            .map(|j| j.name.clone())
+            .collect(),
+    });
+}
+
 /// The host name snapshots are recorded under: the configuration's, else the machine's.
 pub fn host(cfg: &Config) -> String {
     cfg.host
@@ -129,6 +150,7 @@ pub fn backup_args(cfg: &Config, a: &mut BackupArgs) -> Result<()> {
             "backup --job {name}: tag {t:?}: job:... tags are coffer's (it adds job:{name} itself)"
         )));
     }
+    announce(cfg, job);
     a.paths = job.paths.clone();
     a.exclude = job.exclude.clone();
     a.exclude_file = job.exclude_file.clone();

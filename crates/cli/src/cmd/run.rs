@@ -262,6 +262,7 @@ pub fn run(g: &Global, a: RunArgs) -> Result<u8> {
             // reported as failed to each destination's server: a backup that did not happen
             // must not look like one that was never due
             let mut gd = g.clone();
+            job::announce(&cfg, &job);
             if job::apply_repo(&mut gd, &cfg, repo, false).is_ok() {
                 crate::report::send(
                     &gd,
