@@ -150,17 +150,23 @@ fn main() -> ExitCode {
     if matches!(cli.command, Command::Backup(_)) {
         large_blocks_from_the_kernel();
     }
-    if let Some(msg) = interrupt_message(&cli.command) {
-        // Ctrl-C: one line that says where things stand, and exit code 130. Ending here is as
-        // safe as being killed at any moment (docs/FORMAT.md, "Write order and crash safety").
-        let _ = ctrlc::set_handler(move || {
-            eprintln!("\ncoffer: interrupted; {msg}");
-            std::process::exit(130);
-        });
-    }
     let g = cli.global.clone();
     let report_kind = report::kind(&cli.command);
     let (started, clock) = (SystemTime::now(), Instant::now());
+    if let Some(msg) = interrupt_message(&cli.command) {
+        // Ctrl-C (or SIGTERM, an agent or system stopping): one line that says where things
+        // stand, the run reported as interrupted (a backup that did not finish is a night
+        // without one), and exit code 130. Ending here is as safe as being killed at any
+        // moment (docs/FORMAT.md, "Write order and crash safety").
+        let rg = g.clone();
+        let _ = ctrlc::set_handler(move || {
+            eprintln!("\ncoffer: interrupted; {msg}");
+            if let Some(kind) = report_kind {
+                report::send(&rg, kind, started, clock.elapsed(), &Err("interrupted".into()));
+            }
+            std::process::exit(130);
+        });
+    }
     let r = match cli.command {
         Command::Init(a) => cmd::init(&g, a),
         Command::Backup(a) => cmd::backup::run(&g, a),

@@ -979,7 +979,12 @@ fn the_schedule_an_agent_announces_is_watched() {
         (code(&o), String::from_utf8_lossy(&o.stdout).to_string())
     };
     // 10:00: a nightly job (next at 02:30 tomorrow) and an hourly one (next at 11:00)
-    post("nightly", at(9, 59), at(10, 0) + 16 * 3600 + 1800, &["nightly", "hourly"]);
+    post(
+        "nightly",
+        at(9, 59),
+        at(10, 0) + 16 * 3600 + 1800,
+        &["nightly", "hourly"],
+    );
     post("hourly", at(9, 59), at(11, 0), &["nightly", "hourly"]);
     let (c, s) = status(at(10, 1));
     assert_eq!(c, 0, "{s}");
