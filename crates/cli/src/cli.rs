@@ -421,6 +421,10 @@ pub enum ServerClientCommand {
     List,
     /// Remove a client (its token stops working at once)
     Remove { name: String },
+    /// Acknowledge a client's ANOMALY (a backup that looked like files encrypted in place),
+    /// once its files are known good or restored: the alarm closes and retention of its
+    /// repository, paused until now, resumes
+    Ack { name: String },
     /// Say when the client's backups are expected: the server raises the alarm when one
     /// does not arrive (judged by its own clock)
     Expect {

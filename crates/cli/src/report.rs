@@ -23,6 +23,8 @@ struct Facts {
     warnings: u64,
     errors: u64,
     messages: Vec<String>,
+    files_changed: u64,
+    bytes_new_raw: u64,
 }
 
 static FACTS: Mutex<Facts> = Mutex::new(Facts {
@@ -34,6 +36,8 @@ static FACTS: Mutex<Facts> = Mutex::new(Facts {
     warnings: 0,
     errors: 0,
     messages: Vec::new(),
+    files_changed: 0,
+    bytes_new_raw: 0,
 });
 
 /// The configured job this run belongs to: its name, when its next backup is due, and the
@@ -128,6 +132,14 @@ pub fn backup(snapshot: &str, files: u64, bytes_read: u64, bytes_added: u64, byt
     f.bytes_total = bytes_total;
 }
 
+/// A finished backup's new and changed files and its new data before compression (the
+/// server compares them with the client's usual: the ransomware alarm).
+pub fn backup_changes(files_changed: u64, bytes_new_raw: u64) {
+    let mut f = facts();
+    f.files_changed = files_changed;
+    f.bytes_new_raw = bytes_new_raw;
+}
+
 /// The kind of run a command is, if it is reported.
 pub fn kind(c: &Command) -> Option<&'static str> {
     Some(match c {
@@ -195,6 +207,8 @@ pub fn send(g: &Global, kind: &str, started: SystemTime, took: Duration, outcome
         warnings: f.warnings,
         errors,
         messages,
+        files_changed: f.files_changed,
+        bytes_new_raw: f.bytes_new_raw,
         job: job_facts.name,
         // (only a backup announces the next backup)
         next_expected: job_facts.next_expected.filter(|_| kind == "backup"),

@@ -1013,3 +1013,108 @@ fn the_schedule_an_agent_announces_is_watched() {
     let (c, s) = status(at(10, 0) + 40 * 86_400);
     assert_eq!(c, 0, "no announcement in force: nothing is judged by it ({s})");
 }
+
+/// The ransomware alarm: a directory of text files encrypted in place and backed up raises
+/// exactly one ANOMALY (nights of ordinary churn raise none), it stays until an operator
+/// acknowledges it, and server retention of the repository waits until then.
+#[test]
+fn files_encrypted_in_place_raise_one_anomaly_and_pause_retention() {
+    let e = Env::new();
+    let server = ServerProc::start(&e.path("server"), &[]);
+    let token = server.add_client("web1", "web", "append");
+    server.admin_ok(&["repo", "set", "web", "--keep-last", "1"]);
+    let run = |args: &[&str]| {
+        e.cmd()
+            .env("COFFER_REPOSITORY", server.url("web"))
+            .env("COFFER_TOKEN", &token)
+            .env("COFFER_CACERT", &server.cacert)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let src = e.path("www");
+    fs::create_dir_all(&src).unwrap();
+    let text = |seed: usize| -> String {
+        (0..400)
+            .map(|i| {
+                format!(
+                    "{seed} GET /shop/item/{} HTTP/1.1 200 {} \"Mozilla/5.0\"\n",
+                    i * 7 % 113,
+                    i * 31 % 997
+                )
+            })
+            .collect()
+    };
+    for i in 0..200 {
+        fs::write(src.join(format!("page-{i}.html")), text(i)).unwrap();
+    }
+    assert_eq!(code(&run(&["init", "-q"])), 0);
+    let backup = || {
+        let o = run(&["backup", "-q", src.to_str().unwrap()]);
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+    };
+    let status = || {
+        let o = server.admin(&["status"]);
+        (code(&o), String::from_utf8_lossy(&o.stdout).to_string())
+    };
+    let anomalies = || -> i64 {
+        rusqlite::Connection::open(server.data.join("server.db"))
+            .unwrap()
+            .query_row("SELECT count(*) FROM incidents WHERE kind = 'anomaly'", [], |r| {
+                r.get(0)
+            })
+            .unwrap()
+    };
+    // four nights of ordinary churn: ten pages rewritten each night
+    backup();
+    for night in 1..4 {
+        for i in 0..10 {
+            fs::write(
+                src.join(format!("page-{}.html", night * 10 + i)),
+                text(1000 * night + i),
+            )
+            .unwrap();
+        }
+        backup();
+    }
+    let (c, s) = status();
+    assert_eq!(c, 0, "ordinary churn is no anomaly: {s}");
+    assert_eq!(anomalies(), 0);
+
+    // every page encrypted in place, and backed up as usual
+    for i in 0..200 {
+        let f = src.join(format!("page-{i}.html"));
+        let out = src.join(format!("page-{i}.enc"));
+        let o = Command::new("openssl")
+            .args(["enc", "-aes-256-cbc", "-pbkdf2", "-pass", "pass:ransom", "-in"])
+            .arg(&f)
+            .arg("-out")
+            .arg(&out)
+            .output()
+            .expect("openssl is installed");
+        assert!(o.status.success(), "{}", stderr(&o));
+        fs::rename(&out, &f).unwrap();
+    }
+    backup();
+    let (c, s) = status();
+    assert_eq!(c, 2, "{s}");
+    assert!(
+        s.contains("ANOMALY") && s.contains("files encrypted in place?"),
+        "{s}"
+    );
+    assert_eq!(anomalies(), 1);
+    // retention waits: the good versions stay
+    let r = server.admin_ok(&["retention", "--repo", "web", "--dry-run"]);
+    assert!(r.contains("paused"), "{r}");
+    // the next night changes nothing: the alarm stays until someone looks, still one
+    backup();
+    let (c, s) = status();
+    assert_eq!(c, 2, "{s}");
+    assert_eq!(anomalies(), 1);
+    // acknowledged: closed, and retention resumes
+    server.admin_ok(&["client", "ack", "web1"]);
+    let (c, s) = status();
+    assert_eq!(c, 0, "{s}");
+    let r = server.admin_ok(&["retention", "--repo", "web", "--dry-run"]);
+    assert!(!r.contains("paused"), "{r}");
+}

@@ -118,6 +118,19 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE runs ADD COLUMN job TEXT NOT NULL DEFAULT '';
      ALTER TABLE runs ADD COLUMN next_expected INTEGER;
      ALTER TABLE runs ADD COLUMN jobs TEXT NOT NULL DEFAULT '[]';",
+    // 4: the ransomware alarm: changed files and new data before compression per backup, and
+    //    anomalies an operator must acknowledge
+    "ALTER TABLE runs ADD COLUMN files_changed INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE runs ADD COLUMN bytes_new_raw INTEGER NOT NULL DEFAULT 0;
+     CREATE TABLE anomalies (
+        id INTEGER PRIMARY KEY,
+        client TEXT NOT NULL,
+        repo TEXT NOT NULL,
+        run_id INTEGER NOT NULL,
+        opened INTEGER NOT NULL,
+        acked INTEGER,
+        detail TEXT NOT NULL
+     );",
 ];
 
 /// What a client may do with its repository.

@@ -254,7 +254,7 @@ fn age(now: i64, t: i64) -> String {
 
 fn state_class(s: CState) -> &'static str {
     match s {
-        CState::Failed => "failed",
+        CState::Anomaly | CState::Failed => "failed",
         CState::Overdue => "overdue",
         CState::Warning => "warning",
         CState::Waiting => "waiting",

@@ -238,6 +238,7 @@ async fn post_run(
             }
         }
         let id = server.catalog.add_run(&client.name, &repo, now, &report)?;
+        crate::monitor::judge_backup(&server, &client.name, &repo, id, &report, now)?;
         crate::monitor::evaluate(&server, now)?;
         Ok((id, true))
     })

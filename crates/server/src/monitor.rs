@@ -15,12 +15,15 @@ use serde::Serialize;
 
 use crate::catalog::{ClientInfo, VerifyRun};
 use crate::notify::{self, AlertSettings};
-use crate::records::{Incident, Run, RunStatus};
+use crate::records::{Incident, Run, RunReport, RunStatus};
 use crate::{Result, Server, ServerError};
 
 /// A client's state, worst first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub enum State {
+    /// A backup that looks like files encrypted in place (ransomware): retention of the
+    /// client's repository waits until an operator acknowledges it.
+    Anomaly,
     Failed,
     Overdue,
     Warning,
@@ -32,6 +35,7 @@ pub enum State {
 impl State {
     pub fn label(self) -> &'static str {
         match self {
+            State::Anomaly => "ANOMALY",
             State::Failed => "FAILED",
             State::Overdue => "OVERDUE",
             State::Warning => "WARNING",
@@ -39,7 +43,8 @@ impl State {
             State::Ok => "OK",
         }
     }
-    pub const ALL: [State; 5] = [
+    pub const ALL: [State; 6] = [
+        State::Anomaly,
         State::Failed,
         State::Overdue,
         State::Warning,
@@ -62,6 +67,7 @@ pub struct Problem {
 impl Problem {
     fn state(&self) -> State {
         match self.kind {
+            "anomaly" => State::Anomaly,
             "failed" | "check" => State::Failed,
             "overdue" => State::Overdue,
             _ => State::Warning,
@@ -82,6 +88,87 @@ pub struct ClientStatus {
     pub repo_bytes: u64,
     pub quota_bytes: Option<u64>,
     pub verify: Option<VerifyRun>,
+}
+
+/// The ransomware alarm's thresholds: a backup is an anomaly when at least this many files
+/// changed, making at least this share of all files and this many times the client's usual
+/// share (the median of its last good backups of the same job, at least 2 of them), and its
+/// new data (at least 1 MiB) does not compress: stored at least this fraction of its size,
+/// where the client's new data usually compresses below it. Encrypted files are all of these
+/// at once; a night of ordinary churn, an upgrade of a few packages, or a new video is not.
+pub const ANOMALY_MIN_FILES: u64 = 50;
+pub const ANOMALY_MIN_SHARE: f64 = 0.3;
+pub const ANOMALY_TIMES_USUAL: f64 = 5.0;
+pub const ANOMALY_INCOMPRESSIBLE: f64 = 0.9;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Judge a received backup report against the client's usual (the ransomware alarm).
+/// Returns the anomaly's description when it is one, after recording it.
+pub fn judge_backup(
+    server: &Server,
+    client: &str,
+    repo: &str,
+    run: i64,
+    r: &RunReport,
+    now: i64,
+) -> Result<Option<String>> {
+    if r.kind != "backup" || r.status == RunStatus::Failed || r.files == 0 {
+        return Ok(None);
+    }
+    let share = r.files_changed as f64 / r.files as f64;
+    let stored = r.bytes_added as f64 / r.bytes_new_raw.max(1) as f64;
+    if r.files_changed < ANOMALY_MIN_FILES
+        || share < ANOMALY_MIN_SHARE
+        || r.bytes_new_raw < (1 << 20)
+        || stored < ANOMALY_INCOMPRESSIBLE
+    {
+        return Ok(None);
+    }
+    let before = server.catalog.backups_before(client, &r.job, run, 14)?;
+    let usual: Vec<&RunReport> = before
+        .iter()
+        .map(|b| &b.report)
+        .filter(|b| b.files > 0 && b.bytes_new_raw > 0)
+        .collect();
+    if usual.len() < 2 {
+        return Ok(None); // no usual yet (a first backup changes everything)
+    }
+    let usual_share = median(
+        usual
+            .iter()
+            .map(|b| b.files_changed as f64 / b.files as f64)
+            .collect(),
+    );
+    let usual_stored = median(
+        usual
+            .iter()
+            .map(|b| b.bytes_added as f64 / b.bytes_new_raw as f64)
+            .collect(),
+    );
+    if share < ANOMALY_TIMES_USUAL * usual_share.max(0.01) || usual_stored >= ANOMALY_INCOMPRESSIBLE {
+        return Ok(None);
+    }
+    let detail = format!(
+        "{}{} of {} files changed ({:.0}%, usually {:.1}%) and the new data does not compress \
+         (stored {:.0}% of its size, usually {:.0}%): files encrypted in place?",
+        if r.job.is_empty() {
+            String::new()
+        } else {
+            format!("job {}: ", r.job)
+        },
+        r.files_changed,
+        r.files,
+        share * 100.0,
+        usual_share * 100.0,
+        stored * 100.0,
+        usual_stored * 100.0
+    );
+    let new = server.catalog.add_anomaly(client, repo, run, now, &detail)?;
+    Ok(new.then_some(detail))
 }
 
 /// How late an announced backup may be before it is OVERDUE, unless the client's grace says.
@@ -252,6 +339,19 @@ pub fn fleet(server: &Server, now: i64) -> Result<Vec<ClientStatus>> {
                     detail: e.to_string(),
                 }),
             }
+        }
+        for (opened, detail) in server.catalog.open_anomalies(&c.name)? {
+            problems.push(Problem {
+                subject: c.name.clone(),
+                kind: "anomaly",
+                detail: format!(
+                    "{detail} (backup received {}); retention of repository {} waits until \
+                     `coffer server client ack {}`",
+                    fmt_time(opened),
+                    c.repo,
+                    c.name
+                ),
+            });
         }
         // without a schedule set here, the one its agent announces: each scheduled job's
         // newest report says when its next backup is due
@@ -648,6 +748,8 @@ mod tests {
             job: String::new(),
             next_expected: None,
             jobs: Vec::new(),
+            files_changed: 0,
+            bytes_new_raw: 0,
         }
     }
 

@@ -87,6 +87,12 @@ pub struct RunReport {
     /// is no longer expected.
     #[serde(default)]
     pub jobs: Vec<String>,
+    /// A backup's new and changed files, and its new data before compression (with
+    /// `bytes_added`, after it): what the ransomware alarm compares with the client's usual.
+    #[serde(default)]
+    pub files_changed: u64,
+    #[serde(default)]
+    pub bytes_new_raw: u64,
 }
 
 /// How far ahead a report may announce the next backup (a monthly job, plus its delay).
@@ -194,7 +200,7 @@ pub struct OutboxItem {
 const RUN_COLS: &str =
     "id, client, repo, received, kind, status, host, started, finished, duration_ms, files, \
                         bytes_read, bytes_added, snapshot, warnings, errors, messages, bytes_total, job, \
-                        next_expected, jobs";
+                        next_expected, jobs, files_changed, bytes_new_raw";
 
 fn run_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Run> {
     let status: String = r.get(5)?;
@@ -222,6 +228,8 @@ fn run_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Run> {
             job: r.get(18)?,
             next_expected: r.get(19)?,
             jobs: serde_json::from_str(&r.get::<_, String>(20)?).unwrap_or_default(),
+            files_changed: r.get::<_, i64>(21)? as u64,
+            bytes_new_raw: r.get::<_, i64>(22)? as u64,
         },
     })
 }
@@ -285,8 +293,9 @@ impl Catalog {
         db.execute(
             "INSERT INTO runs (client, repo, received, kind, status, host, started, finished, duration_ms,
                                files, bytes_read, bytes_added, snapshot, warnings, errors, messages, bytes_total,
-                               job, next_expected, jobs)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
+                               job, next_expected, jobs, files_changed, bytes_new_raw)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20,
+                     ?21, ?22)",
             params![
                 client,
                 repo,
@@ -308,6 +317,8 @@ impl Catalog {
                 r.job,
                 r.next_expected,
                 serde_json::to_string(&r.jobs).unwrap_or_default(),
+                r.files_changed as i64,
+                r.bytes_new_raw as i64,
             ],
         )
         .map_err(db_err)?;
@@ -327,6 +338,76 @@ impl Catalog {
             .query_map(params![client, kind, limit as i64], run_row)
             .map_err(db_err)?;
         collect(rows)
+    }
+
+    /// The client's good backups of `job` before run `before` (newest first, at most `n`).
+    pub fn backups_before(&self, client: &str, job: &str, before: i64, n: usize) -> Result<Vec<Run>> {
+        let db = self.db();
+        let mut st = db
+            .prepare(&format!(
+                "SELECT {RUN_COLS} FROM runs WHERE client = ?1 AND job = ?2 AND kind = 'backup'
+                 AND status != 'failed' AND id < ?3 ORDER BY id DESC LIMIT ?4"
+            ))
+            .map_err(db_err)?;
+        let rows = st
+            .query_map(params![client, job, before, n as i64], run_row)
+            .map_err(db_err)?;
+        collect(rows)
+    }
+
+    /// Record an anomaly (one open per client: a second while one is open is not recorded).
+    pub fn add_anomaly(&self, client: &str, repo: &str, run: i64, now: i64, detail: &str) -> Result<bool> {
+        let db = self.db();
+        let open: i64 = db
+            .query_row(
+                "SELECT count(*) FROM anomalies WHERE client = ?1 AND acked IS NULL",
+                params![client],
+                |r| r.get(0),
+            )
+            .map_err(db_err)?;
+        if open > 0 {
+            return Ok(false);
+        }
+        db.execute(
+            "INSERT INTO anomalies (client, repo, run_id, opened, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![client, repo, run, now, detail],
+        )
+        .map_err(db_err)?;
+        Ok(true)
+    }
+
+    /// The client's anomalies no operator has acknowledged: (opened, detail).
+    pub fn open_anomalies(&self, client: &str) -> Result<Vec<(i64, String)>> {
+        let db = self.db();
+        let mut st = db
+            .prepare("SELECT opened, detail FROM anomalies WHERE client = ?1 AND acked IS NULL ORDER BY id")
+            .map_err(db_err)?;
+        let rows = st
+            .query_map(params![client], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(db_err)?;
+        collect(rows)
+    }
+
+    /// Whether a client of `repo` has an anomaly no operator acknowledged (retention waits).
+    pub fn repo_has_open_anomaly(&self, repo: &str) -> Result<bool> {
+        self.db()
+            .query_row(
+                "SELECT count(*) FROM anomalies WHERE repo = ?1 AND acked IS NULL",
+                params![repo],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n > 0)
+            .map_err(db_err)
+    }
+
+    /// An operator has looked: the client's open anomalies are closed. Returns how many.
+    pub fn ack_anomalies(&self, client: &str, now: i64) -> Result<usize> {
+        self.db()
+            .execute(
+                "UPDATE anomalies SET acked = ?2 WHERE client = ?1 AND acked IS NULL",
+                params![client, now],
+            )
+            .map_err(db_err)
     }
 
     /// What the client's agent announced: for each scheduled job of its newest backup report
@@ -676,6 +757,8 @@ mod tests {
             job: String::new(),
             next_expected: None,
             jobs: Vec::new(),
+            files_changed: 0,
+            bytes_new_raw: 0,
         }
     }
 

@@ -76,6 +76,16 @@ pub fn run(server: &Server, repo: &str, dry_run: bool) -> Result<Report> {
         r.notes.push("no retention policy set: nothing removed".into());
         return Ok(r);
     };
+    // files encrypted in place make backups that "succeed": until an operator has looked,
+    // no older snapshot (the good versions) is pushed out
+    if server.catalog.repo_has_open_anomaly(repo)? {
+        r.notes.push(
+            "paused: a client of this repository has an unacknowledged ANOMALY (coffer server status; \
+             coffer server client ack NAME): nothing removed"
+                .into(),
+        );
+        return Ok(r);
+    }
     r.policy = true;
     let _lock = server.repo_lock(repo)?;
 

@@ -112,6 +112,7 @@ pub fn run(g: &Global, a: BackupArgs) -> Result<u8> {
         s.bytes_stored,
         s.bytes_total,
     );
+    crate::report::backup_changes(s.files_new + s.files_changed, s.bytes_new_raw);
     let secs = match (s.start, s.end) {
         (Some(a), Some(b)) => (b - a).num_milliseconds() as f64 / 1000.0,
         _ => 0.0,

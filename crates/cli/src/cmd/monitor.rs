@@ -55,7 +55,7 @@ fn status_code(fleet: &[monitor::ClientStatus]) -> u8 {
     fleet
         .iter()
         .map(|c| match c.state {
-            State::Failed | State::Overdue => STATUS_CRITICAL,
+            State::Anomaly | State::Failed | State::Overdue => STATUS_CRITICAL,
             State::Warning | State::Waiting => STATUS_WARNING,
             State::Ok => STATUS_OK,
         })

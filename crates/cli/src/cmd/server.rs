@@ -153,6 +153,26 @@ fn client(server: &Server, c: ServerClientCommand, g: &Global) -> Result<u8> {
         } => {
             return monitor::expect(server, &name, &schedule, &grace, g);
         }
+        ServerClientCommand::Ack { name } => {
+            if server.catalog.client(&name)?.is_none() {
+                return Err(coffer_core::Error::Usage(format!(
+                    "no client {name:?} (coffer server client list)"
+                ))
+                .into());
+            }
+            let n = server.catalog.ack_anomalies(&name, server.now())?;
+            if !g.quiet {
+                eprintln!(
+                    "client {name:?}: {n} anomal{} acknowledged{}",
+                    if n == 1 { "y" } else { "ies" },
+                    if n > 0 {
+                        "; retention of its repository resumes"
+                    } else {
+                        ""
+                    }
+                );
+            }
+        }
     }
     Ok(0)
 }
