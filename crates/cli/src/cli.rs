@@ -314,6 +314,16 @@ pub enum ServerCommand {
     Trash(ServerTrashCommand),
     /// Print the certificate's path and SHA-256 fingerprint (making it if needed)
     Cert,
+    /// Write a systemd unit that runs this server (with --data and --listen as given), then
+    /// enable and start it (where systemd runs); prints what it did
+    Install {
+        /// Show the unit and the commands, change nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// Where the unit goes
+        #[arg(long, value_name = "DIR", default_value = "/etc/systemd/system")]
+        unit_dir: PathBuf,
+    },
     /// Every monitored client's state, worst first (what the console and the digest show).
     ///
     /// Exits as a monitoring plugin (Nagios, Icinga, Zabbix): 0 OK (every client OK), 1 WARNING

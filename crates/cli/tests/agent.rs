@@ -668,6 +668,33 @@ fn broken_configurations_stop_every_command_with_one_line() {
         );
     }
 
+    // `server install` likewise, with the data directory and address given
+    let shown = ok(
+        dir,
+        &config,
+        &[
+            "server",
+            "--data",
+            dir.join("srv").to_str().unwrap(),
+            "--listen",
+            "0.0.0.0:8443",
+            "install",
+            "--dry-run",
+        ],
+    );
+    assert!(
+        shown.contains(&format!(
+            "Environment=COFFER_SERVER_DATA={} COFFER_LISTEN=0.0.0.0:8443",
+            dir.join("srv").display()
+        )),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("would run: systemctl enable --now coffer-server.service"),
+        "{shown}"
+    );
+    assert!(!dir.join("srv").exists(), "--dry-run made nothing");
+
     // no configuration at all: the same
     let o = run(dir, &dir.join("missing.toml"), &["run", "x"]);
     assert_eq!(code(&o), 2, "{}", stderr(&o));

@@ -196,42 +196,13 @@ pub fn install(g: &Global, dry_run: bool, unit_dir: &Path) -> Result<u8> {
     let exe = std::env::current_exe().context("finding the coffer executable")?;
     let config = std::fs::canonicalize(&cfg.path).unwrap_or_else(|_| cfg.path.clone());
     let text = super::generate::agent_unit(&exe, &config);
-    let path = unit_dir.join("coffer-agent.service");
-    let systemd = Path::new("/run/systemd/system").is_dir();
-    let commands = [
-        vec!["systemctl", "daemon-reload"],
-        vec!["systemctl", "enable", "--now", "coffer-agent.service"],
-    ];
-    if dry_run {
-        println!("would write {}:\n{text}", path.display());
-        for c in &commands {
-            println!("would run: {}", c.join(" "));
-        }
-        return Ok(0);
-    }
-    std::fs::create_dir_all(unit_dir).with_context(|| format!("creating {}", unit_dir.display()))?;
-    std::fs::write(&path, &text).with_context(|| format!("writing {}", path.display()))?;
-    println!("wrote {}", path.display());
-    if !systemd {
-        println!(
-            "systemd is not running here: start the agent with your init system, as `{} --config {} agent`",
-            exe.display(),
-            config.display()
-        );
-        return Ok(0);
-    }
-    for c in &commands {
-        let status = std::process::Command::new(c[0])
-            .args(&c[1..])
-            .status()
-            .with_context(|| format!("running {}", c.join(" ")))?;
-        if !status.success() {
-            anyhow::bail!("{} failed ({status})", c.join(" "));
-        }
-        println!("ran: {}", c.join(" "));
-    }
-    println!("the agent runs; its log: journalctl -u coffer-agent");
-    Ok(0)
+    super::generate::install_unit(
+        "coffer-agent.service",
+        &text,
+        dry_run,
+        unit_dir,
+        &format!("{} --config {} agent", exe.display(), config.display()),
+    )
 }
 
 pub fn run(g: &Global) -> Result<u8> {

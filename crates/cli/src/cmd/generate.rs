@@ -38,8 +38,51 @@ pub fn agent_unit(exe: &Path, config: &Path) -> String {
     )
 }
 
+/// Write `unit_name` with `text` into `unit_dir`, then enable and start it where systemd runs
+/// (`--dry-run`: show both, change nothing); where it does not, say how to start `command`.
+pub fn install_unit(
+    unit_name: &str,
+    text: &str,
+    dry_run: bool,
+    unit_dir: &Path,
+    command: &str,
+) -> Result<u8> {
+    let path = unit_dir.join(unit_name);
+    let systemd = Path::new("/run/systemd/system").is_dir();
+    let commands = [
+        vec!["systemctl", "daemon-reload"],
+        vec!["systemctl", "enable", "--now", unit_name],
+    ];
+    if dry_run {
+        println!("would write {}:\n{text}", path.display());
+        for c in &commands {
+            println!("would run: {}", c.join(" "));
+        }
+        return Ok(0);
+    }
+    std::fs::create_dir_all(unit_dir).with_context(|| format!("creating {}", unit_dir.display()))?;
+    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    println!("wrote {}", path.display());
+    if !systemd {
+        println!("systemd is not running here: start it with your init system, as `{command}`");
+        return Ok(0);
+    }
+    for c in &commands {
+        let status = std::process::Command::new(c[0])
+            .args(&c[1..])
+            .status()
+            .with_context(|| format!("running {}", c.join(" ")))?;
+        if !status.success() {
+            anyhow::bail!("{} failed ({status})", c.join(" "));
+        }
+        println!("ran: {}", c.join(" "));
+    }
+    println!("it runs; its log: journalctl -u {unit_name}");
+    Ok(0)
+}
+
 /// The systemd unit of `coffer server` (settings in /etc/default/coffer-server).
-pub fn server_unit(exe: &Path) -> String {
+pub fn server_unit(exe: &Path, data: &Path, listen: &str) -> String {
     format!(
         "# written by coffer ({version})\n\
          [Unit]\n\
@@ -50,7 +93,7 @@ pub fn server_unit(exe: &Path) -> String {
          \n\
          [Service]\n\
          Type=exec\n\
-         Environment=COFFER_SERVER_DATA=/var/lib/coffer-server COFFER_LISTEN=0.0.0.0:8443\n\
+         Environment=COFFER_SERVER_DATA={data} COFFER_LISTEN={listen}\n\
          EnvironmentFile=-/etc/default/coffer-server\n\
          ExecStart={exe} server --listen ${{COFFER_LISTEN}}\n\
          KillMode=mixed\n\
@@ -63,6 +106,7 @@ pub fn server_unit(exe: &Path) -> String {
          WantedBy=multi-user.target\n",
         version = crate::cli::VERSION,
         exe = exe.display(),
+        data = data.display(),
     )
 }
 
@@ -84,7 +128,10 @@ pub fn run(c: GenerateCommand) -> Result<u8> {
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             for (name, text) in [
                 ("coffer-agent.service", agent_unit(&exe, &config)),
-                ("coffer-server.service", server_unit(&exe)),
+                (
+                    "coffer-server.service",
+                    server_unit(&exe, Path::new("/var/lib/coffer-server"), "0.0.0.0:8443"),
+                ),
             ] {
                 let p = dir.join(name);
                 std::fs::write(&p, text).with_context(|| format!("writing {}", p.display()))?;

@@ -78,6 +78,34 @@ fn open_server(a: &ServerArgs) -> Result<Server> {
 }
 
 pub fn run(g: &Global, a: ServerArgs) -> Result<u8> {
+    // (before anything is opened: the data directory may not exist yet)
+    if let Some(ServerCommand::Install { dry_run, unit_dir }) = &a.command {
+        let exe = std::env::current_exe().context("finding the coffer executable")?;
+        let data = a
+            .data
+            .clone()
+            .unwrap_or_else(|| std::path::PathBuf::from("/var/lib/coffer-server"));
+        let data = if data.is_absolute() {
+            data
+        } else {
+            std::env::current_dir()
+                .context("the current directory")?
+                .join(data)
+        };
+        let text = super::generate::server_unit(&exe, &data, &a.serve.listen);
+        return super::generate::install_unit(
+            "coffer-server.service",
+            &text,
+            *dry_run,
+            unit_dir,
+            &format!(
+                "{} server --data {} --listen {}",
+                exe.display(),
+                data.display(),
+                a.serve.listen
+            ),
+        );
+    }
     let server = match open_server(&a) {
         Ok(s) => s,
         // a monitoring plugin's UNKNOWN, on stdout where the check reads it
@@ -99,6 +127,7 @@ pub fn run(g: &Global, a: ServerArgs) -> Result<u8> {
         Some(ServerCommand::Digest { send }) => monitor::digest(&server, send, g),
         Some(ServerCommand::Alerts(c)) => monitor::alerts(&server, c, g),
         Some(ServerCommand::Operator(c)) => monitor::operator(&server, c, g),
+        Some(ServerCommand::Install { .. }) => unreachable!("handled above"),
         Some(ServerCommand::Cert) => {
             let l = tls::load(
                 &server.data,
