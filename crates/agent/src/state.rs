@@ -18,6 +18,12 @@ pub struct JobState {
     /// The same for the job's check.
     #[serde(default)]
     pub check_due: Option<i64>,
+    /// The scheduled time of the last backup run that ended (a started one that did not end
+    /// was cut short by the agent's stop or death: it is caught up).
+    #[serde(default)]
+    pub backup_done: Option<i64>,
+    #[serde(default)]
+    pub check_done: Option<i64>,
 }
 
 /// How a job's last run went (`jobs/JOB.last.json`, written by `coffer run` only).

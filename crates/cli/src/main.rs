@@ -161,8 +161,16 @@ fn main() -> ExitCode {
         let rg = g.clone();
         let _ = ctrlc::set_handler(move || {
             eprintln!("\ncoffer: interrupted; {msg}");
-            if let Some(kind) = report_kind {
-                report::send(&rg, kind, started, clock.elapsed(), &Err("interrupted".into()));
+            // (a backup only: an interrupted check or restore is no missing night; and at
+            // most 10 s for it, a dead server must not hold the stop)
+            if let Some(kind) = report_kind.filter(|k| *k == "backup") {
+                let (tx, rx) = std::sync::mpsc::channel();
+                let rg = rg.clone();
+                std::thread::spawn(move || {
+                    report::send_once(&rg, kind, started, clock.elapsed(), &Err("interrupted".into()));
+                    let _ = tx.send(());
+                });
+                let _ = rx.recv_timeout(std::time::Duration::from_secs(10));
             }
             std::process::exit(130);
         });
@@ -200,7 +208,7 @@ fn main() -> ExitCode {
             Ok(code) => Ok(*code),
             Err(e) => Err(one_line(e)),
         };
-        report::send(&g, kind, started, clock.elapsed(), &outcome);
+        report::send_once(&g, kind, started, clock.elapsed(), &outcome);
     }
     match r {
         Ok(code) => ExitCode::from(code),

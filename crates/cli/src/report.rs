@@ -167,6 +167,17 @@ fn unix(t: SystemTime) -> i64 {
         .unwrap_or(0)
 }
 
+/// Set once a report is on its way: a run has one (the interrupt handler's, or the end's).
+static SENT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// [`send`] for the command this process runs: once, whichever of its end and an interrupt
+/// comes first.
+pub fn send_once(g: &Global, kind: &str, started: SystemTime, took: Duration, outcome: &Result<u8, String>) {
+    if !SENT.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        send(g, kind, started, took, outcome);
+    }
+}
+
 /// Build and send the report of a finished command.
 pub fn send(g: &Global, kind: &str, started: SystemTime, took: Duration, outcome: &Result<u8, String>) {
     let Some(url) = target(g) else { return };

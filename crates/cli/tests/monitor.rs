@@ -961,7 +961,9 @@ fn the_schedule_an_agent_announces_is_watched() {
     let clock_arg = clock.to_str().unwrap().to_string();
     let server = ServerProc::start(&e.path("server"), &["--test-clock", &clock_arg]);
     let token = server.add_client("web1", "reports", "append");
+    // (each report arrives when its run finishes, by the server's clock)
     let post = |job: &str, finished: i64, next: i64, jobs: &[&str]| {
+        set_clock(&clock, finished);
         let body = serde_json::json!({
             "kind": "backup", "status": "ok", "started": finished - 30, "finished": finished,
             "job": job, "next_expected": next, "jobs": jobs,
@@ -1006,17 +1008,49 @@ fn the_schedule_an_agent_announces_is_watched() {
     post("nightly", at(12, 5), at(10, 0) + 16 * 3600 + 1800, &["nightly"]);
     let (c, s) = status(at(15, 0));
     assert_eq!(c, 0, "{s}");
-    // an announcement far away (or in the past) is ignored, not trusted to silence the alarm
+    // an announcement far away is ignored, not trusted to silence the alarm: the job's last
+    // valid one (02:30 tomorrow) still holds
     post("nightly", at(15, 1), at(15, 1) + 90 * 86_400, &["nightly"]);
     let (c, s) = status(at(15, 2));
     assert_eq!(c, 0, "{s}");
-    let (c, s) = status(at(10, 0) + 40 * 86_400);
-    assert_eq!(c, 0, "no announcement in force: nothing is judged by it ({s})");
+    let (c, s) = status(at(10, 0) + 2 * 86_400);
+    assert_eq!(c, 2, "{s}");
+    assert!(s.contains("OVERDUE") && s.contains("job nightly"), "{s}");
+    // a run that takes longer than the hour of grace is not late every night: the grace
+    // grows to one and a half times the run
+    post(
+        "slow",
+        at(10, 0) + 3 * 86_400,
+        at(10, 0) + 4 * 86_400,
+        &["nightly", "slow"],
+    );
+    let body_run = |job: &str, started: i64, finished: i64, next: i64| {
+        set_clock(&clock, finished);
+        let body = serde_json::json!({
+            "kind": "backup", "status": "ok", "started": started, "finished": finished,
+            "duration_ms": (finished - started) * 1000, "job": job, "next_expected": next,
+            "jobs": ["slow"],
+        })
+        .to_string();
+        let head = format!(
+            "POST /reports/runs HTTP/1.1\nHost: 127.0.0.1\nConnection: close\nAuthorization: Bearer {token}\nContent-Type: application/json\nContent-Length: {}",
+            body.len()
+        );
+        assert_eq!(server.raw(&head, body.as_bytes()).unwrap().0, 201);
+    };
+    let day = |n: i64| at(2, 30) + n * 86_400;
+    // the nightly 02:30 run takes three hours: its report comes at 05:30
+    body_run("slow", day(5), day(5) + 3 * 3600, day(6));
+    let (c, s) = status(day(6) + 3 * 3600 + 60);
+    assert_eq!(c, 0, "a run as long as usual is not late: {s}");
+    let (c, s) = status(day(6) + 5 * 3600);
+    assert_eq!(c, 2, "{s}");
 }
 
 /// The ransomware alarm: a directory of text files encrypted in place and backed up raises
-/// exactly one ANOMALY (nights of ordinary churn raise none), it stays until an operator
-/// acknowledges it, and server retention of the repository waits until then.
+/// exactly one ANOMALY, while nights of ordinary churn, a night of incompressible changes
+/// at the usual share, a new directory of photos and a `--force` run raise none; it stays
+/// until an operator acknowledges it, and server retention of the repository waits.
 #[test]
 fn files_encrypted_in_place_raise_one_anomaly_and_pause_retention() {
     let e = Env::new();
@@ -1045,12 +1079,16 @@ fn files_encrypted_in_place_raise_one_anomaly_and_pause_retention() {
             })
             .collect()
     };
-    for i in 0..200 {
-        fs::write(src.join(format!("page-{i}.html")), text(i)).unwrap();
+    let page = |i: usize| src.join(format!("page-{i}.html"));
+    for i in 0..500 {
+        fs::write(page(i), text(i)).unwrap();
     }
     assert_eq!(code(&run(&["init", "-q"])), 0);
-    let backup = || {
-        let o = run(&["backup", "-q", src.to_str().unwrap()]);
+    let backup = |extra: &[&str]| {
+        let mut args = vec!["backup", "-q"];
+        args.extend_from_slice(extra);
+        args.push(src.to_str().unwrap());
+        let o = run(&args);
         assert_eq!(code(&o), 0, "{}", stderr(&o));
     };
     let status = || {
@@ -1065,37 +1103,60 @@ fn files_encrypted_in_place_raise_one_anomaly_and_pause_retention() {
             })
             .unwrap()
     };
-    // four nights of ordinary churn: ten pages rewritten each night
-    backup();
+    let calm = |what: &str| {
+        let (c, s) = status();
+        assert_eq!(c, 0, "{what} is no anomaly: {s}");
+        assert_eq!(anomalies(), 0, "{what}");
+    };
+    // four nights of ordinary churn: 60 of 500 pages rewritten each night (12 %, 1.2 MB of
+    // text: past every absolute threshold but compressibility)
+    backup(&[]);
     for night in 1..4 {
-        for i in 0..10 {
-            fs::write(
-                src.join(format!("page-{}.html", night * 10 + i)),
-                text(1000 * night + i),
-            )
-            .unwrap();
+        for i in 0..60 {
+            fs::write(page(night * 60 + i), text(1000 * night + i)).unwrap();
         }
-        backup();
+        backup(&[]);
     }
-    let (c, s) = status();
-    assert_eq!(c, 0, "ordinary churn is no anomaly: {s}");
-    assert_eq!(anomalies(), 0);
+    calm("ordinary churn");
+    // a night whose 60 changes are incompressible (compressed archives replacing pages): the
+    // usual share of files, not many times it
+    for i in 0..60 {
+        fs::write(page(i), common::pseudo_random(i as u64, 20_000)).unwrap();
+    }
+    backup(&[]);
+    calm("incompressible changes at the usual share");
+    // a new directory of 300 photos: new files, not files changed in place
+    fs::create_dir_all(src.join("gallery")).unwrap();
+    for i in 0..300 {
+        fs::write(
+            src.join(format!("gallery/p{i}.jpg")),
+            common::pseudo_random(900 + i, 20_000),
+        )
+        .unwrap();
+    }
+    backup(&[]);
+    calm("a new photo gallery");
+    // --force reads every file again: not a change
+    backup(&["--force"]);
+    calm("--force");
 
     // every page encrypted in place, and backed up as usual
-    for i in 0..200 {
-        let f = src.join(format!("page-{i}.html"));
-        let out = src.join(format!("page-{i}.enc"));
-        let o = Command::new("openssl")
-            .args(["enc", "-aes-256-cbc", "-pbkdf2", "-pass", "pass:ransom", "-in"])
-            .arg(&f)
-            .arg("-out")
-            .arg(&out)
-            .output()
-            .expect("openssl is installed");
-        assert!(o.status.success(), "{}", stderr(&o));
-        fs::rename(&out, &f).unwrap();
-    }
-    backup();
+    let encrypt_all = || {
+        for i in 0..500 {
+            let out = src.join(format!("page-{i}.enc"));
+            let o = Command::new("openssl")
+                .args(["enc", "-aes-256-cbc", "-pbkdf2", "-pass", "pass:ransom", "-in"])
+                .arg(page(i))
+                .arg("-out")
+                .arg(&out)
+                .output()
+                .expect("openssl is installed");
+            assert!(o.status.success(), "{}", stderr(&o));
+            fs::rename(&out, page(i)).unwrap();
+        }
+    };
+    encrypt_all();
+    backup(&[]);
     let (c, s) = status();
     assert_eq!(c, 2, "{s}");
     assert!(
@@ -1106,8 +1167,9 @@ fn files_encrypted_in_place_raise_one_anomaly_and_pause_retention() {
     // retention waits: the good versions stay
     let r = server.admin_ok(&["retention", "--repo", "web", "--dry-run"]);
     assert!(r.contains("paused"), "{r}");
-    // the next night changes nothing: the alarm stays until someone looks, still one
-    backup();
+    // encrypted once more the next night, while the alarm is open: still the one alarm
+    encrypt_all();
+    backup(&[]);
     let (c, s) = status();
     assert_eq!(c, 2, "{s}");
     assert_eq!(anomalies(), 1);

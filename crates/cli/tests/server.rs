@@ -1090,7 +1090,13 @@ fn a_client_sending_slowly_holds_neither_every_upload_slot_nor_one_for_long() {
         .into_iter()
         .map(|c| String::from_utf8_lossy(&c.wait_with_output().unwrap().stdout).into_owned())
         .collect();
-    assert!(codes.iter().any(|c| c == "408"), "{codes:?}");
+    // (cut short: 408, or, when the server's answer and its close of the connection meet
+    // curl still sending, no final answer at all: curl prints the 100 Continue it saw, or
+    // 000; the server's log below says which upload it cut)
+    assert!(
+        codes.iter().any(|c| c == "408" || c == "100" || c == "000"),
+        "{codes:?}"
+    );
     assert!(codes.iter().any(|c| c == "503"), "{codes:?}");
     assert!(
         started.elapsed() < Duration::from_secs(90),

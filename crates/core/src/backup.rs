@@ -1067,7 +1067,8 @@ impl<'l> Archiver<'_, '_, 'l> {
                 } else {
                     match self.read_file(dir, cname, path, &mut node, &mut xattrs)? {
                         Some(ids) => {
-                            if parent.is_some_and(|p| p.kind == NodeKind::File) {
+                            // (a write-only key's change cache stands for the parent here too)
+                            if parent.is_some_and(|p| p.kind == NodeKind::File) || logged.is_some() {
                                 self.summary.files_changed += 1;
                                 self.progress.file_status(FileStatus::Changed, path);
                             } else {

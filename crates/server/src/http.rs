@@ -237,6 +237,9 @@ async fn post_run(
                 report.messages.insert(0, format!("the report {p}"));
             }
         }
+        // the due time on the server's clock (the client's may be off)
+        let skew = now - report.finished;
+        report.next_expected = report.next_expected.map(|t| t.saturating_add(skew));
         let id = server.catalog.add_run(&client.name, &repo, now, &report)?;
         crate::monitor::judge_backup(&server, &client.name, &repo, id, &report, now)?;
         crate::monitor::evaluate(&server, now)?;

@@ -356,12 +356,15 @@ pub fn fleet(server: &Server, now: i64) -> Result<Vec<ClientStatus>> {
         // without a schedule set here, the one its agent announces: each scheduled job's
         // newest report says when its next backup is due
         if c.schedule.is_none() {
-            let grace = if c.grace_secs > 0 {
-                c.grace_secs
-            } else {
-                ANNOUNCED_GRACE_SECS
-            };
-            for (job, due, received) in server.catalog.announced(&c.name)? {
+            for (job, due, received, took_ms) in server.catalog.announced(&c.name)? {
+                // the report comes when the run ends: a run longer than the grace would be
+                // late every night
+                let grace = if c.grace_secs > 0 {
+                    c.grace_secs
+                } else {
+                    ANNOUNCED_GRACE_SECS
+                }
+                .max((took_ms as i64 / 1000).saturating_mul(3) / 2);
                 next_expected = Some(next_expected.map_or(due, |n: i64| n.min(due)));
                 if now > due + grace {
                     problems.push(Problem {

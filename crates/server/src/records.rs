@@ -132,7 +132,7 @@ impl RunReport {
         }
         self.next_expected = self
             .next_expected
-            .filter(|t| *t > self.finished && *t <= self.finished + MAX_ANNOUNCED_SECS);
+            .filter(|t| *t > self.finished && *t <= self.finished.saturating_add(MAX_ANNOUNCED_SECS));
         self.messages.truncate(MAX_MESSAGES);
         for m in &mut self.messages {
             *m = clip(m, MAX_MESSAGE_LEN);
@@ -410,37 +410,38 @@ impl Catalog {
             .map_err(db_err)
     }
 
-    /// What the client's agent announced: for each scheduled job of its newest backup report
-    /// (or every job, before reports listed them), the newest report of that job that said
-    /// when the next is due: (job, next_expected, received).
-    pub fn announced(&self, client: &str) -> Result<Vec<(String, i64, i64)>> {
+    /// What the client's agent announced: for each scheduled job of its newest report of a
+    /// configured job, the newest report of that job that said when the next is due:
+    /// (job, next_expected, received, duration_ms).
+    pub fn announced(&self, client: &str) -> Result<Vec<(String, i64, i64, u64)>> {
         let db = self.db();
         let current: Option<String> = db
             .query_row(
-                "SELECT jobs FROM runs WHERE client = ?1 AND kind = 'backup' ORDER BY id DESC LIMIT 1",
+                "SELECT jobs FROM runs WHERE client = ?1 AND kind = 'backup' AND job != ''
+                 ORDER BY id DESC LIMIT 1",
                 params![client],
                 |r| r.get(0),
             )
             .optional()
             .map_err(db_err)?;
-        let current: Vec<String> = current
-            .and_then(|j| serde_json::from_str(&j).ok())
-            .unwrap_or_default();
+        let Some(current) = current.and_then(|j| serde_json::from_str::<Vec<String>>(&j).ok()) else {
+            return Ok(Vec::new());
+        };
         let mut st = db
             .prepare(
-                "SELECT job, next_expected, received FROM runs WHERE id IN
-                   (SELECT max(id) FROM runs WHERE client = ?1 AND kind = 'backup' GROUP BY job)
-                 AND next_expected IS NOT NULL AND job != '' ORDER BY job",
+                "SELECT job, next_expected, received, duration_ms FROM runs WHERE id IN
+                   (SELECT max(id) FROM runs WHERE client = ?1 AND kind = 'backup' AND job != ''
+                    AND next_expected IS NOT NULL GROUP BY job)
+                 ORDER BY job",
             )
             .map_err(db_err)?;
         let rows = st
-            .query_map(params![client], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .query_map(params![client], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get::<_, i64>(3)? as u64))
+            })
             .map_err(db_err)?;
-        let all: Vec<(String, i64, i64)> = collect(rows)?;
-        Ok(all
-            .into_iter()
-            .filter(|(j, _, _)| current.is_empty() || current.contains(j))
-            .collect())
+        let all: Vec<(String, i64, i64, u64)> = collect(rows)?;
+        Ok(all.into_iter().filter(|(j, ..)| current.contains(j)).collect())
     }
 
     /// A client's newest backup that stored a snapshot (ok or with warnings).

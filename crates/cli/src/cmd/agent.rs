@@ -58,6 +58,8 @@ fn log(msg: &str) {
 
 struct Running {
     kind: Kind,
+    /// The scheduled time it runs for.
+    slot: i64,
     pid: u32,
     started: Instant,
     /// The scheduled time recorded before this run (put back if the run found the job busy).
@@ -101,10 +103,23 @@ fn schedules(cfg: &Config) -> Vec<(String, Kind, Schedule)> {
     out
 }
 
+/// The scheduled time last started, as the state file has it; one that started and never
+/// ended (the agent stopped or died during its run) counts as not run, so it is caught up.
 fn recorded(st: &JobState, kind: Kind) -> Option<i64> {
+    let (started, done) = match kind {
+        Kind::Backup => (st.backup_due, st.backup_done),
+        Kind::Check => (st.check_due, st.check_done),
+    };
+    match (started, done) {
+        (Some(s), Some(d)) if d < s => Some(s - 1),
+        (s, _) => s,
+    }
+}
+
+fn set_done(st: &mut JobState, kind: Kind, t: Option<i64>) {
     match kind {
-        Kind::Backup => st.backup_due,
-        Kind::Check => st.check_due,
+        Kind::Backup => st.backup_done = t,
+        Kind::Check => st.check_done = t,
     }
 }
 
@@ -288,6 +303,9 @@ async fn agent(g: &Global, mut cfg: Config, mut accepted: PathBuf) -> Result<u8>
             };
             memory.insert(key.clone(), (how.clone(), Some(remember)));
             set_recorded(&mut st, kind, Some(remember));
+            if matches!(due_now, Due::Remember(_)) {
+                set_done(&mut st, kind, Some(remember));
+            }
             if let Err(e) = state.save(&name, &st) {
                 log(&format!(
                     "warning: job {name}: cannot write its state ({e}): kept in memory, but a restart would forget it"
@@ -308,6 +326,7 @@ async fn agent(g: &Global, mut cfg: Config, mut accepted: PathBuf) -> Result<u8>
                         name.clone(),
                         Running {
                             kind,
+                            slot,
                             pid,
                             started: Instant::now(),
                             previous: last,
@@ -353,8 +372,20 @@ async fn agent(g: &Global, mut cfg: Config, mut accepted: PathBuf) -> Result<u8>
                     if busy_said.insert(name.clone()) {
                         log(&format!("job {name}: {} due, but the job is running already (by hand?): waiting for it", r.kind.name()));
                     }
-                    retry_at = earliest(retry_at, Utc::now() + chrono::Duration::seconds(5));
+                    // (the hand-started run may last hours: look again in half a minute)
+                    retry_at = earliest(retry_at, Utc::now() + chrono::Duration::seconds(30));
                     continue;
+                }
+                // ended: its time counts as run, unless the agent's own stop cut it short (the
+                // next agent then catches it up)
+                let cut_by_stop = stopping && (code == Some(130) || signal.is_some());
+                if !cut_by_stop {
+                    let state = StateDir::new(&cfg.state_dir);
+                    let mut st = state.load(&name).unwrap_or_default();
+                    set_done(&mut st, r.kind, Some(r.slot));
+                    if let Err(e) = state.save(&name, &st) {
+                        log(&format!("warning: job {name}: cannot write its state: {e}"));
+                    }
                 }
                 let how = match (code, signal) {
                     (Some(0), _) => "ok".to_string(),
@@ -429,6 +460,22 @@ mod tests {
             due(&s, z, Some(last), at("2026-11-27T10:00:00Z")),
             Due::Remember(t("2026-11-27T03:00:00Z"))
         );
+    }
+
+    #[test]
+    fn a_run_cut_short_by_the_agent_is_caught_up() {
+        let st = |due, done| JobState {
+            backup_due: due,
+            backup_done: done,
+            ..Default::default()
+        };
+        // ended: counted as run
+        assert_eq!(recorded(&st(Some(100), Some(100)), Kind::Backup), Some(100));
+        // started, never ended (the agent was killed or stopped during it): due again
+        assert_eq!(recorded(&st(Some(200), Some(100)), Kind::Backup), Some(199));
+        // a state file from before runs' ends were kept: as ended
+        assert_eq!(recorded(&st(Some(100), None), Kind::Backup), Some(100));
+        assert_eq!(recorded(&st(None, None), Kind::Check), None);
     }
 
     #[test]

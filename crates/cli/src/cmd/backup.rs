@@ -112,7 +112,11 @@ pub fn run(g: &Global, a: BackupArgs) -> Result<u8> {
         s.bytes_stored,
         s.bytes_total,
     );
-    crate::report::backup_changes(s.files_new + s.files_changed, s.bytes_new_raw);
+    // files changed in place (not new ones: a new photo gallery is not an attack), unless
+    // --force read every file again
+    if !a.force {
+        crate::report::backup_changes(s.files_changed, s.bytes_new_raw);
+    }
     let secs = match (s.start, s.end) {
         (Some(a), Some(b)) => (b - a).num_milliseconds() as f64 / 1000.0,
         _ => 0.0,
