@@ -169,6 +169,14 @@ fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool, log: im
     }
 }
 
+/// A copy of the good configuration text beside the test's (for its own commands while the
+/// agent's file is broken on purpose).
+fn config_copy_free(good: &str, dir: &Path) -> PathBuf {
+    let p = dir.join("good.toml");
+    fs::write(&p, good).unwrap();
+    p
+}
+
 /// Snapshots of `job` in the configuration's repository `repo`.
 fn snapshots(dir: &Path, config: &Path, repo: &str, job: &str) -> Vec<serde_json::Value> {
     let o = run(
@@ -307,7 +315,7 @@ schedule = "*/4 * * * * *"
     let mut agent = Agent::start(dir, &config, 1);
     // (runs read the configuration the agent accepted, a copy in its state directory, which
     // so names every run and step on their command lines)
-    let needle = dir.join("state/agent/coffer.toml").to_str().unwrap().to_string();
+    let needle = dir.join("state/agent/coffer-").to_str().unwrap().to_string();
     wait_for(
         "two runs of each job in each repository",
         Duration::from_secs(120),
@@ -330,6 +338,37 @@ schedule = "*/4 * * * * *"
         agent.log().contains("job files: backup started"),
         "{}",
         agent.log()
+    );
+
+    // a broken edit and SIGHUP: refused, and the jobs go on with the version loaded before;
+    // a good edit and SIGHUP: taken
+    let good = fs::read_to_string(&config).unwrap();
+    fs::write(&config, format!("{good}\n[job.files.surprise]\n")).unwrap();
+    let hup = |a: &Agent| {
+        let pid = rustix::process::Pid::from_raw(a.pid() as i32).unwrap();
+        rustix::process::kill_process(pid, rustix::process::Signal::HUP).unwrap();
+    };
+    hup(&agent);
+    wait_for(
+        "the broken configuration to be refused",
+        Duration::from_secs(20),
+        || agent.log().contains("configuration not reloaded"),
+        || agent.log(),
+    );
+    let before = snapshots(dir, &config_copy_free(&good, dir), "local", "files").len();
+    wait_for(
+        "a run after the refused reload",
+        Duration::from_secs(30),
+        || snapshots(dir, &config_copy_free(&good, dir), "local", "files").len() > before,
+        || agent.log(),
+    );
+    fs::write(&config, &good).unwrap();
+    hup(&agent);
+    wait_for(
+        "the good configuration to be reloaded",
+        Duration::from_secs(20),
+        || agent.log().contains("configuration reloaded"),
+        || agent.log(),
     );
 
     // a large file makes the next backup of `files` take a while; the agent is killed in it

@@ -2,9 +2,9 @@
 //!
 //! Each run is a `coffer run JOB` (or `coffer run JOB --check`) process of its own: the agent
 //! itself only keeps time, so it stays small while idle and a run that goes wrong cannot take
-//! the agent with it. Runs read the configuration the agent accepted (a copy in the state
-//! directory, replaced only when a reload succeeds): an edit takes effect at SIGHUP, never
-//! half-way, and a broken edit stops nothing.
+//! the agent with it. Runs read the configuration the agent accepted (a copy per version in
+//! the state directory, made only when a reload succeeds): an edit takes effect at SIGHUP,
+//! never half-way through a run, and a broken edit stops nothing.
 //!
 //! The scheduled time of the last run started is remembered per job in the state directory,
 //! before the run starts: a time that passed while the agent was not running (the machine
@@ -57,6 +57,8 @@ fn log(msg: &str) {
 }
 
 struct Running {
+    /// The configuration version it reads.
+    config: PathBuf,
     kind: Kind,
     /// The scheduled time it runs for.
     slot: i64,
@@ -140,14 +142,15 @@ pub fn self_exe() -> Result<PathBuf> {
     std::env::current_exe().context("finding the coffer executable")
 }
 
-/// Read and check the configuration, and keep the accepted text for the runs.
-fn accept(g: &Global) -> Result<(Config, PathBuf)> {
-    let cfg = job::load(g)?;
-    let text = std::fs::read(&cfg.path).with_context(|| format!("reading {}", cfg.path.display()))?;
+/// Read and check the configuration, and keep the accepted text for the runs: each accepted
+/// version in a file of its own (`STATE/agent/coffer-PID-N.toml`), so that a run reads one
+/// version from its first step to its last, whatever reloads happen meanwhile.
+fn accept(g: &Global, n: u32) -> Result<(Config, PathBuf)> {
+    let (cfg, text) = job::load_with_text(g)?;
     let dir = cfg.state_dir.join("agent");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let copy = dir.join("coffer.toml");
-    let tmp = dir.join(format!(".coffer.toml.{}", std::process::id()));
+    let copy = dir.join(format!("coffer-{}-{n}.toml", std::process::id()));
+    let tmp = dir.join(format!(".coffer-{}-{n}.toml", std::process::id()));
     {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
@@ -158,12 +161,28 @@ fn accept(g: &Global) -> Result<(Config, PathBuf)> {
             .mode(0o600)
             .open(&tmp)
             .with_context(|| format!("writing {}", tmp.display()))?;
-        f.write_all(&text)
+        f.write_all(text.as_bytes())
             .and_then(|()| f.sync_all())
             .with_context(|| format!("writing {}", tmp.display()))?;
     }
     std::fs::rename(&tmp, &copy).with_context(|| format!("writing {}", copy.display()))?;
     Ok((cfg, copy))
+}
+
+/// Remove the accepted versions no run reads any more (and those of agents before this one).
+fn tidy_versions(dir: &Path, keep: &[&Path]) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if (name.starts_with("coffer-") || name == "coffer.toml")
+            && name.ends_with(".toml")
+            && !keep.iter().any(|k| *k == e.path())
+        {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
 
 /// Start `coffer run JOB [--check]` on the accepted configuration; its exit arrives on `done`.
@@ -221,7 +240,8 @@ pub fn install(g: &Global, dry_run: bool, unit_dir: &Path) -> Result<u8> {
 }
 
 pub fn run(g: &Global) -> Result<u8> {
-    let (cfg, accepted) = accept(g)?;
+    let (cfg, accepted) = accept(g, 0)?;
+    tidy_versions(&cfg.state_dir.join("agent"), &[&accepted]);
     StateDir::new(&cfg.state_dir).check_writable().with_context(|| {
         format!(
             "the state directory {} cannot be written (the agent keeps there which scheduled runs it started)",
@@ -253,6 +273,7 @@ async fn agent(g: &Global, mut cfg: Config, mut accepted: PathBuf) -> Result<u8>
     let mut retry_at: Option<DateTime<Utc>> = None;
     let mut busy_said: std::collections::BTreeSet<String> = Default::default();
     let mut host = job::host(&cfg);
+    let mut version = 0;
     log(&format!(
         "started: {} job(s) from {}, state in {}",
         cfg.jobs.len(),
@@ -325,6 +346,7 @@ async fn agent(g: &Global, mut cfg: Config, mut accepted: PathBuf) -> Result<u8>
                     running.insert(
                         name.clone(),
                         Running {
+                            config: accepted.clone(),
                             kind,
                             slot,
                             pid,
@@ -358,6 +380,9 @@ async fn agent(g: &Global, mut cfg: Config, mut accepted: PathBuf) -> Result<u8>
             biased;
             Some((name, code, signal)) = done_rx.recv() => {
                 let Some(r) = running.remove(&name) else { continue };
+                if r.config != accepted && !running.values().any(|o| o.config == r.config) {
+                    let _ = std::fs::remove_file(&r.config);
+                }
                 let took = r.started.elapsed().as_secs_f64();
                 if code == Some(i32::from(EXIT_BUSY)) {
                     // started by hand meanwhile: this time is not counted as run
@@ -399,10 +424,14 @@ async fn agent(g: &Global, mut cfg: Config, mut accepted: PathBuf) -> Result<u8>
             }
             _ = tokio::time::sleep(until), if !stopping => {}
             _ = hup.recv() => {
-                match accept(g) {
+                version += 1;
+                match accept(g, version) {
                     Ok((new, copy)) => {
                         cfg = new;
                         accepted = copy;
+                        let mut keep: Vec<&Path> = running.values().map(|r| r.config.as_path()).collect();
+                        keep.push(&accepted);
+                        tidy_versions(&cfg.state_dir.join("agent"), &keep);
                         host = job::host(&cfg);
                         log(&format!("configuration reloaded: {} job(s)", cfg.jobs.len()));
                     }

@@ -21,9 +21,24 @@ pub fn config_path(g: &Global) -> PathBuf {
 /// Read and check the configuration; a mistake in it is a usage error (exit 2) that names
 /// the file, line and column.
 pub fn load(g: &Global) -> Result<Config> {
+    Ok(load_with_text(g)?.0)
+}
+
+/// [`load`], with the text it checked (what the agent keeps as the accepted version).
+pub fn load_with_text(g: &Global) -> Result<(Config, String)> {
     let path = config_path(g);
     refuse_unsafe(&path)?;
-    Config::load(&path).map_err(|e| coffer_core::Error::Usage(e.to_string()).into())
+    let text = std::fs::read_to_string(&path).map_err(|source| {
+        coffer_core::Error::Usage(
+            coffer_agent::ConfigError::Read {
+                path: path.display().to_string(),
+                source,
+            }
+            .to_string(),
+        )
+    })?;
+    let cfg = Config::parse(&path, &text).map_err(|e| coffer_core::Error::Usage(e.to_string()))?;
+    Ok((cfg, text))
 }
 
 /// As root, the file's hooks and password commands run as root: it must be root's and
