@@ -6,6 +6,7 @@
 mod cache;
 mod local;
 mod rest;
+mod retry;
 mod s3;
 pub mod s3_lock;
 mod sftp;

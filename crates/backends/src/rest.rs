@@ -17,6 +17,7 @@ use std::time::Duration;
 /// The most a client reads of one answer: a whole pack of the largest size, and headroom.
 const MAX_RESPONSE: usize = (coffer_core::format::MAX_PACK_SIZE as usize) + (1 << 20);
 
+use crate::retry::{self, Failure, Policy};
 use coffer_core::{Backend, BackendError, FileInfo, FileKind, WriteOutcome};
 use reqwest::{header, Method, StatusCode};
 use zeroize::Zeroizing;
@@ -231,9 +232,13 @@ impl RestBackend {
             .map_or(MAX_RESPONSE, |n| {
                 (n as usize).saturating_add(64 << 10).min(MAX_RESPONSE)
             });
-        let mut delay = Duration::from_millis(250);
-        let mut last = String::new();
-        for attempt in 1..=attempts {
+        let policy = Policy {
+            retries: attempts as usize - 1,
+            first: Duration::from_millis(250),
+            longest: Duration::from_secs(30),
+        };
+        let label = format!("{}: {what}", self.location());
+        let r = retry::blocking(policy, &label, || {
             let mut req = self
                 .client
                 .request(method.clone(), url)
@@ -261,48 +266,41 @@ impl RestBackend {
                 }
                 Ok::<_, reqwest::Error>(Ok((status, h, bytes)))
             });
-            let res = match res {
-                Ok(Err(too_large)) => return Err(self.io(what, too_large, false)),
-                Ok(Ok(x)) => Ok(x),
-                Err(e) => Err(e),
-            };
             match res {
+                Ok(Err(too_large)) => Err(Failure::Stop(self.io(what, too_large, false))),
                 // a full quota (507) or an unsupported request (501) does not pass by retrying
-                Ok((s, h, b))
+                Ok(Ok((s, h, b)))
                     if (!s.is_server_error() && s != StatusCode::REQUEST_TIMEOUT)
                         || s == StatusCode::INSUFFICIENT_STORAGE
                         || s == StatusCode::NOT_IMPLEMENTED =>
                 {
-                    return Ok((s, h, b));
+                    Ok((s, h, b))
                 }
-                Ok((s, _, b)) => last = format!("server answered {s}: {}", one_line(&b)),
+                Ok(Ok((s, _, b))) => Err(Failure::Again(format!("server answered {s}: {}", one_line(&b)))),
                 Err(e) => {
-                    last = error_chain(&e);
+                    let last = error_chain(&e);
                     // a certificate that is not trusted stays untrusted
                     if last.contains("certificate") {
-                        return Err(self.io(
+                        return Err(Failure::Stop(self.io(
                             what,
                             format!(
                                 "{last} (trust the server's certificate with --cacert FILE or COFFER_CACERT)"
                             ),
                             false,
-                        ));
+                        )));
                     }
+                    Err(Failure::Again(last))
                 }
             }
-            if attempt < attempts {
-                // said as it happens: a dead server is not half a minute of silence
-                eprintln!(
-                    "coffer: {}: {what}: {last}; retrying ({attempt}/{}) in {:.1} s",
-                    self.location(),
-                    attempts - 1,
-                    delay.as_secs_f64()
-                );
-                std::thread::sleep(delay);
-                delay = (delay * 2).min(Duration::from_secs(30));
-            }
-        }
-        Err(self.io(what, format!("{last} (after {attempts} attempts)"), true))
+        });
+        r.map_err(|f| match f {
+            Failure::Stop(e) => e,
+            Failure::Again(last) => self.io(
+                what,
+                format!("{last} (after {} attempts)", policy.attempts()),
+                true,
+            ),
+        })
     }
 
     /// Turn a non-success answer into an error.

@@ -35,6 +35,7 @@ use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path as ObjPath;
 use object_store::{ClientOptions, ObjectStore, PutMode, PutOptions, PutPayload, RetryConfig};
 
+use crate::retry::{self, Failure, Policy};
 use crate::s3_lock::{rfc3339, ObjectHead, ObjectLock, Signer};
 
 type BResult<T> = Result<T, BackendError>;
@@ -392,7 +393,9 @@ impl S3Backend {
         }
         let dir = self.full(kind.dir());
         let metas: Vec<object_store::ObjectMeta> = self
-            .reading(|| self.store.list(Some(&dir)).try_collect())
+            .reading(&format!("listing {}", kind.dir()), || {
+                self.store.list(Some(&dir)).try_collect()
+            })
             .map_err(|e| self.err(&format!("listing {}", kind.dir()), e))?;
         Ok(metas
             .into_iter()
@@ -454,28 +457,43 @@ impl S3Backend {
     /// A read (GET, LIST) with retries of our own: object_store retries a request that
     /// fails, but not a response body that breaks off midway (a reset or a proxy cutting
     /// the answer short), which would otherwise fail a whole backup. Reads are idempotent.
-    fn reading<T, F, Fut>(&self, op: F) -> Result<T, object_store::Error>
+    fn reading<T, F, Fut>(&self, what: &str, op: F) -> Result<T, object_store::Error>
     where
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = Result<T, object_store::Error>>,
     {
-        let mut attempt = 0;
-        loop {
+        let policy = Policy {
+            retries: 4,
+            first: Duration::from_millis(200),
+            longest: Duration::from_secs(2),
+        };
+        // the error that ended the last attempt, returned as object_store gave it
+        let mut last = None;
+        let r = retry::blocking(policy, &format!("{}: {what}", self.location()), || {
             match self.block(op()) {
-                Err(object_store::Error::Generic { .. }) if attempt < 4 => {
-                    attempt += 1;
-                    std::thread::sleep(Duration::from_millis(100 << attempt));
+                Err(e @ object_store::Error::Generic { .. }) => {
+                    let why = e.to_string();
+                    last = Some(e);
+                    Err(Failure::Again(why))
                 }
-                r => return r,
+                Err(e) => Err(Failure::Stop(e)),
+                Ok(v) => Ok(v),
             }
-        }
+        });
+        r.map_err(|f| match f {
+            Failure::Stop(e) => e,
+            Failure::Again(why) => last.take().unwrap_or(object_store::Error::Generic {
+                store: "S3",
+                source: why.into(),
+            }),
+        })
     }
 
     fn get_range(&self, kind: FileKind, name: &str, range: Option<Range<u64>>) -> BResult<Vec<u8>> {
         let what = Self::what(kind, name);
         let key = self.key(kind, name)?;
         let bytes = self
-            .reading(|| async {
+            .reading(&what, || async {
                 match range.clone() {
                     Some(r) => self.store.get_range(&key, r).await,
                     None => self.store.get(&key).await?.bytes().await,

@@ -23,6 +23,8 @@ use md5::Digest as _;
 use object_store::aws::{AwsAuthorizer, AwsCredentialProvider};
 use object_store::client::{HttpRequest, HttpRequestBody};
 
+use crate::retry::{self, Failure, Policy};
+
 /// Retention mode: governance (an account with `s3:BypassGovernanceRetention` may still
 /// delete) or compliance (nobody may, not even the bucket's owner, until the date).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -163,18 +165,39 @@ impl Signer {
         body: Bytes,
     ) -> Result<(reqwest::StatusCode, http::HeaderMap, Bytes), String> {
         let url = self.url(key, query);
-        let mut attempt = 0u32;
-        loop {
-            let r = self.send_once(method.clone(), &url, headers, body.clone()).await;
-            let retry = match &r {
-                Ok((status, _, _)) => status.is_server_error() || status.as_u16() == 429,
-                Err(_) => true,
-            };
-            if !retry || attempt >= 6 {
-                return r;
+        let policy = Policy {
+            retries: 6,
+            first: Duration::from_millis(200),
+            longest: Duration::from_secs(7),
+        };
+        let label = format!("S3 {method} {key}");
+        // a status worth retrying is carried in `held`: when the retries are spent, the
+        // caller gets that last answer as it came
+        let held = std::sync::Mutex::new(None);
+        let r = retry::asynchronous(policy, &label, || {
+            let attempt = self.send_once(method.clone(), &url, headers, body.clone());
+            let held = &held;
+            async move {
+                let r = attempt.await;
+                let mut last = held.lock().unwrap_or_else(|p| p.into_inner());
+                *last = None;
+                match r {
+                    Ok((status, h, b)) if status.is_server_error() || status.as_u16() == 429 => {
+                        *last = Some((status, h, b));
+                        Err(Failure::Again(format!("server answered {status}")))
+                    }
+                    Ok(x) => Ok(x),
+                    Err(e) => Err(Failure::Again(e)),
+                }
             }
-            attempt += 1;
-            tokio::time::sleep(Duration::from_millis(100 << attempt.min(6))).await;
+        })
+        .await;
+        let last = held.into_inner().unwrap_or_else(|p| p.into_inner());
+        match (r, last) {
+            (Ok(x), _) => Ok(x),
+            (Err(Failure::Again(_)), Some(answer)) => Ok(answer),
+            (Err(Failure::Again(e)), None) => Err(e),
+            (Err(Failure::Stop(e)), _) => Err(e),
         }
     }
 

@@ -29,6 +29,8 @@ use openssh_sftp_client::error::SftpErrorKind;
 use openssh_sftp_client::{Error as SftpError, Sftp, SftpOptions};
 use tokio::io::{AsyncBufReadExt, AsyncSeekExt};
 
+use crate::retry::{self, Failure, Policy};
+
 type BResult<T> = Result<T, BackendError>;
 
 const ATTEMPTS: u32 = 3;
@@ -331,11 +333,13 @@ impl SftpBackend {
         F: Fn(Arc<Conn>) -> Fut,
         Fut: Future<Output = Result<T, SftpError>>,
     {
-        let mut last = String::new();
-        for attempt in 1..=ATTEMPTS {
-            if attempt > 1 {
-                std::thread::sleep(Duration::from_millis(500 << attempt));
-            }
+        let policy = Policy {
+            retries: ATTEMPTS as usize - 1,
+            first: Duration::from_secs(1),
+            longest: Duration::from_secs(4),
+        };
+        let label = format!("{}: {what}", self.location());
+        let r = retry::blocking(policy, &label, || {
             let conn = match self.conn() {
                 Ok(c) => c,
                 Err(e) => {
@@ -345,35 +349,43 @@ impl SftpBackend {
                         || e.contains("REMOTE HOST IDENTIFICATION HAS CHANGED")
                         || e.contains("Could not resolve hostname")
                     {
-                        return Err(self.io(what, e, false));
+                        return Err(Failure::Stop(self.io(what, e, false)));
                     }
-                    last = e;
-                    continue;
+                    return Err(Failure::Again(e));
                 }
             };
             match self.rt.block_on(op(conn.clone())).map_err(classify) {
-                Ok(v) => return Ok(v),
+                Ok(v) => Ok(v),
                 Err(OpError::Server(SftpErrorKind::NoSuchFile, _)) => {
-                    return Err(BackendError::NotFound {
+                    Err(Failure::Stop(BackendError::NotFound {
                         location: self.location(),
                         what: what.to_string(),
-                    })
+                    }))
                 }
-                Err(OpError::Server(kind, msg)) => {
-                    return Err(self.io(what, format!("server: {kind:?}: {}", one_line(&msg)), false))
-                }
+                Err(OpError::Server(kind, msg)) => Err(Failure::Stop(self.io(
+                    what,
+                    format!("server: {kind:?}: {}", one_line(&msg)),
+                    false,
+                ))),
                 Err(OpError::Link(e)) => {
                     self.drop_conn(&conn);
                     let said = self.ssh_said();
-                    last = if said.is_empty() {
+                    Err(Failure::Again(if said.is_empty() {
                         e
                     } else {
                         format!("{e} (ssh: {said})")
-                    };
+                    }))
                 }
             }
-        }
-        Err(self.io(what, format!("{last} (after {ATTEMPTS} attempts)"), true))
+        });
+        r.map_err(|f| match f {
+            Failure::Stop(e) => e,
+            Failure::Again(last) => self.io(
+                what,
+                format!("{last} (after {} attempts)", policy.attempts()),
+                true,
+            ),
+        })
     }
 
     /// Is there a file or directory at `p`?

@@ -2,6 +2,7 @@
 
 mod cli;
 mod cmd;
+mod logging;
 mod password;
 mod report;
 mod ui;
@@ -147,6 +148,11 @@ fn main() -> ExitCode {
         eprintln!("coffer: error: {}", one_line(&e));
         return ExitCode::from(exit_code_for(&e).unwrap_or(1));
     }
+    logging::init(match &cli.command {
+        Command::Server(a) if a.command.is_none() => logging::Style::Daemon,
+        Command::Agent(a) if a.command.is_none() => logging::Style::Daemon,
+        _ => logging::Style::Command,
+    });
     if matches!(cli.command, Command::Backup(_)) {
         large_blocks_from_the_kernel();
     }

@@ -939,9 +939,42 @@ fn server_files_are_private_and_its_log_cannot_be_forged() {
     let log = fs::read_to_string(&s.log).unwrap();
     assert!(log.contains("FORGED"), "the refusal is logged: {log}");
     assert!(
-        !log.lines().any(|l| l.starts_with("coffer-server: FORGED")),
+        !log.lines()
+            .any(|l| l.contains("FORGED") && !l.contains("refused")),
         "a forged log line: {log}"
     );
+
+    // a storage error answers 500 with a reference only; the detail (a path of the server's)
+    // is in the log under that reference
+    let snaps = s.data.join("repos/web/snapshots");
+    let snap = fs::read_dir(&snaps).unwrap().next().unwrap().unwrap().path();
+    let kept = fs::read(&snap).unwrap();
+    fs::remove_file(&snap).unwrap();
+    fs::create_dir(&snap).unwrap(); // reading it fails with EISDIR
+    let name = snap.file_name().unwrap().to_str().unwrap();
+    let r = s.raw(
+        &format!(
+            "GET /web/snapshots/{name} HTTP/1.1\nHost: x\nAuthorization: Bearer {token}\nConnection: close"
+        ),
+        b"",
+    );
+    let (status, body) = r.expect("an answer");
+    assert_eq!(status, 500, "{body}");
+    let data = s.data.to_str().unwrap();
+    assert!(!body.contains(data), "a server path in the answer: {body}");
+    let reference = body
+        .split("reference ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no reference in {body}"));
+    let log = fs::read_to_string(&s.log).unwrap();
+    let line = log
+        .lines()
+        .find(|l| l.contains(&format!("internal error {reference}")))
+        .unwrap_or_else(|| panic!("reference {reference} not in the log: {log}"));
+    assert!(line.contains(name), "the detail is logged: {line}");
+    fs::remove_dir(&snap).unwrap();
+    fs::write(&snap, kept).unwrap();
 
     // failed logins (console, /metrics) are logged, and a name guessed at is refused for
     // the rest of the minute, even with the right password
@@ -982,8 +1015,8 @@ fn server_files_are_private_and_its_log_cannot_be_forged() {
     assert!(stderr(&o).contains("not a snapshot name"), "{}", stderr(&o));
 }
 
-/// A dead server: the client says it is retrying as it happens, instead of half a minute of
-/// silence (issue 23 item 10).
+/// A dead coffer server, S3 endpoint or SFTP server: the client says it is retrying as it
+/// happens, instead of half a minute of silence (issue 23 item 10).
 #[test]
 fn retries_against_a_dead_server_are_said() {
     use std::io::{BufRead, BufReader};
@@ -993,26 +1026,35 @@ fn retries_against_a_dead_server_are_said() {
         .local_addr()
         .unwrap()
         .port(); // bound and closed again: nothing listens there
-    let mut child = e
-        .cmd()
-        .env("COFFER_REPOSITORY", format!("https://127.0.0.1:{port}/web"))
-        .env("COFFER_TOKEN", "cft_nothing")
-        .args(["snapshots"])
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let first = rx.recv_timeout(std::time::Duration::from_secs(20));
-    let _ = child.kill();
-    let _ = child.wait();
-    let line = first.expect("no word on stderr within 20 s");
-    assert!(line.contains("retrying (1/"), "{line}");
+                 // a coffer server, an S3 endpoint and an SFTP server that are all down
+    for (location, said) in [
+        (format!("https://127.0.0.1:{port}/web"), "retrying (1/"),
+        (format!("s3:http://127.0.0.1:{port}/bucket/web"), "retry 1 of"),
+        (format!("sftp://root@127.0.0.1:{port}/srv/web"), "retrying (1/"),
+    ] {
+        let mut child = e
+            .cmd()
+            .env("COFFER_REPOSITORY", &location)
+            .env("COFFER_TOKEN", "cft_nothing")
+            .env("AWS_ACCESS_KEY_ID", "nobody")
+            .env("AWS_SECRET_ACCESS_KEY", "nothing")
+            .args(["snapshots"])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let first = rx.recv_timeout(std::time::Duration::from_secs(20));
+        let _ = child.kill();
+        let _ = child.wait();
+        let line = first.unwrap_or_else(|_| panic!("{location}: no word on stderr within 20 s"));
+        assert!(line.contains(said), "{location}: {line}");
+    }
 }
 
 /// A stolen token that sends its uploads slowly holds at most its own share of the upload

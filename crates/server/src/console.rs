@@ -189,7 +189,10 @@ fn error_page(status: StatusCode, msg: &str) -> Response {
 }
 
 fn internal(e: ServerError) -> Response {
-    error_page(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string())
+    error_page(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        &crate::internal_error(&e.to_string()),
+    )
 }
 
 /// HTML-escape text.

@@ -90,7 +90,11 @@ type St = State<Arc<AppState>>;
 pub struct ApiError(StatusCode, String);
 
 impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+    fn into_response(mut self) -> Response {
+        if self.0 == StatusCode::INTERNAL_SERVER_ERROR {
+            // the detail (paths, storage errors) is for the server's log, not the client
+            self.1 = crate::internal_error(&self.1);
+        }
         let mut r = (self.0, format!("{}\n", self.1)).into_response();
         let h = r.headers_mut();
         h.insert(
@@ -251,7 +255,7 @@ async fn post_run(
         let server = st.server.clone();
         tokio::task::spawn_blocking(move || {
             if let Err(e) = crate::notify::deliver(&server, &tokio::runtime::Handle::current()) {
-                eprintln!("coffer-server: alerts: {e}");
+                tracing::error!("alerts: {e}");
             }
         });
     }
@@ -320,8 +324,8 @@ enum Need {
 /// Log a refused request (one line on stderr) and pass its error on.
 fn refuse(method: &Method, path: &str, who: &str, e: ApiError) -> ApiError {
     // the path and names come from the request: escaped, so that a %0A cannot forge a line
-    eprintln!(
-        "coffer-server: refused {method} {} ({}): {}",
+    tracing::warn!(
+        "refused {method} {} ({}): {}",
         path.escape_debug(),
         who.escape_debug(),
         e.1.escape_debug()
@@ -589,11 +593,18 @@ async fn read(
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(not_found()),
                 Err(e) => return Err(err(StatusCode::INTERNAL_SERVER_ERROR, format!("{path}: {e}"))),
             };
-            let size = f
+            let meta = f
                 .metadata()
                 .await
-                .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, format!("{path}: {e}")))?
-                .len();
+                .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, format!("{path}: {e}")))?;
+            // (found out now, not after a 200 went out with a stream that breaks)
+            if !meta.is_file() {
+                return Err(err(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("{path}: {} is not a regular file", p.display()),
+                ));
+            }
+            let size = meta.len();
             file = Some(f);
             size
         }
@@ -997,7 +1008,7 @@ pub async fn serve(
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
-                    eprintln!("coffer-server: accept: {e}");
+                    tracing::warn!("accept: {e}");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
@@ -1027,7 +1038,7 @@ pub async fn serve(
     tokio::select! {
         _ = graceful.shutdown() => {}
         _ = tokio::time::sleep(limits.shutdown_grace) => {
-            eprintln!("coffer-server: requests still running after {:?}; dropped (their uploads did not land)", limits.shutdown_grace);
+            tracing::warn!("requests still running after {:?}; dropped (their uploads did not land)", limits.shutdown_grace);
         }
     }
 }

@@ -13,6 +13,16 @@
 //!
 //! See docs/ARCHITECTURE.md ("Server") and docs/FORMAT.md ("Server-side retention").
 
+/// Log an internal error's detail under a fresh reference and return the answer a client
+/// or browser gets: the reference only (paths and storage errors stay in the server's log).
+pub(crate) fn internal_error(detail: &str) -> String {
+    let mut id = [0u8; 4];
+    let _ = getrandom::fill(&mut id);
+    let id = hex::encode(id);
+    tracing::error!("internal error {id}: {}", detail.escape_debug());
+    format!("internal error (reference {id} in the server's log)")
+}
+
 pub mod catalog;
 pub mod console;
 pub mod http;
@@ -232,8 +242,8 @@ impl Server {
             return Ok(Login::Ok);
         }
         entry.0 += 1;
-        eprintln!(
-            "coffer-server: login failed for operator {} ({} in this minute)",
+        tracing::warn!(
+            "login failed for operator {} ({} in this minute)",
             name.escape_debug(),
             entry.0
         );
@@ -310,9 +320,7 @@ impl Server {
                 }
                 if self.store.take_from_trash(repo, FileKind::Pack, &pn)? {
                     self.catalog.remove_trash(repo, "data", &pn)?;
-                    eprintln!(
-                        "coffer-server: {repo}: pack {pn} taken back from the trash for snapshot {name}"
-                    );
+                    tracing::info!("{repo}: pack {pn} taken back from the trash for snapshot {name}");
                     continue;
                 }
                 return Err(ServerError::Conflict(format!(

@@ -262,8 +262,8 @@ pub fn deliver(server: &Server, rt: &tokio::runtime::Handle) -> Result<usize> {
             Err(e) => {
                 // 30 s, doubling, at most an hour apart; for about a day
                 let retry = (m.attempts < 30).then(|| now + (30i64 << m.attempts.min(7)).min(3600));
-                eprintln!(
-                    "coffer-server: alert {} to {} not delivered (attempt {}): {e}",
+                tracing::warn!(
+                    "alert {} to {} not delivered (attempt {}): {e}",
                     m.channel,
                     m.target,
                     m.attempts + 1

@@ -50,10 +50,13 @@ impl Kind {
     }
 }
 
-/// One log line on stderr (the journal adds the time when run by systemd).
+/// One log line (through `tracing`: a timestamped line on stderr, see `logging`).
 fn log(msg: &str) {
-    let t = chrono::Local::now().format("%Y-%m-%d %H:%M:%S");
-    eprintln!("{t} coffer agent: {msg}");
+    tracing::info!("{msg}");
+}
+
+fn warn(msg: &str) {
+    tracing::warn!("{msg}");
 }
 
 struct Running {
@@ -300,7 +303,7 @@ async fn agent(g: &Global, mut cfg: Config, mut accepted: PathBuf) -> Result<u8>
             let how = format!("{schedule} on {host}");
             let key = (name.clone(), kind);
             let mut st = state.load(&name).unwrap_or_else(|w| {
-                log(&format!("warning: {w}; the job's schedule state starts afresh"));
+                warn(&format!("{w}; the job's schedule state starts afresh"));
                 JobState::default()
             });
             let last = match memory.get(&key) {
@@ -409,7 +412,7 @@ async fn agent(g: &Global, mut cfg: Config, mut accepted: PathBuf) -> Result<u8>
                     let mut st = state.load(&name).unwrap_or_default();
                     set_done(&mut st, r.kind, Some(r.slot));
                     if let Err(e) = state.save(&name, &st) {
-                        log(&format!("warning: job {name}: cannot write its state: {e}"));
+                        warn(&format!("job {name}: cannot write its state: {e}"));
                     }
                 }
                 let how = match (code, signal) {
@@ -420,7 +423,12 @@ async fn agent(g: &Global, mut cfg: Config, mut accepted: PathBuf) -> Result<u8>
                     (None, Some(s)) => format!("killed by signal {s}"),
                     (None, None) => "ended (no exit status)".to_string(),
                 };
-                log(&format!("job {name}: {} {how} after {took:.1} s", r.kind.name()));
+                let line = format!("job {name}: {} {how} after {took:.1} s", r.kind.name());
+                if code == Some(0) {
+                    log(&line)
+                } else {
+                    warn(&line)
+                }
             }
             _ = tokio::time::sleep(until), if !stopping => {}
             _ = hup.recv() => {
@@ -435,7 +443,7 @@ async fn agent(g: &Global, mut cfg: Config, mut accepted: PathBuf) -> Result<u8>
                         host = job::host(&cfg);
                         log(&format!("configuration reloaded: {} job(s)", cfg.jobs.len()));
                     }
-                    Err(e) => log(&format!("configuration not reloaded, the one loaded before goes on: {e:#}")),
+                    Err(e) => warn(&format!("configuration not reloaded, the one loaded before goes on: {e:#}")),
                 }
             }
             _ = async { tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} } } => {

@@ -423,12 +423,12 @@ fn serve(server: Server, a: &ServeArgs, g: &Global) -> Result<u8> {
             .with_context(|| format!("cannot listen on {listen}"))?;
         let addr = listener.local_addr()?;
         if !g.quiet {
-            eprintln!(
+            tracing::info!(
                 "coffer-server {} listening on https://{addr}/ (data {})",
                 env!("CARGO_PKG_VERSION"),
                 server.data.display()
             );
-            eprintln!(
+            tracing::info!(
                 "certificate {}{}: sha256 fingerprint {}",
                 tls.cert_path.display(),
                 if tls.generated { " (self-signed, just made)" } else { "" },
@@ -439,8 +439,8 @@ fn serve(server: Server, a: &ServeArgs, g: &Global) -> Result<u8> {
             for r in s.catalog.repos()? {
                 let rep = retention::run(s, &r.name, false)?;
                 if !rep.snapshots_removed.is_empty() || !rep.packs_removed.is_empty() {
-                    eprintln!(
-                        "coffer-server: retention {}: {} snapshot(s), {} pack(s) ({} bytes) to the trash",
+                    tracing::info!(
+                        "retention {}: {} snapshot(s), {} pack(s) ({} bytes) to the trash",
                         r.name,
                         rep.snapshots_removed.len(),
                         rep.packs_removed.len(),
@@ -454,7 +454,7 @@ fn serve(server: Server, a: &ServeArgs, g: &Global) -> Result<u8> {
             for r in s.catalog.repos()? {
                 let v = verify::run(s, &r.name)?;
                 for d in &v.damaged {
-                    eprintln!("coffer-server: verify {}: DAMAGED {d}", r.name);
+                    tracing::error!("verify {}: DAMAGED {d}", r.name);
                 }
             }
             Ok(())
@@ -468,7 +468,7 @@ fn serve(server: Server, a: &ServeArgs, g: &Global) -> Result<u8> {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
             }
-            eprintln!("coffer-server: shutting down; finishing requests in flight");
+            tracing::info!("shutting down; finishing requests in flight");
         };
         coffer_server::http::serve(server, listener, tls.config, limits, shutdown).await;
         Ok::<_, anyhow::Error>(())
@@ -491,8 +491,8 @@ fn spawn_job(
             let s = server.clone();
             match tokio::task::spawn_blocking(move || job(&s)).await {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => eprintln!("coffer-server: {name}: {e}"),
-                Err(e) => eprintln!("coffer-server: {name}: {e}"),
+                Ok(Err(e)) => tracing::error!("{name}: {e}"),
+                Err(e) => tracing::error!("{name}: {e}"),
             }
         }
     });
