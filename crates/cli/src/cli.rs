@@ -249,6 +249,11 @@ pub struct ServeArgs {
     /// Private key (PEM) of --tls-cert
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// The address operators and clients reach this server at (`https://backup.example.net:8443`),
+    /// when it is not the listening address (a proxy, NAT, a name): printed in console links.
+    /// Without it: https://LISTEN-ADDRESS, with this machine's host name for 0.0.0.0 or [::]
+    #[arg(long, value_name = "URL", value_parser = public_url_arg)]
+    pub public_url: Option<String>,
     /// Extra host names for the self-signed certificate (repeatable)
     #[arg(long = "tls-name", value_name = "NAME")]
     pub tls_names: Vec<String>,
@@ -409,9 +414,14 @@ pub enum ServerOperatorCommand {
     Remove {
         name: String,
     },
-    /// Print a one-time console login link's path (/console/link/...), valid 10 minutes
+    /// Print a one-time console login link (https://SERVER/console/link/...), valid 10
+    /// minutes; SERVER is the address the running server recorded (its --public-url or
+    /// listening address)
     Link {
         name: String,
+        /// The server's address, when it differs from what the server recorded
+        #[arg(long, value_name = "URL", value_parser = public_url_arg)]
+        url: Option<String>,
     },
 }
 
@@ -897,6 +907,20 @@ pub fn read_data_arg(s: &str) -> Result<String, String> {
 /// A percentage from 0% to 100%.
 pub fn percent_arg(s: &str) -> Result<String, String> {
     checked(s, crate::cmd::parse_percent(s))
+}
+
+/// An https:// address with a host (and no path beyond "/").
+pub fn public_url_arg(s: &str) -> Result<String, String> {
+    let rest = s
+        .strip_prefix("https://")
+        .ok_or_else(|| format!("{s:?}: the address must start with https://"))?;
+    let rest = rest.trim_end_matches('/');
+    if rest.is_empty() || rest.contains('/') || rest.contains(char::is_whitespace) {
+        return Err(format!(
+            "{s:?}: give https://HOST or https://HOST:PORT, without a path"
+        ));
+    }
+    Ok(format!("https://{rest}"))
 }
 
 /// A duration in the one grammar (m is minutes).

@@ -490,14 +490,30 @@ fn console_in_chromium(e: &Env, server: &ServerProc, clock: &str) {
         .to_string();
     let link = |who: &str| {
         // made by the server's (test) clock, as the server judges its expiry
-        let path = server
+        let url = server
             .admin_ok(&["--test-clock", clock, "operator", "link", who])
             .trim()
             .to_string();
-        assert!(path.starts_with("/console/link/"), "{path}");
-        format!("https://127.0.0.1:{}{path}", server.port)
+        // the whole address, as the running server recorded it
+        let base = format!("https://127.0.0.1:{}/console/link/", server.port);
+        assert!(url.starts_with(&base), "{url}");
+        url
     };
     server.admin_ok(&["operator", "add", "alice"]);
+    // behind a proxy or a name, the address is given; a plain-http one is a usage error
+    let named = server.admin_ok(&[
+        "operator",
+        "link",
+        "alice",
+        "--url",
+        "https://backup.example.net:8443/",
+    ]);
+    assert!(
+        named.starts_with("https://backup.example.net:8443/console/link/"),
+        "{named}"
+    );
+    let o = server.admin(&["operator", "link", "alice", "--url", "http://backup.example.net"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     let dom = chromium(e, &pin, &link("alice"), "--dump-dom");
     assert!(dom.contains("coffer: 1 FAILED, 1 OVERDUE of 3"), "{dom}");
     let rows: Vec<(String, String)> = dom
@@ -546,6 +562,8 @@ fn console_in_chromium(e: &Env, server: &ServerProc, clock: &str) {
         "{} bytes",
         png.len()
     );
+
+    console_fits(server, &pin, &link);
 
     // without a session: to the login page; a wrong password is refused; a right one logs in
     let (status, _) = server
@@ -1179,4 +1197,76 @@ fn files_encrypted_in_place_raise_one_anomaly_and_pause_retention() {
     assert_eq!(c, 0, "{s}");
     let r = server.admin_ok(&["retention", "--repo", "web", "--dry-run"]);
     assert!(!r.contains("paused"), "{r}");
+}
+
+/// The console fits the screen (issue 23 item 12): at 1280 px (a laptop) and 390 px (a phone)
+/// no element of the fleet page or a client's page runs off the right edge, and on the phone
+/// each client's problem text is shown whole, at a readable width.
+fn console_fits(server: &ServerProc, pin: &str, link: &dyn Fn(&str) -> String) {
+    use common::webdriver::Browser;
+    // every element's right edge against the viewport's, and each client's problem cell
+    const MEASURE: &str = r#"
+        const vw = document.documentElement.clientWidth;
+        const over = [];
+        for (const el of document.body.querySelectorAll('*')) {
+            const r = el.getBoundingClientRect();
+            if (r.width > 0 && r.right > vw + 0.5) {
+                over.push(el.tagName.toLowerCase() + (el.className ? '.' + el.className : '')
+                    + ' ends at ' + Math.round(r.right) + ': ' + (el.textContent || '').slice(0, 40));
+            }
+        }
+        const problems = [...document.querySelectorAll('tr[data-client] td.problem')].map(td => {
+            const r = td.getBoundingClientRect();
+            const style = getComputedStyle(td);
+            return { client: td.closest('tr').dataset.client, shown: style.display !== 'none'
+                && style.visibility !== 'hidden', left: r.left, right: r.right, width: r.width,
+                clipped: td.scrollWidth > td.clientWidth + 1, text: td.textContent };
+        });
+        return { vw, scroll: document.documentElement.scrollWidth, over, problems,
+                 title: document.title };
+    "#;
+    for (width, height, mobile) in [(1280, 720, false), (390, 844, true)] {
+        let b = Browser::start(width, height, mobile, pin);
+        b.open(&link("alice"));
+        for page in ["/console", "/console/client/broken", "/console/alerts"] {
+            b.open(&format!("https://127.0.0.1:{}{page}", server.port));
+            let m = b.run(MEASURE);
+            let what = format!("{page} at {width} px");
+            assert!(
+                m["title"].as_str().unwrap_or("").starts_with("coffer"),
+                "{what}: not a console page: {m}"
+            );
+            assert_eq!(m["vw"].as_f64(), Some(width as f64), "{what}: viewport {m}");
+            assert!(
+                m["scroll"].as_f64() <= m["vw"].as_f64(),
+                "{what}: the page scrolls sideways: {m}"
+            );
+            assert_eq!(m["over"], serde_json::json!([]), "{what}: runs off the page");
+            if page == "/console" {
+                // kept for a look (target/test-artifacts/console-WIDTH.png)
+                let artifacts = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/test-artifacts");
+                fs::create_dir_all(&artifacts).unwrap();
+                let png = b.screenshot();
+                assert!(png.starts_with(b"\x89PNG"), "{what}: no screenshot");
+                fs::write(artifacts.join(format!("console-{width}.png")), png).unwrap();
+                let problems = m["problems"].as_array().unwrap();
+                assert_eq!(problems.len(), 3, "{what}: {m}");
+                // two of the three have a problem (FAILED, OVERDUE)
+                assert_eq!(
+                    problems.iter().filter(|p| p["text"] != "").count(),
+                    2,
+                    "{what}: {m}"
+                );
+                for p in problems.iter().filter(|p| p["text"] != "") {
+                    assert_eq!(p["shown"], true, "{what}: {p}");
+                    assert_eq!(p["clipped"], false, "{what}: {p}");
+                    assert!(p["left"].as_f64().unwrap() >= 0.0, "{what}: {p}");
+                    // readable: at least half the screen wide on a phone
+                    if mobile {
+                        assert!(p["width"].as_f64().unwrap() >= width as f64 / 2.0, "{what}: {p}");
+                    }
+                }
+            }
+        }
+    }
 }

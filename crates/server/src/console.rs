@@ -79,6 +79,33 @@ impl Server {
             .add_session(&token_hash(&token), operator, "", "link", now, now + LINK_SECS)?;
         Ok(token)
     }
+
+    /// Record the address operators reach the console at (`https://HOST:PORT`, no trailing
+    /// slash), as the running server knows it: `DATA/url`, for `operator link` to print whole.
+    pub fn record_url(&self, url: &str) -> Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = self.data.join("url");
+        let tmp = self.data.join("url.tmp");
+        let io = |e: std::io::Error| ServerError::Io(format!("{}: {e}", path.display()));
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io)?;
+        f.write_all(format!("{}\n", url.trim_end_matches('/')).as_bytes())
+            .map_err(io)?;
+        std::fs::rename(&tmp, &path).map_err(io)
+    }
+
+    /// The address recorded by [`Server::record_url`], if the server has run.
+    pub fn url(&self) -> Option<String> {
+        let u = std::fs::read_to_string(self.data.join("url")).ok()?;
+        let u = u.trim();
+        u.starts_with("https://").then(|| u.to_string())
+    }
 }
 
 /// A logged-in operator: name and the session's CSRF token.
@@ -244,6 +271,55 @@ fn page(title: &str, who: Option<&Who>, body: &str) -> String {
     )
 }
 
+/// A table whose rows stack into labelled lines on a narrow screen (each cell carries its
+/// column's heading as `data-label`; the style sheet shows it before the value there).
+struct Table {
+    html: String,
+    /// Heading and class of each column ("opt": hidden on a phone; "lead": inline, no
+    /// label; "problem": its own line, no label).
+    cols: &'static [(&'static str, &'static str)],
+}
+
+impl Table {
+    fn new(id: &str, cols: &'static [(&'static str, &'static str)]) -> Table {
+        let mut html = format!("<div class=\"scroll\"><table id=\"{id}\" class=\"stack\"><thead><tr>");
+        for (label, class) in cols {
+            html.push_str(&format!("<th class=\"{class}\">{}</th>", esc(label)));
+        }
+        html.push_str("</tr></thead><tbody>");
+        Table { html, cols }
+    }
+
+    /// One row: `attrs` for the `<tr>`, the cells as HTML (escaped by the caller).
+    fn row(&mut self, attrs: &str, cells: &[String]) {
+        self.html.push_str(&format!("<tr{attrs}>"));
+        for ((label, class), cell) in self.cols.iter().zip(cells) {
+            if class.contains("lead") || class.contains("problem") {
+                self.html.push_str(&format!("<td class=\"{class}\">{cell}</td>"));
+            } else {
+                self.html.push_str(&format!(
+                    "<td class=\"{class}\" data-label=\"{}\">{cell}</td>",
+                    esc(label)
+                ));
+            }
+        }
+        self.html.push_str("</tr>");
+    }
+
+    /// The table, with `empty` as its one line when it has no row.
+    fn finish(mut self, rows: usize, empty: &str) -> String {
+        if rows == 0 {
+            self.html.push_str(&format!(
+                "<tr><td colspan=\"{}\" class=\"muted\">{}</td></tr>",
+                self.cols.len(),
+                esc(empty)
+            ));
+        }
+        self.html.push_str("</tbody></table></div>");
+        self.html
+    }
+}
+
 fn age(now: i64, t: i64) -> String {
     let d = (now - t).max(0);
     if d < 3600 {
@@ -298,7 +374,13 @@ td.num{text-align:right;white-space:nowrap}.scroll{overflow-x:auto}\
 .error{color:#b42318;font-weight:600}.muted{color:#616e7c}\
 form.login{max-width:22em;background:#fff;padding:1em;box-shadow:0 1px 2px rgba(0,0,0,.08)}\
 form.login label{display:block;margin:.5em 0}form.login input{width:100%;padding:.4em;font:inherit}\
-@media (max-width:700px){th.opt,td.opt{display:none}}";
+td{overflow-wrap:break-word}td.problem{overflow-wrap:anywhere;min-width:12em}\
+@media (max-width:700px){th.opt,td.opt{display:none}\
+table.stack thead{display:none}table.stack,table.stack tbody,table.stack tr{display:block;width:100%}\
+table.stack tr{padding:.4em 0;border-bottom:2px solid #d0d5db}\
+table.stack td{display:block;border:0;padding:.15em .6em}table.stack td.lead{display:inline-block}\
+table.stack td.num{text-align:left}table.stack td.problem:empty{display:none}\
+table.stack td[data-label]::before{content:attr(data-label) \": \";color:#616e7c}}";
 
 #[derive(Deserialize)]
 struct LoginForm {
@@ -430,7 +512,18 @@ async fn fleet_page(State(s): St, w: Who) -> Response {
         Err(e) => return internal(e),
     };
     let subject = monitor::digest_subject(&fleet);
-    let mut rows = String::new();
+    let mut t = Table::new(
+        "fleet",
+        &[
+            ("Client", "lead"),
+            ("Status", "lead"),
+            ("Last good backup", ""),
+            ("Next expected", "opt"),
+            ("Repository", "num"),
+            ("Dedup", "num opt"),
+            ("Problem", "problem"),
+        ],
+    );
     for c in &fleet {
         let logical = ratios.get(&c.client.repo).copied().unwrap_or(0);
         let ratio = if c.repo_bytes > 0 && logical > 0 {
@@ -438,29 +531,35 @@ async fn fleet_page(State(s): St, w: Who) -> Response {
         } else {
             "–".into()
         };
-        rows.push_str(&format!(
-            "<tr data-client=\"{name}\" data-state=\"{state}\"><td><a href=\"/console/client/{link}\">{name}</a></td>\
-             <td>{badge}</td><td>{good}</td><td class=\"opt\">{next}</td><td class=\"num\">{size}</td>\
-             <td class=\"num opt\">{ratio}</td><td>{problem}</td></tr>",
-            name = esc(&c.client.name),
-            state = c.state.label(),
-            link = seg(&c.client.name),
-            badge = badge(c.state),
-            good = last_good(c, now),
-            next = c.next_expected.map(fmt_time).unwrap_or_else(|| "–".into()),
-            size = human_bytes(c.repo_bytes),
-            problem = esc(&c.problem_text()),
-        ));
-    }
-    if fleet.is_empty() {
-        rows.push_str("<tr><td colspan=\"7\" class=\"muted\">No client has a schedule or has reported a backup yet.</td></tr>");
+        t.row(
+            &format!(
+                " data-client=\"{}\" data-state=\"{}\"",
+                esc(&c.client.name),
+                c.state.label()
+            ),
+            &[
+                format!(
+                    "<a href=\"/console/client/{}\">{}</a>",
+                    seg(&c.client.name),
+                    esc(&c.client.name)
+                ),
+                badge(c.state),
+                last_good(c, now),
+                c.next_expected.map(fmt_time).unwrap_or_else(|| "–".into()),
+                human_bytes(c.repo_bytes),
+                ratio,
+                esc(&c.problem_text()),
+            ],
+        );
     }
     let body = format!(
-        "<h1 id=\"summary\">{}</h1><p class=\"muted\">{} · worst first</p><div class=\"scroll\"><table id=\"fleet\">\
-         <thead><tr><th>Client</th><th>Status</th><th>Last good backup</th><th class=\"opt\">Next expected</th>\
-         <th>Repository</th><th class=\"opt\">Dedup</th><th>Problem</th></tr></thead><tbody>{rows}</tbody></table></div>",
+        "<h1 id=\"summary\">{}</h1><p class=\"muted\">{} · worst first</p>{}",
         esc(&subject),
-        fmt_time(now)
+        fmt_time(now),
+        t.finish(
+            fleet.len(),
+            "No client has a schedule or has reported a backup yet."
+        )
     );
     html_response(StatusCode::OK, page(&subject, Some(&w), &body))
 }
@@ -538,48 +637,71 @@ async fn client_page(State(s): St, w: Who, UrlPath(name): UrlPath<String>) -> Re
             String::new()
         }
     ));
-    b.push_str("<h2>Runs</h2><div class=\"scroll\"><table id=\"runs\"><thead><tr><th>Received</th><th>Run</th><th>Status</th>\
-                <th class=\"num\">Took</th><th class=\"num opt\">Files</th><th class=\"num opt\">Read</th><th class=\"num\">Added</th>\
-                <th class=\"opt\">Snapshot</th><th class=\"opt\">Host</th><th>Message</th></tr></thead><tbody>");
+    let mut t = Table::new(
+        "runs",
+        &[
+            ("Received", ""),
+            ("Run", ""),
+            ("Status", ""),
+            ("Took", "num"),
+            ("Files", "num opt"),
+            ("Read", "num opt"),
+            ("Added", "num"),
+            ("Snapshot", "opt"),
+            ("Host", "opt"),
+            ("Message", "problem"),
+        ],
+    );
     for r in &runs {
         let st = match r.report.status {
             RunStatus::Ok => CState::Ok,
             RunStatus::Warning => CState::Warning,
             RunStatus::Failed => CState::Failed,
         };
-        b.push_str(&format!(
-            "<tr><td>{}</td><td>{}</td><td><span class=\"badge {}\">{}</span></td><td class=\"num\">{:.1} s</td>\
-             <td class=\"num opt\">{}</td><td class=\"num opt\">{}</td><td class=\"num\">{}</td><td class=\"opt\"><code>{}</code></td>\
-             <td class=\"opt\">{}</td><td>{}</td></tr>",
-            fmt_time(r.received),
-            esc(&r.report.kind),
-            state_class(st),
-            r.report.status.as_str(),
-            r.report.duration_ms as f64 / 1000.0,
-            r.report.files,
-            human_bytes(r.report.bytes_read),
-            human_bytes(r.report.bytes_added),
-            esc(r.report.snapshot.as_deref().map(|s| &s[..s.len().min(8)]).unwrap_or("")),
-            esc(&r.report.host),
-            esc(r.report.messages.first().map(String::as_str).unwrap_or("")),
-        ));
+        t.row(
+            "",
+            &[
+                fmt_time(r.received),
+                esc(&r.report.kind),
+                format!(
+                    "<span class=\"badge {}\">{}</span>",
+                    state_class(st),
+                    r.report.status.as_str()
+                ),
+                format!("{:.1} s", r.report.duration_ms as f64 / 1000.0),
+                r.report.files.to_string(),
+                human_bytes(r.report.bytes_read),
+                human_bytes(r.report.bytes_added),
+                format!(
+                    "<code>{}</code>",
+                    esc(r
+                        .report
+                        .snapshot
+                        .as_deref()
+                        .map(|s| &s[..s.len().min(8)])
+                        .unwrap_or(""))
+                ),
+                esc(&r.report.host),
+                esc(r.report.messages.first().map(String::as_str).unwrap_or("")),
+            ],
+        );
     }
-    if runs.is_empty() {
-        b.push_str("<tr><td colspan=\"10\" class=\"muted\">No run reported yet.</td></tr>");
-    }
-    b.push_str("</tbody></table></div><h2>Snapshots</h2><div class=\"scroll\"><table><thead><tr><th>Snapshot</th><th>Received</th><th>From</th></tr></thead><tbody>");
+    b.push_str("<h2>Runs</h2>");
+    b.push_str(&t.finish(runs.len(), "No run reported yet."));
+    let mut t = Table::new("snapshots", &[("Snapshot", ""), ("Received", ""), ("From", "")]);
     for (id, received, from) in &snaps {
-        b.push_str(&format!(
-            "<tr><td><code>{}</code></td><td>{}</td><td>{}</td></tr>",
-            esc(&id[..id.len().min(16)]),
-            fmt_time(*received),
-            esc(from.as_deref().unwrap_or(""))
-        ));
+        t.row(
+            "",
+            &[
+                format!("<code>{}</code>", esc(&id[..id.len().min(16)])),
+                fmt_time(*received),
+                esc(from.as_deref().unwrap_or("")),
+            ],
+        );
     }
-    if snaps.is_empty() {
-        b.push_str("<tr><td colspan=\"3\" class=\"muted\">None.</td></tr>");
-    }
-    b.push_str("</tbody></table></div><h2>Verification</h2>");
+    b.push_str("<h2>Snapshots</h2>");
+    b.push_str(&t.finish(snaps.len(), "None."));
+    b.push_str("<h2>Verification</h2>");
     match &verify {
         Some(v) => b.push_str(&format!(
             "<p>{} · {} objects, {} re-hashed · {}</p>",
@@ -606,25 +728,29 @@ async fn client_page(State(s): St, w: Who, UrlPath(name): UrlPath<String>) -> Re
 }
 
 fn incident_table(incidents: &[crate::records::Incident]) -> String {
-    let mut b = String::from(
-        "<h2>Incidents</h2><div class=\"scroll\"><table id=\"incidents\"><thead><tr><th>Opened</th><th>Cleared</th><th>Subject</th>\
-         <th>Kind</th><th>Detail</th></tr></thead><tbody>",
+    let mut t = Table::new(
+        "incidents",
+        &[
+            ("Opened", ""),
+            ("Cleared", ""),
+            ("Subject", ""),
+            ("Kind", ""),
+            ("Detail", "problem"),
+        ],
     );
     for i in incidents {
-        b.push_str(&format!(
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            fmt_time(i.opened),
-            i.closed.map(fmt_time).unwrap_or_else(|| "<b>open</b>".into()),
-            esc(&i.subject),
-            esc(&i.kind),
-            esc(&i.detail)
-        ));
+        t.row(
+            "",
+            &[
+                fmt_time(i.opened),
+                i.closed.map(fmt_time).unwrap_or_else(|| "<b>open</b>".into()),
+                esc(&i.subject),
+                esc(&i.kind),
+                esc(&i.detail),
+            ],
+        );
     }
-    if incidents.is_empty() {
-        b.push_str("<tr><td colspan=\"5\" class=\"muted\">None.</td></tr>");
-    }
-    b.push_str("</tbody></table></div>");
-    b
+    format!("<h2>Incidents</h2>{}", t.finish(incidents.len(), "None."))
 }
 
 async fn alerts_page(State(s): St, w: Who) -> Response {
@@ -642,9 +768,15 @@ async fn alerts_page(State(s): St, w: Who) -> Response {
     };
     let mut b = String::from("<h1>Alerts</h1>");
     b.push_str(&incident_table(&incidents));
-    b.push_str(
-        "<h2>Messages</h2><div class=\"scroll\"><table id=\"messages\"><thead><tr><th>Queued</th><th>Via</th><th>To</th>\
-         <th>Subject</th><th>Delivery</th></tr></thead><tbody>",
+    let mut t = Table::new(
+        "messages",
+        &[
+            ("Queued", ""),
+            ("Via", ""),
+            ("To", ""),
+            ("Subject", ""),
+            ("Delivery", "problem"),
+        ],
     );
     for m in &messages {
         let state = match (m.sent, m.failed) {
@@ -660,19 +792,19 @@ async fn alerts_page(State(s): St, w: Who) -> Response {
             ),
             _ => "waiting".into(),
         };
-        b.push_str(&format!(
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            fmt_time(m.created),
-            esc(&m.channel),
-            esc(&m.target),
-            esc(&m.subject),
-            state
-        ));
+        t.row(
+            "",
+            &[
+                fmt_time(m.created),
+                esc(&m.channel),
+                esc(&m.target),
+                esc(&m.subject),
+                state,
+            ],
+        );
     }
-    if messages.is_empty() {
-        b.push_str("<tr><td colspan=\"5\" class=\"muted\">None.</td></tr>");
-    }
-    b.push_str("</tbody></table></div>");
+    b.push_str("<h2>Messages</h2>");
+    b.push_str(&t.finish(messages.len(), "None."));
     html_response(StatusCode::OK, page("coffer: alerts", Some(&w), &b))
 }
 

@@ -285,11 +285,19 @@ pub fn operator(server: &Server, c: ServerOperatorCommand, g: &Global) -> Result
                 eprintln!("operator {name:?} added; the password above is shown only now");
             }
         }
-        ServerOperatorCommand::Link { name } => {
+        ServerOperatorCommand::Link { name, url } => {
+            let Some(base) = url.or_else(|| server.url()) else {
+                return Err(coffer_core::Error::Usage(format!(
+                    "the server has not recorded its address in {} yet (it does when it starts): \
+                     start it, or give it with --url https://HOST:PORT",
+                    server.data.display()
+                ))
+                .into());
+            };
             let token = server.console_link(&name)?;
-            outln!("/console/link/{token}")?;
+            outln!("{base}/console/link/{token}")?;
             if !g.quiet {
-                eprintln!("open https://THIS-SERVER:PORT/console/link/… once, within 10 minutes");
+                eprintln!("open it once, within 10 minutes");
             }
         }
         ServerOperatorCommand::List => {

@@ -422,6 +422,13 @@ fn serve(server: Server, a: &ServeArgs, g: &Global) -> Result<u8> {
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
         let addr = listener.local_addr()?;
+        let url = match &a.public_url {
+            Some(u) => u.clone(),
+            None => listening_url(addr),
+        };
+        server
+            .record_url(&url)
+            .with_context(|| format!("recording the server's address {url}"))?;
         if !g.quiet {
             tracing::info!(
                 "coffer-server {} listening on https://{addr}/ (data {})",
@@ -496,6 +503,17 @@ fn spawn_job(
             }
         }
     });
+}
+
+/// https://ADDR:PORT for a listening address; a wildcard address (0.0.0.0, [::]) becomes this
+/// machine's host name, which other machines can resolve where an IP wildcard means nothing.
+fn listening_url(addr: std::net::SocketAddr) -> String {
+    if addr.ip().is_unspecified() {
+        let host = rustix::system::uname().nodename().to_string_lossy().into_owned();
+        format!("https://{host}:{}", addr.port())
+    } else {
+        format!("https://{addr}")
+    }
 }
 
 #[cfg(test)]

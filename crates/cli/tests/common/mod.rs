@@ -5,6 +5,7 @@
 pub mod seaweed;
 pub mod server;
 pub mod sshd;
+pub mod webdriver;
 
 use std::collections::BTreeMap;
 use std::fs;
