@@ -651,7 +651,7 @@ pub struct SnapshotsArgs {
 
 #[derive(Args, Debug)]
 pub struct LsArgs {
-    /// Snapshot id, unique prefix, or `latest` (the newest matching --host/--path/--tag)
+    /// Snapshot id, unique prefix, or `latest` (the newest matching --host/--path/--tag; `latest~1` the one before)
     pub snapshot: String,
     #[command(flatten)]
     pub filter: SnapshotFilter,
@@ -671,7 +671,7 @@ pub struct LsArgs {
 
 #[derive(Args, Debug)]
 pub struct RestoreDbArgs {
-    /// Snapshot id, unique prefix, or `latest` (the newest matching --host/--path/--tag)
+    /// Snapshot id, unique prefix, or `latest` (the newest matching --host/--path/--tag; `latest~1` the one before)
     pub snapshot: String,
     #[command(flatten)]
     pub filter: SnapshotFilter,
@@ -695,7 +695,7 @@ pub struct RestoreDbArgs {
 #[derive(Args, Debug)]
 pub struct RestoreArgs {
     /// SNAPSHOT or SNAPSHOT:PATH (the contents of PATH land in the target); SNAPSHOT is an
-    /// id, a unique prefix, or `latest` (the newest matching --host/--path/--tag)
+    /// id, a unique prefix, or `latest` (the newest matching --host/--path/--tag; `latest~1` the one before)
     pub snapshot: String,
     #[command(flatten)]
     pub filter: SnapshotFilter,
@@ -727,7 +727,7 @@ pub struct RestoreArgs {
 
 #[derive(Args, Debug)]
 pub struct DiffArgs {
-    /// Snapshot id, unique prefix, or `latest` (the newest matching --host/--path/--tag)
+    /// Snapshot id, unique prefix, or `latest` (the newest matching --host/--path/--tag; `latest~1` the one before)
     pub snapshot1: String,
     pub snapshot2: String,
     #[command(flatten)]
@@ -868,7 +868,7 @@ pub enum RepairCommand {
 
 #[derive(Args, Debug)]
 pub struct DumpArgs {
-    /// Snapshot id, unique prefix, or `latest` (the newest matching --host/--path/--tag)
+    /// Snapshot id, unique prefix, or `latest` (the newest matching --host/--path/--tag; `latest~1` the one before)
     pub snapshot: String,
     #[command(flatten)]
     pub filter: SnapshotFilter,

@@ -116,6 +116,39 @@ fn overwrite_modes() {
     assert!(stderr(&o).contains("sometimes"));
 }
 
+/// Symlinks follow --overwrite like files: if-changed keeps a link that points where the
+/// snapshot's does (not counted as replaced) and replaces one that points elsewhere; never
+/// keeps both.
+#[test]
+fn overwrite_modes_apply_to_symlinks() {
+    let e = Env::init();
+    let src = e.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("a.txt"), "alpha\n").unwrap();
+    symlink("a.txt", src.join("same")).unwrap();
+    symlink("a.txt", src.join("moved")).unwrap();
+    e.ok(&["backup", "-q", src.to_str().unwrap()]);
+    let t = e.path("t");
+    restore(&e, &t, &[]);
+    let base = t.join(src.strip_prefix("/").unwrap());
+    fs::remove_file(base.join("moved")).unwrap();
+    symlink("elsewhere", base.join("moved")).unwrap();
+    let ino = fs::symlink_metadata(base.join("same")).unwrap().ino();
+
+    let v = restore(&e, &t, &["--overwrite", "never"]);
+    assert_eq!(v["replaced"], 0, "{v}");
+    assert_eq!(fs::read_link(base.join("moved")).unwrap(), Path::new("elsewhere"));
+
+    let v = restore(&e, &t, &["--overwrite", "if-changed"]);
+    assert_eq!(v["replaced"], 1, "only the link that points elsewhere: {v}");
+    assert_eq!(fs::read_link(base.join("moved")).unwrap(), Path::new("a.txt"));
+    assert_eq!(
+        fs::symlink_metadata(base.join("same")).unwrap().ino(),
+        ino,
+        "kept"
+    );
+}
+
 #[test]
 fn delete_makes_the_target_match_and_verify_reads_back() {
     let (e, src) = backed_up();

@@ -245,7 +245,7 @@ impl Restorer<'_> {
         if rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).is_err() {
             return RestoreAction::Create;
         }
-        if node.kind != NodeKind::File {
+        if !matches!(node.kind, NodeKind::File | NodeKind::Symlink) {
             return RestoreAction::Replace;
         }
         match self.keep_existing(dir, node) {
@@ -565,6 +565,12 @@ impl Restorer<'_> {
                 let theirs = (st.st_mtime as i64, st.st_mtime_nsec as u32);
                 ((node.mtime.s, node.mtime.ns) <= theirs).then_some(false)
             }
+            Overwrite::IfChanged if node.kind == NodeKind::Symlink => {
+                let same = FileType::from_raw_mode(st.st_mode) == FileType::Symlink
+                    && rustix::fs::readlinkat(dir, name, Vec::new())
+                        .is_ok_and(|t| Some(t.as_bytes()) == node.target.as_ref().map(|t| t.0.as_slice()));
+                same.then_some(true)
+            }
             Overwrite::IfChanged => {
                 let same = FileType::from_raw_mode(st.st_mode) == FileType::RegularFile
                     && st.st_size as u64 == node.size
@@ -748,6 +754,16 @@ impl Restorer<'_> {
         let name = OsStr::from_bytes(&node.name.0);
         let io = |e: Errno| Error::io(node.name.to_string(), errno_io(e));
         let target = node.target.as_ref().map(|t| t.0.as_slice()).unwrap_or_default();
+        // --overwrite if-changed / if-newer / never: the same link (or one to be left) stays
+        if let Some(set_meta) = self.keep_existing(dir, node) {
+            self.act(RestoreAction::Keep, rel, &node.name.0);
+            self.st().skipped += 1;
+            if set_meta {
+                self.set_meta_path(dir, node)
+                    .map_err(|e| Error::io(node.name.to_string(), e))?;
+            }
+            return Ok(());
+        }
         self.clear(dir, node, rel).map_err(io)?;
         rustix::fs::symlinkat(OsStr::from_bytes(target), dir, name).map_err(io)?;
         self.set_meta_path(dir, node)

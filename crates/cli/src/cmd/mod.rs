@@ -133,13 +133,23 @@ const LATEST_MAX_SKEW_SECS: i64 = coffer_core::backup::MAX_CLOCK_SKEW_SECS;
 
 /// Resolve SNAPSHOT for a command that reads one: `latest` is the newest readable snapshot
 /// that matches the filter (never one dated more than 10 minutes in the future, which is
-/// named in a warning); an id or unique prefix must match the filter too.
+/// named in a warning), `latest~N` the one N before it; an id or unique prefix must match
+/// the filter too.
 pub fn resolve_snapshot(
     repo: &Repository,
     spec: &str,
     filter: &crate::cli::SnapshotFilter,
 ) -> Result<(coffer_core::format::SnapshotId, Snapshot)> {
-    if spec != "latest" {
+    let back = match spec.strip_prefix("latest~") {
+        Some(n) => n.parse::<usize>().map_err(|_| {
+            coffer_core::Error::Usage(format!(
+                "{spec:?}: latest~N takes a whole number (latest~1 is the one before latest)"
+            ))
+        })?,
+        None if spec == "latest" => 0,
+        None => usize::MAX,
+    };
+    if back == usize::MAX {
         let (id, snap) = repo.find_snapshot(spec)?;
         if !filter.matches(&snap) {
             return Err(coffer_core::Error::Usage(format!(
@@ -181,6 +191,22 @@ pub fn resolve_snapshot(
         );
     }
     drop(groups);
+    if back > 0 {
+        let n = matching.len();
+        return match n.checked_sub(back + 1) {
+            Some(i) => Ok(matching.swap_remove(i)),
+            None => Err(coffer_core::Error::NotFound(format!(
+                "{spec}: only {n} snapshot(s){} in {}",
+                if filter.is_empty() {
+                    ""
+                } else {
+                    " match --host/--path/--tag"
+                },
+                repo.backend().location()
+            ))
+            .into()),
+        };
+    }
     matching.pop().ok_or_else(|| {
         let what = if filter.is_empty() {
             String::new()
@@ -1134,5 +1160,14 @@ mod tests {
         // within the allowed skew, the newest is still latest
         let (_, s) = resolve_snapshot(&repo, "latest", &SnapshotFilter::default()).unwrap();
         assert_eq!(s.hostname, "db1");
+        // latest~N counts back among the matching ones (the future one is not counted)
+        let (id, _) = resolve_snapshot(&repo, "latest~1", &SnapshotFilter::default()).unwrap();
+        assert_eq!(id, honest);
+        let (id, _) = resolve_snapshot(&repo, "latest~0", &web1).unwrap();
+        assert_eq!(id, honest);
+        let e = resolve_snapshot(&repo, "latest~1", &web1).unwrap_err();
+        assert!(e.to_string().contains("only 1 snapshot(s) match"), "{e}");
+        let e = resolve_snapshot(&repo, "latest~x", &web1).unwrap_err();
+        assert!(e.to_string().contains("whole number"), "{e}");
     }
 }
