@@ -52,6 +52,25 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub repositories: BTreeMap<String, Repository>,
     pub jobs: BTreeMap<String, Job>,
+    /// Jobs set on a coffer server, and what they may do here (`[managed]`).
+    pub managed: Option<Managed>,
+}
+
+/// `[managed]`: the agent takes job definitions from a coffer server, within these bounds.
+/// Hooks, commands, password sources and database connections never come from the server:
+/// they have no place in a managed job (see `coffer_wire::JobSpec`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Managed {
+    /// The repository (on a coffer server) whose server sets the jobs; its token is the
+    /// agent's credential there.
+    pub server: String,
+    /// The repositories managed jobs may back up to (default: `server` only).
+    pub to: Vec<String>,
+    /// What managed jobs may back up: each of their paths must be one of these or below one.
+    pub paths: Vec<PathBuf>,
+    /// Whether managed jobs may dump databases (with this file's connection settings: none
+    /// come from the server).
+    pub databases: bool,
 }
 
 /// A repository and how to open it.
@@ -248,6 +267,18 @@ struct RawConfig {
     repository: BTreeMap<Spanned<String>, Spanned<RawRepository>>,
     #[serde(default)]
     job: BTreeMap<Spanned<String>, Spanned<RawJob>>,
+    managed: Option<Spanned<RawManaged>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawManaged {
+    server: Spanned<String>,
+    to: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    paths: Vec<Spanned<PathBuf>>,
+    #[serde(default)]
+    databases: bool,
 }
 
 #[derive(Deserialize, Default)]
@@ -877,12 +908,51 @@ impl Config {
             let job = c.job(name.clone(), j.span(), j.get_ref(), &repositories)?;
             jobs.insert(name, job);
         }
+        let managed = match &raw.managed {
+            None => None,
+            Some(m) => {
+                let m = m.get_ref();
+                let server =
+                    c.repo_names("managed server", std::slice::from_ref(&m.server), &repositories)?;
+                let server = server.into_iter().next().unwrap_or_default();
+                if !repositories[&server].is_server() {
+                    return Err(c.at(
+                        m.server.span(),
+                        format!(
+                            "managed server: repository {server:?} is not on a coffer server (https://...)"
+                        ),
+                    ));
+                }
+                let to = match &m.to {
+                    Some(to) => c.repo_names("managed to", to, &repositories)?,
+                    None => vec![server.clone()],
+                };
+                let mut paths = Vec::new();
+                for p in &m.paths {
+                    let abs = c.absolute("managed path", p)?;
+                    if abs
+                        .components()
+                        .any(|c| matches!(c, std::path::Component::ParentDir | std::path::Component::CurDir))
+                    {
+                        return Err(c.at(p.span(), "managed path: no . or .. in it"));
+                    }
+                    paths.push(abs);
+                }
+                Some(Managed {
+                    server,
+                    to,
+                    paths,
+                    databases: m.databases,
+                })
+            }
+        };
         Ok(Config {
             path: path.to_path_buf(),
             host,
             state_dir,
             repositories,
             jobs,
+            managed,
         })
     }
 

@@ -3,12 +3,14 @@
 //! `check` runs it stands for; this crate says what they are and when they are due.
 
 mod config;
+mod managed;
 mod schedule;
 mod state;
 
 pub use config::{
-    default_state_dir, Check, Config, ConfigError, Databases, DbConnection, IoClass, Job, Limits, Repository,
-    Retention, DEFAULT_PATH,
+    default_state_dir, Check, Config, ConfigError, Databases, DbConnection, IoClass, Job, Limits, Managed,
+    Repository, Retention, DEFAULT_PATH,
 };
+pub use managed::{screen, Screened};
 pub use schedule::{show, utc, Schedule, Zone};
 pub use state::{JobLock, JobState, LastRun, LockError, StateDir};

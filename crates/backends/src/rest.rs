@@ -25,6 +25,8 @@ use zeroize::Zeroizing;
 type BResult<T> = Result<T, BackendError>;
 
 const ATTEMPTS: u32 = 8;
+/// The largest answer to an agent's poll taken (a client's jobs are a few KiB).
+const MAX_AGENT_POLL: usize = 4 << 20;
 
 /// How to reach a coffer server: where its CA certificate and the token are.
 #[derive(Clone, Debug, Default)]
@@ -208,6 +210,38 @@ impl RestBackend {
             Ok(())
         } else {
             Err(self.fail("run report", s, &b))
+        }
+    }
+
+    /// The agent's poll (`GET /REPO/agent?since=G&wait=S`, see `coffer_wire`): the answer's
+    /// JSON, or `None` when nothing changed within `wait` seconds. One request, no retries
+    /// (the agent polls again on its own).
+    pub fn agent_poll(&self, since: i64, wait: u64) -> BResult<Option<Vec<u8>>> {
+        let url = format!("{}/{}/agent?since={since}&wait={wait}", self.base, self.repo);
+        let what = "agent poll";
+        let req = self
+            .client
+            .get(&url)
+            .bearer_auth(self.token.as_str())
+            .timeout(Duration::from_secs(wait + 30));
+        let r = self.rt.block_on(async {
+            let mut r = req.send().await?;
+            let status = r.status();
+            let mut body = Vec::new();
+            while let Some(chunk) = r.chunk().await? {
+                if body.len() + chunk.len() > MAX_AGENT_POLL {
+                    return Ok(Err(format!("an answer larger than {MAX_AGENT_POLL} bytes")));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok::<_, reqwest::Error>(Ok((status, body)))
+        });
+        match r {
+            Ok(Err(too_large)) => Err(self.io(what, too_large, false)),
+            Ok(Ok((StatusCode::NO_CONTENT, _))) => Ok(None),
+            Ok(Ok((s, b))) if s.is_success() => Ok(Some(b)),
+            Ok(Ok((s, b))) => Err(self.fail(what, s, &b)),
+            Err(e) => Err(self.io(what, error_chain(&e), true)),
         }
     }
 

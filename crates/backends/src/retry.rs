@@ -37,10 +37,13 @@ impl Policy {
         self.retries + 1
     }
 
+    /// Jitter adds up to the wait itself: the base is half, so each wait lies between half
+    /// and all of the policy's (a fleet retrying after a server restart spreads out, and a
+    /// dead server is not waited on longer than the policy says).
     fn backoff(&self) -> ExponentialBuilder {
         ExponentialBuilder::new()
-            .with_min_delay(self.first)
-            .with_max_delay(self.longest)
+            .with_min_delay(self.first / 2)
+            .with_max_delay(self.longest / 2)
             .with_max_times(self.retries)
             .with_jitter()
     }

@@ -425,6 +425,68 @@ pub enum ServerOperatorCommand {
     },
 }
 
+#[derive(Args, Debug)]
+pub struct ServerJobSetArgs {
+    pub client: String,
+    pub job: String,
+    /// A path to back up (repeatable; each must be allowed by the client's [managed] paths)
+    #[arg(long = "path", value_name = "PATH")]
+    pub paths: Vec<String>,
+    /// The repositories (names in the client's configuration) to back up to (repeatable)
+    #[arg(long = "to", value_name = "REPO", required = true)]
+    pub to: Vec<String>,
+    #[arg(long, value_name = "PATTERN")]
+    pub exclude: Vec<String>,
+    #[arg(long)]
+    pub exclude_caches: bool,
+    #[arg(long)]
+    pub one_file_system: bool,
+    #[arg(long = "tag", value_name = "TAG")]
+    pub tags: Vec<String>,
+    /// MariaDB/MySQL databases: all, or NAME,NAME
+    #[arg(long, value_name = "all|DB,...")]
+    pub mysql: Option<String>,
+    /// PostgreSQL databases: all, or NAME,NAME
+    #[arg(long, value_name = "all|DB,...")]
+    pub postgres: Option<String>,
+    /// When it runs: a cron expression, e.g. "30 2 * * *"; without it, only when asked
+    /// (`coffer server client run`)
+    #[arg(long, value_name = "CRON")]
+    pub schedule: Option<String>,
+    /// The schedule's time zone (default: the client's)
+    #[arg(long, value_name = "ZONE", requires = "schedule")]
+    pub timezone: Option<String>,
+    /// Spread the fleet: each host starts at its own fixed point in this window
+    #[arg(long, value_name = "DURATION", value_parser = duration_arg, requires = "schedule")]
+    pub random_delay: Option<String>,
+    #[arg(long, value_name = "N")]
+    pub keep_last: Option<u32>,
+    #[arg(long, value_name = "N")]
+    pub keep_daily: Option<u32>,
+    #[arg(long, value_name = "N")]
+    pub keep_weekly: Option<u32>,
+    #[arg(long, value_name = "N")]
+    pub keep_monthly: Option<u32>,
+    #[arg(long, value_name = "N")]
+    pub keep_yearly: Option<u32>,
+    /// The check's schedule (cron)
+    #[arg(long, value_name = "CRON")]
+    pub check_schedule: Option<String>,
+    /// What share of the data each check reads (N/M or P%)
+    #[arg(long, value_name = "SUBSET", requires = "check_schedule")]
+    pub read_data_subset: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ServerJobCommand {
+    /// Set (add or replace) a managed job of a client
+    Set(Box<ServerJobSetArgs>),
+    /// List a client's managed jobs (--json for their definitions)
+    List { client: String },
+    /// Remove a client's managed job
+    Remove { client: String, job: String },
+}
+
 #[derive(Subcommand, Debug)]
 pub enum ServerClientCommand {
     /// Add a client; prints its token once, alone on stdout
@@ -445,6 +507,20 @@ pub enum ServerClientCommand {
     /// once its files are known good or restored: the alarm closes and retention of its
     /// repository, paused until now, resumes
     Ack { name: String },
+    /// Jobs the client's agent takes from this server: its configuration's [managed] section
+    /// says which paths, destinations and databases they may name (hooks and commands never
+    /// come from here)
+    #[command(subcommand)]
+    Job(ServerJobCommand),
+    /// Ask the client's agent to run a job now ("back up now"): it starts within seconds
+    /// and reports like every run
+    Run {
+        name: String,
+        job: String,
+        /// The job's check instead of its backup
+        #[arg(long)]
+        check: bool,
+    },
     /// Say when the client's backups are expected: the server raises the alarm when one
     /// does not arrive (judged by its own clock)
     Expect {
@@ -915,7 +991,8 @@ pub fn public_url_arg(s: &str) -> Result<String, String> {
         .strip_prefix("https://")
         .ok_or_else(|| format!("{s:?}: the address must start with https://"))?;
     let rest = rest.trim_end_matches('/');
-    if rest.is_empty() || rest.contains('/') || rest.contains(char::is_whitespace) {
+    let host_chars = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']');
+    if rest.is_empty() || !rest.chars().all(host_chars) {
         return Err(format!(
             "{s:?}: give https://HOST or https://HOST:PORT, without a path"
         ));

@@ -313,6 +313,29 @@ schedule = "*/4 * * * * *"
 
     // the agent runs both jobs to both repositories
     let mut agent = Agent::start(dir, &config, 1);
+    // a second agent on the same state directory refuses to start (it would run every
+    // job twice and tidy away the versions the first one's runs read)
+    let mut second = coffer(dir, &config)
+        .arg("agent")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(st) = second.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = second.kill();
+            panic!("a second agent kept running");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut said = String::new();
+    std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut said).unwrap();
+    assert_eq!(status.code(), Some(2), "{said}");
+    assert!(said.contains("another coffer agent runs"), "{said}");
     // (runs read the configuration the agent accepted, a copy in its state directory, which
     // so names every run and step on their command lines)
     let needle = dir.join("state/agent/coffer-").to_str().unwrap().to_string();
@@ -738,4 +761,275 @@ fn broken_configurations_stop_every_command_with_one_line() {
     let o = run(dir, &dir.join("missing.toml"), &["run", "x"]);
     assert_eq!(code(&o), 2, "{}", stderr(&o));
     assert!(stderr(&o).contains("missing.toml: cannot read"), "{}", stderr(&o));
+}
+
+/// The server's catalog, read as the test's witness of what reached it.
+fn server_runs(server: &ServerProc, sql_where: &str) -> Vec<(String, String, String, String)> {
+    let db = rusqlite::Connection::open(server.data.join("server.db")).unwrap();
+    db.busy_timeout(Duration::from_secs(10)).unwrap();
+    let mut st = db
+        .prepare(&format!(
+            "SELECT kind, status, job, messages FROM runs WHERE client = 'web1' AND {sql_where} ORDER BY id"
+        ))
+        .unwrap();
+    st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+/// Managed jobs (issue 28 items 4 and 5): the operator sets a job on the server and the
+/// agent runs it; a change of its paths is taken within one poll; a job outside the local
+/// `[managed]` bounds, and one with a hook (written straight into the catalog, as a server
+/// that was broken into would send it), are refused alone and reported, and never run; a run
+/// asked for on the server ("back up now") starts within seconds and is reported.
+#[test]
+fn managed_jobs_come_from_the_server_within_local_bounds_and_run_when_asked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let config = dir.join("coffer.toml");
+    let server = ServerProc::start(&dir.join("server"), &[]);
+    let token = server.add_client("web1", "web1", "append");
+    fs::write(dir.join("web1.token"), format!("{token}\n")).unwrap();
+    let (www, etc, secret) = (dir.join("www"), dir.join("etc"), dir.join("secret"));
+    for (d, f) in [(&www, "index.php"), (&etc, "nginx.conf"), (&secret, "shadow")] {
+        fs::create_dir_all(d).unwrap();
+        fs::write(d.join(f), format!("{f} of the test\n")).unwrap();
+    }
+    let pwned = dir.join("pwned");
+    let cfg = format!(
+        r#"
+[agent]
+host = "web1"
+state_dir = "{dir}/state"
+
+[repository.company]
+location = "{url}"
+password_file = "{dir}/company.key"
+token_file = "{dir}/web1.token"
+cacert = "{cacert}"
+
+[managed]
+server = "company"
+paths = ["{www}", "{etc}"]
+"#,
+        dir = dir.display(),
+        url = server.url("web1"),
+        cacert = server.cacert.display(),
+        www = www.display(),
+        etc = etc.display(),
+    );
+    fs::write(&config, cfg).unwrap();
+    let key = format!("{}/company.key", dir.display());
+    ok(dir, &config, &["key", "generate", "-q", "-o", &key]);
+    ok(dir, &config, &["--repo-name", "company", "init", "-q"]);
+    let set = |job: &str, path: &Path, schedule: Option<&str>| {
+        let mut args = vec![
+            "client",
+            "job",
+            "set",
+            "web1",
+            job,
+            "--path",
+            path.to_str().unwrap(),
+            "--to",
+            "company",
+        ];
+        if let Some(s) = schedule {
+            args.extend(["--schedule", s]);
+        }
+        server.admin_ok(&args);
+    };
+    let paths_of = |job: &str| -> Vec<serde_json::Value> {
+        snapshots(dir, &config, "company", job)
+            .into_iter()
+            .map(|s| s["paths"].clone())
+            .collect()
+    };
+    set("site", &www, Some("*/2 * * * * *"));
+    let agent = Agent::start(dir, &config, 1);
+    wait_for(
+        "a snapshot of the managed job",
+        Duration::from_secs(60),
+        || paths_of("site").contains(&serde_json::json!([www])),
+        || agent.log(),
+    );
+    // the operator changes its paths on the server: taken within one poll
+    set("site", &etc, Some("*/2 * * * * *"));
+    wait_for(
+        "a snapshot of the job's new path",
+        Duration::from_secs(30),
+        || paths_of("site").contains(&serde_json::json!([etc])),
+        || agent.log(),
+    );
+
+    // a path outside [managed] paths: refused alone and reported (the client turns FAILED)
+    set("grab", &secret, Some("*/2 * * * * *"));
+    wait_for(
+        "the refusal of job grab to reach the server",
+        Duration::from_secs(30),
+        || {
+            server_runs(&server, "kind = 'config' AND status = 'failed'")
+                .iter()
+                .any(|r| {
+                    r.3.contains("managed job grab: path") && r.3.contains("is not one this machine lets")
+                })
+        },
+        || agent.log(),
+    );
+    let status = String::from_utf8_lossy(&server.admin(&["status"]).stdout).to_string();
+    assert!(
+        status.contains("FAILED") && status.contains("managed job grab"),
+        "{status}"
+    );
+    // a job with a hook, as a server that was broken into would send it
+    {
+        let db = rusqlite::Connection::open(server.data.join("server.db")).unwrap();
+        db.busy_timeout(Duration::from_secs(10)).unwrap();
+        let spec = serde_json::json!({
+            "name": "hook", "paths": [www], "to": ["company"], "schedule": "*/2 * * * * *",
+            "before": format!("touch {}", pwned.display()),
+        });
+        db.execute(
+            "INSERT INTO jobs (client, name, spec, updated) VALUES ('web1', 'hook', ?1, 0)",
+            [spec.to_string()],
+        )
+        .unwrap();
+        db.execute_batch(
+            "UPDATE job_generations SET generation = generation + 1 WHERE client = 'web1';
+             UPDATE agent_seq SET seq = seq + 1;",
+        )
+        .unwrap();
+    }
+    wait_for(
+        "the refusal of job hook to reach the server",
+        Duration::from_secs(30),
+        || {
+            server_runs(&server, "kind = 'config' AND status = 'failed'")
+                .iter()
+                .any(|r| r.3.contains("managed job hook: unknown field `before`"))
+        },
+        || agent.log(),
+    );
+    // (the site job goes on meanwhile: the refusals are of the bad jobs alone)
+    let n = paths_of("site").len();
+    wait_for(
+        "the site job to go on beside the refused ones",
+        Duration::from_secs(30),
+        || paths_of("site").len() > n,
+        || agent.log(),
+    );
+    assert!(
+        paths_of("grab").is_empty() && paths_of("hook").is_empty(),
+        "a refused job ran"
+    );
+    assert!(!pwned.exists(), "the server's hook ran on the client");
+
+    // back up now: a job with no schedule runs when asked, and is reported within seconds
+    server.admin_ok(&["client", "job", "remove", "web1", "grab"]);
+    set("ondemand", &www, None);
+    wait_for(
+        "the on-demand job to be taken",
+        Duration::from_secs(30),
+        || agent.log().contains("(ondemand, site)") || agent.log().contains("(site, ondemand)"),
+        || agent.log(),
+    );
+    assert!(
+        paths_of("ondemand").is_empty(),
+        "an unscheduled job ran by itself"
+    );
+    let asked = Instant::now();
+    server.admin_ok(&["client", "run", "web1", "ondemand"]);
+    wait_for(
+        "the asked-for run's report",
+        Duration::from_secs(10),
+        || {
+            server_runs(&server, "kind = 'backup' AND job = 'ondemand'")
+                .iter()
+                .any(|r| r.1 == "ok")
+        },
+        || agent.log(),
+    );
+    eprintln!(
+        "back up now: reported {:.1} s after it was asked for",
+        asked.elapsed().as_secs_f64()
+    );
+    assert_eq!(paths_of("ondemand"), vec![serde_json::json!([www])]);
+
+    // "Back up now" from the console: a real session, and the form's CSRF token
+    let pw = server.admin_ok(&["operator", "add", "alice"]).trim().to_string();
+    let exchange = |head: String, body: String| {
+        common::server::raw_exchange(server.port, &server.cacert, &head, body.as_bytes()).expect("an answer")
+    };
+    let post = |path: &str, body: String, cookie: &str| {
+        exchange(
+            format!(
+                "POST {path} HTTP/1.1\nHost: 127.0.0.1\nConnection: close\nContent-Type: application/x-www-form-urlencoded\nContent-Length: {}{cookie}",
+                body.len()
+            ),
+            body,
+        )
+    };
+    let (head, _) = post("/console/login", format!("name=alice&password={pw}"), "");
+    let session = head
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: coffer_session="))
+        .and_then(|v| v.split(';').next())
+        .unwrap_or_else(|| panic!("no session: {head}"))
+        .to_string();
+    let cookie = format!("\nCookie: coffer_session={session}");
+    let (_, page) = exchange(
+        format!("GET /console/client/web1 HTTP/1.1\nHost: 127.0.0.1\nConnection: close{cookie}"),
+        String::new(),
+    );
+    assert!(
+        page.contains("data-job=\"ondemand\"") && page.contains("Back up now"),
+        "{page}"
+    );
+    let csrf = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap()
+        .to_string();
+    let (head, _) = post(
+        "/console/client/web1/run",
+        "csrf=forged&job=ondemand".into(),
+        &cookie,
+    );
+    assert!(head.starts_with("HTTP/1.1 403"), "a forged form: {head}");
+    let asked = Instant::now();
+    let (head, _) = post(
+        "/console/client/web1/run",
+        format!("csrf={csrf}&job=ondemand"),
+        &cookie,
+    );
+    assert!(head.starts_with("HTTP/1.1 303"), "{head}");
+    wait_for(
+        "the run asked for in the console to be reported",
+        Duration::from_secs(10),
+        || {
+            server_runs(&server, "kind = 'backup' AND job = 'ondemand'")
+                .iter()
+                .filter(|r| r.1 == "ok")
+                .count()
+                == 2
+        },
+        || agent.log(),
+    );
+    eprintln!(
+        "back up now (console): reported {:.1} s after the form was sent",
+        asked.elapsed().as_secs_f64()
+    );
+    let (_, page) = exchange(
+        format!("GET /console/client/web1 HTTP/1.1\nHost: 127.0.0.1\nConnection: close{cookie}"),
+        String::new(),
+    );
+    assert!(
+        page.contains("alice (console)"),
+        "the request shows who asked: {page}"
+    );
+    drop(agent);
+    let o = run(dir, &config, &["--repo-name", "company", "check"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
 }

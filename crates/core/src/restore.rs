@@ -565,11 +565,13 @@ impl Restorer<'_> {
                 let theirs = (st.st_mtime as i64, st.st_mtime_nsec as u32);
                 ((node.mtime.s, node.mtime.ns) <= theirs).then_some(false)
             }
+            // a link that points where the snapshot's does is left as it is, owner and time
+            // included (setting them by name could reach whatever replaced it meanwhile)
             Overwrite::IfChanged if node.kind == NodeKind::Symlink => {
                 let same = FileType::from_raw_mode(st.st_mode) == FileType::Symlink
                     && rustix::fs::readlinkat(dir, name, Vec::new())
                         .is_ok_and(|t| Some(t.as_bytes()) == node.target.as_ref().map(|t| t.0.as_slice()));
-                same.then_some(true)
+                same.then_some(false)
             }
             Overwrite::IfChanged => {
                 let same = FileType::from_raw_mode(st.st_mode) == FileType::RegularFile

@@ -131,6 +131,34 @@ const MIGRATIONS: &[&str] = &[
         acked INTEGER,
         detail TEXT NOT NULL
      );",
+    // 5: managed jobs (set here, taken by the client's agent), runs asked for from here, and
+    //    one counter that every such change moves (what waiting agent polls watch)
+    "CREATE TABLE jobs (
+        client TEXT NOT NULL,
+        name TEXT NOT NULL,
+        spec TEXT NOT NULL,
+        updated INTEGER NOT NULL,
+        PRIMARY KEY (client, name)
+     );
+     CREATE TABLE job_generations (
+        client TEXT PRIMARY KEY,
+        generation INTEGER NOT NULL
+     );
+     CREATE TABLE run_requests (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        client TEXT NOT NULL,
+        job TEXT NOT NULL,
+        is_check INTEGER NOT NULL,
+        requested INTEGER NOT NULL,
+        by_whom TEXT NOT NULL,
+        taken INTEGER
+     );
+     CREATE INDEX run_requests_client ON run_requests (client, taken);
+     CREATE TABLE agent_seq (
+        one INTEGER PRIMARY KEY CHECK (one = 1),
+        seq INTEGER NOT NULL
+     );
+     INSERT INTO agent_seq VALUES (1, 0);",
 ];
 
 /// What a client may do with its repository.

@@ -39,6 +39,7 @@ pub fn router(server: Arc<Server>) -> Router {
         .route("/console/link/{token}", get(link_login))
         .route("/console/logout", post(logout))
         .route("/console/client/{name}", get(client_page))
+        .route("/console/client/{name}/run", post(run_now))
         .route("/console/alerts", get(alerts_page))
         .route("/console/style.css", get(style))
         .with_state(server)
@@ -292,6 +293,7 @@ impl Table {
 
     /// One row: `attrs` for the `<tr>`, the cells as HTML (escaped by the caller).
     fn row(&mut self, attrs: &str, cells: &[String]) {
+        debug_assert_eq!(cells.len(), self.cols.len(), "one cell per column");
         self.html.push_str(&format!("<tr{attrs}>"));
         for ((label, class), cell) in self.cols.iter().zip(cells) {
             if class.contains("lead") || class.contains("problem") {
@@ -391,6 +393,12 @@ struct LoginForm {
 #[derive(Deserialize)]
 struct CsrfForm {
     csrf: String,
+}
+
+#[derive(Deserialize)]
+struct RunForm {
+    csrf: String,
+    job: String,
 }
 
 /// A POST must come from this origin (a browser sends `Origin` with every form POST).
@@ -596,10 +604,15 @@ async fn client_page(State(s): St, w: Who, UrlPath(name): UrlPath<String>) -> Re
                 .incidents(Some(&format!("repository {}", client.repo)), 20)?,
         );
         incidents.sort_by_key(|i| std::cmp::Reverse(i.opened));
-        Ok(Some((now, client, status, runs, snaps, verify, incidents)))
+        let jobs = JobsView {
+            managed: server.catalog.jobs(&n2)?.1,
+            announced: server.catalog.announced(&n2)?,
+            requests: server.catalog.run_requests(&n2, 10)?,
+        };
+        Ok(Some((now, client, status, runs, snaps, verify, incidents, jobs)))
     })
     .await;
-    let (now, client, status, runs, snaps, verify, incidents) = match r {
+    let (now, client, status, runs, snaps, verify, incidents, jobs) = match r {
         Ok(Some(x)) => x,
         Ok(None) => return error_page(StatusCode::NOT_FOUND, &format!("no client {name:?}")),
         Err(e) => return internal(e),
@@ -637,6 +650,7 @@ async fn client_page(State(s): St, w: Who, UrlPath(name): UrlPath<String>) -> Re
             String::new()
         }
     ));
+    b.push_str(&jobs_section(&client.name, &w, &jobs, &runs, now));
     let mut t = Table::new(
         "runs",
         &[
@@ -725,6 +739,151 @@ async fn client_page(State(s): St, w: Who, UrlPath(name): UrlPath<String>) -> Re
         StatusCode::OK,
         page(&format!("coffer: {}", client.name), Some(&w), &b),
     )
+}
+
+/// What the client page shows of a client's jobs.
+struct JobsView {
+    managed: Vec<crate::jobs::StoredJob>,
+    /// (job, next due, report received, took ms) from the agent's reports.
+    announced: Vec<(String, i64, i64, u64)>,
+    requests: Vec<crate::jobs::Requested>,
+}
+
+/// The client's jobs (set here, or announced by its agent), each with its schedule, next
+/// expected backup, last result and a "Back up now" button; then the runs asked for.
+fn jobs_section(client: &str, w: &Who, v: &JobsView, runs: &[crate::records::Run], now: i64) -> String {
+    let mut names: Vec<String> = v.managed.iter().map(|j| j.spec.name.clone()).collect();
+    for (job, ..) in &v.announced {
+        if !names.contains(job) {
+            names.push(job.clone());
+        }
+    }
+    for r in runs {
+        if !r.report.job.is_empty() && !names.contains(&r.report.job) {
+            names.push(r.report.job.clone());
+        }
+    }
+    let mut t = Table::new(
+        "jobs",
+        &[
+            ("Job", "lead"),
+            ("Set", ""),
+            ("Schedule", ""),
+            ("Next expected", ""),
+            ("Last backup", ""),
+            ("", "lead"),
+        ],
+    );
+    for name in &names {
+        let managed = v.managed.iter().find(|j| &j.spec.name == name);
+        let schedule = match managed {
+            Some(j) => j
+                .spec
+                .schedule
+                .as_deref()
+                .map(|s| format!("<code>{}</code>", esc(s)))
+                .unwrap_or_else(|| "on request".into()),
+            None => "(the client's file)".into(),
+        };
+        let next = v
+            .announced
+            .iter()
+            .find(|(j, ..)| j == name)
+            .map(|(_, due, ..)| fmt_time(*due))
+            .unwrap_or_else(|| "–".into());
+        let last = runs
+            .iter()
+            .find(|r| &r.report.job == name && r.report.kind == "backup")
+            .map(|r| {
+                format!(
+                    "<span class=\"badge {}\">{}</span> {}",
+                    match r.report.status {
+                        RunStatus::Ok => "ok",
+                        RunStatus::Warning => "warning",
+                        RunStatus::Failed => "failed",
+                    },
+                    r.report.status.as_str(),
+                    age(now, r.received)
+                )
+            })
+            .unwrap_or_else(|| "–".into());
+        let button = format!(
+            "<form method=\"post\" action=\"/console/client/{}/run\"><input type=\"hidden\" name=\"csrf\" value=\"{}\">\
+             <input type=\"hidden\" name=\"job\" value=\"{}\"><button type=\"submit\">Back up now</button></form>",
+            seg(client),
+            esc(&w.csrf),
+            esc(name)
+        );
+        t.row(
+            &format!(" data-job=\"{}\"", esc(name)),
+            &[
+                esc(name),
+                if managed.is_some() { "here" } else { "client" }.to_string(),
+                schedule,
+                next,
+                last,
+                button,
+            ],
+        );
+    }
+    let mut b = String::from("<h2>Jobs</h2>");
+    b.push_str(&t.finish(
+        names.len(),
+        "No job known: set one with `coffer server client job set`, or run the client's agent.",
+    ));
+    if !v.requests.is_empty() {
+        let mut t = Table::new(
+            "requests",
+            &[("Asked", ""), ("Job", ""), ("By", ""), ("Taken by the agent", "")],
+        );
+        for r in &v.requests {
+            t.row(
+                &format!(" data-request=\"{}\"", r.id),
+                &[
+                    fmt_time(r.requested),
+                    format!("{}{}", esc(&r.job), if r.check { " (check)" } else { "" }),
+                    esc(&r.by),
+                    r.taken
+                        .map(fmt_time)
+                        .unwrap_or_else(|| "waiting for the agent".into()),
+                ],
+            );
+        }
+        b.push_str("<h2>Runs asked for</h2>");
+        b.push_str(&t.finish(v.requests.len(), ""));
+    }
+    b
+}
+
+/// "Back up now": a run request for the client's agent (CSRF-checked form).
+async fn run_now(
+    State(s): St,
+    w: Who,
+    headers: HeaderMap,
+    UrlPath(name): UrlPath<String>,
+    Form(f): Form<RunForm>,
+) -> Response {
+    if f.csrf != w.csrf || !same_origin(&headers) {
+        return error_page(StatusCode::FORBIDDEN, "invalid form token; reload the page");
+    }
+    let server = s.clone();
+    let (n2, job, by) = (name.clone(), f.job.clone(), format!("{} (console)", w.operator));
+    let r = blocking(move || {
+        if server.catalog.client(&n2)?.is_none() {
+            return Ok(None);
+        }
+        server
+            .catalog
+            .request_run(&n2, &job, false, &by, server.now())
+            .map(Some)
+    })
+    .await;
+    match r {
+        Ok(Some(_)) => redirect(&format!("/console/client/{}#requests", seg(&name))),
+        Ok(None) => error_page(StatusCode::NOT_FOUND, &format!("no client {name:?}")),
+        Err(ServerError::Invalid(m)) => error_page(StatusCode::BAD_REQUEST, &m),
+        Err(e) => internal(e),
+    }
 }
 
 fn incident_table(incidents: &[crate::records::Incident]) -> String {

@@ -81,6 +81,10 @@ struct AppState {
     /// Upload slots by client name (see [`Limits::max_uploads_per_client`]).
     client_uploads: std::sync::Mutex<std::collections::HashMap<String, Arc<Semaphore>>>,
     limits: Limits,
+    /// Moves when a managed job or a run request may have changed (the catalog's agent
+    /// counter, read once a second by one task while agents poll).
+    agent_wake: tokio::sync::watch::Sender<i64>,
+    agent_ticker: std::sync::Once,
 }
 
 type St = State<Arc<AppState>>;
@@ -138,12 +142,15 @@ pub fn router(server: Arc<Server>, limits: Limits) -> Router {
         uploads: Semaphore::new(limits.max_uploads),
         client_uploads: Default::default(),
         limits,
+        agent_wake: tokio::sync::watch::channel(0).0,
+        agent_ticker: std::sync::Once::new(),
     });
     Router::new()
         .route("/", get(health))
         .route("/metrics", get(metrics))
         .route("/{repo}", post(create_repo))
         .route("/{repo}/runs", post(post_run))
+        .route("/{repo}/agent", get(agent_poll))
         .route(
             "/{repo}/config",
             get(get_config)
@@ -255,11 +262,76 @@ async fn post_run(
         let server = st.server.clone();
         tokio::task::spawn_blocking(move || {
             if let Err(e) = crate::notify::deliver(&server, &tokio::runtime::Handle::current()) {
-                tracing::error!("alerts: {e}");
+                tracing::error!("alerts: {}", e.to_string().escape_debug());
             }
         });
     }
     Ok((StatusCode::CREATED, format!("run {id} recorded\n")).into_response())
+}
+
+/// An agent's poll (`GET /REPO/agent?since=G&wait=S`): the client's managed jobs when their
+/// generation is not `since`, and the runs asked for; otherwise it waits up to `wait`
+/// seconds (at most [`coffer_wire::POLL_WAIT_MAX_SECS`]) for either, then answers 204.
+async fn agent_poll(
+    State(st): St,
+    UrlPath(repo): UrlPath<String>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+) -> ApiResult {
+    let path = format!("/{repo}/agent");
+    let client = authorize(&st, &headers, &repo, Need::Read, &Method::GET, &path).await?;
+    let mut since = None;
+    let mut wait = 0u64;
+    for (k, v) in uri
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+    {
+        match k {
+            "since" => since = v.parse::<i64>().ok(),
+            "wait" => wait = v.parse::<u64>().unwrap_or(0),
+            _ => {}
+        }
+    }
+    let since = since.ok_or_else(|| {
+        err(
+            StatusCode::BAD_REQUEST,
+            "since=GENERATION is needed (-1 at first)",
+        )
+    })?;
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_secs(wait.min(coffer_wire::POLL_WAIT_MAX_SECS));
+    // one task reads the catalog's counter once a second and wakes the waiting polls
+    st.agent_ticker.call_once(|| {
+        let st = st.clone();
+        tokio::spawn(async move {
+            loop {
+                let server = st.server.clone();
+                if let Ok(Ok(seq)) = tokio::task::spawn_blocking(move || server.catalog.agent_seq()).await {
+                    st.agent_wake
+                        .send_if_modified(|v| std::mem::replace(v, seq) != seq);
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+    });
+    // (subscribed before the catalog is read: a change in between still wakes this poll)
+    let mut woken = st.agent_wake.subscribe();
+    loop {
+        let server = st.server.clone();
+        let name = client.name.clone();
+        let answer = blocking(move || server.catalog.agent_poll(&name, since, server.now())).await?;
+        if let Some(a) = answer {
+            let body =
+                serde_json::to_vec(&a).map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+            return Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response());
+        }
+        tokio::select! {
+            _ = woken.changed() => {}
+            _ = tokio::time::sleep_until(deadline) => return Ok(StatusCode::NO_CONTENT.into_response()),
+        }
+    }
 }
 
 /// Prometheus metrics, for a console operator (HTTP Basic auth).

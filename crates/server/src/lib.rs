@@ -26,6 +26,7 @@ pub(crate) fn internal_error(detail: &str) -> String {
 pub mod catalog;
 pub mod console;
 pub mod http;
+pub mod jobs;
 pub mod monitor;
 pub mod notify;
 pub mod records;

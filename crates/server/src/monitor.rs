@@ -58,7 +58,8 @@ impl State {
 pub struct Problem {
     /// A client's name, or `repository NAME` for what concerns a whole repository.
     pub subject: String,
-    /// `failed` (the last backup), `check` (the last check), `overdue`, `warnings`,
+    /// `failed` (the last backup), `check` (the last check), `config` (the agent refused a
+    /// managed job), `overdue`, `warnings`,
     /// `damage` (keyless verification), `quota`.
     pub kind: &'static str,
     pub detail: String,
@@ -68,7 +69,8 @@ impl Problem {
     fn state(&self) -> State {
         match self.kind {
             "anomaly" => State::Anomaly,
-            "failed" | "check" => State::Failed,
+            // (a refused managed job does not run: as serious as a failed backup)
+            "failed" | "check" | "config" => State::Failed,
             "overdue" => State::Overdue,
             _ => State::Warning,
         }
@@ -270,7 +272,10 @@ pub fn fleet(server: &Server, now: i64) -> Result<Vec<ClientStatus>> {
     let mut out = Vec::new();
     for c in server.catalog.clients()? {
         let last_backup = server.catalog.runs(&c.name, Some("backup"), 1)?.pop();
-        if c.schedule.is_none() && last_backup.is_none() {
+        // the agent's word on the managed jobs set here: a refusal is a problem until it
+        // takes a version without one
+        let last_config = server.catalog.runs(&c.name, Some("config"), 1)?.pop();
+        if c.schedule.is_none() && last_backup.is_none() && last_config.is_none() {
             continue;
         }
         let mut problems = Vec::new();
@@ -297,6 +302,11 @@ pub fn fleet(server: &Server, now: i64) -> Result<Vec<ClientStatus>> {
         if let Some(r) = server.catalog.runs(&c.name, Some("check"), 1)?.pop() {
             if r.report.status == RunStatus::Failed {
                 problems.push(failure(&c.name, "check", &r));
+            }
+        }
+        if let Some(r) = &last_config {
+            if r.report.status == RunStatus::Failed {
+                problems.push(failure(&c.name, "config", r));
             }
         }
         let mut next_expected = None;

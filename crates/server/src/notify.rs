@@ -263,10 +263,11 @@ pub fn deliver(server: &Server, rt: &tokio::runtime::Handle) -> Result<usize> {
                 // 30 s, doubling, at most an hour apart; for about a day
                 let retry = (m.attempts < 30).then(|| now + (30i64 << m.attempts.min(7)).min(3600));
                 tracing::warn!(
-                    "alert {} to {} not delivered (attempt {}): {e}",
+                    "alert {} to {} not delivered (attempt {}): {}",
                     m.channel,
                     m.target,
-                    m.attempts + 1
+                    m.attempts + 1,
+                    e.to_string().escape_debug()
                 );
                 server.catalog.message_failed(m.id, now, retry, &e)?;
             }

@@ -43,6 +43,8 @@ pub const RUN_KINDS: &[&str] = &[
     "restore",
     "restore-db",
     "copy",
+    // an agent taking (or refusing) the managed jobs set on the server
+    "config",
 ];
 
 /// What a client sends after each run (`POST /REPO/runs`, JSON). Times are the client's

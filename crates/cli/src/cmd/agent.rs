@@ -18,14 +18,24 @@
 //! SIGINT stop the agent: running jobs are told to stop (each step ends cleanly: the
 //! repository stays valid, the after hook runs), and the agent waits for them. A killed
 //! agent's runs end with it (they are told by the kernel), and the next agent catches up.
+//!
+//! Managed jobs (`[managed]`): a thread long-polls the coffer server (`GET /REPO/agent`) for
+//! the jobs set there and the runs asked for ("back up now"). Each version of the jobs is
+//! checked against the local `[managed]` bounds (`coffer_agent::screen`); the accepted ones
+//! join the local jobs in a new accepted version, and the agent reports what it took and
+//! what it refused (a `config` run report). A run asked for starts at once, outside the
+//! schedule (the job's schedule state is not touched).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
 use coffer_agent::{Config, JobState, Schedule, StateDir};
+use coffer_wire::AgentPoll;
 use tokio::signal::unix::{signal, SignalKind};
 
 use super::job;
@@ -69,6 +79,8 @@ struct Running {
     started: Instant,
     /// The scheduled time recorded before this run (put back if the run found the job busy).
     previous: Option<i64>,
+    /// Asked for from the server, outside the schedule (its state is left alone).
+    requested: bool,
 }
 
 /// What is due for one schedule, given the scheduled time last started (`last`).
@@ -145,11 +157,37 @@ pub fn self_exe() -> Result<PathBuf> {
     std::env::current_exe().context("finding the coffer executable")
 }
 
-/// Read and check the configuration, and keep the accepted text for the runs: each accepted
-/// version in a file of its own (`STATE/agent/coffer-PID-N.toml`), so that a run reads one
-/// version from its first step to its last, whatever reloads happen meanwhile.
-fn accept(g: &Global, n: u32) -> Result<(Config, PathBuf)> {
-    let (cfg, text) = job::load_with_text(g)?;
+/// The managed jobs the server sent last: their generation and definitions (as sent).
+#[derive(Clone)]
+struct Taken {
+    generation: i64,
+    jobs: Vec<serde_json::Value>,
+}
+
+/// An accepted configuration version.
+struct Accepted {
+    cfg: Config,
+    /// The file the runs read.
+    copy: PathBuf,
+    /// Managed jobs accepted, and one line per managed job refused.
+    managed: Vec<String>,
+    refused: Vec<String>,
+}
+
+/// Read and check the configuration (with the managed jobs `taken`, when `[managed]` asks for
+/// them), and keep the accepted text for the runs: each accepted version in a file of its
+/// own (`STATE/agent/coffer-PID-N.toml`), so that a run reads one version from its first
+/// step to its last, whatever reloads happen meanwhile.
+fn accept(g: &Global, n: u32, taken: Option<&Taken>) -> Result<Accepted> {
+    let (local, text) = job::load_with_text(g)?;
+    let (cfg, text, managed, refused) = match (taken, &local.managed) {
+        (Some(t), Some(_)) => {
+            let s = coffer_agent::screen(&local, &text, t.generation, &t.jobs)
+                .map_err(|e| coffer_core::Error::Usage(e.to_string()))?;
+            (s.config, s.text, s.accepted, s.refused)
+        }
+        _ => (local, text, Vec::new(), Vec::new()),
+    };
     let dir = cfg.state_dir.join("agent");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let copy = dir.join(format!("coffer-{}-{n}.toml", std::process::id()));
@@ -169,7 +207,128 @@ fn accept(g: &Global, n: u32) -> Result<(Config, PathBuf)> {
             .with_context(|| format!("writing {}", tmp.display()))?;
     }
     std::fs::rename(&tmp, &copy).with_context(|| format!("writing {}", copy.display()))?;
-    Ok((cfg, copy))
+    Ok(Accepted {
+        cfg,
+        copy,
+        managed,
+        refused,
+    })
+}
+
+/// The thread that long-polls the server of `[managed]` and hands each answer to the agent,
+/// tagged with `mine`; it ends when `epoch` moves on (a reload started another).
+fn start_poller(
+    cfg: &Config,
+    epoch: &Arc<AtomicU64>,
+    tx: &tokio::sync::mpsc::UnboundedSender<(u64, AgentPoll)>,
+) {
+    let Some(m) = &cfg.managed else { return };
+    let Some(repo) = cfg.repositories.get(&m.server).cloned() else {
+        return;
+    };
+    let mine = epoch.fetch_add(1, Ordering::SeqCst) + 1;
+    let (epoch, tx) = (epoch.clone(), tx.clone());
+    let spawned = std::thread::Builder::new()
+        .name("coffer-poll".into())
+        .spawn(move || {
+            let opts = coffer_backends::RestOptions {
+                cacert: repo.cacert.clone(),
+                token_file: repo.token_file.clone(),
+                token_var: Some("COFFER_AGENT_TOKEN"),
+            };
+            let backend = match coffer_backends::RestBackend::open(&repo.location, &opts) {
+                Ok(b) => b,
+                Err(e) => {
+                    warn(&format!(
+                        "managed jobs: cannot reach the server of repository {}: {e}; the local jobs go on",
+                        repo.name
+                    ));
+                    return;
+                }
+            };
+            let mut since = -1;
+            let mut failing = false;
+            while epoch.load(Ordering::SeqCst) == mine {
+                match backend.agent_poll(since, coffer_wire::POLL_WAIT_MAX_SECS - 10) {
+                    Ok(None) => {}
+                    Ok(Some(bytes)) => match serde_json::from_slice::<AgentPoll>(&bytes) {
+                        Ok(p) => {
+                            since = p.generation;
+                            if tx.send((mine, p)).is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) => {
+                            warn(&format!("managed jobs: the server's answer does not parse: {e}"));
+                            std::thread::sleep(Duration::from_secs(30));
+                            continue;
+                        }
+                    },
+                    Err(e) => {
+                        if !failing {
+                            warn(&format!(
+                                "managed jobs: {e}; asking again every 30 s, the jobs taken go on"
+                            ));
+                            failing = true;
+                        }
+                        std::thread::sleep(Duration::from_secs(30));
+                        continue;
+                    }
+                }
+                if failing {
+                    log("managed jobs: the server answers again");
+                    failing = false;
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        warn(&format!("managed jobs: cannot start polling: {e}"));
+    }
+}
+
+/// Tell the server of `[managed]` what was taken of its jobs (a `config` run report: failed
+/// when one was refused, which the server shows until a version is taken whole).
+async fn report_taken(cfg: &Config, host: &str, generation: i64, a: &Accepted) {
+    let Some(m) = &cfg.managed else { return };
+    let Some(repo) = cfg.repositories.get(&m.server).cloned() else {
+        return;
+    };
+    let now = Utc::now().timestamp();
+    let mut messages: Vec<String> = a.refused.iter().map(|r| format!("refused: {r}")).collect();
+    messages.push(format!(
+        "generation {generation}: {} managed job(s) taken{}",
+        a.managed.len(),
+        if a.managed.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", a.managed.join(", "))
+        }
+    ));
+    let report = serde_json::json!({
+        "kind": "config",
+        "status": if a.refused.is_empty() { "ok" } else { "failed" },
+        "host": host,
+        "started": now,
+        "finished": now,
+        "errors": a.refused.len(),
+        "messages": messages,
+    });
+    let sent = tokio::task::spawn_blocking(move || {
+        let opts = coffer_backends::RestOptions {
+            cacert: repo.cacert.clone(),
+            token_file: repo.token_file.clone(),
+            token_var: Some("COFFER_AGENT_TOKEN"),
+        };
+        let b = coffer_backends::RestBackend::open(&repo.location, &opts)?;
+        b.post_run(report.to_string().as_bytes())
+            .map_err(|e| e.to_string())
+    })
+    .await;
+    match sent {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => warn(&format!("managed jobs: the report did not reach the server: {e}")),
+        Err(e) => warn(&format!("managed jobs: the report did not reach the server: {e}")),
+    }
 }
 
 /// Remove the accepted versions no run reads any more (and those of agents before this one).
@@ -243,7 +402,25 @@ pub fn install(g: &Global, dry_run: bool, unit_dir: &Path) -> Result<u8> {
 }
 
 pub fn run(g: &Global) -> Result<u8> {
-    let (cfg, accepted) = accept(g, 0)?;
+    let Accepted {
+        cfg, copy: accepted, ..
+    } = accept(g, 0, None)?;
+    // one agent per state directory: a second one would run every job twice, and tidy away
+    // the configuration versions the first one's runs read
+    let _one = match StateDir::new(&cfg.state_dir).lock(".agent") {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = std::fs::remove_file(&accepted);
+            return Err(match e {
+                coffer_agent::LockError::Busy { pid, .. } => coffer_core::Error::Usage(format!(
+                    "another coffer agent runs with the state directory {} (pid {pid}); one agent per machine",
+                    cfg.state_dir.display()
+                ))
+                .into(),
+                other => anyhow::Error::new(other).context("taking the agent's lock"),
+            });
+        }
+    };
     tidy_versions(&cfg.state_dir.join("agent"), &[&accepted]);
     StateDir::new(&cfg.state_dir).check_writable().with_context(|| {
         format!(
@@ -277,6 +454,12 @@ async fn agent(g: &Global, mut cfg: Config, mut accepted: PathBuf) -> Result<u8>
     let mut busy_said: std::collections::BTreeSet<String> = Default::default();
     let mut host = job::host(&cfg);
     let mut version = 0;
+    // managed jobs: what the server sent last, and the thread that asks it
+    let (poll_tx, mut poll_rx) = tokio::sync::mpsc::unbounded_channel::<(u64, AgentPoll)>();
+    let epoch = Arc::new(AtomicU64::new(0));
+    let mut taken: Option<Taken> = None;
+    let mut reported: Option<(i64, Vec<String>)> = None;
+    start_poller(&cfg, &epoch, &poll_tx);
     log(&format!(
         "started: {} job(s) from {}, state in {}",
         cfg.jobs.len(),
@@ -355,6 +538,7 @@ async fn agent(g: &Global, mut cfg: Config, mut accepted: PathBuf) -> Result<u8>
                             pid,
                             started: Instant::now(),
                             previous: last,
+                            requested: false,
                         },
                     );
                 }
@@ -387,6 +571,16 @@ async fn agent(g: &Global, mut cfg: Config, mut accepted: PathBuf) -> Result<u8>
                     let _ = std::fs::remove_file(&r.config);
                 }
                 let took = r.started.elapsed().as_secs_f64();
+                if r.requested {
+                    let how = match (code, signal) {
+                        (Some(0), _) => "ok".to_string(),
+                        (Some(c), _) if c == i32::from(EXIT_BUSY) => "not run: the job was running already".to_string(),
+                        (Some(c), _) => format!("ended with exit code {c}"),
+                        (None, s) => format!("killed by signal {}", s.unwrap_or(0)),
+                    };
+                    log(&format!("job {name}: {} asked for from the server: {how} after {took:.1} s", r.kind.name()));
+                    continue;
+                }
                 if code == Some(i32::from(EXIT_BUSY)) {
                     // started by hand meanwhile: this time is not counted as run
                     let key = (name.clone(), r.kind);
@@ -430,13 +624,86 @@ async fn agent(g: &Global, mut cfg: Config, mut accepted: PathBuf) -> Result<u8>
                     warn(&line)
                 }
             }
+            Some((from, poll)) = poll_rx.recv() => {
+                if from != epoch.load(Ordering::SeqCst) {
+                    continue; // (from a poller a reload replaced)
+                }
+                if taken.as_ref().map(|t| t.generation) != Some(poll.generation) {
+                    let t = Taken { generation: poll.generation, jobs: poll.jobs.clone() };
+                    version += 1;
+                    match accept(g, version, Some(&t)) {
+                        Ok(a) => {
+                            log(&format!(
+                                "managed jobs (generation {}): {} taken{}, {} refused",
+                                t.generation,
+                                a.managed.len(),
+                                if a.managed.is_empty() { String::new() } else { format!(" ({})", a.managed.join(", ")) },
+                                a.refused.len()
+                            ));
+                            for r in &a.refused {
+                                warn(&format!("refused {r}"));
+                            }
+                            let said = (t.generation, a.refused.clone());
+                            if reported.as_ref() != Some(&said) {
+                                report_taken(&a.cfg, &host, t.generation, &a).await;
+                                reported = Some(said);
+                            }
+                            cfg = a.cfg;
+                            accepted = a.copy;
+                            let mut keep: Vec<&Path> = running.values().map(|r| r.config.as_path()).collect();
+                            keep.push(&accepted);
+                            tidy_versions(&cfg.state_dir.join("agent"), &keep);
+                            taken = Some(t);
+                        }
+                        Err(e) => warn(&format!("managed jobs not taken (the configuration does not load): {e:#}")),
+                    }
+                }
+                for req in poll.run {
+                    let kind = if req.check { Kind::Check } else { Kind::Backup };
+                    let name = req.job.clone();
+                    if stopping {
+                        continue;
+                    }
+                    if !cfg.jobs.contains_key(&name) {
+                        warn(&format!("asked by the server to run job {name:?}, which this configuration does not have"));
+                        continue;
+                    }
+                    if running.contains_key(&name) {
+                        log(&format!("job {name}: asked by the server to run now, but it is running already"));
+                        continue;
+                    }
+                    match start(g, &accepted, &name, kind, &done_tx) {
+                        Ok(pid) => {
+                            log(&format!("job {name}: {} started, asked for from the server (request {}; pid {pid})", kind.name(), req.id));
+                            running.insert(name, Running {
+                                config: accepted.clone(),
+                                kind,
+                                slot: 0,
+                                pid,
+                                started: Instant::now(),
+                                previous: None,
+                                requested: true,
+                            });
+                        }
+                        Err(e) => warn(&format!("job {name}: {} asked for from the server not started: {e:#}", kind.name())),
+                    }
+                }
+            }
             _ = tokio::time::sleep(until), if !stopping => {}
             _ = hup.recv() => {
                 version += 1;
-                match accept(g, version) {
-                    Ok((new, copy)) => {
-                        cfg = new;
-                        accepted = copy;
+                match accept(g, version, taken.as_ref()) {
+                    Ok(a) => {
+                        let managed_before = cfg.managed.clone().zip(cfg.managed.as_ref().and_then(|m| cfg.repositories.get(&m.server).cloned()));
+                        cfg = a.cfg;
+                        accepted = a.copy;
+                        let managed_now = cfg.managed.clone().zip(cfg.managed.as_ref().and_then(|m| cfg.repositories.get(&m.server).cloned()));
+                        if managed_now != managed_before {
+                            // another server, token or bounds: ask afresh (the old thread ends)
+                            epoch.fetch_add(1, Ordering::SeqCst);
+                            taken = None;
+                            start_poller(&cfg, &epoch, &poll_tx);
+                        }
                         let mut keep: Vec<&Path> = running.values().map(|r| r.config.as_path()).collect();
                         keep.push(&accepted);
                         tidy_versions(&cfg.state_dir.join("agent"), &keep);

@@ -9,6 +9,7 @@ pub mod db;
 pub mod forget;
 pub mod generate;
 pub mod job;
+pub mod managed;
 pub mod monitor;
 pub mod run;
 pub mod server;
@@ -141,15 +142,15 @@ pub fn resolve_snapshot(
     filter: &crate::cli::SnapshotFilter,
 ) -> Result<(coffer_core::format::SnapshotId, Snapshot)> {
     let back = match spec.strip_prefix("latest~") {
-        Some(n) => n.parse::<usize>().map_err(|_| {
+        Some(n) => Some(n.parse::<usize>().map_err(|_| {
             coffer_core::Error::Usage(format!(
                 "{spec:?}: latest~N takes a whole number (latest~1 is the one before latest)"
             ))
-        })?,
-        None if spec == "latest" => 0,
-        None => usize::MAX,
+        })?),
+        None if spec == "latest" => Some(0),
+        None => None,
     };
-    if back == usize::MAX {
+    let Some(back) = back else {
         let (id, snap) = repo.find_snapshot(spec)?;
         if !filter.matches(&snap) {
             return Err(coffer_core::Error::Usage(format!(
@@ -161,7 +162,7 @@ pub fn resolve_snapshot(
             .into());
         }
         return Ok((id, snap));
-    }
+    };
     let (list, bad) = repo.list_snapshots_readable()?;
     for b in bad {
         eprintln!("warning: {b}");

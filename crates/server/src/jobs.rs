@@ -1,0 +1,290 @@
+//! Managed jobs: job definitions an operator sets here for a client, which the client's agent
+//! takes with its poll (`GET /REPO/agent`), and runs asked for from here ("back up now").
+//!
+//! The server only stores and relays: the agent checks every job against what its own
+//! configuration allows (`[managed]`) and runs it with its own keys, hooks and database
+//! settings; nothing here can name a command to run (`coffer_wire::JobSpec` has no field
+//! for one). The server checks what it can without the client's configuration (names,
+//! absolute paths, a destination) so that an operator's typo is caught at once.
+
+use coffer_wire::{valid_job_name, AgentPoll, JobSpec, RunRequest};
+use rusqlite::{params, OptionalExtension};
+
+use crate::catalog::{db_err, Catalog};
+use crate::{Result, ServerError};
+
+/// A job as stored, with when it was last set.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct StoredJob {
+    pub spec: JobSpec,
+    pub updated: i64,
+}
+
+/// A run asked for, and whether the agent took it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Requested {
+    pub id: i64,
+    pub job: String,
+    pub check: bool,
+    pub requested: i64,
+    pub by: String,
+    pub taken: Option<i64>,
+}
+
+/// Check what the server can check of a job (the agent checks the rest).
+pub fn check_spec(spec: &JobSpec) -> Result<()> {
+    let bad = |m: String| Err(ServerError::Invalid(format!("job {:?}: {m}", spec.name)));
+    if !valid_job_name(&spec.name) {
+        return bad("a job name is letters, digits, '-', '_' and '.' (at most 64)".into());
+    }
+    if spec.paths.is_empty() && spec.mysql.is_none() && spec.postgres.is_none() {
+        return bad("it backs up nothing: give --path, --mysql or --postgres".into());
+    }
+    for p in &spec.paths {
+        let path = std::path::Path::new(p);
+        if !path.is_absolute()
+            || path
+                .components()
+                .any(|c| !matches!(c, std::path::Component::RootDir | std::path::Component::Normal(_)))
+        {
+            return bad(format!("path {p:?}: an absolute path without . or .."));
+        }
+    }
+    if spec.to.is_empty() {
+        return bad("--to names no repository of the client's configuration".into());
+    }
+    for t in &spec.to {
+        if !valid_job_name(t) {
+            return bad(format!("--to {t:?} is not a repository name"));
+        }
+    }
+    if spec.schedule.as_deref().is_some_and(|s| s.trim().is_empty()) {
+        return bad("an empty schedule".into());
+    }
+    Ok(())
+}
+
+fn bump(tx: &rusqlite::Transaction<'_>, client: &str) -> rusqlite::Result<()> {
+    tx.execute(
+        "INSERT INTO job_generations (client, generation) VALUES (?1, 1)
+         ON CONFLICT (client) DO UPDATE SET generation = generation + 1",
+        params![client],
+    )?;
+    tx.execute("UPDATE agent_seq SET seq = seq + 1 WHERE one = 1", [])?;
+    Ok(())
+}
+
+impl Catalog {
+    /// Set (add or replace) a client's job.
+    pub fn set_job(&self, client: &str, spec: &JobSpec, now: i64) -> Result<()> {
+        check_spec(spec)?;
+        let json = serde_json::to_string(spec).map_err(|e| ServerError::Invalid(e.to_string()))?;
+        let mut db = self.db();
+        let tx = db.transaction().map_err(db_err)?;
+        tx.execute(
+            "INSERT INTO jobs (client, name, spec, updated) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (client, name) DO UPDATE SET spec = ?3, updated = ?4",
+            params![client, spec.name, json, now],
+        )
+        .map_err(db_err)?;
+        bump(&tx, client).map_err(db_err)?;
+        tx.commit().map_err(db_err)
+    }
+
+    /// Remove a client's job; false if it had none of that name.
+    pub fn remove_job(&self, client: &str, name: &str) -> Result<bool> {
+        let mut db = self.db();
+        let tx = db.transaction().map_err(db_err)?;
+        let n = tx
+            .execute(
+                "DELETE FROM jobs WHERE client = ?1 AND name = ?2",
+                params![client, name],
+            )
+            .map_err(db_err)?;
+        if n > 0 {
+            bump(&tx, client).map_err(db_err)?;
+        }
+        tx.commit().map_err(db_err)?;
+        Ok(n > 0)
+    }
+
+    /// A client's jobs by name, with the generation they make up (0: never set). A stored
+    /// definition this build cannot read is left out (and logged).
+    pub fn jobs(&self, client: &str) -> Result<(i64, Vec<StoredJob>)> {
+        let (generation, raw) = self.raw_jobs(client)?;
+        let mut out = Vec::new();
+        for (json, updated) in raw {
+            match serde_json::from_str::<JobSpec>(&json) {
+                Ok(spec) => out.push(StoredJob { spec, updated }),
+                Err(e) => tracing::warn!("a managed job of {client:?} does not read: {e}"),
+            }
+        }
+        Ok((generation, out))
+    }
+
+    /// The stored definitions as stored (what the agent is sent: it checks them itself).
+    fn raw_jobs(&self, client: &str) -> Result<(i64, Vec<(String, i64)>)> {
+        let db = self.db();
+        let generation: i64 = db
+            .query_row(
+                "SELECT generation FROM job_generations WHERE client = ?1",
+                params![client],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db_err)?
+            .unwrap_or(0);
+        let mut st = db
+            .prepare("SELECT spec, updated FROM jobs WHERE client = ?1 ORDER BY name")
+            .map_err(db_err)?;
+        let rows = st
+            .query_map(params![client], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+            })
+            .map_err(db_err)?;
+        let out = rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db_err)?;
+        Ok((generation, out))
+    }
+
+    /// Ask the client's agent to run `job` (its backup, or its check) now.
+    pub fn request_run(&self, client: &str, job: &str, check: bool, by: &str, now: i64) -> Result<i64> {
+        if !valid_job_name(job) {
+            return Err(ServerError::Invalid(format!("{job:?} is not a job name")));
+        }
+        let mut db = self.db();
+        let tx = db.transaction().map_err(db_err)?;
+        tx.execute(
+            "INSERT INTO run_requests (client, job, is_check, requested, by_whom) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![client, job, check, now, by],
+        )
+        .map_err(db_err)?;
+        let id = tx.last_insert_rowid();
+        tx.execute("UPDATE agent_seq SET seq = seq + 1 WHERE one = 1", [])
+            .map_err(db_err)?;
+        tx.commit().map_err(db_err)?;
+        Ok(id)
+    }
+
+    /// The newest runs asked for a client, newest first.
+    pub fn run_requests(&self, client: &str, limit: usize) -> Result<Vec<Requested>> {
+        let db = self.db();
+        let mut st = db
+            .prepare(
+                "SELECT id, job, is_check, requested, by_whom, taken FROM run_requests
+                 WHERE client = ?1 ORDER BY id DESC LIMIT ?2",
+            )
+            .map_err(db_err)?;
+        let rows = st
+            .query_map(params![client, limit as i64], |r| {
+                Ok(Requested {
+                    id: r.get(0)?,
+                    job: r.get(1)?,
+                    check: r.get(2)?,
+                    requested: r.get(3)?,
+                    by: r.get(4)?,
+                    taken: r.get(5)?,
+                })
+            })
+            .map_err(db_err)?;
+        rows.collect::<rusqlite::Result<_>>().map_err(db_err)
+    }
+
+    /// The counter every job change and run request moves.
+    pub fn agent_seq(&self) -> Result<i64> {
+        self.db()
+            .query_row("SELECT seq FROM agent_seq WHERE one = 1", [], |r| r.get(0))
+            .map_err(db_err)
+    }
+
+    /// What a client's agent polling with generation `since` is to be told, if anything:
+    /// its jobs when they changed, and the runs asked for (taken by this answer).
+    pub fn agent_poll(&self, client: &str, since: i64, now: i64) -> Result<Option<AgentPoll>> {
+        let (generation, jobs) = self.raw_jobs(client)?;
+        let mut db = self.db();
+        let tx = db.transaction().map_err(db_err)?;
+        let run: Vec<RunRequest> = {
+            let mut st = tx
+                .prepare("SELECT id, job, is_check FROM run_requests WHERE client = ?1 AND taken IS NULL ORDER BY id")
+                .map_err(db_err)?;
+            let rows = st
+                .query_map(params![client], |r| {
+                    Ok(RunRequest {
+                        id: r.get(0)?,
+                        job: r.get(1)?,
+                        check: r.get(2)?,
+                    })
+                })
+                .map_err(db_err)?;
+            rows.collect::<rusqlite::Result<_>>().map_err(db_err)?
+        };
+        if generation == since && run.is_empty() {
+            return Ok(None);
+        }
+        tx.execute(
+            "UPDATE run_requests SET taken = ?2 WHERE client = ?1 AND taken IS NULL",
+            params![client, now],
+        )
+        .map_err(db_err)?;
+        tx.commit().map_err(db_err)?;
+        let jobs = jobs
+            .into_iter()
+            .map(|(json, _)| serde_json::from_str(&json).unwrap_or(serde_json::Value::String(json)))
+            .collect();
+        Ok(Some(AgentPoll {
+            generation,
+            jobs,
+            run,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn spec(name: &str, path: &str) -> JobSpec {
+        JobSpec {
+            name: name.into(),
+            paths: vec![path.into()],
+            to: vec!["company".into()],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn jobs_generations_and_run_requests() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Catalog::open(&dir.path().join("server.db")).unwrap();
+        assert!(c.agent_poll("web1", 0, 1).unwrap().is_none(), "nothing yet");
+        let first = c.agent_poll("web1", -1, 1).unwrap().unwrap();
+        assert_eq!((first.generation, first.jobs.len()), (0, 0));
+        let seq = c.agent_seq().unwrap();
+        c.set_job("web1", &spec("www", "/var/www"), 10).unwrap();
+        assert!(c.agent_seq().unwrap() > seq);
+        let p = c.agent_poll("web1", 0, 11).unwrap().unwrap();
+        assert_eq!(p.generation, 1);
+        assert_eq!(p.jobs[0]["paths"][0], "/var/www");
+        assert!(c.agent_poll("web1", 1, 12).unwrap().is_none());
+        // another client's jobs are its own
+        assert_eq!(c.jobs("db1").unwrap().1.len(), 0);
+        let id = c.request_run("web1", "www", false, "alice", 13).unwrap();
+        let p = c.agent_poll("web1", 1, 14).unwrap().unwrap();
+        assert_eq!(
+            p.run,
+            vec![RunRequest {
+                id,
+                job: "www".into(),
+                check: false
+            }]
+        );
+        assert!(c.agent_poll("web1", 1, 15).unwrap().is_none(), "taken once");
+        assert_eq!(c.run_requests("web1", 5).unwrap()[0].taken, Some(14));
+        assert!(c.remove_job("web1", "www").unwrap());
+        assert!(!c.remove_job("web1", "www").unwrap());
+        assert_eq!(c.agent_poll("web1", 1, 16).unwrap().unwrap().generation, 2);
+        for bad in [spec("a b", "/x"), spec("w", "relative"), spec("w", "/a/../b")] {
+            assert!(c.set_job("web1", &bad, 1).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,151 @@
+//! The agent ↔ server contract for managed jobs (`GET /REPO/agent`): the job definitions an
+//! operator sets on the server, the runs asked for from there, and the answer that carries
+//! both. Types only, no I/O: the server and the agent agree by sharing this crate.
+//!
+//! Trust: a job from the server can say only what these types hold. Hooks, commands, password
+//! sources and database connections have no field here; every struct refuses unknown fields,
+//! so a server that sends one (a compromised server, an older or newer one) has the job
+//! refused by the agent, which also checks each job against what its own configuration allows
+//! (`[managed]`: destinations, paths, databases). See docs/ARCHITECTURE.md, "Managed jobs".
+
+use serde::{Deserialize, Serialize};
+
+/// The longest an agent's poll waits on the server for a change, in seconds.
+pub const POLL_WAIT_MAX_SECS: u64 = 60;
+
+/// The path of the agent's poll below a repository: `GET /REPO/agent?since=G&wait=S`.
+pub const AGENT_PATH: &str = "agent";
+
+/// One managed job, as the operator set it on the server.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    pub name: String,
+    /// Absolute paths to back up.
+    pub paths: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude: Vec<String>,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub exclude_caches: bool,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub one_file_system: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    /// MariaDB/MySQL databases: `["all"]` or names (connection settings are the client's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mysql: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres: Option<Vec<String>>,
+    /// Destinations: repository names of the client's own configuration.
+    pub to: Vec<String>,
+    /// Cron expression; none: the job runs only when asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub random_delay: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<RetentionSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<CheckSpec>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// What a managed job keeps where the client may prune.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_last: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_hourly: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_daily: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_weekly: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_monthly: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_yearly: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_within: Option<String>,
+}
+
+/// A managed job's scheduled check.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckSpec {
+    pub schedule: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_data_subset: Option<String>,
+}
+
+/// A run asked for on the server ("back up now").
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunRequest {
+    pub id: i64,
+    pub job: String,
+    /// The job's check instead of its backup.
+    #[serde(default)]
+    pub check: bool,
+}
+
+/// The server's answer to a poll: the client's managed jobs (all of them, as of
+/// `generation`; each left as JSON so that the agent refuses a bad one alone) and the runs
+/// asked for since the last poll.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentPoll {
+    /// Grows with every change of the client's jobs; the agent sends the one it has.
+    pub generation: i64,
+    pub jobs: Vec<serde_json::Value>,
+    #[serde(default)]
+    pub run: Vec<RunRequest>,
+}
+
+/// A job name: letters, digits, `-`, `_`, `.`, at most 64, not starting with `.`.
+pub fn valid_job_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && !s.starts_with('.')
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_job_with_a_field_it_does_not_know_is_refused() {
+        let good = serde_json::json!({"name": "files", "paths": ["/srv"], "to": ["company"]});
+        let spec: JobSpec = serde_json::from_value(good).unwrap();
+        assert_eq!(spec.paths, ["/srv"]);
+        for evil in [
+            "before",
+            "after",
+            "password_command",
+            "mysql_defaults_file",
+            "sqlite",
+        ] {
+            let mut v = serde_json::json!({"name": "files", "paths": ["/srv"], "to": ["company"]});
+            v[evil] = serde_json::json!("touch /tmp/pwned");
+            let e = serde_json::from_value::<JobSpec>(v).unwrap_err();
+            assert!(e.to_string().contains("unknown field"), "{evil}: {e}");
+        }
+    }
+
+    #[test]
+    fn job_names() {
+        assert!(valid_job_name("nightly-files_2.x"));
+        for bad in ["", ".hidden", "a/b", "a b", "x\n", &"n".repeat(65)] {
+            assert!(!valid_job_name(bad), "{bad:?}");
+        }
+    }
+}
