@@ -1029,6 +1029,15 @@ paths = ["{www}", "{etc}"]
         page.contains("alice (console)"),
         "the request shows who asked: {page}"
     );
+    // a read token (for restores) neither sees the jobs nor takes the runs asked for
+    let reader = server.add_client("reader", "web1", "read");
+    let r = server.raw(
+        &format!(
+            "GET /web1/agent?since=-1 HTTP/1.1\nHost: x\nAuthorization: Bearer {reader}\nConnection: close"
+        ),
+        b"",
+    );
+    assert!(matches!(r, Some((403, _))), "{r:?}");
     drop(agent);
     let o = run(dir, &config, &["--repo-name", "company", "check"]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));

@@ -280,6 +280,18 @@ async fn agent_poll(
 ) -> ApiResult {
     let path = format!("/{repo}/agent");
     let client = authorize(&st, &headers, &repo, Need::Read, &Method::GET, &path).await?;
+    // the agent backs up: a read token (for restores) neither sees the jobs nor takes runs
+    if client.role == Role::Read {
+        return Err(refuse(
+            &Method::GET,
+            &path,
+            &client.name,
+            err(
+                StatusCode::FORBIDDEN,
+                format!("client {:?} has role read, which takes no jobs", client.name),
+            ),
+        ));
+    }
     let mut since = None;
     let mut wait = 0u64;
     for (k, v) in uri
