@@ -71,6 +71,14 @@ pub struct Managed {
     /// Whether managed jobs may dump databases (with this file's connection settings: none
     /// come from the server).
     pub databases: bool,
+    /// Whether managed jobs may apply retention (forget) where the client prunes: off by
+    /// default, since a server that sets `keep_last = 1` and asks for runs could otherwise
+    /// empty an off-site repository's history.
+    pub retention: bool,
+    /// At most this many managed jobs are taken (the rest are refused).
+    pub max_jobs: usize,
+    /// No managed schedule may run more often than this.
+    pub min_interval: Duration,
 }
 
 /// A repository and how to open it.
@@ -246,6 +254,8 @@ pub struct Job {
     pub after: Option<String>,
     pub retention: Option<Retention>,
     pub check: Option<Check>,
+    /// Set on the server (`[managed]`): its paths are checked for symlinks before each run.
+    pub managed: bool,
 }
 
 impl Job {
@@ -279,6 +289,10 @@ struct RawManaged {
     paths: Vec<Spanned<PathBuf>>,
     #[serde(default)]
     databases: bool,
+    #[serde(default)]
+    retention: bool,
+    max_jobs: Option<usize>,
+    min_interval: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -345,6 +359,8 @@ struct RawJob {
     after: Option<String>,
     retention: Option<Spanned<RawRetention>>,
     check: Option<Spanned<RawCheck>>,
+    #[serde(default)]
+    managed: bool,
 }
 
 #[derive(Deserialize)]
@@ -826,6 +842,7 @@ impl Checker<'_> {
             after: j.after.clone(),
             retention,
             check,
+            managed: j.managed,
             name,
         })
     }
@@ -943,6 +960,12 @@ impl Config {
                     to,
                     paths,
                     databases: m.databases,
+                    retention: m.retention,
+                    max_jobs: m.max_jobs.unwrap_or(16),
+                    min_interval: match &m.min_interval {
+                        Some(d) => c.duration("managed min_interval", d)?,
+                        None => Duration::from_secs(300),
+                    },
                 })
             }
         };

@@ -11,6 +11,6 @@ pub use config::{
     default_state_dir, Check, Config, ConfigError, Databases, DbConnection, IoClass, Job, Limits, Managed,
     Repository, Retention, DEFAULT_PATH,
 };
-pub use managed::{screen, Screened};
+pub use managed::{screen, through_symlink, Screened};
 pub use schedule::{show, utc, Schedule, Zone};
 pub use state::{JobLock, JobState, LastRun, LockError, StateDir};

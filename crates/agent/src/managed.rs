@@ -48,7 +48,8 @@ pub fn screen(
         let spec = match serde_json::from_value::<JobSpec>(v.clone()) {
             Ok(s) => s,
             Err(e) => {
-                refused.push(format!("managed job {label}: {e}"));
+                // (the server's words, escaped: they end up in logs)
+                refused.push(format!("managed job {label}: {}", e.to_string().escape_debug()));
                 continue;
             }
         };
@@ -63,10 +64,19 @@ pub fn screen(
     // each job on its own with the local file first: a job the ordinary checks refuse is
     // refused alone, with their message
     let mut ok = Vec::new();
+    let min = local.managed.as_ref().map(|m| m.min_interval).unwrap_or_default();
+    let max = local.managed.as_ref().map_or(0, |m| m.max_jobs);
     for spec in specs {
         let one = combined(text, generation, std::slice::from_ref(&spec));
         match Config::parse(&local.path, &one) {
-            Ok(_) => ok.push(spec),
+            Ok(cfg) => match too_often(&cfg, &spec.name, min) {
+                Some(why) => refused.push(format!("managed job {}: {why}", spec.name)),
+                None if ok.len() >= max => refused.push(format!(
+                    "managed job {}: more than [managed] max_jobs = {max}",
+                    spec.name
+                )),
+                None => ok.push(spec),
+            },
             Err(e) => refused.push(format!("managed job {}: {}", spec.name, without_place(&e))),
         }
     }
@@ -103,6 +113,9 @@ fn allowed(local: &Config, spec: &JobSpec) -> Result<(), String> {
         if !plain {
             return Err(format!("path {p:?}: an absolute path without . or .. is needed"));
         }
+        if let Some(why) = through_symlink(path) {
+            return Err(why);
+        }
         if !m.paths.iter().any(|allowed| path.starts_with(allowed)) {
             return Err(format!(
                 "path {p:?} is not one this machine lets the server choose ([managed] paths: {})",
@@ -125,6 +138,12 @@ fn allowed(local: &Config, spec: &JobSpec) -> Result<(), String> {
                 m.to.join(", ")
             ));
         }
+    }
+    if spec.retention.is_some() && !m.retention {
+        return Err(
+            "retention: this machine does not let the server set retention ([managed] retention = false)"
+                .into(),
+        );
     }
     let dbs = [&spec.mysql, &spec.postgres];
     if !m.databases && dbs.iter().any(|d| d.is_some()) {
@@ -149,6 +168,53 @@ fn allowed(local: &Config, spec: &JobSpec) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Whether a job's schedules (backup, check) run more often than `min` allows.
+fn too_often(cfg: &Config, name: &str, min: std::time::Duration) -> Option<String> {
+    let job = cfg.jobs.get(name)?;
+    let schedules = job.schedule.iter().chain(job.check.iter().map(|c| &c.schedule));
+    for s in schedules {
+        // the gaps between its next occurrences
+        let mut prev = s.next_after(chrono::Utc::now(), std::time::Duration::ZERO)?;
+        for _ in 0..8 {
+            let next = s.next_after(prev, std::time::Duration::ZERO)?;
+            if (next - prev).to_std().unwrap_or_default() < min {
+                return Some(format!(
+                    "schedule {:?} runs more often than [managed] min_interval ({} s) allows",
+                    s.expr(),
+                    min.as_secs()
+                ));
+            }
+            prev = next;
+        }
+    }
+    None
+}
+
+/// A path a managed job names must lead where it says: no component may be a symlink (a link
+/// below an allowed prefix could point anywhere: `/home/u/x -> /`). A path that does not exist
+/// yet passes (the backup will say it is missing). Checked again before each run.
+pub fn through_symlink(path: &Path) -> Option<String> {
+    let mut at = std::path::PathBuf::from("/");
+    for c in path.components().skip(1) {
+        at.push(c);
+        match std::fs::symlink_metadata(&at) {
+            Ok(m) if m.file_type().is_symlink() => {
+                let to = std::fs::read_link(&at)
+                    .map(|t| t.display().to_string())
+                    .unwrap_or_default();
+                return Some(format!(
+                    "path {:?} goes through a symlink ({} -> {to:?}); name the real path",
+                    path.display().to_string(),
+                    at.display()
+                ));
+            }
+            Ok(_) => {}
+            Err(_) => return None,
+        }
+    }
+    None
 }
 
 /// The local text followed by the jobs' tables.
@@ -179,6 +245,7 @@ fn strings(v: &[String]) -> toml::Value {
 fn job_table(j: &JobSpec) -> toml::Table {
     let mut t = toml::Table::new();
     let s = |v: &str| toml::Value::String(v.to_string());
+    t.insert("managed".into(), toml::Value::Boolean(true));
     if !j.paths.is_empty() {
         t.insert("paths".into(), strings(&j.paths));
     }
@@ -274,6 +341,7 @@ password_file = "/etc/coffer/offsite.key"
 [managed]
 server = "company"
 paths = ["/var/www", "/etc"]
+retention = true
 
 [job.local]
 paths = ["/root"]
@@ -339,9 +407,41 @@ before = "/usr/local/sbin/pre"
     }
 
     #[test]
+    fn retention_frequency_and_count_are_bounded() {
+        let text = LOCAL.replace("retention = true\n", "max_jobs = 2\n");
+        let cfg = Config::parse(Path::new("/c.toml"), &text).unwrap();
+        let jobs = vec![
+            json!({"name": "keep1", "paths": ["/etc"], "to": ["company"], "retention": {"keep_last": 1}}),
+            json!({"name": "often", "paths": ["/etc"], "to": ["company"], "schedule": "* * * * *"}),
+            json!({"name": "checks", "paths": ["/etc"], "to": ["company"], "schedule": "0 3 * * *",
+                   "check": {"schedule": "*/2 * * * *"}}),
+            json!({"name": "a", "paths": ["/etc"], "to": ["company"], "schedule": "0 3 * * *"}),
+            json!({"name": "b", "paths": ["/etc"], "to": ["company"]}),
+            json!({"name": "c", "paths": ["/etc"], "to": ["company"]}),
+        ];
+        let s = screen(&cfg, &text, 1, &jobs).unwrap();
+        let said = s.refused.join("\n");
+        assert_eq!(s.accepted, ["a", "b"], "{said}");
+        for (job, why) in [
+            ("keep1", "retention"),
+            ("often", "min_interval"),
+            ("checks", "min_interval"),
+            ("c", "max_jobs = 2"),
+        ] {
+            assert!(
+                s.refused
+                    .iter()
+                    .any(|r| r.starts_with(&format!("managed job {job}:")) && r.contains(why)),
+                "{job}: {why} not in\n{said}"
+            );
+        }
+        assert!(s.config.job("a").unwrap().managed && !s.config.job("local").unwrap().managed);
+    }
+
+    #[test]
     fn without_a_managed_section_nothing_is_taken() {
         let text = LOCAL.replace(
-            "[managed]\nserver = \"company\"\npaths = [\"/var/www\", \"/etc\"]\n",
+            "[managed]\nserver = \"company\"\npaths = [\"/var/www\", \"/etc\"]\nretention = true\n",
             "",
         );
         let cfg = Config::parse(Path::new("/c.toml"), &text).unwrap();

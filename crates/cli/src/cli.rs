@@ -266,6 +266,10 @@ pub struct ServeArgs {
     /// Uploads written at once
     #[arg(long, default_value_t = 32, value_name = "N")]
     pub max_uploads: usize,
+    /// Connections open at once (each managed agent holds one, its long poll); more wait in
+    /// the kernel's queue. The server raises its open-file limit to fit
+    #[arg(long, default_value_t = 4096, value_name = "N")]
+    pub max_connections: usize,
     /// Uploads one client may have in flight at once (a stolen token sending slowly cannot
     /// hold every slot)
     #[arg(long, default_value_t = 8, value_name = "N")]

@@ -315,6 +315,12 @@ schedule = "*/4 * * * * *"
     let mut agent = Agent::start(dir, &config, 1);
     // a second agent on the same state directory refuses to start (it would run every
     // job twice and tidy away the versions the first one's runs read)
+    wait_for(
+        "the first agent to start",
+        Duration::from_secs(20),
+        || agent.log().contains("started:"),
+        || agent.log(),
+    );
     let mut second = coffer(dir, &config)
         .arg("agent")
         .stdout(Stdio::null())
@@ -812,12 +818,19 @@ cacert = "{cacert}"
 [managed]
 server = "company"
 paths = ["{www}", "{etc}"]
+min_interval = "1s"
+
+[job.localjob]
+paths = ["{www}"]
+to = ["company"]
+before = "touch {pwned}"
 "#,
         dir = dir.display(),
         url = server.url("web1"),
         cacert = server.cacert.display(),
         www = www.display(),
         etc = etc.display(),
+        pwned = pwned.display(),
     );
     fs::write(&config, cfg).unwrap();
     let key = format!("{}/company.key", dir.display());
@@ -911,6 +924,31 @@ paths = ["{www}", "{etc}"]
         },
         || agent.log(),
     );
+    // a path through a symlink below an allowed prefix (www/link -> secret): refused
+    std::os::unix::fs::symlink(&secret, www.join("link")).unwrap();
+    set("linky", &www.join("link"), Some("*/2 * * * * *"));
+    wait_for(
+        "the refusal of job linky to reach the server",
+        Duration::from_secs(30),
+        || {
+            server_runs(&server, "kind = 'config' AND status = 'failed'")
+                .iter()
+                .any(|r| r.3.contains("managed job linky: path") && r.3.contains("goes through a symlink"))
+        },
+        || agent.log(),
+    );
+    // a local job is not the server's to start (its hook would run)
+    server.admin_ok(&["client", "run", "web1", "localjob"]);
+    wait_for(
+        "the request for a local job to be refused",
+        Duration::from_secs(30),
+        || {
+            agent
+                .log()
+                .contains("\"localjob\", which is not one of its managed jobs: refused")
+        },
+        || agent.log(),
+    );
     // (the site job goes on meanwhile: the refusals are of the bad jobs alone)
     let n = paths_of("site").len();
     wait_for(
@@ -920,13 +958,15 @@ paths = ["{www}", "{etc}"]
         || agent.log(),
     );
     assert!(
-        paths_of("grab").is_empty() && paths_of("hook").is_empty(),
+        paths_of("grab").is_empty() && paths_of("hook").is_empty() && paths_of("linky").is_empty(),
         "a refused job ran"
     );
+    assert!(paths_of("localjob").is_empty(), "the server started a local job");
     assert!(!pwned.exists(), "the server's hook ran on the client");
 
     // back up now: a job with no schedule runs when asked, and is reported within seconds
     server.admin_ok(&["client", "job", "remove", "web1", "grab"]);
+    server.admin_ok(&["client", "job", "remove", "web1", "linky"]);
     set("ondemand", &www, None);
     wait_for(
         "the on-demand job to be taken",

@@ -807,13 +807,18 @@ fn jobs_section(client: &str, w: &Who, v: &JobsView, runs: &[crate::records::Run
                 )
             })
             .unwrap_or_else(|| "–".into());
-        let button = format!(
+        // only the jobs set here: the client's own are not the server's to start
+        let button = if managed.is_none() {
+            String::new()
+        } else {
+            format!(
             "<form method=\"post\" action=\"/console/client/{}/run\"><input type=\"hidden\" name=\"csrf\" value=\"{}\">\
              <input type=\"hidden\" name=\"job\" value=\"{}\"><button type=\"submit\">Back up now</button></form>",
             seg(client),
             esc(&w.csrf),
             esc(name)
-        );
+        )
+        };
         t.row(
             &format!(" data-job=\"{}\"", esc(name)),
             &[
@@ -843,9 +848,11 @@ fn jobs_section(client: &str, w: &Who, v: &JobsView, runs: &[crate::records::Run
                     fmt_time(r.requested),
                     format!("{}{}", esc(&r.job), if r.check { " (check)" } else { "" }),
                     esc(&r.by),
-                    r.taken
-                        .map(fmt_time)
-                        .unwrap_or_else(|| "waiting for the agent".into()),
+                    match r.taken {
+                        Some(0) => "expired (not taken within an hour)".into(),
+                        Some(t) => fmt_time(t),
+                        None => "waiting for the agent".into(),
+                    },
                 ],
             );
         }

@@ -64,7 +64,7 @@ impl Default for Limits {
             max_uploads: 32,
             max_uploads_per_client: 8,
             min_upload_rate: 16 << 10,
-            max_connections: 512,
+            max_connections: 4096,
             idle_timeout: Duration::from_secs(60),
             header_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(30),
@@ -85,6 +85,29 @@ struct AppState {
     /// counter, read once a second by one task while agents poll).
     agent_wake: tokio::sync::watch::Sender<i64>,
     agent_ticker: std::sync::Once,
+    /// Polls waiting, by client: a stolen token cannot hold many connections this way.
+    polls: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+}
+
+/// Polls one client may have waiting at once.
+const POLLS_PER_CLIENT: usize = 2;
+
+/// Takes a waiting-poll slot of a client; gives it back when dropped.
+struct PollSlot<'a> {
+    st: &'a AppState,
+    client: String,
+}
+
+impl Drop for PollSlot<'_> {
+    fn drop(&mut self) {
+        let mut p = self.st.polls.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = p.get_mut(&self.client) {
+            *n -= 1;
+            if *n == 0 {
+                p.remove(&self.client);
+            }
+        }
+    }
 }
 
 type St = State<Arc<AppState>>;
@@ -144,6 +167,7 @@ pub fn router(server: Arc<Server>, limits: Limits) -> Router {
         limits,
         agent_wake: tokio::sync::watch::channel(0).0,
         agent_ticker: std::sync::Once::new(),
+        polls: Default::default(),
     });
     Router::new()
         .route("/", get(health))
@@ -312,6 +336,23 @@ async fn agent_poll(
             "since=GENERATION is needed (-1 at first)",
         )
     })?;
+    // waiting polls are bounded per client, and in all to half the connections (the rest
+    // stay for backups and restores); past either, the answer comes at once
+    let _slot = {
+        let mut p = st.polls.lock().unwrap_or_else(|e| e.into_inner());
+        let total: usize = p.values().sum();
+        let mine = p.get(&client.name).copied().unwrap_or(0);
+        if mine >= POLLS_PER_CLIENT || total >= st.limits.max_connections / 2 {
+            wait = 0;
+            None
+        } else {
+            *p.entry(client.name.clone()).or_default() += 1;
+            Some(PollSlot {
+                st: &st,
+                client: client.name.clone(),
+            })
+        }
+    };
     let deadline =
         tokio::time::Instant::now() + Duration::from_secs(wait.min(coffer_wire::POLL_WAIT_MAX_SECS));
     // one task reads the catalog's counter once a second and wakes the waiting polls

@@ -13,6 +13,10 @@ use rusqlite::{params, OptionalExtension};
 use crate::catalog::{db_err, Catalog};
 use crate::{Result, ServerError};
 
+/// A run asked for and not taken within this long is dropped (an agent back after days must
+/// not start last week's "back up now").
+pub const REQUEST_EXPIRES_SECS: i64 = 3600;
+
 /// A job as stored, with when it was last set.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct StoredJob {
@@ -202,6 +206,12 @@ impl Catalog {
         let (generation, jobs) = self.raw_jobs(client)?;
         let mut db = self.db();
         let tx = db.transaction().map_err(db_err)?;
+        // a run asked for more than an hour ago is not started any more (taken = 0: expired)
+        tx.execute(
+            "UPDATE run_requests SET taken = 0 WHERE client = ?1 AND taken IS NULL AND requested < ?2",
+            params![client, now - REQUEST_EXPIRES_SECS],
+        )
+        .map_err(db_err)?;
         let run: Vec<RunRequest> = {
             let mut st = tx
                 .prepare("SELECT id, job, is_check FROM run_requests WHERE client = ?1 AND taken IS NULL ORDER BY id")
@@ -218,6 +228,7 @@ impl Catalog {
             rows.collect::<rusqlite::Result<_>>().map_err(db_err)?
         };
         if generation == since && run.is_empty() {
+            tx.commit().map_err(db_err)?;
             return Ok(None);
         }
         tx.execute(

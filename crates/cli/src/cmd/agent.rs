@@ -257,6 +257,8 @@ fn start_poller(
                             if tx.send((mine, p)).is_err() {
                                 return;
                             }
+                            // (a server answering at once every time must not make this spin)
+                            std::thread::sleep(Duration::from_secs(1));
                         }
                         Err(e) => {
                             warn(&format!("managed jobs: the server's answer does not parse: {e}"));
@@ -288,29 +290,29 @@ fn start_poller(
 
 /// Tell the server of `[managed]` what was taken of its jobs (a `config` run report: failed
 /// when one was refused, which the server shows until a version is taken whole).
-async fn report_taken(cfg: &Config, host: &str, generation: i64, a: &Accepted) {
+async fn report_taken(cfg: &Config, host: &str, generation: i64, taken: &[String], refused: &[String]) {
     let Some(m) = &cfg.managed else { return };
     let Some(repo) = cfg.repositories.get(&m.server).cloned() else {
         return;
     };
     let now = Utc::now().timestamp();
-    let mut messages: Vec<String> = a.refused.iter().map(|r| format!("refused: {r}")).collect();
+    let mut messages: Vec<String> = refused.iter().map(|r| format!("refused: {r}")).collect();
     messages.push(format!(
         "generation {generation}: {} managed job(s) taken{}",
-        a.managed.len(),
-        if a.managed.is_empty() {
+        taken.len(),
+        if taken.is_empty() {
             String::new()
         } else {
-            format!(" ({})", a.managed.join(", "))
+            format!(" ({})", taken.join(", "))
         }
     ));
     let report = serde_json::json!({
         "kind": "config",
-        "status": if a.refused.is_empty() { "ok" } else { "failed" },
+        "status": if refused.is_empty() { "ok" } else { "failed" },
         "host": host,
         "started": now,
         "finished": now,
-        "errors": a.refused.len(),
+        "errors": refused.len(),
         "messages": messages,
     });
     let sent = tokio::task::spawn_blocking(move || {
@@ -645,7 +647,10 @@ async fn agent(g: &Global, mut cfg: Config, mut accepted: PathBuf) -> Result<u8>
                             }
                             let said = (t.generation, a.refused.clone());
                             if reported.as_ref() != Some(&said) {
-                                report_taken(&a.cfg, &host, t.generation, &a).await;
+                                // (sent beside the schedule: a slow server delays nothing)
+                                let (c, h, m, r) = (a.cfg.clone(), host.clone(), a.managed.clone(), a.refused.clone());
+                                let generation = t.generation;
+                                tokio::spawn(async move { report_taken(&c, &h, generation, &m, &r).await });
                                 reported = Some(said);
                             }
                             cfg = a.cfg;
@@ -664,8 +669,13 @@ async fn agent(g: &Global, mut cfg: Config, mut accepted: PathBuf) -> Result<u8>
                     if stopping {
                         continue;
                     }
-                    if !cfg.jobs.contains_key(&name) {
-                        warn(&format!("asked by the server to run job {name:?}, which this configuration does not have"));
+                    // only jobs the server set: a local job (its hooks, its destinations, its
+                    // retention) is not the server's to start
+                    if !cfg.jobs.get(&name).is_some_and(|j| j.managed) {
+                        warn(&format!(
+                            "asked by the server to run job {:?}, which is not one of its managed jobs: refused",
+                            name.escape_debug().to_string()
+                        ));
                         continue;
                     }
                     if running.contains_key(&name) {

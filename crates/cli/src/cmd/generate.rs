@@ -101,6 +101,7 @@ pub fn server_unit(exe: &Path, data: &Path, listen: &str) -> String {
          Restart=on-failure\n\
          RestartSec=10s\n\
          UMask=0077\n\
+         LimitNOFILE=65536\n\
          \n\
          [Install]\n\
          WantedBy=multi-user.target\n",

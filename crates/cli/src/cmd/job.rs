@@ -165,6 +165,14 @@ pub fn backup_args(cfg: &Config, a: &mut BackupArgs) -> Result<()> {
             "backup --job {name}: tag {t:?}: job:... tags are coffer's (it adds job:{name} itself)"
         )));
     }
+    // a managed job's paths are checked again now (a symlink made since it was taken)
+    if job.managed {
+        for p in &job.paths {
+            if let Some(why) = coffer_agent::through_symlink(p) {
+                return Err(usage(format!("managed job {name}: {why}")));
+            }
+        }
+    }
     announce(cfg, job);
     a.paths = job.paths.clone();
     a.exclude = job.exclude.clone();

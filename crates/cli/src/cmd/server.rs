@@ -411,10 +411,12 @@ fn serve(server: Server, a: &ServeArgs, g: &Global) -> Result<u8> {
         max_uploads: a.max_uploads.max(1),
         max_uploads_per_client: a.max_uploads_per_client.max(1),
         min_upload_rate: a.min_upload_rate.max(1),
+        max_connections: a.max_connections.max(16),
         idle_timeout: duration(&a.idle_timeout, "--idle-timeout")?.max(std::time::Duration::from_secs(1)),
         ..Limits::default()
     };
     let server = Arc::new(server);
+    room_for_connections(limits.max_connections);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("coffer-server")
@@ -507,6 +509,33 @@ fn spawn_job(
             }
         }
     });
+}
+
+/// Raise the soft open-file limit toward the hard one so that `max` connections (plus the
+/// catalog, repositories and uploads) fit; say so when they cannot.
+fn room_for_connections(max: usize) {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let want = (max as u64).saturating_add(1024);
+    let now = getrlimit(Resource::Nofile);
+    let soft = now.current.unwrap_or(u64::MAX);
+    if soft >= want {
+        return;
+    }
+    let hard = now.maximum.unwrap_or(u64::MAX);
+    let new = want.min(hard);
+    let _ = setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: Some(new),
+            maximum: now.maximum,
+        },
+    );
+    if new < want {
+        tracing::warn!(
+            "open files are limited to {new} (hard limit): fewer than --max-connections {max} needs; \
+             raise LimitNOFILE or lower --max-connections"
+        );
+    }
 }
 
 /// https://ADDR:PORT for a listening address; a wildcard address (0.0.0.0, [::]) becomes this
