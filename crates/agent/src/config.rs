@@ -163,6 +163,8 @@ pub struct Limits {
     /// CPU niceness, -20 to 19.
     pub nice: Option<i32>,
     pub ionice: Option<IoClass>,
+    /// Uploads keep under this many bytes per second (`limit_upload = "10M"`).
+    pub upload: Option<u64>,
 }
 
 /// An I/O scheduling class (as `ionice -c`).
@@ -355,6 +357,7 @@ struct RawJob {
     threads: usize,
     nice: Option<Spanned<i32>>,
     ionice: Option<Spanned<String>>,
+    limit_upload: Option<Spanned<String>>,
     before: Option<String>,
     after: Option<String>,
     retention: Option<Spanned<RawRetention>>,
@@ -684,6 +687,14 @@ impl Checker<'_> {
                     .map_err(|e| self.at(c.span(), format!("{what}: ionice {e}")))
             })
             .transpose()?;
+        let upload = j
+            .limit_upload
+            .as_ref()
+            .map(|r| {
+                coffer_core::limit::parse_rate(r.get_ref(), "limit_upload")
+                    .map_err(|e| self.at(r.span(), format!("{what}: {e}")))
+            })
+            .transpose()?;
         let mut tags = Vec::new();
         for t in &j.tags {
             if t.get_ref().is_empty() || t.get_ref().contains(',') || t.get_ref().starts_with("job:") {
@@ -837,6 +848,7 @@ impl Checker<'_> {
                 threads: j.threads,
                 nice,
                 ionice,
+                upload,
             },
             before: j.before.clone(),
             after: j.after.clone(),

@@ -19,7 +19,12 @@ pub use rest::{tls_config, RestBackend, RestOptions};
 pub use s3::{ObjectStat, S3Backend, S3Location};
 pub use sftp::{SftpBackend, SftpLocation};
 
+use coffer_core::limit::UploadLimit;
 use coffer_core::{Backend, BackendError, Error, FileKind};
+
+/// How much a paced upload sends per turn under `--limit-upload` (local and coffer server
+/// backends; SFTP paces its own 240 KiB write requests, S3 whole objects).
+pub(crate) const PACED_PIECE: usize = 256 << 10;
 
 /// The path of a repository file relative to the repository's root, the same on every
 /// backend: `config`, `keys/<id>`, `data/ab/ab…`. Names are hex hashes; anything else is
@@ -55,15 +60,20 @@ pub fn display_name(kind: FileKind, name: &str) -> String {
 /// `s3:https://HOST/BUCKET/PREFIX`, `sftp:[USER@]HOST:/PATH` (`sftp://HOST:PORT/PATH`), or a
 /// coffer server `https://HOST:PORT/REPO`.
 pub fn open(location: &str) -> Result<Arc<dyn Backend>, Error> {
-    open_with(location, &RestOptions::default())
+    open_with(location, &RestOptions::default(), None)
 }
 
-/// [`open`] with the settings a coffer server needs (CA certificate, token file).
-pub fn open_with(location: &str, rest: &RestOptions) -> Result<Arc<dyn Backend>, Error> {
+/// [`open`] with the settings a coffer server needs (CA certificate, token file) and the
+/// rate uploads keep under (`--limit-upload`), if any.
+pub fn open_with(
+    location: &str,
+    rest: &RestOptions,
+    upload_limit: Option<Arc<UploadLimit>>,
+) -> Result<Arc<dyn Backend>, Error> {
     if location.starts_with("https://") {
         let b = RestBackend::open(location, rest)
             .map_err(|e| Error::Invalid(format!("repository {location:?}: {e}")))?;
-        return Ok(Arc::new(b));
+        return Ok(Arc::new(b.with_upload_limit(upload_limit)));
     }
     if location.is_empty() {
         return Err(Error::Invalid("empty repository location".into()));
@@ -72,14 +82,14 @@ pub fn open_with(location: &str, rest: &RestOptions) -> Result<Arc<dyn Backend>,
         let loc =
             S3Location::parse(rest).map_err(|e| Error::Invalid(format!("repository {location:?}: {e}")))?;
         let b = S3Backend::open(loc).map_err(|e| Error::Invalid(format!("repository {location:?}: {e}")))?;
-        return Ok(Arc::new(b));
+        return Ok(Arc::new(b.with_upload_limit(upload_limit)));
     }
     if location.starts_with("sftp:") {
         let loc = SftpLocation::parse(location)
             .map_err(|e| Error::Invalid(format!("repository {location:?}: {e}")))?;
         let b =
             SftpBackend::open(loc).map_err(|e| Error::Invalid(format!("repository {location:?}: {e}")))?;
-        return Ok(Arc::new(b));
+        return Ok(Arc::new(b.with_upload_limit(upload_limit)));
     }
     if let Some(scheme) = url_like(location) {
         return Err(Error::Usage(format!(
@@ -87,7 +97,9 @@ pub fn open_with(location: &str, rest: &RestOptions) -> Result<Arc<dyn Backend>,
              (a local directory whose name starts with `{scheme}` is written ./{location})"
         )));
     }
-    Ok(Arc::new(LocalBackend::new(location)))
+    Ok(Arc::new(
+        LocalBackend::new(location).with_upload_limit(upload_limit),
+    ))
 }
 
 /// The forms a repository location takes, for messages and `--help`.

@@ -12,6 +12,7 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use coffer_core::limit::UploadLimit;
 use coffer_core::{Backend, BackendError, FileInfo, FileKind, WriteOutcome};
 use rustix::fs::{renameat_with, RenameFlags, CWD};
 use rustix::io::Errno;
@@ -24,6 +25,8 @@ pub struct LocalBackend {
     /// Recently read packs, kept open: a restore of many small files reads many blobs from
     /// each pack, and opening the pack for each one cost one `openat` per blob.
     open_packs: Arc<Mutex<OpenPacks>>,
+    /// Writes keep under this rate (`--limit-upload`: a repository on NFS or a NAS share).
+    upload_limit: Option<Arc<UploadLimit>>,
 }
 
 /// Packs kept open by [`LocalBackend`] (most recently used last).
@@ -37,6 +40,24 @@ impl LocalBackend {
         LocalBackend {
             root: root.into(),
             open_packs: Arc::default(),
+            upload_limit: None,
+        }
+    }
+
+    /// Writes keep under `limit`, 256 KiB at a time.
+    pub fn with_upload_limit(mut self, limit: Option<Arc<UploadLimit>>) -> Self {
+        self.upload_limit = limit;
+        self
+    }
+
+    /// Write `part`, in paced pieces under an upload limit.
+    fn write_paced(&self, f: &mut File, part: &[u8]) -> io::Result<()> {
+        match &self.upload_limit {
+            None => f.write_all(part),
+            Some(l) => part.chunks(crate::PACED_PIECE).try_for_each(|piece| {
+                l.wait_blocking(piece.len());
+                f.write_all(piece)
+            }),
         }
     }
 
@@ -284,7 +305,9 @@ impl Backend for LocalBackend {
     }
 
     fn write_parts(&self, kind: FileKind, name: &str, parts: &[&[u8]]) -> BResult<WriteOutcome> {
-        self.write_with(kind, name, |f| parts.iter().try_for_each(|p| f.write_all(p)))
+        self.write_with(kind, name, |f| {
+            parts.iter().try_for_each(|p| self.write_paced(f, p))
+        })
     }
 
     fn write_ranges(
@@ -301,7 +324,7 @@ impl Backend for LocalBackend {
                 let part = buf
                     .get(r.clone())
                     .ok_or_else(|| io::Error::new(ErrorKind::InvalidInput, "range outside the buffer"))?;
-                f.write_all(part)?;
+                self.write_paced(f, part)?;
             }
             reuse(buf);
             Ok(())

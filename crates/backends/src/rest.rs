@@ -18,7 +18,9 @@ use std::time::Duration;
 const MAX_RESPONSE: usize = (coffer_core::format::MAX_PACK_SIZE as usize) + (1 << 20);
 
 use crate::retry::{self, Failure, Policy};
+use coffer_core::limit::UploadLimit;
 use coffer_core::{Backend, BackendError, FileInfo, FileKind, WriteOutcome};
+use futures::StreamExt;
 use reqwest::{header, Method, StatusCode};
 use zeroize::Zeroizing;
 
@@ -44,6 +46,8 @@ pub struct RestBackend {
     token: Zeroizing<String>,
     client: reqwest::Client,
     rt: tokio::runtime::Runtime,
+    /// Request bodies keep under this rate (`--limit-upload`), 256 KiB at a time.
+    upload_limit: Option<Arc<UploadLimit>>,
 }
 
 impl std::fmt::Debug for RestBackend {
@@ -163,7 +167,14 @@ impl RestBackend {
             token,
             client,
             rt,
+            upload_limit: None,
         })
+    }
+
+    /// Request bodies keep under `limit`.
+    pub fn with_upload_limit(mut self, limit: Option<Arc<UploadLimit>>) -> Self {
+        self.upload_limit = limit;
+        self
     }
 
     fn url(&self, kind: FileKind, name: Option<&str>) -> String {
@@ -281,7 +292,12 @@ impl RestBackend {
                 req = req.header(k, v);
             }
             if let Some(b) = &body {
-                req = req.body(b.clone());
+                req = match &self.upload_limit {
+                    None => req.body(b.clone()),
+                    Some(l) => req
+                        .header(header::CONTENT_LENGTH, b.len())
+                        .body(paced_body(b.clone(), l.clone())),
+                };
             }
             let res = self.rt.block_on(async {
                 let mut r = req.send().await?;
@@ -382,6 +398,22 @@ impl RestBackend {
         }
         Ok(b)
     }
+}
+
+/// A request body sent in pieces, each after its turn under `limit`.
+fn paced_body(b: bytes::Bytes, limit: Arc<UploadLimit>) -> reqwest::Body {
+    let pieces: Vec<bytes::Bytes> = (0..b.len())
+        .step_by(crate::PACED_PIECE)
+        .map(|at| b.slice(at..(at + crate::PACED_PIECE).min(b.len())))
+        .collect();
+    let stream = futures::stream::iter(pieces).then(move |piece| {
+        let limit = limit.clone();
+        async move {
+            tokio::time::sleep(limit.reserve(piece.len())).await;
+            Ok::<_, std::io::Error>(piece)
+        }
+    });
+    reqwest::Body::wrap_stream(stream)
 }
 
 fn one_line(b: &[u8]) -> String {

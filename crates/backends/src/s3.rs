@@ -29,6 +29,7 @@ use std::ops::Range;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use coffer_core::limit::UploadLimit;
 use coffer_core::{Backend, BackendError, FileInfo, FileKind, WriteOutcome};
 use futures::TryStreamExt;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
@@ -144,6 +145,9 @@ pub struct S3Backend {
     signer: Arc<OnceLock<Result<Signer, String>>>,
     region: String,
     virtual_host: bool,
+    /// Each new object waits its turn under this rate (`--limit-upload`); an object goes
+    /// at the link's speed once started (object_store sends a body it holds whole).
+    upload_limit: Option<Arc<UploadLimit>>,
 }
 
 /// Whether files of `kind` are uploaded under the retention lock: what cannot be rebuilt.
@@ -238,7 +242,14 @@ impl S3Backend {
             signer: Arc::new(OnceLock::new()),
             region,
             virtual_host,
+            upload_limit: None,
         })
+    }
+
+    /// New objects wait their turn under `limit`.
+    pub fn with_upload_limit(mut self, limit: Option<Arc<UploadLimit>>) -> Self {
+        self.upload_limit = limit;
+        self
     }
 
     /// The signed-request client (Object Lock, versions), made once per bucket.
@@ -368,6 +379,7 @@ impl S3Backend {
             signer: self.signer.clone(),
             region: self.region.clone(),
             virtual_host: self.virtual_host,
+            upload_limit: self.upload_limit.clone(),
         })
     }
 
@@ -607,6 +619,9 @@ impl Backend for S3Backend {
             Err(e) => return Err(self.err(&what, e)),
         }
         if let Some(lock) = self.lock.filter(|_| lockable(kind)) {
+            if let Some(l) = &self.upload_limit {
+                l.wait_blocking(parts.iter().map(|p| p.len()).sum());
+            }
             // one PUT with the lock headers (up to 5 GiB; packs are far smaller)
             let data = bytes::Bytes::from(parts.concat());
             let until = chrono::Utc::now() + chrono::Duration::seconds(lock.secs);
@@ -621,6 +636,9 @@ impl Backend for S3Backend {
             });
         }
         let len: usize = parts.iter().map(|p| p.len()).sum();
+        if let Some(l) = &self.upload_limit {
+            l.wait_blocking(len);
+        }
         let r = if len > MULTIPART_ABOVE {
             self.block(async {
                 let upload = self.store.put_multipart(&key).await?;

@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::BytesMut;
+use coffer_core::limit::UploadLimit;
 use coffer_core::{Backend, BackendError, FileInfo, FileKind, WriteOutcome};
 use futures::{StreamExt, TryStreamExt};
 use openssh_sftp_client::error::SftpErrorKind;
@@ -142,6 +143,8 @@ pub struct SftpBackend {
     conn: Mutex<Option<Arc<Conn>>>,
     /// The end of what `ssh` printed on stderr, for errors.
     stderr: Arc<Mutex<String>>,
+    /// Writes keep under this rate (`--limit-upload`), piece by piece.
+    upload_limit: Option<Arc<UploadLimit>>,
 }
 
 impl std::fmt::Debug for SftpBackend {
@@ -180,6 +183,12 @@ fn tmp_name() -> String {
 }
 
 impl SftpBackend {
+    /// Writes keep under `limit`, one piece (240 KiB) at a time.
+    pub fn with_upload_limit(mut self, limit: Option<Arc<UploadLimit>>) -> Self {
+        self.upload_limit = limit;
+        self
+    }
+
     pub fn open(loc: SftpLocation) -> Result<SftpBackend, String> {
         let ssh: Vec<String> = match std::env::var("COFFER_SSH_COMMAND") {
             Ok(c) if !c.trim().is_empty() => c.split_whitespace().map(str::to_string).collect(),
@@ -198,6 +207,7 @@ impl SftpBackend {
             rt,
             conn: Mutex::new(None),
             stderr: Arc::new(Mutex::new(String::new())),
+            upload_limit: None,
         })
     }
 
@@ -601,6 +611,7 @@ impl Backend for SftpBackend {
         }
         let tmp = dir.join(tmp_name());
         let (tmp, dest) = (&tmp, &dest);
+        let limit = self.upload_limit.as_deref();
         let r = self.with(&what, |c| async move {
             let mut f = c.sftp.options().write(true).create_new(true).open(tmp).await?;
             // many writes in flight (each a clone of the handle at its own offset): one
@@ -618,6 +629,9 @@ impl Backend for SftpBackend {
             futures::stream::iter(pieces.into_iter().map(|(at, piece)| {
                 let mut g = base.clone();
                 async move {
+                    if let Some(l) = limit {
+                        tokio::time::sleep(l.reserve(piece.len())).await;
+                    }
                     g.seek(std::io::SeekFrom::Start(at))
                         .await
                         .map_err(SftpError::IOError)?;

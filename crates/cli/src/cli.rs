@@ -84,6 +84,11 @@ pub struct Global {
     /// token, CA certificate and S3/SSH settings) instead of -r and the password options
     #[arg(long, global = true, value_name = "NAME")]
     pub repo_name: Option<String>,
+    /// Keep uploads to the repository under RATE: 800K (KiB/s), 10M or 10MiB/s (MiB/s).
+    /// Local, SFTP and coffer server repositories are paced every 256 KiB; S3 object by
+    /// object. A job's limit_upload sets it for `run` and the agent
+    #[arg(long, env = "COFFER_LIMIT_UPLOAD", global = true, value_name = "RATE", value_parser = rate_arg)]
+    pub limit_upload: Option<u64>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -1007,6 +1012,11 @@ pub fn public_url_arg(s: &str) -> Result<String, String> {
 /// A duration in the one grammar (m is minutes).
 pub fn duration_arg(s: &str) -> Result<String, String> {
     checked(s, coffer_core::duration::parse(s, "duration"))
+}
+
+/// An upload rate, bytes per second.
+pub fn rate_arg(s: &str) -> Result<u64, String> {
+    coffer_core::limit::parse_rate(s, "rate").map_err(|e| e.to_string())
 }
 
 /// A retention period (a bare m is refused).

@@ -114,7 +114,7 @@ fn apply_config(cli: &mut Cli, typed: bool) -> anyhow::Result<()> {
         cmd::job::apply_repo(&mut cli.global, &cfg, &name, typed)?;
     }
     match &mut cli.command {
-        Command::Backup(a) => cmd::job::backup_args(&cfg, a),
+        Command::Backup(a) => cmd::job::backup_args(&cfg, &mut cli.global, a),
         Command::Forget(a) => cmd::job::forget_args(&cfg, cli.global.repo_name.as_deref(), a),
         Command::Check(a) => cmd::job::check_args(&cfg, a),
         _ => Ok(()),

@@ -250,6 +250,8 @@ paths = ["{src}"]
 to = ["local", "offsite"]
 schedule = "*/3 * * * * *"
 timezone = "UTC"
+limit_upload = "50M"
+nice = 5
 
 [job.files.retention]
 keep_last = 3
@@ -287,6 +289,7 @@ schedule = "*/4 * * * * *"
         "{check}"
     );
     assert!(check.contains("next run"), "{check}");
+    assert!(check.contains("limits     nice 5, upload 50.0 MiB/s"), "{check}");
 
     // the repositories are created through the configuration (S3 credentials from its file)
     ok(dir, &config, &["--repo-name", "local", "init", "-q"]);
@@ -654,6 +657,11 @@ fn broken_configurations_stop_every_command_with_one_line() {
             "[repository.r]\nlocation = \"/srv/r\"\npassword_file = \"/k\"\n[job.x]\npaths = [\"/etc\"]\nto = [\"r\"]\nschedule = \"every night\"\n",
             ":7:",
             "bad cron expression",
+        ),
+        (
+            "[repository.r]\nlocation = \"/srv/r\"\npassword_file = \"/k\"\n[job.x]\npaths = [\"/etc\"]\nto = [\"r\"]\nlimit_upload = \"800\"\n",
+            ":7:",
+            "give a unit",
         ),
     ];
     for (text, at, says) in cases {

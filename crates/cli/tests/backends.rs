@@ -177,11 +177,63 @@ fn the_same_scenario_on_every_backend() {
     assert_eq!(stderr(&o).lines().count(), 1, "one line: {}", stderr(&o));
 
     copy_chain(&e, &sftp);
+    upload_limit(&e, &sftp);
     server_on_s3(&e);
     fault_injection(&e);
     metadata_cache(&e);
     object_lock(&e);
     drop(sshd);
+}
+
+/// `--limit-upload 1M`: a backup that uploads 3 MiB of incompressible data takes at least
+/// 2 s on every backend (3 MiB at 1 MiB/s, less the quarter-second burst and slack); the
+/// same data without a limit is not timed (this machine's speed is not the test's business).
+/// A rate without a unit or below 1 KiB/s is a usage error, and a job's limit_upload is
+/// shown by `config check`.
+fn upload_limit(e: &Env, sftp: &str) {
+    let src = e.path("limit-src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("noise.bin"), pseudo_random(99, 3 << 20)).unwrap();
+    let server = common::server::ServerProc::start(&e.path("limit-server"), &[]);
+    let token = server.add_client("web1", "limited", "append");
+    let repos = [
+        e.path("limit-local").to_str().unwrap().to_string(),
+        format!("{sftp}-limited"),
+        format!("s3:http://127.0.0.1:{S3_PORT}/{BUCKET}/limited"),
+        server.url("limited"),
+    ];
+    for repo in &repos {
+        let run = |args: &[&str]| {
+            let o = e
+                .cmd()
+                .env("AWS_ACCESS_KEY_ID", ACCESS)
+                .env("AWS_SECRET_ACCESS_KEY", SECRET)
+                .env("COFFER_TOKEN", &token)
+                .env("COFFER_CACERT", &server.cacert)
+                .args(["-r", repo])
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{repo}: coffer {args:?}: {}", stderr(&o));
+        };
+        run(&["init", "-q"]);
+        let t0 = std::time::Instant::now();
+        run(&["backup", "-q", "--limit-upload", "1M", src.to_str().unwrap()]);
+        let took = t0.elapsed();
+        assert!(
+            took >= Duration::from_secs(2),
+            "{repo}: 3 MiB at 1 MiB/s took {took:?}"
+        );
+        run(&["check", "--read-data"]);
+    }
+    for bad in ["800", "0K", "100B/s", "fast"] {
+        let o = e
+            .cmd()
+            .args(["-r", &repos[0], "--limit-upload", bad, "snapshots"])
+            .output()
+            .unwrap();
+        assert_eq!(code(&o), 2, "--limit-upload {bad}: {}", stderr(&o));
+    }
 }
 
 /// A request to SeaweedFS with a plain S3 client (curl, SigV4), as an attacker holding the

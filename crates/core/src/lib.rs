@@ -20,6 +20,7 @@ pub mod forget;
 mod fsmeta;
 pub mod index;
 pub mod lease;
+pub mod limit;
 pub mod memory;
 mod packer;
 pub mod progress;

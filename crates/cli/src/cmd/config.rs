@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use super::{job, outln, print_json};
 use crate::cli::Global;
+use crate::ui::bytes;
 use std::io::Write;
 
 #[derive(Serialize)]
@@ -37,6 +38,36 @@ struct JobOut {
     retention_on: Vec<String>,
     check_schedule: Option<String>,
     next_check: Option<String>,
+    /// What the job may take of the machine: threads, nice, ionice, upload rate (bytes/s)
+    limits: LimitsOut,
+}
+
+#[derive(Serialize)]
+struct LimitsOut {
+    threads: Option<usize>,
+    nice: Option<i32>,
+    ionice: Option<String>,
+    upload_bytes_per_sec: Option<u64>,
+}
+
+impl LimitsOut {
+    /// `threads 2, nice 10, ionice idle, upload 10.0 MiB/s`, or `None` for no limit.
+    fn line(&self) -> Option<String> {
+        let mut parts = Vec::new();
+        if let Some(t) = self.threads {
+            parts.push(format!("threads {t}"));
+        }
+        if let Some(n) = self.nice {
+            parts.push(format!("nice {n}"));
+        }
+        if let Some(c) = &self.ionice {
+            parts.push(format!("ionice {c}"));
+        }
+        if let Some(r) = self.upload_bytes_per_sec {
+            parts.push(format!("upload {}/s", bytes(r)));
+        }
+        (!parts.is_empty()).then(|| parts.join(", "))
+    }
 }
 
 #[derive(Serialize)]
@@ -130,6 +161,12 @@ pub fn check(g: &Global) -> Result<u8> {
                         .as_ref()
                         .and_then(|c| next(&c.schedule))
                         .map(|t| t.to_rfc3339()),
+                    limits: LimitsOut {
+                        threads: (j.limits.threads > 0).then_some(j.limits.threads),
+                        nice: j.limits.nice,
+                        ionice: j.limits.ionice.map(|c| c.to_string()),
+                        upload_bytes_per_sec: j.limits.upload,
+                    },
                 }
             })
             .collect(),
@@ -156,6 +193,9 @@ pub fn check(g: &Global) -> Result<u8> {
                 outln!("  databases  {}", o.databases.join(", "))?;
             }
             outln!("  to         {}", o.to.join(", "))?;
+            if let Some(l) = o.limits.line() {
+                outln!("  limits     {l}")?;
+            }
         }
         match &j.schedule {
             Some(s) => {

@@ -19,7 +19,7 @@ pub fn run(g: &Global, a: CopyArgs) -> Result<u8> {
     };
     let src_backend = crate::cmd::cached(
         g,
-        coffer_backends::open_with(&a.from_repo, &rest).context("the source repository")?,
+        coffer_backends::open_with(&a.from_repo, &rest, None).context("the source repository")?,
     );
     if !src_backend.exists()? {
         return Err(coffer_core::Error::NoRepository {

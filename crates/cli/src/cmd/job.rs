@@ -145,7 +145,7 @@ fn usage(msg: String) -> anyhow::Error {
 
 /// `backup --job NAME`: the job's sources, tags and settings. The job says what is backed
 /// up; paths or source flags given as well are refused rather than mixed in.
-pub fn backup_args(cfg: &Config, a: &mut BackupArgs) -> Result<()> {
+pub fn backup_args(cfg: &Config, g: &mut Global, a: &mut BackupArgs) -> Result<()> {
     let Some(name) = a.job.clone() else { return Ok(()) };
     let job = cfg.job(&name).map_err(|e| usage(e.to_string()))?;
     let given = !a.paths.is_empty()
@@ -200,6 +200,9 @@ pub fn backup_args(cfg: &Config, a: &mut BackupArgs) -> Result<()> {
     }
     if a.threads == 0 {
         a.threads = job.limits.threads;
+    }
+    if g.limit_upload.is_none() {
+        g.limit_upload = job.limits.upload;
     }
     apply_limits(job)?;
     Ok(())

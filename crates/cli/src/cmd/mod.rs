@@ -53,7 +53,10 @@ pub fn backend(g: &Global) -> Result<Arc<dyn Backend>> {
         token_file: g.token_file.clone(),
         token_var: None,
     };
-    Ok(cached(g, coffer_backends::open_with(loc, &rest)?))
+    let limit = g
+        .limit_upload
+        .map(|r| Arc::new(coffer_core::limit::UploadLimit::new(r)));
+    Ok(cached(g, coffer_backends::open_with(loc, &rest, limit)?))
 }
 
 /// A remote repository reads key, index and snapshot files and tree packs through the local

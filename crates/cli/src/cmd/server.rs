@@ -24,33 +24,6 @@ pub(crate) fn duration(s: &str, what: &str) -> Result<Duration> {
     Ok(coffer_core::duration::parse(s, what)?)
 }
 
-/// `500G`, `1.5T`, `10GiB`, `123` (bytes); powers of 1024.
-fn parse_size(s: &str) -> Result<u64> {
-    let t = s.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: f64 = num
-        .parse()
-        .with_context(|| format!("size {s:?}: expected e.g. 500G, 2T, 10GiB"))?;
-    let mult: u64 = match unit
-        .trim()
-        .to_ascii_uppercase()
-        .trim_end_matches("IB")
-        .trim_end_matches('B')
-    {
-        "" => 1,
-        "K" => 1 << 10,
-        "M" => 1 << 20,
-        "G" => 1 << 30,
-        "T" => 1 << 40,
-        "P" => 1 << 50,
-        _ => bail!("size {s:?}: unknown unit {unit:?} (K, M, G, T, P)"),
-    };
-    Ok((n * mult as f64) as u64)
-}
-
 fn open_server(a: &ServerArgs) -> Result<Server> {
     let s = &a.serve;
     let settings = Settings {
@@ -281,7 +254,11 @@ fn repo_set(server: &Server, s: ServerRepoSetArgs) -> Result<u8> {
         }
     }
     if let Some(q) = &s.quota {
-        let q = if q == "none" { None } else { Some(parse_size(q)?) };
+        let q = if q == "none" {
+            None
+        } else {
+            Some(coffer_core::limit::parse_size(q, "--quota")?)
+        };
         server.catalog.set_quota(&s.repo, q)?;
     }
     Ok(0)
@@ -546,20 +523,5 @@ fn listening_url(addr: std::net::SocketAddr) -> String {
         format!("https://{host}:{}", addr.port())
     } else {
         format!("https://{addr}")
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_size;
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("123").unwrap(), 123);
-        assert_eq!(parse_size("2K").unwrap(), 2048);
-        assert_eq!(parse_size("10GiB").unwrap(), 10 << 30);
-        assert_eq!(parse_size("1.5T").unwrap(), 3 << 39);
-        assert!(parse_size("5X").is_err());
-        assert!(parse_size("G").is_err());
     }
 }
