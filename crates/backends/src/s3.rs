@@ -618,10 +618,11 @@ impl Backend for S3Backend {
             Err(object_store::Error::NotFound { .. }) => {}
             Err(e) => return Err(self.err(&what, e)),
         }
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        if let Some(l) = &self.upload_limit {
+            l.wait_blocking(len);
+        }
         if let Some(lock) = self.lock.filter(|_| lockable(kind)) {
-            if let Some(l) = &self.upload_limit {
-                l.wait_blocking(parts.iter().map(|p| p.len()).sum());
-            }
             // one PUT with the lock headers (up to 5 GiB; packs are far smaller)
             let data = bytes::Bytes::from(parts.concat());
             let until = chrono::Utc::now() + chrono::Duration::seconds(lock.secs);
@@ -634,10 +635,6 @@ impl Backend for S3Backend {
             } else {
                 WriteOutcome::Existed
             });
-        }
-        let len: usize = parts.iter().map(|p| p.len()).sum();
-        if let Some(l) = &self.upload_limit {
-            l.wait_blocking(len);
         }
         let r = if len > MULTIPART_ABOVE {
             self.block(async {
