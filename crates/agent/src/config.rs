@@ -15,6 +15,8 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 use toml::Spanned;
 
+pub use coffer_wire::IoClass;
+
 use crate::schedule::{Schedule, Zone};
 
 /// Where the configuration is read from when neither `--config` nor `COFFER_CONFIG` says.
@@ -165,41 +167,6 @@ pub struct Limits {
     pub ionice: Option<IoClass>,
     /// Uploads keep under this many bytes per second (`limit_upload = "10M"`).
     pub upload: Option<u64>,
-}
-
-/// An I/O scheduling class (as `ionice -c`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum IoClass {
-    /// Only when no other process wants the disk.
-    Idle,
-    /// The normal class, at a level from 0 (first) to 7 (last).
-    BestEffort(u8),
-}
-
-impl std::str::FromStr for IoClass {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s.split_once(':') {
-            None if s == "idle" => Ok(IoClass::Idle),
-            None if s == "best-effort" => Ok(IoClass::BestEffort(4)),
-            Some(("best-effort", n)) => match n.parse::<u8>() {
-                Ok(n) if n <= 7 => Ok(IoClass::BestEffort(n)),
-                _ => Err(format!("best-effort level {n:?} must be 0 to 7")),
-            },
-            _ => Err(format!(
-                "{s:?} is not an I/O class; use idle, best-effort or best-effort:0 to 7"
-            )),
-        }
-    }
-}
-
-impl std::fmt::Display for IoClass {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            IoClass::Idle => write!(f, "idle"),
-            IoClass::BestEffort(n) => write!(f, "best-effort:{n}"),
-        }
-    }
 }
 
 /// What to keep in the repositories a job prunes (`forget --keep-*`).

@@ -145,6 +145,11 @@ fn allowed(local: &Config, spec: &JobSpec) -> Result<(), String> {
                 .into(),
         );
     }
+    if let Some(n) = spec.nice.filter(|n| *n < 0) {
+        return Err(format!(
+            "nice {n}: the server may lower this machine's priority for a job, not raise it (0 to 19)"
+        ));
+    }
     let dbs = [&spec.mysql, &spec.postgres];
     if !m.databases && dbs.iter().any(|d| d.is_some()) {
         return Err(
@@ -300,6 +305,18 @@ fn job_table(j: &JobSpec) -> toml::Table {
         }
         t.insert("retention".into(), toml::Value::Table(rt));
     }
+    if let Some(r) = &j.limit_upload {
+        t.insert("limit_upload".into(), s(r));
+    }
+    if let Some(n) = j.nice {
+        t.insert("nice".into(), toml::Value::Integer(i64::from(n)));
+    }
+    if let Some(c) = &j.ionice {
+        t.insert("ionice".into(), s(c));
+    }
+    if let Some(n) = j.threads {
+        t.insert("threads".into(), toml::Value::Integer(i64::from(n)));
+    }
     if let Some(c) = &j.check {
         let mut ct = toml::Table::new();
         ct.insert("schedule".into(), s(&c.schedule));
@@ -436,6 +453,37 @@ before = "/usr/local/sbin/pre"
             );
         }
         assert!(s.config.job("a").unwrap().managed && !s.config.job("local").unwrap().managed);
+    }
+
+    #[test]
+    fn limits_are_taken_and_priority_only_lowered() {
+        let jobs = vec![
+            json!({"name": "slow", "paths": ["/etc"], "to": ["company"],
+                   "limit_upload": "10M", "nice": 10, "ionice": "idle", "threads": 2}),
+            json!({"name": "greedy", "paths": ["/etc"], "to": ["company"], "nice": -5}),
+            json!({"name": "badrate", "paths": ["/etc"], "to": ["company"], "limit_upload": "fast"}),
+            json!({"name": "badio", "paths": ["/etc"], "to": ["company"], "ionice": "realtime"}),
+        ];
+        let s = screen(&local(), LOCAL, 1, &jobs).unwrap();
+        let said = s.refused.join("\n");
+        assert_eq!(s.accepted, ["slow"], "{said}");
+        let l = &s.config.job("slow").unwrap().limits;
+        assert_eq!(
+            (l.upload, l.nice, l.ionice, l.threads),
+            (Some(10 << 20), Some(10), Some(crate::IoClass::Idle), 2)
+        );
+        for (job, why) in [
+            ("greedy", "not raise it"),
+            ("badrate", "limit_upload"),
+            ("badio", "ionice"),
+        ] {
+            assert!(
+                s.refused
+                    .iter()
+                    .any(|r| r.starts_with(&format!("managed job {job}:")) && r.contains(why)),
+                "{job}: {why} not in\n{said}"
+            );
+        }
     }
 
     #[test]

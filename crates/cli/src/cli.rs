@@ -484,6 +484,18 @@ pub struct ServerJobSetArgs {
     /// What share of the data each check reads (N/M or P%)
     #[arg(long, value_name = "SUBSET", requires = "check_schedule")]
     pub read_data_subset: Option<String>,
+    /// Keep the job's uploads under RATE (its limit_upload): 800K, 10M
+    #[arg(long, value_name = "RATE", value_parser = rate_text_arg)]
+    pub upload_limit: Option<String>,
+    /// Run the job at this CPU niceness (0 to 19: lower priority only)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(i32).range(0..=19))]
+    pub nice: Option<i32>,
+    /// The job's I/O class: idle, best-effort or best-effort:0 to 7
+    #[arg(long, value_name = "CLASS", value_parser = ioclass_arg)]
+    pub ionice: Option<String>,
+    /// Compression threads for the job (default: one per core)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub threads: Option<u32>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -1017,6 +1029,16 @@ pub fn duration_arg(s: &str) -> Result<String, String> {
 /// An upload rate, bytes per second.
 pub fn rate_arg(s: &str) -> Result<u64, String> {
     coffer_core::limit::parse_rate(s, "rate").map_err(|e| e.to_string())
+}
+
+/// An upload rate, kept as written (a managed job's limit).
+pub fn rate_text_arg(s: &str) -> Result<String, String> {
+    checked(s, coffer_core::limit::parse_rate(s, "rate"))
+}
+
+/// An I/O class, kept as written.
+pub fn ioclass_arg(s: &str) -> Result<String, String> {
+    s.parse::<coffer_wire::IoClass>().map(|_| s.to_string())
 }
 
 /// A retention period (a bare m is refused).

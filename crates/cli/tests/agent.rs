@@ -1077,6 +1077,175 @@ before = "touch {pwned}"
         page.contains("alice (console)"),
         "the request shows who asked: {page}"
     );
+    // jobs added, edited and removed in the console: the agent takes what the forms set
+    let get = |path: &str| {
+        exchange(
+            format!("GET {path} HTTP/1.1\nHost: 127.0.0.1\nConnection: close{cookie}"),
+            String::new(),
+        )
+    };
+    let enc = |s: &str| -> String {
+        s.bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b"/-_.".contains(&b) {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect()
+    };
+    let job_form = |csrf: &str, editing: &str, name: &str, paths: &str, schedule: &str| {
+        format!(
+            "csrf={csrf}&editing={editing}&name={name}&paths={}&to=company&schedule={}&keep_last=\
+             &limit_upload=10M&nice=10&ionice=idle&threads=",
+            enc(paths),
+            enc(schedule)
+        )
+    };
+    let console_jobs = || -> Vec<serde_json::Value> {
+        let out = server.admin_ok(&["--json", "client", "job", "list", "web1"]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|j| j["spec"]["name"] == "console")
+            .map(|j| j["spec"].clone())
+            .collect()
+    };
+    let (head, form) = get("/console/client/web1/new-job");
+    assert!(
+        head.starts_with("HTTP/1.1 200") && form.contains("name=\"paths\""),
+        "{head}{form}"
+    );
+    let every2s = "*/2 * * * * *";
+    let (head, _) = post(
+        "/console/client/web1/jobs",
+        job_form("forged", "", "console", www.to_str().unwrap(), every2s),
+        &cookie,
+    );
+    assert!(head.starts_with("HTTP/1.1 403"), "a forged form: {head}");
+    assert!(console_jobs().is_empty(), "a forged form set a job");
+    // a typo comes back in the form, with one line saying what is wrong
+    for (paths, schedule, says) in [
+        ("var/www", every2s, "an absolute path"),
+        (www.to_str().unwrap(), "61 * * * *", "schedule \"61 * * * *\""),
+    ] {
+        let (head, page) = post(
+            "/console/client/web1/jobs",
+            job_form(&csrf, "", "console", paths, schedule),
+            &cookie,
+        );
+        assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+        assert!(
+            page.contains("id=\"form-error\"") && page.contains(&says.replace('"', "&quot;")),
+            "{says}: {page}"
+        );
+        assert!(
+            page.contains(&format!(">{paths}</textarea>")),
+            "the form keeps what was typed: {page}"
+        );
+    }
+    assert!(console_jobs().is_empty(), "a refused form set a job");
+    let (head, _) = post(
+        "/console/client/web1/jobs",
+        job_form(&csrf, "", "console", www.to_str().unwrap(), every2s),
+        &cookie,
+    );
+    assert!(head.starts_with("HTTP/1.1 303"), "{head}");
+    let set = &console_jobs()[0];
+    assert_eq!(
+        (
+            &set["limit_upload"],
+            &set["nice"],
+            &set["ionice"],
+            &set["threads"]
+        ),
+        (
+            &serde_json::json!("10M"),
+            &serde_json::json!(10),
+            &serde_json::json!("idle"),
+            &serde_json::Value::Null
+        ),
+        "{set}"
+    );
+    wait_for(
+        "a snapshot of the job added in the console",
+        Duration::from_secs(30),
+        || paths_of("console").contains(&serde_json::json!([www])),
+        || agent.log(),
+    );
+    // a second "new" job of that name does not replace it
+    let (head, page) = post(
+        "/console/client/web1/jobs",
+        job_form(&csrf, "", "console", etc.to_str().unwrap(), every2s),
+        &cookie,
+    );
+    assert!(
+        head.starts_with("HTTP/1.1 400") && page.contains("already"),
+        "{head}{page}"
+    );
+    let (_, page) = get("/console/client/web1");
+    assert!(
+        page.contains("/console/client/web1/jobs/console\">Edit</a>"),
+        "{page}"
+    );
+    let (_, form) = get("/console/client/web1/jobs/console");
+    assert!(
+        form.contains(&format!(">{}</textarea>", www.display())) && form.contains("readonly"),
+        "{form}"
+    );
+    // an edit cannot rename; an edit of the paths is taken by the agent's next run
+    let (head, page) = post(
+        "/console/client/web1/jobs",
+        job_form(&csrf, "console", "renamed", etc.to_str().unwrap(), every2s),
+        &cookie,
+    );
+    assert!(
+        head.starts_with("HTTP/1.1 400") && page.contains("keeps its name"),
+        "{head}{page}"
+    );
+    let (head, _) = post(
+        "/console/client/web1/jobs",
+        job_form(&csrf, "console", "console", etc.to_str().unwrap(), every2s),
+        &cookie,
+    );
+    assert!(head.starts_with("HTTP/1.1 303"), "{head}");
+    assert_eq!(console_jobs()[0]["paths"], serde_json::json!([etc]));
+    wait_for(
+        "a snapshot of the path edited in the console",
+        Duration::from_secs(30),
+        || paths_of("console").contains(&serde_json::json!([etc])),
+        || agent.log(),
+    );
+    // removal needs its box ticked, and the token
+    let (head, _) = post(
+        "/console/client/web1/jobs/console/remove",
+        format!("csrf={csrf}"),
+        &cookie,
+    );
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+    let (head, _) = post(
+        "/console/client/web1/jobs/console/remove",
+        "csrf=forged&confirm=yes".into(),
+        &cookie,
+    );
+    assert!(head.starts_with("HTTP/1.1 403"), "{head}");
+    assert_eq!(console_jobs().len(), 1, "kept until confirmed with the token");
+    let (head, _) = post(
+        "/console/client/web1/jobs/console/remove",
+        format!("csrf={csrf}&confirm=yes"),
+        &cookie,
+    );
+    assert!(head.starts_with("HTTP/1.1 303"), "{head}");
+    assert!(console_jobs().is_empty());
+    assert!(
+        server
+            .admin_ok(&["client", "job", "list", "web1"])
+            .contains("ondemand"),
+        "the other jobs stay"
+    );
     // a read token (for restores) neither sees the jobs nor takes the runs asked for
     let reader = server.add_client("reader", "web1", "read");
     let r = server.raw(

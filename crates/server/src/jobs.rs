@@ -7,6 +7,8 @@
 //! for one). The server checks what it can without the client's configuration (names,
 //! absolute paths, a destination) so that an operator's typo is caught at once.
 
+use std::str::FromStr;
+
 use coffer_wire::{valid_job_name, AgentPoll, JobSpec, RunRequest};
 use rusqlite::{params, OptionalExtension};
 
@@ -65,7 +67,69 @@ pub fn check_spec(spec: &JobSpec) -> Result<()> {
     if spec.schedule.as_deref().is_some_and(|s| s.trim().is_empty()) {
         return bad("an empty schedule".into());
     }
+    // what the agent parses with the same grammar is checked here, so that a typo is
+    // answered at once and not by the agent's refusal a poll later
+    let cron = |what: &str, expr: &str| {
+        croner::Cron::from_str(expr).map(|_| ()).map_err(|e| {
+            format!("{what} {expr:?}: {e} (a cron expression, e.g. \"30 2 * * *\" for 02:30 daily)")
+        })
+    };
+    if let Some(s) = &spec.schedule {
+        cron("schedule", s).or_else(bad)?;
+    }
+    if let Some(c) = &spec.check {
+        cron("check schedule", &c.schedule).or_else(bad)?;
+        if let Some(r) = &c.read_data_subset {
+            r.parse::<coffer_core::check::ReadData>()
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+                .or_else(bad)?;
+        }
+    }
+    if let Some(d) = &spec.random_delay {
+        coffer_core::duration::parse(d, "random delay")
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+            .or_else(bad)?;
+    }
+    if let Some(r) = &spec.limit_upload {
+        coffer_core::limit::parse_rate(r, "upload limit")
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+            .or_else(bad)?;
+    }
+    if let Some(n) = spec.nice.filter(|n| !(0..=19).contains(n)) {
+        return bad(format!(
+            "nice {n}: 0 to 19 (a client's priority can be lowered from here, not raised)"
+        ));
+    }
+    if let Some(c) = &spec.ionice {
+        c.parse::<coffer_wire::IoClass>()
+            .map(|_| ())
+            .map_err(|e| format!("ionice: {e}"))
+            .or_else(bad)?;
+    }
+    if spec.threads.is_some_and(|n| n > 256) {
+        return bad("threads: at most 256".into());
+    }
+    if let Some(d) = spec.retention.as_ref().and_then(|r| r.keep_within.as_ref()) {
+        coffer_core::duration::parse(d, "keep within")
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+            .or_else(bad)?;
+    }
     Ok(())
+}
+
+/// What setting a job may do to a stored job of the same name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Put {
+    /// Add it or replace it (`coffer server client job set`).
+    Any,
+    /// Only add it: a job of that name is not silently replaced (the console's new-job form).
+    New,
+    /// Only replace it: a job removed meanwhile is not brought back (the console's edit form).
+    Replace,
 }
 
 fn bump(tx: &rusqlite::Transaction<'_>, client: &str) -> rusqlite::Result<()> {
@@ -81,10 +145,39 @@ fn bump(tx: &rusqlite::Transaction<'_>, client: &str) -> rusqlite::Result<()> {
 impl Catalog {
     /// Set (add or replace) a client's job.
     pub fn set_job(&self, client: &str, spec: &JobSpec, now: i64) -> Result<()> {
+        self.put_job(client, spec, now, Put::Any)
+    }
+
+    /// Set a client's job, as `put` allows.
+    pub fn put_job(&self, client: &str, spec: &JobSpec, now: i64, put: Put) -> Result<()> {
         check_spec(spec)?;
         let json = serde_json::to_string(spec).map_err(|e| ServerError::Invalid(e.to_string()))?;
         let mut db = self.db();
         let tx = db.transaction().map_err(db_err)?;
+        let exists = tx
+            .query_row(
+                "SELECT 1 FROM jobs WHERE client = ?1 AND name = ?2",
+                params![client, spec.name],
+                |_| Ok(()),
+            )
+            .optional()
+            .map_err(db_err)?
+            .is_some();
+        match (put, exists) {
+            (Put::New, true) => {
+                return Err(ServerError::Invalid(format!(
+                    "client {client:?} has a job {:?} already: edit that one, or choose another name",
+                    spec.name
+                )))
+            }
+            (Put::Replace, false) => {
+                return Err(ServerError::Invalid(format!(
+                    "client {client:?} has no job {:?} any more (removed meanwhile?): add it as a new job",
+                    spec.name
+                )))
+            }
+            _ => {}
+        }
         tx.execute(
             "INSERT INTO jobs (client, name, spec, updated) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT (client, name) DO UPDATE SET spec = ?3, updated = ?4",
@@ -297,5 +390,54 @@ mod tests {
         for bad in [spec("a b", "/x"), spec("w", "relative"), spec("w", "/a/../b")] {
             assert!(c.set_job("web1", &bad, 1).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn typos_are_refused_before_the_agent_sees_them() {
+        let good = spec("www", "/var/www");
+        check_spec(&good).unwrap();
+        let with = |f: &dyn Fn(&mut JobSpec)| {
+            let mut s = good.clone();
+            f(&mut s);
+            check_spec(&s).unwrap_err().to_string()
+        };
+        let e = with(&|s| s.schedule = Some("30 25 * * *".into()));
+        assert!(e.contains("schedule \"30 25 * * *\""), "{e}");
+        let e = with(&|s| {
+            s.check = Some(coffer_wire::CheckSpec {
+                schedule: "@daily".into(),
+                read_data_subset: Some("150%".into()),
+            })
+        });
+        assert!(e.contains("read-data-subset \"150%\""), "{e}");
+        let e = with(&|s| s.random_delay = Some("soon".into()));
+        assert!(e.contains("random delay"), "{e}");
+        let e = with(&|s| {
+            s.retention = Some(coffer_wire::RetentionSpec {
+                keep_within: Some("7".into()),
+                ..Default::default()
+            })
+        });
+        assert!(e.contains("keep within"), "{e}");
+    }
+
+    #[test]
+    fn new_does_not_replace_and_replace_does_not_add() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Catalog::open(&dir.path().join("server.db")).unwrap();
+        let e = c
+            .put_job("web1", &spec("www", "/a"), 1, Put::Replace)
+            .unwrap_err();
+        assert!(e.to_string().contains("no job \"www\" any more"), "{e}");
+        assert_eq!(c.jobs("web1").unwrap().1.len(), 0);
+        c.put_job("web1", &spec("www", "/a"), 2, Put::New).unwrap();
+        let e = c.put_job("web1", &spec("www", "/b"), 3, Put::New).unwrap_err();
+        assert!(e.to_string().contains("has a job \"www\" already"), "{e}");
+        c.put_job("web1", &spec("www", "/c"), 4, Put::Replace).unwrap();
+        let (generation, jobs) = c.jobs("web1").unwrap();
+        assert_eq!(
+            (generation, jobs[0].spec.paths.clone()),
+            (2, vec!["/c".to_string()])
+        );
     }
 }

@@ -49,6 +49,18 @@ pub struct JobSpec {
     pub retention: Option<RetentionSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub check: Option<CheckSpec>,
+    /// Uploads keep under this rate (`10M`: the grammar of `--limit-upload`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit_upload: Option<String>,
+    /// CPU niceness, 0 to 19: the server may lower a run's priority, not raise it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nice: Option<i32>,
+    /// I/O class ([`IoClass`] as text: `idle`, `best-effort:N`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ionice: Option<String>,
+    /// Compression threads (none: one per core).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threads: Option<u32>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -115,6 +127,41 @@ pub fn valid_job_name(s: &str) -> bool {
         && !s.starts_with('.')
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// An I/O scheduling class (as `ionice -c`): a job's `ionice`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoClass {
+    /// Only when no other process wants the disk.
+    Idle,
+    /// The normal class, at a level from 0 (first) to 7 (last).
+    BestEffort(u8),
+}
+
+impl std::str::FromStr for IoClass {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.split_once(':') {
+            None if s == "idle" => Ok(IoClass::Idle),
+            None if s == "best-effort" => Ok(IoClass::BestEffort(4)),
+            Some(("best-effort", n)) => match n.parse::<u8>() {
+                Ok(n) if n <= 7 => Ok(IoClass::BestEffort(n)),
+                _ => Err(format!("best-effort level {n:?} must be 0 to 7")),
+            },
+            _ => Err(format!(
+                "{s:?} is not an I/O class; use idle, best-effort or best-effort:0 to 7"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for IoClass {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            IoClass::Idle => write!(f, "idle"),
+            IoClass::BestEffort(n) => write!(f, "best-effort:{n}"),
+        }
+    }
 }
 
 #[cfg(test)]

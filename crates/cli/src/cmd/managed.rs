@@ -52,6 +52,10 @@ pub fn job(server: &Server, c: ServerJobCommand, g: &Global) -> Result<u8> {
                 keep_yearly,
                 check_schedule,
                 read_data_subset,
+                upload_limit,
+                nice,
+                ionice,
+                threads,
             } = *a;
             known_client(server, &client)?;
             let keeps = [keep_last, keep_daily, keep_weekly, keep_monthly, keep_yearly];
@@ -80,6 +84,10 @@ pub fn job(server: &Server, c: ServerJobCommand, g: &Global) -> Result<u8> {
                     schedule,
                     read_data_subset,
                 }),
+                limit_upload: upload_limit,
+                nice,
+                ionice,
+                threads,
             };
             server
                 .catalog

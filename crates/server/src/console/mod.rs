@@ -25,6 +25,10 @@ use crate::monitor::{self, fmt_time, ClientStatus, State as CState};
 use crate::records::RunStatus;
 use crate::{token_hash, Result, Server, ServerError};
 
+mod jobs;
+
+use jobs::{jobs_section, JobsView};
+
 const COOKIE: &str = "coffer_session";
 const SESSION_SECS: i64 = 12 * 3600;
 const LINK_SECS: i64 = 600;
@@ -39,7 +43,11 @@ pub fn router(server: Arc<Server>) -> Router {
         .route("/console/link/{token}", get(link_login))
         .route("/console/logout", post(logout))
         .route("/console/client/{name}", get(client_page))
-        .route("/console/client/{name}/run", post(run_now))
+        .route("/console/client/{name}/run", post(jobs::run_now))
+        .route("/console/client/{name}/new-job", get(jobs::new_job))
+        .route("/console/client/{name}/jobs", post(jobs::save_job))
+        .route("/console/client/{name}/jobs/{job}", get(jobs::edit_job))
+        .route("/console/client/{name}/jobs/{job}/remove", post(jobs::remove_job))
         .route("/console/alerts", get(alerts_page))
         .route("/console/style.css", get(style))
         .with_state(server)
@@ -376,6 +384,11 @@ td.num{text-align:right;white-space:nowrap}.scroll{overflow-x:auto}\
 .error{color:#b42318;font-weight:600}.muted{color:#616e7c}\
 form.login{max-width:22em;background:#fff;padding:1em;box-shadow:0 1px 2px rgba(0,0,0,.08)}\
 form.login label{display:block;margin:.5em 0}form.login input{width:100%;padding:.4em;font:inherit}\
+form.job{max-width:44em}form.job fieldset{background:#fff;border:1px solid #e4e7eb;margin:0 0 1em;padding:.6em 1em}\
+form.job legend{font-weight:600}form.job label{display:block;margin:.5em 0}form.job small{display:block;color:#616e7c}\
+form.job input:not([type=checkbox]),form.job textarea{width:100%;padding:.4em;font:inherit}\
+form.job label.num{display:inline-block;margin-right:1em}form.job label.num input{width:5em}\
+form.inline{display:inline;margin:0}\
 td{overflow-wrap:break-word}td.problem{overflow-wrap:anywhere;min-width:12em}\
 @media (max-width:700px){th.opt,td.opt{display:none}\
 table.stack thead{display:none}table.stack,table.stack tbody,table.stack tr{display:block;width:100%}\
@@ -395,12 +408,6 @@ struct CsrfForm {
     csrf: String,
 }
 
-#[derive(Deserialize)]
-struct RunForm {
-    csrf: String,
-    job: String,
-}
-
 /// A POST must come from this origin (a browser sends `Origin` with every form POST).
 fn same_origin(headers: &HeaderMap) -> bool {
     match headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
@@ -413,6 +420,13 @@ fn same_origin(headers: &HeaderMap) -> bool {
             o == format!("https://{host}")
         }
     }
+}
+
+/// A form POST that does not carry this session's CSRF token or comes from another origin
+/// is refused (403) before anything is done.
+fn form_refused(w: &Who, csrf: &str, headers: &HeaderMap) -> Option<Response> {
+    (csrf != w.csrf || !same_origin(headers))
+        .then(|| error_page(StatusCode::FORBIDDEN, "invalid form token; reload the page"))
 }
 
 async fn login_page(State(s): St, headers: HeaderMap) -> Response {
@@ -490,8 +504,8 @@ async fn link_login(State(s): St, UrlPath(token): UrlPath<String>) -> Response {
 }
 
 async fn logout(State(s): St, w: Who, headers: HeaderMap, Form(f): Form<CsrfForm>) -> Response {
-    if f.csrf != w.csrf || !same_origin(&headers) {
-        return error_page(StatusCode::FORBIDDEN, "invalid form token; reload the page");
+    if let Some(refused) = form_refused(&w, &f.csrf, &headers) {
+        return refused;
     }
     let server = s.clone();
     if let Err(e) = blocking(move || server.catalog.delete_session(&w.session_hash)).await {
@@ -739,158 +753,6 @@ async fn client_page(State(s): St, w: Who, UrlPath(name): UrlPath<String>) -> Re
         StatusCode::OK,
         page(&format!("coffer: {}", client.name), Some(&w), &b),
     )
-}
-
-/// What the client page shows of a client's jobs.
-struct JobsView {
-    managed: Vec<crate::jobs::StoredJob>,
-    /// (job, next due, report received, took ms) from the agent's reports.
-    announced: Vec<(String, i64, i64, u64)>,
-    requests: Vec<crate::jobs::Requested>,
-}
-
-/// The client's jobs (set here, or announced by its agent), each with its schedule, next
-/// expected backup, last result and a "Back up now" button; then the runs asked for.
-fn jobs_section(client: &str, w: &Who, v: &JobsView, runs: &[crate::records::Run], now: i64) -> String {
-    let mut names: Vec<String> = v.managed.iter().map(|j| j.spec.name.clone()).collect();
-    for (job, ..) in &v.announced {
-        if !names.contains(job) {
-            names.push(job.clone());
-        }
-    }
-    for r in runs {
-        if !r.report.job.is_empty() && !names.contains(&r.report.job) {
-            names.push(r.report.job.clone());
-        }
-    }
-    let mut t = Table::new(
-        "jobs",
-        &[
-            ("Job", "lead"),
-            ("Set", ""),
-            ("Schedule", ""),
-            ("Next expected", ""),
-            ("Last backup", ""),
-            ("", "lead"),
-        ],
-    );
-    for name in &names {
-        let managed = v.managed.iter().find(|j| &j.spec.name == name);
-        let schedule = match managed {
-            Some(j) => j
-                .spec
-                .schedule
-                .as_deref()
-                .map(|s| format!("<code>{}</code>", esc(s)))
-                .unwrap_or_else(|| "on request".into()),
-            None => "(the client's file)".into(),
-        };
-        let next = v
-            .announced
-            .iter()
-            .find(|(j, ..)| j == name)
-            .map(|(_, due, ..)| fmt_time(*due))
-            .unwrap_or_else(|| "–".into());
-        let last = runs
-            .iter()
-            .find(|r| &r.report.job == name && r.report.kind == "backup")
-            .map(|r| {
-                format!(
-                    "<span class=\"badge {}\">{}</span> {}",
-                    match r.report.status {
-                        RunStatus::Ok => "ok",
-                        RunStatus::Warning => "warning",
-                        RunStatus::Failed => "failed",
-                    },
-                    r.report.status.as_str(),
-                    age(now, r.received)
-                )
-            })
-            .unwrap_or_else(|| "–".into());
-        // only the jobs set here: the client's own are not the server's to start
-        let button = if managed.is_none() {
-            String::new()
-        } else {
-            format!(
-            "<form method=\"post\" action=\"/console/client/{}/run\"><input type=\"hidden\" name=\"csrf\" value=\"{}\">\
-             <input type=\"hidden\" name=\"job\" value=\"{}\"><button type=\"submit\">Back up now</button></form>",
-            seg(client),
-            esc(&w.csrf),
-            esc(name)
-        )
-        };
-        t.row(
-            &format!(" data-job=\"{}\"", esc(name)),
-            &[
-                esc(name),
-                if managed.is_some() { "here" } else { "client" }.to_string(),
-                schedule,
-                next,
-                last,
-                button,
-            ],
-        );
-    }
-    let mut b = String::from("<h2>Jobs</h2>");
-    b.push_str(&t.finish(
-        names.len(),
-        "No job known: set one with `coffer server client job set`, or run the client's agent.",
-    ));
-    if !v.requests.is_empty() {
-        let mut t = Table::new(
-            "requests",
-            &[("Asked", ""), ("Job", ""), ("By", ""), ("Taken by the agent", "")],
-        );
-        for r in &v.requests {
-            t.row(
-                &format!(" data-request=\"{}\"", r.id),
-                &[
-                    fmt_time(r.requested),
-                    format!("{}{}", esc(&r.job), if r.check { " (check)" } else { "" }),
-                    esc(&r.by),
-                    match r.taken {
-                        Some(0) => "expired (not taken within an hour)".into(),
-                        Some(t) => fmt_time(t),
-                        None => "waiting for the agent".into(),
-                    },
-                ],
-            );
-        }
-        b.push_str("<h2>Runs asked for</h2>");
-        b.push_str(&t.finish(v.requests.len(), ""));
-    }
-    b
-}
-
-/// "Back up now": a run request for the client's agent (CSRF-checked form).
-async fn run_now(
-    State(s): St,
-    w: Who,
-    headers: HeaderMap,
-    UrlPath(name): UrlPath<String>,
-    Form(f): Form<RunForm>,
-) -> Response {
-    if f.csrf != w.csrf || !same_origin(&headers) {
-        return error_page(StatusCode::FORBIDDEN, "invalid form token; reload the page");
-    }
-    let server = s.clone();
-    let (n2, job, by) = (name.clone(), f.job.clone(), format!("{} (console)", w.operator));
-    let r = blocking(move || {
-        if server.catalog.client(&n2)?.is_none() {
-            return Ok(None);
-        }
-        server
-            .catalog
-            .request_run(&n2, &job, false, &by, server.now())
-            .map(Some)
-    })
-    .await;
-    match r {
-        Ok(Some(_)) => redirect(&format!("/console/client/{}#requests", seg(&name))),
-        Ok(None) => error_page(StatusCode::NOT_FOUND, &format!("no client {name:?}")),
-        Err(ServerError::Invalid(m)) => error_page(StatusCode::BAD_REQUEST, &m),
-        Err(e) => internal(e),
-    }
 }
 
 fn incident_table(incidents: &[crate::records::Incident]) -> String {
