@@ -145,10 +145,27 @@ fn allowed(local: &Config, spec: &JobSpec) -> Result<(), String> {
                 .into(),
         );
     }
+    // limits: the server may make a run lighter, never heavier than a plain run
     if let Some(n) = spec.nice.filter(|n| *n < 0) {
         return Err(format!(
             "nice {n}: the server may lower this machine's priority for a job, not raise it (0 to 19)"
         ));
+    }
+    if let Some(c) = &spec.ionice {
+        match c.parse::<coffer_wire::IoClass>() {
+            Ok(coffer_wire::IoClass::BestEffort(n)) if n < 4 => {
+                return Err(format!(
+                    "ionice {c}: the server may lower this machine's I/O priority for a job, not raise it \
+                     (idle, or best-effort:4 to 7)"
+                ))
+            }
+            Ok(_) => {}
+            Err(e) => return Err(format!("ionice: {e}")),
+        }
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if let Some(n) = spec.threads.filter(|n| *n == 0 || *n as usize > cores) {
+        return Err(format!("threads {n}: 1 to this machine's {cores} core(s)"));
     }
     let dbs = [&spec.mysql, &spec.postgres];
     if !m.databases && dbs.iter().any(|d| d.is_some()) {
@@ -459,10 +476,12 @@ before = "/usr/local/sbin/pre"
     fn limits_are_taken_and_priority_only_lowered() {
         let jobs = vec![
             json!({"name": "slow", "paths": ["/etc"], "to": ["company"],
-                   "limit_upload": "10M", "nice": 10, "ionice": "idle", "threads": 2}),
+                   "limit_upload": "10M", "nice": 10, "ionice": "idle", "threads": 1}),
             json!({"name": "greedy", "paths": ["/etc"], "to": ["company"], "nice": -5}),
             json!({"name": "badrate", "paths": ["/etc"], "to": ["company"], "limit_upload": "fast"}),
             json!({"name": "badio", "paths": ["/etc"], "to": ["company"], "ionice": "realtime"}),
+            json!({"name": "eager", "paths": ["/etc"], "to": ["company"], "ionice": "best-effort:0"}),
+            json!({"name": "many", "paths": ["/etc"], "to": ["company"], "threads": 100000}),
         ];
         let s = screen(&local(), LOCAL, 1, &jobs).unwrap();
         let said = s.refused.join("\n");
@@ -470,12 +489,14 @@ before = "/usr/local/sbin/pre"
         let l = &s.config.job("slow").unwrap().limits;
         assert_eq!(
             (l.upload, l.nice, l.ionice, l.threads),
-            (Some(10 << 20), Some(10), Some(crate::IoClass::Idle), 2)
+            (Some(10 << 20), Some(10), Some(crate::IoClass::Idle), 1)
         );
         for (job, why) in [
             ("greedy", "not raise it"),
             ("badrate", "limit_upload"),
             ("badio", "ionice"),
+            ("eager", "not raise it"),
+            ("many", "threads 100000"),
         ] {
             assert!(
                 s.refused

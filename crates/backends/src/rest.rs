@@ -224,6 +224,19 @@ impl RestBackend {
         }
     }
 
+    /// Send a run's progress (`POST /REPO/progress`, JSON): one attempt (the next one is a
+    /// few seconds away).
+    pub fn post_progress(&self, json: &[u8]) -> BResult<()> {
+        let url = format!("{}/{}/{}", self.base, self.repo, coffer_wire::PROGRESS_PATH);
+        let headers = [(header::CONTENT_TYPE, "application/json".to_string())];
+        let (s, _, b) = self.call_n(Method::POST, &url, "progress", &headers, Some(json), 1)?;
+        if s.is_success() {
+            Ok(())
+        } else {
+            Err(self.fail("progress", s, &b))
+        }
+    }
+
     /// The agent's poll (`GET /REPO/agent?since=G&wait=S`, see `coffer_wire`): the answer's
     /// JSON, or `None` when nothing changed within `wait` seconds. One request, no retries
     /// (the agent polls again on its own).

@@ -490,7 +490,7 @@ pub struct ServerJobSetArgs {
     /// Run the job at this CPU niceness (0 to 19: lower priority only)
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(i32).range(0..=19))]
     pub nice: Option<i32>,
-    /// The job's I/O class: idle, best-effort or best-effort:0 to 7
+    /// The job's I/O class: idle, or best-effort:4 to 7 (lower priority only)
     #[arg(long, value_name = "CLASS", value_parser = ioclass_arg)]
     pub ionice: Option<String>,
     /// Compression threads for the job (default: one per core)
@@ -500,7 +500,8 @@ pub struct ServerJobSetArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum ServerJobCommand {
-    /// Set (add or replace) a managed job of a client
+    /// Set a managed job of a client: add it, or replace its whole definition (what the
+    /// flags do not give is cleared, including what was set in the console)
     Set(Box<ServerJobSetArgs>),
     /// List a client's managed jobs (--json for their definitions)
     List { client: String },

@@ -181,6 +181,9 @@ fn main() -> ExitCode {
             std::process::exit(130);
         });
     }
+    if let Some(kind) = report_kind {
+        report::start_progress(&g, kind, started);
+    }
     let r = match cli.command {
         Command::Init(a) => cmd::init(&g, a),
         Command::Backup(a) => cmd::backup::run(&g, a),

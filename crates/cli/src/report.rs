@@ -5,6 +5,7 @@
 //! (`https://HOST:PORT/REPO`), or to `--report-to URL` (a coffer server repository URL)
 //! otherwise. A report that cannot be delivered is a warning, never a failed run.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -178,6 +179,89 @@ pub fn send_once(g: &Global, kind: &str, started: SystemTime, took: Duration, ou
     }
 }
 
+/// What the running command has done so far, for its progress (counted by the progress
+/// display, which every long command has).
+static LIVE_FILES: AtomicU64 = AtomicU64::new(0);
+static LIVE_BYTES: AtomicU64 = AtomicU64::new(0);
+
+/// `n` more files processed (for the progress sent to the server).
+pub fn live_files(n: u64) {
+    LIVE_FILES.fetch_add(n, Ordering::Relaxed);
+}
+
+/// `n` more bytes processed.
+pub fn live_bytes(n: u64) {
+    LIVE_BYTES.fetch_add(n, Ordering::Relaxed);
+}
+
+/// While the command runs, tell its server what it has done so far, every
+/// [`coffer_wire::PROGRESS_EVERY_SECS`] (the console shows it, and follows it). Where its
+/// report would go; nothing when there is no such server. A thread that ends with the
+/// process; a post that fails is said once, on stderr, and tried again at the next tick.
+pub fn start_progress(g: &Global, kind: &'static str, started: SystemTime) {
+    let Some(url) = target(g) else { return };
+    let g = g.clone();
+    let job = JOB
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()
+        .map(|j| j.name.clone())
+        .unwrap_or_default();
+    let spawned = std::thread::Builder::new()
+        .name("progress".into())
+        .spawn(move || {
+            let backend = match rest(&g, &url) {
+                Ok(b) => b,
+                Err(e) => {
+                    eprintln!("coffer: warning: no progress will reach {url}: {e}");
+                    return;
+                }
+            };
+            let mut said = false;
+            loop {
+                std::thread::sleep(Duration::from_secs(coffer_wire::PROGRESS_EVERY_SECS));
+                if SENT.load(Ordering::SeqCst) {
+                    return;
+                }
+                let p = coffer_wire::RunProgress {
+                    kind: kind.to_string(),
+                    job: job.clone(),
+                    started: unix(started),
+                    files: LIVE_FILES.load(Ordering::Relaxed),
+                    bytes: LIVE_BYTES.load(Ordering::Relaxed),
+                };
+                let sent = serde_json::to_vec(&p)
+                    .map_err(|e| e.to_string())
+                    .and_then(|json| backend.post_progress(&json).map_err(|e| e.to_string()));
+                match sent {
+                    Err(e) if !said => {
+                        eprintln!("coffer: warning: progress did not reach {url}: {e}");
+                        said = true;
+                    }
+                    _ => {}
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        eprintln!("coffer: warning: no progress will be sent: {e}");
+    }
+}
+
+/// The client for the report's server, with the token the report uses.
+fn rest(g: &Global, url: &str) -> Result<coffer_backends::RestBackend, String> {
+    let token_var = std::env::var_os("COFFER_REPORT_TOKEN").map(|_| "COFFER_REPORT_TOKEN");
+    let opts = coffer_backends::RestOptions {
+        cacert: g.cacert.clone(),
+        token_file: if token_var.is_some() {
+            None
+        } else {
+            g.token_file.clone()
+        },
+        token_var,
+    };
+    coffer_backends::RestBackend::open(url, &opts)
+}
+
 /// Build and send the report of a finished command.
 pub fn send(g: &Global, kind: &str, started: SystemTime, took: Duration, outcome: &Result<u8, String>) {
     let Some(url) = target(g) else { return };
@@ -225,22 +309,9 @@ pub fn send(g: &Global, kind: &str, started: SystemTime, took: Duration, outcome
         next_expected: job_facts.next_expected.filter(|_| kind == "backup"),
         jobs: job_facts.jobs,
     };
-    let token_var = std::env::var_os("COFFER_REPORT_TOKEN").map(|_| "COFFER_REPORT_TOKEN");
-    let opts = coffer_backends::RestOptions {
-        cacert: g.cacert.clone(),
-        token_file: if token_var.is_some() {
-            None
-        } else {
-            g.token_file.clone()
-        },
-        token_var,
-    };
     let sent = serde_json::to_vec(&report)
         .map_err(|e| e.to_string())
-        .and_then(|json| {
-            let b = coffer_backends::RestBackend::open(&url, &opts)?;
-            b.post_run(&json).map_err(|e| e.to_string())
-        });
+        .and_then(|json| rest(g, &url)?.post_run(&json).map_err(|e| e.to_string()));
     if let Err(e) = sent {
         eprintln!("coffer: warning: the run report did not reach {url}: {e}");
     }

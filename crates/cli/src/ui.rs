@@ -88,9 +88,11 @@ impl Progress for CliProgress {
     }
     fn bytes(&self, n: u64) {
         self.bytes.fetch_add(n, Ordering::Relaxed);
+        crate::report::live_bytes(n);
     }
     fn files(&self, n: u64) {
         self.files.fetch_add(n, Ordering::Relaxed);
+        crate::report::live_files(n);
         if self.files.load(Ordering::Relaxed).is_multiple_of(64) {
             self.refresh(None);
         }

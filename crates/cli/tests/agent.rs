@@ -1196,10 +1196,17 @@ before = "touch {pwned}"
         form.contains(&format!(">{}</textarea>", www.display())) && form.contains("readonly"),
         "{form}"
     );
+    let version = form
+        .split("name=\"version\" value=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap()
+        .to_string();
+    let editing = format!("console&version={version}");
     // an edit cannot rename; an edit of the paths is taken by the agent's next run
     let (head, page) = post(
         "/console/client/web1/jobs",
-        job_form(&csrf, "console", "renamed", etc.to_str().unwrap(), every2s),
+        job_form(&csrf, &editing, "renamed", etc.to_str().unwrap(), every2s),
         &cookie,
     );
     assert!(
@@ -1208,10 +1215,21 @@ before = "touch {pwned}"
     );
     let (head, _) = post(
         "/console/client/web1/jobs",
-        job_form(&csrf, "console", "console", etc.to_str().unwrap(), every2s),
+        job_form(&csrf, &editing, "console", etc.to_str().unwrap(), every2s),
         &cookie,
     );
     assert!(head.starts_with("HTTP/1.1 303"), "{head}");
+    assert_eq!(console_jobs()[0]["paths"], serde_json::json!([etc]));
+    // the same form sent again (another tab): the change made meanwhile is not undone
+    let (head, page) = post(
+        "/console/client/web1/jobs",
+        job_form(&csrf, &editing, "console", www.to_str().unwrap(), every2s),
+        &cookie,
+    );
+    assert!(
+        head.starts_with("HTTP/1.1 400") && page.contains("changed by someone else"),
+        "{head}{page}"
+    );
     assert_eq!(console_jobs()[0]["paths"], serde_json::json!([etc]));
     wait_for(
         "a snapshot of the path edited in the console",
@@ -1258,4 +1276,110 @@ before = "touch {pwned}"
     drop(agent);
     let o = run(dir, &config, &["--repo-name", "company", "check"]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
+}
+
+#[test]
+fn managed_jobs_go_on_after_a_restart_while_the_server_is_down() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let config = dir.join("coffer.toml");
+    let mut server = ServerProc::start(&dir.join("server"), &[]);
+    let token = server.add_client("web1", "web1", "append");
+    fs::write(dir.join("web1.token"), format!("{token}\n")).unwrap();
+    let www = dir.join("www");
+    fs::create_dir_all(&www).unwrap();
+    fs::write(www.join("index.php"), "<?php echo 1;\n").unwrap();
+    let cfg = format!(
+        r#"
+[agent]
+host = "web1"
+state_dir = "{dir}/state"
+
+[repository.company]
+location = "{url}"
+password_file = "{dir}/company.key"
+token_file = "{dir}/web1.token"
+cacert = "{cacert}"
+
+[repository.local]
+location = "{dir}/local-repo"
+password_file = "{dir}/company.key"
+
+[managed]
+server = "company"
+paths = ["{www}"]
+to = ["company", "local"]
+min_interval = "1s"
+"#,
+        dir = dir.display(),
+        url = server.url("web1"),
+        cacert = server.cacert.display(),
+        www = www.display(),
+    );
+    fs::write(&config, cfg).unwrap();
+    let key = format!("{}/company.key", dir.display());
+    ok(dir, &config, &["key", "generate", "-q", "-o", &key]);
+    ok(dir, &config, &["--repo-name", "company", "init", "-q"]);
+    ok(dir, &config, &["--repo-name", "local", "init", "-q"]);
+    server.admin_ok(&[
+        "client",
+        "job",
+        "set",
+        "web1",
+        "site",
+        "--path",
+        www.to_str().unwrap(),
+        "--to",
+        "company",
+        "--to",
+        "local",
+        "--schedule",
+        "*/2 * * * * *",
+    ]);
+    let mut agent = Agent::start(dir, &config, 1);
+    wait_for(
+        "a snapshot of the managed job",
+        Duration::from_secs(60),
+        || !snapshots(dir, &config, "local", "site").is_empty(),
+        || agent.log(),
+    );
+    assert_eq!(agent.stop(), 0, "{}", agent.log());
+    assert!(dir.join("state/managed-jobs.json").exists());
+
+    // the server goes away; the agent restarts and runs what it took last
+    server.kill9();
+    let before = snapshots(dir, &config, "local", "site").len();
+    let agent = Agent::start(dir, &config, 2);
+    wait_for(
+        "a snapshot made with the server down",
+        Duration::from_secs(60),
+        || snapshots(dir, &config, "local", "site").len() > before,
+        || agent.log(),
+    );
+    assert!(
+        agent
+            .log()
+            .contains("kept from the last answer): 1 taken, 0 refused"),
+        "{}",
+        agent.log()
+    );
+    drop(agent);
+
+    // jobs kept from another server are not taken up
+    let cfg = fs::read_to_string(&config)
+        .unwrap()
+        .replace(&server.url("web1"), "https://127.0.0.1:1/elsewhere");
+    fs::write(&config, cfg).unwrap();
+    let agent = Agent::start(dir, &config, 3);
+    wait_for(
+        "the agent to start",
+        Duration::from_secs(30),
+        || agent.log().contains("started:"),
+        || agent.log(),
+    );
+    assert!(
+        !agent.log().contains("kept from the last answer"),
+        "{}",
+        agent.log()
+    );
 }

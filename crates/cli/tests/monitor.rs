@@ -838,6 +838,129 @@ fn a_forged_backup_report_is_a_failure() {
 
 /// Wait for a command with a deadline (a hang is the bug being tested): its output, or a
 /// panic after killing it.
+#[test]
+fn a_running_backup_shows_its_progress_in_the_console() {
+    let e = Env::new();
+    let server = ServerProc::start(&e.path("server"), &[]);
+    let token = server.add_client("web1", "web", "append");
+    let src = e.path("src");
+    fs::create_dir_all(&src).unwrap();
+    for i in 0..4 {
+        fs::write(src.join(format!("f{i}")), common::pseudo_random(i, 1 << 20)).unwrap();
+    }
+    let client = |args: &[&str]| {
+        let mut c = e.cmd();
+        c.env("COFFER_REPOSITORY", server.url("web"))
+            .env("COFFER_TOKEN", &token)
+            .env("COFFER_CACERT", &server.cacert)
+            .args(args);
+        c
+    };
+    let small = e.path("small");
+    fs::create_dir_all(&small).unwrap();
+    fs::write(small.join("a"), "a\n").unwrap();
+    for args in [vec!["init", "-q"], vec!["backup", "-q", small.to_str().unwrap()]] {
+        let o = client(&args).output().unwrap();
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+    }
+    let session = server.console_login("alice");
+    let (_, page) = server.console_get(&session, "/console/client/web1");
+    assert!(
+        !page.contains("Running now") && !page.contains("http-equiv=\"refresh\""),
+        "{page}"
+    );
+    // 4 MiB of incompressible data at 400 KiB/s: at least 9 s, so the progress posted every
+    // 5 s arrives while it runs
+    let mut backup = client(&["--limit-upload", "400K", "backup", "-q", src.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut seen = None;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while seen.is_none() && std::time::Instant::now() < deadline {
+        if backup.try_wait().unwrap().is_some() {
+            break;
+        }
+        let (_, page) = server.console_get(&session, "/console/client/web1");
+        if page.contains("id=\"running\"") {
+            let (_, fleet) = server.console_get(&session, "/console");
+            assert!(
+                fleet.contains(">running</span>"),
+                "the fleet page says so too: {fleet}"
+            );
+            seen = Some(page);
+        } else {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+        }
+    }
+    let page = seen.expect("the console showed the backup while it ran");
+    let row = page
+        .split("data-running=\"\"")
+        .nth(1)
+        .and_then(|r| r.split("</tr>").next())
+        .unwrap_or_else(|| panic!("a row for the run: {page}"));
+    assert!(row.contains(">backup<"), "{row}");
+    assert!(
+        page.contains("<meta http-equiv=\"refresh\" content=\"5\">"),
+        "the page follows the run: {page}"
+    );
+    // what it has read so far: some of the 4 MiB, more than nothing
+    let files: u64 = row
+        .split("data-label=\"Files\">")
+        .nth(1)
+        .and_then(|r| r.split('<').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{row}"));
+    assert!(files <= 4, "{row}");
+    assert!(
+        row.contains(" KiB") || row.contains(" MiB"),
+        "bytes read so far: {row}"
+    );
+    let out = backup.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // the report ends it
+    let (_, page) = server.console_get(&session, "/console/client/web1");
+    assert!(
+        !page.contains("id=\"running\"") && !page.contains("http-equiv=\"refresh\""),
+        "{page}"
+    );
+    // progress is counts from a client of this repository, of a known kind
+    let post = |token: &str, body: &str| {
+        let head = format!(
+            "POST /web/progress HTTP/1.1\nHost: 127.0.0.1\nConnection: close\nAuthorization: Bearer {token}\nContent-Type: application/json\nContent-Length: {}",
+            body.len()
+        );
+        server.raw(&head, body.as_bytes()).unwrap().0
+    };
+    let good = r#"{"kind":"backup","job":"","started":1,"files":1,"bytes":1}"#;
+    assert_eq!(post(&token, good), 204);
+    assert_eq!(post("forged", good), 401);
+    let reader = server.add_client("reader", "web", "read");
+    assert_eq!(
+        post(&reader, good),
+        403,
+        "a read token cannot show a backup running"
+    );
+    assert_eq!(
+        post(&token, r#"{"kind":"rm","started":1,"files":1,"bytes":1}"#),
+        400
+    );
+    assert_eq!(
+        post(
+            &token,
+            r#"{"kind":"backup","started":1,"files":1,"bytes":1,"path":"/etc"}"#
+        ),
+        400,
+        "no field for a path"
+    );
+}
+
 fn run_with_deadline(mut cmd: Command, secs: u64) -> std::process::Output {
     let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);

@@ -9,6 +9,7 @@
 //! PUT    /REPO/KIND/NAME            create; 201 created, 409 exists (left untouched)
 //! DELETE /REPO/KIND/NAME            admin only (append: leases only); into the trash
 //! POST   /REPO/runs                 a run report (JSON, records::RunReport); any role
+//! POST   /REPO/progress             a run's progress (JSON, coffer_wire::RunProgress); any role
 //! GET    /metrics                   Prometheus text; HTTP Basic auth of a console operator
 //! GET    /console...                the web console (crate::console)
 //! ```
@@ -75,8 +76,8 @@ impl Default for Limits {
 /// Key files an append token may add up to (admins: no limit).
 const MAX_APPEND_KEYS: usize = 16;
 
-struct AppState {
-    server: Arc<Server>,
+pub(crate) struct AppState {
+    pub(crate) server: Arc<Server>,
     uploads: Semaphore,
     /// Upload slots by client name (see [`Limits::max_uploads_per_client`]).
     client_uploads: std::sync::Mutex<std::collections::HashMap<String, Arc<Semaphore>>>,
@@ -110,7 +111,7 @@ impl Drop for PollSlot<'_> {
     }
 }
 
-type St = State<Arc<AppState>>;
+pub(crate) type St = State<Arc<AppState>>;
 
 /// An error answer: status and one line of text.
 #[derive(Debug)]
@@ -153,7 +154,7 @@ impl From<ServerError> for ApiError {
     }
 }
 
-fn err(status: StatusCode, msg: impl Into<String>) -> ApiError {
+pub(crate) fn err(status: StatusCode, msg: impl Into<String>) -> ApiError {
     ApiError(status, msg.into())
 }
 
@@ -174,6 +175,7 @@ pub fn router(server: Arc<Server>, limits: Limits) -> Router {
         .route("/metrics", get(metrics))
         .route("/{repo}", post(create_repo))
         .route("/{repo}/runs", post(post_run))
+        .route("/{repo}/progress", post(crate::live::post_progress))
         .route("/{repo}/agent", get(agent_poll))
         .route(
             "/{repo}/config",
@@ -276,6 +278,9 @@ async fn post_run(
         let skew = now - report.finished;
         report.next_expected = report.next_expected.map(|t| t.saturating_add(skew));
         let id = server.catalog.add_run(&client.name, &repo, now, &report)?;
+        server
+            .live
+            .ended(&client.name, &report.kind, &report.job, report.started, now);
         crate::monitor::judge_backup(&server, &client.name, &repo, id, &report, now)?;
         crate::monitor::evaluate(&server, now)?;
         Ok((id, true))
@@ -440,14 +445,14 @@ async fn health() -> &'static str {
 
 /// What a request needs from its token.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Need {
+pub(crate) enum Need {
     Read,
     Write(FileKind),
     Delete(FileKind),
 }
 
 /// Log a refused request (one line on stderr) and pass its error on.
-fn refuse(method: &Method, path: &str, who: &str, e: ApiError) -> ApiError {
+pub(crate) fn refuse(method: &Method, path: &str, who: &str, e: ApiError) -> ApiError {
     // the path and names come from the request: escaped, so that a %0A cannot forge a line
     tracing::warn!(
         "refused {method} {} ({}): {}",
@@ -459,7 +464,7 @@ fn refuse(method: &Method, path: &str, who: &str, e: ApiError) -> ApiError {
 }
 
 /// Check the bearer token, the repository it opens and its role.
-async fn authorize(
+pub(crate) async fn authorize(
     st: &AppState,
     headers: &HeaderMap,
     repo: &str,

@@ -24,6 +24,13 @@ pub const REQUEST_EXPIRES_SECS: i64 = 3600;
 pub struct StoredJob {
     pub spec: JobSpec,
     pub updated: i64,
+    /// What the stored definition is (a hash of it): an edit made from this one replaces it
+    /// only if nobody changed it meanwhile.
+    pub version: String,
+}
+
+fn version_of(json: &str) -> String {
+    blake3::hash(json.as_bytes()).to_hex()[..16].to_string()
 }
 
 /// A run asked for, and whether the agent took it.
@@ -103,17 +110,27 @@ pub fn check_spec(spec: &JobSpec) -> Result<()> {
             "nice {n}: 0 to 19 (a client's priority can be lowered from here, not raised)"
         ));
     }
-    if let Some(c) = &spec.ionice {
-        c.parse::<coffer_wire::IoClass>()
-            .map(|_| ())
-            .map_err(|e| format!("ionice: {e}"))
-            .or_else(bad)?;
+    match spec.ionice.as_deref().map(str::parse::<coffer_wire::IoClass>) {
+        Some(Err(e)) => return bad(format!("ionice: {e}")),
+        Some(Ok(coffer_wire::IoClass::BestEffort(n))) if n < 4 => {
+            return bad(format!(
+                "ionice best-effort:{n}: idle or best-effort:4 to 7 (a client's priority can be lowered from here, not raised)"
+            ))
+        }
+        _ => {}
     }
-    if spec.threads.is_some_and(|n| n > 256) {
-        return bad("threads: at most 256".into());
+    if spec.threads.is_some_and(|n| !(1..=256).contains(&n)) {
+        return bad("threads: 1 to 256".into());
+    }
+    for t in &spec.tags {
+        if t.is_empty() || t.contains(|c: char| c == ',' || c.is_whitespace()) || t.starts_with("job:") {
+            return bad(format!(
+                "tag {t:?}: no spaces or commas, and job:... tags are coffer's"
+            ));
+        }
     }
     if let Some(d) = spec.retention.as_ref().and_then(|r| r.keep_within.as_ref()) {
-        coffer_core::duration::parse(d, "keep within")
+        coffer_core::duration::parse_retention(d, "keep within")
             .map(|_| ())
             .map_err(|e| e.to_string())
             .or_else(bad)?;
@@ -122,14 +139,15 @@ pub fn check_spec(spec: &JobSpec) -> Result<()> {
 }
 
 /// What setting a job may do to a stored job of the same name.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Put {
     /// Add it or replace it (`coffer server client job set`).
     Any,
     /// Only add it: a job of that name is not silently replaced (the console's new-job form).
     New,
-    /// Only replace it: a job removed meanwhile is not brought back (the console's edit form).
-    Replace,
+    /// Only replace the version the edit started from ([`StoredJob::version`]): a job removed
+    /// or changed meanwhile (another operator, another tab) is not overwritten.
+    Replace(String),
 }
 
 fn bump(tx: &rusqlite::Transaction<'_>, client: &str) -> rusqlite::Result<()> {
@@ -154,25 +172,31 @@ impl Catalog {
         let json = serde_json::to_string(spec).map_err(|e| ServerError::Invalid(e.to_string()))?;
         let mut db = self.db();
         let tx = db.transaction().map_err(db_err)?;
-        let exists = tx
+        let stored: Option<String> = tx
             .query_row(
-                "SELECT 1 FROM jobs WHERE client = ?1 AND name = ?2",
+                "SELECT spec FROM jobs WHERE client = ?1 AND name = ?2",
                 params![client, spec.name],
-                |_| Ok(()),
+                |r| r.get(0),
             )
             .optional()
-            .map_err(db_err)?
-            .is_some();
-        match (put, exists) {
-            (Put::New, true) => {
+            .map_err(db_err)?;
+        match (put, stored) {
+            (Put::New, Some(_)) => {
                 return Err(ServerError::Invalid(format!(
                     "client {client:?} has a job {:?} already: edit that one, or choose another name",
                     spec.name
                 )))
             }
-            (Put::Replace, false) => {
+            (Put::Replace(_), None) => {
                 return Err(ServerError::Invalid(format!(
                     "client {client:?} has no job {:?} any more (removed meanwhile?): add it as a new job",
+                    spec.name
+                )))
+            }
+            (Put::Replace(was), Some(stored)) if version_of(&stored) != was => {
+                return Err(ServerError::Invalid(format!(
+                    "job {:?} was changed by someone else since this form was opened: nothing saved; \
+                     open it again to see the change",
                     spec.name
                 )))
             }
@@ -212,7 +236,11 @@ impl Catalog {
         let mut out = Vec::new();
         for (json, updated) in raw {
             match serde_json::from_str::<JobSpec>(&json) {
-                Ok(spec) => out.push(StoredJob { spec, updated }),
+                Ok(spec) => out.push(StoredJob {
+                    spec,
+                    updated,
+                    version: version_of(&json),
+                }),
                 Err(e) => tracing::warn!("a managed job of {client:?} does not read: {e}"),
             }
         }
@@ -419,6 +447,10 @@ mod tests {
             })
         });
         assert!(e.contains("keep within"), "{e}");
+        let e = with(&|s| s.threads = Some(0));
+        assert!(e.contains("threads"), "{e}");
+        let e = with(&|s| s.tags = vec!["nightly db".into()]);
+        assert!(e.contains("tag"), "{e}");
     }
 
     #[test]
@@ -426,18 +458,26 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let c = Catalog::open(&dir.path().join("server.db")).unwrap();
         let e = c
-            .put_job("web1", &spec("www", "/a"), 1, Put::Replace)
+            .put_job("web1", &spec("www", "/a"), 1, Put::Replace("0".into()))
             .unwrap_err();
         assert!(e.to_string().contains("no job \"www\" any more"), "{e}");
         assert_eq!(c.jobs("web1").unwrap().1.len(), 0);
         c.put_job("web1", &spec("www", "/a"), 2, Put::New).unwrap();
         let e = c.put_job("web1", &spec("www", "/b"), 3, Put::New).unwrap_err();
         assert!(e.to_string().contains("has a job \"www\" already"), "{e}");
-        c.put_job("web1", &spec("www", "/c"), 4, Put::Replace).unwrap();
+        let was = c.jobs("web1").unwrap().1[0].version.clone();
+        c.put_job("web1", &spec("www", "/c"), 4, Put::Replace(was.clone()))
+            .unwrap();
         let (generation, jobs) = c.jobs("web1").unwrap();
         assert_eq!(
             (generation, jobs[0].spec.paths.clone()),
             (2, vec!["/c".to_string()])
         );
+        // a second edit from the same form: someone else's change is not undone
+        let e = c
+            .put_job("web1", &spec("www", "/d"), 5, Put::Replace(was))
+            .unwrap_err();
+        assert!(e.to_string().contains("changed by someone else"), "{e}");
+        assert_eq!(c.jobs("web1").unwrap().1[0].spec.paths, ["/c"]);
     }
 }

@@ -27,6 +27,7 @@ pub mod catalog;
 pub mod console;
 pub mod http;
 pub mod jobs;
+pub mod live;
 pub mod monitor;
 pub mod notify;
 pub mod records;
@@ -134,6 +135,8 @@ pub struct Server {
     login_failures: Mutex<HashMap<String, (u32, i64)>>,
     /// Monitoring rounds finished by this process (see [`monitor::round`]).
     pub monitor_rounds: std::sync::atomic::AtomicU64,
+    /// Runs in progress, as their commands last said.
+    pub live: live::LiveRuns,
 }
 
 /// BLAKE3 of a token, as stored in the catalog (tokens are 256 random bits, so a fast hash
@@ -167,6 +170,7 @@ impl Server {
             usage: Mutex::new(HashMap::new()),
             login_failures: Mutex::new(HashMap::new()),
             monitor_rounds: std::sync::atomic::AtomicU64::new(0),
+            live: Default::default(),
         })
     }
 

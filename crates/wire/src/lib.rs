@@ -1,6 +1,7 @@
 //! The agent ↔ server contract for managed jobs (`GET /REPO/agent`): the job definitions an
 //! operator sets on the server, the runs asked for from there, and the answer that carries
-//! both. Types only, no I/O: the server and the agent agree by sharing this crate.
+//! both, and the progress a running command posts. Types only, no I/O: the server, the
+//! agent and the client agree by sharing this crate.
 //!
 //! Trust: a job from the server can say only what these types hold. Hooks, commands, password
 //! sources and database connections have no field here; every struct refuses unknown fields,
@@ -118,6 +119,53 @@ pub struct AgentPoll {
     pub jobs: Vec<serde_json::Value>,
     #[serde(default)]
     pub run: Vec<RunRequest>,
+}
+
+/// The path below a repository where a running command posts its progress.
+pub const PROGRESS_PATH: &str = "progress";
+
+/// How often a running command posts its progress (seconds).
+pub const PROGRESS_EVERY_SECS: u64 = 5;
+
+/// What a run in progress has done so far (`POST /REPO/progress`), sent by the running command
+/// every [`PROGRESS_EVERY_SECS`] until its run report ends it. Counts only: no path, no name
+/// of a file (the server holds no key and learns no more than a run report tells it).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunProgress {
+    /// The command: backup, check, restore, restore-db, copy, forget, prune.
+    pub kind: String,
+    /// The configured job it runs for ("" for a command typed by hand).
+    #[serde(default)]
+    pub job: String,
+    /// When it started (the client's clock, Unix seconds).
+    pub started: i64,
+    /// Files processed so far.
+    pub files: u64,
+    /// Bytes read (backup) or written (restore) so far.
+    pub bytes: u64,
+}
+
+impl RunProgress {
+    /// What a server accepts: a known kind and a job name (or none).
+    pub fn valid(&self) -> Result<(), String> {
+        const KINDS: [&str; 7] = [
+            "backup",
+            "check",
+            "restore",
+            "restore-db",
+            "copy",
+            "forget",
+            "prune",
+        ];
+        if !KINDS.contains(&self.kind.as_str()) {
+            return Err(format!("progress of an unknown kind of run {:?}", self.kind));
+        }
+        if !self.job.is_empty() && !valid_job_name(&self.job) {
+            return Err("progress of a job whose name is not one".into());
+        }
+        Ok(())
+    }
 }
 
 /// A job name: letters, digits, `-`, `_`, `.`, at most 64, not starting with `.`.

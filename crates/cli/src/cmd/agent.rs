@@ -158,10 +158,71 @@ pub fn self_exe() -> Result<PathBuf> {
 }
 
 /// The managed jobs the server sent last: their generation and definitions (as sent).
-#[derive(Clone)]
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 struct Taken {
     generation: i64,
     jobs: Vec<serde_json::Value>,
+    /// The server they came from (its repository's location): jobs kept from another
+    /// server are not taken up after a restart.
+    #[serde(default)]
+    server: String,
+}
+
+/// Where the agent keeps the managed jobs it took last, so that they go on running after a
+/// restart while the server is unreachable (checked against `[managed]` again when read).
+fn taken_file(cfg: &Config) -> PathBuf {
+    cfg.state_dir.join("managed-jobs.json")
+}
+
+/// The location of the server of `[managed]`, if any.
+fn managed_server(cfg: &Config) -> Option<String> {
+    let m = cfg.managed.as_ref()?;
+    cfg.repositories.get(&m.server).map(|r| r.location.clone())
+}
+
+/// The managed jobs kept by the last run of the agent, when they came from the server the
+/// configuration names now.
+fn load_taken(cfg: &Config) -> Option<Taken> {
+    let server = managed_server(cfg)?;
+    let bytes = std::fs::read(taken_file(cfg)).ok()?;
+    match serde_json::from_slice::<Taken>(&bytes) {
+        Ok(t) if t.server == server => Some(t),
+        Ok(_) => None,
+        Err(e) => {
+            warn(&format!(
+                "managed jobs kept in {}: unreadable ({e}); waiting for the server's",
+                taken_file(cfg).display()
+            ));
+            None
+        }
+    }
+}
+
+/// Keep the managed jobs taken (written whole or not at all).
+fn save_taken(cfg: &Config, t: &Taken) {
+    let path = taken_file(cfg);
+    let tmp = path.with_extension("json.tmp");
+    let written = serde_json::to_vec(t)
+        .map_err(std::io::Error::other)
+        .and_then(|json| {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let _ = std::fs::remove_file(&tmp);
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            f.write_all(&json)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &path)
+        });
+    if let Err(e) = written {
+        warn(&format!(
+            "managed jobs: cannot keep them in {} ({e}); after a restart they wait for the server",
+            path.display()
+        ));
+    }
 }
 
 /// An accepted configuration version.
@@ -434,7 +495,29 @@ pub fn run(g: &Global) -> Result<u8> {
         .enable_all()
         .build()
         .context("starting the agent's runtime")?;
-    rt.block_on(agent(g, cfg, accepted))
+    // the managed jobs taken last time run on while the server is unreachable
+    let (cfg, accepted, taken) = match load_taken(&cfg) {
+        Some(t) => match accept(g, 1, Some(&t)) {
+            Ok(a) => {
+                log(&format!(
+                    "managed jobs (generation {}, kept from the last answer): {} taken, {} refused, until the server answers",
+                    t.generation,
+                    a.managed.len(),
+                    a.refused.len()
+                ));
+                let _ = std::fs::remove_file(&accepted);
+                (a.cfg, a.copy, Some(t))
+            }
+            Err(e) => {
+                warn(&format!(
+                    "managed jobs kept from the last answer not taken: {e:#}"
+                ));
+                (cfg, accepted, None)
+            }
+        },
+        None => (cfg, accepted, None),
+    };
+    rt.block_on(agent(g, cfg, accepted, taken))
 }
 
 /// What the agent knows of one schedule: how it was set (a reload that changes it starts it
@@ -445,7 +528,7 @@ fn earliest(a: Option<DateTime<Utc>>, b: DateTime<Utc>) -> Option<DateTime<Utc>>
     Some(a.map_or(b, |a| a.min(b)))
 }
 
-async fn agent(g: &Global, mut cfg: Config, mut accepted: PathBuf) -> Result<u8> {
+async fn agent(g: &Global, mut cfg: Config, mut accepted: PathBuf, mut taken: Option<Taken>) -> Result<u8> {
     let mut hup = signal(SignalKind::hangup()).context("SIGHUP")?;
     let mut term = signal(SignalKind::terminate()).context("SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("SIGINT")?;
@@ -459,7 +542,6 @@ async fn agent(g: &Global, mut cfg: Config, mut accepted: PathBuf) -> Result<u8>
     // managed jobs: what the server sent last, and the thread that asks it
     let (poll_tx, mut poll_rx) = tokio::sync::mpsc::unbounded_channel::<(u64, AgentPoll)>();
     let epoch = Arc::new(AtomicU64::new(0));
-    let mut taken: Option<Taken> = None;
     let mut reported: Option<(i64, Vec<String>)> = None;
     start_poller(&cfg, &epoch, &poll_tx);
     log(&format!(
@@ -630,8 +712,13 @@ async fn agent(g: &Global, mut cfg: Config, mut accepted: PathBuf) -> Result<u8>
                 if from != epoch.load(Ordering::SeqCst) {
                     continue; // (from a poller a reload replaced)
                 }
-                if taken.as_ref().map(|t| t.generation) != Some(poll.generation) {
-                    let t = Taken { generation: poll.generation, jobs: poll.jobs.clone() };
+                // (the jobs too: a server rebuilt from scratch counts its generations afresh)
+                if taken.as_ref().map(|t| (t.generation, &t.jobs)) != Some((poll.generation, &poll.jobs)) {
+                    let t = Taken {
+                        generation: poll.generation,
+                        jobs: poll.jobs.clone(),
+                        server: managed_server(&cfg).unwrap_or_default(),
+                    };
                     version += 1;
                     match accept(g, version, Some(&t)) {
                         Ok(a) => {
@@ -658,6 +745,7 @@ async fn agent(g: &Global, mut cfg: Config, mut accepted: PathBuf) -> Result<u8>
                             let mut keep: Vec<&Path> = running.values().map(|r| r.config.as_path()).collect();
                             keep.push(&accepted);
                             tidy_versions(&cfg.state_dir.join("agent"), &keep);
+                            save_taken(&cfg, &t);
                             taken = Some(t);
                         }
                         Err(e) => warn(&format!("managed jobs not taken (the configuration does not load): {e:#}")),

@@ -285,7 +285,12 @@ pub fn check_args(cfg: &Config, a: &mut CheckArgs) -> Result<()> {
 
 /// The job's CPU and I/O priority, for this process and the threads it starts after.
 pub fn apply_limits(job: &Job) -> Result<()> {
-    if let Some(n) = job.limits.nice {
+    if let Some(mut n) = job.limits.nice {
+        // a managed job's niceness only lowers the priority the agent runs at (a server's
+        // nice = 0 must not undo a unit's Nice=10)
+        if job.managed {
+            n = n.max(rustix::process::getpriority_process(None).unwrap_or(n));
+        }
         rustix::process::setpriority_process(None, n)
             .map_err(|e| anyhow::anyhow!("job {}: cannot set nice {n}: {e}", job.name))?;
     }

@@ -138,6 +138,30 @@ impl ServerProc {
         String::from_utf8_lossy(&o.stdout).into_owned()
     }
 
+    /// Log a new console operator in: the session cookie's value.
+    pub fn console_login(&self, operator: &str) -> String {
+        let pw = self.admin_ok(&["operator", "add", operator]).trim().to_string();
+        let body = format!("name={operator}&password={pw}");
+        let head = format!(
+            "POST /console/login HTTP/1.1\nHost: 127.0.0.1\nConnection: close\nContent-Type: application/x-www-form-urlencoded\nContent-Length: {}",
+            body.len()
+        );
+        let (head, _) = raw_exchange(self.port, &self.cacert, &head, body.as_bytes()).expect("an answer");
+        head.lines()
+            .find_map(|l| l.strip_prefix("set-cookie: coffer_session="))
+            .and_then(|v| v.split(';').next())
+            .unwrap_or_else(|| panic!("no session: {head}"))
+            .to_string()
+    }
+
+    /// A console page with a session: the answer's head and body.
+    pub fn console_get(&self, session: &str, path: &str) -> (String, String) {
+        let head = format!(
+            "GET {path} HTTP/1.1\nHost: 127.0.0.1\nConnection: close\nCookie: coffer_session={session}"
+        );
+        raw_exchange(self.port, &self.cacert, &head, b"").expect("an answer")
+    }
+
     /// Add a client and return its token (stdout is the token alone).
     pub fn add_client(&self, name: &str, repo: &str, role: &str) -> String {
         let out = self.admin_ok(&["client", "add", name, "--repo", repo, "--role", role]);

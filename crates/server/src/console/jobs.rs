@@ -33,6 +33,8 @@ pub(super) struct JobsView {
     /// (job, next due, report received, took ms) from the agent's reports.
     pub(super) announced: Vec<(String, i64, i64, u64)>,
     pub(super) requests: Vec<crate::jobs::Requested>,
+    /// Runs in progress, as their commands last said.
+    pub(super) live: Vec<crate::live::Live>,
 }
 
 /// The client's jobs (set here, or announced by its agent), each with its schedule, next
@@ -125,7 +127,8 @@ pub(super) fn jobs_section(
             ],
         );
     }
-    let mut b = String::from("<h2 id=\"jobs-heading\">Jobs</h2>");
+    let mut b = running_section(&v.live, now);
+    b.push_str("<h2 id=\"jobs-heading\">Jobs</h2>");
     b.push_str(&t.finish(
         names.len(),
         "No job known: add one here or with `coffer server client job set`, or run the client's agent.",
@@ -159,6 +162,65 @@ pub(super) fn jobs_section(
         b.push_str(&t.finish(v.requests.len(), ""));
     }
     b
+}
+
+/// The runs in progress: what each has done so far, and when it was last heard from.
+fn running_section(live: &[crate::live::Live], now: i64) -> String {
+    if live.is_empty() {
+        return String::new();
+    }
+    let mut t = Table::new(
+        "running",
+        &[
+            ("Job", "lead"),
+            ("Run", ""),
+            ("Running since", ""),
+            ("Files", "num"),
+            ("Bytes", "num"),
+            ("Heard", ""),
+        ],
+    );
+    for l in live {
+        let p = &l.progress;
+        let silent = now - l.heard;
+        let heard = if silent >= crate::live::SILENT_SECS {
+            format!(
+                "<span class=\"badge overdue\">silent {silent} s</span> (no word since; the process may have died)"
+            )
+        } else {
+            format!("{silent} s ago")
+        };
+        t.row(
+            &format!(" data-running=\"{}\"", esc(&p.job)),
+            &[
+                if p.job.is_empty() {
+                    "(by hand)".into()
+                } else {
+                    esc(&p.job)
+                },
+                esc(&p.kind),
+                format!("{} ({})", fmt_time(l.first_heard), elapsed(now - l.first_heard)),
+                p.files.to_string(),
+                coffer_core::human_bytes(p.bytes),
+                heard,
+            ],
+        );
+    }
+    let mut b = String::from("<h2 id=\"running-heading\">Running now</h2>");
+    b.push_str(&t.finish(live.len(), ""));
+    b
+}
+
+/// `75 s`, `12 min`, `3 h 05 min`
+fn elapsed(secs: i64) -> String {
+    let s = secs.max(0);
+    if s < 120 {
+        format!("{s} s")
+    } else if s < 3600 {
+        format!("{} min", s / 60)
+    } else {
+        format!("{} h {:02} min", s / 3600, s % 3600 / 60)
+    }
 }
 
 /// "Back up now": a run request for the client's agent (CSRF-checked form).
@@ -200,6 +262,8 @@ pub(super) struct JobForm {
     /// The job being edited ("" for a new one): an edit cannot rename, and a new job cannot
     /// silently replace one of the same name.
     editing: String,
+    /// The stored version the edit started from (see `jobs::Put::Replace`).
+    version: String,
     name: String,
     /// One path per line.
     paths: String,
@@ -232,10 +296,10 @@ pub(super) struct JobForm {
     threads: String,
 }
 
+/// The lines of a text area as typed (a path may hold spaces); blank lines dropped.
 fn lines(s: &str) -> Vec<String> {
     s.lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
+        .filter(|l| !l.trim().is_empty())
         .map(String::from)
         .collect()
 }
@@ -327,13 +391,15 @@ impl JobForm {
     }
 
     /// The form filled in with a stored job, to edit it.
-    fn of(spec: &JobSpec) -> JobForm {
+    fn of(stored: &crate::jobs::StoredJob) -> JobForm {
+        let spec = &stored.spec;
         let n = |v: Option<u32>| v.map(|n| n.to_string()).unwrap_or_default();
         let r = spec.retention.clone().unwrap_or_default();
         let c = spec.check.clone();
         JobForm {
             csrf: String::new(),
             editing: spec.name.clone(),
+            version: stored.version.clone(),
             name: spec.name.clone(),
             paths: spec.paths.join("\n"),
             exclude: spec.exclude.join("\n"),
@@ -401,10 +467,12 @@ fn job_page(client: &str, w: &Who, f: &JobForm, error: Option<&str>) -> String {
     }
     b.push_str(&format!(
         "<form class=\"job\" method=\"post\" action=\"/console/client/{}/jobs\">\
-         <input type=\"hidden\" name=\"csrf\" value=\"{}\"><input type=\"hidden\" name=\"editing\" value=\"{}\">",
+         <input type=\"hidden\" name=\"csrf\" value=\"{}\"><input type=\"hidden\" name=\"editing\" value=\"{}\">\
+         <input type=\"hidden\" name=\"version\" value=\"{}\">",
         seg(client),
         esc(&w.csrf),
-        esc(&f.editing)
+        esc(&f.editing),
+        esc(&f.version)
     ));
     b.push_str("<fieldset><legend>What</legend>");
     b.push_str(&if editing {
@@ -521,7 +589,7 @@ fn job_page(client: &str, w: &Who, f: &JobForm, error: Option<&str>) -> String {
         "ionice",
         "I/O class",
         &f.ionice,
-        "idle, best-effort or best-effort:0 to 7",
+        "idle, or best-effort:4 to 7 (lower only)",
     ));
     b.push_str(&input(
         "threads",
@@ -581,7 +649,7 @@ pub(super) async fn edit_job(
         Err(e) => return internal(e),
     };
     match stored {
-        Some(j) => html_response(StatusCode::OK, job_page(&name, &w, &JobForm::of(&j.spec), None)),
+        Some(j) => html_response(StatusCode::OK, job_page(&name, &w, &JobForm::of(&j), None)),
         None => error_page(
             StatusCode::NOT_FOUND,
             &format!("client {name:?} has no job {job:?} set here"),
@@ -614,7 +682,7 @@ pub(super) async fn save_job(
         let m = "a job keeps its name: add a new job and remove this one to rename it";
         return html_response(StatusCode::BAD_REQUEST, job_page(&name, &w, &f, Some(m)));
     } else {
-        Put::Replace
+        Put::Replace(f.version.clone())
     };
     let (server, n2) = (s.clone(), name.clone());
     let r = blocking(move || server.catalog.put_job(&n2, &spec, server.now(), put)).await;

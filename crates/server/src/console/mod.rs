@@ -261,6 +261,11 @@ fn seg(s: &str) -> String {
 }
 
 fn page(title: &str, who: Option<&Who>, body: &str) -> String {
+    page_with(title, who, body, "")
+}
+
+/// [`page`] with more in its head (a refresh while a run is in progress: no script needed).
+fn page_with(title: &str, who: Option<&Who>, body: &str, head: &str) -> String {
     let nav = match who {
         Some(w) => format!(
             "<nav><a href=\"/console\">Fleet</a> <a href=\"/console/alerts\">Alerts</a>\
@@ -274,7 +279,7 @@ fn page(title: &str, who: Option<&Who>, body: &str) -> String {
     format!(
         "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <title>{}</title><link rel=\"stylesheet\" href=\"/console/style.css\"></head>\
+         <title>{}</title><link rel=\"stylesheet\" href=\"/console/style.css\">{head}</head>\
          <body><header><span class=\"brand\">coffer</span>{nav}</header><main>{body}</main></body></html>",
         esc(title)
     )
@@ -526,10 +531,11 @@ async fn fleet_page(State(s): St, w: Who) -> Response {
                 ratios.insert(c.client.repo.clone(), logical);
             }
         }
-        Ok((now, fleet, ratios))
+        let running = server.live.counts(now);
+        Ok((now, fleet, ratios, running))
     })
     .await;
-    let (now, fleet, ratios) = match r {
+    let (now, fleet, ratios, running) = match r {
         Ok(x) => x,
         Err(e) => return internal(e),
     };
@@ -561,9 +567,16 @@ async fn fleet_page(State(s): St, w: Who) -> Response {
             ),
             &[
                 format!(
-                    "<a href=\"/console/client/{}\">{}</a>",
+                    "<a href=\"/console/client/{}\">{}</a>{}",
                     seg(&c.client.name),
-                    esc(&c.client.name)
+                    esc(&c.client.name),
+                    match running.get(&c.client.name) {
+                        Some(n) => format!(
+                            " <span class=\"badge waiting\" title=\"runs in progress\">running{}</span>",
+                            if *n > 1 { format!(" ×{n}") } else { String::new() }
+                        ),
+                        None => String::new(),
+                    }
                 ),
                 badge(c.state),
                 last_good(c, now),
@@ -622,6 +635,7 @@ async fn client_page(State(s): St, w: Who, UrlPath(name): UrlPath<String>) -> Re
             managed: server.catalog.jobs(&n2)?.1,
             announced: server.catalog.announced(&n2)?,
             requests: server.catalog.run_requests(&n2, 10)?,
+            live: server.live.of(&n2, now),
         };
         Ok(Some((now, client, status, runs, snaps, verify, incidents, jobs)))
     })
@@ -664,6 +678,7 @@ async fn client_page(State(s): St, w: Who, UrlPath(name): UrlPath<String>) -> Re
             String::new()
         }
     ));
+    let running = !jobs.live.is_empty();
     b.push_str(&jobs_section(&client.name, &w, &jobs, &runs, now));
     let mut t = Table::new(
         "runs",
@@ -749,9 +764,18 @@ async fn client_page(State(s): St, w: Who, UrlPath(name): UrlPath<String>) -> Re
         None => b.push_str("<p class=\"muted\">Not verified yet.</p>"),
     }
     b.push_str(&incident_table(&incidents));
+    // while a run is in progress the page follows it by itself
+    let refresh = if running {
+        format!(
+            "<meta http-equiv=\"refresh\" content=\"{}\">",
+            coffer_wire::PROGRESS_EVERY_SECS
+        )
+    } else {
+        String::new()
+    };
     html_response(
         StatusCode::OK,
-        page(&format!("coffer: {}", client.name), Some(&w), &b),
+        page_with(&format!("coffer: {}", client.name), Some(&w), &b, &refresh),
     )
 }
 

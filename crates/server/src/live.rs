@@ -1,0 +1,230 @@
+//! Runs in progress. A running command posts what it has done so far every few seconds
+//! (`POST /REPO/progress`, [`coffer_wire::RunProgress`]); the server keeps the last word of
+//! each run in memory for the console, and forgets it when the run's report arrives. Not in
+//! the catalog: it is worth nothing once the report is in, and a restart loses seconds of it.
+//!
+//! Bounded: at most [`PER_CLIENT`] runs per client (a client runs its jobs one at a time per
+//! job), and a run not heard from for [`FORGET_SECS`] is dropped.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use axum::body::Body;
+use axum::extract::{Path as UrlPath, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use coffer_wire::RunProgress;
+
+use crate::catalog::Role;
+use crate::http::{authorize, err, refuse, ApiError, Need, St};
+
+/// A run not heard from for this long is shown as silent.
+pub const SILENT_SECS: i64 = 3 * coffer_wire::PROGRESS_EVERY_SECS as i64;
+/// ... and after this long it is forgotten (the process died without a report).
+pub const FORGET_SECS: i64 = 15 * 60;
+/// Runs in progress kept per client.
+pub const PER_CLIENT: usize = 8;
+/// The largest progress body.
+const MAX_BODY: usize = 4096;
+
+/// One run in progress as the server last heard of it.
+#[derive(Clone, Debug)]
+pub struct Live {
+    pub client: String,
+    pub progress: RunProgress,
+    /// When the server first and last heard of it (server clock).
+    pub first_heard: i64,
+    pub heard: i64,
+    /// Its report arrived: kept a while so that a progress post that crossed the report on
+    /// the way does not bring the run back.
+    ended: bool,
+}
+
+/// The runs in progress, by client, kind and job.
+#[derive(Default, Debug)]
+pub struct LiveRuns {
+    runs: Mutex<HashMap<(String, String, String), Live>>,
+}
+
+impl LiveRuns {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String, String), Live>> {
+        self.runs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A run's progress arrived; false when the client has [`PER_CLIENT`] other runs going.
+    pub fn heard(&self, client: &str, p: RunProgress, now: i64) -> bool {
+        let mut runs = self.lock();
+        runs.retain(|_, l| now - l.heard < FORGET_SECS);
+        let key = (client.to_string(), p.kind.clone(), p.job.clone());
+        if let Some(l) = runs.get_mut(&key) {
+            if l.ended && l.progress.started == p.started {
+                return true;
+            }
+            // a new run of the same job (the last one died without a report, or ended)
+            // starts afresh
+            if l.ended || l.progress.started != p.started {
+                l.first_heard = now;
+                l.ended = false;
+            }
+            l.progress = p;
+            l.heard = now;
+            return true;
+        }
+        if runs.values().filter(|l| l.client == client && !l.ended).count() >= PER_CLIENT {
+            return false;
+        }
+        runs.insert(
+            key,
+            Live {
+                client: client.to_string(),
+                progress: p,
+                first_heard: now,
+                heard: now,
+                ended: false,
+            },
+        );
+        true
+    }
+
+    /// A run's report arrived: it is no longer in progress (`started`: the run's start, as
+    /// its report and its progress say it).
+    pub fn ended(&self, client: &str, kind: &str, job: &str, started: i64, now: i64) {
+        let key = (client.to_string(), kind.to_string(), job.to_string());
+        let mut runs = self.lock();
+        runs.retain(|_, l| now - l.heard < FORGET_SECS);
+        let l = runs.entry(key).or_insert_with(|| Live {
+            client: client.to_string(),
+            progress: RunProgress {
+                kind: kind.to_string(),
+                job: job.to_string(),
+                ..Default::default()
+            },
+            first_heard: now,
+            heard: now,
+            ended: true,
+        });
+        l.progress.started = started;
+        l.heard = now;
+        l.ended = true;
+    }
+
+    /// A client's runs in progress, oldest first.
+    pub fn of(&self, client: &str, now: i64) -> Vec<Live> {
+        let mut v: Vec<Live> = self
+            .lock()
+            .values()
+            .filter(|l| l.client == client && !l.ended && now - l.heard < FORGET_SECS)
+            .cloned()
+            .collect();
+        v.sort_by_key(|l| (l.first_heard, l.progress.kind.clone(), l.progress.job.clone()));
+        v
+    }
+
+    /// How many runs each client has in progress (heard from lately).
+    pub fn counts(&self, now: i64) -> HashMap<String, usize> {
+        let mut m = HashMap::new();
+        for l in self.lock().values() {
+            if !l.ended && now - l.heard < SILENT_SECS {
+                *m.entry(l.client.clone()).or_insert(0) += 1;
+            }
+        }
+        m
+    }
+}
+
+/// `POST /REPO/progress`: any role (a read token for restores and checks only, as its run
+/// reports).
+pub(crate) async fn post_progress(
+    State(st): St,
+    UrlPath(repo): UrlPath<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let path = format!("/{repo}/{}", coffer_wire::PROGRESS_PATH);
+    let client = authorize(&st, &headers, &repo, Need::Read, &Method::POST, &path).await?;
+    let bytes = axum::body::to_bytes(body, MAX_BODY)
+        .await
+        .map_err(|_| err(StatusCode::PAYLOAD_TOO_LARGE, "progress is at most 4 KiB"))?;
+    let p: RunProgress =
+        serde_json::from_slice(&bytes).map_err(|e| err(StatusCode::BAD_REQUEST, format!("progress: {e}")))?;
+    p.valid().map_err(|e| err(StatusCode::BAD_REQUEST, e))?;
+    if client.role == Role::Read && !matches!(p.kind.as_str(), "restore" | "check") {
+        return Err(refuse(
+            &Method::POST,
+            &path,
+            &client.name,
+            err(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "client {:?} has role read, which may report restores and checks only",
+                    client.name
+                ),
+            ),
+        ));
+    }
+    if !st.server.live.heard(&client.name, p, st.server.now()) {
+        return Err(err(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "client {:?} has {PER_CLIENT} runs in progress already",
+                client.name
+            ),
+        ));
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(kind: &str, job: &str, started: i64, files: u64) -> RunProgress {
+        RunProgress {
+            kind: kind.into(),
+            job: job.into(),
+            started,
+            files,
+            bytes: files * 10,
+        }
+    }
+
+    #[test]
+    fn runs_are_kept_until_reported_bounded_and_forgotten() {
+        let l = LiveRuns::default();
+        assert!(l.heard("web1", p("backup", "www", 100, 1), 1000));
+        assert!(l.heard("web1", p("backup", "www", 100, 5), 1005));
+        assert!(l.heard("db1", p("backup", "", 100, 5), 1005));
+        let now = l.of("web1", 1006);
+        assert_eq!(now.len(), 1);
+        assert_eq!(
+            (now[0].progress.files, now[0].first_heard, now[0].heard),
+            (5, 1000, 1005)
+        );
+        assert_eq!(l.counts(1006).get("web1"), Some(&1));
+        assert_eq!(l.counts(1005 + SILENT_SECS).get("web1"), None, "silent");
+        // a new run of the job starts afresh
+        assert!(l.heard("web1", p("backup", "www", 200, 1), 1010));
+        assert_eq!(l.of("web1", 1010)[0].first_heard, 1010);
+        l.ended("web1", "backup", "www", 200, 1011);
+        assert!(l.of("web1", 1011).is_empty());
+        // a post that crossed the report does not bring the run back; the next run shows
+        assert!(l.heard("web1", p("backup", "www", 200, 2), 1012));
+        assert!(l.of("web1", 1012).is_empty());
+        assert!(l.heard("web1", p("backup", "www", 300, 1), 1013));
+        assert_eq!(l.of("web1", 1013)[0].first_heard, 1013);
+        l.ended("web1", "backup", "www", 300, 1014);
+        assert_eq!(l.of("db1", 1011).len(), 1, "another client's run stays");
+        for i in 0..PER_CLIENT {
+            assert!(l.heard("web1", p("check", &format!("j{i}"), 1, 1), 1020));
+        }
+        assert!(!l.heard("web1", p("check", "one-more", 1, 1), 1020));
+        assert!(l.of("db1", 1005 + FORGET_SECS).is_empty(), "forgotten");
+    }
+
+    #[test]
+    fn progress_names_a_known_kind_and_a_job() {
+        assert!(p("backup", "www", 1, 1).valid().is_ok());
+        assert!(p("rm -rf", "", 1, 1).valid().is_err());
+        assert!(p("backup", "a b", 1, 1).valid().is_err());
+    }
+}
