@@ -237,6 +237,19 @@ impl RestBackend {
         }
     }
 
+    /// Whether the client's own retention must wait (`GET /REPO/hold`, see
+    /// `coffer_wire::RetentionHold`): the answer's JSON, or `None` from a server that does
+    /// not know the question (404: an older server holds nothing).
+    pub fn retention_hold(&self) -> BResult<Option<Vec<u8>>> {
+        let url = format!("{}/{}/{}", self.base, self.repo, coffer_wire::HOLD_PATH);
+        let (s, _, b) = self.call_n(Method::GET, &url, "retention hold", &[], None, ATTEMPTS)?;
+        match s {
+            s if s.is_success() => Ok(Some(b)),
+            StatusCode::NOT_FOUND => Ok(None),
+            s => Err(self.fail("retention hold", s, &b)),
+        }
+    }
+
     /// The agent's poll (`GET /REPO/agent?since=G&wait=S`, see `coffer_wire`): the answer's
     /// JSON, or `None` when nothing changed within `wait` seconds. One request, no retries
     /// (the agent polls again on its own).

@@ -156,7 +156,7 @@ pub fn kind(c: &Command) -> Option<&'static str> {
 }
 
 /// Where the report goes: `--report-to`, else the repository if it is a coffer server.
-fn target(g: &Global) -> Option<String> {
+pub fn target(g: &Global) -> Option<String> {
     g.report_to
         .clone()
         .or_else(|| g.repo.clone().filter(|r| r.starts_with("https://")))
@@ -248,7 +248,7 @@ pub fn start_progress(g: &Global, kind: &'static str, started: SystemTime) {
 }
 
 /// The client for the report's server, with the token the report uses.
-fn rest(g: &Global, url: &str) -> Result<coffer_backends::RestBackend, String> {
+pub fn rest(g: &Global, url: &str) -> Result<coffer_backends::RestBackend, String> {
     let token_var = std::env::var_os("COFFER_REPORT_TOKEN").map(|_| "COFFER_REPORT_TOKEN");
     let opts = coffer_backends::RestOptions {
         cacert: g.cacert.clone(),

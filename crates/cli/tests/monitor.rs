@@ -961,6 +961,114 @@ fn a_running_backup_shows_its_progress_in_the_console() {
     );
 }
 
+#[test]
+fn an_open_anomaly_holds_the_clients_own_retention() {
+    let e = Env::new();
+    let mut server = ServerProc::start(&e.path("server"), &[]);
+    let token = server.add_client("web1", "web", "append");
+    let dir = e.path("client");
+    fs::create_dir_all(dir.join("src")).unwrap();
+    fs::write(dir.join("web1.token"), format!("{token}\n")).unwrap();
+    fs::write(dir.join("src/index.html"), "<p>shop</p>\n").unwrap();
+    let config = dir.join("coffer.toml");
+    fs::write(
+        &config,
+        format!(
+            r#"
+[agent]
+host = "web1"
+state_dir = "{dir}/state"
+
+[repository.offsite]
+location = "{dir}/offsite"
+password_file = "{dir}/offsite.key"
+report_to = "{url}"
+token_file = "{dir}/web1.token"
+cacert = "{cacert}"
+
+[job.site]
+paths = ["{dir}/src"]
+to = ["offsite"]
+
+[job.site.retention]
+keep_last = 1
+"#,
+            dir = dir.display(),
+            url = server.url("web"),
+            cacert = server.cacert.display(),
+        ),
+    )
+    .unwrap();
+    let coffer = |args: &[&str]| {
+        let o = e.cmd().arg("--config").arg(&config).args(args).output().unwrap();
+        (
+            code(&o),
+            format!("{}{}", String::from_utf8_lossy(&o.stdout), stderr(&o)),
+        )
+    };
+    let key = format!("{}/offsite.key", dir.display());
+    assert_eq!(coffer(&["key", "generate", "-q", "-o", &key]).0, 0);
+    assert_eq!(coffer(&["--repo-name", "offsite", "init", "-q"]).0, 0);
+    let snapshots = || -> usize {
+        let (c, out) = coffer(&["--repo-name", "offsite", "snapshots", "--json"]);
+        assert_eq!(c, 0, "{out}");
+        serde_json::from_str::<Vec<serde_json::Value>>(out.trim())
+            .unwrap()
+            .len()
+    };
+    let run = |n: u32| {
+        fs::write(dir.join("src/index.html"), format!("<p>shop {n}</p>\n")).unwrap();
+        coffer(&["run", "site"])
+    };
+    for n in 0..2 {
+        let (c, out) = run(n);
+        assert_eq!(c, 0, "{out}");
+    }
+    assert_eq!(snapshots(), 1, "keep_last = 1 applied");
+    // the server raised an ANOMALY for web1 (the detection has its own test): retention waits
+    rusqlite::Connection::open(server.data.join("server.db"))
+        .unwrap()
+        .execute(
+            "INSERT INTO anomalies (client, repo, run_id, opened, detail) VALUES ('web1', 'web', 0, 1, 'most files changed into data that does not compress')",
+            [],
+        )
+        .unwrap();
+    let (_, out) = run(2);
+    assert!(
+        out.contains("nothing forgotten: the server holds this client's retention for an ANOMALY")
+            && out.contains("does not compress"),
+        "{out}"
+    );
+    assert_eq!(snapshots(), 2, "nothing forgotten while held");
+    let reported = rusqlite::Connection::open(server.data.join("server.db"))
+        .unwrap()
+        .query_row(
+            "SELECT status, messages FROM runs WHERE kind = 'forget' ORDER BY id DESC LIMIT 1",
+            [],
+            |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
+        )
+        .unwrap();
+    assert!(
+        reported.0 == "warning" && reported.1.contains("nothing forgotten"),
+        "{reported:?}"
+    );
+    let (c, out) = coffer(&["--repo-name", "offsite", "forget", "--job", "site", "--dry-run"]);
+    assert!(c == 0 && out.contains("retention held:"), "{out}");
+    // an operator looked: retention runs again
+    server.admin_ok(&["client", "ack", "web1"]);
+    let (c, out) = run(3);
+    assert_eq!(c, 0, "{out}");
+    assert_eq!(snapshots(), 1);
+    // a server that cannot be asked holds it too
+    server.kill9();
+    let (_, out) = run(4);
+    assert!(
+        out.contains("nothing forgotten: the server could not be asked"),
+        "{out}"
+    );
+    assert_eq!(snapshots(), 2);
+}
+
 fn run_with_deadline(mut cmd: Command, secs: u64) -> std::process::Output {
     let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);

@@ -10,6 +10,7 @@
 //! DELETE /REPO/KIND/NAME            admin only (append: leases only); into the trash
 //! POST   /REPO/runs                 a run report (JSON, records::RunReport); any role
 //! POST   /REPO/progress             a run's progress (JSON, coffer_wire::RunProgress); any role
+//! GET    /REPO/hold                 whether the client's own retention waits (coffer_wire::RetentionHold)
 //! GET    /metrics                   Prometheus text; HTTP Basic auth of a console operator
 //! GET    /console...                the web console (crate::console)
 //! ```
@@ -176,6 +177,7 @@ pub fn router(server: Arc<Server>, limits: Limits) -> Router {
         .route("/{repo}", post(create_repo))
         .route("/{repo}/runs", post(post_run))
         .route("/{repo}/progress", post(crate::live::post_progress))
+        .route("/{repo}/hold", get(crate::hold::get_hold))
         .route("/{repo}/agent", get(agent_poll))
         .route(
             "/{repo}/config",
@@ -569,7 +571,7 @@ fn check_name(kind: FileKind, name: &str) -> Result<(), ApiError> {
     }
 }
 
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> crate::Result<T> + Send + 'static,
 ) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f)

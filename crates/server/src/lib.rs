@@ -25,6 +25,7 @@ pub(crate) fn internal_error(detail: &str) -> String {
 
 pub mod catalog;
 pub mod console;
+pub mod hold;
 pub mod http;
 pub mod jobs;
 pub mod live;

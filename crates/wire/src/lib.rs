@@ -168,6 +168,25 @@ impl RunProgress {
     }
 }
 
+/// The path below a repository where a client asks whether its retention is held.
+pub const HOLD_PATH: &str = "hold";
+
+/// The answer to `GET /REPO/hold`: whether the client's own retention (`forget --job`, the
+/// agent's and `coffer run`'s) must wait, because the server has an ANOMALY for the client
+/// that no operator has acknowledged (files encrypted in place: every night that retention
+/// runs pushes a good version out).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionHold {
+    pub held: bool,
+    /// When the oldest open anomaly was raised (server clock).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<i64>,
+    /// What the server saw.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+}
+
 /// A job name: letters, digits, `-`, `_`, `.`, at most 64, not starting with `.`.
 pub fn valid_job_name(s: &str) -> bool {
     !s.is_empty()

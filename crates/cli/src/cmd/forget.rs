@@ -35,6 +35,34 @@ fn policy(a: &ForgetArgs) -> Result<KeepPolicy> {
     })
 }
 
+/// Why a job's retention must wait, if it must: the coffer server this run reports to has an
+/// ANOMALY for the client that nobody acknowledged (files encrypted in place: each night of
+/// retention would push a good version out), or it cannot be asked (a night without
+/// retention costs some storage; one with it, after an attack, costs a good version). No
+/// server to report to, or one too old to know the question: no hold.
+fn held(g: &Global) -> Option<String> {
+    let url = crate::report::target(g)?;
+    let answer = crate::report::rest(g, &url).and_then(|b| b.retention_hold().map_err(|e| e.to_string()));
+    match answer {
+        Ok(None) => None,
+        Ok(Some(bytes)) => match serde_json::from_slice::<coffer_wire::RetentionHold>(&bytes) {
+            Ok(h) if h.held => Some(format!(
+                "the server holds this client's retention for an ANOMALY nobody has acknowledged ({}); \
+                 once an operator has looked, `coffer server client ack CLIENT` lets it run",
+                h.reason.escape_debug()
+            )),
+            Ok(_) => None,
+            Err(e) => Some(format!(
+                "the server's answer about retention holds does not parse ({e})"
+            )),
+        },
+        Err(e) => Some(format!(
+            "the server could not be asked whether retention is held ({})",
+            e.escape_debug()
+        )),
+    }
+}
+
 fn print_list(title: &str, list: &[&Decision]) -> Result<()> {
     if list.is_empty() {
         return Ok(());
@@ -107,11 +135,26 @@ pub fn run(g: &Global, a: ForgetArgs) -> Result<u8> {
             remove.extend(rm.iter().map(|d| d.id));
         }
     }
+    // a job's retention waits while its server holds it (see `held`)
+    let hold = if a.job.is_some() && !remove.is_empty() {
+        held(g)
+    } else {
+        None
+    };
     if a.dry_run {
         if !g.json && !g.quiet {
             outln!("dry run: {} snapshots would be removed", remove.len())?;
+            if let Some(h) = &hold {
+                outln!("retention held: {h}: a run now would remove nothing")?;
+            }
         }
         return Ok(0);
+    }
+    if let Some(h) = hold {
+        let msg = format!("nothing forgotten: {h}");
+        eprintln!("coffer: warning: {msg}");
+        crate::report::warning(&msg);
+        return Ok(crate::EXIT_INCOMPLETE);
     }
     let mut locked = 0usize;
     for id in &remove {
