@@ -66,7 +66,12 @@ pub fn screen(
     let mut ok = Vec::new();
     let min = local.managed.as_ref().map(|m| m.min_interval).unwrap_or_default();
     let max = local.managed.as_ref().map_or(0, |m| m.max_jobs);
-    for spec in specs {
+    // a job's threads are a limit: never more than this machine's cores
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    for mut spec in specs {
+        spec.threads = spec
+            .threads
+            .map(|n| n.min(u32::try_from(cores).unwrap_or(u32::MAX)));
         let one = combined(text, generation, std::slice::from_ref(&spec));
         match Config::parse(&local.path, &one) {
             Ok(cfg) => match too_often(&cfg, &spec.name, min) {
@@ -163,9 +168,8 @@ fn allowed(local: &Config, spec: &JobSpec) -> Result<(), String> {
             Err(e) => return Err(format!("ionice: {e}")),
         }
     }
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if let Some(n) = spec.threads.filter(|n| *n == 0 || *n as usize > cores) {
-        return Err(format!("threads {n}: 1 to this machine's {cores} core(s)"));
+    if spec.threads == Some(0) {
+        return Err("threads 0: at least 1".into());
     }
     let dbs = [&spec.mysql, &spec.postgres];
     if !m.databases && dbs.iter().any(|d| d.is_some()) {
@@ -482,10 +486,13 @@ before = "/usr/local/sbin/pre"
             json!({"name": "badio", "paths": ["/etc"], "to": ["company"], "ionice": "realtime"}),
             json!({"name": "eager", "paths": ["/etc"], "to": ["company"], "ionice": "best-effort:0"}),
             json!({"name": "many", "paths": ["/etc"], "to": ["company"], "threads": 100000}),
+            json!({"name": "none", "paths": ["/etc"], "to": ["company"], "threads": 0}),
         ];
         let s = screen(&local(), LOCAL, 1, &jobs).unwrap();
         let said = s.refused.join("\n");
-        assert_eq!(s.accepted, ["slow"], "{said}");
+        assert_eq!(s.accepted, ["slow", "many"], "{said}");
+        let cores = std::thread::available_parallelism().unwrap().get();
+        assert_eq!(s.config.job("many").unwrap().limits.threads, cores, "clamped");
         let l = &s.config.job("slow").unwrap().limits;
         assert_eq!(
             (l.upload, l.nice, l.ionice, l.threads),
@@ -496,7 +503,7 @@ before = "/usr/local/sbin/pre"
             ("badrate", "limit_upload"),
             ("badio", "ionice"),
             ("eager", "not raise it"),
-            ("many", "threads 100000"),
+            ("none", "threads 0"),
         ] {
             assert!(
                 s.refused

@@ -35,6 +35,8 @@ pub struct Live {
     /// When the server first and last heard of it (server clock).
     pub first_heard: i64,
     pub heard: i64,
+    /// When its counts last moved (a run stuck on a dead mount still posts).
+    pub moved: i64,
     /// Its report arrived: kept a while so that a progress post that crossed the report on
     /// the way does not bring the run back.
     ended: bool,
@@ -56,21 +58,32 @@ impl LiveRuns {
         let mut runs = self.lock();
         runs.retain(|_, l| now - l.heard < FORGET_SECS);
         let key = (client.to_string(), p.kind.clone(), p.job.clone());
+        let going = runs.values().filter(|l| l.client == client && !l.ended).count();
         if let Some(l) = runs.get_mut(&key) {
             if l.ended && l.progress.started == p.started {
                 return true;
             }
-            // a new run of the same job (the last one died without a report, or ended)
-            // starts afresh
-            if l.ended || l.progress.started != p.started {
-                l.first_heard = now;
+            if l.ended {
+                // a new run of an ended job: counted like a new one
+                if going >= PER_CLIENT {
+                    return false;
+                }
                 l.ended = false;
+                l.first_heard = now;
+                l.moved = now;
+            } else if l.progress.started != p.started {
+                // a new run of the job (the last one died without a report)
+                l.first_heard = now;
+                l.moved = now;
+            }
+            if (l.progress.files, l.progress.bytes) != (p.files, p.bytes) {
+                l.moved = now;
             }
             l.progress = p;
             l.heard = now;
             return true;
         }
-        if runs.values().filter(|l| l.client == client && !l.ended).count() >= PER_CLIENT {
+        if going >= PER_CLIENT {
             return false;
         }
         runs.insert(
@@ -80,6 +93,7 @@ impl LiveRuns {
                 progress: p,
                 first_heard: now,
                 heard: now,
+                moved: now,
                 ended: false,
             },
         );
@@ -87,11 +101,18 @@ impl LiveRuns {
     }
 
     /// A run's report arrived: it is no longer in progress (`started`: the run's start, as
-    /// its report and its progress say it).
+    /// its report and its progress say it). The report of another run of the job (one that
+    /// found it running and stopped, a hook that failed) leaves the running one alone.
     pub fn ended(&self, client: &str, kind: &str, job: &str, started: i64, now: i64) {
         let key = (client.to_string(), kind.to_string(), job.to_string());
         let mut runs = self.lock();
         runs.retain(|_, l| now - l.heard < FORGET_SECS);
+        if runs
+            .get(&key)
+            .is_some_and(|l| !l.ended && l.progress.started != started)
+        {
+            return;
+        }
         let l = runs.entry(key).or_insert_with(|| Live {
             client: client.to_string(),
             progress: RunProgress {
@@ -101,6 +122,7 @@ impl LiveRuns {
             },
             first_heard: now,
             heard: now,
+            moved: now,
             ended: true,
         });
         l.progress.started = started;
@@ -205,6 +227,9 @@ mod tests {
         // a new run of the job starts afresh
         assert!(l.heard("web1", p("backup", "www", 200, 1), 1010));
         assert_eq!(l.of("web1", 1010)[0].first_heard, 1010);
+        // the report of another run of the job (it found this one running) leaves it be
+        l.ended("web1", "backup", "www", 150, 1011);
+        assert_eq!(l.of("web1", 1011).len(), 1);
         l.ended("web1", "backup", "www", 200, 1011);
         assert!(l.of("web1", 1011).is_empty());
         // a post that crossed the report does not bring the run back; the next run shows
@@ -218,6 +243,8 @@ mod tests {
             assert!(l.heard("web1", p("check", &format!("j{i}"), 1, 1), 1020));
         }
         assert!(!l.heard("web1", p("check", "one-more", 1, 1), 1020));
+        // an ended run brought back by a new one counts as new
+        assert!(!l.heard("web1", p("backup", "www", 400, 1), 1021));
         assert!(l.of("db1", 1005 + FORGET_SECS).is_empty(), "forgotten");
     }
 

@@ -496,7 +496,7 @@ pub fn run(g: &Global) -> Result<u8> {
         .build()
         .context("starting the agent's runtime")?;
     // the managed jobs taken last time run on while the server is unreachable
-    let (cfg, accepted, taken) = match load_taken(&cfg) {
+    let (cfg, accepted, taken, version) = match load_taken(&cfg) {
         Some(t) => match accept(g, 1, Some(&t)) {
             Ok(a) => {
                 log(&format!(
@@ -506,18 +506,18 @@ pub fn run(g: &Global) -> Result<u8> {
                     a.refused.len()
                 ));
                 let _ = std::fs::remove_file(&accepted);
-                (a.cfg, a.copy, Some(t))
+                (a.cfg, a.copy, Some(t), 1)
             }
             Err(e) => {
                 warn(&format!(
                     "managed jobs kept from the last answer not taken: {e:#}"
                 ));
-                (cfg, accepted, None)
+                (cfg, accepted, None, 0)
             }
         },
-        None => (cfg, accepted, None),
+        None => (cfg, accepted, None, 0),
     };
-    rt.block_on(agent(g, cfg, accepted, taken))
+    rt.block_on(agent(g, cfg, accepted, taken, version))
 }
 
 /// What the agent knows of one schedule: how it was set (a reload that changes it starts it
@@ -528,7 +528,15 @@ fn earliest(a: Option<DateTime<Utc>>, b: DateTime<Utc>) -> Option<DateTime<Utc>>
     Some(a.map_or(b, |a| a.min(b)))
 }
 
-async fn agent(g: &Global, mut cfg: Config, mut accepted: PathBuf, mut taken: Option<Taken>) -> Result<u8> {
+/// `version`: the number of the accepted version `accepted` is (the next gets the next one:
+/// a run reads one version's file from its first step to its last).
+async fn agent(
+    g: &Global,
+    mut cfg: Config,
+    mut accepted: PathBuf,
+    mut taken: Option<Taken>,
+    mut version: u32,
+) -> Result<u8> {
     let mut hup = signal(SignalKind::hangup()).context("SIGHUP")?;
     let mut term = signal(SignalKind::terminate()).context("SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("SIGINT")?;
@@ -538,7 +546,6 @@ async fn agent(g: &Global, mut cfg: Config, mut accepted: PathBuf, mut taken: Op
     let mut retry_at: Option<DateTime<Utc>> = None;
     let mut busy_said: std::collections::BTreeSet<String> = Default::default();
     let mut host = job::host(&cfg);
-    let mut version = 0;
     // managed jobs: what the server sent last, and the thread that asks it
     let (poll_tx, mut poll_rx) = tokio::sync::mpsc::unbounded_channel::<(u64, AgentPoll)>();
     let epoch = Arc::new(AtomicU64::new(0));
@@ -712,8 +719,12 @@ async fn agent(g: &Global, mut cfg: Config, mut accepted: PathBuf, mut taken: Op
                 if from != epoch.load(Ordering::SeqCst) {
                     continue; // (from a poller a reload replaced)
                 }
-                // (the jobs too: a server rebuilt from scratch counts its generations afresh)
-                if taken.as_ref().map(|t| (t.generation, &t.jobs)) != Some((poll.generation, &poll.jobs)) {
+                // (the jobs too: a server rebuilt from scratch counts its generations afresh;
+                // and the server's first answer always, so that it hears what was taken
+                // of the jobs kept over a restart)
+                if reported.is_none()
+                    || taken.as_ref().map(|t| (t.generation, &t.jobs)) != Some((poll.generation, &poll.jobs))
+                {
                     let t = Taken {
                         generation: poll.generation,
                         jobs: poll.jobs.clone(),

@@ -294,7 +294,15 @@ pub fn apply_limits(job: &Job) -> Result<()> {
         rustix::process::setpriority_process(None, n)
             .map_err(|e| anyhow::anyhow!("job {}: cannot set nice {n}: {e}", job.name))?;
     }
-    if let Some(class) = job.limits.ionice {
+    if let Some(mut class) = job.limits.ionice {
+        // ... and its I/O class only lowers the agent's own (idle stays idle)
+        if job.managed {
+            class = match (current_io_class(), class) {
+                (Some(IoClass::Idle), _) => IoClass::Idle,
+                (Some(IoClass::BestEffort(now)), IoClass::BestEffort(n)) => IoClass::BestEffort(n.max(now)),
+                (_, c) => c,
+            };
+        }
         set_io_class(class)
             .map_err(|e| anyhow::anyhow!("job {}: cannot set ionice {class}: {e}", job.name))?;
     }
@@ -317,6 +325,28 @@ fn set_io_class(class: IoClass) -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// This process's I/O class, if one is set (none: the default, best-effort at a level from
+/// its niceness; realtime counts as best-effort:0).
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn current_io_class() -> Option<IoClass> {
+    const IOPRIO_WHO_PROCESS: libc::c_long = 1;
+    // SAFETY: ioprio_get takes two integers and touches no memory of this process.
+    let r = unsafe { libc::syscall(libc::SYS_ioprio_get, IOPRIO_WHO_PROCESS, 0 as libc::c_long) };
+    match (r >> 13, r & 0xff) {
+        _ if r < 0 => None,
+        (1, _) => Some(IoClass::BestEffort(0)),
+        (2, n) => Some(IoClass::BestEffort(u8::try_from(n.min(7)).unwrap_or(7))),
+        (3, _) => Some(IoClass::Idle),
+        _ => None,
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn current_io_class() -> Option<IoClass> {
+    None
 }
 
 #[cfg(not(target_os = "linux"))]

@@ -164,6 +164,9 @@ pub(super) fn jobs_section(
     b
 }
 
+/// A run whose counts have not moved for this long is shown as making no progress.
+const STALLED_SECS: i64 = 120;
+
 /// The runs in progress: what each has done so far, and when it was last heard from.
 fn running_section(live: &[crate::live::Live], now: i64) -> String {
     if live.is_empty() {
@@ -186,6 +189,11 @@ fn running_section(live: &[crate::live::Live], now: i64) -> String {
         let heard = if silent >= crate::live::SILENT_SECS {
             format!(
                 "<span class=\"badge overdue\">silent {silent} s</span> (no word since; the process may have died)"
+            )
+        } else if now - l.moved >= STALLED_SECS {
+            format!(
+                "{silent} s ago <span class=\"badge warning\">no progress for {}</span>",
+                elapsed(now - l.moved)
             )
         } else {
             format!("{silent} s ago")

@@ -678,7 +678,7 @@ async fn client_page(State(s): St, w: Who, UrlPath(name): UrlPath<String>) -> Re
             String::new()
         }
     ));
-    let running = !jobs.live.is_empty();
+    let running = jobs.live.iter().any(|l| now - l.heard < crate::live::SILENT_SECS);
     b.push_str(&jobs_section(&client.name, &w, &jobs, &runs, now));
     let mut t = Table::new(
         "runs",
