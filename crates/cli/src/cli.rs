@@ -107,6 +107,12 @@ pub enum Command {
     Diff(DiffArgs),
     /// Write a file of a snapshot to stdout
     Dump(DumpArgs),
+    /// Find entries by name or path in every snapshot (the grammar of --exclude: `*.sql`,
+    /// `/var/www/*/wp-config.php`)
+    Find(FindArgs),
+    /// Mount the repository's snapshots read-only (FUSE) on DIR: hosts/HOST/TIME, snapshots/ID,
+    /// tags/TAG/HOST/TIME, latest/HOST; Ctrl-C or SIGTERM unmounts
+    Mount(MountArgs),
     /// Restore one database from a snapshot into its server, or to a file
     #[command(name = "restore-db")]
     RestoreDb(RestoreDbArgs),
@@ -962,6 +968,27 @@ pub enum RepairCommand {
     /// S3 with versioning or Object Lock: bring back config, keys, snapshots and packs that a
     /// plain DELETE hid behind a delete marker (e.g. made with a stolen credential)
     Undelete,
+}
+
+#[derive(Args, Debug)]
+pub struct FindArgs {
+    /// A name pattern (`*.sql`: at any depth) or, with `/`, a whole path (`/home/*/mail`)
+    #[arg(required = true, value_name = "PATTERN", value_parser = glob_arg)]
+    pub patterns: Vec<String>,
+    /// Only this snapshot (id, unique prefix or latest; repeat for several)
+    #[arg(long = "snapshot", value_name = "ID")]
+    pub snapshots: Vec<String>,
+    #[command(flatten)]
+    pub filter: SnapshotFilter,
+}
+
+#[derive(Args, Debug)]
+pub struct MountArgs {
+    /// An empty directory to mount on
+    pub mountpoint: std::path::PathBuf,
+    /// Let other users in too (each file's mode and ACL still decide what they may read)
+    #[arg(long)]
+    pub allow_other: bool,
 }
 
 #[derive(Args, Debug)]

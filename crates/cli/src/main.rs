@@ -192,6 +192,8 @@ fn main() -> ExitCode {
         Command::Restore(a) => cmd::restore(&g, a),
         Command::Diff(a) => cmd::diff(&g, a),
         Command::Dump(a) => cmd::dump(&g, a),
+        Command::Mount(a) => cmd::mount::run(&g, a),
+        Command::Find(a) => cmd::find::run(&g, a),
         Command::RestoreDb(a) => cmd::db::restore_db(&g, a),
         Command::Cat(a) => cmd::cat::run(&g, a),
         Command::Forget(a) => cmd::forget::run(&g, a),
@@ -235,7 +237,9 @@ fn main() -> ExitCode {
 fn interrupt_message(c: &Command) -> Option<&'static str> {
     Some(match c {
         // (run passes the signal on to its running step, and says what it stopped)
-        Command::Server(_) | Command::Run(_) | Command::Agent(_) | Command::Generate(_) => return None,
+        Command::Server(_) | Command::Run(_) | Command::Agent(_) | Command::Generate(_) | Command::Mount(_) => {
+            return None
+        }
         Command::Backup(_) | Command::Copy(_) => {
             "the repository is valid; a snapshot exists only if the run said it saved one, and the next run reuses the data already uploaded"
         }

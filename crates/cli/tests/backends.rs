@@ -178,11 +178,77 @@ fn the_same_scenario_on_every_backend() {
 
     copy_chain(&e, &sftp);
     upload_limit(&e, &sftp);
+    mount_remote(&e);
     server_on_s3(&e);
     fault_injection(&e);
     metadata_cache(&e);
     object_lock(&e);
     drop(sshd);
+}
+
+/// `coffer mount` over S3 and over a coffer server (mounted with a read token): `diff -r`
+/// finds the source's files, links and bytes through the mount; SIGTERM unmounts.
+fn mount_remote(e: &Env) {
+    let src = e.path("mount-src");
+    build_source(&src);
+    let server = common::server::ServerProc::start(&e.path("mount-server"), &[]);
+    let writer = server.add_client("web1", "mounted", "append");
+    let reader = server.add_client("restorer", "mounted", "read");
+    let repos = [
+        (format!("s3:http://127.0.0.1:{S3_PORT}/{BUCKET}/mounted"), "-"),
+        (server.url("mounted"), reader.as_str()),
+    ];
+    for (repo, read_token) in &repos {
+        let cmd = |token: &str| {
+            let mut c = e.cmd();
+            c.env("AWS_ACCESS_KEY_ID", ACCESS)
+                .env("AWS_SECRET_ACCESS_KEY", SECRET)
+                .env("COFFER_TOKEN", token)
+                .env("COFFER_CACERT", &server.cacert)
+                .args(["-r", repo]);
+            c
+        };
+        for args in [
+            vec!["init", "-q"],
+            vec!["backup", "-q", "--host", "web1", src.to_str().unwrap()],
+        ] {
+            let o = cmd(&writer).args(&args).output().unwrap();
+            assert!(o.status.success(), "{repo}: coffer {args:?}: {}", stderr(&o));
+        }
+        let mnt = e.path("mnt");
+        fs::create_dir_all(&mnt).unwrap();
+        let mut mount = cmd(read_token)
+            .arg("mount")
+            .arg(&mnt)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let inside = mnt.join("latest/web1").join(src.strip_prefix("/").unwrap());
+        let t = std::time::Instant::now();
+        while !inside.exists() {
+            assert!(mount.try_wait().unwrap().is_none(), "{repo}: coffer mount exited");
+            assert!(t.elapsed() < Duration::from_secs(60), "{repo}: no mount");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let diff = Command::new("diff")
+            .arg("-r")
+            .arg(&src)
+            .arg(&inside)
+            .output()
+            .unwrap();
+        let pid = rustix::process::Pid::from_child(&mount);
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+        assert!(mount.wait().unwrap().success(), "{repo}: the mount's exit");
+        assert!(
+            diff.status.success(),
+            "{repo}: diff -r through the mount: {}{}",
+            String::from_utf8_lossy(&diff.stdout),
+            stderr(&diff)
+        );
+        assert!(!fs::read_to_string("/proc/mounts")
+            .unwrap()
+            .contains(mnt.to_str().unwrap()));
+    }
 }
 
 /// `--limit-upload 1M`: a backup that uploads 3 MiB of incompressible data takes at least

@@ -152,6 +152,139 @@ fn every_file_kind_round_trips() {
     );
 }
 
+/// `coffer find`: which snapshots hold a name or a path, as JSON lines with their snapshot;
+/// a directory without a match is skipped in later snapshots, without changing the answer.
+#[test]
+fn find_lists_each_snapshot_holding_a_match() {
+    let e = Env::init();
+    let src = e.path("src");
+    build_tree(&src);
+    e.ok(&["backup", "-q", src.to_str().unwrap()]);
+    e.ok(&["backup", "-q", "--tag", "second", src.to_str().unwrap()]);
+    fs::remove_file(src.join("etc/hosts")).unwrap();
+    e.ok(&["backup", "-q", src.to_str().unwrap()]);
+    let find = |args: &[&str]| -> Vec<serde_json::Value> {
+        let mut a = vec!["find", "--json"];
+        a.extend_from_slice(args);
+        e.ok(&a)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let hosts = find(&["hosts"]);
+    assert_eq!(hosts.len(), 2, "in the first two snapshots only: {hosts:?}");
+    assert!(hosts.iter().all(|h| h["path"]
+        .as_str()
+        .unwrap()
+        .ends_with("/etc/hosts")
+        && h["kind"] == "file"));
+    assert_ne!(hosts[0]["snapshot"]["id"], hosts[1]["snapshot"]["id"]);
+    // a pattern with / matches whole paths; several patterns add up
+    let p = format!("{}/var/*.log", src.display());
+    let found = find(&[&p, "h1", "h2"]);
+    assert_eq!(found.len(), 9, "text.log, h1 and h2 in each of 3: {found:?}");
+    assert_eq!(find(&["--tag", "second", "hosts"]).len(), 1);
+    assert!(find(&["--snapshot", "latest", "hosts"]).is_empty());
+    assert!(find(&["no-such-name"]).is_empty());
+    let o = e.run(&["find", "["]);
+    assert_eq!(o.status.code(), Some(2), "a bad pattern is a usage error");
+}
+
+/// `coffer mount`: what rsync sees through the mount is the source, every kind of entry, ACLs
+/// and hard links included; the layout names each snapshot by host, id, tag and latest; a
+/// SIGTERM unmounts. (Root and /dev/fuse, as in CI.)
+#[test]
+fn a_mounted_snapshot_is_its_source_for_rsync() {
+    assert!(
+        is_root() && Path::new("/dev/fuse").exists(),
+        "this test mounts with FUSE: it needs root and /dev/fuse"
+    );
+    let e = Env::init();
+    let src = e.path("src");
+    build_tree(&src);
+    e.ok(&["backup", "-q", "--host", "web1", src.to_str().unwrap()]);
+    e.ok(&[
+        "backup",
+        "-q",
+        "--host",
+        "web1",
+        "--tag",
+        "nightly",
+        src.to_str().unwrap(),
+    ]);
+    let mnt = e.path("mnt");
+    fs::create_dir_all(&mnt).unwrap();
+    let mut mount = e
+        .cmd()
+        .arg("mount")
+        .arg(&mnt)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let latest = mnt.join("latest/web1");
+    let t = std::time::Instant::now();
+    while !latest.exists() {
+        if let Some(status) = mount.try_wait().unwrap() {
+            let mut err = String::new();
+            std::io::Read::read_to_string(&mut mount.stderr.take().unwrap(), &mut err).unwrap();
+            panic!("coffer mount exited with {status}: {err}");
+        }
+        assert!(t.elapsed() < Duration::from_secs(30), "the mount did not appear");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let ok = std::panic::catch_unwind(|| {
+        let inside = latest.join(src.strip_prefix("/").unwrap());
+        let d = rsync_diff(&src, &inside);
+        assert!(d.trim().is_empty(), "rsync sees differences:\n{d}");
+        use std::os::unix::fs::MetadataExt;
+        let a = fs::symlink_metadata(inside.join("var/h1")).unwrap();
+        let b = fs::symlink_metadata(inside.join("etc/h2")).unwrap();
+        assert_eq!((a.ino(), a.nlink()), (b.ino(), 2), "hard links share an inode");
+        let names = |p: &str| -> Vec<String> {
+            let mut v: Vec<String> = fs::read_dir(mnt.join(p))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(names(""), ["hosts", "latest", "snapshots", "tags"]);
+        assert_eq!(names("hosts/web1").len(), 2);
+        assert_eq!(names("snapshots").len(), 2);
+        assert_eq!(names("tags/nightly/web1").len(), 1);
+        // by time (UTC); two in one second: the second one's id tells them apart
+        let by_time = names("hosts/web1");
+        assert!(
+            by_time[0].len() == 20 && by_time[0].ends_with('Z'),
+            "named by time: {by_time:?}"
+        );
+        let newest = by_time[1].clone();
+        assert_eq!(
+            fs::read_link(&latest).unwrap(),
+            Path::new("../hosts/web1").join(&newest)
+        );
+        // read-only
+        assert!(fs::write(inside.join("etc/new"), "x").is_err());
+        // a file's bytes, read through it
+        assert_eq!(
+            fs::read(inside.join("var/big.bin")).unwrap(),
+            fs::read(src.join("var/big.bin")).unwrap()
+        );
+    });
+    let pid = rustix::process::Pid::from_child(&mount);
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let status = mount.wait().unwrap();
+    let mounts = fs::read_to_string("/proc/mounts").unwrap();
+    if let Err(p) = ok {
+        std::panic::resume_unwind(p);
+    }
+    assert!(status.success(), "{status}");
+    assert!(
+        !mounts.contains(mnt.to_str().unwrap()),
+        "SIGTERM unmounts: {mounts}"
+    );
+}
+
 /// The second backup takes unchanged entries' metadata from the parent snapshot; a change
 /// of extended attributes alone (content, size and mtime untouched) must still be seen.
 #[test]

@@ -6,11 +6,13 @@ pub mod cat;
 pub mod config;
 pub mod copy;
 pub mod db;
+pub mod find;
 pub mod forget;
 pub mod generate;
 pub mod job;
 pub mod managed;
 pub mod monitor;
+pub mod mount;
 pub mod run;
 pub mod server;
 
@@ -456,7 +458,7 @@ fn mode_string(n: &Node) -> String {
     s
 }
 
-fn node_json(path: &[u8], n: &Node) -> serde_json::Value {
+pub(crate) fn node_json(path: &[u8], n: &Node) -> serde_json::Value {
     let mut v = serde_json::to_value(n).unwrap_or_default();
     if let Some(o) = v.as_object_mut() {
         o.insert("path".into(), json!(String::from_utf8_lossy(path)));
@@ -465,7 +467,7 @@ fn node_json(path: &[u8], n: &Node) -> serde_json::Value {
     v
 }
 
-fn print_node(g: &Global, long: bool, path: &[u8], n: &Node) -> Result<()> {
+pub(crate) fn print_node(g: &Global, long: bool, path: &[u8], n: &Node) -> Result<()> {
     if g.json {
         return print_json(&node_json(path, n));
     }

@@ -1,0 +1,568 @@
+//! `coffer mount DIR`: the repository's snapshots as a read-only file system (FUSE), to browse
+//! and copy out with ordinary tools (`ls`, `cp -a`, `rsync -aHAX`, `grep -r`, `tar`):
+//!
+//! ```text
+//! DIR/hosts/HOST/2026-12-04T02:30:00Z/...    each host's snapshots by time (UTC)
+//! DIR/snapshots/ID/...                       by short id
+//! DIR/tags/TAG/HOST/TIME/...                 by tag
+//! DIR/latest/HOST -> ../hosts/HOST/TIME      each host's newest
+//! ```
+//!
+//! Below a snapshot, files show the sizes, modes, owners, times, links, device numbers and
+//! extended attributes (POSIX ACLs among them) they were backed up with; hard links share an
+//! inode. Reads go chunk by chunk through the repository's bundle cache, each open file keeping
+//! the chunk it read last, so a sequential read decodes every chunk once. The snapshots are
+//! those present when the mount starts. SIGINT or SIGTERM unmounts.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use coffer_core::format::{BlobId, BlobKind, Node, NodeKind, Snapshot, SnapshotId, Timestamp};
+use coffer_core::IndexedRepository;
+use fuser::{
+    FileAttr, FileType, Filesystem, KernelConfig, MountOption, ReplyAttr, ReplyData, ReplyDirectory,
+    ReplyEntry, ReplyOpen, ReplyXattr, Request,
+};
+
+use super::open_indexed;
+use crate::cli::{Global, MountArgs};
+
+/// The snapshots do not change while mounted: the kernel may keep what it was told.
+const TTL: Duration = Duration::from_secs(3600);
+
+/// What an inode stands for.
+#[derive(Clone)]
+enum Entry {
+    /// A directory of the layout (`/`, `hosts`, `hosts/HOST`, ...): its entries by name.
+    Dir(BTreeMap<Vec<u8>, u64>),
+    /// `latest/HOST`: a link to the host's newest snapshot.
+    Link(Vec<u8>),
+    /// A snapshot's root.
+    Snapshot(usize),
+    /// A node of a snapshot's tree.
+    Node(usize, Arc<Node>),
+}
+
+/// An open file: its chunks (where each starts) and the one read last.
+struct Open {
+    chunks: Vec<(u64, BlobId)>,
+    size: u64,
+    last: Option<(usize, Arc<Vec<u8>>)>,
+}
+
+struct SnapshotFs {
+    repo: IndexedRepository,
+    snaps: Vec<(SnapshotId, Snapshot)>,
+    entries: Vec<Entry>,
+    /// Each inode's parent (for `..`).
+    parents: Vec<u64>,
+    /// The children of a tree directory, once listed: name → inode.
+    listed: HashMap<u64, Vec<(Vec<u8>, u64)>>,
+    /// Hard links of one snapshot: (snapshot, device, inode) → our inode.
+    links: HashMap<(usize, u64, u64), u64>,
+    open: HashMap<u64, Open>,
+    next_fh: u64,
+    uid: u32,
+    gid: u32,
+}
+
+fn time(t: &Timestamp) -> SystemTime {
+    if t.s >= 0 {
+        UNIX_EPOCH + Duration::new(t.s as u64, t.ns.min(999_999_999))
+    } else {
+        UNIX_EPOCH - Duration::from_secs(t.s.unsigned_abs())
+    }
+}
+
+fn kind_of(k: NodeKind) -> FileType {
+    match k {
+        NodeKind::File => FileType::RegularFile,
+        NodeKind::Dir => FileType::Directory,
+        NodeKind::Symlink => FileType::Symlink,
+        NodeKind::Fifo => FileType::NamedPipe,
+        NodeKind::Chardev => FileType::CharDevice,
+        NodeKind::Blockdev => FileType::BlockDevice,
+    }
+}
+
+/// `2026-12-04T02:30:00Z`
+fn snapshot_name(s: &Snapshot) -> String {
+    s.time
+        .with_timezone(&chrono::Utc)
+        .format("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
+}
+
+impl SnapshotFs {
+    fn new(repo: IndexedRepository, snaps: Vec<(SnapshotId, Snapshot)>) -> SnapshotFs {
+        let mut fs = SnapshotFs {
+            repo,
+            snaps,
+            // inode 0 is no inode; 1 is the root
+            entries: vec![Entry::Dir(BTreeMap::new()), Entry::Dir(BTreeMap::new())],
+            parents: vec![0, 1],
+            listed: HashMap::new(),
+            links: HashMap::new(),
+            open: HashMap::new(),
+            next_fh: 1,
+            uid: rustix::process::getuid().as_raw(),
+            gid: rustix::process::getgid().as_raw(),
+        };
+        fs.layout();
+        fs
+    }
+
+    fn add(&mut self, parent: u64, entry: Entry) -> u64 {
+        self.entries.push(entry);
+        self.parents.push(parent);
+        (self.entries.len() - 1) as u64
+    }
+
+    /// A directory `name` of the layout below `parent` (made on first use).
+    fn dir(&mut self, parent: u64, name: &str) -> u64 {
+        if let Entry::Dir(m) = &self.entries[parent as usize] {
+            if let Some(&ino) = m.get(name.as_bytes()) {
+                return ino;
+            }
+        }
+        let ino = self.add(parent, Entry::Dir(BTreeMap::new()));
+        self.link(parent, name.as_bytes(), ino);
+        ino
+    }
+
+    fn link(&mut self, parent: u64, name: &[u8], ino: u64) {
+        if let Entry::Dir(m) = &mut self.entries[parent as usize] {
+            m.insert(name.to_vec(), ino);
+        }
+    }
+
+    /// Put snapshot `i` below `parent` as `name`, or as `name-ID` when that is taken.
+    fn place(&mut self, parent: u64, name: String, i: usize) -> String {
+        let taken =
+            matches!(&self.entries[parent as usize], Entry::Dir(m) if m.contains_key(name.as_bytes()));
+        let name = if taken {
+            format!("{name}-{}", self.snaps[i].0.short())
+        } else {
+            name
+        };
+        let ino = self.add(parent, Entry::Snapshot(i));
+        self.link(parent, name.as_bytes(), ino);
+        name
+    }
+
+    fn layout(&mut self) {
+        let hosts = self.dir(1, "hosts");
+        let by_id = self.dir(1, "snapshots");
+        let tags = self.dir(1, "tags");
+        let latest = self.dir(1, "latest");
+        // oldest first: the newest of each host is the last placed
+        let mut newest: BTreeMap<String, String> = BTreeMap::new();
+        for i in 0..self.snaps.len() {
+            let (id, s) = (&self.snaps[i].0, &self.snaps[i].1);
+            let (host, name, short, tags_of) =
+                (s.hostname.clone(), snapshot_name(s), id.short(), s.tags.clone());
+            let h = self.dir(hosts, &host);
+            let placed = self.place(h, name.clone(), i);
+            newest.insert(host.clone(), placed);
+            self.place(by_id, short, i);
+            for t in tags_of {
+                let tag = self.dir(tags, &t);
+                let th = self.dir(tag, &host);
+                self.place(th, name.clone(), i);
+            }
+        }
+        for (host, name) in newest {
+            let ino = self.add(
+                latest,
+                Entry::Link(format!("../hosts/{host}/{name}").into_bytes()),
+            );
+            self.link(latest, host.as_bytes(), ino);
+        }
+    }
+
+    fn attr(&self, ino: u64) -> Option<FileAttr> {
+        // the layout's directories carry the newest snapshot's time
+        let t = self
+            .snaps
+            .last()
+            .map_or(UNIX_EPOCH, |(_, s)| SystemTime::from(s.time));
+        let base = FileAttr {
+            ino,
+            size: 0,
+            blocks: 0,
+            atime: t,
+            mtime: t,
+            ctime: t,
+            crtime: t,
+            kind: FileType::Directory,
+            perm: 0o555,
+            nlink: 2,
+            uid: self.uid,
+            gid: self.gid,
+            rdev: 0,
+            blksize: 4096,
+            flags: 0,
+        };
+        Some(match self.entries.get(ino as usize)? {
+            Entry::Dir(_) => base,
+            Entry::Link(target) => FileAttr {
+                kind: FileType::Symlink,
+                perm: 0o777,
+                nlink: 1,
+                size: target.len() as u64,
+                ..base
+            },
+            Entry::Snapshot(i) => {
+                let t: SystemTime = self.snaps[*i].1.time.into();
+                FileAttr {
+                    atime: t,
+                    mtime: t,
+                    ctime: t,
+                    crtime: t,
+                    perm: 0o755,
+                    uid: 0,
+                    gid: 0,
+                    ..base
+                }
+            }
+            Entry::Node(_, n) => FileAttr {
+                size: match n.kind {
+                    NodeKind::File => n.size,
+                    NodeKind::Symlink => n.target.as_ref().map_or(0, |t| t.0.len() as u64),
+                    _ => 0,
+                },
+                blocks: n.size.div_ceil(512),
+                atime: time(&n.atime),
+                mtime: time(&n.mtime),
+                ctime: time(&n.ctime),
+                crtime: time(&n.mtime),
+                kind: kind_of(n.kind),
+                perm: (n.mode & 0o7777) as u16,
+                nlink: if n.kind == NodeKind::Dir {
+                    2
+                } else {
+                    u32::try_from(n.links.max(1)).unwrap_or(u32::MAX)
+                },
+                uid: n.uid,
+                gid: n.gid,
+                rdev: u32::try_from(n.rdev).unwrap_or(0),
+                ..base
+            },
+        })
+    }
+
+    /// The tree a directory inode lists, if it is one of a snapshot.
+    fn tree_of(&self, ino: u64) -> Option<(usize, BlobId)> {
+        match self.entries.get(ino as usize)? {
+            Entry::Snapshot(i) => Some((*i, self.snaps[*i].1.tree)),
+            Entry::Node(i, n) if n.kind == NodeKind::Dir => Some((*i, n.subtree?)),
+            _ => None,
+        }
+    }
+
+    /// The entries of a directory: name and inode, in name order.
+    fn children(&mut self, ino: u64) -> std::result::Result<Vec<(Vec<u8>, u64)>, i32> {
+        if let Some(Entry::Dir(m)) = self.entries.get(ino as usize) {
+            return Ok(m.iter().map(|(k, v)| (k.clone(), *v)).collect());
+        }
+        if let Some(c) = self.listed.get(&ino) {
+            return Ok(c.clone());
+        }
+        let Some((snap, tree)) = self.tree_of(ino) else {
+            return Err(libc::ENOTDIR);
+        };
+        let tree = self.repo.load_tree(&tree).map_err(|e| {
+            tracing::warn!(
+                "mount: a directory of snapshot {} cannot be read: {e}",
+                self.snaps[snap].0.short()
+            );
+            libc::EIO
+        })?;
+        let mut out = Vec::with_capacity(tree.nodes.len());
+        for node in tree.nodes {
+            let name = node.name.0.clone();
+            let hard = (node.kind != NodeKind::Dir && node.links > 1 && node.inode != 0)
+                .then_some((snap, node.dev, node.inode));
+            let child = match hard.and_then(|k| self.links.get(&k).copied()) {
+                Some(existing) => existing,
+                None => {
+                    let c = self.add(ino, Entry::Node(snap, Arc::new(node)));
+                    if let Some(k) = hard {
+                        self.links.insert(k, c);
+                    }
+                    c
+                }
+            };
+            out.push((name, child));
+        }
+        self.listed.insert(ino, out.clone());
+        Ok(out)
+    }
+
+    fn node(&self, ino: u64) -> Option<&Arc<Node>> {
+        match self.entries.get(ino as usize)? {
+            Entry::Node(_, n) => Some(n),
+            _ => None,
+        }
+    }
+
+    fn read_at(&mut self, fh: u64, offset: u64, size: u32) -> std::result::Result<Vec<u8>, i32> {
+        let Some(f) = self.open.get_mut(&fh) else {
+            return Err(libc::EBADF);
+        };
+        let end = (offset + u64::from(size)).min(f.size);
+        let mut out = Vec::with_capacity(end.saturating_sub(offset) as usize);
+        let mut at = offset;
+        while at < end {
+            // the chunk holding `at`
+            let i = match f.chunks.binary_search_by(|(start, _)| start.cmp(&at)) {
+                Ok(i) => i,
+                Err(i) => i.saturating_sub(1),
+            };
+            let Some(&(start, id)) = f.chunks.get(i) else {
+                break;
+            };
+            let data = match &f.last {
+                Some((j, d)) if *j == i => d.clone(),
+                _ => {
+                    let d = Arc::new(self.repo.read_blob(&id, BlobKind::Data).map_err(|e| {
+                        tracing::warn!("mount: chunk {} cannot be read: {e}", id.short());
+                        libc::EIO
+                    })?);
+                    f.last = Some((i, d.clone()));
+                    d
+                }
+            };
+            let from = (at - start) as usize;
+            if from >= data.len() {
+                break; // (a chunk shorter than the index says: the file ends early)
+            }
+            let n = (data.len() - from).min((end - at) as usize);
+            out.extend_from_slice(&data[from..from + n]);
+            at += n as u64;
+        }
+        Ok(out)
+    }
+}
+
+impl Filesystem for SnapshotFs {
+    fn init(
+        &mut self,
+        _req: &Request<'_>,
+        config: &mut KernelConfig,
+    ) -> std::result::Result<(), libc::c_int> {
+        // ACLs come from the stored system.posix_acl_* attributes; the kernel checks them
+        let _ = config.add_capabilities(fuser::consts::FUSE_POSIX_ACL);
+        let _ = config.set_max_readahead(1 << 20);
+        Ok(())
+    }
+
+    fn lookup(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEntry) {
+        match self.children(parent) {
+            Ok(c) => match c.iter().find(|(n, _)| n.as_slice() == name.as_bytes()) {
+                Some((_, ino)) => match self.attr(*ino) {
+                    Some(a) => reply.entry(&TTL, &a, 0),
+                    None => reply.error(libc::ENOENT),
+                },
+                None => reply.error(libc::ENOENT),
+            },
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn getattr(&mut self, _req: &Request<'_>, ino: u64, _fh: Option<u64>, reply: ReplyAttr) {
+        match self.attr(ino) {
+            Some(a) => reply.attr(&TTL, &a),
+            None => reply.error(libc::ENOENT),
+        }
+    }
+
+    fn readlink(&mut self, _req: &Request<'_>, ino: u64, reply: ReplyData) {
+        match self.entries.get(ino as usize) {
+            Some(Entry::Link(t)) => reply.data(t),
+            Some(Entry::Node(_, n)) if n.kind == NodeKind::Symlink => {
+                reply.data(n.target.as_ref().map_or(&[][..], |t| &t.0))
+            }
+            _ => reply.error(libc::EINVAL),
+        }
+    }
+
+    fn open(&mut self, _req: &Request<'_>, ino: u64, flags: i32, reply: ReplyOpen) {
+        if flags & libc::O_ACCMODE != libc::O_RDONLY {
+            return reply.error(libc::EROFS);
+        }
+        let Some(n) = self.node(ino).cloned() else {
+            return reply.error(libc::EISDIR);
+        };
+        if n.kind != NodeKind::File {
+            return reply.error(libc::EINVAL);
+        }
+        let mut chunks = Vec::with_capacity(n.content.len());
+        let mut at = 0u64;
+        for id in &n.content {
+            chunks.push((at, *id));
+            match self.repo.locate(id) {
+                Ok(loc) => at += u64::from(loc.raw_length),
+                Err(e) => {
+                    tracing::warn!("mount: a chunk of a file is not in the index: {e}");
+                    return reply.error(libc::EIO);
+                }
+            }
+        }
+        let fh = self.next_fh;
+        self.next_fh += 1;
+        self.open.insert(
+            fh,
+            Open {
+                chunks,
+                size: n.size.min(at),
+                last: None,
+            },
+        );
+        // the content never changes: the page cache may keep it across opens
+        reply.opened(fh, fuser::consts::FOPEN_KEEP_CACHE);
+    }
+
+    fn read(
+        &mut self,
+        _req: &Request<'_>,
+        _ino: u64,
+        fh: u64,
+        offset: i64,
+        size: u32,
+        _flags: i32,
+        _lock: Option<u64>,
+        reply: ReplyData,
+    ) {
+        match self.read_at(fh, offset.max(0) as u64, size) {
+            Ok(d) => reply.data(&d),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn release(
+        &mut self,
+        _req: &Request<'_>,
+        _ino: u64,
+        fh: u64,
+        _flags: i32,
+        _lock: Option<u64>,
+        _flush: bool,
+        reply: fuser::ReplyEmpty,
+    ) {
+        self.open.remove(&fh);
+        reply.ok();
+    }
+
+    fn readdir(&mut self, _req: &Request<'_>, ino: u64, _fh: u64, offset: i64, mut reply: ReplyDirectory) {
+        let children = match self.children(ino) {
+            Ok(c) => c,
+            Err(e) => return reply.error(e),
+        };
+        let parent = self.parents.get(ino as usize).copied().unwrap_or(1).max(1);
+        let mut all = vec![
+            (ino, FileType::Directory, b".".to_vec()),
+            (parent, FileType::Directory, b"..".to_vec()),
+        ];
+        for (name, child) in children {
+            let kind = self.attr(child).map_or(FileType::RegularFile, |a| a.kind);
+            all.push((child, kind, name));
+        }
+        for (i, (child, kind, name)) in all.into_iter().enumerate().skip(offset.max(0) as usize) {
+            if reply.add(child, (i + 1) as i64, kind, OsStr::from_bytes(&name)) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn getxattr(&mut self, _req: &Request<'_>, ino: u64, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let value = self
+            .node(ino)
+            .and_then(|n| n.xattrs.iter().find(|x| x.name.0 == name.as_bytes()))
+            .map(|x| x.value.0.clone());
+        match value {
+            None => reply.error(libc::ENODATA),
+            Some(v) if size == 0 => reply.size(v.len() as u32),
+            Some(v) if v.len() > size as usize => reply.error(libc::ERANGE),
+            Some(v) => reply.data(&v),
+        }
+    }
+
+    fn listxattr(&mut self, _req: &Request<'_>, ino: u64, size: u32, reply: ReplyXattr) {
+        let mut list = Vec::new();
+        if let Some(n) = self.node(ino) {
+            for x in &n.xattrs {
+                list.extend_from_slice(&x.name.0);
+                list.push(0);
+            }
+        }
+        if size == 0 {
+            reply.size(list.len() as u32);
+        } else if list.len() > size as usize {
+            reply.error(libc::ERANGE);
+        } else {
+            reply.data(&list);
+        }
+    }
+}
+
+/// `coffer mount DIR`: mount, then wait for SIGINT/SIGTERM and unmount.
+pub fn run(g: &Global, a: MountArgs) -> Result<u8> {
+    let meta = std::fs::metadata(&a.mountpoint)
+        .with_context(|| format!("mount point {}", a.mountpoint.display()))?;
+    if !meta.is_dir() {
+        return Err(coffer_core::Error::Usage(format!(
+            "mount point {} is not a directory",
+            a.mountpoint.display()
+        ))
+        .into());
+    }
+    let repo = open_indexed(g)?;
+    let (snaps, unreadable) = repo.list_snapshots_readable()?;
+    for u in &unreadable {
+        eprintln!("coffer: warning: {u} (not shown)");
+    }
+    let count = snaps.len();
+    let fs = SnapshotFs::new(repo, snaps);
+    let mut options = vec![
+        MountOption::RO,
+        MountOption::FSName("coffer".into()),
+        MountOption::Subtype("coffer".into()),
+        // the kernel checks each file's mode and ACL: what a user could not read on the
+        // machine, they cannot read here (with --allow-other)
+        MountOption::DefaultPermissions,
+        MountOption::NoDev,
+        MountOption::NoSuid,
+    ];
+    if a.allow_other {
+        options.push(MountOption::AllowOther);
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    ctrlc::set_handler(move || {
+        let _ = tx.send(());
+    })
+    .context("setting the signal handler")?;
+    let session = fuser::spawn_mount2(fs, &a.mountpoint, &options).with_context(|| {
+        format!(
+            "mounting on {} (FUSE: /dev/fuse, root or fusermount3)",
+            a.mountpoint.display()
+        )
+    })?;
+    if !g.quiet {
+        eprintln!(
+            "{count} snapshots mounted on {} (read-only): hosts/, snapshots/, tags/, latest/; Ctrl-C or SIGTERM unmounts",
+            a.mountpoint.display()
+        );
+    }
+    let _ = rx.recv();
+    drop(session);
+    if !g.quiet {
+        eprintln!("unmounted {}", a.mountpoint.display());
+    }
+    Ok(0)
+}
