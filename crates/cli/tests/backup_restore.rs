@@ -173,11 +173,9 @@ fn find_lists_each_snapshot_holding_a_match() {
     };
     let hosts = find(&["hosts"]);
     assert_eq!(hosts.len(), 2, "in the first two snapshots only: {hosts:?}");
-    assert!(hosts.iter().all(|h| h["path"]
-        .as_str()
-        .unwrap()
-        .ends_with("/etc/hosts")
-        && h["kind"] == "file"));
+    assert!(hosts
+        .iter()
+        .all(|h| h["path"].as_str().unwrap().ends_with("/etc/hosts") && h["kind"] == "file"));
     assert_ne!(hosts[0]["snapshot"]["id"], hosts[1]["snapshot"]["id"]);
     // a pattern with / matches whole paths; several patterns add up
     let p = format!("{}/var/*.log", src.display());
@@ -186,6 +184,16 @@ fn find_lists_each_snapshot_holding_a_match() {
     assert_eq!(find(&["--tag", "second", "hosts"]).len(), 1);
     assert!(find(&["--snapshot", "latest", "hosts"]).is_empty());
     assert!(find(&["no-such-name"]).is_empty());
+    // the same directory tree at two paths: skipped where nothing matched, searched where a
+    // pattern with its path matches
+    fs::create_dir_all(src.join("a/conf")).unwrap();
+    fs::create_dir_all(src.join("b/conf")).unwrap();
+    // (one file linked twice: equal nodes, so equal trees)
+    fs::write(src.join("a/conf/x"), "same").unwrap();
+    fs::hard_link(src.join("a/conf/x"), src.join("b/conf/x")).unwrap();
+    e.ok(&["backup", "-q", src.to_str().unwrap()]);
+    let p = format!("{}/b/conf/x", src.display());
+    assert_eq!(find(&[&p]).len(), 1, "found below the second copy of the tree");
     let o = e.run(&["find", "["]);
     assert_eq!(o.status.code(), Some(2), "a bad pattern is a usage error");
 }

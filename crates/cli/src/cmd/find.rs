@@ -3,8 +3,10 @@
 //! (`/var/www/*/wp-config.php`): the grammar of `--exclude`. Oldest snapshot first, each match
 //! as `ls -l` shows it; `--json` gives one object per match with its snapshot.
 //!
-//! A directory tree in which nothing matched is not walked again in a later snapshot (trees
-//! are shared between snapshots: a year of nightly snapshots costs little more than one).
+//! A directory tree in which nothing matched is not walked again (trees are shared between
+//! snapshots: a year of nightly snapshots costs little more than one). With a pattern that
+//! names a path the same tree can match at one path and not at another, so then a tree is
+//! skipped only where it was searched before: at the same path.
 
 use std::collections::HashSet;
 use std::ffi::OsStr;
@@ -22,6 +24,19 @@ use serde_json::json;
 use super::{node_json, open_indexed, outln, print_json, print_node};
 use crate::cli::{FindArgs, Global};
 
+/// Trees known to hold no match: by id alone for name patterns, by id and path when a
+/// pattern names a path.
+struct Barren {
+    by_path: bool,
+    seen: HashSet<(BlobId, Vec<u8>)>,
+}
+
+impl Barren {
+    fn key(&self, tree: BlobId, prefix: &[u8]) -> (BlobId, Vec<u8>) {
+        (tree, if self.by_path { prefix.to_vec() } else { Vec::new() })
+    }
+}
+
 /// The entries below `tree` (whose path is `prefix`) that `m` matches; false when there is
 /// none (and `tree` joins `barren`).
 fn search(
@@ -29,10 +44,10 @@ fn search(
     tree: BlobId,
     prefix: &[u8],
     m: &PathMatcher,
-    barren: &mut HashSet<BlobId>,
+    barren: &mut Barren,
     out: &mut Vec<(Vec<u8>, Node)>,
 ) -> Result<bool> {
-    if barren.contains(&tree) {
+    if barren.seen.contains(&barren.key(tree, prefix)) {
         return Ok(false);
     }
     let t = repo.load_tree(&tree)?;
@@ -51,7 +66,8 @@ fn search(
         }
     }
     if !any {
-        barren.insert(tree);
+        let k = barren.key(tree, prefix);
+        barren.seen.insert(k);
     }
     Ok(any)
 }
@@ -71,7 +87,14 @@ pub fn run(g: &Global, a: FindArgs) -> Result<u8> {
         }
         snaps.retain(|(id, _)| wanted.contains(id));
     }
-    let mut barren = HashSet::new();
+    // (PathMatcher's rule: a pattern with '/', bar a trailing one, is a path)
+    let mut barren = Barren {
+        by_path: a
+            .patterns
+            .iter()
+            .any(|p| p.len() > 1 && p.trim_end_matches('/').contains('/')),
+        seen: HashSet::new(),
+    };
     let (mut matches, mut holding) = (0usize, 0usize);
     for (id, s) in &snaps {
         let mut found = Vec::new();
