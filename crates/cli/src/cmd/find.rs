@@ -46,11 +46,23 @@ fn search(
     m: &PathMatcher,
     barren: &mut Barren,
     out: &mut Vec<(Vec<u8>, Node)>,
+    damaged: &mut usize,
 ) -> Result<bool> {
     if barren.seen.contains(&barren.key(tree, prefix)) {
         return Ok(false);
     }
-    let t = repo.load_tree(&tree)?;
+    let t = match repo.load_tree(&tree) {
+        Ok(t) => t,
+        Err(e) => {
+            // the rest is searched; the command fails at the end
+            eprintln!(
+                "coffer: error: {}: cannot be read: {e}",
+                String::from_utf8_lossy(if prefix.is_empty() { b"/" } else { prefix })
+            );
+            *damaged += 1;
+            return Ok(false);
+        }
+    };
     let mut any = false;
     for n in t.nodes {
         let mut path = prefix.to_vec();
@@ -62,7 +74,7 @@ fn search(
             any = true;
         }
         if let Some(sub) = sub {
-            any |= search(repo, sub, &path, m, barren, out)?;
+            any |= search(repo, sub, &path, m, barren, out, damaged)?;
         }
     }
     if !any {
@@ -95,10 +107,10 @@ pub fn run(g: &Global, a: FindArgs) -> Result<u8> {
             .any(|p| p.len() > 1 && p.trim_end_matches('/').contains('/')),
         seen: HashSet::new(),
     };
-    let (mut matches, mut holding) = (0usize, 0usize);
+    let (mut matches, mut holding, mut damaged) = (0usize, 0usize, 0usize);
     for (id, s) in &snaps {
         let mut found = Vec::new();
-        search(&repo, s.tree, b"", &m, &mut barren, &mut found)?;
+        search(&repo, s.tree, b"", &m, &mut barren, &mut found, &mut damaged)?;
         if found.is_empty() {
             continue;
         }
@@ -131,6 +143,11 @@ pub fn run(g: &Global, a: FindArgs) -> Result<u8> {
         eprintln!(
             "{matches} matches in {holding} of {} snapshots searched",
             snaps.len()
+        );
+    }
+    if damaged > 0 {
+        anyhow::bail!(
+            "{damaged} directories could not be read (coffer check says more); the rest was searched"
         );
     }
     Ok(0)

@@ -47,9 +47,42 @@ enum Entry {
     Node(usize, Arc<Node>),
 }
 
+/// A directory's entries, (name, inode), sorted by name (trees are; the layout's maps too).
+type Listing = Arc<Vec<(Vec<u8>, u64)>>;
+
+/// A name from a snapshot's fields (host, tag) as a directory entry: `/`, NUL and `%` are
+/// percent-encoded, an empty name, `.` and `..` too, and a long one is cut (a name the kernel
+/// refuses would make it refuse the whole listing).
+fn entry_name(s: &str) -> String {
+    let mut o = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '/' => o.push_str("%2F"),
+            '\0' => o.push_str("%00"),
+            '%' => o.push_str("%25"),
+            c => o.push(c),
+        }
+    }
+    match o.as_str() {
+        "" => "%".into(),
+        "." => "%2E".into(),
+        ".." => "%2E%2E".into(),
+        _ if o.len() > 200 => {
+            let mut end = 200;
+            while !o.is_char_boundary(end) {
+                end -= 1;
+            }
+            format!("{}%…", &o[..end])
+        }
+        _ => o,
+    }
+}
+
 /// An open file: its chunks (where each starts) and the one read last.
 struct Open {
     chunks: Vec<(u64, BlobId)>,
+    /// The sum of the chunks' lengths.
+    data_len: u64,
     size: u64,
     last: Option<(usize, Arc<Vec<u8>>)>,
 }
@@ -60,8 +93,8 @@ struct SnapshotFs {
     entries: Vec<Entry>,
     /// Each inode's parent (for `..`).
     parents: Vec<u64>,
-    /// The children of a tree directory, once listed: name → inode.
-    listed: HashMap<u64, Vec<(Vec<u8>, u64)>>,
+    /// The children of a directory, once listed: (name, inode) in name order.
+    listed: HashMap<u64, Listing>,
     /// Hard links of one snapshot: (snapshot, device, inode) → our inode.
     links: HashMap<(usize, u64, u64), u64>,
     open: HashMap<u64, Open>,
@@ -142,12 +175,14 @@ impl SnapshotFs {
 
     /// Put snapshot `i` below `parent` as `name`, or as `name-ID` when that is taken.
     fn place(&mut self, parent: u64, name: String, i: usize) -> String {
-        let taken =
-            matches!(&self.entries[parent as usize], Entry::Dir(m) if m.contains_key(name.as_bytes()));
-        let name = if taken {
-            format!("{name}-{}", self.snaps[i].0.short())
-        } else {
+        let taken = |fs: &Self, n: &str| matches!(&fs.entries[parent as usize], Entry::Dir(m) if m.contains_key(n.as_bytes()));
+        let short = format!("{name}-{}", self.snaps[i].0.short());
+        let name = if !taken(self, &name) {
             name
+        } else if !taken(self, &short) {
+            short
+        } else {
+            format!("{name}-{}", self.snaps[i].0.to_hex())
         };
         let ino = self.add(parent, Entry::Snapshot(i));
         self.link(parent, name.as_bytes(), ino);
@@ -163,8 +198,12 @@ impl SnapshotFs {
         let mut newest: BTreeMap<String, String> = BTreeMap::new();
         for i in 0..self.snaps.len() {
             let (id, s) = (&self.snaps[i].0, &self.snaps[i].1);
-            let (host, name, short, tags_of) =
-                (s.hostname.clone(), snapshot_name(s), id.short(), s.tags.clone());
+            let (host, name, short, tags_of) = (
+                entry_name(&s.hostname),
+                snapshot_name(s),
+                id.short(),
+                s.tags.iter().map(|t| entry_name(t)).collect::<Vec<_>>(),
+            );
             let h = self.dir(hosts, &host);
             let placed = self.place(h, name.clone(), i);
             newest.insert(host.clone(), placed);
@@ -231,7 +270,7 @@ impl SnapshotFs {
             }
             Entry::Node(_, n) => FileAttr {
                 size: match n.kind {
-                    NodeKind::File => n.size,
+                    NodeKind::File => n.size.min(i64::MAX as u64),
                     NodeKind::Symlink => n.target.as_ref().map_or(0, |t| t.0.len() as u64),
                     _ => 0,
                 },
@@ -265,12 +304,14 @@ impl SnapshotFs {
     }
 
     /// The entries of a directory: name and inode, in name order.
-    fn children(&mut self, ino: u64) -> std::result::Result<Vec<(Vec<u8>, u64)>, i32> {
-        if let Some(Entry::Dir(m)) = self.entries.get(ino as usize) {
-            return Ok(m.iter().map(|(k, v)| (k.clone(), *v)).collect());
-        }
+    fn children(&mut self, ino: u64) -> std::result::Result<Listing, i32> {
         if let Some(c) = self.listed.get(&ino) {
             return Ok(c.clone());
+        }
+        if let Some(Entry::Dir(m)) = self.entries.get(ino as usize) {
+            let l: Listing = Arc::new(m.iter().map(|(k, v)| (k.clone(), *v)).collect());
+            self.listed.insert(ino, l.clone());
+            return Ok(l);
         }
         let Some((snap, tree)) = self.tree_of(ino) else {
             return Err(libc::ENOTDIR);
@@ -287,18 +328,29 @@ impl SnapshotFs {
             let name = node.name.0.clone();
             let hard = (node.kind != NodeKind::Dir && node.links > 1 && node.inode != 0)
                 .then_some((snap, node.dev, node.inode));
-            let child = match hard.and_then(|k| self.links.get(&k).copied()) {
+            // a link of a file seen before: the same inode, if it is the same file (a forged
+            // node claiming another file's inode number keeps its own)
+            let same = |fs: &Self, i: u64| {
+                matches!(fs.entries.get(i as usize), Some(Entry::Node(_, n))
+                    if n.kind == node.kind && n.size == node.size && n.mode == node.mode
+                        && n.content == node.content && n.target == node.target)
+            };
+            let child = match hard
+                .and_then(|k| self.links.get(&k).copied())
+                .filter(|&i| same(self, i))
+            {
                 Some(existing) => existing,
                 None => {
                     let c = self.add(ino, Entry::Node(snap, Arc::new(node)));
                     if let Some(k) = hard {
-                        self.links.insert(k, c);
+                        self.links.entry(k).or_insert(c);
                     }
                     c
                 }
             };
             out.push((name, child));
         }
+        let out: Listing = Arc::new(out);
         self.listed.insert(ino, out.clone());
         Ok(out)
     }
@@ -324,8 +376,9 @@ impl SnapshotFs {
                 Err(i) => i.saturating_sub(1),
             };
             let Some(&(start, id)) = f.chunks.get(i) else {
-                break;
+                return Err(libc::EIO); // (the node says it is larger than its chunks)
             };
+            let slot = f.chunks.get(i + 1).map_or(f.data_len, |c| c.0) - start;
             let data = match &f.last {
                 Some((j, d)) if *j == i => d.clone(),
                 _ => {
@@ -337,10 +390,12 @@ impl SnapshotFs {
                     d
                 }
             };
-            let from = (at - start) as usize;
-            if from >= data.len() {
-                break; // (a chunk shorter than the index says: the file ends early)
+            // a chunk of another length than the index said would shift every byte after it
+            if data.len() as u64 != slot {
+                tracing::warn!("mount: chunk {} is not the length the index gives", id.short());
+                return Err(libc::EIO);
             }
+            let from = (at - start) as usize;
             let n = (data.len() - from).min((end - at) as usize);
             out.extend_from_slice(&data[from..from + n]);
             at += n as u64;
@@ -363,7 +418,11 @@ impl Filesystem for SnapshotFs {
 
     fn lookup(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEntry) {
         match self.children(parent) {
-            Ok(c) => match c.iter().find(|(n, _)| n.as_slice() == name.as_bytes()) {
+            Ok(c) => match c
+                .binary_search_by(|(n, _)| n.as_slice().cmp(name.as_bytes()))
+                .ok()
+                .map(|i| &c[i])
+            {
                 Some((_, ino)) => match self.attr(*ino) {
                     Some(a) => reply.entry(&TTL, &a, 0),
                     None => reply.error(libc::ENOENT),
@@ -404,9 +463,12 @@ impl Filesystem for SnapshotFs {
         let mut chunks = Vec::with_capacity(n.content.len());
         let mut at = 0u64;
         for id in &n.content {
-            chunks.push((at, *id));
             match self.repo.locate(id) {
-                Ok(loc) => at += u64::from(loc.raw_length),
+                Ok(loc) if loc.raw_length == 0 => {}
+                Ok(loc) => {
+                    chunks.push((at, *id));
+                    at += u64::from(loc.raw_length);
+                }
                 Err(e) => {
                     tracing::warn!("mount: a chunk of a file is not in the index: {e}");
                     return reply.error(libc::EIO);
@@ -419,7 +481,9 @@ impl Filesystem for SnapshotFs {
             fh,
             Open {
                 chunks,
-                size: n.size.min(at),
+                data_len: at,
+                // (reads past the chunks fail: the file was not read whole when backed up)
+                size: n.size,
                 last: None,
             },
         );
@@ -464,16 +528,20 @@ impl Filesystem for SnapshotFs {
             Err(e) => return reply.error(e),
         };
         let parent = self.parents.get(ino as usize).copied().unwrap_or(1).max(1);
-        let mut all = vec![
-            (ino, FileType::Directory, b".".to_vec()),
-            (parent, FileType::Directory, b"..".to_vec()),
-        ];
-        for (name, child) in children {
-            let kind = self.attr(child).map_or(FileType::RegularFile, |a| a.kind);
-            all.push((child, kind, name));
-        }
-        for (i, (child, kind, name)) in all.into_iter().enumerate().skip(offset.max(0) as usize) {
-            if reply.add(child, (i + 1) as i64, kind, OsStr::from_bytes(&name)) {
+        // entry k (0: ".", 1: "..", 2...: the children) is sent with offset k + 1; a call
+        // starts where the last one stopped
+        let from = offset.max(0) as usize;
+        for k in from..children.len() + 2 {
+            let (child, kind, name): (u64, FileType, &[u8]) = match k {
+                0 => (ino, FileType::Directory, b"."),
+                1 => (parent, FileType::Directory, b".."),
+                _ => {
+                    let (name, child) = &children[k - 2];
+                    let kind = self.attr(*child).map_or(FileType::RegularFile, |a| a.kind);
+                    (*child, kind, name)
+                }
+            };
+            if reply.add(child, (k + 1) as i64, kind, OsStr::from_bytes(name)) {
                 break;
             }
         }
@@ -509,6 +577,17 @@ impl Filesystem for SnapshotFs {
             reply.data(&list);
         }
     }
+}
+
+/// Whether `dir` is a mount point of this process's mount namespace.
+fn mounted(dir: &std::path::Path) -> bool {
+    let Ok(abs) = std::fs::canonicalize(dir).or_else(|_| std::path::absolute(dir)) else {
+        return false;
+    };
+    let want = abs.to_string_lossy().replace(' ', "\\040");
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .map(|m| m.lines().any(|l| l.split(' ').nth(4) == Some(want.as_str())))
+        .unwrap_or(false)
 }
 
 /// `coffer mount DIR`: mount, then wait for SIGINT/SIGTERM and unmount.
@@ -559,8 +638,27 @@ pub fn run(g: &Global, a: MountArgs) -> Result<u8> {
             a.mountpoint.display()
         );
     }
-    let _ = rx.recv();
+    // until a signal, or the session ends by itself (`umount` from outside)
+    loop {
+        match rx.recv_timeout(Duration::from_secs(1)) {
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) if !session.guard.is_finished() => {}
+            _ => break,
+        }
+    }
     drop(session);
+    // a busy mount point is not unmounted by the session's end: detach it, and say so
+    if mounted(&a.mountpoint) {
+        rustix::mount::unmount(&a.mountpoint, rustix::mount::UnmountFlags::DETACH).with_context(|| {
+            format!(
+                "{} is still mounted and cannot be detached",
+                a.mountpoint.display()
+            )
+        })?;
+        eprintln!(
+            "coffer: warning: {} was busy: detached (it goes away when its last user leaves)",
+            a.mountpoint.display()
+        );
+    }
     if !g.quiet {
         eprintln!("unmounted {}", a.mountpoint.display());
     }
