@@ -879,8 +879,10 @@ fn a_running_backup_shows_its_progress_in_the_console() {
     let mut seen = None;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while seen.is_none() && std::time::Instant::now() < deadline {
-        if backup.try_wait().unwrap().is_some() {
-            break;
+        if let Some(status) = backup.try_wait().unwrap() {
+            let mut err = String::new();
+            std::io::Read::read_to_string(&mut backup.stderr.take().unwrap(), &mut err).unwrap();
+            panic!("the backup ended ({status}) before the console showed it: {err}");
         }
         let (_, page) = server.console_get(&session, "/console/client/web1");
         if page.contains("id=\"running\"") {

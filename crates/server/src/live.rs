@@ -60,7 +60,13 @@ impl LiveRuns {
         let key = (client.to_string(), p.kind.clone(), p.job.clone());
         let going = runs.values().filter(|l| l.client == client && !l.ended).count();
         if let Some(l) = runs.get_mut(&key) {
-            if l.ended && l.progress.started == p.started {
+            // a post that crossed the report: its run's start, within one interval of the
+            // end (a next run started in the same second posts first a whole interval after
+            // it started, so after the end)
+            if l.ended
+                && l.progress.started == p.started
+                && now - l.heard < coffer_wire::PROGRESS_EVERY_SECS as i64
+            {
                 return true;
             }
             if l.ended {
@@ -235,6 +241,12 @@ mod tests {
         // a post that crossed the report does not bring the run back; the next run shows
         assert!(l.heard("web1", p("backup", "www", 200, 2), 1012));
         assert!(l.of("web1", 1012).is_empty());
+        // a next run that started in the same second as the ended one: its first post comes
+        // an interval later, and shows
+        l.ended("web1", "backup", "hand", 500, 1012);
+        assert!(l.heard("web1", p("backup", "hand", 500, 1), 1017));
+        assert_eq!(l.of("web1", 1017).len(), 1);
+        l.ended("web1", "backup", "hand", 500, 1018);
         assert!(l.heard("web1", p("backup", "www", 300, 1), 1013));
         assert_eq!(l.of("web1", 1013)[0].first_heard, 1013);
         l.ended("web1", "backup", "www", 300, 1014);
