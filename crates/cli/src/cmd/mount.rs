@@ -206,7 +206,17 @@ impl SnapshotFs {
             );
             let h = self.dir(hosts, &host);
             let placed = self.place(h, name.clone(), i);
-            newest.insert(host.clone(), placed);
+            // latest/HOST passes over a snapshot dated in the future, as `latest` does (a
+            // wrong clock, or a forged snapshot that would stay "latest" for years)
+            let future = self.snaps[i].1.time.timestamp()
+                > chrono::Utc::now().timestamp() + coffer_core::backup::MAX_CLOCK_SKEW_SECS;
+            if future {
+                eprintln!(
+                    "coffer: warning: snapshot {short} is dated in the future: latest/{host} passes it over"
+                );
+            } else {
+                newest.insert(host.clone(), placed);
+            }
             self.place(by_id, short, i);
             for t in tags_of {
                 let tag = self.dir(tags, &t);
@@ -663,4 +673,84 @@ pub fn run(g: &Global, a: MountArgs) -> Result<u8> {
         eprintln!("unmounted {}", a.mountpoint.display());
     }
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use coffer_core::format::{Id, Summary, FORMAT_VERSION};
+    use coffer_core::memory::MemoryBackend;
+    use coffer_core::{Backend, InitOptions, Repository};
+
+    use super::*;
+
+    fn snap(host: &str, time: chrono::DateTime<chrono::FixedOffset>, tags: &[&str]) -> Snapshot {
+        Snapshot {
+            version: FORMAT_VERSION,
+            time,
+            hostname: host.into(),
+            username: String::new(),
+            paths: vec!["/srv".into()],
+            tags: tags.iter().map(|t| t.to_string()).collect(),
+            excludes: vec![],
+            tree: BlobId(Id([0; 32])),
+            parent: None,
+            program_version: "test".into(),
+            summary: Summary::default(),
+            databases: vec![],
+            original: None,
+            key: None,
+            sealed_by_write_only: false,
+        }
+    }
+
+    fn names(fs: &mut SnapshotFs, path: &[&str]) -> Vec<String> {
+        let mut ino = 1;
+        for p in path {
+            let c = fs.children(ino).unwrap();
+            ino = c.iter().find(|(n, _)| n.as_slice() == p.as_bytes()).unwrap().1;
+        }
+        fs.children(ino)
+            .unwrap()
+            .iter()
+            .map(|(n, _)| String::from_utf8_lossy(n).into_owned())
+            .collect()
+    }
+
+    /// What a write-only key could put in a snapshot's host and tags becomes safe entry
+    /// names, and `latest/HOST` passes over a snapshot dated in the future.
+    #[test]
+    fn hostile_names_are_encoded_and_latest_is_not_from_the_future() {
+        let b: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
+        let repo = Repository::init(b, b"pw", &InitOptions::default())
+            .unwrap()
+            .load_index()
+            .unwrap();
+        let now = chrono::Utc::now().fixed_offset();
+        let hour_ago = now - chrono::Duration::hours(1);
+        let snaps = vec![
+            (SnapshotId(Id([1; 32])), snap("web1", hour_ago, &["a/b"])),
+            (
+                SnapshotId(Id([2; 32])),
+                snap("web1", now + chrono::Duration::days(3650), &[]),
+            ),
+            (SnapshotId(Id([3; 32])), snap("", now, &[".."])),
+            (SnapshotId(Id([4; 32])), snap("../x", now, &[])),
+        ];
+        let mut fs = SnapshotFs::new(repo, snaps);
+        assert_eq!(names(&mut fs, &["hosts"]), ["%", "..%2Fx", "web1"]);
+        assert_eq!(names(&mut fs, &["tags"]), ["%2E%2E", "a%2Fb"]);
+        assert_eq!(names(&mut fs, &["hosts", "web1"]).len(), 2);
+        assert_eq!(names(&mut fs, &["latest"]), ["%", "..%2Fx", "web1"]);
+        let latest = names(&mut fs, &["latest"]);
+        let latest_dir = fs.children(1).unwrap()[1].1;
+        let ino = fs.children(latest_dir).unwrap()[latest.len() - 1].1;
+        match &fs.entries[ino as usize] {
+            Entry::Link(t) => assert_eq!(
+                String::from_utf8_lossy(t),
+                format!("../hosts/web1/{}", snapshot_name(&snap("web1", hour_ago, &[])))
+            ),
+            _ => panic!("latest/web1 is a link"),
+        }
+    }
 }
