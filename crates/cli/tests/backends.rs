@@ -217,19 +217,19 @@ fn mount_remote(e: &Env) {
         }
         let mnt = e.path("mnt");
         fs::create_dir_all(&mnt).unwrap();
+        let log = e.path("mount.log");
         let mut mount = cmd(read_token)
             .arg("mount")
             .arg(&mnt)
-            .stderr(std::process::Stdio::null())
+            .stderr(fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
         let inside = mnt.join("latest/web1").join(src.strip_prefix("/").unwrap());
-        let t = std::time::Instant::now();
-        while !inside.exists() {
-            assert!(mount.try_wait().unwrap().is_none(), "{repo}: coffer mount exited");
-            assert!(t.elapsed() < Duration::from_secs(60), "{repo}: no mount");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        common::wait_until(
+            &format!("the mount of {repo}"),
+            || inside.exists(),
+            || common::exit_report("coffer mount", &mut mount, &log),
+        );
         let diff = Command::new("diff")
             .arg("-r")
             .arg(&src)

@@ -198,6 +198,57 @@ fn find_lists_each_snapshot_holding_a_match() {
     assert_eq!(o.status.code(), Some(2), "a bad pattern is a usage error");
 }
 
+/// `coffer mount MNT`, once its layout is there (its stderr in MNT.log).
+fn start_mount(e: &Env, mnt: &Path) -> std::process::Child {
+    let log = mnt.with_extension("log");
+    let mut mount = e
+        .cmd()
+        .arg("mount")
+        .arg(mnt)
+        .stderr(File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    common::wait_until(
+        "the mount's layout",
+        || mnt.join("hosts").exists(),
+        || common::exit_report("coffer mount", &mut mount, &log),
+    );
+    mount
+}
+
+/// Unmounting takes away this run's mount and nothing else: a file system that was mounted on
+/// the directory before stays, with its files.
+#[test]
+fn unmounting_leaves_what_was_mounted_below_alone() {
+    assert!(
+        is_root() && Path::new("/dev/fuse").exists(),
+        "this test mounts with FUSE: it needs root and /dev/fuse"
+    );
+    let e = Env::init();
+    let src = e.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("a"), "a\n").unwrap();
+    e.ok(&["backup", "-q", "--host", "web1", src.to_str().unwrap()]);
+    let mnt = e.path("mnt");
+    fs::create_dir_all(&mnt).unwrap();
+    let tmpfs = Command::new("mount")
+        .args(["-t", "tmpfs", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .unwrap();
+    assert!(tmpfs.success());
+    fs::write(mnt.join("keep"), "kept").unwrap();
+    let mut mount = start_mount(&e, &mnt);
+    assert!(!mnt.join("keep").exists(), "the mount covers the directory");
+    let pid = rustix::process::Pid::from_child(&mount);
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let status = mount.wait().unwrap();
+    let kept = fs::read_to_string(mnt.join("keep"));
+    let _ = Command::new("umount").arg(&mnt).status();
+    assert!(status.success(), "{status}");
+    assert_eq!(kept.unwrap(), "kept", "the tmpfs below is still mounted");
+}
+
 /// `coffer mount`: what rsync sees through the mount is the source, every kind of entry, ACLs
 /// and hard links included; the layout names each snapshot by host, id, tag and latest; a
 /// SIGTERM unmounts. (Root and /dev/fuse, as in CI.)
@@ -222,24 +273,8 @@ fn a_mounted_snapshot_is_its_source_for_rsync() {
     ]);
     let mnt = e.path("mnt");
     fs::create_dir_all(&mnt).unwrap();
-    let mut mount = e
-        .cmd()
-        .arg("mount")
-        .arg(&mnt)
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut mount = start_mount(&e, &mnt);
     let latest = mnt.join("latest/web1");
-    let t = std::time::Instant::now();
-    while !latest.exists() {
-        if let Some(status) = mount.try_wait().unwrap() {
-            let mut err = String::new();
-            std::io::Read::read_to_string(&mut mount.stderr.take().unwrap(), &mut err).unwrap();
-            panic!("coffer mount exited with {status}: {err}");
-        }
-        assert!(t.elapsed() < Duration::from_secs(30), "the mount did not appear");
-        std::thread::sleep(Duration::from_millis(100));
-    }
     let ok = std::panic::catch_unwind(|| {
         let inside = latest.join(src.strip_prefix("/").unwrap());
         let d = rsync_diff(&src, &inside);

@@ -877,25 +877,27 @@ fn a_running_backup_shows_its_progress_in_the_console() {
         .spawn()
         .unwrap();
     let mut seen = None;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while seen.is_none() && std::time::Instant::now() < deadline {
-        if let Some(status) = backup.try_wait().unwrap() {
+    common::wait_until(
+        "the console to show the backup while it runs",
+        || {
+            let (_, page) = server.console_get(&session, "/console/client/web1");
+            if page.contains("id=\"running\"") {
+                let (_, fleet) = server.console_get(&session, "/console");
+                assert!(
+                    fleet.contains(">running</span>"),
+                    "the fleet page says so too: {fleet}"
+                );
+                seen = Some(page);
+            }
+            seen.is_some()
+        },
+        || {
+            let status = backup.try_wait().unwrap()?;
             let mut err = String::new();
             std::io::Read::read_to_string(&mut backup.stderr.take().unwrap(), &mut err).unwrap();
-            panic!("the backup ended ({status}) before the console showed it: {err}");
-        }
-        let (_, page) = server.console_get(&session, "/console/client/web1");
-        if page.contains("id=\"running\"") {
-            let (_, fleet) = server.console_get(&session, "/console");
-            assert!(
-                fleet.contains(">running</span>"),
-                "the fleet page says so too: {fleet}"
-            );
-            seen = Some(page);
-        } else {
-            std::thread::sleep(std::time::Duration::from_millis(300));
-        }
-    }
+            Some(format!("the backup ended ({status}) first: {err}"))
+        },
+    );
     let page = seen.expect("the console showed the backup while it ran");
     let row = page
         .split("data-running=\"\"")

@@ -589,14 +589,29 @@ impl Filesystem for SnapshotFs {
     }
 }
 
-/// Whether `dir` is a mount point of this process's mount namespace.
-fn mounted(dir: &std::path::Path) -> bool {
-    let Ok(abs) = std::fs::canonicalize(dir).or_else(|_| std::path::absolute(dir)) else {
-        return false;
-    };
-    let want = abs.to_string_lossy().replace(' ', "\\040");
+/// `dir` as /proc/self/mountinfo writes mount points (absolute, spaces as `\040`).
+fn mountinfo_path(dir: &std::path::Path) -> Result<String> {
+    let abs = std::fs::canonicalize(dir).with_context(|| format!("mount point {}", dir.display()))?;
+    Ok(abs.to_string_lossy().replace(' ', "\\040"))
+}
+
+/// The id of the newest coffer mount (file system type `fuse.coffer`) on `at`: this run's,
+/// read right after it mounted. Lines of mountinfo: `ID PARENT DEV ROOT MOUNTPOINT ... - TYPE ...`.
+fn coffer_mount_id(at: &str) -> Option<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines()
+        .rfind(|l| {
+            l.split(' ').nth(4) == Some(at)
+                && l.split(" - ").nth(1).and_then(|t| t.split(' ').next()) == Some("fuse.coffer")
+        })
+        .and_then(|l| l.split(' ').next())
+        .map(String::from)
+}
+
+/// Whether the mount with this id is still there.
+fn still_mounted(id: &str) -> bool {
     std::fs::read_to_string("/proc/self/mountinfo")
-        .map(|m| m.lines().any(|l| l.split(' ').nth(4) == Some(want.as_str())))
+        .map(|m| m.lines().any(|l| l.split(' ').next() == Some(id)))
         .unwrap_or(false)
 }
 
@@ -636,12 +651,15 @@ pub fn run(g: &Global, a: MountArgs) -> Result<u8> {
         let _ = tx.send(());
     })
     .context("setting the signal handler")?;
+    let at = mountinfo_path(&a.mountpoint)?;
     let session = fuser::spawn_mount2(fs, &a.mountpoint, &options).with_context(|| {
         format!(
             "mounting on {} (FUSE: /dev/fuse, root or fusermount3)",
             a.mountpoint.display()
         )
     })?;
+    // (this mount, not whatever the directory was before: that is never touched)
+    let ours = coffer_mount_id(&at);
     if !g.quiet {
         eprintln!(
             "{count} snapshots mounted on {} (read-only): hosts/, snapshots/, tags/, latest/; Ctrl-C or SIGTERM unmounts",
@@ -657,7 +675,7 @@ pub fn run(g: &Global, a: MountArgs) -> Result<u8> {
     }
     drop(session);
     // a busy mount point is not unmounted by the session's end: detach it, and say so
-    if mounted(&a.mountpoint) {
+    if ours.as_deref().is_some_and(still_mounted) {
         rustix::mount::unmount(&a.mountpoint, rustix::mount::UnmountFlags::DETACH).with_context(|| {
             format!(
                 "{} is still mounted and cannot be detached",
