@@ -215,25 +215,13 @@ async fn post_run(
         .map_err(|_| err(StatusCode::PAYLOAD_TOO_LARGE, "a run report is at most 64 KiB"))?;
     let report: crate::records::RunReport = serde_json::from_slice(&bytes)
         .map_err(|e| err(StatusCode::BAD_REQUEST, format!("run report: {e}")))?;
-    // a read token reports what it can do (restore, check) and failures, never a successful
-    // backup or deletion: a stolen one must not be able to keep a client green
-    if client.role == Role::Read
-        && !matches!(report.kind.as_str(), "restore" | "check")
-        && report.status != crate::records::RunStatus::Failed
-    {
-        return Err(refuse(
-            &Method::POST,
-            &path,
-            &client.name,
-            err(
-                StatusCode::FORBIDDEN,
-                format!(
-                    "client {:?} has role read, which may report restore and check runs and failures only",
-                    client.name
-                ),
-            ),
-        ));
-    }
+    read_role_may_report(
+        &Method::POST,
+        &path,
+        &client,
+        &report.kind,
+        report.status == crate::records::RunStatus::Failed,
+    )?;
     let mut report = report.validated()?;
     let server = st.server.clone();
     let id = blocking(move || {
@@ -463,6 +451,32 @@ pub(crate) fn refuse(method: &Method, path: &str, who: &str, e: ApiError) -> Api
         e.1.escape_debug()
     );
     e
+}
+
+/// A read token reports what it can do (restore, check) and failures, never a successful
+/// backup or deletion, nor one in progress: a stolen one must not keep a client green.
+pub(crate) fn read_role_may_report(
+    method: &Method,
+    path: &str,
+    client: &ClientInfo,
+    kind: &str,
+    failed: bool,
+) -> Result<(), ApiError> {
+    if client.role == Role::Read && !matches!(kind, "restore" | "check") && !failed {
+        return Err(refuse(
+            method,
+            path,
+            &client.name,
+            err(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "client {:?} has role read, which may report restore and check runs and failures only",
+                    client.name
+                ),
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Check the bearer token, the repository it opens and its role.

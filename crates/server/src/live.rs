@@ -15,8 +15,7 @@ use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use coffer_wire::RunProgress;
 
-use crate::catalog::Role;
-use crate::http::{authorize, err, refuse, ApiError, Need, St};
+use crate::http::{authorize, err, read_role_may_report, ApiError, Need, St};
 
 /// A run not heard from for this long is shown as silent.
 pub const SILENT_SECS: i64 = 3 * coffer_wire::PROGRESS_EVERY_SECS as i64;
@@ -30,7 +29,6 @@ const MAX_BODY: usize = 4096;
 /// One run in progress as the server last heard of it.
 #[derive(Clone, Debug)]
 pub struct Live {
-    pub client: String,
     pub progress: RunProgress,
     /// When the server first and last heard of it (server clock).
     pub first_heard: i64,
@@ -42,23 +40,28 @@ pub struct Live {
     ended: bool,
 }
 
-/// The runs in progress, by client, kind and job.
+/// A client's runs, by kind and job.
+type ClientRuns = HashMap<(String, String), Live>;
+
+/// The runs in progress, by client, then kind and job: a post touches its own client's few
+/// entries, not the fleet's.
 #[derive(Default, Debug)]
 pub struct LiveRuns {
-    runs: Mutex<HashMap<(String, String, String), Live>>,
+    runs: Mutex<HashMap<String, ClientRuns>>,
 }
 
 impl LiveRuns {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String, String), Live>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, ClientRuns>> {
         self.runs.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// A run's progress arrived; false when the client has [`PER_CLIENT`] other runs going.
     pub fn heard(&self, client: &str, p: RunProgress, now: i64) -> bool {
-        let mut runs = self.lock();
+        let mut all = self.lock();
+        let runs = all.entry(client.to_string()).or_default();
         runs.retain(|_, l| now - l.heard < FORGET_SECS);
-        let key = (client.to_string(), p.kind.clone(), p.job.clone());
-        let going = runs.values().filter(|l| l.client == client && !l.ended).count();
+        let key = (p.kind.clone(), p.job.clone());
+        let going = runs.values().filter(|l| !l.ended).count();
         if let Some(l) = runs.get_mut(&key) {
             // a post that crossed the report: its run's start, within one interval of the
             // end (a next run started in the same second posts first a whole interval after
@@ -95,7 +98,6 @@ impl LiveRuns {
         runs.insert(
             key,
             Live {
-                client: client.to_string(),
                 progress: p,
                 first_heard: now,
                 heard: now,
@@ -110,8 +112,9 @@ impl LiveRuns {
     /// its report and its progress say it). The report of another run of the job (one that
     /// found it running and stopped, a hook that failed) leaves the running one alone.
     pub fn ended(&self, client: &str, kind: &str, job: &str, started: i64, now: i64) {
-        let key = (client.to_string(), kind.to_string(), job.to_string());
-        let mut runs = self.lock();
+        let key = (kind.to_string(), job.to_string());
+        let mut all = self.lock();
+        let runs = all.entry(client.to_string()).or_default();
         runs.retain(|_, l| now - l.heard < FORGET_SECS);
         if runs
             .get(&key)
@@ -120,7 +123,6 @@ impl LiveRuns {
             return;
         }
         let l = runs.entry(key).or_insert_with(|| Live {
-            client: client.to_string(),
             progress: RunProgress {
                 kind: kind.to_string(),
                 job: job.to_string(),
@@ -140,23 +142,36 @@ impl LiveRuns {
     pub fn of(&self, client: &str, now: i64) -> Vec<Live> {
         let mut v: Vec<Live> = self
             .lock()
-            .values()
-            .filter(|l| l.client == client && !l.ended && now - l.heard < FORGET_SECS)
-            .cloned()
-            .collect();
+            .get(client)
+            .map(|runs| {
+                runs.values()
+                    .filter(|l| !l.ended && now - l.heard < FORGET_SECS)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
         v.sort_by_key(|l| (l.first_heard, l.progress.kind.clone(), l.progress.job.clone()));
         v
     }
 
-    /// How many runs each client has in progress (heard from lately).
+    /// How many runs each client has in progress (heard from lately); what is past
+    /// forgetting goes meanwhile (a client that stopped posting is not visited otherwise).
     pub fn counts(&self, now: i64) -> HashMap<String, usize> {
-        let mut m = HashMap::new();
-        for l in self.lock().values() {
-            if !l.ended && now - l.heard < SILENT_SECS {
-                *m.entry(l.client.clone()).or_insert(0) += 1;
-            }
-        }
-        m
+        let mut all = self.lock();
+        all.retain(|_, runs| {
+            runs.retain(|_, l| now - l.heard < FORGET_SECS);
+            !runs.is_empty()
+        });
+        all.iter()
+            .map(|(c, runs)| {
+                let n = runs
+                    .values()
+                    .filter(|l| !l.ended && now - l.heard < SILENT_SECS)
+                    .count();
+                (c.clone(), n)
+            })
+            .filter(|(_, n)| *n > 0)
+            .collect()
     }
 }
 
@@ -176,20 +191,7 @@ pub(crate) async fn post_progress(
     let p: RunProgress =
         serde_json::from_slice(&bytes).map_err(|e| err(StatusCode::BAD_REQUEST, format!("progress: {e}")))?;
     p.valid().map_err(|e| err(StatusCode::BAD_REQUEST, e))?;
-    if client.role == Role::Read && !matches!(p.kind.as_str(), "restore" | "check") {
-        return Err(refuse(
-            &Method::POST,
-            &path,
-            &client.name,
-            err(
-                StatusCode::FORBIDDEN,
-                format!(
-                    "client {:?} has role read, which may report restores and checks only",
-                    client.name
-                ),
-            ),
-        ));
-    }
+    read_role_may_report(&Method::POST, &path, &client, &p.kind, false)?;
     if !st.server.live.heard(&client.name, p, st.server.now()) {
         return Err(err(
             StatusCode::TOO_MANY_REQUESTS,
