@@ -169,14 +169,29 @@ fn main() -> ExitCode {
             eprintln!("\ncoffer: interrupted; {msg}");
             // (a backup only: an interrupted check or restore is no missing night; and at
             // most 10 s for it, a dead server must not hold the stop)
+            // The run's leases go too (an exit runs no destructors): left behind, they would
+            // hold off the next prune for their 15 minutes. Both within 10 s together.
+            let (tx, rx) = std::sync::mpsc::channel();
+            let lease_done = tx.clone();
+            std::thread::spawn(move || {
+                coffer_core::lease::release_held();
+                let _ = lease_done.send(());
+            });
+            let mut waiting = 1;
             if let Some(kind) = report_kind.filter(|k| *k == "backup") {
-                let (tx, rx) = std::sync::mpsc::channel();
                 let rg = rg.clone();
+                waiting += 1;
                 std::thread::spawn(move || {
                     report::send_once(&rg, kind, started, clock.elapsed(), &Err("interrupted".into()));
                     let _ = tx.send(());
                 });
-                let _ = rx.recv_timeout(std::time::Duration::from_secs(10));
+            }
+            let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            for _ in 0..waiting {
+                let left = until.saturating_duration_since(std::time::Instant::now());
+                if rx.recv_timeout(left).is_err() {
+                    break;
+                }
             }
             std::process::exit(130);
         });

@@ -779,6 +779,13 @@ fn ctrl_c_says_what_it_left_and_exits_130() {
         err.contains("a snapshot exists only if the run said it saved one"),
         "{err}"
     );
+    // and it took its lease with it: a prune right after is not refused or deferred for the
+    // 15 minutes a lease counts (an agent restarted during a prune hit that)
+    let left: Vec<_> = fs::read_dir(e.repo.join("locks"))
+        .unwrap()
+        .map(|f| f.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "leases left behind: {left:?}");
     fs::remove_file(src.join("disk.img")).unwrap();
     fs::write(src.join("a.txt"), "after").unwrap();
     e.ok(&["backup", "-q", src.to_str().unwrap()]);

@@ -109,9 +109,37 @@ pub fn live_leases(backend: &dyn Backend) -> Result<Vec<LeaseInfo>> {
         .collect())
 }
 
+/// Every lease this process holds, so that a command ended by a signal (which exits without
+/// running destructors) can still remove them: see [`release_held`].
+static HELD: Mutex<Vec<std::sync::Weak<Shared>>> = Mutex::new(Vec::new());
+
+/// Remove the files of every lease this process holds and stop refreshing them. For a command
+/// about to exit on SIGINT/SIGTERM: without it, its leases would stay live for up to [`TTL`],
+/// and a prune started meanwhile (the next run of an agent that was restarted, an operator
+/// trying again) would be refused or defer its work for no reason. The process must exit
+/// right after: what it was doing is no longer announced.
+pub fn release_held() {
+    let held: Vec<Arc<Shared>> = HELD
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .filter_map(|w| w.upgrade())
+        .collect();
+    for sh in held {
+        // under the info lock: a refresh in progress finishes first, and none writes after
+        let mut g = sh.info.lock().unwrap_or_else(|e| e.into_inner());
+        if !g.2 {
+            g.2 = true;
+            let _ = sh.backend.remove(FileKind::Lock, &file_name(&g.0.session, g.1));
+        }
+    }
+}
+
 struct Shared {
     backend: Arc<dyn Backend>,
-    info: Mutex<(LeaseInfo, u64)>,
+    /// The lease, the sequence number of its current file, and whether that file was
+    /// removed already (by [`release_held`]).
+    info: Mutex<(LeaseInfo, u64, bool)>,
     /// Time of the last successful refresh.
     last_ok: AtomicI64,
     /// Set once a refresh was missed for longer than TTL.
@@ -123,11 +151,14 @@ struct Shared {
 impl Shared {
     fn refresh(&self) {
         let mut g = self.info.lock().unwrap_or_else(|e| e.into_inner());
+        if g.2 {
+            return;
+        }
         let t = now();
         if t - self.last_ok.load(Ordering::SeqCst) >= TTL {
             self.lost.store(true, Ordering::SeqCst);
         }
-        let (info, seq) = &mut *g;
+        let (info, seq, _) = &mut *g;
         let old = file_name(&info.session, *seq);
         info.refreshed = t;
         let next = *seq + 1;
@@ -175,12 +206,17 @@ impl Lease {
         backend.write(FileKind::Lock, &file_name(&info.session, 0), &bytes)?;
         let shared = Arc::new(Shared {
             backend,
-            info: Mutex::new((info, 0)),
+            info: Mutex::new((info, 0, false)),
             last_ok: AtomicI64::new(t),
             lost: AtomicBool::new(false),
             stop: Mutex::new(false),
             wake: std::sync::Condvar::new(),
         });
+        {
+            let mut held = HELD.lock().unwrap_or_else(|e| e.into_inner());
+            held.retain(|w| w.strong_count() > 0);
+            held.push(Arc::downgrade(&shared));
+        }
         let sh = shared.clone();
         let thread = std::thread::Builder::new()
             .name("coffer-lease".into())
@@ -234,10 +270,13 @@ impl Drop for Lease {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        let g = self.shared.info.lock().unwrap_or_else(|e| e.into_inner());
-        let _ = self
-            .shared
-            .backend
-            .remove(FileKind::Lock, &file_name(&g.0.session, g.1));
+        let mut g = self.shared.info.lock().unwrap_or_else(|e| e.into_inner());
+        if !g.2 {
+            g.2 = true;
+            let _ = self
+                .shared
+                .backend
+                .remove(FileKind::Lock, &file_name(&g.0.session, g.1));
+        }
     }
 }
