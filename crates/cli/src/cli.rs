@@ -627,7 +627,7 @@ pub struct InitArgs {
 #[derive(Args, Debug)]
 pub struct BackupArgs {
     /// Files and directories to back up
-    #[arg(required_unless_present_any = ["mysql", "postgres", "sqlite", "job"])]
+    #[arg(required_unless_present_any = ["mysql", "postgres", "sqlite", "job", "device", "stdin"])]
     pub paths: Vec<PathBuf>,
     /// Back up what the configuration's job NAME says (paths, databases, excludes, tags)
     #[arg(long, value_name = "NAME")]
@@ -646,6 +646,14 @@ pub struct BackupArgs {
     pub sqlite: Vec<PathBuf>,
     #[command(flatten)]
     pub db: DbConnArgs,
+    /// Read a block device whole into the snapshot as an image, `/.images/NAME` (NAME: the
+    /// device's file name; repeat for several). Freeze or snapshot a mounted file system first
+    #[arg(long, value_name = "DEVICE", help_heading = "Images")]
+    pub device: Vec<PathBuf>,
+    /// Store what arrives on standard input as the image `/.images/NAME`
+    /// (`pg_basebackup ... | coffer backup --stdin NAME`; set -o pipefail)
+    #[arg(long, value_name = "NAME", help_heading = "Images", value_parser = image_name_arg)]
+    pub stdin: Option<String>,
     /// Exclude paths matching PATTERN (`*.tmp` matches names, `/var/cache/*` whole paths)
     #[arg(short, long, value_name = "PATTERN", value_parser = glob_arg)]
     pub exclude: Vec<String>,
@@ -804,8 +812,13 @@ pub struct RestoreArgs {
     #[command(flatten)]
     pub filter: SnapshotFilter,
     /// Directory to restore into (created if missing)
-    #[arg(short, long, value_name = "DIR")]
-    pub target: PathBuf,
+    #[arg(short, long, value_name = "DIR", required_unless_present = "device")]
+    pub target: Option<PathBuf>,
+    /// Write an image (`backup --device`/`--stdin`) onto this block device instead: the
+    /// snapshot's only image, or the one named (`SNAPSHOT:/.images/NAME`). Refused while the
+    /// device or a partition of it is mounted or in use, or when it is smaller than the image
+    #[arg(long, value_name = "DEVICE", conflicts_with_all = ["target", "delete", "include", "exclude", "verify"])]
+    pub device: Option<PathBuf>,
     /// Restore only paths matching PATTERN (and everything below matching directories)
     #[arg(short, long, value_name = "PATTERN", value_parser = glob_arg)]
     pub include: Vec<String>,
@@ -1012,6 +1025,11 @@ fn checked<E: std::fmt::Display>(s: &str, r: Result<impl Sized, E>) -> Result<St
 /// A glob pattern for --include/--exclude.
 pub fn glob_arg(s: &str) -> Result<String, String> {
     checked(s, coffer_core::filter::PathMatcher::new(&[s.to_string()]))
+}
+
+/// One file name for an image.
+pub fn image_name_arg(s: &str) -> Result<String, String> {
+    checked(s, coffer_core::image::check_name(s))
 }
 
 /// always, if-changed, if-newer or never.

@@ -484,3 +484,199 @@ fn same_gigabyte_twice_grows_repository_by_under_one_percent() {
     let growth = (second - first) as f64 / first as f64;
     assert!(growth < 0.01, "repository grew by {:.3}%", growth * 100.0);
 }
+
+/// A loop device over a file, detached (and unmounted, if mounted) when dropped.
+struct Loop {
+    dev: String,
+    mnt: Option<std::path::PathBuf>,
+}
+
+impl Loop {
+    fn over(file: &Path) -> Loop {
+        let o = Command::new("losetup")
+            .args(["-f", "--show"])
+            .arg(file)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "losetup: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        Loop {
+            dev: String::from_utf8_lossy(&o.stdout).trim().to_string(),
+            mnt: None,
+        }
+    }
+
+    fn mount(&mut self, at: &Path, opts: &str) {
+        fs::create_dir_all(at).unwrap();
+        let ok = Command::new("mount")
+            .args(["-o", opts, &self.dev])
+            .arg(at)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "mount {}", self.dev);
+        self.mnt = Some(at.to_path_buf());
+    }
+
+    fn umount(&mut self) {
+        if let Some(m) = self.mnt.take() {
+            assert!(Command::new("umount").arg(&m).status().unwrap().success());
+        }
+    }
+
+    fn hash(&self, len: u64) -> String {
+        let mut f = File::open(&self.dev).unwrap();
+        let mut h = blake3::Hasher::new();
+        std::io::copy(&mut std::io::Read::take(&mut f, len), &mut h).unwrap();
+        h.finalize().to_hex().to_string()
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        if let Some(m) = self.mnt.take() {
+            let _ = Command::new("umount").arg(&m).status();
+        }
+        let _ = Command::new("losetup").args(["-d", &self.dev]).status();
+    }
+}
+
+/// `backup --device`: an ext4 file system on a loop device is stored as an image (its empty
+/// space once), a second run after a change adds about what changed, and `restore --device`
+/// writes it onto another device full of garbage so that fsck passes, the files match and the
+/// image's bytes are the source's. A mounted, too small or non-device target is refused and
+/// left untouched. `--stdin NAME` stores a stream that `dump` gives back (issue 25 item 4).
+#[test]
+fn a_block_device_is_imaged_and_written_back() {
+    assert!(is_root(), "this test uses loop devices: it needs root");
+    let e = Env::init();
+    let size: u64 = 96 << 20;
+    let a_file = e.path("a.img");
+    File::create(&a_file).unwrap().set_len(size).unwrap();
+    let mut a = Loop::over(&a_file);
+    let mkfs = Command::new("mkfs.ext4").args(["-q", &a.dev]).status().unwrap();
+    assert!(mkfs.success());
+    let mnt = e.path("mnt-a");
+    a.mount(&mnt, "rw");
+    fs::write(mnt.join("big"), pseudo_random(1, 8 << 20)).unwrap();
+    for i in 0..50 {
+        fs::write(mnt.join(format!("small{i}")), format!("file {i}\n")).unwrap();
+    }
+    // mounted read-write: stored, with a warning in its record
+    let j = e.backup_json(&["--device", &a.dev]);
+    let img = &j["images"][0];
+    assert_eq!(img["size"], size, "{j}");
+    assert!(
+        img["warnings"][0]
+            .as_str()
+            .unwrap_or("")
+            .contains("mounted read-write"),
+        "{j}"
+    );
+    a.umount();
+    let j = e.backup_json(&["--device", &a.dev]);
+    let img = j["images"][0].clone();
+    let name = img["path"].as_str().unwrap().to_string();
+    assert!(img["warnings"].is_null(), "{j}");
+    // the empty space is one chunk, neither stored again nor counted as new
+    let zeros = img["zero_bytes"].as_u64().unwrap();
+    assert!(zeros > 60 << 20, "{j}");
+    assert!(j["bytes_new"].as_u64().unwrap() < size - zeros + (2 << 20), "{j}");
+    // a change of 1 MiB and a new file of 2 MiB: the next run adds about that
+    a.mount(&mnt, "rw");
+    // (in place: a rewritten file would move to other blocks, and its old ones keep the old
+    // data, so twice its size would be new to the image)
+    let big = fs::OpenOptions::new().write(true).open(mnt.join("big")).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&big, &pseudo_random(2, 1 << 20), 3 << 20).unwrap();
+    drop(big);
+    fs::write(mnt.join("new"), pseudo_random(3, 2 << 20)).unwrap();
+    fs::remove_file(mnt.join("small7")).unwrap();
+    a.umount();
+    let want = a.hash(size);
+    let j = e.backup_json(&["--device", &a.dev]);
+    // (stored: a chunk of zeros with one changed metadata block is new, but compresses to
+    // next to nothing)
+    let added = j["bytes_stored"].as_u64().unwrap();
+    assert!(
+        (3 << 20..6 << 20).contains(&added),
+        "the second run stored {added} bytes for 3 MiB changed: {j}"
+    );
+
+    // a device full of garbage, larger than the image
+    let b_file = e.path("b.img");
+    fs::write(&b_file, pseudo_random(4, (size + (16 << 20)) as usize)).unwrap();
+    let mut b = Loop::over(&b_file);
+    let garbage = b.hash(size + (16 << 20));
+    let o = e.run(&["restore", "latest", "--device", &b.dev, "--dry-run"]);
+    assert_eq!(common::code(&o), 0, "{}", common::stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("would write"));
+    assert_eq!(b.hash(size + (16 << 20)), garbage, "a dry run wrote");
+    let out = e.ok(&["restore", &format!("latest:{name}"), "--device", &b.dev]);
+    assert!(out.contains("zeroed"), "{out}");
+    assert_eq!(b.hash(size), want, "the device holds other bytes than the image");
+    let fsck = Command::new("e2fsck").args(["-fn", &b.dev]).output().unwrap();
+    assert!(fsck.status.success(), "{}", String::from_utf8_lossy(&fsck.stdout));
+    a.mount(&e.path("ro-a"), "ro");
+    b.mount(&e.path("ro-b"), "ro");
+    assert_eq!(
+        common::digest_tree(&e.path("ro-a")),
+        common::digest_tree(&e.path("ro-b"))
+    );
+    assert!(e.path("ro-b").join("new").exists() && !e.path("ro-b").join("small7").exists());
+
+    // refused, and nothing written: a mounted device, one too small, a file
+    let o = e.run(&["restore", "latest", "--device", &b.dev]);
+    assert_eq!(common::code(&o), 2, "{}", common::stderr(&o));
+    assert!(common::stderr(&o).contains("mounted"), "{}", common::stderr(&o));
+    b.umount();
+    let c_file = e.path("c.img");
+    fs::write(&c_file, pseudo_random(5, 16 << 20)).unwrap();
+    let c = Loop::over(&c_file);
+    let before = c.hash(16 << 20);
+    let o = e.run(&["restore", "latest", "--device", &c.dev]);
+    assert_eq!(common::code(&o), 2, "{}", common::stderr(&o));
+    assert!(common::stderr(&o).contains("smaller than the image"));
+    assert_eq!(c.hash(16 << 20), before);
+    let o = e.run(&["restore", "latest", "--device", c_file.to_str().unwrap()]);
+    assert_eq!(common::code(&o), 2, "{}", common::stderr(&o));
+    assert!(common::stderr(&o).contains("not a block device"));
+    let o = e.run(&["backup", "--device", c_file.to_str().unwrap()]);
+    assert_eq!(common::code(&o), 2, "{}", common::stderr(&o));
+
+    // restored into a directory, the image is a sparse file with the same bytes
+    let t = e.path("t");
+    e.ok(&["restore", "latest", "--target", t.to_str().unwrap()]);
+    let restored = t.join(name.trim_start_matches('/'));
+    assert_eq!(
+        blake3::hash(&fs::read(&restored).unwrap()).to_hex().to_string(),
+        want
+    );
+    use std::os::unix::fs::MetadataExt;
+    assert!(
+        fs::metadata(&restored).unwrap().blocks() * 512 < size / 2,
+        "not sparse"
+    );
+
+    // --stdin NAME: a stream, given back by dump
+    let data = pseudo_random(6, 3 << 20);
+    let mut child = e
+        .cmd()
+        .args(["backup", "-q", "--stdin", "db.dump"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), &data).unwrap();
+    assert!(child.wait().unwrap().success());
+    let o = e
+        .cmd()
+        .args(["dump", "latest", "/.images/db.dump"])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    assert!(o.stdout == data, "dump gave other bytes");
+    let o = e.run(&["backup", "--stdin", "a/b"]);
+    assert_eq!(common::code(&o), 2, "{}", common::stderr(&o));
+    e.ok(&["check", "--read-data"]);
+}

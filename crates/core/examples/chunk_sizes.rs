@@ -17,7 +17,7 @@ fn chunk_ids(c: &Chunker, path: &str) -> io::Result<Vec<([u8; 32], usize)>> {
     let mut f = File::open(path)?;
     let mut buf = Vec::new();
     let mut out = Vec::new();
-    c.chunk_reader::<_, io::Error>(&mut f, &mut buf, |ch| {
+    c.chunk_reader::<_, io::Error>(&mut f, &mut buf, |ch, _| {
         out.push((*blake3::hash(ch).as_bytes(), ch.len()));
         Ok(())
     })?;

@@ -25,8 +25,8 @@ use rustix::fs::{AtFlags, Mode, OFlags};
 
 use chrono::{DateTime, FixedOffset, Local};
 use coffer_format::{
-    BlobId, BlobKind, DatabaseItem, LazyNodes, LazyTree, Name, Node, NodeKind, PackId, Snapshot, SnapshotId,
-    Summary, Timestamp, Tree, FORMAT_VERSION,
+    BlobId, BlobKind, DatabaseItem, ImageItem, LazyNodes, LazyTree, Name, Node, NodeKind, PackId, Snapshot,
+    SnapshotId, Summary, Timestamp, Tree, FORMAT_VERSION,
 };
 use crossbeam_channel::{bounded, Receiver, Sender};
 
@@ -36,6 +36,7 @@ use crate::filter::PathMatcher;
 use crate::fsmeta::{
     kind_of_stat, node_from_stat, read_file_xattrs, read_xattrs_at, xattr_warning, NameCache, Xattrs,
 };
+use crate::image::{ImageInput, IMAGES_DIR};
 use crate::packer::BlobPipeline;
 use crate::progress::{FileStatus, Progress};
 use crate::repo::IndexedRepository;
@@ -679,6 +680,10 @@ struct Archiver<'a, 'p, 'l> {
     sent_next: Option<crate::sendlog::Recorder<'l>>,
     summary: Summary,
     progress: &'a dyn Progress,
+    /// The id of the chunk cut from a run of zeros, once stored (it is always the same).
+    zero_blob: Option<BlobId>,
+    /// Bytes read in such chunks.
+    zero_bytes: u64,
 }
 
 impl<'l> Archiver<'_, '_, 'l> {
@@ -839,8 +844,16 @@ impl<'l> Archiver<'_, '_, 'l> {
         let mut got = 0u64;
         let mut buf = std::mem::take(&mut self.buf);
         let chunker = self.chunker;
-        let res = chunker.chunk_reader::<_, ChunkErr>(r, &mut buf, |chunk| {
-            ids.push(self.save_blob(BlobKind::Data, chunk).map_err(ChunkErr::Repo)?);
+        let res = chunker.chunk_reader::<_, ChunkErr>(r, &mut buf, |chunk, zero| {
+            let id = match self.zero_blob.filter(|_| zero) {
+                Some(id) => id,
+                None => self.save_blob(BlobKind::Data, chunk).map_err(ChunkErr::Repo)?,
+            };
+            if zero {
+                self.zero_blob = Some(id);
+                self.zero_bytes += chunk.len() as u64;
+            }
+            ids.push(id);
             got += chunk.len() as u64;
             self.progress.bytes(chunk.len() as u64);
             Ok(())
@@ -902,8 +915,64 @@ impl<'l> Archiver<'_, '_, 'l> {
         Ok(Some((location[..location.len() - 1].to_vec(), node, item)))
     }
 
-    /// Build the `.databases` directory from the stored sources' nodes.
-    fn databases_tree(&mut self, items: Vec<(Vec<Name>, Node)>, now: DateTime<FixedOffset>) -> Result<Node> {
+    /// Store one image. A source that fails or ends short is a warning and yields `None`;
+    /// only a repository error stops the run.
+    fn archive_image(&mut self, img: ImageInput) -> Result<Option<(Node, ImageItem)>> {
+        let what = format!("image {} ({})", img.name, img.source);
+        self.progress.item(Path::new(&img.source));
+        let start = Local::now().fixed_offset();
+        let ImageInput {
+            name,
+            kind,
+            source,
+            mut reader,
+            expected,
+            warnings,
+        } = img;
+        for w in &warnings {
+            self.progress.warn(&format!("{what}: {w}"));
+        }
+        let zeros_before = self.zero_bytes;
+        let (res, ids, got) = self.chunk_stream(&mut reader);
+        drop(reader);
+        let failed = match res {
+            Ok(_) => expected
+                .filter(|&e| e != got)
+                .map(|e| format!("{what}: read {got} bytes of {e}")),
+            Err(ChunkErr::Repo(e)) => return Err(e),
+            Err(ChunkErr::Io(e)) => Some(format!("{what}: read error after {got} bytes: {e}")),
+        };
+        if let Some(f) = failed {
+            self.warn(format!("{f}; the snapshot does not include it"));
+            return Ok(None);
+        }
+        self.summary.bytes_read += got;
+        self.summary.bytes_total += got;
+        let end = Local::now().fixed_offset();
+        let mut node = synthetic_node(Name::from(name.as_str()), NodeKind::File, end);
+        node.size = got;
+        node.content = ids;
+        let item = ImageItem {
+            path: crate::image::image_path(&name),
+            name,
+            kind: kind.into(),
+            source,
+            size: got,
+            zero_bytes: self.zero_bytes - zeros_before,
+            start,
+            end,
+            warnings,
+        };
+        Ok(Some((node, item)))
+    }
+
+    /// Build a top-level directory (`.databases`, `.images`) from stored items' nodes.
+    fn items_tree(
+        &mut self,
+        top: &str,
+        items: Vec<(Vec<Name>, Node)>,
+        now: DateTime<FixedOffset>,
+    ) -> Result<Node> {
         #[derive(Default)]
         struct Dir {
             dirs: BTreeMap<Name, Dir>,
@@ -926,14 +995,14 @@ impl<'l> Archiver<'_, '_, 'l> {
                 d = d.dirs.entry(c).or_default();
             }
             if d.files.iter().any(|f| f.name == node.name) || d.dirs.contains_key(&node.name) {
-                return Err(Error::Invalid(format!(
-                    "two database items want the same name {}",
+                return Err(Error::Usage(format!(
+                    "two items of /{top} want the same name {}; nothing was backed up",
                     node.name
                 )));
             }
             d.files.push(node);
         }
-        let mut node = synthetic_node(Name::from(DATABASES_DIR), NodeKind::Dir, now);
+        let mut node = synthetic_node(Name::from(top), NodeKind::Dir, now);
         let t = save(self, root, now)?;
         node.subtree = Some(self.save_tree(t)?);
         Ok(node)
@@ -1375,24 +1444,34 @@ pub fn backup_with_sources(
     sources: Vec<Box<dyn StreamSource>>,
     progress: &dyn Progress,
 ) -> Result<BackupOutcome> {
-    backup_prescanned(repo, opts, sources, None, progress)
+    backup_prescanned(repo, opts, sources, Vec::new(), None, progress)
 }
 
-/// [`backup_with_sources`] with a walk-ahead started earlier by the caller (before unlocking
-/// the repository) with the same paths, excludes and descent options as `opts`; used only if
-/// the run has a parent snapshot to compare with.
+/// [`backup_with_sources`] with disk images and streams (stored below `/.images`), and a
+/// walk-ahead started earlier by the caller (before unlocking the repository) with the same
+/// paths, excludes and descent options as `opts`; used only if the run has a parent snapshot
+/// to compare with.
 pub fn backup_prescanned(
     repo: &mut IndexedRepository,
     opts: &BackupOptions,
     mut sources: Vec<Box<dyn StreamSource>>,
+    images: Vec<ImageInput>,
     prescan: Option<Prescan>,
     progress: &dyn Progress,
 ) -> Result<BackupOutcome> {
-    if opts.paths.is_empty() && sources.is_empty() {
+    if opts.paths.is_empty() && sources.is_empty() && images.is_empty() {
         return Err(Error::Invalid(
             "nothing to back up: give at least one path".into(),
         ));
     }
+    let mut names = HashSet::<&str>::default();
+    if let Some(dup) = images.iter().find(|i| !names.insert(i.name())) {
+        return Err(Error::Usage(format!(
+            "two images are named {:?}; nothing was backed up",
+            dup.name()
+        )));
+    }
+    drop(names);
     // A lease before the index is read, so a concurrent prune defers deleting anything this
     // run may deduplicate against; then take in packs an interrupted run left unindexed.
     repo.ensure_lease("backup")?;
@@ -1442,25 +1521,32 @@ pub fn backup_prescanned(
 
     let repo_ref: &IndexedRepository = repo;
     let sources = &mut sources;
-    let (tree_id, mut summary, stats, referenced, databases, (parent_tree_misses, listing_misses), sent) =
-        std::thread::scope(|s| -> Result<_> {
-            let pipe = BlobPipeline::start(s, repo_ref, threads, spec);
-            let parent_trees = parent
-                .as_ref()
-                .map(|(_, p)| ParentTrees::start(s, repo_ref, p.tree));
-            // a first backup reads every file: there the walk is not what takes the time
-            let compares = parent.is_some() || opts.send_log.as_ref().is_some_and(|l| !l.is_empty());
-            let ahead = match (compares, prescan) {
-                (false, _) => None,
-                (true, Some(p)) => Some(p),
-                (true, None) => Some(Prescan::start(
-                    &opts.paths,
-                    &opts.excludes,
-                    opts.exclude_caches,
-                    opts.one_file_system,
-                )?),
-            };
-            std::thread::Builder::new()
+    let (
+        tree_id,
+        mut summary,
+        stats,
+        referenced,
+        (databases, images),
+        (parent_tree_misses, listing_misses),
+        sent,
+    ) = std::thread::scope(|s| -> Result<_> {
+        let pipe = BlobPipeline::start(s, repo_ref, threads, spec);
+        let parent_trees = parent
+            .as_ref()
+            .map(|(_, p)| ParentTrees::start(s, repo_ref, p.tree));
+        // a first backup reads every file: there the walk is not what takes the time
+        let compares = parent.is_some() || opts.send_log.as_ref().is_some_and(|l| !l.is_empty());
+        let ahead = match (compares, prescan) {
+            (false, _) => None,
+            (true, Some(p)) => Some(p),
+            (true, None) => Some(Prescan::start(
+                &opts.paths,
+                &opts.excludes,
+                opts.exclude_caches,
+                opts.one_file_system,
+            )?),
+        };
+        std::thread::Builder::new()
             .name("coffer-walk".into())
             .stack_size(64 << 20)
             .spawn_scoped(s, move || -> Result<_> {
@@ -1484,6 +1570,8 @@ pub fn backup_prescanned(
                         sent_next: opts.send_log.as_deref().map(|l| l.recorder()),
                         summary: Summary::default(),
                         progress,
+                        zero_blob: None,
+                        zero_bytes: 0,
                     };
                     let ptree = a.load_parent_tree(parent.as_ref().map(|(_, p)| p.tree));
                     let walked = a
@@ -1497,17 +1585,31 @@ pub fn backup_prescanned(
                                     items.push(item);
                                 }
                             }
-                            if !nodes.is_empty() {
-                                if root.nodes.iter().any(|n| n.name.0 == DATABASES_DIR.as_bytes()) {
+                            let mut image_nodes = Vec::new();
+                            let mut image_items = Vec::new();
+                            for img in images {
+                                if let Some((node, item)) = a.archive_image(img)? {
+                                    image_nodes.push((Vec::new(), node));
+                                    image_items.push(item);
+                                }
+                            }
+                            for (top, nodes, what) in [
+                                (DATABASES_DIR, nodes, "database dumps"),
+                                (IMAGES_DIR, image_nodes, "images"),
+                            ] {
+                                if nodes.is_empty() {
+                                    continue;
+                                }
+                                if root.nodes.iter().any(|n| n.name.0 == top.as_bytes()) {
                                     return Err(Error::Invalid(format!(
-                                        "/{DATABASES_DIR} exists in the backed-up files and would clash with \
-                                         the database dumps; exclude it or back up databases in a separate run"
+                                        "/{top} exists in the backed-up files and would clash with \
+                                         the {what}; exclude it or back up {what} in a separate run"
                                     )));
                                 }
                                 let now = Local::now().fixed_offset();
-                                root.nodes.push(a.databases_tree(nodes, now)?);
+                                root.nodes.push(a.items_tree(top, nodes, now)?);
                             }
-                            Ok((root, items))
+                            Ok((root, (items, image_items)))
                         })
                         .and_then(|(root, items)| Ok((a.save_tree(root)?, items)))
                         .map(|(id, items)| (id, a.summary, a.referenced, items, a.sent_next));
@@ -1526,7 +1628,7 @@ pub fn backup_prescanned(
             .map_err(|e| Error::io("thread", e))?
             .join()
             .map_err(|_| Error::Invalid("the walker thread panicked".into()))?
-        })?;
+    })?;
 
     for p in &stats.packs {
         repo.index_mut().add_pack(p, true);
@@ -1550,6 +1652,7 @@ pub fn backup_prescanned(
         program_version: concat!("coffer ", env!("CARGO_PKG_VERSION")).into(),
         summary,
         databases,
+        images,
         original: None,
         key: Some(repo.key_id()),
         sealed_by_write_only: false,

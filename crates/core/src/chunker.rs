@@ -16,6 +16,15 @@ pub struct Chunker {
     max: usize,
     mask_s: u64,
     mask_l: u64,
+    /// Length of the chunk cut at the start of a run of at least `max` zero bytes.
+    zero_cut: usize,
+}
+
+/// Whether `data` is all zero bytes (16 at a time: runs at memory speed).
+pub fn is_zero(data: &[u8]) -> bool {
+    let mut words = data.chunks_exact(16);
+    words.all(|w| u128::from_ne_bytes(w.try_into().unwrap_or([1; 16])) == 0)
+        && words.remainder().iter().all(|&b| b == 0)
 }
 
 impl Chunker {
@@ -25,7 +34,7 @@ impl Chunker {
             *d = s << 1;
         }
         let (mask_s, mask_l) = select_masks(params.avg_size as usize, Normalization::Level1);
-        Chunker {
+        let mut c = Chunker {
             gear,
             gear_ls,
             min: params.min_size as usize,
@@ -33,7 +42,10 @@ impl Chunker {
             max: params.max_size as usize,
             mask_s,
             mask_l,
-        }
+            zero_cut: 0,
+        };
+        c.zero_cut = c.cut(&vec![0u8; c.max]);
+        c
     }
 
     /// Length of the first chunk of `data` (all of it if shorter than the minimum).
@@ -61,14 +73,17 @@ impl Chunker {
         self.max
     }
 
-    /// Read `r` to its end and call `f` with each chunk in order. `buf` is reused between
-    /// calls to avoid reallocating. Returns the number of bytes read. A read error stops the
-    /// chunking and is returned after the chunks before it were delivered.
+    /// Read `r` to its end and call `f` with each chunk in order, and whether it is the
+    /// chunk cut from a long run of zeros (always the same one: a disk image's empty space
+    /// is neither chunked nor hashed again, and the cut is the one [`Self::cut`] would make).
+    /// `buf` is reused between calls to avoid reallocating. Returns the number of bytes
+    /// read. A read error stops the chunking and is returned after the chunks before it
+    /// were delivered.
     pub fn chunk_reader<R: Read, E: From<io::Error>>(
         &self,
         r: &mut R,
         buf: &mut Vec<u8>,
-        mut f: impl FnMut(&[u8]) -> Result<(), E>,
+        mut f: impl FnMut(&[u8], bool) -> Result<(), E>,
     ) -> Result<u64, E> {
         let cap = 2 * self.max;
         buf.resize(cap, 0);
@@ -94,8 +109,14 @@ impl Chunker {
             }
             // cut while a full max-size window is available (or the stream ended)
             while end - start >= self.max || (eof && start < end) {
-                let n = self.cut(&buf[start..end]);
-                f(&buf[start..start + n])?;
+                // (the cut looks at no more than `max` bytes: `max` zeros decide it)
+                let zero = end - start >= self.max && is_zero(&buf[start..start + self.max]);
+                let n = if zero {
+                    self.zero_cut
+                } else {
+                    self.cut(&buf[start..end])
+                };
+                f(&buf[start..start + n], zero)?;
                 start += n;
             }
             if eof && start == end {
@@ -127,7 +148,7 @@ mod tests {
         let mut out = Vec::new();
         let mut buf = Vec::new();
         let n = c
-            .chunk_reader::<_, io::Error>(&mut &data[..], &mut buf, |ch| {
+            .chunk_reader::<_, io::Error>(&mut &data[..], &mut buf, |ch, _| {
                 out.push(ch.to_vec());
                 Ok(())
             })
@@ -190,6 +211,44 @@ mod tests {
         assert!(lost_total <= 40, "{lost_total} chunks lost over 20 inserts");
     }
 
+    /// Runs of zeros take the shortcut and get exactly the cuts the gear would make, whatever
+    /// surrounds them and however the reads fall.
+    #[test]
+    fn zero_runs_cut_as_the_gear_would() {
+        let c = small();
+        for seed in 0..8 {
+            let mut data = seeded(seed, 30_000);
+            let at = 1000 + 777 * seed as usize;
+            data.splice(at..at, std::iter::repeat_n(0u8, 20_000 + 333 * seed as usize));
+            data.extend(std::iter::repeat_n(0u8, 9_000));
+            // the reference: every cut by the gear
+            let mut want = Vec::new();
+            let mut rest = &data[..];
+            while !rest.is_empty() {
+                let n = c.cut(rest);
+                want.push(rest[..n].to_vec());
+                rest = &rest[n..];
+            }
+            let mut got = Vec::new();
+            let mut zeros = 0;
+            let mut buf = Vec::new();
+            c.chunk_reader::<_, io::Error>(&mut Dribble(&data), &mut buf, |ch, zero| {
+                if zero {
+                    assert!(is_zero(ch));
+                    zeros += 1;
+                }
+                got.push(ch.to_vec());
+                Ok(())
+            })
+            .unwrap();
+            assert_eq!(got, want, "seed {seed}");
+            assert!(zeros >= 4, "seed {seed}: the shortcut was not taken ({zeros})");
+        }
+        assert!(
+            is_zero(&[0; 37]) && !is_zero(&[0, 0, 0, 1]) && !is_zero(&[[0; 33].as_slice(), &[1]].concat())
+        );
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(48))]
         #[test]
@@ -199,7 +258,7 @@ mod tests {
             prop_assert_eq!(a.concat(), data.clone());
             let mut b = Vec::new();
             let mut buf = Vec::new();
-            c.chunk_reader::<_, io::Error>(&mut Dribble(&data), &mut buf, |ch| { b.push(ch.to_vec()); Ok(()) }).unwrap();
+            c.chunk_reader::<_, io::Error>(&mut Dribble(&data), &mut buf, |ch, _| { b.push(ch.to_vec()); Ok(()) }).unwrap();
             prop_assert_eq!(a, b);
         }
     }

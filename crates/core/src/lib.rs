@@ -18,6 +18,7 @@ mod error;
 pub mod filter;
 pub mod forget;
 mod fsmeta;
+pub mod image;
 pub mod index;
 pub mod lease;
 pub mod limit;

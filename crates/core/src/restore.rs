@@ -544,9 +544,18 @@ impl Restorer<'_> {
         let mut f = File::from(fd);
         let mut ids = Vec::new();
         let mut buf = Vec::new();
+        // (the zero chunk is always the same bytes: hashed once)
+        let mut zero_id = None;
         self.chunker
-            .chunk_reader::<_, std::io::Error>(&mut f, &mut buf, |c| {
-                ids.push(self.repo.key().blob_id(c));
+            .chunk_reader::<_, std::io::Error>(&mut f, &mut buf, |c, zero| {
+                let id = match zero_id.filter(|_| zero) {
+                    Some(id) => id,
+                    None => self.repo.key().blob_id(c),
+                };
+                if zero {
+                    zero_id = Some(id);
+                }
+                ids.push(id);
                 Ok(())
             })
             .ok()?;

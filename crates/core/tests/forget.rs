@@ -29,6 +29,7 @@ fn snap(i: usize, time: DateTime<FixedOffset>, host: &str, tags: &[&str]) -> (Sn
             program_version: "test".into(),
             summary: Summary::default(),
             databases: vec![],
+            images: vec![],
             original: None,
             key: None,
             sealed_by_write_only: false,

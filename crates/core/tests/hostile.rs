@@ -59,6 +59,7 @@ fn restore_hostile(repo: &mut IndexedRepository, root: Tree, base: &Path) -> boo
         program_version: "test".into(),
         summary: Summary::default(),
         databases: vec![],
+        images: vec![],
         original: None,
         key: None,
         sealed_by_write_only: false,

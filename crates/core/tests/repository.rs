@@ -476,7 +476,15 @@ fn a_stale_walk_ahead_stores_nothing_inconsistent() {
     fs::create_dir(root.join("d")).unwrap();
     fs::write(root.join("d/new.txt"), b"new").unwrap();
     fs::write(root.join("e/x"), b"rewritten, and longer").unwrap();
-    let o = backup_prescanned(&mut repo, &opts, Vec::new(), Some(prescan), &NoProgress).unwrap();
+    let o = backup_prescanned(
+        &mut repo,
+        &opts,
+        Vec::new(),
+        Vec::new(),
+        Some(prescan),
+        &NoProgress,
+    )
+    .unwrap();
     let out = tempfile::tempdir().unwrap();
     let ropts = RestoreOptions {
         target: out.path().to_path_buf(),

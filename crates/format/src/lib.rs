@@ -40,5 +40,5 @@ pub use manifest::{Manifest, MAX_MANIFEST};
 pub use pack::{
     bundle_id_input, decode_header, encode_header, envelopes, split_trailer, PackEntry, Place, ENTRY_LEN,
 };
-pub use snapshot::{DatabaseItem, DatabaseItemKind, Snapshot, Summary};
+pub use snapshot::{DatabaseItem, DatabaseItemKind, ImageItem, Snapshot, Summary};
 pub use tree::{Bytes, LazyNodes, LazyTree, Name, Node, NodeKind, Timestamp, Tree, Xattr};

@@ -80,6 +80,31 @@ pub struct DatabaseItem {
     pub warnings: Vec<String>,
 }
 
+/// A disk image or a stream stored as one file below `/.images`: a block device read whole
+/// (`backup --device`) or what coffer read on its standard input (`backup --stdin NAME`).
+/// Like a database item, an entry exists only when the whole source was read.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageItem {
+    /// The name it is stored and restored under (`vdb`, or the `--stdin` name).
+    pub name: String,
+    /// Where the content is in the snapshot's tree, e.g. `/.images/vdb`.
+    pub path: String,
+    /// `device` or `stdin`.
+    pub kind: String,
+    /// The device's path as given (`/dev/vdb`), or `stdin`.
+    pub source: String,
+    /// Size in bytes (of a device: its size when it was read).
+    pub size: u64,
+    /// Bytes that were in all-zero chunks (stored once, restored as holes or discards).
+    #[serde(default)]
+    pub zero_bytes: u64,
+    pub start: DateTime<FixedOffset>,
+    pub end: DateTime<FixedOffset>,
+    /// Things the operator should know (e.g. the device was mounted read-write).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
 impl DatabaseItem {
     /// The name `coffer restore-db` and `ls --databases` use: `engine/name` for a database,
     /// `engine-globals` for server-wide definitions.
@@ -118,6 +143,9 @@ pub struct Snapshot {
     /// Database dumps in this snapshot (below `/.databases` in the tree).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub databases: Vec<DatabaseItem>,
+    /// Disk images and streams in this snapshot (below `/.images` in the tree).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<ImageItem>,
     /// For a snapshot made by `coffer copy`: the id of the snapshot it was first copied from
     /// (in its own repository).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -1,6 +1,6 @@
 //! `coffer backup`.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 
 use anyhow::{Context, Result};
 use coffer_core::{BackupOptions, ParentChoice};
@@ -71,8 +71,25 @@ pub fn run(g: &Global, a: BackupArgs) -> Result<u8> {
     let cached_files = send_log.as_ref().map_or(0, |l| l.len());
     let mut repo = repo.load_index_leased("backup")?;
     crate::release_free_memory();
-    // every database source is checked (tool, server, database) before anything is stored
+    // every database source is checked (tool, server, database) before anything is stored,
+    // and every device opened
     let sources = super::db::sources(&a)?;
+    let mut images = Vec::new();
+    for d in &a.device {
+        images.push(coffer_core::image::ImageInput::device(d)?);
+    }
+    if let Some(name) = &a.stdin {
+        if std::io::stdin().is_terminal() {
+            return Err(coffer_core::Error::Usage(format!(
+                "--stdin {name}: standard input is a terminal; pipe the stream in (`cmd | coffer backup --stdin {name}`)"
+            ))
+            .into());
+        }
+        images.push(coffer_core::image::ImageInput::stream(
+            name,
+            Box::new(std::io::stdin()),
+        )?);
+    }
     let parent = if a.force {
         ParentChoice::None
     } else if let Some(p) = &a.parent {
@@ -101,7 +118,7 @@ pub fn run(g: &Global, a: BackupArgs) -> Result<u8> {
     } else {
         g.verbose
     });
-    let r = coffer_core::backup_prescanned(&mut repo, &opts, sources, prescan, &progress);
+    let r = coffer_core::backup_prescanned(&mut repo, &opts, sources, images, prescan, &progress);
     progress.finish();
     let out = r?;
     let s = &out.snapshot.summary;
@@ -138,6 +155,7 @@ pub fn run(g: &Global, a: BackupArgs) -> Result<u8> {
             "bytes_stored": s.bytes_stored,
             "duration_seconds": secs,
             "databases": out.snapshot.databases.iter().map(|d| d.id()).collect::<Vec<_>>(),
+            "images": out.snapshot.images,
         }))?;
     } else if !g.quiet {
         if let Some(p) = out.snapshot.parent {
@@ -171,12 +189,21 @@ pub fn run(g: &Global, a: BackupArgs) -> Result<u8> {
                 .collect();
             outln!("dumped: {}", list.join(", "))?;
         }
+        for i in &out.snapshot.images {
+            outln!(
+                "image:  {} from {}: {} ({} of it zeros)",
+                i.path,
+                i.source,
+                bytes(i.size),
+                bytes(i.zero_bytes)
+            )?;
+        }
         outln!("took:   {secs:.1} s")?;
         outln!("snapshot {} saved", out.id.short())?;
     }
     if s.errors > 0 {
         eprintln!(
-            "warning: {} files, directories or databases could not be read completely; the snapshot lacks them",
+            "warning: {} files, directories, databases or images could not be read completely; the snapshot lacks them",
             s.errors
         );
         return Ok(EXIT_INCOMPLETE);
@@ -184,7 +211,11 @@ pub fn run(g: &Global, a: BackupArgs) -> Result<u8> {
     // excludes that leave no file (e.g. `--exclude '*'`) are almost surely a mistake: the
     // snapshot is saved, and the exit code says it is not what was wanted
     let files = s.files_new + s.files_changed + s.files_unchanged;
-    if files == 0 && out.snapshot.databases.is_empty() && !out.snapshot.excludes.is_empty() {
+    if files == 0
+        && out.snapshot.databases.is_empty()
+        && out.snapshot.images.is_empty()
+        && !out.snapshot.excludes.is_empty()
+    {
         eprintln!(
             "warning: the excludes ({}) left no file to back up; snapshot {} holds directories only",
             out.snapshot.excludes.join(", "),

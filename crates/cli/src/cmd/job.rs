@@ -152,12 +152,14 @@ pub fn backup_args(cfg: &Config, g: &mut Global, a: &mut BackupArgs) -> Result<(
         || a.mysql.is_some()
         || a.postgres.is_some()
         || !a.sqlite.is_empty()
+        || !a.device.is_empty()
+        || a.stdin.is_some()
         || !a.exclude.is_empty()
         || !a.exclude_file.is_empty()
         || a.host.is_some();
     if given {
         return Err(usage(format!(
-            "backup --job {name}: the job names the paths, databases, excludes and host; give no others"
+            "backup --job {name}: the job names the paths, databases, images, excludes and host; give no others"
         )));
     }
     if let Some(t) = a.tag.iter().find(|t| t.starts_with("job:")) {

@@ -9,6 +9,7 @@ pub mod db;
 pub mod find;
 pub mod forget;
 pub mod generate;
+pub mod image;
 pub mod job;
 pub mod managed;
 pub mod monitor;
@@ -530,6 +531,11 @@ pub fn ls(g: &Global, a: LsArgs) -> Result<u8> {
 }
 
 pub fn restore(g: &Global, a: RestoreArgs) -> Result<u8> {
+    let target = match (&a.target, &a.device) {
+        (_, Some(dev)) => return image::restore_device(g, &a, dev),
+        (Some(t), None) => t.clone(),
+        (None, None) => bail!("restore needs --target DIR (or --device DEVICE for an image)"),
+    };
     let (spec, path) = match a.snapshot.split_once(':') {
         Some((s, p)) => (
             s.to_string(),
@@ -544,7 +550,7 @@ pub fn restore(g: &Global, a: RestoreArgs) -> Result<u8> {
     let repo = open_indexed(g)?;
     let (id, snap) = resolve_snapshot(&repo, &spec, &a.filter)?;
     let opts = RestoreOptions {
-        target: a.target.clone(),
+        target: target.clone(),
         includes: a.include,
         excludes: a.exclude,
         dry_run: a.dry_run,
@@ -583,7 +589,7 @@ pub fn restore(g: &Global, a: RestoreArgs) -> Result<u8> {
             id.short(),
             snap.hostname,
             local_time(&snap.time),
-            a.target.display(),
+            target.display(),
             stats.files,
             stats.dirs,
             stats.links,
@@ -1145,6 +1151,7 @@ mod tests {
             program_version: "test".into(),
             summary: Summary::default(),
             databases: vec![],
+            images: vec![],
             original: None,
             key: None,
             sealed_by_write_only: false,

@@ -716,6 +716,7 @@ mod tests {
             program_version: "test".into(),
             summary: Summary::default(),
             databases: vec![],
+            images: vec![],
             original: None,
             key: None,
             sealed_by_write_only: false,
