@@ -56,6 +56,20 @@ pub struct Config {
     pub jobs: BTreeMap<String, Job>,
     /// Jobs set on a coffer server, and what they may do here (`[managed]`).
     pub managed: Option<Managed>,
+    /// Sites: what `coffer restore-site` restores as one unit.
+    pub sites: BTreeMap<String, Site>,
+}
+
+/// `[site.NAME]`: a named set of paths and databases restored together from one snapshot
+/// (`coffer restore-site SNAPSHOT NAME`): a web site's document root and its databases.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Site {
+    pub name: String,
+    pub paths: Vec<PathBuf>,
+    /// MySQL/MariaDB database names.
+    pub mysql: Vec<String>,
+    /// PostgreSQL database names.
+    pub postgres: Vec<String>,
 }
 
 /// `[managed]`: the agent takes job definitions from a coffer server, within these bounds.
@@ -247,6 +261,19 @@ struct RawConfig {
     #[serde(default)]
     job: BTreeMap<Spanned<String>, Spanned<RawJob>>,
     managed: Option<Spanned<RawManaged>>,
+    #[serde(default)]
+    site: BTreeMap<Spanned<String>, Spanned<RawSite>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSite {
+    #[serde(default)]
+    paths: Vec<Spanned<PathBuf>>,
+    #[serde(default)]
+    mysql: Vec<Spanned<String>>,
+    #[serde(default)]
+    postgres: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -948,6 +975,56 @@ impl Config {
                 })
             }
         };
+        let mut sites = BTreeMap::new();
+        for (name, raw) in &raw.site {
+            let name = c.name("site", name)?;
+            let r = raw.get_ref();
+            let what = format!("site {name}");
+            let mut paths = Vec::new();
+            for p in &r.paths {
+                let abs = c.absolute(&format!("{what} path"), p)?;
+                if abs
+                    .components()
+                    .any(|c| matches!(c, std::path::Component::ParentDir | std::path::Component::CurDir))
+                    || abs == Path::new("/")
+                {
+                    return Err(c.at(p.span(), format!("{what} path: not `/`, and no . or .. in it")));
+                }
+                paths.push(abs);
+            }
+            let names = |list: &[Spanned<String>], engine: &str| -> Checked<Vec<String>> {
+                list.iter()
+                    .map(|d| {
+                        let n = d.get_ref();
+                        if n.is_empty() || n.contains(['/', '\0']) || n == "all" {
+                            Err(c.at(
+                                d.span(),
+                                format!("{what} {engine}: {n:?} is not one database name"),
+                            ))
+                        } else {
+                            Ok(n.clone())
+                        }
+                    })
+                    .collect()
+            };
+            let mysql = names(&r.mysql, "mysql")?;
+            let postgres = names(&r.postgres, "postgres")?;
+            if paths.is_empty() && mysql.is_empty() && postgres.is_empty() {
+                return Err(c.at(
+                    raw.span(),
+                    format!("{what} holds nothing: give paths, mysql or postgres"),
+                ));
+            }
+            sites.insert(
+                name.clone(),
+                Site {
+                    name,
+                    paths,
+                    mysql,
+                    postgres,
+                },
+            );
+        }
         Ok(Config {
             path: path.to_path_buf(),
             host,
@@ -955,6 +1032,7 @@ impl Config {
             repositories,
             jobs,
             managed,
+            sites,
         })
     }
 

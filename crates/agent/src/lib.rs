@@ -9,7 +9,7 @@ mod state;
 
 pub use config::{
     default_state_dir, Check, Config, ConfigError, Databases, DbConnection, IoClass, Job, Limits, Managed,
-    Repository, Retention, DEFAULT_PATH,
+    Repository, Retention, Site, DEFAULT_PATH,
 };
 pub use managed::{screen, through_symlink, Screened};
 pub use schedule::{show, utc, Schedule, Zone};

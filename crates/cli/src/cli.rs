@@ -116,6 +116,11 @@ pub enum Command {
     /// Restore one database from a snapshot into its server, or to a file
     #[command(name = "restore-db")]
     RestoreDb(RestoreDbArgs),
+    /// Restore a site, its files and its databases, from one snapshot as one unit: a
+    /// `[site.NAME]` of the configuration, a cPanel account the snapshot holds, or paths and
+    /// databases given here
+    #[command(name = "restore-site")]
+    RestoreSite(RestoreSiteArgs),
     /// Print a repository object as JSON (for debugging)
     Cat(CatArgs),
     /// Remove snapshots by id or by a retention policy
@@ -800,6 +805,61 @@ pub struct RestoreDbArgs {
     /// PostgreSQL: do not restore ownership (every object belongs to the restoring user)
     #[arg(long)]
     pub no_owner: bool,
+    #[command(flatten)]
+    pub db: DbConnArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct RestoreSiteArgs {
+    /// Snapshot id, unique prefix, or `latest` (the newest matching --host/--path/--tag; `latest~1` the one before)
+    pub snapshot: String,
+    /// The site: a `[site.NAME]` of the configuration, else a cPanel account of the snapshot
+    /// (`/var/cpanel/users/NAME`: its home directory and its NAME_* databases)
+    pub site: Option<String>,
+    #[command(flatten)]
+    pub filter: SnapshotFilter,
+    /// A path of the site (instead of a named site; repeat)
+    #[arg(long = "site-path", value_name = "PATH", conflicts_with = "site")]
+    pub site_path: Vec<PathBuf>,
+    /// A MySQL/MariaDB database of the site (instead of a named site; repeat)
+    #[arg(long = "site-mysql", value_name = "DB", conflicts_with = "site")]
+    pub site_mysql: Vec<String>,
+    /// A PostgreSQL database of the site (instead of a named site; repeat)
+    #[arg(long = "site-postgres", value_name = "DB", conflicts_with = "site")]
+    pub site_postgres: Vec<String>,
+    /// Restore the files below DIR (DIR/var/www/shop); databases as NAME + --db-suffix
+    #[arg(
+        short,
+        long,
+        value_name = "DIR",
+        required_unless_present = "in_place",
+        conflicts_with = "in_place"
+    )]
+    pub target: Option<PathBuf>,
+    /// Restore the files where they were (only the site's paths). The site's current files
+    /// and databases are saved first, in a snapshot tagged before-restore
+    #[arg(long)]
+    pub in_place: bool,
+    /// Restore the databases under their own names, replacing the current ones (which the
+    /// before-restore snapshot saves first)
+    #[arg(long)]
+    pub replace_databases: bool,
+    /// Without --replace-databases, each database is restored as NAME + SUFFIX, a new
+    /// database (default: `_restored`)
+    #[arg(long, value_name = "SUFFIX", conflicts_with = "replace_databases")]
+    pub db_suffix: Option<String>,
+    /// Existing files: always, if-changed (content differs), if-newer (mtime), never
+    #[arg(long, default_value = "always", value_name = "WHEN", value_parser = overwrite_arg)]
+    pub overwrite: String,
+    /// Delete what the site's paths hold but the snapshot does not
+    #[arg(long)]
+    pub delete: bool,
+    /// PostgreSQL: do not restore ownership (every object belongs to the restoring user)
+    #[arg(long)]
+    pub no_owner: bool,
+    /// Show the plan (files, databases, what would be replaced) without changing anything
+    #[arg(long)]
+    pub dry_run: bool,
     #[command(flatten)]
     pub db: DbConnArgs,
 }

@@ -210,6 +210,7 @@ fn main() -> ExitCode {
         Command::Mount(a) => cmd::mount::run(&g, a),
         Command::Find(a) => cmd::find::run(&g, a),
         Command::RestoreDb(a) => cmd::db::restore_db(&g, a),
+        Command::RestoreSite(a) => cmd::site::run(&g, a),
         Command::Cat(a) => cmd::cat::run(&g, a),
         Command::Forget(a) => cmd::forget::run(&g, a),
         Command::Prune(a) => cmd::prune(&g, &a),
@@ -263,6 +264,9 @@ fn interrupt_message(c: &Command) -> Option<&'static str> {
         }
         Command::Restore(_) => "the target holds a partial restore; run the restore again to complete it",
         Command::RestoreDb(_) => "the database may be partly restored; run the restore again",
+        Command::RestoreSite(_) => {
+            "the site may be partly restored; run the restore again (a before-restore snapshot, if it said it saved one, holds what was there)"
+        }
         Command::Repair(_) => "the repository is valid; run the repair again",
         Command::Key(_) => "the repository is valid, and the old key or the new one opens it (a new key file is written before an old one is removed)",
         Command::Init(_) => "if `coffer snapshots` does not open the repository, remove what init created there and run init again",

@@ -133,6 +133,18 @@ pub fn backup(snapshot: &str, files: u64, bytes_read: u64, bytes_added: u64, byt
     f.bytes_total = bytes_total;
 }
 
+/// A finished restore's numbers: the snapshot it came from, files and bytes written.
+pub fn restored(snapshot: &str, files: u64, bytes: u64) {
+    let mut f = facts();
+    f.snapshot = Some(snapshot.to_string());
+    f.files = files;
+    f.bytes_read = bytes;
+    f.bytes_added = 0;
+    f.bytes_total = bytes;
+    f.files_changed = 0;
+    f.bytes_new_raw = 0;
+}
+
 /// A finished backup's new and changed files and its new data before compression (the
 /// server compares them with the client's usual: the ransomware alarm).
 pub fn backup_changes(files_changed: u64, bytes_new_raw: u64) {
@@ -150,6 +162,7 @@ pub fn kind(c: &Command) -> Option<&'static str> {
         Command::Prune(_) => "prune",
         Command::Restore(_) => "restore",
         Command::RestoreDb(_) => "restore-db",
+        Command::RestoreSite(_) => "restore-site",
         Command::Copy(_) => "copy",
         _ => return None,
     })

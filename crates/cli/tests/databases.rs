@@ -806,3 +806,186 @@ fn sqlite_copy_is_consistent_while_a_writer_holds_a_transaction() {
     assert_eq!(code(&o), 1);
     assert!(stderr(&o).contains("not.db"), "{}", stderr(&o));
 }
+
+// ---------------------------------------------------------------- sites
+
+/// A site (a directory, a MariaDB database and a PostgreSQL database) changes; `restore-site`
+/// of the earlier snapshot brings back its files and databases as they were, beside the live
+/// ones (`--target`, new databases) or in place (`--in-place --replace-databases`, after a
+/// before-restore snapshot of what it replaces), and touches nothing outside the site
+/// (issue 25 item 2).
+#[test]
+fn a_site_comes_back_as_one_unit() {
+    let mut clean = Cleanup::new();
+    let (my, pg) = (unique("site"), unique("site"));
+    clean
+        .mysql
+        .extend([my.clone(), format!("{my}_r"), format!("{my}_x")]);
+    clean
+        .postgres
+        .extend([pg.clone(), format!("{pg}_r"), format!("{pg}_x")]);
+    mysql_create_shop(&my);
+    pg_create_shop(&pg);
+    let tables = ["accounts", "audit"];
+    let (my_before, pg_before) = (mysql_checksums(&my, &tables), pg_checksums(&pg, &tables));
+
+    let env = Env::init();
+    let www = env.path("www");
+    let shop = www.join("shop");
+    std::fs::create_dir_all(shop.join("img")).unwrap();
+    std::fs::create_dir_all(www.join("other")).unwrap();
+    std::fs::write(shop.join("index.php"), "<?php echo 'shop';\n").unwrap();
+    std::fs::write(shop.join("img/logo.png"), common::pseudo_random(1, 300_000)).unwrap();
+    std::fs::write(www.join("other/keep"), "other site\n").unwrap();
+    let files_before = common::digest_tree(&shop);
+    let cfg = env.path("coffer.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[site.shop]\npaths = [{:?}]\nmysql = [{my:?}]\npostgres = [{pg:?}]\n",
+            shop.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let cfg = cfg.to_str().unwrap().to_string();
+    let mut args = vec![
+        "backup".to_string(),
+        "-q".into(),
+        www.to_str().unwrap().into(),
+        "--mysql".into(),
+        my.clone(),
+        "--postgres".into(),
+        pg.clone(),
+    ];
+    args.extend(PG_CONN.iter().map(|s| s.to_string()));
+    env.ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let first = env.ok(&["snapshots", "--json"]);
+    let first: Vec<serde_json::Value> = serde_json::from_str(&first).unwrap();
+    let first = first[0]["id"].as_str().unwrap().to_string();
+
+    // the site is damaged: files changed, removed and added, rows changed in both databases;
+    // the other site changes too, and must stay as it is now
+    std::fs::write(shop.join("index.php"), "<?php echo 'defaced';\n").unwrap();
+    std::fs::remove_file(shop.join("img/logo.png")).unwrap();
+    std::fs::write(shop.join("hacked.php"), "<?php system($_GET['c']);\n").unwrap();
+    std::fs::write(www.join("other/keep"), "other site, changed since\n").unwrap();
+    mysql(&format!("UPDATE `{my}`.accounts SET balance = 0"));
+    psql(&pg, "DELETE FROM accounts WHERE id > 100");
+    let (my_damaged, pg_damaged) = (mysql_checksums(&my, &tables), pg_checksums(&pg, &tables));
+    assert_ne!(my_damaged, my_before);
+    let site = |extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = ["--config", &cfg, "restore-site", "latest", "shop"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v.extend(PG_CONN.iter().map(|s| s.to_string()));
+        v
+    };
+    let run = |a: &[String]| env.run(&a.iter().map(String::as_str).collect::<Vec<_>>());
+
+    // a dry run shows the plan and changes nothing
+    let o = run(&site(&[
+        "--in-place",
+        "--replace-databases",
+        "--delete",
+        "--dry-run",
+    ]));
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(out.contains("would restore site shop (configuration)"), "{out}");
+    assert!(
+        out.contains(&format!("mysql/{my} would be restored as {my} (replacing")),
+        "{out}"
+    );
+    assert!(shop.join("hacked.php").exists());
+    assert_eq!(mysql_checksums(&my, &tables), my_damaged);
+
+    // beside the live site: files below --target, databases under new names
+    let t = env.path("t");
+    let o = run(&site(&["--target", t.to_str().unwrap(), "--db-suffix", "_r"]));
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(
+        common::digest_tree(&t.join(shop.strip_prefix("/").unwrap())),
+        files_before
+    );
+    assert_eq!(mysql_checksums(&format!("{my}_r"), &tables), my_before);
+    assert_eq!(pg_checksums(&format!("{pg}_r"), &tables), pg_before);
+    assert_eq!(
+        mysql_checksums(&my, &tables),
+        my_damaged,
+        "the live database was touched"
+    );
+    assert_eq!(pg_checksums(&pg, &tables), pg_damaged);
+    // again: the new databases exist now, so nothing is done (not even the files)
+    let t2 = env.path("t2");
+    let o = run(&site(&["--target", t2.to_str().unwrap(), "--db-suffix", "_r"]));
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("exists: nothing was restored"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!t2.exists());
+    // a site the configuration does not declare, and a database the snapshot lacks
+    let mut a = site(&["--target", t2.to_str().unwrap()]);
+    a[4] = "blog".into();
+    let o = run(&a);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(stderr(&o).contains("declares sites shop"), "{}", stderr(&o));
+    let o = env.run(&[
+        "restore-site",
+        "latest",
+        "--site-mysql",
+        "no_such_db",
+        "--target",
+        t2.to_str().unwrap(),
+    ]);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("holds no dump of mysql/no_such_db"),
+        "{}",
+        stderr(&o)
+    );
+
+    // in place, replacing the databases: the site is as it was, the other site as it is now
+    let o = run(&site(&[
+        "--in-place",
+        "--replace-databases",
+        "--delete",
+        "--json",
+    ]));
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["snapshot_id"], first.as_str(), "{r}");
+    assert_eq!(common::digest_tree(&shop), files_before);
+    assert!(!shop.join("hacked.php").exists());
+    assert_eq!(
+        std::fs::read_to_string(www.join("other/keep")).unwrap(),
+        "other site, changed since\n"
+    );
+    assert_eq!(mysql_checksums(&my, &tables), my_before);
+    assert_eq!(pg_checksums(&pg, &tables), pg_before);
+    // what was replaced is in a before-restore snapshot, which `latest` passes over
+    let before = r["before_restore_snapshot"].as_str().unwrap().to_string();
+    let dbs = databases_json(&env, &before);
+    assert!(
+        dbs.iter().any(|d| d["id"] == format!("mysql/{my}").as_str()),
+        "{dbs:?}"
+    );
+    env.ok(&[
+        "restore-db",
+        &before,
+        &format!("mysql/{my}"),
+        "--as",
+        &format!("{my}_x"),
+    ]);
+    assert_eq!(mysql_checksums(&format!("{my}_x"), &tables), my_damaged);
+    let o = run(&site(&["--in-place", "--dry-run", "--json"]));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        r["snapshot_id"],
+        first.as_str(),
+        "latest is the site's backup: {r}"
+    );
+}

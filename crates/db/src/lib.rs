@@ -25,8 +25,8 @@ mod sqlite;
 
 use std::path::PathBuf;
 
-pub use mysql::{mysql_sources, restore_mysql, MysqlConnection};
-pub use postgres::{postgres_sources, restore_postgres, PgConnection};
+pub use mysql::{mysql_drop, mysql_exists, mysql_sources, restore_mysql, MysqlConnection};
+pub use postgres::{postgres_drop, postgres_exists, postgres_sources, restore_postgres, PgConnection};
 pub use sqlite::{restore_sqlite, sqlite_sources};
 
 /// Which databases of a server to back up.

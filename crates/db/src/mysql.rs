@@ -348,6 +348,21 @@ impl Read for Counted<'_> {
     }
 }
 
+/// Whether database `name` exists on the server.
+pub fn mysql_exists(conn: &MysqlConnection, name: &str) -> Result<bool, DbError> {
+    Mysql::new(conn)?.exists(name)
+}
+
+/// Drop database `name`: for a restore that replaces it, after the caller saved it.
+pub fn mysql_drop(conn: &MysqlConnection, name: &str) -> Result<(), DbError> {
+    let m = Mysql::new(conn)?;
+    m.query(
+        &format!("DROP DATABASE {}", ident(name)),
+        &format!("dropping mysql database {name}"),
+    )?;
+    Ok(())
+}
+
 /// Restore one database dump into a new database `target` (created with the original's
 /// character set and collation). Refuses when `target` exists; a restore that fails drops the
 /// database it created, so the server is left as it was. Returns the bytes fed.

@@ -290,6 +290,22 @@ impl DumpSpec for PgSpec {
     }
 }
 
+/// Whether database `name` exists on the server.
+pub fn postgres_exists(conn: &PgConnection, name: &str) -> Result<bool, DbError> {
+    Pg::new(conn)?.exists(name)
+}
+
+/// Drop database `name`, ending the sessions connected to it (`WITH (FORCE)`, PostgreSQL 13
+/// and later): for a restore that replaces it, after the caller saved it.
+pub fn postgres_drop(conn: &PgConnection, name: &str) -> Result<(), DbError> {
+    let pg = Pg::new(conn)?;
+    pg.query(
+        &format!("DROP DATABASE {} WITH (FORCE)", ident(name)),
+        &format!("dropping postgres database {name}"),
+    )?;
+    Ok(())
+}
+
 /// Restore one database dump into a new database `target`, created from `template0` with the
 /// original's encoding and locale, in one transaction (`no_owner`: every object belongs to
 /// the restoring user, for a server without the original roles). Refuses when `target` exists; a

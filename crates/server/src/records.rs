@@ -34,18 +34,7 @@ impl RunStatus {
     }
 }
 
-/// The kinds of run a client reports.
-pub const RUN_KINDS: &[&str] = &[
-    "backup",
-    "check",
-    "forget",
-    "prune",
-    "restore",
-    "restore-db",
-    "copy",
-    // an agent taking (or refusing) the managed jobs set on the server
-    "config",
-];
+pub use coffer_wire::RUN_KINDS;
 
 /// What a client sends after each run (`POST /REPO/runs`, JSON). Times are the client's
 /// claims, kept for display; the server judges by the time it received the report.

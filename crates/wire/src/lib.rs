@@ -146,19 +146,24 @@ pub struct RunProgress {
     pub bytes: u64,
 }
 
+/// The kinds of run a client reports (and shows progress of, `config` excepted).
+pub const RUN_KINDS: &[&str] = &[
+    "backup",
+    "check",
+    "forget",
+    "prune",
+    "restore",
+    "restore-db",
+    "restore-site",
+    "copy",
+    // an agent taking (or refusing) the managed jobs set on the server
+    "config",
+];
+
 impl RunProgress {
     /// What a server accepts: a known kind and a job name (or none).
     pub fn valid(&self) -> Result<(), String> {
-        const KINDS: [&str; 7] = [
-            "backup",
-            "check",
-            "restore",
-            "restore-db",
-            "copy",
-            "forget",
-            "prune",
-        ];
-        if !KINDS.contains(&self.kind.as_str()) {
+        if self.kind == "config" || !RUN_KINDS.contains(&self.kind.as_str()) {
             return Err(format!("progress of an unknown kind of run {:?}", self.kind));
         }
         if !self.job.is_empty() && !valid_job_name(&self.job) {

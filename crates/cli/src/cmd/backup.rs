@@ -24,6 +24,11 @@ fn read_exclude_file(p: &std::path::Path) -> Result<Vec<String>> {
 }
 
 pub fn run(g: &Global, a: BackupArgs) -> Result<u8> {
+    Ok(saved(g, a)?.0)
+}
+
+/// [`run`], and the id of the snapshot it saved.
+pub fn saved(g: &Global, a: BackupArgs) -> Result<(u8, coffer_core::format::SnapshotId)> {
     // a job's retention removes that job's snapshots: a hand-made one must not pass for one
     if let (None, Some(t)) = (&a.job, a.tag.iter().find(|t| t.starts_with("job:"))) {
         return Err(coffer_core::Error::Usage(format!(
@@ -206,7 +211,7 @@ pub fn run(g: &Global, a: BackupArgs) -> Result<u8> {
             "warning: {} files, directories, databases or images could not be read completely; the snapshot lacks them",
             s.errors
         );
-        return Ok(EXIT_INCOMPLETE);
+        return Ok((EXIT_INCOMPLETE, out.id));
     }
     // excludes that leave no file (e.g. `--exclude '*'`) are almost surely a mistake: the
     // snapshot is saved, and the exit code says it is not what was wanted
@@ -221,7 +226,7 @@ pub fn run(g: &Global, a: BackupArgs) -> Result<u8> {
             out.snapshot.excludes.join(", "),
             out.id.short()
         );
-        return Ok(EXIT_INCOMPLETE);
+        return Ok((EXIT_INCOMPLETE, out.id));
     }
-    Ok(0)
+    Ok((0, out.id))
 }

@@ -77,7 +77,17 @@ struct ConfigOut {
     state_dir: String,
     repositories: Vec<RepoOut>,
     jobs: Vec<JobOut>,
+    sites: Vec<SiteOut>,
     problems: Vec<String>,
+}
+
+/// A `[site.NAME]` (what `restore-site NAME` restores).
+#[derive(Serialize)]
+struct SiteOut {
+    name: String,
+    paths: Vec<String>,
+    mysql: Vec<String>,
+    postgres: Vec<String>,
 }
 
 /// Files the configuration names that are not there.
@@ -170,6 +180,16 @@ pub fn check(g: &Global) -> Result<u8> {
                 }
             })
             .collect(),
+        sites: cfg
+            .sites
+            .values()
+            .map(|s| SiteOut {
+                name: s.name.clone(),
+                paths: s.paths.iter().map(|p| p.display().to_string()).collect(),
+                mysql: s.mysql.clone(),
+                postgres: s.postgres.clone(),
+            })
+            .collect(),
         problems: missing_files(&cfg),
     };
     let code = u8::from(!out.problems.is_empty());
@@ -231,6 +251,22 @@ pub fn check(g: &Global) -> Result<u8> {
                 next.map_or("never".into(), |t| show(t, c.schedule.zone()))
             )?;
         }
+    }
+    for s in &out.sites {
+        let dbs: Vec<String> = (s.mysql.iter().map(|d| format!("mysql/{d}")))
+            .chain(s.postgres.iter().map(|d| format!("postgres/{d}")))
+            .collect();
+        outln!(
+            "site {}: {}{}{}",
+            s.name,
+            s.paths.join(" "),
+            if s.paths.is_empty() || dbs.is_empty() {
+                ""
+            } else {
+                " + "
+            },
+            dbs.join(", ")
+        )?;
     }
     for p in &out.problems {
         eprintln!("coffer: problem: {p}");

@@ -16,6 +16,7 @@ pub mod monitor;
 pub mod mount;
 pub mod run;
 pub mod server;
+pub mod site;
 
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
@@ -147,6 +148,16 @@ pub fn resolve_snapshot(
     spec: &str,
     filter: &crate::cli::SnapshotFilter,
 ) -> Result<(coffer_core::format::SnapshotId, Snapshot)> {
+    resolve_snapshot_passing(repo, spec, filter, |_| false)
+}
+
+/// [`resolve_snapshot`], with `latest` passing over the snapshots `skip` names too.
+pub fn resolve_snapshot_passing(
+    repo: &Repository,
+    spec: &str,
+    filter: &crate::cli::SnapshotFilter,
+    skip: impl Fn(&Snapshot) -> bool,
+) -> Result<(coffer_core::format::SnapshotId, Snapshot)> {
     let back = match spec.strip_prefix("latest~") {
         Some(n) => Some(n.parse::<usize>().map_err(|_| {
             coffer_core::Error::Usage(format!(
@@ -174,7 +185,10 @@ pub fn resolve_snapshot(
         eprintln!("warning: {b}");
     }
     let now = chrono::Utc::now().timestamp();
-    let mut matching: Vec<_> = list.into_iter().filter(|(_, s)| filter.matches(s)).collect();
+    let mut matching: Vec<_> = list
+        .into_iter()
+        .filter(|(_, s)| filter.matches(s) && !skip(s))
+        .collect();
     matching.retain(|(id, s)| {
         let future = s.time.timestamp() > now + LATEST_MAX_SKEW_SECS;
         if future {
