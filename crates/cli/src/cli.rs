@@ -121,6 +121,11 @@ pub enum Command {
     /// databases given here
     #[command(name = "restore-site")]
     RestoreSite(RestoreSiteArgs),
+    /// Rebuild a machine from its snapshot: every backed-up path below --target, then the
+    /// database users and roles, then every database, into this machine's servers; a plan
+    /// first, a report at the end
+    #[command(name = "restore-host")]
+    RestoreHost(RestoreHostArgs),
     /// Print a repository object as JSON (for debugging)
     Cat(CatArgs),
     /// Remove snapshots by id or by a retention policy
@@ -802,6 +807,36 @@ pub struct RestoreDbArgs {
     /// for PostgreSQL, a database file for SQLite
     #[arg(long, value_name = "FILE")]
     pub to_file: Option<PathBuf>,
+    /// PostgreSQL: do not restore ownership (every object belongs to the restoring user)
+    #[arg(long)]
+    pub no_owner: bool,
+    #[command(flatten)]
+    pub db: DbConnArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct RestoreHostArgs {
+    /// The host whose snapshot is restored, as `coffer snapshots` names it
+    pub host: String,
+    /// Snapshot id or unique prefix (default: the host's newest, passing over before-restore ones)
+    pub snapshot: Option<String>,
+    /// Where the machine's / is: a mounted new root (/mnt/newroot), or / itself on the new
+    /// machine (with --yes; files that belong to the machine, fstab, network, machine-id,
+    /// are then kept as they are)
+    #[arg(short, long, value_name = "DIR")]
+    pub target: PathBuf,
+    /// Go ahead when --target is / (read the plan first with --dry-run)
+    #[arg(long)]
+    pub yes: bool,
+    /// Show the plan only
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Files only: leave database users, roles and databases out
+    #[arg(long)]
+    pub no_databases: bool,
+    /// Onto /: restore the machine's own files too (fstab, network, hostname, machine-id, /boot)
+    #[arg(long)]
+    pub include_machine_files: bool,
     /// PostgreSQL: do not restore ownership (every object belongs to the restoring user)
     #[arg(long)]
     pub no_owner: bool,

@@ -211,6 +211,7 @@ fn main() -> ExitCode {
         Command::Find(a) => cmd::find::run(&g, a),
         Command::RestoreDb(a) => cmd::db::restore_db(&g, a),
         Command::RestoreSite(a) => cmd::site::run(&g, a),
+        Command::RestoreHost(a) => cmd::host::run(&g, a),
         Command::Cat(a) => cmd::cat::run(&g, a),
         Command::Forget(a) => cmd::forget::run(&g, a),
         Command::Prune(a) => cmd::prune(&g, &a),
@@ -264,6 +265,7 @@ fn interrupt_message(c: &Command) -> Option<&'static str> {
         }
         Command::Restore(_) => "the target holds a partial restore; run the restore again to complete it",
         Command::RestoreDb(_) => "the database may be partly restored; run the restore again",
+        Command::RestoreHost(_) => "the machine may be partly restored; run the restore again (files are replaced, existing databases kept)",
         Command::RestoreSite(_) => {
             "the site may be partly restored; run the restore again (a before-restore snapshot, if it said it saved one, holds what was there)"
         }

@@ -163,6 +163,7 @@ pub fn kind(c: &Command) -> Option<&'static str> {
         Command::Restore(_) => "restore",
         Command::RestoreDb(_) => "restore-db",
         Command::RestoreSite(_) => "restore-site",
+        Command::RestoreHost(_) => "restore-host",
         Command::Copy(_) => "copy",
         _ => return None,
     })

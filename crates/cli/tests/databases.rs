@@ -989,3 +989,166 @@ fn a_site_comes_back_as_one_unit() {
         "latest is the site's backup: {r}"
     );
 }
+
+/// Drops a MariaDB user and a PostgreSQL role when the test ends.
+struct DropAccounts {
+    mysql_user: String,
+    pg_role: String,
+}
+
+impl Drop for DropAccounts {
+    fn drop(&mut self) {
+        let _ = Command::new("mariadb")
+            .args(["-h", "127.0.0.1", "-u", "root", "-e"])
+            .arg(format!("DROP USER IF EXISTS '{}'@'localhost'", self.mysql_user))
+            .output();
+        let _ = Command::new("psql")
+            .args([
+                "-X",
+                "-q",
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-c",
+            ])
+            .arg(format!("DROP ROLE IF EXISTS \"{}\"", self.pg_role))
+            .output();
+    }
+}
+
+/// `restore-host` into an empty directory, on a machine whose database servers lost the
+/// host's databases, user and role: the files come back as they were (rsync finds nothing to
+/// do), the user, the role and the grants come back, every database matches its checksums;
+/// another host's newer snapshot is not taken; a second run skips the databases that exist
+/// now and says so with exit 3; onto / it needs --yes (issue 25 item 3).
+#[test]
+fn a_lost_host_comes_back_into_an_empty_root() {
+    let mut clean = Cleanup::new();
+    let (my, pg) = (unique("host"), unique("host"));
+    clean.mysql.push(my.clone());
+    clean.postgres.push(pg.clone());
+    let accounts = DropAccounts {
+        mysql_user: unique("u"),
+        pg_role: unique("r"),
+    };
+    let (user, role) = (accounts.mysql_user.clone(), accounts.pg_role.clone());
+    mysql_create_shop(&my);
+    pg_create_shop(&pg);
+    mysql(&format!(
+        "CREATE USER '{user}'@'localhost' IDENTIFIED BY 'pw'; GRANT SELECT ON `{my}`.* TO '{user}'@'localhost';"
+    ));
+    psql("postgres", &format!("CREATE ROLE \"{role}\" LOGIN"));
+    psql(&pg, &format!("GRANT SELECT ON accounts TO \"{role}\""));
+    let tables = ["accounts", "audit"];
+    let (my_sums, pg_sums) = (mysql_checksums(&my, &tables), pg_checksums(&pg, &tables));
+
+    let env = Env::init();
+    let src = env.path("srv");
+    std::fs::create_dir_all(src.join("www/img")).unwrap();
+    std::fs::write(src.join("www/index.php"), "<?php echo 1;\n").unwrap();
+    std::fs::write(src.join("www/img/a.png"), common::pseudo_random(2, 200_000)).unwrap();
+    std::os::unix::fs::symlink("index.php", src.join("www/home.php")).unwrap();
+    std::fs::hard_link(src.join("www/index.php"), src.join("www/again.php")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(src.join("www/img"), std::fs::Permissions::from_mode(0o750)).unwrap();
+    let mut args: Vec<String> = ["backup", "-q", "--host", "lost1", src.to_str().unwrap()]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    args.extend(["--mysql".into(), my.clone(), "--mysql-users".into()]);
+    args.extend(["--postgres".into(), pg.clone()]);
+    args.extend(PG_CONN.iter().map(|s| s.to_string()));
+    env.ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    // a newer snapshot of another host, which restore-host lost1 must pass over
+    let other = env.path("other");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(other.join("x"), "x").unwrap();
+    env.ok(&["backup", "-q", "--host", "other1", other.to_str().unwrap()]);
+
+    // the machine is gone: its databases, user and role with it
+    mysql(&format!("DROP DATABASE `{my}`; DROP USER '{user}'@'localhost';"));
+    psql("postgres", &format!("DROP DATABASE \"{pg}\" WITH (FORCE)"));
+    psql("postgres", &format!("DROP ROLE \"{role}\""));
+
+    let root = env.path("newroot");
+    let host = |extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = vec!["restore-host".into(), "lost1".into()];
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v.extend(PG_CONN.iter().map(|s| s.to_string()));
+        v
+    };
+    let run = |a: &[String]| env.run(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let o = run(&host(&["--target", root.to_str().unwrap(), "--dry-run"]));
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let plan = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        plan.contains(&format!("mysql/{my}: create and restore")),
+        "{plan}"
+    );
+    assert!(plan.contains("mysql-globals: apply"), "{plan}");
+    assert!(!root.exists(), "a dry run wrote");
+    // onto / without --yes: the plan, and nothing done
+    let o = run(&host(&["--target", "/"]));
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(stderr(&o).contains("--yes"), "{}", stderr(&o));
+
+    let o = run(&host(&["--target", root.to_str().unwrap(), "--json"]));
+    assert_eq!(
+        code(&o),
+        0,
+        "{}\n{}",
+        stderr(&o),
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["host"], "lost1");
+    assert_eq!(r["skipped"], serde_json::json!([]), "{r}");
+    let restored = root.join(src.strip_prefix("/").unwrap());
+    assert_eq!(common::digest_tree(&restored), common::digest_tree(&src));
+    let rsync = Command::new("rsync")
+        .args(["-aHAX", "--checksum", "--dry-run", "--itemize-changes"])
+        .arg(format!("{}/", src.display()))
+        .arg(format!("{}/", restored.display()))
+        .output()
+        .unwrap();
+    assert!(rsync.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&rsync.stdout),
+        "",
+        "rsync would change these"
+    );
+    assert_eq!(mysql_checksums(&my, &tables), my_sums);
+    assert_eq!(pg_checksums(&pg, &tables), pg_sums);
+    let grants = mysql(&format!("SHOW GRANTS FOR '{user}'@'localhost'"));
+    assert!(grants.contains(&format!("GRANT SELECT ON `{my}`.*")), "{grants}");
+    assert_eq!(
+        psql(
+            "postgres",
+            &format!("SELECT count(*) FROM pg_roles WHERE rolname = '{role}'")
+        )
+        .trim(),
+        "1"
+    );
+    assert_eq!(
+        psql(
+            &pg,
+            &format!("SELECT has_table_privilege('{role}', 'accounts', 'SELECT')")
+        )
+        .trim(),
+        "t"
+    );
+
+    // again, into another root: the databases exist now, and are kept, said so, exit 3
+    let root2 = env.path("newroot2");
+    let o = run(&host(&["--target", root2.to_str().unwrap()]));
+    assert_eq!(code(&o), 3, "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        out.contains(&format!("not done: mysql/{my}: exists on this server")),
+        "{out}"
+    );
+    assert_eq!(mysql_checksums(&my, &tables), my_sums);
+}

@@ -25,8 +25,12 @@ mod sqlite;
 
 use std::path::PathBuf;
 
-pub use mysql::{mysql_drop, mysql_exists, mysql_sources, restore_mysql, MysqlConnection};
-pub use postgres::{postgres_drop, postgres_exists, postgres_sources, restore_postgres, PgConnection};
+pub use mysql::{
+    apply_mysql_globals, mysql_drop, mysql_exists, mysql_sources, restore_mysql, MysqlConnection,
+};
+pub use postgres::{
+    apply_postgres_globals, postgres_drop, postgres_exists, postgres_sources, restore_postgres, PgConnection,
+};
 pub use sqlite::{restore_sqlite, sqlite_sources};
 
 /// Which databases of a server to back up.
@@ -79,6 +83,36 @@ pub enum DbError {
     },
     #[error("{0}")]
     Invalid(String),
+}
+
+/// What applying a server-wide dump (users and grants, roles) did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GlobalsApplied {
+    /// Bytes of the dump fed to the client.
+    pub bytes: u64,
+    /// Users or roles the server had already (their creation failed; their grants apply).
+    pub existed: usize,
+    /// Every other error the client reported, one line each (the last 16 KiB of them).
+    pub errors: Vec<String>,
+}
+
+/// Sort a client's error lines into "already exists" (matching `existed`) and the others.
+pub(crate) fn sort_errors(
+    stderr: &[u8],
+    is_error: impl Fn(&str) -> bool,
+    existed: impl Fn(&str) -> bool,
+) -> (usize, Vec<String>) {
+    let text = String::from_utf8_lossy(stderr);
+    let mut n = 0;
+    let mut other = Vec::new();
+    for l in text.lines().filter(|l| is_error(l)) {
+        if existed(l) {
+            n += 1;
+        } else {
+            other.push(l.trim().to_string());
+        }
+    }
+    (n, other)
 }
 
 fn now() -> chrono::DateTime<chrono::FixedOffset> {

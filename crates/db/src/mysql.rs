@@ -348,6 +348,40 @@ impl Read for Counted<'_> {
     }
 }
 
+/// Apply a dump of users and grants (`mysql-globals`, from `mariadb-dump --system=users`) to
+/// the server, going on past errors (`--force`): on a new machine `root@localhost` and the
+/// like exist already, and the grants after them must still apply. For a machine being
+/// rebuilt (`restore-host`); `restore-db` leaves globals to the operator.
+pub fn apply_mysql_globals(
+    conn: &MysqlConnection,
+    item: &DatabaseItem,
+    input: &mut dyn Read,
+) -> Result<crate::GlobalsApplied, DbError> {
+    if item.engine != ENGINE || item.kind != DatabaseItemKind::Globals {
+        return Err(DbError::Invalid(format!(
+            "{} is not a MySQL users-and-grants dump",
+            item.id()
+        )));
+    }
+    let m = Mysql::new(conn)?;
+    let mut cmd = m.client.command();
+    cmd.args(m.conn.args())
+        .args(["--batch", "--force", "--default-character-set=utf8mb4"]);
+    let (bytes, _, stderr) =
+        crate::process::feed_collect(cmd, m.client.name, "applying mysql users and grants", input)?;
+    // ERROR 1396 (HY000) at line 5: Operation CREATE USER failed for `root`@`localhost`
+    let (existed, errors) = crate::sort_errors(
+        &stderr,
+        |l| l.starts_with("ERROR"),
+        |l| l.contains("ERROR 1396") && l.contains("CREATE USER"),
+    );
+    Ok(crate::GlobalsApplied {
+        bytes,
+        existed,
+        errors,
+    })
+}
+
 /// Whether database `name` exists on the server.
 pub fn mysql_exists(conn: &MysqlConnection, name: &str) -> Result<bool, DbError> {
     Mysql::new(conn)?.exists(name)

@@ -290,6 +290,44 @@ impl DumpSpec for PgSpec {
     }
 }
 
+/// Apply a dump of roles and tablespaces (`postgres-globals`, from `pg_dumpall
+/// --globals-only`) to the server, going on past errors: on a new machine the `postgres`
+/// role exists already. For a machine being rebuilt (`restore-host`); `restore-db` leaves
+/// globals to the operator.
+pub fn apply_postgres_globals(
+    conn: &PgConnection,
+    item: &DatabaseItem,
+    input: &mut dyn Read,
+) -> Result<crate::GlobalsApplied, DbError> {
+    if item.engine != ENGINE || item.kind != DatabaseItemKind::Globals {
+        return Err(DbError::Invalid(format!(
+            "{} is not a PostgreSQL roles dump",
+            item.id()
+        )));
+    }
+    let pg = Pg::new(conn)?;
+    let mut cmd = pg.psql.command();
+    cmd.args(["-X", "-q", "-w", "-v", "ON_ERROR_STOP=0"])
+        .arg(opt("dbname", pg.conn.conninfo(Some("postgres"))))
+        .env("LC_MESSAGES", "C");
+    let (bytes, status, stderr) =
+        crate::process::feed_collect(cmd, pg.psql.name, "applying postgres roles", input)?;
+    // psql:<stdin>:14: ERROR:  role "postgres" already exists
+    let (existed, mut errors) = crate::sort_errors(
+        &stderr,
+        |l| l.contains("ERROR:") || l.contains("FATAL:"),
+        |l| l.contains("ERROR:") && l.contains("already exists"),
+    );
+    if !status.success() && errors.is_empty() {
+        errors.push(format!("psql failed ({status})"));
+    }
+    Ok(crate::GlobalsApplied {
+        bytes,
+        existed,
+        errors,
+    })
+}
+
 /// Whether database `name` exists on the server.
 pub fn postgres_exists(conn: &PgConnection, name: &str) -> Result<bool, DbError> {
     Pg::new(conn)?.exists(name)

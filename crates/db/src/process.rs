@@ -205,7 +205,23 @@ impl Drop for Producer {
 
 /// Run `cmd` with `input` streamed into its stdin; returns the bytes fed. A tool that exits
 /// early (closing its stdin) is reported with its own error, not as a broken pipe.
-pub(crate) fn feed(mut cmd: Command, tool: &str, what: &str, input: &mut dyn Read) -> Result<u64, DbError> {
+pub(crate) fn feed(cmd: Command, tool: &str, what: &str, input: &mut dyn Read) -> Result<u64, DbError> {
+    let (n, status, stderr) = feed_collect(cmd, tool, what, input)?;
+    if !status.success() {
+        return Err(failure(what, tool, status, &stderr));
+    }
+    Ok(n)
+}
+
+/// [`feed`] for a tool whose failures the caller sorts out itself: its exit status and the
+/// tail of its stderr (the last 16-32 KiB) come back; only reading the input and feeding it
+/// are errors here.
+pub(crate) fn feed_collect(
+    mut cmd: Command,
+    tool: &str,
+    what: &str,
+    input: &mut dyn Read,
+) -> Result<(u64, ExitStatus, Vec<u8>), DbError> {
     let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -237,10 +253,11 @@ pub(crate) fn feed(mut cmd: Command, tool: &str, what: &str, input: &mut dyn Rea
         });
     }
     if !status.success() {
-        return Err(failure(what, tool, status, &stderr));
+        // (its own words say more than a broken pipe)
+        return Ok((copied.unwrap_or(0), status, stderr));
     }
     match copied {
-        Ok(n) => Ok(n),
+        Ok(n) => Ok((n, status, stderr)),
         Err(CopyError::Read(e)) => Err(DbError::Failed {
             what: what.to_string(),
             detail: format!("reading the dump from the repository: {e}"),

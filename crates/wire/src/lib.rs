@@ -155,6 +155,7 @@ pub const RUN_KINDS: &[&str] = &[
     "restore",
     "restore-db",
     "restore-site",
+    "restore-host",
     "copy",
     // an agent taking (or refusing) the managed jobs set on the server
     "config",

@@ -9,6 +9,7 @@ pub mod db;
 pub mod find;
 pub mod forget;
 pub mod generate;
+pub mod host;
 pub mod image;
 pub mod job;
 pub mod managed;

@@ -423,9 +423,12 @@ fn print_report(r: &Report, snap: &Snapshot) -> Result<()> {
         ("restored", "restored")
     };
     outln!(
-        "{verb} site {} ({}) from snapshot {} of {} ({}) {}",
-        r.site.name,
-        r.site.origin,
+        "{verb} {} from snapshot {} of {} ({}) {}",
+        if r.site.origin == "command line" {
+            "the site given".to_string()
+        } else {
+            format!("site {} ({})", r.site.name, r.site.origin)
+        },
         &r.snapshot_id[..8],
         snap.hostname,
         local_time(&snap.time),
