@@ -126,6 +126,10 @@ pub enum Command {
     /// first, a report at the end
     #[command(name = "restore-host")]
     RestoreHost(RestoreHostArgs),
+    /// Prove restores work: restore a random sample of files and every database of a
+    /// snapshot into scratch places, verify them against the snapshot, clean up, report the
+    /// time it took (exit 1 if anything did not come back as it was)
+    Drill(DrillArgs),
     /// Print a repository object as JSON (for debugging)
     Cat(CatArgs),
     /// Remove snapshots by id or by a retention policy
@@ -810,6 +814,22 @@ pub struct RestoreDbArgs {
     /// PostgreSQL: do not restore ownership (every object belongs to the restoring user)
     #[arg(long)]
     pub no_owner: bool,
+    #[command(flatten)]
+    pub db: DbConnArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct DrillArgs {
+    /// Snapshot id, unique prefix, or `latest` (default: the newest of this machine's host name)
+    pub snapshot: Option<String>,
+    #[command(flatten)]
+    pub filter: SnapshotFilter,
+    /// How many files to restore and verify, chosen at random
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(0..=100_000))]
+    pub files: u64,
+    /// Leave the databases out
+    #[arg(long)]
+    pub no_databases: bool,
     #[command(flatten)]
     pub db: DbConnArgs,
 }

@@ -212,6 +212,7 @@ fn main() -> ExitCode {
         Command::RestoreDb(a) => cmd::db::restore_db(&g, a),
         Command::RestoreSite(a) => cmd::site::run(&g, a),
         Command::RestoreHost(a) => cmd::host::run(&g, a),
+        Command::Drill(a) => cmd::drill::run(&g, a),
         Command::Cat(a) => cmd::cat::run(&g, a),
         Command::Forget(a) => cmd::forget::run(&g, a),
         Command::Prune(a) => cmd::prune(&g, &a),
@@ -265,6 +266,7 @@ fn interrupt_message(c: &Command) -> Option<&'static str> {
         }
         Command::Restore(_) => "the target holds a partial restore; run the restore again to complete it",
         Command::RestoreDb(_) => "the database may be partly restored; run the restore again",
+        Command::Drill(_) => "a scratch directory or coffer_drill_* database may be left behind; remove it",
         Command::RestoreHost(_) => "the machine may be partly restored; run the restore again (files are replaced, existing databases kept)",
         Command::RestoreSite(_) => {
             "the site may be partly restored; run the restore again (a before-restore snapshot, if it said it saved one, holds what was there)"

@@ -164,6 +164,7 @@ pub fn kind(c: &Command) -> Option<&'static str> {
         Command::RestoreDb(_) => "restore-db",
         Command::RestoreSite(_) => "restore-site",
         Command::RestoreHost(_) => "restore-host",
+        Command::Drill(_) => "drill",
         Command::Copy(_) => "copy",
         _ => return None,
     })

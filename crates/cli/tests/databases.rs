@@ -1152,3 +1152,49 @@ fn a_lost_host_comes_back_into_an_empty_root() {
     );
     assert_eq!(mysql_checksums(&my, &tables), my_sums);
 }
+
+/// `coffer drill` restores every dump into a scratch database, dumps it again and compares
+/// rows table by table; the scratch databases are gone afterwards (issue 25 item 6).
+#[test]
+fn a_drill_restores_every_database_into_scratch_and_compares() {
+    let mut clean = Cleanup::new();
+    let (my, pg) = (unique("drill"), unique("drill"));
+    clean.mysql.push(my.clone());
+    clean.postgres.push(pg.clone());
+    mysql_create_shop(&my);
+    pg_create_shop(&pg);
+    let env = Env::init();
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("a"), "a").unwrap();
+    let mut args: Vec<String> = ["backup", "-q", "--host", "drill1", src.to_str().unwrap()]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    args.extend(["--mysql".into(), my.clone(), "--postgres".into(), pg.clone()]);
+    args.extend(PG_CONN.iter().map(|s| s.to_string()));
+    env.ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let scratch = || {
+        let m = mysql("SHOW DATABASES LIKE 'coffer_drill_%'");
+        let p = psql(
+            "postgres",
+            "SELECT datname FROM pg_database WHERE datname LIKE 'coffer_drill_%'",
+        );
+        m.lines().count() + p.lines().count()
+    };
+    let before = scratch();
+    let mut a = vec!["drill", "--host", "drill1", "--json"];
+    a.extend(PG_CONN);
+    let out = env.ok(&a);
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["ok"], true, "{r}");
+    let dbs = r["databases"].as_array().unwrap();
+    assert_eq!(dbs.len(), 2, "{r}");
+    for d in dbs {
+        assert_eq!(d["ok"], true, "{d}");
+        assert_eq!(d["tables"], 2, "{d}");
+        // 2,001 accounts and as many audit rows (the trigger's, dumped as data)
+        assert_eq!(d["rows"], 4002, "{d}");
+    }
+    assert_eq!(scratch(), before, "a scratch database was left behind");
+}

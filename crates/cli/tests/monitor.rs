@@ -1505,3 +1505,84 @@ fn console_fits(server: &ServerProc, pin: &str, link: &dyn Fn(&str) -> String) {
         }
     }
 }
+
+/// A restore drill: a clean one is reported with its recovery time and shown on the client's
+/// page; after a byte of a pack flips on the server, the next drill fails (exit 1), which
+/// opens a DRILL FAILED incident and mails it (issue 25 item 6).
+#[test]
+fn a_failed_drill_is_an_incident_and_a_clean_one_records_its_recovery_time() {
+    let e = Env::new();
+    let smtp = Smtp::start(&e.path(""));
+    let server = ServerProc::start(&e.path("server"), &["--monitor-every", "1s"]);
+    let ended = || server.exited().or_else(|| smtp.exited());
+    server.admin_ok(&[
+        "alerts",
+        "set",
+        "--smtp",
+        &format!("127.0.0.1:{}", smtp.port),
+        "--smtp-tls",
+        "none",
+        "--from",
+        "coffer@backup.test",
+        "--to",
+        "ops@backup.test",
+    ]);
+    let token = server.add_client("web1", "web1", "append");
+    let src = e.path("src");
+    fs::create_dir_all(&src).unwrap();
+    for i in 0..30u64 {
+        fs::write(src.join(format!("f{i}")), common::pseudo_random(i, 50_000)).unwrap();
+    }
+    let run = |args: &[&str]| {
+        e.cmd()
+            .env("COFFER_REPOSITORY", server.url("web1"))
+            .env("COFFER_TOKEN", &token)
+            .env("COFFER_CACERT", &server.cacert)
+            .arg("--no-cache")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    for a in [
+        &["init", "-q"][..],
+        &["backup", "-q", "--host", "web1", src.to_str().unwrap()],
+    ] {
+        let o = run(a);
+        assert_eq!(code(&o), 0, "{a:?}: {}", stderr(&o));
+    }
+    let o = run(&["drill", "--host", "web1", "--files", "10", "--json"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["files_verified"], 10, "{r}");
+    assert_eq!(r["files_in_snapshot"], 30, "{r}");
+    let session = server.console_login("ops");
+    let (_, page) = server.console_get(&session, "/console/client/web1");
+    assert!(page.contains("Restore drills"), "{page}");
+    assert!(
+        page.contains("passed") && page.contains("recovery time"),
+        "{page}"
+    );
+    assert!(page.contains("10 files verified"), "{page}");
+
+    // a flipped byte in every pack: the drill reads back the damage and fails
+    for dir in fs::read_dir(server.data.join("repos/web1/data")).unwrap() {
+        for f in fs::read_dir(dir.unwrap().path()).unwrap() {
+            let p = f.unwrap().path();
+            let mut b = fs::read(&p).unwrap();
+            let mid = b.len() / 2;
+            b[mid] ^= 0x01;
+            fs::write(&p, b).unwrap();
+        }
+    }
+    let o = run(&["drill", "--host", "web1", "--files", "30"]);
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    assert!(stderr(&o).contains("drill failed"), "{}", stderr(&o));
+    common::wait_until(
+        "the DRILL FAILED email",
+        || count(&smtp.subjects(), "coffer: DRILL FAILED web1") == 1,
+        ended,
+    );
+    let (_, page) = server.console_get(&session, "/console/client/web1");
+    assert!(page.contains("FAILED"), "{page}");
+}

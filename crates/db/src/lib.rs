@@ -17,6 +17,7 @@
 //! leaves its database out of the snapshot (see [`coffer_core::source`]).
 
 mod batch;
+pub mod drill;
 mod dump;
 mod mysql;
 mod postgres;

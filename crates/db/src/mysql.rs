@@ -42,7 +42,7 @@ pub struct MysqlConnection {
 }
 
 impl MysqlConnection {
-    fn args(&self) -> Vec<OsString> {
+    pub(crate) fn args(&self) -> Vec<OsString> {
         let mut a = Vec::new();
         // must come first on the command line
         if let Some(f) = &self.defaults_file {
@@ -73,10 +73,10 @@ impl MysqlConnection {
 }
 
 /// The client and the dump tool, with the connection.
-struct Mysql {
+pub(crate) struct Mysql {
     client: Tool,
-    dump: Tool,
-    conn: MysqlConnection,
+    pub(crate) dump: Tool,
+    pub(crate) conn: MysqlConnection,
 }
 
 /// A string literal for MySQL that is correct with and without `NO_BACKSLASH_ESCAPES`.
@@ -119,7 +119,7 @@ fn unescape_batch(field: &str) -> String {
 }
 
 impl Mysql {
-    fn new(conn: &MysqlConnection) -> Result<Mysql, DbError> {
+    pub(crate) fn new(conn: &MysqlConnection) -> Result<Mysql, DbError> {
         Ok(Mysql {
             client: Tool::find(&["mariadb", "mysql"], CLIENT_HINT)?,
             dump: Tool::find(&["mariadb-dump", "mysqldump"], CLIENT_HINT)?,
@@ -227,7 +227,7 @@ struct MysqlSpec {
 }
 
 /// Options of every database dump.
-const DUMP_OPTIONS: &[&str] = &[
+pub(crate) const DUMP_OPTIONS: &[&str] = &[
     "--single-transaction",
     "--routines",
     "--triggers",

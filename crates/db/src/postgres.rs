@@ -24,7 +24,8 @@ use crate::process::{capture, feed, opt, Tool};
 use crate::{DbError, Selection};
 
 const ENGINE: &str = "postgres";
-const CLIENT_HINT: &str = "install the PostgreSQL client (Debian: apt-get install postgresql-client)";
+pub(crate) const CLIENT_HINT: &str =
+    "install the PostgreSQL client (Debian: apt-get install postgresql-client)";
 
 /// How to reach the server; unset parts come from libpq's environment and defaults.
 #[derive(Clone, Debug, Default)]
@@ -52,7 +53,7 @@ fn ident(s: &str) -> String {
 
 impl PgConnection {
     /// A libpq connection string for database `db` (or the server's default database).
-    fn conninfo(&self, db: Option<&str>) -> String {
+    pub(crate) fn conninfo(&self, db: Option<&str>) -> String {
         let mut parts = Vec::new();
         if let Some(d) = db {
             parts.push(format!("dbname={}", conninfo_value(d)));
@@ -81,14 +82,14 @@ impl PgConnection {
     }
 }
 
-struct Pg {
+pub(crate) struct Pg {
     psql: Tool,
-    dump: Tool,
-    conn: PgConnection,
+    pub(crate) dump: Tool,
+    pub(crate) conn: PgConnection,
 }
 
 impl Pg {
-    fn new(conn: &PgConnection) -> Result<Pg, DbError> {
+    pub(crate) fn new(conn: &PgConnection) -> Result<Pg, DbError> {
         Ok(Pg {
             psql: Tool::find(&["psql"], CLIENT_HINT)?,
             dump: Tool::find(&["pg_dump"], CLIENT_HINT)?,

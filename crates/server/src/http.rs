@@ -462,7 +462,7 @@ pub(crate) fn read_role_may_report(
     kind: &str,
     failed: bool,
 ) -> Result<(), ApiError> {
-    if client.role == Role::Read && !matches!(kind, "restore" | "check") && !failed {
+    if client.role == Role::Read && !matches!(kind, "restore" | "check" | "drill") && !failed {
         return Err(refuse(
             method,
             path,
@@ -470,7 +470,7 @@ pub(crate) fn read_role_may_report(
             err(
                 StatusCode::FORBIDDEN,
                 format!(
-                    "client {:?} has role read, which may report restore and check runs and failures only",
+                    "client {:?} has role read, which may report restore, check and drill runs and failures only",
                     client.name
                 ),
             ),

@@ -58,7 +58,8 @@ impl State {
 pub struct Problem {
     /// A client's name, or `repository NAME` for what concerns a whole repository.
     pub subject: String,
-    /// `failed` (the last backup), `check` (the last check), `config` (the agent refused a
+    /// `failed` (the last backup), `check` (the last check), `drill` (the last restore drill),
+    /// `config` (the agent refused a
     /// managed job), `overdue`, `warnings`,
     /// `damage` (keyless verification), `quota`.
     pub kind: &'static str,
@@ -70,7 +71,7 @@ impl Problem {
         match self.kind {
             "anomaly" => State::Anomaly,
             // (a refused managed job does not run: as serious as a failed backup)
-            "failed" | "check" | "config" => State::Failed,
+            "failed" | "check" | "config" | "drill" => State::Failed,
             "overdue" => State::Overdue,
             _ => State::Warning,
         }
@@ -302,6 +303,13 @@ pub fn fleet(server: &Server, now: i64) -> Result<Vec<ClientStatus>> {
         if let Some(r) = server.catalog.runs(&c.name, Some("check"), 1)?.pop() {
             if r.report.status == RunStatus::Failed {
                 problems.push(failure(&c.name, "check", &r));
+            }
+        }
+        // a restore drill that did not bring the sample back as it was: the backups may
+        // not restore, which is as bad as none
+        if let Some(r) = server.catalog.runs(&c.name, Some("drill"), 1)?.pop() {
+            if r.report.status == RunStatus::Failed {
+                problems.push(failure(&c.name, "drill", &r));
             }
         }
         if let Some(r) = &last_config {

@@ -146,6 +146,7 @@ fn incident_title(inc: &Incident) -> String {
     let what = match inc.kind.as_str() {
         "failed" => "FAILED",
         "check" => "CHECK FAILED",
+        "drill" => "DRILL FAILED",
         "overdue" => "OVERDUE",
         "warnings" => "WARNINGS",
         "damage" => "DAMAGED",

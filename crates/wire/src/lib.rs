@@ -156,6 +156,7 @@ pub const RUN_KINDS: &[&str] = &[
     "restore-db",
     "restore-site",
     "restore-host",
+    "drill",
     "copy",
     // an agent taking (or refusing) the managed jobs set on the server
     "config",

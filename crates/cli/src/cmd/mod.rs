@@ -6,6 +6,7 @@ pub mod cat;
 pub mod config;
 pub mod copy;
 pub mod db;
+pub mod drill;
 pub mod find;
 pub mod forget;
 pub mod generate;

@@ -622,6 +622,7 @@ async fn client_page(State(s): St, w: Who, UrlPath(name): UrlPath<String>) -> Re
             .into_iter()
             .find(|c| c.client.name == n2);
         let runs = server.catalog.runs(&n2, None, 50)?;
+        let drills = server.catalog.runs(&n2, Some("drill"), 5)?;
         let snaps = server.catalog.snapshots(&client.repo, 50)?;
         let verify = server.catalog.last_verify_run(&client.repo)?;
         let mut incidents = server.catalog.incidents(Some(&n2), 20)?;
@@ -637,10 +638,12 @@ async fn client_page(State(s): St, w: Who, UrlPath(name): UrlPath<String>) -> Re
             requests: server.catalog.run_requests(&n2, 10)?,
             live: server.live.of(&n2, now),
         };
-        Ok(Some((now, client, status, runs, snaps, verify, incidents, jobs)))
+        Ok(Some((
+            now, client, status, runs, snaps, verify, incidents, jobs, drills,
+        )))
     })
     .await;
-    let (now, client, status, runs, snaps, verify, incidents, jobs) = match r {
+    let (now, client, status, runs, snaps, verify, incidents, jobs, drills) = match r {
         Ok(Some(x)) => x,
         Ok(None) => return error_page(StatusCode::NOT_FOUND, &format!("no client {name:?}")),
         Err(e) => return internal(e),
@@ -763,6 +766,7 @@ async fn client_page(State(s): St, w: Who, UrlPath(name): UrlPath<String>) -> Re
         )),
         None => b.push_str("<p class=\"muted\">Not verified yet.</p>"),
     }
+    b.push_str(&drill_section(&drills, now));
     b.push_str(&incident_table(&incidents));
     // while a run is in progress the page follows it by itself
     let refresh = if running {
@@ -777,6 +781,44 @@ async fn client_page(State(s): St, w: Who, UrlPath(name): UrlPath<String>) -> Re
         StatusCode::OK,
         page_with(&format!("coffer: {}", client.name), Some(&w), &b, &refresh),
     )
+}
+
+/// The last restore drills: when, whether the sample came back as it was, and how long the
+/// restore took (the recovery time measured on this client's data).
+fn drill_section(drills: &[crate::records::Run], now: i64) -> String {
+    let mut b = String::from("<h2>Restore drills</h2>");
+    let Some(last) = drills.first() else {
+        b.push_str(
+            "<p class=\"muted\">No drill reported: a restore nobody tried is a hope (run <code>coffer drill</code> on the client, e.g. weekly).</p>",
+        );
+        return b;
+    };
+    let good = drills.iter().find(|r| r.report.status == RunStatus::Ok);
+    b.push_str(&format!(
+        "<p>Last drill {} ({} days ago): {} · {} files verified · {} restored · recovery time <b>{:.1} s</b>{}</p>",
+        fmt_time(last.received),
+        (now - last.received).max(0) / 86_400,
+        if last.report.status == RunStatus::Ok {
+            "<span class=\"badge ok\">passed</span>".to_string()
+        } else {
+            format!(
+                "<span class=\"badge failed\">FAILED</span> {}",
+                esc(last.report.messages.first().map(String::as_str).unwrap_or(""))
+            )
+        },
+        last.report.files,
+        human_bytes(last.report.bytes_read),
+        last.report.duration_ms as f64 / 1000.0,
+        match good {
+            Some(g) if g.received != last.received => format!(
+                " · last passed {} ({:.1} s)",
+                fmt_time(g.received),
+                g.report.duration_ms as f64 / 1000.0
+            ),
+            _ => String::new(),
+        }
+    ));
+    b
 }
 
 fn incident_table(incidents: &[crate::records::Incident]) -> String {
