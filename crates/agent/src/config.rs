@@ -209,6 +209,16 @@ pub struct Check {
     pub on: Vec<String>,
 }
 
+/// A scheduled restore drill (`coffer drill --job`): a sample of files and every database of
+/// the job's newest snapshot restored into scratch places and compared.
+#[derive(Debug, Clone)]
+pub struct Drill {
+    pub schedule: Schedule,
+    /// Files to sample (default 20).
+    pub files: u64,
+    pub on: Vec<String>,
+}
+
 /// A backup job.
 #[derive(Debug, Clone)]
 pub struct Job {
@@ -237,6 +247,7 @@ pub struct Job {
     pub after: Option<String>,
     pub retention: Option<Retention>,
     pub check: Option<Check>,
+    pub drill: Option<Drill>,
     /// Set on the server (`[managed]`): its paths are checked for symlinks before each run.
     pub managed: bool,
 }
@@ -356,6 +367,7 @@ struct RawJob {
     after: Option<String>,
     retention: Option<Spanned<RawRetention>>,
     check: Option<Spanned<RawCheck>>,
+    drill: Option<Spanned<RawDrill>>,
     #[serde(default)]
     managed: bool,
 }
@@ -371,6 +383,15 @@ struct RawRetention {
     keep_yearly: Option<u32>,
     keep_within: Option<Spanned<String>>,
     prune: Option<bool>,
+    on: Option<Vec<Spanned<String>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDrill {
+    schedule: Spanned<String>,
+    timezone: Option<Spanned<String>>,
+    files: Option<u64>,
     on: Option<Vec<Spanned<String>>>,
 }
 
@@ -787,6 +808,29 @@ impl Checker<'_> {
                 })
             }
         };
+        let drill = match &j.drill {
+            None => None,
+            Some(d) => {
+                let raw = d.get_ref();
+                let files = raw.files.unwrap_or(20);
+                if files > 100_000 {
+                    return Err(self.at(d.span(), format!("{what} drill: files = {files}: at most 100000")));
+                }
+                Some(Drill {
+                    schedule: self.schedule(
+                        &format!("{what} drill schedule"),
+                        &raw.schedule,
+                        raw.timezone.as_ref(),
+                        None,
+                    )?,
+                    files,
+                    on: match &raw.on {
+                        Some(on) => self.repo_names(&format!("{what} drill on"), on, repos)?,
+                        None => to.clone(),
+                    },
+                })
+            }
+        };
         if j.postgres.is_none() && (j.pg_host.is_some() || j.pg_port.is_some() || j.pg_user.is_some()) {
             return Err(self.at(
                 span.clone(),
@@ -848,6 +892,7 @@ impl Checker<'_> {
             after: j.after.clone(),
             retention,
             check,
+            drill,
             managed: j.managed,
             name,
         })

@@ -24,12 +24,17 @@ pub struct JobState {
     pub backup_done: Option<i64>,
     #[serde(default)]
     pub check_done: Option<i64>,
+    /// The same for the job's restore drill.
+    #[serde(default)]
+    pub drill_due: Option<i64>,
+    #[serde(default)]
+    pub drill_done: Option<i64>,
 }
 
 /// How a job's last run went (`jobs/JOB.last.json`, written by `coffer run` only).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LastRun {
-    /// backup or check
+    /// backup, check or drill
     #[serde(default)]
     pub kind: String,
     #[serde(default)]

@@ -211,8 +211,11 @@ pub struct RunArgs {
     /// The job's name in the configuration
     pub job: String,
     /// Run the job's check (`[job.NAME.check]`) instead of its backup
-    #[arg(long)]
+    #[arg(long, conflicts_with = "drill")]
     pub check: bool,
+    /// Run the job's restore drill (`[job.NAME.drill]`) instead of its backup
+    #[arg(long)]
+    pub drill: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -822,6 +825,10 @@ pub struct RestoreDbArgs {
 pub struct DrillArgs {
     /// Snapshot id, unique prefix, or `latest` (default: the newest of this machine's host name)
     pub snapshot: Option<String>,
+    /// Drill the configured job NAME: its newest snapshot, its number of files, its database
+    /// connections
+    #[arg(long, value_name = "NAME", conflicts_with = "snapshot")]
+    pub job: Option<String>,
     #[command(flatten)]
     pub filter: SnapshotFilter,
     /// How many files to restore and verify, chosen at random

@@ -256,6 +256,11 @@ nice = 5
 [job.files.retention]
 keep_last = 3
 
+[job.files.drill]
+schedule = "0 6 * * 0"
+files = 4
+on = ["local"]
+
 [job.db]
 mysql = ["{db}"]
 mysql_host = "127.0.0.1"
@@ -547,6 +552,12 @@ schedule = "*/4 * * * * *"
         announced >= 4,
         "{announced} reports of job files announcing the next run"
     );
+    // the job's restore drill, where its [job.files.drill] says, of the job's newest snapshot
+    let out = ok(dir, &config, &["run", "files", "--drill"]);
+    assert!(out.contains("job files: drill of local: ok"), "{out}");
+    assert!(!out.contains("offsite"), "{out}");
+    let o = run(dir, &config, &["run", "db", "--drill"]);
+    assert_eq!(code(&o), 2, "a job without a drill: {}", stderr(&o));
 
     drop(weed);
 }

@@ -49,6 +49,7 @@ pub const EXIT_BUSY: u8 = 75;
 enum Kind {
     Backup,
     Check,
+    Drill,
 }
 
 impl Kind {
@@ -56,6 +57,7 @@ impl Kind {
         match self {
             Kind::Backup => "backup",
             Kind::Check => "check",
+            Kind::Drill => "drill",
         }
     }
 }
@@ -116,6 +118,9 @@ fn schedules(cfg: &Config) -> Vec<(String, Kind, Schedule)> {
         if let Some(c) = &j.check {
             out.push((j.name.clone(), Kind::Check, c.schedule.clone()));
         }
+        if let Some(d) = &j.drill {
+            out.push((j.name.clone(), Kind::Drill, d.schedule.clone()));
+        }
     }
     out
 }
@@ -126,6 +131,7 @@ fn recorded(st: &JobState, kind: Kind) -> Option<i64> {
     let (started, done) = match kind {
         Kind::Backup => (st.backup_due, st.backup_done),
         Kind::Check => (st.check_due, st.check_done),
+        Kind::Drill => (st.drill_due, st.drill_done),
     };
     match (started, done) {
         (Some(s), Some(d)) if d < s => Some(s - 1),
@@ -137,6 +143,7 @@ fn set_done(st: &mut JobState, kind: Kind, t: Option<i64>) {
     match kind {
         Kind::Backup => st.backup_done = t,
         Kind::Check => st.check_done = t,
+        Kind::Drill => st.drill_done = t,
     }
 }
 
@@ -144,6 +151,7 @@ fn set_recorded(st: &mut JobState, kind: Kind, t: Option<i64>) {
     match kind {
         Kind::Backup => st.backup_due = t,
         Kind::Check => st.check_due = t,
+        Kind::Drill => st.drill_due = t,
     }
 }
 
@@ -410,7 +418,7 @@ fn tidy_versions(dir: &Path, keep: &[&Path]) {
     }
 }
 
-/// Start `coffer run JOB [--check]` on the accepted configuration; its exit arrives on `done`.
+/// Start `coffer run JOB [--check|--drill]` on the accepted configuration; its exit arrives on `done`.
 fn start(
     g: &Global,
     accepted: &Path,
@@ -430,8 +438,14 @@ fn start(
         cmd.arg("--verbose");
     }
     cmd.arg("run").arg(job);
-    if kind == Kind::Check {
-        cmd.arg("--check");
+    match kind {
+        Kind::Check => {
+            cmd.arg("--check");
+        }
+        Kind::Drill => {
+            cmd.arg("--drill");
+        }
+        Kind::Backup => {}
     }
     let mut child = cmd.spawn().context("starting coffer run")?;
     let pid = child.id().unwrap_or(0);

@@ -115,10 +115,32 @@ fn sample(
     Ok((chosen, seen))
 }
 
-pub fn run(g: &Global, a: DrillArgs) -> Result<u8> {
+pub fn run(g: &Global, mut a: DrillArgs) -> Result<u8> {
     let clock = Instant::now();
-    let repo = open_indexed(g)?;
     let mut filter = a.filter.clone();
+    if let Some(name) = &a.job {
+        // the job's newest snapshot of this host, its sample size, its database connections
+        let cfg = super::job::load(g)?;
+        let job = cfg
+            .job(name)
+            .map_err(|e| coffer_core::Error::Usage(e.to_string()))?;
+        super::job::announce(&cfg, job);
+        filter.host = vec![super::job::host(&cfg)];
+        filter.tag = vec![job.tag()];
+        if let Some(d) = &job.drill {
+            a.files = d.files;
+        }
+        let c = &job.db;
+        a.db.mysql_host = c.mysql_host.clone();
+        a.db.mysql_port = c.mysql_port;
+        a.db.mysql_socket = c.mysql_socket.clone();
+        a.db.mysql_user = c.mysql_user.clone();
+        a.db.mysql_defaults_file = c.mysql_defaults_file.clone();
+        a.db.pg_host = c.pg_host.clone();
+        a.db.pg_port = c.pg_port;
+        a.db.pg_user = c.pg_user.clone();
+    }
+    let repo = open_indexed(g)?;
     if filter.host.is_empty() && a.snapshot.is_none() {
         filter
             .host

@@ -198,10 +198,18 @@ pub fn run(g: &Global, a: RunArgs) -> Result<u8> {
         .job(&a.job)
         .map_err(|e| coffer_core::Error::Usage(e.to_string()))?
         .clone();
-    let kind = if a.check { "check" } else { "backup" };
-    if a.check && job.check.is_none() {
+    let kind = if a.check {
+        "check"
+    } else if a.drill {
+        "drill"
+    } else {
+        "backup"
+    };
+    // hooks, retention: a backup's only
+    let backup = kind == "backup";
+    if (a.check && job.check.is_none()) || (a.drill && job.drill.is_none()) {
         return Err(coffer_core::Error::Usage(format!(
-            "job {}: no [job.{}.check] in {}",
+            "job {}: no [job.{}.{kind}] in {}",
             job.name,
             job.name,
             cfg.path.display()
@@ -236,7 +244,7 @@ pub fn run(g: &Global, a: RunArgs) -> Result<u8> {
                 s.command,
                 match s.command {
                     "forget" => "on",
-                    "check" => "of",
+                    "check" | "drill" => "of",
                     _ => "to",
                 },
                 s.repository,
@@ -246,15 +254,16 @@ pub fn run(g: &Global, a: RunArgs) -> Result<u8> {
         }
     };
     let mut failed_before = None;
-    if let (false, Some(cmd)) = (a.check, &job.before) {
+    if let (true, Some(cmd)) = (backup, &job.before) {
         match hook(&job, "before", cmd, None) {
             Ok(0) => {}
             Ok(code) => failed_before = Some(format!("the before hook exited with code {code}")),
             Err(e) => failed_before = Some(format!("{e:#}")),
         }
     }
-    let targets = match &job.check {
-        Some(c) if a.check => c.on.clone(),
+    let targets = match (&job.check, &job.drill) {
+        (Some(c), _) if a.check => c.on.clone(),
+        (_, Some(d)) if a.drill => d.on.clone(),
         _ => job.to.clone(),
     };
     for repo in &targets {
@@ -287,7 +296,7 @@ pub fn run(g: &Global, a: RunArgs) -> Result<u8> {
         if interrupted() {
             break;
         }
-        let command = if a.check { "check" } else { "backup" };
+        let command = kind;
         let s = match step(g, &cfg, repo, &[kind, "--job", &job.name]) {
             Ok((code, output, note)) => Step {
                 command,
@@ -302,7 +311,7 @@ pub fn run(g: &Global, a: RunArgs) -> Result<u8> {
         say(&s);
         steps.push(s);
     }
-    if let (false, Some(r)) = (a.check, &job.retention) {
+    if let (true, Some(r)) = (backup, &job.retention) {
         for repo in &r.on {
             if interrupted() {
                 break;
@@ -350,7 +359,7 @@ pub fn run(g: &Global, a: RunArgs) -> Result<u8> {
     let result = status_of(i32::from(code));
     // the after hook undoes what the before hook did (a stopped service): it runs after every
     // backup run, interrupted ones included
-    if let (false, Some(cmd)) = (a.check, &job.after) {
+    if let (true, Some(cmd)) = (backup, &job.after) {
         match hook(&job, "after", cmd, Some(result)) {
             Ok(0) => {}
             Ok(hc) => eprintln!(
