@@ -927,6 +927,10 @@ fn a_site_comes_back_as_one_unit() {
         stderr(&o)
     );
     assert!(!t2.exists());
+    // --target / is where the site lives: that is --in-place, which saves first
+    let o = run(&site(&["--target", "/"]));
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(stderr(&o).contains("--in-place"), "{}", stderr(&o));
     // a site the configuration does not declare, and a database the snapshot lacks
     let mut a = site(&["--target", t2.to_str().unwrap()]);
     a[4] = "blog".into();

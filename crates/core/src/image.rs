@@ -192,8 +192,9 @@ pub struct DeviceWrite {
 }
 
 /// Open `dev` to write an image of `size` bytes onto: a block device, not mounted (nor any
-/// of its partitions), at least `size` bytes large. Returns it and its size.
-pub fn open_device_for_image(dev: &Path, size: u64) -> Result<(File, u64)> {
+/// of its partitions), at least `size` bytes large. Returns it and its size. `write`: open it
+/// for writing (a dry run opens it read-only, still exclusively: busy is busy).
+pub fn open_device_for_image(dev: &Path, size: u64, write: bool) -> Result<(File, u64)> {
     let usage = |what: String| Error::Usage(format!("{}: {what}", dev.display()));
     let meta = std::fs::metadata(dev).map_err(|e| Error::io(dev, e))?;
     if !meta.file_type().is_block_device() {
@@ -208,7 +209,8 @@ pub fn open_device_for_image(dev: &Path, size: u64) -> Result<(File, u64)> {
     }
     // O_EXCL on a block device: fails if anything (a mount, a RAID, LVM) holds it exclusively
     let f = std::fs::OpenOptions::new()
-        .write(true)
+        .read(!write)
+        .write(write)
         .custom_flags(libc_o_excl())
         .open(dev)
         .map_err(|e| match e.raw_os_error() {
@@ -231,31 +233,8 @@ fn libc_o_excl() -> i32 {
     rustix::fs::OFlags::EXCL.bits() as i32
 }
 
-/// Zero `len` bytes at `off` of a block device: a punch (discard guaranteed to read back as
-/// zeros), else a zero-range request, else written zeros. `how` remembers what worked.
-fn zero_range(f: &File, off: u64, len: u64, how: &mut String, path: &Path) -> Result<()> {
-    use rustix::fs::FallocateFlags as F;
-    if how.is_empty() || how == "punch" {
-        match rustix::fs::fallocate(f, F::PUNCH_HOLE | F::KEEP_SIZE, off, len) {
-            Ok(()) => {
-                *how = "punch".into();
-                return Ok(());
-            }
-            Err(_) if how.is_empty() => {}
-            Err(e) => return Err(Error::io(path, e.into())),
-        }
-    }
-    if how.is_empty() || how == "zero-range" {
-        match rustix::fs::fallocate(f, F::ZERO_RANGE | F::KEEP_SIZE, off, len) {
-            Ok(()) => {
-                *how = "zero-range".into();
-                return Ok(());
-            }
-            Err(_) if how.is_empty() => {}
-            Err(e) => return Err(Error::io(path, e.into())),
-        }
-    }
-    *how = "write".into();
+/// Write `len` zero bytes at `off`.
+fn write_zeros(f: &File, off: u64, len: u64, path: &Path) -> Result<()> {
     let zeros = vec![0u8; (1 << 20).min(len as usize)];
     let mut at = off;
     while at < off + len {
@@ -264,6 +243,54 @@ fn zero_range(f: &File, off: u64, len: u64, how: &mut String, path: &Path) -> Re
         at += n as u64;
     }
     Ok(())
+}
+
+/// Zero `len` bytes at `off` of a block device. The part aligned to 4 KiB (a multiple of
+/// every logical block size) gets a punch (a discard guaranteed to read back as zeros), else a
+/// zero-range request, else written zeros; the unaligned head and tail are written. What the
+/// device refuses once (EOPNOTSUPP, EINVAL) is not asked again; `how` says what worked last.
+fn zero_range(
+    f: &File,
+    off: u64,
+    len: u64,
+    how: &mut String,
+    refused: &mut [bool; 2],
+    path: &Path,
+) -> Result<()> {
+    use rustix::fs::FallocateFlags as F;
+    const ALIGN: u64 = 4096;
+    let end = off + len;
+    let (a, b) = (off.div_ceil(ALIGN) * ALIGN, end / ALIGN * ALIGN);
+    if a >= b {
+        return write_zeros(f, off, len, path);
+    }
+    write_zeros(f, off, a - off, path)?;
+    let mut done = false;
+    for (i, (flags, name)) in [
+        (F::PUNCH_HOLE | F::KEEP_SIZE, "punch"),
+        (F::ZERO_RANGE | F::KEEP_SIZE, "zero-range"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        if refused[i] {
+            continue;
+        }
+        match rustix::fs::fallocate(f, flags, a, b - a) {
+            Ok(()) => {
+                *how = name.into();
+                done = true;
+                break;
+            }
+            Err(e) if e == rustix::io::Errno::OPNOTSUPP || e == rustix::io::Errno::INVAL => refused[i] = true,
+            Err(e) => return Err(Error::io(path, e.into())),
+        }
+    }
+    if !done {
+        *how = "write".into();
+        write_zeros(f, a, b - a, path)?;
+    }
+    write_zeros(f, b, end - b, path)
 }
 
 /// Write an image node's content onto `f` (a device opened by [`open_device_for_image`]),
@@ -278,6 +305,12 @@ pub fn write_image(
     progress: &dyn Progress,
 ) -> Result<DeviceWrite> {
     let mut out = DeviceWrite::default();
+    // every chunk is in the index before the first byte is written: a missing pack must not
+    // leave the device half overwritten
+    for id in &node.content {
+        repo.locate(id)?;
+    }
+    let mut refused = [false; 2];
     let reader = crate::window::WindowReader::new(repo);
     let (tx, rx) = std::sync::mpsc::sync_channel::<Result<(BlobId, Option<Vec<u8>>, usize)>>(8);
     // the zero chunk is one blob used many times: read once, then known by its id
@@ -314,15 +347,25 @@ pub fn write_image(
         let mut pos = 0u64;
         // a pending run of zero blocks: (start, length)
         let mut zero_run: Option<(u64, u64)> = None;
-        let flush_zeros = |run: &mut Option<(u64, u64)>, out: &mut DeviceWrite| -> Result<()> {
+        let mut flush_zeros = |run: &mut Option<(u64, u64)>, out: &mut DeviceWrite| -> Result<()> {
             if let Some((at, len)) = run.take() {
-                zero_range(f, at, len, &mut out.zeroing, path)?;
+                zero_range(f, at, len, &mut out.zeroing, &mut refused, path)?;
                 out.bytes_zeroed += len;
             }
             Ok(())
         };
         for item in rx {
             let (_, data, len) = item?;
+            // never past the image's end (a forged node's chunks could add up to more)
+            if pos + len as u64 > node.size {
+                return Err(Error::Integrity {
+                    object: path.display().to_string(),
+                    detail: format!(
+                        "the image's chunks hold more than its {} bytes; stopped at {pos}",
+                        node.size
+                    ),
+                });
+            }
             match data {
                 None => match &mut zero_run {
                     Some((_, l)) => *l += len as u64,

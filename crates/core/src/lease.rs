@@ -113,12 +113,17 @@ pub fn live_leases(backend: &dyn Backend) -> Result<Vec<LeaseInfo>> {
 /// running destructors) can still remove them: see [`release_held`].
 static HELD: Mutex<Vec<std::sync::Weak<Shared>>> = Mutex::new(Vec::new());
 
+/// Set by [`release_held`]: from then on no lease counts as held and none is taken (a run
+/// still finishing while the process exits must not commit without one).
+static RELEASED: AtomicBool = AtomicBool::new(false);
+
 /// Remove the files of every lease this process holds and stop refreshing them. For a command
 /// about to exit on SIGINT/SIGTERM: without it, its leases would stay live for up to [`TTL`],
 /// and a prune started meanwhile (the next run of an agent that was restarted, an operator
 /// trying again) would be refused or defer its work for no reason. The process must exit
 /// right after: what it was doing is no longer announced.
 pub fn release_held() {
+    RELEASED.store(true, Ordering::SeqCst);
     let held: Vec<Arc<Shared>> = HELD
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -193,6 +198,9 @@ impl std::fmt::Debug for Lease {
 impl Lease {
     /// Write a lease and start refreshing it.
     pub fn acquire(backend: Arc<dyn Backend>, purpose: &str) -> Result<Lease> {
+        if RELEASED.load(Ordering::SeqCst) {
+            return Err(Error::Invalid("the command is stopping: no new lease".into()));
+        }
         let mut s = [0u8; 16];
         random_bytes(&mut s);
         let t = now();
@@ -251,6 +259,7 @@ impl Lease {
     /// Fails if the lease was not held continuously (a refresh gap longer than TTL).
     pub fn ensure_held(&self) -> Result<()> {
         if self.shared.lost.load(Ordering::SeqCst)
+            || RELEASED.load(Ordering::SeqCst)
             || now() - self.shared.last_ok.load(Ordering::SeqCst) >= TTL
         {
             return Err(Error::Invalid(

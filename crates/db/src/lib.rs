@@ -30,7 +30,8 @@ pub use mysql::{
     apply_mysql_globals, mysql_drop, mysql_exists, mysql_sources, restore_mysql, MysqlConnection,
 };
 pub use postgres::{
-    apply_postgres_globals, postgres_drop, postgres_exists, postgres_sources, restore_postgres, PgConnection,
+    apply_postgres_globals, postgres_drop, postgres_exists, postgres_rename, postgres_sources,
+    restore_postgres, PgConnection,
 };
 pub use sqlite::{restore_sqlite, sqlite_sources};
 

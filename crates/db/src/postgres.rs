@@ -334,13 +334,37 @@ pub fn postgres_exists(conn: &PgConnection, name: &str) -> Result<bool, DbError>
     Pg::new(conn)?.exists(name)
 }
 
-/// Drop database `name`, ending the sessions connected to it (`WITH (FORCE)`, PostgreSQL 13
-/// and later): for a restore that replaces it, after the caller saved it.
+/// Drop database `name`, ending the sessions connected to it (`WITH (FORCE)` from PostgreSQL
+/// 13 on; before, its sessions are terminated first): for a restore that replaces it, after
+/// the caller saved it.
 pub fn postgres_drop(conn: &PgConnection, name: &str) -> Result<(), DbError> {
     let pg = Pg::new(conn)?;
+    let what = format!("dropping postgres database {name}");
+    let version: u32 = pg
+        .query_row("SHOW server_version_num", &what)?
+        .and_then(|r| r.first().and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0);
+    if version >= 130_000 {
+        pg.query(&format!("DROP DATABASE {} WITH (FORCE)", ident(name)), &what)?;
+    } else {
+        pg.query(
+            &format!(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = {} AND pid <> pg_backend_pid()",
+                literal(name)
+            ),
+            &what,
+        )?;
+        pg.query(&format!("DROP DATABASE {}", ident(name)), &what)?;
+    }
+    Ok(())
+}
+
+/// Rename database `from` to `to` (nobody may be connected to `from`).
+pub fn postgres_rename(conn: &PgConnection, from: &str, to: &str) -> Result<(), DbError> {
+    let pg = Pg::new(conn)?;
     pg.query(
-        &format!("DROP DATABASE {} WITH (FORCE)", ident(name)),
-        &format!("dropping postgres database {name}"),
+        &format!("ALTER DATABASE {} RENAME TO {}", ident(from), ident(to)),
+        &format!("renaming postgres database {from} to {to}"),
     )?;
     Ok(())
 }

@@ -147,9 +147,8 @@ pub fn run(g: &Global, mut a: DrillArgs) -> Result<u8> {
             .push(rustix::system::uname().nodename().to_string_lossy().into_owned());
     }
     let spec = a.snapshot.clone().unwrap_or_else(|| "latest".into());
-    let (sid, snap) = super::resolve_snapshot_passing(&repo, &spec, &filter, |s| {
-        s.tags.iter().any(|t| t == super::site::BEFORE_RESTORE)
-    })?;
+    let (sid, snap) =
+        super::resolve_snapshot_passing(&repo, &spec, &filter, super::site::saved_by_a_restore)?;
     let human = !g.quiet && !g.json;
     if human {
         outln!(

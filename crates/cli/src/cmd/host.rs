@@ -126,19 +126,17 @@ pub fn run(g: &Global, a: RestoreHostArgs) -> Result<u8> {
         path: Vec::new(),
     };
     let spec = a.snapshot.clone().unwrap_or_else(|| "latest".into());
-    let (sid, snap) = super::resolve_snapshot_passing(&repo, &spec, &filter, |s| {
-        s.tags.iter().any(|t| t == super::site::BEFORE_RESTORE)
-    })
-    .map_err(|e| {
-        if spec == "latest" {
-            e.context(format!(
-                "no snapshot of host {:?} (`coffer snapshots` lists the hosts)",
-                a.host
-            ))
-        } else {
-            e
-        }
-    })?;
+    let (sid, snap) = super::resolve_snapshot_passing(&repo, &spec, &filter, super::site::saved_by_a_restore)
+        .map_err(|e| {
+            if spec == "latest" {
+                e.context(format!(
+                    "no snapshot of host {:?} (`coffer snapshots` lists the hosts)",
+                    a.host
+                ))
+            } else {
+                e
+            }
+        })?;
     let onto_root = a.target == Path::new("/");
     let mut excludes: Vec<String> = Vec::new();
     let mut kept = Vec::new();

@@ -40,21 +40,42 @@ pub fn restore_device(g: &Global, a: &RestoreArgs, dev: &std::path::Path) -> Res
     };
     let repo = open_indexed(g)?;
     let (id, snap) = resolve_snapshot(&repo, &spec, &a.filter)?;
-    // the image named, or the snapshot's only one
+    // the image named, or the snapshot's only one; only what the snapshot lists as an image
+    let usage = |m: String| -> anyhow::Error { coffer_core::Error::Usage(m).into() };
     let path = match (path, snap.images.as_slice()) {
-        (Some(p), _) => p,
+        (Some(p), list) => {
+            if !list.iter().any(|i| i.path == p) {
+                return Err(usage(format!(
+                    "{p}: not an image of snapshot {} (it holds: {}); --device writes images only",
+                    id.short(),
+                    if list.is_empty() {
+                        "none".to_string()
+                    } else {
+                        list.iter()
+                            .map(|i| i.path.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    }
+                )));
+            }
+            p
+        }
         (None, [one]) => one.path.clone(),
-        (None, []) => bail!(
-            "snapshot {} holds no image (`backup --device` or `--stdin` make them)",
-            id.short()
-        ),
-        (None, many) => bail!(
-            "snapshot {} holds {} images: name one, e.g. {}:{}",
-            id.short(),
-            many.len(),
-            a.snapshot,
-            many[0].path
-        ),
+        (None, []) => {
+            return Err(usage(format!(
+                "snapshot {} holds no image (`backup --device` or `--stdin` make them)",
+                id.short()
+            )))
+        }
+        (None, many) => {
+            return Err(usage(format!(
+                "snapshot {} holds {} images: name one, e.g. {}:{}",
+                id.short(),
+                many.len(),
+                a.snapshot,
+                many[0].path
+            )))
+        }
     };
     let node = match find_path(&repo, snap.tree, &path)? {
         Found::Node(n) if n.kind == NodeKind::File => n,
@@ -66,7 +87,7 @@ pub fn restore_device(g: &Global, a: &RestoreArgs, dev: &std::path::Path) -> Res
             id.short()
         );
     }
-    let (f, dev_size) = open_device_for_image(dev, node.size)?;
+    let (f, dev_size) = open_device_for_image(dev, node.size, !a.dry_run)?;
     let progress = CliProgress::new(!g.quiet && !g.json && !a.dry_run, "written");
     let written = if a.dry_run {
         DeviceWrite {

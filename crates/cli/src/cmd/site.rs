@@ -28,6 +28,22 @@ use crate::ui::{bytes, local_time, CliProgress};
 
 /// The tag of the snapshot that saves a site's state before a restore replaces it.
 pub const BEFORE_RESTORE: &str = "before-restore";
+/// The same, when what was restored was itself a before-restore snapshot (an undo): tagged
+/// apart, so that undoing twice does not undo the undo.
+pub const BEFORE_UNDO: &str = "before-undo";
+
+/// Whether `latest` passes over a snapshot: one that saved what a restore replaced.
+pub fn saved_by_a_restore(s: &Snapshot) -> bool {
+    s.tags.iter().any(|t| t == BEFORE_RESTORE || t == BEFORE_UNDO)
+}
+
+/// A database name as a site may list it: one name, no separators a list would split on.
+pub fn database_name_ok(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 64
+        && !n.contains([',', '/', '\0', '`', '"'])
+        && !n.contains(char::is_whitespace)
+}
 
 /// What the site is made of, and where that came from.
 #[derive(Debug, Clone, Serialize)]
@@ -125,12 +141,18 @@ fn cpanel_account(repo: &IndexedRepository, snap: &Snapshot, root: &str, name: &
         Ok(Found::Node(n)) if n.kind == NodeKind::File => {}
         _ => return None,
     }
+    // a cPanel home is /home/NAME or /homeN/NAME, nothing else (the snapshot's passwd is the
+    // snapshot's word: it must not make /etc an account's home)
+    let is_home = |h: &str| {
+        h.strip_suffix(&format!("/{name}"))
+            .and_then(|d| d.strip_prefix("/home"))
+            .is_some_and(|n| n.chars().all(|c| c.is_ascii_digit()))
+    };
     let home = snapshot_file(repo, snap, &format!("{root}/etc/passwd"))
         .and_then(|p| {
             String::from_utf8_lossy(&p).lines().find_map(|l| {
                 let f: Vec<&str> = l.split(':').collect();
-                (f.len() >= 7 && f[0] == name && f[5].starts_with('/') && f[5] != "/")
-                    .then(|| f[5].to_string())
+                (f.len() >= 7 && f[0] == name && is_home(f[5])).then(|| f[5].to_string())
             })
         })
         .unwrap_or_else(|| format!("/home/{name}"));
@@ -140,7 +162,7 @@ fn cpanel_account(repo: &IndexedRepository, snap: &Snapshot, root: &str, name: &
         snap.databases
             .iter()
             .filter(|d| d.engine == engine && d.kind == DatabaseItemKind::Database)
-            .filter(|d| d.name == name || d.name.starts_with(&prefix))
+            .filter(|d| (d.name == name || d.name.starts_with(&prefix)) && database_name_ok(&d.name))
             .map(|d| d.name.clone())
             .collect()
     };
@@ -220,12 +242,46 @@ fn suffixed(name: &str, suffix: &str, engine: &str) -> Result<String> {
 
 pub fn run(g: &Global, a: RestoreSiteArgs) -> Result<u8> {
     let clock = Instant::now();
+    for n in a.site_mysql.iter().chain(&a.site_postgres) {
+        if !database_name_ok(n) {
+            return Err(usage(format!("{n:?}: not one database name")));
+        }
+    }
+    // --target naming the site's own place is in place, without the save: refused
+    if let Some(t) = &a.target {
+        if std::fs::canonicalize(t).is_ok_and(|c| c == Path::new("/")) {
+            return Err(usage(format!(
+                "--target {}: that is where the site lives; --in-place restores there (and saves what it replaces first)",
+                t.display()
+            )));
+        }
+    }
     let repo = open_indexed(g)?;
-    // `latest` is never the state a restore replaced (unless asked for with --tag)
-    let asked_before = a.filter.tag.iter().any(|t| t == BEFORE_RESTORE);
-    let (sid, snap) = super::resolve_snapshot_passing(&repo, &a.snapshot, &a.filter, |s| {
-        !asked_before && s.tags.iter().any(|t| t == BEFORE_RESTORE)
+    // `latest` is never the state a restore replaced (unless asked for with --tag), and when
+    // the restore replaces anything, it is this machine's own (unless --host says otherwise)
+    let asked_before = a
+        .filter
+        .tag
+        .iter()
+        .any(|t| t == BEFORE_RESTORE || t == BEFORE_UNDO);
+    let mut filter = a.filter.clone();
+    if (a.in_place || a.replace_databases) && filter.host.is_empty() {
+        filter
+            .host
+            .push(rustix::system::uname().nodename().to_string_lossy().into_owned());
+    }
+    let (sid, snap) = super::resolve_snapshot_passing(&repo, &a.snapshot, &filter, |s| {
+        !asked_before && saved_by_a_restore(s)
     })?;
+    if snap.sealed_by_write_only && (a.in_place || a.replace_databases) {
+        // what is restored in place, and what is dropped for it, is judged by the snapshot's
+        // word, which any write-only key (a stolen one too) could have forged
+        eprintln!(
+            "warning: snapshot {} was sealed by a write-only key: what it replaces here is that key's word; \
+             --dry-run shows the plan first",
+            sid.short()
+        );
+    }
     let site = resolve_site(g, &a, &repo, &snap)?;
     if site.paths.is_empty() && site.mysql.is_empty() && site.postgres.is_empty() {
         bail!("site {}: nothing in it", site.name);
@@ -239,7 +295,14 @@ pub fn run(g: &Global, a: RestoreSiteArgs) -> Result<u8> {
             )));
         }
         match find_path(&repo, snap.tree, p) {
-            Ok(Found::Node(_)) => {}
+            Ok(Found::Node(n)) if n.kind == NodeKind::Dir => {}
+            Ok(Found::Node(_)) => {
+                return Err(usage(format!(
+                    "site {}: {p} is not a directory in snapshot {}; a site's paths are directories",
+                    site.name,
+                    sid.short()
+                )))
+            }
             _ => {
                 return Err(usage(format!(
                 "snapshot {} has no {p} (site {}): nothing was restored; the site's backups must include it",
@@ -320,7 +383,34 @@ pub fn run(g: &Global, a: RestoreSiteArgs) -> Result<u8> {
     // what was there before, saved first
     let mut before = None;
     if !a.dry_run {
-        before = save_before(g, &a, &site, &plan)?;
+        before = save_before(g, &a, &site, &plan, &snap)?;
+    }
+    let undo = before
+        .map(|b| format!("; snapshot {} holds what was there before", b.short()))
+        .unwrap_or_default();
+
+    // each database to be replaced is restored under a scratch name first: proof that its
+    // dump restores on this server (tools, character set, encoding) before anything is
+    // dropped, and before the files change
+    let mut staged: Vec<Option<String>> = vec![None; plan.len()];
+    if !a.dry_run {
+        for (i, d) in plan.iter().enumerate().filter(|(_, d)| d.replaces) {
+            let scratch = coffer_db::drill::scratch_name().replace("drill", "new");
+            let node = find_item_node(&repo, snap.tree, &d.dump.path)?;
+            let mut reader = NodeReader::new(&repo, &node);
+            let r = match d.dump.engine.as_str() {
+                "mysql" => coffer_db::restore_mysql(&my, &d.dump, &scratch, &mut reader),
+                _ => coffer_db::restore_postgres(&pg, &d.dump, &scratch, a.no_owner, &mut reader),
+            };
+            if let Err(e) = r {
+                drop_staged(&plan, &staged, &my, &pg);
+                return Err(anyhow::Error::from(e).context(format!(
+                    "restoring {} under a scratch name first: nothing was replaced, no file changed{undo}",
+                    d.item
+                )));
+            }
+            staged[i] = Some(scratch);
+        }
     }
 
     // the files
@@ -338,6 +428,7 @@ pub fn run(g: &Global, a: RestoreSiteArgs) -> Result<u8> {
             Ok(s) => s,
             Err(e) => {
                 progress.finish();
+                drop_staged(&plan, &staged, &my, &pg);
                 return Err(anyhow::Error::from(e).context(format!(
                     "restoring {p}{}",
                     before
@@ -357,17 +448,33 @@ pub fn run(g: &Global, a: RestoreSiteArgs) -> Result<u8> {
 
     // then the databases
     if !a.dry_run {
-        for d in &plan {
+        for (d, scratch) in plan.iter().zip(&staged) {
             let node = find_item_node(&repo, snap.tree, &d.dump.path)?;
             let mut reader = NodeReader::new(&repo, &node);
-            let undo = before
-                .map(|b| format!("; snapshot {} holds what was there before", b.short()))
-                .unwrap_or_default();
-            if d.replaces {
+            if let Some(scratch) = scratch {
+                let kept = format!("; the restored data is in database {scratch}{undo}");
                 match d.dump.engine.as_str() {
-                    "mysql" => coffer_db::mysql_drop(&my, &d.target)?,
-                    _ => coffer_db::postgres_drop(&pg, &d.target)?,
+                    "mysql" => coffer_db::mysql_drop(&my, &d.target),
+                    _ => coffer_db::postgres_drop(&pg, &d.target),
                 }
+                .with_context(|| format!("replacing {}{kept}", d.target))?;
+                if d.dump.engine != "mysql" {
+                    // PostgreSQL renames: the proof becomes the database
+                    coffer_db::postgres_rename(&pg, scratch, &d.target)
+                        .with_context(|| format!("replacing {}{kept}", d.target))?;
+                    continue;
+                }
+                let n = coffer_db::restore_mysql(&my, &d.dump, &d.target, &mut reader)
+                    .with_context(|| format!("restoring {} as {}{kept}", d.item, d.target))?;
+                let _ = coffer_db::mysql_drop(&my, scratch);
+                if n != d.dump.size {
+                    bail!(
+                        "{}: restored {n} bytes but the dump had {}{undo}",
+                        d.item,
+                        d.dump.size
+                    );
+                }
+                continue;
             }
             let n = match d.dump.engine.as_str() {
                 "mysql" => coffer_db::restore_mysql(&my, &d.dump, &d.target, &mut reader),
@@ -484,13 +591,36 @@ fn print_report(r: &Report, snap: &Snapshot) -> Result<()> {
 /// exist now and the databases to be replaced, in one snapshot tagged `before-restore`.
 /// Nothing to save (a new machine): `None`. A save that fails stops the restore before it
 /// changed anything.
+/// Drop the scratch databases a failed restore staged.
+fn drop_staged(
+    plan: &[DbPlan],
+    staged: &[Option<String>],
+    my: &coffer_db::MysqlConnection,
+    pg: &coffer_db::PgConnection,
+) {
+    for (d, s) in plan.iter().zip(staged) {
+        if let Some(s) = s {
+            let _ = match d.dump.engine.as_str() {
+                "mysql" => coffer_db::mysql_drop(my, s),
+                _ => coffer_db::postgres_drop(pg, s),
+            };
+        }
+    }
+}
+
 fn save_before(
     g: &Global,
     a: &RestoreSiteArgs,
     site: &SiteDef,
     plan: &[DbPlan],
+    snap: &Snapshot,
 ) -> Result<Option<SnapshotId>> {
-    let mut args: Vec<String> = vec!["--tag".into(), BEFORE_RESTORE.into()];
+    let tag = if saved_by_a_restore(snap) {
+        BEFORE_UNDO
+    } else {
+        BEFORE_RESTORE
+    };
+    let mut args: Vec<String> = vec!["--tag".into(), tag.into()];
     let mut anything = false;
     if a.in_place {
         for p in &site.paths {
@@ -540,7 +670,7 @@ fn save_before(
         .map_err(|e| usage(format!("saving the site's current state: {e}")))?
         .args;
     if !g.quiet && !g.json {
-        outln!("saving what the restore replaces first (snapshot tagged {BEFORE_RESTORE}) ...")?;
+        outln!("saving what the restore replaces first (snapshot tagged {tag}) ...")?;
     }
     let mut quiet = g.clone();
     quiet.quiet = true;
@@ -576,9 +706,10 @@ mod tests {
         let root = dir.path();
         for (p, content) in [
             ("var/cpanel/users/bob", "DNS=bob.example\n"),
+            ("var/cpanel/users/eve", "DNS=eve.example\n"),
             (
                 "etc/passwd",
-                "root:x:0:0::/root:/bin/bash\nbob:x:1001:1001::/home2/bob:/bin/bash\n",
+                "root:x:0:0::/root:/bin/bash\nbob:x:1001:1001::/home2/bob:/bin/bash\neve:x:1002:1002::/etc:/bin/sh\n",
             ),
             ("home2/bob/public_html/index.html", "hi\n"),
         ] {
@@ -622,6 +753,9 @@ mod tests {
         assert_eq!(site.mysql, ["bob_wp"]);
         assert_eq!(site.postgres, ["bob_app"]);
         assert!(cpanel_account(&repo, &snap, r, "alice").is_none());
+        // a home that is not /home*/NAME is not taken from the snapshot's word
+        let eve = cpanel_account(&repo, &snap, r, "eve").unwrap();
+        assert_eq!(eve.paths, [format!("{r}/home/eve")]);
         assert!(cpanel_account(&repo, &snap, r, "../../etc/passwd").is_none());
         assert!(cpanel_account(&repo, &snap, r, "").is_none());
     }
