@@ -38,6 +38,8 @@ struct JobOut {
     retention_on: Vec<String>,
     check_schedule: Option<String>,
     next_check: Option<String>,
+    drill_schedule: Option<String>,
+    next_drill: Option<String>,
     /// What the job may take of the machine: threads, nice, ionice, upload rate (bytes/s)
     limits: LimitsOut,
 }
@@ -171,6 +173,12 @@ pub fn check(g: &Global) -> Result<u8> {
                         .as_ref()
                         .and_then(|c| next(&c.schedule))
                         .map(|t| t.to_rfc3339()),
+                    drill_schedule: j.drill.as_ref().map(|d| d.schedule.to_string()),
+                    next_drill: j
+                        .drill
+                        .as_ref()
+                        .and_then(|d| next(&d.schedule))
+                        .map(|t| t.to_rfc3339()),
                     limits: LimitsOut {
                         threads: (j.limits.threads > 0).then_some(j.limits.threads),
                         nice: j.limits.nice,
@@ -249,6 +257,15 @@ pub fn check(g: &Global) -> Result<u8> {
                     )),
                 c.on.join(", "),
                 next.map_or("never".into(), |t| show(t, c.schedule.zone()))
+            )?;
+        }
+        if let Some(d) = &j.drill {
+            let next = d.schedule.next_after(now, d.schedule.delay_for(&host, &j.name));
+            outln!(
+                "  drill      {} files and every database, on {}; next {}",
+                d.files,
+                d.on.join(", "),
+                next.map_or("never".into(), |t| show(t, d.schedule.zone()))
             )?;
         }
     }
