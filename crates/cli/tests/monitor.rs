@@ -1564,6 +1564,16 @@ fn a_failed_drill_is_an_incident_and_a_clean_one_records_its_recovery_time() {
         "{page}"
     );
     assert!(page.contains("10 files verified"), "{page}");
+    // its backups over time, drawn on the server; the fleet's last 30 days as a strip
+    assert!(
+        page.contains("<svg class=\"chart\"") && page.contains("Data backed up"),
+        "{page}"
+    );
+    let (_, fleet) = server.console_get(&session, "/console");
+    assert!(fleet.contains("<svg class=\"strip\""), "{fleet}");
+    assert_eq!(fleet.matches("data-day=\"backed up\"").count(), 1, "{fleet}");
+    assert_eq!(fleet.matches("data-day=\"no backup\"").count(), 29, "{fleet}");
+    assert!(!fleet.contains("<script"), "no script on the console");
 
     // a flipped byte in every pack: the drill reads back the damage and fails
     for dir in fs::read_dir(server.data.join("repos/web1/data")).unwrap() {

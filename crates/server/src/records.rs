@@ -331,6 +331,23 @@ impl Catalog {
         collect(rows)
     }
 
+    /// When each of the client's backups since `since` was received, and how it ended.
+    pub fn backups_since(&self, client: &str, since: i64) -> Result<Vec<(i64, RunStatus)>> {
+        let db = self.db();
+        let mut st = db
+            .prepare(
+                "SELECT received, status FROM runs WHERE client = ?1 AND kind = 'backup' AND received >= ?2",
+            )
+            .map_err(db_err)?;
+        let rows = st
+            .query_map(params![client, since], |r| {
+                let status: String = r.get(1)?;
+                Ok((r.get::<_, i64>(0)?, RunStatus::parse(&status)))
+            })
+            .map_err(db_err)?;
+        collect(rows)
+    }
+
     /// The client's good backups of `job` before run `before` (newest first, at most `n`).
     pub fn backups_before(&self, client: &str, job: &str, before: i64, n: usize) -> Result<Vec<Run>> {
         let db = self.db();

@@ -25,6 +25,7 @@ use crate::monitor::{self, fmt_time, ClientStatus, State as CState};
 use crate::records::RunStatus;
 use crate::{token_hash, Result, Server, ServerError};
 
+mod charts;
 mod jobs;
 
 use jobs::{jobs_section, JobsView};
@@ -395,6 +396,8 @@ form.job input:not([type=checkbox]),form.job textarea{width:100%;padding:.4em;fo
 form.job label.num{display:inline-block;margin-right:1em}form.job label.num input{width:5em}\
 form.inline{display:inline;margin:0}\
 td{overflow-wrap:break-word}td.problem{overflow-wrap:anywhere;min-width:12em}\
+svg.strip{display:block}div.charts{display:flex;flex-wrap:wrap;gap:1em;margin:.5em 0}\
+svg.chart{width:22em;max-width:100%;height:6em}\
 @media (max-width:700px){th.opt,td.opt{display:none}\
 table.stack thead{display:none}table.stack,table.stack tbody,table.stack tr{display:block;width:100%}\
 table.stack tr{padding:.4em 0;border-bottom:2px solid #d0d5db}\
@@ -532,10 +535,18 @@ async fn fleet_page(State(s): St, w: Who) -> Response {
             }
         }
         let running = server.live.counts(now);
-        Ok((now, fleet, ratios, running))
+        let mut strips = std::collections::HashMap::new();
+        for c in &fleet {
+            let b = server.catalog.backups_since(&c.client.name, now - 31 * 86_400)?;
+            strips.insert(
+                c.client.name.clone(),
+                charts::day_strip(&charts::days(&b, now, 30), now),
+            );
+        }
+        Ok((now, fleet, ratios, running, strips))
     })
     .await;
-    let (now, fleet, ratios, running) = match r {
+    let (now, fleet, ratios, running, strips) = match r {
         Ok(x) => x,
         Err(e) => return internal(e),
     };
@@ -546,6 +557,7 @@ async fn fleet_page(State(s): St, w: Who) -> Response {
             ("Client", "lead"),
             ("Status", "lead"),
             ("Last good backup", ""),
+            ("Last 30 days", "strip"),
             ("Next expected", "opt"),
             ("Repository", "num"),
             ("Dedup", "num opt"),
@@ -580,6 +592,7 @@ async fn fleet_page(State(s): St, w: Who) -> Response {
                 ),
                 badge(c.state),
                 last_good(c, now),
+                strips.get(&c.client.name).cloned().unwrap_or_default(),
                 c.next_expected.map(fmt_time).unwrap_or_else(|| "–".into()),
                 human_bytes(c.repo_bytes),
                 ratio,
@@ -733,6 +746,7 @@ async fn client_page(State(s): St, w: Who, UrlPath(name): UrlPath<String>) -> Re
         );
     }
     b.push_str("<h2>Runs</h2>");
+    b.push_str(&charts::backups_over_time(&runs));
     b.push_str(&t.finish(runs.len(), "No run reported yet."));
     let mut t = Table::new("snapshots", &[("Snapshot", ""), ("Received", ""), ("From", "")]);
     for (id, received, from) in &snaps {
@@ -795,9 +809,9 @@ fn drill_section(drills: &[crate::records::Run], now: i64) -> String {
     };
     let good = drills.iter().find(|r| r.report.status == RunStatus::Ok);
     b.push_str(&format!(
-        "<p>Last drill {} ({} days ago): {} · {} files verified · {} restored · recovery time <b>{:.1} s</b>{}</p>",
+        "<p>Last drill {} ({}): {} · {} files verified · {} restored · recovery time <b>{:.1} s</b>{}</p>",
         fmt_time(last.received),
-        (now - last.received).max(0) / 86_400,
+        age(now, last.received),
         if last.report.status == RunStatus::Ok {
             "<span class=\"badge ok\">passed</span>".to_string()
         } else {
