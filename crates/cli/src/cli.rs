@@ -861,6 +861,11 @@ pub struct RestoreHostArgs {
     /// Files only: leave database users, roles and databases out
     #[arg(long)]
     pub no_databases: bool,
+    /// Also apply the database users, grants and roles the snapshot holds (SQL from the
+    /// snapshot, run with the servers' administrator rights: review it first with
+    /// `restore-db SNAPSHOT mysql-globals --to-file -`)
+    #[arg(long, conflicts_with = "no_databases")]
+    pub apply_globals: bool,
     /// Onto /: restore the machine's own files too (fstab, network, hostname, machine-id, /boot)
     #[arg(long)]
     pub include_machine_files: bool,

@@ -178,7 +178,8 @@ fn main() -> ExitCode {
                 let _ = lease_done.send(());
             });
             let mut waiting = 1;
-            if let Some(kind) = report_kind.filter(|k| *k == "backup") {
+            // (and a drill: one cut short must not leave the last one's word standing)
+            if let Some(kind) = report_kind.filter(|k| *k == "backup" || *k == "drill") {
                 let rg = rg.clone();
                 waiting += 1;
                 std::thread::spawn(move || {
@@ -267,7 +268,9 @@ fn interrupt_message(c: &Command) -> Option<&'static str> {
         Command::Restore(_) => "the target holds a partial restore; run the restore again to complete it",
         Command::RestoreDb(_) => "the database may be partly restored; run the restore again",
         Command::Drill(_) => "a scratch directory or coffer_drill_* database may be left behind; remove it",
-        Command::RestoreHost(_) => "the machine may be partly restored; run the restore again (files are replaced, existing databases kept)",
+        Command::RestoreHost(_) => {
+            "the machine may be partly restored; a database being restored may exist half-restored: drop it, then run the restore again (files are replaced, existing databases kept)"
+        }
         Command::RestoreSite(_) => {
             "the site may be partly restored; run the restore again (a before-restore snapshot, if it said it saved one, holds what was there)"
         }

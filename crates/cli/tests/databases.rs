@@ -1092,6 +1092,18 @@ fn a_lost_host_comes_back_into_an_empty_root() {
         plan.contains(&format!("mysql/{my}: create and restore")),
         "{plan}"
     );
+    // users and grants are SQL from the snapshot, run as the servers' administrator: asked for
+    assert!(
+        plan.contains("mysql-globals: skip: users, grants and roles are not applied without --apply-globals"),
+        "{plan}"
+    );
+    let o = run(&host(&[
+        "--target",
+        root.to_str().unwrap(),
+        "--dry-run",
+        "--apply-globals",
+    ]));
+    let plan = String::from_utf8_lossy(&o.stdout).to_string();
     assert!(plan.contains("mysql-globals: apply"), "{plan}");
     assert!(!root.exists(), "a dry run wrote");
     // onto / without --yes: the plan, and nothing done
@@ -1099,7 +1111,12 @@ fn a_lost_host_comes_back_into_an_empty_root() {
     assert_eq!(code(&o), 2, "{}", stderr(&o));
     assert!(stderr(&o).contains("--yes"), "{}", stderr(&o));
 
-    let o = run(&host(&["--target", root.to_str().unwrap(), "--json"]));
+    let o = run(&host(&[
+        "--target",
+        root.to_str().unwrap(),
+        "--json",
+        "--apply-globals",
+    ]));
     assert_eq!(
         code(&o),
         0,
@@ -1201,4 +1218,8 @@ fn a_drill_restores_every_database_into_scratch_and_compares() {
         assert_eq!(d["rows"], 4002, "{d}");
     }
     assert_eq!(scratch(), before, "a scratch database was left behind");
+    // a drill that verifies nothing has not passed
+    let o = env.run(&["drill", "--host", "drill1", "--files", "0", "--no-databases"]);
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    assert!(stderr(&o).contains("nothing was verified"), "{}", stderr(&o));
 }

@@ -28,6 +28,8 @@ pub struct DbDrill {
     pub bytes: u64,
     /// Tables whose rows differ between the dump and the restored database (`name: why`).
     pub mismatched: Vec<String>,
+    /// The scratch database could not be dropped (it holds a copy of the data).
+    pub cleanup: Option<String>,
 }
 
 fn io_err(what: &str) -> impl Fn(std::io::Error) -> DbError + '_ {
@@ -43,6 +45,14 @@ pub fn mysql_digests(r: impl BufRead) -> std::io::Result<Digests> {
     let mut hashers: BTreeMap<String, (u64, blake3::Hasher)> = BTreeMap::new();
     for line in r.split(b'\n') {
         let line = line?;
+        // every table, also an empty one: its definition names it
+        if let Some(rest) = line.strip_prefix(b"CREATE TABLE `") {
+            if let Some(end) = find(rest, b"` (") {
+                let table = String::from_utf8_lossy(&rest[..end]).replace("``", "`");
+                hashers.entry(table).or_insert_with(|| (0, blake3::Hasher::new()));
+            }
+            continue;
+        }
         let Some(rest) = line.strip_prefix(b"INSERT INTO `") else {
             continue;
         };
@@ -76,6 +86,14 @@ pub fn pg_digests(r: impl BufRead) -> std::io::Result<Digests> {
                 *n += 1;
                 h.update(&line);
                 h.update(b"\n");
+            }
+            continue;
+        }
+        // every table, also an empty one: its definition names it
+        if let Some(rest) = line.strip_prefix(b"CREATE TABLE ") {
+            if let Some(end) = find(rest, b" (") {
+                out.entry(String::from_utf8_lossy(&rest[..end]).into_owned())
+                    .or_insert((0, *blake3::Hasher::new().finalize().as_bytes()));
             }
             continue;
         }
@@ -113,8 +131,8 @@ fn compare(want: &Digests, got: &Digests) -> Vec<String> {
         }
     }
     for (t, (m, _)) in got {
-        if !want.contains_key(t) && *m > 0 {
-            out.push(format!("{t}: {m} rows restored that the dump does not hold"));
+        if !want.contains_key(t) {
+            out.push(format!("{t}: restored ({m} rows), but the dump does not hold it"));
         }
     }
     out
@@ -189,8 +207,23 @@ pub fn drill_mysql<'r>(
         )?;
         Ok(drilled(scratch.clone(), bytes, &want, &got))
     })();
-    let _ = crate::mysql_drop(conn, &scratch);
-    result
+    let dropped = crate::mysql_drop(conn, &scratch);
+    cleaned(result, dropped, &scratch)
+}
+
+/// A drill's result with the scratch database's drop: one that did not go is said.
+fn cleaned(
+    result: Result<DbDrill, DbError>,
+    dropped: Result<(), DbError>,
+    scratch: &str,
+) -> Result<DbDrill, DbError> {
+    match (result, dropped) {
+        (Ok(mut d), Err(e)) => {
+            d.cleanup = Some(format!("the scratch database {scratch} was not dropped: {e}"));
+            Ok(d)
+        }
+        (r, _) => r,
+    }
 }
 
 /// Drill one PostgreSQL dump (custom format: its data is read with `pg_restore --data-only`).
@@ -204,9 +237,9 @@ pub fn drill_postgres<'r>(
     let result = (|| {
         let restore = crate::process::Tool::find(&["pg_restore"], crate::postgres::CLIENT_HINT)?;
         let mut cmd = restore.command();
-        cmd.args(["--data-only", "-f", "-"]);
+        cmd.args(["-f", "-"]);
         // the archive goes in on stdin, from the repository, on a thread
-        let what = "reading the dump's data with pg_restore";
+        let what = "reading the dump with pg_restore";
         let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -242,13 +275,13 @@ pub fn drill_postgres<'r>(
         }
         let pg = crate::postgres::Pg::new(conn)?;
         let mut cmd = pg.dump.command();
-        cmd.args(["-w", "--data-only", "--format=plain"])
+        cmd.args(["-w", "--format=plain"])
             .arg(opt("dbname", pg.conn.conninfo(Some(&scratch))));
         let got = digest_output(cmd, &format!("dumping the drill's {scratch} again"), pg_digests)?;
         Ok(drilled(scratch.clone(), bytes, &want, &got))
     })();
-    let _ = crate::postgres_drop(conn, &scratch);
-    result
+    let dropped = crate::postgres_drop(conn, &scratch);
+    cleaned(result, dropped, &scratch)
 }
 
 fn drilled(scratch: String, bytes: u64, want: &Digests, got: &Digests) -> DbDrill {
@@ -258,6 +291,7 @@ fn drilled(scratch: String, bytes: u64, want: &Digests, got: &Digests) -> DbDril
         rows: want.values().map(|(n, _)| n).sum(),
         bytes,
         mismatched: compare(want, got),
+        cleanup: None,
     }
 }
 
@@ -279,10 +313,18 @@ mod tests {
             compare(&d, &mysql_digests(fewer.as_bytes()).unwrap()),
             ["a: 1 rows restored, 2 in the dump"]
         );
-        let pg = "SET x;\nCOPY public.t (id, v) FROM stdin;\n1\ta\n2\tb\n\\.\nCOPY public.e (id) FROM stdin;\n\\.\n";
+        let pg = "SET x;\nCREATE TABLE public.t (\n    id integer\n);\nCREATE TABLE public.empty (\n);\nCOPY public.t (id, v) FROM stdin;\n1\ta\n2\tb\n\\.\nCOPY public.e (id) FROM stdin;\n\\.\n";
         let p = pg_digests(pg.as_bytes()).unwrap();
         assert_eq!(p["public.t"].0, 2);
         assert_eq!(p["public.e"].0, 0);
+        // an empty table is a table: lost, it is missed
+        assert_eq!(p["public.empty"].0, 0);
+        let mut lost = p.clone();
+        lost.remove("public.empty");
+        assert_eq!(
+            compare(&p, &lost),
+            ["public.empty: missing from the restored database (0 rows in the dump)"]
+        );
         assert!(compare(&p, &p).is_empty());
         let mut q = p.clone();
         q.remove("public.t");

@@ -307,9 +307,13 @@ pub fn fleet(server: &Server, now: i64) -> Result<Vec<ClientStatus>> {
         }
         // a restore drill that did not bring the sample back as it was: the backups may
         // not restore, which is as bad as none
-        if let Some(r) = server.catalog.runs(&c.name, Some("drill"), 1)?.pop() {
-            if r.report.status == RunStatus::Failed {
+        // (the last drill of each job, and of drills by hand: a narrower drill by hand, or
+        // another job's, does not clear a job's failed one)
+        let mut drills_seen = std::collections::HashSet::new();
+        for r in server.catalog.runs(&c.name, Some("drill"), 50)? {
+            if drills_seen.insert(r.report.job.clone()) && r.report.status == RunStatus::Failed {
                 problems.push(failure(&c.name, "drill", &r));
+                break;
             }
         }
         if let Some(r) = &last_config {

@@ -99,8 +99,12 @@ fn sample(
             return Ok(false);
         }
         if node.kind == NodeKind::File {
+            // (a name that is not UTF-8 cannot be asked for by path: not a candidate)
+            let Ok(p) = std::str::from_utf8(path) else {
+                return Ok(true);
+            };
             seen += 1;
-            let p = (String::from_utf8_lossy(path).into_owned(), node.size);
+            let p = (p.to_string(), node.size);
             if chosen.len() < n {
                 chosen.push(p);
             } else {
@@ -189,6 +193,10 @@ pub fn run(g: &Global, mut a: DrillArgs) -> Result<u8> {
             Ok(s) if s.verified == 1 && s.errors == 0 => {
                 verified += 1;
                 restored_bytes += size;
+                // (each one goes as soon as it is verified: a sample must not fill $TMPDIR)
+                if let Err(e) = std::fs::remove_dir_all(scratch.join(i.to_string())) {
+                    problems.push(format!("removing the restored sample {i}: {e}"));
+                }
             }
             Ok(s) => problems.push(format!(
                 "{path}: restored but not verified ({} errors, {} verified)",
@@ -197,7 +205,9 @@ pub fn run(g: &Global, mut a: DrillArgs) -> Result<u8> {
             Err(e) => problems.push(format!("{path}: {e}")),
         }
     }
-    let _ = std::fs::remove_dir_all(&scratch);
+    if let Err(e) = std::fs::remove_dir_all(&scratch) {
+        problems.push(format!("removing {}: {e}", scratch.display()));
+    }
     if human {
         outln!(
             "files      {verified} of {} sampled from {in_snapshot} restored and verified ({}) in {:.1} s",
@@ -209,7 +219,17 @@ pub fn run(g: &Global, mut a: DrillArgs) -> Result<u8> {
 
     // databases: each restored into a scratch database and compared with its dump
     let mut dbs = Vec::new();
-    if !a.no_databases {
+    let drilled_dbs = snap
+        .databases
+        .iter()
+        .any(|d| d.kind == DatabaseItemKind::Database && d.engine != "sqlite");
+    if !a.no_databases && drilled_dbs && snap.sealed_by_write_only {
+        // its dumps are that key's word, and restoring runs their SQL on this server
+        problems.push(format!(
+            "snapshot {} was sealed by a write-only key: its databases are not restored here (their SQL is that key's word)",
+            sid.short()
+        ));
+    } else if !a.no_databases {
         let (my, pg) = conns(&a.db);
         for d in snap
             .databases
@@ -231,6 +251,7 @@ pub fn run(g: &Global, mut a: DrillArgs) -> Result<u8> {
                 "mysql" => coffer_db::drill::drill_mysql(&my, d, &mut open),
                 _ => coffer_db::drill::drill_postgres(&pg, d, &mut open),
             };
+            let cleanup = result.as_ref().ok().and_then(|r| r.cleanup.clone());
             let out = match result {
                 Ok(r) => DbOut {
                     item: d.id(),
@@ -258,6 +279,9 @@ pub fn run(g: &Global, mut a: DrillArgs) -> Result<u8> {
             for p in &out.problems {
                 problems.push(format!("{}: {p}", out.item));
             }
+            if let Some(c) = &cleanup {
+                problems.push(format!("{}: {c}", out.item));
+            }
             if human {
                 outln!(
                     "database   {}: {} tables, {} rows {} ({:.1} s)",
@@ -275,10 +299,14 @@ pub fn run(g: &Global, mut a: DrillArgs) -> Result<u8> {
             dbs.push(out);
         }
     }
-    if files.is_empty() && dbs.is_empty() && problems.is_empty() {
+    // a drill that proved nothing did not pass
+    let rows: u64 = dbs.iter().map(|d| d.rows).sum();
+    let tables: usize = dbs.iter().map(|d| d.tables).sum();
+    if verified == 0 && rows == 0 && tables == 0 && problems.is_empty() {
         problems.push(format!(
-            "snapshot {} holds no file and no database to drill",
-            sid.short()
+            "nothing was verified: snapshot {} gave no file to sample{} and no database with a table",
+            sid.short(),
+            if a.files == 0 { " (--files 0)" } else { "" }
         ));
     }
     let ok = problems.is_empty();

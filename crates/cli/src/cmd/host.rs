@@ -53,6 +53,7 @@ const NEVER_ONTO_ROOT: &[&str] = &[
     "/run",
     "/var/lib/mysql",
     "/var/lib/postgresql",
+    "/var/lib/pgsql",
 ];
 
 #[derive(Debug, Serialize)]
@@ -109,6 +110,34 @@ fn below(target: &Path, p: &str) -> PathBuf {
     target.join(p.trim_start_matches('/'))
 }
 
+/// Where an SQLite item (named by its absolute path) is written: below the target, its name
+/// absolute and made of plain components only (a forged `..` stays out), and not one of the
+/// places kept onto `/`.
+fn sqlite_dest(target: &Path, name: &str) -> std::result::Result<PathBuf, String> {
+    let p = Path::new(name);
+    let plain = p.is_absolute()
+        && p.components()
+            .skip(1)
+            .all(|c| matches!(c, std::path::Component::Normal(_)))
+        && p.components().count() > 1;
+    if !plain {
+        return Err(format!("{name:?} is not a plain absolute path: not written"));
+    }
+    let onto_root =
+        target == Path::new("/") || std::fs::canonicalize(target).is_ok_and(|c| c == Path::new("/"));
+    if onto_root
+        && NEVER_ONTO_ROOT
+            .iter()
+            .chain(MACHINE_FILES)
+            .any(|k| p.starts_with(k))
+    {
+        return Err(format!(
+            "{name} is in a place kept as this machine has it: not written"
+        ));
+    }
+    Ok(below(target, name))
+}
+
 /// Globals first (users and roles the databases' grants name), then databases, each engine
 /// in the snapshot's order.
 fn db_order(snap: &Snapshot) -> Vec<&DatabaseItem> {
@@ -137,7 +166,19 @@ pub fn run(g: &Global, a: RestoreHostArgs) -> Result<u8> {
                 e
             }
         })?;
-    let onto_root = a.target == Path::new("/");
+    // `/` by what it is, not how it is written (`--target .` in /, `/mnt/..`)
+    let onto_root =
+        a.target == Path::new("/") || std::fs::canonicalize(&a.target).is_ok_and(|c| c == Path::new("/"));
+    if a.apply_globals && snap.sealed_by_write_only {
+        return Err(coffer_core::Error::Usage(format!(
+            "snapshot {} was sealed by a write-only key: its users, grants and roles are that key's word \
+             (a stolen key could make itself a superuser); they are not applied. Review them with \
+             `coffer restore-db {} mysql-globals --to-file -` and apply them by hand",
+            sid.short(),
+            sid.short()
+        ))
+        .into());
+    }
     let mut excludes: Vec<String> = Vec::new();
     let mut kept = Vec::new();
     if onto_root {
@@ -186,15 +227,29 @@ pub fn run(g: &Global, a: RestoreHostArgs) -> Result<u8> {
     let mut dbs: Vec<(&DatabaseItem, Option<String>)> = Vec::new();
     if !a.no_databases {
         for d in db_order(&snap) {
+            // (a server that is not there, a tool missing: that item is not done, the rest is)
             let exists = match (d.engine.as_str(), d.kind) {
-                (_, DatabaseItemKind::Globals) => false,
-                ("mysql", _) => coffer_db::mysql_exists(&my, &d.name)?,
-                ("postgres", _) => coffer_db::postgres_exists(&pg, &d.name)?,
-                _ => false,
+                (_, DatabaseItemKind::Globals) if !a.apply_globals => Err(
+                    "users, grants and roles are not applied without --apply-globals (review them first: \
+                     `coffer restore-db SNAPSHOT ITEM --to-file -`)"
+                        .to_string(),
+                ),
+                (_, DatabaseItemKind::Globals) => Ok(false),
+                ("mysql", _) => {
+                    coffer_db::mysql_exists(&my, &d.name).map_err(|e| format!("cannot check the server: {e}"))
+                }
+                ("postgres", _) => coffer_db::postgres_exists(&pg, &d.name)
+                    .map_err(|e| format!("cannot check the server: {e}")),
+                ("sqlite", _) => sqlite_dest(&a.target, &d.name).map(|_| false),
+                (e, _) => Err(format!("unknown database engine {e:?}")),
             };
             dbs.push((
                 d,
-                exists.then(|| "exists on this server (kept as it is)".to_string()),
+                match exists {
+                    Ok(true) => Some("exists on this server (kept as it is)".to_string()),
+                    Ok(false) => None,
+                    Err(why) => Some(why),
+                },
             ));
         }
     }
@@ -221,7 +276,10 @@ pub fn run(g: &Global, a: RestoreHostArgs) -> Result<u8> {
         }
         for (d, skip) in &dbs {
             let what = match d.kind {
-                DatabaseItemKind::Globals => "apply (existing users and roles kept)".to_string(),
+                DatabaseItemKind::Globals => {
+                    "apply (users, grants and roles created; existing PostgreSQL roles altered as the dump says)"
+                        .to_string()
+                }
                 _ if d.engine == "sqlite" => format!("copy to {}", below(&a.target, &d.name).display()),
                 _ => "create and restore".to_string(),
             };
@@ -295,50 +353,74 @@ pub fn run(g: &Global, a: RestoreHostArgs) -> Result<u8> {
             });
             continue;
         }
-        let node = find_item_node(&repo, snap.tree, &d.path)?;
-        let mut reader = NodeReader::new(&repo, &node);
-        let result: Result<(u64, &'static str, Option<String>)> = (|| match (d.engine.as_str(), d.kind) {
-            ("mysql", DatabaseItemKind::Globals) | ("postgres", DatabaseItemKind::Globals) => {
-                let r = if d.engine == "mysql" {
-                    coffer_db::apply_mysql_globals(&my, d, &mut reader)?
-                } else {
-                    coffer_db::apply_postgres_globals(&pg, d, &mut reader)?
-                };
-                let why = (!r.errors.is_empty()).then(|| {
-                    format!(
-                        "{} statement(s) failed, first: {}",
-                        r.errors.len(),
-                        r.errors.first().cloned().unwrap_or_default()
-                    )
-                });
-                Ok((r.bytes, "applied", why))
-            }
-            ("mysql", _) => Ok((
-                coffer_db::restore_mysql(&my, d, &d.name, &mut reader)?,
-                "restored",
-                None,
-            )),
-            ("postgres", _) => Ok((
-                coffer_db::restore_postgres(&pg, d, &d.name, a.no_owner, &mut reader)?,
-                "restored",
-                None,
-            )),
-            ("sqlite", _) => {
-                // the consistent copy replaces what the paths restored (a live file's copy)
-                let dest = below(&a.target, &d.name);
-                let tmp = dest.with_file_name(format!(
-                    ".{}.coffer-restore",
-                    dest.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
-                ));
-                if let Some(dir) = dest.parent() {
-                    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let result: Result<(u64, &'static str, Option<String>)> = (|| {
+            let node = find_item_node(&repo, snap.tree, &d.path)?;
+            let mut reader = NodeReader::new(&repo, &node);
+            let restored = |n: u64| -> Result<(u64, &'static str, Option<String>)> {
+                if n != d.size {
+                    anyhow::bail!(
+                        "restored {n} bytes but the dump had {}; run `coffer check --read-data`",
+                        d.size
+                    );
                 }
-                let _ = std::fs::remove_file(&tmp);
-                let n = coffer_db::restore_sqlite(&tmp, &mut reader)?;
-                std::fs::rename(&tmp, &dest).with_context(|| format!("renaming into {}", dest.display()))?;
                 Ok((n, "restored", None))
+            };
+            match (d.engine.as_str(), d.kind) {
+                ("mysql", DatabaseItemKind::Globals) | ("postgres", DatabaseItemKind::Globals) => {
+                    let r = if d.engine == "mysql" {
+                        coffer_db::apply_mysql_globals(&my, d, &mut reader)?
+                    } else {
+                        coffer_db::apply_postgres_globals(&pg, d, &mut reader)?
+                    };
+                    let why = (!r.errors.is_empty()).then(|| {
+                        format!(
+                            "{} statement(s) failed, first: {}",
+                            r.errors.len(),
+                            r.errors.first().cloned().unwrap_or_default()
+                        )
+                    });
+                    Ok((r.bytes, "applied", why))
+                }
+                ("mysql", _) => restored(coffer_db::restore_mysql(&my, d, &d.name, &mut reader)?),
+                ("postgres", _) => restored(coffer_db::restore_postgres(
+                    &pg,
+                    d,
+                    &d.name,
+                    a.no_owner,
+                    &mut reader,
+                )?),
+                ("sqlite", _) => {
+                    // the consistent copy replaces what the paths restored (a live file's copy)
+                    let dest = sqlite_dest(&a.target, &d.name).map_err(anyhow::Error::msg)?;
+                    let tmp = dest.with_file_name(format!(
+                        ".{}.coffer-restore",
+                        dest.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
+                    ));
+                    if let Some(dir) = dest.parent() {
+                        std::fs::create_dir_all(dir)
+                            .with_context(|| format!("creating {}", dir.display()))?;
+                    }
+                    // (what the files restored may hold symlinks: the place must still be below the target)
+                    let inside = |p: &Path| match (std::fs::canonicalize(p), std::fs::canonicalize(&a.target))
+                    {
+                        (Ok(p), Ok(t)) => p.starts_with(t),
+                        _ => false,
+                    };
+                    if !dest.parent().is_some_and(inside) {
+                        anyhow::bail!(
+                            "{} leads outside {} (through a symlink): not written",
+                            dest.display(),
+                            a.target.display()
+                        );
+                    }
+                    let _ = std::fs::remove_file(&tmp);
+                    let n = coffer_db::restore_sqlite(&tmp, &mut reader)?;
+                    std::fs::rename(&tmp, &dest)
+                        .with_context(|| format!("renaming into {}", dest.display()))?;
+                    restored(n)
+                }
+                (e, _) => anyhow::bail!("unknown database engine {e:?}"),
             }
-            (e, _) => anyhow::bail!("unknown database engine {e:?}"),
         })();
         match result {
             Ok((n, outcome, why)) => {
