@@ -127,6 +127,17 @@ impl Mysql {
         })
     }
 
+    /// `--sandbox` where the client has it (MariaDB 10.5.25, 10.6.18, 10.11.8 and later): a
+    /// dump from a repository is replayed without `\!` (shell), `\.` (source) or `tee`, so a
+    /// forged one can run SQL on the server but no command on this machine.
+    pub(crate) fn sandbox(&self) -> Vec<&'static str> {
+        if self.client.offers("--sandbox") {
+            vec!["--sandbox"]
+        } else {
+            Vec::new()
+        }
+    }
+
     /// Run `sql` and return the rows, fields split.
     fn query(&self, sql: &str, what: &str) -> Result<Vec<Vec<String>>, DbError> {
         let mut c = self.client.command();
@@ -366,7 +377,8 @@ pub fn apply_mysql_globals(
     let m = Mysql::new(conn)?;
     let mut cmd = m.client.command();
     cmd.args(m.conn.args())
-        .args(["--batch", "--force", "--default-character-set=utf8mb4"]);
+        .args(["--batch", "--force", "--default-character-set=utf8mb4"])
+        .args(m.sandbox());
     let (bytes, _, stderr) =
         crate::process::feed_collect(cmd, m.client.name, "applying mysql users and grants", input)?;
     // ERROR 1396 (HY000) at line 5: Operation CREATE USER failed for `root`@`localhost`
@@ -431,6 +443,7 @@ pub fn restore_mysql(
     let mut cmd = m.client.command();
     cmd.args(m.conn.args())
         .args(["--batch", "--default-character-set=utf8mb4"])
+        .args(m.sandbox())
         .arg(opt("database", target));
     let mut counted = Counted { inner: input, n: 0 };
     let fed = feed(

@@ -47,6 +47,14 @@ impl Tool {
         c
     }
 
+    /// Whether the tool's `--help` lists `option` (a feature of newer versions).
+    pub fn offers(&self, option: &str) -> bool {
+        capture(self.command().arg("--help"), self.name, self.name).is_ok_and(|h| {
+            h.split(|c: char| c.is_whitespace() || c == ',' || c == '=')
+                .any(|w| w == option)
+        })
+    }
+
     /// The tool's own version line (`pg_dump (PostgreSQL) 15.4`).
     pub fn version(&self) -> Result<String, DbError> {
         let out = capture(self.command().arg("--version"), self.name, self.name)?;
