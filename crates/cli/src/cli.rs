@@ -440,6 +440,10 @@ pub enum ServerOperatorCommand {
     /// Add an operator; prints the generated password once, alone on stdout
     Add {
         name: String,
+        /// A login that sees this one client only, read-only (a hosting customer's): its
+        /// page, runs and drills; not the fleet, the jobs' forms, alerts or metrics
+        #[arg(long, value_name = "CLIENT")]
+        client: Option<String>,
     },
     List,
     /// Remove an operator (its console sessions end)

@@ -1595,4 +1595,46 @@ fn a_failed_drill_is_an_incident_and_a_clean_one_records_its_recovery_time() {
     );
     let (_, page) = server.console_get(&session, "/console/client/web1");
     assert!(page.contains("FAILED"), "{page}");
+
+    // a hosting customer's login sees its one client, read-only, and nothing else
+    server.add_client("web2", "web2", "append");
+    // (watched, so that the fleet page would list it)
+    server.admin_ok(&["client", "expect", "web2", "0 * * * *"]);
+    let (_, all) = server.console_get(&session, "/console");
+    assert!(all.contains("data-client=\"web2\""), "{all}");
+    let pw = server.admin_ok(&["operator", "add", "customer", "--client", "web1"]);
+    let customer = server.console_login_with("customer", pw.trim());
+    let status = |head: &str| head.split_whitespace().nth(1).unwrap_or("").to_string();
+    let (head, page) = server.console_get(&customer, "/console/client/web1");
+    assert_eq!(status(&head), "200", "{head}");
+    assert!(
+        page.contains("Restore drills") && !page.contains("Back up now") && !page.contains("Add a job"),
+        "{page}"
+    );
+    for path in [
+        "/console/client/web2",
+        "/console/alerts",
+        "/console/client/web1/new-job",
+    ] {
+        let (head, _) = server.console_get(&customer, path);
+        assert_eq!(status(&head), "403", "{path}: {head}");
+    }
+    let (_, fleet) = server.console_get(&customer, "/console");
+    assert!(
+        fleet.contains("data-client=\"web1\"") && !fleet.contains("web2"),
+        "{fleet}"
+    );
+    // nor the fleet's metrics
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("customer:{}", pw.trim()));
+    let (code, _) = server
+        .raw(
+            &format!(
+                "GET /metrics HTTP/1.1\nHost: 127.0.0.1\nConnection: close\nAuthorization: Basic {auth}"
+            ),
+            b"",
+        )
+        .unwrap();
+    assert_eq!(code, 401);
+    let list = server.admin_ok(&["operator", "list"]);
+    assert!(list.contains("sees client web1 only"), "{list}");
 }

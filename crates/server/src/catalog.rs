@@ -159,6 +159,8 @@ const MIGRATIONS: &[&str] = &[
         seq INTEGER NOT NULL
      );
      INSERT INTO agent_seq VALUES (1, 0);",
+    // 6: a console login limited to one client (a hosting customer's): NULL is the whole fleet
+    "ALTER TABLE operators ADD COLUMN client TEXT;",
 ];
 
 /// What a client may do with its repository.

@@ -206,7 +206,15 @@ impl Server {
     }
 
     /// Add a console operator and return the generated password (shown only this once).
-    pub fn add_operator(&self, name: &str) -> Result<String> {
+    /// `client`: a login that sees that one client only (a hosting customer's).
+    pub fn add_operator(&self, name: &str, client: Option<&str>) -> Result<String> {
+        if let Some(c) = client {
+            if self.catalog.client(c)?.is_none() {
+                return Err(ServerError::NotFound(format!(
+                    "no client {c:?} (`coffer server client list`)"
+                )));
+            }
+        }
         if name.is_empty()
             || name.len() > 64
             || !name.bytes().all(|b| b.is_ascii_graphic())
@@ -220,7 +228,7 @@ impl Server {
         getrandom::fill(&mut raw).map_err(|e| ServerError::Io(format!("random password: {e}")))?;
         let password = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
         self.catalog
-            .add_operator(name, &token_hash(&password), self.now())?;
+            .add_operator(name, &token_hash(&password), self.now(), client)?;
         Ok(password)
     }
 

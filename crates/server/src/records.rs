@@ -625,12 +625,20 @@ impl Catalog {
 
     // ---- console operators
 
-    pub fn add_operator(&self, name: &str, password_hash: &str, now: i64) -> Result<()> {
+    /// Add an operator; `client`: the one client it may see (a customer's login), or none for
+    /// the whole fleet.
+    pub fn add_operator(
+        &self,
+        name: &str,
+        password_hash: &str,
+        now: i64,
+        client: Option<&str>,
+    ) -> Result<()> {
         let n = self
             .db()
             .execute(
-                "INSERT OR IGNORE INTO operators (name, password_hash, created) VALUES (?1, ?2, ?3)",
-                params![name, password_hash, now],
+                "INSERT OR IGNORE INTO operators (name, password_hash, created, client) VALUES (?1, ?2, ?3, ?4)",
+                params![name, password_hash, now, client],
             )
             .map_err(db_err)?;
         if n == 0 {
@@ -665,13 +673,29 @@ impl Catalog {
         Ok(())
     }
 
-    pub fn operators(&self) -> Result<Vec<(String, i64)>> {
+    /// Operators: name, when added, and the one client a limited login may see.
+    pub fn operators(&self) -> Result<Vec<(String, i64, Option<String>)>> {
         let db = self.db();
         let mut st = db
-            .prepare("SELECT name, created FROM operators ORDER BY name")
+            .prepare("SELECT name, created, client FROM operators ORDER BY name")
             .map_err(db_err)?;
-        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).map_err(db_err)?;
+        let rows = st
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .map_err(db_err)?;
         collect(rows)
+    }
+
+    /// The one client an operator may see (`Some(None)`: the whole fleet; `None`: no such
+    /// operator).
+    pub fn operator_client(&self, name: &str) -> Result<Option<Option<String>>> {
+        self.db()
+            .query_row(
+                "SELECT client FROM operators WHERE name = ?1",
+                params![name],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db_err)
     }
 
     // ---- console sessions and one-time login links
@@ -696,14 +720,20 @@ impl Catalog {
         Ok(())
     }
 
-    /// A live session (or link) of this kind: operator and CSRF token.
-    pub fn session(&self, token_hash: &str, kind: &str, now: i64) -> Result<Option<(String, String)>> {
+    /// A live session (or link) of this kind: operator, CSRF token, and the one client the
+    /// operator may see (none: the whole fleet).
+    pub fn session(
+        &self,
+        token_hash: &str,
+        kind: &str,
+        now: i64,
+    ) -> Result<Option<(String, String, Option<String>)>> {
         self.db()
             .query_row(
-                "SELECT s.operator, s.csrf FROM sessions s JOIN operators o ON o.name = s.operator
+                "SELECT s.operator, s.csrf, o.client FROM sessions s JOIN operators o ON o.name = s.operator
                  WHERE s.token_hash = ?1 AND s.kind = ?2 AND s.expires > ?3",
                 params![token_hash, kind, now],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .optional()
             .map_err(db_err)

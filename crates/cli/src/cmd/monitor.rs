@@ -278,8 +278,8 @@ fn alerts_set(server: &Server, a: ServerAlertsSetArgs) -> Result<()> {
 
 pub fn operator(server: &Server, c: ServerOperatorCommand, g: &Global) -> Result<u8> {
     match c {
-        ServerOperatorCommand::Add { name } => {
-            let pw = server.add_operator(&name)?;
+        ServerOperatorCommand::Add { name, client } => {
+            let pw = server.add_operator(&name, client.as_deref())?;
             outln!("{pw}")?;
             if !g.quiet {
                 eprintln!("operator {name:?} added; the password above is shown only now");
@@ -301,8 +301,14 @@ pub fn operator(server: &Server, c: ServerOperatorCommand, g: &Global) -> Result
             }
         }
         ServerOperatorCommand::List => {
-            for (name, created) in server.catalog.operators()? {
-                outln!("{name:<24} added {}", fmt_time(created))?;
+            for (name, created, client) in server.catalog.operators()? {
+                outln!(
+                    "{name:<24} added {}{}",
+                    fmt_time(created),
+                    client
+                        .map(|c| format!(", sees client {c} only"))
+                        .unwrap_or_default()
+                )?;
             }
         }
         ServerOperatorCommand::Remove { name } => {

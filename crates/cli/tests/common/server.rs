@@ -141,6 +141,11 @@ impl ServerProc {
     /// Log a new console operator in: the session cookie's value.
     pub fn console_login(&self, operator: &str) -> String {
         let pw = self.admin_ok(&["operator", "add", operator]).trim().to_string();
+        self.console_login_with(operator, &pw)
+    }
+
+    /// A console session of an existing operator.
+    pub fn console_login_with(&self, operator: &str, pw: &str) -> String {
         let body = format!("name={operator}&password={pw}");
         let head = format!(
             "POST /console/login HTTP/1.1\nHost: 127.0.0.1\nConnection: close\nContent-Type: application/x-www-form-urlencoded\nContent-Length: {}",

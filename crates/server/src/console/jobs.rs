@@ -102,7 +102,8 @@ pub(super) fn jobs_section(
             })
             .unwrap_or_else(|| "–".into());
         // only the jobs set here: the client's own are not the server's to start
-        let button = if managed.is_none() {
+        // (a limited login changes nothing: no buttons)
+        let button = if managed.is_none() || w.only.is_some() {
             String::new()
         } else {
             format!(
@@ -133,11 +134,13 @@ pub(super) fn jobs_section(
         names.len(),
         "No job known: add one here or with `coffer server client job set`, or run the client's agent.",
     ));
-    b.push_str(&format!(
-        "<p><a href=\"/console/client/{}/new-job\">Add a job</a> \
-         <span class=\"muted\">(its agent takes it with its next poll if its [managed] section allows it)</span></p>",
-        seg(client)
-    ));
+    if w.only.is_none() {
+        b.push_str(&format!(
+            "<p><a href=\"/console/client/{}/new-job\">Add a job</a> \
+             <span class=\"muted\">(its agent takes it with its next poll if its [managed] section allows it)</span></p>",
+            seg(client)
+        ));
+    }
     if !v.requests.is_empty() {
         let mut t = Table::new(
             "requests",
@@ -239,7 +242,7 @@ pub(super) async fn run_now(
     UrlPath(name): UrlPath<String>,
     Form(f): Form<RunForm>,
 ) -> Response {
-    if let Some(refused) = form_refused(&w, &f.csrf, &headers) {
+    if let Some(refused) = form_refused(&w, &f.csrf, &headers).or_else(|| w.fleet_only()) {
         return refused;
     }
     let server = s.clone();
@@ -636,6 +639,9 @@ async fn known_client(server: &Arc<Server>, name: &str) -> Option<Response> {
 
 /// `GET /console/client/NAME/new-job`: an empty form.
 pub(super) async fn new_job(State(s): St, w: Who, UrlPath(name): UrlPath<String>) -> Response {
+    if let Some(refused) = w.fleet_only() {
+        return refused;
+    }
     if let Some(r) = known_client(&s, &name).await {
         return r;
     }
@@ -648,6 +654,9 @@ pub(super) async fn edit_job(
     w: Who,
     UrlPath((name, job)): UrlPath<(String, String)>,
 ) -> Response {
+    if let Some(refused) = w.fleet_only() {
+        return refused;
+    }
     if let Some(r) = known_client(&s, &name).await {
         return r;
     }
@@ -674,7 +683,7 @@ pub(super) async fn save_job(
     UrlPath(name): UrlPath<String>,
     Form(f): Form<JobForm>,
 ) -> Response {
-    if let Some(refused) = form_refused(&w, &f.csrf, &headers) {
+    if let Some(refused) = form_refused(&w, &f.csrf, &headers).or_else(|| w.fleet_only()) {
         return refused;
     }
     if let Some(r) = known_client(&s, &name).await {
@@ -721,7 +730,7 @@ pub(super) async fn remove_job(
     UrlPath((name, job)): UrlPath<(String, String)>,
     Form(f): Form<RemoveForm>,
 ) -> Response {
-    if let Some(refused) = form_refused(&w, &f.csrf, &headers) {
+    if let Some(refused) = form_refused(&w, &f.csrf, &headers).or_else(|| w.fleet_only()) {
         return refused;
     }
     if f.confirm != "yes" {

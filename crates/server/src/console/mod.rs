@@ -118,11 +118,30 @@ impl Server {
     }
 }
 
-/// A logged-in operator: name and the session's CSRF token.
+/// A logged-in operator: name, the session's CSRF token, and the one client a limited login
+/// (a hosting customer's) may see.
 struct Who {
     operator: String,
     csrf: String,
     session_hash: String,
+    only: Option<String>,
+}
+
+impl Who {
+    /// Whether this login may see `client`.
+    fn sees(&self, client: &str) -> bool {
+        self.only.as_deref().is_none_or(|c| c == client)
+    }
+
+    /// For what only a fleet-wide login may do (jobs' forms, alerts): a limited login gets 403.
+    fn fleet_only(&self) -> Option<Response> {
+        self.only.as_ref().map(|c| {
+            error_page(
+                StatusCode::FORBIDDEN,
+                &format!("this login sees client {c} only, and changes nothing"),
+            )
+        })
+    }
 }
 
 /// Pages for operators take a `Who`: without a live session the request goes to the login
@@ -168,10 +187,11 @@ async fn who(server: &Arc<Server>, headers: &HeaderMap) -> Result<Option<Who>> {
         let h = token_hash(&token);
         Ok(s.catalog
             .session(&h, "session", s.now())?
-            .map(|(operator, csrf)| Who {
+            .map(|(operator, csrf, only)| Who {
                 operator,
                 csrf,
                 session_hash: h,
+                only,
             }))
     })
     .await
@@ -269,9 +289,13 @@ fn page(title: &str, who: Option<&Who>, body: &str) -> String {
 fn page_with(title: &str, who: Option<&Who>, body: &str, head: &str) -> String {
     let nav = match who {
         Some(w) => format!(
-            "<nav><a href=\"/console\">Fleet</a> <a href=\"/console/alerts\">Alerts</a>\
+            "<nav>{}\
              <form method=\"post\" action=\"/console/logout\"><input type=\"hidden\" name=\"csrf\" value=\"{}\">\
              <button type=\"submit\">Log out {}</button></form></nav>",
+            match &w.only {
+                None => "<a href=\"/console\">Fleet</a> <a href=\"/console/alerts\">Alerts</a>".to_string(),
+                Some(c) => format!("<a href=\"/console/client/{}\">{}</a>", seg(c), esc(c)),
+            },
             esc(&w.csrf),
             esc(&w.operator)
         ),
@@ -493,7 +517,7 @@ async fn link_login(State(s): St, UrlPath(token): UrlPath<String>) -> Response {
     let server = s.clone();
     let r = blocking(move || {
         let h = token_hash(&token);
-        let Some((operator, _)) = server.catalog.session(&h, "link", server.now())? else {
+        let Some((operator, _, _)) = server.catalog.session(&h, "link", server.now())? else {
             return Ok(None);
         };
         // single use
@@ -524,9 +548,12 @@ async fn logout(State(s): St, w: Who, headers: HeaderMap, Form(f): Form<CsrfForm
 
 async fn fleet_page(State(s): St, w: Who) -> Response {
     let server = s.clone();
+    let only = w.only.clone();
     let r = blocking(move || {
         let now = server.now();
-        let fleet = monitor::fleet(&server, now)?;
+        let mut fleet = monitor::fleet(&server, now)?;
+        // a limited login sees its one client
+        fleet.retain(|c| only.as_deref().is_none_or(|o| o == c.client.name));
         let mut ratios = std::collections::HashMap::new();
         for c in &fleet {
             if !ratios.contains_key(&c.client.repo) {
@@ -624,7 +651,11 @@ fn last_good(c: &ClientStatus, now: i64) -> String {
 }
 
 async fn client_page(State(s): St, w: Who, UrlPath(name): UrlPath<String>) -> Response {
+    if !w.sees(&name) {
+        return error_page(StatusCode::FORBIDDEN, "this login does not see that client");
+    }
     let server = s.clone();
+    let only = w.only.clone();
     let n2 = name.clone();
     let r = blocking(move || {
         let now = server.now();
@@ -636,7 +667,11 @@ async fn client_page(State(s): St, w: Who, UrlPath(name): UrlPath<String>) -> Re
             .find(|c| c.client.name == n2);
         let runs = server.catalog.runs(&n2, None, 50)?;
         let drills = server.catalog.runs(&n2, Some("drill"), 5)?;
-        let snaps = server.catalog.snapshots(&client.repo, 50)?;
+        let mut snaps = server.catalog.snapshots(&client.repo, 50)?;
+        if only.is_some() {
+            // (a repository shared with other clients: a limited login sees its client's)
+            snaps.retain(|(_, _, from)| from.as_deref() == Some(n2.as_str()));
+        }
         let verify = server.catalog.last_verify_run(&client.repo)?;
         let mut incidents = server.catalog.incidents(Some(&n2), 20)?;
         incidents.extend(
@@ -862,6 +897,9 @@ fn incident_table(incidents: &[crate::records::Incident]) -> String {
 }
 
 async fn alerts_page(State(s): St, w: Who) -> Response {
+    if let Some(refused) = w.fleet_only() {
+        return refused;
+    }
     let server = s.clone();
     let r = blocking(move || {
         Ok((
