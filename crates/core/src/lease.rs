@@ -225,6 +225,17 @@ impl Lease {
             held.retain(|w| w.strong_count() > 0);
             held.push(Arc::downgrade(&shared));
         }
+        // released between the write and the registration above: this one goes too
+        if RELEASED.load(Ordering::SeqCst) {
+            let _ = shared.backend.remove(
+                FileKind::Lock,
+                &file_name(
+                    &shared.info.lock().unwrap_or_else(|e| e.into_inner()).0.session,
+                    0,
+                ),
+            );
+            return Err(Error::Invalid("the command is stopping: no new lease".into()));
+        }
         let sh = shared.clone();
         let thread = std::thread::Builder::new()
             .name("coffer-lease".into())

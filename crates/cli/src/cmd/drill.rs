@@ -145,10 +145,9 @@ pub fn run(g: &Global, mut a: DrillArgs) -> Result<u8> {
         a.db.pg_user = c.pg_user.clone();
     }
     let repo = open_indexed(g)?;
-    if filter.host.is_empty() && a.snapshot.is_none() {
-        filter
-            .host
-            .push(rustix::system::uname().nodename().to_string_lossy().into_owned());
+    // `latest` (said or not) is this machine's own unless --host says otherwise
+    if filter.host.is_empty() && a.snapshot.as_deref().is_none_or(|s| s.starts_with("latest")) {
+        filter.host.push(super::job::this_host(g));
     }
     let spec = a.snapshot.clone().unwrap_or_else(|| "latest".into());
     let (sid, snap) =

@@ -84,6 +84,18 @@ pub fn announce(cfg: &Config, job: &Job) {
 }
 
 /// The host name snapshots are recorded under: the configuration's, else the machine's.
+/// The host name this machine's snapshots are recorded under: the configuration's `[agent]
+/// host` when there is a configuration that reads, else the machine's name.
+pub fn this_host(g: &Global) -> String {
+    let path = config_path(g);
+    if g.config.is_some() || path.exists() {
+        if let Ok(cfg) = load(g) {
+            return host(&cfg);
+        }
+    }
+    rustix::system::uname().nodename().to_string_lossy().into_owned()
+}
+
 pub fn host(cfg: &Config) -> String {
     cfg.host
         .clone()

@@ -266,9 +266,7 @@ pub fn run(g: &Global, a: RestoreSiteArgs) -> Result<u8> {
         .any(|t| t == BEFORE_RESTORE || t == BEFORE_UNDO);
     let mut filter = a.filter.clone();
     if (a.in_place || a.replace_databases) && filter.host.is_empty() {
-        filter
-            .host
-            .push(rustix::system::uname().nodename().to_string_lossy().into_owned());
+        filter.host.push(super::job::this_host(g));
     }
     let (sid, snap) = super::resolve_snapshot_passing(&repo, &a.snapshot, &filter, |s| {
         !asked_before && saved_by_a_restore(s)
