@@ -7,6 +7,7 @@
 
 mod common;
 
+use std::cell::RefCell;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -75,7 +76,9 @@ impl Drop for DropDb {
 
 /// The agent, killed (SIGKILL) when dropped.
 struct Agent {
-    child: Option<Child>,
+    /// In a cell so that a wait can ask whether the agent still runs ([`Self::exited`])
+    /// while it reads its log.
+    child: RefCell<Option<Child>>,
     log: PathBuf,
 }
 
@@ -90,13 +93,20 @@ impl Agent {
             .spawn()
             .unwrap();
         Agent {
-            child: Some(child),
+            child: RefCell::new(Some(child)),
             log,
         }
     }
 
     fn pid(&self) -> u32 {
-        self.child.as_ref().unwrap().id()
+        self.child.borrow().as_ref().unwrap().id()
+    }
+
+    /// For [`wait_for`]: once the agent has exited, a report with its log (what a wait
+    /// depends on can no longer come).
+    fn exited(&self) -> Option<String> {
+        let status = self.child.borrow_mut().as_mut()?.try_wait().ok().flatten()?;
+        Some(format!("the agent exited ({status}): {}", self.log()))
     }
 
     fn log(&self) -> String {
@@ -104,34 +114,23 @@ impl Agent {
     }
 
     fn kill9(&mut self) {
-        let mut c = self.child.take().unwrap();
+        let mut c = self.child.get_mut().take().unwrap();
         c.kill().unwrap();
         c.wait().unwrap();
     }
 
-    /// SIGTERM, and the agent's exit code.
+    /// SIGTERM, and the agent's exit code (however long its running jobs take to stop).
     fn stop(&mut self) -> i32 {
-        let mut c = self.child.take().unwrap();
+        let mut c = self.child.get_mut().take().unwrap();
         let pid = rustix::process::Pid::from_child(&c);
         rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
-        let t = Instant::now();
-        loop {
-            if let Some(s) = c.try_wait().unwrap() {
-                return s.code().unwrap_or(-1);
-            }
-            assert!(
-                t.elapsed() < Duration::from_secs(60),
-                "the agent did not stop: {}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        c.wait().unwrap().code().unwrap_or(-1)
     }
 }
 
 impl Drop for Agent {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
+        if let Some(mut c) = self.child.get_mut().take() {
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -157,16 +156,10 @@ fn processes_with(needle: &str) -> Vec<(u32, String)> {
     out
 }
 
-fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool, log: impl Fn() -> String) {
-    let t = Instant::now();
-    while !done() {
-        assert!(
-            t.elapsed() < limit,
-            "timed out waiting for {what}; agent log:\n{}",
-            log()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+/// Poll until `done` holds; no deadline (a loaded machine only makes the wait longer). The
+/// wait fails when `ended` says what it waits for can no longer come (the agent exited).
+fn wait_for(what: &str, done: impl FnMut() -> bool, ended: impl FnMut() -> Option<String>) {
+    common::wait_until(what, done, ended);
 }
 
 /// A copy of the good configuration text beside the test's (for its own commands while the
@@ -213,7 +206,7 @@ fn the_agent_runs_two_jobs_to_a_local_directory_and_s3_and_survives_sigkill() {
     fs::create_dir_all(src.join("shop")).unwrap();
     fs::write(src.join("shop/index.php"), "<?php echo 'shop';").unwrap();
 
-    let weed = Seaweed::start();
+    let mut weed = Seaweed::start();
     let server = ServerProc::start(&dir.join("server"), &[]);
     let token = server.add_client("web1", "reports", "append");
     fs::write(dir.join("report.token"), format!("{token}\n")).unwrap();
@@ -298,19 +291,20 @@ schedule = "*/4 * * * * *"
 
     // the repositories are created through the configuration (S3 credentials from its file)
     ok(dir, &config, &["--repo-name", "local", "init", "-q"]);
-    let t = Instant::now();
-    loop {
-        let o = run(dir, &config, &["--repo-name", "offsite", "init", "-q"]);
-        if code(&o) == 0 {
-            break;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(60),
-            "SeaweedFS never became ready: {}",
-            stderr(&o)
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    // (until SeaweedFS answers; only its exit ends the wait)
+    let last = RefCell::new(String::new());
+    common::wait_until(
+        "SeaweedFS to take the offsite repository",
+        || {
+            let o = run(dir, &config, &["--repo-name", "offsite", "init", "-q"]);
+            *last.borrow_mut() = stderr(&o);
+            code(&o) == 0
+        },
+        || {
+            weed.exited()
+                .map(|w| format!("{w}; init said: {}", last.borrow()))
+        },
+    );
     // a typed -r beside --repo-name is refused
     let o = run(
         dir,
@@ -325,9 +319,8 @@ schedule = "*/4 * * * * *"
     // job twice and tidy away the versions the first one's runs read)
     wait_for(
         "the first agent to start",
-        Duration::from_secs(20),
         || agent.log().contains("started:"),
-        || agent.log(),
+        || agent.exited(),
     );
     let mut second = coffer(dir, &config)
         .arg("agent")
@@ -335,16 +328,19 @@ schedule = "*/4 * * * * *"
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(st) = second.try_wait().unwrap() {
-            break st;
-        }
-        if Instant::now() > deadline {
-            let _ = second.kill();
-            panic!("a second agent kept running");
-        }
-        std::thread::sleep(Duration::from_millis(100));
+    // it refuses at once; if the first agent exited, the second could run, and the wait ends
+    let mut status = None;
+    common::wait_until(
+        "the second agent to refuse",
+        || {
+            status = second.try_wait().unwrap();
+            status.is_some()
+        },
+        || agent.exited(),
+    );
+    let _ = second.kill();
+    let Some(status) = status else {
+        panic!("a second agent kept running after the first exited")
     };
     let mut said = String::new();
     std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut said).unwrap();
@@ -355,13 +351,12 @@ schedule = "*/4 * * * * *"
     let needle = dir.join("state/agent/coffer-").to_str().unwrap().to_string();
     wait_for(
         "two runs of each job in each repository",
-        Duration::from_secs(120),
         || {
             ["local", "offsite"].iter().all(|r| {
                 snapshots(dir, &config, r, "files").len() >= 2 && snapshots(dir, &config, r, "db").len() >= 2
             })
         },
-        || agent.log(),
+        || agent.exited(),
     );
     let latest_db = snapshots(dir, &config, "offsite", "db");
     let db_snap = latest_db.last().unwrap()["id"].as_str().unwrap().to_string();
@@ -388,24 +383,21 @@ schedule = "*/4 * * * * *"
     hup(&agent);
     wait_for(
         "the broken configuration to be refused",
-        Duration::from_secs(20),
         || agent.log().contains("configuration not reloaded"),
-        || agent.log(),
+        || agent.exited(),
     );
     let before = snapshots(dir, &config_copy_free(&good, dir), "local", "files").len();
     wait_for(
         "a run after the refused reload",
-        Duration::from_secs(30),
         || snapshots(dir, &config_copy_free(&good, dir), "local", "files").len() > before,
-        || agent.log(),
+        || agent.exited(),
     );
     fs::write(&config, &good).unwrap();
     hup(&agent);
     wait_for(
         "the good configuration to be reloaded",
-        Duration::from_secs(20),
         || agent.log().contains("configuration reloaded"),
-        || agent.log(),
+        || agent.exited(),
     );
 
     // a large file makes the next backup of `files` take a while; the agent is killed in it
@@ -420,38 +412,36 @@ schedule = "*/4 * * * * *"
     drop(f);
     wait_for(
         "a backup of job files in progress",
-        Duration::from_secs(60),
         || {
             processes_with(&needle)
                 .iter()
                 .any(|(_, c)| c.contains(" backup --job files"))
         },
-        || agent.log(),
+        || agent.exited(),
     );
     let agent_pid = agent.pid();
     agent.kill9();
     // its runs and their steps end with it
     wait_for(
         "the killed agent's runs to end",
-        Duration::from_secs(30),
         || processes_with(&needle).iter().all(|(p, _)| *p == agent_pid),
-        || format!("{:?}", processes_with(&needle)),
+        // (nothing else can end this wait: the kernel told them to stop, they stop)
+        || None,
     );
 
     // the interrupted step said so (the kernel told it to stop when the agent died)
     let first_log = || fs::read_to_string(dir.join("agent-1.log")).unwrap_or_default();
     wait_for(
         "the interrupted run to say so",
-        Duration::from_secs(10),
         || first_log().contains("job files: backup interrupted"),
-        first_log,
+        // (its runs have ended: what they wrote is all there will be)
+        || Some(first_log()),
     );
 
     // restarted: the next runs complete, with the large file, in both repositories
     let mut agent = Agent::start(dir, &config, 2);
     wait_for(
         "a snapshot of job files with the large file in each repository",
-        Duration::from_secs(180),
         || {
             ["local", "offsite"].iter().all(|r| {
                 snapshots(dir, &config, r, "files")
@@ -459,7 +449,7 @@ schedule = "*/4 * * * * *"
                     .is_some_and(|s| s["summary"]["bytes_total"].as_u64().unwrap_or(0) > 300 << 20)
             })
         },
-        || agent.log(),
+        || agent.exited(),
     );
     assert_eq!(agent.stop(), 0, "{}", agent.log());
     assert!(agent.log().contains("stopped"), "{}", agent.log());
@@ -605,8 +595,8 @@ after = "echo $COFFER_RESULT > {d}/after"
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut first = Agent {
-        child: Some(first),
+    let first = Agent {
+        child: RefCell::new(Some(first)),
         log: dir.join("none"),
     };
     std::thread::sleep(Duration::from_millis(700));
@@ -621,14 +611,14 @@ after = "echo $COFFER_RESULT > {d}/after"
     // stopped (SIGTERM, as the agent stops it) during its before hook: no backup starts, and
     // the after hook runs, told so
     let mut second = Agent {
-        child: Some(
+        child: RefCell::new(Some(
             coffer(dir, &config)
                 .args(["run", "j"])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
                 .unwrap(),
-        ),
+        )),
         log: dir.join("none"),
     };
     std::thread::sleep(Duration::from_millis(700));
@@ -882,24 +872,21 @@ before = "touch {pwned}"
     let agent = Agent::start(dir, &config, 1);
     wait_for(
         "a snapshot of the managed job",
-        Duration::from_secs(60),
         || paths_of("site").contains(&serde_json::json!([www])),
-        || agent.log(),
+        || agent.exited(),
     );
     // the operator changes its paths on the server: taken within one poll
     set("site", &etc, Some("*/2 * * * * *"));
     wait_for(
         "a snapshot of the job's new path",
-        Duration::from_secs(30),
         || paths_of("site").contains(&serde_json::json!([etc])),
-        || agent.log(),
+        || agent.exited(),
     );
 
     // a path outside [managed] paths: refused alone and reported (the client turns FAILED)
     set("grab", &secret, Some("*/2 * * * * *"));
     wait_for(
         "the refusal of job grab to reach the server",
-        Duration::from_secs(30),
         || {
             server_runs(&server, "kind = 'config' AND status = 'failed'")
                 .iter()
@@ -907,7 +894,7 @@ before = "touch {pwned}"
                     r.3.contains("managed job grab: path") && r.3.contains("is not one this machine lets")
                 })
         },
-        || agent.log(),
+        || agent.exited(),
     );
     let status = String::from_utf8_lossy(&server.admin(&["status"]).stdout).to_string();
     assert!(
@@ -935,46 +922,42 @@ before = "touch {pwned}"
     }
     wait_for(
         "the refusal of job hook to reach the server",
-        Duration::from_secs(30),
         || {
             server_runs(&server, "kind = 'config' AND status = 'failed'")
                 .iter()
                 .any(|r| r.3.contains("managed job hook: unknown field `before`"))
         },
-        || agent.log(),
+        || agent.exited(),
     );
     // a path through a symlink below an allowed prefix (www/link -> secret): refused
     std::os::unix::fs::symlink(&secret, www.join("link")).unwrap();
     set("linky", &www.join("link"), Some("*/2 * * * * *"));
     wait_for(
         "the refusal of job linky to reach the server",
-        Duration::from_secs(30),
         || {
             server_runs(&server, "kind = 'config' AND status = 'failed'")
                 .iter()
                 .any(|r| r.3.contains("managed job linky: path") && r.3.contains("goes through a symlink"))
         },
-        || agent.log(),
+        || agent.exited(),
     );
     // a local job is not the server's to start (its hook would run)
     server.admin_ok(&["client", "run", "web1", "localjob"]);
     wait_for(
         "the request for a local job to be refused",
-        Duration::from_secs(30),
         || {
             agent
                 .log()
                 .contains("\"localjob\", which is not one of its managed jobs: refused")
         },
-        || agent.log(),
+        || agent.exited(),
     );
     // (the site job goes on meanwhile: the refusals are of the bad jobs alone)
     let n = paths_of("site").len();
     wait_for(
         "the site job to go on beside the refused ones",
-        Duration::from_secs(30),
         || paths_of("site").len() > n,
-        || agent.log(),
+        || agent.exited(),
     );
     assert!(
         paths_of("grab").is_empty() && paths_of("hook").is_empty() && paths_of("linky").is_empty(),
@@ -989,9 +972,8 @@ before = "touch {pwned}"
     set("ondemand", &www, None);
     wait_for(
         "the on-demand job to be taken",
-        Duration::from_secs(30),
         || agent.log().contains("(ondemand, site)") || agent.log().contains("(site, ondemand)"),
-        || agent.log(),
+        || agent.exited(),
     );
     assert!(
         paths_of("ondemand").is_empty(),
@@ -1001,13 +983,12 @@ before = "touch {pwned}"
     server.admin_ok(&["client", "run", "web1", "ondemand"]);
     wait_for(
         "the asked-for run's report",
-        Duration::from_secs(10),
         || {
             server_runs(&server, "kind = 'backup' AND job = 'ondemand'")
                 .iter()
                 .any(|r| r.1 == "ok")
         },
-        || agent.log(),
+        || agent.exited(),
     );
     eprintln!(
         "back up now: reported {:.1} s after it was asked for",
@@ -1066,7 +1047,6 @@ before = "touch {pwned}"
     assert!(head.starts_with("HTTP/1.1 303"), "{head}");
     wait_for(
         "the run asked for in the console to be reported",
-        Duration::from_secs(10),
         || {
             server_runs(&server, "kind = 'backup' AND job = 'ondemand'")
                 .iter()
@@ -1074,7 +1054,7 @@ before = "touch {pwned}"
                 .count()
                 == 2
         },
-        || agent.log(),
+        || agent.exited(),
     );
     eprintln!(
         "back up now (console): reported {:.1} s after the form was sent",
@@ -1183,9 +1163,8 @@ before = "touch {pwned}"
     );
     wait_for(
         "a snapshot of the job added in the console",
-        Duration::from_secs(30),
         || paths_of("console").contains(&serde_json::json!([www])),
-        || agent.log(),
+        || agent.exited(),
     );
     // a second "new" job of that name does not replace it
     let (head, page) = post(
@@ -1244,9 +1223,8 @@ before = "touch {pwned}"
     assert_eq!(console_jobs()[0]["paths"], serde_json::json!([etc]));
     wait_for(
         "a snapshot of the path edited in the console",
-        Duration::from_secs(30),
         || paths_of("console").contains(&serde_json::json!([etc])),
-        || agent.log(),
+        || agent.exited(),
     );
     // removal needs its box ticked, and the token
     let (head, _) = post(
@@ -1350,9 +1328,8 @@ min_interval = "1s"
     let mut agent = Agent::start(dir, &config, 1);
     wait_for(
         "a snapshot of the managed job",
-        Duration::from_secs(60),
         || !snapshots(dir, &config, "local", "site").is_empty(),
-        || agent.log(),
+        || agent.exited(),
     );
     assert_eq!(agent.stop(), 0, "{}", agent.log());
     assert!(dir.join("state/managed-jobs.json").exists());
@@ -1363,9 +1340,8 @@ min_interval = "1s"
     let agent = Agent::start(dir, &config, 2);
     wait_for(
         "a snapshot made with the server down",
-        Duration::from_secs(60),
         || snapshots(dir, &config, "local", "site").len() > before,
-        || agent.log(),
+        || agent.exited(),
     );
     assert!(
         agent
@@ -1384,9 +1360,8 @@ min_interval = "1s"
     let agent = Agent::start(dir, &config, 3);
     wait_for(
         "the agent to start",
-        Duration::from_secs(30),
         || agent.log().contains("started:"),
-        || agent.log(),
+        || agent.exited(),
     );
     assert!(
         !agent.log().contains("kept from the last answer"),
