@@ -60,6 +60,15 @@ pub struct Config {
     pub sites: BTreeMap<String, Site>,
 }
 
+/// A database name as a site may list it: one name, without what a list would split on or a
+/// path would hold (`restore-site` saves the databases it replaces with `--mysql a,b`).
+pub fn database_name_ok(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 64
+        && !n.contains([',', '/', '\0', '`', '"'])
+        && !n.contains(char::is_whitespace)
+}
+
 /// `[site.NAME]`: a named set of paths and databases restored together from one snapshot
 /// (`coffer restore-site SNAPSHOT NAME`): a web site's document root and its databases.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1041,7 +1050,7 @@ impl Config {
                 list.iter()
                     .map(|d| {
                         let n = d.get_ref();
-                        if n.is_empty() || n.contains(['/', '\0']) || n == "all" {
+                        if !database_name_ok(n) || n == "all" {
                             Err(c.at(
                                 d.span(),
                                 format!("{what} {engine}: {n:?} is not one database name"),

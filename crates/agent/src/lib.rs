@@ -8,8 +8,8 @@ mod schedule;
 mod state;
 
 pub use config::{
-    default_state_dir, Check, Config, ConfigError, Databases, DbConnection, Drill, IoClass, Job, Limits,
-    Managed, Repository, Retention, Site, DEFAULT_PATH,
+    database_name_ok, default_state_dir, Check, Config, ConfigError, Databases, DbConnection, Drill, IoClass,
+    Job, Limits, Managed, Repository, Retention, Site, DEFAULT_PATH,
 };
 pub use managed::{screen, through_symlink, Screened};
 pub use schedule::{show, utc, Schedule, Zone};

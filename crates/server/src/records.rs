@@ -1,6 +1,8 @@
 //! The monitoring records in the catalog: run reports, incidents, the alert outbox and
 //! server settings.
 
+use std::collections::HashMap;
+
 use rusqlite::{params, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
@@ -331,21 +333,28 @@ impl Catalog {
         collect(rows)
     }
 
-    /// When each of the client's backups since `since` was received, and how it ended.
-    pub fn backups_since(&self, client: &str, since: i64) -> Result<Vec<(i64, RunStatus)>> {
+    /// Every client's backups since `since`: when each was received and how it ended, by
+    /// client (one query for the fleet page).
+    pub fn backups_since(&self, since: i64) -> Result<HashMap<String, Vec<(i64, RunStatus)>>> {
         let db = self.db();
         let mut st = db
-            .prepare(
-                "SELECT received, status FROM runs WHERE client = ?1 AND kind = 'backup' AND received >= ?2",
-            )
+            .prepare("SELECT client, received, status FROM runs WHERE kind = 'backup' AND received >= ?1")
             .map_err(db_err)?;
         let rows = st
-            .query_map(params![client, since], |r| {
-                let status: String = r.get(1)?;
-                Ok((r.get::<_, i64>(0)?, RunStatus::parse(&status)))
+            .query_map(params![since], |r| {
+                let status: String = r.get(2)?;
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    RunStatus::parse(&status),
+                ))
             })
             .map_err(db_err)?;
-        collect(rows)
+        let mut out: HashMap<String, Vec<(i64, RunStatus)>> = HashMap::new();
+        for (client, t, st) in collect(rows)? {
+            out.entry(client).or_default().push((t, st));
+        }
+        Ok(out)
     }
 
     /// The client's good backups of `job` before run `before` (newest first, at most `n`).

@@ -13,7 +13,8 @@ use super::{open_indexed, outln, print_json};
 use crate::cli::{BackupArgs, DbConnArgs, Global, RestoreDbArgs};
 use crate::ui::bytes;
 
-fn mysql_conn(a: &DbConnArgs) -> MysqlConnection {
+/// The MySQL/MariaDB connection the flags describe.
+pub(crate) fn mysql_conn(a: &DbConnArgs) -> MysqlConnection {
     MysqlConnection {
         host: a.mysql_host.clone(),
         port: a.mysql_port,
@@ -23,7 +24,8 @@ fn mysql_conn(a: &DbConnArgs) -> MysqlConnection {
     }
 }
 
-fn pg_conn(a: &DbConnArgs) -> PgConnection {
+/// The PostgreSQL connection the flags describe.
+pub(crate) fn pg_conn(a: &DbConnArgs) -> PgConnection {
     PgConnection {
         host: a.pg_host.clone(),
         port: a.pg_port,

@@ -18,7 +18,7 @@ use coffer_core::{IndexedRepository, RestoreOptions};
 use serde::Serialize;
 
 use super::{open_indexed, outln, print_json};
-use crate::cli::{DbConnArgs, DrillArgs, Global};
+use crate::cli::{DrillArgs, Global};
 use crate::ui::{bytes, local_time};
 
 #[derive(Debug, Serialize)]
@@ -47,23 +47,6 @@ struct Report {
     problems: Vec<String>,
     /// The whole drill, start to end: the measured recovery time of this sample.
     duration_seconds: f64,
-}
-
-fn conns(a: &DbConnArgs) -> (coffer_db::MysqlConnection, coffer_db::PgConnection) {
-    (
-        coffer_db::MysqlConnection {
-            host: a.mysql_host.clone(),
-            port: a.mysql_port,
-            socket: a.mysql_socket.clone(),
-            user: a.mysql_user.clone(),
-            defaults_file: a.mysql_defaults_file.clone(),
-        },
-        coffer_db::PgConnection {
-            host: a.pg_host.clone(),
-            port: a.pg_port,
-            user: a.pg_user.clone(),
-        },
-    )
 }
 
 /// A small fast random generator seeded from the OS (which files to take).
@@ -134,15 +117,7 @@ pub fn run(g: &Global, mut a: DrillArgs) -> Result<u8> {
         if let Some(d) = &job.drill {
             a.files = d.files;
         }
-        let c = &job.db;
-        a.db.mysql_host = c.mysql_host.clone();
-        a.db.mysql_port = c.mysql_port;
-        a.db.mysql_socket = c.mysql_socket.clone();
-        a.db.mysql_user = c.mysql_user.clone();
-        a.db.mysql_defaults_file = c.mysql_defaults_file.clone();
-        a.db.pg_host = c.pg_host.clone();
-        a.db.pg_port = c.pg_port;
-        a.db.pg_user = c.pg_user.clone();
+        super::job::db_conn_args(&mut a.db, &job.db);
     }
     let repo = open_indexed(g)?;
     // `latest` (said or not) is this machine's own unless --host says otherwise
@@ -229,7 +204,7 @@ pub fn run(g: &Global, mut a: DrillArgs) -> Result<u8> {
             sid.short()
         ));
     } else if !a.no_databases {
-        let (my, pg) = conns(&a.db);
+        let (my, pg) = (super::db::mysql_conn(&a.db), super::db::pg_conn(&a.db));
         for d in snap
             .databases
             .iter()

@@ -18,8 +18,9 @@ use coffer_core::source::{find_item_node, NodeReader};
 use coffer_core::RestoreOptions;
 use serde::Serialize;
 
+use super::db::{mysql_conn, pg_conn};
 use super::{open_indexed, outln, print_json};
-use crate::cli::{DbConnArgs, Global, RestoreHostArgs, SnapshotFilter};
+use crate::cli::{Global, RestoreHostArgs, SnapshotFilter};
 use crate::ui::{bytes, local_time, CliProgress};
 
 /// Files that belong to the machine rather than to what it serves: restored onto `/` only
@@ -87,24 +88,6 @@ struct Report {
     duration_seconds: f64,
 }
 
-fn mysql_conn(a: &DbConnArgs) -> coffer_db::MysqlConnection {
-    coffer_db::MysqlConnection {
-        host: a.mysql_host.clone(),
-        port: a.mysql_port,
-        socket: a.mysql_socket.clone(),
-        user: a.mysql_user.clone(),
-        defaults_file: a.mysql_defaults_file.clone(),
-    }
-}
-
-fn pg_conn(a: &DbConnArgs) -> coffer_db::PgConnection {
-    coffer_db::PgConnection {
-        host: a.pg_host.clone(),
-        port: a.pg_port,
-        user: a.pg_user.clone(),
-    }
-}
-
 /// Where a snapshot path lands below the target.
 fn below(target: &Path, p: &str) -> PathBuf {
     target.join(p.trim_start_matches('/'))
@@ -113,7 +96,7 @@ fn below(target: &Path, p: &str) -> PathBuf {
 /// Where an SQLite item (named by its absolute path) is written: below the target, its name
 /// absolute and made of plain components only (a forged `..` stays out), and not one of the
 /// places kept onto `/`.
-fn sqlite_dest(target: &Path, name: &str) -> std::result::Result<PathBuf, String> {
+fn sqlite_dest(target: &Path, onto_root: bool, name: &str) -> std::result::Result<PathBuf, String> {
     let p = Path::new(name);
     let plain = p.is_absolute()
         && p.components()
@@ -123,8 +106,6 @@ fn sqlite_dest(target: &Path, name: &str) -> std::result::Result<PathBuf, String
     if !plain {
         return Err(format!("{name:?} is not a plain absolute path: not written"));
     }
-    let onto_root =
-        target == Path::new("/") || std::fs::canonicalize(target).is_ok_and(|c| c == Path::new("/"));
     if onto_root
         && NEVER_ONTO_ROOT
             .iter()
@@ -169,6 +150,13 @@ pub fn run(g: &Global, a: RestoreHostArgs) -> Result<u8> {
     // `/` by what it is, not how it is written (`--target .` in /, `/mnt/..`)
     let onto_root =
         a.target == Path::new("/") || std::fs::canonicalize(&a.target).is_ok_and(|c| c == Path::new("/"));
+    if snap.sealed_by_write_only && !a.apply_globals {
+        // every file restored is that key's word (a stolen key could have written it)
+        eprintln!(
+            "warning: snapshot {} was sealed by a write-only key: what it restores is that key's word; read the plan (--dry-run) first",
+            sid.short()
+        );
+    }
     if a.apply_globals && snap.sealed_by_write_only {
         return Err(coffer_core::Error::Usage(format!(
             "snapshot {} was sealed by a write-only key: its users, grants and roles are that key's word \
@@ -240,7 +228,7 @@ pub fn run(g: &Global, a: RestoreHostArgs) -> Result<u8> {
                 }
                 ("postgres", _) => coffer_db::postgres_exists(&pg, &d.name)
                     .map_err(|e| format!("cannot check the server: {e}")),
-                ("sqlite", _) => sqlite_dest(&a.target, &d.name).map(|_| false),
+                ("sqlite", _) => sqlite_dest(&a.target, onto_root, &d.name).map(|_| false),
                 (e, _) => Err(format!("unknown database engine {e:?}")),
             };
             dbs.push((
@@ -391,7 +379,7 @@ pub fn run(g: &Global, a: RestoreHostArgs) -> Result<u8> {
                 )?),
                 ("sqlite", _) => {
                     // the consistent copy replaces what the paths restored (a live file's copy)
-                    let dest = sqlite_dest(&a.target, &d.name).map_err(anyhow::Error::msg)?;
+                    let dest = sqlite_dest(&a.target, onto_root, &d.name).map_err(anyhow::Error::msg)?;
                     let tmp = dest.with_file_name(format!(
                         ".{}.coffer-restore",
                         dest.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()

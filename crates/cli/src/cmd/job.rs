@@ -96,6 +96,18 @@ pub fn this_host(g: &Global) -> String {
     rustix::system::uname().nodename().to_string_lossy().into_owned()
 }
 
+/// A job's database connection settings as the command line's flags.
+pub fn db_conn_args(a: &mut crate::cli::DbConnArgs, d: &coffer_agent::DbConnection) {
+    a.mysql_host = d.mysql_host.clone();
+    a.mysql_port = d.mysql_port;
+    a.mysql_socket = d.mysql_socket.clone();
+    a.mysql_user = d.mysql_user.clone();
+    a.mysql_defaults_file = d.mysql_defaults_file.clone();
+    a.pg_host = d.pg_host.clone();
+    a.pg_port = d.pg_port;
+    a.pg_user = d.pg_user.clone();
+}
+
 pub fn host(cfg: &Config) -> String {
     cfg.host
         .clone()
@@ -200,15 +212,7 @@ pub fn backup_args(cfg: &Config, g: &mut Global, a: &mut BackupArgs) -> Result<(
     a.mysql_users = job.mysql_users;
     a.postgres = job.postgres.as_ref().map(|d| d.as_arg());
     a.sqlite = job.sqlite.clone();
-    let d = &job.db;
-    a.db.mysql_host = d.mysql_host.clone();
-    a.db.mysql_port = d.mysql_port;
-    a.db.mysql_socket = d.mysql_socket.clone();
-    a.db.mysql_user = d.mysql_user.clone();
-    a.db.mysql_defaults_file = d.mysql_defaults_file.clone();
-    a.db.pg_host = d.pg_host.clone();
-    a.db.pg_port = d.pg_port;
-    a.db.pg_user = d.pg_user.clone();
+    db_conn_args(&mut a.db, &job.db);
     if a.compression.is_none() {
         a.compression = job.compression.clone();
     }

@@ -22,8 +22,9 @@ use coffer_core::walk::{find_path, Found};
 use coffer_core::{IndexedRepository, RestoreOptions};
 use serde::Serialize;
 
+use super::db::{mysql_conn, pg_conn};
 use super::{open_indexed, outln, print_json};
-use crate::cli::{BackupArgs, DbConnArgs, Global, RestoreSiteArgs};
+use crate::cli::{BackupArgs, Global, RestoreSiteArgs};
 use crate::ui::{bytes, local_time, CliProgress};
 
 /// The tag of the snapshot that saves a site's state before a restore replaces it.
@@ -35,14 +36,6 @@ pub const BEFORE_UNDO: &str = "before-undo";
 /// Whether `latest` passes over a snapshot: one that saved what a restore replaced.
 pub fn saved_by_a_restore(s: &Snapshot) -> bool {
     s.tags.iter().any(|t| t == BEFORE_RESTORE || t == BEFORE_UNDO)
-}
-
-/// A database name as a site may list it: one name, no separators a list would split on.
-pub fn database_name_ok(n: &str) -> bool {
-    !n.is_empty()
-        && n.len() <= 64
-        && !n.contains([',', '/', '\0', '`', '"'])
-        && !n.contains(char::is_whitespace)
 }
 
 /// What the site is made of, and where that came from.
@@ -100,24 +93,6 @@ fn usage(msg: String) -> anyhow::Error {
     coffer_core::Error::Usage(msg).into()
 }
 
-fn mysql_conn(a: &DbConnArgs) -> coffer_db::MysqlConnection {
-    coffer_db::MysqlConnection {
-        host: a.mysql_host.clone(),
-        port: a.mysql_port,
-        socket: a.mysql_socket.clone(),
-        user: a.mysql_user.clone(),
-        defaults_file: a.mysql_defaults_file.clone(),
-    }
-}
-
-fn pg_conn(a: &DbConnArgs) -> coffer_db::PgConnection {
-    coffer_db::PgConnection {
-        host: a.pg_host.clone(),
-        port: a.pg_port,
-        user: a.pg_user.clone(),
-    }
-}
-
 /// The contents of a small file in the snapshot (`/etc/passwd`), if it is there.
 fn snapshot_file(repo: &IndexedRepository, snap: &Snapshot, path: &str) -> Option<Vec<u8>> {
     match find_path(repo, snap.tree, path).ok()? {
@@ -162,7 +137,9 @@ fn cpanel_account(repo: &IndexedRepository, snap: &Snapshot, root: &str, name: &
         snap.databases
             .iter()
             .filter(|d| d.engine == engine && d.kind == DatabaseItemKind::Database)
-            .filter(|d| (d.name == name || d.name.starts_with(&prefix)) && database_name_ok(&d.name))
+            .filter(|d| {
+                (d.name == name || d.name.starts_with(&prefix)) && coffer_agent::database_name_ok(&d.name)
+            })
             .map(|d| d.name.clone())
             .collect()
     };
@@ -243,7 +220,7 @@ fn suffixed(name: &str, suffix: &str, engine: &str) -> Result<String> {
 pub fn run(g: &Global, a: RestoreSiteArgs) -> Result<u8> {
     let clock = Instant::now();
     for n in a.site_mysql.iter().chain(&a.site_postgres) {
-        if !database_name_ok(n) {
+        if !coffer_agent::database_name_ok(n) {
             return Err(usage(format!("{n:?}: not one database name")));
         }
     }
@@ -643,30 +620,11 @@ fn save_before(
     if !anything {
         return Ok(None);
     }
-    let db = &a.db;
-    let mut opt = |flag: &str, v: Option<String>| {
-        if let Some(v) = v {
-            args.push(flag.into());
-            args.push(v);
-        }
-    };
-    opt("--mysql-host", db.mysql_host.clone());
-    opt("--mysql-port", db.mysql_port.map(|p| p.to_string()));
-    opt(
-        "--mysql-socket",
-        db.mysql_socket.as_ref().map(|p| p.display().to_string()),
-    );
-    opt("--mysql-user", db.mysql_user.clone());
-    opt(
-        "--mysql-defaults-file",
-        db.mysql_defaults_file.as_ref().map(|p| p.display().to_string()),
-    );
-    opt("--pg-host", db.pg_host.clone());
-    opt("--pg-port", db.pg_port.map(|p| p.to_string()));
-    opt("--pg-user", db.pg_user.clone());
-    let backup = BackupCommand::try_parse_from(&args)
+    let mut backup = BackupCommand::try_parse_from(&args)
         .map_err(|e| usage(format!("saving the site's current state: {e}")))?
         .args;
+    // the connections the restore uses
+    backup.db = a.db.clone();
     if !g.quiet && !g.json {
         outln!("saving what the restore replaces first (snapshot tagged {tag}) ...")?;
     }

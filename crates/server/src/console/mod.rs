@@ -562,12 +562,13 @@ async fn fleet_page(State(s): St, w: Who) -> Response {
             }
         }
         let running = server.live.counts(now);
+        let backups = server.catalog.backups_since(now - 31 * 86_400)?;
         let mut strips = std::collections::HashMap::new();
         for c in &fleet {
-            let b = server.catalog.backups_since(&c.client.name, now - 31 * 86_400)?;
+            let b = backups.get(&c.client.name).map_or(&[][..], Vec::as_slice);
             strips.insert(
                 c.client.name.clone(),
-                charts::day_strip(&charts::days(&b, now, 30), now),
+                charts::day_strip(&charts::days(b, now, 30), now),
             );
         }
         Ok((now, fleet, ratios, running, strips))
