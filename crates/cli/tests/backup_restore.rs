@@ -527,7 +527,12 @@ impl Loop {
     }
 
     fn hash(&self, len: u64) -> String {
+        self.hash_at(0, len)
+    }
+
+    fn hash_at(&self, at: u64, len: u64) -> String {
         let mut f = File::open(&self.dev).unwrap();
+        std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(at)).unwrap();
         let mut h = blake3::Hasher::new();
         std::io::copy(&mut std::io::Read::take(&mut f, len), &mut h).unwrap();
         h.finalize().to_hex().to_string()
@@ -609,6 +614,7 @@ fn a_block_device_is_imaged_and_written_back() {
     fs::write(&b_file, pseudo_random(4, (size + (16 << 20)) as usize)).unwrap();
     let mut b = Loop::over(&b_file);
     let garbage = b.hash(size + (16 << 20));
+    let tail = b.hash_at(size, 16 << 20);
     let o = e.run(&["restore", "latest", "--device", &b.dev, "--dry-run"]);
     assert_eq!(common::code(&o), 0, "{}", common::stderr(&o));
     assert!(String::from_utf8_lossy(&o.stdout).contains("would write"));
@@ -616,6 +622,11 @@ fn a_block_device_is_imaged_and_written_back() {
     let out = e.ok(&["restore", &format!("latest:{name}"), "--device", &b.dev]);
     assert!(out.contains("zeroed"), "{out}");
     assert_eq!(b.hash(size), want, "the device holds other bytes than the image");
+    assert_eq!(
+        b.hash_at(size, 16 << 20),
+        tail,
+        "bytes past the image were written"
+    );
     let fsck = Command::new("e2fsck").args(["-fn", &b.dev]).output().unwrap();
     assert!(fsck.status.success(), "{}", String::from_utf8_lossy(&fsck.stdout));
     a.mount(&e.path("ro-a"), "ro");
