@@ -60,14 +60,7 @@ pub struct Config {
     pub sites: BTreeMap<String, Site>,
 }
 
-/// A database name as a site may list it: one name, without what a list would split on or a
-/// path would hold (`restore-site` saves the databases it replaces with `--mysql a,b`).
-pub fn database_name_ok(n: &str) -> bool {
-    !n.is_empty()
-        && n.len() <= 64
-        && !n.contains([',', '/', '\0', '`', '"'])
-        && !n.contains(char::is_whitespace)
-}
+pub use coffer_wire::database_name_ok;
 
 /// `[site.NAME]`: a named set of paths and databases restored together from one snapshot
 /// (`coffer restore-site SNAPSHOT NAME`): a web site's document root and its databases.
@@ -104,6 +97,25 @@ pub struct Managed {
     pub max_jobs: usize,
     /// No managed schedule may run more often than this.
     pub min_interval: Duration,
+    /// What restores asked for on the server may do here.
+    pub restore: RestorePolicy,
+    /// Where those restores put files (default: `STATE_DIR/restores`), each in a folder named
+    /// after its request; made mode 0700.
+    pub quarantine: PathBuf,
+    /// Whether the server may ask for listings of snapshots (file names then pass through it).
+    pub browse: bool,
+}
+
+/// `[managed] restore`: what a restore asked for on the server may do here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestorePolicy {
+    /// None is run.
+    Off,
+    /// Files into the quarantine directory, databases under a new name (the default).
+    Quarantine,
+    /// Also in place: files overwritten, databases replaced (saved first where `restore-site`
+    /// does that).
+    InPlace,
 }
 
 /// A repository and how to open it.
@@ -309,6 +321,9 @@ struct RawManaged {
     retention: bool,
     max_jobs: Option<usize>,
     min_interval: Option<Spanned<String>>,
+    restore: Option<Spanned<String>>,
+    quarantine: Option<Spanned<PathBuf>>,
+    browse: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -1026,6 +1041,22 @@ impl Config {
                         Some(d) => c.duration("managed min_interval", d)?,
                         None => Duration::from_secs(300),
                     },
+                    restore: match m.restore.as_ref().map(|r| (r, r.get_ref().as_str())) {
+                        None | Some((_, "quarantine")) => RestorePolicy::Quarantine,
+                        Some((_, "off")) => RestorePolicy::Off,
+                        Some((_, "in-place")) => RestorePolicy::InPlace,
+                        Some((r, other)) => {
+                            return Err(c.at(
+                                r.span(),
+                                format!("managed restore {other:?}: \"off\", \"quarantine\" or \"in-place\""),
+                            ))
+                        }
+                    },
+                    quarantine: match &m.quarantine {
+                        Some(q) => c.absolute("managed quarantine", q)?,
+                        None => state_dir.join("restores"),
+                    },
+                    browse: m.browse.unwrap_or(true),
                 })
             }
         };

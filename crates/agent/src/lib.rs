@@ -9,7 +9,7 @@ mod state;
 
 pub use config::{
     database_name_ok, default_state_dir, Check, Config, ConfigError, Databases, DbConnection, Drill, IoClass,
-    Job, Limits, Managed, Repository, Retention, Site, DEFAULT_PATH,
+    Job, Limits, Managed, Repository, RestorePolicy, Retention, Site, DEFAULT_PATH,
 };
 pub use managed::{screen, through_symlink, Screened};
 pub use schedule::{show, utc, Schedule, Zone};

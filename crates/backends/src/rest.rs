@@ -237,6 +237,19 @@ impl RestBackend {
         }
     }
 
+    /// Send the listing of a snapshot's directory the console asked for (`POST /REPO/browse`,
+    /// JSON, see `coffer_wire::BrowseAnswer`).
+    pub fn post_browse(&self, json: &[u8]) -> BResult<()> {
+        let url = format!("{}/{}/{}", self.base, self.repo, coffer_wire::BROWSE_PATH);
+        let headers = [(header::CONTENT_TYPE, "application/json".to_string())];
+        let (s, _, b) = self.call_n(Method::POST, &url, "listing", &headers, Some(json), ATTEMPTS)?;
+        if s.is_success() {
+            Ok(())
+        } else {
+            Err(self.fail("listing", s, &b))
+        }
+    }
+
     /// Whether the client's own retention must wait (`GET /REPO/hold`, see
     /// `coffer_wire::RetentionHold`): the answer's JSON, or `None` from a server that does
     /// not know the question (404: an older server holds nothing).

@@ -204,6 +204,15 @@ pub enum AgentCommand {
         #[arg(long, value_name = "DIR", default_value = "/etc/systemd/system")]
         unit_dir: PathBuf,
     },
+    /// List one directory of a snapshot for the console that asked (started by the agent,
+    /// with --repo-name of `[managed] server`)
+    #[command(hide = true)]
+    Browse {
+        #[arg(long)]
+        request: i64,
+        snapshot: String,
+        path: String,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -971,6 +980,10 @@ pub struct RestoreArgs {
     /// Restore owners by number, ignoring user and group names
     #[arg(long)]
     pub numeric_owner: bool,
+    /// With SNAPSHOT:PATH, put PATH at its own place below the target (DIR/var/www/shop, as a
+    /// restore of the whole snapshot would) instead of its contents straight into DIR
+    #[arg(long)]
+    pub full_path: bool,
 }
 
 #[derive(Args, Debug)]

@@ -231,6 +231,11 @@ fn main() -> ExitCode {
             Some(crate::cli::AgentCommand::Install { dry_run, unit_dir }) => {
                 cmd::agent::install(&g, dry_run, &unit_dir)
             }
+            Some(crate::cli::AgentCommand::Browse {
+                request,
+                snapshot,
+                path,
+            }) => cmd::requests::browse(&g, request, &snapshot, &path),
         },
     };
     if let Some(kind) = report_kind {

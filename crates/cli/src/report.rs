@@ -183,6 +183,10 @@ fn unix(t: SystemTime) -> i64 {
         .unwrap_or(0)
 }
 
+/// The restore asked for on the server that this command carries out: the agent sets it for
+/// the commands it starts for one, and the report says so (the console shows the request done).
+pub const REQUEST_VAR: &str = "COFFER_REQUEST";
+
 /// Set once a report is on its way: a run has one (the interrupt handler's, or the end's).
 static SENT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
@@ -323,6 +327,7 @@ pub fn send(g: &Global, kind: &str, started: SystemTime, took: Duration, outcome
         // (only a backup announces the next backup)
         next_expected: job_facts.next_expected.filter(|_| kind == "backup"),
         jobs: job_facts.jobs,
+        request: std::env::var(REQUEST_VAR).ok().and_then(|v| v.parse().ok()),
     };
     let sent = serde_json::to_vec(&report)
         .map_err(|e| e.to_string())

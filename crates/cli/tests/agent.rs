@@ -11,27 +11,16 @@ use std::cell::RefCell;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::agent::Agent;
 use common::seaweed::{Seaweed, ACCESS, BUCKET, S3_PORT, SECRET};
 use common::server::ServerProc;
 use common::{code, stderr};
 
 fn coffer(dir: &Path, config: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_coffer"));
-    c.env_remove("COFFER_REPOSITORY")
-        .env_remove("COFFER_PASSWORD")
-        .env_remove("COFFER_PASSWORD_FILE")
-        .env_remove("COFFER_TOKEN")
-        .env_remove("COFFER_TOKEN_FILE")
-        .env_remove("AWS_ACCESS_KEY_ID")
-        .env_remove("AWS_SECRET_ACCESS_KEY")
-        .env_remove("AWS_PROFILE")
-        .env("COFFER_CONFIG", config)
-        .env("COFFER_CACHE_DIR", dir.join("cache"))
-        .stdin(Stdio::null());
-    c
+    common::agent_command(dir, config)
 }
 
 fn run(dir: &Path, config: &Path, args: &[&str]) -> Output {
@@ -71,69 +60,6 @@ impl Drop for DropDb {
             .args(["-h", "127.0.0.1", "-u", "root", "-e"])
             .arg(format!("DROP DATABASE IF EXISTS `{}`", self.0))
             .output();
-    }
-}
-
-/// The agent, killed (SIGKILL) when dropped.
-struct Agent {
-    /// In a cell so that a wait can ask whether the agent still runs ([`Self::exited`])
-    /// while it reads its log.
-    child: RefCell<Option<Child>>,
-    log: PathBuf,
-}
-
-impl Agent {
-    fn start(dir: &Path, config: &Path, n: u32) -> Agent {
-        let log = dir.join(format!("agent-{n}.log"));
-        let f = fs::File::create(&log).unwrap();
-        let child = coffer(dir, config)
-            .arg("agent")
-            .stdout(f.try_clone().unwrap())
-            .stderr(f)
-            .spawn()
-            .unwrap();
-        Agent {
-            child: RefCell::new(Some(child)),
-            log,
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.borrow().as_ref().unwrap().id()
-    }
-
-    /// For [`wait_for`]: once the agent has exited, a report with its log (what a wait
-    /// depends on can no longer come).
-    fn exited(&self) -> Option<String> {
-        let status = self.child.borrow_mut().as_mut()?.try_wait().ok().flatten()?;
-        Some(format!("the agent exited ({status}): {}", self.log()))
-    }
-
-    fn log(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn kill9(&mut self) {
-        let mut c = self.child.get_mut().take().unwrap();
-        c.kill().unwrap();
-        c.wait().unwrap();
-    }
-
-    /// SIGTERM, and the agent's exit code (however long its running jobs take to stop).
-    fn stop(&mut self) -> i32 {
-        let mut c = self.child.get_mut().take().unwrap();
-        let pid = rustix::process::Pid::from_child(&c);
-        rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
-        c.wait().unwrap().code().unwrap_or(-1)
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.get_mut().take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
     }
 }
 

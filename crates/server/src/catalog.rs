@@ -161,6 +161,33 @@ const MIGRATIONS: &[&str] = &[
      INSERT INTO agent_seq VALUES (1, 0);",
     // 6: a console login limited to one client (a hosting customer's): NULL is the whole fleet
     "ALTER TABLE operators ADD COLUMN client TEXT;",
+    // 7: restores asked for from here (the agent runs them and its run report ends them), and
+    //    listings of a snapshot's directory asked of the agent with their answers
+    "CREATE TABLE restore_requests (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        client TEXT NOT NULL,
+        snapshot TEXT NOT NULL,
+        item TEXT NOT NULL,
+        in_place INTEGER NOT NULL,
+        requested INTEGER NOT NULL,
+        by_whom TEXT NOT NULL,
+        taken INTEGER,
+        finished INTEGER,
+        status TEXT,
+        message TEXT,
+        run_id INTEGER
+     );
+     CREATE INDEX restore_requests_client ON restore_requests (client, taken);
+     CREATE TABLE browse_requests (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        client TEXT NOT NULL,
+        snapshot TEXT NOT NULL,
+        path TEXT NOT NULL,
+        requested INTEGER NOT NULL,
+        taken INTEGER,
+        answer TEXT
+     );
+     CREATE INDEX browse_requests_client ON browse_requests (client, taken);",
 ];
 
 /// What a client may do with its repository.

@@ -179,6 +179,7 @@ pub fn router(server: Arc<Server>, limits: Limits) -> Router {
         .route("/{repo}/progress", post(crate::live::post_progress))
         .route("/{repo}/hold", get(crate::hold::get_hold))
         .route("/{repo}/agent", get(agent_poll))
+        .route("/{repo}/browse", post(post_browse))
         .route(
             "/{repo}/config",
             get(get_config)
@@ -268,6 +269,13 @@ async fn post_run(
         let skew = now - report.finished;
         report.next_expected = report.next_expected.map(|t| t.saturating_add(skew));
         let id = server.catalog.add_run(&client.name, &repo, now, &report)?;
+        // a restore asked for from the console ends with its command's report
+        if let Some(request) = report.request.filter(|_| report.kind.starts_with("restore")) {
+            let message = report.messages.first().cloned().unwrap_or_default();
+            server
+                .catalog
+                .restore_finished(&client.name, request, report.status, &message, id, now)?;
+        }
         server
             .live
             .ended(&client.name, &report.kind, &report.job, report.started, now);
@@ -286,6 +294,50 @@ async fn post_run(
         });
     }
     Ok((StatusCode::CREATED, format!("run {id} recorded\n")).into_response())
+}
+
+/// An agent's listing of a snapshot's directory (`POST /REPO/browse`), answering a request
+/// of the console: kept for the page that waits for it, if the request is this client's.
+async fn post_browse(
+    State(st): St,
+    UrlPath(repo): UrlPath<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
+    let path = format!("/{repo}/{}", coffer_wire::BROWSE_PATH);
+    let client = authorize(&st, &headers, &repo, Need::Read, &Method::POST, &path).await?;
+    if client.role == Role::Read {
+        return Err(refuse(
+            &Method::POST,
+            &path,
+            &client.name,
+            err(
+                StatusCode::FORBIDDEN,
+                format!("client {:?} has role read, which takes no requests", client.name),
+            ),
+        ));
+    }
+    let bytes = axum::body::to_bytes(body, coffer_wire::BROWSE_MAX_BYTES)
+        .await
+        .map_err(|_| err(StatusCode::PAYLOAD_TOO_LARGE, "a listing is at most 2 MiB"))?;
+    let answer: coffer_wire::BrowseAnswer =
+        serde_json::from_slice(&bytes).map_err(|e| err(StatusCode::BAD_REQUEST, format!("listing: {e}")))?;
+    if answer.entries.len() > coffer_wire::BROWSE_MAX_ENTRIES {
+        return Err(err(
+            StatusCode::BAD_REQUEST,
+            "a listing holds at most 2000 entries",
+        ));
+    }
+    let server = st.server.clone();
+    let name = client.name.clone();
+    if blocking(move || server.catalog.browse_answered(&name, &answer)).await? {
+        Ok(StatusCode::NO_CONTENT.into_response())
+    } else {
+        Err(err(
+            StatusCode::NOT_FOUND,
+            "no listing of this client waits for that answer",
+        ))
+    }
 }
 
 /// An agent's poll (`GET /REPO/agent?since=G&wait=S`): the client's managed jobs when their

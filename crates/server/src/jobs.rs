@@ -348,16 +348,16 @@ impl Catalog {
                 .map_err(db_err)?;
             rows.collect::<rusqlite::Result<_>>().map_err(db_err)?
         };
-        if generation == since && run.is_empty() {
-            tx.commit().map_err(db_err)?;
-            return Ok(None);
-        }
         tx.execute(
             "UPDATE run_requests SET taken = ?2 WHERE client = ?1 AND taken IS NULL",
             params![client, now],
         )
         .map_err(db_err)?;
+        let (restore, browse) = Catalog::take_restores(&tx, client, now).map_err(db_err)?;
         tx.commit().map_err(db_err)?;
+        if generation == since && run.is_empty() && restore.is_empty() && browse.is_empty() {
+            return Ok(None);
+        }
         let jobs = jobs
             .into_iter()
             .map(|(json, _)| serde_json::from_str(&json).unwrap_or(serde_json::Value::String(json)))
@@ -366,6 +366,8 @@ impl Catalog {
             generation,
             jobs,
             run,
+            restore,
+            browse,
         }))
     }
 }

@@ -32,6 +32,7 @@ pub mod live;
 pub mod monitor;
 pub mod notify;
 pub mod records;
+pub mod restores;
 pub mod retention;
 pub mod store;
 pub mod store_s3;

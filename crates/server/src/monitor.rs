@@ -775,6 +775,7 @@ mod tests {
             jobs: Vec::new(),
             files_changed: 0,
             bytes_new_raw: 0,
+            request: None,
         }
     }
 

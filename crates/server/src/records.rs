@@ -27,7 +27,7 @@ impl RunStatus {
             RunStatus::Failed => "failed",
         }
     }
-    fn parse(s: &str) -> RunStatus {
+    pub(crate) fn parse(s: &str) -> RunStatus {
         match s {
             "ok" => RunStatus::Ok,
             "warning" => RunStatus::Warning,
@@ -86,6 +86,9 @@ pub struct RunReport {
     pub files_changed: u64,
     #[serde(default)]
     pub bytes_new_raw: u64,
+    /// The restore asked for on the server that this run carried out (the agent says which).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<i64>,
 }
 
 /// How far ahead a report may announce the next backup (a monthly job, plus its delay).
@@ -223,6 +226,7 @@ fn run_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Run> {
             jobs: serde_json::from_str(&r.get::<_, String>(20)?).unwrap_or_default(),
             files_changed: r.get::<_, i64>(21)? as u64,
             bytes_new_raw: r.get::<_, i64>(22)? as u64,
+            request: None,
         },
     })
 }
@@ -807,6 +811,7 @@ mod tests {
             jobs: Vec::new(),
             files_changed: 0,
             bytes_new_raw: 0,
+            request: None,
         }
     }
 

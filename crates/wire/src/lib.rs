@@ -108,9 +108,138 @@ pub struct RunRequest {
     pub check: bool,
 }
 
+/// What a restore asked for on the server brings back: `{"path": "/var/www/shop"}`,
+/// `{"mysql": "shop"}`, `{"postgres": "app"}` or `{"site": "shop"}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum RestoreItem {
+    /// A file or a directory, by its absolute path in the snapshot.
+    Path(String),
+    /// A MariaDB/MySQL database the snapshot holds a dump of.
+    Mysql(String),
+    /// A PostgreSQL database the snapshot holds a dump of.
+    Postgres(String),
+    /// A `[site.NAME]` of the client's configuration, or a cPanel account.
+    Site(String),
+}
+
+impl RestoreItem {
+    /// Whether it is one the agent can be asked for: an absolute path without `.`/`..`, or one
+    /// database or site name (what a command line would split on or a path would hold, no).
+    pub fn valid(&self) -> Result<(), String> {
+        match self {
+            RestoreItem::Path(p) => {
+                if valid_path(p) {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "{:?}: an absolute path without . or .. is needed",
+                        p.escape_debug().to_string()
+                    ))
+                }
+            }
+            // (a name starting with '-' would read as a flag on the agent's command line)
+            RestoreItem::Mysql(n) | RestoreItem::Postgres(n) | RestoreItem::Site(n) if n.starts_with('-') => {
+                Err(format!(
+                    "{:?}: a name does not start with '-'",
+                    n.escape_debug().to_string()
+                ))
+            }
+            RestoreItem::Mysql(n) | RestoreItem::Postgres(n) if !database_name_ok(n) => Err(format!(
+                "{:?} is not one database name",
+                n.escape_debug().to_string()
+            )),
+            RestoreItem::Site(n) if !valid_job_name(n) => Err(format!(
+                "{:?} is not a site name (letters, digits, '-', '_' and '.')",
+                n.escape_debug().to_string()
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// As the console and the logs say it: `path /var/www`, `mysql shop`, `site shop`.
+    pub fn describe(&self) -> String {
+        match self {
+            RestoreItem::Path(p) => format!("path {p}"),
+            RestoreItem::Mysql(n) => format!("mysql {n}"),
+            RestoreItem::Postgres(n) => format!("postgres {n}"),
+            RestoreItem::Site(n) => format!("site {n}"),
+        }
+    }
+}
+
+/// A restore asked for on the server (the console's Restore form): the client's agent runs it
+/// with its own key, into its quarantine directory (files) or under a new name (databases),
+/// or in place when its configuration allows that (`[managed] restore = "in-place"`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreRequest {
+    pub id: i64,
+    /// A snapshot id (or a unique prefix of at least 8 hex digits), or `latest` (this
+    /// client's newest).
+    pub snapshot: String,
+    pub item: RestoreItem,
+    /// Where it was: files overwritten, databases replaced (saved first in a before-restore
+    /// snapshot where `restore-site` does that). Refused unless the client allows it.
+    #[serde(default)]
+    pub in_place: bool,
+}
+
+/// A listing asked for on the server (the console's snapshot browser): the agent, which holds
+/// the key, lists one directory of a snapshot and posts it back ([`BrowseAnswer`]). File
+/// names then pass through the server; `[managed] browse = false` refuses it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrowseRequest {
+    pub id: i64,
+    pub snapshot: String,
+    /// An absolute path in the snapshot (`/` for its top).
+    pub path: String,
+}
+
+/// The path below a repository where an agent posts a listing: `POST /REPO/browse`.
+pub const BROWSE_PATH: &str = "browse";
+
+/// A listing holds at most this many entries (the rest are counted, not sent).
+pub const BROWSE_MAX_ENTRIES: usize = 2000;
+
+/// The largest listing a server takes, in bytes.
+pub const BROWSE_MAX_BYTES: usize = 2 << 20;
+
+/// One entry of a listed directory.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrowseEntry {
+    pub name: String,
+    /// `dir`, `file`, `symlink` or `other`.
+    pub kind: String,
+    #[serde(default)]
+    pub size: u64,
+    /// Modification time (Unix seconds).
+    #[serde(default)]
+    pub mtime: i64,
+}
+
+/// An agent's answer to a [`BrowseRequest`]: the entries, or why there are none.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrowseAnswer {
+    pub id: i64,
+    #[serde(default)]
+    pub entries: Vec<BrowseEntry>,
+    /// Entries left out past [`BROWSE_MAX_ENTRIES`].
+    #[serde(default)]
+    pub more: u64,
+    /// The snapshot it listed (its full id).
+    #[serde(default)]
+    pub snapshot: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 /// The server's answer to a poll: the client's managed jobs (all of them, as of
-/// `generation`; each left as JSON so that the agent refuses a bad one alone) and the runs
-/// asked for since the last poll.
+/// `generation`; each left as JSON so that the agent refuses a bad one alone), the runs
+/// asked for since the last poll, and the restores and listings asked for.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentPoll {
@@ -119,6 +248,29 @@ pub struct AgentPoll {
     pub jobs: Vec<serde_json::Value>,
     #[serde(default)]
     pub run: Vec<RunRequest>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub restore: Vec<RestoreRequest>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub browse: Vec<BrowseRequest>,
+}
+
+/// An absolute path without `.` or `..` components or NUL, at most 4096 bytes.
+pub fn valid_path(p: &str) -> bool {
+    p.starts_with('/') && p.len() <= 4096 && !p.contains('\0') && p.split('/').all(|c| c != "." && c != "..")
+}
+
+/// A snapshot as a request may name it: `latest`, or 8 to 64 hex digits.
+pub fn valid_snapshot(s: &str) -> bool {
+    s == "latest" || ((8..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// A database name as a site or a request may give it: one name, without what a list would
+/// split on or a path would hold.
+pub fn database_name_ok(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 64
+        && !n.contains([',', '/', '\0', '`', '"'])
+        && !n.contains(char::is_whitespace)
 }
 
 /// The path below a repository where a running command posts its progress.
@@ -260,6 +412,39 @@ mod tests {
             let e = serde_json::from_value::<JobSpec>(v).unwrap_err();
             assert!(e.to_string().contains("unknown field"), "{evil}: {e}");
         }
+    }
+
+    #[test]
+    fn restore_requests_name_one_thing() {
+        let r: RestoreRequest = serde_json::from_value(serde_json::json!(
+            {"id": 3, "snapshot": "latest", "item": {"mysql": "shop"}}
+        ))
+        .unwrap();
+        assert_eq!(
+            (r.item.clone(), r.in_place),
+            (RestoreItem::Mysql("shop".into()), false)
+        );
+        r.item.valid().unwrap();
+        for bad in [
+            RestoreItem::Path("var/www".into()),
+            RestoreItem::Path("/var/../etc".into()),
+            RestoreItem::Path("/a\0b".into()),
+            RestoreItem::Mysql("a,b".into()),
+            RestoreItem::Postgres("x y".into()),
+            RestoreItem::Site("../x".into()),
+            RestoreItem::Site("--in-place".into()),
+            RestoreItem::Mysql("-x".into()),
+        ] {
+            assert!(bad.valid().is_err(), "{bad:?}");
+        }
+        // a field the agent does not know (a command, a target) refuses the whole request
+        let e = serde_json::from_value::<RestoreRequest>(serde_json::json!(
+            {"id": 3, "snapshot": "latest", "item": {"path": "/srv"}, "target": "/etc"}
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("unknown field"), "{e}");
+        assert!(valid_snapshot("latest") && valid_snapshot("0123abcd"));
+        assert!(!valid_snapshot("0123abc") && !valid_snapshot("latest~1") && !valid_snapshot("zzzzzzzz"));
     }
 
     #[test]

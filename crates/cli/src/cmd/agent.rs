@@ -25,6 +25,11 @@
 //! join the local jobs in a new accepted version, and the agent reports what it took and
 //! what it refused (a `config` run report). A run asked for starts at once, outside the
 //! schedule (the job's schedule state is not touched).
+//!
+//! Restores and listings asked for on the server (the console) come with the same poll; each
+//! is checked against `[managed] restore` and `browse` and runs as a command of its own
+//! (`coffer restore`, `restore-db`, `restore-site`, `coffer agent browse`) on the repository
+//! of `[managed] server` (see `requests`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -418,6 +423,86 @@ fn tidy_versions(dir: &Path, keep: &[&Path]) {
     }
 }
 
+/// A restore or a listing the server asked for, running.
+struct Asked {
+    request: i64,
+    restore: bool,
+    pid: u32,
+    started: Instant,
+    config: PathBuf,
+}
+
+/// Start `coffer --config ACCEPTED --repo-name SERVER ARGS` for request `request` (its report
+/// names it); its exit arrives on `done` under `key`.
+fn start_asked(
+    cfg: &Config,
+    accepted: &Path,
+    key: &str,
+    request: i64,
+    args: &[std::ffi::OsString],
+    done: &tokio::sync::mpsc::UnboundedSender<(String, Option<i32>, Option<i32>)>,
+) -> Result<u32> {
+    let server = cfg
+        .managed
+        .as_ref()
+        .map(|m| m.server.clone())
+        .context("no [managed] server")?;
+    let mut cmd = tokio::process::Command::new(self_exe()?);
+    cmd.arg("--config")
+        .arg(accepted)
+        .arg("--repo-name")
+        .arg(server)
+        .arg("--quiet")
+        .args(args)
+        .env(crate::report::REQUEST_VAR, request.to_string())
+        .env(super::run::EXIT_WITH_PARENT, std::process::id().to_string())
+        .stdin(std::process::Stdio::null());
+    let mut child = cmd.spawn().context("starting coffer")?;
+    let pid = child.id().unwrap_or(0);
+    let (done, key) = (done.clone(), key.to_string());
+    tokio::spawn(async move {
+        use std::os::unix::process::ExitStatusExt;
+        let status = child.wait().await.ok();
+        let _ = done.send((
+            key,
+            status.and_then(|s| s.code()),
+            status.and_then(|s| s.signal()),
+        ));
+    });
+    Ok(pid)
+}
+
+/// Post `body` to the server of `[managed]` as a run report (a refused restore), or, with
+/// `browse`, as a listing; beside the schedule, a failure only logged.
+fn post_to_server(cfg: &Config, body: Vec<u8>, browse: bool) {
+    let Some(repo) = cfg
+        .managed
+        .as_ref()
+        .and_then(|m| cfg.repositories.get(&m.server).cloned())
+    else {
+        return;
+    };
+    tokio::task::spawn_blocking(move || {
+        let opts = coffer_backends::RestOptions {
+            cacert: repo.cacert.clone(),
+            token_file: repo.token_file.clone(),
+            token_var: Some("COFFER_AGENT_TOKEN"),
+        };
+        let sent = coffer_backends::RestBackend::open(&repo.location, &opts).and_then(|b| {
+            if browse {
+                b.post_browse(&body).map_err(|e| e.to_string())
+            } else {
+                b.post_run(&body).map_err(|e| e.to_string())
+            }
+        });
+        if let Err(e) = sent {
+            warn(&format!(
+                "the answer to the server's request did not reach it: {e}"
+            ));
+        }
+    });
+}
+
 /// Start `coffer run JOB [--check|--drill]` on the accepted configuration; its exit arrives on `done`.
 fn start(
     g: &Global,
@@ -556,6 +641,8 @@ async fn agent(
     let mut int = signal(SignalKind::interrupt()).context("SIGINT")?;
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
     let mut running: BTreeMap<String, Running> = BTreeMap::new();
+    // restores and listings asked for on the server, by "request N" / "listing N"
+    let mut asked: BTreeMap<String, Asked> = BTreeMap::new();
     let mut memory: Memory = BTreeMap::new();
     let mut retry_at: Option<DateTime<Utc>> = None;
     let mut busy_said: std::collections::BTreeSet<String> = Default::default();
@@ -573,7 +660,7 @@ async fn agent(
     ));
     let mut stopping = false;
     loop {
-        if stopping && running.is_empty() {
+        if stopping && running.is_empty() && asked.is_empty() {
             log("stopped");
             return Ok(0);
         }
@@ -671,8 +758,32 @@ async fn agent(
             // (first: a run that ended is taken off the list before any signal is sent to it)
             biased;
             Some((name, code, signal)) = done_rx.recv() => {
+                if let Some(a) = asked.remove(&name) {
+                    if a.config != accepted
+                        && !running.values().any(|o| o.config == a.config)
+                        && !asked.values().any(|o| o.config == a.config)
+                    {
+                        let _ = std::fs::remove_file(&a.config);
+                    }
+                    let took = a.started.elapsed().as_secs_f64();
+                    let how = match (code, signal) {
+                        (Some(0), _) => "ok".to_string(),
+                        (Some(c), _) => format!("ended with exit code {c}"),
+                        (None, s) => format!("stopped by signal {}", s.unwrap_or(0)),
+                    };
+                    log(&format!("{name} asked for from the server (pid {}): {how} after {took:.1} s", a.pid));
+                    // a command killed said nothing: the server hears it from here
+                    if a.restore && code.is_none() {
+                        let report = super::requests::refusal_report(a.request, &host, &format!("the restore was {how}"));
+                        post_to_server(&cfg, report.to_string().into_bytes(), false);
+                    }
+                    continue;
+                }
                 let Some(r) = running.remove(&name) else { continue };
-                if r.config != accepted && !running.values().any(|o| o.config == r.config) {
+                if r.config != accepted
+                    && !running.values().any(|o| o.config == r.config)
+                    && !asked.values().any(|o| o.config == r.config)
+                {
                     let _ = std::fs::remove_file(&r.config);
                 }
                 let took = r.started.elapsed().as_secs_f64();
@@ -768,6 +879,7 @@ async fn agent(
                             cfg = a.cfg;
                             accepted = a.copy;
                             let mut keep: Vec<&Path> = running.values().map(|r| r.config.as_path()).collect();
+                            keep.extend(asked.values().map(|a| a.config.as_path()));
                             keep.push(&accepted);
                             tidy_versions(&cfg.state_dir.join("agent"), &keep);
                             save_taken(&cfg, &t);
@@ -811,6 +923,70 @@ async fn agent(
                         Err(e) => warn(&format!("job {name}: {} asked for from the server not started: {e:#}", kind.name())),
                     }
                 }
+                for req in poll.restore {
+                    if stopping {
+                        continue;
+                    }
+                    let key = format!("restore {}", req.id);
+                    let what = req.item.describe().escape_debug().to_string();
+                    let args = super::requests::restore_args(&cfg, &host, &req).and_then(|a| {
+                        super::requests::make_quarantine(&cfg)
+                            .map(|()| a)
+                            .map_err(|e| format!("the quarantine directory cannot be made: {e}"))
+                    });
+                    let started = args.map_err(anyhow::Error::msg).and_then(|a| {
+                        start_asked(&cfg, &accepted, &key, req.id, &a, &done_tx)
+                    });
+                    match started {
+                        Ok(pid) => {
+                            log(&format!(
+                                "{key} asked for from the server: {what} of snapshot {}{} (pid {pid})",
+                                req.snapshot,
+                                if req.in_place { ", in place" } else { "" }
+                            ));
+                            asked.insert(key, Asked { request: req.id, restore: true, pid, started: Instant::now(), config: accepted.clone() });
+                        }
+                        Err(e) => {
+                            warn(&format!("{key} asked for from the server ({what}): refused: {e:#}"));
+                            let report = super::requests::refusal_report(req.id, &host, &format!("refused by the client: {e:#}"));
+                            post_to_server(&cfg, report.to_string().into_bytes(), false);
+                        }
+                    }
+                }
+                for req in poll.browse {
+                    if stopping {
+                        continue;
+                    }
+                    let key = format!("listing {}", req.id);
+                    let allowed = cfg.managed.as_ref().is_some_and(|m| m.browse);
+                    let started = if !allowed {
+                        Err(anyhow::anyhow!("browsing is off in this client's configuration ([managed] browse = false)"))
+                    } else if asked.values().filter(|a| !a.restore).count() >= 4 {
+                        Err(anyhow::anyhow!("four listings are being made already; ask again in a moment"))
+                    } else {
+                        let a: Vec<std::ffi::OsString> = vec![
+                            "agent".into(),
+                            "browse".into(),
+                            "--request".into(),
+                            req.id.to_string().into(),
+                            req.snapshot.clone().into(),
+                            req.path.clone().into(),
+                        ];
+                        start_asked(&cfg, &accepted, &key, req.id, &a, &done_tx)
+                    };
+                    match started {
+                        Ok(pid) => {
+                            asked.insert(key, Asked { request: req.id, restore: false, pid, started: Instant::now(), config: accepted.clone() });
+                        }
+                        Err(e) => {
+                            warn(&format!("{key} asked for from the server: refused: {e:#}"));
+                            let answer = coffer_wire::BrowseAnswer { id: req.id, error: Some(format!("{e:#}")), ..Default::default() };
+                            if let Ok(json) = serde_json::to_vec(&answer) {
+                                post_to_server(&cfg, json, true);
+                            }
+                        }
+                    }
+                }
             }
             _ = tokio::time::sleep(until), if !stopping => {}
             _ = hup.recv() => {
@@ -828,6 +1004,7 @@ async fn agent(
                             start_poller(&cfg, &epoch, &poll_tx);
                         }
                         let mut keep: Vec<&Path> = running.values().map(|r| r.config.as_path()).collect();
+                        keep.extend(asked.values().map(|a| a.config.as_path()));
                         keep.push(&accepted);
                         tidy_versions(&cfg.state_dir.join("agent"), &keep);
                         host = job::host(&cfg);
@@ -844,8 +1021,8 @@ async fn agent(
                 if !running.is_empty() {
                     log(&format!("stopping: telling {} running job(s) to stop", running.len()));
                 }
-                for r in running.values() {
-                    if let Some(pid) = rustix::process::Pid::from_raw(r.pid as i32) {
+                for pid in running.values().map(|r| r.pid).chain(asked.values().map(|a| a.pid)) {
+                    if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
                         let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
                     }
                 }

@@ -16,6 +16,7 @@ pub mod job;
 pub mod managed;
 pub mod monitor;
 pub mod mount;
+pub mod requests;
 pub mod run;
 pub mod server;
 pub mod site;
@@ -565,6 +566,23 @@ pub fn restore(g: &Global, a: RestoreArgs) -> Result<u8> {
     };
     let repo = open_indexed(g)?;
     let (id, snap) = resolve_snapshot(&repo, &spec, &a.filter)?;
+    // --full-path: PATH lands at TARGET/PATH (a directory's contents there, a file in
+    // TARGET/its directory)
+    let target = match a
+        .full_path
+        .then(|| find_path(&repo, snap.tree, &path))
+        .transpose()?
+    {
+        Some(Found::Node(n)) => {
+            let rel = std::path::Path::new(path.trim_start_matches('/'));
+            match (n.kind == NodeKind::Dir, rel.parent()) {
+                (true, _) => target.join(rel),
+                (false, Some(parent)) => target.join(parent),
+                (false, None) => target,
+            }
+        }
+        _ => target,
+    };
     let opts = RestoreOptions {
         target: target.clone(),
         includes: a.include,

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 #![allow(clippy::unwrap_used)]
 
+pub mod agent;
 pub mod seaweed;
 pub mod server;
 pub mod sshd;
@@ -13,6 +14,24 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
 use std::time::Duration;
+
+/// `coffer` with the configuration `config`, its cache in `dir`, and none of the
+/// environment's repository settings (the configuration says them).
+pub fn agent_command(dir: &Path, config: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_coffer"));
+    c.env_remove("COFFER_REPOSITORY")
+        .env_remove("COFFER_PASSWORD")
+        .env_remove("COFFER_PASSWORD_FILE")
+        .env_remove("COFFER_TOKEN")
+        .env_remove("COFFER_TOKEN_FILE")
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env_remove("AWS_PROFILE")
+        .env("COFFER_CONFIG", config)
+        .env("COFFER_CACHE_DIR", dir.join("cache"))
+        .stdin(std::process::Stdio::null());
+    c
+}
 
 pub struct Env {
     pub dir: tempfile::TempDir,

@@ -167,6 +167,15 @@ impl ServerProc {
         raw_exchange(self.port, &self.cacert, &head, b"").expect("an answer")
     }
 
+    /// A console form sent with a session: the answer's head and body.
+    pub fn console_post(&self, session: &str, path: &str, body: &str) -> (String, String) {
+        let head = format!(
+            "POST {path} HTTP/1.1\nHost: 127.0.0.1\nConnection: close\nContent-Type: application/x-www-form-urlencoded\nContent-Length: {}\nCookie: coffer_session={session}",
+            body.len()
+        );
+        raw_exchange(self.port, &self.cacert, &head, body.as_bytes()).expect("an answer")
+    }
+
     /// Add a client and return its token (stdout is the token alone).
     pub fn add_client(&self, name: &str, repo: &str, role: &str) -> String {
         let out = self.admin_ok(&["client", "add", name, "--repo", repo, "--role", role]);

@@ -27,6 +27,7 @@ use crate::{token_hash, Result, Server, ServerError};
 
 mod charts;
 mod jobs;
+mod restores;
 
 use jobs::{jobs_section, JobsView};
 
@@ -49,6 +50,8 @@ pub fn router(server: Arc<Server>) -> Router {
         .route("/console/client/{name}/jobs", post(jobs::save_job))
         .route("/console/client/{name}/jobs/{job}", get(jobs::edit_job))
         .route("/console/client/{name}/jobs/{job}/remove", post(jobs::remove_job))
+        .route("/console/client/{name}/restore", post(restores::ask_restore))
+        .route("/console/client/{name}/browse", get(restores::browse))
         .route("/console/alerts", get(alerts_page))
         .route("/console/style.css", get(style))
         .with_state(server)
@@ -681,6 +684,7 @@ async fn client_page(State(s): St, w: Who, UrlPath(name): UrlPath<String>) -> Re
                 .incidents(Some(&format!("repository {}", client.repo)), 20)?,
         );
         incidents.sort_by_key(|i| std::cmp::Reverse(i.opened));
+        let restores = server.catalog.restore_requests(&n2, 10)?;
         let jobs = JobsView {
             managed: server.catalog.jobs(&n2)?.1,
             announced: server.catalog.announced(&n2)?,
@@ -688,11 +692,11 @@ async fn client_page(State(s): St, w: Who, UrlPath(name): UrlPath<String>) -> Re
             live: server.live.of(&n2, now),
         };
         Ok(Some((
-            now, client, status, runs, snaps, verify, incidents, jobs, drills,
+            now, client, status, runs, snaps, verify, incidents, jobs, drills, restores,
         )))
     })
     .await;
-    let (now, client, status, runs, snaps, verify, incidents, jobs, drills) = match r {
+    let (now, client, status, runs, snaps, verify, incidents, jobs, drills, restores) = match r {
         Ok(Some(x)) => x,
         Ok(None) => return error_page(StatusCode::NOT_FOUND, &format!("no client {name:?}")),
         Err(e) => return internal(e),
@@ -730,8 +734,10 @@ async fn client_page(State(s): St, w: Who, UrlPath(name): UrlPath<String>) -> Re
             String::new()
         }
     ));
-    let running = jobs.live.iter().any(|l| now - l.heard < crate::live::SILENT_SECS);
+    let running =
+        jobs.live.iter().any(|l| now - l.heard < crate::live::SILENT_SECS) || restores::pending(&restores);
     b.push_str(&jobs_section(&client.name, &w, &jobs, &runs, now));
+    b.push_str(&restores::restore_section(&client.name, &w, &snaps, &restores));
     let mut t = Table::new(
         "runs",
         &[
