@@ -577,21 +577,43 @@ fn broken_configurations_stop_every_command_with_one_line() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let config = dir.join("coffer.toml");
-    let cases = [
-        ("[job.x]\npaths = [\"/etc\"]\nto = [\"nowhere\"]\n", ":3:", "no repository \"nowhere\""),
-        ("[repository.r]\nlocation = \"/srv/r\"\npassword_file = \"/k\"\nsurprise = 1\n", ":4:1:", "unknown field `surprise`"),
+    // each: the text, where the one line must point (line:column of the bad value), and what
+    // it must say
+    let r = "[repository.r]\nlocation = \"/srv/r\"\npassword_file = \"/k\"\n";
+    let job = |rest: &str| format!("{r}[job.x]\npaths = [\"/etc\"]\nto = [\"r\"]\n{rest}");
+    let cases: Vec<(String, &str, &str)> = vec![
+        // a destination that is not declared
+        ("[job.x]\npaths = [\"/etc\"]\nto = [\"nowhere\"]\n".into(), ":3:7:", "no repository \"nowhere\""),
+        // a key coffer does not know
+        (format!("{r}surprise = 1\n"), ":4:1:", "unknown field `surprise`"),
+        // a bad cron expression
+        (job("schedule = \"every night\"\n"), ":7:12:", "bad cron expression"),
+        // a rate without its unit
+        (job("limit_upload = \"800\"\n"), ":7:16:", "give a unit"),
+        // a bad duration
+        (job("schedule = \"0 3 * * *\"\nrandom_delay = \"soon\"\n"), ":8:16:", "random_delay \"soon\""),
+        // the same job twice
+        (job("[job.x]\npaths = [\"/srv\"]\nto = [\"r\"]\n"), ":7:6:", "duplicate key"),
+        // a time zone that is none
+        (job("schedule = \"0 3 * * *\"\ntimezone = \"Mars/Olympus\"\n"), ":8:12:", "time zone \"Mars/Olympus\""),
+        // a relative path
+        (format!("{r}[job.x]\npaths = [\"etc\"]\nto = [\"r\"]\n"), ":5:10:", "path \"etc\" is relative"),
+        // a value of the wrong type
+        (format!("{r}[job.x]\npaths = \"/etc\"\nto = [\"r\"]\n"), ":5:9:", "expected a sequence"),
+        // retention without a unit
+        (job("[job.x.retention]\nkeep_within = \"7\"\n"), ":8:15:", "keep_within \"7\""),
+        // niceness out of range
+        (job("nice = 40\n"), ":7:8:", "nice 40 must be -20 to 19"),
+        // what a restore asked for on the server may do, misspelled
         (
-            "[repository.r]\nlocation = \"/srv/r\"\npassword_file = \"/k\"\n[job.x]\npaths = [\"/etc\"]\nto = [\"r\"]\nschedule = \"every night\"\n",
-            ":7:",
-            "bad cron expression",
+            "[repository.r]\nlocation = \"https://b.example:8443/web1\"\npassword_file = \"/k\"\n[managed]\nserver = \"r\"\nrestore = \"sometimes\"\n".into(),
+            ":6:11:",
+            "managed restore \"sometimes\"",
         ),
-        (
-            "[repository.r]\nlocation = \"/srv/r\"\npassword_file = \"/k\"\n[job.x]\npaths = [\"/etc\"]\nto = [\"r\"]\nlimit_upload = \"800\"\n",
-            ":7:",
-            "give a unit",
-        ),
+        // TOML that does not parse
+        (format!("{r}[job.x]\npaths = [\"/etc\"\nto = [\"r\"]\n"), ":6:1:", "expected `,`"),
     ];
-    for (text, at, says) in cases {
+    for (text, at, says) in &cases {
         fs::write(&config, text).unwrap();
         for args in [
             &["config", "check"][..],

@@ -151,6 +151,9 @@ fn incident_title(inc: &Incident) -> String {
         "warnings" => "WARNINGS",
         "damage" => "DAMAGED",
         "quota" => "QUOTA",
+        // files changed at many times the usual rate, the new data incompressible: files
+        // encrypted in place (server retention for the client waits until acknowledged)
+        "anomaly" => "ANOMALY",
         _ => "PROBLEM",
     };
     match inc.closed {
@@ -350,5 +353,38 @@ async fn post_webhook(client: &reqwest::Client, m: &OutboxItem) -> std::result::
         Ok(())
     } else {
         Err(format!("answered {}", r.status()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_of_incident_has_its_own_title() {
+        let inc = |kind: &str, closed: Option<i64>| Incident {
+            id: 1,
+            subject: "web1".into(),
+            kind: kind.into(),
+            opened: 10,
+            closed,
+            detail: String::new(),
+        };
+        for (kind, title) in [
+            ("failed", "coffer: FAILED web1"),
+            ("check", "coffer: CHECK FAILED web1"),
+            ("drill", "coffer: DRILL FAILED web1"),
+            ("overdue", "coffer: OVERDUE web1"),
+            ("warnings", "coffer: WARNINGS web1"),
+            ("damage", "coffer: DAMAGED web1"),
+            ("quota", "coffer: QUOTA web1"),
+            ("anomaly", "coffer: ANOMALY web1"),
+        ] {
+            assert_eq!(incident_title(&inc(kind, None)), title);
+        }
+        assert_eq!(
+            incident_title(&inc("anomaly", Some(20))),
+            "coffer: RECOVERED web1 (anomaly cleared)"
+        );
     }
 }
