@@ -377,13 +377,39 @@ schedule = "*/4 * * * * *"
         },
         || agent.exited(),
     );
+    // SIGTERM while a backup runs (systemctl stop): the agent tells it to stop, waits, exits
+    // 0; the step ends cleanly (the repositories check clean below, --read-data)
+    let mut f = fs::File::create(&big).unwrap();
+    let chunk = common::pseudo_random(8, 1 << 20);
+    for i in 0..200u32 {
+        let mut c = chunk.clone();
+        c[..4].copy_from_slice(&i.to_le_bytes());
+        f.write_all(&c).unwrap();
+    }
+    drop(f);
+    wait_for(
+        "a backup of job files in progress under the second agent",
+        || {
+            processes_with(&needle)
+                .iter()
+                .any(|(_, c)| c.contains(" backup --job files"))
+        },
+        || agent.exited(),
+    );
     assert_eq!(agent.stop(), 0, "{}", agent.log());
-    assert!(agent.log().contains("stopped"), "{}", agent.log());
+    let log = agent.log();
+    assert!(log.contains("stopping: telling"), "{log}");
+    assert!(log.contains("job files: backup interrupted"), "{log}");
+    assert!(log.contains("stopped"), "{log}");
     assert!(
         processes_with(&needle).is_empty(),
         "{:?}",
         processes_with(&needle)
     );
+    for r in ["local", "offsite"] {
+        let o = run(dir, &config, &["--repo-name", r, "check"]);
+        assert_eq!(code(&o), 0, "check of {r} after SIGTERM: {}", stderr(&o));
+    }
 
     // two jobs backing up to one repository at once is no warning; the run the killed agent
     // took with it reported itself interrupted (a night without a backup is not a good one)
