@@ -156,7 +156,7 @@ to = ["company"]
             other = other.display(),
         )
     };
-    fs::write(&config, cfg("restore = \"in-place\"")).unwrap();
+    fs::write(&config, cfg("restore = \"in-place\"\ndatabases = true")).unwrap();
     let key = format!("{}/company.key", dir.display());
     ok(dir, &config, &["key", "generate", "-q", "-o", &key]);
     ok(dir, &config, &["--repo-name", "company", "init", "-q"]);
@@ -336,7 +336,35 @@ to = ["company"]
     assert_eq!(status, "ok", "{message}\n{}", agent.log());
     assert_eq!(mysql(&format!("SELECT COUNT(*) FROM `{db}`.orders")).trim(), "3");
 
-    // 4. in place outside [managed] paths: refused by the agent, and the refusal reported
+    // (the database restored in place was saved first, in a before-restore snapshot that
+    // `latest` passes over from now on: the next restores of `latest` are of the backup)
+
+    // 4a. a symlink put on the way after the backup does not lead an in-place restore out of
+    // [managed] paths: www/assets -> a directory outside
+    let outside = dir.join("outside");
+    fs::create_dir_all(&outside).unwrap();
+    fs::remove_dir_all(www.join("assets")).unwrap();
+    std::os::unix::fs::symlink(&outside, www.join("assets")).unwrap();
+    for name in [www.join("assets"), www.join("assets/logo.svg")] {
+        let (head, _) = restore(
+            &session,
+            format!(
+                "csrf={csrf}&snapshot=latest&kind=path&name={}&in_place=yes",
+                enc(name.to_str().unwrap())
+            ),
+        );
+        assert!(head.starts_with("HTTP/1.1 303"), "{head}");
+        let (status, message) = wait_done(&agent, last_id());
+        assert_eq!(status, "failed", "{}: {message}", name.display());
+        assert!(message.contains("is a symlink"), "{message}");
+    }
+    assert_eq!(
+        fs::read_dir(&outside).unwrap().count(),
+        0,
+        "nothing was written through the symlink"
+    );
+
+    // 4b. in place outside [managed] paths: refused by the agent, and the refusal reported
     fs::write(other.join("notes.txt"), "changed here\n").unwrap();
     let (head, _) = restore(
         &session,
@@ -386,7 +414,11 @@ to = ["company"]
         .exists());
 
     // 6. a configuration that forbids both: restores and listings are refused and said so
-    fs::write(&config, cfg("restore = \"off\"\nbrowse = false")).unwrap();
+    fs::write(
+        &config,
+        cfg("restore = \"off\"\nbrowse = false\ndatabases = true"),
+    )
+    .unwrap();
     rustix::process::kill_process(
         rustix::process::Pid::from_raw(agent.pid() as i32).unwrap(),
         rustix::process::Signal::HUP,

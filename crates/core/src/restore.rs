@@ -57,6 +57,11 @@ pub struct RestoreOptions {
     pub verify: bool,
     /// Restore owners by the stored numbers, ignoring user and group names.
     pub numeric_owner: bool,
+    /// `target` is this directory and a path below it, and that path is made and opened one
+    /// directory at a time, never through a symlink or into a file (a restore in place, or
+    /// into a folder named after a path of the snapshot, must not be led elsewhere by a
+    /// symlink someone put on the way).
+    pub within: Option<PathBuf>,
 }
 
 /// When an existing file in the target is replaced.
@@ -1075,6 +1080,55 @@ fn refuse_delete_above(path: &str, opts: &RestoreOptions) -> Result<()> {
 /// Restore `path` of the snapshot whose root tree is `root` into `opts.target`.
 /// A directory's *contents* land in the target (`/srv/www` → `TARGET/...`); restoring `/`
 /// recreates the backed-up absolute paths under the target (`/srv/www/a` → `TARGET/srv/www/a`).
+/// Open `target`, which is `base` and a path below it: `base` as it is (made if missing), then
+/// each directory below it made if missing and opened without following a symlink. A dry run
+/// makes nothing, and gets no directory where one is missing.
+fn open_within(base: &Path, target: &Path, dry_run: bool) -> Result<Option<OwnedFd>> {
+    let rel = target
+        .strip_prefix(base)
+        .map_err(|_| Error::Usage(format!("{} is not below {}", target.display(), base.display())))?;
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    let mut dir = if dry_run {
+        match rustix::fs::openat(CWD, base, flags, Mode::empty()) {
+            Ok(d) => d,
+            Err(_) => return Ok(None),
+        }
+    } else {
+        std::fs::create_dir_all(base).map_err(|e| Error::io(base, e))?;
+        rustix::fs::openat(CWD, base, flags, Mode::empty()).map_err(|e| Error::io(base, errno_io(e)))?
+    };
+    let mut at = base.to_path_buf();
+    for c in rel.components() {
+        let std::path::Component::Normal(name) = c else {
+            return Err(Error::Usage(format!(
+                "{}: only plain names below {}",
+                target.display(),
+                base.display()
+            )));
+        };
+        at.push(name);
+        if !dry_run {
+            match rustix::fs::mkdirat(&dir, name, Mode::from_raw_mode(0o755)) {
+                Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                Err(e) => return Err(Error::io(&at, errno_io(e))),
+            }
+        }
+        dir = match rustix::fs::openat(&dir, name, flags | OFlags::NOFOLLOW, Mode::empty()) {
+            Ok(d) => d,
+            Err(rustix::io::Errno::NOENT) if dry_run => return Ok(None),
+            Err(rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR) => {
+                return Err(Error::Usage(format!(
+                    "nothing restored: {} is a symlink or not a directory here (a restore to {} is not led elsewhere)",
+                    at.display(),
+                    target.display()
+                )))
+            }
+            Err(e) => return Err(Error::io(&at, errno_io(e))),
+        };
+    }
+    Ok(Some(dir))
+}
+
 pub fn restore(
     repo: &IndexedRepository,
     root: coffer_format::BlobId,
@@ -1092,7 +1146,9 @@ pub fn restore(
     if !matches!(&found, Found::Node(n) if n.kind != NodeKind::Dir) {
         refuse_delete_above(path, opts)?;
     }
-    let target = if opts.dry_run {
+    let target = if let Some(base) = &opts.within {
+        open_within(base, &opts.target, opts.dry_run)?
+    } else if opts.dry_run {
         // a dry run reads what the target holds (to say what would be replaced or deleted)
         // and writes nothing
         rustix::fs::openat(

@@ -18,6 +18,10 @@ use crate::{Result, ServerError};
 /// A restore asked for and not taken within this long is dropped (as runs asked for are).
 pub const RESTORE_EXPIRES_SECS: i64 = crate::jobs::REQUEST_EXPIRES_SECS;
 
+/// A restore taken by the agent and not reported within this long is given up on (the agent
+/// stopped or was killed before the command could report).
+pub const RESTORE_SILENT_SECS: i64 = 6 * 3600;
+
 /// A listing not taken within this long is not sent any more: the page that asked has given up.
 pub const BROWSE_EXPIRES_SECS: i64 = 60;
 
@@ -203,6 +207,12 @@ impl Catalog {
              WHERE client = ?1 AND taken IS NULL AND requested < ?3",
             params![client, now, now - RESTORE_EXPIRES_SECS],
         )?;
+        tx.execute(
+            "UPDATE restore_requests SET finished = ?2, status = 'failed',
+             message = 'no word from the agent within 6 hours of taking it (stopped or killed?)'
+             WHERE client = ?1 AND taken > 0 AND finished IS NULL AND taken < ?3",
+            params![client, now, now - RESTORE_SILENT_SECS],
+        )?;
         let restores: Vec<RestoreRequest> = {
             let mut st = tx.prepare(
                 "SELECT id, snapshot, item, in_place FROM restore_requests
@@ -307,6 +317,25 @@ mod tests {
         assert!(p.unwrap().is_none());
         let r = &c.restore_requests("web1", 5).unwrap()[0];
         assert_eq!((r.id, r.taken, r.status), (old, Some(0), Some(RunStatus::Failed)));
+        // one taken and never reported is given up on after a while
+        let t = 10_000;
+        let silent = c
+            .request_restore("web1", "latest", &item, false, "alice", t)
+            .unwrap();
+        c.agent_poll("web1", 0, t).unwrap().unwrap();
+        assert!(c
+            .agent_poll("web1", 0, t + RESTORE_SILENT_SECS - 1)
+            .unwrap()
+            .is_none());
+        assert_eq!(c.restore_requests("web1", 1).unwrap()[0].finished, None);
+        c.agent_poll("web1", 0, t + RESTORE_SILENT_SECS + 1).unwrap();
+        let r = &c.restore_requests("web1", 1).unwrap()[0];
+        assert_eq!((r.id, r.status), (silent, Some(RunStatus::Failed)));
+        assert!(r
+            .message
+            .as_deref()
+            .unwrap_or("")
+            .contains("no word from the agent"));
     }
 
     #[test]

@@ -432,6 +432,10 @@ struct Asked {
     config: PathBuf,
 }
 
+/// At most this many restores asked for by the server run at once (each may take the disk
+/// and the cores: the rest are refused, and said so).
+const MAX_RESTORES: usize = 2;
+
 /// Start `coffer --config ACCEPTED --repo-name SERVER ARGS` for request `request` (its report
 /// names it); its exit arrives on `done` under `key`.
 fn start_asked(
@@ -439,6 +443,7 @@ fn start_asked(
     accepted: &Path,
     key: &str,
     request: i64,
+    in_place: bool,
     args: &[std::ffi::OsString],
     done: &tokio::sync::mpsc::UnboundedSender<(String, Option<i32>, Option<i32>)>,
 ) -> Result<u32> {
@@ -455,6 +460,9 @@ fn start_asked(
         .arg("--quiet")
         .args(args)
         .env(crate::report::REQUEST_VAR, request.to_string())
+        // what replaces data here is not taken from a snapshot a write-only key (a stolen one
+        // too) sealed
+        .env(super::REFUSE_WRITE_ONLY_VAR, if in_place { "1" } else { "" })
         .env(super::run::EXIT_WITH_PARENT, std::process::id().to_string())
         .stdin(std::process::Stdio::null());
     let mut child = cmd.spawn().context("starting coffer")?;
@@ -924,18 +932,21 @@ async fn agent(
                     }
                 }
                 for req in poll.restore {
-                    if stopping {
-                        continue;
-                    }
                     let key = format!("restore {}", req.id);
                     let what = req.item.describe().escape_debug().to_string();
-                    let args = super::requests::restore_args(&cfg, &host, &req).and_then(|a| {
-                        super::requests::make_quarantine(&cfg)
-                            .map(|()| a)
-                            .map_err(|e| format!("the quarantine directory cannot be made: {e}"))
-                    });
+                    let restoring = asked.values().filter(|a| a.restore).count();
+                    let args = if stopping {
+                        Err("the agent is stopping; ask again once it runs".to_string())
+                    } else if asked.contains_key(&key) {
+                        Err(format!("request {} is running already", req.id))
+                    } else if restoring >= MAX_RESTORES {
+                        Err(format!("{restoring} restores asked for by the server are running already; ask again when they end"))
+                    } else {
+                        super::requests::restore_args(&cfg, &host, &req)
+                            .and_then(|a| super::requests::make_quarantine(&cfg, &req).map(|()| a))
+                    };
                     let started = args.map_err(anyhow::Error::msg).and_then(|a| {
-                        start_asked(&cfg, &accepted, &key, req.id, &a, &done_tx)
+                        start_asked(&cfg, &accepted, &key, req.id, req.in_place, &a, &done_tx)
                     });
                     match started {
                         Ok(pid) => {
@@ -959,7 +970,9 @@ async fn agent(
                     }
                     let key = format!("listing {}", req.id);
                     let allowed = cfg.managed.as_ref().is_some_and(|m| m.browse);
-                    let started = if !allowed {
+                    let started = if asked.contains_key(&key) {
+                        continue;
+                    } else if !allowed {
                         Err(anyhow::anyhow!("browsing is off in this client's configuration ([managed] browse = false)"))
                     } else if asked.values().filter(|a| !a.restore).count() >= 4 {
                         Err(anyhow::anyhow!("four listings are being made already; ask again in a moment"))
@@ -972,7 +985,7 @@ async fn agent(
                             req.snapshot.clone().into(),
                             req.path.clone().into(),
                         ];
-                        start_asked(&cfg, &accepted, &key, req.id, &a, &done_tx)
+                        start_asked(&cfg, &accepted, &key, req.id, false, &a, &done_tx)
                     };
                     match started {
                         Ok(pid) => {

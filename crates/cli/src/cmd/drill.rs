@@ -162,6 +162,7 @@ pub fn run(g: &Global, mut a: DrillArgs) -> Result<u8> {
             delete_keeps: Vec::new(),
             verify: true,
             numeric_owner: true,
+            within: None,
         };
         match coffer_core::restore(&repo, snap.tree, path, &opts, &coffer_core::NoProgress) {
             Ok(s) if s.verified == 1 && s.errors == 0 => {

@@ -207,6 +207,7 @@ pub fn run(g: &Global, a: RestoreHostArgs) -> Result<u8> {
         delete_keeps: snap.excludes.clone(),
         verify: false,
         numeric_owner: false,
+        within: None,
     };
 
     // the plan: what the files come to, what each database would do

@@ -151,11 +151,41 @@ pub fn resolve_snapshot(
     spec: &str,
     filter: &crate::cli::SnapshotFilter,
 ) -> Result<(coffer_core::format::SnapshotId, Snapshot)> {
-    resolve_snapshot_passing(repo, spec, filter, |_| false)
+    // `latest` is never the state a restore saved before it replaced it (a before-restore
+    // snapshot), unless asked for with --tag
+    let asked_before = filter
+        .tag
+        .iter()
+        .any(|t| t == site::BEFORE_RESTORE || t == site::BEFORE_UNDO);
+    resolve_snapshot_passing(repo, spec, filter, |s| {
+        !asked_before && site::saved_by_a_restore(s)
+    })
 }
+
+/// Set (non-empty) in the environment of a restore that replaces data in place for a request
+/// of the server (the agent sets it): a snapshot sealed by a write-only key is refused then.
+pub const REFUSE_WRITE_ONLY_VAR: &str = "COFFER_REFUSE_WRITE_ONLY";
 
 /// [`resolve_snapshot`], with `latest` passing over the snapshots `skip` names too.
 pub fn resolve_snapshot_passing(
+    repo: &Repository,
+    spec: &str,
+    filter: &crate::cli::SnapshotFilter,
+    skip: impl Fn(&Snapshot) -> bool,
+) -> Result<(coffer_core::format::SnapshotId, Snapshot)> {
+    let (id, snap) = resolve_any(repo, spec, filter, skip)?;
+    if snap.sealed_by_write_only && std::env::var_os(REFUSE_WRITE_ONLY_VAR).is_some_and(|v| !v.is_empty()) {
+        return Err(coffer_core::Error::Usage(format!(
+            "snapshot {} was sealed by a write-only key (any holder of one, a stolen one too, can write such a snapshot): \
+             not restored in place from a request of the server; restore it by hand after reading it",
+            id.short()
+        ))
+        .into());
+    }
+    Ok((id, snap))
+}
+
+fn resolve_any(
     repo: &Repository,
     spec: &str,
     filter: &crate::cli::SnapshotFilter,
@@ -568,6 +598,7 @@ pub fn restore(g: &Global, a: RestoreArgs) -> Result<u8> {
     let (id, snap) = resolve_snapshot(&repo, &spec, &a.filter)?;
     // --full-path: PATH lands at TARGET/PATH (a directory's contents there, a file in
     // TARGET/its directory)
+    let base = target.clone();
     let target = match a
         .full_path
         .then(|| find_path(&repo, snap.tree, &path))
@@ -594,6 +625,8 @@ pub fn restore(g: &Global, a: RestoreArgs) -> Result<u8> {
         delete_keeps: snap.excludes.clone(),
         verify: a.verify,
         numeric_owner: a.numeric_owner,
+        // (what --full-path adds below the target is the snapshot's: no symlink on it is followed)
+        within: a.full_path.then_some(base),
     };
     if a.delete && snap.sealed_by_write_only {
         // what --delete removes is judged by the snapshot's paths and trees, which any

@@ -79,6 +79,15 @@ pub fn restore_args(cfg: &Config, host: &str, r: &RestoreRequest) -> Result<Vec<
         _ => {}
     }
     r.item.valid()?;
+    let databases = |what: &str| {
+        if m.databases {
+            Ok(())
+        } else {
+            Err(format!(
+                "{what}: databases are not the server's to restore here ([managed] databases = false)"
+            ))
+        }
+    };
     if !coffer_wire::valid_snapshot(&r.snapshot) {
         return Err(format!(
             "snapshot {:?}: not an id or `latest`",
@@ -108,6 +117,7 @@ pub fn restore_args(cfg: &Config, host: &str, r: &RestoreRequest) -> Result<Vec<
             }
         }
         RestoreItem::Mysql(n) | RestoreItem::Postgres(n) => {
+            databases(&r.item.describe())?;
             let engine = if matches!(r.item, RestoreItem::Mysql(_)) {
                 "mysql"
             } else {
@@ -131,6 +141,29 @@ pub fn restore_args(cfg: &Config, host: &str, r: &RestoreRequest) -> Result<Vec<
             a.extend(db_flags(cfg, engine));
         }
         RestoreItem::Site(n) => {
+            // a site of this file: its paths and databases are known here; any other name is
+            // a cPanel account the snapshot describes (its word, not this file's)
+            let local = cfg.sites.get(n);
+            if local.is_none_or(|s| !s.mysql.is_empty() || !s.postgres.is_empty()) {
+                databases(&format!("site {n}"))?;
+            }
+            if r.in_place {
+                let Some(site) = local else {
+                    return Err(format!(
+                        "site {n}: in place, only a [site.NAME] of this machine's file (a cPanel account's paths are the snapshot's word): ask for a copy in quarantine"
+                    ));
+                };
+                if let Some(p) = site
+                    .paths
+                    .iter()
+                    .find(|p| !m.paths.iter().any(|allowed| p.starts_with(allowed)))
+                {
+                    return Err(format!(
+                        "site {n}: in place, only what [managed] paths allows may be restored; {} is not below one of them",
+                        p.display()
+                    ));
+                }
+            }
             push(&"restore-site");
             push(&r.snapshot);
             push(&n);
@@ -147,20 +180,38 @@ pub fn restore_args(cfg: &Config, host: &str, r: &RestoreRequest) -> Result<Vec<
             a.extend(db_flags(cfg, "postgres"));
         }
     }
-    if r.snapshot == "latest" {
-        a.push("--host".into());
-        a.push(host.into());
-    }
+    // this machine's snapshots only (an id of another host's is refused too)
+    a.push("--host".into());
+    a.push(host.into());
     Ok(a)
 }
 
 /// Make the quarantine directory (mode 0700: what a restore puts there is nobody's business
-/// until an administrator moves it).
-pub fn make_quarantine(cfg: &Config) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
+/// until an administrator moves it) and, for a restore of files, the request's own folder in
+/// it, which must not exist yet: a request number seen again (a server whose catalog was
+/// reset, or one that lies) never restores into an earlier restore's folder.
+pub fn make_quarantine(cfg: &Config, r: &RestoreRequest) -> Result<(), String> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     let Some(m) = &cfg.managed else { return Ok(()) };
-    std::fs::create_dir_all(&m.quarantine)?;
-    std::fs::set_permissions(&m.quarantine, std::fs::Permissions::from_mode(0o700))
+    let files = matches!(r.item, RestoreItem::Path(_) | RestoreItem::Site(_)) && !r.in_place;
+    if !files {
+        return Ok(());
+    }
+    let q = &m.quarantine;
+    std::fs::create_dir_all(q)
+        .and_then(|()| std::fs::set_permissions(q, std::fs::Permissions::from_mode(0o700)))
+        .map_err(|e| format!("the quarantine directory {}: {e}", q.display()))?;
+    let mine = q.join(r.id.to_string());
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&mine)
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => format!(
+                "quarantine folder {} exists already (an earlier request of that number): move it away, then ask again",
+                r.id
+            ),
+            _ => format!("the quarantine folder {}: {e}", mine.display()),
+        })
 }
 
 /// The report of a restore that did not run (refused, or stopped before it could say).
@@ -192,13 +243,13 @@ fn list(g: &Global, request: i64, snapshot: &str, path: &str) -> Result<BrowseAn
     if !coffer_wire::valid_path(path) {
         anyhow::bail!("{path:?}: an absolute path without . or .. is needed");
     }
+    if !coffer_wire::valid_snapshot(snapshot) {
+        anyhow::bail!("snapshot {snapshot:?}: `latest` or an id of at least 8 hex digits");
+    }
     let repo = super::open_indexed(g)?;
+    // this machine's snapshots only, as for restores
     let filter = SnapshotFilter {
-        host: if snapshot == "latest" {
-            vec![super::job::this_host(g)]
-        } else {
-            Vec::new()
-        },
+        host: vec![super::job::this_host(g)],
         ..Default::default()
     };
     let (sid, snap) = super::resolve_snapshot(&repo, snapshot, &filter)?;
@@ -262,7 +313,9 @@ mod tests {
         let text = format!(
             "[repository.company]\nlocation = \"https://backup.example:8443/web1\"\npassword_file = \"/etc/coffer/pw\"\n\
              [managed]\nserver = \"company\"\npaths = [\"/var/www\"]\n{extra}\n\
-             [job.db]\nmysql = [\"shop\"]\nmysql_socket = \"/run/mysqld/mysqld.sock\"\nto = [\"company\"]\n"
+             [job.db]\nmysql = [\"shop\"]\nmysql_socket = \"/run/mysqld/mysqld.sock\"\nto = [\"company\"]\n\
+             [site.shop]\npaths = [\"/var/www/shop\"]\nmysql = [\"shop\"]\n\
+             [site.mail]\npaths = [\"/var/mail\"]\n"
         );
         Config::parse(Path::new("/etc/coffer/coffer.toml"), &text).unwrap()
     }
@@ -280,18 +333,39 @@ mod tests {
         a.iter().map(|s| s.to_string_lossy().into_owned()).collect()
     }
 
+    fn args(cfg: &Config, item: RestoreItem, in_place: bool) -> Result<Vec<String>, String> {
+        restore_args(cfg, "web1", &req(item, in_place)).map(|a| words(&a))
+    }
+
+    #[test]
+    fn a_quarantine_folder_is_never_restored_into_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(&format!("quarantine = \"{}/q\"", dir.path().display()));
+        let r = req(RestoreItem::Path("/var/www".into()), false);
+        make_quarantine(&cfg, &r).unwrap();
+        let e = make_quarantine(&cfg, &r).unwrap_err();
+        assert!(e.contains("exists already"), "{e}");
+        use std::os::unix::fs::PermissionsExt;
+        for d in ["q", "q/7"] {
+            let mode = std::fs::metadata(dir.path().join(d))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o700, "{d}");
+        }
+        // databases and in-place restores make no folder
+        let mut db = req(RestoreItem::Mysql("shop".into()), false);
+        db.id = 8;
+        make_quarantine(&cfg, &db).unwrap();
+        assert!(!dir.path().join("q/8").exists());
+    }
+
     #[test]
     fn restores_go_to_quarantine_unless_in_place_is_allowed() {
-        let cfg = config("");
-        let a = restore_args(
-            &cfg,
-            "web1",
-            &req(RestoreItem::Path("/var/www/shop".into()), false),
-        )
-        .unwrap();
+        let cfg = config("databases = true");
         let q = cfg.state_dir.join("restores/7");
         assert_eq!(
-            words(&a),
+            args(&cfg, RestoreItem::Path("/var/www/shop".into()), false).unwrap(),
             [
                 "restore",
                 "latest:/var/www/shop",
@@ -302,39 +376,44 @@ mod tests {
                 "web1"
             ]
         );
-        let e = restore_args(
-            &cfg,
-            "web1",
-            &req(RestoreItem::Path("/var/www/shop".into()), true),
-        )
-        .unwrap_err();
+        let e = args(&cfg, RestoreItem::Path("/var/www/shop".into()), true).unwrap_err();
         assert!(e.contains("not allowed here"), "{e}");
-        let a = restore_args(&cfg, "web1", &req(RestoreItem::Mysql("shop".into()), false)).unwrap();
+        let a = args(&cfg, RestoreItem::Mysql("shop".into()), false).unwrap();
         assert_eq!(
-            words(&a)[..5],
+            a[..5],
             ["restore-db", "latest", "mysql/shop", "--as", "shop_restored_7"]
         );
-        assert!(
-            words(&a).contains(&"/run/mysqld/mysqld.sock".to_string()),
-            "{a:?}"
-        );
+        assert!(a.contains(&"/run/mysqld/mysqld.sock".to_string()), "{a:?}");
+        // an id too is this machine's only
+        let mut by_id = req(RestoreItem::Path("/var/www".into()), false);
+        by_id.snapshot = "0123abcd".into();
+        let a = words(&restore_args(&cfg, "web1", &by_id).unwrap());
+        assert_eq!(a[a.len() - 2..], ["--host", "web1"]);
 
-        let cfg = config("restore = \"in-place\"");
-        let a = restore_args(
-            &cfg,
-            "web1",
-            &req(RestoreItem::Path("/var/www/shop".into()), true),
-        )
-        .unwrap();
-        assert_eq!(words(&a)[3..5], ["--target", "/"]);
+        // databases only where [managed] databases allows
+        let plain = config("");
+        for item in [
+            RestoreItem::Mysql("shop".into()),
+            RestoreItem::Site("shop".into()),
+            RestoreItem::Site("bob".into()),
+        ] {
+            let e = args(&plain, item.clone(), false).unwrap_err();
+            assert!(e.contains("databases = false"), "{item:?}: {e}");
+        }
+        // (a site of this file without databases needs no such leave)
+        args(&plain, RestoreItem::Site("mail".into()), false).unwrap();
+
+        let cfg = config("restore = \"in-place\"\ndatabases = true");
+        let a = args(&cfg, RestoreItem::Path("/var/www/shop".into()), true).unwrap();
+        assert_eq!(a[3..5], ["--target", "/"]);
         // in place, only below [managed] paths
-        let e = restore_args(&cfg, "web1", &req(RestoreItem::Path("/etc/shadow".into()), true)).unwrap_err();
-        assert!(e.contains("[managed] paths"), "{e}");
-        let e = restore_args(&cfg, "web1", &req(RestoreItem::Path("/var/wwwx".into()), true)).unwrap_err();
-        assert!(e.contains("[managed] paths"), "{e}");
-        let a = restore_args(&cfg, "web1", &req(RestoreItem::Mysql("shop".into()), true)).unwrap();
+        for p in ["/etc/shadow", "/var/wwwx"] {
+            let e = args(&cfg, RestoreItem::Path(p.into()), true).unwrap_err();
+            assert!(e.contains("[managed] paths"), "{p}: {e}");
+        }
+        let a = args(&cfg, RestoreItem::Mysql("shop".into()), true).unwrap();
         assert_eq!(
-            words(&a)[..6],
+            a[..6],
             [
                 "restore-site",
                 "latest",
@@ -344,22 +423,25 @@ mod tests {
                 "--replace-databases"
             ]
         );
+        // a site in place: only one of this file, and only within [managed] paths
+        args(&cfg, RestoreItem::Site("shop".into()), true).unwrap();
+        let e = args(&cfg, RestoreItem::Site("mail".into()), true).unwrap_err();
+        assert!(e.contains("/var/mail is not below"), "{e}");
+        let e = args(&cfg, RestoreItem::Site("bob".into()), true).unwrap_err();
+        assert!(e.contains("cPanel account"), "{e}");
 
-        let cfg = config("restore = \"off\"");
-        let e = restore_args(&cfg, "web1", &req(RestoreItem::Site("shop".into()), false)).unwrap_err();
+        let cfg = config("restore = \"off\"\ndatabases = true");
+        let e = args(&cfg, RestoreItem::Site("shop".into()), false).unwrap_err();
         assert!(e.contains("off here"), "{e}");
         // what no command line may carry
-        let cfg = config("");
+        let cfg = config("databases = true");
         for bad in [
             RestoreItem::Path("/var/www/../../etc".into()),
             RestoreItem::Mysql("shop --sandbox".into()),
             RestoreItem::Mysql("--host=evil".into()),
             RestoreItem::Site("--in-place".into()),
         ] {
-            assert!(
-                restore_args(&cfg, "web1", &req(bad.clone(), false)).is_err(),
-                "{bad:?}"
-            );
+            assert!(args(&cfg, bad.clone(), false).is_err(), "{bad:?}");
         }
     }
 }

@@ -345,6 +345,13 @@ pub fn run(g: &Global, a: RestoreSiteArgs) -> Result<u8> {
             delete_keeps: snap.excludes.clone(),
             verify: false,
             numeric_owner: false,
+            // the site's paths are the snapshot's word: no symlink on the way to them is
+            // followed (in place, a user's symlink must not lead the restore out of the site)
+            within: Some(if a.in_place {
+                PathBuf::from("/")
+            } else {
+                target_dir.clone()
+            }),
         })
     };
     let dest_of = |p: &str| -> PathBuf {

@@ -248,11 +248,24 @@ fn join(dir: &str, name: &str) -> String {
 pub(super) async fn browse(
     State(s): St,
     w: Who,
+    headers: HeaderMap,
     UrlPath(name): UrlPath<String>,
     Query(q): Query<BrowseQuery>,
 ) -> Response {
     if !w.sees(&name) {
         return error_page(StatusCode::FORBIDDEN, "this login does not see that client");
+    }
+    // a GET that makes the agent work: only from the console's own pages (or typed), never
+    // from another site's page (a customer's site on a sibling domain included)
+    if headers
+        .get("sec-fetch-site")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v != "same-origin" && v != "none")
+    {
+        return error_page(
+            StatusCode::FORBIDDEN,
+            "a listing is asked for from the console's own pages only",
+        );
     }
     if let Some(r) = known_client(&s, &name).await {
         return r;
