@@ -1,8 +1,8 @@
 //! The configuration file, `coffer run` and `coffer agent`, with real parts on 127.0.0.1: a
 //! local repository and one in SeaweedFS (S3), a MariaDB database, and a `coffer server`
 //! receiving the run reports. The agent runs two jobs every few seconds, is killed with
-//! SIGKILL in the middle of a backup, restarts, catches up, and both repositories check
-//! clean.
+//! SIGKILL in the middle of a backup, restarts, catches up, is stopped with SIGTERM in the
+//! middle of another, and both repositories check clean.
 #![allow(clippy::unwrap_used)]
 
 mod common;

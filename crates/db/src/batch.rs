@@ -21,7 +21,7 @@ use std::io::{self, BufRead, Read};
 pub(crate) const BATCH_BYTES: usize = 1 << 20;
 
 /// A reader that yields the dump with consecutive single-row INSERTs joined.
-pub(crate) struct InsertBatcher<R> {
+pub struct InsertBatcher<R> {
     input: R,
     line: Vec<u8>,
     /// Bytes ready to be read.

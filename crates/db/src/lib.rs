@@ -35,6 +35,10 @@ pub use postgres::{
 };
 pub use sqlite::{restore_sqlite, sqlite_sources};
 
+/// The dump reader that joins a table's INSERT lines into batches (for the fuzzer).
+#[doc(hidden)]
+pub use batch::InsertBatcher;
+
 /// Which databases of a server to back up.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Selection {

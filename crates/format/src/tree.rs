@@ -306,6 +306,22 @@ impl Tree {
         out
     }
 
+    /// The direct decoder alone (`None`: not the encoder's own form), for the fuzzer's
+    /// comparison with the reference. Not validated.
+    #[doc(hidden)]
+    pub fn decode_direct(b: &[u8]) -> Option<Self> {
+        crate::tree_cbor::decode(b)
+    }
+
+    /// The reference decoder alone (ciborium), for the fuzzer's comparison. Not validated.
+    #[doc(hidden)]
+    pub fn decode_reference(b: &[u8]) -> Result<Self, FormatError> {
+        ciborium::from_reader(b).map_err(|e| FormatError::Decode {
+            what: "tree",
+            detail: e.to_string(),
+        })
+    }
+
     /// Decode and validate (names safe, strictly sorted, fields consistent with kinds). The
     /// encoder's own output takes a direct decoder (`tree_cbor`); anything else goes through
     /// ciborium, the reference.

@@ -1,0 +1,296 @@
+//! What each fuzz target checks of one input: every decoder that reads bytes from storage or
+//! from the network must refuse what it does not understand without panicking, hanging or
+//! allocating without bound, and what it accepts must mean one thing (the two tree decoders
+//! agree; what decodes, re-encodes and decodes to the same value).
+//!
+//! `fuzz/` (outside the workspace, nightly, libFuzzer: `scripts/fuzz`) calls these for each
+//! generated input; the inputs that once failed, and the seeds, are kept in `fuzz/regressions`
+//! and `fuzz/seeds` and run through the same functions by this crate's tests on every build.
+//! A check fails by panicking.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::Read;
+
+use coffer_format::{FormatError, IndexFile, KeyFile, LazyTree, Manifest, ObjectKind, Snapshot, Tree};
+
+/// The targets, by name (the fuzz target `NAME` calls `check(NAME, data)`).
+pub const TARGETS: &[&str] = &[
+    "tree",
+    "snapshot",
+    "index",
+    "pack_header",
+    "manifest",
+    "config",
+    "envelope",
+    "compress",
+    "agent_poll",
+    "run_report",
+    "mysql_batch",
+    "agent_config",
+];
+
+/// Run target `name`'s check on `data`.
+pub fn check(name: &str, data: &[u8]) {
+    match name {
+        "tree" => tree(data),
+        "snapshot" => snapshot(data),
+        "index" => index(data),
+        "pack_header" => pack_header(data),
+        "manifest" => manifest(data),
+        "config" => config(data),
+        "envelope" => envelope(data),
+        "compress" => compress(data),
+        "agent_poll" => agent_poll(data),
+        "run_report" => run_report(data),
+        "mysql_batch" => mysql_batch(data),
+        "agent_config" => agent_config(data),
+        other => panic!("no fuzz target {other}"),
+    }
+}
+
+/// Trees: the direct decoder (the encoder's own form) and ciborium (the reference) agree on
+/// everything the direct one accepts; a tree that decodes re-encodes to one that decodes to
+/// the same; the lazy decoder accepts exactly what the whole one does, node for node.
+pub fn tree(data: &[u8]) {
+    if let Some(direct) = Tree::decode_direct(data) {
+        let reference = Tree::decode_reference(data)
+            .unwrap_or_else(|e| panic!("the direct decoder accepted what the reference refuses: {e}"));
+        assert_eq!(direct, reference, "the two tree decoders disagree");
+    }
+    let whole = Tree::decode(data);
+    let lazy = LazyTree::new(data.to_vec());
+    match (&whole, lazy) {
+        (Ok(t), Ok(l)) => {
+            let nodes: Vec<_> = l.nodes().collect();
+            assert_eq!(nodes, t.nodes, "the lazy decoder reads other nodes");
+            let mut again = t.clone();
+            let bytes = again.encode();
+            assert_eq!(Tree::decode(&bytes).expect("a re-encoded tree decodes"), *t);
+        }
+        (Err(_), Err(_)) => {}
+        (w, l) => panic!("Tree::decode {:?} but LazyTree::new {:?}", w.is_ok(), l.is_ok()),
+    }
+}
+
+pub fn snapshot(data: &[u8]) {
+    if let Ok(s) = Snapshot::decode(data) {
+        let again = Snapshot::decode(&s.encode()).expect("a re-encoded snapshot decodes");
+        assert_eq!(again, s);
+    }
+}
+
+pub fn index(data: &[u8]) {
+    if let Ok(i) = IndexFile::decode(data) {
+        assert_eq!(IndexFile::decode(&i.encode()).expect("re-encoded index"), i);
+    }
+    if let Ok((i, body, _vouch)) = IndexFile::decode_vouched(data) {
+        assert!(body.len() <= data.len());
+        assert_eq!(IndexFile::decode(&i.encode()).expect("re-encoded index"), i);
+    }
+}
+
+/// The first 8 bytes say how long the pack's data is; the rest is the header's plaintext.
+pub fn pack_header(data: &[u8]) {
+    if data.len() < 8 {
+        return;
+    }
+    let data_len = u64::from_le_bytes(data[..8].try_into().unwrap());
+    if let Ok(entries) = coffer_format::decode_header(&data[8..], data_len) {
+        let again = coffer_format::decode_header(&coffer_format::encode_header(&entries), data_len)
+            .expect("a re-encoded pack header decodes");
+        assert_eq!(again, entries);
+    }
+}
+
+pub fn manifest(data: &[u8]) {
+    let name = "0".repeat(64);
+    if let Ok(m) = Manifest::decode(data, &name) {
+        assert_eq!(
+            Manifest::decode(&m.encode(), &name).expect("re-encoded manifest"),
+            m
+        );
+    }
+}
+
+/// The repository config and key files.
+pub fn config(data: &[u8]) {
+    if let Ok(c) = coffer_format::Config::decode(data) {
+        let again = coffer_format::Config::decode(&c.encode()).expect("re-encoded config");
+        assert_eq!(again.encode(), c.encode());
+    }
+    if let Ok(k) = KeyFile::decode(data) {
+        KeyFile::decode(&k.encode()).expect("a re-encoded key file decodes");
+    }
+    let _ = coffer_core::crypto::parse_generated_key(data);
+}
+
+/// Envelopes: the first byte picks the object kind; what follows is opened with a fixed key
+/// (a forgery never opens), and sealed then opened comes back whole.
+pub fn envelope(data: &[u8]) {
+    let Some((&k, rest)) = data.split_first() else {
+        return;
+    };
+    let kinds = [
+        ObjectKind::Data,
+        ObjectKind::Tree,
+        ObjectKind::Bundle,
+        ObjectKind::PackHeader,
+        ObjectKind::Index,
+        ObjectKind::Snapshot,
+        ObjectKind::Config,
+        ObjectKind::KeyWrap,
+    ];
+    let kind = kinds[usize::from(k) % kinds.len()];
+    let key = [7u8; 32];
+    assert!(
+        coffer_core::crypto::open_with(&key, kind, b"id", rest, "fuzz").is_err(),
+        "an envelope made without the key opened"
+    );
+    let sealed = coffer_core::crypto::seal_with(&key, kind, b"id", rest);
+    let opened = coffer_core::crypto::open_with(&key, kind, b"id", &sealed, "fuzz").expect("opens");
+    assert_eq!(opened, rest);
+    let other = kinds[(usize::from(k) + 1) % kinds.len()];
+    assert!(coffer_core::crypto::open_with(&key, other, b"id", &sealed, "fuzz").is_err());
+}
+
+/// Compressed blobs and bundles: the first 4 bytes say the length the blob claims (up to 16
+/// MiB: a forged length must not make the decoder allocate more than that).
+pub fn compress(data: &[u8]) {
+    if data.len() < 4 {
+        return;
+    }
+    let claimed = u32::from_le_bytes(data[..4].try_into().unwrap()) as usize % (16 << 20);
+    let rest = &data[4..];
+    if let Ok(out) = coffer_core::compress::decode_blob(rest.to_vec(), claimed, "fuzz") {
+        assert_eq!(out.len(), claimed, "a blob of another length than it claims");
+    }
+    if let Ok(out) = coffer_core::compress::decode_blob_max(rest.to_vec(), claimed, "fuzz") {
+        assert!(out.len() <= claimed);
+    }
+    if let Ok(out) = coffer_core::compress::decode_bundle(rest, "fuzz") {
+        assert!(
+            out.len() <= coffer_format::MAX_BUNDLE_SIZE as usize * 2,
+            "{}",
+            out.len()
+        );
+    }
+}
+
+/// The local configuration the agent checks a server's jobs against.
+const LOCAL: &str = r#"
+[repository.company]
+location = "https://backup.example:8443/web1"
+password_file = "/etc/coffer/company.key"
+
+[managed]
+server = "company"
+paths = ["/var/www"]
+databases = true
+min_interval = "1s"
+"#;
+
+/// What a server sends an agent: the poll's answer parses or is refused whole; every job it
+/// carries is screened against the local bounds, and every job taken stays within them.
+pub fn agent_poll(data: &[u8]) {
+    let Ok(poll) = serde_json::from_slice::<coffer_wire::AgentPoll>(data) else {
+        return;
+    };
+    for r in &poll.restore {
+        let _ = r.item.valid();
+        let _ = coffer_wire::valid_snapshot(&r.snapshot);
+    }
+    let path = std::path::Path::new("/etc/coffer/coffer.toml");
+    let local = coffer_agent::Config::parse(path, LOCAL).expect("the fuzzer's own configuration");
+    if let Ok(s) = coffer_agent::screen(&local, LOCAL, poll.generation, &poll.jobs) {
+        for name in &s.accepted {
+            let job = &s.config.jobs[name];
+            assert!(job.managed, "{name} taken but not marked managed");
+            assert!(job.before.is_none() && job.after.is_none(), "{name} took a hook");
+            for p in &job.paths {
+                assert!(p.starts_with("/var/www"), "{name} took {}", p.display());
+            }
+            assert!(job.to.iter().all(|t| t == "company"), "{name} goes elsewhere");
+        }
+    }
+}
+
+/// What a client sends the server: run reports, progress, listings.
+pub fn run_report(data: &[u8]) {
+    if let Ok(r) = serde_json::from_slice::<coffer_server::records::RunReport>(data) {
+        let _ = r.validated();
+    }
+    if let Ok(p) = serde_json::from_slice::<coffer_wire::RunProgress>(data) {
+        let _ = p.valid();
+    }
+    let _ = serde_json::from_slice::<coffer_wire::BrowseAnswer>(data);
+}
+
+/// The MySQL dump reader that joins INSERT lines: every line that is not an INSERT comes out
+/// as it went in, in order, and the output is never much larger than the input.
+pub fn mysql_batch(data: &[u8]) {
+    let mut out = Vec::new();
+    coffer_db::InsertBatcher::new(data)
+        .read_to_end(&mut out)
+        .expect("reading from memory");
+    let others = |b: &[u8]| -> Vec<Vec<u8>> {
+        b.split_inclusive(|&c| c == b'\n')
+            .filter(|l| !l.starts_with(b"INSERT INTO `"))
+            .map(<[u8]>::to_vec)
+            .collect()
+    };
+    assert_eq!(others(&out), others(data), "a line that is no INSERT changed");
+    assert!(
+        out.len() <= data.len() + data.len() / 8 + 16,
+        "{} -> {}",
+        data.len(),
+        out.len()
+    );
+}
+
+/// The local configuration file (TOML): refused with a place, or checked.
+pub fn agent_config(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    match coffer_agent::Config::parse(std::path::Path::new("/etc/coffer/coffer.toml"), text) {
+        Ok(_) => {}
+        Err(e) => assert!(!e.to_string().is_empty()),
+    }
+}
+
+/// (Only so that a decoder error type is named here: every decoder returns one.)
+pub type DecodeError = FormatError;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn dir(kind: &str, target: &str) -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../fuzz")
+            .join(kind)
+            .join(target)
+    }
+
+    /// Every kept input of every target: the seeds, and each input that once failed (fixed
+    /// since; a regression fails here).
+    #[test]
+    fn kept_inputs_pass_their_checks() {
+        let mut n = 0;
+        for target in TARGETS {
+            for kind in ["seeds", "regressions"] {
+                let Ok(entries) = std::fs::read_dir(dir(kind, target)) else {
+                    continue;
+                };
+                for e in entries.flatten() {
+                    let data = std::fs::read(e.path()).unwrap();
+                    check(target, &data);
+                    n += 1;
+                }
+            }
+        }
+        assert!(n > 0, "no kept input found under fuzz/");
+    }
+}
