@@ -78,6 +78,9 @@ fn entry_name(s: &str) -> String {
     }
 }
 
+/// At most this many files' chunk lists are kept (a few MiB for files of a few chunks).
+const OPEN_FILES: usize = 4096;
+
 /// An open file: its chunks (where each starts) and the one read last.
 struct Open {
     chunks: Vec<(u64, BlobId)>,
@@ -97,8 +100,10 @@ struct SnapshotFs {
     listed: HashMap<u64, Listing>,
     /// Hard links of one snapshot: (snapshot, device, inode) → our inode.
     links: HashMap<(usize, u64, u64), u64>,
+    /// Files being read, by inode (the kernel opens files without asking: no open, no
+    /// release; see `init`): made at the first read, dropped all at once past
+    /// [`OPEN_FILES`].
     open: HashMap<u64, Open>,
-    next_fh: u64,
     uid: u32,
     gid: u32,
 }
@@ -141,7 +146,6 @@ impl SnapshotFs {
             listed: HashMap::new(),
             links: HashMap::new(),
             open: HashMap::new(),
-            next_fh: 1,
             uid: rustix::process::getuid().as_raw(),
             gid: rustix::process::getgid().as_raw(),
         };
@@ -372,8 +376,47 @@ impl SnapshotFs {
         }
     }
 
-    fn read_at(&mut self, fh: u64, offset: u64, size: u32) -> std::result::Result<Vec<u8>, i32> {
-        let Some(f) = self.open.get_mut(&fh) else {
+    /// What reading file `ino` needs: each chunk's place in it.
+    fn open_file(&self, ino: u64) -> std::result::Result<Open, i32> {
+        let Some(n) = self.node(ino) else {
+            return Err(libc::EISDIR);
+        };
+        if n.kind != NodeKind::File {
+            return Err(libc::EINVAL);
+        }
+        let mut chunks = Vec::with_capacity(n.content.len());
+        let mut at = 0u64;
+        for id in &n.content {
+            match self.repo.locate(id) {
+                Ok(loc) if loc.raw_length == 0 => {}
+                Ok(loc) => {
+                    chunks.push((at, *id));
+                    at += u64::from(loc.raw_length);
+                }
+                Err(e) => {
+                    tracing::warn!("mount: a chunk of a file is not in the index: {e}");
+                    return Err(libc::EIO);
+                }
+            }
+        }
+        Ok(Open {
+            chunks,
+            data_len: at,
+            // (reads past the chunks fail: the file was not read whole when backed up)
+            size: n.size,
+            last: None,
+        })
+    }
+
+    fn read_at(&mut self, ino: u64, offset: u64, size: u32) -> std::result::Result<Vec<u8>, i32> {
+        if !self.open.contains_key(&ino) {
+            let f = self.open_file(ino)?;
+            if self.open.len() >= OPEN_FILES {
+                self.open.clear();
+            }
+            self.open.insert(ino, f);
+        }
+        let Some(f) = self.open.get_mut(&ino) else {
             return Err(libc::EBADF);
         };
         let end = (offset + u64::from(size)).min(f.size);
@@ -422,6 +465,10 @@ impl Filesystem for SnapshotFs {
     ) -> std::result::Result<(), libc::c_int> {
         // ACLs come from the stored system.posix_acl_* attributes; the kernel checks them
         let _ = config.add_capabilities(fuser::consts::FUSE_POSIX_ACL);
+        // fewer requests per file: listings carry attributes (no lookup per entry), and files
+        // open without asking (see `open`); each one that the kernel lacks is simply not used
+        let _ = config.add_capabilities(fuser::consts::FUSE_DO_READDIRPLUS);
+        let _ = config.add_capabilities(fuser::consts::FUSE_NO_OPEN_SUPPORT);
         let _ = config.set_max_readahead(1 << 20);
         Ok(())
     }
@@ -460,76 +507,29 @@ impl Filesystem for SnapshotFs {
         }
     }
 
-    fn open(&mut self, _req: &Request<'_>, ino: u64, flags: i32, reply: ReplyOpen) {
-        if flags & libc::O_ACCMODE != libc::O_RDONLY {
-            return reply.error(libc::EROFS);
-        }
-        let Some(n) = self.node(ino).cloned() else {
-            return reply.error(libc::EISDIR);
-        };
-        if n.kind != NodeKind::File {
-            return reply.error(libc::EINVAL);
-        }
-        let mut chunks = Vec::with_capacity(n.content.len());
-        let mut at = 0u64;
-        for id in &n.content {
-            match self.repo.locate(id) {
-                Ok(loc) if loc.raw_length == 0 => {}
-                Ok(loc) => {
-                    chunks.push((at, *id));
-                    at += u64::from(loc.raw_length);
-                }
-                Err(e) => {
-                    tracing::warn!("mount: a chunk of a file is not in the index: {e}");
-                    return reply.error(libc::EIO);
-                }
-            }
-        }
-        let fh = self.next_fh;
-        self.next_fh += 1;
-        self.open.insert(
-            fh,
-            Open {
-                chunks,
-                data_len: at,
-                // (reads past the chunks fail: the file was not read whole when backed up)
-                size: n.size,
-                last: None,
-            },
-        );
-        // the content never changes: the page cache may keep it across opens
-        reply.opened(fh, fuser::consts::FOPEN_KEEP_CACHE);
+    fn open(&mut self, _req: &Request<'_>, _ino: u64, _flags: i32, reply: ReplyOpen) {
+        // "no open": the kernel then opens every file without asking (and never releases),
+        // with its page cache kept across opens: two requests fewer per file. The mount is
+        // read-only, so the kernel refuses writing opens itself; a read makes the file's
+        // chunk list (read_at).
+        reply.error(libc::ENOSYS);
     }
 
     fn read(
         &mut self,
         _req: &Request<'_>,
-        _ino: u64,
-        fh: u64,
+        ino: u64,
+        _fh: u64,
         offset: i64,
         size: u32,
         _flags: i32,
         _lock: Option<u64>,
         reply: ReplyData,
     ) {
-        match self.read_at(fh, offset.max(0) as u64, size) {
+        match self.read_at(ino, offset.max(0) as u64, size) {
             Ok(d) => reply.data(&d),
             Err(e) => reply.error(e),
         }
-    }
-
-    fn release(
-        &mut self,
-        _req: &Request<'_>,
-        _ino: u64,
-        fh: u64,
-        _flags: i32,
-        _lock: Option<u64>,
-        _flush: bool,
-        reply: fuser::ReplyEmpty,
-    ) {
-        self.open.remove(&fh);
-        reply.ok();
     }
 
     fn readdir(&mut self, _req: &Request<'_>, ino: u64, _fh: u64, offset: i64, mut reply: ReplyDirectory) {
@@ -552,6 +552,41 @@ impl Filesystem for SnapshotFs {
                 }
             };
             if reply.add(child, (k + 1) as i64, kind, OsStr::from_bytes(name)) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    /// READDIR and LOOKUP in one (`init` asks the kernel for it): each entry comes with its
+    /// attributes, so listing a directory and then opening its files takes no lookup each.
+    fn readdirplus(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        _fh: u64,
+        offset: i64,
+        mut reply: fuser::ReplyDirectoryPlus,
+    ) {
+        let children = match self.children(ino) {
+            Ok(c) => c,
+            Err(e) => return reply.error(e),
+        };
+        let parent = self.parents.get(ino as usize).copied().unwrap_or(1).max(1);
+        let from = offset.max(0) as usize;
+        for k in from..children.len() + 2 {
+            let (child, name): (u64, &[u8]) = match k {
+                0 => (ino, b"."),
+                1 => (parent, b".."),
+                _ => {
+                    let (name, child) = &children[k - 2];
+                    (*child, name)
+                }
+            };
+            let Some(attr) = self.attr(child) else {
+                continue;
+            };
+            if reply.add(child, (k + 1) as i64, OsStr::from_bytes(name), &TTL, &attr, 0) {
                 break;
             }
         }
