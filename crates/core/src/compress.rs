@@ -218,6 +218,11 @@ pub fn decode_blob_max(mut plain: Vec<u8>, max_len: usize, what: &str) -> Result
     }
     let algo = Compression::from_code(plain[0]).map_err(|e| Error::format(what, e))?;
     match algo {
+        // (the limit holds for what is stored uncompressed too: found by the fuzzer)
+        Compression::None if plain.len() - 1 > max_len => Err(Error::integrity(
+            what,
+            format!("{} bytes, more than {max_len}", plain.len() - 1),
+        )),
         Compression::None => {
             plain.remove(0);
             Ok(plain)
