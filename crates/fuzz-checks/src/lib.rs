@@ -28,6 +28,7 @@ pub const TARGETS: &[&str] = &[
     "run_report",
     "mysql_batch",
     "agent_config",
+    "server_request",
 ];
 
 /// Run target `name`'s check on `data`.
@@ -45,6 +46,7 @@ pub fn check(name: &str, data: &[u8]) {
         "run_report" => run_report(data),
         "mysql_batch" => mysql_batch(data),
         "agent_config" => agent_config(data),
+        "server_request" => server_request(data),
         other => panic!("no fuzz target {other}"),
     }
 }
@@ -259,6 +261,103 @@ pub fn agent_config(data: &[u8]) {
     }
 }
 
+/// One server for every input of `server_request`: its data directory, a runtime, and the
+/// router as `coffer server` serves it (without TLS; the TLS layer is rustls's).
+struct Served {
+    _dir: std::path::PathBuf,
+    rt: tokio::runtime::Runtime,
+    router: axum::Router,
+    token: String,
+}
+
+fn served() -> &'static Served {
+    static S: std::sync::OnceLock<Served> = std::sync::OnceLock::new();
+    S.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("coffer-fuzz-server-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let server = coffer_server::Server::open(&dir, None, Default::default(), Default::default())
+            .expect("a server in a temporary directory");
+        let token = server
+            .add_client("web1", "web1", coffer_server::catalog::Role::Append)
+            .expect("a client");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("a runtime");
+        let router = {
+            let _in = rt.enter();
+            coffer_server::http::router(std::sync::Arc::new(server), Default::default())
+        };
+        Served {
+            _dir: dir,
+            rt,
+            router,
+            token,
+        }
+    })
+}
+
+/// What anyone on the network can send the server: the first byte picks the method and
+/// whether the client's token goes with it, then the path up to a newline, then header lines
+/// up to an empty line, then the body. The router answers every one (no panic), never with
+/// a 500 (an internal error is a bug), and within two seconds unless it is a long poll.
+pub fn server_request(data: &[u8]) {
+    let _ = server_status(data);
+}
+
+/// [`server_request`]'s check, and the status of the answer (none: no request made, or a long
+/// poll still waiting).
+fn server_status(data: &[u8]) -> Option<u16> {
+    use tower_service::Service;
+    let (&first, rest) = data.split_first()?;
+    let method = ["GET", "POST", "PUT", "DELETE", "HEAD"][usize::from(first & 7) % 5];
+    let authorized = first & 8 != 0;
+    let (path, rest) = match rest.iter().position(|&b| b == b'\n') {
+        Some(i) => (&rest[..i], &rest[i + 1..]),
+        None => (rest, &[][..]),
+    };
+    let path = std::str::from_utf8(path).ok()?;
+    let s = served();
+    let mut req = axum::http::Request::builder().method(method).uri(path);
+    let mut body = rest;
+    while let Some(i) = body.iter().position(|&b| b == b'\n') {
+        let (line, after) = (&body[..i], &body[i + 1..]);
+        body = after;
+        if line.is_empty() {
+            break;
+        }
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        req = req.header(&line[..colon], &line[colon + 1..]);
+    }
+    if authorized {
+        req = req.header("authorization", format!("Bearer {}", s.token));
+    }
+    // (None: not a request http can even make)
+    let req = req.body(axum::body::Body::from(body.to_vec())).ok()?;
+    let long_poll = path.contains("/agent");
+    let mut router = s.router.clone();
+    let answered = s
+        .rt
+        .block_on(async { tokio::time::timeout(std::time::Duration::from_secs(2), router.call(req)).await });
+    match answered {
+        Ok(Ok(resp)) => {
+            assert_ne!(
+                resp.status(),
+                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                "{method} {path}: 500"
+            );
+            Some(resp.status().as_u16())
+        }
+        Ok(Err(e)) => match e {},
+        Err(_) => {
+            assert!(long_poll, "{method} {path}: no answer within 2 s");
+            None
+        }
+    }
+}
+
 /// (Only so that a decoder error type is named here: every decoder returns one.)
 pub type DecodeError = FormatError;
 
@@ -272,6 +371,16 @@ mod tests {
             .join("../../fuzz")
             .join(kind)
             .join(target)
+    }
+
+    /// The server target reaches the router: what it answers depends on the token.
+    #[test]
+    fn the_server_target_is_answered() {
+        assert_eq!(server_status(b"\x00/\n\n"), Some(200));
+        assert_eq!(server_status(b"\x00/web1/config\n\n"), Some(401));
+        let with_token = server_status(b"\x08/web1/config\n\n");
+        assert!(with_token.is_some_and(|s| s != 401), "{with_token:?}");
+        assert_eq!(server_status(b"\x00/console/client/web1\n\n"), Some(303));
     }
 
     /// Every kept input of every target: the seeds, and each input that once failed (fixed
