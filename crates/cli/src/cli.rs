@@ -449,8 +449,9 @@ pub enum ServerOperatorCommand {
     /// Add an operator; prints the generated password once, alone on stdout
     Add {
         name: String,
-        /// A login that sees this one client only, read-only (a hosting customer's): its
-        /// page, runs and drills; not the fleet, the jobs' forms, alerts or metrics
+        /// A login that sees this one client only (a hosting customer's): its page, runs
+        /// and drills, browsing and asking for its restores; not the fleet, the jobs' forms,
+        /// "Back up now", alerts or metrics
         #[arg(long, value_name = "CLIENT")]
         client: Option<String>,
     },

@@ -5,7 +5,8 @@
 //!
 //!     cargo run -p coffer-fuzz-checks --example seeds -- REPO PASSWORD_FILE OUT
 //!
-//! `scripts/fuzz --seeds` makes a repository of a few directories with `coffer` and runs this.
+//! REPO is a local repository directory (`coffer init` and a backup or two of a few
+//! directories make one).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

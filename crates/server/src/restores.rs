@@ -179,10 +179,11 @@ impl Catalog {
         Ok(n > 0)
     }
 
-    /// The agent's answer to listing `id` of `client`, once there is one.
+    /// The agent's answer to listing `id` of `client`, once there is one; read once (the
+    /// file names it holds are not kept past the page that shows them).
     pub fn browse_answer(&self, client: &str, id: i64) -> Result<Option<BrowseAnswer>> {
-        let json: Option<Option<String>> = self
-            .db()
+        let db = self.db();
+        let json: Option<Option<String>> = db
             .query_row(
                 "SELECT answer FROM browse_requests WHERE id = ?1 AND client = ?2",
                 params![id, client],
@@ -190,9 +191,15 @@ impl Catalog {
             )
             .optional()
             .map_err(db_err)?;
-        Ok(json
-            .flatten()
-            .and_then(|j| serde_json::from_str::<BrowseAnswer>(&j).ok()))
+        let answer = json.flatten();
+        if answer.is_some() {
+            db.execute(
+                "DELETE FROM browse_requests WHERE id = ?1 AND client = ?2",
+                params![id, client],
+            )
+            .map_err(db_err)?;
+        }
+        Ok(answer.and_then(|j| serde_json::from_str::<BrowseAnswer>(&j).ok()))
     }
 
     /// The restores and listings a polling agent is to be given now (taken by this call).
@@ -259,6 +266,11 @@ impl Catalog {
         tx.execute(
             "UPDATE browse_requests SET taken = ?2 WHERE client = ?1 AND taken IS NULL",
             params![client, now],
+        )?;
+        // (an answer no page read: its file names go after ten minutes)
+        tx.execute(
+            "DELETE FROM browse_requests WHERE client = ?1 AND requested < ?2",
+            params![client, now - 600],
         )?;
         Ok((restores, browse))
     }
@@ -353,8 +365,12 @@ mod tests {
         assert!(c.browse_answer("web1", id).unwrap().is_none());
         assert!(c.browse_answered("web1", &answer).unwrap());
         assert!(!c.browse_answered("web1", &answer).unwrap(), "answered once");
-        assert_eq!(c.browse_answer("web1", id).unwrap().unwrap().id, id);
         assert!(c.browse_answer("db1", id).unwrap().is_none());
+        assert_eq!(c.browse_answer("web1", id).unwrap().unwrap().id, id);
+        assert!(
+            c.browse_answer("web1", id).unwrap().is_none(),
+            "read once: the names are not kept"
+        );
         // a listing nobody took within a minute is not sent
         c.request_browse("web1", "latest", "/", 200).unwrap();
         assert!(c

@@ -40,7 +40,7 @@ fn where_to(r: &RestoreRequested) -> String {
         (_, true) => "in place".into(),
         (RestoreItem::Path(_), false) | (RestoreItem::Site(_), false) => {
             format!(
-                "<span title=\"[managed] quarantine on the client; by default /var/lib/coffer/restores\">quarantine, folder <code>{}/</code></span>",
+                "<span title=\"[managed] quarantine on the client; by default STATE_DIR/restores (/var/lib/coffer/restores for root)\">quarantine, folder <code>{}/</code></span>",
                 r.id
             )
         }
