@@ -12,7 +12,7 @@
 
 use std::io::Read;
 
-use coffer_format::{FormatError, IndexFile, KeyFile, LazyTree, Manifest, ObjectKind, Snapshot, Tree};
+use coffer_format::{IndexFile, KeyFile, LazyTree, Manifest, ObjectKind, Snapshot, Tree};
 
 /// The targets, by name (the fuzz target `NAME` calls `check(NAME, data)`).
 pub const TARGETS: &[&str] = &[
@@ -300,13 +300,14 @@ fn served() -> &'static Served {
 /// What anyone on the network can send the server: the first byte picks the method and
 /// whether the client's token goes with it, then the path up to a newline, then header lines
 /// up to an empty line, then the body. The router answers every one (no panic), never with
-/// a 500 (an internal error is a bug), and within two seconds unless it is a long poll.
+/// a 500 (an internal error is a bug). A request that hangs is libFuzzer's to report (its
+/// `-timeout`); nothing here judges by the clock.
 pub fn server_request(data: &[u8]) {
     let _ = server_status(data);
 }
 
-/// [`server_request`]'s check, and the status of the answer (none: no request made, or a long
-/// poll still waiting).
+/// [`server_request`]'s check, and the status of the answer (none: no request made, or an
+/// agent's long poll left waiting).
 fn server_status(data: &[u8]) -> Option<u16> {
     use tower_service::Service;
     let (&first, rest) = data.split_first()?;
@@ -336,30 +337,29 @@ fn server_status(data: &[u8]) -> Option<u16> {
     }
     // (None: not a request http can even make)
     let req = req.body(axum::body::Body::from(body.to_vec())).ok()?;
-    let long_poll = path.contains("/agent");
     let mut router = s.router.clone();
-    let answered = s
-        .rt
-        .block_on(async { tokio::time::timeout(std::time::Duration::from_secs(2), router.call(req)).await });
-    match answered {
-        Ok(Ok(resp)) => {
-            assert_ne!(
-                resp.status(),
-                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-                "{method} {path}: 500"
-            );
-            Some(resp.status().as_u16())
+    let answered = s.rt.block_on(async {
+        if path.contains("/agent") {
+            // (an agent's long poll waits for a change by design: an answer comes at once or
+            // it is left waiting; nothing is asserted of how long either took)
+            tokio::time::timeout(std::time::Duration::from_millis(100), router.call(req))
+                .await
+                .ok()
+        } else {
+            Some(router.call(req).await)
         }
-        Ok(Err(e)) => match e {},
-        Err(_) => {
-            assert!(long_poll, "{method} {path}: no answer within 2 s");
-            None
-        }
-    }
+    });
+    let resp = match answered? {
+        Ok(resp) => resp,
+        Err(e) => match e {},
+    };
+    assert_ne!(
+        resp.status(),
+        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+        "{method} {path}: 500"
+    );
+    Some(resp.status().as_u16())
 }
-
-/// (Only so that a decoder error type is named here: every decoder returns one.)
-pub type DecodeError = FormatError;
 
 #[cfg(test)]
 mod tests {
