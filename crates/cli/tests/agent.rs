@@ -14,10 +14,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::agent::Agent;
+use common::agent::{run_ok as ok, Agent};
 use common::seaweed::{Seaweed, ACCESS, BUCKET, S3_PORT, SECRET};
 use common::server::ServerProc;
-use common::{code, stderr};
+use common::{code, mysql, stderr};
 
 fn coffer(dir: &Path, config: &Path) -> Command {
     common::agent_command(dir, config)
@@ -25,32 +25,6 @@ fn coffer(dir: &Path, config: &Path) -> Command {
 
 fn run(dir: &Path, config: &Path, args: &[&str]) -> Output {
     coffer(dir, config).args(args).output().unwrap()
-}
-
-fn ok(dir: &Path, config: &Path, args: &[&str]) -> String {
-    let o = run(dir, config, args);
-    assert_eq!(
-        code(&o),
-        0,
-        "coffer {args:?}\nstdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&o.stdout),
-        stderr(&o)
-    );
-    String::from_utf8(o.stdout).unwrap()
-}
-
-fn mysql(sql: &str) -> String {
-    let mut child = Command::new("mariadb")
-        .args(["-h", "127.0.0.1", "-u", "root", "--batch", "--skip-column-names"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the mariadb client is installed");
-    child.stdin.take().unwrap().write_all(sql.as_bytes()).unwrap();
-    let o = child.wait_with_output().unwrap();
-    assert!(o.status.success(), "mariadb: {sql}: {}", stderr(&o));
-    String::from_utf8(o.stdout).unwrap()
 }
 
 struct DropDb(String);
@@ -328,14 +302,17 @@ schedule = "*/4 * * * * *"
 
     // a large file makes the next backup of `files` take a while; the agent is killed in it
     let big = dir.join("www/shop/catalog.bin");
-    let mut f = fs::File::create(&big).unwrap();
-    let chunk = common::pseudo_random(7, 1 << 20);
-    for i in 0..300u32 {
-        let mut c = chunk.clone();
-        c[..4].copy_from_slice(&i.to_le_bytes());
-        f.write_all(&c).unwrap();
-    }
-    drop(f);
+    // MIB MiB of incompressible data, none of it like any other (so it all uploads)
+    let write_big = |seed: u64, mib: u32| {
+        let mut f = fs::File::create(&big).unwrap();
+        let chunk = common::pseudo_random(seed, 1 << 20);
+        for i in 0..mib {
+            let mut c = chunk.clone();
+            c[..4].copy_from_slice(&i.to_le_bytes());
+            f.write_all(&c).unwrap();
+        }
+    };
+    write_big(7, 300);
     wait_for(
         "a backup of job files in progress",
         || {
@@ -379,14 +356,7 @@ schedule = "*/4 * * * * *"
     );
     // SIGTERM while a backup runs (systemctl stop): the agent tells it to stop, waits, exits
     // 0; the step ends cleanly (the repositories check clean below, --read-data)
-    let mut f = fs::File::create(&big).unwrap();
-    let chunk = common::pseudo_random(8, 1 << 20);
-    for i in 0..200u32 {
-        let mut c = chunk.clone();
-        c[..4].copy_from_slice(&i.to_le_bytes());
-        f.write_all(&c).unwrap();
-    }
-    drop(f);
+    write_big(8, 200);
     wait_for(
         "a backup of job files in progress under the second agent",
         || {

@@ -10,40 +10,12 @@
 mod common;
 
 use std::fs;
-use std::io::Write;
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::agent::Agent;
+use common::agent::{run_ok as ok, Agent};
 use common::server::ServerProc;
-use common::{code, stderr};
-
-fn ok(dir: &Path, config: &Path, args: &[&str]) -> String {
-    let o = common::agent_command(dir, config).args(args).output().unwrap();
-    assert_eq!(
-        code(&o),
-        0,
-        "coffer {args:?}\nstdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&o.stdout),
-        stderr(&o)
-    );
-    String::from_utf8(o.stdout).unwrap()
-}
-
-fn mysql(sql: &str) -> String {
-    let mut child = Command::new("mariadb")
-        .args(["-h", "127.0.0.1", "-u", "root", "--batch", "--skip-column-names"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the mariadb client is installed");
-    child.stdin.take().unwrap().write_all(sql.as_bytes()).unwrap();
-    let o = child.wait_with_output().unwrap();
-    assert!(o.status.success(), "mariadb: {sql}: {}", stderr(&o));
-    String::from_utf8(o.stdout).unwrap()
-}
+use common::{code, mysql, stderr};
 
 /// Drops the test's databases, whatever happens.
 struct DropDbs(Vec<String>);

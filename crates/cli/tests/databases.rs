@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use common::{code, stderr, Env};
+use common::{code, mysql, stderr, Env};
 
 // ---------------------------------------------------------------- helpers
 
@@ -27,24 +27,6 @@ fn unique(tag: &str) -> String {
         std::process::id(),
         N.fetch_add(1, Ordering::Relaxed)
     )
-}
-
-/// Run SQL through the `mariadb` client over TCP as root; returns stdout (tab-separated rows).
-fn mysql(sql: &str) -> String {
-    let mut c = Command::new("mariadb");
-    c.args(["-h", "127.0.0.1", "-u", "root", "--batch", "--skip-column-names"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = c.spawn().expect("the mariadb client is installed");
-    child.stdin.take().unwrap().write_all(sql.as_bytes()).unwrap();
-    let o = child.wait_with_output().unwrap();
-    assert!(
-        o.status.success(),
-        "mariadb failed on {sql}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8(o.stdout).unwrap()
 }
 
 /// Run SQL through `psql` over TCP as postgres in database `db`; returns unaligned rows.

@@ -156,8 +156,13 @@ fn bump(tx: &rusqlite::Transaction<'_>, client: &str) -> rusqlite::Result<()> {
          ON CONFLICT (client) DO UPDATE SET generation = generation + 1",
         params![client],
     )?;
-    tx.execute("UPDATE agent_seq SET seq = seq + 1 WHERE one = 1", [])?;
-    Ok(())
+    wake_agents(tx)
+}
+
+/// Move the counter the waiting agent polls watch (with a change they are to be told of).
+pub(crate) fn wake_agents(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
+    tx.execute("UPDATE agent_seq SET seq = seq + 1 WHERE one = 1", [])
+        .map(|_| ())
 }
 
 impl Catalog {
@@ -284,8 +289,7 @@ impl Catalog {
         )
         .map_err(db_err)?;
         let id = tx.last_insert_rowid();
-        tx.execute("UPDATE agent_seq SET seq = seq + 1 WHERE one = 1", [])
-            .map_err(db_err)?;
+        wake_agents(&tx).map_err(db_err)?;
         tx.commit().map_err(db_err)?;
         Ok(id)
     }

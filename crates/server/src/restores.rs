@@ -25,6 +25,18 @@ pub const RESTORE_SILENT_SECS: i64 = 6 * 3600;
 /// A listing not taken within this long is not sent any more: the page that asked has given up.
 pub const BROWSE_EXPIRES_SECS: i64 = 60;
 
+/// A snapshot as a request may name it (`latest`, or an id of 8 to 64 hex digits).
+fn check_snapshot(snapshot: &str) -> Result<()> {
+    if valid_snapshot(snapshot) {
+        Ok(())
+    } else {
+        Err(ServerError::Invalid(format!(
+            "snapshot {:?}: `latest` or an id (at least 8 hex digits)",
+            snapshot.escape_debug().to_string()
+        )))
+    }
+}
+
 /// A restore asked for, and what became of it.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct RestoreRequested {
@@ -54,12 +66,7 @@ impl Catalog {
         by: &str,
         now: i64,
     ) -> Result<i64> {
-        if !valid_snapshot(snapshot) {
-            return Err(ServerError::Invalid(format!(
-                "snapshot {:?}: `latest` or an id (at least 8 hex digits)",
-                snapshot.escape_debug().to_string()
-            )));
-        }
+        check_snapshot(snapshot)?;
         item.valid().map_err(ServerError::Invalid)?;
         let json = serde_json::to_string(item).map_err(|e| ServerError::Invalid(e.to_string()))?;
         let mut db = self.db();
@@ -71,8 +78,7 @@ impl Catalog {
         )
         .map_err(db_err)?;
         let id = tx.last_insert_rowid();
-        tx.execute("UPDATE agent_seq SET seq = seq + 1 WHERE one = 1", [])
-            .map_err(db_err)?;
+        crate::jobs::wake_agents(&tx).map_err(db_err)?;
         tx.commit().map_err(db_err)?;
         Ok(id)
     }
@@ -133,12 +139,7 @@ impl Catalog {
 
     /// Ask the client's agent for the listing of `path` in `snapshot`.
     pub fn request_browse(&self, client: &str, snapshot: &str, path: &str, now: i64) -> Result<i64> {
-        if !valid_snapshot(snapshot) {
-            return Err(ServerError::Invalid(format!(
-                "snapshot {:?}: `latest` or an id (at least 8 hex digits)",
-                snapshot.escape_debug().to_string()
-            )));
-        }
+        check_snapshot(snapshot)?;
         if !coffer_wire::valid_path(path) {
             return Err(ServerError::Invalid(format!(
                 "path {:?}: an absolute path without . or ..",
@@ -159,8 +160,7 @@ impl Catalog {
         )
         .map_err(db_err)?;
         let id = tx.last_insert_rowid();
-        tx.execute("UPDATE agent_seq SET seq = seq + 1 WHERE one = 1", [])
-            .map_err(db_err)?;
+        crate::jobs::wake_agents(&tx).map_err(db_err)?;
         tx.commit().map_err(db_err)?;
         Ok(id)
     }

@@ -78,6 +78,19 @@ fn entry_name(s: &str) -> String {
     }
 }
 
+/// Entry `k` of a listing of directory `ino`: 0 is ".", 1 is "..", then the children. It is
+/// sent with offset k + 1, and a listing call starts where the last one stopped.
+fn entry_at(children: &Listing, ino: u64, parent: u64, k: usize) -> (u64, &[u8]) {
+    match k {
+        0 => (ino, b"."),
+        1 => (parent, b".."),
+        _ => {
+            let (name, child) = &children[k - 2];
+            (*child, name)
+        }
+    }
+}
+
 /// At most this many files' chunk lists are kept (a few MiB for files of a few chunks).
 const OPEN_FILES: usize = 4096;
 
@@ -369,6 +382,13 @@ impl SnapshotFs {
         Ok(out)
     }
 
+    /// A directory's children and its parent (for `..`), for a listing.
+    fn listing(&mut self, ino: u64) -> std::result::Result<(Listing, u64), i32> {
+        let children = self.children(ino)?;
+        let parent = self.parents.get(ino as usize).copied().unwrap_or(1).max(1);
+        Ok((children, parent))
+    }
+
     fn node(&self, ino: u64) -> Option<&Arc<Node>> {
         match self.entries.get(ino as usize)? {
             Entry::Node(_, n) => Some(n),
@@ -533,23 +553,15 @@ impl Filesystem for SnapshotFs {
     }
 
     fn readdir(&mut self, _req: &Request<'_>, ino: u64, _fh: u64, offset: i64, mut reply: ReplyDirectory) {
-        let children = match self.children(ino) {
-            Ok(c) => c,
+        let (children, parent) = match self.listing(ino) {
+            Ok(l) => l,
             Err(e) => return reply.error(e),
         };
-        let parent = self.parents.get(ino as usize).copied().unwrap_or(1).max(1);
-        // entry k (0: ".", 1: "..", 2...: the children) is sent with offset k + 1; a call
-        // starts where the last one stopped
-        let from = offset.max(0) as usize;
-        for k in from..children.len() + 2 {
-            let (child, kind, name): (u64, FileType, &[u8]) = match k {
-                0 => (ino, FileType::Directory, b"."),
-                1 => (parent, FileType::Directory, b".."),
-                _ => {
-                    let (name, child) = &children[k - 2];
-                    let kind = self.attr(*child).map_or(FileType::RegularFile, |a| a.kind);
-                    (*child, kind, name)
-                }
+        for k in offset.max(0) as usize..children.len() + 2 {
+            let (child, name) = entry_at(&children, ino, parent, k);
+            let kind = match k {
+                0 | 1 => FileType::Directory,
+                _ => self.attr(child).map_or(FileType::RegularFile, |a| a.kind),
             };
             if reply.add(child, (k + 1) as i64, kind, OsStr::from_bytes(name)) {
                 break;
@@ -568,21 +580,12 @@ impl Filesystem for SnapshotFs {
         offset: i64,
         mut reply: fuser::ReplyDirectoryPlus,
     ) {
-        let children = match self.children(ino) {
-            Ok(c) => c,
+        let (children, parent) = match self.listing(ino) {
+            Ok(l) => l,
             Err(e) => return reply.error(e),
         };
-        let parent = self.parents.get(ino as usize).copied().unwrap_or(1).max(1);
-        let from = offset.max(0) as usize;
-        for k in from..children.len() + 2 {
-            let (child, name): (u64, &[u8]) = match k {
-                0 => (ino, b"."),
-                1 => (parent, b".."),
-                _ => {
-                    let (name, child) = &children[k - 2];
-                    (*child, name)
-                }
-            };
+        for k in offset.max(0) as usize..children.len() + 2 {
+            let (child, name) = entry_at(&children, ino, parent, k);
             let Some(attr) = self.attr(child) else {
                 continue;
             };

@@ -234,20 +234,13 @@ pub fn run(g: &Global, a: RestoreSiteArgs) -> Result<u8> {
         }
     }
     let repo = open_indexed(g)?;
-    // `latest` is never the state a restore replaced (unless asked for with --tag), and when
-    // the restore replaces anything, it is this machine's own (unless --host says otherwise)
-    let asked_before = a
-        .filter
-        .tag
-        .iter()
-        .any(|t| t == BEFORE_RESTORE || t == BEFORE_UNDO);
+    // when the restore replaces anything, `latest` is this machine's own (unless --host says
+    // otherwise); it is never the state a restore replaced (resolve_snapshot's rule)
     let mut filter = a.filter.clone();
     if (a.in_place || a.replace_databases) && filter.host.is_empty() {
         filter.host.push(super::job::this_host(g));
     }
-    let (sid, snap) = super::resolve_snapshot_passing(&repo, &a.snapshot, &filter, |s| {
-        !asked_before && saved_by_a_restore(s)
-    })?;
+    let (sid, snap) = super::resolve_snapshot(&repo, &a.snapshot, &filter)?;
     if snap.sealed_by_write_only && (a.in_place || a.replace_databases) {
         // what is restored in place, and what is dropped for it, is judged by the snapshot's
         // word, which any write-only key (a stolen one too) could have forged

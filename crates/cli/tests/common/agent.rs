@@ -68,3 +68,17 @@ impl Drop for Agent {
         }
     }
 }
+
+/// `coffer ARGS` with the configuration `config` (see [`super::agent_command`]), which must
+/// exit 0: its stdout.
+pub fn run_ok(dir: &Path, config: &Path, args: &[&str]) -> String {
+    let o = super::agent_command(dir, config).args(args).output().unwrap();
+    assert_eq!(
+        super::code(&o),
+        0,
+        "coffer {args:?}\nstdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&o.stdout),
+        super::stderr(&o)
+    );
+    String::from_utf8(o.stdout).unwrap()
+}

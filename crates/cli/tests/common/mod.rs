@@ -33,6 +33,22 @@ pub fn agent_command(dir: &Path, config: &Path) -> Command {
     c
 }
 
+/// Run SQL through the `mariadb` client as root over 127.0.0.1; its rows, tab-separated.
+pub fn mysql(sql: &str) -> String {
+    use std::io::Write;
+    let mut child = Command::new("mariadb")
+        .args(["-h", "127.0.0.1", "-u", "root", "--batch", "--skip-column-names"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the mariadb client is installed");
+    child.stdin.take().unwrap().write_all(sql.as_bytes()).unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "mariadb failed on {sql}: {}", stderr(&o));
+    String::from_utf8(o.stdout).unwrap()
+}
+
 pub struct Env {
     pub dir: tempfile::TempDir,
     pub repo: PathBuf,

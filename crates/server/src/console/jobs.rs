@@ -628,7 +628,7 @@ fn job_page(client: &str, w: &Who, f: &JobForm, error: Option<&str>) -> String {
     page(&format!("coffer: {title}"), Some(w), &b)
 }
 
-async fn known_client(server: &Arc<Server>, name: &str) -> Option<Response> {
+pub(super) async fn known_client(server: &Arc<Server>, name: &str) -> Option<Response> {
     let (s, n) = (server.clone(), name.to_string());
     match blocking(move || s.catalog.client(&n)).await {
         Ok(Some(_)) => None,

@@ -4,7 +4,6 @@
 //! Every form carries the session's CSRF token. A customer's login restores its own client
 //! only, as it sees only that one.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Path as UrlPath, Query, State};
@@ -14,13 +13,14 @@ use axum::Form;
 use coffer_wire::RestoreItem;
 use serde::Deserialize;
 
+use super::jobs::known_client;
 use super::{
     blocking, error_page, esc, form_refused, html_response, internal, page, redirect, seg, St, Table, Who,
 };
 use crate::monitor::fmt_time;
 use crate::records::RunStatus;
 use crate::restores::RestoreRequested;
-use crate::{Server, ServerError};
+use crate::ServerError;
 
 /// How long the browser's page waits for the agent's listing.
 const BROWSE_WAIT: Duration = Duration::from_secs(20);
@@ -155,15 +155,6 @@ pub(super) struct RestoreForm {
     name: String,
     #[serde(default)]
     in_place: String,
-}
-
-async fn known_client(server: &Arc<Server>, name: &str) -> Option<Response> {
-    let (s, n) = (server.clone(), name.to_string());
-    match blocking(move || s.catalog.client(&n)).await {
-        Ok(Some(_)) => None,
-        Ok(None) => Some(error_page(StatusCode::NOT_FOUND, &format!("no client {name:?}"))),
-        Err(e) => Some(internal(e)),
-    }
 }
 
 /// `POST /console/client/NAME/restore`: ask the agent for a restore.
