@@ -207,6 +207,13 @@ impl Backend for CachedBackend {
         Ok(r)
     }
 
+    fn replace(&self, kind: FileKind, name: &str, data: &[u8]) -> BResult<()> {
+        if cached_kind(kind) || kind == FileKind::Pack {
+            let _ = fs::remove_file(self.path(kind, name));
+        }
+        self.inner.replace(kind, name, data)
+    }
+
     fn latency_bound(&self) -> bool {
         self.inner.latency_bound()
     }

@@ -14,7 +14,7 @@ mod sftp;
 use std::sync::Arc;
 
 pub use cache::CachedBackend;
-pub use local::LocalBackend;
+pub use local::{replace_file, LocalBackend};
 pub use rest::{tls_config, RestBackend, RestOptions};
 pub use s3::{ObjectStat, S3Backend, S3Location};
 pub use sftp::{SftpBackend, SftpLocation};
@@ -42,7 +42,7 @@ pub(crate) fn relative_path(location: &str, kind: FileKind, name: &str) -> Resul
         });
     }
     Ok(match kind {
-        FileKind::Pack if name.len() >= 2 => format!("data/{}/{name}", &name[..2]),
+        k if k.fanned_out() && name.len() >= 2 => format!("{}/{}/{name}", k.dir(), &name[..2]),
         _ => format!("{}/{name}", kind.dir()),
     })
 }

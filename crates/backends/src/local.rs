@@ -88,7 +88,7 @@ impl LocalBackend {
 
     fn dir(&self, kind: FileKind, name: &str) -> PathBuf {
         match kind {
-            FileKind::Pack if name.len() >= 2 => self.root.join("data").join(&name[..2]),
+            k if k.fanned_out() && name.len() >= 2 => self.root.join(k.dir()).join(&name[..2]),
             _ => self.root.join(kind.dir()),
         }
     }
@@ -127,6 +127,28 @@ fn sync_dir(p: &Path) -> io::Result<()> {
     File::open(p)?.sync_all()
 }
 
+/// Put `data` at `dest` in place of what is there, in one step: written to `tmp` (a new file
+/// in `dest`'s directory), `fsync`, renamed over `dest`, the directory `fsync`ed. The old file
+/// stays until the new one is durable (a repair never removes the damaged copy first).
+pub fn replace_file(tmp: &Path, dest: &Path, data: &[u8]) -> io::Result<()> {
+    let res = (|| -> io::Result<()> {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        drop(f);
+        fs::rename(tmp, dest)?;
+        sync_dir(dest.parent().unwrap_or(Path::new(".")))
+    })();
+    if res.is_err() {
+        let _ = fs::remove_file(tmp);
+    }
+    res
+}
+
 fn tmp_name() -> String {
     let mut r = [0u8; 8];
     // without an entropy source the process id still separates concurrent writers
@@ -152,7 +174,7 @@ impl LocalBackend {
         if dest.exists() {
             return Ok(WriteOutcome::Existed);
         }
-        if matches!(kind, FileKind::Lock | FileKind::Mark | FileKind::Manifest) {
+        if kind.made_on_demand() {
             fs::create_dir_all(&dir).map_err(|e| self.err(&what, e))?;
         }
         let tmp = dir.join(tmp_name());
@@ -230,7 +252,9 @@ impl Backend for LocalBackend {
             });
         }
         let base = self.root.join(kind.dir());
-        let dirs: Vec<PathBuf> = if kind == FileKind::Pack {
+        let dirs: Vec<PathBuf> = if kind.made_on_demand() && !base.exists() {
+            return Ok(Vec::new()); // repositories from before these namespaces existed
+        } else if kind.fanned_out() {
             let mut v = Vec::new();
             for e in fs::read_dir(&base).map_err(|e| self.err(kind.dir(), e))? {
                 let e = e.map_err(|e| self.err(kind.dir(), e))?;
@@ -239,8 +263,6 @@ impl Backend for LocalBackend {
                 }
             }
             v
-        } else if matches!(kind, FileKind::Lock | FileKind::Mark | FileKind::Manifest) && !base.exists() {
-            return Ok(Vec::new()); // repositories from before these namespaces existed
         } else {
             vec![base]
         };
@@ -329,6 +351,20 @@ impl Backend for LocalBackend {
             reuse(buf);
             Ok(())
         })
+    }
+
+    fn replace(&self, kind: FileKind, name: &str, data: &[u8]) -> BResult<()> {
+        let what = Self::what(kind, name);
+        let dest = self.path(kind, name)?;
+        let dir = self.dir(kind, name);
+        if kind.made_on_demand() {
+            fs::create_dir_all(&dir).map_err(|e| self.err(&what, e))?;
+        }
+        let res = replace_file(&dir.join(tmp_name()), &dest, data);
+        if kind == FileKind::Pack {
+            self.open_packs().retain(|(n, _)| n != name);
+        }
+        res.map_err(|e| self.err(&what, e))
     }
 
     fn remove(&self, kind: FileKind, name: &str) -> BResult<()> {

@@ -578,6 +578,16 @@ impl Backend for RestBackend {
         }
     }
 
+    fn replace(&self, kind: FileKind, name: &str, _data: &[u8]) -> BResult<()> {
+        // no client credential may overwrite what the server stores; parity needs no key,
+        // so the server repairs by itself
+        Err(self.io(
+            &Self::what(kind, name),
+            "a coffer server repairs its packs itself from their parity: run `coffer server verify --repair` there (its scheduled verify does it too)",
+            false,
+        ))
+    }
+
     fn wants_manifests(&self) -> bool {
         true
     }

@@ -665,6 +665,19 @@ impl Backend for S3Backend {
         }
     }
 
+    fn replace(&self, kind: FileKind, name: &str, data: &[u8]) -> BResult<()> {
+        // a PUT replaces an object in one step (on a versioned bucket, the damaged version
+        // stays as a noncurrent one until the bucket's lifecycle removes it)
+        let what = Self::what(kind, name);
+        let key = self.key(kind, name)?;
+        if let Some(l) = &self.upload_limit {
+            l.wait_blocking(data.len());
+        }
+        self.block(self.store.put(&key, PutPayload::from(data.to_vec())))
+            .map(|_| ())
+            .map_err(|e| self.err(&what, e))
+    }
+
     fn remove(&self, kind: FileKind, name: &str) -> BResult<()> {
         let what = Self::what(kind, name);
         let key = self.key(kind, name)?;

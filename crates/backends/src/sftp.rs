@@ -145,6 +145,8 @@ pub struct SftpBackend {
     stderr: Arc<Mutex<String>>,
     /// Writes keep under this rate (`--limit-upload`), piece by piece.
     upload_limit: Option<Arc<UploadLimit>>,
+    /// Directories made on demand by this process (one round trip each, not one per write).
+    made: Mutex<std::collections::HashSet<PathBuf>>,
 }
 
 impl std::fmt::Debug for SftpBackend {
@@ -208,6 +210,7 @@ impl SftpBackend {
             conn: Mutex::new(None),
             stderr: Arc::new(Mutex::new(String::new())),
             upload_limit: None,
+            made: Mutex::new(std::collections::HashSet::new()),
         })
     }
 
@@ -224,7 +227,7 @@ impl SftpBackend {
     fn dir(&self, kind: FileKind, name: &str) -> PathBuf {
         match kind {
             FileKind::Config => self.root.clone(),
-            FileKind::Pack => self.root.join("data").join(&name[..2.min(name.len())]),
+            k if k.fanned_out() => self.root.join(k.dir()).join(&name[..2.min(name.len())]),
             k => self.root.join(k.dir()),
         }
     }
@@ -506,8 +509,11 @@ impl Backend for SftpBackend {
         let base = self.root.join(kind.dir());
         let what = format!("listing {}", kind.dir());
         let mut out = Vec::new();
-        if kind == FileKind::Pack {
+        if kind.fanned_out() {
             let Some(subdirs) = self.read_dir(&what, &base, true)? else {
+                if kind.made_on_demand() {
+                    return Ok(out); // a repository from before parity
+                }
                 return Err(self.io(&what, "data/ is missing".into(), false));
             };
             for d in subdirs {
@@ -520,7 +526,7 @@ impl Backend for SftpBackend {
             match self.read_dir(&what, &base, false)? {
                 Some(v) => out = v,
                 // repositories from before these namespaces existed
-                None if matches!(kind, FileKind::Lock | FileKind::Mark | FileKind::Manifest) => {}
+                None if kind.made_on_demand() => {}
                 None => return Err(self.io(&what, format!("{}/ is missing", kind.dir()), false)),
             }
         }
@@ -600,14 +606,43 @@ impl Backend for SftpBackend {
     }
 
     fn write_parts(&self, kind: FileKind, name: &str, parts: &[&[u8]]) -> BResult<WriteOutcome> {
+        self.put(kind, name, parts, false)
+    }
+
+    fn replace(&self, kind: FileKind, name: &str, data: &[u8]) -> BResult<()> {
+        self.put(kind, name, &[data], true).map(|_| ())
+    }
+
+    fn remove(&self, kind: FileKind, name: &str) -> BResult<()> {
+        let what = Self::what(kind, name);
+        let p = self.path(kind, name)?;
+        let p = &p;
+        self.with(&what, |c| async move { c.sftp.fs().remove_file(p).await })
+    }
+
+    fn latency_bound(&self) -> bool {
+        true
+    }
+}
+
+impl SftpBackend {
+    /// Upload to a temporary name, then link it to its name (never replacing a file), or with
+    /// `replace`, rename it over the file in one step (`posix-rename@openssh.com`; without
+    /// that extension a replacement is refused: a plain SFTP rename may not be atomic).
+    fn put(&self, kind: FileKind, name: &str, parts: &[&[u8]], replace: bool) -> BResult<WriteOutcome> {
         let what = Self::what(kind, name);
         let dest = self.path(kind, name)?;
-        if self.stat(&what, &dest)?.is_some() {
+        if !replace && self.stat(&what, &dest)?.is_some() {
             return Ok(WriteOutcome::Existed);
         }
         let dir = self.dir(kind, name);
-        if matches!(kind, FileKind::Lock | FileKind::Mark | FileKind::Manifest) {
+        if kind.made_on_demand() && !self.made.lock().unwrap_or_else(|p| p.into_inner()).contains(&dir) {
+            self.mkdir(&self.root.join(kind.dir()))?;
             self.mkdir(&dir)?;
+            self.made
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(dir.clone());
         }
         let tmp = dir.join(tmp_name());
         let (tmp, dest) = (&tmp, &dest);
@@ -646,6 +681,16 @@ impl Backend for SftpBackend {
             }
             f.close().await?;
             let mut fs = c.sftp.fs();
+            if replace {
+                if !c.sftp.support_posix_rename() {
+                    let _ = fs.remove_file(tmp).await;
+                    return Err(SftpError::IOError(std::io::Error::other(
+                        "the SFTP server has no posix-rename: a damaged file cannot be replaced in one step",
+                    )));
+                }
+                fs.rename(tmp, dest).await?;
+                return Ok(WriteOutcome::Created);
+            }
             if c.hardlink {
                 // link(2) on the server: fails if the name exists, never replaces it
                 let linked = fs.hard_link(tmp, dest).await;
@@ -669,17 +714,6 @@ impl Backend for SftpBackend {
             let _ = self.with(&what, |c| async move { c.sftp.fs().remove_file(tmp).await });
         }
         r
-    }
-
-    fn remove(&self, kind: FileKind, name: &str) -> BResult<()> {
-        let what = Self::what(kind, name);
-        let p = self.path(kind, name)?;
-        let p = &p;
-        self.with(&what, |c| async move { c.sftp.fs().remove_file(p).await })
-    }
-
-    fn latency_bound(&self) -> bool {
-        true
     }
 }
 

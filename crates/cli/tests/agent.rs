@@ -390,8 +390,17 @@ schedule = "*/4 * * * * *"
         0,
         "runs reported with warnings or failures"
     );
+    let runs = || -> Vec<(String, String)> {
+        let mut q = db.prepare("SELECT status, messages FROM runs").unwrap();
+        q.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(|r| r.unwrap())
+            .collect()
+    };
     assert!(
-        count("SELECT count(*) FROM runs WHERE status = 'failed' AND messages LIKE '[\"interrupted\"%'") >= 1
+        count("SELECT count(*) FROM runs WHERE status = 'failed' AND messages LIKE '[\"interrupted\"%'") >= 1,
+        "no run reported itself interrupted: {:?}",
+        runs()
     );
 
     // a backup by hand of the same paths, same host, is not the job's: its retention leaves

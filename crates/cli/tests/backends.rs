@@ -94,18 +94,60 @@ fn scenario(e: &Env, repo: &str) {
     );
 }
 
+/// A pack damaged in storage (by `damage`) is named repairable by `check --read-data`, written
+/// back in place by `repair packs` (local: rename; SFTP: posix-rename; S3: PUT), and then
+/// everything checks clean and the latest snapshot restores byte-identical.
+fn parity_repair(e: &Env, repo: &str, damage: impl FnOnce()) {
+    damage();
+    let o = s3_env(e, &["-r", repo, "check", "--read-data"]);
+    assert_eq!(code(&o), 1, "{repo}: {}", stderr(&o));
+    assert!(
+        stderr(&o).contains("its parity rebuilds it"),
+        "{repo}: {}",
+        stderr(&o)
+    );
+    let out = ok(e, repo, &["repair", "packs"]);
+    assert!(out.contains("repaired data/"), "{repo}: {out}");
+    ok(e, repo, &["check", "--read-data"]);
+    let src = e.path("src");
+    let out = e.path("out-parity");
+    let _ = fs::remove_dir_all(&out);
+    ok(e, repo, &["restore", "latest", "--target", out.to_str().unwrap()]);
+    assert_eq!(
+        digest_tree(&out.join(src.strip_prefix("/").unwrap())),
+        digest_tree(&src),
+        "{repo}: restore after the repair differs"
+    );
+}
+
+/// Flip one byte in the middle of the first pack file below `dir/data`.
+fn flip_first_pack(dir: &Path) {
+    let sub = fs::read_dir(dir.join("data"))
+        .unwrap()
+        .map(|d| d.unwrap().path())
+        .find(|d| fs::read_dir(d).unwrap().next().is_some())
+        .unwrap();
+    let pack = fs::read_dir(sub).unwrap().next().unwrap().unwrap().path();
+    let mut b = fs::read(&pack).unwrap();
+    let mid = b.len() / 2;
+    b[mid] ^= 0x08;
+    fs::write(&pack, b).unwrap();
+}
+
 #[test]
 fn the_same_scenario_on_every_backend() {
     let e = Env::new();
     // local directory
     let local = e.repo.to_str().unwrap().to_string();
     scenario(&e, &local);
+    parity_repair(&e, &local, || flip_first_pack(&e.repo));
 
     // SFTP, through the system's ssh with its own config (host key pinned in known_hosts)
     let sshd = common::sshd::Sshd::start();
     std::env::set_var("COFFER_SSH_COMMAND", sshd.ssh_command());
     let sftp = format!("sftp:coffer-test:{}", e.path("sftp-repo").display());
     scenario(&e, &sftp);
+    parity_repair(&e, &sftp, || flip_first_pack(&e.path("sftp-repo")));
     // a host key that does not match: refused at once, in one line, nothing written
     let d = sshd.dir.path();
     fs::copy(d.join("client_key.pub"), d.join("wrong_known_hosts_key")).unwrap();
@@ -160,6 +202,37 @@ fn the_same_scenario_on_every_backend() {
         std::thread::sleep(Duration::from_millis(300));
     }
     scenario(&e, &s3);
+    parity_repair(&e, &s3, || {
+        // through S3 itself: the first pack's object read, one byte flipped, PUT back
+        let (status, head, listing) = s3_curl(
+            "GET",
+            &format!("{BUCKET}?list-type=2&prefix=scenario%2Fdata%2F"),
+            &[],
+            None,
+        );
+        let key = listing
+            .split("<Key>")
+            .nth(1)
+            .and_then(|k| k.split("</Key>").next())
+            .unwrap_or_else(|| panic!("no pack in the listing: {status} {head} {listing}"))
+            .to_string();
+        let file = e.path("damaged-pack");
+        let got = Command::new("curl")
+            .args(["-s", "-f", "--aws-sigv4", "aws:amz:us-east-1:s3", "--user"])
+            .arg(format!("{ACCESS}:{SECRET}"))
+            .arg("-o")
+            .arg(&file)
+            .arg(format!("http://127.0.0.1:{S3_PORT}/{BUCKET}/{key}"))
+            .status()
+            .unwrap();
+        assert!(got.success());
+        let mut b = fs::read(&file).unwrap();
+        let mid = b.len() / 2;
+        b[mid] ^= 0x08;
+        fs::write(&file, b).unwrap();
+        let (status, _, body) = s3_curl("PUT", &format!("{BUCKET}/{key}"), &[], Some(&file));
+        assert_eq!(status, 200, "{body}");
+    });
 
     // a second repository in the same bucket is independent of the first
     let other = format!("s3:http://127.0.0.1:{S3_PORT}/{BUCKET}/other");

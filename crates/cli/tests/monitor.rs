@@ -1575,7 +1575,9 @@ fn a_failed_drill_is_an_incident_and_a_clean_one_records_its_recovery_time() {
     assert_eq!(fleet.matches("data-day=\"no backup\"").count(), 29, "{fleet}");
     assert!(!fleet.contains("<script"), "no script on the console");
 
-    // a flipped byte in every pack: the drill reads back the damage and fails
+    // a flipped byte in every pack, and no parity to repair it: the drill reads back the
+    // damage and fails
+    fs::remove_dir_all(server.data.join("repos/web1/parity")).unwrap();
     for dir in fs::read_dir(server.data.join("repos/web1/data")).unwrap() {
         for f in fs::read_dir(dir.unwrap().path()).unwrap() {
             let p = f.unwrap().path();

@@ -669,9 +669,42 @@ fn keyless_verify_names_a_flipped_byte() {
     let name = pack.file_name().unwrap().to_string_lossy();
     assert!(out.contains(&format!("damaged: data/{name}")), "{out}");
     assert!(out.contains("1 DAMAGED"), "{out}");
+    assert!(
+        out.contains("REPAIRABLE"),
+        "the pack's parity rebuilds it, with no key: {out}"
+    );
     // the result is kept for the console
     let list = s.admin_ok(&["repo", "list"]);
     assert!(list.contains("1 DAMAGED"), "{list}");
+
+    // a damaged parity file of an intact pack is named as such
+    let other = fs::read_dir(s.data.join("repos/web/parity"))
+        .unwrap()
+        .flat_map(|d| fs::read_dir(d.unwrap().path()).unwrap())
+        .map(|f| f.unwrap().path())
+        .find(|p| p.file_name() != pack.file_name())
+        .expect("another pack's parity file");
+    let mut pb = fs::read(&other).unwrap();
+    let last = pb.len() - 1;
+    pb[last] ^= 0x01;
+    fs::write(&other, pb).unwrap();
+    let out = String::from_utf8_lossy(&s.admin(&["verify", "--repo", "web"]).stdout).into_owned();
+    assert!(out.contains("its parity file is not"), "{out}");
+
+    // keyless repair: the pack is written back (it hashes to its name again) and the parity
+    // file written again; then nothing is damaged and the snapshot restores
+    let o = s.admin(&["verify", "--repo", "web", "--repair"]);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert_eq!(code(&o), 0, "{out}");
+    assert!(out.contains(&format!("repaired: data/{name}")), "{out}");
+    assert_eq!(out.matches("repaired: ").count(), 2, "{out}");
+    assert_eq!(blake3::hash(&fs::read(&pack).unwrap()).to_hex().as_str(), name);
+    let out = s.admin_ok(&["verify"]);
+    assert!(out.contains("no damage"), "{out}");
+    let read = s.add_client("restorer", "web", "read");
+    let r = client(&e, &s, "web", &read);
+    let expected = digest_tree(&src);
+    restore_and_compare(&r, "latest", &src, &expected, &e.path("out"));
 }
 
 /// Four clients back up into one repository at once; the server is killed with SIGKILL in

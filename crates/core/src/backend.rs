@@ -27,11 +27,14 @@ pub enum FileKind {
     /// The packs each snapshot needs, in plaintext, for a server's retention
     /// (written only where [`Backend::wants_manifests`] says so).
     Manifest,
+    /// Reed–Solomon parity of a pack, named as the pack (see docs/FORMAT.md "Parity"). Not
+    /// named by its own hash: it is checked against the pack it repairs.
+    Parity,
 }
 
 impl FileKind {
     /// Every kind, in declaration order.
-    pub const ALL: [FileKind; 8] = [
+    pub const ALL: [FileKind; 9] = [
         FileKind::Config,
         FileKind::Key,
         FileKind::Snapshot,
@@ -40,6 +43,7 @@ impl FileKind {
         FileKind::Lock,
         FileKind::Mark,
         FileKind::Manifest,
+        FileKind::Parity,
     ];
 
     /// The directories a new repository gets on a file system (besides `data/00`..`data/ff`;
@@ -62,7 +66,23 @@ impl FileKind {
             FileKind::Lock => "locks",
             FileKind::Mark => "marks",
             FileKind::Manifest => "manifests",
+            FileKind::Parity => "parity",
         }
+    }
+
+    /// Whether files of this kind are spread over 256 subdirectories by the first two hex
+    /// digits of their name (`data/ab/ab…`, `parity/ab/ab…`).
+    pub fn fanned_out(self) -> bool {
+        matches!(self, FileKind::Pack | FileKind::Parity)
+    }
+
+    /// Whether this namespace may be missing from a repository made before it existed (it
+    /// is made by the first write that needs it, and lists as empty until then).
+    pub fn made_on_demand(self) -> bool {
+        matches!(
+            self,
+            FileKind::Lock | FileKind::Mark | FileKind::Manifest | FileKind::Parity
+        )
     }
 }
 
@@ -199,6 +219,22 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// the key.
     fn wants_manifests(&self) -> bool {
         false
+    }
+
+    /// Put `data` in place of file `name`, for a repair only: the caller has checked that
+    /// `data` is what the name stands for (a pack's bytes that hash to its name, a pack's
+    /// parity recomputed from the intact pack). Guarantees: **atomic** (a reader sees the old
+    /// file or the new one, never a mix and never no file: the damaged copy is not removed
+    /// before the new one is durable) and **durable** when it returns. A storage that cannot
+    /// replace a file in one step refuses; the default refuses.
+    fn replace(&self, kind: FileKind, name: &str, data: &[u8]) -> BResult<()> {
+        let _ = data;
+        Err(BackendError::Io {
+            location: self.location(),
+            what: format!("{}/{name}", kind.dir()),
+            detail: "this storage cannot replace a damaged file in one step".into(),
+            transient: false,
+        })
     }
 
     /// Delete a file. Deleting a missing file is `NotFound`; a file under a retention lock

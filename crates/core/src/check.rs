@@ -86,6 +86,12 @@ pub struct CheckReport {
     pub bytes_read: u64,
     /// Damaged or missing objects by name.
     pub damaged: Vec<String>,
+    /// Damaged packs whose parity rebuilds them (their blobs still read): `repair packs`
+    /// writes them back.
+    pub repairable: Vec<String>,
+    /// Packs without a parity file, and packs whose parity file is damaged or stale.
+    pub parity_missing: usize,
+    pub parity_damaged: Vec<String>,
     pub affected: Vec<Affected>,
     /// Share of current packs ever verified (with a cache), and the oldest verification age.
     pub coverage: Option<f64>,
@@ -145,6 +151,26 @@ pub fn check(repo: Repository, opts: &CheckOptions, progress: &dyn Progress) -> 
         .filter_map(|f| Id::from_hex(&f.name).ok().map(|id| (PackId(id), f.size)))
         .collect();
     r.packs = stored.len();
+    let stored_parity: HashMap<PackId, u64> = backend
+        .list(FileKind::Parity)?
+        .into_iter()
+        .filter_map(|f| Id::from_hex(&f.name).ok().map(|id| (PackId(id), f.size)))
+        .collect();
+    if repo.config().parity > 0 {
+        r.parity_missing = stored.keys().filter(|p| !stored_parity.contains_key(p)).count();
+        if r.parity_missing > 0 {
+            r.warnings.push(format!(
+                "{} packs have no parity file (written before parity was on, or a backup stopped between a pack and its parity): `coffer repair packs` writes them",
+                r.parity_missing
+            ));
+        }
+    }
+    let orphans = stored_parity.keys().filter(|p| !stored.contains_key(p)).count();
+    if orphans > 0 {
+        r.warnings.push(format!(
+            "{orphans} parity files belong to no pack (their packs were deleted; the next prune removes them)"
+        ));
+    }
     // key files and config: names must match content, and each must decode
     for f in backend.list(FileKind::Key)? {
         let bytes = backend.read(FileKind::Key, &f.name)?;
@@ -271,9 +297,55 @@ pub fn check(repo: Repository, opts: &CheckOptions, progress: &dyn Progress) -> 
             c
         }
     };
+    let parity_on = repo.config().parity > 0;
     for p in &selected {
         progress.item(std::path::Path::new(&p.to_hex()));
-        match repo.verify_pack(p) {
+        let mut outcome = backend
+            .read(FileKind::Pack, &p.to_hex())
+            .map_err(Error::from)
+            .and_then(|bytes| repo.verify_pack_bytes(p, &bytes).map(|h| (h, bytes)));
+        let mut repaired = false;
+        if let Err(e) = &outcome {
+            // damage: does the pack's parity rebuild it?
+            let e = e.to_string();
+            match repo.repair_pack(p) {
+                Ok(fixed) if fixed.damaged_shards > 0 => match repo.verify_pack_bytes(p, &fixed.bytes) {
+                    Ok(h) => {
+                        r.errors.push(format!(
+                            "{e}; its parity rebuilds it ({} damaged {} KiB stretches): run `coffer repair packs`",
+                            fixed.damaged_shards,
+                            coffer_format::shard_layout(fixed.bytes.len() as u64).0.div_ceil(1024)
+                        ));
+                        r.repairable.push(format!("data/{}", p.to_hex()));
+                        r.damaged.push(format!("data/{}", p.to_hex()));
+                        // its blobs read through the parity: nothing in the snapshots is lost
+                        outcome = Ok((h, fixed.bytes));
+                        repaired = true;
+                    }
+                    Err(e2) => {
+                        outcome = Err(Error::Invalid(format!(
+                            "{e}; rebuilt from parity, still damaged: {e2}"
+                        )))
+                    }
+                },
+                Ok(_) => {}
+                Err(pe) => outcome = Err(Error::Invalid(format!("{e}; not repairable: {pe}"))),
+            }
+        }
+        if let (Ok((_, bytes)), false) = (&outcome, repaired) {
+            if parity_on || stored_parity.contains_key(p) {
+                match backend.read(FileKind::Parity, &p.to_hex()) {
+                    Ok(pb) => {
+                        if let Err(e) = crate::parity::matches(p, bytes, &pb) {
+                            r.parity_damaged.push(format!("parity/{}: {e}", p.to_hex()));
+                        }
+                    }
+                    Err(e) if e.is_not_found() => {}
+                    Err(e) => r.parity_damaged.push(format!("parity/{}: {e}", p.to_hex())),
+                }
+            }
+        }
+        match outcome.map(|(h, _)| h) {
             Ok(header) => {
                 r.packs_read += 1;
                 r.bytes_read += stored.get(p).copied().unwrap_or(0);
@@ -291,7 +363,7 @@ pub fn check(repo: Repository, opts: &CheckOptions, progress: &dyn Progress) -> 
                     ));
                     r.damaged.push(format!("data/{}", p.to_hex()));
                     bad_blobs.extend(lost);
-                } else {
+                } else if !repaired {
                     verified.insert(p.to_hex(), now());
                 }
             }
@@ -302,6 +374,12 @@ pub fn check(repo: Repository, opts: &CheckOptions, progress: &dyn Progress) -> 
             }
         }
         progress.files(1);
+    }
+    if !r.parity_damaged.is_empty() {
+        r.warnings.push(format!(
+            "{} parity files are damaged or do not match their packs (the packs are intact): `coffer repair packs` writes them again",
+            r.parity_damaged.len()
+        ));
     }
     if cache.is_some() {
         verified.retain(|k, _| Id::from_hex(k).is_ok_and(|id| stored.contains_key(&PackId(id))));

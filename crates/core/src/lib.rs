@@ -24,6 +24,7 @@ pub mod lease;
 pub mod limit;
 pub mod memory;
 mod packer;
+pub mod parity;
 pub mod progress;
 pub mod prune;
 pub mod repair;
@@ -43,7 +44,7 @@ pub use compress::CompressionSpec;
 pub use error::{Category, Error, Result};
 pub use packer::store_blobs;
 pub use progress::{FileStatus, NoProgress, Progress, RestoreAction};
-pub use repo::{IndexedRepository, InitOptions, Repository};
+pub use repo::{IndexedRepository, InitOptions, Repository, DEFAULT_PARITY};
 pub use restore::{restore, RestoreOptions, RestoreStats};
 pub use stats::human_bytes;
 

@@ -41,7 +41,7 @@ impl MemoryBackend {
 
     /// Every stored file with its bytes.
     pub fn snapshot_all(&self) -> Vec<(FileKind, String, Vec<u8>)> {
-        const KINDS: [FileKind; 8] = FileKind::ALL;
+        const KINDS: [FileKind; 9] = FileKind::ALL;
         self.lock()
             .iter()
             .map(|((k, n), b)| (KINDS[*k as usize], n.clone(), b.clone()))
@@ -115,6 +115,10 @@ impl Backend for MemoryBackend {
         }
         files.insert(key, data.to_vec());
         Ok(WriteOutcome::Created)
+    }
+    fn replace(&self, kind: FileKind, name: &str, data: &[u8]) -> BResult<()> {
+        self.lock().insert((code(kind), name.to_string()), data.to_vec());
+        Ok(())
     }
     fn remove(&self, kind: FileKind, name: &str) -> BResult<()> {
         self.lock()

@@ -643,10 +643,18 @@ fn write_pack(repo: &Repository, p: OpenPack, reuse: &dyn Fn(Vec<u8>)) -> Result
     ranges.push(start..buf.len());
     let refs: Vec<&[u8]> = ranges.iter().map(|r| &buf[r.clone()]).collect();
     let id = PackId(storage_id_parts(&refs));
+    let rate = repo.config().parity;
+    let parity = (rate > 0).then(|| crate::parity::encode(&id, &refs, rate));
     drop(refs);
-    let len = buf.len() as u64;
+    // what the storage holds: the pack and its parity
+    let len = buf.len() as u64 + parity.as_ref().map_or(0, |p| p.len() as u64);
     repo.backend()
         .write_ranges(FileKind::Pack, &id.to_hex(), buf, &ranges, reuse)?;
+    // after the pack: a parity file always has its pack (a crash in between leaves a pack
+    // without parity, which `check` reports and `repair packs` completes)
+    if let Some(p) = parity {
+        repo.backend().write(FileKind::Parity, &id.to_hex(), &p)?;
+    }
     Ok((IndexPack { id, entries }, len))
 }
 

@@ -405,6 +405,8 @@ pub struct PruneReport {
     pub bytes_rebundled: u64,
     pub packs_deleted: usize,
     pub bytes_deleted: u64,
+    /// Parity files removed with their packs, or left behind by packs deleted earlier.
+    pub parity_deleted: usize,
     pub packs_rescued: usize,
     /// Marks left for a later prune, with the reason.
     pub deferred: Vec<String>,
@@ -453,11 +455,39 @@ pub fn prune(repo: Repository, opts: &PruneOptions, progress: &dyn Progress) -> 
     mark(&mut repo, opts, progress, &mut report)?;
     if !opts.dry_run {
         sweep(&mut repo, opts, &ours, progress, &mut report)?;
+        remove_orphan_parity(&*backend, &mut report)?;
         if backend.retention_secs().is_some() {
             report.locks_extended = extend_locks(&repo)?;
         }
     }
     Ok(report)
+}
+
+/// Remove parity files whose packs are gone (a prune or server retention stopped between
+/// deleting a pack and its parity). Parity is listed before packs: a pack is written before its
+/// parity, so a parity file listed first whose pack the later listing lacks has lost its pack
+/// for good, never one a backup is writing now.
+fn remove_orphan_parity(backend: &dyn Backend, report: &mut PruneReport) -> Result<()> {
+    let parity = backend.list(FileKind::Parity)?;
+    if parity.is_empty() {
+        return Ok(());
+    }
+    let packs: HashSet<String> = backend
+        .list(FileKind::Pack)?
+        .into_iter()
+        .map(|f| f.name)
+        .collect();
+    for f in parity {
+        if packs.contains(&f.name) {
+            continue;
+        }
+        match backend.remove(FileKind::Parity, &f.name) {
+            Ok(()) => report.parity_deleted += 1,
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 /// Extend the retention lock of everything still in use: config, keys, snapshots and the
@@ -920,6 +950,12 @@ fn sweep(
         }
         report.packs_deleted += 1;
         report.bytes_deleted += size;
+        // its parity after it (a crash in between leaves an orphan the next prune removes)
+        match backend.remove(FileKind::Parity, &p.to_hex()) {
+            Ok(()) => report.parity_deleted += 1,
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e.into()),
+        }
         progress.files(1);
     }
     let mut kept_mark = None;

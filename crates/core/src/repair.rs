@@ -1,5 +1,10 @@
-//! `repair index` and `repair snapshots`.
+//! `repair index`, `repair snapshots` and `repair packs`.
 //!
+//! - repair packs: every pack (or the ones named) is read; one that does not hash to its name
+//!   is rebuilt from its parity file and, only when the rebuilt bytes hash to the name, put
+//!   in place of the damaged copy in one step (the damaged copy is never removed before the
+//!   rebuilt one is durable; it is the same name because it is the same bytes, so no index
+//!   changes). Missing parity files are written and damaged ones written again.
 //! - repair index: a new index is built from the headers of all packs in storage (each pack
 //!   read whole and verified), written first, and only then are the old index files deleted.
 //!   Packs condemned by a prune are left out; packs that fail verification are reported and
@@ -94,6 +99,139 @@ pub fn repair_index(repo: Repository, progress: &dyn Progress) -> Result<RepairI
         match backend.remove(FileKind::Index, &f.to_hex()) {
             Err(e) if !e.is_not_found() => return Err(e.into()),
             _ => r.index_files_removed += 1,
+        }
+    }
+    Ok(r)
+}
+
+/// What `repair packs` did, or with `dry_run` would do.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RepairPacksReport {
+    pub dry_run: bool,
+    /// Packs read.
+    pub packs: usize,
+    /// Damaged packs rebuilt from their parity and written back (`data/<id>`).
+    pub repaired: Vec<String>,
+    /// Damaged packs their parity cannot rebuild, with the reason.
+    pub unrepairable: Vec<String>,
+    /// Parity files written for packs that had none.
+    pub parity_written: usize,
+    /// Damaged or stale parity files written again.
+    pub parity_rewritten: usize,
+}
+
+impl RepairPacksReport {
+    pub fn ok(&self) -> bool {
+        self.unrepairable.is_empty()
+    }
+}
+
+/// `repair packs`: see the module's documentation. `only` limits it to those packs (empty:
+/// every pack in storage).
+pub fn repair_packs(
+    repo: Repository,
+    only: &[PackId],
+    dry_run: bool,
+    progress: &dyn Progress,
+) -> Result<RepairPacksReport> {
+    let mut r = RepairPacksReport {
+        dry_run,
+        ..Default::default()
+    };
+    let backend = repo.backend().clone();
+    let rate = repo.config().parity;
+    let stored: HashSet<PackId> = backend
+        .list(FileKind::Pack)?
+        .into_iter()
+        .filter_map(|f| Id::from_hex(&f.name).ok().map(PackId))
+        .collect();
+    let targets: Vec<PackId> = if only.is_empty() {
+        let condemned = condemned_packs(&*backend)?;
+        let mut v: Vec<PackId> = stored
+            .iter()
+            .filter(|p| !condemned.contains(p))
+            .copied()
+            .collect();
+        v.sort();
+        v
+    } else {
+        for p in only {
+            if !stored.contains(p) {
+                return Err(crate::error::Error::NotFound(format!(
+                    "pack {} is not in storage (nothing to repair; `coffer check` names damaged packs)",
+                    p.to_hex()
+                )));
+            }
+        }
+        only.to_vec()
+    };
+    for p in &targets {
+        let name = p.to_hex();
+        progress.item(std::path::Path::new(&name));
+        let bytes = backend.read(FileKind::Pack, &name)?;
+        r.packs += 1;
+        let parity = match backend.read(FileKind::Parity, &name) {
+            Ok(b) => Some(b),
+            Err(e) if e.is_not_found() => None,
+            Err(e) => return Err(e.into()),
+        };
+        let intact = crate::crypto::storage_id(&bytes) == p.0;
+        let good = if intact {
+            bytes
+        } else {
+            let fixed = match &parity {
+                None => Err("it has no parity file".to_string()),
+                Some(pb) => crate::parity::repair(p, &bytes, pb).map_err(|e| e.to_string()),
+            };
+            match fixed {
+                Ok(f) => {
+                    if !dry_run {
+                        backend.replace(FileKind::Pack, &name, &f.bytes)?;
+                        // read back: the copy in storage must now be the pack
+                        let back = backend.read(FileKind::Pack, &name)?;
+                        if crate::crypto::storage_id(&back) != p.0 {
+                            return Err(crate::error::Error::integrity(
+                                format!("pack {}", p.short()),
+                                "written back from parity, but storage returns other bytes",
+                            ));
+                        }
+                    }
+                    r.repaired.push(format!("data/{name}"));
+                    progress.files(1);
+                    f.bytes
+                }
+                Err(why) => {
+                    progress.warn(&format!("pack {}: damaged, not repairable: {why}", p.short()));
+                    r.unrepairable.push(format!("data/{name}: {why}"));
+                    progress.files(1);
+                    continue;
+                }
+            }
+        };
+        // the pack is intact (now): its parity file must be its parity
+        match &parity {
+            None if rate > 0 => {
+                if !dry_run {
+                    backend.write(FileKind::Parity, &name, &crate::parity::encode(p, &[&good], rate))?;
+                }
+                r.parity_written += 1;
+            }
+            None => {}
+            Some(pb) if crate::parity::matches(p, &good, pb).is_err() => {
+                if !dry_run {
+                    let again = if rate > 0 {
+                        crate::parity::encode(p, &[&good], rate)
+                    } else {
+                        crate::parity::encode_like(p, &good, pb)
+                    };
+                    backend.replace(FileKind::Parity, &name, &again)?;
+                }
+                r.parity_rewritten += 1;
+            }
+            Some(_) => {}
+        }
+        if intact {
+            progress.files(1);
         }
     }
     Ok(r)

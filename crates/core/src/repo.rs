@@ -31,12 +31,18 @@ const META_COMPRESSION: CompressionSpec = CompressionSpec {
     level: 3,
 };
 
+/// Parity a new repository writes unless told otherwise: 1 % of each pack (docs/FORMAT.md
+/// "Parity": a 16 MiB pack survives any 11 damaged 16 KiB stretches).
+pub const DEFAULT_PARITY: u32 = 100;
+
 /// Settings chosen at `init`.
 #[derive(Clone, Debug)]
 pub struct InitOptions {
     pub chunker: ChunkerParams,
     pub pack_size: u32,
     pub compression: CompressionSpec,
+    /// Parity beside each pack, in basis points (100 = 1 %; 0: none).
+    pub parity: u32,
 }
 
 impl Default for InitOptions {
@@ -48,6 +54,7 @@ impl Default for InitOptions {
                 algo: Compression::Zstd,
                 level: 3,
             },
+            parity: DEFAULT_PARITY,
         }
     }
 }
@@ -80,6 +87,13 @@ impl Repository {
             .validate()
             .map_err(|e| Error::Invalid(e.to_string()))?;
         opts.compression.validate()?;
+        if opts.parity > coffer_format::MAX_PARITY {
+            return Err(Error::Invalid(format!(
+                "parity {}% is more than the {}% a repository may hold",
+                opts.parity as f64 / 100.0,
+                coffer_format::MAX_PARITY / 100
+            )));
+        }
         if opts.pack_size < 1 << 20 || opts.pack_size > 512 << 20 {
             return Err(Error::Invalid(format!(
                 "pack size {} must be between 1 MiB and 512 MiB",
@@ -96,6 +110,7 @@ impl Repository {
             pack_size: opts.pack_size,
             compression: opts.compression.algo,
             compression_level: opts.compression.level,
+            parity: opts.parity,
         };
         if password.is_empty() {
             // before anything is created: a refused init leaves nothing behind
@@ -372,6 +387,28 @@ impl Repository {
         }
         let plain = self.key.open(okind, b"", &bytes, &what)?;
         Ok((decode_blob_max(plain, MAX_FILE_OBJECT, &what)?, bytes[0]))
+    }
+    /// Read `pack` and its parity file and rebuild the pack's bytes (no key needed). An intact
+    /// pack comes back as read with `damaged_shards == 0`.
+    pub fn repair_pack(&self, pack: &PackId) -> Result<crate::parity::Repaired> {
+        let name = pack.to_hex();
+        let what = format!("pack {}", pack.short());
+        let parity = match self.backend.read(FileKind::Parity, &name) {
+            Ok(p) => p,
+            Err(e) if e.is_not_found() => {
+                return Err(Error::integrity(
+                    &what,
+                    "damaged, and it has no parity file to repair it from",
+                ))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let stored = match self.backend.read(FileKind::Pack, &name) {
+            Ok(b) => b,
+            Err(e) if e.is_not_found() => Vec::new(),
+            Err(e) => return Err(e.into()),
+        };
+        crate::parity::repair(pack, &stored, &parity).map_err(|e| Error::integrity(&what, e.to_string()))
     }
 
     /// Store an index file, vouched for when this is a full key (one that lists only packs
@@ -681,7 +718,18 @@ pub struct IndexedRepository {
     index: Index,
     lease: Option<Lease>,
     bundles: BundleCache,
+    /// Packs repaired from their parity while reading (or found beyond repair), the last few
+    /// kept: a damaged pack is read and rebuilt once, not once per blob.
+    repaired: Mutex<VecDeque<(PackId, RepairedPack)>>,
+    /// Every pack read through its parity by this process.
+    read_through_parity: Mutex<std::collections::BTreeSet<PackId>>,
 }
+
+/// A pack rebuilt from its parity, or why it could not be.
+type RepairedPack = std::result::Result<Arc<Vec<u8>>, String>;
+
+/// Packs kept rebuilt in memory.
+const REPAIRED_CACHE: usize = 2;
 
 /// Bundles kept decoded after a read.
 const BUNDLE_CACHE: usize = 16;
@@ -754,6 +802,8 @@ impl IndexedRepository {
             index,
             lease,
             bundles: BundleCache::default(),
+            repaired: Mutex::new(VecDeque::new()),
+            read_through_parity: Mutex::new(std::collections::BTreeSet::new()),
         }
     }
 
@@ -801,7 +851,69 @@ impl IndexedRepository {
                 return Ok(data);
             }
         }
+        // damage: rebuild a pack from its parity and read the blob from that
+        for l in self.index.locations(id) {
+            if let Ok(data) = self.read_blob_repaired(id, kind, &l) {
+                return Ok(data);
+            }
+        }
         Err(first)
+    }
+
+    /// A blob read from its pack as rebuilt from the pack's parity file.
+    fn read_blob_repaired(&self, id: &BlobId, kind: BlobKind, loc: &BlobLocation) -> Result<Vec<u8>> {
+        let bytes = self.repaired_pack(&loc.pack)?;
+        let what = format!(
+            "{:?} blob {} in pack {} (repaired)",
+            kind,
+            id.short(),
+            loc.pack.short()
+        )
+        .to_lowercase();
+        if loc.kind != kind {
+            return Err(Error::integrity(&what, "listed as another kind"));
+        }
+        let sealed = bytes
+            .get(loc.offset as usize..loc.offset as usize + loc.length as usize)
+            .ok_or_else(|| Error::integrity(&what, "lies outside its pack"))?;
+        let data = self.decode_blob_bytes(id, loc, sealed.to_vec(), &what)?;
+        self.read_through_parity
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(loc.pack);
+        Ok(data)
+    }
+
+    /// The bytes of `pack` rebuilt from its parity (once per pack; the last few are kept).
+    pub fn repaired_pack(&self, pack: &PackId) -> Result<Arc<Vec<u8>>> {
+        let what = format!("pack {}", pack.short());
+        let cached = {
+            let c = self.repaired.lock().unwrap_or_else(|p| p.into_inner());
+            c.iter().find(|(p, _)| p == pack).map(|(_, r)| r.clone())
+        };
+        let r = match cached {
+            Some(r) => r,
+            None => {
+                let r = self
+                    .repo
+                    .repair_pack(pack)
+                    .map(|r| Arc::new(r.bytes))
+                    .map_err(|e| e.to_string());
+                let mut c = self.repaired.lock().unwrap_or_else(|p| p.into_inner());
+                c.push_back((*pack, r.clone()));
+                if c.len() > REPAIRED_CACHE {
+                    c.pop_front();
+                }
+                r
+            }
+        };
+        r.map_err(|e| Error::integrity(&what, e))
+    }
+
+    /// Packs this process found damaged and read blobs from as rebuilt from their parity.
+    pub fn read_through_parity(&self) -> Vec<PackId> {
+        let c = self.read_through_parity.lock().unwrap_or_else(|p| p.into_inner());
+        c.iter().copied().collect()
     }
 
     /// [`IndexedRepository::read_blob`] from one location.

@@ -17,6 +17,8 @@ pub struct RepoStats {
     pub index_files: u64,
     /// Bytes in packs as stored (compressed, encrypted).
     pub stored_bytes: u64,
+    /// Bytes of the packs' parity files (docs/FORMAT.md "Parity"), beside `stored_bytes`.
+    pub parity_bytes: u64,
     pub data_blobs: u64,
     pub tree_blobs: u64,
     /// Plaintext bytes of all unique data blobs (after dedup, before compression).
@@ -52,6 +54,9 @@ pub fn repo_stats(repo: &IndexedRepository) -> Result<RepoStats> {
     for p in repo.backend().list(FileKind::Pack)? {
         s.packs += 1;
         s.stored_bytes += p.size;
+    }
+    for p in repo.backend().list(FileKind::Parity)? {
+        s.parity_bytes += p.size;
     }
     s.index_files = repo.index().index_files().len() as u64;
     for (_, loc) in repo.index().iter() {

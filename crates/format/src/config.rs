@@ -61,6 +61,10 @@ pub struct Config {
     pub compression: Compression,
     /// Compression level (zstd 1–22, zlib/lzma 0–9; ignored by lz4 and none).
     pub compression_level: i32,
+    /// Reed–Solomon parity written beside each pack, in basis points of the pack (100 = 1 %;
+    /// 0: none). Absent in configs from before parity (2026-12-06): none.
+    #[serde(default)]
+    pub parity: u32,
 }
 
 impl Config {
@@ -90,9 +94,21 @@ impl Config {
                 format!("pack size {} out of range", c.pack_size),
             ));
         }
+        if c.parity > MAX_PARITY {
+            return Err(FormatError::malformed(
+                "config",
+                format!(
+                    "parity {} basis points out of range (at most {MAX_PARITY})",
+                    c.parity
+                ),
+            ));
+        }
         Ok(c)
     }
 }
+
+/// The most parity a repository may ask for, in basis points (50 %).
+pub const MAX_PARITY: u32 = 5_000;
 
 /// `KdfParams::algorithm` of a passphrase's key file.
 pub const KDF_ARGON2ID: &str = "argon2id";

@@ -11,6 +11,7 @@
 //! index/<IndexId>        sealed(zstd(IndexFile))                   name = blake3(file)
 //! snapshots/<SnapshotId> sealed(zstd(Snapshot))                    name = blake3(file)
 //! manifests/<SnapshotId> JSON: the packs a snapshot needs           (server repositories)
+//! parity/<2 hex>/<PackId> Reed–Solomon parity of that pack           no key needed
 //! ```
 //! Every decoder treats its input as hostile and returns [`FormatError`] instead of panicking.
 
@@ -21,13 +22,14 @@ mod index;
 mod layout;
 mod manifest;
 mod pack;
+mod parity;
 mod snapshot;
 mod tree;
 mod tree_cbor;
 
 pub use config::{
     ChunkerParams, Config, KdfParams, KeyFile, KDF_ARGON2ID, KDF_GENERATED_KEY, KDF_MAX_ITERATIONS,
-    KDF_MAX_MEMORY_KIB, KDF_MAX_PARALLELISM,
+    KDF_MAX_MEMORY_KIB, KDF_MAX_PARALLELISM, MAX_PARITY,
 };
 pub use error::FormatError;
 pub use id::{BlobId, Id, IndexId, KeyId, PackId, SnapshotId, ID_LEN};
@@ -39,6 +41,10 @@ pub use layout::{
 pub use manifest::{Manifest, MAX_MANIFEST};
 pub use pack::{
     bundle_id_input, decode_header, encode_header, envelopes, split_trailer, PackEntry, Place, ENTRY_LEN,
+};
+pub use parity::{
+    parity_shards, shard_layout, ParityHeader, CHECK_LEN as PARITY_CHECK_LEN, MAX_DATA_SHARDS, PARITY_MAGIC,
+    SHARD_ALIGN,
 };
 pub use snapshot::{DatabaseItem, DatabaseItemKind, ImageItem, Snapshot, Summary};
 pub use tree::{Bytes, LazyNodes, LazyTree, Name, Node, NodeKind, Timestamp, Tree, Xattr};

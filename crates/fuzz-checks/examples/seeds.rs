@@ -1,5 +1,6 @@
 //! Write fuzz seeds from a real repository: the plaintext of its config, key files, index
-//! files, snapshots, trees, pack headers and manifests, and its stored envelopes as they are,
+//! files, snapshots, trees, pack headers and manifests, its stored envelopes as they are, and
+//! packs with their parity files,
 //! each into `OUT/TARGET/NAME` (the fuzz targets' corpus layout), plus a few seeds no
 //! repository holds (an agent's poll, a run report, a MySQL dump, a configuration).
 //!
@@ -64,6 +65,23 @@ fn main() {
             todo.extend(tree.nodes.iter().filter_map(|n| n.subtree));
             put(&out, "tree", &format!("{}-{trees}", id.short()), &tree.encode());
             trees += 1;
+        }
+    }
+    // parity: a pack with its parity file, intact and with a flipped byte
+    for f in backend.list(FileKind::Parity).unwrap().iter().take(2) {
+        let Ok(mut pack) = backend.read(FileKind::Pack, &f.name) else {
+            continue;
+        };
+        let file = backend.read(FileKind::Parity, &f.name).unwrap();
+        for flip in [false, true] {
+            if flip {
+                let mid = pack.len() / 2;
+                pack[mid] ^= 1;
+            }
+            let mut seed = (pack.len() as u32).to_le_bytes().to_vec();
+            seed.extend_from_slice(&pack);
+            seed.extend_from_slice(&file);
+            put(&out, "parity", &format!("{}-{flip}", &f.name[..16]), &seed);
         }
     }
     for f in backend.list(FileKind::Pack).unwrap().iter().take(4) {

@@ -29,6 +29,7 @@ pub const TARGETS: &[&str] = &[
     "mysql_batch",
     "agent_config",
     "server_request",
+    "parity",
 ];
 
 /// Run target `name`'s check on `data`.
@@ -47,6 +48,7 @@ pub fn check(name: &str, data: &[u8]) {
         "mysql_batch" => mysql_batch(data),
         "agent_config" => agent_config(data),
         "server_request" => server_request(data),
+        "parity" => parity(data),
         other => panic!("no fuzz target {other}"),
     }
 }
@@ -112,6 +114,41 @@ pub fn manifest(data: &[u8]) {
             Manifest::decode(&m.encode(), &name).expect("re-encoded manifest"),
             m
         );
+    }
+}
+
+/// Parity files: `len:u32le || pack || parity`. Whatever a parity file says, a repair either
+/// fails or gives bytes that hash to the pack's name (the name is the pack's hash, as in a
+/// repository, or, with the low bit of the first byte set, the one the parity file claims);
+/// a pack that hashes to its name with the parity encoded from it checks out and is intact.
+pub fn parity(data: &[u8]) {
+    use coffer_core::parity;
+    if data.len() < 4 {
+        return;
+    }
+    let n = (u32::from_le_bytes(data[..4].try_into().unwrap()) as usize).min(data.len() - 4);
+    let (pack, file) = data[4..].split_at(n);
+    let mut id = coffer_format::PackId(coffer_core::crypto::storage_id(pack));
+    if data[0] & 1 == 1 && file.len() >= 36 {
+        let mut claimed = [0u8; 32];
+        claimed.copy_from_slice(&file[4..36]);
+        id = coffer_format::PackId(coffer_format::Id(claimed));
+    }
+    let _ = parity::header(&id, file);
+    if let Ok(r) = parity::repair(&id, pack, file) {
+        assert_eq!(
+            coffer_core::crypto::storage_id(&r.bytes),
+            id.0,
+            "a repair gave bytes that are not the pack"
+        );
+    }
+    let _ = parity::matches(&id, pack, file);
+    // small packs: the parity encoded from a pack is its parity, and repairs nothing
+    if !pack.is_empty() && pack.len() <= 1 << 16 && data[0] & 1 == 0 {
+        let own = parity::encode(&id, &[pack], 100);
+        parity::matches(&id, pack, &own).expect("a pack's own parity matches it");
+        let r = parity::repair(&id, pack, &own).expect("an intact pack needs no repair");
+        assert_eq!((r.damaged_shards, r.bytes.as_slice()), (0, pack));
     }
 }
 

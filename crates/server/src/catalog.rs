@@ -293,6 +293,8 @@ pub struct VerifyRun {
     pub objects: u64,
     pub bytes: u64,
     pub damaged: Vec<String>,
+    /// Objects this run repaired (not kept in the catalog: they are intact now).
+    pub repaired: Vec<String>,
 }
 
 pub struct Catalog {
@@ -647,6 +649,7 @@ impl Catalog {
                         objects: r.get::<_, i64>(3)? as u64,
                         bytes: r.get::<_, i64>(4)? as u64,
                         damaged: serde_json::from_str(&damaged).unwrap_or_default(),
+                        repaired: Vec::new(),
                     })
                 },
             )

@@ -1135,7 +1135,7 @@ async fn receive(
             ));
         }
         hasher.update(&chunk);
-        if kind == FileKind::Manifest {
+        if kind == FileKind::Manifest || (kind == FileKind::Parity && small.len() < PARITY_HEAD) {
             small.extend_from_slice(&chunk);
         }
         f.write_all(&chunk).await.map_err(ioe)?;
@@ -1159,9 +1159,25 @@ async fn receive(
         coffer_core::format::Manifest::decode(&small, name)
             .map_err(|e| err(StatusCode::UNPROCESSABLE_ENTITY, format!("manifests/{name}: {e}")))?;
     }
+    if kind == FileKind::Parity {
+        // what the header says must hold: the pack it names and the file's length (whether
+        // its shards are right shows only against the pack: `verify` encodes it again)
+        let refuse = |why: String| err(StatusCode::UNPROCESSABLE_ENTITY, format!("parity/{name}: {why}"));
+        let pack = coffer_core::format::Id::from_hex(name)
+            .map(coffer_core::format::PackId)
+            .map_err(|e| refuse(e.to_string()))?;
+        let h = coffer_core::parity::header(&pack, &small).map_err(|e| refuse(e.to_string()))?;
+        if h.file_len() != got {
+            return Err(refuse(format!("{got} bytes, its header says {}", h.file_len())));
+        }
+    }
     f.sync_all().await.map_err(ioe)?;
     Ok(())
 }
+
+/// Bytes of a parity upload kept to check its header (1024 data and 1024 parity shards'
+/// checks fit).
+const PARITY_HEAD: usize = 64 << 10;
 
 async fn delete(
     st: Arc<AppState>,

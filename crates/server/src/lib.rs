@@ -335,6 +335,9 @@ impl Server {
                 }
                 if self.store.take_from_trash(repo, FileKind::Pack, &pn)? {
                     self.catalog.remove_trash(repo, "data", &pn)?;
+                    if self.store.take_from_trash(repo, FileKind::Parity, &pn)? {
+                        self.catalog.remove_trash(repo, "parity", &pn)?;
+                    }
                     tracing::info!("{repo}: pack {pn} taken back from the trash for snapshot {name}");
                     continue;
                 }
@@ -367,14 +370,16 @@ impl Server {
             return Ok(false);
         }
         self.usage_add(repo, -(size as i64));
-        if kind == FileKind::Snapshot {
-            let msize = self
-                .store
-                .stat(repo, FileKind::Manifest, name)?
-                .map(|e| e.size)
-                .unwrap_or(0);
-            if self.trash(repo, FileKind::Manifest, name, reason)? {
-                self.usage_add(repo, -(msize as i64));
+        // a snapshot goes with its manifest, a pack with its parity
+        let companion = match kind {
+            FileKind::Snapshot => Some(FileKind::Manifest),
+            FileKind::Pack => Some(FileKind::Parity),
+            _ => None,
+        };
+        if let Some(c) = companion {
+            let csize = self.store.stat(repo, c, name)?.map(|e| e.size).unwrap_or(0);
+            if self.trash(repo, c, name, reason)? {
+                self.usage_add(repo, -(csize as i64));
             }
         }
         Ok(true)

@@ -820,6 +820,7 @@ mod tests {
                 objects: 10,
                 bytes: 100,
                 damaged: vec!["data/ab: content hashes to cd, not to its name (damaged)".into()],
+                repaired: Vec::new(),
             })
             .unwrap();
         // a repository 95 % full
@@ -855,6 +856,7 @@ mod tests {
                 objects: 10,
                 bytes: 100,
                 damaged: vec![],
+                repaired: Vec::new(),
             })
             .unwrap();
         s.catalog.set_quota("web", None).unwrap();

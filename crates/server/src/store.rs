@@ -5,7 +5,7 @@
 //! beside them are a trash and upload staging. On a local directory:
 //!
 //! ```text
-//! DATA/repos/<repo>/{config,keys,snapshots,index,data/ab,locks,marks,manifests}
+//! DATA/repos/<repo>/{config,keys,snapshots,index,data/ab,locks,marks,manifests,parity/ab}
 //! DATA/repos/<repo>/.incoming/      uploads in progress (cleared at start)
 //! DATA/trash/<repo>/<kind>/<name>   what retention or an admin removed, until purged
 //! ```
@@ -25,7 +25,7 @@ use rustix::io::Errno;
 use crate::{Result, ServerError};
 
 /// Every kind the server stores.
-pub const KINDS: [FileKind; 8] = FileKind::ALL;
+pub const KINDS: [FileKind; 9] = FileKind::ALL;
 
 /// The kind named by a URL segment (`keys`, `data`, ...).
 pub fn kind_from_segment(s: &str) -> Option<FileKind> {
@@ -51,7 +51,7 @@ pub fn max_size(kind: FileKind) -> u64 {
         FileKind::Snapshot | FileKind::Mark => 64 << 20,
         FileKind::Manifest => coffer_core::format::MAX_MANIFEST as u64,
         FileKind::Index => 512 << 20,
-        FileKind::Pack => coffer_core::format::MAX_PACK_SIZE,
+        FileKind::Pack | FileKind::Parity => coffer_core::format::MAX_PACK_SIZE,
     }
 }
 
@@ -111,6 +111,10 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     /// Put a finished upload (a file in [`Storage::incoming`]) in place, never over an
     /// existing object; the staged file is gone afterwards.
     fn commit(&self, repo: &str, kind: FileKind, name: &str, tmp: &Path) -> Result<Commit>;
+    /// Put `data` in place of a damaged object in one step (the damaged copy is not removed
+    /// before the new one is durable). Only for a repair whose bytes were checked against the
+    /// name (a pack rebuilt from its parity, a parity file computed again from its pack).
+    fn replace(&self, repo: &str, kind: FileKind, name: &str, data: &[u8]) -> Result<()>;
     /// Delete for good (leases only; everything else goes to the trash).
     fn remove(&self, repo: &str, kind: FileKind, name: &str) -> Result<bool>;
     /// Move an object to the trash. Returns false if it was not there.
@@ -164,7 +168,7 @@ impl LocalStore {
         let base = self.repo_dir(repo);
         match kind {
             FileKind::Config => base,
-            FileKind::Pack => base.join("data").join(&name[..2.min(name.len())]),
+            k if k.fanned_out() => base.join(k.dir()).join(&name[..2.min(name.len())]),
             k => base.join(k.dir()),
         }
     }
@@ -199,14 +203,14 @@ impl Storage for LocalStore {
     fn prepare_repo(&self, repo: &str, clear_incoming: bool) -> Result<()> {
         let base = self.repo_dir(repo);
         let mk = |p: PathBuf| fs::create_dir_all(&p).map_err(|e| io_err(p.display(), e));
-        for k in KINDS
-            .iter()
-            .filter(|k| !matches!(k, FileKind::Config | FileKind::Pack))
-        {
-            mk(base.join(k.dir()))?;
-        }
-        for i in 0..256 {
-            mk(base.join("data").join(format!("{i:02x}")))?;
+        for k in KINDS.iter().filter(|k| **k != FileKind::Config) {
+            if k.fanned_out() {
+                for i in 0..256 {
+                    mk(base.join(k.dir()).join(format!("{i:02x}")))?;
+                }
+            } else {
+                mk(base.join(k.dir()))?;
+            }
         }
         let inc = self.incoming(repo);
         if clear_incoming && inc.exists() {
@@ -225,9 +229,9 @@ impl Storage for LocalStore {
             }
             return Ok(out);
         }
-        let dirs: Vec<PathBuf> = if kind == FileKind::Pack {
+        let dirs: Vec<PathBuf> = if kind.fanned_out() {
             (0..256)
-                .map(|i| base.join("data").join(format!("{i:02x}")))
+                .map(|i| base.join(kind.dir()).join(format!("{i:02x}")))
                 .collect()
         } else {
             vec![base.join(kind.dir())]
@@ -255,6 +259,17 @@ impl Storage for LocalStore {
 
     fn stat(&self, repo: &str, kind: FileKind, name: &str) -> Result<Option<Entry>> {
         entry(&self.path(repo, kind, name), name)
+    }
+
+    fn replace(&self, repo: &str, kind: FileKind, name: &str, data: &[u8]) -> Result<()> {
+        let dest = self.path(repo, kind, name);
+        // staged beside the file (a rename does not cross file systems), under a dot name
+        // that listings pass over
+        let tmp = self
+            .kind_dir(repo, kind, name)
+            .join(format!(".repair-{}-{name}", kind_label(kind)));
+        let _ = fs::remove_file(&tmp); // left by a repair that crashed
+        coffer_backends::replace_file(&tmp, &dest, data).map_err(|e| io_err(dest.display(), e))
     }
 
     fn commit(&self, repo: &str, kind: FileKind, name: &str, tmp: &Path) -> Result<Commit> {

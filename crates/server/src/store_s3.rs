@@ -3,7 +3,7 @@
 //! conditional PUTs). One client serves every repository:
 //!
 //! ```text
-//! <prefix>/repos/<repo>/{config,keys,snapshots,index,data/ab,locks,marks,manifests}
+//! <prefix>/repos/<repo>/{config,keys,snapshots,index,data/ab,locks,marks,manifests,parity/ab}
 //! <prefix>/trash/<repo>/<kind>/<name>    (same layout as a repository)
 //! DATA/incoming/<repo>/                  uploads being received, on the server's disk
 //! ```
@@ -203,6 +203,11 @@ impl Storage for S3Store {
             WriteOutcome::Created => Ok(Commit::Created),
             WriteOutcome::Existed => Ok(Commit::Existed),
         }
+    }
+
+    fn replace(&self, repo: &str, kind: FileKind, name: &str, data: &[u8]) -> Result<()> {
+        self.forget_size(repo, kind, name);
+        self.repo(repo)?.live.replace(kind, name, data).map_err(be)
     }
 
     fn remove(&self, repo: &str, kind: FileKind, name: &str) -> Result<bool> {

@@ -183,6 +183,8 @@ pub fn run(g: &Global, mut a: DrillArgs) -> Result<u8> {
     if let Err(e) = std::fs::remove_dir_all(&scratch) {
         problems.push(format!("removing {}: {e}", scratch.display()));
     }
+    // restorable, but the storage is damaged: said, not a failed drill
+    super::warn_read_through_parity(&repo);
     if human {
         outln!(
             "files      {verified} of {} sampled from {in_snapshot} restored and verified ({}) in {:.1} s",

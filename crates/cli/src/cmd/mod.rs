@@ -324,6 +324,7 @@ pub fn init(g: &Global, a: InitArgs) -> Result<u8> {
     let opts = InitOptions {
         compression: parse_compression(&a.compression, a.compression_level)?,
         pack_size: a.pack_size.checked_mul(1 << 20).context("pack size too large")?,
+        parity: a.parity,
         ..InitOptions::default()
     };
     if b.exists()? {
@@ -698,6 +699,7 @@ pub fn restore(g: &Global, a: RestoreArgs) -> Result<u8> {
             stats.owner_skipped
         );
     }
+    warn_read_through_parity(&repo);
     if stats.errors > 0 {
         bail!(
             "{} item(s) could not be restored (see the warnings above)",
@@ -705,6 +707,21 @@ pub fn restore(g: &Global, a: RestoreArgs) -> Result<u8> {
         );
     }
     Ok(0)
+}
+
+/// Say which damaged packs a command read through their parity (the data it gave is intact;
+/// the packs in storage are still damaged).
+pub fn warn_read_through_parity(repo: &coffer_core::IndexedRepository) {
+    let packs = repo.read_through_parity();
+    if packs.is_empty() {
+        return;
+    }
+    let names: Vec<String> = packs.iter().map(|p| p.short()).collect();
+    eprintln!(
+        "warning: {} damaged pack(s) were read through their parity ({}): the data is intact, the stored packs are not; run `coffer repair packs`",
+        packs.len(),
+        names.join(", ")
+    );
 }
 
 pub fn diff(g: &Global, a: DiffArgs) -> Result<u8> {
@@ -901,6 +918,13 @@ pub fn stats(g: &Global) -> Result<u8> {
         s.packs,
         s.index_files
     )?;
+    if s.parity_bytes > 0 {
+        outln!(
+            "  parity:            {} ({:.1}% of the packs)",
+            bytes(s.parity_bytes),
+            s.parity_bytes as f64 * 100.0 / s.stored_bytes.max(1) as f64
+        )?;
+    }
     outln!(
         "  deduplication:     {:.2}x    compression: {:.2}x",
         s.dedup_ratio(),
@@ -1157,6 +1181,50 @@ pub fn repair(g: &Global, c: crate::cli::RepairCommand) -> Result<u8> {
                 }
             }
         }
+        crate::cli::RepairCommand::Packs { dry_run, packs } => {
+            let only: Vec<coffer_core::format::PackId> = packs
+                .iter()
+                .filter_map(|p| coffer_core::format::Id::from_hex(p).ok())
+                .map(coffer_core::format::PackId)
+                .collect();
+            let r = coffer_core::repair::repair_packs(open(g)?, &only, dry_run, &progress);
+            progress.finish();
+            let r = r?;
+            if g.json {
+                print_json(&r)?;
+            } else if !g.quiet {
+                let would = |done: &str, would: &str| {
+                    if dry_run {
+                        would.to_string()
+                    } else {
+                        done.to_string()
+                    }
+                };
+                for p in &r.repaired {
+                    outln!("{} {p} from its parity", would("repaired", "would repair"))?;
+                }
+                for p in &r.unrepairable {
+                    eprintln!("error: {p}");
+                }
+                outln!(
+                    "{} packs read: {} {}, {} not repairable; parity files {}: {}, {}: {}",
+                    r.packs,
+                    r.repaired.len(),
+                    would("repaired", "to repair"),
+                    r.unrepairable.len(),
+                    would("written", "to write"),
+                    r.parity_written,
+                    would("rewritten", "to rewrite"),
+                    r.parity_rewritten
+                )?;
+            }
+            if !r.ok() {
+                bail!(
+                    "{} damaged packs cannot be repaired from parity; `coffer repair snapshots` salvages what the snapshots still hold",
+                    r.unrepairable.len()
+                );
+            }
+        }
         // the password is not needed (nor maybe readable): config and keys may be hidden
         crate::cli::RepairCommand::Undelete => {
             progress.finish();
@@ -1182,6 +1250,7 @@ pub fn dump(g: &Global, a: crate::cli::DumpArgs) -> Result<u8> {
         out.write_all(&data).context("writing to stdout")?;
     }
     out.flush().context("writing to stdout")?;
+    warn_read_through_parity(&repo);
     if let Some(e) = &node.error {
         eprintln!("warning: {}: {e}", a.path);
     }

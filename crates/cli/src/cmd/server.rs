@@ -94,7 +94,7 @@ pub fn run(g: &Global, a: ServerArgs) -> Result<u8> {
         Some(ServerCommand::Repo(ServerRepoCommand::List)) => repo_list(&server, g),
         Some(ServerCommand::Repo(ServerRepoCommand::Set(s))) => repo_set(&server, s),
         Some(ServerCommand::Retention { repo, dry_run }) => run_retention(&server, repo, dry_run, g),
-        Some(ServerCommand::Verify { repo }) => run_verify(&server, repo, g),
+        Some(ServerCommand::Verify { repo, repair }) => run_verify(&server, repo, repair, g),
         Some(ServerCommand::Trash(t)) => trash(&server, t, g),
         Some(ServerCommand::Status) => monitor::status(&server, g),
         Some(ServerCommand::Digest { send }) => monitor::digest(&server, send, g),
@@ -304,11 +304,11 @@ fn run_retention(server: &Server, repo: Option<String>, dry_run: bool, g: &Globa
     Ok(0)
 }
 
-fn run_verify(server: &Server, repo: Option<String>, g: &Global) -> Result<u8> {
+fn run_verify(server: &Server, repo: Option<String>, repair: bool, g: &Global) -> Result<u8> {
     let mut runs = Vec::new();
     let mut damaged = 0;
     for r in repos_or_one(server, repo)? {
-        let v = verify::run(server, &r)?;
+        let v = verify::run(server, &r, repair)?;
         damaged += v.damaged.len();
         if !g.json {
             outln!(
@@ -324,6 +324,9 @@ fn run_verify(server: &Server, repo: Option<String>, g: &Global) -> Result<u8> {
             )?;
             for d in &v.damaged {
                 outln!("  damaged: {d}")?;
+            }
+            for d in &v.repaired {
+                outln!("  repaired: {d}")?;
             }
         }
         runs.push(v);
@@ -442,9 +445,13 @@ fn serve(server: Server, a: &ServeArgs, g: &Global) -> Result<u8> {
         });
         spawn_job(server.clone(), verify_every, "verify", |s| {
             for r in s.catalog.repos()? {
-                let v = verify::run(s, &r.name)?;
+                // a scrub: what parity rebuilds is written back (checked against the name)
+                let v = verify::run(s, &r.name, true)?;
                 for d in &v.damaged {
                     tracing::error!("verify {}: DAMAGED {d}", r.name);
+                }
+                for d in &v.repaired {
+                    tracing::warn!("verify {}: repaired {d}", r.name);
                 }
             }
             Ok(())
