@@ -628,7 +628,7 @@ impl Backend for S3Backend {
             let until = chrono::Utc::now() + chrono::Duration::seconds(lock.secs);
             let signer = self.signer()?;
             let created = self
-                .block(signer.put_locked(key.as_ref(), data, lock, until))
+                .block(signer.put_locked(key.as_ref(), data, lock, until, true))
                 .map_err(|e| self.signed_err(&what, e))?;
             return Ok(if created {
                 WriteOutcome::Created
@@ -672,6 +672,21 @@ impl Backend for S3Backend {
         let key = self.key(kind, name)?;
         if let Some(l) = &self.upload_limit {
             l.wait_blocking(data.len());
+        }
+        if let Some(lock) = self.lock.filter(|_| lockable(kind)) {
+            // the repaired version under a lock of its own, as a new pack would be
+            let until = chrono::Utc::now() + chrono::Duration::seconds(lock.secs);
+            let signer = self.signer()?;
+            return self
+                .block(signer.put_locked(
+                    key.as_ref(),
+                    bytes::Bytes::copy_from_slice(data),
+                    lock,
+                    until,
+                    false,
+                ))
+                .map(|_| ())
+                .map_err(|e| self.signed_err(&what, e));
         }
         self.block(self.store.put(&key, PutPayload::from(data.to_vec())))
             .map(|_| ())

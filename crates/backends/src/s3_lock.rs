@@ -272,13 +272,16 @@ impl Signer {
         data: Bytes,
         lock: ObjectLock,
         until: DateTime<Utc>,
+        only_new: bool,
     ) -> Result<bool, String> {
-        let headers = [
-            ("if-none-match", "*".to_string()),
+        let mut headers = vec![
             ("content-md5", md5_b64(&data)),
             ("x-amz-object-lock-mode", lock.mode.as_str().to_string()),
             ("x-amz-object-lock-retain-until-date", rfc3339(until)),
         ];
+        if only_new {
+            headers.push(("if-none-match", "*".to_string()));
+        }
         let (status, _, body) = self.send(Method::PUT, key, "", &headers, data).await?;
         match status.as_u16() {
             200..=299 => Ok(true),

@@ -682,6 +682,12 @@ impl SftpBackend {
             f.close().await?;
             let mut fs = c.sftp.fs();
             if replace {
+                if !c.fsync {
+                    let _ = fs.remove_file(tmp).await;
+                    return Err(SftpError::IOError(std::io::Error::other(
+                        "the SFTP server has no fsync@openssh.com: a repaired file could not be made durable before it replaces the damaged one",
+                    )));
+                }
                 if !c.sftp.support_posix_rename() {
                     let _ = fs.remove_file(tmp).await;
                     return Err(SftpError::IOError(std::io::Error::other(

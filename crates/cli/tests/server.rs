@@ -434,6 +434,29 @@ fn append_token_attack_suite() {
         refused(&format!("PUT {path}"), put(&path, &garbage));
         refused(&format!("GET {path}"), req("GET", &path));
     }
+    // parity files: for a pack the server does not hold (they would fill the quota with
+    // files no retention removes), over an existing one, deleted by an append token
+    let id = |h: &str| coffer_core::format::PackId(coffer_core::format::Id::from_hex(h).unwrap());
+    let forged = coffer_core::parity::encode(&id(&garbage_name), &[&garbage], 100);
+    assert_eq!(
+        refused(
+            "parity of no pack",
+            put(&format!("/web/parity/{garbage_name}"), &forged)
+        ),
+        422
+    );
+    let over = coffer_core::parity::encode(&id(&pack), &[&garbage], 100);
+    assert!(
+        matches!(
+            refused("parity over parity", put(&format!("/web/parity/{pack}"), &over)),
+            409 | 422
+        ),
+        "an existing parity file is never replaced by a client"
+    );
+    assert_eq!(
+        refused("delete parity", req("DELETE", &format!("/web/parity/{pack}"))),
+        403
+    );
     // another client's repository
     assert_eq!(refused("other repo read", req("GET", "/db/config")), 403);
     assert_eq!(refused("other repo list", req("GET", "/db/snapshots/")), 403);

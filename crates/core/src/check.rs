@@ -309,7 +309,7 @@ pub fn check(repo: Repository, opts: &CheckOptions, progress: &dyn Progress) -> 
             // damage: does the pack's parity rebuild it?
             let e = e.to_string();
             match repo.repair_pack(p) {
-                Ok(fixed) if fixed.damaged_shards > 0 => match repo.verify_pack_bytes(p, &fixed.bytes) {
+                Ok(fixed) if fixed.changed => match repo.verify_pack_bytes(p, &fixed.bytes) {
                     Ok(h) => {
                         r.errors.push(format!(
                             "{e}; its parity rebuilds it ({} damaged {} KiB stretches): run `coffer repair packs`",

@@ -40,6 +40,9 @@ pub struct Repaired {
     pub damaged_shards: usize,
     /// Parity shards that were damaged (they were not needed).
     pub damaged_parity: usize,
+    /// Whether `bytes` differ from what was stored (damaged shards, or bytes past the pack's
+    /// end).
+    pub changed: bool,
 }
 
 fn check_of(shard: &[u8]) -> [u8; PARITY_CHECK_LEN] {
@@ -172,6 +175,7 @@ pub fn repair(pack: &PackId, stored: &[u8], parity: &[u8]) -> Result<Repaired, P
                 bytes: body.to_vec(),
                 damaged_shards: 0,
                 damaged_parity: 0,
+                changed: false,
             });
         }
         if crate::crypto::storage_id(body) != pack.0 {
@@ -230,6 +234,7 @@ pub fn repair(pack: &PackId, stored: &[u8], parity: &[u8]) -> Result<Repaired, P
         return Err(ParityError::Mismatch);
     }
     Ok(Repaired {
+        changed: !bad.is_empty() || stored.len() != pack_len,
         bytes: out,
         damaged_shards: bad.len(),
         damaged_parity,

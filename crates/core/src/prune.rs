@@ -455,7 +455,7 @@ pub fn prune(repo: Repository, opts: &PruneOptions, progress: &dyn Progress) -> 
     mark(&mut repo, opts, progress, &mut report)?;
     if !opts.dry_run {
         sweep(&mut repo, opts, &ours, progress, &mut report)?;
-        remove_orphan_parity(&*backend, &mut report)?;
+        remove_orphan_parity(&*backend, progress, &mut report)?;
         if backend.retention_secs().is_some() {
             report.locks_extended = extend_locks(&repo)?;
         }
@@ -467,7 +467,11 @@ pub fn prune(repo: Repository, opts: &PruneOptions, progress: &dyn Progress) -> 
 /// deleting a pack and its parity). Parity is listed before packs: a pack is written before its
 /// parity, so a parity file listed first whose pack the later listing lacks has lost its pack
 /// for good, never one a backup is writing now.
-fn remove_orphan_parity(backend: &dyn Backend, report: &mut PruneReport) -> Result<()> {
+fn remove_orphan_parity(
+    backend: &dyn Backend,
+    progress: &dyn Progress,
+    report: &mut PruneReport,
+) -> Result<()> {
     let parity = backend.list(FileKind::Parity)?;
     if parity.is_empty() {
         return Ok(());
@@ -484,7 +488,10 @@ fn remove_orphan_parity(backend: &dyn Backend, report: &mut PruneReport) -> Resu
         match backend.remove(FileKind::Parity, &f.name) {
             Ok(()) => report.parity_deleted += 1,
             Err(e) if e.is_not_found() => {}
-            Err(e) => return Err(e.into()),
+            Err(e) => progress.warn(&format!(
+                "parity file without its pack {}: {e}",
+                &f.name[..8.min(f.name.len())]
+            )),
         }
     }
     Ok(())
@@ -954,7 +961,8 @@ fn sweep(
         match backend.remove(FileKind::Parity, &p.to_hex()) {
             Ok(()) => report.parity_deleted += 1,
             Err(e) if e.is_not_found() => {}
-            Err(e) => return Err(e.into()),
+            // an orphan the next prune removes: not worth stopping this one
+            Err(e) => progress.warn(&format!("parity of deleted pack {}: {e}", p.short())),
         }
         progress.files(1);
     }

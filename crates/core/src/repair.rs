@@ -165,25 +165,28 @@ pub fn repair_packs(
         }
         only.to_vec()
     };
+    // a lease, as a backup holds: a prune running meanwhile sweeps no pack (a repaired pack
+    // must not come back after prune deleted it, nor a parity file after its pack)
+    let _lease = if dry_run {
+        None
+    } else {
+        Some(crate::lease::Lease::acquire(backend.clone(), "repair")?)
+    };
     for p in &targets {
         let name = p.to_hex();
         progress.item(std::path::Path::new(&name));
-        let bytes = backend.read(FileKind::Pack, &name)?;
         r.packs += 1;
         let parity = match backend.read(FileKind::Parity, &name) {
             Ok(b) => Some(b),
             Err(e) if e.is_not_found() => None,
             Err(e) => return Err(e.into()),
         };
-        let intact = crate::crypto::storage_id(&bytes) == p.0;
-        let good = if intact {
-            bytes
-        } else {
-            let fixed = match &parity {
-                None => Err("it has no parity file".to_string()),
-                Some(pb) => crate::parity::repair(p, &bytes, pb).map_err(|e| e.to_string()),
-            };
-            match fixed {
+        // a pack that does not read (EIO: a bad sector) is damaged too: rebuilt below
+        let read = backend.read(FileKind::Pack, &name);
+        let intact = read.as_ref().is_ok_and(|b| crate::crypto::storage_id(b) == p.0);
+        let good = match read {
+            Ok(bytes) if intact => bytes,
+            _ => match repo.repair_pack(p) {
                 Ok(f) => {
                     if !dry_run {
                         backend.replace(FileKind::Pack, &name, &f.bytes)?;
@@ -197,16 +200,16 @@ pub fn repair_packs(
                         }
                     }
                     r.repaired.push(format!("data/{name}"));
-                    progress.files(1);
                     f.bytes
                 }
-                Err(why) => {
+                Err(e) => {
+                    let why = e.to_string();
                     progress.warn(&format!("pack {}: damaged, not repairable: {why}", p.short()));
                     r.unrepairable.push(format!("data/{name}: {why}"));
                     progress.files(1);
                     continue;
                 }
-            }
+            },
         };
         // the pack is intact (now): its parity file must be its parity
         match &parity {
@@ -230,9 +233,7 @@ pub fn repair_packs(
             }
             Some(_) => {}
         }
-        if intact {
-            progress.files(1);
-        }
+        progress.files(1);
     }
     Ok(r)
 }

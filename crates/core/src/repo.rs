@@ -403,12 +403,59 @@ impl Repository {
             }
             Err(e) => return Err(e.into()),
         };
-        let stored = match self.backend.read(FileKind::Pack, &name) {
+        // a parity file claiming a pack larger than this repository makes is forged or damaged:
+        // refused before anything that size is allocated
+        let most = (self.config.pack_size as u64 + coffer_format::MAX_BLOB_SIZE as u64 + (8 << 20))
+            .min(coffer_format::MAX_PACK_SIZE);
+        let h = crate::parity::header(pack, &parity).map_err(|e| Error::integrity(&what, e.to_string()))?;
+        if h.pack_len > most {
+            return Err(Error::integrity(
+                &what,
+                format!(
+                    "its parity file claims a {}-byte pack; packs here are at most {most}",
+                    h.pack_len
+                ),
+            ));
+        }
+        let stored = match self.read_for_repair(pack, &h) {
             Ok(b) => b,
             Err(e) if e.is_not_found() => Vec::new(),
             Err(e) => return Err(e.into()),
         };
         crate::parity::repair(pack, &stored, &parity).map_err(|e| Error::integrity(&what, e.to_string()))
+    }
+
+    /// A damaged pack's bytes for a repair: read whole, or, when that fails (a bad sector gives
+    /// EIO, not wrong bytes), shard by shard, with the shards that do not read left as zeros
+    /// (their checks then fail and the parity rebuilds them).
+    fn read_for_repair(
+        &self,
+        pack: &PackId,
+        h: &coffer_format::ParityHeader,
+    ) -> crate::backend::BResult<Vec<u8>> {
+        let name = pack.to_hex();
+        let first = match self.backend.read(FileKind::Pack, &name) {
+            Ok(b) => return Ok(b),
+            Err(e) if e.is_not_found() => return Err(e),
+            Err(e) => e,
+        };
+        let mut out = vec![0u8; h.pack_len as usize];
+        let mut any = false;
+        for (i, piece) in out.chunks_mut(h.shard_len as usize).enumerate() {
+            let at = i as u64 * h.shard_len as u64;
+            if let Ok(b) = self
+                .backend
+                .read_range(FileKind::Pack, &name, at, piece.len() as u32)
+            {
+                piece.copy_from_slice(&b);
+                any = true;
+            }
+        }
+        if any {
+            Ok(out)
+        } else {
+            Err(first)
+        }
     }
 
     /// Store an index file, vouched for when this is a full key (one that lists only packs
@@ -723,6 +770,8 @@ pub struct IndexedRepository {
     repaired: Mutex<VecDeque<(PackId, RepairedPack)>>,
     /// Every pack read through its parity by this process.
     read_through_parity: Mutex<std::collections::BTreeSet<PackId>>,
+    /// Held while a pack is rebuilt from its parity.
+    rebuilding: Mutex<()>,
 }
 
 /// A pack rebuilt from its parity, or why it could not be.
@@ -804,6 +853,7 @@ impl IndexedRepository {
             bundles: BundleCache::default(),
             repaired: Mutex::new(VecDeque::new()),
             read_through_parity: Mutex::new(std::collections::BTreeSet::new()),
+            rebuilding: Mutex::new(()),
         }
     }
 
@@ -887,24 +937,32 @@ impl IndexedRepository {
     /// The bytes of `pack` rebuilt from its parity (once per pack; the last few are kept).
     pub fn repaired_pack(&self, pack: &PackId) -> Result<Arc<Vec<u8>>> {
         let what = format!("pack {}", pack.short());
-        let cached = {
+        let cached = || {
             let c = self.repaired.lock().unwrap_or_else(|p| p.into_inner());
             c.iter().find(|(p, _)| p == pack).map(|(_, r)| r.clone())
         };
-        let r = match cached {
+        let r = match cached() {
             Some(r) => r,
             None => {
-                let r = self
-                    .repo
-                    .repair_pack(pack)
-                    .map(|r| Arc::new(r.bytes))
-                    .map_err(|e| e.to_string());
-                let mut c = self.repaired.lock().unwrap_or_else(|p| p.into_inner());
-                c.push_back((*pack, r.clone()));
-                if c.len() > REPAIRED_CACHE {
-                    c.pop_front();
+                // one rebuild at a time: the threads of a restore that meet the same damaged
+                // pack wait for it instead of each holding a rebuild in memory
+                let _one = self.rebuilding.lock().unwrap_or_else(|p| p.into_inner());
+                match cached() {
+                    Some(r) => r,
+                    None => match self.repo.repair_pack(pack) {
+                        // (a storage hiccup is not remembered: the next read tries again)
+                        Err(e) if e.is_transient() => return Err(e),
+                        r => {
+                            let r = r.map(|r| Arc::new(r.bytes)).map_err(|e| e.to_string());
+                            let mut c = self.repaired.lock().unwrap_or_else(|p| p.into_inner());
+                            c.push_back((*pack, r.clone()));
+                            if c.len() > REPAIRED_CACHE {
+                                c.pop_front();
+                            }
+                            r
+                        }
+                    },
                 }
-                r
             }
         };
         r.map_err(|e| Error::integrity(&what, e))

@@ -118,7 +118,7 @@ impl ParityHeader {
                 format!("{pack_len}-byte pack cut into {data_shards} shards of {shard_len} bytes"),
             ));
         }
-        if parity_shards == 0 || parity_shards > data_shards.max(2) {
+        if parity_shards == 0 || parity_shards > parity_shards_max(data_shards) {
             return Err(FormatError::malformed(
                 WHAT,
                 format!("{parity_shards} parity shards for {data_shards} data shards"),
@@ -157,6 +157,11 @@ impl ParityHeader {
     }
 }
 
+/// The most parity shards a writer makes for `data_shards` (at [`crate::MAX_PARITY`]).
+fn parity_shards_max(data_shards: u32) -> u32 {
+    parity_shards(data_shards, crate::MAX_PARITY)
+}
+
 fn header_len(data_shards: u32, parity_shards: u32) -> usize {
     FIXED + (data_shards as usize + parity_shards as usize) * CHECK_LEN + CHECK_LEN
 }
@@ -178,7 +183,7 @@ mod tests {
         assert_eq!(parity_shards(1024, 100), 11);
         assert_eq!(parity_shards(1, 100), 2);
         assert_eq!(parity_shards(16, 100), 2);
-        assert_eq!(parity_shards(1024, 10_000), 1024);
+        assert_eq!(parity_shards(1024, crate::MAX_PARITY), 512);
     }
 
     #[test]
@@ -202,9 +207,9 @@ mod tests {
         let mut forged = b.clone();
         forged[4 + 32 + 8] ^= 0x40;
         assert!(ParityHeader::decode(&forged).is_err());
-        // more parity shards than data shards
+        // more parity shards than the most parity a repository may hold
         let mut forged = b.clone();
-        forged[4 + 32 + 16..4 + 32 + 20].copy_from_slice(&(data_shards + 1).to_le_bytes());
+        forged[4 + 32 + 16..4 + 32 + 20].copy_from_slice(&(data_shards / 2 + 2).to_le_bytes());
         assert!(ParityHeader::decode(&forged).is_err());
         assert!(ParityHeader::decode(&b[..b.len() - 1]).is_err());
         assert!(ParityHeader::decode(b"CPA2").is_err());

@@ -939,7 +939,8 @@ async fn write(
     ));
     // however it trickles, an upload holds its slot for a bounded time
     let deadline = st.limits.idle_timeout + Duration::from_secs(len / st.limits.min_upload_rate.max(1));
-    let result = match tokio::time::timeout(deadline, receive(&st, body, &tmp, len, kind, &name)).await {
+    let result = match tokio::time::timeout(deadline, receive(&st, body, &tmp, len, kind, &repo, &name)).await
+    {
         Ok(r) => r,
         Err(_) => Err(err(
             StatusCode::REQUEST_TIMEOUT,
@@ -1089,6 +1090,7 @@ async fn receive(
     tmp: &PathBuf,
     len: u64,
     kind: FileKind,
+    repo: &str,
     name: &str,
 ) -> Result<(), ApiError> {
     let ioe = |e: std::io::Error| {
@@ -1169,6 +1171,24 @@ async fn receive(
         let h = coffer_core::parity::header(&pack, &small).map_err(|e| refuse(e.to_string()))?;
         if h.file_len() != got {
             return Err(refuse(format!("{got} bytes, its header says {}", h.file_len())));
+        }
+        // parity of a pack this server holds, of that pack's length (a writer uploads the
+        // pack first): no parity files without a pack to fill the quota
+        let (server, r, n) = (st.server.clone(), repo.to_string(), name.to_string());
+        let stored = blocking(move || server.store.stat(&r, FileKind::Pack, &n)).await?;
+        match stored {
+            Some(e) if e.size == h.pack_len => {}
+            Some(e) => {
+                return Err(refuse(format!(
+                    "it is for a {}-byte pack, the stored pack has {} bytes",
+                    h.pack_len, e.size
+                )))
+            }
+            None => {
+                return Err(refuse(
+                    "its pack is not stored here (upload the pack first)".into(),
+                ))
+            }
         }
     }
     f.sync_all().await.map_err(ioe)?;

@@ -403,7 +403,13 @@ impl Server {
     pub fn restore_trash(&self, repo: &str, only: Option<(&str, &str)>) -> Result<usize> {
         let mut n = 0;
         for e in self.catalog.trash(repo)? {
-            if only.is_some_and(|(k, name)| k != e.kind || name != e.name) {
+            // a pack comes back with its parity file, a snapshot with its manifest
+            let companion = |k: &str| match k {
+                "data" => "parity",
+                "snapshots" => "manifests",
+                _ => "",
+            };
+            if only.is_some_and(|(k, name)| (k != e.kind && companion(k) != e.kind) || name != e.name) {
                 continue;
             }
             let Some(kind) = store::kind_from_label(&e.kind) else {

@@ -192,6 +192,22 @@ pub fn run(server: &Server, repo: &str, dry_run: bool) -> Result<Report> {
         r.bytes_removed += e.size;
         r.packs_removed.push(e.name);
     }
+
+    // 4. parity files whose pack is gone (a retention stopped between the two). Listed before
+    // the packs: an upload of parity is accepted only while its pack is stored, so a parity
+    // file listed first whose pack the later listing lacks has lost its pack for good.
+    if !dry_run {
+        let parity = server.store.list(repo, FileKind::Parity)?;
+        let packs: HashSet<String> = server
+            .store
+            .list(repo, FileKind::Pack)?
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
+        for e in parity.into_iter().filter(|e| !packs.contains(&e.name)) {
+            server.remove(repo, FileKind::Parity, &e.name, "retention: its pack is gone")?;
+        }
+    }
     Ok(r)
 }
 

@@ -265,10 +265,13 @@ impl Storage for LocalStore {
         let dest = self.path(repo, kind, name);
         // staged beside the file (a rename does not cross file systems), under a dot name
         // that listings pass over
-        let tmp = self
-            .kind_dir(repo, kind, name)
-            .join(format!(".repair-{}-{name}", kind_label(kind)));
-        let _ = fs::remove_file(&tmp); // left by a repair that crashed
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = self.kind_dir(repo, kind, name).join(format!(
+            ".repair-{}-{}-{seq}-{name}",
+            kind_label(kind),
+            std::process::id()
+        ));
         coffer_backends::replace_file(&tmp, &dest, data).map_err(|e| io_err(dest.display(), e))
     }
 

@@ -207,7 +207,10 @@ impl Storage for S3Store {
 
     fn replace(&self, repo: &str, kind: FileKind, name: &str, data: &[u8]) -> Result<()> {
         self.forget_size(repo, kind, name);
-        self.repo(repo)?.live.replace(kind, name, data).map_err(be)
+        let r = self.repo(repo)?.live.replace(kind, name, data).map_err(be);
+        // again: a read during the PUT may have remembered the damaged copy's size
+        self.forget_size(repo, kind, name);
+        r
     }
 
     fn remove(&self, repo: &str, kind: FileKind, name: &str) -> Result<bool> {

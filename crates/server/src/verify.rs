@@ -107,6 +107,10 @@ fn check_pack(server: &Server, repo: &str, e: &Entry, repair: bool) -> Result<Ch
             Ok(()) => Checked::Intact(n),
             Err(pe) if repair => {
                 let again = coffer_core::parity::encode_like(&id, &bytes, &pb);
+                let _lock = server.repo_lock(repo)?;
+                if server.store.stat(repo, FileKind::Pack, &e.name)?.is_none() {
+                    return Ok(Checked::Intact(n)); // removed by retention meanwhile
+                }
                 server.store.replace(repo, FileKind::Parity, &e.name, &again)?;
                 Checked::Repaired(n, format!("its parity file was damaged ({pe}); written again"))
             }
@@ -126,6 +130,12 @@ fn check_pack(server: &Server, repo: &str, e: &Entry, repair: bool) -> Result<Ch
     };
     match coffer_core::parity::repair(&id, &bytes, &pb) {
         Ok(fixed) if repair => {
+            // under the repository's lock: retention does not move the pack meanwhile, and
+            // two repairs (the scheduled verify, one by hand) do not write it at once
+            let _lock = server.repo_lock(repo)?;
+            if server.store.stat(repo, FileKind::Pack, &e.name)?.is_none() {
+                return Ok(Checked::Intact(n)); // removed by retention meanwhile
+            }
             server.store.replace(repo, FileKind::Pack, &e.name, &fixed.bytes)?;
             Ok(Checked::Repaired(
                 n,
