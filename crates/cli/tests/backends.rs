@@ -836,12 +836,11 @@ impl FaultProxy {
         let port = l.local_addr().unwrap().port();
         let faults = Arc::new(AtomicU64::new(0));
         let requests = Arc::new(AtomicU64::new(0));
-        let rng = Arc::new(AtomicU64::new(seed | 1));
         let (f2, r2) = (faults.clone(), requests.clone());
         std::thread::spawn(move || {
             for conn in l.incoming() {
                 let Ok(mut client) = conn else { continue };
-                let (faults, requests, rng) = (f2.clone(), r2.clone(), rng.clone());
+                let (faults, requests) = (f2.clone(), r2.clone());
                 std::thread::spawn(move || loop {
                     // one request: head and Content-Length body
                     let mut head = Vec::new();
@@ -860,13 +859,13 @@ impl FaultProxy {
                     }
                     let n = requests.fetch_add(1, Ordering::Relaxed) + 1;
                     // every (100 / percent)-th request misbehaves, so the share of faults
-                    // does not depend on how many requests a run happens to make; xorshift
-                    // picks which fault
-                    let mut x = rng.load(Ordering::Relaxed);
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    rng.store(x, Ordering::Relaxed);
+                    // does not depend on how many requests a run happens to make; which fault
+                    // is a function of the seed and the request's number alone (splitmix64),
+                    // not of how the connection threads interleave
+                    let mut x = seed ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+                    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+                    x ^= x >> 31;
                     let fault = if percent > 0 && n % (100 / percent) == 0 {
                         Some(x % 4)
                     } else {
@@ -950,7 +949,7 @@ impl FaultProxy {
 /// reports success with data missing.
 fn fault_injection(e: &Env) {
     use std::sync::atomic::Ordering;
-    let proxy = FaultProxy::start(S3_PORT, 0x9e37_79b9_7f4a_7c15, 7);
+    let proxy = FaultProxy::start(S3_PORT.get(), 0x9e37_79b9_7f4a_7c15, 7);
     let faulty = format!("s3:http://127.0.0.1:{}/{BUCKET}/faults", proxy.port);
     let direct = format!("s3:http://127.0.0.1:{S3_PORT}/{BUCKET}/faults");
     ok(e, &direct, &["init", "-q"]);
@@ -1004,7 +1003,7 @@ fn fault_injection(e: &Env) {
 /// once; a damaged cache file costs a download, not an error.
 fn metadata_cache(e: &Env) {
     use std::sync::atomic::Ordering;
-    let proxy = FaultProxy::start(S3_PORT, 1, 0);
+    let proxy = FaultProxy::start(S3_PORT.get(), 1, 0);
     let repo = format!("s3:http://127.0.0.1:{}/{BUCKET}/cached", proxy.port);
     let run = |cache: &str, args: &[&str]| {
         let mut a = vec!["-r", repo.as_str()];

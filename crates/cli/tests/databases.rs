@@ -318,15 +318,24 @@ impl Drop for Writer {
     }
 }
 
-fn wait_for_progress(read: impl Fn() -> u64, past: u64) -> u64 {
-    for _ in 0..600 {
-        let n = read();
-        if n > past {
-            return n;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    panic!("the writer made no progress");
+/// The writer's count once it is past `past` (no deadline: the writer stopping ends the wait).
+fn wait_for_progress(read: impl Fn() -> u64, past: u64, writer: &Writer) -> u64 {
+    let mut n = past;
+    common::wait_until(
+        "the writer's first transfers",
+        || {
+            n = read();
+            n > past
+        },
+        || {
+            writer
+                .thread
+                .as_ref()
+                .is_none_or(|t| t.is_finished())
+                .then(|| "the writer stopped".to_string())
+        },
+    );
+    n
 }
 
 #[test]
@@ -355,7 +364,7 @@ fn mysql_dump_is_consistent_under_concurrent_transfers() {
     let mut cmd = Command::new("mariadb");
     cmd.args(["-h", "127.0.0.1", "-u", "root", &db]);
     let writer = Writer::start(cmd, transfers_sql);
-    let start = wait_for_progress(n_now, 0);
+    let start = wait_for_progress(n_now, 0, &writer);
 
     let env = Env::init();
     env.ok(&[
@@ -367,7 +376,8 @@ fn mysql_dump_is_consistent_under_concurrent_transfers() {
         "--mysql-user",
         "root",
     ]);
-    let end = wait_for_progress(n_now, start);
+    // read as the backup returns, without waiting: the writer must have run meanwhile
+    let end = n_now();
     writer.stop();
 
     env.ok(&[
@@ -393,7 +403,10 @@ fn mysql_dump_is_consistent_under_concurrent_transfers() {
         (start..=end).contains(&at_snapshot),
         "snapshot saw {at_snapshot} transfers, outside [{start}, {end}]"
     );
-    assert!(end > start, "the writer ran during the backup");
+    assert!(
+        end > start,
+        "the writer committed no transfer while the backup ran ({start} before, {end} after)"
+    );
 }
 
 #[test]
@@ -620,12 +633,13 @@ fn postgres_dump_is_consistent_under_concurrent_transfers() {
     let mut cmd = Command::new("psql");
     cmd.args(["-X", "-q", "-h", "127.0.0.1", "-U", "postgres", "-d", &db]);
     let writer = Writer::start(cmd, pg_transfer_sql);
-    let start = wait_for_progress(n_now, 0);
+    let start = wait_for_progress(n_now, 0, &writer);
 
     let env = Env::init();
     // over the local socket as this machine's user
     env.ok(&["backup", "--postgres", &db]);
-    let end = wait_for_progress(n_now, start);
+    // read as the backup returns, without waiting: the writer must have run meanwhile
+    let end = n_now();
     writer.stop();
 
     env.ok(&[
@@ -652,7 +666,10 @@ fn postgres_dump_is_consistent_under_concurrent_transfers() {
         (start..=end).contains(&at_snapshot),
         "snapshot saw {at_snapshot} transfers, outside [{start}, {end}]"
     );
-    assert!(end > start, "the writer ran during the backup");
+    assert!(
+        end > start,
+        "the writer committed no transfer while the backup ran ({start} before, {end} after)"
+    );
 }
 
 #[test]

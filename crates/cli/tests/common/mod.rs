@@ -200,6 +200,28 @@ pub fn exit_report(name: &str, child: &mut Child, log: &Path) -> Option<String> 
 }
 
 /// A command's stderr as text.
+/// A test's precondition (root, a mount it needs): unmet, the test fails, unless
+/// `COFFER_ALLOW_SKIP` is set, and then it says `SKIPPED: <why>` on stderr (counted by
+/// `scripts/test`) and returns false, for the caller to return. A test never passes silently
+/// without running.
+#[must_use]
+pub fn require(met: bool, why: &str) -> bool {
+    if !met {
+        assert!(
+            std::env::var_os("COFFER_ALLOW_SKIP").is_some(),
+            "cannot run: {why} (set COFFER_ALLOW_SKIP=1 to skip such tests, visibly)"
+        );
+        eprintln!("SKIPPED: {why}");
+        if let Some(log) = std::env::var_os("COFFER_SKIP_LOG") {
+            use std::io::Write as _;
+            if let Ok(mut f) = fs::OpenOptions::new().create(true).append(true).open(log) {
+                let _ = writeln!(f, "{why}");
+            }
+        }
+    }
+    met
+}
+
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
