@@ -405,7 +405,22 @@ fn append_token_attack_suite() {
         ),
         &garbage,
     );
+    // (the helper drops the connection: no answer to read) the server drops the upload: its
+    // staged file goes, and nothing is stored under the name
     assert!(r.is_none());
+    common::wait_until(
+        "the server to drop the truncated upload",
+        || fs::read_dir(s.data.join("repos/web/.incoming")).map_or(true, |d| d.count() == 0),
+        || s.exited(),
+    );
+    assert!(
+        !s.data
+            .join("repos/web/data")
+            .join(&garbage_name[..2])
+            .join(&garbage_name)
+            .exists(),
+        "a truncated upload was stored"
+    );
     // ...and one that sends more than it announced
     refused(
         "overlong body",

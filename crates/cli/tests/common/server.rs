@@ -117,14 +117,18 @@ impl ServerProc {
 
     /// `coffer server --data DATA ARGS...`
     pub fn admin(&self, args: &[&str]) -> Output {
-        coffer()
-            .envs(self.envs.iter().map(|(k, v)| (k, v)))
+        self.admin_command(args).output().unwrap()
+    }
+
+    /// The command of [`Self::admin`], to spawn.
+    pub fn admin_command(&self, args: &[&str]) -> Command {
+        let mut c = coffer();
+        c.envs(self.envs.iter().map(|(k, v)| (k, v)))
             .arg("server")
             .arg("--data")
             .arg(&self.data)
-            .args(args)
-            .output()
-            .unwrap()
+            .args(args);
+        c
     }
 
     pub fn admin_ok(&self, args: &[&str]) -> String {
