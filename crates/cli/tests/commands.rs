@@ -442,8 +442,10 @@ fn existing_symlink_in_target_is_not_followed() {
 #[test]
 fn unreadable_file_gives_exit_3_and_a_snapshot() {
     // As root every file is readable, so run coffer as `nobody` through setpriv.
-    if !rustix::process::geteuid().is_root() {
-        eprintln!("skipped: needs root to switch to an unprivileged user");
+    if !common::require(
+        rustix::process::geteuid().is_root(),
+        "needs root to switch to an unprivileged user",
+    ) {
         return;
     }
     let e = Env::new();
@@ -567,8 +569,10 @@ fn one_file_system_stops_at_mount_points() {
     let mounted = Command::new("mount")
         .args(["-t", "tmpfs", "coffer-test", mnt.to_str().unwrap()])
         .status();
-    if !mounted.is_ok_and(|s| s.success()) {
-        eprintln!("skipped: cannot mount a tmpfs here (needs root with CAP_SYS_ADMIN)");
+    if !common::require(
+        mounted.is_ok_and(|s| s.success()),
+        "cannot mount a tmpfs here (needs root with CAP_SYS_ADMIN)",
+    ) {
         return;
     }
     fs::write(mnt.join("other.txt"), "other fs").unwrap();
@@ -952,4 +956,38 @@ fn a_client_sticks_to_the_key_files_it_used_before() {
         "{}",
         stderr(&third)
     );
+}
+
+/// Rollback detection (issue 26 item 6): storage that hides a host's newest snapshot while
+/// older ones remain is named by the next command that lists snapshots, once; the client's
+/// own forget of its newest snapshot is not.
+#[test]
+fn a_hidden_newest_snapshot_is_noticed_and_a_forget_is_not() {
+    let e = Env::init();
+    let src = e.path("src");
+    fs::create_dir_all(&src).unwrap();
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        fs::write(src.join("f"), format!("version {i}")).unwrap();
+        let s = e.backup_json(&[src.to_str().unwrap()]);
+        ids.push(s["snapshot_id"].as_str().unwrap().to_string());
+    }
+    let o = e.run(&["snapshots"]);
+    assert!(!stderr(&o).contains("rolled back"), "{}", stderr(&o));
+    // the storage goes back to before the third backup
+    fs::remove_file(e.repo.join("snapshots").join(&ids[2])).unwrap();
+    let o = e.run(&["snapshots"]);
+    assert_eq!(code(&o), 0);
+    let err = stderr(&o);
+    assert!(
+        err.contains(&ids[2][..8]) && err.contains("rolled back"),
+        "the hidden snapshot is named: {err}"
+    );
+    // said once
+    assert!(!stderr(&e.run(&["snapshots"])).contains("rolled back"));
+    // this client forgets its newest on purpose: nothing to say
+    e.ok(&["forget", "-q", &ids[1][..12]]);
+    let o = e.run(&["restore", "latest", "--target", e.path("out").to_str().unwrap()]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(!stderr(&o).contains("rolled back"), "{}", stderr(&o));
 }

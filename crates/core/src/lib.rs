@@ -30,6 +30,7 @@ pub mod prune;
 pub mod repair;
 mod repo;
 pub mod restore;
+pub mod seen;
 pub mod sendlog;
 pub mod source;
 pub mod stats;

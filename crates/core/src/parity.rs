@@ -106,37 +106,51 @@ pub fn encode_like(pack: &PackId, bytes: &[u8], like: &[u8]) -> Vec<u8> {
 
 /// [`encode`] with `parity` parity shards.
 fn encode_shards(pack: &PackId, parts: &[&[u8]], parity: u32) -> Vec<u8> {
+    // one encoder for the process, its working space (about the pack's size) kept from pack to
+    // pack: allocated afresh each time it cost page faults on every pack, and one per writer
+    // thread cost as many times its size in memory (an encoding takes a few ms: they queue)
+    static ENCODER: std::sync::Mutex<Option<ReedSolomonEncoder>> = std::sync::Mutex::new(None);
     let pack_len: u64 = parts.iter().map(|p| p.len() as u64).sum();
     let (shard_len, data) = shard_layout(pack_len);
     let mut checks = Vec::with_capacity((data + parity) as usize);
-    #[allow(clippy::expect_used)] // counts and lengths come from shard_layout: always supported
-    let mut enc = ReedSolomonEncoder::new(data as usize, parity as usize, shard_len as usize)
-        .expect("supported shard layout");
-    for s in shards(parts, shard_len as usize, data as usize) {
-        checks.push(check_of(&s));
+    {
+        let mut guard = ENCODER.lock().unwrap_or_else(|p| p.into_inner());
+        let slot = &mut *guard;
+        let (d, p, l) = (data as usize, parity as usize, shard_len as usize);
+        #[allow(clippy::expect_used)] // counts and lengths come from shard_layout: always supported
+        let enc = match slot {
+            Some(e) => {
+                e.reset(d, p, l).expect("supported shard layout");
+                e
+            }
+            None => slot.insert(ReedSolomonEncoder::new(d, p, l).expect("supported shard layout")),
+        };
+        for s in shards(parts, l, d) {
+            checks.push(check_of(&s));
+            #[allow(clippy::expect_used)]
+            enc.add_original_shard(&s).expect("as many shards as declared");
+        }
         #[allow(clippy::expect_used)]
-        enc.add_original_shard(&s).expect("as many shards as declared");
+        let result = enc.encode().expect("every shard added");
+        let recovery: Vec<&[u8]> = result.recovery_iter().collect();
+        checks.extend(recovery.iter().map(|r| check_of(r)));
+        let header = ParityHeader {
+            pack: *pack,
+            pack_len,
+            shard_len,
+            data_shards: data,
+            parity_shards: parity,
+            checks,
+        };
+        let mut out = header.encode_unchecked();
+        out.reserve_exact(PARITY_CHECK_LEN + p * l);
+        let hc = check_of(&out);
+        out.extend_from_slice(&hc);
+        for r in recovery {
+            out.extend_from_slice(r);
+        }
+        out
     }
-    #[allow(clippy::expect_used)]
-    let result = enc.encode().expect("every shard added");
-    let recovery: Vec<&[u8]> = result.recovery_iter().collect();
-    checks.extend(recovery.iter().map(|r| check_of(r)));
-    let header = ParityHeader {
-        pack: *pack,
-        pack_len,
-        shard_len,
-        data_shards: data,
-        parity_shards: parity,
-        checks,
-    };
-    let mut out = header.encode_unchecked();
-    out.reserve_exact(PARITY_CHECK_LEN + parity as usize * shard_len as usize);
-    let hc = check_of(&out);
-    out.extend_from_slice(&hc);
-    for r in recovery {
-        out.extend_from_slice(r);
-    }
-    out
 }
 
 /// The header of a parity file for `pack`, its own check verified (only the header's bytes

@@ -126,6 +126,15 @@ pub fn saved(g: &Global, a: BackupArgs) -> Result<(u8, coffer_core::format::Snap
     let r = coffer_core::backup_prescanned(&mut repo, &opts, sources, images, prescan, &progress);
     progress.finish();
     let out = r?;
+    // the repository as it is after this backup, against what this client saw before (a
+    // write-only key reads no snapshot: nothing to compare)
+    if repo.key().can_read() {
+        if let Ok((list, bad)) = repo.list_snapshots_readable() {
+            if bad.is_empty() {
+                super::watch_rollback(&repo, &list, false);
+            }
+        }
+    }
     let s = &out.snapshot.summary;
     crate::report::backup(
         &out.id.to_hex(),

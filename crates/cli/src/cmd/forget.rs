@@ -174,6 +174,12 @@ pub fn run(g: &Global, a: ForgetArgs) -> Result<u8> {
     if !g.json && !g.quiet {
         outln!("removed {} snapshots", remove.len() - locked)?;
     }
+    // what this client removed on purpose is no rollback to warn about later
+    if let Ok((after, bad)) = repo.list_snapshots_readable() {
+        if bad.is_empty() {
+            super::watch_rollback(&repo, &after, true);
+        }
+    }
     // the policy not carried out in full exits 3, like a backup that missed files
     let done = if locked > 0 { crate::EXIT_INCOMPLETE } else { 0 };
     if a.prune {

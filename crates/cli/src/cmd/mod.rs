@@ -214,6 +214,9 @@ fn resolve_any(
         return Ok((id, snap));
     };
     let (list, bad) = repo.list_snapshots_readable()?;
+    if bad.is_empty() {
+        watch_rollback(repo, &list, false);
+    }
     for b in bad {
         eprintln!("warning: {b}");
     }
@@ -407,6 +410,9 @@ pub fn snapshots(g: &Global, a: SnapshotsArgs) -> Result<u8> {
     let repo = open(g)?;
     // damaged snapshots (or garbage a compromised client wrote) do not hide the others
     let (mut list, unreadable) = repo.list_snapshots_readable()?;
+    if unreadable.is_empty() {
+        watch_rollback(&repo, &list, false);
+    }
     for w in &unreadable {
         eprintln!("coffer: error: {w}");
     }
@@ -1021,6 +1027,30 @@ pub fn prune(g: &Global, a: &crate::cli::PruneArgs) -> Result<u8> {
 }
 
 /// Local cache directory: `$COFFER_CACHE_DIR`, else `$XDG_CACHE_HOME/coffer`, else `~/.cache/coffer`.
+/// Rollback detection: compare a complete snapshot listing with what this client saw before
+/// (coffer_core::seen) and say what is missing; then remember the listing. `forgot`: the
+/// listing follows this client's own forget (nothing to say).
+pub fn watch_rollback(
+    repo: &Repository,
+    listing: &[(coffer_core::format::SnapshotId, Snapshot)],
+    forgot: bool,
+) {
+    let Some(dir) = cache_dir() else { return };
+    let path = coffer_core::seen::record_path(&dir, &repo.config().id);
+    let mut seen = coffer_core::seen::Seen::load(&path);
+    let now = chrono::Utc::now().timestamp();
+    if forgot {
+        seen.forgotten(listing, now);
+    } else {
+        for w in seen.observe(listing, now) {
+            eprintln!("warning: {w}");
+            crate::report::warning(&w);
+        }
+    }
+    // (a record that cannot be written only means the next run has less to compare with)
+    let _ = seen.save(&path);
+}
+
 pub fn cache_dir() -> Option<std::path::PathBuf> {
     if let Some(d) = std::env::var_os("COFFER_CACHE_DIR") {
         return Some(d.into());

@@ -1,0 +1,57 @@
+//! How fast parity is made and checked, per 16 MiB pack (docs/PERFORMANCE.md "Parity"):
+//! `cargo run --release -p coffer-core --example parity_speed`.
+
+use std::time::Instant;
+
+use coffer_core::format::{Id, PackId};
+
+fn main() {
+    let len = 16usize << 20;
+    let mut x = 1u64;
+    let pack: Vec<u8> = (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let id = PackId(Id(*blake3::hash(&pack).as_bytes()));
+    let rounds = 20;
+    let t = Instant::now();
+    for _ in 0..rounds {
+        std::hint::black_box(blake3::hash(&pack));
+    }
+    let hash = t.elapsed().as_secs_f64() / rounds as f64;
+    let t = Instant::now();
+    let mut parity = Vec::new();
+    for _ in 0..rounds {
+        parity = coffer_core::parity::encode(&id, &[&pack], 100);
+    }
+    let enc = t.elapsed().as_secs_f64() / rounds as f64;
+    let mut damaged = pack.clone();
+    damaged[len / 2] ^= 1;
+    let t = Instant::now();
+    for _ in 0..rounds {
+        let fixed = coffer_core::parity::repair(&id, &damaged, &parity);
+        std::hint::black_box(fixed.is_ok());
+    }
+    let rep = t.elapsed().as_secs_f64() / rounds as f64;
+    let mib = len as f64 / (1 << 20) as f64;
+    println!("16 MiB pack, 1 % parity ({} bytes):", parity.len());
+    println!(
+        "  BLAKE3 of the pack   {:6.2} ms  ({:5.0} MiB/s)",
+        hash * 1e3,
+        mib / hash
+    );
+    println!(
+        "  encode (checks + RS) {:6.2} ms  ({:5.0} MiB/s)",
+        enc * 1e3,
+        mib / enc
+    );
+    println!(
+        "  repair of one flip   {:6.2} ms  ({:5.0} MiB/s)",
+        rep * 1e3,
+        mib / rep
+    );
+}
