@@ -364,9 +364,9 @@ fn mysql_dump_is_consistent_under_concurrent_transfers() {
     let mut cmd = Command::new("mariadb");
     cmd.args(["-h", "127.0.0.1", "-u", "root", &db]);
     let writer = Writer::start(cmd, transfers_sql);
-    let start = wait_for_progress(n_now, 0, &writer);
-
     let env = Env::init();
+    // (read just before the backup: commits during the setup do not count)
+    let start = wait_for_progress(n_now, 0, &writer);
     env.ok(&[
         "backup",
         "--mysql",
@@ -633,9 +633,9 @@ fn postgres_dump_is_consistent_under_concurrent_transfers() {
     let mut cmd = Command::new("psql");
     cmd.args(["-X", "-q", "-h", "127.0.0.1", "-U", "postgres", "-d", &db]);
     let writer = Writer::start(cmd, pg_transfer_sql);
-    let start = wait_for_progress(n_now, 0, &writer);
-
     let env = Env::init();
+    // (read just before the backup: commits during the setup do not count)
+    let start = wait_for_progress(n_now, 0, &writer);
     // over the local socket as this machine's user
     env.ok(&["backup", "--postgres", &db]);
     // read as the backup returns, without waiting: the writer must have run meanwhile

@@ -104,11 +104,18 @@ impl Seen {
         warnings
     }
 
-    /// Snapshots this client removed on purpose (`forget`): the record takes the listing after
-    /// the removal as the truth, with no warning.
-    pub fn forgotten(&mut self, after: &[(SnapshotId, Snapshot)], now: i64) {
-        self.hosts.clear();
-        let _ = self.observe(after, now);
+    /// After this client removed `removed` on purpose (`forget`): hosts whose remembered newest
+    /// snapshot it removed take the listing as the truth; every other host is compared as by
+    /// [`Seen::observe`] (a rollback of another host is still said).
+    pub fn forgotten(
+        &mut self,
+        after: &[(SnapshotId, Snapshot)],
+        removed: &[SnapshotId],
+        now: i64,
+    ) -> Vec<String> {
+        let removed: std::collections::HashSet<String> = removed.iter().map(|r| r.to_hex()).collect();
+        self.hosts.retain(|_, n| !removed.contains(&n.id));
+        self.observe(after, now)
     }
 }
 
@@ -182,8 +189,14 @@ mod tests {
         // a forget of the newest by this client is no rollback
         let mut seen = Seen::default();
         seen.observe(&later, now);
-        seen.forgotten(&rolled, now);
+        assert!(seen.forgotten(&rolled, &[id(4)], now).is_empty());
         assert!(seen.observe(&rolled, now).is_empty());
+        // ...but a forget does not hide another host's rollback
+        let mut seen = Seen::default();
+        seen.observe(&later, now);
+        let w = seen.forgotten(&rolled[..2], &[id(4)], now);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("host db1"), "{w:?}");
         // a snapshot dated in the future does not stand in for the newest
         let mut seen = Seen::default();
         seen.observe(&later, now);

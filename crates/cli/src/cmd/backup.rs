@@ -131,7 +131,7 @@ pub fn saved(g: &Global, a: BackupArgs) -> Result<(u8, coffer_core::format::Snap
     if repo.key().can_read() {
         if let Ok((list, bad)) = repo.list_snapshots_readable() {
             if bad.is_empty() {
-                super::watch_rollback(&repo, &list, false);
+                super::watch_rollback(&repo, &list, &[]);
             }
         }
     }

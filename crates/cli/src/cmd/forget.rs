@@ -177,7 +177,7 @@ pub fn run(g: &Global, a: ForgetArgs) -> Result<u8> {
     // what this client removed on purpose is no rollback to warn about later
     if let Ok((after, bad)) = repo.list_snapshots_readable() {
         if bad.is_empty() {
-            super::watch_rollback(&repo, &after, true);
+            super::watch_rollback(&repo, &after, &remove);
         }
     }
     // the policy not carried out in full exits 3, like a backup that missed files

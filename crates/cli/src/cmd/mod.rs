@@ -215,7 +215,7 @@ fn resolve_any(
     };
     let (list, bad) = repo.list_snapshots_readable()?;
     if bad.is_empty() {
-        watch_rollback(repo, &list, false);
+        watch_rollback(repo, &list, &[]);
     }
     for b in bad {
         eprintln!("warning: {b}");
@@ -411,7 +411,7 @@ pub fn snapshots(g: &Global, a: SnapshotsArgs) -> Result<u8> {
     // damaged snapshots (or garbage a compromised client wrote) do not hide the others
     let (mut list, unreadable) = repo.list_snapshots_readable()?;
     if unreadable.is_empty() {
-        watch_rollback(&repo, &list, false);
+        watch_rollback(&repo, &list, &[]);
     }
     for w in &unreadable {
         eprintln!("coffer: error: {w}");
@@ -1026,31 +1026,27 @@ pub fn prune(g: &Global, a: &crate::cli::PruneArgs) -> Result<u8> {
     Ok(0)
 }
 
-/// Local cache directory: `$COFFER_CACHE_DIR`, else `$XDG_CACHE_HOME/coffer`, else `~/.cache/coffer`.
 /// Rollback detection: compare a complete snapshot listing with what this client saw before
 /// (coffer_core::seen) and say what is missing; then remember the listing. `forgot`: the
-/// listing follows this client's own forget (nothing to say).
+/// snapshots this client's own forget just removed (not said).
 pub fn watch_rollback(
     repo: &Repository,
     listing: &[(coffer_core::format::SnapshotId, Snapshot)],
-    forgot: bool,
+    forgot: &[coffer_core::format::SnapshotId],
 ) {
     let Some(dir) = cache_dir() else { return };
     let path = coffer_core::seen::record_path(&dir, &repo.config().id);
     let mut seen = coffer_core::seen::Seen::load(&path);
     let now = chrono::Utc::now().timestamp();
-    if forgot {
-        seen.forgotten(listing, now);
-    } else {
-        for w in seen.observe(listing, now) {
-            eprintln!("warning: {w}");
-            crate::report::warning(&w);
-        }
+    for w in seen.forgotten(listing, forgot, now) {
+        eprintln!("warning: {w}");
+        crate::report::warning(&w);
     }
     // (a record that cannot be written only means the next run has less to compare with)
     let _ = seen.save(&path);
 }
 
+/// Local cache directory: `$COFFER_CACHE_DIR`, else `$XDG_CACHE_HOME/coffer`, else `~/.cache/coffer`.
 pub fn cache_dir() -> Option<std::path::PathBuf> {
     if let Some(d) = std::env::var_os("COFFER_CACHE_DIR") {
         return Some(d.into());
