@@ -105,14 +105,8 @@ fn source() -> tempfile::TempDir {
     src
 }
 
-#[test]
-fn a_pack_with_a_bad_sector_is_read_through_and_rebuilt_shard_by_shard() {
-    let inner = MemoryBackend::new();
-    let b = BadSector {
-        inner: inner.clone(),
-        pack: Arc::new(Mutex::new(None)),
-    };
-    let backend: Arc<dyn coffer_core::Backend> = Arc::new(b.clone());
+/// A new repository on `backend` with one backup of [`source`] in it.
+fn backed_up(backend: &Arc<dyn coffer_core::Backend>) -> coffer_core::IndexedRepository {
     let src = source();
     let mut repo = Repository::init(backend.clone(), b"pw", &InitOptions::default())
         .unwrap()
@@ -123,6 +117,18 @@ fn a_pack_with_a_bad_sector_is_read_through_and_rebuilt_shard_by_shard() {
         ..Default::default()
     };
     backup(&mut repo, &opts, &NoProgress).unwrap();
+    repo
+}
+
+#[test]
+fn a_pack_with_a_bad_sector_is_read_through_and_rebuilt_shard_by_shard() {
+    let inner = MemoryBackend::new();
+    let b = BadSector {
+        inner: inner.clone(),
+        pack: Arc::new(Mutex::new(None)),
+    };
+    let backend: Arc<dyn coffer_core::Backend> = Arc::new(b.clone());
+    backed_up(&backend);
     // the largest pack gets a bad sector of 1000 bytes in its middle
     let pack = coffer_core::Backend::list(&inner, FileKind::Pack)
         .unwrap()
@@ -198,16 +204,7 @@ fn a_pack_with_a_bad_sector_is_read_through_and_rebuilt_shard_by_shard() {
 fn a_parity_file_claiming_a_huge_pack_is_refused_before_it_is_read() {
     let b = MemoryBackend::new();
     let backend: Arc<dyn coffer_core::Backend> = Arc::new(b.clone());
-    let src = source();
-    let mut repo = Repository::init(backend.clone(), b"pw", &InitOptions::default())
-        .unwrap()
-        .load_index()
-        .unwrap();
-    let opts = BackupOptions {
-        paths: vec![src.path().to_path_buf()],
-        ..Default::default()
-    };
-    backup(&mut repo, &opts, &NoProgress).unwrap();
+    let repo = backed_up(&backend);
     let pack = coffer_core::Backend::list(&b, FileKind::Pack).unwrap().remove(0);
     let id = PackId(Id::from_hex(&pack.name).unwrap());
     // a well-formed parity header for a 900 MiB pack of that name (its own check right), and
