@@ -208,6 +208,12 @@ impl LocalBackend {
     }
 }
 
+/// A file's modification time in seconds since the epoch (the storage's clock: the kernel's).
+fn mtime(m: &fs::Metadata) -> Option<i64> {
+    use std::os::unix::fs::MetadataExt;
+    Some(m.mtime())
+}
+
 impl Backend for LocalBackend {
     fn location(&self) -> String {
         self.root.display().to_string()
@@ -246,6 +252,7 @@ impl Backend for LocalBackend {
                 Ok(m) => vec![FileInfo {
                     name: "config".into(),
                     size: m.len(),
+                    modified: mtime(&m),
                 }],
                 Err(e) if e.kind() == ErrorKind::NotFound => vec![],
                 Err(e) => return Err(self.err("config", e)),
@@ -276,7 +283,11 @@ impl Backend for LocalBackend {
                 }
                 let m = e.metadata().map_err(|e| self.err(&name, e))?;
                 if m.is_file() {
-                    out.push(FileInfo { name, size: m.len() });
+                    out.push(FileInfo {
+                        name,
+                        size: m.len(),
+                        modified: mtime(&m),
+                    });
                 }
             }
         }
@@ -405,7 +416,8 @@ mod tests {
             b.list(FileKind::Pack).unwrap(),
             vec![FileInfo {
                 name: name.clone(),
-                size: 3
+                size: 3,
+                modified: mtime(&fs::metadata(b.path(FileKind::Pack, &name).unwrap()).unwrap()),
             }]
         );
         assert!(b.read(FileKind::Snapshot, &name).unwrap_err().is_not_found());

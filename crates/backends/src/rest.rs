@@ -514,6 +514,9 @@ impl Backend for RestBackend {
         struct E {
             name: String,
             size: u64,
+            /// upload time by the server's clock (servers before 2026-12-07 do not send it)
+            #[serde(default)]
+            mtime: Option<i64>,
         }
         let v: Vec<E> = serde_json::from_slice(&b)
             .map_err(|e| self.io(&what, format!("listing does not decode: {e}"), false))?;
@@ -521,6 +524,7 @@ impl Backend for RestBackend {
             .map(|e| FileInfo {
                 name: e.name,
                 size: e.size,
+                modified: e.mtime,
             })
             .collect())
     }

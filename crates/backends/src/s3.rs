@@ -577,6 +577,7 @@ impl Backend for S3Backend {
                 Ok(m) => Ok(vec![FileInfo {
                     name: "config".into(),
                     size: m.size,
+                    modified: Some(m.last_modified.timestamp()),
                 }]),
                 Err(object_store::Error::NotFound { .. }) => Ok(vec![]),
                 Err(e) => Err(self.err("config", e)),
@@ -585,7 +586,11 @@ impl Backend for S3Backend {
         Ok(self
             .list_stat(kind)?
             .into_iter()
-            .map(|(name, st)| FileInfo { name, size: st.size })
+            .map(|(name, st)| FileInfo {
+                name,
+                size: st.size,
+                modified: Some(st.modified),
+            })
             .collect())
     }
 

@@ -437,6 +437,7 @@ impl SftpBackend {
                     (keep && !name.starts_with('.')).then(|| FileInfo {
                         name,
                         size: e.metadata().len().unwrap_or(0),
+                        modified: e.metadata().modified().map(|t| i64::from(t.into_raw())),
                     })
                 })
                 .collect::<Vec<_>>())
@@ -499,10 +500,7 @@ impl Backend for SftpBackend {
         if kind == FileKind::Config {
             return Ok(self
                 .stat("config", &self.root.join("config"))?
-                .map(|size| FileInfo {
-                    name: "config".into(),
-                    size,
-                })
+                .map(|size| FileInfo::new("config", size))
                 .into_iter()
                 .collect());
         }

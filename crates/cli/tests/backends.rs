@@ -81,7 +81,11 @@ fn scenario(e: &Env, repo: &str) {
     let snaps: serde_json::Value = serde_json::from_str(&ok(e, repo, &["snapshots", "--json"])).unwrap();
     assert_eq!(snaps.as_array().unwrap().len(), 2, "{repo}");
     ok(e, repo, &["forget", "-q", "--keep-last", "1"]);
-    ok(e, repo, &["prune", "-q"]);
+    let report: serde_json::Value = serde_json::from_str(&ok(e, repo, &["prune", "--json"])).unwrap();
+    assert_eq!(
+        report["lease_clock"], "storage",
+        "{repo}: leases are aged by the storage's clock (docs/FORMAT.md \"Leases and clocks\")"
+    );
     let snaps: serde_json::Value = serde_json::from_str(&ok(e, repo, &["snapshots", "--json"])).unwrap();
     assert_eq!(snaps.as_array().unwrap().len(), 1, "{repo}");
     ok(e, repo, &["check", "--read-data"]);

@@ -433,3 +433,250 @@ fn a_full_disk_under_the_repository_and_under_the_restore_target() {
     let o = run(&["check", "--read-data"]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
 }
+
+// ---- clocks: leases that lapse, clients whose clocks are off
+
+const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+
+/// `cmd` with its own clock: libfaketime reads the offset in `clock` ("+0", "-20m", "+20m") at
+/// every call. The kernel's clock, and so the file times the repository's storage stamps, stay
+/// real, as for a client on another machine whose clock is off.
+fn on_clock(cmd: &mut Command, clock: &Path) {
+    cmd.env("LD_PRELOAD", LIBFAKETIME)
+        .env("FAKETIME_TIMESTAMP_FILE", clock)
+        .env("FAKETIME_NO_CACHE", "1")
+        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+        .env("NO_FAKE_STAT", "1");
+}
+
+fn signal(child: &Child, sig: rustix::process::Signal) {
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, sig).unwrap();
+}
+
+fn packs_in(repo: &Path) -> usize {
+    fs::read_dir(repo.join("data"))
+        .unwrap()
+        .flat_map(|d| fs::read_dir(d.unwrap().path()).unwrap())
+        .filter(|f| !f.as_ref().unwrap().file_name().to_string_lossy().starts_with('.'))
+        .count()
+}
+
+/// A snapshot of 4 MiB of new data (then forgotten by the caller): what the next backups
+/// deduplicate against, and what a prune condemns.
+fn old_data(e: &Env, dir: &Path, rng: &mut Rng) -> String {
+    fs::create_dir_all(dir).unwrap();
+    for i in 0..4 {
+        fs::write(dir.join(format!("old{i}")), pseudo_random(rng.next(), 1 << 20)).unwrap();
+    }
+    e.backup_json(&[dir.to_str().unwrap()])["snapshot_id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// A source holding a copy of the files `old` names (they sort first, so they are
+/// deduplicated before any new data is read) and `mib` MiB of new data.
+fn with_copy_of(old: &Path, names: &[&str], src: &Path, mib: usize, rng: &mut Rng) {
+    fs::create_dir_all(src.join("a")).unwrap();
+    fs::create_dir_all(src.join("z")).unwrap();
+    for n in names {
+        fs::copy(old.join(n), src.join("a").join(n)).unwrap();
+    }
+    fs::write(src.join("z/new.bin"), pseudo_random(rng.next(), mib << 20)).unwrap();
+}
+
+/// Start a paced backup of `src` on `clock`; once it has written a pack of its own (its index
+/// is read and it deduplicates against it), stop it with SIGSTOP.
+fn started_and_stopped(e: &Env, src: &Path, clock: &Path) -> Child {
+    let before = packs_in(&e.repo);
+    let mut cmd = e.cmd();
+    on_clock(&mut cmd, clock);
+    let mut child = cmd
+        .args(["backup", "--json", "--limit-upload", "1M", src.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    common::wait_until(
+        "the backup's first pack",
+        || packs_in(&e.repo) > before,
+        || {
+            child
+                .try_wait()
+                .unwrap()
+                .map(|s| format!("the backup ended ({s})"))
+        },
+    );
+    signal(&child, rustix::process::Signal::STOP);
+    child
+}
+
+/// A snapshot that stays (prune refuses to empty a repository whose listing came back empty).
+fn anchor(e: &Env, expect: &mut BTreeMap<String, (PathBuf, Digest)>) {
+    let keep = e.path("keep");
+    fs::create_dir_all(&keep).unwrap();
+    fs::write(keep.join("k"), b"kept all along").unwrap();
+    let id = e.backup_json(&[keep.to_str().unwrap()])["snapshot_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    expect.insert(id, (keep.clone(), digest_tree(&keep)));
+}
+
+fn prune_json(e: &Env) -> serde_json::Value {
+    let out = e.ok(&["prune", "--json", "--grace", "0h", "--max-unused", "0%"]);
+    serde_json::from_str(out.lines().last().unwrap()).unwrap()
+}
+
+/// Two clients whose clocks are 20 minutes behind and 20 minutes ahead of the others' (more
+/// than a lease's 15 minutes) back up data a third client, on time, has just forgotten, while
+/// it prunes. Their leases are judged by the storage's clock, so the prune waits for them, and
+/// every snapshot restores afterwards.
+#[test]
+fn clients_whose_clocks_are_20_minutes_off_back_up_while_a_third_prunes() {
+    if !common::require(
+        Path::new(LIBFAKETIME).exists(),
+        "libfaketime is not installed (apt-get install faketime)",
+    ) {
+        return;
+    }
+    let mut rng = rng("clocks");
+    let e = Env::new();
+    e.ok(&["init", "--pack-size", "1"]);
+    let out = e.path("out");
+    let mut expect: BTreeMap<String, (PathBuf, Digest)> = BTreeMap::new();
+    anchor(&e, &mut expect);
+    for round in 0..rounds() {
+        let old = e.path(&format!("old{round}"));
+        let id0 = old_data(&e, &old, &mut rng);
+        let mut clients = Vec::new();
+        // each its own share of the old data: what one uses, the other's snapshot does not keep
+        for (name, offset, share) in [
+            ("behind", "-20m", ["old0", "old1"]),
+            ("ahead", "+20m", ["old2", "old3"]),
+        ] {
+            let src = e.path(&format!("{name}{round}"));
+            with_copy_of(&old, &share, &src, 3, &mut rng);
+            let clock = e.path(&format!("clock-{name}"));
+            fs::write(&clock, offset).unwrap();
+            let child = started_and_stopped(&e, &src, &clock);
+            clients.push((name, child, src.clone(), digest_tree(&src)));
+        }
+        // the third client forgets the snapshot of the old data and prunes: its packs are
+        // condemned, and the two backups using them are still running
+        e.ok(&["forget", "-q", &id0[..16]]);
+        let report = prune_json(&e);
+        let deferred = report["deferred"].to_string();
+        assert!(
+            deferred.contains("still running"),
+            "round {round}: the prune waits for both backups, whatever their clocks say: {report}"
+        );
+        // one finishes (the one ahead, then the one behind, or the other way round); the
+        // prune still waits for the other
+        if rng.below(2) == 0 {
+            clients.reverse();
+        }
+        for (i, (name, child, src, digest)) in clients.into_iter().enumerate() {
+            signal(&child, rustix::process::Signal::CONT);
+            let o = child.wait_with_output().unwrap();
+            assert_eq!(code(&o), 0, "round {round}: the backup {name}: {}", stderr(&o));
+            expect.insert(saved(&o).unwrap(), (src, digest));
+            if i == 0 {
+                let report = prune_json(&e);
+                assert!(
+                    report["deferred"].to_string().contains("still running"),
+                    "round {round}: {name} finished, the prune still waits for the other: {report}"
+                );
+            }
+        }
+        // both have finished: this prune sweeps, keeping what their snapshots use
+        prune_json(&e);
+        all_good(&|a| e.run(a), &expect, &out, &format!("round {round}"));
+    }
+}
+
+/// A backup suspended (SIGSTOP) past its lease: 20 minutes pass for it (its clock moves on,
+/// its lease file was last written 20 minutes before the prune's), a prune sweeps the data it
+/// deduplicated against, and when it resumes it refuses to write its snapshot; nothing that
+/// was saved is lost. Then a prune killed midway, a backup, and a prune: that backup restores.
+#[test]
+fn a_backup_suspended_past_its_lease_refuses_to_commit() {
+    if !common::require(
+        Path::new(LIBFAKETIME).exists(),
+        "libfaketime is not installed (apt-get install faketime)",
+    ) {
+        return;
+    }
+    let mut rng = rng("lapse");
+    let e = Env::new();
+    e.ok(&["init", "--pack-size", "1"]);
+    let out = e.path("out");
+    let clock = e.path("clock");
+    let mut expect: BTreeMap<String, (PathBuf, Digest)> = BTreeMap::new();
+    let mut most = Duration::from_millis(1500);
+    anchor(&e, &mut expect);
+    for round in 0..rounds() {
+        fs::write(&clock, "+0").unwrap();
+        let old = e.path(&format!("old{round}"));
+        let id0 = old_data(&e, &old, &mut rng);
+        let src = e.path(&format!("src{round}"));
+        with_copy_of(&old, &["old0", "old1", "old2", "old3"], &src, 3, &mut rng);
+        let child = started_and_stopped(&e, &src, &clock);
+        // 20 minutes later, as the storage sees it: the suspended backup's lease file was
+        // last written then
+        let then = std::time::SystemTime::now() - Duration::from_secs(20 * 60);
+        for f in fs::read_dir(e.repo.join("locks")).unwrap() {
+            let f = fs::File::options().write(true).open(f.unwrap().path()).unwrap();
+            f.set_modified(then).unwrap();
+        }
+        e.ok(&["forget", "-q", &id0[..16]]);
+        let report = prune_json(&e);
+        assert!(
+            report["deferred"].as_array().is_none_or(|d| d.is_empty()),
+            "round {round}: a lease not refreshed for 20 minutes holds nothing back: {report}"
+        );
+        let snapshots = e.ok(&["snapshots", "--json"]);
+        // and 20 minutes later by the backup's own clock too
+        fs::write(&clock, "+20m").unwrap();
+        signal(&child, rustix::process::Signal::CONT);
+        let o = child.wait_with_output().unwrap();
+        assert_ne!(code(&o), 0, "round {round}: the backup must not commit");
+        assert!(
+            stderr(&o).contains("lease lapsed"),
+            "round {round}: the backup says why: {}",
+            stderr(&o)
+        );
+        assert!(saved(&o).is_none(), "round {round}: no snapshot reported");
+        assert_eq!(
+            e.ok(&["snapshots", "--json"]),
+            snapshots,
+            "round {round}: no snapshot written"
+        );
+        all_good(
+            &|a| e.run(a),
+            &expect,
+            &out,
+            &format!("round {round}, lapsed backup"),
+        );
+
+        // a prune killed midway, a backup, a prune
+        fs::write(&clock, "+0").unwrap();
+        e.ok(&["forget", "-q", "--keep-last", "2"]);
+        let left = e.ok(&["snapshots", "--json"]);
+        expect.retain(|id, _| left.contains(id.as_str()));
+        let mut cmd = e.cmd();
+        cmd.args(["prune", "--grace", "0h", "--max-unused", "0%"]);
+        kill_at_random(cmd, &mut rng, &mut most);
+        let o = e.run(&["backup", "--json", src.to_str().unwrap()]);
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+        expect.insert(saved(&o).unwrap(), (src.clone(), digest_tree(&src)));
+        prune_json(&e);
+        all_good(
+            &|a| e.run(a),
+            &expect,
+            &out,
+            &format!("round {round}, killed prune"),
+        );
+    }
+}

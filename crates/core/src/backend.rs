@@ -86,11 +86,27 @@ impl FileKind {
     }
 }
 
-/// A stored file's name and size, as listed.
+/// A stored file's name and size, as listed, and when the storage says it was last written.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FileInfo {
     pub name: String,
     pub size: u64,
+    /// Seconds since the epoch by the *storage's* clock (file system mtime, SFTP mtime, S3
+    /// Last-Modified, the coffer server's upload time); `None` where a backend cannot say.
+    /// Every client of a repository shares this one clock, whatever its own says: leases
+    /// and marks are aged by it (docs/FORMAT.md "Leases and clocks").
+    pub modified: Option<i64>,
+}
+
+impl FileInfo {
+    /// A listed file whose time the backend does not know.
+    pub fn new(name: impl Into<String>, size: u64) -> FileInfo {
+        FileInfo {
+            name: name.into(),
+            size,
+            modified: None,
+        }
+    }
 }
 
 /// What [`Backend::write`] did.

@@ -51,16 +51,20 @@ fn file_name(session: &str, seq: u64) -> String {
     format!("{session}{seq:016x}")
 }
 
-/// Every file of `kind` with its content, as one consistent listing: files in these namespaces
-/// are replaced by writing the new one and then removing the old one, so if a listed file
-/// vanished before it was read, list again — a replaced file is never missed.
-pub(crate) fn read_all_consistent(backend: &dyn Backend, kind: FileKind) -> Result<Vec<(String, Vec<u8>)>> {
+/// A file as read by [`read_all_consistent`]: name, content, the storage's time of it.
+pub(crate) type ReadFile = (String, Vec<u8>, Option<i64>);
+
+/// Every file of `kind` with its content and its time by the storage's clock, as one
+/// consistent listing: files in these namespaces are replaced by writing the new one and then
+/// removing the old one, so if a listed file vanished before it was read, list again — a
+/// replaced file is never missed.
+pub(crate) fn read_all_consistent(backend: &dyn Backend, kind: FileKind) -> Result<Vec<ReadFile>> {
     for _ in 0..10 {
         let mut files = Vec::new();
         let mut vanished = false;
         for f in backend.list(kind)? {
             match backend.read(kind, &f.name) {
-                Ok(b) => files.push((f.name, b)),
+                Ok(b) => files.push((f.name, b, f.modified)),
                 Err(e) if e.is_not_found() => vanished = true,
                 Err(e) => return Err(e.into()),
             }
@@ -75,38 +79,96 @@ pub(crate) fn read_all_consistent(backend: &dyn Backend, kind: FileKind) -> Resu
     )))
 }
 
+/// A lease as listed: what its newest file says, and when the storage says that file was
+/// written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListedLease {
+    pub info: LeaseInfo,
+    /// The storage's time of the newest file ([`crate::FileInfo::modified`]).
+    pub written: Option<i64>,
+}
+
+/// The clock leases and marks are aged by.
+///
+/// Clients' clocks differ; a lease judged by the time its writer put in it would make a client
+/// whose clock is behind by more than [`TTL`] look dead while it backs up, and a prune would
+/// delete data its snapshot is about to use. So where the backend tells file times, ages are
+/// read off the **storage's** clock: a lease's age is the time between its newest file and a
+/// file this prune has just written, both stamped by the storage. Only where a backend cannot
+/// tell file times are writers' clocks compared with this machine's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Clock {
+    /// The storage's time of a file written just now.
+    Storage(i64),
+    /// This machine's time (the backend tells no file times).
+    Local(i64),
+}
+
+impl Clock {
+    /// Seconds since `at` (the writer's claim under [`Clock::Local`], the storage's stamp
+    /// under [`Clock::Storage`]): the caller passes the time that goes with the clock.
+    pub fn age(&self, stored: Option<i64>, claimed: i64) -> i64 {
+        match (*self, stored) {
+            (Clock::Storage(now), Some(t)) => now - t,
+            (Clock::Storage(_), None) | (Clock::Local(_), _) => self.local_now() - claimed,
+        }
+    }
+
+    fn local_now(&self) -> i64 {
+        match *self {
+            Clock::Local(t) => t,
+            Clock::Storage(_) => now(),
+        }
+    }
+
+    /// Whether `l` is live by this clock.
+    pub fn is_live(&self, l: &ListedLease) -> bool {
+        self.age(l.written, l.info.refreshed) < TTL
+    }
+}
+
 /// All leases (newest file per session), live or not. A listing error is an error.
-pub fn list_leases(backend: &dyn Backend) -> Result<Vec<LeaseInfo>> {
-    let mut by_session: BTreeMap<String, LeaseInfo> = BTreeMap::new();
+pub fn list_leases(backend: &dyn Backend) -> Result<Vec<ListedLease>> {
+    // session → (file name, lease)
+    let mut by_session: BTreeMap<String, (String, ListedLease)> = BTreeMap::new();
     // A refresh writes the next file and then removes the previous one, so a file can vanish
     // between listing and reading; list again until a pass sees every file it listed, so a
     // live lease is never missed in the middle of a refresh.
     let files = read_all_consistent(backend, FileKind::Lock)?;
-    for (name, bytes) in files {
-        // An unreadable lease counts as live "now": prune must not ignore what it cannot read.
+    for (name, bytes, written) in files {
+        // An unreadable lease counts as refreshed "now" by this machine's clock (prune must
+        // not ignore what it cannot read); by the storage's clock its file's time tells.
         let info: LeaseInfo = serde_json::from_slice(&bytes).unwrap_or(LeaseInfo {
             session: name.clone(),
             purpose: "unknown".into(),
             started: 0,
             refreshed: now(),
         });
+        let listed = ListedLease { info, written };
         let e = by_session
-            .entry(info.session.clone())
-            .or_insert_with(|| info.clone());
-        if info.refreshed > e.refreshed {
-            *e = info;
+            .entry(listed.info.session.clone())
+            .or_insert_with(|| (name.clone(), listed.clone()));
+        // the newest file of a session: its sequence number ends the name, fixed width
+        if name > e.0 {
+            *e = (name, listed);
         }
     }
-    Ok(by_session.into_values().collect())
+    Ok(by_session.into_values().map(|(_, l)| l).collect())
 }
 
-/// Live leases only.
-pub fn live_leases(backend: &dyn Backend) -> Result<Vec<LeaseInfo>> {
-    let t = now();
-    Ok(list_leases(backend)?
-        .into_iter()
-        .filter(|l| l.is_live(t))
-        .collect())
+/// The live leases, and the clock they were judged by. With `ours` (the caller's own lease),
+/// it is refreshed first and its new file's time is the storage's "now" ([`Clock`]).
+pub fn live_leases(backend: &dyn Backend, ours: Option<&Lease>) -> Result<(Vec<ListedLease>, Clock)> {
+    let mine = ours.map(|l| {
+        l.shared.refresh();
+        l.info().session
+    });
+    let listed = list_leases(backend)?;
+    let clock = mine
+        .and_then(|s| listed.iter().find(|l| l.info.session == s))
+        .and_then(|l| l.written)
+        .map_or_else(|| Clock::Local(now()), Clock::Storage);
+    Ok((listed.into_iter().filter(|l| clock.is_live(l)).collect(), clock))
 }
 
 /// Every lease this process holds, so that a command ended by a signal (which exits without
@@ -298,5 +360,42 @@ impl Drop for Lease {
                 .backend
                 .remove(FileKind::Lock, &file_name(&g.0.session, g.1));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listed(written: Option<i64>, refreshed: i64) -> ListedLease {
+        ListedLease {
+            info: LeaseInfo {
+                session: "s".into(),
+                purpose: "backup".into(),
+                started: refreshed,
+                refreshed,
+            },
+            written,
+        }
+    }
+
+    /// By the storage's clock the writer's claim does not count: a client 20 minutes behind
+    /// (its `refreshed` far in the past) is live while its file is fresh, and one 20 minutes
+    /// ahead is dead once its file is older than TTL.
+    #[test]
+    fn the_storage_clock_ignores_what_writers_claim() {
+        let c = Clock::Storage(100_000);
+        assert!(c.is_live(&listed(Some(100_000 - TTL + 1), 100_000 - 1200)));
+        assert!(!c.is_live(&listed(Some(100_000 - TTL), 100_000 + 1200)));
+        assert_eq!(c.age(Some(99_990), 0), 10);
+    }
+
+    /// Without file times the writer's claim is compared with this machine's clock.
+    #[test]
+    fn without_file_times_the_claim_counts() {
+        let c = Clock::Local(100_000);
+        assert!(c.is_live(&listed(None, 100_000 - TTL + 1)));
+        assert!(!c.is_live(&listed(None, 100_000 - TTL)));
+        assert!(!c.is_live(&listed(Some(100_000), 100_000 - TTL)));
     }
 }

@@ -73,10 +73,7 @@ impl Backend for MemoryBackend {
             .lock()
             .iter()
             .filter(|((k, _), _)| *k == code(kind))
-            .map(|((_, n), b)| FileInfo {
-                name: n.clone(),
-                size: b.len() as u64,
-            })
+            .map(|((_, n), b)| FileInfo::new(n.clone(), b.len() as u64))
             .collect())
     }
     fn read(&self, kind: FileKind, name: &str) -> BResult<Vec<u8>> {

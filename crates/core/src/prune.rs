@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use crate::backend::{Backend, FileKind};
 use crate::crypto::storage_id;
 use crate::error::{Error, Result};
-use crate::lease::{live_leases, now};
+use crate::lease::{live_leases, now, Lease};
 use crate::packer::{pack_sealed, BlobPipeline, PackerStats, SealedCopy};
 use crate::progress::Progress;
 use crate::repo::{IndexedRepository, Repository};
@@ -46,9 +46,18 @@ pub struct Mark {
 
 /// All marks with their file names.
 pub fn list_marks(backend: &dyn Backend) -> Result<Vec<(String, Mark)>> {
+    Ok(list_marks_timed(backend)?
+        .into_iter()
+        .map(|(name, m, _)| (name, m))
+        .collect())
+}
+
+/// All marks with their file names and the storage's time of each file (when it was
+/// completed: completing writes a new file).
+fn list_marks_timed(backend: &dyn Backend) -> Result<Vec<(String, Mark, Option<i64>)>> {
     let files = crate::lease::read_all_consistent(backend, FileKind::Mark)?;
     let mut out = Vec::new();
-    for (name, bytes) in files {
+    for (name, bytes, written) in files {
         if storage_id(&bytes).to_hex() != name {
             return Err(Error::integrity(
                 format!("marks/{}", name),
@@ -57,7 +66,7 @@ pub fn list_marks(backend: &dyn Backend) -> Result<Vec<(String, Mark)>> {
         }
         let m: Mark = serde_json::from_slice(&bytes)
             .map_err(|e| Error::integrity(format!("marks/{}", name), format!("does not decode: {e}")))?;
-        out.push((name, m));
+        out.push((name, m, written));
     }
     Ok(out)
 }
@@ -393,6 +402,9 @@ impl Default for PruneOptions {
 
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct PruneReport {
+    /// The clock leases and marks were aged by: "storage" (the backend's file times) or
+    /// "local" (this machine's, for a backend that reports no file times).
+    pub lease_clock: &'static str,
     pub snapshots: usize,
     pub packs: usize,
     pub blobs_used: usize,
@@ -441,17 +453,24 @@ pub fn prune(repo: Repository, opts: &PruneOptions, progress: &dyn Progress) -> 
     // the lease comes first; the index is read by each phase, after it lists the snapshots
     let mut repo = repo.leased_without_index("prune")?;
     let ours = repo.lease().map(|l| l.info().session).unwrap_or_default();
-    if let Some(other) = live_leases(&*backend)?
+    let (live, clock) = live_leases(&*backend, repo.lease())?;
+    if let Some(other) = live
         .into_iter()
-        .find(|l| l.purpose == "prune" && l.session != ours)
+        .find(|l| l.info.purpose == "prune" && l.info.session != ours)
     {
         return Err(Error::Invalid(format!(
             "another prune is running (lease {} refreshed {} s ago); try again later",
-            &other.session[..8],
-            now() - other.refreshed
+            other.info.session.get(..8).unwrap_or(&other.info.session),
+            clock.age(other.written, other.info.refreshed)
         )));
     }
-    let mut report = PruneReport::default();
+    let mut report = PruneReport {
+        lease_clock: match clock {
+            crate::lease::Clock::Storage(_) => "storage",
+            crate::lease::Clock::Local(_) => "local",
+        },
+        ..PruneReport::default()
+    };
     mark(&mut repo, opts, progress, &mut report)?;
     if !opts.dry_run {
         sweep(&mut repo, opts, &ours, progress, &mut report)?;
@@ -703,7 +722,7 @@ fn mark(
             _ => {}
         }
     }
-    complete_mark(&*backend, &first, m)?;
+    complete_mark(&*backend, repo.lease(), &first, m)?;
 
     // Snapshots committed since the used blobs were computed may use condemned packs:
     // list those packs again right away, so the snapshots stay restorable.
@@ -816,13 +835,15 @@ fn collect_tree(repo: &IndexedRepository, root: BlobId, used: &mut HashSet<BlobI
     Ok(())
 }
 
-/// Record the live leases as the mark's blockers (replacing the incomplete mark file).
-fn complete_mark(backend: &dyn Backend, name: &str, mut m: Mark) -> Result<()> {
+/// Record the live leases as the mark's blockers (replacing the incomplete mark file), judged
+/// by the storage's clock where it tells file times (`ours`: this prune's lease).
+fn complete_mark(backend: &dyn Backend, ours: Option<&Lease>, name: &str, mut m: Mark) -> Result<()> {
     m.blockers = Some(
-        live_leases(backend)?
+        live_leases(backend, ours)?
+            .0
             .into_iter()
-            .filter(|l| l.purpose != "prune")
-            .map(|l| l.session)
+            .filter(|l| l.info.purpose != "prune")
+            .map(|l| l.info.session)
             .collect(),
     );
     write_mark(backend, &m)?;
@@ -838,27 +859,28 @@ fn sweep(
     report: &mut PruneReport,
 ) -> Result<()> {
     let backend = repo.backend().clone();
-    let marks = list_marks(&*backend)?;
+    let marks = list_marks_timed(&*backend)?;
     if marks.is_empty() {
         return Ok(());
     }
-    let live: HashSet<String> = live_leases(&*backend)?
+    let (live, clock) = live_leases(&*backend, repo.lease())?;
+    let live: HashSet<String> = live
         .into_iter()
-        .map(|l| l.session)
+        .map(|l| l.info.session)
         .filter(|s| s != ours)
         .collect();
     let mut ready = Vec::new();
-    for (name, m) in marks {
+    for (name, m, written) in marks {
         match &m.blockers {
             None => {
                 // left incomplete by an interrupted prune: complete it now, act on it later
-                complete_mark(&*backend, &name, m.clone())?;
+                complete_mark(&*backend, repo.lease(), &name, m.clone())?;
                 report.deferred.push(format!(
                     "mark {}: completed now, swept by a later prune",
                     &name[..8]
                 ));
             }
-            Some(_) if now() - m.created < opts.grace_secs => {
+            Some(_) if clock.age(written, m.created) < opts.grace_secs => {
                 report
                     .deferred
                     .push(format!("mark {}: within the grace period", &name[..8]));

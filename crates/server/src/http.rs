@@ -689,7 +689,7 @@ async fn list(
     let entries = blocking(move || server.store.list(&repo, kind)).await?;
     let v: Vec<serde_json::Value> = entries
         .into_iter()
-        .map(|e| serde_json::json!({"name": e.name, "size": e.size}))
+        .map(|e| serde_json::json!({"name": e.name, "size": e.size, "mtime": e.mtime}))
         .collect();
     Ok((
         [(header::CONTENT_TYPE, "application/json")],

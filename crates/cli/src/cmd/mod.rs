@@ -402,6 +402,7 @@ fn snapshot_json(id: &SnapshotId, s: &Snapshot) -> serde_json::Value {
         "program_version": s.program_version,
         "key": s.key.map(|k| k.to_hex()),
         "sealed_by_write_only": s.sealed_by_write_only,
+        "original": s.original.map(|o| o.to_hex()),
         "summary": s.summary,
     })
 }
