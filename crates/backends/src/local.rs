@@ -27,6 +27,9 @@ pub struct LocalBackend {
     open_packs: Arc<Mutex<OpenPacks>>,
     /// Writes keep under this rate (`--limit-upload`: a repository on NFS or a NAS share).
     upload_limit: Option<Arc<UploadLimit>>,
+    /// Directories made on demand that this process made sure of: they exist and their
+    /// parents were fsynced after (once per directory per process).
+    durable_dirs: Arc<Mutex<std::collections::HashSet<PathBuf>>>,
 }
 
 /// Packs kept open by [`LocalBackend`] (most recently used last).
@@ -41,7 +44,38 @@ impl LocalBackend {
             root: root.into(),
             open_packs: Arc::default(),
             upload_limit: None,
+            durable_dirs: Arc::default(),
         }
+    }
+
+    /// Create `dir` (below the root) and its missing parents so that they survive a power
+    /// cut: a new directory's name is durable only once its parent directory is fsynced, and
+    /// a file written into a directory whose name was lost is lost with it. Each parent is
+    /// synced whether this process or another one created the directory (that one may have
+    /// died before syncing); once per directory per process.
+    fn durable_dir(&self, dir: &Path) -> io::Result<()> {
+        let known = |d: &Path| {
+            self.durable_dirs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(d)
+        };
+        if dir == self.root || !dir.starts_with(&self.root) || known(dir) {
+            return Ok(());
+        }
+        let parent = dir.parent().unwrap_or(&self.root);
+        self.durable_dir(parent)?;
+        match fs::create_dir(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+        sync_dir(parent)?;
+        self.durable_dirs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(dir.to_path_buf());
+        Ok(())
     }
 
     /// Writes keep under `limit`, 256 KiB at a time.
@@ -175,7 +209,7 @@ impl LocalBackend {
             return Ok(WriteOutcome::Existed);
         }
         if kind.made_on_demand() {
-            fs::create_dir_all(&dir).map_err(|e| self.err(&what, e))?;
+            self.durable_dir(&dir).map_err(|e| self.err(&what, e))?;
         }
         let tmp = dir.join(tmp_name());
         let res = (|| -> io::Result<WriteOutcome> {
@@ -228,6 +262,9 @@ impl Backend for LocalBackend {
                 transient: false,
             });
         }
+        // every directory's name durable before the repository is used: each parent synced
+        // after its children were made (a power cut must not take `data/00` from a
+        // repository whose packs are written into it)
         let mk = |p: PathBuf| fs::create_dir_all(&p).map_err(|e| self.err(&p.display().to_string(), e));
         for k in FileKind::INIT_DIRS {
             mk(self.root.join(k.dir()))?;
@@ -235,7 +272,12 @@ impl Backend for LocalBackend {
         for i in 0..256 {
             mk(self.root.join("data").join(format!("{i:02x}")))?;
         }
-        sync_dir(&self.root).map_err(|e| self.err("", e))
+        sync_dir(&self.root.join("data")).map_err(|e| self.err("data", e))?;
+        sync_dir(&self.root).map_err(|e| self.err("", e))?;
+        if let Some(parent) = self.root.parent().filter(|p| !p.as_os_str().is_empty()) {
+            sync_dir(parent).map_err(|e| self.err("", e))?;
+        }
+        Ok(())
     }
 
     fn exists(&self) -> BResult<bool> {
@@ -369,7 +411,7 @@ impl Backend for LocalBackend {
         let dest = self.path(kind, name)?;
         let dir = self.dir(kind, name);
         if kind.made_on_demand() {
-            fs::create_dir_all(&dir).map_err(|e| self.err(&what, e))?;
+            self.durable_dir(&dir).map_err(|e| self.err(&what, e))?;
         }
         let res = replace_file(&dir.join(tmp_name()), &dest, data);
         if kind == FileKind::Pack {
