@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::backend::{Backend, FileKind};
+use crate::backend::{Backend, FileKind, WriteOutcome};
 use crate::crypto::random_bytes;
 use crate::error::{Error, Result};
 
@@ -39,16 +39,59 @@ pub struct LeaseInfo {
     pub purpose: String,
     pub started: i64,
     pub refreshed: i64,
+    /// The machine that holds it (its kernel's boot and PID namespace, hashed) and the
+    /// process: a prune on that same machine can tell that the process is gone (killed) and
+    /// need not wait out the TTL. Absent in leases written before 2026-12-07.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
 }
 
 impl LeaseInfo {
-    pub fn is_live(&self, at: i64) -> bool {
-        self.refreshed > at - TTL
+    /// Held by a process of this very machine (same boot, same PID namespace) that no
+    /// longer exists. A reused process id only makes a dead lease look live.
+    pub fn holder_gone(&self) -> bool {
+        match (&self.machine, self.pid, this_machine()) {
+            (Some(m), Some(pid), Some(here)) if *m == here => i32::try_from(pid)
+                .ok()
+                .and_then(rustix::process::Pid::from_raw)
+                .is_some_and(|p| rustix::process::test_kill_process(p) == Err(rustix::io::Errno::SRCH)),
+            _ => false,
+        }
     }
+}
+
+/// This machine as leases name it: a hash of the kernel's boot id and this process's PID
+/// namespace (process ids mean the same process only within both). `None` where either is
+/// unknown: then no lease is ever judged gone by its process.
+fn this_machine() -> Option<String> {
+    static MACHINE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    MACHINE
+        .get_or_init(|| {
+            let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+            let ns = std::fs::read_link("/proc/self/ns/pid").ok()?;
+            let mut h = blake3::Hasher::new();
+            h.update(boot.trim().as_bytes());
+            h.update(b"\0");
+            h.update(ns.as_os_str().as_encoded_bytes());
+            Some(h.finalize().to_hex()[..32].to_string())
+        })
+        .clone()
 }
 
 fn file_name(session: &str, seq: u64) -> String {
     format!("{session}{seq:016x}")
+}
+
+/// The session a lease file's name gives: 32 lowercase hex digits of session and 16 of
+/// sequence number, nothing else.
+fn session_of(name: &str) -> Option<&str> {
+    (name.len() == 48
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+    .then(|| &name[..32])
 }
 
 /// A file as read by [`read_all_consistent`]: name, content, the storage's time of it.
@@ -79,95 +122,125 @@ pub(crate) fn read_all_consistent(backend: &dyn Backend, kind: FileKind) -> Resu
     )))
 }
 
-/// A lease as listed: what its newest file says, and when the storage says that file was
-/// written.
+/// A lease as listed: one session, all its files taken together.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ListedLease {
+    /// What its newest readable file says (`purpose` "unknown" when no file of it reads as
+    /// a lease of that session).
     pub info: LeaseInfo,
-    /// The storage's time of the newest file ([`crate::FileInfo::modified`]).
+    /// The newest storage time of any of its files ([`crate::FileInfo::modified`]).
     pub written: Option<i64>,
+    /// The newest `refreshed` any of its files claims (`None`: none reads).
+    pub claimed: Option<i64>,
 }
 
-/// The clock leases and marks are aged by.
+/// The clocks leases and marks are aged by.
 ///
-/// Clients' clocks differ; a lease judged by the time its writer put in it would make a client
-/// whose clock is behind by more than [`TTL`] look dead while it backs up, and a prune would
-/// delete data its snapshot is about to use. So where the backend tells file times, ages are
-/// read off the **storage's** clock: a lease's age is the time between its newest file and a
-/// file this prune has just written, both stamped by the storage. Only where a backend cannot
-/// tell file times are writers' clocks compared with this machine's.
+/// Clients' clocks differ: judged by the time its writer put in it, a lease written by a
+/// client whose clock is behind by more than [`TTL`] looks dead while it backs up, and a
+/// prune would delete data its snapshot is about to use. So where the backend tells file
+/// times, ages are also read off the **storage's** clock: the time between a lease's newest
+/// file and a file this prune has just written, both stamped by the storage. A lease is dead
+/// only when it is dead by **both** clocks (the storage's, and the writer's claim against this
+/// machine's clock): a wrong clock anywhere can only make prune wait longer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Clock {
-    /// The storage's time of a file written just now.
-    Storage(i64),
-    /// This machine's time (the backend tells no file times).
-    Local(i64),
+pub struct Clock {
+    /// The storage's time of a file written just now (`None`: the backend tells no file
+    /// times).
+    pub storage_now: Option<i64>,
+    /// This machine's time.
+    pub local_now: i64,
 }
 
 impl Clock {
-    /// Seconds since `at` (the writer's claim under [`Clock::Local`], the storage's stamp
-    /// under [`Clock::Storage`]): the caller passes the time that goes with the clock.
-    pub fn age(&self, stored: Option<i64>, claimed: i64) -> i64 {
-        match (*self, stored) {
-            (Clock::Storage(now), Some(t)) => now - t,
-            (Clock::Storage(_), None) | (Clock::Local(_), _) => self.local_now() - claimed,
+    /// The younger of the two ages of something the storage stamped `stored` and its writer
+    /// dated `claimed`; 0 when neither is known (as if written just now).
+    pub fn age(&self, stored: Option<i64>, claimed: Option<i64>) -> i64 {
+        let by_storage = self.storage_now.zip(stored).map(|(n, t)| n - t);
+        let by_claim = claimed.map(|c| self.local_now - c);
+        match (by_storage, by_claim) {
+            (Some(a), Some(b)) => a.min(b),
+            (Some(a), None) | (None, Some(a)) => a,
+            (None, None) => 0,
         }
     }
 
-    fn local_now(&self) -> i64 {
-        match *self {
-            Clock::Local(t) => t,
-            Clock::Storage(_) => now(),
-        }
-    }
-
-    /// Whether `l` is live by this clock.
+    /// Whether `l` is live: younger than [`TTL`] by either clock, and not held by a process
+    /// of this machine that is gone.
     pub fn is_live(&self, l: &ListedLease) -> bool {
-        self.age(l.written, l.info.refreshed) < TTL
+        self.age(l.written, l.claimed) < TTL && !l.info.holder_gone()
     }
 }
 
-/// All leases (newest file per session), live or not. A listing error is an error.
+/// All leases (one per session), live or not. A listing error is an error.
+///
+/// A session's files are grouped by the session their *name* gives, and the session counts
+/// as written when its newest file was: another writer's file, forged or damaged, can make a
+/// lease look younger (prune waits), never older. A file whose name is not a lease file's is
+/// a lease of its own, purpose "unknown", aged by its storage time.
 pub fn list_leases(backend: &dyn Backend) -> Result<Vec<ListedLease>> {
-    // session → (file name, lease)
+    // session → (name of the newest readable file, lease)
     let mut by_session: BTreeMap<String, (String, ListedLease)> = BTreeMap::new();
     // A refresh writes the next file and then removes the previous one, so a file can vanish
     // between listing and reading; list again until a pass sees every file it listed, so a
     // live lease is never missed in the middle of a refresh.
     let files = read_all_consistent(backend, FileKind::Lock)?;
     for (name, bytes, written) in files {
-        // An unreadable lease counts as refreshed "now" by this machine's clock (prune must
-        // not ignore what it cannot read); by the storage's clock its file's time tells.
-        let info: LeaseInfo = serde_json::from_slice(&bytes).unwrap_or(LeaseInfo {
-            session: name.clone(),
+        let session = session_of(&name).unwrap_or(&name).to_string();
+        let read: Option<LeaseInfo> = serde_json::from_slice::<LeaseInfo>(&bytes)
+            .ok()
+            .filter(|i| i.session == session);
+        let unknown = LeaseInfo {
+            session: session.clone(),
             purpose: "unknown".into(),
             started: 0,
-            refreshed: now(),
+            refreshed: 0,
+            machine: None,
+            pid: None,
+        };
+        let e = by_session.entry(session).or_insert_with(|| {
+            (
+                String::new(),
+                ListedLease {
+                    info: unknown,
+                    written: None,
+                    claimed: None,
+                },
+            )
         });
-        let listed = ListedLease { info, written };
-        let e = by_session
-            .entry(listed.info.session.clone())
-            .or_insert_with(|| (name.clone(), listed.clone()));
-        // the newest file of a session: its sequence number ends the name, fixed width
-        if name > e.0 {
-            *e = (name, listed);
+        e.1.written = e.1.written.max(written);
+        if let Some(info) = read {
+            e.1.claimed = e.1.claimed.max(Some(info.refreshed));
+            if name > e.0 {
+                e.0 = name;
+                e.1.info = info;
+            }
         }
     }
     Ok(by_session.into_values().map(|(_, l)| l).collect())
 }
 
 /// The live leases, and the clock they were judged by. With `ours` (the caller's own lease),
-/// it is refreshed first and its new file's time is the storage's "now" ([`Clock`]).
+/// it is refreshed first and the storage's time of the file just written is the storage's
+/// "now" ([`Clock`]); a refresh that fails is an error.
 pub fn live_leases(backend: &dyn Backend, ours: Option<&Lease>) -> Result<(Vec<ListedLease>, Clock)> {
-    let mine = ours.map(|l| {
-        l.shared.refresh();
-        l.info().session
-    });
+    let mine = match ours {
+        Some(l) => Some(l.shared.refresh().map_err(Error::Invalid)?),
+        None => None,
+    };
     let listed = list_leases(backend)?;
-    let clock = mine
-        .and_then(|s| listed.iter().find(|l| l.info.session == s))
-        .and_then(|l| l.written)
-        .map_or_else(|| Clock::Local(now()), Clock::Storage);
+    let storage_now = match mine {
+        Some(name) => backend
+            .list(FileKind::Lock)?
+            .into_iter()
+            .find(|f| f.name == name)
+            .and_then(|f| f.modified),
+        None => None,
+    };
+    let clock = Clock {
+        storage_now,
+        local_now: now(),
+    };
     Ok((listed.into_iter().filter(|l| clock.is_live(l)).collect(), clock))
 }
 
@@ -216,10 +289,14 @@ struct Shared {
 }
 
 impl Shared {
-    fn refresh(&self) {
+    /// Write the lease's next file and remove the previous one. `Ok`: the name of the file
+    /// written now. Only a file this call created counts as a refresh: a name found existing
+    /// (an earlier attempt that landed although it reported failure) is stamped with that
+    /// attempt's time, so it is skipped and the next call writes the one after.
+    fn refresh(&self) -> std::result::Result<String, String> {
         let mut g = self.info.lock().unwrap_or_else(|e| e.into_inner());
         if g.2 {
-            return;
+            return Err("the command is stopping: its lease was released".into());
         }
         let t = now();
         if t - self.last_ok.load(Ordering::SeqCst) >= TTL {
@@ -229,17 +306,23 @@ impl Shared {
         let old = file_name(&info.session, *seq);
         info.refreshed = t;
         let next = *seq + 1;
-        let Ok(bytes) = serde_json::to_vec(info) else {
-            return;
-        };
-        if self
-            .backend
-            .write(FileKind::Lock, &file_name(&info.session, next), &bytes)
-            .is_ok()
-        {
-            *seq = next;
-            self.last_ok.store(t, Ordering::SeqCst);
-            let _ = self.backend.remove(FileKind::Lock, &old);
+        let name = file_name(&info.session, next);
+        let bytes = serde_json::to_vec(info).map_err(|e| e.to_string())?;
+        match self.backend.write(FileKind::Lock, &name, &bytes) {
+            Ok(WriteOutcome::Created) => {
+                *seq = next;
+                self.last_ok.store(t, Ordering::SeqCst);
+                let _ = self.backend.remove(FileKind::Lock, &old);
+                Ok(name)
+            }
+            Ok(WriteOutcome::Existed) => {
+                *seq = next;
+                let _ = self.backend.remove(FileKind::Lock, &old);
+                Err(format!(
+                    "lease file {name} existed already; refreshed on the next try"
+                ))
+            }
+            Err(e) => Err(format!("the lease could not be refreshed: {e}")),
         }
     }
 }
@@ -271,6 +354,8 @@ impl Lease {
             purpose: purpose.into(),
             started: t,
             refreshed: t,
+            machine: this_machine(),
+            pid: Some(std::process::id()),
         };
         let bytes = serde_json::to_vec(&info).map_err(|e| Error::Invalid(e.to_string()))?;
         backend.write(FileKind::Lock, &file_name(&info.session, 0), &bytes)?;
@@ -311,7 +396,8 @@ impl Lease {
                     return;
                 }
                 drop(stop);
-                sh.refresh();
+                // a failed refresh shows in `ensure_held`: no successful one for too long
+                let _ = sh.refresh();
             })
             .map_err(|e| Error::io("lease thread", e))?;
         Ok(Lease {
@@ -329,19 +415,53 @@ impl Lease {
             .clone()
     }
 
-    /// Fails if the lease was not held continuously (a refresh gap longer than TTL).
+    /// Fails if the lease was not held continuously: by this machine's clock, no successful
+    /// refresh for [`TTL`]; by the storage's clock (where the backend tells file times), the
+    /// file of the last refresh and one written now are [`TTL`] less [`REFRESH`] apart or
+    /// more — as a prune would see it, whatever this machine's clock did meanwhile (a
+    /// suspended VM whose clock stood still, a clock stepped back) — or the last one is gone.
+    /// Writes a refresh, and fails if that does not succeed.
     pub fn ensure_held(&self) -> Result<()> {
+        let lapsed = |why: &str| {
+            Error::Invalid(format!(
+                "this run's lease lapsed ({why}); a prune may have removed data it relies on, \
+                 so no snapshot is written: run it again"
+            ))
+        };
         if self.shared.lost.load(Ordering::SeqCst)
             || RELEASED.load(Ordering::SeqCst)
             || now() - self.shared.last_ok.load(Ordering::SeqCst) >= TTL
         {
-            return Err(Error::Invalid(
-                "this run's lease lapsed (suspended, or storage unreachable for over 15 minutes); \
-                 a prune may have removed data it relies on, so no snapshot is written: run it again"
-                    .into(),
-            ));
+            return Err(lapsed("suspended, or storage unreachable for over 15 minutes"));
         }
-        Ok(())
+        let before = {
+            // under the lease's lock: the file named is the current one while it is listed
+            let g = self.shared.info.lock().unwrap_or_else(|e| e.into_inner());
+            let current = file_name(&g.0.session, g.1);
+            self.shared
+                .backend
+                .list(FileKind::Lock)?
+                .into_iter()
+                .find(|f| f.name == current)
+        };
+        // (a name found existing is skipped once: try the next)
+        let written = self.shared.refresh().or_else(|_| self.shared.refresh());
+        let written = written.map_err(|e| lapsed(&e))?;
+        let after = self
+            .shared
+            .backend
+            .list(FileKind::Lock)?
+            .into_iter()
+            .find(|f| f.name == written)
+            .and_then(|f| f.modified);
+        match (before.map(|f| f.modified), after) {
+            (None, Some(_)) => Err(lapsed("its file was removed from storage")),
+            (Some(Some(b)), Some(a)) if a - b >= TTL - REFRESH.as_secs() as i64 => Err(lapsed(&format!(
+                "by the storage's clock it was last refreshed {} s before now",
+                a - b
+            ))),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -367,35 +487,107 @@ impl Drop for Lease {
 mod tests {
     use super::*;
 
-    fn listed(written: Option<i64>, refreshed: i64) -> ListedLease {
+    fn listed(written: Option<i64>, claimed: Option<i64>) -> ListedLease {
         ListedLease {
             info: LeaseInfo {
                 session: "s".into(),
                 purpose: "backup".into(),
-                started: refreshed,
-                refreshed,
+                started: 0,
+                refreshed: claimed.unwrap_or(0),
+                machine: None,
+                pid: None,
             },
             written,
+            claimed,
         }
     }
 
-    /// By the storage's clock the writer's claim does not count: a client 20 minutes behind
-    /// (its `refreshed` far in the past) is live while its file is fresh, and one 20 minutes
-    /// ahead is dead once its file is older than TTL.
+    const NOW: i64 = 100_000;
+
+    /// Dead only by both clocks: a client 20 minutes behind (its claim far in the past) is
+    /// live while the storage stamped its file just now; a crashed client 20 minutes ahead
+    /// stays live until its claim, too, is TTL old (prune waits, never deletes early).
     #[test]
-    fn the_storage_clock_ignores_what_writers_claim() {
-        let c = Clock::Storage(100_000);
-        assert!(c.is_live(&listed(Some(100_000 - TTL + 1), 100_000 - 1200)));
-        assert!(!c.is_live(&listed(Some(100_000 - TTL), 100_000 + 1200)));
-        assert_eq!(c.age(Some(99_990), 0), 10);
+    fn a_lease_is_dead_only_by_both_clocks() {
+        let c = Clock {
+            storage_now: Some(NOW),
+            local_now: NOW,
+        };
+        assert!(c.is_live(&listed(Some(NOW - 10), Some(NOW - 1200))));
+        assert!(c.is_live(&listed(Some(NOW - TTL - 60), Some(NOW + 1200))));
+        assert!(!c.is_live(&listed(Some(NOW - TTL), Some(NOW - TTL))));
+        // no claim (unreadable): the storage's time alone
+        assert!(!c.is_live(&listed(Some(NOW - TTL), None)));
+        assert!(c.is_live(&listed(Some(NOW - TTL + 1), None)));
+        // nothing known: live
+        let local = Clock {
+            storage_now: None,
+            local_now: NOW,
+        };
+        assert!(local.is_live(&listed(None, None)));
+        assert!(!local.is_live(&listed(None, Some(NOW - TTL))));
+        assert_eq!(c.age(Some(NOW - 10), Some(NOW - 5)), 5);
     }
 
-    /// Without file times the writer's claim is compared with this machine's clock.
+    /// A session's files count together (the youngest wins) and by their names: a forged file
+    /// with a higher sequence number and an old claim does not make a live lease look dead,
+    /// a file whose content names another session counts for the session of its name, and a
+    /// file whose name is no lease file's is a lease of its own.
     #[test]
-    fn without_file_times_the_claim_counts() {
-        let c = Clock::Local(100_000);
-        assert!(c.is_live(&listed(None, 100_000 - TTL + 1)));
-        assert!(!c.is_live(&listed(None, 100_000 - TTL)));
-        assert!(!c.is_live(&listed(Some(100_000), 100_000 - TTL)));
+    fn a_forged_lock_file_cannot_make_a_lease_look_older() {
+        let b = crate::memory::MemoryBackend::new();
+        let victim = "ab".repeat(16);
+        let info = |session: &str, refreshed: i64| LeaseInfo {
+            session: session.into(),
+            purpose: "backup".into(),
+            started: 0,
+            refreshed,
+            machine: None,
+            pid: None,
+        };
+        let put = |name: &str, i: &LeaseInfo| {
+            b.write(FileKind::Lock, name, &serde_json::to_vec(i).unwrap())
+                .unwrap()
+        };
+        put(&file_name(&victim, 3), &info(&victim, NOW));
+        put(&format!("{victim}{}", "f".repeat(16)), &info(&victim, NOW - 9999));
+        put(&file_name(&"cd".repeat(16), 0), &info(&victim, NOW - 9999));
+        put("garbage", &info(&victim, NOW));
+        let leases = list_leases(&b).unwrap();
+        let by = |s: &str| leases.iter().find(|l| l.info.session == s).unwrap().clone();
+        assert_eq!(leases.len(), 3, "{leases:?}");
+        assert_eq!(by(&victim).claimed, Some(NOW));
+        assert_eq!(by(&"cd".repeat(16)).info.purpose, "unknown");
+        assert_eq!(by(&"cd".repeat(16)).claimed, None);
+        assert_eq!(by("garbage").info.purpose, "unknown");
+        let c = Clock {
+            storage_now: None,
+            local_now: NOW,
+        };
+        assert!(c.is_live(&by(&victim)));
+    }
+
+    /// A lease held by a process of this machine that is gone does not count; one of a
+    /// running process, or of another machine, does.
+    #[test]
+    fn a_killed_holder_on_this_machine_is_seen_gone() {
+        let here = this_machine().expect("/proc tells the boot id and the PID namespace");
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        let mut l = listed(Some(NOW), Some(NOW));
+        l.info.machine = Some(here.clone());
+        l.info.pid = Some(pid);
+        assert!(l.info.holder_gone());
+        let c = Clock {
+            storage_now: Some(NOW),
+            local_now: NOW,
+        };
+        assert!(!c.is_live(&l));
+        l.info.pid = Some(std::process::id());
+        assert!(!l.info.holder_gone());
+        l.info.pid = Some(pid);
+        l.info.machine = Some("another".into());
+        assert!(!l.info.holder_gone());
     }
 }

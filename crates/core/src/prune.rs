@@ -402,8 +402,9 @@ impl Default for PruneOptions {
 
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct PruneReport {
-    /// The clock leases and marks were aged by: "storage" (the backend's file times) or
-    /// "local" (this machine's, for a backend that reports no file times).
+    /// The clocks leases and marks were aged by: "storage" (the backend's file times, and
+    /// the writers' claims against this machine's clock: dead only by both) or "local" (only
+    /// the claims, for a backend that reports no file times).
     pub lease_clock: &'static str,
     pub snapshots: usize,
     pub packs: usize,
@@ -461,13 +462,14 @@ pub fn prune(repo: Repository, opts: &PruneOptions, progress: &dyn Progress) -> 
         return Err(Error::Invalid(format!(
             "another prune is running (lease {} refreshed {} s ago); try again later",
             other.info.session.get(..8).unwrap_or(&other.info.session),
-            clock.age(other.written, other.info.refreshed)
+            clock.age(other.written, other.claimed)
         )));
     }
     let mut report = PruneReport {
-        lease_clock: match clock {
-            crate::lease::Clock::Storage(_) => "storage",
-            crate::lease::Clock::Local(_) => "local",
+        lease_clock: if clock.storage_now.is_some() {
+            "storage"
+        } else {
+            "local"
         },
         ..PruneReport::default()
     };
@@ -880,7 +882,7 @@ fn sweep(
                     &name[..8]
                 ));
             }
-            Some(_) if clock.age(written, m.created) < opts.grace_secs => {
+            Some(_) if clock.age(written, Some(m.created)) < opts.grace_secs => {
                 report
                     .deferred
                     .push(format!("mark {}: within the grace period", &name[..8]));

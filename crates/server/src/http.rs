@@ -689,7 +689,8 @@ async fn list(
     let entries = blocking(move || server.store.list(&repo, kind)).await?;
     let v: Vec<serde_json::Value> = entries
         .into_iter()
-        .map(|e| serde_json::json!({"name": e.name, "size": e.size, "mtime": e.mtime}))
+        // (0: the storage did not say; sent as unknown, not as 1970)
+        .map(|e| serde_json::json!({"name": e.name, "size": e.size, "mtime": (e.mtime > 0).then_some(e.mtime)}))
         .collect();
     Ok((
         [(header::CONTENT_TYPE, "application/json")],
