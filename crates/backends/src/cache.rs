@@ -207,6 +207,10 @@ impl Backend for CachedBackend {
         Ok(r)
     }
 
+    fn make_durable(&self, kind: FileKind, name: &str) -> BResult<()> {
+        self.inner.make_durable(kind, name)
+    }
+
     fn replace(&self, kind: FileKind, name: &str, data: &[u8]) -> BResult<()> {
         if cached_kind(kind) || kind == FileKind::Pack {
             let _ = fs::remove_file(self.path(kind, name));

@@ -206,6 +206,9 @@ impl LocalBackend {
         let dest = self.path(kind, name)?;
         let dir = self.dir(kind, name);
         if dest.exists() {
+            // its writer may have been killed between its rename and its directory's fsync:
+            // the name this write counts on is made durable here
+            sync_dir(&dir).map_err(|e| self.err(&what, e))?;
             return Ok(WriteOutcome::Existed);
         }
         if kind.made_on_demand() {
@@ -404,6 +407,15 @@ impl Backend for LocalBackend {
             reuse(buf);
             Ok(())
         })
+    }
+
+    fn make_durable(&self, kind: FileKind, name: &str) -> BResult<()> {
+        let what = Self::what(kind, name);
+        let path = self.path(kind, name)?;
+        File::open(&path)
+            .and_then(|f| f.sync_all())
+            .and_then(|()| sync_dir(&self.dir(kind, name)))
+            .map_err(|e| self.err(&what, e))
     }
 
     fn replace(&self, kind: FileKind, name: &str, data: &[u8]) -> BResult<()> {

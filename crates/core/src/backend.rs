@@ -237,6 +237,13 @@ pub trait Backend: Send + Sync + fmt::Debug {
         false
     }
 
+    /// Make an existing file durable where it is (its content and its name): for a file that
+    /// someone else wrote and may not have finished making durable (a killed backup's pack
+    /// that prune adopts). Backends whose writes are durable on return have nothing to do.
+    fn make_durable(&self, _kind: FileKind, _name: &str) -> BResult<()> {
+        Ok(())
+    }
+
     /// Put `data` in place of file `name`, for a repair only: the caller has checked that
     /// `data` is what the name stands for (a pack's bytes that hash to its name, a pack's
     /// parity recomputed from the intact pack). Guarantees: **atomic** (a reader sees the old

@@ -376,9 +376,19 @@ pub fn check(repo: Repository, opts: &CheckOptions, progress: &dyn Progress) -> 
         progress.files(1);
     }
     if !r.parity_damaged.is_empty() {
+        let mut names: Vec<&str> = r
+            .parity_damaged
+            .iter()
+            .take(5)
+            .map(|d| d.split(':').next().unwrap_or(d))
+            .collect();
+        if r.parity_damaged.len() > 5 {
+            names.push("…");
+        }
         r.warnings.push(format!(
-            "{} parity files are damaged or do not match their packs (the packs are intact): `coffer repair packs` writes them again",
-            r.parity_damaged.len()
+            "{} parity files are damaged or do not match their packs (the packs are intact): `coffer repair packs` writes them again: {}",
+            r.parity_damaged.len(),
+            names.join(", ")
         ));
     }
     if cache.is_some() {

@@ -125,13 +125,16 @@ pub(crate) fn read_all_consistent(backend: &dyn Backend, kind: FileKind) -> Resu
 /// A lease as listed: one session, all its files taken together.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ListedLease {
-    /// What its newest readable file says (`purpose` "unknown" when no file of it reads as
-    /// a lease of that session).
+    /// What its newest readable file says. `purpose` is "unknown" when no file of it reads
+    /// as a lease of that session, "mixed" when its files disagree; `machine` and `pid` are
+    /// kept only when every readable file agrees on them.
     pub info: LeaseInfo,
     /// The newest storage time of any of its files ([`crate::FileInfo::modified`]).
     pub written: Option<i64>,
     /// The newest `refreshed` any of its files claims (`None`: none reads).
     pub claimed: Option<i64>,
+    /// Its files' names.
+    pub files: Vec<String>,
 }
 
 /// The clocks leases and marks are aged by.
@@ -154,10 +157,14 @@ pub struct Clock {
 
 impl Clock {
     /// The younger of the two ages of something the storage stamped `stored` and its writer
-    /// dated `claimed`; 0 when neither is known (as if written just now).
+    /// dated `claimed`; 0 when neither is known (as if written just now). A claim more than
+    /// [`TTL`] in the future, next to a stamp, is ignored: a crashed client whose clock was a
+    /// year ahead must not hold prunes back for a year.
     pub fn age(&self, stored: Option<i64>, claimed: Option<i64>) -> i64 {
         let by_storage = self.storage_now.zip(stored).map(|(n, t)| n - t);
-        let by_claim = claimed.map(|c| self.local_now - c);
+        let by_claim = claimed
+            .map(|c| self.local_now - c)
+            .filter(|a| by_storage.is_none() || *a > -TTL);
         match (by_storage, by_claim) {
             (Some(a), Some(b)) => a.min(b),
             (Some(a), None) | (None, Some(a)) => a,
@@ -166,82 +173,144 @@ impl Clock {
     }
 
     /// Whether `l` is live: younger than [`TTL`] by either clock, and not held by a process
-    /// of this machine that is gone.
+    /// of this machine that is gone (and that was not heard from for [`GONE_AFTER`]: what
+    /// a killed process had in flight has landed by then).
     pub fn is_live(&self, l: &ListedLease) -> bool {
-        self.age(l.written, l.claimed) < TTL && !l.info.holder_gone()
+        let age = self.age(l.written, l.claimed);
+        age < TTL && !(age >= GONE_AFTER && l.info.holder_gone())
     }
 }
+
+/// How long a lease whose holder on this machine is gone still counts (requests it sent
+/// before it was killed may still land).
+pub const GONE_AFTER: i64 = 10;
 
 /// All leases (one per session), live or not. A listing error is an error.
 ///
 /// A session's files are grouped by the session their *name* gives, and the session counts
 /// as written when its newest file was: another writer's file, forged or damaged, can make a
-/// lease look younger (prune waits), never older. A file whose name is not a lease file's is
-/// a lease of its own, purpose "unknown", aged by its storage time.
+/// lease look younger (prune waits), never older, never another purpose than "prune" when
+/// its own files say otherwise, never held by a gone process unless all its files say so. A
+/// file whose name is not a lease file's is a lease of its own, purpose "unknown", aged by
+/// its stamp. A file that vanished between listing and reading was replaced by a refresh: its
+/// session counts as written when the listing says.
 pub fn list_leases(backend: &dyn Backend) -> Result<Vec<ListedLease>> {
     // session → (name of the newest readable file, lease)
     let mut by_session: BTreeMap<String, (String, ListedLease)> = BTreeMap::new();
-    // A refresh writes the next file and then removes the previous one, so a file can vanish
-    // between listing and reading; list again until a pass sees every file it listed, so a
-    // live lease is never missed in the middle of a refresh.
-    let files = read_all_consistent(backend, FileKind::Lock)?;
-    for (name, bytes, written) in files {
+    for f in backend.list(FileKind::Lock)? {
+        let name = f.name;
         let session = session_of(&name).unwrap_or(&name).to_string();
-        let read: Option<LeaseInfo> = serde_json::from_slice::<LeaseInfo>(&bytes)
-            .ok()
-            .filter(|i| i.session == session);
-        let unknown = LeaseInfo {
-            session: session.clone(),
-            purpose: "unknown".into(),
-            started: 0,
-            refreshed: 0,
-            machine: None,
-            pid: None,
+        let read: Option<LeaseInfo> = match backend.read(FileKind::Lock, &name) {
+            Ok(bytes) => serde_json::from_slice::<LeaseInfo>(&bytes)
+                .ok()
+                .filter(|i| i.session == session),
+            Err(e) if e.is_not_found() => None,
+            Err(e) => return Err(e.into()),
         };
-        let e = by_session.entry(session).or_insert_with(|| {
+        let e = by_session.entry(session.clone()).or_insert_with(|| {
             (
                 String::new(),
                 ListedLease {
-                    info: unknown,
+                    info: LeaseInfo {
+                        session,
+                        purpose: "unknown".into(),
+                        started: 0,
+                        refreshed: 0,
+                        machine: None,
+                        pid: None,
+                    },
                     written: None,
                     claimed: None,
+                    files: Vec::new(),
                 },
             )
         });
-        e.1.written = e.1.written.max(written);
-        if let Some(info) = read {
-            e.1.claimed = e.1.claimed.max(Some(info.refreshed));
-            if name > e.0 {
-                e.0 = name;
-                e.1.info = info;
+        e.1.written = e.1.written.max(f.modified);
+        e.1.files.push(name.clone());
+        let Some(info) = read else { continue };
+        let first = e.1.claimed.is_none();
+        e.1.claimed = e.1.claimed.max(Some(info.refreshed));
+        let mut merged = if name > e.0 {
+            info.clone()
+        } else {
+            e.1.info.clone()
+        };
+        if !first {
+            if info.purpose != e.1.info.purpose {
+                merged.purpose = "mixed".into();
+            }
+            if (info.machine.as_ref(), info.pid) != (e.1.info.machine.as_ref(), e.1.info.pid) {
+                merged.machine = None;
+                merged.pid = None;
             }
         }
+        if name > e.0 {
+            e.0 = name;
+        }
+        e.1.info = merged;
     }
     Ok(by_session.into_values().map(|(_, l)| l).collect())
 }
 
-/// The live leases, and the clock they were judged by. With `ours` (the caller's own lease),
-/// it is refreshed first and the storage's time of the file just written is the storage's
-/// "now" ([`Clock`]); a refresh that fails is an error.
-pub fn live_leases(backend: &dyn Backend, ours: Option<&Lease>) -> Result<(Vec<ListedLease>, Clock)> {
+/// Every lease, and the clock to judge them by. With `ours` (the caller's own lease), it is
+/// refreshed first (that must succeed) and the storage's stamp of its session's newest file —
+/// the one just written — is the storage's "now" ([`Clock`]); where the backend stamps files
+/// but that one is not listed with a stamp, this fails rather than judge by claims alone.
+pub fn all_leases(backend: &dyn Backend, ours: Option<&Lease>) -> Result<(Vec<ListedLease>, Clock)> {
     let mine = match ours {
-        Some(l) => Some(l.shared.refresh().map_err(Error::Invalid)?),
+        Some(l) => {
+            let mut r = l.shared.refresh();
+            for _ in 0..2 {
+                if r.is_ok() {
+                    break;
+                }
+                r = l.shared.refresh();
+            }
+            r.map_err(Error::Invalid)?;
+            Some(l.info().session)
+        }
         None => None,
     };
     let listed = list_leases(backend)?;
-    let storage_now = match mine {
-        Some(name) => backend
-            .list(FileKind::Lock)?
-            .into_iter()
-            .find(|f| f.name == name)
-            .and_then(|f| f.modified),
-        None => None,
-    };
+    let storage_now = mine
+        .as_ref()
+        .and_then(|s| listed.iter().find(|l| &l.info.session == s))
+        .and_then(|l| l.written);
+    if mine.is_some() && storage_now.is_none() && listed.iter().any(|l| l.written.is_some()) {
+        return Err(Error::Invalid(
+            "the storage did not list this run's own lease file with a time; try again".into(),
+        ));
+    }
     let clock = Clock {
         storage_now,
         local_now: now(),
     };
+    Ok((listed, clock))
+}
+
+/// The live leases, and the clock they were judged by ([`all_leases`]).
+pub fn live_leases(backend: &dyn Backend, ours: Option<&Lease>) -> Result<(Vec<ListedLease>, Clock)> {
+    let (listed, clock) = all_leases(backend, ours)?;
     Ok((listed.into_iter().filter(|l| clock.is_live(l)).collect(), clock))
+}
+
+/// Remove the files of leases dead by both clocks for over a day (crashed clients'; a
+/// lease is never needed again once dead). Returns how many files went.
+pub fn remove_stale(backend: &dyn Backend, ours: Option<&Lease>) -> Result<usize> {
+    let (listed, clock) = all_leases(backend, ours)?;
+    let mut n = 0;
+    for l in listed {
+        if clock.age(l.written, l.claimed) >= 24 * 3600 {
+            for f in &l.files {
+                match backend.remove(FileKind::Lock, f) {
+                    Ok(()) => n += 1,
+                    Err(e) if e.is_not_found() => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+    }
+    Ok(n)
 }
 
 /// Every lease this process holds, so that a command ended by a signal (which exits without
@@ -275,6 +344,12 @@ pub fn release_held() {
     }
 }
 
+const NOT_LOST: u8 = 0;
+/// No refresh succeeded for [`TTL`] by this machine's clock.
+const LOST_LOCAL: u8 = 1;
+/// Two successive refreshes' files were stamped [`TTL`] less [`REFRESH`] apart or more.
+const LOST_STORAGE: u8 = 2;
+
 struct Shared {
     backend: Arc<dyn Backend>,
     /// The lease, the sequence number of its current file, and whether that file was
@@ -282,13 +357,26 @@ struct Shared {
     info: Mutex<(LeaseInfo, u64, bool)>,
     /// Time of the last successful refresh.
     last_ok: AtomicI64,
-    /// Set once a refresh was missed for longer than TTL.
-    lost: AtomicBool,
+    /// Set once a refresh was missed for longer than TTL, by this machine's clock or by the
+    /// storage's stamps.
+    lost: std::sync::atomic::AtomicU8,
+    /// The storage's stamp of the last refresh's file (`i64::MIN`: not known).
+    last_stamp: AtomicI64,
     stop: Mutex<bool>,
     wake: std::sync::Condvar,
 }
 
 impl Shared {
+    /// The storage's stamp of one of this lease's files (`None`: not listed, or no times).
+    fn stamp_of(&self, name: &str) -> Result<Option<i64>> {
+        Ok(self
+            .backend
+            .list(FileKind::Lock)?
+            .into_iter()
+            .find(|f| f.name == name)
+            .and_then(|f| f.modified))
+    }
+
     /// Write the lease's next file and remove the previous one. `Ok`: the name of the file
     /// written now. Only a file this call created counts as a refresh: a name found existing
     /// (an earlier attempt that landed although it reported failure) is stamped with that
@@ -300,7 +388,7 @@ impl Shared {
         }
         let t = now();
         if t - self.last_ok.load(Ordering::SeqCst) >= TTL {
-            self.lost.store(true, Ordering::SeqCst);
+            self.lost.store(LOST_LOCAL, Ordering::SeqCst);
         }
         let (info, seq, _) = &mut *g;
         let old = file_name(&info.session, *seq);
@@ -313,6 +401,14 @@ impl Shared {
                 *seq = next;
                 self.last_ok.store(t, Ordering::SeqCst);
                 let _ = self.backend.remove(FileKind::Lock, &old);
+                // by the storage's stamps too: a process suspended with its clock standing
+                // still (a paused VM) misses refreshes that only the storage saw go by
+                if let Ok(Some(stamp)) = self.stamp_of(&name) {
+                    let last = self.last_stamp.swap(stamp, Ordering::SeqCst);
+                    if last != i64::MIN && stamp - last >= TTL - REFRESH.as_secs() as i64 {
+                        self.lost.store(LOST_STORAGE, Ordering::SeqCst);
+                    }
+                }
                 Ok(name)
             }
             Ok(WriteOutcome::Existed) => {
@@ -363,7 +459,8 @@ impl Lease {
             backend,
             info: Mutex::new((info, 0, false)),
             last_ok: AtomicI64::new(t),
-            lost: AtomicBool::new(false),
+            lost: std::sync::atomic::AtomicU8::new(NOT_LOST),
+            last_stamp: AtomicI64::new(i64::MIN),
             stop: Mutex::new(false),
             wake: std::sync::Condvar::new(),
         });
@@ -382,6 +479,12 @@ impl Lease {
                 ),
             );
             return Err(Error::Invalid("the command is stopping: no new lease".into()));
+        }
+        if let Ok(Some(stamp)) = shared.stamp_of(&file_name(
+            &shared.info.lock().unwrap_or_else(|e| e.into_inner()).0.session,
+            0,
+        )) {
+            shared.last_stamp.store(stamp, Ordering::SeqCst);
         }
         let sh = shared.clone();
         let thread = std::thread::Builder::new()
@@ -416,11 +519,10 @@ impl Lease {
     }
 
     /// Fails if the lease was not held continuously: by this machine's clock, no successful
-    /// refresh for [`TTL`]; by the storage's clock (where the backend tells file times), the
-    /// file of the last refresh and one written now are [`TTL`] less [`REFRESH`] apart or
-    /// more — as a prune would see it, whatever this machine's clock did meanwhile (a
-    /// suspended VM whose clock stood still, a clock stepped back) — or the last one is gone.
-    /// Writes a refresh, and fails if that does not succeed.
+    /// refresh for [`TTL`]; by the storage's stamps, two successive refreshes' files [`TTL`]
+    /// less [`REFRESH`] apart or more — what a prune saw, whatever this machine's clock did
+    /// meanwhile (a suspended VM whose clock stood still, a clock stepped back) — or the
+    /// lease's file gone from storage. Writes a refresh first, which must succeed.
     pub fn ensure_held(&self) -> Result<()> {
         let lapsed = |why: &str| {
             Error::Invalid(format!(
@@ -428,40 +530,42 @@ impl Lease {
                  so no snapshot is written: run it again"
             ))
         };
-        if self.shared.lost.load(Ordering::SeqCst)
-            || RELEASED.load(Ordering::SeqCst)
-            || now() - self.shared.last_ok.load(Ordering::SeqCst) >= TTL
-        {
-            return Err(lapsed("suspended, or storage unreachable for over 15 minutes"));
-        }
-        let before = {
-            // under the lease's lock: the file named is the current one while it is listed
-            let g = self.shared.info.lock().unwrap_or_else(|e| e.into_inner());
-            let current = file_name(&g.0.session, g.1);
-            self.shared
-                .backend
-                .list(FileKind::Lock)?
-                .into_iter()
-                .find(|f| f.name == current)
-        };
-        // (a name found existing is skipped once: try the next)
-        let written = self.shared.refresh().or_else(|_| self.shared.refresh());
-        let written = written.map_err(|e| lapsed(&e))?;
-        let after = self
+        let session = self.info().session;
+        // (any file of the session: the background thread may be replacing the current one)
+        let present = self
             .shared
             .backend
             .list(FileKind::Lock)?
-            .into_iter()
-            .find(|f| f.name == written)
-            .and_then(|f| f.modified);
-        match (before.map(|f| f.modified), after) {
-            (None, Some(_)) => Err(lapsed("its file was removed from storage")),
-            (Some(Some(b)), Some(a)) if a - b >= TTL - REFRESH.as_secs() as i64 => Err(lapsed(&format!(
-                "by the storage's clock it was last refreshed {} s before now",
-                a - b
-            ))),
-            _ => Ok(()),
+            .iter()
+            .any(|f| session_of(&f.name) == Some(session.as_str()));
+        // (a name found existing is skipped: try the next ones)
+        let mut refreshed = self.shared.refresh();
+        for _ in 0..2 {
+            if refreshed.is_ok() {
+                break;
+            }
+            refreshed = self.shared.refresh();
         }
+        refreshed.map_err(|e| lapsed(&e))?;
+        if !present && self.shared.last_stamp.load(Ordering::SeqCst) != i64::MIN {
+            return Err(lapsed("its file was removed from storage"));
+        }
+        match self.shared.lost.load(Ordering::SeqCst) {
+            LOST_LOCAL => {
+                return Err(lapsed(
+                    "suspended, or storage unreachable, for over 15 minutes by this machine's clock",
+                ))
+            }
+            LOST_STORAGE => {
+                return Err(lapsed(
+                    "not refreshed for over 14 minutes by the storage's clock: suspended, \
+                     or storage unreachable",
+                ))
+            }
+            _ if RELEASED.load(Ordering::SeqCst) => return Err(lapsed("the command is stopping")),
+            _ => {}
+        }
+        Ok(())
     }
 }
 
@@ -499,6 +603,7 @@ mod tests {
             },
             written,
             claimed,
+            files: Vec::new(),
         }
     }
 
@@ -514,7 +619,7 @@ mod tests {
             local_now: NOW,
         };
         assert!(c.is_live(&listed(Some(NOW - 10), Some(NOW - 1200))));
-        assert!(c.is_live(&listed(Some(NOW - TTL - 60), Some(NOW + 1200))));
+        assert!(c.is_live(&listed(Some(NOW - TTL - 60), Some(NOW + 600))));
         assert!(!c.is_live(&listed(Some(NOW - TTL), Some(NOW - TTL))));
         // no claim (unreadable): the storage's time alone
         assert!(!c.is_live(&listed(Some(NOW - TTL), None)));
@@ -527,6 +632,9 @@ mod tests {
         assert!(local.is_live(&listed(None, None)));
         assert!(!local.is_live(&listed(None, Some(NOW - TTL))));
         assert_eq!(c.age(Some(NOW - 10), Some(NOW - 5)), 5);
+        // a claim a year ahead is ignored next to a stamp, not without one
+        assert!(!c.is_live(&listed(Some(NOW - TTL), Some(NOW + 365 * 86400))));
+        assert!(local.is_live(&listed(None, Some(NOW + 365 * 86400))));
     }
 
     /// A session's files count together (the youngest wins) and by their names: a forged file
@@ -553,9 +661,22 @@ mod tests {
         put(&format!("{victim}{}", "f".repeat(16)), &info(&victim, NOW - 9999));
         put(&file_name(&"cd".repeat(16), 0), &info(&victim, NOW - 9999));
         put("garbage", &info(&victim, NOW));
+        // a forged newest file of a prune's session saying "backup", with a dead holder
+        let pruner = "ef".repeat(16);
+        let mut p = info(&pruner, NOW);
+        p.purpose = "prune".into();
+        p.machine = Some("m".into());
+        p.pid = Some(1);
+        put(&file_name(&pruner, 1), &p);
+        p.purpose = "backup".into();
+        p.pid = Some(999_999);
+        put(&file_name(&pruner, 9), &p);
         let leases = list_leases(&b).unwrap();
         let by = |s: &str| leases.iter().find(|l| l.info.session == s).unwrap().clone();
-        assert_eq!(leases.len(), 3, "{leases:?}");
+        assert_eq!(leases.len(), 4, "{leases:?}");
+        assert_eq!(by(&pruner).info.purpose, "mixed");
+        assert_eq!((by(&pruner).info.machine, by(&pruner).info.pid), (None, None));
+        assert_eq!(by(&pruner).files.len(), 2);
         assert_eq!(by(&victim).claimed, Some(NOW));
         assert_eq!(by(&"cd".repeat(16)).info.purpose, "unknown");
         assert_eq!(by(&"cd".repeat(16)).claimed, None);
@@ -575,7 +696,7 @@ mod tests {
         let mut child = std::process::Command::new("true").spawn().unwrap();
         let pid = child.id();
         child.wait().unwrap();
-        let mut l = listed(Some(NOW), Some(NOW));
+        let mut l = listed(Some(NOW - GONE_AFTER), Some(NOW - GONE_AFTER));
         l.info.machine = Some(here.clone());
         l.info.pid = Some(pid);
         assert!(l.info.holder_gone());
@@ -584,6 +705,10 @@ mod tests {
             local_now: NOW,
         };
         assert!(!c.is_live(&l));
+        // refreshed just now: what it sent may still land
+        let mut young = l.clone();
+        young.written = Some(NOW - 1);
+        assert!(c.is_live(&young));
         l.info.pid = Some(std::process::id());
         assert!(!l.info.holder_gone());
         l.info.pid = Some(pid);

@@ -361,7 +361,11 @@ pub fn adopt_orphans(repo: &mut IndexedRepository, progress: &dyn Progress) -> R
         }
         // then read whole and verified: a header proves nothing about the blobs next to it
         match repo.verify_pack(&p) {
-            Ok(entries) => adopted.push(IndexPack { id: p, entries }),
+            Ok(entries) => {
+                // its writer may have died before making its name durable
+                repo.backend().make_durable(FileKind::Pack, &p.to_hex())?;
+                adopted.push(IndexPack { id: p, entries })
+            }
             Err(e) => progress.warn(&format!(
                 "pack {} is in no index and does not verify, not adopted: {e}",
                 p.short()
@@ -433,6 +437,8 @@ pub struct PruneReport {
     pub locked_until: Option<String>,
     /// Files still in use whose retention lock was extended.
     pub locks_extended: usize,
+    /// Lease files of leases dead for over a day (crashed clients'), removed.
+    pub locks_removed: usize,
     /// Packs only unvouched index files listed (written by write-only keys) that prune read
     /// whole, verified, and now vouches for, so that every client may deduplicate against them.
     pub packs_vouched: usize,
@@ -477,6 +483,7 @@ pub fn prune(repo: Repository, opts: &PruneOptions, progress: &dyn Progress) -> 
     if !opts.dry_run {
         sweep(&mut repo, opts, &ours, progress, &mut report)?;
         remove_orphan_parity(&*backend, progress, &mut report)?;
+        report.locks_removed = crate::lease::remove_stale(&*backend, repo.lease())?;
         if backend.retention_secs().is_some() {
             report.locks_extended = extend_locks(&repo)?;
         }

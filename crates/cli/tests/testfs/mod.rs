@@ -86,6 +86,8 @@ struct State {
     capacity: Option<u64>,
     /// failures given, for the tests' reports
     failed: u64,
+    /// how far this file system's clock (the times it stamps) is ahead of the machine's
+    ahead: Duration,
 }
 
 /// A handle on the mounted file system; unmounted when dropped.
@@ -128,8 +130,13 @@ impl TestFs {
             rules: Vec::new(),
             capacity: None,
             failed: 0,
+            ahead: Duration::ZERO,
         }));
-        let fs = Fs { state: state.clone() };
+        let fs = Fs {
+            state: state.clone(),
+            dirs: HashMap::new(),
+            next_fh: 1,
+        };
         let session = fuser::spawn_mount2(
             fs,
             mountpoint,
@@ -167,6 +174,12 @@ impl TestFs {
     /// Writes that would take the file system past `bytes` fail with ENOSPC (`None`: no limit).
     pub fn set_capacity(&self, bytes: Option<u64>) {
         lock(&self.state).capacity = bytes;
+    }
+
+    /// Move this file system's clock on: files written from now are stamped `by` later (the
+    /// storage's clock passing, for a process suspended meanwhile).
+    pub fn advance(&self, by: Duration) {
+        lock(&self.state).ahead += by;
     }
 
     /// Bytes of file content held.
@@ -209,6 +222,24 @@ impl TestFs {
                 Body::Symlink(_) => {}
             }
         }
+        // names counted again: a file whose unlink was not durable is back, one whose
+        // creation was not is gone (and takes no room)
+        let mut links: HashMap<u64, u32> = HashMap::new();
+        for n in st.nodes.values() {
+            if let Body::Dir { entries, .. } = &n.body {
+                for i in entries.values() {
+                    *links.entry(*i).or_default() += 1;
+                }
+            }
+        }
+        for (ino, n) in st.nodes.iter_mut() {
+            if let Body::File { data, .. } = &mut n.body {
+                n.nlink = links.get(ino).copied().unwrap_or(0);
+                if n.nlink == 0 {
+                    *data = Vec::new();
+                }
+            }
+        }
         (files, names)
     }
 
@@ -238,6 +269,10 @@ fn used(st: &State) -> u64 {
 
 struct Fs {
     state: Arc<Mutex<State>>,
+    /// open directory handles: the listing taken at opendir (entries removed meanwhile are
+    /// still listed, none is skipped, as on a real file system)
+    dirs: HashMap<u64, Vec<(u64, FileType, OsString)>>,
+    next_fh: u64,
 }
 
 impl State {
@@ -332,7 +367,7 @@ impl State {
         }
         let ino = self.next;
         self.next += 1;
-        let now = SystemTime::now();
+        let now = SystemTime::now() + self.ahead;
         let dir = matches!(body, Body::Dir { .. });
         self.nodes.insert(
             ino,
@@ -354,9 +389,22 @@ impl State {
         Ok(ino)
     }
 
-    fn touch(&mut self, ino: u64) {
+    /// One name fewer for `ino`; with none left its content no longer takes room (what
+    /// survives a cut is kept apart, and comes back if the unlink was not durable).
+    fn unlinked(&mut self, ino: u64) {
         if let Some(n) = self.nodes.get_mut(&ino) {
-            let now = SystemTime::now();
+            n.nlink = n.nlink.saturating_sub(1);
+            if n.nlink == 0 {
+                if let Body::File { data, .. } = &mut n.body {
+                    *data = Vec::new();
+                }
+            }
+        }
+    }
+
+    fn touch(&mut self, ino: u64) {
+        let now = SystemTime::now() + self.ahead;
+        if let Some(n) = self.nodes.get_mut(&ino) {
             n.mtime = now;
             n.ctime = now;
         }
@@ -477,9 +525,7 @@ impl Filesystem for Fs {
             Ok(ino) if matches!(st.nodes[&ino].body, Body::Dir { .. }) => reply.error(libc::EISDIR),
             Ok(ino) => {
                 st.entries(parent).unwrap().remove(name);
-                if let Some(n) = st.nodes.get_mut(&ino) {
-                    n.nlink = n.nlink.saturating_sub(1);
-                }
+                st.unlinked(ino);
                 st.touch(parent);
                 reply.ok()
             }
@@ -532,9 +578,7 @@ impl Filesystem for Fs {
             Err(e) => return reply.error(e),
         }
         if let Ok(old) = st.child(newparent, newname) {
-            if let Some(n) = st.nodes.get_mut(&old) {
-                n.nlink = n.nlink.saturating_sub(1);
-            }
+            st.unlinked(old);
         }
         st.entries(parent).unwrap().remove(name);
         st.entries(newparent).unwrap().insert(newname.to_os_string(), ino);
@@ -704,37 +748,41 @@ impl Filesystem for Fs {
         reply.ok()
     }
 
-    fn opendir(&mut self, _req: &Request<'_>, _ino: u64, _flags: i32, reply: ReplyOpen) {
-        reply.opened(0, 0)
-    }
-
-    fn readdir(&mut self, _req: &Request<'_>, ino: u64, _fh: u64, offset: i64, mut reply: ReplyDirectory) {
+    fn opendir(&mut self, _req: &Request<'_>, ino: u64, _flags: i32, reply: ReplyOpen) {
         let mut st = lock(&self.state);
         let parent = st.nodes.get(&ino).map(|n| n.parent).unwrap_or(ROOT);
-        let list: Vec<(u64, FileType, OsString)> = match st.entries(ino) {
-            Ok(e) => e
-                .iter()
-                .map(|(k, v)| (*v, FileType::RegularFile, k.clone()))
-                .collect(),
+        let list: Vec<(u64, OsString)> = match st.entries(ino) {
+            Ok(e) => e.iter().map(|(k, v)| (*v, k.clone())).collect(),
             Err(e) => return reply.error(e),
         };
         let mut all = vec![
             (ino, FileType::Directory, OsString::from(".")),
             (parent, FileType::Directory, OsString::from("..")),
         ];
-        for (i, _, name) in list {
+        for (i, name) in list {
             let kind = st.attr(i).map_or(FileType::RegularFile, |a| a.kind);
             all.push((i, kind, name));
         }
-        for (n, (i, kind, name)) in all.into_iter().enumerate().skip(offset as usize) {
-            if reply.add(i, (n + 1) as i64, kind, name) {
+        let fh = self.next_fh;
+        self.next_fh += 1;
+        self.dirs.insert(fh, all);
+        reply.opened(fh, 0)
+    }
+
+    fn readdir(&mut self, _req: &Request<'_>, _ino: u64, fh: u64, offset: i64, mut reply: ReplyDirectory) {
+        let Some(all) = self.dirs.get(&fh) else {
+            return reply.error(libc::EBADF);
+        };
+        for (n, (i, kind, name)) in all.iter().enumerate().skip(offset as usize) {
+            if reply.add(*i, (n + 1) as i64, *kind, name) {
                 break;
             }
         }
         reply.ok()
     }
 
-    fn releasedir(&mut self, _req: &Request<'_>, _ino: u64, _fh: u64, _flags: i32, reply: ReplyEmpty) {
+    fn releasedir(&mut self, _req: &Request<'_>, _ino: u64, fh: u64, _flags: i32, reply: ReplyEmpty) {
+        self.dirs.remove(&fh);
         reply.ok()
     }
 
