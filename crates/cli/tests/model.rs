@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{code, digest_tree, pseudo_random, stderr, Env};
+use common::{code, digest_tree, pseudo_random, stderr, Env, Rng};
 
 type Digest = BTreeMap<Vec<u8>, (u64, String, u32)>;
 
@@ -33,20 +33,9 @@ fn var(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-struct Rng(u64);
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
+/// The generator of a sequence's seed.
+fn seeded(seed: u64) -> Rng {
+    Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
 }
 
 /// One step of a sequence. Numbers are seeds or fractions (per mille), so that a sequence
@@ -85,7 +74,7 @@ fn random_op(rng: &mut Rng) -> Op {
 }
 
 fn sequence(seed: u64, steps: u64) -> Vec<Op> {
-    let mut rng = Rng::new(seed);
+    let mut rng = seeded(seed);
     let mut ops = vec![Op::Change(rng.next()), Op::Backup];
     while (ops.len() as u64) < steps {
         ops.push(random_op(&mut rng));
@@ -182,7 +171,7 @@ impl World {
     }
 
     fn change(&self, seed: u64) {
-        let mut rng = Rng::new(seed);
+        let mut rng = seeded(seed);
         let dir = self.src.join(format!("d{}", rng.below(4)));
         fs::create_dir_all(&dir).unwrap();
         for _ in 0..1 + rng.below(6) {
@@ -309,7 +298,7 @@ impl World {
                 touched_all = true;
             }
             Op::Rot(seed) => {
-                let mut rng = Rng::new(seed);
+                let mut rng = seeded(seed);
                 let mut packs: Vec<PathBuf> = fs::read_dir(self.e.repo.join("data"))
                     .unwrap()
                     .flat_map(|d| fs::read_dir(d.unwrap().path()).unwrap())

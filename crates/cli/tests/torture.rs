@@ -20,7 +20,7 @@ use std::process::{Child, Command};
 use std::time::Duration;
 
 use common::server::ServerProc;
-use common::{code, digest_tree, pseudo_random, stderr, Env};
+use common::{code, digest_tree, pseudo_random, stderr, Env, Rng};
 
 type Digest = BTreeMap<Vec<u8>, (u64, String, u32)>;
 
@@ -53,19 +53,6 @@ fn rng(scenario: &str) -> Rng {
             .unwrap(),
     );
     Rng((seed ^ salt) | 1)
-}
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
 }
 
 /// New content for a round: a few files of new data, some changed, some small ones.

@@ -241,3 +241,20 @@ pub fn content_length(head: &str) -> usize {
         })
         .unwrap_or(0)
 }
+
+/// A small seeded generator (xorshift) for the torture and model tests: the same seed, the
+/// same sequence. The state must not be 0.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
