@@ -14,7 +14,7 @@ mod sftp;
 use std::sync::Arc;
 
 pub use cache::CachedBackend;
-pub use local::{replace_file, LocalBackend};
+pub use local::{create_dir_durable, replace_file, LocalBackend};
 pub use rest::{tls_config, RestBackend, RestOptions};
 pub use s3::{ObjectStat, S3Backend, S3Location};
 pub use sftp::{SftpBackend, SftpLocation};

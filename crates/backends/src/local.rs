@@ -161,6 +161,31 @@ fn sync_dir(p: &Path) -> io::Result<()> {
     File::open(p)?.sync_all()
 }
 
+/// Create `dir` and its missing parents so that they survive a power cut: each directory this
+/// call makes has its parent fsynced at once (a new directory's name is durable only then, and
+/// a file written into a directory whose name was lost is lost with it).
+pub fn create_dir_durable(dir: &Path) -> io::Result<()> {
+    let mut missing = Vec::new();
+    let mut d = dir;
+    while !d.is_dir() {
+        missing.push(d);
+        match d.parent() {
+            Some(p) if !p.as_os_str().is_empty() => d = p,
+            _ => break,
+        }
+    }
+    for m in missing.into_iter().rev() {
+        match fs::create_dir(m) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+        let parent = m.parent().filter(|p| !p.as_os_str().is_empty());
+        sync_dir(parent.unwrap_or(Path::new(".")))?;
+    }
+    Ok(())
+}
+
 /// Put `data` at `dest` in place of what is there, in one step: written to `tmp` (a new file
 /// in `dest`'s directory), `fsync`, renamed over `dest`, the directory `fsync`ed. The old file
 /// stays until the new one is durable (a repair never removes the damaged copy first).

@@ -241,15 +241,54 @@ fn kill_9_at_random_moments_of_backup_prune_repair_and_copy() {
     assert_eq!(code(&o), 0, "{}", stderr(&o));
 }
 
-/// kill -9 of the coffer server while clients upload, and during its retention: each backup
-/// that reported a snapshot restores; the repository checks clean after a restart.
+/// The server's retention, as the torture runs it: `keep-last 2`, no grace for unreferenced
+/// packs and no time in the trash, so that every run removes snapshots and packs and purges
+/// what the run before it trashed.
+const RETENTION: [&str; 5] = ["--pack-grace", "0s", "--trash-for", "0s", "retention"];
+
+/// The snapshots a repository lists.
+fn listed(run: &dyn Fn(&[&str]) -> std::process::Output) -> std::collections::BTreeSet<String> {
+    let o = run(&["snapshots", "--json"]);
+    assert_eq!(code(&o), 0, "snapshots: {}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// After the server's retention (`keep-last 2`, perhaps killed): the two newest snapshots
+/// received are all still listed; the ones it removed leave `expect` (and `order`).
+fn after_retention(
+    run: &dyn Fn(&[&str]) -> std::process::Output,
+    expect: &mut BTreeMap<String, (PathBuf, Digest)>,
+    order: &mut Vec<String>,
+    what: &str,
+) {
+    let present = listed(run);
+    for id in order.iter().rev().take(2) {
+        assert!(
+            present.contains(id),
+            "{what}: snapshot {id}, one of the 2 newest, is gone after retention"
+        );
+    }
+    order.retain(|id| present.contains(id));
+    expect.retain(|id, _| present.contains(id));
+}
+
+/// kill -9 of the coffer server while clients upload, and during its retention (a real
+/// policy, `keep-last 2`, with no grace and no trash time): each backup that reported a
+/// snapshot restores unless retention removed it, the newest two always do, and the
+/// repository checks clean after a restart.
 #[test]
 fn kill_9_of_the_server_during_uploads_and_retention() {
     let mut rng = rng("server");
     let e = Env::new();
-    let mut s = ServerProc::start(&e.path("server"), &[]);
+    let mut s = ServerProc::start(&e.path("server"), &["--retention-every", "0"]);
     let token = s.add_client("web1", "web", "append");
     let read = s.add_client("reader", "web", "read");
+    s.admin_ok(&["repo", "set", "web", "--keep-last", "2"]);
     let (url, cacert) = (s.url("web"), s.cacert.clone());
     let client = |token: &str| {
         let mut c = e.cmd();
@@ -265,10 +304,16 @@ fn kill_9_of_the_server_during_uploads_and_retention() {
     let src = e.path("src");
     let out = e.path("out");
     let mut expect: BTreeMap<String, (PathBuf, Digest)> = BTreeMap::new();
-    let mut killed = 0;
+    let mut order = Vec::new();
+    let mut killed = [0u32; 2];
+    let mut removed = 0;
+    // (the kills fall below the last uninterrupted run's time)
+    let mut most = [Duration::from_millis(1500); 2];
+    let run = |args: &[&str]| client(&read).args(args).output().unwrap();
     for round in 0..rounds() {
         change_source(&src, &mut rng);
         let digest = digest_tree(&src);
+        let started = std::time::Instant::now();
         let child = client(&token)
             .args(["backup", "--json", src.to_str().unwrap()])
             .stdout(std::process::Stdio::piped())
@@ -276,23 +321,25 @@ fn kill_9_of_the_server_during_uploads_and_retention() {
             .spawn()
             .unwrap();
         // the server dies at a random moment of the upload
-        std::thread::sleep(Duration::from_micros(rng.below(1_500_000)));
-        let alive_before = s.exited().is_none();
+        let until = started + Duration::from_micros(rng.below(most[0].as_micros() as u64));
+        let mut child = child;
+        while std::time::Instant::now() < until && child.try_wait().unwrap().is_none() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let finished = child.try_wait().unwrap().is_some();
         s.kill9();
-        killed += alive_before as u32;
+        killed[0] += !finished as u32;
         let o = child.wait_with_output().unwrap();
+        if finished {
+            most[0] = started.elapsed().max(Duration::from_millis(5));
+        }
         if let Some(id) = saved(&o) {
-            expect.insert(id, (src.clone(), digest.clone()));
+            expect.insert(id.clone(), (src.clone(), digest.clone()));
+            order.push(id);
         } else {
             assert_ne!(code(&o), 0, "no snapshot, and yet success: {}", stderr(&o));
         }
         s.restart();
-        // retention, killed at a random moment (nothing may go that a kept snapshot needs)
-        let mut ret = s.admin_command(&["retention", "--repo", "web"]);
-        ret.stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
-        let delay = Duration::from_micros(rng.below(300_000));
-        let (_, _) = kill_after(ret.spawn().unwrap(), delay);
         // the backup again, to its end
         let o = client(&token)
             .args(["backup", "--json", src.to_str().unwrap()])
@@ -304,11 +351,225 @@ fn kill_9_of_the_server_during_uploads_and_retention() {
             "round {round}: backup after the restart: {}",
             stderr(&o)
         );
-        expect.insert(saved(&o).unwrap(), (src.clone(), digest));
-        let run = |args: &[&str]| client(&read).args(args).output().unwrap();
+        let id = saved(&o).unwrap();
+        expect.insert(id.clone(), (src.clone(), digest));
+        order.push(id);
+        // retention, killed at a random moment (nothing may go that a kept snapshot needs)
+        let before = expect.len();
+        let mut ret = s.admin_command(&RETENTION);
+        ret.arg("--json");
+        let (k, _) = kill_at_random(ret, &mut rng, &mut most[1]);
+        killed[1] += k as u32;
+        after_retention(
+            &run,
+            &mut expect,
+            &mut order,
+            &format!("round {round}, retention"),
+        );
+        // and one run to its end (with `keep-last 2`, from the third round on it removes)
+        let o = s.admin(&RETENTION);
+        assert_eq!(code(&o), 0, "round {round}: retention: {}", stderr(&o));
+        after_retention(
+            &run,
+            &mut expect,
+            &mut order,
+            &format!("round {round}, retention"),
+        );
+        removed += before - expect.len();
         all_good(&run, &expect, &out, &format!("round {round}, server"));
     }
-    println!("server killed during {killed} of {} uploads", rounds());
+    println!(
+        "server killed during {} of {} uploads; retention killed {} times, removed {removed} snapshots",
+        killed[0],
+        rounds(),
+        killed[1]
+    );
+    assert!(
+        rounds() < 3 || removed > 0,
+        "retention removed nothing: the test proved nothing about it"
+    );
+}
+
+/// The coffer server's data directory (catalog, certificate, repositories) on the test file
+/// system: the server killed at a random moment of an upload and of its retention, then a
+/// power cut (what it did not fsync is lost); a cut right after a backup it acknowledged; and
+/// a full disk under an upload. Every snapshot the server acknowledged restores (unless its
+/// retention removed it), the repository checks clean, a full disk fails the backup with one
+/// line and commits nothing, and the next backup with room succeeds.
+#[test]
+fn power_cuts_and_a_full_disk_under_the_coffer_server() {
+    let mut rng = rng("server-power");
+    let e = Env::new();
+    let mnt = e.path("mnt");
+    fs::create_dir_all(&mnt).unwrap();
+    let t = testfs::TestFs::mount(&mnt);
+    if !common::require(
+        t.is_ok(),
+        &format!("cannot mount the test FUSE file system: {:?}", t.as_ref().err()),
+    ) {
+        return;
+    }
+    let t = t.unwrap();
+    let mut s = ServerProc::start_logged(
+        &mnt.join("server"),
+        &e.path("server.log"),
+        &["--retention-every", "0"],
+        &[],
+    );
+    let token = s.add_client("web1", "web", "append");
+    let read = s.add_client("reader", "web", "read");
+    s.admin_ok(&["repo", "set", "web", "--keep-last", "2"]);
+    // the certificate, as the operator copied it to the clients
+    let cacert = e.path("cacert.pem");
+    fs::copy(&s.cacert, &cacert).unwrap();
+    // what the operator was told is done (a certificate, tokens, a policy) survives a cut
+    s.kill9();
+    let mut lost = t.power_cut();
+    s.restart();
+    let url = s.url("web");
+    let client = |token: &str| {
+        let mut c = e.cmd();
+        c.env("COFFER_REPOSITORY", &url)
+            .env("COFFER_TOKEN", token)
+            .env("COFFER_CACERT", &cacert);
+        c
+    };
+    let o = client(&token).args(["init", "-q"]).output().unwrap();
+    assert_eq!(code(&o), 0, "init after a cut: {}", stderr(&o));
+    let src = e.path("src");
+    let out = e.path("out");
+    let mut expect: BTreeMap<String, (PathBuf, Digest)> = BTreeMap::new();
+    let mut order = Vec::new();
+    let mut killed = [0u32; 2];
+    let mut full = 0;
+    let mut most = [Duration::from_millis(1500); 2];
+    let run = |args: &[&str]| client(&read).args(args).output().unwrap();
+    let mut cut = |s: &mut ServerProc| {
+        s.kill9();
+        let (f, n) = t.power_cut();
+        lost.0 += f;
+        lost.1 += n;
+        s.restart();
+    };
+    for round in 0..rounds() {
+        // the server killed at a random moment of an upload, then the power goes
+        change_source(&src, &mut rng);
+        let digest = digest_tree(&src);
+        let started = std::time::Instant::now();
+        let mut child = client(&token)
+            .args(["backup", "--json", src.to_str().unwrap()])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let until = started + Duration::from_micros(rng.below(most[0].as_micros() as u64));
+        while std::time::Instant::now() < until && child.try_wait().unwrap().is_none() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let finished = child.try_wait().unwrap().is_some();
+        killed[0] += !finished as u32;
+        cut(&mut s);
+        let o = child.wait_with_output().unwrap();
+        if finished {
+            most[0] = started.elapsed().max(Duration::from_millis(5));
+        }
+        if let Some(id) = saved(&o) {
+            expect.insert(id.clone(), (src.clone(), digest.clone()));
+            order.push(id);
+        } else {
+            assert_ne!(code(&o), 0, "no snapshot, and yet success: {}", stderr(&o));
+        }
+        all_good(
+            &run,
+            &expect,
+            &out,
+            &format!("round {round}, cut during an upload"),
+        );
+
+        // a backup the server acknowledged, then a cut at once: it is durable
+        let o = client(&token)
+            .args(["backup", "--json", src.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert_eq!(code(&o), 0, "round {round}: backup: {}", stderr(&o));
+        let id = saved(&o).unwrap();
+        expect.insert(id.clone(), (src.clone(), digest));
+        order.push(id);
+        cut(&mut s);
+        all_good(&run, &expect, &out, &format!("round {round}, cut after a backup"));
+
+        // retention killed at a random moment, then a cut
+        let mut ret = s.admin_command(&RETENTION);
+        ret.arg("--json");
+        let (k, _) = kill_at_random(ret, &mut rng, &mut most[1]);
+        killed[1] += k as u32;
+        cut(&mut s);
+        after_retention(
+            &run,
+            &mut expect,
+            &mut order,
+            &format!("round {round}, retention"),
+        );
+        all_good(
+            &run,
+            &expect,
+            &out,
+            &format!("round {round}, cut during retention"),
+        );
+
+        // a full disk under an upload: one line, nothing committed; with room, it succeeds
+        change_source(&src, &mut rng);
+        let digest = digest_tree(&src);
+        let before = listed(&run);
+        t.set_capacity(Some(t.used() + rng.below(2 << 20)));
+        let o = client(&token)
+            .args(["backup", "--json", src.to_str().unwrap()])
+            .output()
+            .unwrap();
+        t.set_capacity(None);
+        if let Some(id) = saved(&o) {
+            // it fitted
+            expect.insert(id.clone(), (src.clone(), digest.clone()));
+            order.push(id);
+        } else {
+            full += 1;
+            assert_eq!(
+                code(&o),
+                1,
+                "round {round}: backup on a full disk: {}",
+                stderr(&o)
+            );
+            let err = stderr(&o);
+            assert!(
+                err.contains("storage is full") && err.trim().lines().count() == 1,
+                "round {round}: the backup says in one line that the server is out of space: {err}"
+            );
+            assert_eq!(listed(&run), before, "round {round}: nothing committed");
+            let o = client(&token)
+                .args(["backup", "--json", src.to_str().unwrap()])
+                .output()
+                .unwrap();
+            assert_eq!(code(&o), 0, "round {round}: backup with room: {}", stderr(&o));
+            let id = saved(&o).unwrap();
+            expect.insert(id.clone(), (src.clone(), digest));
+            order.push(id);
+        }
+        all_good(&run, &expect, &out, &format!("round {round}, full disk"));
+    }
+    println!(
+        "server power cuts: killed mid-way: upload {}, retention {} of {} rounds; a full disk \
+         stopped {full} backups; {} files lost unsynced data, {} names were not durable",
+        killed[0],
+        killed[1],
+        rounds(),
+        lost.0,
+        lost.1,
+    );
+    assert!(
+        killed[0] > 0 && full > 0 && lost.0 + lost.1 > 0,
+        "no upload was cut mid-way, no backup met a full disk, or no cut lost anything: the \
+         test proved nothing"
+    );
 }
 
 /// A full disk under the repository during backup and prune, and under the restore target:

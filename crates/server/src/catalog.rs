@@ -342,6 +342,13 @@ impl Catalog {
                 .map_err(db_err)?;
             tx.commit().map_err(db_err)?;
         }
+        // SQLite syncs its WAL on every commit (synchronous FULL) and the WAL's directory
+        // entry, but not the entry of a database file it creates: until the directory is
+        // synced, a power cut can take the whole catalog (every token) with it
+        let dir = path.parent().filter(|p| !p.as_os_str().is_empty());
+        std::fs::File::open(dir.unwrap_or(Path::new(".")))
+            .and_then(|d| d.sync_all())
+            .map_err(|e| ServerError::Catalog(format!("{}: {e}", path.display())))?;
         Ok(Catalog { db: Mutex::new(c) })
     }
 

@@ -145,6 +145,9 @@ impl IntoResponse for ApiError {
 
 impl From<ServerError> for ApiError {
     fn from(e: ServerError) -> Self {
+        if let ServerError::Full(detail) = &e {
+            return ApiError(StatusCode::INSUFFICIENT_STORAGE, crate::storage_full(detail));
+        }
         let status = match &e {
             ServerError::Invalid(_) => StatusCode::BAD_REQUEST,
             ServerError::NotFound(_) => StatusCode::NOT_FOUND,
@@ -1095,6 +1098,12 @@ async fn receive(
     name: &str,
 ) -> Result<(), ApiError> {
     let ioe = |e: std::io::Error| {
+        if crate::is_full(&e) {
+            return err(
+                StatusCode::INSUFFICIENT_STORAGE,
+                crate::storage_full(&format!("storing an upload to {}: {e}", tmp.display())),
+            );
+        }
         err(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("storing the upload: {e}"),

@@ -23,6 +23,21 @@ pub(crate) fn internal_error(detail: &str) -> String {
     format!("internal error (reference {id} in the server's log)")
 }
 
+/// Whether an I/O error says the storage is out of space (or over a disk quota).
+pub(crate) fn is_full(e: &std::io::Error) -> bool {
+    use rustix::io::Errno;
+    e.kind() == std::io::ErrorKind::StorageFull
+        || [Errno::NOSPC, Errno::DQUOT]
+            .map(|n| Some(n.raw_os_error()))
+            .contains(&e.raw_os_error())
+}
+
+/// What a client is told when the server's storage is full (the detail goes to the log).
+pub(crate) fn storage_full(detail: &str) -> String {
+    tracing::error!("storage full: {}", detail.escape_debug());
+    "the server's storage is full: nothing was stored (its operator must free space)".into()
+}
+
 pub mod catalog;
 pub mod console;
 pub mod hold;
@@ -62,6 +77,9 @@ pub enum ServerError {
     Catalog(String),
     #[error("{0}")]
     Io(String),
+    /// The storage is out of space (ENOSPC, EDQUOT): the detail, for the log.
+    #[error("{0}")]
+    Full(String),
     #[error("TLS: {0}")]
     Tls(String),
 }
@@ -157,7 +175,7 @@ impl Server {
         // SMTP password), stored objects, the trash. Private from the first byte, whatever
         // the data directory's mode (it was 0644, guarded by the directory alone).
         rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
-        fs::create_dir_all(data)
+        coffer_backends::create_dir_durable(data)
             .map_err(|e| ServerError::Io(format!("{}: cannot create: {e}", data.display())))?;
         use std::os::unix::fs::PermissionsExt;
         let _ = fs::set_permissions(data, fs::Permissions::from_mode(0o700));
@@ -301,7 +319,8 @@ impl Server {
     /// `coffer server retention` command may run beside the serving process).
     pub fn repo_lock(&self, repo: &str) -> Result<RepoLock> {
         let dir = self.data.join("locks");
-        fs::create_dir_all(&dir).map_err(|e| ServerError::Io(format!("{}: {e}", dir.display())))?;
+        coffer_backends::create_dir_durable(&dir)
+            .map_err(|e| ServerError::Io(format!("{}: {e}", dir.display())))?;
         let p = dir.join(format!("{repo}.lock"));
         let f = fs::OpenOptions::new()
             .create(true)
@@ -452,7 +471,10 @@ fn open_storage(data: &Path, asked: Option<&str>) -> Result<Box<dyn Storage>> {
                     data.display()
                 )));
             }
-            fs::write(&record, format!("{a}\n"))
+            // durable before any repository is made there: a lost record after a power cut
+            // would let the next start choose other storage
+            let _ = fs::remove_file(data.join(".storage.tmp"));
+            coffer_backends::replace_file(&data.join(".storage.tmp"), &record, format!("{a}\n").as_bytes())
                 .map_err(|e| ServerError::Io(format!("{}: {e}", record.display())))?;
             a
         }

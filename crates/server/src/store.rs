@@ -141,6 +141,9 @@ pub struct LocalStore {
 }
 
 fn io_err(what: impl std::fmt::Display, e: io::Error) -> ServerError {
+    if crate::is_full(&e) {
+        return ServerError::Full(format!("{what}: {e}"));
+    }
     ServerError::Io(format!("{what}: {e}"))
 }
 
@@ -202,7 +205,7 @@ impl Storage for LocalStore {
 
     fn prepare_repo(&self, repo: &str, clear_incoming: bool) -> Result<()> {
         let base = self.repo_dir(repo);
-        let mk = |p: PathBuf| fs::create_dir_all(&p).map_err(|e| io_err(p.display(), e));
+        let mk = |p: PathBuf| coffer_backends::create_dir_durable(&p).map_err(|e| io_err(p.display(), e));
         for k in KINDS.iter().filter(|k| **k != FileKind::Config) {
             if k.fanned_out() {
                 for i in 0..256 {
@@ -332,7 +335,7 @@ impl Storage for LocalStore {
         let src = self.path(repo, kind, name);
         let dst = self.trash_path(repo, kind, name);
         if let Some(d) = dst.parent() {
-            fs::create_dir_all(d).map_err(|e| io_err(d.display(), e))?;
+            coffer_backends::create_dir_durable(d).map_err(|e| io_err(d.display(), e))?;
         }
         match fs::rename(&src, &dst) {
             Ok(()) => {}

@@ -53,7 +53,7 @@ pub fn ensure_self_signed(dir: &Path, names: &[String]) -> Result<bool> {
     if cert.exists() && key.exists() {
         return Ok(false);
     }
-    fs::create_dir_all(dir).map_err(|e| tls_err(format!("{}: {e}", dir.display())))?;
+    coffer_backends::create_dir_durable(dir).map_err(|e| tls_err(format!("{}: {e}", dir.display())))?;
     let mut all: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
     for n in names {
         if !all.contains(n) {
@@ -73,7 +73,12 @@ pub fn ensure_self_signed(dir: &Path, names: &[String]) -> Result<bool> {
     f.write_all(ck.signing_key.serialize_pem().as_bytes())
         .and_then(|_| f.sync_all())
         .map_err(|e| tls_err(format!("{}: {e}", key.display())))?;
-    fs::write(&cert, ck.cert.pem()).map_err(|e| tls_err(format!("{}: {e}", cert.display())))?;
+    drop(f);
+    // the certificate in one step, and the directory synced: both files survive a power cut
+    // (clients were given this certificate: a new one after a cut would lock them all out)
+    let _ = fs::remove_file(dir.join(".cert.pem.tmp"));
+    coffer_backends::replace_file(&dir.join(".cert.pem.tmp"), &cert, ck.cert.pem().as_bytes())
+        .map_err(|e| tls_err(format!("{}: {e}", cert.display())))?;
     Ok(true)
 }
 

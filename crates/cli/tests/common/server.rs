@@ -41,12 +41,18 @@ impl ServerProc {
 
     /// [`Self::start`] with environment variables for the server and its admin commands.
     pub fn start_with_env(data: &Path, extra: &[&str], envs: &[(&str, &str)]) -> ServerProc {
+        Self::start_logged(data, &data.with_extension("log"), extra, envs)
+    }
+
+    /// [`Self::start_with_env`] with the server's log in `log` (for a data directory on a
+    /// file system the test cuts the power of).
+    pub fn start_logged(data: &Path, log: &Path, extra: &[&str], envs: &[(&str, &str)]) -> ServerProc {
         let mut s = ServerProc {
             child: RefCell::new(None),
             data: data.to_path_buf(),
             port: 0,
             cacert: data.join("tls/cert.pem"),
-            log: data.with_extension("log"),
+            log: log.to_path_buf(),
             args: extra.iter().map(|s| s.to_string()).collect(),
             envs: envs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         };

@@ -418,6 +418,19 @@ fn time(t: TimeOrNow) -> SystemTime {
     }
 }
 
+/// Files are opened with direct I/O: the kernel caches nothing, every read and write comes
+/// here. Except SQLite's WAL index (`*-shm`, the coffer server's catalog): it is shared memory
+/// that SQLite maps, which direct I/O forbids (this fuser speaks too old a protocol to allow
+/// it), and it is rebuilt from the WAL when the database is next opened, so what a power cut
+/// leaves of it does not matter.
+fn open_flags(path: &Path) -> u32 {
+    if path.to_string_lossy().ends_with("-shm") {
+        0
+    } else {
+        fuser::consts::FOPEN_DIRECT_IO
+    }
+}
+
 impl Filesystem for Fs {
     fn lookup(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEntry) {
         let mut st = lock(&self.state);
@@ -616,7 +629,8 @@ impl Filesystem for Fs {
                 data.clear();
             }
         }
-        reply.opened(0, fuser::consts::FOPEN_DIRECT_IO)
+        let flags = open_flags(&st.path(ino));
+        reply.opened(0, flags)
     }
 
     fn create(
@@ -646,14 +660,14 @@ impl Filesystem for Fs {
                     data.clear();
                 }
             }
-            return reply.created(&TTL, &st.attr(ino).unwrap(), 0, 0, fuser::consts::FOPEN_DIRECT_IO);
+            return reply.created(&TTL, &st.attr(ino).unwrap(), 0, 0, open_flags(Path::new(name)));
         }
         let body = Body::File {
             data: Vec::new(),
             durable: None,
         };
         match st.add(parent, name, body, mode & !umask, req) {
-            Ok(ino) => reply.created(&TTL, &st.attr(ino).unwrap(), 0, 0, fuser::consts::FOPEN_DIRECT_IO),
+            Ok(ino) => reply.created(&TTL, &st.attr(ino).unwrap(), 0, 0, open_flags(Path::new(name))),
             Err(e) => reply.error(e),
         }
     }
