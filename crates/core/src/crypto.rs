@@ -724,6 +724,37 @@ impl<'a> Credential<'a> {
     }
 }
 
+/// What a key file gives a credential ([`unwrap_key_file`]). Not `Debug`: it holds the key.
+pub enum Unwrapped {
+    /// A file of the other kind: a passphrase's, for a generated key, or the reverse.
+    OtherKind,
+    /// This credential does not open it (another passphrase's file, or a forged one).
+    NotOpened,
+    /// The master key and, for a write-only key, the config its file carries.
+    Key(Box<MasterKey>, Option<Vec<u8>>),
+    /// It opens with this credential but does not hold key material: only someone who knows
+    /// the credential could have written it.
+    Damaged(Error),
+}
+
+/// Unwrap a key file, as stored, with a credential. Errors when the file does not decode or
+/// its KDF parameters are out of bounds (a hostile key file must not exhaust the machine).
+/// Every byte of `bytes` may be forged.
+pub fn unwrap_key_file(credential: &Credential, bytes: &[u8], what: &str) -> Result<Unwrapped> {
+    let kf = coffer_format::KeyFile::decode(bytes).map_err(|e| Error::format(what, e))?;
+    let Some(wrap) = credential.wrapping_key(&kf.kdf)? else {
+        return Ok(Unwrapped::OtherKind);
+    };
+    let Ok(plain) = open_with(&wrap, ObjectKind::KeyWrap, b"", &kf.wrapped, what) else {
+        return Ok(Unwrapped::NotOpened);
+    };
+    let plain = Zeroizing::new(plain);
+    Ok(match MasterKey::from_bytes(&plain, what) {
+        Ok((key, config)) => Unwrapped::Key(Box::new(key), config),
+        Err(e) => Unwrapped::Damaged(e),
+    })
+}
+
 fn generated_wrapping_key(secret: &[u8; KEY_LEN], salt: &[u8]) -> Zeroizing<[u8; KEY_LEN]> {
     let mut h = blake3::Hasher::new_derive_key("coffer/v1/generated-key-wrap");
     h.update(salt);

@@ -13,11 +13,10 @@ use coffer_format::{
     BlobId, BlobKind, Compression, Config, Id, IndexFile, IndexId, KeyFile, KeyId, ObjectKind, PackEntry,
     PackId, Place, Snapshot, SnapshotId, Tree, FORMAT_VERSION,
 };
-use zeroize::Zeroizing;
 
 use crate::backend::{Backend, FileKind, WriteOutcome};
 use crate::compress::{decode_blob, decode_blob_max, decode_bundle, encode_blob, CompressionSpec};
-use crate::crypto::{open_with, random_bytes, seal_with, storage_id, Credential, MasterKey};
+use crate::crypto::{random_bytes, seal_with, storage_id, unwrap_key_file, Credential, MasterKey, Unwrapped};
 use crate::error::{Error, Result};
 use crate::index::{BlobLocation, Index};
 use crate::lease::Lease;
@@ -176,34 +175,25 @@ impl Repository {
             // A damaged key file, or one whose KDF parameters are out of bounds (anyone who can
             // add a file can write one), must not lock out the others (check reports it).
             let short = k.name[..8.min(k.name.len())].to_string();
-            let kf = match KeyFile::decode(&bytes) {
-                Ok(kf) if storage_id(&bytes).to_hex() == k.name => Ok(kf),
-                Ok(_) => Err("content does not match its name".to_string()),
-                Err(e) => Err(e.to_string()),
+            let unwrapped = if storage_id(&bytes).to_hex() != k.name {
+                Err(match KeyFile::decode(&bytes) {
+                    Err(e) => e.to_string(),
+                    Ok(_) => "content does not match its name".to_string(),
+                })
+            } else {
+                unwrap_key_file(&credential, &bytes, &what).map_err(|e| e.to_string())
             };
-            let wrap = kf.and_then(|kf| {
-                Ok(credential
-                    .wrapping_key(&kf.kdf)
-                    .map_err(|e| e.to_string())?
-                    .map(|w| (w, kf)))
-            });
-            let (wrap, kf) = match wrap {
-                Ok(Some(w)) => {
-                    tried += 1;
-                    w
+            match unwrapped {
+                // a passphrase never opens a generated key's file, nor the reverse
+                Ok(Unwrapped::OtherKind) => {}
+                Ok(Unwrapped::NotOpened) => tried += 1,
+                Ok(Unwrapped::Key(key, carried_config)) => {
+                    let id = KeyId(Id::from_hex(&k.name).map_err(|e| Error::format(&what, e))?);
+                    found = Some((id, *key, carried_config));
+                    break;
                 }
-                Ok(None) => continue, // a passphrase never opens a generated key's file, nor the reverse
-                Err(why) => {
-                    skipped.push(format!("key file {short} skipped: {why}"));
-                    continue;
-                }
-            };
-            if let Ok(plain) = open_with(&wrap, ObjectKind::KeyWrap, b"", &kf.wrapped, &what) {
-                let plain = Zeroizing::new(plain);
-                let (key, carried_config) = MasterKey::from_bytes(&plain, &what)?;
-                let id = KeyId(Id::from_hex(&k.name).map_err(|e| Error::format(&what, e))?);
-                found = Some((id, key, carried_config));
-                break;
+                Ok(Unwrapped::Damaged(e)) => return Err(e),
+                Err(why) => skipped.push(format!("key file {short} skipped: {why}")),
             }
         }
         let (key_id, key, carried_config) = match found {

@@ -38,6 +38,29 @@ fn main() {
     put(&out, "config", "config", &repo.config().encode());
     for (id, k) in repo.list_keys().unwrap().iter().take(3) {
         put(&out, "config", &format!("key-{}", id.short()), &k.encode());
+        // key_file: the file as stored (mode 0), and the key material it wraps (mode 1)
+        put(
+            &out,
+            "key_file",
+            &format!("file-{}", id.short()),
+            &[&[0u8][..], &k.encode()].concat(),
+        );
+        if let Ok(wrap) = coffer_core::crypto::derive_wrapping_key(password, &k.kdf) {
+            if let Ok(plain) = coffer_core::crypto::open_with(
+                &wrap,
+                coffer_format::ObjectKind::KeyWrap,
+                b"",
+                &k.wrapped,
+                "seed",
+            ) {
+                put(
+                    &out,
+                    "key_file",
+                    &format!("material-{}", id.short()),
+                    &[&[1u8][..], &plain].concat(),
+                );
+            }
+        }
     }
     for f in backend.list(FileKind::Index).unwrap().iter().take(4) {
         let i = repo.load_index_file(&f.name).unwrap();

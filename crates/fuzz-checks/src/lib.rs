@@ -30,6 +30,7 @@ pub const TARGETS: &[&str] = &[
     "agent_config",
     "server_request",
     "parity",
+    "key_file",
 ];
 
 /// Run target `name`'s check on `data`.
@@ -49,6 +50,7 @@ pub fn check(name: &str, data: &[u8]) {
         "agent_config" => agent_config(data),
         "server_request" => server_request(data),
         "parity" => parity(data),
+        "key_file" => key_file(data),
         other => panic!("no fuzz target {other}"),
     }
 }
@@ -162,6 +164,75 @@ pub fn config(data: &[u8]) {
         KeyFile::decode(&k.encode()).expect("a re-encoded key file decodes");
     }
     let _ = coffer_core::crypto::parse_generated_key(data);
+}
+
+/// Key files unwrapped with a credential (`coffer_core::crypto::unwrap_key_file`, what opening
+/// a repository does with each file under `keys/`). The low bit of the first byte picks:
+/// - 0: the rest is a key file as stored. Tried with a generated key (no stretching) and, when
+///   its argon2 cost is at most 64 KiB and one pass, with a passphrase: whatever it claims, a
+///   file this input forged never yields a key, and nothing panics or runs unbounded.
+/// - 1: the rest is the plaintext a key file wraps (key material: CBOR), sealed under a
+///   generated key's wrapping key into a key file: it unwraps to a key that seals and opens
+///   (or, write-only, seals), or is said damaged; never "not opened".
+pub fn key_file(data: &[u8]) {
+    key_file_outcome(data);
+}
+
+/// [`key_file`], saying what came of the input: "refused" (mode 0), "key" or "damaged" (mode 1).
+fn key_file_outcome(data: &[u8]) -> &'static str {
+    use coffer_core::crypto::{unwrap_key_file, Credential, Unwrapped};
+    let Some((&mode, rest)) = data.split_first() else {
+        return "refused";
+    };
+    let generated = Credential::Generated(zeroize::Zeroizing::new([9u8; 32]));
+    if mode & 1 == 0 {
+        let cheap = KeyFile::decode(rest)
+            .map(|k| k.kdf.memory_kib <= 64 && k.kdf.iterations <= 1)
+            .unwrap_or(true);
+        let passphrase = Credential::Passphrase(b"fuzz");
+        let credentials: &[&Credential] = if cheap {
+            &[&generated, &passphrase]
+        } else {
+            &[&generated]
+        };
+        for c in credentials {
+            match unwrap_key_file(c, rest, "fuzz") {
+                Ok(Unwrapped::Key(..)) | Ok(Unwrapped::Damaged(_)) => {
+                    panic!("a key file made without the credential opened")
+                }
+                Ok(Unwrapped::OtherKind) | Ok(Unwrapped::NotOpened) => {}
+                Err(e) => assert!(!e.to_string().is_empty()),
+            }
+        }
+        return "refused";
+    }
+    let (kdf, wrap) = generated.new_slot().unwrap();
+    let kf = KeyFile {
+        version: coffer_format::FORMAT_VERSION,
+        created: chrono::DateTime::parse_from_rfc3339("2026-12-07T00:00:00Z").unwrap(),
+        hostname: "fuzz".into(),
+        username: "fuzz".into(),
+        kind: "full".into(),
+        kdf,
+        wrapped: coffer_core::crypto::seal_with(&wrap, ObjectKind::KeyWrap, b"", rest),
+    };
+    match unwrap_key_file(&generated, &kf.encode(), "fuzz").unwrap() {
+        Unwrapped::Key(key, _) => {
+            let sealed = key.seal(ObjectKind::Snapshot, b"", b"plain");
+            if key.can_read() {
+                let opened = key.open(ObjectKind::Snapshot, b"", &sealed, "fuzz").unwrap();
+                assert_eq!(opened, b"plain");
+            }
+            "key"
+        }
+        Unwrapped::Damaged(e) => {
+            assert!(!e.to_string().is_empty());
+            "damaged"
+        }
+        Unwrapped::OtherKind | Unwrapped::NotOpened => {
+            panic!("a key file sealed under the credential's wrapping key did not open")
+        }
+    }
 }
 
 /// Envelopes: the first byte picks the object kind; what follows is opened with a fixed key
@@ -418,6 +489,17 @@ mod tests {
         let with_token = server_status(b"\x08/web1/config\n\n");
         assert!(with_token.is_some_and(|s| s != 401), "{with_token:?}");
         assert_eq!(server_status(b"\x00/console/client/web1\n\n"), Some(303));
+    }
+
+    /// The key_file target reaches a real key from a real key file's material (a seed), and
+    /// says "damaged" when that material is cut short.
+    #[test]
+    fn the_key_file_target_reaches_the_key() {
+        let seed = std::fs::read(dir("seeds", "key_file").join("material-37ea11a6")).unwrap();
+        assert_eq!(key_file_outcome(&seed), "key");
+        assert_eq!(key_file_outcome(&seed[..seed.len() / 2]), "damaged");
+        let file = std::fs::read(dir("seeds", "key_file").join("file-37ea11a6")).unwrap();
+        assert_eq!(key_file_outcome(&file), "refused");
     }
 
     /// Every kept input of every target: the seeds, and each input that once failed (fixed
