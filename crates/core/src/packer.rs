@@ -642,9 +642,13 @@ fn write_pack(repo: &Repository, p: OpenPack, reuse: &dyn Fn(Vec<u8>)) -> Result
     buf.extend_from_slice(&(header.len() as u32).to_le_bytes());
     ranges.push(start..buf.len());
     let refs: Vec<&[u8]> = ranges.iter().map(|r| &buf[r.clone()]).collect();
-    let id = PackId(storage_id_parts(&refs));
     let rate = repo.config().parity;
-    let parity = (rate > 0).then(|| crate::parity::encode(&id, &refs, rate));
+    let (id, parity) = if rate > 0 {
+        let (id, parity) = crate::parity::encode_naming(&refs, rate);
+        (id, Some(parity))
+    } else {
+        (PackId(storage_id_parts(&refs)), None)
+    };
     drop(refs);
     // what the storage holds: the pack and its parity
     let len = buf.len() as u64 + parity.as_ref().map_or(0, |p| p.len() as u64);

@@ -91,7 +91,18 @@ fn shards<'a>(
 pub fn encode(pack: &PackId, parts: &[&[u8]], rate: u32) -> Vec<u8> {
     let pack_len: u64 = parts.iter().map(|p| p.len() as u64).sum();
     let (_, data) = shard_layout(pack_len);
-    encode_shards(pack, parts, parity_shards(data, rate))
+    encode_shards(Some(pack), parts, parity_shards(data, rate)).1
+}
+
+/// The name of the pack whose bytes are `parts` back to back (its storage id, as
+/// [`crate::crypto::storage_id_parts`] gives it) and its parity file at `rate` basis points
+/// (`rate` > 0), in one pass over the bytes: each shard is hashed for the name, checked and
+/// handed to the encoder while it is in the CPU's cache (a pack the packer has just filled is
+/// not; hashing it first and encoding it after read it from memory twice more).
+pub fn encode_naming(parts: &[&[u8]], rate: u32) -> (PackId, Vec<u8>) {
+    let pack_len: u64 = parts.iter().map(|p| p.len() as u64).sum();
+    let (_, data) = shard_layout(pack_len);
+    encode_shards(None, parts, parity_shards(data, rate))
 }
 
 /// The parity file of the intact pack `bytes` with as many parity shards as the existing
@@ -99,13 +110,15 @@ pub fn encode(pack: &PackId, parts: &[&[u8]], rate: u32) -> Vec<u8> {
 /// does not decode.
 pub fn encode_like(pack: &PackId, bytes: &[u8], like: &[u8]) -> Vec<u8> {
     match ParityHeader::decode(like) {
-        Ok((h, _, _)) if h.pack_len == bytes.len() as u64 => encode_shards(pack, &[bytes], h.parity_shards),
+        Ok((h, _, _)) if h.pack_len == bytes.len() as u64 => {
+            encode_shards(Some(pack), &[bytes], h.parity_shards).1
+        }
         _ => encode(pack, &[bytes], crate::repo::DEFAULT_PARITY),
     }
 }
 
-/// [`encode`] with `parity` parity shards.
-fn encode_shards(pack: &PackId, parts: &[&[u8]], parity: u32) -> Vec<u8> {
+/// [`encode`] with `parity` parity shards; the pack's name is hashed on the way when not given.
+fn encode_shards(pack: Option<&PackId>, parts: &[&[u8]], parity: u32) -> (PackId, Vec<u8>) {
     // one encoder for the process, its working space (about the pack's size) kept from pack to
     // pack: allocated afresh each time it cost page faults on every pack, and one per writer
     // thread cost as many times its size in memory (an encoding takes a few ms: they queue)
@@ -125,7 +138,15 @@ fn encode_shards(pack: &PackId, parts: &[&[u8]], parity: u32) -> Vec<u8> {
             }
             None => slot.insert(ReedSolomonEncoder::new(d, p, l).expect("supported shard layout")),
         };
+        let mut name = blake3::Hasher::new();
+        let mut left = pack_len;
         for s in shards(parts, l, d) {
+            if pack.is_none() {
+                // the pack's own bytes, not the last shard's padding
+                let real = (l as u64).min(left) as usize;
+                name.update(&s[..real]);
+                left -= real as u64;
+            }
             checks.push(check_of(&s));
             #[allow(clippy::expect_used)]
             enc.add_original_shard(&s).expect("as many shards as declared");
@@ -134,8 +155,11 @@ fn encode_shards(pack: &PackId, parts: &[&[u8]], parity: u32) -> Vec<u8> {
         let result = enc.encode().expect("every shard added");
         let recovery: Vec<&[u8]> = result.recovery_iter().collect();
         checks.extend(recovery.iter().map(|r| check_of(r)));
+        let pack = pack
+            .copied()
+            .unwrap_or_else(|| PackId(coffer_format::Id(*name.finalize().as_bytes())));
         let header = ParityHeader {
-            pack: *pack,
+            pack,
             pack_len,
             shard_len,
             data_shards: data,
@@ -149,7 +173,7 @@ fn encode_shards(pack: &PackId, parts: &[&[u8]], parity: u32) -> Vec<u8> {
         for r in recovery {
             out.extend_from_slice(r);
         }
-        out
+        (pack, out)
     }
 }
 
@@ -259,7 +283,7 @@ pub fn repair(pack: &PackId, stored: &[u8], parity: &[u8]) -> Result<Repaired, P
 /// its header decodes and every parity shard is what encoding the pack gives again.
 pub fn matches(pack: &PackId, bytes: &[u8], parity: &[u8]) -> Result<(), ParityError> {
     let h = header(pack, parity)?;
-    if h.pack_len != bytes.len() as u64 || encode_shards(pack, &[bytes], h.parity_shards) != parity {
+    if h.pack_len != bytes.len() as u64 || encode_shards(Some(pack), &[bytes], h.parity_shards).1 != parity {
         return Err(ParityError::Stale);
     }
     Ok(())
@@ -290,6 +314,18 @@ mod tests {
         let cut = [&b[..5], &b[5..100_000], &b[100_000..100_001], &b[100_001..]];
         assert_eq!(encode(&id, &cut, 100), whole);
         assert!(matches(&id, &b, &whole).is_ok());
+    }
+
+    #[test]
+    fn the_name_hashed_while_encoding_is_the_storage_id() {
+        // lengths that end inside a shard, on a shard's end, and a pack of one byte
+        for len in [1usize, 16_384 * 40, 300_001, (16 << 20) + 7] {
+            let (id, b) = pack_of(len, 3);
+            let cut = [&b[..len / 3], &b[len / 3..len / 3], &b[len / 3..]];
+            let (named, parity) = encode_naming(&cut, 100);
+            assert_eq!(named, id, "{len}");
+            assert_eq!(parity, encode(&id, &[&b], 100), "{len}");
+        }
     }
 
     #[test]
