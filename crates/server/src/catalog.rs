@@ -308,6 +308,9 @@ impl std::fmt::Debug for Catalog {
 }
 
 pub(crate) fn db_err(e: rusqlite::Error) -> ServerError {
+    if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) {
+        return ServerError::Full(format!("server catalog: {e}"));
+    }
     ServerError::Catalog(e.to_string())
 }
 

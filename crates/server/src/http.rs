@@ -1201,7 +1201,17 @@ async fn receive(
             }
         }
     }
+    // tokio writes in the background: the last write's error (a full disk) comes out of
+    // `flush`, and `sync_all` would not report it; and the file must hold what came in
+    f.flush().await.map_err(ioe)?;
     f.sync_all().await.map_err(ioe)?;
+    let stored = f.metadata().await.map_err(ioe)?.len();
+    if stored != len {
+        return Err(err(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("storing the upload: {stored} of {len} bytes reached the disk"),
+        ));
+    }
     Ok(())
 }
 

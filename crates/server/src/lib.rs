@@ -26,10 +26,12 @@ pub(crate) fn internal_error(detail: &str) -> String {
 /// Whether an I/O error says the storage is out of space (or over a disk quota).
 pub(crate) fn is_full(e: &std::io::Error) -> bool {
     use rustix::io::Errno;
-    e.kind() == std::io::ErrorKind::StorageFull
-        || [Errno::NOSPC, Errno::DQUOT]
-            .map(|n| Some(n.raw_os_error()))
-            .contains(&e.raw_os_error())
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    ) || [Errno::NOSPC, Errno::DQUOT]
+        .map(|n| Some(n.raw_os_error()))
+        .contains(&e.raw_os_error())
 }
 
 /// What a client is told when the server's storage is full (the detail goes to the log).
@@ -319,15 +321,14 @@ impl Server {
     /// `coffer server retention` command may run beside the serving process).
     pub fn repo_lock(&self, repo: &str) -> Result<RepoLock> {
         let dir = self.data.join("locks");
-        coffer_backends::create_dir_durable(&dir)
-            .map_err(|e| ServerError::Io(format!("{}: {e}", dir.display())))?;
+        coffer_backends::create_dir_durable(&dir).map_err(|e| store::io_err(dir.display(), e))?;
         let p = dir.join(format!("{repo}.lock"));
         let f = fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(&p)
-            .map_err(|e| ServerError::Io(format!("{}: {e}", p.display())))?;
+            .map_err(|e| store::io_err(p.display(), e))?;
         rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive)
             .map_err(|e| ServerError::Io(format!("{}: lock: {e}", p.display())))?;
         Ok(RepoLock { _file: f })
@@ -365,9 +366,9 @@ impl Server {
                 )));
             }
             let c = self.store.commit(repo, kind, name, tmp)?;
-            if c == Commit::Created {
-                self.catalog.record_snapshot(repo, name, self.now(), client)?;
-            }
+            // (also when it existed: a commit whose record failed, a full disk, is retried by
+            // its client and finds the snapshot there; the record keeps the first upload's)
+            self.catalog.record_snapshot(repo, name, self.now(), client)?;
             c
         } else {
             self.store.commit(repo, kind, name, tmp)?
@@ -405,7 +406,10 @@ impl Server {
     }
 
     fn trash(&self, repo: &str, kind: FileKind, name: &str, reason: &str) -> Result<bool> {
-        if !self.store.move_to_trash(repo, kind, name)? {
+        // the record first: a cut (or a full disk) between the two leaves a record of an object
+        // not in the trash (purge and restore pass over it), never an object in the trash that
+        // no record lists (it would never be purged, nor restored)
+        if self.store.stat(repo, kind, name)?.is_none() {
             return Ok(false);
         }
         self.catalog.add_trash(&TrashEntry {
@@ -415,13 +419,22 @@ impl Server {
             trashed: self.now(),
             reason: reason.to_string(),
         })?;
-        Ok(true)
+        self.store.move_to_trash(repo, kind, name)
     }
 
     /// Put trashed objects back (all of a repository's, or the named ones).
     pub fn restore_trash(&self, repo: &str, only: Option<(&str, &str)>) -> Result<usize> {
+        // under the repository's lock (retention running beside could trash again what comes
+        // back), and snapshots last: one is back only once everything it needs is
+        let _lock = self.repo_lock(repo)?;
+        let mut entries = self.catalog.trash(repo)?;
+        entries.sort_by_key(|e| match e.kind.as_str() {
+            "snapshots" => 2,
+            "manifests" => 1,
+            _ => 0,
+        });
         let mut n = 0;
-        for e in self.catalog.trash(repo)? {
+        for e in entries {
             // a pack comes back with its parity file, a snapshot with its manifest
             let companion = |k: &str| match k {
                 "data" => "parity",

@@ -69,6 +69,9 @@ pub fn run(server: &Server, repo: &str, dry_run: bool) -> Result<Report> {
         ..Default::default()
     };
     let now = server.now();
+    // under the repository's lock from here on: a snapshot commit may be taking a pack back
+    // from the trash that the purge would delete
+    let _lock = server.repo_lock(repo)?;
     if !dry_run {
         r.purged = purge_trash(server, repo, now)?;
     }
@@ -87,7 +90,6 @@ pub fn run(server: &Server, repo: &str, dry_run: bool) -> Result<Report> {
         return Ok(r);
     }
     r.policy = true;
-    let _lock = server.repo_lock(repo)?;
 
     // 1. judge snapshots by the time they were received, each client's apart: one client's
     // uploads (or a thief's, with its token) can take only that client's slots. A snapshot

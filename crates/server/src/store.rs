@@ -140,7 +140,7 @@ pub struct LocalStore {
     root: PathBuf,
 }
 
-fn io_err(what: impl std::fmt::Display, e: io::Error) -> ServerError {
+pub(crate) fn io_err(what: impl std::fmt::Display, e: io::Error) -> ServerError {
     if crate::is_full(&e) {
         return ServerError::Full(format!("{what}: {e}"));
     }
@@ -213,6 +213,13 @@ impl Storage for LocalStore {
                 }
             } else {
                 mk(base.join(k.dir()))?;
+            }
+        }
+        // the trash's directories too, made durable here once (two requests trashing their
+        // first objects at once must not count on each other's sync of a new directory)
+        for k in KINDS {
+            if let Some(d) = self.trash_path(repo, k, "x").parent() {
+                mk(d.to_path_buf())?;
             }
         }
         let inc = self.incoming(repo);
@@ -325,10 +332,15 @@ impl Storage for LocalStore {
     fn remove(&self, repo: &str, kind: FileKind, name: &str) -> Result<bool> {
         let p = self.path(repo, kind, name);
         match fs::remove_file(&p) {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(io_err(p.display(), e)),
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(io_err(p.display(), e)),
         }
+        // gone for good only once its directory is synced (a lease released must not come
+        // back after a power cut as a stale lock)
+        let dir = self.kind_dir(repo, kind, name);
+        sync_dir(&dir).map_err(|e| io_err(dir.display(), e))?;
+        Ok(true)
     }
 
     fn move_to_trash(&self, repo: &str, kind: FileKind, name: &str) -> Result<bool> {
@@ -354,16 +366,26 @@ impl Storage for LocalStore {
             return Ok(false);
         }
         self.commit(repo, kind, name, &src)?;
+        // (the trash's side too: a cut must not leave the object both back and in the trash)
+        if let Some(d) = src.parent() {
+            sync_dir(d).map_err(|e| io_err(d.display(), e))?;
+        }
         Ok(true)
     }
 
     fn purge(&self, repo: &str, kind: FileKind, name: &str) -> Result<()> {
         let p = self.trash_path(repo, kind, name);
         match fs::remove_file(&p) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io_err(p.display(), e)),
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_err(p.display(), e)),
         }
+        // durably gone before its trash record goes (else a cut brings back a file no record
+        // lists: its space never freed)
+        if let Some(d) = p.parent() {
+            sync_dir(d).map_err(|e| io_err(d.display(), e))?;
+        }
+        Ok(())
     }
 }
 

@@ -96,21 +96,12 @@ impl Server {
     /// Record the address operators reach the console at (`https://HOST:PORT`, no trailing
     /// slash), as the running server knows it: `DATA/url`, for `operator link` to print whole.
     pub fn record_url(&self, url: &str) -> Result<()> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
         let path = self.data.join("url");
         let tmp = self.data.join("url.tmp");
-        let io = |e: std::io::Error| ServerError::Io(format!("{}: {e}", path.display()));
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(io)?;
-        f.write_all(format!("{}\n", url.trim_end_matches('/')).as_bytes())
-            .map_err(io)?;
-        std::fs::rename(&tmp, &path).map_err(io)
+        let _ = std::fs::remove_file(&tmp);
+        // in one step and synced: a cut must not leave an empty record
+        coffer_backends::replace_file(&tmp, &path, format!("{}\n", url.trim_end_matches('/')).as_bytes())
+            .map_err(|e| ServerError::Io(format!("{}: {e}", path.display())))
     }
 
     /// The address recorded by [`Server::record_url`], if the server has run.
