@@ -249,6 +249,57 @@ fn unmounting_leaves_what_was_mounted_below_alone() {
     assert_eq!(kept.unwrap(), "kept", "the tmpfs below is still mounted");
 }
 
+/// A damaged pack read through the mount: the file is intact (rebuilt from the pack's parity)
+/// and the mount says, once, which pack it read that way.
+#[test]
+fn a_mount_reads_a_damaged_pack_through_its_parity_and_says_so() {
+    assert!(
+        is_root() && Path::new("/dev/fuse").exists(),
+        "this test mounts with FUSE: it needs root and /dev/fuse"
+    );
+    let e = Env::init();
+    let src = e.path("src");
+    fs::create_dir_all(&src).unwrap();
+    let data = pseudo_random(11, 3 << 20);
+    fs::write(src.join("f.bin"), &data).unwrap();
+    e.ok(&["backup", "-q", "--host", "web1", src.to_str().unwrap()]);
+    // a flipped byte in the middle of the largest pack (the file's data)
+    let pack = fs::read_dir(e.repo.join("data"))
+        .unwrap()
+        .flat_map(|d| fs::read_dir(d.unwrap().path()).unwrap())
+        .map(|f| f.unwrap().path())
+        .max_by_key(|p| fs::metadata(p).unwrap().len())
+        .unwrap();
+    let mut b = fs::read(&pack).unwrap();
+    let mid = b.len() / 2;
+    b[mid] ^= 0x20;
+    fs::write(&pack, b).unwrap();
+    let mnt = e.path("mnt");
+    fs::create_dir_all(&mnt).unwrap();
+    let mut mount = start_mount(&e, &mnt);
+    let inside = mnt.join("latest/web1").join(src.strip_prefix("/").unwrap());
+    let read = fs::read(inside.join("f.bin"));
+    let again = fs::read(inside.join("f.bin"));
+    let pid = rustix::process::Pid::from_child(&mount);
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let status = mount.wait().unwrap();
+    assert!(status.success(), "{status}");
+    assert!(
+        read.unwrap() == data && again.unwrap() == data,
+        "the file reads intact"
+    );
+    let log = fs::read_to_string(mnt.with_extension("log")).unwrap();
+    let name = pack.file_name().unwrap().to_string_lossy().into_owned();
+    let said: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("read through its parity"))
+        .collect();
+    assert!(
+        said.len() == 1 && said[0].contains(&name[..8]) && said[0].contains("coffer repair packs"),
+        "one warning naming the pack: {log}"
+    );
+}
+
 /// `coffer mount`: what rsync sees through the mount is the source, every kind of entry, ACLs
 /// and hard links included; the layout names each snapshot by host, id, tag and latest; a
 /// SIGTERM unmounts. (Root and /dev/fuse, as in CI.)

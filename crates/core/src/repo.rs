@@ -958,6 +958,14 @@ impl IndexedRepository {
         r.map_err(|e| Error::integrity(&what, e))
     }
 
+    /// How many packs [`Self::read_through_parity`] lists (cheap: for a check on every read).
+    pub fn read_through_parity_count(&self) -> usize {
+        self.read_through_parity
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
+    }
+
     /// Packs this process found damaged and read blobs from as rebuilt from their parity.
     pub fn read_through_parity(&self) -> Vec<PackId> {
         let c = self.read_through_parity.lock().unwrap_or_else(|p| p.into_inner());

@@ -119,6 +119,8 @@ struct SnapshotFs {
     open: HashMap<u64, Open>,
     uid: u32,
     gid: u32,
+    /// Damaged packs read through their parity so far, and said (a warning for each).
+    parity_said: std::collections::BTreeSet<coffer_core::format::PackId>,
 }
 
 fn time(t: &Timestamp) -> SystemTime {
@@ -161,6 +163,7 @@ impl SnapshotFs {
             open: HashMap::new(),
             uid: rustix::process::getuid().as_raw(),
             gid: rustix::process::getgid().as_raw(),
+            parity_said: Default::default(),
         };
         fs.layout();
         fs
@@ -473,7 +476,24 @@ impl SnapshotFs {
             out.extend_from_slice(&data[from..from + n]);
             at += n as u64;
         }
+        self.say_parity_reads();
         Ok(out)
+    }
+
+    /// Warn of each damaged pack the mount has read through its parity, once: the files read
+    /// are intact, the stored pack is not (a restore says so at its end; a mount runs on).
+    fn say_parity_reads(&mut self) {
+        if self.repo.read_through_parity_count() == self.parity_said.len() {
+            return;
+        }
+        for p in self.repo.read_through_parity() {
+            if self.parity_said.insert(p) {
+                tracing::warn!(
+                    "mount: pack {} is damaged: read through its parity (the data is intact, the stored pack is not; run `coffer repair packs`)",
+                    p.short()
+                );
+            }
+        }
     }
 }
 
