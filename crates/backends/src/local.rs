@@ -294,6 +294,8 @@ impl Backend for LocalBackend {
         // after its children were made (a power cut must not take `data/00` from a
         // repository whose packs are written into it)
         let mk = |p: PathBuf| fs::create_dir_all(&p).map_err(|e| self.err(&p.display().to_string(), e));
+        // the root and any parents it lacks, each made durable (`-r /backup/new/repo`)
+        create_dir_durable(&self.root).map_err(|e| self.err("", e))?;
         for k in FileKind::INIT_DIRS {
             mk(self.root.join(k.dir()))?;
         }
@@ -302,6 +304,7 @@ impl Backend for LocalBackend {
         }
         sync_dir(&self.root.join("data")).map_err(|e| self.err("data", e))?;
         sync_dir(&self.root).map_err(|e| self.err("", e))?;
+        // (and the root's own name, when it was there already: made by `mkdir` just before)
         if let Some(parent) = self.root.parent().filter(|p| !p.as_os_str().is_empty()) {
             sync_dir(parent).map_err(|e| self.err("", e))?;
         }

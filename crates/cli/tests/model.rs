@@ -4,8 +4,8 @@
 //! when that backup read it. After every step the repository's snapshots are exactly the
 //! model's, `check` is clean, and the snapshots the step could have touched restore
 //! byte-identical (every one after a forget, prune, damage or copy); the copy's destination
-//! holds every snapshot copied to it. A failing sequence is shrunk to a shorter one that still
-//! fails, printed with its seed.
+//! holds every snapshot copied to it and checks clean with `--read-data`. A failing sequence
+//! is shrunk to a shorter one that still fails, printed with its seed.
 //!
 //! `scripts/stress --seed N --sequences K --steps L` runs it long; here (CI) one sequence of
 //! `COFFER_MODEL_STEPS` (default 24) steps with `COFFER_MODEL_SEED` (default from the clock,
@@ -351,6 +351,16 @@ impl World {
             }
         }
         if all && !self.copied.is_empty() {
+            // the copy is a repository of its own: it checks clean, its data read
+            let o = self
+                .e
+                .cmd()
+                .args(["-r", self.second.to_str().unwrap(), "check", "--read-data"])
+                .output()
+                .unwrap();
+            if code(&o) != 0 {
+                return Err(format!("the copy: check --read-data: {}", stderr(&o)));
+            }
             let listing = self.listing(Some(&self.second));
             let by_original: BTreeMap<String, String> =
                 listing.into_iter().filter_map(|(id, o)| Some((o?, id))).collect();
