@@ -1,11 +1,48 @@
 //! How fast parity is made and checked, per 16 MiB pack (docs/PERFORMANCE.md "Parity"):
 //! `cargo run --release -p coffer-core --example parity_speed`.
+//!
+//! `parity_speed two|one|none N` runs only the pack writer's work on N packs (`two`: name the
+//! pack, then encode its parity; `one`: both in one pass; `none`: name only), for
+//! `valgrind --tool=cachegrind`, whose counts do not depend on what else the machine runs.
 
 use std::time::Instant;
 
 use coffer_core::format::{Id, PackId};
 
 fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let [mode, n] = &args[..] {
+        let n: usize = n.parse().expect("a count of packs");
+        let mut x = 7u64;
+        let mut pack: Vec<u8> = (0..16usize << 20)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        for i in 0..n {
+            // the packer has just written the pack: it is not in cache as a whole
+            pack.iter_mut()
+                .step_by(64)
+                .for_each(|b| *b = b.wrapping_add(i as u8));
+            let parts: Vec<&[u8]> = pack.chunks(700_000).collect();
+            match mode.as_str() {
+                "two" => {
+                    let id = PackId(coffer_core::crypto::storage_id_parts(&parts));
+                    std::hint::black_box(coffer_core::parity::encode(&id, &parts, 100));
+                }
+                "one" => {
+                    std::hint::black_box(coffer_core::parity::encode_naming(&parts, 100));
+                }
+                _ => {
+                    std::hint::black_box(coffer_core::crypto::storage_id_parts(&parts));
+                }
+            }
+        }
+        return;
+    }
     let len = 16usize << 20;
     let mut x = 1u64;
     let pack: Vec<u8> = (0..len)

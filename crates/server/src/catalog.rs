@@ -510,11 +510,17 @@ impl Catalog {
     /// When the server received a snapshot, and from which client (`None` for snapshots
     /// recorded before clients were).
     pub fn snapshot_origin(&self, repo: &str, id: &str) -> Result<Option<(i64, Option<String>)>> {
+        Ok(self.snapshot_arrival(repo, id)?.map(|(t, c, _)| (t, c)))
+    }
+
+    /// [`Self::snapshot_origin`] and the order the server recorded it in (greater is later:
+    /// snapshots received within one second are told apart by it).
+    pub fn snapshot_arrival(&self, repo: &str, id: &str) -> Result<Option<(i64, Option<String>, i64)>> {
         self.db()
             .query_row(
-                "SELECT received, client FROM snapshots WHERE repo = ?1 AND id = ?2",
+                "SELECT received, client, rowid FROM snapshots WHERE repo = ?1 AND id = ?2",
                 params![repo, id],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .optional()
             .map_err(db_err)

@@ -96,8 +96,7 @@ pub fn run(server: &Server, repo: &str, dry_run: bool) -> Result<Report> {
     // whose manifest names no pack cannot be a backup (every snapshot needs its root tree):
     // it takes no slot and goes to the trash. One with no readable manifest takes no slot
     // and stays, and then no pack is removed (the server cannot tell what it needs).
-    let mut groups: BTreeMap<String, Vec<(SnapshotId, chrono::DateTime<chrono::FixedOffset>)>> =
-        BTreeMap::new();
+    let mut groups: BTreeMap<String, Vec<(SnapshotId, i64, i64)>> = BTreeMap::new();
     let mut needed: HashSet<String> = HashSet::new();
     let mut unjudged = Vec::new();
     let mut manifests = HashMap::new();
@@ -124,23 +123,18 @@ pub fn run(server: &Server, repo: &str, dry_run: bool) -> Result<Report> {
                 manifests.insert(e.name.clone(), m);
             }
         }
-        let (received, client) = server
+        let (received, client, order) = server
             .catalog
-            .snapshot_origin(repo, &e.name)?
-            .unwrap_or((e.mtime, None));
-        let t = Utc
-            .timestamp_opt(received, 0)
-            .single()
-            .unwrap_or_default()
-            .fixed_offset();
+            .snapshot_arrival(repo, &e.name)?
+            .unwrap_or((e.mtime, None, 0));
         groups
             .entry(client.unwrap_or_default())
             .or_default()
-            .push((SnapshotId(id), t));
+            .push((SnapshotId(id), received, order));
     }
     let mut kept = Vec::new();
     for snaps in groups.values() {
-        let decisions = apply_policy_to_times(snaps, &keep_policy(&policy));
+        let decisions = apply_policy_to_times(&arrival_times(snaps), &keep_policy(&policy));
         let before = kept.len();
         for d in &decisions {
             if d.keep {
@@ -213,6 +207,35 @@ pub fn run(server: &Server, repo: &str, dry_run: bool) -> Result<Report> {
     Ok(r)
 }
 
+/// Each snapshot's time for the policy: when the server received it (seconds), and within one
+/// second a nanosecond per snapshot received before it, in the order the server recorded them:
+/// `keep-last` keeps the ones received last, not the ones whose ids sort last (two backups
+/// in one second, a retried one after a restart, are common).
+fn arrival_times(
+    snaps: &[(SnapshotId, i64, i64)],
+) -> Vec<(SnapshotId, chrono::DateTime<chrono::FixedOffset>)> {
+    let mut sorted = snaps.to_vec();
+    sorted.sort_by_key(|(_, received, order)| (*received, *order));
+    let mut out = Vec::with_capacity(sorted.len());
+    let mut prev = None;
+    let mut within = 0u32;
+    for (id, received, _) in sorted {
+        within = if prev == Some(received) {
+            within.saturating_add(1).min(999_999_999)
+        } else {
+            0
+        };
+        prev = Some(received);
+        let t = Utc
+            .timestamp_opt(received, within)
+            .single()
+            .unwrap_or_default()
+            .fixed_offset();
+        out.push((id, t));
+    }
+    out
+}
+
 /// Delete trash entries older than the trash period; returns how many.
 fn purge_trash(server: &Server, repo: &str, now: i64) -> Result<usize> {
     let mut n = 0;
@@ -230,4 +253,35 @@ fn purge_trash(server: &Server, repo: &str, now: i64) -> Result<usize> {
         n += 1;
     }
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Three snapshots received within one second, their ids sorting against their arrival:
+    /// `keep-last 2` keeps the two received last (the ids decided it before).
+    #[test]
+    fn keep_last_keeps_the_last_received_within_one_second() {
+        let id = |b: u8| SnapshotId(coffer_core::format::Id([b; 32]));
+        // (id, received, order recorded)
+        let snaps = [
+            (id(9), 1_000, 1),
+            (id(5), 1_000, 2),
+            (id(1), 1_000, 3),
+            (id(7), 999, 0),
+        ];
+        let policy = KeepPolicy {
+            last: 2,
+            ..Default::default()
+        };
+        let kept: Vec<SnapshotId> = apply_policy_to_times(&arrival_times(&snaps), &policy)
+            .into_iter()
+            .filter(|d| d.keep)
+            .map(|d| d.id)
+            .collect();
+        let mut kept = kept;
+        kept.sort();
+        assert_eq!(kept, vec![id(1), id(5)]);
+    }
 }
