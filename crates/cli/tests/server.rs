@@ -666,6 +666,21 @@ fn a_snapshot_flood_cannot_push_out_history() {
     // removed snapshots wait in the trash
     let trash = s.admin_ok(&["trash", "list", "web", "--json"]);
     assert!(trash.contains(&days[0].1), "day 0 is in the trash");
+    // one snapshot comes back from the trash with the packs its manifest names (retention
+    // trashed them with it: back without them, it would not restore, and the purge would
+    // delete them for good); another removed day's stay in the trash
+    let (day, id, digest) = &days[5];
+    s.admin_ok(&["trash", "restore", "web", &format!("snapshots/{id}")]);
+    let trash = s.admin_ok(&["trash", "list", "web", "--json"]);
+    assert!(!trash.contains(id.as_str()), "day 5 is back: {trash}");
+    assert!(trash.contains(&days[0].1), "day 0 stays in the trash");
+    assert!(
+        trash.contains("\"data\""),
+        "packs of other days stay in the trash: {trash}"
+    );
+    let _ = fs::remove_dir_all(&src);
+    build_source(&src, 1000 + *day as u64);
+    restore_and_compare(&r, &id[..12], &src, digest, &e.path("out"));
     // the append client goes on backing up after retention (it no longer dedups against
     // freed packs) and the result restores
     fs::write(&clock, (base + 32 * 86_400).to_string()).unwrap();

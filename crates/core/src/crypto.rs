@@ -725,13 +725,16 @@ impl<'a> Credential<'a> {
 }
 
 /// What a key file gives a credential ([`unwrap_key_file`]). Not `Debug`: it holds the key.
+/// The key is held by value, not boxed: moved out of a box, it would leave a copy in freed
+/// memory that nothing zeroes.
+#[allow(clippy::large_enum_variant)]
 pub enum Unwrapped {
     /// A file of the other kind: a passphrase's, for a generated key, or the reverse.
     OtherKind,
     /// This credential does not open it (another passphrase's file, or a forged one).
     NotOpened,
     /// The master key and, for a write-only key, the config its file carries.
-    Key(Box<MasterKey>, Option<Vec<u8>>),
+    Key(MasterKey, Option<Vec<u8>>),
     /// It opens with this credential but does not hold key material: only someone who knows
     /// the credential could have written it.
     Damaged(Error),
@@ -750,7 +753,7 @@ pub fn unwrap_key_file(credential: &Credential, bytes: &[u8], what: &str) -> Res
     };
     let plain = Zeroizing::new(plain);
     Ok(match MasterKey::from_bytes(&plain, what) {
-        Ok((key, config)) => Unwrapped::Key(Box::new(key), config),
+        Ok((key, config)) => Unwrapped::Key(key, config),
         Err(e) => Unwrapped::Damaged(e),
     })
 }

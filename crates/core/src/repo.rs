@@ -189,7 +189,7 @@ impl Repository {
                 Ok(Unwrapped::NotOpened) => tried += 1,
                 Ok(Unwrapped::Key(key, carried_config)) => {
                     let id = KeyId(Id::from_hex(&k.name).map_err(|e| Error::format(&what, e))?);
-                    found = Some((id, *key, carried_config));
+                    found = Some((id, key, carried_config));
                     break;
                 }
                 Ok(Unwrapped::Damaged(e)) => return Err(e),

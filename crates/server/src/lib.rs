@@ -56,7 +56,7 @@ pub mod store_s3;
 pub mod tls;
 pub mod verify;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -366,9 +366,16 @@ impl Server {
                 )));
             }
             let c = self.store.commit(repo, kind, name, tmp)?;
-            // (also when it existed: a commit whose record failed, a full disk, is retried by
-            // its client and finds the snapshot there; the record keeps the first upload's)
-            self.catalog.record_snapshot(repo, name, self.now(), client)?;
+            // Recorded after it is stored (a record says the server received it: a run report
+            // naming it is believed), and also when it existed: a commit whose record failed
+            // answers an error its client retries (500, even for a full catalog: a 507 is not
+            // retried), and the retry finds the snapshot stored and records it. The record
+            // keeps the first upload's time and client.
+            if let Err(e) = self.catalog.record_snapshot(repo, name, self.now(), client) {
+                return Err(ServerError::Io(format!(
+                    "snapshot {name} stored but not recorded (the client's retry records it): {e}"
+                )));
+            }
             c
         } else {
             self.store.commit(repo, kind, name, tmp)?
@@ -412,14 +419,20 @@ impl Server {
         if self.store.stat(repo, kind, name)?.is_none() {
             return Ok(false);
         }
+        let label = store::kind_label(kind);
         self.catalog.add_trash(&TrashEntry {
             repo: repo.to_string(),
-            kind: store::kind_label(kind).to_string(),
+            kind: label.to_string(),
             name: name.to_string(),
             trashed: self.now(),
             reason: reason.to_string(),
         })?;
-        self.store.move_to_trash(repo, kind, name)
+        let moved = self.store.move_to_trash(repo, kind, name);
+        if moved.is_err() {
+            // (best effort: a record left of an object still live is passed over by purge)
+            let _ = self.catalog.remove_trash(repo, label, name);
+        }
+        moved
     }
 
     /// Put trashed objects back (all of a repository's, or the named ones).
@@ -433,15 +446,52 @@ impl Server {
             "manifests" => 1,
             _ => 0,
         });
+        // a pack comes back with its parity file, a snapshot with its manifest
+        let companion = |k: &str| match k {
+            "data" => "parity",
+            "snapshots" => "manifests",
+            _ => "",
+        };
+        let mut wanted: Option<HashSet<(String, String)>> = only.map(|(k, name)| {
+            HashSet::from([
+                (k.to_string(), name.to_string()),
+                (companion(k).to_string(), name.to_string()),
+            ])
+        });
         let mut n = 0;
-        for e in entries {
-            // a pack comes back with its parity file, a snapshot with its manifest
-            let companion = |k: &str| match k {
-                "data" => "parity",
-                "snapshots" => "manifests",
-                _ => "",
+        if let Some((k, name)) = only.filter(|(k, _)| *k == "snapshots") {
+            // and a snapshot with every pack its manifest names that retention or a prune
+            // trashed since (with their parity): back without them, it could not be restored,
+            // and the purge would delete them for good
+            if let Some(m) = entries.iter().find(|e| e.kind == "manifests" && e.name == name) {
+                if self.store.take_from_trash(repo, FileKind::Manifest, &m.name)? {
+                    n += 1;
+                }
+                self.catalog.remove_trash(repo, "manifests", name)?;
+            }
+            let manifest = self
+                .store
+                .read(repo, FileKind::Manifest, name)?
+                .and_then(|b| coffer_core::format::Manifest::decode(&b, name).ok());
+            let Some(manifest) = manifest else {
+                return Err(ServerError::Invalid(format!(
+                    "{k}/{name}: its manifest is missing or unreadable, so the server cannot tell \
+                     which packs it needs; restore the whole trash instead (coffer server trash \
+                     restore {repo})"
+                )));
             };
-            if only.is_some_and(|(k, name)| (k != e.kind && companion(k) != e.kind) || name != e.name) {
+            if let Some(w) = wanted.as_mut() {
+                for p in &manifest.packs {
+                    w.insert(("data".into(), p.to_hex()));
+                    w.insert(("parity".into(), p.to_hex()));
+                }
+            }
+        }
+        for e in entries {
+            if wanted
+                .as_ref()
+                .is_some_and(|w| !w.contains(&(e.kind.clone(), e.name.clone())))
+            {
                 continue;
             }
             let Some(kind) = store::kind_from_label(&e.kind) else {

@@ -245,7 +245,10 @@ fn purge_trash(server: &Server, repo: &str, now: i64) -> Result<usize> {
         }
         if let Some(kind) = kind_from_label(&e.kind) {
             server.store.purge(repo, kind, &e.name)?;
-            if kind == FileKind::Snapshot {
+            // the catalog forgets a snapshot only when it is not live: a trash record may be
+            // left of an object that never moved (a cut between the record and the move) or
+            // that a commit took back
+            if kind == FileKind::Snapshot && server.store.stat(repo, kind, &e.name)?.is_none() {
                 server.catalog.forget_snapshot(repo, &e.name)?;
             }
         }

@@ -230,11 +230,14 @@ impl Storage for S3Store {
         }
         // copy first: a crash between the two steps leaves the object in both places
         r.live.copy_to(kind, name, &r.trash).map_err(be)?;
-        match r.live.remove(kind, name) {
+        let removed = match r.live.remove(kind, name) {
             Ok(()) => Ok(true),
             Err(e) if e.is_not_found() => Ok(true),
             Err(e) => Err(be(e)),
-        }
+        };
+        // again: a stat during the copy may have remembered the pack as live
+        self.forget_size(repo, kind, name);
+        removed
     }
 
     fn take_from_trash(&self, repo: &str, kind: FileKind, name: &str) -> Result<bool> {
