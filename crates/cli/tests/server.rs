@@ -670,7 +670,37 @@ fn a_snapshot_flood_cannot_push_out_history() {
     // trashed them with it: back without them, it would not restore, and the purge would
     // delete them for good); another removed day's stay in the trash
     let (day, id, digest) = &days[5];
-    s.admin_ok(&["trash", "restore", "web", &format!("snapshots/{id}")]);
+    // while it is there, no client may put a manifest under its name (one naming no pack, say,
+    // would stand in for the trashed one and bring back none of its packs)
+    let forged = format!(r#"{{"version":1,"snapshot":"{id}","packs":[]}}"#);
+    let put = s.raw(
+        &format!(
+            "PUT /web/manifests/{id} HTTP/1.1\nHost: x\n{auth}\nContent-Length: {}\nConnection: close",
+            forged.len()
+        ),
+        forged.as_bytes(),
+    );
+    assert_eq!(put.as_ref().map(|p| p.0), Some(403), "{put:?}");
+    // and a manifest stored under a trashed one's name all the same (written beside the
+    // server here) is never dropped for the trashed one: the restore fails and keeps both
+    let (_, other, _) = &days[6];
+    let live = s.data.join(format!("repos/web/manifests/{other}"));
+    fs::write(
+        &live,
+        format!(r#"{{"version":1,"snapshot":"{other}","packs":[]}}"#),
+    )
+    .unwrap();
+    let o = s.admin(&["trash", "restore", "web", &format!("snapshots/{other}")]);
+    assert_ne!(code(&o), 0);
+    assert!(stderr(&o).contains("differs"), "{}", stderr(&o));
+    let trash = s.admin_ok(&["trash", "list", "web", "--json"]);
+    assert!(
+        trash.contains(other.as_str()),
+        "day 6 stays in the trash: {trash}"
+    );
+    fs::remove_file(&live).unwrap();
+    // a unique prefix of the id names it
+    s.admin_ok(&["trash", "restore", "web", &format!("snapshots/{}", &id[..12])]);
     let trash = s.admin_ok(&["trash", "list", "web", "--json"]);
     assert!(!trash.contains(id.as_str()), "day 5 is back: {trash}");
     assert!(trash.contains(&days[0].1), "day 0 stays in the trash");
@@ -691,6 +721,23 @@ fn a_snapshot_flood_cannot_push_out_history() {
     let v: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
     let id = v["snapshot_id"].as_str().unwrap().to_string();
     restore_and_compare(&r, &id[..12], &src, &expected, &e.path("out"));
+
+    // a snapshot stored whose catalog record failed (the server answered 500): the client's
+    // retry finds it stored (409) and the record is written then, with the client's name
+    let catalog = coffer_server::catalog::Catalog::open(&s.data.join("server.db")).unwrap();
+    catalog.forget_snapshot("web", &id).unwrap();
+    assert!(catalog.snapshot_arrival("web", &id).unwrap().is_none());
+    let body = fs::read(s.data.join(format!("repos/web/snapshots/{id}"))).unwrap();
+    let put = s.raw(
+        &format!(
+            "PUT /web/snapshots/{id} HTTP/1.1\nHost: x\n{auth}\nContent-Length: {}\nConnection: close",
+            body.len()
+        ),
+        &body,
+    );
+    assert_eq!(put.as_ref().map(|p| p.0), Some(409), "{put:?}");
+    let (_, client, _) = catalog.snapshot_arrival("web", &id).unwrap().expect("recorded");
+    assert_eq!(client.as_deref(), Some("web1"));
 }
 
 #[test]

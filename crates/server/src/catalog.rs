@@ -612,6 +612,19 @@ impl Catalog {
         Ok(())
     }
 
+    /// Whether the trash holds a record of `kind/name`.
+    pub fn in_trash(&self, repo: &str, kind: &str, name: &str) -> Result<bool> {
+        self.db()
+            .query_row(
+                "SELECT 1 FROM trash WHERE repo = ?1 AND kind = ?2 AND name = ?3",
+                params![repo, kind, name],
+                |_| Ok(()),
+            )
+            .optional()
+            .map(|r| r.is_some())
+            .map_err(db_err)
+    }
+
     pub fn trash(&self, repo: &str) -> Result<Vec<TrashEntry>> {
         let db = self.db();
         let mut st = db

@@ -899,7 +899,7 @@ async fn write(
             ),
         )));
     }
-    if let Err(e) = admit(&st, &repo, kind, &name, &path, len, client.role).await {
+    if let Err(e) = admit(&st, &repo, kind, &name, &path, len, &client).await {
         // read the announced body before answering: a client still sending it would
         // otherwise meet a reset connection and never see why it was refused
         drain(&st, body, len).await;
@@ -980,20 +980,48 @@ async fn admit(
     name: &str,
     path: &str,
     len: u64,
-    role: Role,
+    client: &ClientInfo,
 ) -> Result<(), ApiError> {
+    let role = client.role;
     let repo = repo.to_string();
     let server = st.server.clone();
-    let (r2, n2) = (repo.clone(), name.to_string());
-    let (exists, repo_known, quota, used) = blocking(move || {
+    let (r2, n2, who) = (repo.clone(), name.to_string(), client.name.clone());
+    let (exists, repo_known, quota, used, trashed) = blocking(move || {
         let info = server.catalog.repo(&r2)?;
         let exists = server.store.stat(&r2, kind, &n2)?.is_some();
+        if exists && kind == FileKind::Snapshot && info.is_some() {
+            // a retried commit whose catalog record failed the first time (the server
+            // answered 500): the snapshot is stored, so it is recorded now (a no-op if it is)
+            server.catalog.record_snapshot(&r2, &n2, server.now(), &who)?;
+        }
+        // a manifest is not named by its content: one stored under the name of a snapshot in
+        // the trash would stand in for the manifest trashed with it
+        let trashed = kind == FileKind::Manifest
+            && !exists
+            && (server.catalog.in_trash(&r2, "snapshots", &n2)?
+                || server.catalog.in_trash(&r2, "manifests", &n2)?);
         let used = server.usage(&r2)?;
-        Ok((exists, info.is_some(), info.and_then(|i| i.quota_bytes), used))
+        Ok((
+            exists,
+            info.is_some(),
+            info.and_then(|i| i.quota_bytes),
+            used,
+            trashed,
+        ))
     })
     .await?;
     if !repo_known {
         return Err(err(StatusCode::NOT_FOUND, format!("no repository {repo:?}")));
+    }
+    if trashed {
+        return Err(err(
+            StatusCode::FORBIDDEN,
+            format!(
+                "{}: its snapshot is in the server's trash (an admin restores it with coffer server \
+                 trash restore {repo} snapshots/{name}); refused",
+                &path[1..]
+            ),
+        ));
     }
     if kind == FileKind::Key && role == Role::Append {
         // every open tries each key file (argon2, ~0.2 s each): a client that adds hundreds

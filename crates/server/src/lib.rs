@@ -427,15 +427,13 @@ impl Server {
             trashed: self.now(),
             reason: reason.to_string(),
         })?;
-        let moved = self.store.move_to_trash(repo, kind, name);
-        if moved.is_err() {
-            // (best effort: a record left of an object still live is passed over by purge)
-            let _ = self.catalog.remove_trash(repo, label, name);
-        }
-        moved
+        // (a move that fails keeps its record: the object may have moved all the same, and a
+        // record of an object still live is passed over by purge and by restore)
+        self.store.move_to_trash(repo, kind, name)
     }
 
-    /// Put trashed objects back (all of a repository's, or the named ones).
+    /// Put trashed objects back: all of a repository's, or one object named `KIND/NAME` (a
+    /// unique prefix of its name will do). Returns how many came back.
     pub fn restore_trash(&self, repo: &str, only: Option<(&str, &str)>) -> Result<usize> {
         // under the repository's lock (retention running beside could trash again what comes
         // back), and snapshots last: one is back only once everything it needs is
@@ -446,47 +444,11 @@ impl Server {
             "manifests" => 1,
             _ => 0,
         });
-        // a pack comes back with its parity file, a snapshot with its manifest
-        let companion = |k: &str| match k {
-            "data" => "parity",
-            "snapshots" => "manifests",
-            _ => "",
+        let wanted = match only {
+            None => None,
+            Some((k, name)) => Some(self.wanted_from_trash(repo, &entries, k, name)?),
         };
-        let mut wanted: Option<HashSet<(String, String)>> = only.map(|(k, name)| {
-            HashSet::from([
-                (k.to_string(), name.to_string()),
-                (companion(k).to_string(), name.to_string()),
-            ])
-        });
         let mut n = 0;
-        if let Some((k, name)) = only.filter(|(k, _)| *k == "snapshots") {
-            // and a snapshot with every pack its manifest names that retention or a prune
-            // trashed since (with their parity): back without them, it could not be restored,
-            // and the purge would delete them for good
-            if let Some(m) = entries.iter().find(|e| e.kind == "manifests" && e.name == name) {
-                if self.store.take_from_trash(repo, FileKind::Manifest, &m.name)? {
-                    n += 1;
-                }
-                self.catalog.remove_trash(repo, "manifests", name)?;
-            }
-            let manifest = self
-                .store
-                .read(repo, FileKind::Manifest, name)?
-                .and_then(|b| coffer_core::format::Manifest::decode(&b, name).ok());
-            let Some(manifest) = manifest else {
-                return Err(ServerError::Invalid(format!(
-                    "{k}/{name}: its manifest is missing or unreadable, so the server cannot tell \
-                     which packs it needs; restore the whole trash instead (coffer server trash \
-                     restore {repo})"
-                )));
-            };
-            if let Some(w) = wanted.as_mut() {
-                for p in &manifest.packs {
-                    w.insert(("data".into(), p.to_hex()));
-                    w.insert(("parity".into(), p.to_hex()));
-                }
-            }
-        }
         for e in entries {
             if wanted
                 .as_ref()
@@ -504,6 +466,79 @@ impl Server {
         }
         self.usage_map().remove(repo);
         Ok(n)
+    }
+
+    /// What a restore of one trashed object brings back: the object, its companion (a pack's
+    /// parity file, a snapshot's manifest) and, for a snapshot, what it needs that is in the
+    /// trash too: the packs its manifest names with their parity, and every trashed index
+    /// file (the server cannot read which of them list its blobs; clients pass over index
+    /// entries of packs the server does not hold).
+    fn wanted_from_trash(
+        &self,
+        repo: &str,
+        entries: &[TrashEntry],
+        kind: &str,
+        name: &str,
+    ) -> Result<HashSet<(String, String)>> {
+        let not_there = || {
+            ServerError::NotFound(format!(
+                "{kind}/{name} is not in the trash of {repo:?} (coffer server trash list {repo})"
+            ))
+        };
+        store::kind_from_label(kind).ok_or_else(not_there)?;
+        let of_kind = entries.iter().filter(|e| e.kind == kind);
+        let name = match of_kind.clone().find(|e| e.name == name) {
+            Some(e) => e.name.clone(),
+            None => {
+                let mut m = of_kind.filter(|e| !name.is_empty() && e.name.starts_with(name));
+                match (m.next(), m.next()) {
+                    (Some(e), None) => e.name.clone(),
+                    (None, _) => return Err(not_there()),
+                    (Some(_), Some(_)) => {
+                        return Err(ServerError::Invalid(format!(
+                            "{kind}/{name}: more than one trashed object starts so; give more of its name"
+                        )))
+                    }
+                }
+            }
+        };
+        let companion = match kind {
+            "data" => "parity",
+            "snapshots" => "manifests",
+            _ => "",
+        };
+        let mut wanted = HashSet::from([
+            (kind.to_string(), name.clone()),
+            (companion.to_string(), name.clone()),
+        ]);
+        if kind != "snapshots" {
+            return Ok(wanted);
+        }
+        // the manifest as it was trashed with the snapshot (or, if only the snapshot went, the
+        // live one): the packs it names. A manifest stored under the name since (a client
+        // cannot upload one while the snapshot is in the trash) makes the take-back fail.
+        let trashed_manifest = entries.iter().any(|e| e.kind == "manifests" && e.name == name);
+        let bytes = if trashed_manifest {
+            self.store.read_trashed(repo, FileKind::Manifest, &name)?
+        } else {
+            self.store.read(repo, FileKind::Manifest, &name)?
+        };
+        let manifest = bytes.and_then(|b| coffer_core::format::Manifest::decode(&b, &name).ok());
+        let Some(manifest) = manifest else {
+            return Err(ServerError::Invalid(format!(
+                "snapshots/{name}: its manifest is missing or unreadable, so the server cannot \
+                 tell which packs it needs; restore the whole trash instead (coffer server trash \
+                 restore {repo})"
+            )));
+        };
+        for p in &manifest.packs {
+            wanted.insert(("data".into(), p.to_hex()));
+            wanted.insert(("parity".into(), p.to_hex()));
+        }
+        for e in entries.iter().filter(|e| e.kind == "index") {
+            wanted.insert(("index".into(), e.name.clone()));
+        }
+        Ok(wanted)
     }
 }
 

@@ -119,8 +119,13 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     fn remove(&self, repo: &str, kind: FileKind, name: &str) -> Result<bool>;
     /// Move an object to the trash. Returns false if it was not there.
     fn move_to_trash(&self, repo: &str, kind: FileKind, name: &str) -> Result<bool>;
-    /// Move an object back from the trash, never over an existing one (the trashed copy is
-    /// dropped then). Returns false if the trash does not hold it.
+    /// A whole trashed object, `None` if the trash does not hold it.
+    fn read_trashed(&self, repo: &str, kind: FileKind, name: &str) -> Result<Option<Vec<u8>>>;
+    /// Move an object back from the trash, never over an existing one: the trashed copy is
+    /// dropped when the live one is the same object (a name that is its content's hash, or
+    /// the same bytes), and both are kept with a [`ServerError::Conflict`] when they differ
+    /// (a manifest stored under a trashed one's name). Returns false if the trash does not
+    /// hold it.
     fn take_from_trash(&self, repo: &str, kind: FileKind, name: &str) -> Result<bool>;
     /// Delete a trashed object for good.
     fn purge(&self, repo: &str, kind: FileKind, name: &str) -> Result<()>;
@@ -138,6 +143,16 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
 #[derive(Clone, Debug)]
 pub struct LocalStore {
     root: PathBuf,
+}
+
+/// A trashed object and a live one of the same name that differ: neither is dropped.
+pub(crate) fn not_the_same(repo: &str, kind: FileKind, name: &str) -> ServerError {
+    ServerError::Conflict(format!(
+        "{repo}: {}/{name} in the trash differs from the one stored under its name since; both \
+         are kept (the stored one was not written by the client that wrote the trashed one: \
+         look at the server log for who uploaded it)",
+        kind_label(kind)
+    ))
 }
 
 pub(crate) fn io_err(what: impl std::fmt::Display, e: io::Error) -> ServerError {
@@ -360,10 +375,26 @@ impl Storage for LocalStore {
         Ok(true)
     }
 
+    fn read_trashed(&self, repo: &str, kind: FileKind, name: &str) -> Result<Option<Vec<u8>>> {
+        let p = self.trash_path(repo, kind, name);
+        match fs::read(&p) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err(p.display(), e)),
+        }
+    }
+
     fn take_from_trash(&self, repo: &str, kind: FileKind, name: &str) -> Result<bool> {
         let src = self.trash_path(repo, kind, name);
         if !src.exists() {
             return Ok(false);
+        }
+        if !is_hashed(kind) {
+            if let Some(live) = self.read(repo, kind, name)? {
+                if Some(live) != self.read_trashed(repo, kind, name)? {
+                    return Err(not_the_same(repo, kind, name));
+                }
+            }
         }
         self.commit(repo, kind, name, &src)?;
         // (the trash's side too: a cut must not leave the object both back and in the trash)

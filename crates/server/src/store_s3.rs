@@ -240,6 +240,14 @@ impl Storage for S3Store {
         removed
     }
 
+    fn read_trashed(&self, repo: &str, kind: FileKind, name: &str) -> Result<Option<Vec<u8>>> {
+        match self.repo(repo)?.trash.read(kind, name) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(be(e)),
+        }
+    }
+
     fn take_from_trash(&self, repo: &str, kind: FileKind, name: &str) -> Result<bool> {
         let r = self.repo(repo)?;
         if r.trash.stat(kind, name).map_err(be)?.is_none() {
@@ -247,6 +255,10 @@ impl Storage for S3Store {
         }
         if r.live.stat(kind, name).map_err(be)?.is_none() {
             r.trash.copy_to(kind, name, &r.live).map_err(be)?;
+        } else if !crate::store::is_hashed(kind)
+            && self.read(repo, kind, name)? != self.read_trashed(repo, kind, name)?
+        {
+            return Err(crate::store::not_the_same(repo, kind, name));
         }
         self.purge(repo, kind, name)?;
         Ok(true)
