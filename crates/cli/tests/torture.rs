@@ -765,10 +765,15 @@ fn with_copy_of(old: &Path, names: &[&str], src: &Path, mib: usize, rng: &mut Rn
 }
 
 /// Start a paced backup of `src` on `clock`; once it has written a pack of its own (its index
-/// is read and it deduplicates against it), stop it with SIGSTOP.
+/// is read and it deduplicates against it), stop it with SIGSTOP. In a process group of its
+/// own: when the group of whatever started the test is orphaned (its shell exits), the kernel
+/// sends SIGHUP and SIGCONT to that group's stopped members, and the backup, woken, would give
+/// up its lease and exit (seen in a long run started from a shell that exited).
 fn started_and_stopped(e: &Env, src: &Path, clock: &Path) -> Child {
+    use std::os::unix::process::CommandExt;
     let before = packs_in(&e.repo);
     let mut cmd = e.cmd();
+    cmd.process_group(0);
     on_clock(&mut cmd, clock);
     let mut child = cmd
         .args(["backup", "--json", "--limit-upload", "1M", src.to_str().unwrap()])
