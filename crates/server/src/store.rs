@@ -145,6 +145,15 @@ pub struct LocalStore {
     root: PathBuf,
 }
 
+/// A whole file, `None` if it is not there.
+fn read_if_there(p: &Path) -> Result<Option<Vec<u8>>> {
+    match fs::read(p) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_err(p.display(), e)),
+    }
+}
+
 /// A trashed object and a live one of the same name that differ: neither is dropped.
 pub(crate) fn not_the_same(repo: &str, kind: FileKind, name: &str) -> ServerError {
     ServerError::Conflict(format!(
@@ -324,12 +333,7 @@ impl Storage for LocalStore {
     }
 
     fn read(&self, repo: &str, kind: FileKind, name: &str) -> Result<Option<Vec<u8>>> {
-        let p = self.path(repo, kind, name);
-        match fs::read(&p) {
-            Ok(b) => Ok(Some(b)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io_err(p.display(), e)),
-        }
+        read_if_there(&self.path(repo, kind, name))
     }
 
     fn read_range(&self, repo: &str, kind: FileKind, name: &str, offset: u64, len: u32) -> Result<Vec<u8>> {
@@ -376,12 +380,7 @@ impl Storage for LocalStore {
     }
 
     fn read_trashed(&self, repo: &str, kind: FileKind, name: &str) -> Result<Option<Vec<u8>>> {
-        let p = self.trash_path(repo, kind, name);
-        match fs::read(&p) {
-            Ok(b) => Ok(Some(b)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io_err(p.display(), e)),
-        }
+        read_if_there(&self.trash_path(repo, kind, name))
     }
 
     fn take_from_trash(&self, repo: &str, kind: FileKind, name: &str) -> Result<bool> {
