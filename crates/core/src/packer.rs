@@ -455,9 +455,11 @@ const PACK_WRITERS: usize = 2;
 /// the wait for fsync, and the queue in front of the packer covers that pause (the benchmark's
 /// initial backup, median of 6 alternating runs: 11.26 -> 11.52 s, peak RSS 115 -> 98 MiB).
 /// A remote backend keeps the buffer for the whole upload, so it gets one per writer, and the
-/// packer fills the next pack while both upload.
+/// packer fills the next pack while both upload. With parity on, a local writer holds the
+/// buffer while it hashes the pack and encodes its parity too (milliseconds per pack, not a
+/// page-cache copy), so it gets a second buffer: the packer fills the next pack meanwhile.
 fn pack_buffers(repo: &Repository) -> usize {
-    if repo.backend().latency_bound() {
+    if repo.backend().latency_bound() || repo.config().parity > 0 {
         PACK_WRITERS
     } else {
         1
