@@ -31,7 +31,7 @@ use crate::filter::PathMatcher;
 use crate::progress::{Progress, RestoreAction};
 use crate::repo::IndexedRepository;
 use crate::walk::{find_path, join, Found};
-use crate::window::WindowReader;
+use crate::window::{Blobs, Fetch, WindowReader};
 
 #[derive(Clone, Debug, Default)]
 pub struct RestoreOptions {
@@ -630,7 +630,7 @@ impl Restorer<'_> {
         let tx = self.jobs.lock().unwrap_or_else(|e| e.into_inner()).clone();
         match tx {
             Some(tx) => tx.send(job).map_err(|_| Error::Interrupted),
-            None => self.write_content(job),
+            None => self.write_content(job, None),
         }
     }
 
@@ -665,7 +665,9 @@ impl Restorer<'_> {
     }
 
     /// Write a created file's content (holes for zero blocks), then its metadata, then verify.
-    fn write_content(&self, job: Job) -> Result<()> {
+    /// `fetch`: the read-ahead threads (remote repositories), which read a large file's next
+    /// blobs while this thread writes.
+    fn write_content(&self, job: Job, fetch: Option<&crossbeam_channel::Sender<Fetch>>) -> Result<()> {
         let Job {
             dir,
             file: mut f,
@@ -676,8 +678,8 @@ impl Restorer<'_> {
         let name = OsStr::from_bytes(&node.name.0);
         let mut pos = 0u64;
         let mut sparse_tail = false;
-        for id in &node.content {
-            let data = self.reader.read_data(id)?;
+        for data in Blobs::new(&self.reader, &node.content, fetch) {
+            let data = data?;
             // leave holes for all-zero 4 KiB blocks (aligned to the file offset), so sparse
             // files come back sparse; runs of data blocks are written with one call
             let mut off = 0usize;
@@ -1213,22 +1215,37 @@ pub fn restore(
     // The walk creates every entry in order; file contents are written by worker threads.
     std::thread::scope(|s| -> Result<()> {
         let (tx, rx) = crossbeam_channel::bounded::<Job>(threads * 4);
+        // read-ahead threads for large files on a remote backend (none otherwise): as many as
+        // the file writers, so that each writer's file can have a read in flight besides its own
+        let (ftx, frx) = crossbeam_channel::bounded::<Fetch>(threads);
+        let fetchers: Vec<_> = (0..if repo.backend().latency_bound() {
+            threads
+        } else {
+            0
+        })
+            .map(|_| {
+                let frx = frx.clone();
+                s.spawn(move || r.reader.serve(frx))
+            })
+            .collect();
+        drop(frx);
         // (a dry run writes nothing: the sender is dropped at once and the workers end)
         *r.jobs.lock().unwrap_or_else(|e| e.into_inner()) = (!opts.dry_run).then_some(tx);
         let workers: Vec<_> = (0..threads)
             .map(|_| {
                 let rx = rx.clone();
+                let ftx = (!fetchers.is_empty()).then(|| ftx.clone());
                 s.spawn(move || {
                     for job in rx {
                         let p = job.path.clone();
-                        if let Err(e) = r.write_content(job) {
+                        if let Err(e) = r.write_content(job, ftx.as_ref()) {
                             r.warn(format!("{}: {e}", display(&p)));
                         }
                     }
                 })
             })
             .collect();
-        drop(rx);
+        drop((rx, ftx));
         let walked = match found {
             Found::Root(id) => repo
                 .load_tree(&id)

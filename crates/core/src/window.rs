@@ -129,3 +129,108 @@ impl<'a> WindowReader<'a> {
         }
     }
 }
+
+/// Bytes a file's writer may have read ahead of what it has written (its blobs' lengths).
+const AHEAD_BYTES: u64 = 16 << 20;
+/// Blobs a file's writer may have read ahead.
+const AHEAD_BLOBS: usize = 8;
+
+/// One blob read asked of the read-ahead threads.
+pub struct Fetch {
+    id: BlobId,
+    reply: crossbeam_channel::Sender<Result<Vec<u8>>>,
+}
+
+impl WindowReader<'_> {
+    /// Serve [`Fetch`]es until every sender is gone (run on a few threads of the caller's
+    /// scope, see [`Blobs`]).
+    pub fn serve(&self, fetches: crossbeam_channel::Receiver<Fetch>) {
+        for f in fetches {
+            // (a writer that gave up no longer listens)
+            let _ = f.reply.send(self.read_data(&f.id));
+        }
+    }
+}
+
+/// A file's blobs in order. On a latency-bound backend the next ones are read by the
+/// read-ahead threads while the caller writes the current one, so a large file costs its
+/// transfer time, not one round trip per blob: a restore of one 256 MiB file from a remote
+/// repository otherwise waited for each of its ~2 MiB reads in turn. Reads ahead are bounded
+/// by [`AHEAD_BLOBS`] and [`AHEAD_BYTES`] per file.
+pub struct Blobs<'r, 'a> {
+    reader: &'r WindowReader<'a>,
+    ids: &'r [BlobId],
+    fetch: Option<&'r crossbeam_channel::Sender<Fetch>>,
+    /// The next blob to hand out, and the next to ask for.
+    next: usize,
+    asked: usize,
+    pending: VecDeque<(crossbeam_channel::Receiver<Result<Vec<u8>>>, u64)>,
+    pending_bytes: u64,
+}
+
+impl<'r, 'a> Blobs<'r, 'a> {
+    /// `fetch`: the read-ahead threads' queue (None: each blob is read when it is wanted).
+    pub fn new(
+        reader: &'r WindowReader<'a>,
+        ids: &'r [BlobId],
+        fetch: Option<&'r crossbeam_channel::Sender<Fetch>>,
+    ) -> Self {
+        // a file of one blob gains nothing from another thread
+        let fetch = fetch.filter(|_| reader.enabled && ids.len() > 1);
+        Blobs {
+            reader,
+            ids,
+            fetch,
+            next: 0,
+            asked: 0,
+            pending: VecDeque::new(),
+            pending_bytes: 0,
+        }
+    }
+
+    /// Ask for blobs ahead while the bounds allow (always at least the next one).
+    fn ask(&mut self, fetch: &crossbeam_channel::Sender<Fetch>) {
+        while self.asked < self.ids.len()
+            && (self.pending.is_empty()
+                || (self.pending.len() < AHEAD_BLOBS && self.pending_bytes < AHEAD_BYTES))
+        {
+            let id = self.ids[self.asked];
+            let len = self
+                .reader
+                .repo
+                .locate(&id)
+                .map_or(WINDOW, |l| l.raw_length as u64);
+            let (reply, answer) = crossbeam_channel::bounded(1);
+            if fetch.send(Fetch { id, reply }).is_err() {
+                return; // the threads are gone: the rest is read here
+            }
+            self.pending.push_back((answer, len));
+            self.pending_bytes += len;
+            self.asked += 1;
+        }
+    }
+}
+
+impl Iterator for Blobs<'_, '_> {
+    type Item = Result<Vec<u8>>;
+
+    fn next(&mut self) -> Option<Result<Vec<u8>>> {
+        if self.next >= self.ids.len() {
+            return None;
+        }
+        if let Some(fetch) = self.fetch {
+            self.ask(fetch);
+            if let Some((answer, len)) = self.pending.pop_front() {
+                self.pending_bytes -= len;
+                let id = self.ids[self.next];
+                self.next += 1;
+                // a read-ahead thread that went away without answering: read it here
+                return Some(answer.recv().unwrap_or_else(|_| self.reader.read_data(&id)));
+            }
+        }
+        let id = self.ids[self.next];
+        self.next += 1;
+        self.asked = self.asked.max(self.next);
+        Some(self.reader.read_data(&id))
+    }
+}
