@@ -202,6 +202,9 @@ pub struct Limits {
     pub ionice: Option<IoClass>,
     /// Uploads keep under this many bytes per second (`limit_upload = "10M"`).
     pub upload: Option<u64>,
+    /// Reads from the repositories (the job's checks and restore drills) keep under this many
+    /// bytes per second (`limit_download = "10M"`).
+    pub download: Option<u64>,
 }
 
 /// What to keep in the repositories a job prunes (`forget --keep-*`).
@@ -387,6 +390,7 @@ struct RawJob {
     nice: Option<Spanned<i32>>,
     ionice: Option<Spanned<String>>,
     limit_upload: Option<Spanned<String>>,
+    limit_download: Option<Spanned<String>>,
     before: Option<String>,
     after: Option<String>,
     retention: Option<Spanned<RawRetention>>,
@@ -726,14 +730,16 @@ impl Checker<'_> {
                     .map_err(|e| self.at(c.span(), format!("{what}: ionice {e}")))
             })
             .transpose()?;
-        let upload = j
-            .limit_upload
-            .as_ref()
-            .map(|r| {
-                coffer_core::limit::parse_rate(r.get_ref(), "limit_upload")
-                    .map_err(|e| self.at(r.span(), format!("{what}: {e}")))
-            })
-            .transpose()?;
+        let rate = |r: &Option<Spanned<String>>, key: &str| {
+            r.as_ref()
+                .map(|r| {
+                    coffer_core::limit::parse_rate(r.get_ref(), key)
+                        .map_err(|e| self.at(r.span(), format!("{what}: {e}")))
+                })
+                .transpose()
+        };
+        let upload = rate(&j.limit_upload, "limit_upload")?;
+        let download = rate(&j.limit_download, "limit_download")?;
         let mut tags = Vec::new();
         for t in &j.tags {
             if t.get_ref().is_empty() || t.get_ref().contains(',') || t.get_ref().starts_with("job:") {
@@ -911,6 +917,7 @@ impl Checker<'_> {
                 nice,
                 ionice,
                 upload,
+                download,
             },
             before: j.before.clone(),
             after: j.after.clone(),

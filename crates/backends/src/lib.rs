@@ -4,6 +4,7 @@
 //! (`https://HOST:PORT/REPO`).
 
 mod cache;
+mod limited;
 mod local;
 mod rest;
 mod retry;
@@ -14,12 +15,13 @@ mod sftp;
 use std::sync::Arc;
 
 pub use cache::CachedBackend;
+pub use limited::DownloadLimited;
 pub use local::{create_dir_durable, replace_file, LocalBackend};
 pub use rest::{tls_config, RestBackend, RestOptions};
 pub use s3::{ObjectStat, S3Backend, S3Location};
 pub use sftp::{SftpBackend, SftpLocation};
 
-use coffer_core::limit::UploadLimit;
+use coffer_core::limit::RateLimit;
 use coffer_core::{Backend, BackendError, Error, FileKind};
 
 /// How much a paced upload sends per turn under `--limit-upload` (local and coffer server
@@ -68,7 +70,7 @@ pub fn open(location: &str) -> Result<Arc<dyn Backend>, Error> {
 pub fn open_with(
     location: &str,
     rest: &RestOptions,
-    upload_limit: Option<Arc<UploadLimit>>,
+    upload_limit: Option<Arc<RateLimit>>,
 ) -> Result<Arc<dyn Backend>, Error> {
     if location.starts_with("https://") {
         let b = RestBackend::open(location, rest)

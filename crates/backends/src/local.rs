@@ -12,7 +12,7 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use coffer_core::limit::UploadLimit;
+use coffer_core::limit::RateLimit;
 use coffer_core::{Backend, BackendError, FileInfo, FileKind, WriteOutcome};
 use rustix::fs::{renameat_with, RenameFlags, CWD};
 use rustix::io::Errno;
@@ -26,7 +26,7 @@ pub struct LocalBackend {
     /// each pack, and opening the pack for each one cost one `openat` per blob.
     open_packs: Arc<Mutex<OpenPacks>>,
     /// Writes keep under this rate (`--limit-upload`: a repository on NFS or a NAS share).
-    upload_limit: Option<Arc<UploadLimit>>,
+    upload_limit: Option<Arc<RateLimit>>,
     /// Directories made on demand that this process made sure of: they exist and their
     /// parents were fsynced after (once per directory per process).
     durable_dirs: Arc<Mutex<std::collections::HashSet<PathBuf>>>,
@@ -79,7 +79,7 @@ impl LocalBackend {
     }
 
     /// Writes keep under `limit`, 256 KiB at a time.
-    pub fn with_upload_limit(mut self, limit: Option<Arc<UploadLimit>>) -> Self {
+    pub fn with_upload_limit(mut self, limit: Option<Arc<RateLimit>>) -> Self {
         self.upload_limit = limit;
         self
     }

@@ -18,7 +18,7 @@ use std::time::Duration;
 const MAX_RESPONSE: usize = (coffer_core::format::MAX_PACK_SIZE as usize) + (1 << 20);
 
 use crate::retry::{self, Failure, Policy};
-use coffer_core::limit::UploadLimit;
+use coffer_core::limit::RateLimit;
 use coffer_core::{Backend, BackendError, FileInfo, FileKind, WriteOutcome};
 use futures::StreamExt;
 use reqwest::{header, Method, StatusCode};
@@ -47,7 +47,7 @@ pub struct RestBackend {
     client: reqwest::Client,
     rt: tokio::runtime::Runtime,
     /// Request bodies keep under this rate (`--limit-upload`), 256 KiB at a time.
-    upload_limit: Option<Arc<UploadLimit>>,
+    upload_limit: Option<Arc<RateLimit>>,
 }
 
 impl std::fmt::Debug for RestBackend {
@@ -172,7 +172,7 @@ impl RestBackend {
     }
 
     /// Request bodies keep under `limit`.
-    pub fn with_upload_limit(mut self, limit: Option<Arc<UploadLimit>>) -> Self {
+    pub fn with_upload_limit(mut self, limit: Option<Arc<RateLimit>>) -> Self {
         self.upload_limit = limit;
         self
     }
@@ -440,7 +440,7 @@ impl RestBackend {
 }
 
 /// A request body sent in pieces, each after its turn under `limit`.
-fn paced_body(b: bytes::Bytes, limit: Arc<UploadLimit>) -> reqwest::Body {
+fn paced_body(b: bytes::Bytes, limit: Arc<RateLimit>) -> reqwest::Body {
     let pieces: Vec<bytes::Bytes> = (0..b.len())
         .step_by(crate::PACED_PIECE)
         .map(|at| b.slice(at..(at + crate::PACED_PIECE).min(b.len())))

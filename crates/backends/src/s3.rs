@@ -29,7 +29,7 @@ use std::ops::Range;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use coffer_core::limit::UploadLimit;
+use coffer_core::limit::RateLimit;
 use coffer_core::{Backend, BackendError, FileInfo, FileKind, WriteOutcome};
 use futures::TryStreamExt;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
@@ -147,7 +147,7 @@ pub struct S3Backend {
     virtual_host: bool,
     /// Each new object waits its turn under this rate (`--limit-upload`); an object goes
     /// at the link's speed once started (object_store sends a body it holds whole).
-    upload_limit: Option<Arc<UploadLimit>>,
+    upload_limit: Option<Arc<RateLimit>>,
 }
 
 /// Whether files of `kind` are uploaded under the retention lock: what cannot be rebuilt.
@@ -247,7 +247,7 @@ impl S3Backend {
     }
 
     /// New objects wait their turn under `limit`.
-    pub fn with_upload_limit(mut self, limit: Option<Arc<UploadLimit>>) -> Self {
+    pub fn with_upload_limit(mut self, limit: Option<Arc<RateLimit>>) -> Self {
         self.upload_limit = limit;
         self
     }

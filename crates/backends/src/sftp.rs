@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use coffer_core::limit::UploadLimit;
+use coffer_core::limit::RateLimit;
 use coffer_core::{Backend, BackendError, FileInfo, FileKind, WriteOutcome};
 use futures::{StreamExt, TryStreamExt};
 use openssh_sftp_client::error::SftpErrorKind;
@@ -144,7 +144,7 @@ pub struct SftpBackend {
     /// The end of what `ssh` printed on stderr, for errors.
     stderr: Arc<Mutex<String>>,
     /// Writes keep under this rate (`--limit-upload`), piece by piece.
-    upload_limit: Option<Arc<UploadLimit>>,
+    upload_limit: Option<Arc<RateLimit>>,
     /// Directories made on demand by this process (one round trip each, not one per write).
     made: Mutex<std::collections::HashSet<PathBuf>>,
 }
@@ -186,7 +186,7 @@ fn tmp_name() -> String {
 
 impl SftpBackend {
     /// Writes keep under `limit`, one piece (240 KiB) at a time.
-    pub fn with_upload_limit(mut self, limit: Option<Arc<UploadLimit>>) -> Self {
+    pub fn with_upload_limit(mut self, limit: Option<Arc<RateLimit>>) -> Self {
         self.upload_limit = limit;
         self
     }

@@ -89,6 +89,11 @@ pub struct Global {
     /// object. A job's limit_upload sets it for `run` and the agent
     #[arg(long, env = "COFFER_LIMIT_UPLOAD", global = true, value_name = "RATE", value_parser = rate_arg)]
     pub limit_upload: Option<u64>,
+    /// Keep reads from the repository under RATE (same units as --limit-upload): restores,
+    /// checks and copies from a remote site that must not fill its link. Each range read
+    /// waits for its share before it is sent. A job's limit_download sets it
+    #[arg(long, env = "COFFER_LIMIT_DOWNLOAD", global = true, value_name = "RATE", value_parser = rate_arg)]
+    pub limit_download: Option<u64>,
 }
 
 #[derive(Subcommand, Debug)]

@@ -144,6 +144,7 @@ to = ["local", "offsite"]
 schedule = "*/3 * * * * *"
 timezone = "UTC"
 limit_upload = "50M"
+limit_download = "20M"
 nice = 5
 
 [job.files.retention]
@@ -187,7 +188,10 @@ schedule = "*/4 * * * * *"
         "{check}"
     );
     assert!(check.contains("next run"), "{check}");
-    assert!(check.contains("limits     nice 5, upload 50.0 MiB/s"), "{check}");
+    assert!(
+        check.contains("limits     nice 5, upload 50.0 MiB/s, download 20.0 MiB/s"),
+        "{check}"
+    );
 
     // the repositories are created through the configuration (S3 credentials from its file)
     ok(dir, &config, &["--repo-name", "local", "init", "-q"]);
@@ -595,6 +599,7 @@ fn broken_configurations_stop_every_command_with_one_line() {
         (job("schedule = \"every night\"\n"), ":7:12:", "bad cron expression"),
         // a rate without its unit
         (job("limit_upload = \"800\"\n"), ":7:16:", "give a unit"),
+        (job("limit_download = \"fast\"\n"), ":7:18:", "limit_download \"fast\""),
         // a bad duration
         (job("schedule = \"0 3 * * *\"\nrandom_delay = \"soon\"\n"), ":8:16:", "random_delay \"soon\""),
         // the same job twice

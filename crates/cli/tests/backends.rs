@@ -371,6 +371,137 @@ fn upload_limit(e: &Env, sftp: &str) {
     }
 }
 
+/// A coffer server on the far side of a slow link (tests/common/netem.rs: 30 ms round trip,
+/// 100 Mbit/s each way): a backup and a restore through it round-trip byte-identical, and
+/// the restore's reads crossed the link. Then the limits, measured where the bytes cross: a
+/// backup under `--limit-upload 512K` and a restore under `--limit-download 512K`, each of
+/// 16 MiB of incompressible data (32 s at the rate), carry no more than 5 % over the rate
+/// from the link's first byte to its last (a limiter that did not pace would carry the
+/// 16 MiB in a second or two; a slow machine only makes the figure lower). Runs beside the
+/// long scenario test: it mostly waits.
+#[test]
+fn a_slow_distant_link_and_the_rate_limits() {
+    use common::netem::{Link, Netem};
+    let e = Env::new();
+    let server = common::server::ServerProc::start(&e.path("server"), &[]);
+    let token = server.add_client("web1", "far", "admin");
+    let target = std::net::SocketAddr::from(([127, 0, 0, 1], server.port));
+    let run = |repo: &str, args: &[&str]| {
+        let o = e
+            .cmd()
+            .env("COFFER_TOKEN", &token)
+            .env("COFFER_CACERT", &server.cacert)
+            .args(["-r", repo])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "coffer {args:?}: {}", stderr(&o));
+    };
+
+    // a tree of small files and one large file (many blobs: read ahead on restore)
+    let src = e.path("far-src");
+    build_source(&src);
+    fs::write(src.join("large.bin"), pseudo_random(7, 12 << 20)).unwrap();
+    let slow = Netem::start(
+        target,
+        Link {
+            rtt: Duration::from_millis(30),
+            rate: 100_000_000 / 8,
+        },
+    );
+    let far = format!("https://127.0.0.1:{}/far", slow.port);
+    run(&far, &["init", "-q"]);
+    run(&far, &["backup", "-q", src.to_str().unwrap()]);
+    slow.down().reset();
+    let out = e.path("far-out");
+    run(
+        &far,
+        &["restore", "-q", "latest", "--target", out.to_str().unwrap()],
+    );
+    let restored = out.join(src.strip_prefix("/").unwrap());
+    assert_eq!(
+        digest_tree(&src),
+        digest_tree(&restored),
+        "restored through the slow link"
+    );
+    let (down, _) = slow.down().span();
+    assert!(down > 12 << 20, "the restore read {down} bytes through the link");
+
+    // the limits, through a link without delay or cap that counts the bytes
+    let meter = Netem::start(
+        target,
+        Link {
+            rtt: Duration::ZERO,
+            rate: 0,
+        },
+    );
+    // (the same repository: the newest snapshot is the one restored below)
+    let metered = format!("https://127.0.0.1:{}/far", meter.port);
+    let noise = e.path("noise");
+    fs::create_dir_all(&noise).unwrap();
+    fs::write(noise.join("noise.bin"), pseudo_random(8, 16 << 20)).unwrap();
+    const RATE: f64 = 512.0 * 1024.0;
+    meter.up().reset();
+    run(
+        &metered,
+        &["backup", "-q", "--limit-upload", "512K", noise.to_str().unwrap()],
+    );
+    let (up, took) = meter.up().span();
+    let rate = up as f64 / took.as_secs_f64();
+    eprintln!(
+        "--limit-upload 512K: {up} bytes in {took:?} = {:.3} of the limit",
+        rate / RATE
+    );
+    assert!(up >= 16 << 20, "the backup sent {up} bytes through the meter");
+    assert!(
+        rate <= RATE * 1.05,
+        "--limit-upload 512K: {up} bytes in {took:?} ({:.3} x)",
+        rate / RATE
+    );
+
+    let back = e.path("noise-out");
+    meter.down().reset();
+    run(
+        &metered,
+        &[
+            "restore",
+            "-q",
+            "--limit-download",
+            "512K",
+            "latest",
+            "--target",
+            back.to_str().unwrap(),
+        ],
+    );
+    let (down, took) = meter.down().span();
+    let rate = down as f64 / took.as_secs_f64();
+    eprintln!(
+        "--limit-download 512K: {down} bytes in {took:?} = {:.3} of the limit",
+        rate / RATE
+    );
+    assert!(
+        down >= 16 << 20,
+        "the restore read {down} bytes through the meter"
+    );
+    assert!(
+        rate <= RATE * 1.05,
+        "--limit-download 512K: {down} bytes in {took:?} ({:.3} x)",
+        rate / RATE
+    );
+    assert_eq!(
+        fs::read(back.join(noise.strip_prefix("/").unwrap()).join("noise.bin")).unwrap(),
+        pseudo_random(8, 16 << 20)
+    );
+    for bad in ["800", "0K", "fast"] {
+        let o = e
+            .cmd()
+            .args(["-r", &metered, "--limit-download", bad, "snapshots"])
+            .output()
+            .unwrap();
+        assert_eq!(code(&o), 2, "--limit-download {bad}: {}", stderr(&o));
+    }
+}
+
 /// A request to SeaweedFS with a plain S3 client (curl, SigV4), as an attacker holding the
 /// credential (or an admin) would make it: the status, the response headers and the body.
 fn s3_curl(method: &str, path_query: &str, headers: &[&str], body: Option<&Path>) -> (u16, String, String) {

@@ -1,11 +1,11 @@
-//! Sizes and upload rates: one grammar for `--pack-size`-like sizes (`500G`, `10MiB`, `123`)
-//! and for `--limit-upload` rates (`800K`, `10MiB/s`), and the pacer that keeps uploads
-//! under a rate.
+//! Sizes and transfer rates: one grammar for `--pack-size`-like sizes (`500G`, `10MiB`,
+//! `123`) and for `--limit-upload`/`--limit-download` rates (`800K`, `10MiB/s`), and the pacer
+//! that keeps uploads, or downloads, under a rate.
 //!
 //! The pacer is a GCRA (generic cell rate algorithm, a token bucket written as one
 //! timestamp): each send of `n` bytes moves a theoretical arrival time forward by
 //! `n / rate`, and a send may start when that time is no further ahead than the burst
-//! allowance. It holds no thread and no timer: [`UploadLimit::reserve`] says how long the
+//! allowance. It holds no thread and no timer: [`RateLimit::reserve`] says how long the
 //! caller waits, and the caller sleeps as suits it (a thread or an async task).
 
 use std::sync::Mutex;
@@ -61,22 +61,23 @@ pub fn parse_rate(s: &str, what: &str) -> Result<u64> {
     Ok(n)
 }
 
-/// Keeps the bytes sent through it under a rate, shared by every upload of a run.
+/// Keeps the bytes sent (or received) through it under a rate, shared by every upload (or
+/// download) of a run.
 #[derive(Debug)]
-pub struct UploadLimit {
+pub struct RateLimit {
     bytes_per_sec: u64,
     /// How far ahead of now the theoretical arrival time may be when a send starts.
     burst: Duration,
     tat: Mutex<Option<Instant>>,
 }
 
-impl UploadLimit {
+impl RateLimit {
     /// A limit of `bytes_per_sec`, allowing a burst of a quarter second's worth (at least
     /// 64 KiB): a send of at most that much starts at once on an idle link.
-    pub fn new(bytes_per_sec: u64) -> UploadLimit {
+    pub fn new(bytes_per_sec: u64) -> RateLimit {
         let rate = bytes_per_sec.max(1);
         let burst = Duration::from_secs_f64((64 * 1024) as f64 / rate as f64).max(Duration::from_millis(250));
-        UploadLimit {
+        RateLimit {
             bytes_per_sec: rate,
             burst,
             tat: Mutex::new(None),
@@ -106,7 +107,7 @@ impl UploadLimit {
         allowed.saturating_duration_since(now)
     }
 
-    /// [`UploadLimit::reserve`] and sleep the thread for it.
+    /// [`RateLimit::reserve`] and sleep the thread for it.
     pub fn wait_blocking(&self, n: usize) {
         let d = self.reserve(n);
         if !d.is_zero() {
@@ -140,7 +141,7 @@ mod tests {
 
     #[test]
     fn the_rate_holds_over_many_sends_and_bursts_are_bounded() {
-        let l = UploadLimit::new(1 << 20); // 1 MiB/s, burst 250 ms
+        let l = RateLimit::new(1 << 20); // 1 MiB/s, burst 250 ms
         let t0 = Instant::now();
         // a quarter second's worth goes at once
         assert_eq!(l.reserve_at(256 << 10, t0), Duration::ZERO);

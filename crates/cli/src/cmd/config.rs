@@ -50,6 +50,7 @@ struct LimitsOut {
     nice: Option<i32>,
     ionice: Option<String>,
     upload_bytes_per_sec: Option<u64>,
+    download_bytes_per_sec: Option<u64>,
 }
 
 impl LimitsOut {
@@ -67,6 +68,9 @@ impl LimitsOut {
         }
         if let Some(r) = self.upload_bytes_per_sec {
             parts.push(format!("upload {}/s", bytes(r)));
+        }
+        if let Some(r) = self.download_bytes_per_sec {
+            parts.push(format!("download {}/s", bytes(r)));
         }
         (!parts.is_empty()).then(|| parts.join(", "))
     }
@@ -184,6 +188,7 @@ pub fn check(g: &Global) -> Result<u8> {
                         nice: j.limits.nice,
                         ionice: j.limits.ionice.map(|c| c.to_string()),
                         upload_bytes_per_sec: j.limits.upload,
+                        download_bytes_per_sec: j.limits.download,
                     },
                 }
             })

@@ -222,6 +222,9 @@ pub fn backup_args(cfg: &Config, g: &mut Global, a: &mut BackupArgs) -> Result<(
     if g.limit_upload.is_none() {
         g.limit_upload = job.limits.upload;
     }
+    if g.limit_download.is_none() {
+        g.limit_download = job.limits.download;
+    }
     apply_limits(job)?;
     Ok(())
 }

@@ -62,8 +62,14 @@ pub fn backend(g: &Global) -> Result<Arc<dyn Backend>> {
     };
     let limit = g
         .limit_upload
-        .map(|r| Arc::new(coffer_core::limit::UploadLimit::new(r)));
-    Ok(cached(g, coffer_backends::open_with(loc, &rest, limit)?))
+        .map(|r| Arc::new(coffer_core::limit::RateLimit::new(r)));
+    let mut b = coffer_backends::open_with(loc, &rest, limit)?;
+    if let Some(r) = g.limit_download {
+        // under the cache: what the cache holds is read at disk speed
+        let limit = Arc::new(coffer_core::limit::RateLimit::new(r));
+        b = Arc::new(coffer_backends::DownloadLimited::new(b, limit));
+    }
+    Ok(cached(g, b))
 }
 
 /// A remote repository reads key, index and snapshot files and tree packs through the local

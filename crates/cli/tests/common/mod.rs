@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 pub mod agent;
+pub mod netem;
 pub mod seaweed;
 pub mod server;
 pub mod sshd;
