@@ -6,9 +6,9 @@
 //! the whole would go at the link's speed and then leave it idle, so that over 30 s at a low
 //! rate a handful of reads would overshoot the rate by the share of one read. Pieces are a
 //! quarter second of the rate (at least 256 KiB), the burst the pacer allows anyway, so a
-//! high limit does not cost more requests. A whole-file read (key, index and snapshot files,
-//! a tree pack the cache keeps) is charged once its size is known, and the next read waits
-//! for it. Everything else is passed through unchanged (listing, writes, removal: uploads
+//! high limit does not cost more requests. A whole pack or parity file is read the same way
+//! after a request for its size; a whole small file (key, index and snapshot files) is
+//! charged once it has come, and the next read waits for it. Everything else is passed through unchanged (listing, writes, removal: uploads
 //! have their own limit).
 
 use std::fmt;
@@ -76,6 +76,15 @@ impl Backend for DownloadLimited {
         self.inner.list(kind)
     }
     fn read(&self, kind: FileKind, name: &str) -> BResult<Vec<u8>> {
+        // a whole pack (check --read-data, a repair, a tree pack for the cache) is read in
+        // paced pieces too, after asking its size: one read of 16 MiB would cross at the
+        // link's speed and leave it idle after
+        if kind.fanned_out() {
+            let size = self.inner.size(kind, name)?;
+            if let Ok(len) = u32::try_from(size) {
+                return self.paced(0, len, |o, n| self.inner.read_range(kind, name, o, n));
+            }
+        }
         let data = self.inner.read(kind, name)?;
         // charged after the fact: the next read waits for it
         let _ = self.limit.reserve(data.len());
@@ -148,6 +157,8 @@ mod tests {
         assert!(all == data, "a read in pieces differs");
         let mid = l.read_range(FileKind::Pack, "ab", 1000, 700 << 10).unwrap();
         assert!(mid[..] == data[1000..1000 + (700 << 10)]);
+        let whole = l.read(FileKind::Pack, "ab").unwrap();
+        assert!(whole == data, "a whole pack read in pieces differs");
         // a read past the end is an error, not a short read, in pieces too
         assert!(l.read_range(FileKind::Pack, "ab", 1 << 19, 1 << 20).is_err());
         // a high rate reads in one piece

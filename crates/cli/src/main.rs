@@ -116,7 +116,7 @@ fn apply_config(cli: &mut Cli, typed: bool) -> anyhow::Result<()> {
     match &mut cli.command {
         Command::Backup(a) => cmd::job::backup_args(&cfg, &mut cli.global, a),
         Command::Forget(a) => cmd::job::forget_args(&cfg, cli.global.repo_name.as_deref(), a),
-        Command::Check(a) => cmd::job::check_args(&cfg, a),
+        Command::Check(a) => cmd::job::check_args(&cfg, &mut cli.global, a),
         _ => Ok(()),
     }
 }

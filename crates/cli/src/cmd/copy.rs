@@ -17,9 +17,13 @@ pub fn run(g: &Global, a: CopyArgs) -> Result<u8> {
         token_file: a.from_token_file.clone(),
         token_var: Some("COFFER_FROM_TOKEN"),
     };
+    // (--limit-download paces what is read from the source, which is what a copy reads)
     let src_backend = crate::cmd::cached(
         g,
-        coffer_backends::open_with(&a.from_repo, &rest, None).context("the source repository")?,
+        crate::cmd::limit_reads(
+            g,
+            coffer_backends::open_with(&a.from_repo, &rest, None).context("the source repository")?,
+        ),
     );
     if !src_backend.exists()? {
         return Err(coffer_core::Error::NoRepository {

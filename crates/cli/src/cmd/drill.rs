@@ -105,6 +105,8 @@ fn sample(
 pub fn run(g: &Global, mut a: DrillArgs) -> Result<u8> {
     let clock = Instant::now();
     let mut filter = a.filter.clone();
+    let mut g = g.clone();
+    let g = &mut g;
     if let Some(name) = &a.job {
         // the job's newest snapshot of this host, its sample size, its database connections
         let cfg = super::job::load(g)?;
@@ -118,6 +120,7 @@ pub fn run(g: &Global, mut a: DrillArgs) -> Result<u8> {
             a.files = d.files;
         }
         super::job::db_conn_args(&mut a.db, &job.db);
+        super::job::job_rates(g, job);
     }
     let repo = open_indexed(g)?;
     // `latest` (said or not) is this machine's own unless --host says otherwise

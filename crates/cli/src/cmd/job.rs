@@ -219,12 +219,7 @@ pub fn backup_args(cfg: &Config, g: &mut Global, a: &mut BackupArgs) -> Result<(
     if a.threads == 0 {
         a.threads = job.limits.threads;
     }
-    if g.limit_upload.is_none() {
-        g.limit_upload = job.limits.upload;
-    }
-    if g.limit_download.is_none() {
-        g.limit_download = job.limits.download;
-    }
+    job_rates(g, job);
     apply_limits(job)?;
     Ok(())
 }
@@ -294,14 +289,26 @@ pub fn forget_args(cfg: &Config, repo_name: Option<&str>, a: &mut ForgetArgs) ->
 }
 
 /// `check --job NAME`: the job's share of data to read.
-pub fn check_args(cfg: &Config, a: &mut CheckArgs) -> Result<()> {
+pub fn check_args(cfg: &Config, g: &mut Global, a: &mut CheckArgs) -> Result<()> {
     let Some(name) = a.job.clone() else { return Ok(()) };
     let job = cfg.job(&name).map_err(|e| usage(e.to_string()))?;
+    job_rates(g, job);
     if a.read_data_subset.is_none() && !a.read_data {
         a.read_data_subset = job.check.as_ref().and_then(|c| c.read_data_subset.clone());
     }
     apply_limits(job)?;
     Ok(())
+}
+
+/// The job's transfer rates (`limit_upload`, `limit_download`) where the command line gave
+/// none.
+pub fn job_rates(g: &mut Global, job: &Job) {
+    if g.limit_upload.is_none() {
+        g.limit_upload = job.limits.upload;
+    }
+    if g.limit_download.is_none() {
+        g.limit_download = job.limits.download;
+    }
 }
 
 /// The job's CPU and I/O priority, for this process and the threads it starts after.

@@ -63,13 +63,20 @@ pub fn backend(g: &Global) -> Result<Arc<dyn Backend>> {
     let limit = g
         .limit_upload
         .map(|r| Arc::new(coffer_core::limit::RateLimit::new(r)));
-    let mut b = coffer_backends::open_with(loc, &rest, limit)?;
-    if let Some(r) = g.limit_download {
-        // under the cache: what the cache holds is read at disk speed
-        let limit = Arc::new(coffer_core::limit::RateLimit::new(r));
-        b = Arc::new(coffer_backends::DownloadLimited::new(b, limit));
+    let b = coffer_backends::open_with(loc, &rest, limit)?;
+    Ok(cached(g, limit_reads(g, b)))
+}
+
+/// Reads from `b` kept under `--limit-download`, if given. Goes under the cache: what the
+/// cache holds is read at disk speed.
+pub fn limit_reads(g: &Global, b: Arc<dyn Backend>) -> Arc<dyn Backend> {
+    match g.limit_download {
+        Some(r) => Arc::new(coffer_backends::DownloadLimited::new(
+            b,
+            Arc::new(coffer_core::limit::RateLimit::new(r)),
+        )),
+        None => b,
     }
-    Ok(cached(g, b))
 }
 
 /// A remote repository reads key, index and snapshot files and tree packs through the local

@@ -128,6 +128,13 @@ fn step(
     if g.no_cache {
         cmd.arg("--no-cache");
     }
+    // rates given to `run` itself hold for each step (a job's own apply where none is given)
+    if let Some(r) = g.limit_upload {
+        cmd.arg(format!("--limit-upload={r}B"));
+    }
+    if let Some(r) = g.limit_download {
+        cmd.arg(format!("--limit-download={r}B"));
+    }
     cmd.args(args);
     let child = cmd.spawn().context("starting a coffer step")?;
     CHILD.store(child.id() as i32, Ordering::SeqCst);

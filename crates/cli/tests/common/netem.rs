@@ -27,40 +27,45 @@ pub struct Link {
     pub rate: u64,
 }
 
-/// Bytes one direction carried, and when the first and last of them arrived.
+/// Bytes one direction carried, and when each piece of them arrived.
 #[derive(Default)]
 pub struct Carried {
     pub bytes: AtomicU64,
-    first: Mutex<Option<Instant>>,
-    last: Mutex<Option<Instant>>,
+    /// (delivery time, bytes carried up to and including it)
+    log: Mutex<Vec<(Instant, u64)>>,
 }
 
 impl Carried {
     fn note(&self, n: usize, at: Instant) {
-        self.bytes.fetch_add(n as u64, Ordering::Relaxed);
-        let mut f = self.first.lock().unwrap_or_else(|e| e.into_inner());
-        if f.is_none() {
-            *f = Some(at);
-        }
-        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(at);
+        let total = self.bytes.fetch_add(n as u64, Ordering::Relaxed) + n as u64;
+        self.log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((at, total));
     }
 
     /// Bytes carried, and the time from the first delivery to the last.
     pub fn span(&self) -> (u64, Duration) {
-        let f = *self.first.lock().unwrap_or_else(|e| e.into_inner());
-        let l = *self.last.lock().unwrap_or_else(|e| e.into_inner());
-        let d = match (f, l) {
-            (Some(f), Some(l)) => l - f,
-            _ => Duration::ZERO,
+        self.span_after(0)
+    }
+
+    /// Bytes carried after the first `skip` bytes had come, and the time they took: from the
+    /// delivery that brought the count past `skip` to the last (a transfer's rate without
+    /// its start-up: handshakes, key and index reads).
+    pub fn span_after(&self, skip: u64) -> (u64, Duration) {
+        let log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+        let (Some(&(last, total)), Some(&(from, at))) = (log.last(), log.iter().find(|(_, c)| *c > skip))
+        else {
+            return (0, Duration::ZERO);
         };
-        (self.bytes.load(Ordering::Relaxed), d)
+        (total - at, last - from)
     }
 
     /// Forget what was counted (to measure the next transfer alone).
     pub fn reset(&self) {
+        let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
         self.bytes.store(0, Ordering::Relaxed);
-        *self.first.lock().unwrap_or_else(|e| e.into_inner()) = None;
-        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        log.clear();
     }
 }
 
