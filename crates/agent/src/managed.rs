@@ -329,6 +329,9 @@ fn job_table(j: &JobSpec) -> toml::Table {
     if let Some(r) = &j.limit_upload {
         t.insert("limit_upload".into(), s(r));
     }
+    if let Some(r) = &j.limit_download {
+        t.insert("limit_download".into(), s(r));
+    }
     if let Some(n) = j.nice {
         t.insert("nice".into(), toml::Value::Integer(i64::from(n)));
     }
@@ -480,7 +483,7 @@ before = "/usr/local/sbin/pre"
     fn limits_are_taken_and_priority_only_lowered() {
         let jobs = vec![
             json!({"name": "slow", "paths": ["/etc"], "to": ["company"],
-                   "limit_upload": "10M", "nice": 10, "ionice": "idle", "threads": 1}),
+                   "limit_upload": "10M", "limit_download": "20M", "nice": 10, "ionice": "idle", "threads": 1}),
             json!({"name": "greedy", "paths": ["/etc"], "to": ["company"], "nice": -5}),
             json!({"name": "badrate", "paths": ["/etc"], "to": ["company"], "limit_upload": "fast"}),
             json!({"name": "badio", "paths": ["/etc"], "to": ["company"], "ionice": "realtime"}),
@@ -495,8 +498,14 @@ before = "/usr/local/sbin/pre"
         assert_eq!(s.config.job("many").unwrap().limits.threads, cores, "clamped");
         let l = &s.config.job("slow").unwrap().limits;
         assert_eq!(
-            (l.upload, l.nice, l.ionice, l.threads),
-            (Some(10 << 20), Some(10), Some(crate::IoClass::Idle), 1)
+            (l.upload, l.download, l.nice, l.ionice, l.threads),
+            (
+                Some(10 << 20),
+                Some(20 << 20),
+                Some(10),
+                Some(crate::IoClass::Idle),
+                1
+            )
         );
         for (job, why) in [
             ("greedy", "not raise it"),

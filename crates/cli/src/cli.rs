@@ -534,6 +534,9 @@ pub struct ServerJobSetArgs {
     /// Keep the job's uploads under RATE (its limit_upload): 800K, 10M
     #[arg(long, value_name = "RATE", value_parser = rate_text_arg)]
     pub upload_limit: Option<String>,
+    /// Keep the job's reads (its checks and drills) under RATE (its limit_download)
+    #[arg(long, value_name = "RATE", value_parser = rate_text_arg)]
+    pub download_limit: Option<String>,
     /// Run the job at this CPU niceness (0 to 19: lower priority only)
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(i32).range(0..=19))]
     pub nice: Option<i32>,

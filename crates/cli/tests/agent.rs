@@ -1050,7 +1050,7 @@ before = "touch {pwned}"
     let job_form = |csrf: &str, editing: &str, name: &str, paths: &str, schedule: &str| {
         format!(
             "csrf={csrf}&editing={editing}&name={name}&paths={}&to=company&schedule={}&keep_last=\
-             &limit_upload=10M&nice=10&ionice=idle&threads=",
+             &limit_upload=10M&limit_download=20M&nice=10&ionice=idle&threads=",
             enc(paths),
             enc(schedule)
         )
@@ -1110,12 +1110,14 @@ before = "touch {pwned}"
     assert_eq!(
         (
             &set["limit_upload"],
+            &set["limit_download"],
             &set["nice"],
             &set["ionice"],
             &set["threads"]
         ),
         (
             &serde_json::json!("10M"),
+            &serde_json::json!("20M"),
             &serde_json::json!(10),
             &serde_json::json!("idle"),
             &serde_json::Value::Null

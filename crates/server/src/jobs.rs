@@ -99,11 +99,16 @@ pub fn check_spec(spec: &JobSpec) -> Result<()> {
             .map_err(|e| e.to_string())
             .or_else(bad)?;
     }
-    if let Some(r) = &spec.limit_upload {
-        coffer_core::limit::parse_rate(r, "upload limit")
-            .map(|_| ())
-            .map_err(|e| e.to_string())
-            .or_else(bad)?;
+    for (r, what) in [
+        (&spec.limit_upload, "upload limit"),
+        (&spec.limit_download, "download limit"),
+    ] {
+        if let Some(r) = r {
+            coffer_core::limit::parse_rate(r, what)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+                .or_else(bad)?;
+        }
     }
     if let Some(n) = spec.nice.filter(|n| !(0..=19).contains(n)) {
         return bad(format!(

@@ -53,6 +53,9 @@ pub struct JobSpec {
     /// Uploads keep under this rate (`10M`: the grammar of `--limit-upload`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit_upload: Option<String>,
+    /// Reads from the repositories (the job's checks and drills) keep under this rate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit_download: Option<String>,
     /// CPU niceness, 0 to 19: the server may lower a run's priority, not raise it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nice: Option<i32>,

@@ -302,6 +302,7 @@ pub(super) struct JobForm {
     check_schedule: String,
     read_data_subset: String,
     limit_upload: String,
+    limit_download: String,
     nice: String,
     ionice: String,
     threads: String,
@@ -395,6 +396,7 @@ impl JobForm {
             retention: (retention != RetentionSpec::default()).then_some(retention),
             check,
             limit_upload: text(&self.limit_upload),
+            limit_download: text(&self.limit_download),
             nice,
             ionice: text(&self.ionice),
             threads,
@@ -433,6 +435,7 @@ impl JobForm {
             check_schedule: c.as_ref().map(|c| c.schedule.clone()).unwrap_or_default(),
             read_data_subset: c.and_then(|c| c.read_data_subset).unwrap_or_default(),
             limit_upload: spec.limit_upload.clone().unwrap_or_default(),
+            limit_download: spec.limit_download.clone().unwrap_or_default(),
             nice: spec.nice.map(|n| n.to_string()).unwrap_or_default(),
             ionice: spec.ionice.clone().unwrap_or_default(),
             threads: spec.threads.map(|n| n.to_string()).unwrap_or_default(),
@@ -589,6 +592,12 @@ fn job_page(client: &str, w: &Who, f: &JobForm, error: Option<&str>) -> String {
         "Upload limit",
         &f.limit_upload,
         "e.g. 10M (MiB/s) or 800K; empty: none",
+    ));
+    b.push_str(&input(
+        "limit_download",
+        "Download limit",
+        &f.limit_download,
+        "reads of checks and drills; e.g. 20M; empty: none",
     ));
     b.push_str(&input(
         "nice",
