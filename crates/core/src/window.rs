@@ -39,6 +39,8 @@ pub struct WindowReader<'a> {
     repo: &'a IndexedRepository,
     enabled: bool,
     state: Mutex<State>,
+    /// Bytes asked for ahead by every file's [`Blobs`] together (see [`AHEAD_TOTAL`]).
+    ahead: std::sync::atomic::AtomicU64,
 }
 
 impl<'a> WindowReader<'a> {
@@ -48,6 +50,7 @@ impl<'a> WindowReader<'a> {
             enabled: repo.backend().latency_bound(),
             repo,
             state: Mutex::new(State::default()),
+            ahead: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -140,6 +143,10 @@ impl<'a> WindowReader<'a> {
 const AHEAD_BYTES: u64 = 16 << 20;
 /// Blobs a file's writer may have read ahead.
 const AHEAD_BLOBS: usize = 8;
+/// Bytes every file's writer together may have read ahead: there are 4 writers per core, so
+/// [`AHEAD_BYTES`] each would be 1 GiB on a 16-core machine restoring large files to a slow
+/// disk. The blob a writer needs next is always asked for, whatever this says.
+const AHEAD_TOTAL: u64 = 64 << 20;
 
 /// One blob read asked of the read-ahead threads.
 pub struct Fetch {
@@ -162,7 +169,7 @@ impl WindowReader<'_> {
 /// read-ahead threads while the caller writes the current one, so a large file costs its
 /// transfer time, not one round trip per blob: a restore of one 256 MiB file from a remote
 /// repository otherwise waited for each of its ~2 MiB reads in turn. Reads ahead are bounded
-/// by [`AHEAD_BLOBS`] and [`AHEAD_BYTES`] per file.
+/// by [`AHEAD_BLOBS`] and [`AHEAD_BYTES`] per file and by [`AHEAD_TOTAL`] for all files.
 pub struct Blobs<'r, 'a> {
     reader: &'r WindowReader<'a>,
     ids: &'r [BlobId],
@@ -196,6 +203,7 @@ impl<'r, 'a> Blobs<'r, 'a> {
 
     /// Ask for blobs ahead while the bounds allow (always at least the next one).
     fn ask(&mut self, fetch: &crossbeam_channel::Sender<Fetch>) {
+        use std::sync::atomic::Ordering::Relaxed;
         while self.asked < self.ids.len()
             && (self.pending.is_empty()
                 || (self.pending.len() < AHEAD_BLOBS && self.pending_bytes < AHEAD_BYTES))
@@ -206,14 +214,29 @@ impl<'r, 'a> Blobs<'r, 'a> {
                 .repo
                 .locate(&id)
                 .map_or(WINDOW, |l| l.raw_length as u64);
+            let before = self.reader.ahead.fetch_add(len, Relaxed);
+            if !self.pending.is_empty() && before + len > AHEAD_TOTAL {
+                self.reader.ahead.fetch_sub(len, Relaxed);
+                return; // the others have read far enough ahead for now
+            }
             let (reply, answer) = crossbeam_channel::bounded(1);
             if fetch.send(Fetch { id, reply }).is_err() {
+                self.reader.ahead.fetch_sub(len, Relaxed);
                 return; // the threads are gone: the rest is read here
             }
             self.pending.push_back((answer, len));
             self.pending_bytes += len;
             self.asked += 1;
         }
+    }
+}
+
+impl Drop for Blobs<'_, '_> {
+    /// A file given up part-way (a read or write error) gives back what it asked ahead.
+    fn drop(&mut self) {
+        self.reader
+            .ahead
+            .fetch_sub(self.pending_bytes, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -228,6 +251,9 @@ impl Iterator for Blobs<'_, '_> {
             self.ask(fetch);
             if let Some((answer, len)) = self.pending.pop_front() {
                 self.pending_bytes -= len;
+                self.reader
+                    .ahead
+                    .fetch_sub(len, std::sync::atomic::Ordering::Relaxed);
                 let id = self.ids[self.next];
                 self.next += 1;
                 // a read-ahead thread that went away without answering: read it here
@@ -238,5 +264,112 @@ impl Iterator for Blobs<'_, '_> {
         self.next += 1;
         self.asked = self.asked.max(self.next);
         Some(self.reader.read_data(&id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::{BResult, Backend, FileInfo, WriteOutcome};
+    use crate::memory::MemoryBackend;
+    use crate::repo::{InitOptions, Repository};
+    use std::sync::atomic::Ordering::Relaxed;
+
+    /// A memory backend that says each request is a round trip away.
+    #[derive(Debug)]
+    struct Far(MemoryBackend);
+
+    impl Backend for Far {
+        fn location(&self) -> String {
+            self.0.location()
+        }
+        fn create(&self) -> BResult<()> {
+            self.0.create()
+        }
+        fn exists(&self) -> BResult<bool> {
+            self.0.exists()
+        }
+        fn list(&self, kind: FileKind) -> BResult<Vec<FileInfo>> {
+            self.0.list(kind)
+        }
+        fn read(&self, kind: FileKind, name: &str) -> BResult<Vec<u8>> {
+            self.0.read(kind, name)
+        }
+        fn read_range(&self, kind: FileKind, name: &str, offset: u64, len: u32) -> BResult<Vec<u8>> {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            self.0.read_range(kind, name, offset, len)
+        }
+        fn size(&self, kind: FileKind, name: &str) -> BResult<u64> {
+            self.0.size(kind, name)
+        }
+        fn write(&self, kind: FileKind, name: &str, data: &[u8]) -> BResult<WriteOutcome> {
+            self.0.write(kind, name, data)
+        }
+        fn remove(&self, kind: FileKind, name: &str) -> BResult<()> {
+            self.0.remove(kind, name)
+        }
+        fn latency_bound(&self) -> bool {
+            true
+        }
+    }
+
+    /// A file's blobs come back complete and in order through the read-ahead threads, and
+    /// what was asked ahead is given back, whether the file is read to its end or dropped
+    /// part-way.
+    #[test]
+    fn blobs_read_ahead_in_order_and_give_back_their_budget() {
+        let repo = Repository::init(
+            Arc::new(Far(MemoryBackend::new())),
+            b"pw",
+            &InitOptions::default(),
+        )
+        .unwrap()
+        .load_index()
+        .unwrap();
+        let mut repo = repo;
+        // 24 distinct blobs of 1.5 to 3 MiB (some alone, some in bundles), one repeated
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut blobs: Vec<Vec<u8>> = (0..24)
+            .map(|i| {
+                (0..(3 << 19) + i * 70_000)
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        x as u8
+                    })
+                    .collect()
+            })
+            .collect();
+        blobs.push(blobs[3].clone());
+        let ids = crate::packer::store_blobs(
+            &mut repo,
+            blobs.iter().map(|b| (BlobKind::Data, b.clone())).collect(),
+        )
+        .unwrap();
+        let reader = WindowReader::new(&repo);
+        assert!(reader.enabled);
+        std::thread::scope(|s| {
+            let (ftx, frx) = crossbeam_channel::bounded::<Fetch>(4);
+            for _ in 0..4 {
+                let frx = frx.clone();
+                let reader = &reader;
+                s.spawn(move || reader.serve(frx));
+            }
+            let got: Vec<Vec<u8>> = Blobs::new(&reader, &ids, Some(&ftx))
+                .map(|b| b.unwrap())
+                .collect();
+            assert!(got == blobs, "blobs differ or come out of order");
+            assert_eq!(reader.ahead.load(Relaxed), 0, "budget kept after a whole file");
+            let mut part = Blobs::new(&reader, &ids, Some(&ftx));
+            for want in blobs.iter().take(3) {
+                assert!(&part.next().unwrap().unwrap() == want);
+            }
+            assert!(reader.ahead.load(Relaxed) > 0, "nothing read ahead");
+            assert!(reader.ahead.load(Relaxed) <= AHEAD_BYTES + (4 << 20));
+            drop(part);
+            assert_eq!(reader.ahead.load(Relaxed), 0, "budget kept after a file given up");
+            drop(ftx);
+        });
     }
 }
