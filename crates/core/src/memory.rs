@@ -12,6 +12,8 @@ type Files = BTreeMap<(u8, String), Vec<u8>>;
 #[derive(Debug, Clone, Default)]
 pub struct MemoryBackend {
     files: Arc<Mutex<Files>>,
+    /// Says it is latency-bound, as a remote backend does (see [`MemoryBackend::remote`]).
+    remote: bool,
 }
 
 fn code(k: FileKind) -> u8 {
@@ -21,6 +23,15 @@ fn code(k: FileKind) -> u8 {
 impl MemoryBackend {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// One that reports itself latency-bound, so that readers take their remote paths
+    /// (pack windows, restore read-ahead).
+    pub fn remote() -> Self {
+        MemoryBackend {
+            remote: true,
+            ..Self::default()
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Files> {
@@ -57,6 +68,9 @@ impl MemoryBackend {
 }
 
 impl Backend for MemoryBackend {
+    fn latency_bound(&self) -> bool {
+        self.remote
+    }
     fn location(&self) -> String {
         "memory".into()
     }

@@ -270,75 +270,26 @@ impl Iterator for Blobs<'_, '_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::{BResult, Backend, FileInfo, WriteOutcome};
     use crate::memory::MemoryBackend;
     use crate::repo::{InitOptions, Repository};
     use std::sync::atomic::Ordering::Relaxed;
-
-    /// A memory backend that says each request is a round trip away.
-    #[derive(Debug)]
-    struct Far(MemoryBackend);
-
-    impl Backend for Far {
-        fn location(&self) -> String {
-            self.0.location()
-        }
-        fn create(&self) -> BResult<()> {
-            self.0.create()
-        }
-        fn exists(&self) -> BResult<bool> {
-            self.0.exists()
-        }
-        fn list(&self, kind: FileKind) -> BResult<Vec<FileInfo>> {
-            self.0.list(kind)
-        }
-        fn read(&self, kind: FileKind, name: &str) -> BResult<Vec<u8>> {
-            self.0.read(kind, name)
-        }
-        fn read_range(&self, kind: FileKind, name: &str, offset: u64, len: u32) -> BResult<Vec<u8>> {
-            std::thread::sleep(std::time::Duration::from_millis(1));
-            self.0.read_range(kind, name, offset, len)
-        }
-        fn size(&self, kind: FileKind, name: &str) -> BResult<u64> {
-            self.0.size(kind, name)
-        }
-        fn write(&self, kind: FileKind, name: &str, data: &[u8]) -> BResult<WriteOutcome> {
-            self.0.write(kind, name, data)
-        }
-        fn remove(&self, kind: FileKind, name: &str) -> BResult<()> {
-            self.0.remove(kind, name)
-        }
-        fn latency_bound(&self) -> bool {
-            true
-        }
-    }
 
     /// A file's blobs come back complete and in order through the read-ahead threads, and
     /// what was asked ahead is given back, whether the file is read to its end or dropped
     /// part-way.
     #[test]
     fn blobs_read_ahead_in_order_and_give_back_their_budget() {
-        let repo = Repository::init(
-            Arc::new(Far(MemoryBackend::new())),
-            b"pw",
-            &InitOptions::default(),
-        )
-        .unwrap()
-        .load_index()
-        .unwrap();
+        let repo = Repository::init(Arc::new(MemoryBackend::remote()), b"pw", &InitOptions::default())
+            .unwrap()
+            .load_index()
+            .unwrap();
         let mut repo = repo;
         // 24 distinct blobs of 1.5 to 3 MiB (some alone, some in bundles), one repeated
-        let mut x = 0x2545_f491_4f6c_dd1du64;
         let mut blobs: Vec<Vec<u8>> = (0..24)
             .map(|i| {
-                (0..(3 << 19) + i * 70_000)
-                    .map(|_| {
-                        x ^= x << 13;
-                        x ^= x >> 7;
-                        x ^= x << 17;
-                        x as u8
-                    })
-                    .collect()
+                let mut b = vec![0u8; (3 << 19) + i * 70_000];
+                crate::crypto::random_bytes(&mut b);
+                b
             })
             .collect();
         blobs.push(blobs[3].clone());
