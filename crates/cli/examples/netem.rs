@@ -5,7 +5,8 @@
 //! listens on 127.0.0.1:LISTEN_PORT (0: any; the port is printed on the first line) and
 //! forwards to 127.0.0.1:TARGET_PORT through the link of `tests/common/netem.rs`: RTT_MS
 //! of round trip, MBIT megabits per second each way (0: no cap). On stdin's end (or a
-//! signal) it prints the bytes carried each way and the time from first to last delivery.
+//! signal) it prints the bytes carried each way and the time from first to last delivery,
+//! then the same from the first MiB on (a transfer's rate without its start-up).
 
 #[path = "../tests/common/netem.rs"]
 mod netem;
@@ -41,5 +42,12 @@ fn main() {
         tu.as_secs_f64(),
         td.as_secs_f64(),
         n.connections.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    let (up, tu) = n.up().span_after(1 << 20);
+    let (down, td) = n.down().span_after(1 << 20);
+    println!(
+        "after the first MiB: up {up} bytes in {:.3} s, down {down} bytes in {:.3} s",
+        tu.as_secs_f64(),
+        td.as_secs_f64()
     );
 }

