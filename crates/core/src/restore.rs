@@ -1218,11 +1218,8 @@ pub fn restore(
         // read-ahead threads for large files on a remote backend (none otherwise): as many as
         // the file writers, so that each writer's file can have a read in flight besides its own
         let (ftx, frx) = crossbeam_channel::bounded::<Fetch>(threads);
-        let fetchers: Vec<_> = (0..if repo.backend().latency_bound() {
-            threads
-        } else {
-            0
-        })
+        let remote = repo.backend().latency_bound();
+        let fetchers: Vec<_> = (0..if remote { threads } else { 0 })
             .map(|_| {
                 let frx = frx.clone();
                 s.spawn(move || r.reader.serve(frx))
@@ -1234,7 +1231,7 @@ pub fn restore(
         let workers: Vec<_> = (0..threads)
             .map(|_| {
                 let rx = rx.clone();
-                let ftx = (!fetchers.is_empty()).then(|| ftx.clone());
+                let ftx = remote.then(|| ftx.clone());
                 s.spawn(move || {
                     for job in rx {
                         let p = job.path.clone();
@@ -1265,7 +1262,8 @@ pub fn restore(
         };
         // close the queue and wait for every file to be written, whatever the walk returned
         r.jobs.lock().unwrap_or_else(|e| e.into_inner()).take();
-        for w in workers {
+        // (the read-ahead threads end once the workers, the last to hold their queue, have)
+        for w in workers.into_iter().chain(fetchers) {
             if w.join().is_err() {
                 return Err(Error::Invalid("a restore worker panicked".into()));
             }
