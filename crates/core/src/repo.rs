@@ -566,7 +566,8 @@ impl Repository {
     /// Every snapshot that can be read, oldest first, and one message per snapshot file that
     /// cannot (does not decrypt or decode: damage, or garbage written by a compromised
     /// client). For listings and choosing a parent; prune and forget use the strict
-    /// [`Repository::list_snapshots`]. Storage errors still fail.
+    /// [`Repository::list_snapshots`]. A snapshot removed between the listing and its read
+    /// is left out; other storage errors still fail.
     pub fn list_snapshots_readable(&self) -> Result<(SnapshotList, Vec<String>)> {
         let mut out = Vec::new();
         let mut bad = Vec::new();
@@ -581,6 +582,9 @@ impl Repository {
             };
             match self.load_snapshot(&id) {
                 Ok(s) => out.push((id, s)),
+                // forgotten by another client since the listing: as if listed a moment later
+                // (a storage that hides a snapshot can leave it out of the listing anyway)
+                Err(Error::Backend(e)) if e.is_not_found() => continue,
                 Err(e) if e.category() == crate::Category::Integrity => {
                     bad.push(format!("snapshot {} skipped: {e}", id.short()))
                 }
