@@ -307,6 +307,15 @@ impl std::fmt::Debug for Catalog {
     }
 }
 
+/// A transaction that will write: it takes the write lock when it begins (BEGIN IMMEDIATE),
+/// waiting out the busy timeout for it. A deferred transaction that reads and then writes
+/// cannot wait: in WAL mode its upgrade fails at once with "database is locked" when another
+/// process (the running server, while an admin command edits the catalog) wrote meanwhile.
+pub(crate) fn write_tx(db: &mut Connection) -> Result<rusqlite::Transaction<'_>> {
+    db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(db_err)
+}
+
 pub(crate) fn db_err(e: rusqlite::Error) -> ServerError {
     if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) {
         return ServerError::Full(format!("server catalog: {e}"));
@@ -316,7 +325,7 @@ pub(crate) fn db_err(e: rusqlite::Error) -> ServerError {
 
 impl Catalog {
     pub fn open(path: &Path) -> Result<Catalog> {
-        let c =
+        let mut c =
             Connection::open(path).map_err(|e| ServerError::Catalog(format!("{}: {e}", path.display())))?;
         // a catalog made by an earlier build was world-readable: no longer
         {
@@ -338,12 +347,23 @@ impl Catalog {
                 MIGRATIONS.len()
             )));
         }
-        for (i, m) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-            let tx = c.unchecked_transaction().map_err(db_err)?;
-            tx.execute_batch(m).map_err(db_err)?;
-            tx.pragma_update(None, "user_version", (i + 1) as i64)
-                .map_err(db_err)?;
-            tx.commit().map_err(db_err)?;
+        // each step reads the version again under the write lock: the server and an admin
+        // command opening the catalog together must not both run a migration
+        if (version as usize) < MIGRATIONS.len() {
+            loop {
+                let tx = c
+                    .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                    .map_err(db_err)?;
+                let now: i64 = tx
+                    .pragma_query_value(None, "user_version", |r| r.get(0))
+                    .map_err(db_err)?;
+                if now as usize >= MIGRATIONS.len() {
+                    break;
+                }
+                tx.execute_batch(MIGRATIONS[now as usize]).map_err(db_err)?;
+                tx.pragma_update(None, "user_version", now + 1).map_err(db_err)?;
+                tx.commit().map_err(db_err)?;
+            }
         }
         // SQLite syncs its WAL on every commit (synchronous FULL) and the WAL's directory
         // entry, but not the entry of a database file it creates: until the directory is

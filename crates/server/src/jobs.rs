@@ -12,7 +12,7 @@ use std::str::FromStr;
 use coffer_wire::{valid_job_name, AgentPoll, JobSpec, RunRequest};
 use rusqlite::{params, OptionalExtension};
 
-use crate::catalog::{db_err, Catalog};
+use crate::catalog::{db_err, write_tx, Catalog};
 use crate::{Result, ServerError};
 
 /// A run asked for and not taken within this long is dropped (an agent back after days must
@@ -181,7 +181,7 @@ impl Catalog {
         check_spec(spec)?;
         let json = serde_json::to_string(spec).map_err(|e| ServerError::Invalid(e.to_string()))?;
         let mut db = self.db();
-        let tx = db.transaction().map_err(db_err)?;
+        let tx = write_tx(&mut db)?;
         let stored: Option<String> = tx
             .query_row(
                 "SELECT spec FROM jobs WHERE client = ?1 AND name = ?2",
@@ -225,7 +225,7 @@ impl Catalog {
     /// Remove a client's job; false if it had none of that name.
     pub fn remove_job(&self, client: &str, name: &str) -> Result<bool> {
         let mut db = self.db();
-        let tx = db.transaction().map_err(db_err)?;
+        let tx = write_tx(&mut db)?;
         let n = tx
             .execute(
                 "DELETE FROM jobs WHERE client = ?1 AND name = ?2",
@@ -287,7 +287,7 @@ impl Catalog {
             return Err(ServerError::Invalid(format!("{job:?} is not a job name")));
         }
         let mut db = self.db();
-        let tx = db.transaction().map_err(db_err)?;
+        let tx = write_tx(&mut db)?;
         tx.execute(
             "INSERT INTO run_requests (client, job, is_check, requested, by_whom) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![client, job, check, now, by],
@@ -335,7 +335,7 @@ impl Catalog {
     pub fn agent_poll(&self, client: &str, since: i64, now: i64) -> Result<Option<AgentPoll>> {
         let (generation, jobs) = self.raw_jobs(client)?;
         let mut db = self.db();
-        let tx = db.transaction().map_err(db_err)?;
+        let tx = write_tx(&mut db)?;
         // a run asked for more than an hour ago is not started any more (taken = 0: expired)
         tx.execute(
             "UPDATE run_requests SET taken = 0 WHERE client = ?1 AND taken IS NULL AND requested < ?2",
@@ -428,6 +428,37 @@ mod tests {
         assert_eq!(c.agent_poll("web1", 1, 16).unwrap().unwrap().generation, 2);
         for bad in [spec("a b", "/x"), spec("w", "relative"), spec("w", "/a/../b")] {
             assert!(c.set_job("web1", &bad, 1).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn two_processes_edit_one_catalog_without_database_is_locked() {
+        // the running server and an admin command are two connections to one file; CI once
+        // saw `client job set` fail with "database is locked" while the server answered an
+        // agent: a deferred transaction that read first could not take the write lock
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("server.db");
+        // two openers of a new catalog at once: the migrations run once, neither fails
+        let opened: Vec<Catalog> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..2).map(|_| s.spawn(|| Catalog::open(&path))).collect();
+            hs.into_iter().map(|h| h.join().unwrap().unwrap()).collect()
+        });
+        std::thread::scope(|s| {
+            for (i, c) in opened.iter().enumerate() {
+                s.spawn(move || {
+                    let client = format!("web{i}");
+                    for n in 0..150 {
+                        c.put_job(&client, &spec(&format!("j{}", n % 7), "/srv"), n, Put::Any)
+                            .unwrap();
+                        c.request_run(&client, &format!("j{}", n % 7), false, "t", n)
+                            .unwrap();
+                        c.agent_poll(&client, -1, n).unwrap();
+                    }
+                });
+            }
+        });
+        for (i, c) in opened.iter().enumerate() {
+            assert_eq!(c.jobs(&format!("web{i}")).unwrap().1.len(), 7);
         }
     }
 

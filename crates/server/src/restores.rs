@@ -11,7 +11,7 @@
 use coffer_wire::{valid_snapshot, BrowseAnswer, BrowseRequest, RestoreItem, RestoreRequest};
 use rusqlite::{params, OptionalExtension};
 
-use crate::catalog::{db_err, Catalog};
+use crate::catalog::{db_err, write_tx, Catalog};
 use crate::records::RunStatus;
 use crate::{Result, ServerError};
 
@@ -70,7 +70,7 @@ impl Catalog {
         item.valid().map_err(ServerError::Invalid)?;
         let json = serde_json::to_string(item).map_err(|e| ServerError::Invalid(e.to_string()))?;
         let mut db = self.db();
-        let tx = db.transaction().map_err(db_err)?;
+        let tx = write_tx(&mut db)?;
         tx.execute(
             "INSERT INTO restore_requests (client, snapshot, item, in_place, requested, by_whom)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -147,7 +147,7 @@ impl Catalog {
             )));
         }
         let mut db = self.db();
-        let tx = db.transaction().map_err(db_err)?;
+        let tx = write_tx(&mut db)?;
         // listings are worth nothing once shown: the old ones go
         tx.execute(
             "DELETE FROM browse_requests WHERE requested < ?1",
