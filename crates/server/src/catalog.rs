@@ -334,7 +334,23 @@ impl Catalog {
         }
         c.busy_timeout(std::time::Duration::from_secs(30))
             .map_err(db_err)?;
-        c.pragma_update(None, "journal_mode", "WAL").map_err(db_err)?;
+        // Switching a new catalog to WAL takes an exclusive lock, and SQLite answers a second
+        // opener doing the same at once (the server starting while an admin command makes the
+        // catalog) with "database is locked" without waiting: try again for a few seconds. The
+        // switch is made once per file; afterwards this is a no-op.
+        {
+            use backon::{BlockingRetryable, ConstantBuilder};
+            let busy = |e: &rusqlite::Error| e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy);
+            (|| c.pragma_update(None, "journal_mode", "WAL"))
+                .retry(
+                    ConstantBuilder::default()
+                        .with_delay(std::time::Duration::from_millis(20))
+                        .with_max_times(250),
+                )
+                .when(busy)
+                .call()
+                .map_err(db_err)?;
+        }
         c.pragma_update(None, "synchronous", "FULL").map_err(db_err)?;
         c.pragma_update(None, "foreign_keys", "ON").map_err(db_err)?;
         let version: i64 = c
