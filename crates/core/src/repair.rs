@@ -17,7 +17,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use coffer_format::{BlobId, BlobKind, Id, IndexFile, IndexId, IndexPack, NodeKind, PackId, Tree};
+use coffer_format::{BlobId, BlobKind, Id, IndexId, IndexPack, NodeKind, PackId, Tree};
 use serde::Serialize;
 
 use crate::backend::FileKind;
@@ -91,10 +91,7 @@ pub fn repair_index(repo: Repository, progress: &dyn Progress) -> Result<RepairI
     }
     r.changed = true;
     packs.sort_by_key(|p| p.id);
-    repo.save_index(&IndexFile {
-        supersedes: old_files.clone(),
-        packs,
-    })?;
+    repo.save_index_split(old_files.clone(), packs)?;
     for f in &old_files {
         match backend.remove(FileKind::Index, &f.to_hex()) {
             Err(e) if !e.is_not_found() => return Err(e.into()),

@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use chrono::Local;
 use coffer_format::{
-    BlobId, BlobKind, Compression, Config, Id, IndexFile, IndexId, KeyFile, KeyId, ObjectKind, PackEntry,
-    PackId, Place, Snapshot, SnapshotId, Tree, FORMAT_VERSION,
+    BlobId, BlobKind, Compression, Config, Id, IndexFile, IndexId, IndexPack, KeyFile, KeyId, ObjectKind,
+    PackEntry, PackId, Place, Snapshot, SnapshotId, Tree, FORMAT_VERSION,
 };
 
 use crate::backend::{Backend, FileKind, WriteOutcome};
@@ -460,6 +460,44 @@ impl Repository {
         self.save_index_plain(&plain, true)
     }
 
+    /// Store `packs` as vouched index files of at most 65,536 entries each (a pack is never
+    /// split; one file when there are none), the last one naming `supersedes`. Readers decode
+    /// an index file whole, so the listing of a whole repository in one file (what prune and
+    /// `repair index` wrote before) cost every later run its whole decoded size at once: ~900
+    /// MB for 11 million small files. No reader acts on `supersedes`: a crash part-way leaves
+    /// the old files next to some new ones, which list the same packs again (harmless; the
+    /// next prune writes them once).
+    pub fn save_index_split(&self, supersedes: Vec<IndexId>, packs: Vec<IndexPack>) -> Result<Vec<IndexId>> {
+        let mut chunks: Vec<Vec<IndexPack>> = vec![Vec::new()];
+        let mut entries = 0;
+        for p in packs {
+            let n = p.entries.len();
+            if entries + n > crate::packer::INDEX_ENTRIES && chunks.last().is_some_and(|c| !c.is_empty()) {
+                chunks.push(Vec::new());
+                entries = 0;
+            }
+            entries += n;
+            if let Some(c) = chunks.last_mut() {
+                c.push(p);
+            }
+        }
+        let last = chunks.len() - 1;
+        let mut ids = Vec::with_capacity(chunks.len());
+        let mut supersedes = Some(supersedes);
+        for (i, packs) in chunks.into_iter().enumerate() {
+            let file = IndexFile {
+                supersedes: if i == last {
+                    supersedes.take().unwrap_or_default()
+                } else {
+                    Vec::new()
+                },
+                packs,
+            };
+            ids.push(self.save_index(&file)?.0);
+        }
+        Ok(ids)
+    }
+
     /// Store an index file without vouching for it: listings passed on without verifying
     /// them (packs prune could not verify, condemned packs listed again from their headers).
     /// Not counted among [`Repository::written_index_files`]: a write-only client never
@@ -634,16 +672,13 @@ impl Repository {
     pub fn load_index_skipping_damaged(self) -> IndexedRepository {
         let mut index = Index::default();
         if let Ok(listed) = self.backend.list(FileKind::Index) {
-            let files: Vec<(IndexId, (IndexFile, bool))> = listed
-                .iter()
-                .filter_map(|f| {
-                    Some((
-                        IndexId(Id::from_hex(&f.name).ok()?),
-                        self.load_index_file_vouched(&f.name).ok()?,
-                    ))
-                })
-                .collect();
-            index.add_files(files.iter().map(|(id, (f, v))| (*id, f, *v)), |_| true);
+            // read one at a time, as the index asks for them
+            let files = listed.iter().filter_map(|f| {
+                let id = IndexId(Id::from_hex(&f.name).ok()?);
+                let (file, vouched) = self.load_index_file_vouched(&f.name).ok()?;
+                Some((id, file, vouched))
+            });
+            index.add_files(files, |_| true);
         }
         IndexedRepository::new(self, index, None)
     }
@@ -676,34 +711,48 @@ impl Repository {
         } else {
             None
         };
-        let mut files = Vec::new();
-        for f in self.backend.list(FileKind::Index)? {
+        // each file is read as the index asks for it and dropped once its entries are in
+        let listed = self.backend.list(FileKind::Index)?;
+        let mut failed: Option<Error> = None;
+        let mut skipped = Vec::new();
+        let files = listed.iter().map_while(|f| {
             let file = match self.load_index_file_vouched(&f.name) {
                 Ok(file) => file,
                 // superseded and deleted by a prune since the listing
-                Err(Error::Backend(e)) if e.is_not_found() => continue,
+                Err(Error::Backend(e)) if e.is_not_found() => return Some(None),
                 // An index file that does not open costs deduplication only (its packs are
                 // adopted again by the next backup); one damaged or hostile file must not stop
                 // every backup. Prune reads the index itself and stops on it; check reports it.
                 Err(e) if e.category() == crate::Category::Integrity => {
-                    index.skip_file(format!(
+                    skipped.push(format!(
                         "index file {} skipped: {e}",
                         &f.name[..8.min(f.name.len())]
                     ));
-                    continue;
+                    return Some(None);
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    failed = Some(e);
+                    return None;
+                }
             };
-            let id = IndexId(Id::from_hex(&f.name).map_err(|e| Error::format("index/", e))?);
-            files.push((id, file));
+            match Id::from_hex(&f.name) {
+                Ok(id) => Some(Some((IndexId(id), file.0, file.1))),
+                Err(e) => {
+                    failed = Some(Error::format("index/", e));
+                    None
+                }
+            }
+        });
+        index.add_files(files.flatten(), |pack| match &present {
+            Some(p) => p.contains(&pack.to_hex()),
+            None => true,
+        });
+        if let Some(e) = failed {
+            return Err(e);
         }
-        index.add_files(
-            files.iter().map(|(id, (f, v))| (*id, f, *v)),
-            |pack| match &present {
-                Some(p) => p.contains(&pack.to_hex()),
-                None => true,
-            },
-        );
+        for message in skipped {
+            index.skip_file(message);
+        }
         Ok(index)
     }
 }

@@ -792,3 +792,47 @@ fn a_failed_pack_write_stops_the_backup_cleanly() {
         }
     }
 }
+
+/// Prune and `repair index` write the listing of the whole repository: as files of at most
+/// 65,536 entries (a pack whole), each of which a reader decodes and drops before the next,
+/// not as one file as large as the repository's index.
+#[test]
+fn a_whole_listing_is_split_into_index_files_of_bounded_size() {
+    use coffer_core::format::{Id, IndexId, IndexPack, PackEntry};
+    let b = MemoryBackend::new();
+    let repo = init(&b);
+    let pack = |tag: u8, n: u32| IndexPack {
+        id: PackId(Id([tag; 32])),
+        entries: (0..n)
+            .map(|i| {
+                let mut id = [tag; 32];
+                id[1..5].copy_from_slice(&i.to_be_bytes());
+                PackEntry::own(BlobKind::Data, BlobId(Id(id)), i * 100, 100, 10)
+            })
+            .collect(),
+    };
+    let packs = vec![pack(1, 40_000), pack(2, 40_000), pack(3, 100_000), pack(4, 1)];
+    let old = IndexId(Id([7; 32]));
+    let ids = repo.save_index_split(vec![old], packs.clone()).unwrap();
+    // 40k, then 40k more would pass 65,536: a file each; a pack larger than the bound alone
+    assert_eq!(ids.len(), 4);
+    let mut listed = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        let file = repo.load_index_file(&id.to_hex()).unwrap();
+        assert_eq!(
+            file.supersedes,
+            if i == 3 { vec![old] } else { vec![] },
+            "file {i}"
+        );
+        listed.extend(file.packs);
+    }
+    assert_eq!(listed, packs);
+    let repo = repo.load_index().unwrap();
+    assert_eq!(repo.index().blob_count(), 180_001);
+    assert_eq!(b.list(FileKind::Index).len(), 4);
+    // an empty listing is still one file, which names what it supersedes
+    let none = init(&MemoryBackend::new())
+        .save_index_split(vec![old], vec![])
+        .unwrap();
+    assert_eq!(none.len(), 1);
+}

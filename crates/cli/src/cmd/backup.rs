@@ -117,6 +117,8 @@ pub fn saved(g: &Global, a: BackupArgs) -> Result<(u8, coffer_core::format::Snap
             .map(|c| super::parse_compression(c, None))
             .transpose()?,
         send_log,
+        // (the process ends after this run)
+        last_use: true,
     };
     let progress = CliProgress::new(!g.quiet && !g.json, "backed up").listing_files(if g.json || g.quiet {
         0
