@@ -664,30 +664,46 @@ fn same_file(st: &rustix::fs::Stat, parent: Option<&Node>) -> bool {
     })
 }
 
-/// The blobs this run has queued: the first 128 bits of each id, half the memory of whole
-/// ids (11 million new blobs in a first backup: ~290 MB instead of ~550). Ids are keyed
-/// BLAKE3 hashes, so two different blobs of one run sharing 128 bits happen by chance with
-/// probability about n²/2¹²⁹ (10⁻²⁵ at n = 11 million), and on purpose only for someone who
-/// holds the repository's id key (which a key holder never needs: it can store what it likes)
-/// and spends ~2⁶⁴ hash evaluations; a file's author without the key cannot aim at it. Had it
+/// The blobs this run has queued, each as 128 bits of a keyed hash of its id under a key
+/// drawn at random for this run: half the memory of whole ids (11 million new blobs in a first
+/// backup: ~290 MB instead of ~550). Nobody knows the run's key, not even a holder of the
+/// repository's keys, so two blobs cannot be aimed at one value: they share it by chance
+/// only, with probability about n²/2¹²⁹ (10⁻²⁵ at n = 11 million). (Truncating the ids
+/// themselves would let a stolen write-only key, which holds the id key, search ~2⁶⁴ hashes
+/// for two chunks that collide and plant them where a full key's backup reads them.) Had it
 /// happened, the second blob would be missing from storage, which `check` reports as a tree
 /// referencing an unknown blob. The index, prune and check keep whole ids.
-#[derive(Default)]
-struct Session(HashSet<u128, foldhash::fast::RandomState>);
+struct Session {
+    key: [u8; 32],
+    set: HashSet<u128, foldhash::fast::RandomState>,
+}
+
+impl Default for Session {
+    fn default() -> Self {
+        let mut key = [0u8; 32];
+        crate::crypto::random_bytes(&mut key);
+        Session {
+            key,
+            set: HashSet::default(),
+        }
+    }
+}
 
 impl Session {
-    fn key(id: &BlobId) -> u128 {
+    fn key(&self, id: &BlobId) -> u128 {
+        let h = blake3::keyed_hash(&self.key, id.as_bytes());
         let mut b = [0u8; 16];
-        b.copy_from_slice(&id.as_bytes()[..16]);
+        b.copy_from_slice(&h.as_bytes()[..16]);
         u128::from_le_bytes(b)
     }
 
     fn insert(&mut self, id: &BlobId) -> bool {
-        self.0.insert(Self::key(id))
+        let k = self.key(id);
+        self.set.insert(k)
     }
 
     fn contains(&self, id: &BlobId) -> bool {
-        self.0.contains(&Self::key(id))
+        self.set.contains(&self.key(id))
     }
 }
 
@@ -1726,6 +1742,22 @@ pub fn backup_prescanned(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The run's dedup set answers for whole ids: a blob queued once is not new again, any
+    /// other id is, and two runs hash under different keys.
+    #[test]
+    fn the_dedup_set_knows_what_the_run_queued() {
+        let id = |b: u8| BlobId(coffer_format::Id([b; 32]));
+        let mut s = Session::default();
+        assert!(s.insert(&id(1)));
+        assert!(!s.insert(&id(1)) && s.contains(&id(1)));
+        assert!(!s.contains(&id(2)) && s.insert(&id(2)));
+        // ids equal in their first 128 bits are still two blobs
+        let mut near = [1u8; 32];
+        near[31] = 9;
+        assert!(s.insert(&BlobId(coffer_format::Id(near))));
+        assert_ne!(s.key(&id(1)), Session::default().key(&id(1)));
+    }
 
     /// The walk-ahead's budget counts entries, not directories: 1000 directories of two
     /// entries each (3000 entries, far below the 16k budget) leave room for more. Its first
