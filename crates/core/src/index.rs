@@ -163,17 +163,16 @@ impl Index {
                 unvouched.push(start..all.len());
             }
         }
-        if unvouched
-            .iter()
-            .any(|r| all[r.clone()].iter().any(|e| self.vouched[e.slot.pack as usize]))
-        {
-            for r in unvouched {
-                for e in &mut all[r] {
-                    if self.vouched[e.slot.pack as usize] {
-                        e.slot.pack = DROPPED;
-                    }
+        let mut dropped = false;
+        for r in unvouched {
+            for e in &mut all[r] {
+                if self.vouched[e.slot.pack as usize] {
+                    e.slot.pack = DROPPED;
+                    dropped = true;
                 }
             }
+        }
+        if dropped {
             all.retain(|e| e.slot.pack != DROPPED);
         }
         self.merge_into_table(all);

@@ -365,19 +365,16 @@ impl Catalog {
         }
         // each step reads the version again under the write lock: the server and an admin
         // command opening the catalog together must not both run a migration
-        if (version as usize) < MIGRATIONS.len() {
-            loop {
-                let tx = c
-                    .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-                    .map_err(db_err)?;
-                let now: i64 = tx
-                    .pragma_query_value(None, "user_version", |r| r.get(0))
-                    .map_err(db_err)?;
-                if now as usize >= MIGRATIONS.len() {
-                    break;
-                }
-                tx.execute_batch(MIGRATIONS[now as usize]).map_err(db_err)?;
-                tx.pragma_update(None, "user_version", now + 1).map_err(db_err)?;
+        let mut at = version;
+        while (at as usize) < MIGRATIONS.len() {
+            let tx = write_tx(&mut c)?;
+            at = tx
+                .pragma_query_value(None, "user_version", |r| r.get(0))
+                .map_err(db_err)?;
+            if let Some(m) = MIGRATIONS.get(at as usize) {
+                tx.execute_batch(m).map_err(db_err)?;
+                at += 1;
+                tx.pragma_update(None, "user_version", at).map_err(db_err)?;
                 tx.commit().map_err(db_err)?;
             }
         }
