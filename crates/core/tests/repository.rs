@@ -836,3 +836,50 @@ fn a_whole_listing_is_split_into_index_files_of_bounded_size() {
         .unwrap();
     assert_eq!(none.len(), 1);
 }
+
+/// `repair index` writes a listing larger than one index file as several, removes the files
+/// it read and none of those it wrote: every blob is found again afterwards.
+#[test]
+fn repair_index_of_a_large_listing_removes_only_the_files_it_read() {
+    let b = MemoryBackend::new();
+    let opts = InitOptions {
+        pack_size: 1 << 20,
+        ..InitOptions::default()
+    };
+    let mut repo = Repository::init(Arc::new(b.clone()), b"pw", &opts)
+        .unwrap()
+        .load_index()
+        .unwrap();
+    // 70,000 incompressible blobs of 64 bytes: ~5 packs, more entries than one file holds
+    let blobs: Vec<(BlobKind, Vec<u8>)> = (0..70_000u32)
+        .map(|i| {
+            let h = blake3::hash(&i.to_le_bytes());
+            (BlobKind::Data, [h.as_bytes().as_slice(), h.as_bytes()].concat())
+        })
+        .collect();
+    let ids = coffer_core::store_blobs(&mut repo, blobs).unwrap();
+    drop(repo);
+    // one listing lost: the repair writes the whole listing again
+    let before = b.list(FileKind::Index);
+    coffer_core::backend::Backend::remove(&b, FileKind::Index, &before[0]).unwrap();
+    let read: Vec<String> = before[1..].to_vec();
+    let r =
+        coffer_core::repair::repair_index(Repository::open(Arc::new(b.clone()), b"pw").unwrap(), &NoProgress)
+            .unwrap();
+    assert!(r.changed);
+    let after = b.list(FileKind::Index);
+    assert!(after.len() >= 2, "the listing was split: {after:?}");
+    assert!(
+        after.iter().all(|f| !before.contains(f)),
+        "only new files: {after:?}"
+    );
+    let repo = Repository::open(Arc::new(b.clone()), b"pw")
+        .unwrap()
+        .load_index()
+        .unwrap();
+    assert_eq!(repo.index().blob_count(), 70_000);
+    for id in ids.iter().step_by(997) {
+        assert_eq!(repo.read_blob(id, BlobKind::Data).unwrap().len(), 64);
+    }
+    assert!(read.iter().all(|f| !after.contains(f)));
+}
