@@ -27,6 +27,7 @@ mod packer;
 pub mod parity;
 pub mod progress;
 pub mod prune;
+mod readahead;
 pub mod repair;
 mod repo;
 pub mod restore;

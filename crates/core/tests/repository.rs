@@ -243,11 +243,14 @@ fn parent_trees_are_prefetched_in_walk_order() {
     };
     let first = backup(&mut repo, &opts(vec![]), &NoProgress).unwrap();
     assert_eq!(first.parent_tree_misses, 0, "no parent, no prefetch");
+    // nothing to compare with: every file is read, and read ahead
+    assert_eq!(first.read_ahead, 8);
     let unchanged = backup(&mut repo, &opts(vec![]), &NoProgress).unwrap();
     assert_eq!(unchanged.parent_tree_misses, 0);
     assert_eq!(unchanged.listing_misses, 0);
     assert_eq!(unchanged.snapshot.summary.files_unchanged, 8);
     assert_eq!(unchanged.snapshot.summary.bytes_read, 0);
+    assert_eq!(unchanged.read_ahead, 0, "nothing is read: nothing is read ahead");
     // the levels above the backed-up directory (/tmp) change as other tests run: compare below
     let sub = |o: &coffer_core::BackupOutcome| subtree(&repo, o.snapshot.tree, root);
     assert_eq!(sub(&unchanged), sub(&first));
@@ -266,6 +269,8 @@ fn parent_trees_are_prefetched_in_walk_order() {
     assert_eq!(changed.listing_misses, 0);
     let s = &changed.snapshot.summary;
     assert_eq!((s.files_new, s.files_unchanged, s.bytes_read), (1, 6, 3));
+    // the new directory's file; not the excluded directory's
+    assert_eq!(changed.read_ahead, 1);
 
     // a cache directory keeps only its tag, whether or not the walk-ahead saw it first
     fs::create_dir_all(root.join("cache/sub")).unwrap();
