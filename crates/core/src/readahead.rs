@@ -34,6 +34,11 @@ pub const AHEAD_FILES: u64 = 4096;
 /// through the rest of a large file once it reads it in order.
 const FILE_HEAD: u64 = 4 << 20;
 
+/// Most directories queued for the thread: each holds an open descriptor, and a thread that
+/// falls behind (a starved core, a tree of a million one-file directories) must not take the
+/// walk's descriptors.
+const QUEUED_DIRS: usize = 64;
+
 /// The files of one directory the walk will read, each with its number in walk order.
 struct Batch {
     dir: OwnedFd,
@@ -63,7 +68,7 @@ pub(crate) struct ReadAhead {
 impl ReadAhead {
     /// Start the thread; `None` if it cannot be started (the walk then reads without it).
     pub(crate) fn start() -> Option<Self> {
-        let (tx, rx) = crossbeam_channel::unbounded::<Batch>();
+        let (tx, rx) = crossbeam_channel::bounded::<Batch>(QUEUED_DIRS);
         let shared = Arc::new(Shared::default());
         let theirs = shared.clone();
         let thread = std::thread::Builder::new()
@@ -92,7 +97,9 @@ impl ReadAhead {
         };
         if let Some(tx) = &self.tx {
             let files = names.into_iter().zip(first..).collect();
-            let _ = tx.send(Batch { dir, files });
+            // never a wait for the thread: a directory it has no room for is read without
+            // help (each queued directory holds an open descriptor)
+            let _ = tx.try_send(Batch { dir, files });
         }
         seqs
     }
@@ -232,6 +239,28 @@ mod tests {
         wait_for(|| shared.handled.load(Ordering::Acquire) == 55);
         assert_eq!(shared.hinted.load(Ordering::Acquire), 50);
         assert_eq!(ra.finish(), 55);
+    }
+
+    #[test]
+    fn a_thread_that_falls_behind_holds_few_descriptors() {
+        let d = tempfile::tempdir().unwrap();
+        let names: Vec<OsString> = (0..=AHEAD_FILES).map(|i| format!("f{i:05}").into()).collect();
+        for name in &names {
+            std::fs::write(d.path().join(name), b"x").unwrap();
+        }
+        let dir = std::fs::File::open(d.path()).unwrap();
+        let mut ra = ReadAhead::start().unwrap();
+        let shared = ra.shared.clone();
+        // the thread stops at its lead in the first directory...
+        ra.plan(dir.as_fd(), names);
+        wait_for(|| shared.waiting.load(Ordering::Acquire));
+        // ...while the walk hands over 1000 more: only QUEUED_DIRS of them are kept, and
+        // planning never waits
+        for _ in 0..1000 {
+            ra.plan(dir.as_fd(), vec!["f00000".into()]);
+        }
+        assert_eq!(ra.tx.as_ref().unwrap().len(), QUEUED_DIRS);
+        assert_eq!(ra.finish(), AHEAD_FILES + 1 + 1000);
     }
 
     #[test]
