@@ -549,11 +549,29 @@ fn mark(
 ) -> Result<()> {
     let backend = repo.backend().clone();
     let already = condemned_packs(&*backend)?;
-    let stored: HashMap<PackId, u64> = backend
-        .list(FileKind::Pack)?
-        .into_iter()
-        .filter_map(|f| Id::from_hex(&f.name).ok().map(|id| (PackId(id), f.size)))
-        .collect();
+    let list_packs = || -> Result<HashMap<PackId, u64>> {
+        Ok(backend
+            .list(FileKind::Pack)?
+            .into_iter()
+            .filter_map(|f| Id::from_hex(&f.name).ok().map(|id| (PackId(id), f.size)))
+            .collect())
+    };
+    let mut stored = list_packs()?;
+    let usage_now = usage(repo, Some((progress, &stored)))?;
+    // A backup running beside this prune may have written packs, and an index file listing
+    // them, between the listing above and the index read: list again before calling a listed
+    // pack missing. A pack is durable before any index file lists it, so the second listing,
+    // made after the index was read, holds every pack the index lists unless one is really
+    // gone. Only packs the index lists are taken in: one written since and listed nowhere yet
+    // is the running backup's, not an orphan. (Such a pack's blobs were not verified above
+    // when only unvouched index files list it: it stays unvouched.)
+    if usage_now.packs.keys().any(|p| !stored.contains_key(p)) {
+        for (id, size) in list_packs()? {
+            if usage_now.packs.contains_key(&id) {
+                stored.entry(id).or_insert(size);
+            }
+        }
+    }
     let Usage {
         used,
         snapshots: snap_ids,
@@ -561,7 +579,7 @@ fn mark(
         packs,
         unvouched,
         vouched_now,
-    } = usage(repo, Some((progress, &stored)))?;
+    } = usage_now;
     report.packs_vouched = vouched_now.len();
     report.packs_unverified = unvouched.len();
     if snap_ids.is_empty() && !packs.is_empty() {
