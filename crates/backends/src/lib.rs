@@ -72,6 +72,10 @@ pub fn open_with(
     rest: &RestOptions,
     upload_limit: Option<Arc<RateLimit>>,
 ) -> Result<Arc<dyn Backend>, Error> {
+    if let Some(l) = &upload_limit {
+        // (COFFER_LOG=coffer_limits=debug shows which limits a command, a job or a step got)
+        tracing::debug!(target: "coffer_limits", "uploads kept under {} bytes/s", l.bytes_per_sec());
+    }
     if location.starts_with("https://") {
         let b = RestBackend::open(location, rest)
             .map_err(|e| Error::Invalid(format!("repository {location:?}: {e}")))?;

@@ -26,6 +26,7 @@ pub struct DownloadLimited {
 
 impl DownloadLimited {
     pub fn new(inner: Arc<dyn Backend>, limit: Arc<RateLimit>) -> Self {
+        tracing::debug!(target: "coffer_limits", "downloads kept under {} bytes/s", limit.bytes_per_sec());
         DownloadLimited { inner, limit }
     }
 

@@ -487,6 +487,78 @@ schedule = "*/4 * * * * *"
     drop(weed);
 }
 
+/// A job's transfer limits reach the backend its commands open: `backup --job`, `run` (whose
+/// steps are processes of their own) and `check --job`; a rate on the command line wins, and
+/// a command without a job is not limited. The limiter itself is measured by
+/// scripts/bench-limit; here each command says which limits it opened its repository with.
+#[test]
+fn a_jobs_transfer_limits_reach_the_repository_it_opens() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let config = dir.join("coffer.toml");
+    let src = dir.join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), "data").unwrap();
+    fs::write(
+        &config,
+        format!(
+            r#"
+[agent]
+state_dir = "{d}/state"
+[repository.local]
+location = "{d}/repo"
+password_file = "{d}/key"
+[job.j]
+paths = ["{s}"]
+to = ["local"]
+limit_upload = "512K"
+limit_download = "1M"
+"#,
+            d = dir.display(),
+            s = src.display()
+        ),
+    )
+    .unwrap();
+    ok(
+        dir,
+        &config,
+        &["key", "generate", "-q", "-o", dir.join("key").to_str().unwrap()],
+    );
+    ok(dir, &config, &["--repo-name", "local", "init", "-q"]);
+    let said = |args: &[&str]| -> String {
+        let o = coffer(dir, &config)
+            .env("COFFER_LOG", "coffer_limits=debug")
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(code(&o), 0, "{args:?}: {}", stderr(&o));
+        stderr(&o)
+    };
+    let up = |rate: u64| format!("uploads kept under {rate} bytes/s");
+    let down = |rate: u64| format!("downloads kept under {rate} bytes/s");
+    let e = said(&["--repo-name", "local", "backup", "-q", "--job", "j"]);
+    assert!(e.contains(&up(512 << 10)), "{e}");
+    assert!(e.contains(&down(1 << 20)), "{e}");
+    let e = said(&[
+        "--repo-name",
+        "local",
+        "backup",
+        "-q",
+        "--job",
+        "j",
+        "--limit-upload",
+        "2M",
+    ]);
+    assert!(e.contains(&up(2 << 20)) && !e.contains(&up(512 << 10)), "{e}");
+    let e = said(&["run", "j"]);
+    assert!(e.contains(&up(512 << 10)), "the run's backup step: {e}");
+    let e = said(&["--repo-name", "local", "check", "--job", "j"]);
+    assert!(e.contains(&down(1 << 20)), "{e}");
+    // the same repository without the job: no limit
+    let e = said(&["--repo-name", "local", "backup", "-q", src.to_str().unwrap()]);
+    assert!(!e.contains("kept under"), "{e}");
+}
+
 #[test]
 fn a_job_runs_once_at_a_time_and_its_after_hook_always_runs() {
     let tmp = tempfile::tempdir().unwrap();

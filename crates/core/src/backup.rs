@@ -158,7 +158,8 @@ impl PathTrie {
 /// which tmp cleaners and mail readers use); `O_NOATIME` needs ownership or root, so fall
 /// back to a plain open.
 fn open_noatime(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<File> {
-    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    // never as a controlling terminal (a file replaced by a tty since its lstat)
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NOCTTY | OFlags::CLOEXEC;
     let fd = match rustix::fs::openat(dir, name, flags | OFlags::NOATIME, Mode::empty()) {
         Err(rustix::io::Errno::PERM) => rustix::fs::openat(dir, name, flags, Mode::empty())?,
         r => r?,
@@ -672,6 +673,17 @@ fn same_file(st: &rustix::fs::Stat, parent: Option<&Node>) -> bool {
             st.st_ino as u64,
         )
     })
+}
+
+/// An entry of a directory as the read-ahead sees it ([`Archiver::read_ahead_kinds`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AheadKind {
+    /// A file the walk will read.
+    File,
+    /// A directory the walk enters (the files after it are read after its own).
+    Boundary,
+    /// Neither.
+    Other,
 }
 
 /// The blobs this run has queued, each as 128 bits of a keyed hash of its id under a key
@@ -1331,7 +1343,9 @@ impl<'l> Archiver<'_, '_, 'l> {
                 Vec::new()
             }
         };
-        let planned = self.plan_reads(dirfd, dir, parent, &entries, &types);
+        // what the read-ahead may be handed (nothing where there is a parent to compare with)
+        let kinds = self.read_ahead_kinds(dir, parent, &entries, &types);
+        let mut entries = entries;
         let mut pnodes = parent.map(ParentDir::nodes);
         // the parent's node at position `pi` (the first not before the current name)
         let mut pcur = pnodes.as_mut().and_then(Iterator::next);
@@ -1340,8 +1354,25 @@ impl<'l> Archiver<'_, '_, 'l> {
         let mut tree: Option<Tree> = None;
         let mut same = 0;
         let capacity = entries.len();
-        let mut planned = planned.into_iter().peekable();
-        for (i, (n, scanned)) in entries.into_iter().enumerate() {
+        // The files planned, by position, and where the next run of files starts: a run ends
+        // at a directory, which the walk enters before it reads the files after it, so the
+        // read-ahead numbers files in the order they are read.
+        let mut planned = std::collections::VecDeque::new();
+        let mut next_run = 0;
+        for i in 0..entries.len() {
+            if i >= next_run && !kinds.is_empty() {
+                let end = kinds[i..]
+                    .iter()
+                    .position(|k| *k == AheadKind::Boundary)
+                    .map_or(kinds.len(), |p| i + p);
+                let at: Vec<usize> = (i..end).filter(|&j| kinds[j] == AheadKind::File).collect();
+                if let Some(ra) = self.read_ahead.as_mut() {
+                    let names = at.iter().map(|&j| entries[j].0.clone()).collect();
+                    planned.extend(at.into_iter().zip(ra.plan(dirfd, names)));
+                }
+                next_run = end + 1;
+            }
+            let (n, scanned) = (std::mem::take(&mut entries[i].0), entries[i].1.take());
             let path = dir.join(&n);
             let name = Name(n.into_vec());
             // both lists are sorted: walk the parent alongside
@@ -1351,8 +1382,10 @@ impl<'l> Archiver<'_, '_, 'l> {
             }
             let pnode = pcur.as_deref().filter(|p| p.name == name);
             let node = self.archive_entry(dirfd, &path, name, pnode, scanned)?;
-            if let (Some((_, seq)), Some(ra)) = (planned.next_if(|(at, _)| *at == i), &self.read_ahead) {
-                ra.passed(seq);
+            if planned.front().is_some_and(|(at, _)| *at == i) {
+                if let (Some((_, seq)), Some(ra)) = (planned.pop_front(), &self.read_ahead) {
+                    ra.passed(seq);
+                }
             }
             let Some(node) = node else {
                 continue;
@@ -1377,42 +1410,47 @@ impl<'l> Archiver<'_, '_, 'l> {
         })
     }
 
-    /// Hand the read-ahead the files of this directory the walk will read: every regular
-    /// file not excluded, where there is nothing to compare with (no parent directory, no
-    /// change cache). Returns the entries' positions and read-ahead numbers.
+    /// What each entry of a directory is to the read-ahead: a file the walk will read (a
+    /// regular file, not excluded, where there is nothing to compare with: no parent
+    /// directory, no change cache), a directory the walk will enter (or an entry whose type
+    /// the file system does not give), or neither. Empty when nothing is read ahead here.
     #[allow(clippy::type_complexity)]
-    fn plan_reads(
-        &mut self,
-        dirfd: BorrowedFd<'_>,
+    fn read_ahead_kinds(
+        &self,
         dir: &Path,
         parent: Option<&ParentDir>,
         entries: &[(std::ffi::OsString, Option<rustix::io::Result<rustix::fs::Stat>>)],
         types: &[rustix::fs::FileType],
-    ) -> Vec<(usize, u64)> {
-        if parent.is_some() || self.sent.is_some() {
+    ) -> Vec<AheadKind> {
+        if parent.is_some() || self.sent.is_some() || self.read_ahead.is_none() {
             return Vec::new();
         }
-        let Some(ra) = self.read_ahead.as_mut() else {
-            return Vec::new();
-        };
-        let mut at = Vec::new();
-        let mut names = Vec::new();
-        for (i, (n, scanned)) in entries.iter().enumerate() {
-            let regular = match (scanned, types.get(i)) {
-                (Some(Ok(st)), _) => kind_of_stat(st) == Some(NodeKind::File) && st.st_size > 0,
-                (None, Some(t)) => matches!(
-                    t,
-                    rustix::fs::FileType::RegularFile | rustix::fs::FileType::Unknown
-                ),
-                _ => false,
-            };
-            if !regular || (!self.excluder.is_empty() && self.excluder.matches(&dir.join(n))) {
-                continue;
-            }
-            at.push(i);
-            names.push(n.clone());
-        }
-        at.into_iter().zip(ra.plan(dirfd, names)).collect()
+        use rustix::fs::FileType as T;
+        entries
+            .iter()
+            .enumerate()
+            .map(|(i, (n, scanned))| {
+                let kind = match (scanned, types.get(i)) {
+                    (Some(Ok(st)), _) => match kind_of_stat(st) {
+                        Some(NodeKind::File) if st.st_size > 0 => AheadKind::File,
+                        Some(NodeKind::Dir) => AheadKind::Boundary,
+                        _ => AheadKind::Other,
+                    },
+                    // the walk-ahead excluded it, or could not stat it
+                    (Some(Err(_)), _) | (None, None) => AheadKind::Other,
+                    (None, Some(T::RegularFile)) => AheadKind::File,
+                    // never opened here: it may be a directory, a device or a FIFO
+                    (None, Some(T::Directory | T::Unknown)) => AheadKind::Boundary,
+                    (None, Some(_)) => AheadKind::Other,
+                };
+                if kind == AheadKind::File && !self.excluder.is_empty() && self.excluder.matches(&dir.join(n))
+                {
+                    AheadKind::Other
+                } else {
+                    kind
+                }
+            })
+            .collect()
     }
 
     /// Build the tree for one level of the path trie.
@@ -1652,9 +1690,7 @@ pub fn backup_prescanned(
             .as_ref()
             .map(|(_, p)| ParentTrees::start(s, repo_ref, p.tree));
         // A first backup walks ahead too: from a cold cache the listing and the inodes it
-        // reads ahead save the walk waiting for the disk (the benchmark's 3.5 GiB set, page
-        // cache dropped, with the read-ahead: 16.4 s without the walk-ahead, 15.3 s with it,
-        // medians of 4; warm, no difference; docs/PERFORMANCE.md "Read-ahead").
+        // reads ahead save the walk waiting for the disk (docs/PERFORMANCE.md "Read-ahead").
         let ahead = match prescan {
             Some(p) => Some(p),
             None => Some(Prescan::start(

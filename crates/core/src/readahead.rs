@@ -8,11 +8,14 @@
 //! [`AHEAD_BYTES`] and [`AHEAD_FILES`] hinted ahead of it, so a slow walk (compression, a
 //! slow repository) does not fill memory with pages it reaches only much later.
 //!
-//! Only what the walk would read anyway is hinted: regular files (by the directory entry's
-//! type, checked again on the open file), not excluded, in directories with nothing to
-//! compare with (a first backup, a new directory). A file is opened without following a
-//! symlink, without blocking and without touching its access time, and closed at once; the
-//! hint changes nothing but the page cache, so a file replaced in between costs only time.
+//! Only what the walk would read anyway is hinted: regular files (by the walk-ahead's lstat or
+//! the directory entry's type; an entry of unknown type is never opened here), not excluded,
+//! in directories with nothing to compare with (a first backup, a new directory). The walk
+//! hands them over in runs, a run ending at a subdirectory (which it reads first), so files
+//! are numbered in the order they are read. A file is opened as the walk opens it (no symlink
+//! followed, no access time) and also without blocking and never as a controlling terminal,
+//! checked to be a regular file and closed at once. Like the walk's own open, it may find a
+//! file replaced since the listing; a non-regular one is closed unread.
 
 use std::collections::VecDeque;
 use std::ffi::OsString;
@@ -37,7 +40,7 @@ const FILE_HEAD: u64 = 4 << 20;
 /// Most directories queued for the thread: each holds an open descriptor, and a thread that
 /// falls behind (a starved core, a tree of a million one-file directories) must not take the
 /// walk's descriptors.
-const QUEUED_DIRS: usize = 64;
+const QUEUED_DIRS: usize = 16;
 
 /// The files of one directory the walk will read, each with its number in walk order.
 struct Batch {
@@ -83,39 +86,42 @@ impl ReadAhead {
         })
     }
 
-    /// The walk will read `names` (in this order) from directory `dir`: returns each one's
-    /// number, for [`ReadAhead::passed`].
+    /// The walk will read `names` from directory `dir`, in this order and before any file
+    /// handed over after them: returns each one's number, for [`ReadAhead::passed`] (none
+    /// when the thread has no room: the walk never waits for it, and each queued directory
+    /// holds an open descriptor).
     pub(crate) fn plan(&mut self, dir: BorrowedFd<'_>, names: Vec<OsString>) -> Vec<u64> {
-        let first = self.next;
-        self.next += names.len() as u64;
-        let seqs: Vec<u64> = (first..self.next).collect();
-        if names.is_empty() {
-            return seqs;
+        let Some(tx) = &self.tx else { return Vec::new() };
+        if names.is_empty() || tx.is_full() {
+            return Vec::new();
         }
         let Ok(dir) = dir.try_clone_to_owned() else {
-            return seqs;
+            return Vec::new();
         };
-        if let Some(tx) = &self.tx {
-            let files = names.into_iter().zip(first..).collect();
-            // never a wait for the thread: a directory it has no room for is read without
-            // help (each queued directory holds an open descriptor)
-            let _ = tx.try_send(Batch { dir, files });
+        let first = self.next;
+        let files: Vec<(OsString, u64)> = names.into_iter().zip(first..).collect();
+        let n = files.len() as u64;
+        if tx.try_send(Batch { dir, files }).is_err() {
+            return Vec::new();
         }
-        seqs
+        self.next += n;
+        (first..self.next).collect()
     }
 
     /// The walk is past the file numbered `seq` (read or not).
     pub(crate) fn passed(&self, seq: u64) {
-        self.shared.walked.fetch_max(seq + 1, Ordering::Release);
-        if self.shared.waiting.load(Ordering::Acquire) {
+        // SeqCst here and in the thread's wait: each side stores, then loads what the other
+        // stores, which only a total order makes sure one of them sees
+        self.shared.walked.fetch_max(seq + 1, Ordering::SeqCst);
+        if self.shared.waiting.load(Ordering::SeqCst) {
             if let Some(t) = &self.thread {
                 t.thread().unpark();
             }
         }
     }
 
-    /// Stop the thread; how many files the walk handed it (it hints those the walk is not
-    /// past yet when it gets to them).
+    /// Stop the thread; how many files it was handed (it hints those the walk is not past
+    /// yet when it gets to them).
     pub(crate) fn finish(mut self) -> u64 {
         self.stop();
         self.next
@@ -164,9 +170,9 @@ fn hint_loop(rx: &Receiver<Batch>, shared: &Shared) {
                     }
                     break;
                 }
-                shared.waiting.store(true, Ordering::Release);
+                shared.waiting.store(true, Ordering::SeqCst);
                 // checked again after saying so: a `passed` in between is not missed
-                if shared.walked.load(Ordering::Acquire) == walked {
+                if shared.walked.load(Ordering::SeqCst) == walked {
                     std::thread::park_timeout(Duration::from_millis(50));
                 }
                 shared.waiting.store(false, Ordering::Release);
@@ -182,7 +188,8 @@ fn hint_loop(rx: &Receiver<Batch>, shared: &Shared) {
 /// Ask the kernel to read the start of regular file `name` in `dir`: the bytes hinted, or
 /// `None` if it is not a regular file or cannot be opened.
 fn hint(dir: BorrowedFd<'_>, name: &OsString) -> Option<u64> {
-    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    // not a controlling terminal, should it be one by now
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
     let fd = match rustix::fs::openat(dir, name.as_os_str(), flags | OFlags::NOATIME, Mode::empty()) {
         Err(rustix::io::Errno::PERM) => rustix::fs::openat(dir, name.as_os_str(), flags, Mode::empty()),
         r => r,
@@ -254,13 +261,39 @@ mod tests {
         // the thread stops at its lead in the first directory...
         ra.plan(dir.as_fd(), names);
         wait_for(|| shared.waiting.load(Ordering::Acquire));
-        // ...while the walk hands over 1000 more: only QUEUED_DIRS of them are kept, and
-        // planning never waits
-        for _ in 0..1000 {
-            ra.plan(dir.as_fd(), vec!["f00000".into()]);
-        }
+        // ...while the walk hands over 1000 more: only QUEUED_DIRS of them are kept (numbered),
+        // and planning never waits
+        let numbered = (0..1000)
+            .filter(|_| !ra.plan(dir.as_fd(), vec!["f00000".into()]).is_empty())
+            .count();
+        assert_eq!(numbered, QUEUED_DIRS);
         assert_eq!(ra.tx.as_ref().unwrap().len(), QUEUED_DIRS);
-        assert_eq!(ra.finish(), AHEAD_FILES + 1 + 1000);
+        assert_eq!(ra.finish(), AHEAD_FILES + 1 + QUEUED_DIRS as u64);
+    }
+
+    #[test]
+    fn the_lead_is_bounded_in_bytes_too() {
+        let d = tempfile::tempdir().unwrap();
+        let per = AHEAD_BYTES / FILE_HEAD;
+        let names: Vec<OsString> = (0..per + 3).map(|i| format!("big{i}").into()).collect();
+        for name in &names {
+            // sparse: the hint is about the bytes the file says it has
+            std::fs::File::create(d.path().join(name))
+                .unwrap()
+                .set_len(FILE_HEAD * 2)
+                .unwrap();
+        }
+        let dir = std::fs::File::open(d.path()).unwrap();
+        let mut ra = ReadAhead::start().unwrap();
+        let seqs = ra.plan(dir.as_fd(), names);
+        let shared = ra.shared.clone();
+        wait_for(|| shared.hinted.load(Ordering::Acquire) == per && shared.waiting.load(Ordering::Acquire));
+        assert_eq!(shared.handled.load(Ordering::Acquire), per);
+        ra.passed(seqs[0]);
+        wait_for(|| {
+            shared.hinted.load(Ordering::Acquire) == per + 1 && shared.waiting.load(Ordering::Acquire)
+        });
+        assert_eq!(ra.finish(), per + 3);
     }
 
     #[test]
