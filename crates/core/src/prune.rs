@@ -565,7 +565,11 @@ fn mark(
     // gone. Only packs the index lists are taken in: one written since and listed nowhere yet
     // is the running backup's, not an orphan. (Such a pack's blobs were not verified above
     // when only unvouched index files list it: it stays unvouched.)
-    if usage_now.packs.keys().any(|p| !stored.contains_key(p)) {
+    if usage_now
+        .packs
+        .keys()
+        .any(|p| !stored.contains_key(p) && !already.contains(p))
+    {
         for (id, size) in list_packs()? {
             if usage_now.packs.contains_key(&id) {
                 stored.entry(id).or_insert(size);

@@ -304,6 +304,34 @@ fn packs_written_during_a_prune_are_not_missing_to_it() {
     let expect = |_: &str| Some(rand_bytes(22, 1 << 20));
     assert_eq!(restore_all_ok(b(), &expect), 1);
     check_clean(b());
+    // a pack that is really gone is still said, and nothing is deleted (a data pack: the
+    // largest of the new ones; without a tree pack the prune would stop earlier)
+    let largest = mem
+        .list(FileKind::Pack)
+        .unwrap()
+        .into_iter()
+        .filter(|f| new.contains(&f.name))
+        .max_by_key(|f| f.size)
+        .unwrap();
+    mem.remove(FileKind::Pack, &largest.name).unwrap();
+    let files_before = mem.snapshot_all();
+    let e = prune(
+        Repository::open(b(), b"pw").unwrap(),
+        &PruneOptions {
+            max_unused: 0.0,
+            ..Default::default()
+        },
+        &NoProgress,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("missing from storage"), "{e}");
+    let after: Vec<(FileKind, String)> = mem.snapshot_all().into_iter().map(|(k, n, _)| (k, n)).collect();
+    assert!(
+        files_before
+            .iter()
+            .all(|(k, n, _)| after.contains(&(*k, n.clone()))),
+        "a refused prune deleted something"
+    );
 }
 
 #[test]
