@@ -487,18 +487,16 @@ schedule = "*/4 * * * * *"
     drop(weed);
 }
 
-/// A job's transfer limits reach the backend its commands open: `backup --job`, `run` (whose
-/// steps are processes of their own) and `check --job`; a rate on the command line wins, and
-/// a command without a job is not limited. The limiter itself is measured by
-/// scripts/bench-limit; here each command says which limits it opened its repository with.
-#[test]
-fn a_jobs_transfer_limits_reach_the_repository_it_opens() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
-    let config = dir.join("coffer.toml");
+/// Write a configuration with one local repository (`dir/repo`, key `dir/key`) and job `j`
+/// backing up `dir/src` (one small file, made if missing), `job` added to the job's lines;
+/// its path.
+fn write_one_job(dir: &Path, job: &str) -> PathBuf {
     let src = dir.join("src");
-    fs::create_dir_all(&src).unwrap();
-    fs::write(src.join("f"), "data").unwrap();
+    if !src.exists() {
+        fs::create_dir_all(&src).unwrap();
+        fs::write(src.join("f"), "data").unwrap();
+    }
+    let config = dir.join("coffer.toml");
     fs::write(
         &config,
         format!(
@@ -511,20 +509,37 @@ password_file = "{d}/key"
 [job.j]
 paths = ["{s}"]
 to = ["local"]
-limit_upload = "512K"
-limit_download = "1M"
+{job}
 "#,
             d = dir.display(),
             s = src.display()
         ),
     )
     .unwrap();
+    config
+}
+
+/// Generate the key of [`write_one_job`]'s repository and make the repository.
+fn init_local(dir: &Path, config: &Path) {
     ok(
         dir,
-        &config,
+        config,
         &["key", "generate", "-q", "-o", dir.join("key").to_str().unwrap()],
     );
-    ok(dir, &config, &["--repo-name", "local", "init", "-q"]);
+    ok(dir, config, &["--repo-name", "local", "init", "-q"]);
+}
+
+/// A job's transfer limits reach the backend its commands open: `backup --job`, `run` (whose
+/// steps are processes of their own) and `check --job`; a rate on the command line wins, and
+/// a command without a job is not limited. The limiter itself is measured by
+/// scripts/bench-limit; here each command says which limits it opened its repository with.
+#[test]
+fn a_jobs_transfer_limits_reach_the_repository_it_opens() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let config = write_one_job(dir, "limit_upload = \"512K\"\nlimit_download = \"1M\"");
+    init_local(dir, &config);
+    let src = dir.join("src");
     let said = |args: &[&str]| -> String {
         let o = coffer(dir, &config)
             .env("COFFER_LOG", "coffer_limits=debug")
@@ -563,61 +578,19 @@ limit_download = "1M"
 fn a_job_runs_once_at_a_time_and_its_after_hook_always_runs() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let config = dir.join("coffer.toml");
-    let src = dir.join("src");
-    fs::create_dir_all(&src).unwrap();
-    fs::write(src.join("f"), "data").unwrap();
+    let d = dir.display();
     let write = |before: &str| {
-        fs::write(
-            &config,
-            format!(
-                r#"
-[agent]
-state_dir = "{d}/state"
-[repository.local]
-location = "{d}/repo"
-password_file = "{d}/key"
-[job.j]
-paths = ["{s}"]
-to = ["local"]
-before = "{before}"
-after = "echo $COFFER_RESULT > {d}/after"
-"#,
-                d = dir.display(),
-                s = src.display()
-            ),
+        write_one_job(
+            dir,
+            &format!("before = \"{before}\"\nafter = \"echo $COFFER_RESULT > {d}/after\""),
         )
-        .unwrap()
     };
-    write("sleep 2");
-    ok(
-        dir,
-        &config,
-        &["key", "generate", "-q", "-o", dir.join("key").to_str().unwrap()],
-    );
-    ok(dir, &config, &["--repo-name", "local", "init", "-q"]);
-    let first = coffer(dir, &config)
-        .args(["run", "j"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let first = Agent {
-        child: RefCell::new(Some(first)),
-        log: dir.join("none"),
-    };
-    std::thread::sleep(Duration::from_millis(700));
-    // the job is running: a second run says so and exits 75 (the agent tries again later)
-    let o = run(dir, &config, &["run", "j"]);
-    assert_eq!(code(&o), 75, "{}", stderr(&o));
-    assert!(stderr(&o).contains("job j is already running"), "{}", stderr(&o));
-    let status = first.child.take().unwrap().wait().unwrap();
-    assert_eq!(status.code(), Some(0));
-    assert_eq!(fs::read_to_string(dir.join("after")).unwrap().trim(), "ok");
-
-    // stopped (SIGTERM, as the agent stops it) during its before hook: no backup starts, and
-    // the after hook runs, told so
-    let mut second = Agent {
+    // the before hook says it started, then holds the run until the test lets it go
+    let config = write(&format!(
+        "touch {d}/started; while [ ! -e {d}/go ]; do sleep 0.05; done"
+    ));
+    init_local(dir, &config);
+    let spawn_run = || Agent {
         child: RefCell::new(Some(
             coffer(dir, &config)
                 .args(["run", "j"])
@@ -628,8 +601,36 @@ after = "echo $COFFER_RESULT > {d}/after"
         )),
         log: dir.join("none"),
     };
-    std::thread::sleep(Duration::from_millis(700));
-    assert_eq!(second.stop(), 130);
+    let in_hook = |run: &Agent| {
+        wait_for(
+            "the run's before hook",
+            || dir.join("started").exists(),
+            || run.exited(),
+        )
+    };
+    let first = spawn_run();
+    in_hook(&first);
+    // the job is running: a second run says so and exits 75 (the agent tries again later)
+    let o = run(dir, &config, &["run", "j"]);
+    assert_eq!(code(&o), 75, "{}", stderr(&o));
+    assert!(stderr(&o).contains("job j is already running"), "{}", stderr(&o));
+    fs::write(dir.join("go"), "").unwrap();
+    let status = first.child.take().unwrap().wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(fs::read_to_string(dir.join("after")).unwrap().trim(), "ok");
+    fs::remove_file(dir.join("started")).unwrap();
+    fs::remove_file(dir.join("go")).unwrap();
+
+    // stopped (SIGTERM, as the agent stops it) during its before hook: no backup starts, and
+    // the after hook runs, told so
+    let mut second = spawn_run();
+    in_hook(&second);
+    let mut c = second.child.get_mut().take().unwrap();
+    let pid = rustix::process::Pid::from_child(&c);
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    // the hook ends only after the signal was sent (the run waits for its hook)
+    fs::write(dir.join("go"), "").unwrap();
+    assert_eq!(c.wait().unwrap().code(), Some(130));
     assert_eq!(
         fs::read_to_string(dir.join("after")).unwrap().trim(),
         "interrupted"

@@ -40,7 +40,9 @@ fn open(b: &dyn Fn() -> Arc<dyn Backend>) -> Repository {
 }
 
 /// Prune with no unused share allowed: every pack with unused data is repacked or freed.
-fn prune_all_unused(b: &dyn Fn() -> Arc<dyn Backend>) -> coffer_core::prune::PruneReport {
+fn try_prune_all_unused(
+    b: &dyn Fn() -> Arc<dyn Backend>,
+) -> coffer_core::Result<coffer_core::prune::PruneReport> {
     prune(
         open(b),
         &PruneOptions {
@@ -49,7 +51,20 @@ fn prune_all_unused(b: &dyn Fn() -> Arc<dyn Backend>) -> coffer_core::prune::Pru
         },
         &NoProgress,
     )
-    .unwrap()
+}
+
+/// [`try_prune_all_unused`], which must succeed.
+fn prune_all_unused(b: &dyn Fn() -> Arc<dyn Backend>) -> coffer_core::prune::PruneReport {
+    try_prune_all_unused(b).unwrap()
+}
+
+/// The names of the packs `b` holds.
+fn pack_names(b: &MemoryBackend) -> Vec<String> {
+    b.list(FileKind::Pack)
+        .unwrap()
+        .into_iter()
+        .map(|f| f.name)
+        .collect()
 }
 
 fn backup_dir(b: Arc<dyn Backend>, dir: &Path) -> coffer_core::BackupOutcome {
@@ -199,6 +214,16 @@ struct Flaky {
     hide_once: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
+impl Flaky {
+    fn new(inner: &MemoryBackend) -> Self {
+        Flaky {
+            inner: inner.clone(),
+            mode: Arc::new(AtomicU8::new(0)),
+            hide_once: Default::default(),
+        }
+    }
+}
+
 impl Backend for Flaky {
     fn location(&self) -> String {
         "flaky".into()
@@ -253,50 +278,25 @@ impl Backend for Flaky {
 #[test]
 fn packs_written_during_a_prune_are_not_missing_to_it() {
     let mem = MemoryBackend::new();
-    let flaky = Flaky {
-        inner: mem.clone(),
-        mode: Arc::new(AtomicU8::new(0)),
-        hide_once: Default::default(),
-    };
+    let flaky = Flaky::new(&mem);
     let b = || -> Arc<dyn Backend> { Arc::new(flaky.clone()) };
     Repository::init(b(), b"pw", &small_packs()).unwrap();
     let src = tempfile::tempdir().unwrap();
     fs::write(src.path().join("x"), rand_bytes(21, 1 << 20)).unwrap();
     let old = backup_dir(b(), src.path());
-    let before: Vec<String> = mem
-        .list(FileKind::Pack)
-        .unwrap()
-        .into_iter()
-        .map(|f| f.name)
-        .collect();
+    let before = pack_names(&mem);
     fs::write(src.path().join("x"), rand_bytes(22, 1 << 20)).unwrap();
     backup_dir(b(), src.path());
-    let new: Vec<String> = mem
-        .list(FileKind::Pack)
-        .unwrap()
+    let new: Vec<String> = pack_names(&mem)
         .into_iter()
-        .map(|f| f.name)
         .filter(|n| !before.contains(n))
         .collect();
     assert!(!new.is_empty());
     mem.remove(FileKind::Snapshot, &old.id.to_hex()).unwrap(); // something to prune
     *flaky.hide_once.lock().unwrap() = new.clone();
-    let r = prune(
-        Repository::open(b(), b"pw").unwrap(),
-        &PruneOptions {
-            max_unused: 0.0,
-            ..Default::default()
-        },
-        &NoProgress,
-    )
-    .unwrap();
+    let r = prune_all_unused(&b);
     assert!(r.packs_condemned > 0, "{r:?}");
-    let after: Vec<String> = mem
-        .list(FileKind::Pack)
-        .unwrap()
-        .into_iter()
-        .map(|f| f.name)
-        .collect();
+    let after = pack_names(&mem);
     assert!(
         new.iter().all(|n| after.contains(n)),
         "the new backup's packs stay"
@@ -315,15 +315,7 @@ fn packs_written_during_a_prune_are_not_missing_to_it() {
         .unwrap();
     mem.remove(FileKind::Pack, &largest.name).unwrap();
     let files_before = mem.snapshot_all();
-    let e = prune(
-        Repository::open(b(), b"pw").unwrap(),
-        &PruneOptions {
-            max_unused: 0.0,
-            ..Default::default()
-        },
-        &NoProgress,
-    )
-    .unwrap_err();
+    let e = try_prune_all_unused(&b).unwrap_err();
     assert!(e.to_string().contains("missing from storage"), "{e}");
     let after: Vec<(FileKind, String)> = mem.snapshot_all().into_iter().map(|(k, n, _)| (k, n)).collect();
     assert!(
@@ -337,11 +329,7 @@ fn packs_written_during_a_prune_are_not_missing_to_it() {
 #[test]
 fn failing_or_empty_listings_abort_prune() {
     let mem = MemoryBackend::new();
-    let flaky = Flaky {
-        inner: mem.clone(),
-        mode: Arc::new(AtomicU8::new(0)),
-        hide_once: Default::default(),
-    };
+    let flaky = Flaky::new(&mem);
     let b = || -> Arc<dyn Backend> { Arc::new(flaky.clone()) };
     Repository::init(b(), b"pw", &small_packs()).unwrap();
     let src = tempfile::tempdir().unwrap();
@@ -353,14 +341,7 @@ fn failing_or_empty_listings_abort_prune() {
     let files_before = mem.snapshot_all();
     for mode in 1..=4u8 {
         flaky.mode.store(mode, Ordering::SeqCst);
-        let r = prune(
-            Repository::open(b(), b"pw").unwrap(),
-            &PruneOptions {
-                max_unused: 0.0,
-                ..Default::default()
-            },
-            &NoProgress,
-        );
+        let r = try_prune_all_unused(&b);
         assert!(r.is_err(), "mode {mode}: prune went ahead: {r:?}");
         flaky.mode.store(0, Ordering::SeqCst);
         let now: Vec<_> = mem
@@ -376,15 +357,7 @@ fn failing_or_empty_listings_abort_prune() {
         assert_eq!(now, was, "mode {mode}: prune changed the repository");
     }
     // and with a healthy backend it works
-    let r = prune(
-        Repository::open(b(), b"pw").unwrap(),
-        &PruneOptions {
-            max_unused: 0.0,
-            ..Default::default()
-        },
-        &NoProgress,
-    )
-    .unwrap();
+    let r = prune_all_unused(&b);
     assert!(r.packs_deleted > 0);
 }
 

@@ -571,6 +571,18 @@ proptest! {
     }
 }
 
+/// A new repository in `b` with 1 MiB packs (several packs from a little data), index loaded.
+fn init_with_mib_packs(b: &MemoryBackend) -> coffer_core::IndexedRepository {
+    let opts = InitOptions {
+        pack_size: 1 << 20,
+        ..InitOptions::default()
+    };
+    Repository::init(Arc::new(b.clone()), b"pw", &opts)
+        .unwrap()
+        .load_index()
+        .unwrap()
+}
+
 /// Packs are written from one reused buffer per pack, with their envelopes in a shuffled
 /// order: every blob reads back, each pack's header agrees with the index and covers the file
 /// exactly, the envelopes of a pack are not laid out in the order they were stored, and small
@@ -578,14 +590,7 @@ proptest! {
 #[test]
 fn packs_hold_their_blobs_whole_and_in_shuffled_order() {
     let b = MemoryBackend::new();
-    let opts = InitOptions {
-        pack_size: 1 << 20,
-        ..InitOptions::default()
-    };
-    let mut repo = Repository::init(Arc::new(b.clone()), b"pw", &opts)
-        .unwrap()
-        .load_index()
-        .unwrap();
+    let mut repo = init_with_mib_packs(&b);
     // incompressible blobs: 30 trees of ~145 KiB (trees have their own envelopes and packs:
     // several packs, so pack buffers are written and reused, and their order is seen), 30
     // small data blobs (bundled) and 2 data blobs over the bundle size of 2 MiB (own envelopes)
@@ -847,14 +852,7 @@ fn a_whole_listing_is_split_into_index_files_of_bounded_size() {
 #[test]
 fn repair_index_of_a_large_listing_removes_only_the_files_it_read() {
     let b = MemoryBackend::new();
-    let opts = InitOptions {
-        pack_size: 1 << 20,
-        ..InitOptions::default()
-    };
-    let mut repo = Repository::init(Arc::new(b.clone()), b"pw", &opts)
-        .unwrap()
-        .load_index()
-        .unwrap();
+    let mut repo = init_with_mib_packs(&b);
     // 70,000 incompressible blobs of 64 bytes: ~5 packs, more entries than one file holds
     let blobs: Vec<(BlobKind, Vec<u8>)> = (0..70_000u32)
         .map(|i| {
