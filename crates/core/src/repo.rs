@@ -481,19 +481,17 @@ impl Repository {
                 c.push(p);
             }
         }
-        let last = chunks.len() - 1;
-        let mut ids = Vec::with_capacity(chunks.len());
-        let mut supersedes = Some(supersedes);
+        let n = chunks.len();
+        let mut supersedes = supersedes;
+        let mut ids = Vec::with_capacity(n);
         for (i, packs) in chunks.into_iter().enumerate() {
-            let file = IndexFile {
-                supersedes: if i == last {
-                    supersedes.take().unwrap_or_default()
-                } else {
-                    Vec::new()
-                },
-                packs,
+            // the last file names what it supersedes
+            let supersedes = if i + 1 == n {
+                std::mem::take(&mut supersedes)
+            } else {
+                Vec::new()
             };
-            ids.push(self.save_index(&file)?.0);
+            ids.push(self.save_index(&IndexFile { supersedes, packs })?.0);
         }
         Ok(ids)
     }

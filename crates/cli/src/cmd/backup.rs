@@ -27,27 +27,12 @@ pub fn run(g: &Global, a: BackupArgs) -> Result<u8> {
     Ok(saved(g, a)?.0)
 }
 
-/// A deep tree holds a descriptor per level in the walk and another in the walk-ahead, and
-/// the read-ahead a few more: the soft open-file limit (1024 on many systems) is raised toward
-/// the hard one, so that no file is left out of a snapshot as "cannot open".
-fn room_for_descriptors() {
-    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
-    let now = getrlimit(Resource::Nofile);
-    let want = now.maximum.unwrap_or(u64::MAX).min(1 << 16);
-    if now.current.is_some_and(|c| c < want) {
-        let _ = setrlimit(
-            Resource::Nofile,
-            Rlimit {
-                current: Some(want),
-                maximum: now.maximum,
-            },
-        );
-    }
-}
-
 /// [`run`], and the id of the snapshot it saved.
 pub fn saved(g: &Global, a: BackupArgs) -> Result<(u8, coffer_core::format::SnapshotId)> {
-    room_for_descriptors();
+    // a deep tree holds a descriptor per level in the walk and another in the walk-ahead, and
+    // the read-ahead a few more: where the soft limit is 1024, no file may be left out of a
+    // snapshot as "cannot open"
+    super::raise_open_files(1 << 16);
     // a job's retention removes that job's snapshots: a hand-made one must not pass for one
     if let (None, Some(t)) = (&a.job, a.tag.iter().find(|t| t.starts_with("job:"))) {
         return Err(coffer_core::Error::Usage(format!(

@@ -51,6 +51,30 @@ fn local_path(g: &Global) -> Option<std::path::PathBuf> {
     (!remote).then(|| std::path::PathBuf::from(loc))
 }
 
+/// Raise the soft open-file limit toward `want`, never past the hard one; the soft limit
+/// it leaves.
+pub fn raise_open_files(want: u64) -> u64 {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let now = getrlimit(Resource::Nofile);
+    let soft = now.current.unwrap_or(u64::MAX);
+    if soft >= want {
+        return soft;
+    }
+    let new = want.min(now.maximum.unwrap_or(u64::MAX));
+    let raised = setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: Some(new),
+            maximum: now.maximum,
+        },
+    );
+    if raised.is_ok() {
+        new
+    } else {
+        soft
+    }
+}
+
 pub fn backend(g: &Global) -> Result<Arc<dyn Backend>> {
     let Some(loc) = &g.repo else {
         bail!("no repository given: use -r/--repo or set COFFER_REPOSITORY");

@@ -498,22 +498,8 @@ fn spawn_job(
 /// Raise the soft open-file limit toward the hard one so that `max` connections (plus the
 /// catalog, repositories and uploads) fit; say so when they cannot.
 fn room_for_connections(max: usize) {
-    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
     let want = (max as u64).saturating_add(1024);
-    let now = getrlimit(Resource::Nofile);
-    let soft = now.current.unwrap_or(u64::MAX);
-    if soft >= want {
-        return;
-    }
-    let hard = now.maximum.unwrap_or(u64::MAX);
-    let new = want.min(hard);
-    let _ = setrlimit(
-        Resource::Nofile,
-        Rlimit {
-            current: Some(new),
-            maximum: now.maximum,
-        },
-    );
+    let new = super::raise_open_files(want);
     if new < want {
         tracing::warn!(
             "open files are limited to {new} (hard limit): fewer than --max-connections {max} needs; \
