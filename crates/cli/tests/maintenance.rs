@@ -355,3 +355,77 @@ fn pack_count(repo: &std::path::Path) -> usize {
         })
         .unwrap_or(0)
 }
+
+/// With `--index-memory` at its floor (1 MiB, ~12,500 blobs), an index of 30,000 blobs is
+/// sorted into a file: backups, restore, check, forget and prune work from it as from memory,
+/// and the file leaves nothing in the cache directory.
+#[test]
+fn an_index_past_its_memory_budget_works_from_a_file() {
+    let e = Env::init();
+    let src = e.path("src");
+    for d in 0..30 {
+        let dir = src.join(format!("d{d:02}"));
+        fs::create_dir_all(&dir).unwrap();
+        for f in 0..1000 {
+            fs::write(
+                dir.join(format!("f{f:03}")),
+                format!("file {d} {f} {}", d * 1000 + f),
+            )
+            .unwrap();
+        }
+    }
+    let s = src.to_str().unwrap();
+    let small = |args: &[&str]| {
+        let mut c = e.cmd();
+        c.env("COFFER_LOG", "coffer_index=debug")
+            .arg("--index-memory")
+            .arg("1M");
+        c.args(args).output().unwrap()
+    };
+    let in_file = |o: &std::process::Output| stderr(o).contains("index table of");
+    // the first backup finds an empty index; the second reads 30,000 blobs' entries
+    let o = small(&["backup", "-q", s]);
+    assert!(o.status.success() && !in_file(&o), "{}", stderr(&o));
+    fs::write(src.join("d00/f000"), "changed").unwrap();
+    fs::write(src.join("d29/new"), "a new file").unwrap();
+    let o = small(&["backup", "-q", s]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(in_file(&o), "the index stayed in memory: {}", stderr(&o));
+    // the default budget keeps it in memory
+    let mut c = e.cmd();
+    let o = c
+        .env("COFFER_LOG", "coffer_index=debug")
+        .args(["check"])
+        .output()
+        .unwrap();
+    assert!(o.status.success() && !in_file(&o), "{}", stderr(&o));
+    let out = e.path("out");
+    let o = small(&["restore", "latest", "--target", out.to_str().unwrap()]);
+    assert!(o.status.success() && in_file(&o), "{}", stderr(&o));
+    assert_eq!(
+        common::digest_tree(&out.join(src.strip_prefix("/").unwrap())),
+        common::digest_tree(&src)
+    );
+    let o = small(&["forget", "--keep-last", "1"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = small(&["prune"]);
+    assert!(o.status.success() && in_file(&o), "{}", stderr(&o));
+    let o = small(&["check", "--read-data"]);
+    assert!(o.status.success() && in_file(&o), "{}", stderr(&o));
+    // after prune, the one snapshot left restores from the rewritten index
+    let again = e.path("again");
+    let sub = format!("latest:{s}/d00");
+    let o = small(&["restore", &sub, "--target", again.to_str().unwrap()]);
+    assert!(o.status.success() && in_file(&o), "{}", stderr(&o));
+    assert_eq!(common::digest_tree(&again), common::digest_tree(&src.join("d00")));
+    // nothing left behind by the table files
+    let cache = e.path("cache").join("index");
+    let left: Vec<_> = fs::read_dir(&cache)
+        .map(|d| d.flatten().collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
+    // a budget under 1 MiB is a usage error
+    let o = e.run(&["--index-memory", "100K", "snapshots"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("under 1 MiB"), "{}", stderr(&o));
+}

@@ -158,8 +158,8 @@ fn usage(
             }
         }
     }
-    let mut index = crate::index::Index::default();
-    index.add_packs(packs.values().map(|p| (p, !unvouched.contains(&p.id))));
+    let mut index = repo.new_index();
+    index.add_packs(packs.values().map(|p| (p, !unvouched.contains(&p.id))))?;
     *repo.index_mut() = index;
     for (_, m) in list_marks(&**repo.backend())? {
         for p in m.packs {

@@ -62,7 +62,7 @@ pub fn repair_index(repo: Repository, progress: &dyn Progress) -> Result<RepairI
         }
     }
     // the old index may be damaged: only pack verification is needed here, not the index
-    let repo = repo.load_index_skipping_damaged();
+    let repo = repo.load_index_skipping_damaged()?;
     let mut packs = Vec::new();
     for f in backend.list(FileKind::Pack)? {
         let Ok(id) = Id::from_hex(&f.name) else { continue };

@@ -72,6 +72,8 @@ pub struct Repository {
     own_index_files: std::collections::HashSet<IndexId>,
     /// Index files this process wrote.
     written_index_files: std::sync::Mutex<Vec<IndexId>>,
+    /// Where the index's table goes past its memory budget (none: it stays in memory).
+    index_spill: Option<crate::index::Spill>,
 }
 
 impl Repository {
@@ -137,6 +139,7 @@ impl Repository {
             skipped_keys: Vec::new(),
             own_index_files: Default::default(),
             written_index_files: Default::default(),
+            index_spill: None,
         })
     }
 
@@ -240,6 +243,7 @@ impl Repository {
             skipped_keys: skipped,
             own_index_files: Default::default(),
             written_index_files: Default::default(),
+            index_spill: None,
         })
     }
 
@@ -667,8 +671,8 @@ impl Repository {
     }
 
     /// Read the index files that can be read, skipping damaged ones (for repair).
-    pub fn load_index_skipping_damaged(self) -> IndexedRepository {
-        let mut index = Index::default();
+    pub fn load_index_skipping_damaged(self) -> Result<IndexedRepository> {
+        let mut index = self.new_index();
         if let Ok(listed) = self.backend.list(FileKind::Index) {
             // read one at a time, as the index asks for them
             let files = listed.iter().filter_map(|f| {
@@ -676,9 +680,25 @@ impl Repository {
                 let (file, vouched) = self.load_index_file_vouched(&f.name).ok()?;
                 Some((id, file, vouched))
             });
-            index.add_files(files, |_| true);
+            index.add_files(files, |_| true)?;
         }
-        IndexedRepository::new(self, index, None)
+        Ok(IndexedRepository::new(self, index, None))
+    }
+
+    /// Keep the index's table under `spill`'s memory budget, in files past it.
+    pub fn set_index_spill(&mut self, spill: Option<crate::index::Spill>) {
+        self.index_spill = spill;
+    }
+
+    /// Where the index's table, and a backup's set of queued blobs, go past their memory
+    /// budgets.
+    pub(crate) fn spill_dir(&self) -> Option<std::path::PathBuf> {
+        self.index_spill.as_ref().map(|s| s.dir().to_path_buf())
+    }
+
+    /// An empty index under this repository's memory budget.
+    pub(crate) fn new_index(&self) -> Index {
+        Index::with_spill(self.index_spill.clone())
     }
 
     /// An indexed repository from an index the caller has read (check reads the index files
@@ -691,11 +711,12 @@ impl Repository {
     /// snapshots (reading it here as well would only repeat the I/O).
     pub(crate) fn leased_without_index(self, purpose: &str) -> Result<IndexedRepository> {
         let lease = Lease::acquire(self.backend.clone(), purpose)?;
-        Ok(IndexedRepository::new(self, Index::default(), Some(lease)))
+        let index = self.new_index();
+        Ok(IndexedRepository::new(self, index, Some(lease)))
     }
 
     fn read_all_index(&self) -> Result<Index> {
-        let mut index = Index::default();
+        let mut index = self.new_index();
         // A coffer server removes packs by its own retention but cannot edit the (encrypted)
         // index files that list them: there, only packs the server still has count.
         let present: Option<std::collections::HashSet<String>> = if self.backend.wants_manifests() {
@@ -744,7 +765,7 @@ impl Repository {
         index.add_files(files.flatten(), |pack| match &present {
             Some(p) => p.contains(&pack.to_hex()),
             None => true,
-        });
+        })?;
         if let Some(e) = failed {
             return Err(e);
         }
@@ -915,7 +936,7 @@ impl IndexedRepository {
     pub fn ensure_lease(&mut self, purpose: &str) -> Result<()> {
         if self.lease.is_none() {
             self.lease = Some(Lease::acquire(self.backend().clone(), purpose)?);
-            self.index = Index::default(); // not both in memory at once
+            self.index = self.repo.new_index(); // not both in memory at once
             self.index = self.repo.read_all_index()?;
         }
         Ok(())

@@ -37,9 +37,9 @@ pub fn run(g: &Global, a: CopyArgs) -> Result<u8> {
         a.from_password_command.as_deref(),
         "enter password for the source repository: ",
     )?;
-    let src = Repository::open(src_backend, &pw)
-        .context("the source repository (--from-repo)")?
-        .load_index()?;
+    let mut src = Repository::open(src_backend, &pw).context("the source repository (--from-repo)")?;
+    src.set_index_spill(Some(super::index_spill(g)));
+    let src = src.load_index()?;
     let mut dst = open_leased(g, "backup")?;
     let mut wanted = Vec::new();
     if a.snapshots.is_empty() {

@@ -142,7 +142,8 @@ pub fn open(g: &Global) -> Result<Repository> {
         .filter(|s| coffer_core::format::Id::from_hex(s).is_ok())
         .map(String::from)
         .collect();
-    let repo = Repository::open_preferring(b, &pw, &known)?;
+    let mut repo = Repository::open_preferring(b, &pw, &known)?;
+    repo.set_index_spill(Some(index_spill(g)));
     for w in repo.skipped_keys() {
         eprintln!("warning: {w}");
     }
@@ -1082,6 +1083,14 @@ pub fn watch_rollback(
     }
     // (a record that cannot be written only means the next run has less to compare with)
     let _ = seen.save(&path);
+}
+
+/// The index's memory budget (`--index-memory`, 256 MiB unless given): past it, its table
+/// moves to unlinked files under the cache directory (else the temporary directory).
+pub fn index_spill(g: &Global) -> coffer_core::index::Spill {
+    const DEFAULT: u64 = 256 << 20;
+    let dir = cache_dir().unwrap_or_else(std::env::temp_dir).join("index");
+    coffer_core::index::Spill::new(dir, g.index_memory.unwrap_or(DEFAULT))
 }
 
 /// Local cache directory: `$COFFER_CACHE_DIR`, else `$XDG_CACHE_HOME/coffer`, else `~/.cache/coffer`.

@@ -23,9 +23,15 @@
 //! claims to have stored is uploaded again rather than referenced. A vouched listing of a pack
 //! is authoritative: what unvouched files say about the same pack is ignored.
 
+mod table;
+
 use std::collections::HashMap;
 
 use coffer_format::{BlobId, BlobKind, IndexFile, IndexId, IndexPack, PackEntry, PackId, Place};
+
+use crate::Result;
+pub use table::Spill;
+use table::{Builder, Entry, Slot, Table, OWN, UNVOUCHED};
 
 /// Where one blob lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,75 +48,11 @@ pub struct BlobLocation {
     pub in_bundle: Option<u32>,
 }
 
-/// `Slot::in_bundle` of a blob in its own envelope.
-const OWN: u32 = u32::MAX;
-
-/// `Slot::pack` of an entry to drop while the table is built (no pack has that position).
-const DROPPED: u32 = u32::MAX;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-struct Slot {
-    pack: u32,
-    kind: BlobKind,
-    offset: u32,
-    length: u32,
-    raw_length: u32,
-    in_bundle: u32,
-}
-
-#[derive(Clone, Copy, Debug)]
-struct Entry {
-    id: BlobId,
-    slot: Slot,
-}
-
-/// Blobs sorted by id, without duplicates; `dir[p]..dir[p + 1]` is the run of those whose
-/// first `bits` bits are `p`.
-#[derive(Debug, Default)]
-struct Table {
-    entries: Vec<Entry>,
-    dir: Vec<u32>,
-    bits: u32,
-}
-
-impl Table {
-    fn prefix(id: &BlobId, bits: u32) -> usize {
-        let b = id.as_bytes();
-        (u32::from_be_bytes([b[0], b[1], b[2], b[3]]) >> (32 - bits)) as usize
-    }
-
-    /// `entries` must be sorted by id, without duplicates.
-    fn from_sorted(entries: Vec<Entry>) -> Self {
-        if entries.is_empty() {
-            return Table::default();
-        }
-        // about one slot per blob: floor(log2(n)) bits, at most 2^24 slots (a 64 MiB directory)
-        let bits = (usize::BITS - 1 - entries.len().leading_zeros()).clamp(1, 24);
-        let mut dir = vec![0u32; (1usize << bits) + 1];
-        for e in &entries {
-            dir[Self::prefix(&e.id, bits) + 1] += 1;
-        }
-        let mut sum = 0;
-        for d in dir.iter_mut() {
-            sum += *d;
-            *d = sum;
-        }
-        Table { entries, dir, bits }
-    }
-
-    fn find(&self, id: &BlobId) -> Option<&Slot> {
-        if self.entries.is_empty() {
-            return None;
-        }
-        let p = Self::prefix(id, self.bits);
-        let run = &self.entries[self.dir[p] as usize..self.dir[p + 1] as usize];
-        run.binary_search_by(|e| e.id.cmp(id)).ok().map(|i| &run[i].slot)
-    }
-}
-
 /// All known blobs of a repository.
 #[derive(Debug, Default)]
 pub struct Index {
+    /// Where the table goes past its memory budget (none: it stays in memory).
+    spill: Option<Spill>,
     packs: Vec<PackId>,
     /// By pack position: whether the pack is vouched for (see the module docs).
     vouched: Vec<bool>,
@@ -143,99 +85,62 @@ impl Index {
         &mut self,
         files: impl IntoIterator<Item = (IndexId, F, bool)>,
         keep: impl Fn(&PackId) -> bool,
-    ) {
-        // the table's own entries first, so that a stable sort keeps them over new duplicates
-        let mut all = std::mem::take(&mut self.table).entries;
-        // where the entries of unvouched files are in `all`: those of a pack that a vouched
-        // file lists (this call's or an earlier one) are dropped once every file is in
-        let mut unvouched: Vec<std::ops::Range<usize>> = Vec::new();
+    ) -> Result<()> {
+        // the table's own rows first, so that they stay primary over new duplicates
+        let mut rows = Builder::new(self.spill.clone(), std::mem::take(&mut self.table))?;
         for (id, file, vouched) in files {
             self.files.push(id);
-            let start = all.len();
             for p in file.borrow().packs.iter().filter(|p| keep(&p.id)) {
                 let pos = self.pack_position_of(&p.id);
                 if vouched {
                     self.vouched[pos as usize] = true;
                 }
-                all.extend(slots(pos, &p.entries).map(|(id, slot)| Entry { id, slot }));
-            }
-            if !vouched && all.len() > start {
-                unvouched.push(start..all.len());
-            }
-        }
-        let mut dropped = false;
-        for r in unvouched {
-            for e in &mut all[r] {
-                if self.vouched[e.slot.pack as usize] {
-                    e.slot.pack = DROPPED;
-                    dropped = true;
+                // rows of unvouched files are flagged: those of a pack that a vouched file
+                // lists (this call's or an earlier one) are dropped once every file is in
+                let flag = if vouched { 0 } else { UNVOUCHED };
+                for (id, mut slot) in slots(pos, &p.entries) {
+                    slot.pack |= flag;
+                    rows.push(Entry { id, slot })?;
                 }
             }
         }
-        if dropped {
-            all.retain(|e| e.slot.pack != DROPPED);
-        }
-        self.merge_into_table(all);
+        self.finish_table(rows)
     }
 
     /// Add packs in bulk, as [`Index::add_pack`] would one after the other (the first
     /// location seen for a blob stays primary, each pack vouched for as given), but into the
-    /// sorted table: ~60 bytes per blob instead of a hash map's 60–120 (prune adds every pack
-    /// of the repository this way).
-    pub fn add_packs<'a>(&mut self, packs: impl IntoIterator<Item = (&'a IndexPack, bool)>) {
-        let mut all = std::mem::take(&mut self.table).entries;
+    /// sorted table: ~60 bytes per blob instead of a hash map's 60–120, or a file past the
+    /// memory budget (prune adds every pack of the repository this way).
+    pub fn add_packs<'a>(&mut self, packs: impl IntoIterator<Item = (&'a IndexPack, bool)>) -> Result<()> {
+        let mut rows = Builder::new(self.spill.clone(), std::mem::take(&mut self.table))?;
         for (p, vouched) in packs {
             let pos = self.pack_position_of(&p.id);
             self.vouched[pos as usize] |= vouched;
-            all.extend(slots(pos, &p.entries).map(|(id, slot)| Entry { id, slot }));
+            for (id, slot) in slots(pos, &p.entries) {
+                rows.push(Entry { id, slot })?;
+            }
         }
-        self.merge_into_table(all);
+        self.finish_table(rows)
     }
 
-    /// The table rebuilt from `all`: its current entries first, then the new ones in the
-    /// order they were seen. The first location of a blob (in `added`, or in that order) is
-    /// primary; every other distinct one is kept as an alternative.
-    fn merge_into_table(&mut self, mut all: Vec<Entry>) {
-        all.sort_by_key(|e| e.id);
+    /// The table built from `rows`: the first location of a blob (in `added`, or in the
+    /// order the rows were seen) is primary; every other distinct one is kept as an
+    /// alternative.
+    fn finish_table(&mut self, rows: Builder) -> Result<()> {
         // (alternatives are gathered first and tidied once: one hostile file can list a blob a
         // million times, and checking each against the list so far would be quadratic)
         let mut more = std::mem::take(&mut self.more);
-        let mut first: Option<Entry> = None;
-        all.retain(|e| {
-            if let Some(f) = first.filter(|f| f.id == e.id) {
-                if f.slot != e.slot {
-                    more.entry(e.id).or_default().push(e.slot);
-                }
-                return false;
-            }
-            first = Some(*e);
-            true
-        });
-        if !self.added.is_empty() {
-            all.retain(|e| match self.added.get(&e.id) {
-                Some(primary) => {
-                    if *primary != e.slot {
-                        more.entry(e.id).or_default().push(e.slot);
-                    }
-                    false
-                }
-                None => true,
-            });
-        }
+        self.table = rows.finish(&self.vouched, &self.added, &mut more)?;
         for (id, list) in more.iter_mut() {
             // each distinct location once, first seen kept, never the primary one (a lying entry
             // may name the real pack at a wrong offset: every place stays a candidate)
-            let primary = self
-                .added
-                .get(id)
-                .copied()
-                .or_else(|| all.binary_search_by(|e| e.id.cmp(id)).ok().map(|i| all[i].slot));
+            let primary = self.added.get(id).copied().or_else(|| self.table.find(id));
             let mut seen = std::collections::HashSet::with_capacity(list.len());
             list.retain(|s| Some(*s) != primary && seen.insert(*s));
         }
+        more.retain(|_, list| !list.is_empty());
         self.more = more;
-        all.shrink_to_fit();
-        self.table = Table::from_sorted(all);
+        Ok(())
     }
 
     fn pack_position_of(&mut self, id: &PackId) -> u32 {
@@ -257,7 +162,7 @@ impl Index {
         self.vouched[pos as usize] |= vouched;
         for (id, slot) in slots(pos, &p.entries) {
             let primary = match self.table.find(&id) {
-                Some(s) => *s,
+                Some(s) => s,
                 None => *self.added.entry(id).or_insert(slot),
             };
             if primary != slot {
@@ -266,8 +171,8 @@ impl Index {
         }
     }
 
-    fn slot(&self, id: &BlobId) -> Option<&Slot> {
-        self.table.find(id).or_else(|| self.added.get(id))
+    fn slot(&self, id: &BlobId) -> Option<Slot> {
+        self.table.find(id).or_else(|| self.added.get(id).copied())
     }
 
     fn location(&self, s: &Slot) -> BlobLocation {
@@ -283,7 +188,7 @@ impl Index {
 
     /// The primary location of a blob.
     pub fn get(&self, id: &BlobId) -> Option<BlobLocation> {
-        self.slot(id).map(|s| self.location(s))
+        self.slot(id).map(|s| self.location(&s))
     }
 
     /// Every known location of a blob, the primary one first.
@@ -292,7 +197,7 @@ impl Index {
             return Vec::new();
         };
         let more = self.more.get(id).map(Vec::as_slice).unwrap_or_default();
-        std::iter::once(primary)
+        std::iter::once(&primary)
             .chain(more)
             .map(|s| self.location(s))
             .collect()
@@ -358,7 +263,7 @@ impl Index {
     }
 
     pub fn blob_count(&self) -> usize {
-        self.table.entries.len() + self.added.len()
+        self.table.len() + self.added.len()
     }
 
     pub fn pack_count(&self) -> usize {
@@ -390,10 +295,23 @@ impl Index {
 
     /// Every blob with its location.
     pub fn iter(&self) -> impl Iterator<Item = (BlobId, BlobLocation)> + '_ {
-        let table = self.table.entries.iter().map(|e| (e.id, &e.slot));
+        let table = self.table.iter().map(|e| (e.id, e.slot));
         table
-            .chain(self.added.iter().map(|(id, s)| (*id, s)))
-            .map(|(id, s)| (id, self.location(s)))
+            .chain(self.added.iter().map(|(id, s)| (*id, *s)))
+            .map(|(id, s)| (id, self.location(&s)))
+    }
+
+    /// An empty index whose table moves to a file past `spill`'s memory budget.
+    pub fn with_spill(spill: Option<Spill>) -> Index {
+        Index {
+            spill,
+            ..Index::default()
+        }
+    }
+
+    /// Whether the table of bulk-loaded blobs is in a file (it outgrew its memory budget).
+    pub fn table_in_file(&self) -> bool {
+        self.table.in_file()
     }
 }
 
@@ -494,8 +412,26 @@ mod tests {
         /// the first location seen for each id as its primary one, and every other distinct
         /// location as an alternative.
         #[test]
-        fn the_index_keeps_the_first_location_seen_and_every_other(ops in prop::collection::vec(op(), 1..6)) {
-            let mut index = Index::default();
+        fn the_index_keeps_the_first_location_seen_and_every_other(
+            ops in prop::collection::vec(op(), 1..6),
+            rows in 1usize..20,
+        ) {
+            // in memory, and in files past a budget of a few rows (every merge path)
+            let dir = tempfile::tempdir().unwrap();
+            for spill in [None, Some(Spill::rows(dir.path(), rows))] {
+                let in_file = spill.is_some();
+                the_index_keeps_the_first_location_seen_and_every_other_with(&ops, spill, in_file)?;
+            }
+        }
+    }
+
+    fn the_index_keeps_the_first_location_seen_and_every_other_with(
+        ops: &[Op],
+        spill: Option<Spill>,
+        may_spill: bool,
+    ) -> Result<(), TestCaseError> {
+        {
+            let mut index = Index::with_spill(spill);
             let mut model: BTreeMap<BlobId, Vec<(PackId, u32)>> = BTreeMap::new();
             let mut note = |id: BlobId, at: (PackId, u32)| {
                 let l = model.entry(id).or_default();
@@ -504,7 +440,7 @@ mod tests {
                 }
             };
             let mut files = 0u8;
-            for op in ops {
+            for op in ops.iter().cloned() {
                 match op {
                     Op::Files(list) => {
                         let decoded: Vec<(IndexId, IndexFile)> = list
@@ -525,7 +461,9 @@ mod tests {
                                 }
                             }
                         }
-                        index.add_files(decoded.iter().map(|(i, f)| (*i, f, true)), |_| true);
+                        index
+                            .add_files(decoded.iter().map(|(i, f)| (*i, f, true)), |_| true)
+                            .unwrap();
                     }
                     Op::Packs(list) => {
                         let packs: Vec<IndexPack> = list.iter().map(|(t, b)| pack(*t, b)).collect();
@@ -534,7 +472,7 @@ mod tests {
                                 note(e.id, (p.id, e.offset));
                             }
                         }
-                        index.add_packs(packs.iter().map(|p| (p, true)));
+                        index.add_packs(packs.iter().map(|p| (p, true))).unwrap();
                     }
                     Op::Pack(t, b) => {
                         let p = pack(t, &b);
@@ -550,8 +488,11 @@ mod tests {
                 let want = model.get(&id(n));
                 let got = index.get(&id(n)).map(|l| (l.pack, l.offset));
                 prop_assert_eq!(got, want.map(|l| l[0]), "id {}", n);
-                let mut all: Vec<(PackId, u32)> =
-                    index.locations(&id(n)).iter().map(|l| (l.pack, l.offset)).collect();
+                let mut all: Vec<(PackId, u32)> = index
+                    .locations(&id(n))
+                    .iter()
+                    .map(|l| (l.pack, l.offset))
+                    .collect();
                 prop_assert_eq!(all.first().copied(), got);
                 all.sort();
                 let mut want = want.cloned().unwrap_or_default();
@@ -569,7 +510,9 @@ mod tests {
                 index.iter().map(|(i, l)| (i, (l.pack, l.offset))).collect();
             let primaries: BTreeMap<BlobId, (PackId, u32)> = model.iter().map(|(i, l)| (*i, l[0])).collect();
             prop_assert_eq!(listed, primaries);
+            prop_assert!(may_spill || !index.table_in_file());
         }
+        Ok(())
     }
 
     #[test]
@@ -584,14 +527,26 @@ mod tests {
             supersedes: Vec::new(),
             packs: vec![honest.clone()],
         };
-        let mut index = Index::default();
-        index.add_files(
-            [
-                (IndexId(Id([8; 32])), &lie, false),
-                (IndexId(Id([9; 32])), &good, true),
-            ],
-            |_| true,
-        );
+        // in memory, and through run files of one row each (the unvouched flag on disk)
+        let dir = tempfile::tempdir().unwrap();
+        for spill in [None, Some(Spill::rows(dir.path(), 1))] {
+            let in_file = spill.is_some();
+            let mut index = Index::with_spill(spill);
+            index
+                .add_files(
+                    [
+                        (IndexId(Id([8; 32])), &lie, false),
+                        (IndexId(Id([9; 32])), &good, true),
+                    ],
+                    |_| true,
+                )
+                .unwrap();
+            assert_eq!(index.table_in_file(), in_file);
+            only_vouched_listings_serve_deduplication_in(index);
+        }
+    }
+
+    fn only_vouched_listings_serve_deduplication_in(mut index: Index) {
         assert!(index.vouched(&id(1)) && index.vouched(&id(2)));
         // the lie about the vouched pack is not even a location
         assert!(!index.contains(&id(3)));
@@ -612,12 +567,37 @@ mod tests {
             supersedes: Vec::new(),
             packs: vec![dropped.clone(), kept.clone()],
         };
-        let mut index = Index::default();
-        index.add_files([(IndexId(Id([9; 32])), &file, true)], |p| *p == kept.id);
-        assert_eq!(index.blob_count(), 2);
-        assert!(!index.contains(&id(3)));
-        assert_eq!(index.get(&id(1)).map(|l| (l.pack, l.offset)), Some((kept.id, 0)));
-        assert!(!index.contains_pack(&dropped.id));
-        assert_eq!(index.index_files(), &[IndexId(Id([9; 32]))]);
+        let dir = tempfile::tempdir().unwrap();
+        for spill in [None, Some(Spill::rows(dir.path(), 1))] {
+            let mut index = Index::with_spill(spill);
+            index
+                .add_files([(IndexId(Id([9; 32])), &file, true)], |p| *p == kept.id)
+                .unwrap();
+            assert_eq!(index.blob_count(), 2);
+            assert!(!index.contains(&id(3)));
+            assert_eq!(index.get(&id(1)).map(|l| (l.pack, l.offset)), Some((kept.id, 0)));
+            assert!(!index.contains_pack(&dropped.id));
+            assert_eq!(index.index_files(), &[IndexId(Id([9; 32]))]);
+        }
+    }
+
+    /// A table file leaves nothing in its directory, and a budget of 1024 rows keeps 1000
+    /// blobs in memory but not 2000.
+    #[test]
+    fn a_table_past_its_budget_goes_to_an_unlinked_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = |n: u16| -> Vec<(u16, u32)> { (0..n).map(|i| (i, u32::from(i))).collect() };
+        let mut small = Index::with_spill(Some(Spill::new(dir.path(), 1024 * 84)));
+        small.add_packs([(&pack(1, &blobs(1000)), true)]).unwrap();
+        assert!(!small.table_in_file());
+        let mut big = Index::with_spill(Some(Spill::new(dir.path(), 1024 * 84)));
+        big.add_packs([(&pack(1, &blobs(2000)), true)]).unwrap();
+        assert!(big.table_in_file());
+        assert_eq!(big.blob_count(), 2000);
+        for n in [0u16, 999, 1500, 1999] {
+            assert_eq!(big.get(&id(n)).map(|l| l.offset), Some(u32::from(n)));
+        }
+        assert!(big.get(&id(2047)).is_none());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 }

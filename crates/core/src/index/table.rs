@@ -1,0 +1,539 @@
+//! The index's sorted table of blobs, in memory or, past a memory budget, in a file.
+//!
+//! A table is every bulk-loaded blob sorted by id, one row per id (its primary location),
+//! found through a directory on the ids' leading bits (blob ids are keyed hashes, evenly
+//! spread). It is built by [`Builder`]: rows are gathered in memory up to the budget of a
+//! [`Spill`]; past it, each full batch is sorted and written to a run file in the spill
+//! directory, and the runs are merged into the table's file (an external merge sort). That
+//! file is opened unlinked (`O_TMPFILE`): nothing is left behind, whatever ends the process.
+//!
+//! A table in a file costs ~1 MiB of directory per 8 million rows in memory; a lookup reads
+//! one directory run of ~32 rows with one `pread`, from the page cache while memory allows.
+//! The file is this process's own: a read error there (a failing disk) ends the process with
+//! its message, as running out of memory would have.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use coffer_format::{BlobId, BlobKind, Id};
+
+use crate::{Error, Result};
+
+/// The memory the table may take before it moves to a file, and where that file goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Spill {
+    dir: PathBuf,
+    /// Rows gathered in memory at most (with the sort's scratch space, ~84 bytes each).
+    max_rows: usize,
+}
+
+/// Bytes of memory one gathered row costs: the 56-byte entry and half that again while a
+/// stable sort runs.
+const ROW_COST: u64 = 84;
+
+impl Spill {
+    /// A budget of `memory` bytes for the table; past it, files in `dir` (created if missing).
+    pub fn new(dir: impl Into<PathBuf>, memory: u64) -> Spill {
+        Spill {
+            dir: dir.into(),
+            max_rows: (memory / ROW_COST).max(1024) as usize,
+        }
+    }
+
+    /// A budget counted in rows (tests: a handful of rows exercises every merge).
+    #[cfg(test)]
+    pub(crate) fn rows(dir: impl Into<PathBuf>, max_rows: usize) -> Spill {
+        Spill {
+            dir: dir.into(),
+            max_rows: max_rows.max(1),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn file(&self) -> Result<File> {
+        std::fs::create_dir_all(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
+        tempfile::tempfile_in(&self.dir).map_err(|e| Error::io(&self.dir, e))
+    }
+}
+
+/// `Slot::in_bundle` of a blob in its own envelope.
+pub(super) const OWN: u32 = u32::MAX;
+
+/// Set in `Slot::pack` of a row an unvouched index file gave, until the build knows whether a
+/// vouched file lists the same pack (then the row is dropped) or not (then the flag is
+/// cleared). No pack has a position this high.
+pub(super) const UNVOUCHED: u32 = 1 << 31;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(super) struct Slot {
+    pub pack: u32,
+    pub kind: BlobKind,
+    pub offset: u32,
+    pub length: u32,
+    pub raw_length: u32,
+    pub in_bundle: u32,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Entry {
+    pub id: BlobId,
+    pub slot: Slot,
+}
+
+/// Bytes of a row in a run or table file: id, pack, kind, offset, length, raw length, place
+/// in the bundle.
+const ROW: usize = 32 + 4 + 1 + 4 * 4;
+
+fn encode(e: &Entry, out: &mut [u8]) {
+    out[..32].copy_from_slice(e.id.as_bytes());
+    out[32..36].copy_from_slice(&e.slot.pack.to_le_bytes());
+    out[36] = match e.slot.kind {
+        BlobKind::Data => 0,
+        BlobKind::Tree => 1,
+    };
+    out[37..41].copy_from_slice(&e.slot.offset.to_le_bytes());
+    out[41..45].copy_from_slice(&e.slot.length.to_le_bytes());
+    out[45..49].copy_from_slice(&e.slot.raw_length.to_le_bytes());
+    out[49..53].copy_from_slice(&e.slot.in_bundle.to_le_bytes());
+}
+
+fn decode(b: &[u8]) -> Entry {
+    let u = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+    let mut id = [0u8; 32];
+    id.copy_from_slice(&b[..32]);
+    Entry {
+        id: BlobId(Id(id)),
+        slot: Slot {
+            pack: u(32),
+            kind: if b[36] == 0 {
+                BlobKind::Data
+            } else {
+                BlobKind::Tree
+            },
+            offset: u(37),
+            length: u(41),
+            raw_length: u(45),
+            in_bundle: u(49),
+        },
+    }
+}
+
+fn prefix(id: &BlobId, bits: u32) -> usize {
+    let b = id.as_bytes();
+    (u32::from_be_bytes([b[0], b[1], b[2], b[3]]) >> (32 - bits)) as usize
+}
+
+/// `floor(log2(n / per_slot))` bits, at least 1, at most 24 (a 64 MiB directory).
+fn dir_bits(n: usize, per_slot: usize) -> u32 {
+    let slots = (n / per_slot).max(2);
+    (usize::BITS - 1 - slots.leading_zeros()).clamp(1, 24)
+}
+
+/// `dir[p]..dir[p + 1]`: the rows whose first `bits` bits are `p`, from per-prefix counts
+/// (`counts[p + 1]`).
+fn prefix_sums(counts: &mut [u32]) {
+    let mut sum = 0;
+    for d in counts.iter_mut() {
+        sum += *d;
+        *d = sum;
+    }
+}
+
+/// Blobs sorted by id, one row each.
+#[derive(Debug)]
+pub(super) enum Table {
+    Memory {
+        rows: Vec<Entry>,
+        dir: Vec<u32>,
+        bits: u32,
+    },
+    File(FileTable),
+}
+
+impl Default for Table {
+    fn default() -> Self {
+        Table::Memory {
+            rows: Vec::new(),
+            dir: Vec::new(),
+            bits: 0,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(super) struct FileTable {
+    file: File,
+    len: usize,
+    dir: Vec<u32>,
+    bits: u32,
+}
+
+/// Rows read from one lookup's directory run at once; longer runs (only a hostile file's ids
+/// crowd one prefix) are searched a row at a time.
+const RUN_READ: usize = 128;
+
+impl FileTable {
+    fn read(&self, buf: &mut [u8], row: usize) {
+        if let Err(e) = self.file.read_exact_at(buf, (row * ROW) as u64) {
+            panic!("reading the index's table file failed: {e}");
+        }
+    }
+
+    fn find(&self, id: &BlobId) -> Option<Slot> {
+        let p = prefix(id, self.bits);
+        let (lo, hi) = (self.dir[p] as usize, self.dir[p + 1] as usize);
+        let want = id.as_bytes().as_slice();
+        if hi - lo <= RUN_READ {
+            let mut buf = [0u8; RUN_READ * ROW];
+            let buf = &mut buf[..(hi - lo) * ROW];
+            self.read(buf, lo);
+            let rows: Vec<&[u8]> = buf.chunks_exact(ROW).collect();
+            let i = rows.binary_search_by(|r| r[..32].cmp(want)).ok()?;
+            return Some(decode(rows[i]).slot);
+        }
+        let (mut lo, mut hi) = (lo, hi);
+        let mut row = [0u8; ROW];
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            self.read(&mut row, mid);
+            match row[..32].cmp(want) {
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+                std::cmp::Ordering::Equal => return Some(decode(&row).slot),
+            }
+        }
+        None
+    }
+}
+
+impl Table {
+    fn from_sorted(rows: Vec<Entry>) -> Self {
+        if rows.is_empty() {
+            return Table::default();
+        }
+        // about one slot per blob
+        let bits = dir_bits(rows.len(), 1);
+        let mut dir = vec![0u32; (1usize << bits) + 1];
+        for e in &rows {
+            dir[prefix(&e.id, bits) + 1] += 1;
+        }
+        prefix_sums(&mut dir);
+        Table::Memory { rows, dir, bits }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            Table::Memory { rows, .. } => rows.len(),
+            Table::File(t) => t.len,
+        }
+    }
+
+    pub fn in_file(&self) -> bool {
+        matches!(self, Table::File(_))
+    }
+
+    pub fn find(&self, id: &BlobId) -> Option<Slot> {
+        match self {
+            Table::Memory { rows, dir, bits } => {
+                if rows.is_empty() {
+                    return None;
+                }
+                let p = prefix(id, *bits);
+                let run = &rows[dir[p] as usize..dir[p + 1] as usize];
+                run.binary_search_by(|e| e.id.cmp(id)).ok().map(|i| run[i].slot)
+            }
+            Table::File(t) => t.find(id),
+        }
+    }
+
+    /// Every row, in id order.
+    pub fn iter(&self) -> Box<dyn Iterator<Item = Entry> + '_> {
+        match self {
+            Table::Memory { rows, .. } => Box::new(rows.iter().copied()),
+            Table::File(t) => Box::new(RunReader::new(&t.file, t.len).map(|r| match r {
+                Ok(e) => e,
+                Err(e) => panic!("reading the index's table file failed: {e}"),
+            })),
+        }
+    }
+}
+
+/// Rows of a run or table file, in order, read 64 KiB at a time.
+struct RunReader<'f> {
+    file: &'f File,
+    next: usize,
+    len: usize,
+    buf: Vec<u8>,
+    at: usize,
+}
+
+const READ_ROWS: usize = 65536 / ROW;
+
+impl<'f> RunReader<'f> {
+    fn new(file: &'f File, len: usize) -> Self {
+        RunReader {
+            file,
+            next: 0,
+            len,
+            buf: Vec::new(),
+            at: 0,
+        }
+    }
+}
+
+impl Iterator for RunReader<'_> {
+    type Item = std::io::Result<Entry>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.at == self.buf.len() {
+            if self.next == self.len {
+                return None;
+            }
+            let n = READ_ROWS.min(self.len - self.next);
+            self.buf.resize(n * ROW, 0);
+            if let Err(e) = self.file.read_exact_at(&mut self.buf, (self.next * ROW) as u64) {
+                return Some(Err(e));
+            }
+            self.next += n;
+            self.at = 0;
+        }
+        let e = decode(&self.buf[self.at..self.at + ROW]);
+        self.at += ROW;
+        Some(Ok(e))
+    }
+}
+
+/// A sorted run written out: its file and row count.
+struct Run {
+    file: File,
+    len: usize,
+}
+
+/// Gathers rows, in the order they are seen, into a new table.
+pub(super) struct Builder {
+    spill: Option<Spill>,
+    rows: Vec<Entry>,
+    runs: Vec<Run>,
+    /// Rows taken so far (an upper bound of the table's length).
+    taken: usize,
+}
+
+impl Builder {
+    /// A builder whose first rows are those of `old` (so that they stay primary).
+    pub fn new(spill: Option<Spill>, old: Table) -> Result<Builder> {
+        let mut b = Builder {
+            spill,
+            rows: Vec::new(),
+            runs: Vec::new(),
+            taken: old.len(),
+        };
+        match old {
+            Table::Memory { rows, .. } => b.rows = rows,
+            Table::File(t) => b.runs.push(Run {
+                file: t.file,
+                len: t.len,
+            }),
+        }
+        b.spill_if_full()?;
+        Ok(b)
+    }
+
+    pub fn push(&mut self, e: Entry) -> Result<()> {
+        if self.rows.len() == self.rows.capacity() {
+            if let Some(s) = &self.spill {
+                // the whole budget at once (pages untouched cost nothing) rather than growth
+                // by doubling, which would overshoot it
+                self.rows
+                    .reserve_exact(s.max_rows.saturating_sub(self.rows.len()).max(1));
+            }
+        }
+        self.rows.push(e);
+        self.taken += 1;
+        self.spill_if_full()
+    }
+
+    fn spill_if_full(&mut self) -> Result<()> {
+        match &self.spill {
+            Some(s) if self.rows.len() >= s.max_rows => self.write_run(),
+            _ => Ok(()),
+        }
+    }
+
+    fn write_run(&mut self) -> Result<()> {
+        let Some(spill) = &self.spill else {
+            return Ok(());
+        };
+        if self.rows.is_empty() {
+            return Ok(());
+        }
+        // stable: among equal ids, the order seen
+        self.rows.sort_by_key(|e| e.id);
+        let file = spill.file()?;
+        let mut w = BufWriter::with_capacity(1 << 16, &file);
+        let mut row = [0u8; ROW];
+        for e in &self.rows {
+            encode(e, &mut row);
+            w.write_all(&row).map_err(|e| Error::io(spill.dir(), e))?;
+        }
+        w.flush().map_err(|e| Error::io(spill.dir(), e))?;
+        drop(w);
+        self.runs.push(Run {
+            file,
+            len: self.rows.len(),
+        });
+        self.rows.clear();
+        Ok(())
+    }
+
+    /// The table: per id, rows of unvouched files dropped where `vouched` says a vouched file
+    /// lists their pack (the flag cleared on the others); then the first row seen is primary,
+    /// unless `added` holds the id (then every row is an alternative). Other rows go to `more`
+    /// (unfiltered: the caller tidies it).
+    pub fn finish(
+        mut self,
+        vouched: &[bool],
+        added: &HashMap<BlobId, Slot, foldhash::fast::RandomState>,
+        more: &mut HashMap<BlobId, Vec<Slot>, foldhash::fast::RandomState>,
+    ) -> Result<Table> {
+        let resolve = |mut e: Entry| -> Option<Entry> {
+            if e.slot.pack & UNVOUCHED != 0 {
+                e.slot.pack &= !UNVOUCHED;
+                if vouched[e.slot.pack as usize] {
+                    return None;
+                }
+            }
+            Some(e)
+        };
+        if self.runs.is_empty() {
+            let mut rows = std::mem::take(&mut self.rows);
+            rows.retain_mut(|e| match resolve(*e) {
+                Some(r) => {
+                    *e = r;
+                    true
+                }
+                None => false,
+            });
+            rows.sort_by_key(|e| e.id);
+            let mut groups = Groups::new(added, more);
+            rows.retain(|e| groups.take(*e).is_some());
+            rows.shrink_to_fit();
+            return Ok(Table::from_sorted(rows));
+        }
+        self.write_run()?;
+        let Some(spill) = self.spill.take() else {
+            unreachable!("runs are written only with a spill directory");
+        };
+        let io = |e| Error::io(spill.dir(), e);
+        // k-way merge; among equal ids the earlier run first, so the order seen is kept
+        let mut readers: Vec<RunReader> = self.runs.iter().map(|r| RunReader::new(&r.file, r.len)).collect();
+        let mut heap = BinaryHeap::with_capacity(readers.len());
+        for (i, r) in readers.iter_mut().enumerate() {
+            if let Some(e) = r.next() {
+                let e = e.map_err(io)?;
+                heap.push(Reverse((e.id, i, Keyed(e))));
+            }
+        }
+        let bits = dir_bits(self.taken, 32);
+        let mut dir = vec![0u32; (1usize << bits) + 1];
+        let file = spill.file()?;
+        let mut w = BufWriter::with_capacity(1 << 16, &file);
+        let mut len = 0usize;
+        let mut row = [0u8; ROW];
+        let mut groups = Groups::new(added, more);
+        while let Some(Reverse((_, i, Keyed(e)))) = heap.pop() {
+            if let Some(next) = readers[i].next() {
+                let n = next.map_err(io)?;
+                heap.push(Reverse((n.id, i, Keyed(n))));
+            }
+            let Some(e) = resolve(e) else { continue };
+            if let Some(r) = groups.take(e) {
+                encode(&r, &mut row);
+                w.write_all(&row).map_err(io)?;
+                dir[prefix(&r.id, bits) + 1] += 1;
+                len += 1;
+            }
+        }
+        w.flush().map_err(io)?;
+        drop(w);
+        drop(readers);
+        prefix_sums(&mut dir);
+        tracing::debug!(
+            target: "coffer_index",
+            "index table of {len} blobs in a file under {} ({} sorted runs merged)",
+            spill.dir().display(),
+            self.runs.len()
+        );
+        Ok(Table::File(FileTable { file, len, dir, bits }))
+    }
+}
+
+/// An entry carried through the merge heap, ordered by the id and run beside it only.
+struct Keyed(Entry);
+
+impl PartialEq for Keyed {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+impl Eq for Keyed {}
+impl PartialOrd for Keyed {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Keyed {
+    fn cmp(&self, _: &Self) -> std::cmp::Ordering {
+        std::cmp::Ordering::Equal
+    }
+}
+
+/// Rows in id order, each id's rows in the order seen, turned into table rows: the first of
+/// an id is primary unless `added` has the id; every other goes to `more`.
+struct Groups<'a> {
+    added: &'a HashMap<BlobId, Slot, foldhash::fast::RandomState>,
+    more: &'a mut HashMap<BlobId, Vec<Slot>, foldhash::fast::RandomState>,
+    /// The current id and its primary location.
+    current: Option<(BlobId, Slot)>,
+}
+
+impl<'a> Groups<'a> {
+    fn new(
+        added: &'a HashMap<BlobId, Slot, foldhash::fast::RandomState>,
+        more: &'a mut HashMap<BlobId, Vec<Slot>, foldhash::fast::RandomState>,
+    ) -> Self {
+        Groups {
+            added,
+            more,
+            current: None,
+        }
+    }
+
+    fn take(&mut self, e: Entry) -> Option<Entry> {
+        if let Some((id, primary)) = self.current.filter(|(id, _)| *id == e.id) {
+            if primary != e.slot {
+                self.more.entry(id).or_default().push(e.slot);
+            }
+            return None;
+        }
+        match self.added.get(&e.id) {
+            Some(primary) => {
+                self.current = Some((e.id, *primary));
+                if *primary != e.slot {
+                    self.more.entry(e.id).or_default().push(e.slot);
+                }
+                None
+            }
+            None => {
+                self.current = Some((e.id, e.slot));
+                Some(e)
+            }
+        }
+    }
+}
