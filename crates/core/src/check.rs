@@ -185,43 +185,53 @@ pub fn check(repo: Repository, opts: &CheckOptions, progress: &dyn Progress) -> 
         }
     }
     let condemned = condemned_packs(&*backend)?;
-    // Read each index file once: the in-memory index is built from the same files (damaged
-    // ones reported and left out, so the rest of the check still runs).
-    let mut pack_entries: HashMap<PackId, Vec<coffer_format::PackEntry>> = HashMap::new();
-    let mut index = crate::index::Index::default();
+    // Read each index file once, one at a time: the index is built from them (damaged ones
+    // reported and left out, so the rest of the check still runs), and each pack's first
+    // listing is summed up here (where its envelopes end, how many blobs). Which blobs a pack
+    // holds is read again from the files only for packs that need it (missing ones, packs
+    // read whole), a batch at a time: nothing here keeps every entry in memory.
+    let mut listed: HashMap<PackId, Listed> = HashMap::new();
+    let mut index = repo.new_index();
     // A coffer server removes packs by its own retention and cannot edit the encrypted index
     // files that list them: there an absent pack is expected, and only a snapshot that needs
     // one of its blobs is damaged (the tree walk below finds those).
     let server_retention = backend.wants_manifests();
     let mut removed_by_server: HashSet<PackId> = HashSet::new();
-    let mut files = Vec::new();
-    for f in backend.list(FileKind::Index)? {
-        match repo.load_index_file_vouched(&f.name) {
-            Ok((file, vouched)) => files.push((
-                Id::from_hex(&f.name).ok().map(coffer_format::IndexId),
-                file,
-                vouched,
-            )),
-            Err(Error::Backend(e)) if e.is_not_found() => {} // superseded meanwhile
+    let index_files = backend.list(FileKind::Index)?;
+    let mut unreadable = Vec::new();
+    let files = index_files.iter().filter_map(|f| {
+        let (file, vouched) = match repo.load_index_file_vouched(&f.name) {
+            Ok(v) => v,
+            Err(Error::Backend(e)) if e.is_not_found() => return None, // superseded meanwhile
             Err(e) => {
-                r.errors.push(format!("index/{}: {e}", f.name));
-                r.damaged.push(format!("index/{}", f.name));
+                unreadable.push((f.name.clone(), e));
+                return None;
             }
-        }
-    }
-    // one bulk load into the sorted table, as a normal open does
-    index.add_files(
-        files.iter().filter_map(|(id, file, v)| Some(((*id)?, file, *v))),
-        |p| !server_retention || stored.contains_key(p),
-    );
-    for (_, file, _) in files {
-        for p in file.packs {
+        };
+        for p in &file.packs {
             if server_retention && !stored.contains_key(&p.id) {
                 removed_by_server.insert(p.id);
                 continue;
             }
-            pack_entries.entry(p.id).or_insert(p.entries);
+            listed.entry(p.id).or_insert_with(|| Listed {
+                end: coffer_format::envelopes(&p.entries)
+                    .map(|(e, _)| e.end())
+                    .max()
+                    .unwrap_or(0),
+                entries: p.entries.len() as u64,
+            });
         }
+        Some((
+            Id::from_hex(&f.name).ok().map(coffer_format::IndexId)?,
+            file,
+            vouched,
+        ))
+    });
+    // one bulk load into the sorted table, as a normal open does
+    index.add_files(files, |p| !server_retention || stored.contains_key(p))?;
+    for (name, e) in unreadable {
+        r.errors.push(format!("index/{name}: {e}"));
+        r.damaged.push(format!("index/{name}"));
     }
     let repo = repo.with_index(index);
     if !removed_by_server.is_empty() {
@@ -231,7 +241,7 @@ pub fn check(repo: Repository, opts: &CheckOptions, progress: &dyn Progress) -> 
         ));
     }
     let mut missing_packs = HashSet::new();
-    for (p, entries) in &pack_entries {
+    for (p, l) in &listed {
         match stored.get(p) {
             None => {
                 r.errors.push(format!(
@@ -242,11 +252,7 @@ pub fn check(repo: Repository, opts: &CheckOptions, progress: &dyn Progress) -> 
                 missing_packs.insert(*p);
             }
             Some(size) => {
-                // envelopes only: a member's end is a place in its bundle's bytes
-                let end = coffer_format::envelopes(entries)
-                    .map(|(e, _)| e.end())
-                    .max()
-                    .unwrap_or(0);
+                let end = l.end;
                 if end + 4 > *size {
                     r.errors.push(format!(
                         "pack {} is {size} bytes, shorter than its index entries need ({end})",
@@ -260,7 +266,7 @@ pub fn check(repo: Repository, opts: &CheckOptions, progress: &dyn Progress) -> 
     }
     let unindexed = stored
         .keys()
-        .filter(|p| !pack_entries.contains_key(p) && !condemned.contains(p))
+        .filter(|p| !listed.contains_key(p) && !condemned.contains(p))
         .count();
     if unindexed > 0 {
         r.warnings.push(format!(
@@ -272,10 +278,10 @@ pub fn check(repo: Repository, opts: &CheckOptions, progress: &dyn Progress) -> 
     let cache = opts.cache_dir.as_ref().map(|d| cache_file(d, &repo));
     let mut verified = load_verified(&cache);
     let mut bad_blobs: HashSet<BlobId> = HashSet::new();
-    for p in &missing_packs {
-        bad_blobs.extend(pack_entries[p].iter().map(|e| e.id));
+    for blobs in listed_blobs(&repo, &index_files, &missing_packs)?.into_values() {
+        bad_blobs.extend(blobs);
     }
-    let mut candidates: Vec<PackId> = pack_entries
+    let mut candidates: Vec<PackId> = listed
         .keys()
         .filter(|p| !missing_packs.contains(p))
         .copied()
@@ -298,7 +304,23 @@ pub fn check(repo: Repository, opts: &CheckOptions, progress: &dyn Progress) -> 
         }
     };
     let parity_on = repo.config().parity > 0;
-    for p in &selected {
+    // the packs to read, in batches whose listings fit in memory together
+    let mut batch: HashSet<PackId> = HashSet::new();
+    let mut in_batch: HashMap<PackId, Vec<BlobId>> = HashMap::new();
+    for (n, p) in selected.iter().enumerate() {
+        if !batch.contains(p) {
+            batch.clear();
+            let mut entries = 0;
+            for q in &selected[n..] {
+                entries += listed.get(q).map_or(0, |l| l.entries);
+                batch.insert(*q);
+                if entries >= BATCH_ENTRIES {
+                    break;
+                }
+            }
+            in_batch = listed_blobs(&repo, &index_files, &batch)?;
+        }
+        let listed_here = in_batch.remove(p).unwrap_or_default();
         progress.item(std::path::Path::new(&p.to_hex()));
         let mut outcome = backend
             .read(FileKind::Pack, &p.to_hex())
@@ -350,9 +372,8 @@ pub fn check(repo: Repository, opts: &CheckOptions, progress: &dyn Progress) -> 
                 r.packs_read += 1;
                 r.bytes_read += stored.get(p).copied().unwrap_or(0);
                 let in_header: HashSet<BlobId> = header.iter().map(|e| e.id).collect();
-                let lost: Vec<BlobId> = pack_entries[p]
-                    .iter()
-                    .map(|e| e.id)
+                let lost: Vec<BlobId> = listed_here
+                    .into_iter()
                     .filter(|id| !in_header.contains(id))
                     .collect();
                 if !lost.is_empty() {
@@ -370,7 +391,7 @@ pub fn check(repo: Repository, opts: &CheckOptions, progress: &dyn Progress) -> 
             Err(e) => {
                 r.errors.push(e.to_string());
                 r.damaged.push(format!("data/{}", p.to_hex()));
-                bad_blobs.extend(pack_entries[p].iter().map(|e| e.id));
+                bad_blobs.extend(listed_here);
             }
         }
         progress.files(1);
@@ -435,6 +456,43 @@ pub fn check(repo: Repository, opts: &CheckOptions, progress: &dyn Progress) -> 
     r.damaged.sort();
     r.damaged.dedup();
     Ok(r)
+}
+
+/// What check keeps of a pack's first listing in the index files.
+struct Listed {
+    /// Where its envelopes end (a member's end is a place in its bundle's bytes).
+    end: u64,
+    /// How many entries it has.
+    entries: u64,
+}
+
+/// Entries whose ids `--read-data` holds at once (32 bytes each, 32 MiB), however many
+/// packs that is (at least one).
+const BATCH_ENTRIES: u64 = 1 << 20;
+
+/// The blobs each of `packs` holds by its first listing in the index files (read again, one
+/// at a time, in the order of `files`, as the first reading took them).
+fn listed_blobs(
+    repo: &Repository,
+    files: &[crate::backend::FileInfo],
+    packs: &HashSet<PackId>,
+) -> Result<HashMap<PackId, Vec<BlobId>>> {
+    let mut out: HashMap<PackId, Vec<BlobId>> = HashMap::new();
+    if packs.is_empty() {
+        return Ok(out);
+    }
+    for f in files {
+        // (damaged files were reported by the first reading; deleted ones are superseded)
+        let Ok((file, _)) = repo.load_index_file_vouched(&f.name) else {
+            continue;
+        };
+        for p in file.packs {
+            if packs.contains(&p.id) && !out.contains_key(&p.id) {
+                out.insert(p.id, p.entries.iter().map(|e| e.id).collect());
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Check one tree and everything below it; returns whether it is intact.
