@@ -41,6 +41,7 @@ use crate::packer::BlobPipeline;
 use crate::progress::{FileStatus, Progress};
 use crate::readahead::ReadAhead;
 use crate::repo::IndexedRepository;
+use crate::runset::RunSet;
 use crate::sendlog::{SendLog, Sent};
 use crate::source::{SourceError, StreamSource, DATABASES_DIR};
 
@@ -686,49 +687,6 @@ enum AheadKind {
     Other,
 }
 
-/// The blobs this run has queued, each as 128 bits of a keyed hash of its id under a key
-/// drawn at random for this run: half the memory of whole ids (11 million new blobs in a first
-/// backup: ~290 MB instead of ~550). Nobody knows the run's key, not even a holder of the
-/// repository's keys, so two blobs cannot be aimed at one value: they share it by chance
-/// only, with probability about n²/2¹²⁹ (10⁻²⁵ at n = 11 million). (Truncating the ids
-/// themselves would let a stolen write-only key, which holds the id key, search ~2⁶⁴ hashes
-/// for two chunks that collide and plant them where a full key's backup reads them.) Had it
-/// happened, the second blob would be missing from storage, which `check` reports as a tree
-/// referencing an unknown blob. The index, prune and check keep whole ids.
-struct Session {
-    key: [u8; 32],
-    set: HashSet<u128, foldhash::fast::RandomState>,
-}
-
-impl Default for Session {
-    fn default() -> Self {
-        let mut key = [0u8; 32];
-        crate::crypto::random_bytes(&mut key);
-        Session {
-            key,
-            set: HashSet::default(),
-        }
-    }
-}
-
-impl Session {
-    fn key(&self, id: &BlobId) -> u128 {
-        let h = blake3::keyed_hash(&self.key, id.as_bytes());
-        let mut b = [0u8; 16];
-        b.copy_from_slice(&h.as_bytes()[..16]);
-        u128::from_le_bytes(b)
-    }
-
-    fn insert(&mut self, id: &BlobId) -> bool {
-        let k = self.key(id);
-        self.set.insert(k)
-    }
-
-    fn contains(&self, id: &BlobId) -> bool {
-        self.set.contains(&self.key(id))
-    }
-}
-
 struct Archiver<'a, 'p, 'l> {
     repo: &'a IndexedRepository,
     parent_trees: Option<ParentTrees>,
@@ -736,7 +694,8 @@ struct Archiver<'a, 'p, 'l> {
     pipe: &'a BlobPipeline<'p>,
     chunker: &'a Chunker,
     buf: Vec<u8>,
-    session: Session,
+    /// The blobs this run queued ([`RunSet`]).
+    session: RunSet,
     excluder: PathMatcher,
     exclude_caches: bool,
     root_dev: Option<u64>,
@@ -768,7 +727,7 @@ impl<'l> Archiver<'_, '_, 'l> {
     /// Store a blob unless the repository or this run has it already.
     fn save_blob(&mut self, kind: BlobKind, data: &[u8]) -> Result<BlobId> {
         let id = self.repo.key().blob_id(data);
-        if self.is_new(&id, data.len()) {
+        if self.is_new(&id, data.len())? {
             let mut buf = self.pipe.buffer(data.len());
             buf.extend_from_slice(data);
             self.pipe.submit(kind, id, buf)?;
@@ -779,7 +738,7 @@ impl<'l> Archiver<'_, '_, 'l> {
     /// [`Self::save_blob`] of a buffer the caller gives up: it goes to the pipeline as is.
     fn save_blob_owned(&mut self, kind: BlobKind, data: Vec<u8>) -> Result<BlobId> {
         let id = self.repo.key().blob_id(&data);
-        if self.is_new(&id, data.len()) {
+        if self.is_new(&id, data.len())? {
             self.pipe.submit(kind, id, data)?;
         }
         Ok(id)
@@ -787,13 +746,13 @@ impl<'l> Archiver<'_, '_, 'l> {
 
     /// Whether blob `id` (of `len` bytes) is neither in the repository nor already queued in
     /// this run; counts it as new if so.
-    fn is_new(&mut self, id: &BlobId, len: usize) -> bool {
-        let new = self.reuse_blob(id).is_none() && self.session.insert(id);
+    fn is_new(&mut self, id: &BlobId, len: usize) -> Result<bool> {
+        let new = self.reuse_blob(id).is_none() && self.session.insert(id)?;
         if new {
             self.summary.blobs_new += 1;
             self.summary.bytes_new_raw += len as u64;
         }
-        new
+        Ok(new)
     }
 
     /// Use a blob the repository has (recording its pack, as [`Self::save_blob`] does);
@@ -1088,7 +1047,9 @@ impl<'l> Archiver<'_, '_, 'l> {
             return None;
         }
         for id in &p.content {
-            if self.reuse_blob(id).is_none() && !self.session.contains(id) {
+            // (a set that cannot be read says no: the file is read again, and storing its
+            // blobs meets the error)
+            if self.reuse_blob(id).is_none() && !self.session.contains(id).unwrap_or(false) {
                 return None;
             }
         }
@@ -1101,7 +1062,9 @@ impl<'l> Archiver<'_, '_, 'l> {
             return None;
         }
         for id in &p.content {
-            if self.reuse_blob(id).is_none() && !self.session.contains(id) {
+            // (a set that cannot be read says no: the file is read again, and storing its
+            // blobs meets the error)
+            if self.reuse_blob(id).is_none() && !self.session.contains(id).unwrap_or(false) {
                 return None;
             }
         }
@@ -1712,7 +1675,7 @@ pub fn backup_prescanned(
                         pipe: &pipe,
                         chunker: &chunker,
                         buf: Vec::new(),
-                        session: Session::default(),
+                        session: RunSet::new(repo_ref.spill_dir()),
                         excluder,
                         exclude_caches: opts.exclude_caches,
                         root_dev: None,
@@ -1850,22 +1813,6 @@ pub fn backup_prescanned(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The run's dedup set answers for whole ids: a blob queued once is not new again, any
-    /// other id is, and two runs hash under different keys.
-    #[test]
-    fn the_dedup_set_knows_what_the_run_queued() {
-        let id = |b: u8| BlobId(coffer_format::Id([b; 32]));
-        let mut s = Session::default();
-        assert!(s.insert(&id(1)));
-        assert!(!s.insert(&id(1)) && s.contains(&id(1)));
-        assert!(!s.contains(&id(2)) && s.insert(&id(2)));
-        // ids equal in their first 128 bits are still two blobs
-        let mut near = [1u8; 32];
-        near[31] = 9;
-        assert!(s.insert(&BlobId(coffer_format::Id(near))));
-        assert_ne!(s.key(&id(1)), Session::default().key(&id(1)));
-    }
 
     /// The walk-ahead's budget counts entries, not directories: 1000 directories of two
     /// entries each (3000 entries, far below the 16k budget) leave room for more. Its first

@@ -31,6 +31,7 @@ mod readahead;
 pub mod repair;
 mod repo;
 pub mod restore;
+mod runset;
 pub mod seen;
 pub mod sendlog;
 pub mod source;
