@@ -187,9 +187,9 @@ pub fn check(repo: Repository, opts: &CheckOptions, progress: &dyn Progress) -> 
     let condemned = condemned_packs(&*backend)?;
     // Read each index file once, one at a time: the index is built from them (damaged ones
     // reported and left out, so the rest of the check still runs), and each pack's first
-    // listing is summed up here (where its envelopes end, how many blobs). Which blobs a pack
-    // holds is read again from the files only for packs that need it (missing ones, packs
-    // read whole), a batch at a time: nothing here keeps every entry in memory.
+    // listing is summed up here (where its envelopes end, how many entries) with its ids
+    // written to a file (`Listings`), read back for the packs that need them (missing ones,
+    // packs read whole): nothing here keeps every entry in memory.
     let mut listed: HashMap<PackId, Listed> = HashMap::new();
     let mut index = repo.new_index();
     // A coffer server removes packs by its own retention and cannot edit the encrypted index
@@ -199,6 +199,8 @@ pub fn check(repo: Repository, opts: &CheckOptions, progress: &dyn Progress) -> 
     let mut removed_by_server: HashSet<PackId> = HashSet::new();
     let index_files = backend.list(FileKind::Index)?;
     let mut unreadable = Vec::new();
+    let mut listings = ListingsWriter::new(repo.spill_dir());
+    let mut listing_failed: Option<Error> = None;
     let files = index_files.iter().filter_map(|f| {
         let (file, vouched) = match repo.load_index_file_vouched(&f.name) {
             Ok(v) => v,
@@ -213,13 +215,21 @@ pub fn check(repo: Repository, opts: &CheckOptions, progress: &dyn Progress) -> 
                 removed_by_server.insert(p.id);
                 continue;
             }
-            listed.entry(p.id).or_insert_with(|| Listed {
-                end: coffer_format::envelopes(&p.entries)
-                    .map(|(e, _)| e.end())
-                    .max()
-                    .unwrap_or(0),
-                entries: p.entries.len() as u64,
-            });
+            if let std::collections::hash_map::Entry::Vacant(v) = listed.entry(p.id) {
+                match listings.append(&p.entries) {
+                    Ok(at) => {
+                        v.insert(Listed {
+                            end: coffer_format::envelopes(&p.entries)
+                                .map(|(e, _)| e.end())
+                                .max()
+                                .unwrap_or(0),
+                            at,
+                            entries: p.entries.len() as u64,
+                        });
+                    }
+                    Err(e) => listing_failed = Some(e),
+                }
+            }
         }
         Some((
             Id::from_hex(&f.name).ok().map(coffer_format::IndexId)?,
@@ -229,6 +239,10 @@ pub fn check(repo: Repository, opts: &CheckOptions, progress: &dyn Progress) -> 
     });
     // one bulk load into the sorted table, as a normal open does
     index.add_files(files, |p| !server_retention || stored.contains_key(p))?;
+    if let Some(e) = listing_failed {
+        return Err(e);
+    }
+    let listings = listings.finish()?;
     for (name, e) in unreadable {
         r.errors.push(format!("index/{name}: {e}"));
         r.damaged.push(format!("index/{name}"));
@@ -278,8 +292,8 @@ pub fn check(repo: Repository, opts: &CheckOptions, progress: &dyn Progress) -> 
     let cache = opts.cache_dir.as_ref().map(|d| cache_file(d, &repo));
     let mut verified = load_verified(&cache);
     let mut bad_blobs: HashSet<BlobId> = HashSet::new();
-    for blobs in listed_blobs(&repo, &index_files, &missing_packs)?.into_values() {
-        bad_blobs.extend(blobs);
+    for p in &missing_packs {
+        bad_blobs.extend(listings.read(&listed[p])?);
     }
     let mut candidates: Vec<PackId> = listed
         .keys()
@@ -304,23 +318,8 @@ pub fn check(repo: Repository, opts: &CheckOptions, progress: &dyn Progress) -> 
         }
     };
     let parity_on = repo.config().parity > 0;
-    // the packs to read, in batches whose listings fit in memory together
-    let mut batch: HashSet<PackId> = HashSet::new();
-    let mut in_batch: HashMap<PackId, Vec<BlobId>> = HashMap::new();
-    for (n, p) in selected.iter().enumerate() {
-        if !batch.contains(p) {
-            batch.clear();
-            let mut entries = 0;
-            for q in &selected[n..] {
-                entries += listed.get(q).map_or(0, |l| l.entries);
-                batch.insert(*q);
-                if entries >= BATCH_ENTRIES {
-                    break;
-                }
-            }
-            in_batch = listed_blobs(&repo, &index_files, &batch)?;
-        }
-        let listed_here = in_batch.remove(p).unwrap_or_default();
+    for p in &selected {
+        let listed_here = listings.read(&listed[p])?;
         progress.item(std::path::Path::new(&p.to_hex()));
         let mut outcome = backend
             .read(FileKind::Pack, &p.to_hex())
@@ -462,37 +461,87 @@ pub fn check(repo: Repository, opts: &CheckOptions, progress: &dyn Progress) -> 
 struct Listed {
     /// Where its envelopes end (a member's end is a place in its bundle's bytes).
     end: u64,
-    /// How many entries it has.
+    /// Where its ids start in the [`Listings`], and how many there are.
+    at: u64,
     entries: u64,
 }
 
-/// Entries whose ids `--read-data` holds at once (32 bytes each, 32 MiB), however many
-/// packs that is (at least one).
-const BATCH_ENTRIES: u64 = 1 << 20;
+/// The ids of each pack's first listing, one after the other: in an unlinked file under the
+/// spill directory (in memory without one, or where no file can be made there).
+enum ListingsWriter {
+    File(std::io::BufWriter<std::fs::File>, PathBuf, u64),
+    Memory(Vec<BlobId>),
+}
 
-/// The blobs each of `packs` holds by its first listing in the index files (read again, one
-/// at a time, in the order of `files`, as the first reading took them).
-fn listed_blobs(
-    repo: &Repository,
-    files: &[crate::backend::FileInfo],
-    packs: &HashSet<PackId>,
-) -> Result<HashMap<PackId, Vec<BlobId>>> {
-    let mut out: HashMap<PackId, Vec<BlobId>> = HashMap::new();
-    if packs.is_empty() {
-        return Ok(out);
+enum Listings {
+    File(std::fs::File, PathBuf),
+    Memory(Vec<BlobId>),
+}
+
+impl ListingsWriter {
+    fn new(dir: Option<PathBuf>) -> Self {
+        let file = dir.and_then(|d| {
+            let f = std::fs::create_dir_all(&d).and_then(|()| tempfile::tempfile_in(&d));
+            f.ok().map(|f| (f, d))
+        });
+        match file {
+            Some((f, d)) => ListingsWriter::File(std::io::BufWriter::with_capacity(1 << 16, f), d, 0),
+            None => ListingsWriter::Memory(Vec::new()),
+        }
     }
-    for f in files {
-        // (damaged files were reported by the first reading; deleted ones are superseded)
-        let Ok((file, _)) = repo.load_index_file_vouched(&f.name) else {
-            continue;
-        };
-        for p in file.packs {
-            if packs.contains(&p.id) && !out.contains_key(&p.id) {
-                out.insert(p.id, p.entries.iter().map(|e| e.id).collect());
+
+    /// Append the ids of `entries`; where they start.
+    fn append(&mut self, entries: &[coffer_format::PackEntry]) -> Result<u64> {
+        match self {
+            ListingsWriter::File(w, dir, n) => {
+                use std::io::Write;
+                let at = *n;
+                for e in entries {
+                    w.write_all(e.id.as_bytes()).map_err(|e| Error::io(&*dir, e))?;
+                }
+                *n += entries.len() as u64;
+                Ok(at)
+            }
+            ListingsWriter::Memory(v) => {
+                let at = v.len() as u64;
+                v.extend(entries.iter().map(|e| e.id));
+                Ok(at)
             }
         }
     }
-    Ok(out)
+
+    fn finish(self) -> Result<Listings> {
+        Ok(match self {
+            ListingsWriter::File(w, dir, _) => {
+                let f = w.into_inner().map_err(|e| Error::io(&dir, e.into_error()))?;
+                Listings::File(f, dir)
+            }
+            ListingsWriter::Memory(v) => Listings::Memory(v),
+        })
+    }
+}
+
+impl Listings {
+    /// The ids of a pack's first listing.
+    fn read(&self, l: &Listed) -> Result<Vec<BlobId>> {
+        match self {
+            Listings::File(f, dir) => {
+                use std::os::unix::fs::FileExt;
+                let mut buf = vec![0u8; l.entries as usize * 32];
+                f.read_exact_at(&mut buf, l.at * 32)
+                    .map_err(|e| Error::io(dir, e))?;
+                Ok(buf
+                    .chunks_exact(32)
+                    .map(|c| {
+                        let mut b = [0u8; 32];
+                        b.copy_from_slice(c);
+                        BlobId(Id(b))
+                    })
+                    .collect())
+            }
+            Listings::Memory(v) => Ok(v[l.at as usize..(l.at + l.entries) as usize].to_vec()),
+        }
+    }
 }
 
 /// Check one tree and everything below it; returns whether it is intact.

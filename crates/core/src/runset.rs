@@ -106,6 +106,17 @@ impl RunSet {
         let Some(dir) = &self.dir else {
             return Ok(());
         };
+        if self.files.is_empty() {
+            // A cache directory that cannot be written costs memory, not the run.
+            if let Err(e) = std::fs::create_dir_all(dir).and_then(|()| tempfile::tempfile_in(dir)) {
+                tracing::warn!(
+                    "backup: keeping the set of new blobs in memory ({} cannot take it: {e})",
+                    dir.display()
+                );
+                self.dir = None;
+                return Ok(());
+            }
+        }
         let mut values: Vec<u128> = self.recent.drain().collect();
         values.sort_unstable();
         let mut new = Frozen::write(dir, values.len(), values.into_iter().map(Ok))?;

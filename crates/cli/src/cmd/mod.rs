@@ -1086,10 +1086,11 @@ pub fn watch_rollback(
 }
 
 /// The index's memory budget (`--index-memory`, 256 MiB unless given): past it, its table
-/// moves to unlinked files under the cache directory (else the temporary directory).
+/// moves to unlinked files under the cache directory (else straight in the temporary
+/// directory: no name there another user could take first).
 pub fn index_spill(g: &Global) -> coffer_core::index::Spill {
     const DEFAULT: u64 = 256 << 20;
-    let dir = cache_dir().unwrap_or_else(std::env::temp_dir).join("index");
+    let dir = cache_dir().map_or_else(std::env::temp_dir, |d| d.join("index"));
     coffer_core::index::Spill::new(dir, g.index_memory.unwrap_or(DEFAULT))
 }
 

@@ -91,7 +91,7 @@ impl Index {
         for (id, file, vouched) in files {
             self.files.push(id);
             for p in file.borrow().packs.iter().filter(|p| keep(&p.id)) {
-                let pos = self.pack_position_of(&p.id);
+                let pos = self.bulk_position_of(&p.id)?;
                 if vouched {
                     self.vouched[pos as usize] = true;
                 }
@@ -114,7 +114,7 @@ impl Index {
     pub fn add_packs<'a>(&mut self, packs: impl IntoIterator<Item = (&'a IndexPack, bool)>) -> Result<()> {
         let mut rows = Builder::new(self.spill.clone(), std::mem::take(&mut self.table))?;
         for (p, vouched) in packs {
-            let pos = self.pack_position_of(&p.id);
+            let pos = self.bulk_position_of(&p.id)?;
             self.vouched[pos as usize] |= vouched;
             for (id, slot) in slots(pos, &p.entries) {
                 rows.push(Entry { id, slot })?;
@@ -141,6 +141,19 @@ impl Index {
         more.retain(|_, list| !list.is_empty());
         self.more = more;
         Ok(())
+    }
+
+    /// [`Self::pack_position_of`] for a row of the table, whose positions stay under the
+    /// flag bit (2³¹ packs would be 32 PiB of 16 MiB packs, or index files listing made-up
+    /// pack ids).
+    fn bulk_position_of(&mut self, id: &PackId) -> Result<u32> {
+        let pos = self.pack_position_of(id);
+        if pos >= UNVOUCHED {
+            return Err(crate::Error::Invalid(format!(
+                "the index files list more than {UNVOUCHED} packs"
+            )));
+        }
+        Ok(pos)
     }
 
     fn pack_position_of(&mut self, id: &PackId) -> u32 {

@@ -310,10 +310,56 @@ impl Iterator for RunReader<'_> {
     }
 }
 
-/// A sorted run written out: its file and row count.
+/// A sorted run written out: its file, row count, and how many merges made it (the runs of
+/// a level are merged once there are [`FAN_IN`] of them in a row).
 struct Run {
     file: File,
     len: usize,
+    level: u32,
+}
+
+/// Runs merged at once: at most ~`FAN_IN` files open (and 64 KiB of buffer each) per level,
+/// whatever the budget, and each row rewritten once per level (log₁₆ of the runs).
+const FAN_IN: usize = 16;
+
+/// The level of a finished table taken back in as the first run (never merged early).
+const TABLE_LEVEL: u32 = u32::MAX;
+
+/// The rows of `runs` in id order; among equal ids, the earlier run's first (the runs are
+/// consecutive stretches of the rows seen, so this keeps the order seen).
+struct Merged<'r> {
+    readers: Vec<RunReader<'r>>,
+    heap: BinaryHeap<Reverse<(BlobId, usize, Keyed)>>,
+}
+
+impl<'r> Merged<'r> {
+    fn new(runs: &'r [Run]) -> std::io::Result<Self> {
+        let mut m = Merged {
+            readers: runs.iter().map(|r| RunReader::new(&r.file, r.len)).collect(),
+            heap: BinaryHeap::with_capacity(runs.len()),
+        };
+        for i in 0..m.readers.len() {
+            m.refill(i)?;
+        }
+        Ok(m)
+    }
+
+    fn refill(&mut self, i: usize) -> std::io::Result<()> {
+        if let Some(e) = self.readers[i].next() {
+            let e = e?;
+            self.heap.push(Reverse((e.id, i, Keyed(e))));
+        }
+        Ok(())
+    }
+}
+
+impl Iterator for Merged<'_> {
+    type Item = std::io::Result<Entry>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let Reverse((_, i, Keyed(e))) = self.heap.pop()?;
+        Some(self.refill(i).map(|()| e))
+    }
 }
 
 /// Gathers rows, in the order they are seen, into a new table.
@@ -339,6 +385,7 @@ impl Builder {
             Table::File(t) => b.runs.push(Run {
                 file: t.file,
                 len: t.len,
+                level: TABLE_LEVEL,
             }),
         }
         b.spill_if_full()?;
@@ -373,22 +420,58 @@ impl Builder {
         if self.rows.is_empty() {
             return Ok(());
         }
+        let file = match spill.file() {
+            Ok(f) => f,
+            // A cache directory that cannot be written costs memory, not the run: until a
+            // first file is written, the table can still stay in memory.
+            Err(e) if self.runs.is_empty() => {
+                tracing::warn!("index: keeping it all in memory, past --index-memory: {e}");
+                self.spill = None;
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        let io = |e| Error::io(spill.dir(), e);
         // stable: among equal ids, the order seen
         self.rows.sort_by_key(|e| e.id);
-        let file = spill.file()?;
         let mut w = BufWriter::with_capacity(1 << 16, &file);
         let mut row = [0u8; ROW];
         for e in &self.rows {
             encode(e, &mut row);
-            w.write_all(&row).map_err(|e| Error::io(spill.dir(), e))?;
+            w.write_all(&row).map_err(io)?;
         }
-        w.flush().map_err(|e| Error::io(spill.dir(), e))?;
+        w.flush().map_err(io)?;
         drop(w);
         self.runs.push(Run {
             file,
             len: self.rows.len(),
+            level: 0,
         });
         self.rows.clear();
+        // the last FAN_IN runs of one level become one run of the next
+        while self.runs.len() >= FAN_IN {
+            let tail = &self.runs[self.runs.len() - FAN_IN..];
+            let level = tail[0].level;
+            if level == TABLE_LEVEL || tail.iter().any(|r| r.level != level) {
+                break;
+            }
+            let file = spill.file()?;
+            let mut w = BufWriter::with_capacity(1 << 16, &file);
+            let mut len = 0;
+            for e in Merged::new(tail).map_err(io)? {
+                encode(&e.map_err(io)?, &mut row);
+                w.write_all(&row).map_err(io)?;
+                len += 1;
+            }
+            w.flush().map_err(io)?;
+            drop(w);
+            self.runs.truncate(self.runs.len() - FAN_IN);
+            self.runs.push(Run {
+                file,
+                len,
+                level: level + 1,
+            });
+        }
         Ok(())
     }
 
@@ -431,15 +514,6 @@ impl Builder {
             unreachable!("runs are written only with a spill directory");
         };
         let io = |e| Error::io(spill.dir(), e);
-        // k-way merge; among equal ids the earlier run first, so the order seen is kept
-        let mut readers: Vec<RunReader> = self.runs.iter().map(|r| RunReader::new(&r.file, r.len)).collect();
-        let mut heap = BinaryHeap::with_capacity(readers.len());
-        for (i, r) in readers.iter_mut().enumerate() {
-            if let Some(e) = r.next() {
-                let e = e.map_err(io)?;
-                heap.push(Reverse((e.id, i, Keyed(e))));
-            }
-        }
         let bits = dir_bits(self.taken, 32);
         let mut dir = vec![0u32; (1usize << bits) + 1];
         let file = spill.file()?;
@@ -447,12 +521,10 @@ impl Builder {
         let mut len = 0usize;
         let mut row = [0u8; ROW];
         let mut groups = Groups::new(added, more);
-        while let Some(Reverse((_, i, Keyed(e)))) = heap.pop() {
-            if let Some(next) = readers[i].next() {
-                let n = next.map_err(io)?;
-                heap.push(Reverse((n.id, i, Keyed(n))));
-            }
-            let Some(e) = resolve(e) else { continue };
+        for e in Merged::new(&self.runs).map_err(io)? {
+            let Some(e) = resolve(e.map_err(io)?) else {
+                continue;
+            };
             if let Some(r) = groups.take(e) {
                 encode(&r, &mut row);
                 w.write_all(&row).map_err(io)?;
@@ -462,11 +534,10 @@ impl Builder {
         }
         w.flush().map_err(io)?;
         drop(w);
-        drop(readers);
         prefix_sums(&mut dir);
         tracing::debug!(
             target: "coffer_index",
-            "index table of {len} blobs in a file under {} ({} sorted runs merged)",
+            "index table of {len} blobs in a file under {} ({} sorted runs merged last)",
             spill.dir().display(),
             self.runs.len()
         );
