@@ -200,6 +200,7 @@ pub fn check(repo: Repository, opts: &CheckOptions, progress: &dyn Progress) -> 
     let index_files = backend.list(FileKind::Index)?;
     let mut unreadable = Vec::new();
     let mut listings = ListingsWriter::new(repo.spill_dir());
+    let reads_data = !matches!(opts.read_data, None | Some(ReadData::None));
     let mut listing_failed: Option<Error> = None;
     let files = index_files.iter().filter_map(|f| {
         let (file, vouched) = match repo.load_index_file_vouched(&f.name) {
@@ -216,19 +217,26 @@ pub fn check(repo: Repository, opts: &CheckOptions, progress: &dyn Progress) -> 
                 continue;
             }
             if let std::collections::hash_map::Entry::Vacant(v) = listed.entry(p.id) {
-                match listings.append(&p.entries) {
-                    Ok(at) => {
-                        v.insert(Listed {
-                            end: coffer_format::envelopes(&p.entries)
-                                .map(|(e, _)| e.end())
-                                .max()
-                                .unwrap_or(0),
-                            at,
-                            entries: p.entries.len() as u64,
-                        });
+                let end = coffer_format::envelopes(&p.entries)
+                    .map(|(e, _)| e.end())
+                    .max()
+                    .unwrap_or(0);
+                // ids are kept only where they may be needed: packs read whole, and packs
+                // missing from storage or shorter than their entries need (reported below)
+                let needed = reads_data || stored.get(&p.id).is_none_or(|size| end + 4 > *size);
+                let at = match needed.then(|| listings.append(&p.entries)) {
+                    Some(Ok(at)) => Some(at),
+                    Some(Err(e)) => {
+                        listing_failed.get_or_insert(e);
+                        None
                     }
-                    Err(e) => listing_failed = Some(e),
-                }
+                    None => None,
+                };
+                v.insert(Listed {
+                    end,
+                    at,
+                    entries: p.entries.len() as u64,
+                });
             }
         }
         Some((
@@ -461,8 +469,8 @@ pub fn check(repo: Repository, opts: &CheckOptions, progress: &dyn Progress) -> 
 struct Listed {
     /// Where its envelopes end (a member's end is a place in its bundle's bytes).
     end: u64,
-    /// Where its ids start in the [`Listings`], and how many there are.
-    at: u64,
+    /// Where its ids start in the [`Listings`], if they were kept, and how many there are.
+    at: Option<u64>,
     entries: u64,
 }
 
@@ -480,10 +488,19 @@ enum Listings {
 
 impl ListingsWriter {
     fn new(dir: Option<PathBuf>) -> Self {
-        let file = dir.and_then(|d| {
-            let f = std::fs::create_dir_all(&d).and_then(|()| tempfile::tempfile_in(&d));
-            f.ok().map(|f| (f, d))
-        });
+        let file =
+            dir.and_then(
+                |d| match std::fs::create_dir_all(&d).and_then(|()| tempfile::tempfile_in(&d)) {
+                    Ok(f) => Some((f, d)),
+                    Err(e) => {
+                        tracing::warn!(
+                            "check: keeping the packs' listings in memory ({}: {e})",
+                            d.display()
+                        );
+                        None
+                    }
+                },
+            );
         match file {
             Some((f, d)) => ListingsWriter::File(std::io::BufWriter::with_capacity(1 << 16, f), d, 0),
             None => ListingsWriter::Memory(Vec::new()),
@@ -524,11 +541,16 @@ impl ListingsWriter {
 impl Listings {
     /// The ids of a pack's first listing.
     fn read(&self, l: &Listed) -> Result<Vec<BlobId>> {
+        let Some(at) = l.at else {
+            return Err(Error::Invalid(
+                "check: a pack's listing was needed but not kept (a bug)".into(),
+            ));
+        };
         match self {
             Listings::File(f, dir) => {
                 use std::os::unix::fs::FileExt;
                 let mut buf = vec![0u8; l.entries as usize * 32];
-                f.read_exact_at(&mut buf, l.at * 32)
+                f.read_exact_at(&mut buf, at * 32)
                     .map_err(|e| Error::io(dir, e))?;
                 Ok(buf
                     .chunks_exact(32)
@@ -539,7 +561,7 @@ impl Listings {
                     })
                     .collect())
             }
-            Listings::Memory(v) => Ok(v[l.at as usize..(l.at + l.entries) as usize].to_vec()),
+            Listings::Memory(v) => Ok(v[at as usize..(at + l.entries) as usize].to_vec()),
         }
     }
 }

@@ -106,20 +106,21 @@ impl RunSet {
         let Some(dir) = &self.dir else {
             return Ok(());
         };
-        if self.files.is_empty() {
-            // A cache directory that cannot be written costs memory, not the run.
-            if let Err(e) = std::fs::create_dir_all(dir).and_then(|()| tempfile::tempfile_in(dir)) {
-                tracing::warn!(
-                    "backup: keeping the set of new blobs in memory ({} cannot take it: {e})",
-                    dir.display()
-                );
+        let mut values: Vec<u128> = self.recent.drain().collect();
+        values.sort_unstable();
+        let mut new = match Frozen::write(dir, values.len(), values.iter().copied().map(Ok)) {
+            Ok(f) => f,
+            // A cache directory that cannot take the first file (not writable, full) costs
+            // memory, not the run.
+            Err(e) if self.files.is_empty() => {
+                tracing::warn!("backup: keeping the set of new blobs in memory: {e}");
+                self.recent.extend(values);
                 self.dir = None;
                 return Ok(());
             }
-        }
-        let mut values: Vec<u128> = self.recent.drain().collect();
-        values.sort_unstable();
-        let mut new = Frozen::write(dir, values.len(), values.into_iter().map(Ok))?;
+            Err(e) => return Err(e),
+        };
+        drop(values);
         // (the set's table is kept: the next one fills the same space)
         while let Some(last) = self.files.last() {
             if last.len > new.len * 2 {

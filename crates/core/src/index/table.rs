@@ -420,10 +420,24 @@ impl Builder {
         if self.rows.is_empty() {
             return Ok(());
         }
-        let file = match spill.file() {
+        let io = |e| Error::io(spill.dir(), e);
+        // stable: among equal ids, the order seen
+        self.rows.sort_by_key(|e| e.id);
+        let mut row = [0u8; ROW];
+        let written = spill.file().and_then(|file| {
+            let mut w = BufWriter::with_capacity(1 << 16, &file);
+            for e in &self.rows {
+                encode(e, &mut row);
+                w.write_all(&row).map_err(io)?;
+            }
+            w.flush().map_err(io)?;
+            drop(w);
+            Ok(file)
+        });
+        let file = match written {
             Ok(f) => f,
-            // A cache directory that cannot be written costs memory, not the run: until a
-            // first file is written, the table can still stay in memory.
+            // A cache directory that cannot take the first file (not writable, full) costs
+            // memory, not the run: until one is written, the table can stay in memory.
             Err(e) if self.runs.is_empty() => {
                 tracing::warn!("index: keeping it all in memory, past --index-memory: {e}");
                 self.spill = None;
@@ -431,17 +445,6 @@ impl Builder {
             }
             Err(e) => return Err(e),
         };
-        let io = |e| Error::io(spill.dir(), e);
-        // stable: among equal ids, the order seen
-        self.rows.sort_by_key(|e| e.id);
-        let mut w = BufWriter::with_capacity(1 << 16, &file);
-        let mut row = [0u8; ROW];
-        for e in &self.rows {
-            encode(e, &mut row);
-            w.write_all(&row).map_err(io)?;
-        }
-        w.flush().map_err(io)?;
-        drop(w);
         self.runs.push(Run {
             file,
             len: self.rows.len(),
