@@ -357,4 +357,20 @@ mod tests {
         }
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
+
+    /// A directory that cannot take the files keeps the set in memory, whole.
+    #[test]
+    fn a_set_that_cannot_spill_stays_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("plain");
+        std::fs::write(&file, b"x").unwrap();
+        let mut s = RunSet::with_limit(Some(file.join("sub")), 100);
+        for n in 0..1000 {
+            assert!(s.insert(&id(n)).unwrap(), "{n}");
+        }
+        assert_eq!(s.file_count(), 0);
+        assert_eq!(s.recent.len(), 1000);
+        assert!((0..1000).all(|n| s.contains(&id(n)).unwrap()));
+        assert!(!s.contains(&id(1000)).unwrap());
+    }
 }

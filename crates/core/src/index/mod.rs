@@ -594,6 +594,21 @@ mod tests {
         }
     }
 
+    /// A spill directory that cannot be made (here: under a plain file) keeps the table in
+    /// memory: the index still answers.
+    #[test]
+    fn a_spill_directory_that_cannot_be_written_keeps_the_table_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("plain");
+        std::fs::write(&file, b"x").unwrap();
+        let mut index = Index::with_spill(Some(Spill::rows(file.join("index"), 3)));
+        let blobs: Vec<(u16, u32)> = (0..100).map(|i| (i, u32::from(i))).collect();
+        index.add_packs([(&pack(1, &blobs), true)]).unwrap();
+        assert!(!index.table_in_file());
+        assert_eq!(index.blob_count(), 100);
+        assert_eq!(index.get(&id(42)).map(|l| l.offset), Some(42));
+    }
+
     /// A table file leaves nothing in its directory, and a budget of 1024 rows keeps 1000
     /// blobs in memory but not 2000.
     #[test]
