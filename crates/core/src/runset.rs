@@ -87,10 +87,16 @@ impl RunSet {
     /// Add blob `id`; whether it was new to the run.
     pub fn insert(&mut self, id: &BlobId) -> Result<bool> {
         let k = self.key(id);
-        if self.holds(k)? {
+        // the files first: a filter says no to a new value without touching memory much, and
+        // then the set is probed once (a frozen value is never in the set again)
+        for f in &self.files {
+            if f.contains(k)? {
+                return Ok(false);
+            }
+        }
+        if !self.recent.insert(k) {
             return Ok(false);
         }
-        self.recent.insert(k);
         if self.recent.len() >= self.max_recent {
             self.freeze()?;
         }
