@@ -141,6 +141,17 @@ fn check_finds_names_and_repair_fixes_damage() {
                 "{target}: affected files are not listed:\n{err}"
             );
         }
+        if matches!(target, "truncate" | "delete") {
+            // without --read-data too: a pack missing or too short is found from the listing,
+            // and the files it held are named (check keeps those packs' ids only)
+            let o = e.run(&["check"]);
+            let err = stderr(&o);
+            assert_eq!(o.status.code(), Some(1), "{target}: check should fail\n{err}");
+            assert!(
+                err.contains(&name[..8]) && err.contains("is damaged:") && err.contains("/f"),
+                "{target}: plain check does not name the pack, snapshots and files:\n{err}"
+            );
+        }
         // repair: rebuild the index, salvage the snapshots, then check passes
         match target {
             "key" => {
