@@ -205,6 +205,9 @@ pub struct Limits {
     /// Reads from the repositories (the job's checks and restore drills) keep under this many
     /// bytes per second (`limit_download = "10M"`).
     pub download: Option<u64>,
+    /// The memory each command's index may take before it goes to files
+    /// (`index_memory = "64M"`, `--index-memory`).
+    pub index_memory: Option<u64>,
 }
 
 /// What to keep in the repositories a job prunes (`forget --keep-*`).
@@ -391,6 +394,7 @@ struct RawJob {
     ionice: Option<Spanned<String>>,
     limit_upload: Option<Spanned<String>>,
     limit_download: Option<Spanned<String>>,
+    index_memory: Option<Spanned<String>>,
     before: Option<String>,
     after: Option<String>,
     retention: Option<Spanned<RawRetention>>,
@@ -740,6 +744,14 @@ impl Checker<'_> {
         };
         let upload = rate(&j.limit_upload, "limit_upload")?;
         let download = rate(&j.limit_download, "limit_download")?;
+        let index_memory = j
+            .index_memory
+            .as_ref()
+            .map(|m| {
+                coffer_core::limit::parse_memory(m.get_ref(), "index_memory")
+                    .map_err(|e| self.at(m.span(), format!("{what}: {e}")))
+            })
+            .transpose()?;
         let mut tags = Vec::new();
         for t in &j.tags {
             if t.get_ref().is_empty() || t.get_ref().contains(',') || t.get_ref().starts_with("job:") {
@@ -918,6 +930,7 @@ impl Checker<'_> {
                 ionice,
                 upload,
                 download,
+                index_memory,
             },
             before: j.before.clone(),
             after: j.after.clone(),

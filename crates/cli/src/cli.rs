@@ -96,7 +96,8 @@ pub struct Global {
     pub limit_download: Option<u64>,
     /// Memory the repository's index may take (default 256M): past it, the index is sorted
     /// into unlinked files under the cache directory and read from there, so a repository
-    /// of tens of millions of blobs fits a small machine. E.g. 64M on a 1 GiB VPS
+    /// of tens of millions of blobs fits a small machine. E.g. 64M on a 1 GiB VPS. A job's
+    /// index_memory sets it
     #[arg(long, env = "COFFER_INDEX_MEMORY", global = true, value_name = "SIZE", value_parser = index_memory_arg)]
     pub index_memory: Option<u64>,
 }
@@ -1283,10 +1284,7 @@ pub fn rate_arg(s: &str) -> Result<u64, String> {
 
 /// The index's memory budget: a size of at least 1 MiB.
 pub fn index_memory_arg(s: &str) -> Result<u64, String> {
-    match coffer_core::limit::parse_size(s, "--index-memory") {
-        Ok(n) if n < 1 << 20 => Err(format!("{s:?} is under 1 MiB; give e.g. 64M")),
-        r => r.map_err(|e| e.to_string()),
-    }
+    coffer_core::limit::parse_memory(s, "--index-memory").map_err(|e| e.to_string())
 }
 
 /// An upload rate, kept as written (a managed job's limit).

@@ -529,15 +529,19 @@ fn init_local(dir: &Path, config: &Path) {
     ok(dir, config, &["--repo-name", "local", "init", "-q"]);
 }
 
-/// A job's transfer limits reach the backend its commands open: `backup --job`, `run` (whose
-/// steps are processes of their own) and `check --job`; a rate on the command line wins, and
-/// a command without a job is not limited. The limiter itself is measured by
+/// A job's transfer limits, and its index memory, reach the repository its commands open:
+/// `backup --job`, `run` (whose steps are processes of their own) and `check --job`; a value
+/// on the command line wins, and a command without a job has no rate limit and the default
+/// index memory. The limiter itself is measured by
 /// scripts/bench-limit; here each command says which limits it opened its repository with.
 #[test]
 fn a_jobs_transfer_limits_reach_the_repository_it_opens() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let config = write_one_job(dir, "limit_upload = \"512K\"\nlimit_download = \"1M\"");
+    let config = write_one_job(
+        dir,
+        "limit_upload = \"512K\"\nlimit_download = \"1M\"\nindex_memory = \"2M\"",
+    );
     init_local(dir, &config);
     let src = dir.join("src");
     let said = |args: &[&str]| -> String {
@@ -551,9 +555,11 @@ fn a_jobs_transfer_limits_reach_the_repository_it_opens() {
     };
     let up = |rate: u64| format!("uploads kept under {rate} bytes/s");
     let down = |rate: u64| format!("downloads kept under {rate} bytes/s");
+    let index = |n: u64| format!("index kept in memory under {n} bytes");
     let e = said(&["--repo-name", "local", "backup", "-q", "--job", "j"]);
     assert!(e.contains(&up(512 << 10)), "{e}");
     assert!(e.contains(&down(1 << 20)), "{e}");
+    assert!(e.contains(&index(2 << 20)), "{e}");
     let e = said(&[
         "--repo-name",
         "local",
@@ -563,15 +569,20 @@ fn a_jobs_transfer_limits_reach_the_repository_it_opens() {
         "j",
         "--limit-upload",
         "2M",
+        "--index-memory",
+        "3M",
     ]);
     assert!(e.contains(&up(2 << 20)) && !e.contains(&up(512 << 10)), "{e}");
+    assert!(e.contains(&index(3 << 20)) && !e.contains(&index(2 << 20)), "{e}");
     let e = said(&["run", "j"]);
     assert!(e.contains(&up(512 << 10)), "the run's backup step: {e}");
+    assert!(e.contains(&index(2 << 20)), "the run's backup step: {e}");
     let e = said(&["--repo-name", "local", "check", "--job", "j"]);
-    assert!(e.contains(&down(1 << 20)), "{e}");
-    // the same repository without the job: no limit
+    assert!(e.contains(&down(1 << 20)) && e.contains(&index(2 << 20)), "{e}");
+    // the same repository without the job: no rate limit, the default index memory
     let e = said(&["--repo-name", "local", "backup", "-q", src.to_str().unwrap()]);
-    assert!(!e.contains("kept under"), "{e}");
+    assert!(!e.contains("bytes/s"), "{e}");
+    assert!(e.contains(&index(256 << 20)), "{e}");
 }
 
 #[test]
@@ -673,6 +684,8 @@ fn broken_configurations_stop_every_command_with_one_line() {
         // a rate without its unit
         (job("limit_upload = \"800\"\n"), ":7:16:", "give a unit"),
         (job("limit_download = \"fast\"\n"), ":7:18:", "limit_download \"fast\""),
+        // an index memory below the floor
+        (job("index_memory = \"100K\"\n"), ":7:16:", "index_memory \"100K\": under 1 MiB"),
         // a bad duration
         (job("schedule = \"0 3 * * *\"\nrandom_delay = \"soon\"\n"), ":8:16:", "random_delay \"soon\""),
         // the same job twice

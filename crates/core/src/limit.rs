@@ -41,6 +41,15 @@ pub fn parse_size(s: &str, what: &str) -> Result<u64> {
     Ok(v as u64)
 }
 
+/// A memory budget (`--index-memory`, a job's `index_memory`): a size of at least 1 MiB.
+pub fn parse_memory(s: &str, what: &str) -> Result<u64> {
+    let n = parse_size(s, what)?;
+    if n < 1 << 20 {
+        return Err(Error::Usage(format!("{what} {s:?}: under 1 MiB; give e.g. 64M")));
+    }
+    Ok(n)
+}
+
 /// An upload rate in bytes per second: `800K`, `10M`, `1.5MiB/s`, `2G/s`. A bare number is
 /// refused (restic and rclone read it as KiB/s, a reader might take bytes or bits); so is
 /// anything under 1 KiB/s, which would take a day per 100 MiB pack.

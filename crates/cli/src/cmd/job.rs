@@ -300,9 +300,12 @@ pub fn check_args(cfg: &Config, g: &mut Global, a: &mut CheckArgs) -> Result<()>
     Ok(())
 }
 
-/// The job's transfer rates (`limit_upload`, `limit_download`) where the command line gave
-/// none.
+/// The job's transfer rates (`limit_upload`, `limit_download`) and index memory
+/// (`index_memory`) where the command line gave none.
 pub fn job_rates(g: &mut Global, job: &Job) {
+    if g.index_memory.is_none() {
+        g.index_memory = job.limits.index_memory;
+    }
     if g.limit_upload.is_none() {
         g.limit_upload = job.limits.upload;
     }

@@ -1091,7 +1091,9 @@ pub fn watch_rollback(
 pub fn index_spill(g: &Global) -> coffer_core::index::Spill {
     const DEFAULT: u64 = 256 << 20;
     let dir = cache_dir().map_or_else(std::env::temp_dir, |d| d.join("index"));
-    coffer_core::index::Spill::new(dir, g.index_memory.unwrap_or(DEFAULT))
+    let memory = g.index_memory.unwrap_or(DEFAULT);
+    tracing::debug!(target: "coffer_limits", "index kept in memory under {memory} bytes");
+    coffer_core::index::Spill::new(dir, memory)
 }
 
 /// Local cache directory: `$COFFER_CACHE_DIR`, else `$XDG_CACHE_HOME/coffer`, else `~/.cache/coffer`.

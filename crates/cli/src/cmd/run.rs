@@ -135,6 +135,9 @@ fn step(
     if let Some(r) = g.limit_download {
         cmd.arg(format!("--limit-download={r}B"));
     }
+    if let Some(m) = g.index_memory {
+        cmd.arg(format!("--index-memory={m}B"));
+    }
     cmd.args(args);
     let child = cmd.spawn().context("starting a coffer step")?;
     CHILD.store(child.id() as i32, Ordering::SeqCst);
