@@ -488,19 +488,13 @@ enum Listings {
 
 impl ListingsWriter {
     fn new(dir: Option<PathBuf>) -> Self {
-        let file =
-            dir.and_then(
-                |d| match std::fs::create_dir_all(&d).and_then(|()| tempfile::tempfile_in(&d)) {
-                    Ok(f) => Some((f, d)),
-                    Err(e) => {
-                        tracing::warn!(
-                            "check: keeping the packs' listings in memory ({}: {e})",
-                            d.display()
-                        );
-                        None
-                    }
-                },
-            );
+        let file = dir.and_then(|d| match crate::spill::unlinked_file(&d) {
+            Ok(f) => Some((f, d)),
+            Err(e) => {
+                tracing::warn!("check: keeping the packs' listings in memory ({e})");
+                None
+            }
+        });
         match file {
             Some((f, d)) => ListingsWriter::File(std::io::BufWriter::with_capacity(1 << 16, f), d, 0),
             None => ListingsWriter::Memory(Vec::new()),

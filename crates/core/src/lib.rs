@@ -35,6 +35,7 @@ mod runset;
 pub mod seen;
 pub mod sendlog;
 pub mod source;
+mod spill;
 pub mod stats;
 pub mod walk;
 pub mod window;

@@ -175,8 +175,7 @@ impl Frozen {
         len: usize,
         values: impl Iterator<Item = Result<u128>>,
     ) -> Result<Frozen> {
-        std::fs::create_dir_all(dir).map_err(io(dir))?;
-        let file = tempfile::tempfile_in(dir).map_err(io(dir))?;
+        let file = crate::spill::unlinked_file(dir)?;
         let blocks = (len * BLOOM_BITS).div_ceil(512).max(1);
         let slots_n = (len / PER_SLOT).max(2);
         let bits = (usize::BITS - 1 - slots_n.leading_zeros()).clamp(1, 24);
@@ -230,9 +229,7 @@ impl Frozen {
             self.file
                 .read_exact_at(buf, (at * 16) as u64)
                 .map_err(io(&self.dir_path))?;
-            let want = v.to_be_bytes();
-            let rows: Vec<&[u8]> = buf.chunks_exact(16).collect();
-            if rows.binary_search_by(|r| (*r).cmp(want.as_slice())).is_ok() {
+            if crate::spill::search(buf, 16, &v.to_be_bytes()).is_some() {
                 return Ok(true);
             }
             at += n;
@@ -242,27 +239,8 @@ impl Frozen {
 
     /// The values, in order.
     fn values(&self) -> impl Iterator<Item = Result<u128>> + '_ {
-        let mut buf = Vec::new();
-        let mut at = 0usize;
-        let mut next = 0usize;
-        std::iter::from_fn(move || {
-            if at == buf.len() {
-                if next == self.len {
-                    return None;
-                }
-                let n = 4096.min(self.len - next);
-                buf.resize(16 * n, 0);
-                if let Err(e) = self.file.read_exact_at(&mut buf, (next * 16) as u64) {
-                    return Some(Err(Error::io(&self.dir_path, e)));
-                }
-                next += n;
-                at = 0;
-            }
-            let mut b = [0u8; 16];
-            b.copy_from_slice(&buf[at..at + 16]);
-            at += 16;
-            Some(Ok(u128::from_be_bytes(b)))
-        })
+        crate::spill::Records::<16>::new(&self.file, self.len)
+            .map(|r| r.map(u128::from_be_bytes).map_err(io(&self.dir_path)))
     }
 }
 

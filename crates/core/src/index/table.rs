@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 
 use coffer_format::{BlobId, BlobKind, Id};
 
+use crate::spill::Records;
 use crate::{Error, Result};
 
 /// The memory the table may take before it moves to a file, and where that file goes.
@@ -58,8 +59,7 @@ impl Spill {
     }
 
     fn file(&self) -> Result<File> {
-        std::fs::create_dir_all(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
-        tempfile::tempfile_in(&self.dir).map_err(|e| Error::io(&self.dir, e))
+        crate::spill::unlinked_file(&self.dir)
     }
 }
 
@@ -194,9 +194,8 @@ impl FileTable {
             let mut buf = [0u8; RUN_READ * ROW];
             let buf = &mut buf[..(hi - lo) * ROW];
             self.read(buf, lo);
-            let rows: Vec<&[u8]> = buf.chunks_exact(ROW).collect();
-            let i = rows.binary_search_by(|r| r[..32].cmp(want)).ok()?;
-            return Some(decode(rows[i]).slot);
+            let i = crate::spill::search(buf, ROW, want)?;
+            return Some(decode(&buf[i * ROW..(i + 1) * ROW]).slot);
         }
         let (mut lo, mut hi) = (lo, hi);
         let mut row = [0u8; ROW];
@@ -257,7 +256,7 @@ impl Table {
     pub fn iter(&self) -> Box<dyn Iterator<Item = Entry> + '_> {
         match self {
             Table::Memory { rows, .. } => Box::new(rows.iter().copied()),
-            Table::File(t) => Box::new(RunReader::new(&t.file, t.len).map(|r| match r {
+            Table::File(t) => Box::new(run_reader(&t.file, t.len).map(|r| match r {
                 Ok(e) => e,
                 Err(e) => panic!("reading the index's table file failed: {e}"),
             })),
@@ -265,49 +264,15 @@ impl Table {
     }
 }
 
-/// Rows of a run or table file, in order, read 64 KiB at a time.
-struct RunReader<'f> {
-    file: &'f File,
-    next: usize,
-    len: usize,
-    buf: Vec<u8>,
-    at: usize,
-}
+/// Rows of a run or table file, in order.
+type RunReader<'f> =
+    std::iter::Map<Records<'f, ROW>, fn(std::io::Result<[u8; ROW]>) -> std::io::Result<Entry>>;
 
-const READ_ROWS: usize = 65536 / ROW;
-
-impl<'f> RunReader<'f> {
-    fn new(file: &'f File, len: usize) -> Self {
-        RunReader {
-            file,
-            next: 0,
-            len,
-            buf: Vec::new(),
-            at: 0,
-        }
+fn run_reader(file: &File, len: usize) -> RunReader<'_> {
+    fn row(r: std::io::Result<[u8; ROW]>) -> std::io::Result<Entry> {
+        r.map(|b| decode(&b))
     }
-}
-
-impl Iterator for RunReader<'_> {
-    type Item = std::io::Result<Entry>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        if self.at == self.buf.len() {
-            if self.next == self.len {
-                return None;
-            }
-            let n = READ_ROWS.min(self.len - self.next);
-            self.buf.resize(n * ROW, 0);
-            if let Err(e) = self.file.read_exact_at(&mut self.buf, (self.next * ROW) as u64) {
-                return Some(Err(e));
-            }
-            self.next += n;
-            self.at = 0;
-        }
-        let e = decode(&self.buf[self.at..self.at + ROW]);
-        self.at += ROW;
-        Some(Ok(e))
-    }
+    Records::new(file, len).map(row as fn(_) -> _)
 }
 
 /// A sorted run written out: its file, row count, and how many merges made it (the runs of
@@ -335,7 +300,7 @@ struct Merged<'r> {
 impl<'r> Merged<'r> {
     fn new(runs: &'r [Run]) -> std::io::Result<Self> {
         let mut m = Merged {
-            readers: runs.iter().map(|r| RunReader::new(&r.file, r.len)).collect(),
+            readers: runs.iter().map(|r| run_reader(&r.file, r.len)).collect(),
             heap: BinaryHeap::with_capacity(runs.len()),
         };
         for i in 0..m.readers.len() {
@@ -395,10 +360,10 @@ impl Builder {
     pub fn push(&mut self, e: Entry) -> Result<()> {
         if self.rows.len() == self.rows.capacity() {
             if let Some(s) = &self.spill {
-                // the whole budget at once (pages untouched cost nothing) rather than growth
-                // by doubling, which would overshoot it
-                self.rows
-                    .reserve_exact(s.max_rows.saturating_sub(self.rows.len()).max(1));
+                // doubling, but never past the budget (plain doubling would overshoot it)
+                let cap = s.max_rows.max(self.rows.len() + 1);
+                let want = (self.rows.len() * 2).max(1024).min(cap);
+                self.rows.reserve_exact(want - self.rows.len());
             }
         }
         self.rows.push(e);
