@@ -368,8 +368,9 @@ fn pack_count(repo: &std::path::Path) -> usize {
 }
 
 /// With `--index-memory` at its floor (1 MiB, ~12,500 blobs), an index of 30,000 blobs is
-/// sorted into a file: backups, restore, check, forget and prune work from it as from memory,
-/// and the file leaves nothing in the cache directory.
+/// sorted into a file: backups, restore, check, forget and prune work from it as from memory
+/// (prune with its packs' listings in a file too), and the files leave nothing in the cache
+/// directory.
 #[test]
 fn an_index_past_its_memory_budget_works_from_a_file() {
     let e = Env::init();
@@ -417,12 +418,35 @@ fn an_index_past_its_memory_budget_works_from_a_file() {
         common::digest_tree(&out.join(src.strip_prefix("/").unwrap())),
         common::digest_tree(&src)
     );
+    // half the tree goes: forgetting the older snapshots leaves packs to drop or repack,
+    // which prune does with its listings in a file, and the index it writes from them serves
+    // the snapshot left
+    for d in 15..30 {
+        fs::remove_dir_all(src.join(format!("d{d:02}"))).unwrap();
+    }
+    let o = small(&["backup", "-q", s]);
+    assert!(o.status.success(), "{}", stderr(&o));
     let o = small(&["forget", "--keep-last", "1"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let o = small(&["prune"]);
+    let o = small(&["prune", "--json"]);
     assert!(o.status.success() && in_file(&o), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("prune: the listings of") && stderr(&o).contains("packs kept in a file"),
+        "{}",
+        stderr(&o)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(report["packs_condemned"].as_u64().unwrap() > 0, "{report}");
+    assert!(report["packs_deleted"].as_u64().unwrap() > 0, "{report}");
     let o = small(&["check", "--read-data"]);
     assert!(o.status.success() && in_file(&o), "{}", stderr(&o));
+    let whole = e.path("whole");
+    let o = small(&["restore", "latest", "--target", whole.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        common::digest_tree(&whole.join(src.strip_prefix("/").unwrap())),
+        common::digest_tree(&src)
+    );
     // after prune, the one snapshot left restores from the rewritten index
     let again = e.path("again");
     let sub = format!("latest:{s}/d00");

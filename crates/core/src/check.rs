@@ -188,7 +188,7 @@ pub fn check(repo: Repository, opts: &CheckOptions, progress: &dyn Progress) -> 
     // Read each index file once, one at a time: the index is built from them (damaged ones
     // reported and left out, so the rest of the check still runs), and each pack's first
     // listing is summed up here (where its envelopes end, how many entries) with its ids
-    // written to a file (`Listings`), read back for the packs that need them (missing ones,
+    // written to a file (`spill::Log`), read back for the packs that need them (missing ones,
     // packs read whole): nothing here keeps every entry in memory.
     let mut listed: HashMap<PackId, Listed> = HashMap::new();
     let mut index = repo.new_index();
@@ -199,7 +199,7 @@ pub fn check(repo: Repository, opts: &CheckOptions, progress: &dyn Progress) -> 
     let mut removed_by_server: HashSet<PackId> = HashSet::new();
     let index_files = backend.list(FileKind::Index)?;
     let mut unreadable = Vec::new();
-    let mut listings = ListingsWriter::new(repo.spill_dir());
+    let mut listings = crate::spill::Log::new(repo.spill_dir(), "check's listing of the packs");
     let reads_data = !matches!(opts.read_data, None | Some(ReadData::None));
     let mut listing_failed: Option<Error> = None;
     let files = index_files.iter().filter_map(|f| {
@@ -224,7 +224,8 @@ pub fn check(repo: Repository, opts: &CheckOptions, progress: &dyn Progress) -> 
                 // ids are kept only where they may be needed: packs read whole, and packs
                 // missing from storage or shorter than their entries need (reported below)
                 let needed = reads_data || stored.get(&p.id).is_none_or(|size| end + 4 > *size);
-                let at = match needed.then(|| listings.append(&p.entries)) {
+                let ids: Vec<u8> = p.entries.iter().flat_map(|e| *e.id.as_bytes()).collect();
+                let at = match needed.then(|| listings.append(&ids)) {
                     Some(Ok(at)) => Some(at),
                     Some(Err(e)) => {
                         listing_failed.get_or_insert(e);
@@ -250,7 +251,6 @@ pub fn check(repo: Repository, opts: &CheckOptions, progress: &dyn Progress) -> 
     if let Some(e) = listing_failed {
         return Err(e);
     }
-    let listings = listings.finish()?;
     for (name, e) in unreadable {
         r.errors.push(format!("index/{name}: {e}"));
         r.damaged.push(format!("index/{name}"));
@@ -301,7 +301,7 @@ pub fn check(repo: Repository, opts: &CheckOptions, progress: &dyn Progress) -> 
     let mut verified = load_verified(&cache);
     let mut bad_blobs: HashSet<BlobId> = HashSet::new();
     for p in &missing_packs {
-        bad_blobs.extend(listings.read(&listed[p])?);
+        bad_blobs.extend(listed_ids(&listings, &listed[p])?);
     }
     let mut candidates: Vec<PackId> = listed
         .keys()
@@ -327,7 +327,7 @@ pub fn check(repo: Repository, opts: &CheckOptions, progress: &dyn Progress) -> 
     };
     let parity_on = repo.config().parity > 0;
     for p in &selected {
-        let listed_here = listings.read(&listed[p])?;
+        let listed_here = listed_ids(&listings, &listed[p])?;
         progress.item(std::path::Path::new(&p.to_hex()));
         let mut outcome = backend
             .read(FileKind::Pack, &p.to_hex())
@@ -469,95 +469,28 @@ pub fn check(repo: Repository, opts: &CheckOptions, progress: &dyn Progress) -> 
 struct Listed {
     /// Where its envelopes end (a member's end is a place in its bundle's bytes).
     end: u64,
-    /// Where its ids start in the [`Listings`], if they were kept, and how many there are.
+    /// Where its ids start in check's log of listings, if they were kept, and how many there
+    /// are.
     at: Option<u64>,
     entries: u64,
 }
 
-/// The ids of each pack's first listing, one after the other: in an unlinked file under the
-/// spill directory (in memory without one, or where no file can be made there).
-enum ListingsWriter {
-    File(std::io::BufWriter<std::fs::File>, PathBuf, u64),
-    Memory(Vec<BlobId>),
-}
-
-enum Listings {
-    File(std::fs::File, PathBuf),
-    Memory(Vec<BlobId>),
-}
-
-impl ListingsWriter {
-    fn new(dir: Option<PathBuf>) -> Self {
-        let file = dir.and_then(|d| match crate::spill::unlinked_file(&d) {
-            Ok(f) => Some((f, d)),
-            Err(e) => {
-                tracing::warn!("check: keeping the packs' listings in memory ({e})");
-                None
-            }
-        });
-        match file {
-            Some((f, d)) => ListingsWriter::File(std::io::BufWriter::with_capacity(1 << 16, f), d, 0),
-            None => ListingsWriter::Memory(Vec::new()),
-        }
-    }
-
-    /// Append the ids of `entries`; where they start.
-    fn append(&mut self, entries: &[coffer_format::PackEntry]) -> Result<u64> {
-        match self {
-            ListingsWriter::File(w, dir, n) => {
-                use std::io::Write;
-                let at = *n;
-                for e in entries {
-                    w.write_all(e.id.as_bytes()).map_err(|e| Error::io(&*dir, e))?;
-                }
-                *n += entries.len() as u64;
-                Ok(at)
-            }
-            ListingsWriter::Memory(v) => {
-                let at = v.len() as u64;
-                v.extend(entries.iter().map(|e| e.id));
-                Ok(at)
-            }
-        }
-    }
-
-    fn finish(self) -> Result<Listings> {
-        Ok(match self {
-            ListingsWriter::File(w, dir, _) => {
-                let f = w.into_inner().map_err(|e| Error::io(&dir, e.into_error()))?;
-                Listings::File(f, dir)
-            }
-            ListingsWriter::Memory(v) => Listings::Memory(v),
+/// The ids of a pack's first listing, as [`Listed::at`] says where (appended to `log`).
+fn listed_ids(log: &crate::spill::Log, l: &Listed) -> Result<Vec<BlobId>> {
+    let Some(at) = l.at else {
+        return Err(Error::Invalid(
+            "check: a pack's listing was needed but not kept (a bug)".into(),
+        ));
+    };
+    Ok(log
+        .read(at, l.entries as usize * 32)?
+        .chunks_exact(32)
+        .map(|c| {
+            let mut b = [0u8; 32];
+            b.copy_from_slice(c);
+            BlobId(Id(b))
         })
-    }
-}
-
-impl Listings {
-    /// The ids of a pack's first listing.
-    fn read(&self, l: &Listed) -> Result<Vec<BlobId>> {
-        let Some(at) = l.at else {
-            return Err(Error::Invalid(
-                "check: a pack's listing was needed but not kept (a bug)".into(),
-            ));
-        };
-        match self {
-            Listings::File(f, dir) => {
-                use std::os::unix::fs::FileExt;
-                let mut buf = vec![0u8; l.entries as usize * 32];
-                f.read_exact_at(&mut buf, at * 32)
-                    .map_err(|e| Error::io(dir, e))?;
-                Ok(buf
-                    .chunks_exact(32)
-                    .map(|c| {
-                        let mut b = [0u8; 32];
-                        b.copy_from_slice(c);
-                        BlobId(Id(b))
-                    })
-                    .collect())
-            }
-            Listings::Memory(v) => Ok(v[at as usize..(at + l.entries) as usize].to_vec()),
-        }
-    }
+        .collect())
 }
 
 /// Check one tree and everything below it; returns whether it is intact.

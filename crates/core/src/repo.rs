@@ -472,31 +472,45 @@ impl Repository {
     /// the old files next to some new ones, which list the same packs again (harmless; the
     /// next prune writes them once).
     pub fn save_index_split(&self, supersedes: Vec<IndexId>, packs: Vec<IndexPack>) -> Result<Vec<IndexId>> {
-        let mut chunks: Vec<Vec<IndexPack>> = vec![Vec::new()];
+        self.save_index_streamed(supersedes, packs.into_iter().map(Ok))
+    }
+
+    /// [`Repository::save_index_split`] from packs read one at a time (prune reads them back
+    /// from a file): at most one file's worth of listings in memory. An error from `packs`
+    /// stops it before the last file, the one naming `supersedes`, is written.
+    pub fn save_index_streamed(
+        &self,
+        supersedes: Vec<IndexId>,
+        packs: impl IntoIterator<Item = Result<IndexPack>>,
+    ) -> Result<Vec<IndexId>> {
+        let mut ids = Vec::new();
+        let mut chunk: Vec<IndexPack> = Vec::new();
         let mut entries = 0;
         for p in packs {
+            let p = p?;
             let n = p.entries.len();
-            if entries + n > crate::packer::INDEX_ENTRIES && chunks.last().is_some_and(|c| !c.is_empty()) {
-                chunks.push(Vec::new());
+            if entries + n > crate::packer::INDEX_ENTRIES && !chunk.is_empty() {
+                let packs = std::mem::take(&mut chunk);
+                ids.push(
+                    self.save_index(&IndexFile {
+                        supersedes: Vec::new(),
+                        packs,
+                    })?
+                    .0,
+                );
                 entries = 0;
             }
             entries += n;
-            if let Some(c) = chunks.last_mut() {
-                c.push(p);
-            }
+            chunk.push(p);
         }
-        let n = chunks.len();
-        let mut supersedes = supersedes;
-        let mut ids = Vec::with_capacity(n);
-        for (i, packs) in chunks.into_iter().enumerate() {
-            // the last file names what it supersedes
-            let supersedes = if i + 1 == n {
-                std::mem::take(&mut supersedes)
-            } else {
-                Vec::new()
-            };
-            ids.push(self.save_index(&IndexFile { supersedes, packs })?.0);
-        }
+        // the last file names what it supersedes
+        ids.push(
+            self.save_index(&IndexFile {
+                supersedes,
+                packs: chunk,
+            })?
+            .0,
+        );
         Ok(ids)
     }
 

@@ -170,7 +170,14 @@ impl World {
             grace_secs: 0,
             dry_run: false,
         };
-        let open = || Repository::open(self.b.clone(), self.full.as_bytes()).unwrap();
+        // (prune keeps its packs' listings in a file under the spill directory, as the CLI's
+        // prune does; the core's other prune tests keep them in memory)
+        let spill = self.cache.join("spill");
+        let open = || {
+            let mut r = Repository::open(self.b.clone(), self.full.as_bytes()).unwrap();
+            r.set_index_spill(Some(coffer_core::index::Spill::new(&spill, 0)));
+            r
+        };
         // a garbage index file stops prune before it deletes anything; the operator then runs
         // `repair index` (every pack verified whole) and prunes again
         let first = prune(open(), &opts, &Trace);

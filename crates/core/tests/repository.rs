@@ -845,6 +845,25 @@ fn a_whole_listing_is_split_into_index_files_of_bounded_size() {
         .save_index_split(vec![old], vec![])
         .unwrap();
     assert_eq!(none.len(), 1);
+    // an error part-way (prune reads the packs back from a file) stops before the file that
+    // names what it supersedes
+    let b2 = MemoryBackend::new();
+    let repo2 = init(&b2);
+    let streamed = repo2.save_index_streamed(
+        vec![old],
+        packs
+            .iter()
+            .take(2)
+            .cloned()
+            .map(Ok)
+            .chain([Err(coffer_core::Error::Invalid("unreadable".into()))]),
+    );
+    assert!(streamed.is_err());
+    let written = b2.list(FileKind::Index);
+    assert_eq!(written.len(), 1, "the first pack's file only");
+    for name in written {
+        assert_eq!(repo2.load_index_file(&name).unwrap().supersedes, vec![]);
+    }
 }
 
 /// `repair index` writes a listing larger than one index file as several, removes the files

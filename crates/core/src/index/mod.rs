@@ -111,9 +111,15 @@ impl Index {
     /// location seen for a blob stays primary, each pack vouched for as given), but into the
     /// sorted table: ~60 bytes per blob instead of a hash map's 60–120, or a file past the
     /// memory budget (prune adds every pack of the repository this way).
-    pub fn add_packs<'a>(&mut self, packs: impl IntoIterator<Item = (&'a IndexPack, bool)>) -> Result<()> {
+    ///
+    /// The packs are taken one at a time, as [`Index::add_files`] takes files.
+    pub fn add_packs<P: std::borrow::Borrow<IndexPack>>(
+        &mut self,
+        packs: impl IntoIterator<Item = (P, bool)>,
+    ) -> Result<()> {
         let mut rows = Builder::new(self.spill.clone(), std::mem::take(&mut self.table))?;
         for (p, vouched) in packs {
+            let p = p.borrow();
             let pos = self.bulk_position_of(&p.id)?;
             self.vouched[pos as usize] |= vouched;
             for (id, slot) in slots(pos, &p.entries) {
@@ -241,6 +247,20 @@ impl Index {
     /// The pack at a position [`Index::pack_position`] returned.
     pub fn pack_at(&self, pos: u32) -> PackId {
         self.packs[pos as usize]
+    }
+
+    /// The row of blob `id` in the table of bulk-loaded blobs: a number under
+    /// [`Index::table_rows`], the same for the same blob until the next bulk load
+    /// ([`Index::add_files`], [`Index::add_packs`]) rebuilds the table. Lets a caller keep
+    /// a bit or a number per blob in an array instead of a map keyed by 32-byte ids. `None`
+    /// for a blob the table does not hold (unknown, or added a pack at a time).
+    pub fn table_row(&self, id: &BlobId) -> Option<usize> {
+        self.table.find_row(id).map(|(row, _)| row)
+    }
+
+    /// How many rows the table of bulk-loaded blobs has.
+    pub fn table_rows(&self) -> usize {
+        self.table.len()
     }
 
     pub fn contains(&self, id: &BlobId) -> bool {
@@ -519,6 +539,15 @@ mod tests {
                     .collect();
                 prop_assert_eq!(positions.len(), index.locations(&id(n)).len());
             }
+            // table rows: one distinct number under table_rows per blob the table holds, in
+            // id order (the blobs added a pack at a time have none)
+            let rows: Vec<(BlobId, usize)> = model
+                .keys()
+                .filter_map(|i| index.table_row(i).map(|r| (*i, r)))
+                .collect();
+            prop_assert_eq!(rows.len(), index.table_rows());
+            prop_assert!(rows.iter().enumerate().all(|(n, (_, r))| *r == n));
+            prop_assert_eq!(rows.len() + index.added.len(), model.len());
             let listed: BTreeMap<BlobId, (PackId, u32)> =
                 index.iter().map(|(i, l)| (i, (l.pack, l.offset))).collect();
             let primaries: BTreeMap<BlobId, (PackId, u32)> = model.iter().map(|(i, l)| (*i, l[0])).collect();

@@ -186,7 +186,8 @@ impl FileTable {
         }
     }
 
-    fn find(&self, id: &BlobId) -> Option<Slot> {
+    /// The row of blob `id`, with its slot.
+    fn find(&self, id: &BlobId) -> Option<(usize, Slot)> {
         let p = prefix(id, self.bits);
         let (lo, hi) = (self.dir[p] as usize, self.dir[p + 1] as usize);
         let want = id.as_bytes().as_slice();
@@ -195,7 +196,7 @@ impl FileTable {
             let buf = &mut buf[..(hi - lo) * ROW];
             self.read(buf, lo);
             let i = crate::spill::search(buf, ROW, want)?;
-            return Some(decode(&buf[i * ROW..(i + 1) * ROW]).slot);
+            return Some((lo + i, decode(&buf[i * ROW..(i + 1) * ROW]).slot));
         }
         let (mut lo, mut hi) = (lo, hi);
         let mut row = [0u8; ROW];
@@ -205,7 +206,7 @@ impl FileTable {
             match row[..32].cmp(want) {
                 std::cmp::Ordering::Less => lo = mid + 1,
                 std::cmp::Ordering::Greater => hi = mid,
-                std::cmp::Ordering::Equal => return Some(decode(&row).slot),
+                std::cmp::Ordering::Equal => return Some((mid, decode(&row).slot)),
             }
         }
         None
@@ -239,14 +240,23 @@ impl Table {
     }
 
     pub fn find(&self, id: &BlobId) -> Option<Slot> {
+        self.find_row(id).map(|(_, s)| s)
+    }
+
+    /// The row of blob `id` (rows are numbered in id order from 0 to [`Table::len`]), with
+    /// its slot.
+    pub fn find_row(&self, id: &BlobId) -> Option<(usize, Slot)> {
         match self {
             Table::Memory { rows, dir, bits } => {
                 if rows.is_empty() {
                     return None;
                 }
                 let p = prefix(id, *bits);
-                let run = &rows[dir[p] as usize..dir[p + 1] as usize];
-                run.binary_search_by(|e| e.id.cmp(id)).ok().map(|i| run[i].slot)
+                let lo = dir[p] as usize;
+                let run = &rows[lo..dir[p + 1] as usize];
+                run.binary_search_by(|e| e.id.cmp(id))
+                    .ok()
+                    .map(|i| (lo + i, run[i].slot))
             }
             Table::File(t) => t.find(id),
         }

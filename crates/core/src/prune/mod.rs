@@ -18,13 +18,24 @@
 //! every other condemned pack is deleted, then the mark.
 //!
 //! Any listing or read error, anywhere, aborts the run before anything is deleted.
+//!
+//! Memory: every pack's listing is kept in a file ([`listing`]), and what prune notes per
+//! blob is kept in arrays over the index table's rows ([`blobs`]); with the index's table past
+//! its budget in a file too, prune's memory does not grow with the number of blobs beyond a
+//! few bytes each.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+mod blobs;
+mod listing;
+
+use std::collections::{HashMap, HashSet};
 
 use coffer_format::{
     envelopes, BlobId, BlobKind, Id, IndexFile, IndexId, IndexPack, NodeKind, PackEntry, PackId, Place,
     SnapshotId,
 };
+
+use blobs::{row, BlobNumbers, BlobSet};
+use listing::Listings;
 use serde::{Deserialize, Serialize};
 
 use crate::backend::{Backend, FileKind};
@@ -89,14 +100,14 @@ pub fn condemned_packs(backend: &dyn Backend) -> Result<HashSet<PackId>> {
 
 /// What the snapshots use, and the index that was read to find out.
 struct Usage {
-    /// Every blob (data and tree) some snapshot references.
-    used: HashSet<BlobId>,
+    /// Every blob (data and tree) some snapshot references, over the rows of the repository's
+    /// index as [`usage`] left it.
+    used: BlobSet,
     snapshots: Vec<SnapshotId>,
-    /// The index files read, and every pack they list (each pack once).
+    /// The index files read, and every pack they list (each pack once, with whether a vouched
+    /// file lists it or it was verified here), and the condemned packs no file lists.
     index_files: Vec<IndexId>,
-    packs: BTreeMap<PackId, IndexPack>,
-    /// Those packs that no vouched index file lists (and that were not verified here).
-    unvouched: BTreeSet<PackId>,
+    listings: Listings,
     /// Packs verified whole here because only unvouched files listed them.
     vouched_now: Vec<PackId>,
 }
@@ -115,7 +126,7 @@ fn usage(
     // after listing the snapshots finds everything they reference. A snapshot committed in a
     // race with a prune may still point into condemned packs that are listed nowhere yet, so
     // those packs' headers are added too (they exist until a sweep deletes them).
-    let (index_files, mut packs, mut unvouched) = read_index_files(repo)?;
+    let (index_files, mut listings) = read_index_files(repo)?;
     let mut vouched_now = Vec::new();
     // (`sizes`: the caller's listing of the packs in storage, not listed again here)
     if let Some((progress, sizes)) = verify {
@@ -126,7 +137,8 @@ fn usage(
                 p.short()
             ))
         };
-        for p in unvouched.clone() {
+        let unvouched: Vec<PackId> = listings.packs().filter(|(_, v)| !v).map(|(p, _)| p).collect();
+        for p in unvouched {
             // (as for orphans: no backup writes a larger pack, and a header that does not open
             // spares reading the rest)
             match sizes.get(&p) {
@@ -147,8 +159,7 @@ fn usage(
             }
             match repo.verify_pack(&p) {
                 Ok(entries) => {
-                    packs.insert(p, IndexPack { id: p, entries });
-                    unvouched.remove(&p);
+                    listings.set_verified(&p, &entries)?;
                     vouched_now.push(p);
                 }
                 Err(e) if e.category() == crate::Category::Integrity => unverified(&p, e.to_string()),
@@ -158,14 +169,11 @@ fn usage(
             }
         }
     }
-    let mut index = repo.new_index();
-    index.add_packs(packs.values().map(|p| (p, !unvouched.contains(&p.id))))?;
-    *repo.index_mut() = index;
     for (_, m) in list_marks(&**repo.backend())? {
         for p in m.packs {
-            if !repo.index().contains_pack(&p) {
+            if !listings.knows(&p) {
                 match header_unless_garbage(repo, &p) {
-                    Ok(Some(entries)) => repo.index_mut().add_pack(&IndexPack { id: p, entries }, false),
+                    Ok(Some(entries)) => listings.add_header(&p, &entries)?,
                     // (the sweep leaves garbage in place and says so)
                     Ok(None) => {}
                     Err(Error::Backend(e)) if e.is_not_found() => {}
@@ -174,7 +182,22 @@ fn usage(
             }
         }
     }
-    let mut used = HashSet::new();
+    // one bulk load: the listed packs in id order, then the condemned ones from their
+    // headers (unvouched), whose blobs stay primary where a listed pack holds them too
+    let mut index = repo.new_index();
+    let mut unreadable = None;
+    index.add_packs(listings.all().map_while(|r| match r {
+        Ok(p) => Some(p),
+        Err(e) => {
+            unreadable = Some(e);
+            None
+        }
+    }))?;
+    if let Some(e) = unreadable {
+        return Err(e);
+    }
+    *repo.index_mut() = index;
+    let mut used = BlobSet::new(repo.index());
     for (id, s) in &snaps {
         collect_tree(repo, s.tree, &mut used)
             .map_err(|e| Error::Invalid(format!("snapshot {}: {e}", id.short())))?;
@@ -183,65 +206,33 @@ fn usage(
         used,
         snapshots: snaps.into_iter().map(|(id, _)| id).collect(),
         index_files,
-        packs,
-        unvouched,
+        listings,
         vouched_now,
     })
 }
 
-/// Read every index file: the files' ids, every pack's entries (each pack once, with every
-/// entry any file lists for it: a file that lists a pack with fewer entries, written by a
-/// stolen write-only key to hide a real copy, hides nothing) and the packs no vouched file
-/// lists. A pack a vouched file lists takes its entries from vouched files only.
-type IndexListing = (Vec<IndexId>, BTreeMap<PackId, IndexPack>, BTreeSet<PackId>);
-fn read_index_files(repo: &Repository) -> Result<IndexListing> {
+/// Read every index file: the files' ids and every pack's entries (see
+/// [`Listings::add_listed`]: a pack a vouched file lists takes its entries from vouched files
+/// only, and the listings of a pack are united), one file at a time.
+fn read_index_files(repo: &Repository) -> Result<(Vec<IndexId>, Listings)> {
     let mut files = Vec::new();
-    let mut loaded = Vec::new();
+    let mut listings = Listings::new(repo.spill_dir());
     for f in repo.backend().list(FileKind::Index)? {
-        loaded.push(repo.load_index_file_vouched(&f.name)?);
+        let (file, vouched) = repo.load_index_file_vouched(&f.name)?;
         files.push(IndexId(
             Id::from_hex(&f.name).map_err(|e| Error::format("index/", e))?,
         ));
-    }
-    let vouched: HashSet<PackId> = loaded
-        .iter()
-        .filter(|(_, v)| *v)
-        .flat_map(|(f, _)| f.packs.iter().map(|p| p.id))
-        .collect();
-    let mut packs: BTreeMap<PackId, IndexPack> = BTreeMap::new();
-    for (file, file_vouched) in loaded {
-        for p in file.packs {
-            if !file_vouched && vouched.contains(&p.id) {
-                continue;
-            }
-            match packs.entry(p.id) {
-                std::collections::btree_map::Entry::Vacant(v) => {
-                    v.insert(p);
-                }
-                std::collections::btree_map::Entry::Occupied(mut o) if o.get().entries != p.entries => {
-                    union_entries(o.get_mut(), p.entries)
-                }
-                std::collections::btree_map::Entry::Occupied(_) => {}
-            }
+        for p in &file.packs {
+            listings.add_listed(p, vouched)?;
         }
     }
-    let unvouched = packs.keys().filter(|p| !vouched.contains(p)).copied().collect();
-    Ok((files, packs, unvouched))
-}
-
-/// Add to `pack` the envelopes of `entries` it does not list yet (a bundle with its members).
-fn union_entries(pack: &mut IndexPack, entries: Vec<PackEntry>) {
-    let known: HashSet<(u8, BlobId, u32)> = pack
-        .entries
-        .iter()
-        .map(|e| (e.place as u8, e.id, e.offset))
-        .collect();
-    for (e, members) in envelopes(&entries) {
-        if !known.contains(&(e.place as u8, e.id, e.offset)) {
-            pack.entries.push(*e);
-            pack.entries.extend(members.iter().copied());
-        }
-    }
+    tracing::debug!(
+        target: "coffer_index",
+        "prune: the listings of {} packs kept in {}",
+        listings.len(),
+        if listings.in_file() { "a file" } else { "memory" }
+    );
+    Ok((files, listings))
 }
 
 /// A pack's header, or `None` when what is stored under the pack's name does not open as one
@@ -270,13 +261,16 @@ enum Keep {
 /// object withheld) aborts prune, as every other read error does.
 fn verified_copies(
     repo: &IndexedRepository,
-    used: &HashSet<BlobId>,
+    used: &BlobSet,
     condemned: &HashSet<PackId>,
     progress: &dyn Progress,
 ) -> Result<HashMap<BlobId, Keep>> {
     let index = repo.index();
     let mut out = HashMap::new();
-    for id in index.with_alternatives().filter(|id| used.contains(id)) {
+    for id in index
+        .with_alternatives()
+        .filter(|id| used.contains(row(index, id)))
+    {
         let mut candidates: Vec<_> = index
             .locations(id)
             .into_iter()
@@ -566,12 +560,12 @@ fn mark(
     // is the running backup's, not an orphan. (Such a pack's blobs were not verified above
     // when only unvouched index files list it: it stays unvouched.)
     if usage_now
-        .packs
-        .keys()
-        .any(|p| !stored.contains_key(p) && !already.contains(p))
+        .listings
+        .packs()
+        .any(|(p, _)| !stored.contains_key(&p) && !already.contains(&p))
     {
         for (id, size) in list_packs()? {
-            if usage_now.packs.contains_key(&id) {
+            if usage_now.listings.is_listed(&id) {
                 stored.entry(id).or_insert(size);
             }
         }
@@ -580,13 +574,14 @@ fn mark(
         used,
         snapshots: snap_ids,
         index_files,
-        packs,
-        unvouched,
+        listings,
         vouched_now,
     } = usage_now;
+    // the packs no vouched index file lists and that did not verify here
+    let unvouched: HashSet<PackId> = listings.packs().filter(|(_, v)| !v).map(|(p, _)| p).collect();
     report.packs_vouched = vouched_now.len();
     report.packs_unverified = unvouched.len();
-    if snap_ids.is_empty() && !packs.is_empty() {
+    if snap_ids.is_empty() && !listings.is_empty() {
         return Err(Error::Invalid(
             "the snapshot listing is empty but the index lists data; refusing to condemn everything \
              (if every snapshot was really forgotten, delete the repository instead; prune deleted nothing)"
@@ -598,7 +593,7 @@ fn mark(
     report.packs = stored.len();
     report.packs_unindexed = stored
         .keys()
-        .filter(|p| !packs.contains_key(p) && !already.contains(p))
+        .filter(|p| !listings.is_listed(p) && !already.contains(p))
         .count();
 
     // A blob counts as used in one pack only; other copies are unused. The pack each used
@@ -606,14 +601,14 @@ fn mark(
     // in several packs, which is kept where a copy verifies (an index file or pack header is
     // no proof: a forged pack or a lying index file must never make prune drop the real one).
     let verified = verified_copies(repo, &used, &already, progress)?;
-    // (by the pack's place in `order`, not its 32-byte id: one entry per used blob, ~470 MB
-    // less at 11 million blobs)
-    let order: Vec<PackId> = packs.keys().copied().collect();
-    let mut canonical: HashMap<BlobId, u32> = HashMap::new();
+    // (by the pack's place in `order`, not its 32-byte id, in an array over the index's rows)
+    let order: Vec<PackId> = listings.packs().map(|(p, _)| p).collect();
+    let index = repo.index();
+    let mut canonical = BlobNumbers::new(index);
     let mut drop = Vec::new();
     let mut partial: Vec<(PackId, u64, u64)> = Vec::new(); // pack, used bytes, unused bytes
-    let mut total = 0u64;
-    for (at, (id, p)) in (0u32..).zip(&packs) {
+    let (mut total, mut dropped) = (0u64, 0u64);
+    for (at, id) in (0u32..).zip(&order) {
         if already.contains(id) {
             continue;
         }
@@ -623,22 +618,24 @@ fn mark(
                 "listed in the index but missing from storage; run `coffer repair index` (prune deleted nothing)",
             ));
         }
+        let p = listings.pack(id)?;
         let (mut u, mut x) = (0u64, 0u64);
         // a bundle's envelope counts as used in the share of its bytes its used members hold
         for (e, members) in envelopes(&p.entries) {
             let (mut any, mut raw) = (false, 0u64);
             for b in blobs_of(e, members) {
+                let r = row(index, &b.id);
                 let everywhere = verified.get(&b.id) == Some(&Keep::Everywhere);
-                if everywhere && used.contains(&b.id) {
+                if everywhere && used.contains(r) {
                     // no copy verified: every pack that lists it keeps it
-                    canonical.entry(b.id).or_insert(at);
+                    canonical.set_if_none(r, at);
                     (any, raw) = (true, raw + b.raw_length as u64);
                     report.blobs_used += 1;
-                } else if used.contains(&b.id)
-                    && !canonical.contains_key(&b.id)
+                } else if used.contains(r)
+                    && canonical.get(r).is_none()
                     && verified.get(&b.id).is_none_or(|v| *v == Keep::In(*id))
                 {
-                    canonical.insert(b.id, at);
+                    canonical.set_if_none(r, at);
                     (any, raw) = (true, raw + b.raw_length as u64);
                     report.blobs_used += 1;
                 } else {
@@ -657,6 +654,7 @@ fn mark(
         report.bytes_unused += x;
         if u == 0 {
             drop.push(*id);
+            dropped += x;
         } else if x > 0 && !unvouched.contains(id) {
             // (a pack that did not verify is kept whole: copying its envelopes into a new pack
             // would vouch for what nobody verified)
@@ -665,15 +663,7 @@ fn mark(
     }
     // Repack the emptiest packs until the unused share is at most max_unused.
     let mut unused_left: u64 = partial.iter().map(|p| p.2).sum();
-    let kept_total = total
-        - drop
-            .iter()
-            .map(|p| {
-                envelopes(&packs[p].entries)
-                    .map(|(e, _)| e.length as u64)
-                    .sum::<u64>()
-            })
-            .sum::<u64>();
+    let kept_total = total - dropped;
     partial.sort_by(|a, b| (b.2 * a.1.max(1)).cmp(&(a.2 * b.1.max(1))).then(a.0.cmp(&b.0)));
     let mut repack = Vec::new();
     for (id, _, x) in partial {
@@ -690,7 +680,10 @@ fn mark(
     }
     if drop.is_empty() && repack.is_empty() {
         // nothing to condemn, but what was verified is written down, vouched
-        let vouched: Vec<IndexPack> = vouched_now.iter().filter_map(|p| packs.get(p).cloned()).collect();
+        let vouched: Vec<IndexPack> = vouched_now
+            .iter()
+            .map(|p| listings.pack(p))
+            .collect::<Result<_>>()?;
         if !vouched.is_empty() {
             repo.save_index_split(vec![], vouched)?;
         }
@@ -702,8 +695,9 @@ fn mark(
     let (copies, rebundled) = {
         let r: &IndexedRepository = repo;
         let keep = |pack: &PackId, b: &PackEntry| {
-            used.contains(&b.id)
-                && (canonical.get(&b.id).map(|&at| &order[at as usize]) == Some(pack)
+            let b_row = row(r.index(), &b.id);
+            used.contains(b_row)
+                && (canonical.get(b_row).map(|at| &order[at as usize]) == Some(pack)
                     || verified.get(&b.id) == Some(&Keep::Everywhere))
         };
         std::thread::scope(|s| -> Result<(Vec<SealedCopy>, PackerStats)> {
@@ -727,20 +721,26 @@ fn mark(
     };
     let first = write_mark(&*backend, &m)?;
     let gone: HashSet<PackId> = condemned.into_iter().collect();
-    let (mut keep, unverified): (Vec<IndexPack>, Vec<IndexPack>) = packs
-        .into_values()
-        .filter(|p| !gone.contains(&p.id))
-        .partition(|p| !unvouched.contains(&p.id));
-    keep.extend(new_packs);
     // what did not verify is passed on as it was listed, unvouched, before the vouched file
     // that supersedes every file read (a crash between the two loses no listing)
+    let unverified: Vec<IndexPack> = order
+        .iter()
+        .filter(|p| !gone.contains(p) && unvouched.contains(p))
+        .map(|p| listings.pack(p))
+        .collect::<Result<_>>()?;
     if !unverified.is_empty() {
         repo.save_index_unvouched(&IndexFile {
             supersedes: vec![],
             packs: unverified,
         })?;
     }
-    repo.save_index_split(index_files.clone(), keep)?;
+    // the rest, read back one pack at a time, and the new packs
+    let keep = order
+        .iter()
+        .filter(|p| !gone.contains(p) && !unvouched.contains(p))
+        .map(|p| listings.pack(p))
+        .chain(new_packs.into_iter().map(Ok));
+    repo.save_index_streamed(index_files.clone(), keep)?;
     for f in &index_files {
         match backend.remove(FileKind::Index, &f.to_hex()) {
             Err(e) if !e.is_not_found() => return Err(e.into()),
@@ -766,7 +766,7 @@ fn mark(
                 }
             }
         }
-        let mut late_used = HashSet::new();
+        let mut late_used = BlobSet::new(repo.index());
         for id in &late {
             let s = repo.load_snapshot(id)?;
             collect_tree(repo, s.tree, &mut late_used)?;
@@ -776,7 +776,10 @@ fn mark(
             let Some(entries) = header_unless_garbage(repo, p)? else {
                 continue;
             };
-            if entries.iter().any(|e| late_used.contains(&e.id)) {
+            if entries
+                .iter()
+                .any(|e| late_used.contains(row(repo.index(), &e.id)))
+            {
                 relist.push(IndexPack { id: *p, entries });
             }
         }
@@ -844,14 +847,18 @@ fn blobs_of<'a>(envelope: &'a PackEntry, members: &'a [PackEntry]) -> &'a [PackE
     }
 }
 
-fn collect_tree(repo: &IndexedRepository, root: BlobId, used: &mut HashSet<BlobId>) -> Result<()> {
+/// Note every blob of the tree `root` in `used` (made for the repository's index as it is).
+fn collect_tree(repo: &IndexedRepository, root: BlobId, used: &mut BlobSet) -> Result<()> {
+    let index = repo.index();
     let mut stack = vec![root];
     while let Some(t) = stack.pop() {
-        if !used.insert(t) {
+        if !used.insert(row(index, &t)) {
             continue;
         }
         for n in repo.load_tree(&t)?.nodes {
-            used.extend(n.content.iter().copied());
+            for c in &n.content {
+                used.insert(row(index, c));
+            }
             if let (NodeKind::Dir, Some(sub)) = (n.kind, n.subtree) {
                 stack.push(sub);
             }
@@ -926,7 +933,7 @@ fn sweep(
     let Usage {
         used,
         snapshots: snaps,
-        packs: index_packs,
+        listings,
         ..
     } = usage(repo, None)?;
     if snaps.is_empty() {
@@ -935,16 +942,15 @@ fn sweep(
         ));
     }
     let condemned: HashSet<PackId> = ready.iter().flat_map(|(_, m)| m.packs.iter().copied()).collect();
-    let available: HashSet<BlobId> = index_packs
-        .values()
-        .filter(|p| !condemned.contains(&p.id))
-        .flat_map(|p| {
-            p.entries
-                .iter()
-                .filter(|e| e.place != Place::Bundle)
-                .map(|e| e.id)
-        })
-        .collect();
+    let index = repo.index();
+    let mut available = BlobSet::new(index);
+    for (p, _) in listings.packs().filter(|(p, _)| !condemned.contains(p)) {
+        for e in listings.pack(&p)?.entries {
+            if e.place != Place::Bundle {
+                available.insert(row(index, &e.id));
+            }
+        }
+    }
     let stored: HashMap<PackId, u64> = backend
         .list(FileKind::Pack)?
         .into_iter()
@@ -954,23 +960,28 @@ fn sweep(
     let mut delete = Vec::new();
     for p in &condemned {
         let Some(size) = stored.get(p) else { continue };
-        if index_packs.contains_key(p) {
+        if listings.is_listed(p) {
             rescue.push(None); // listed again (adopted or re-indexed): keep
             continue;
         }
         // Garbage no index lists: not ours to delete on a guess. It stays, unindexed, for
         // `check` to report, and the mark lets go of it (it is not counted as rescued).
-        let Some(entries) = header_unless_garbage(repo, p)? else {
+        // (the header [`usage`] read, or read now if that found none)
+        let entries = match listings.entries(p)? {
+            Some(entries) => Some(entries),
+            None => header_unless_garbage(repo, p)?,
+        };
+        let Some(entries) = entries else {
             progress.warn(&format!(
                 "condemned pack {} left in place: its header does not open",
                 p.short()
             ));
             continue;
         };
-        if entries
-            .iter()
-            .any(|e| used.contains(&e.id) && !available.contains(&e.id))
-        {
+        if entries.iter().any(|e| {
+            let r = row(index, &e.id);
+            used.contains(r) && !available.contains(r)
+        }) {
             rescue.push(Some(IndexPack { id: *p, entries }));
         } else {
             delete.push((*p, *size));

@@ -1,0 +1,140 @@
+//! What prune notes per blob (used or not, the pack it is kept in, available elsewhere),
+//! kept in arrays over the rows of the index's table instead of maps keyed by 32-byte ids: at
+//! 11 million blobs a bit or 4 bytes a blob instead of 40–80. A blob the table does not hold
+//! (one a snapshot names but no index lists, or one added a pack at a time) goes to a map.
+//! The rows are those of the index the set was made for: it must not be used after that
+//! index's table is rebuilt.
+
+use std::collections::{HashMap, HashSet};
+
+use coffer_format::BlobId;
+
+use crate::index::Index;
+
+/// A blob's row in the table, found once and used for several lookups.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Row<'a> {
+    id: &'a BlobId,
+    row: Option<usize>,
+}
+
+pub(super) fn row<'a>(index: &Index, id: &'a BlobId) -> Row<'a> {
+    Row {
+        id,
+        row: index.table_row(id),
+    }
+}
+
+/// A set of blobs.
+pub(super) struct BlobSet {
+    bits: Vec<u64>,
+    other: HashSet<BlobId>,
+}
+
+impl BlobSet {
+    pub fn new(index: &Index) -> BlobSet {
+        BlobSet {
+            bits: vec![0; index.table_rows().div_ceil(64)],
+            other: HashSet::new(),
+        }
+    }
+
+    /// Add a blob; whether it was new.
+    pub fn insert(&mut self, r: Row<'_>) -> bool {
+        match r.row {
+            Some(n) => {
+                let (w, b) = (n / 64, 1u64 << (n % 64));
+                let new = self.bits[w] & b == 0;
+                self.bits[w] |= b;
+                new
+            }
+            None => self.other.insert(*r.id),
+        }
+    }
+
+    pub fn contains(&self, r: Row<'_>) -> bool {
+        match r.row {
+            Some(n) => self.bits[n / 64] & (1u64 << (n % 64)) != 0,
+            None => self.other.contains(r.id),
+        }
+    }
+}
+
+/// A number (under `u32::MAX`) per blob.
+pub(super) struct BlobNumbers {
+    values: Vec<u32>,
+    other: HashMap<BlobId, u32>,
+}
+
+const NONE: u32 = u32::MAX;
+
+impl BlobNumbers {
+    pub fn new(index: &Index) -> BlobNumbers {
+        BlobNumbers {
+            values: vec![NONE; index.table_rows()],
+            other: HashMap::new(),
+        }
+    }
+
+    pub fn get(&self, r: Row<'_>) -> Option<u32> {
+        match r.row {
+            Some(n) => Some(self.values[n]).filter(|v| *v != NONE),
+            None => self.other.get(r.id).copied(),
+        }
+    }
+
+    /// Set a blob's number unless it has one.
+    pub fn set_if_none(&mut self, r: Row<'_>, v: u32) {
+        debug_assert!(v != NONE);
+        match r.row {
+            Some(n) if self.values[n] == NONE => self.values[n] = v,
+            Some(_) => {}
+            None => {
+                self.other.entry(*r.id).or_insert(v);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use coffer_format::{BlobKind, Id, IndexPack, PackEntry, PackId};
+
+    fn id(n: u16) -> BlobId {
+        let mut b = [0u8; 32];
+        b[..2].copy_from_slice(&n.to_be_bytes());
+        b[31] = 7;
+        BlobId(Id(b))
+    }
+
+    /// Blobs in the table and blobs outside it (unknown, or added a pack at a time) answer
+    /// alike.
+    #[test]
+    fn sets_and_numbers_hold_blobs_inside_and_outside_the_table() {
+        let mut index = Index::default();
+        let pack = |tag: u8, ids: std::ops::Range<u16>| IndexPack {
+            id: PackId(Id([tag; 32])),
+            entries: ids
+                .map(|n| PackEntry::own(BlobKind::Data, id(n), n as u32 * 10, 10, 10))
+                .collect(),
+        };
+        index.add_packs([(pack(1, 0..300), true)]).unwrap();
+        index.add_pack(&pack(2, 300..310), true);
+        let mut set = BlobSet::new(&index);
+        let mut numbers = BlobNumbers::new(&index);
+        let ids: Vec<BlobId> = (0..400).map(id).collect();
+        for (n, i) in ids.iter().enumerate().filter(|(n, _)| n % 3 == 0) {
+            assert!(set.insert(row(&index, i)));
+            assert!(!set.insert(row(&index, i)));
+            numbers.set_if_none(row(&index, i), n as u32);
+            numbers.set_if_none(row(&index, i), 1);
+        }
+        for (n, i) in ids.iter().enumerate() {
+            let r = row(&index, i);
+            assert_eq!(r.row.is_some(), n < 300, "blob {n}");
+            assert_eq!(set.contains(r), n % 3 == 0, "blob {n}");
+            assert_eq!(numbers.get(r), (n % 3 == 0).then_some(n as u32), "blob {n}");
+        }
+    }
+}
