@@ -224,8 +224,8 @@ pub fn check(repo: Repository, opts: &CheckOptions, progress: &dyn Progress) -> 
                 // ids are kept only where they may be needed: packs read whole, and packs
                 // missing from storage or shorter than their entries need (reported below)
                 let needed = reads_data || stored.get(&p.id).is_none_or(|size| end + 4 > *size);
-                let ids: Vec<u8> = p.entries.iter().flat_map(|e| *e.id.as_bytes()).collect();
-                let at = match needed.then(|| listings.append(&ids)) {
+                let ids = || -> Vec<u8> { p.entries.iter().flat_map(|e| *e.id.as_bytes()).collect() };
+                let at = match needed.then(|| listings.append(&ids())) {
                     Some(Ok(at)) => Some(at),
                     Some(Err(e)) => {
                         listing_failed.get_or_insert(e);

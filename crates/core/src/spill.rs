@@ -164,6 +164,12 @@ impl Log {
         Ok(buf)
     }
 
+    /// Bytes appended so far.
+    #[cfg(test)]
+    pub fn len(&self) -> u64 {
+        self.written + self.pending.len() as u64
+    }
+
     /// Whether the records are in a file.
     pub fn in_file(&self) -> bool {
         self.file.is_some()

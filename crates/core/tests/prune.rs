@@ -600,3 +600,48 @@ fn compressible_small_files_check_clean_and_restore() {
     let expect = |n: &str| Some(content(n.strip_prefix('f')?.parse().ok()?));
     assert_eq!(restore_all_ok(b(), &expect), 1);
 }
+
+/// A used file whose bytes are a sliver of a bundle that compresses to almost nothing (its
+/// share of the envelope rounds to 0 bytes) still keeps its pack: prune must not condemn the
+/// only copy of a used blob. With a grace period nothing is swept, so the index prune wrote
+/// alone must serve the snapshot left.
+#[test]
+fn a_used_sliver_of_a_highly_compressed_bundle_keeps_its_pack() {
+    let mem = MemoryBackend::new();
+    let b = || -> Arc<dyn Backend> { Arc::new(mem.clone()) };
+    Repository::init(b(), b"pw", &small_packs()).unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let sliver = rand_bytes(77, 100);
+    fs::write(src.path().join("zeros"), vec![0u8; 1_900_000]).unwrap();
+    fs::write(src.path().join("sliver"), &sliver).unwrap();
+    let s1 = backup_dir(b(), src.path());
+    let repo = Repository::open(b(), b"pw").unwrap().load_index().unwrap();
+    let bundles: Vec<_> = repo
+        .index()
+        .iter()
+        .filter(|(_, l)| l.in_bundle.is_some())
+        .collect();
+    assert_eq!(bundles.len(), 2, "both files in one bundle: {bundles:?}");
+    assert!(
+        (bundles[0].1.length as u64) * 100 < 1_900_000,
+        "the bundle compresses to {} bytes",
+        bundles[0].1.length
+    );
+    fs::remove_file(src.path().join("zeros")).unwrap();
+    backup_dir(b(), src.path());
+    b().remove(FileKind::Snapshot, &s1.id.to_hex()).unwrap();
+    let r = prune(
+        open(&b),
+        &PruneOptions {
+            max_unused: 0.0,
+            grace_secs: 3600,
+            ..Default::default()
+        },
+        &NoProgress,
+    )
+    .unwrap();
+    assert_eq!(r.packs_deleted, 0, "{r:?}");
+    check_clean(b());
+    let expect = |n: &str| (n == "sliver").then(|| sliver.clone());
+    assert_eq!(restore_all_ok(b(), &expect), 1);
+}

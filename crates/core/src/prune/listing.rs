@@ -65,11 +65,29 @@ fn decode(bytes: &[u8]) -> Result<Vec<PackEntry>> {
 }
 
 /// Where one pack's entries are in the file.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct Listed {
     at: u64,
     entries: u32,
     vouched: bool,
+    /// For a pack listed with different entries (only a damaged or forged index file does
+    /// that): the entries the other listings added, each envelope once.
+    union: Option<Box<Union>>,
+}
+
+/// What other listings of a pack added to its first, appended to the file as they come: each
+/// listing costs the file only the envelopes it adds, and the lookup set keeps taking one in
+/// linear time, however many listings one file repeats.
+#[derive(Clone, Debug, Default)]
+struct Union {
+    /// Further runs of entries in the file.
+    more: Vec<(u64, u32)>,
+    /// Every envelope listed so far: place, id, offset.
+    known: HashSet<(u8, BlobId, u32)>,
+}
+
+fn envelope_key(e: &PackEntry) -> (u8, BlobId, u32) {
+    (e.place as u8, e.id, e.offset)
 }
 
 /// Every pack's entries, by pack id.
@@ -90,18 +108,33 @@ impl Listings {
         }
     }
 
-    fn write(&mut self, entries: &[PackEntry], vouched: bool) -> Result<Listed> {
-        let entries_n = u32::try_from(entries.len())
+    /// Append entries; where they start, and how many.
+    fn append(&mut self, entries: &[PackEntry]) -> Result<(u64, u32)> {
+        let n = u32::try_from(entries.len())
             .map_err(|_| Error::Invalid("a pack listed with more than 2³² entries".into()))?;
+        Ok((self.log.append(&encode(entries))?, n))
+    }
+
+    fn write(&mut self, entries: &[PackEntry], vouched: bool) -> Result<Listed> {
+        let (at, entries) = self.append(entries)?;
         Ok(Listed {
-            at: self.log.append(&encode(entries))?,
-            entries: entries_n,
+            at,
+            entries,
             vouched,
+            union: None,
         })
     }
 
+    fn read_run(&self, at: u64, n: u32) -> Result<Vec<PackEntry>> {
+        decode(&self.log.read(at, n as usize * ENTRY)?)
+    }
+
     fn read(&self, l: &Listed) -> Result<Vec<PackEntry>> {
-        decode(&self.log.read(l.at, l.entries as usize * ENTRY)?)
+        let mut entries = self.read_run(l.at, l.entries)?;
+        for (at, n) in l.union.iter().flat_map(|u| &u.more) {
+            entries.extend(self.read_run(*at, *n)?);
+        }
+        Ok(entries)
     }
 
     /// Take in a pack as an index file lists it (`vouched`: whether a full key signed the
@@ -110,24 +143,42 @@ impl Listings {
     /// file that lists a pack with fewer entries, written by a stolen write-only key to hide
     /// a real copy, hides nothing).
     pub fn add_listed(&mut self, p: &IndexPack, vouched: bool) -> Result<()> {
-        let known = match self.packs.get(&p.id) {
-            None => None,
+        let mut union = match self.packs.get_mut(&p.id) {
             Some(l) if l.vouched && !vouched => return Ok(()),
-            Some(l) if vouched && !l.vouched => None,
-            Some(l) => Some(*l),
-        };
-        let entries = match known {
-            None => p.entries.clone(),
-            Some(l) => {
-                let mut entries = self.read(&l)?;
-                if entries == p.entries || !union_entries(&mut entries, &p.entries) {
-                    return Ok(());
-                }
-                entries
+            Some(l) if vouched == l.vouched => l.union.take(),
+            // none yet, or a vouched listing replacing unvouched ones
+            _ => {
+                let l = self.write(&p.entries, vouched)?;
+                self.packs.insert(p.id, l);
+                return Ok(());
             }
         };
-        let l = self.write(&entries, vouched)?;
-        self.packs.insert(p.id, l);
+        if union.is_none() {
+            // the second listing of a pack: the same entries again (a file superseded but not
+            // yet deleted) cost one comparison
+            let first = self.pack(&p.id)?.entries;
+            if first == p.entries {
+                return Ok(());
+            }
+            union = Some(Box::new(Union {
+                more: Vec::new(),
+                known: first.iter().map(envelope_key).collect(),
+            }));
+        }
+        let mut u = union.unwrap_or_default();
+        let mut added = Vec::new();
+        for (e, members) in envelopes(&p.entries) {
+            if u.known.insert(envelope_key(e)) {
+                added.push(*e);
+                added.extend(members.iter().copied());
+            }
+        }
+        if !added.is_empty() {
+            u.more.push(self.append(&added)?);
+        }
+        if let Some(l) = self.packs.get_mut(&p.id) {
+            l.union = Some(u);
+        }
         Ok(())
     }
 
@@ -205,20 +256,6 @@ impl Listings {
     pub fn in_file(&self) -> bool {
         self.log.in_file()
     }
-}
-
-/// Add to `entries` the envelopes of `more` it does not list yet (a bundle with its members);
-/// whether there were any.
-fn union_entries(entries: &mut Vec<PackEntry>, more: &[PackEntry]) -> bool {
-    let known: HashSet<(u8, BlobId, u32)> = entries.iter().map(|e| (e.place as u8, e.id, e.offset)).collect();
-    let before = entries.len();
-    for (e, members) in envelopes(more) {
-        if !known.contains(&(e.place as u8, e.id, e.offset)) {
-            entries.push(*e);
-            entries.extend(members.iter().copied());
-        }
-    }
-    entries.len() > before
 }
 
 #[cfg(test)]
@@ -313,6 +350,25 @@ mod tests {
             ]
         );
         assert!(l.pack(&PackId(Id([5; 32]))).is_err());
+    }
+
+    /// One forged file that lists a pack 20,000 times, each time with one more envelope, costs
+    /// the file each envelope once (not the whole union again each time), and the pack reads
+    /// back with every envelope once.
+    #[test]
+    fn a_pack_listed_over_and_over_costs_each_envelope_once() {
+        let mut l = Listings::new(None);
+        let n = 20_000u32;
+        for i in 1..=n {
+            let mut e = entry(1, Place::Own, 0);
+            e.offset = i;
+            l.add_listed(&pack(1, vec![entry(1, Place::Own, 0), e]), false)
+                .unwrap();
+        }
+        assert_eq!(l.log.len(), (n as u64 + 1) * ENTRY as u64);
+        let got = l.pack(&PackId(Id([1; 32]))).unwrap().entries;
+        assert_eq!(got.len(), n as usize + 1);
+        assert!(got.iter().enumerate().all(|(i, e)| e.offset == i as u32));
     }
 
     #[test]

@@ -642,10 +642,14 @@ fn mark(
                     report.blobs_unused += 1;
                 }
             }
+            // (at least a byte: a used member's share of a bundle that compresses to almost
+            // nothing rounds to 0, and a pack with nothing used would be dropped)
             let kept = match (any, members.is_empty()) {
                 (false, _) => 0,
                 (true, true) => e.length as u64,
-                (true, false) => (e.length as u64 * raw / (e.raw_length as u64).max(1)).min(e.length as u64),
+                (true, false) => (e.length as u64 * raw / (e.raw_length as u64).max(1))
+                    .max(1)
+                    .min(e.length as u64),
             };
             u += kept;
             x += e.length as u64 - kept;
