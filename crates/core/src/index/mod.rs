@@ -258,6 +258,13 @@ impl Index {
         self.table.find_row(id).map(|(row, _)| row)
     }
 
+    /// [`Index::table_row`] of each of `ids`, which must be in ascending order, appended to
+    /// `out`: with the table in a file, a read per ~1,200 rows instead of one per id when the
+    /// ids are dense.
+    pub fn table_rows_sorted(&self, ids: &[BlobId], out: &mut Vec<Option<usize>>) {
+        self.table.rows_sorted(ids, out)
+    }
+
     /// How many rows the table of bulk-loaded blobs has.
     pub fn table_rows(&self) -> usize {
         self.table.len()
@@ -546,6 +553,15 @@ mod tests {
                 .filter_map(|i| index.table_row(i).map(|r| (*i, r)))
                 .collect();
             prop_assert_eq!(rows.len(), index.table_rows());
+            let sorted: Vec<BlobId> = (0..1024u16)
+                .map(id)
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            let mut batch = Vec::new();
+            index.table_rows_sorted(&sorted, &mut batch);
+            let single: Vec<Option<usize>> = sorted.iter().map(|i| index.table_row(i)).collect();
+            prop_assert_eq!(batch, single);
             prop_assert!(rows.iter().enumerate().all(|(n, (_, r))| *r == n));
             prop_assert_eq!(rows.len() + index.added.len(), model.len());
             let listed: BTreeMap<BlobId, (PackId, u32)> =
@@ -656,5 +672,33 @@ mod tests {
         }
         assert!(big.get(&id(2047)).is_none());
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    /// Rows looked up in a batch of ascending ids, through a table file of several read
+    /// chunks, dense and sparse, known and unknown ids alike: the same as one by one.
+    #[test]
+    fn batch_lookups_in_a_table_file_give_the_rows_of_single_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        // evenly spread ids (keyed hashes are), 6,000 rows: five of prune's read chunks
+        let spread = |n: u32| BlobId(Id(*blake3::hash(&n.to_le_bytes()).as_bytes()));
+        let p = IndexPack {
+            id: PackId(Id([1; 32])),
+            entries: (0..6000u32)
+                .map(|n| PackEntry::own(BlobKind::Data, spread(n), n, 1, 1))
+                .collect(),
+        };
+        let mut index = Index::with_spill(Some(Spill::rows(dir.path(), 500)));
+        index.add_packs([(&p, true)]).unwrap();
+        assert!(index.table_in_file());
+        for step in [1u32, 3, 1000, 2999] {
+            // every step-th id, and as many that are not in the table
+            let mut ids: Vec<BlobId> = (0..8000u32).step_by(step as usize).map(spread).collect();
+            ids.sort();
+            let mut batch = Vec::new();
+            index.table_rows_sorted(&ids, &mut batch);
+            let single: Vec<Option<usize>> = ids.iter().map(|i| index.table_row(i)).collect();
+            assert_eq!(batch, single, "every {step}th id");
+            assert!(batch.iter().flatten().count() > 0);
+        }
     }
 }

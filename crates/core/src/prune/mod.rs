@@ -34,7 +34,7 @@ use coffer_format::{
     SnapshotId,
 };
 
-use blobs::{row, BlobNumbers, BlobSet};
+use blobs::{row, BlobNumbers, BlobSet, Rows};
 use listing::Listings;
 use serde::{Deserialize, Serialize};
 
@@ -202,6 +202,7 @@ fn usage(
         collect_tree(repo, s.tree, &mut used)
             .map_err(|e| Error::Invalid(format!("snapshot {}: {e}", id.short())))?;
     }
+    used.settle(repo.index());
     Ok(Usage {
         used,
         snapshots: snaps.into_iter().map(|(id, _)| id).collect(),
@@ -608,61 +609,80 @@ fn mark(
     let mut drop = Vec::new();
     let mut partial: Vec<(PackId, u64, u64)> = Vec::new(); // pack, used bytes, unused bytes
     let (mut total, mut dropped) = (0u64, 0u64);
-    for (at, id) in (0u32..).zip(&order) {
-        if already.contains(id) {
-            continue;
-        }
-        if !stored.contains_key(id) {
-            return Err(Error::integrity(
-                format!("pack {}", id.short()),
-                "listed in the index but missing from storage; run `coffer repair index` (prune deleted nothing)",
-            ));
-        }
-        let p = listings.pack(id)?;
-        let (mut u, mut x) = (0u64, 0u64);
-        // a bundle's envelope counts as used in the share of its bytes its used members hold
-        for (e, members) in envelopes(&p.entries) {
-            let (mut any, mut raw) = (false, 0u64);
-            for b in blobs_of(e, members) {
-                let r = row(index, &b.id);
-                let everywhere = verified.get(&b.id) == Some(&Keep::Everywhere);
-                if everywhere && used.contains(r) {
-                    // no copy verified: every pack that lists it keeps it
-                    canonical.set_if_none(r, at);
-                    (any, raw) = (true, raw + b.raw_length as u64);
-                    report.blobs_used += 1;
-                } else if used.contains(r)
-                    && canonical.get(r).is_none()
-                    && verified.get(&b.id).is_none_or(|v| *v == Keep::In(*id))
-                {
-                    canonical.set_if_none(r, at);
-                    (any, raw) = (true, raw + b.raw_length as u64);
-                    report.blobs_used += 1;
-                } else {
-                    report.blobs_unused += 1;
-                }
+    // the packs in order, a batch of blobs' worth at a time, their blobs' rows looked up
+    // together
+    let mut next = 0;
+    let mut group: Vec<(u32, IndexPack)> = Vec::new();
+    while next < order.len() {
+        group.clear();
+        let mut blobs = 0;
+        while next < order.len() && blobs < blobs::BATCH {
+            let (at, id) = (next as u32, order[next]);
+            next += 1;
+            if already.contains(&id) {
+                continue;
             }
-            // (at least a byte: a used member's share of a bundle that compresses to almost
-            // nothing rounds to 0, and a pack with nothing used would be dropped)
-            let kept = match (any, members.is_empty()) {
-                (false, _) => 0,
-                (true, true) => e.length as u64,
-                (true, false) => (e.length as u64 * raw / (e.raw_length as u64).max(1))
-                    .max(1)
-                    .min(e.length as u64),
-            };
-            u += kept;
-            x += e.length as u64 - kept;
+            if !stored.contains_key(&id) {
+                return Err(Error::integrity(
+                    format!("pack {}", id.short()),
+                    "listed in the index but missing from storage; run `coffer repair index` (prune deleted nothing)",
+                ));
+            }
+            let p = listings.pack(&id)?;
+            blobs += p.entries.len();
+            group.push((at, p));
         }
-        total += u + x;
-        report.bytes_unused += x;
-        if u == 0 {
-            drop.push(*id);
-            dropped += x;
-        } else if x > 0 && !unvouched.contains(id) {
-            // (a pack that did not verify is kept whole: copying its envelopes into a new pack
-            // would vouch for what nobody verified)
-            partial.push((*id, u, x));
+        let rows = Rows::of(
+            index,
+            group.iter().flat_map(|(_, p)| p.entries.iter().map(|e| e.id)),
+        );
+        for (at, p) in &group {
+            let (at, id) = (*at, &p.id);
+            let (mut u, mut x) = (0u64, 0u64);
+            // a bundle's envelope counts as used in the share of its bytes its used members hold
+            for (e, members) in envelopes(&p.entries) {
+                let (mut any, mut raw) = (false, 0u64);
+                for b in blobs_of(e, members) {
+                    let r = rows.row(&b.id);
+                    let everywhere = verified.get(&b.id) == Some(&Keep::Everywhere);
+                    if everywhere && used.contains(r) {
+                        // no copy verified: every pack that lists it keeps it
+                        canonical.set_if_none(r, at);
+                        (any, raw) = (true, raw + b.raw_length as u64);
+                        report.blobs_used += 1;
+                    } else if used.contains(r)
+                        && canonical.get(r).is_none()
+                        && verified.get(&b.id).is_none_or(|v| *v == Keep::In(*id))
+                    {
+                        canonical.set_if_none(r, at);
+                        (any, raw) = (true, raw + b.raw_length as u64);
+                        report.blobs_used += 1;
+                    } else {
+                        report.blobs_unused += 1;
+                    }
+                }
+                // (at least a byte: a used member's share of a bundle that compresses to almost
+                // nothing rounds to 0, and a pack with nothing used would be dropped)
+                let kept = match (any, members.is_empty()) {
+                    (false, _) => 0,
+                    (true, true) => e.length as u64,
+                    (true, false) => (e.length as u64 * raw / (e.raw_length as u64).max(1))
+                        .max(1)
+                        .min(e.length as u64),
+                };
+                u += kept;
+                x += e.length as u64 - kept;
+            }
+            total += u + x;
+            report.bytes_unused += x;
+            if u == 0 {
+                drop.push(*id);
+                dropped += x;
+            } else if x > 0 && !unvouched.contains(id) {
+                // (a pack that did not verify is kept whole: copying its envelopes into a new pack
+                // would vouch for what nobody verified)
+                partial.push((*id, u, x));
+            }
         }
     }
     // Repack the emptiest packs until the unused share is at most max_unused.
@@ -698,8 +718,7 @@ fn mark(
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let (copies, rebundled) = {
         let r: &IndexedRepository = repo;
-        let keep = |pack: &PackId, b: &PackEntry| {
-            let b_row = row(r.index(), &b.id);
+        let keep = |pack: &PackId, b: &PackEntry, b_row: blobs::Row<'_>| {
             used.contains(b_row)
                 && (canonical.get(b_row).map(|at| &order[at as usize]) == Some(pack)
                     || verified.get(&b.id) == Some(&Keep::Everywhere))
@@ -775,6 +794,7 @@ fn mark(
             let s = repo.load_snapshot(id)?;
             collect_tree(repo, s.tree, &mut late_used)?;
         }
+        late_used.settle(repo.index());
         let mut relist = Vec::new();
         for p in &gone {
             let Some(entries) = header_unless_garbage(repo, p)? else {
@@ -798,14 +818,15 @@ fn mark(
     Ok(())
 }
 
-/// The used blobs of the packs being repacked (`keep`: used, and kept in that pack). An
+/// The used blobs of the packs being repacked (`keep`: used, and kept in that pack; given
+/// each blob's row). An
 /// envelope whose blobs are all used is returned to be copied still sealed; the used members
 /// of a bundle that also holds unused ones go to `pipe`, to be bundled again (decoded,
 /// compressed and sealed anew), so that the unused ones are freed.
 fn used_of_repacked(
     repo: &IndexedRepository,
     repack: &[PackId],
-    keep: &dyn Fn(&PackId, &PackEntry) -> bool,
+    keep: &dyn Fn(&PackId, &PackEntry, blobs::Row<'_>) -> bool,
     pipe: &BlobPipeline<'_>,
     report: &mut PruneReport,
     progress: &dyn Progress,
@@ -814,9 +835,10 @@ fn used_of_repacked(
     for id in repack {
         let bytes = repo.backend().read(FileKind::Pack, &id.to_hex())?;
         let entries = repo.verify_pack_bytes(id, &bytes)?; // a damaged pack aborts: repair first
+        let rows = Rows::of(repo.index(), entries.iter().map(|e| e.id));
         for (e, members) in envelopes(&entries) {
             let blobs = blobs_of(e, members);
-            let used: Vec<&PackEntry> = blobs.iter().filter(|b| keep(id, b)).collect();
+            let used: Vec<&PackEntry> = blobs.iter().filter(|b| keep(id, b, rows.row(&b.id))).collect();
             let sealed = &bytes[e.offset as usize..e.end() as usize];
             if used.len() == blobs.len() {
                 report.bytes_repacked += e.length as u64;
@@ -851,7 +873,8 @@ fn blobs_of<'a>(envelope: &'a PackEntry, members: &'a [PackEntry]) -> &'a [PackE
     }
 }
 
-/// Note every blob of the tree `root` in `used` (made for the repository's index as it is).
+/// Note every blob of the tree `root` in `used` (made for the repository's index as it is):
+/// the trees at once (each is walked once), their files' blobs for [`BlobSet::settle`].
 fn collect_tree(repo: &IndexedRepository, root: BlobId, used: &mut BlobSet) -> Result<()> {
     let index = repo.index();
     let mut stack = vec![root];
@@ -861,7 +884,7 @@ fn collect_tree(repo: &IndexedRepository, root: BlobId, used: &mut BlobSet) -> R
         }
         for n in repo.load_tree(&t)?.nodes {
             for c in &n.content {
-                used.insert(row(index, c));
+                used.note(index, *c);
             }
             if let (NodeKind::Dir, Some(sub)) = (n.kind, n.subtree) {
                 stack.push(sub);
@@ -951,10 +974,11 @@ fn sweep(
     for (p, _) in listings.packs().filter(|(p, _)| !condemned.contains(p)) {
         for e in listings.pack(&p)?.entries {
             if e.place != Place::Bundle {
-                available.insert(row(index, &e.id));
+                available.note(index, e.id);
             }
         }
     }
+    available.settle(index);
     let stored: HashMap<PackId, u64> = backend
         .list(FileKind::Pack)?
         .into_iter()
@@ -982,8 +1006,9 @@ fn sweep(
             ));
             continue;
         };
+        let rows = Rows::of(index, entries.iter().map(|e| e.id));
         if entries.iter().any(|e| {
-            let r = row(index, &e.id);
+            let r = rows.row(&e.id);
             used.contains(r) && !available.contains(r)
         }) {
             rescue.push(Some(IndexPack { id: *p, entries }));
