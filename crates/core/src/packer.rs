@@ -296,29 +296,47 @@ pub fn store_blobs(repo: &mut IndexedRepository, blobs: Vec<(BlobKind, Vec<u8>)>
     Ok(ids)
 }
 
-/// Write already-sealed blobs and bundles (copied from other packs) into new packs; returns
-/// their entries. Used by prune to repack without decrypting or recompressing.
-pub(crate) fn pack_sealed(repo: &Repository, blobs: Vec<SealedCopy>) -> Result<PackerStats> {
-    let target = repo.config().pack_size as usize;
-    let mut open = [OpenPack::default(), OpenPack::default()];
-    let mut stats = PackerStats::default();
-    // one pack is written at a time: its buffer is the next pack's
-    let spare = RefCell::new(Vec::new());
-    let reuse = |b: Vec<u8>| *spare.borrow_mut() = b;
-    let store = |p: OpenPack, stats: &mut PackerStats| -> Result<()> {
-        let (ip, n) = write_pack(repo, p, &reuse)?;
-        stats.bytes_stored += n;
-        stats.pack_ids.push(ip.id);
-        stats.packs.push(ip);
-        Ok(())
-    };
-    for b in blobs {
-        let slot = &mut open[(b.kind == BlobKind::Tree) as usize];
+/// Writes already-sealed blobs and bundles (copied from other packs) into new packs, as they
+/// are pushed: one pack's bytes of each kind in memory, whatever prune copies. Used by prune
+/// to repack without decrypting or recompressing.
+pub(crate) struct SealedPacker<'r> {
+    repo: &'r Repository,
+    target: usize,
+    /// Data, trees.
+    open: [OpenPack; 2],
+    /// One pack is written at a time: its buffer is the next pack's.
+    spare: RefCell<Vec<u8>>,
+    /// Called with each pack written, with its entries.
+    written: &'r mut dyn FnMut(IndexPack) -> Result<()>,
+    bytes_stored: u64,
+}
+
+impl<'r> SealedPacker<'r> {
+    pub fn new(repo: &'r Repository, written: &'r mut dyn FnMut(IndexPack) -> Result<()>) -> Self {
+        SealedPacker {
+            repo,
+            target: repo.config().pack_size as usize,
+            open: [OpenPack::default(), OpenPack::default()],
+            spare: RefCell::new(Vec::new()),
+            written,
+            bytes_stored: 0,
+        }
+    }
+
+    fn store(&mut self, p: OpenPack) -> Result<()> {
+        let spare = &self.spare;
+        let (ip, n) = write_pack(self.repo, p, &|b| *spare.borrow_mut() = b)?;
+        self.bytes_stored += n;
+        (self.written)(ip)
+    }
+
+    pub fn push(&mut self, b: SealedCopy) -> Result<()> {
+        let slot = &mut self.open[(b.kind == BlobKind::Tree) as usize];
         if slot.buf.capacity() == 0 {
-            slot.buf = std::mem::take(&mut *spare.borrow_mut());
+            slot.buf = std::mem::take(&mut *self.spare.borrow_mut());
             slot.buf.clear();
         }
-        slot.reserve(b.bytes.len(), target);
+        slot.reserve(b.bytes.len(), self.target);
         slot.buf.extend_from_slice(&b.bytes);
         slot.blobs.push(Sealed {
             kind: b.kind,
@@ -327,16 +345,23 @@ pub(crate) fn pack_sealed(repo: &Repository, blobs: Vec<SealedCopy>) -> Result<P
             len: b.bytes.len() as u32,
             members: b.members,
         });
-        if slot.buf.len() >= target {
-            store(std::mem::take(slot), &mut stats)?;
+        if slot.buf.len() >= self.target {
+            let full = std::mem::take(slot);
+            self.store(full)?;
         }
+        Ok(())
     }
-    for slot in open.iter_mut() {
-        if !slot.blobs.is_empty() {
-            store(std::mem::take(slot), &mut stats)?;
+
+    /// Write what is left; the bytes stored in all.
+    pub fn finish(mut self) -> Result<u64> {
+        for i in 0..self.open.len() {
+            if !self.open[i].blobs.is_empty() {
+                let last = std::mem::take(&mut self.open[i]);
+                self.store(last)?;
+            }
         }
+        Ok(self.bytes_stored)
     }
-    Ok(stats)
 }
 
 /// Data blobs a worker is collecting into a bundle: their bytes back to back.

@@ -97,6 +97,8 @@ pub(super) struct Listings {
     packs: BTreeMap<PackId, Listed>,
     /// Condemned packs no index file lists, from their headers (unvouched).
     headers: BTreeMap<PackId, Listed>,
+    /// Packs this prune wrote, in the order written.
+    new: Vec<(PackId, Listed)>,
 }
 
 impl Listings {
@@ -105,6 +107,7 @@ impl Listings {
             log: Log::new(dir, "prune's listing of the packs"),
             packs: BTreeMap::new(),
             headers: BTreeMap::new(),
+            new: Vec::new(),
         }
     }
 
@@ -199,6 +202,23 @@ impl Listings {
     /// Whether an index file lists pack `p`.
     pub fn is_listed(&self, p: &PackId) -> bool {
         self.packs.contains_key(p)
+    }
+
+    /// Take in a pack this prune wrote.
+    pub fn add_new(&mut self, p: &IndexPack) -> Result<()> {
+        let l = self.write(&p.entries, true)?;
+        self.new.push((p.id, l));
+        Ok(())
+    }
+
+    /// The packs this prune wrote, in the order written, read one at a time.
+    pub fn new_packs(&self) -> impl Iterator<Item = Result<IndexPack>> + '_ {
+        self.new.iter().map(|(p, l)| {
+            Ok(IndexPack {
+                id: *p,
+                entries: self.read(l)?,
+            })
+        })
     }
 
     /// Whether pack `p` is listed or taken from its header.

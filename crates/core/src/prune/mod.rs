@@ -42,7 +42,7 @@ use crate::backend::{Backend, FileKind};
 use crate::crypto::storage_id;
 use crate::error::{Error, Result};
 use crate::lease::{live_leases, now, Lease};
-use crate::packer::{pack_sealed, BlobPipeline, PackerStats, SealedCopy};
+use crate::packer::{BlobPipeline, PackerStats, SealedCopy, SealedPacker};
 use crate::progress::Progress;
 use crate::repo::{IndexedRepository, Repository};
 
@@ -575,7 +575,7 @@ fn mark(
         used,
         snapshots: snap_ids,
         index_files,
-        listings,
+        mut listings,
         vouched_now,
     } = usage_now;
     // the packs no vouched index file lists and that did not verify here
@@ -716,23 +716,30 @@ fn mark(
 
     // Copy the used blobs of packs being repacked into new packs.
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let (copies, rebundled) = {
+    // (the new packs' listings go to the listing file as they are written: a large repack
+    // holds one pack of each kind in memory, not every copied envelope)
+    let rebundled = {
         let r: &IndexedRepository = repo;
         let keep = |pack: &PackId, b: &PackEntry, b_row: blobs::Row<'_>| {
             used.contains(b_row)
                 && (canonical.get(b_row).map(|at| &order[at as usize]) == Some(pack)
                     || verified.get(&b.id) == Some(&Keep::Everywhere))
         };
-        std::thread::scope(|s| -> Result<(Vec<SealedCopy>, PackerStats)> {
+        let mut written = |p: IndexPack| listings.add_new(&p);
+        std::thread::scope(|s| -> Result<PackerStats> {
             let pipe = BlobPipeline::start(s, r, threads, r.compression());
-            let copies = used_of_repacked(r, &repack, &keep, &pipe, report, progress);
+            let mut sealed = SealedPacker::new(r, &mut written);
+            let copied = used_of_repacked(r, &repack, &keep, &pipe, &mut sealed, report, progress)
+                .and_then(|()| sealed.finish());
             // a stopped pipeline fails the copying too: its own error says why
             let stats = pipe.finish()?;
-            Ok((copies?, stats))
+            copied?;
+            Ok(stats)
         })?
     };
-    let mut new_packs = pack_sealed(repo, copies)?.packs;
-    new_packs.extend(rebundled.packs);
+    for p in &rebundled.packs {
+        listings.add_new(p)?;
+    }
     // the rebundling pipeline wrote index files for its packs; the new index supersedes them
     let index_files: Vec<IndexId> = index_files.into_iter().chain(rebundled.index_files).collect();
 
@@ -757,12 +764,12 @@ fn mark(
             packs: unverified,
         })?;
     }
-    // the rest, read back one pack at a time, and the new packs
+    // the rest, and the new packs, read back one pack at a time
     let keep = order
         .iter()
         .filter(|p| !gone.contains(p) && !unvouched.contains(p))
         .map(|p| listings.pack(p))
-        .chain(new_packs.into_iter().map(Ok));
+        .chain(listings.new_packs());
     repo.save_index_streamed(index_files.clone(), keep)?;
     for f in &index_files {
         match backend.remove(FileKind::Index, &f.to_hex()) {
@@ -820,7 +827,7 @@ fn mark(
 
 /// The used blobs of the packs being repacked (`keep`: used, and kept in that pack; given
 /// each blob's row). An
-/// envelope whose blobs are all used is returned to be copied still sealed; the used members
+/// envelope whose blobs are all used goes to `sealed` to be copied still sealed; the used members
 /// of a bundle that also holds unused ones go to `pipe`, to be bundled again (decoded,
 /// compressed and sealed anew), so that the unused ones are freed.
 fn used_of_repacked(
@@ -828,10 +835,10 @@ fn used_of_repacked(
     repack: &[PackId],
     keep: &dyn Fn(&PackId, &PackEntry, blobs::Row<'_>) -> bool,
     pipe: &BlobPipeline<'_>,
+    sealed: &mut SealedPacker<'_>,
     report: &mut PruneReport,
     progress: &dyn Progress,
-) -> Result<Vec<SealedCopy>> {
-    let mut copies = Vec::new();
+) -> Result<()> {
     for id in repack {
         let bytes = repo.backend().read(FileKind::Pack, &id.to_hex())?;
         let entries = repo.verify_pack_bytes(id, &bytes)?; // a damaged pack aborts: repair first
@@ -839,19 +846,19 @@ fn used_of_repacked(
         for (e, members) in envelopes(&entries) {
             let blobs = blobs_of(e, members);
             let used: Vec<&PackEntry> = blobs.iter().filter(|b| keep(id, b, rows.row(&b.id))).collect();
-            let sealed = &bytes[e.offset as usize..e.end() as usize];
+            let envelope = &bytes[e.offset as usize..e.end() as usize];
             if used.len() == blobs.len() {
                 report.bytes_repacked += e.length as u64;
-                copies.push(SealedCopy {
+                sealed.push(SealedCopy {
                     kind: e.kind,
                     id: e.id,
                     raw_len: e.raw_length,
                     members: members.iter().map(|m| (m.id, m.length)).collect(),
-                    bytes: sealed.to_vec(),
-                });
+                    bytes: envelope.to_vec(),
+                })?;
             } else if !used.is_empty() {
                 let what = format!("bundle {} in pack {}", e.id.short(), id.short());
-                let bundle = repo.open_bundle(sealed, &what)?;
+                let bundle = repo.open_bundle(envelope, &what)?;
                 for m in used {
                     let data = repo.member(&bundle, &m.id, m.offset, m.length, &what)?;
                     report.bytes_rebundled += data.len() as u64;
@@ -861,7 +868,7 @@ fn used_of_repacked(
         }
         progress.files(1);
     }
-    Ok(copies)
+    Ok(())
 }
 
 /// The blobs an envelope holds (from [`envelopes`]): a bundle's members, or the blob itself.
