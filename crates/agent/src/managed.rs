@@ -341,6 +341,9 @@ fn job_table(j: &JobSpec) -> toml::Table {
     if let Some(n) = j.threads {
         t.insert("threads".into(), toml::Value::Integer(i64::from(n)));
     }
+    if let Some(m) = &j.index_memory {
+        t.insert("index_memory".into(), s(m));
+    }
     if let Some(c) = &j.check {
         let mut ct = toml::Table::new();
         ct.insert("schedule".into(), s(&c.schedule));
@@ -483,13 +486,15 @@ before = "/usr/local/sbin/pre"
     fn limits_are_taken_and_priority_only_lowered() {
         let jobs = vec![
             json!({"name": "slow", "paths": ["/etc"], "to": ["company"],
-                   "limit_upload": "10M", "limit_download": "20M", "nice": 10, "ionice": "idle", "threads": 1}),
+                   "limit_upload": "10M", "limit_download": "20M", "nice": 10, "ionice": "idle", "threads": 1,
+                   "index_memory": "64M"}),
             json!({"name": "greedy", "paths": ["/etc"], "to": ["company"], "nice": -5}),
             json!({"name": "badrate", "paths": ["/etc"], "to": ["company"], "limit_upload": "fast"}),
             json!({"name": "badio", "paths": ["/etc"], "to": ["company"], "ionice": "realtime"}),
             json!({"name": "eager", "paths": ["/etc"], "to": ["company"], "ionice": "best-effort:0"}),
             json!({"name": "many", "paths": ["/etc"], "to": ["company"], "threads": 100000}),
             json!({"name": "none", "paths": ["/etc"], "to": ["company"], "threads": 0}),
+            json!({"name": "tiny", "paths": ["/etc"], "to": ["company"], "index_memory": "100K"}),
         ];
         let s = screen(&local(), LOCAL, 1, &jobs).unwrap();
         let said = s.refused.join("\n");
@@ -498,13 +503,14 @@ before = "/usr/local/sbin/pre"
         assert_eq!(s.config.job("many").unwrap().limits.threads, cores, "clamped");
         let l = &s.config.job("slow").unwrap().limits;
         assert_eq!(
-            (l.upload, l.download, l.nice, l.ionice, l.threads),
+            (l.upload, l.download, l.nice, l.ionice, l.threads, l.index_memory),
             (
                 Some(10 << 20),
                 Some(20 << 20),
                 Some(10),
                 Some(crate::IoClass::Idle),
-                1
+                1,
+                Some(64 << 20)
             )
         );
         for (job, why) in [
@@ -513,6 +519,7 @@ before = "/usr/local/sbin/pre"
             ("badio", "ionice"),
             ("eager", "not raise it"),
             ("none", "threads 0"),
+            ("tiny", "index_memory \"100K\": under 1 MiB"),
         ] {
             assert!(
                 s.refused

@@ -552,6 +552,10 @@ pub struct ServerJobSetArgs {
     /// Compression threads for the job (default: one per core)
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=256))]
     pub threads: Option<u32>,
+    /// The job's index memory budget (its index_memory): 64M, at least 1M (the global
+    /// --index-memory is this command's own)
+    #[arg(long, value_name = "SIZE", value_parser = memory_text_arg)]
+    pub index_budget: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -1285,6 +1289,11 @@ pub fn rate_arg(s: &str) -> Result<u64, String> {
 /// The index's memory budget: a size of at least 1 MiB.
 pub fn index_memory_arg(s: &str) -> Result<u64, String> {
     coffer_core::limit::parse_memory(s, "--index-memory").map_err(|e| e.to_string())
+}
+
+/// An index memory budget, kept as written (a managed job's index_memory).
+pub fn memory_text_arg(s: &str) -> Result<String, String> {
+    checked(s, coffer_core::limit::parse_memory(s, "--index-memory"))
 }
 
 /// An upload rate, kept as written (a managed job's limit).

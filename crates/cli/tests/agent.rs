@@ -916,6 +916,24 @@ before = "touch {pwned}"
             .collect()
     };
     set("site", &www, Some("*/2 * * * * *"));
+    // an index budget is checked as the command line is parsed: under 1 MiB is a usage error
+    let w = www.to_str().unwrap();
+    let base = [
+        "client", "job", "set", "web1", "budget", "--path", w, "--to", "company",
+    ];
+    let o = server.admin(&[&base[..], &["--index-budget", "100K"]].concat());
+    assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("under 1 MiB"));
+    server.admin_ok(&[&base[..], &["--index-budget", "32M"]].concat());
+    let listed: serde_json::Value =
+        serde_json::from_str(&server.admin_ok(&["--json", "client", "job", "list", "web1"])).unwrap();
+    let budget = listed["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["spec"]["name"] == "budget");
+    assert_eq!(budget.unwrap()["spec"]["index_memory"], "32M", "{listed}");
+    server.admin_ok(&["client", "job", "remove", "web1", "budget"]);
     let agent = Agent::start(dir, &config, 1);
     wait_for(
         "a snapshot of the managed job",
@@ -1136,7 +1154,7 @@ before = "touch {pwned}"
     let job_form = |csrf: &str, editing: &str, name: &str, paths: &str, schedule: &str| {
         format!(
             "csrf={csrf}&editing={editing}&name={name}&paths={}&to=company&schedule={}&keep_last=\
-             &limit_upload=10M&limit_download=20M&nice=10&ionice=idle&threads=",
+             &limit_upload=10M&limit_download=20M&nice=10&ionice=idle&threads=&index_memory=32M",
             enc(paths),
             enc(schedule)
         )
@@ -1199,14 +1217,16 @@ before = "touch {pwned}"
             &set["limit_download"],
             &set["nice"],
             &set["ionice"],
-            &set["threads"]
+            &set["threads"],
+            &set["index_memory"]
         ),
         (
             &serde_json::json!("10M"),
             &serde_json::json!("20M"),
             &serde_json::json!(10),
             &serde_json::json!("idle"),
-            &serde_json::Value::Null
+            &serde_json::Value::Null,
+            &serde_json::json!("32M")
         ),
         "{set}"
     );

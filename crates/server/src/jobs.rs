@@ -124,6 +124,12 @@ pub fn check_spec(spec: &JobSpec) -> Result<()> {
         }
         _ => {}
     }
+    if let Some(m) = &spec.index_memory {
+        coffer_core::limit::parse_memory(m, "index memory")
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+            .or_else(bad)?;
+    }
     if spec.threads.is_some_and(|n| !(1..=256).contains(&n)) {
         return bad("threads: 1 to 256".into());
     }
@@ -492,6 +498,8 @@ mod tests {
         assert!(e.contains("keep within"), "{e}");
         let e = with(&|s| s.threads = Some(0));
         assert!(e.contains("threads"), "{e}");
+        let e = with(&|s| s.index_memory = Some("100K".into()));
+        assert!(e.contains("index memory \"100K\": under 1 MiB"), "{e}");
         let e = with(&|s| s.tags = vec!["nightly db".into()]);
         assert!(e.contains("tag"), "{e}");
     }

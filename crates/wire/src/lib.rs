@@ -65,6 +65,10 @@ pub struct JobSpec {
     /// Compression threads (none: one per core).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub threads: Option<u32>,
+    /// The index's memory budget (`64M`: the grammar of `--index-memory`, at least 1 MiB).
+    /// A cap, not a reservation: the index takes only what the repository's blobs need.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index_memory: Option<String>,
 }
 
 fn is_false(b: &bool) -> bool {

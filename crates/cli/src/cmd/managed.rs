@@ -57,6 +57,7 @@ pub fn job(server: &Server, c: ServerJobCommand, g: &Global) -> Result<u8> {
                 nice,
                 ionice,
                 threads,
+                index_budget,
             } = *a;
             known_client(server, &client)?;
             let keeps = [keep_last, keep_daily, keep_weekly, keep_monthly, keep_yearly];
@@ -90,6 +91,7 @@ pub fn job(server: &Server, c: ServerJobCommand, g: &Global) -> Result<u8> {
                 nice,
                 ionice,
                 threads,
+                index_memory: index_budget,
             };
             server
                 .catalog

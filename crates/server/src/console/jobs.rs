@@ -306,6 +306,8 @@ pub(super) struct JobForm {
     nice: String,
     ionice: String,
     threads: String,
+    #[serde(default)]
+    index_memory: String,
 }
 
 /// The lines of a text area as typed (a path may hold spaces); blank lines dropped.
@@ -400,6 +402,7 @@ impl JobForm {
             nice,
             ionice: text(&self.ionice),
             threads,
+            index_memory: text(&self.index_memory),
         })
     }
 
@@ -439,6 +442,7 @@ impl JobForm {
             nice: spec.nice.map(|n| n.to_string()).unwrap_or_default(),
             ionice: spec.ionice.clone().unwrap_or_default(),
             threads: spec.threads.map(|n| n.to_string()).unwrap_or_default(),
+            index_memory: spec.index_memory.clone().unwrap_or_default(),
         }
     }
 }
@@ -616,6 +620,12 @@ fn job_page(client: &str, w: &Who, f: &JobForm, error: Option<&str>) -> String {
         "Compression threads",
         &f.threads,
         "empty: one per core",
+    ));
+    b.push_str(&input(
+        "index_memory",
+        "Index memory",
+        &f.index_memory,
+        "past it the index goes to a file; e.g. 64M; empty: 256M",
     ));
     b.push_str(&format!(
         "</fieldset><p><button type=\"submit\">{}</button> <a href=\"/console/client/{}#jobs-heading\">Cancel</a></p></form>",
