@@ -1293,7 +1293,7 @@ pub fn index_memory_arg(s: &str) -> Result<u64, String> {
 
 /// An index memory budget, kept as written (a managed job's index_memory).
 pub fn memory_text_arg(s: &str) -> Result<String, String> {
-    checked(s, coffer_core::limit::parse_memory(s, "--index-memory"))
+    checked(s, coffer_core::limit::parse_memory(s, "--index-budget"))
 }
 
 /// An upload rate, kept as written (a managed job's limit).

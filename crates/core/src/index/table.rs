@@ -231,7 +231,7 @@ impl FileTable {
     fn rows_sorted(&self, ids: &[BlobId], out: &mut Vec<Option<usize>>) {
         let mut buf = vec![0u8; CHUNK_ROWS * ROW];
         let (mut start, mut end) = (0usize, 0usize); // the rows in `buf`
-        for id in ids {
+        for (i, id) in ids.iter().enumerate() {
             let p = prefix(id, self.bits);
             let (lo, hi) = (self.dir[p] as usize, self.dir[p + 1] as usize);
             if hi - lo > RUN_READ {
@@ -239,7 +239,14 @@ impl FileTable {
                 continue;
             }
             if lo < start || hi > end {
-                (start, end) = (lo, (lo + CHUNK_ROWS).min(self.len));
+                // a chunk when the next id's run is in reach, else just this run (a sparse
+                // batch, one pack's blobs, reads no more than single lookups would)
+                let reach = (lo + CHUNK_ROWS).min(self.len);
+                let dense = ids.get(i + 1).is_some_and(|next| {
+                    let q = prefix(next, self.bits);
+                    self.dir[q + 1] as usize <= reach
+                });
+                (start, end) = (lo, if dense { reach } else { hi });
                 self.read(&mut buf[..(end - start) * ROW], start);
             }
             let run = &buf[(lo - start) * ROW..(hi - start) * ROW];

@@ -99,6 +99,8 @@ pub(super) struct Listings {
     headers: BTreeMap<PackId, Listed>,
     /// Packs this prune wrote, in the order written.
     new: Vec<(PackId, Listed)>,
+    /// Every index file is in ([`Listings::done_reading`]).
+    read: bool,
 }
 
 impl Listings {
@@ -108,6 +110,7 @@ impl Listings {
             packs: BTreeMap::new(),
             headers: BTreeMap::new(),
             new: Vec::new(),
+            read: false,
         }
     }
 
@@ -146,6 +149,11 @@ impl Listings {
     /// file that lists a pack with fewer entries, written by a stolen write-only key to hide
     /// a real copy, hides nothing).
     pub fn add_listed(&mut self, p: &IndexPack, vouched: bool) -> Result<()> {
+        if self.read {
+            return Err(Error::Invalid(
+                "prune: a listing taken after every index file was read (a bug)".into(),
+            ));
+        }
         let mut union = match self.packs.get_mut(&p.id) {
             Some(l) if l.vouched && !vouched => return Ok(()),
             Some(l) if vouched == l.vouched => l.union.take(),
@@ -183,6 +191,17 @@ impl Listings {
             l.union = Some(u);
         }
         Ok(())
+    }
+
+    /// Once every index file is in: let go of the sets that united a pack's listings (only a
+    /// damaged or forged file makes them, and they grow with what it lists).
+    pub fn done_reading(&mut self) {
+        self.read = true;
+        for l in self.packs.values_mut() {
+            if let Some(u) = &mut l.union {
+                u.known = HashSet::new();
+            }
+        }
     }
 
     /// Replace a pack's listing by the entries prune read from the pack itself and verified.
@@ -386,6 +405,15 @@ mod tests {
                 .unwrap();
         }
         assert_eq!(l.log.len(), (n as u64 + 1) * ENTRY as u64);
+        // the lookup set goes once every file is in; the listing stays whole
+        l.done_reading();
+        assert!(l
+            .packs
+            .values()
+            .all(|p| p.union.as_ref().is_none_or(|u| u.known.is_empty())));
+        assert!(l
+            .add_listed(&pack(1, vec![entry(1, Place::Own, 0)]), false)
+            .is_err());
         let got = l.pack(&PackId(Id([1; 32]))).unwrap().entries;
         assert_eq!(got.len(), n as usize + 1);
         assert!(got.iter().enumerate().all(|(i, e)| e.offset == i as u32));

@@ -227,6 +227,7 @@ fn read_index_files(repo: &Repository) -> Result<(Vec<IndexId>, Listings)> {
             listings.add_listed(p, vouched)?;
         }
     }
+    listings.done_reading();
     tracing::debug!(
         target: "coffer_index",
         "prune: the listings of {} packs kept in {}",
