@@ -17,7 +17,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use coffer_format::{BlobId, BlobKind, Id, IndexId, IndexPack, NodeKind, PackId, Tree};
+use coffer_format::{BlobId, BlobKind, Id, IndexId, NodeKind, PackId, Tree};
 use serde::Serialize;
 
 use crate::backend::FileKind;
@@ -46,7 +46,8 @@ pub fn repair_index(repo: Repository, progress: &dyn Progress) -> Result<RepairI
         .into_iter()
         .filter_map(|f| Id::from_hex(&f.name).ok().map(IndexId))
         .collect();
-    let mut current: HashMap<PackId, Vec<coffer_format::PackEntry>> = HashMap::new();
+    // (what each pack's listing says, as a digest: the entries themselves are ~48 bytes a blob)
+    let mut current: HashMap<PackId, [u8; 32]> = HashMap::new();
     let mut old_ok = true;
     for f in &old_files {
         match repo.load_index_file_vouched(&f.to_hex()) {
@@ -55,7 +56,7 @@ pub fn repair_index(repo: Repository, progress: &dyn Progress) -> Result<RepairI
                 // verified below), even where they were right
                 old_ok &= vouched;
                 for p in file.packs {
-                    current.entry(p.id).or_insert(p.entries);
+                    current.entry(p.id).or_insert_with(|| entries_digest(&p.entries));
                 }
             }
             Err(_) => old_ok = false,
@@ -63,7 +64,9 @@ pub fn repair_index(repo: Repository, progress: &dyn Progress) -> Result<RepairI
     }
     // the old index may be damaged: only pack verification is needed here, not the index
     let repo = repo.load_index_skipping_damaged()?;
-    let mut packs = Vec::new();
+    // the verified listings go to a file (prune's), read back a pack at a time to be written
+    let mut packs = crate::prune::listing::Listings::new(repo.spill_dir());
+    let mut differs = false;
     for f in backend.list(FileKind::Pack)? {
         let Ok(id) = Id::from_hex(&f.name) else { continue };
         let id = PackId(id);
@@ -72,7 +75,10 @@ pub fn repair_index(repo: Repository, progress: &dyn Progress) -> Result<RepairI
         }
         progress.item(std::path::Path::new(&f.name));
         match repo.verify_pack(&id) {
-            Ok(entries) => packs.push(IndexPack { id, entries }),
+            Ok(entries) => {
+                differs |= current.get(&id) != Some(&entries_digest(&entries));
+                packs.set_verified(&id, &entries)?;
+            }
             Err(e) => {
                 progress.warn(&e.to_string());
                 r.packs_unreadable.push(f.name.clone());
@@ -81,17 +87,13 @@ pub fn repair_index(repo: Repository, progress: &dyn Progress) -> Result<RepairI
         progress.files(1);
     }
     r.packs = packs.len();
-    let same = old_ok
-        && current.len() == packs.len()
-        && packs
-            .iter()
-            .all(|p| current.get(&p.id).is_some_and(|e| *e == p.entries));
+    let same = old_ok && current.len() == packs.len() && !differs;
     if same {
         return Ok(r);
     }
     r.changed = true;
-    packs.sort_by_key(|p| p.id);
-    repo.save_index_split(old_files.clone(), packs)?;
+    // (in pack id order)
+    repo.save_index_streamed(old_files.clone(), packs.all().map(|p| p.map(|(p, _)| p)))?;
     for f in &old_files {
         match backend.remove(FileKind::Index, &f.to_hex()) {
             Err(e) if !e.is_not_found() => return Err(e.into()),
@@ -373,4 +375,17 @@ fn fix_tree(
     };
     memo.insert(id, result);
     Ok(result)
+}
+
+/// A digest of a pack's listing: whether two listings say the same, without keeping either.
+fn entries_digest(entries: &[coffer_format::PackEntry]) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    for e in entries {
+        h.update(&[e.kind as u8, e.place as u8]);
+        h.update(e.id.as_bytes());
+        h.update(&e.offset.to_le_bytes());
+        h.update(&e.length.to_le_bytes());
+        h.update(&e.raw_length.to_le_bytes());
+    }
+    *h.finalize().as_bytes()
 }

@@ -1,7 +1,8 @@
 //! Every pack's listing, as prune reads it from the index files (and from the headers of
 //! condemned packs no index file lists any more), kept in a file: a pack's entries are read
 //! back when prune weighs it, builds the index, or writes the new index files. At 11 million
-//! blobs the listings are ~500 MB of entries; memory keeps ~60 bytes a pack.
+//! blobs the listings are ~500 MB of entries; memory keeps ~60 bytes a pack. `repair index`
+//! keeps the listings it verified here too.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
@@ -91,7 +92,7 @@ fn envelope_key(e: &PackEntry) -> (u8, BlobId, u32) {
 }
 
 /// Every pack's entries, by pack id.
-pub(super) struct Listings {
+pub(crate) struct Listings {
     log: Log,
     /// Packs the index files list.
     packs: BTreeMap<PackId, Listed>,

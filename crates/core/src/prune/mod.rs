@@ -25,7 +25,7 @@
 //! few bytes each.
 
 mod blobs;
-mod listing;
+pub(crate) mod listing;
 
 use std::collections::{HashMap, HashSet};
 
