@@ -8,7 +8,6 @@ mod common;
 use std::fs;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::time::Duration;
 
 use common::server::{digest_dir, ServerProc};
 use common::{code, digest_tree, pseudo_random, stderr, Env};
