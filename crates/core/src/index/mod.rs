@@ -31,6 +31,9 @@ use coffer_format::{BlobId, BlobKind, IndexFile, IndexId, IndexPack, PackEntry, 
 
 use crate::Result;
 pub use table::Spill;
+/// The directory on ids' leading bits the table uses, for other sorted lists of ids (prune's
+/// batches of lookups).
+pub(crate) use table::{dir_bits, prefix, prefix_sums};
 use table::{Builder, Entry, Slot, Table, OWN, UNVOUCHED};
 
 /// Where one blob lives.

@@ -127,20 +127,20 @@ fn decode(b: &[u8]) -> Entry {
     }
 }
 
-fn prefix(id: &BlobId, bits: u32) -> usize {
+pub(crate) fn prefix(id: &BlobId, bits: u32) -> usize {
     let b = id.as_bytes();
     (u32::from_be_bytes([b[0], b[1], b[2], b[3]]) >> (32 - bits)) as usize
 }
 
 /// `floor(log2(n / per_slot))` bits, at least 1, at most 24 (a 64 MiB directory).
-fn dir_bits(n: usize, per_slot: usize) -> u32 {
+pub(crate) fn dir_bits(n: usize, per_slot: usize) -> u32 {
     let slots = (n / per_slot).max(2);
     (usize::BITS - 1 - slots.leading_zeros()).clamp(1, 24)
 }
 
 /// `dir[p]..dir[p + 1]`: the rows whose first `bits` bits are `p`, from per-prefix counts
 /// (`counts[p + 1]`).
-fn prefix_sums(counts: &mut [u32]) {
+pub(crate) fn prefix_sums(counts: &mut [u32]) {
     let mut sum = 0;
     for d in counts.iter_mut() {
         sum += *d;

@@ -12,7 +12,7 @@ use std::collections::{HashMap, HashSet};
 
 use coffer_format::BlobId;
 
-use crate::index::Index;
+use crate::index::{dir_bits, prefix, prefix_sums, Index};
 
 /// A blob's row in the table, found once and used for several lookups.
 #[derive(Clone, Copy, Debug)]
@@ -43,11 +43,6 @@ pub(super) struct Rows<'i> {
     bits: u32,
 }
 
-fn prefix(id: &BlobId, bits: u32) -> usize {
-    let b = id.as_bytes();
-    (u32::from_be_bytes([b[0], b[1], b[2], b[3]]) >> (32 - bits)) as usize
-}
-
 impl<'i> Rows<'i> {
     pub fn of(index: &'i Index, ids: impl IntoIterator<Item = BlobId>) -> Rows<'i> {
         let mut ids: Vec<BlobId> = ids.into_iter().collect();
@@ -55,16 +50,13 @@ impl<'i> Rows<'i> {
         ids.dedup();
         let mut rows = Vec::with_capacity(ids.len());
         index.table_rows_sorted(&ids, &mut rows);
-        let bits = (usize::BITS - 1 - ids.len().max(2).leading_zeros()).clamp(1, 24);
+        // (as the index's own table: about one slot per id)
+        let bits = dir_bits(ids.len(), 1);
         let mut dir = vec![0u32; (1usize << bits) + 1];
         for id in &ids {
             dir[prefix(id, bits) + 1] += 1;
         }
-        let mut sum = 0;
-        for d in dir.iter_mut() {
-            sum += *d;
-            *d = sum;
-        }
+        prefix_sums(&mut dir);
         Rows {
             index,
             ids,
